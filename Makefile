@@ -1,0 +1,27 @@
+# The two commands: `make run` and `make test`. Each installs first, so each works alone on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-fast bench bench-quick clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
+	@touch $(STAMP)
+
+run: install
+	$(BIN)/promptgen up
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e and not browser"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .promptgen

@@ -1,0 +1,279 @@
+"""The event log's vocabulary.
+
+Every event is a frozen model with the same envelope and a stable ``type``
+string (never an import path). ``Event`` is the discriminated union of all of
+them; :func:`parse_event` / :func:`encode_event` are the only (de)serialisers.
+Each event knows its subject and its deduplication id (``Nats-Msg-Id``), so a
+retried publish of the same fact is a no-op in JetStream.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from contracts import subjects
+from contracts.domain import (
+    JobPersona,
+    JobResults,
+    Mode,
+    Persona,
+    TemplateData,
+    TokenUsage,
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    event_id: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=now)
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+    def subject(self) -> str:
+        raise NotImplementedError
+
+    def dedup_id(self) -> str:
+        """A deterministic id: publishing the same fact twice stores it once."""
+        raise NotImplementedError
+
+
+# --- templates, personas, interactions -------------------------------------------------
+
+
+class TemplateCreated(Envelope):
+    type: Literal["template.created"] = "template.created"
+    template_id: str
+    scenario_document: str
+    template_data: TemplateData
+
+    def subject(self) -> str:
+        return subjects.template_created(self.template_id)
+
+    def dedup_id(self) -> str:
+        return f"template:{self.template_id}:created"
+
+
+class PersonaCreated(Envelope):
+    type: Literal["persona.created"] = "persona.created"
+    persona: Persona
+
+    def subject(self) -> str:
+        return subjects.persona_created(self.persona.id)
+
+    def dedup_id(self) -> str:
+        return f"persona:{self.persona.id}:created"
+
+
+class AvatarInteractionCreated(Envelope):
+    type: Literal["interaction.created"] = "interaction.created"
+    interaction_id: str
+    mode: Mode
+    avatars: list[Any] = Field(default_factory=list)
+    languages: list[Any] = Field(default_factory=list)
+    persona_id: str | None = None
+    system_prompt: str | None = None
+
+    def subject(self) -> str:
+        return subjects.interaction_created(self.interaction_id)
+
+    def dedup_id(self) -> str:
+        return f"interaction:{self.interaction_id}:created"
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+
+class JobEvent(Envelope):
+    job_id: str
+
+
+class JobRequested(JobEvent):
+    type: Literal["job.requested"] = "job.requested"
+    template_id: str
+    template_data: TemplateData
+    personas: list[JobPersona]
+    deadline: datetime
+    retry_of: str | None = None
+
+    def subject(self) -> str:
+        return subjects.job(self.job_id, "requested")
+
+    def dedup_id(self) -> str:
+        return f"job:{self.job_id}:requested"
+
+
+class PersonaPromptRequested(JobEvent):
+    """A work item: everything a worker needs, so it reads no database."""
+
+    type: Literal["persona.prompt_requested"] = "persona.prompt_requested"
+    persona_id: str
+    mode: Mode
+    template_id: str
+    template_data: TemplateData
+    persona: Persona
+    deadline: datetime
+
+    def subject(self) -> str:
+        return subjects.job_persona(self.job_id, self.persona_id, "requested")
+
+    def dedup_id(self) -> str:
+        return f"job:{self.job_id}:persona:{self.persona_id}:requested"
+
+
+class PersonaProgress(JobEvent):
+    type: Literal["persona.progress"] = "persona.progress"
+    persona_id: str
+    persona_name: str | None = None
+    mode: Mode | None = None
+    status: Literal["processing"] = "processing"
+    attempt: int = 1
+
+    def subject(self) -> str:
+        return subjects.job_persona(self.job_id, self.persona_id, "progress")
+
+    def dedup_id(self) -> str:
+        return f"job:{self.job_id}:persona:{self.persona_id}:progress"
+
+
+class PersonaCompleted(JobEvent):
+    type: Literal["persona.completed"] = "persona.completed"
+    persona_id: str
+    persona_name: str
+    mode: Mode
+    generation_mode: Mode
+    prompt: str
+    prompt_length: int
+    provider: str
+    model: str
+    usage: TokenUsage = Field(default_factory=TokenUsage)
+
+    def subject(self) -> str:
+        return subjects.job_persona(self.job_id, self.persona_id, "completed")
+
+    def dedup_id(self) -> str:
+        return f"job:{self.job_id}:persona:{self.persona_id}:terminal"
+
+
+class PersonaFailed(JobEvent):
+    type: Literal["persona.failed"] = "persona.failed"
+    persona_id: str
+    persona_name: str
+    mode: Mode
+    error: str
+    error_code: str
+    attempts: int = 1
+
+    def subject(self) -> str:
+        return subjects.job_persona(self.job_id, self.persona_id, "failed")
+
+    def dedup_id(self) -> str:
+        # Shares the completed event's id: a persona ends once, whichever way.
+        return f"job:{self.job_id}:persona:{self.persona_id}:terminal"
+
+
+class JobCancelRequested(JobEvent):
+    type: Literal["job.cancel_requested"] = "job.cancel_requested"
+
+    def subject(self) -> str:
+        return subjects.job(self.job_id, "cancel_requested")
+
+    def dedup_id(self) -> str:
+        return f"job:{self.job_id}:cancel_requested"
+
+
+class JobFinished(JobEvent):
+    """Base of the events that end a job; each carries the final results."""
+
+    status: str
+    results: JobResults
+    error: str | None = None
+
+    def dedup_id(self) -> str:
+        # One end per job, whichever it is.
+        return f"job:{self.job_id}:finished"
+
+
+class JobCompleted(JobFinished):
+    type: Literal["job.completed"] = "job.completed"
+    status: Literal["completed", "failed"]
+
+    def subject(self) -> str:
+        return subjects.job(self.job_id, "completed")
+
+
+class JobCancelled(JobFinished):
+    type: Literal["job.cancelled"] = "job.cancelled"
+    status: Literal["cancelled"] = "cancelled"
+
+    def subject(self) -> str:
+        return subjects.job(self.job_id, "cancelled")
+
+
+class JobExpired(JobFinished):
+    type: Literal["job.expired"] = "job.expired"
+    status: Literal["expired"] = "expired"
+
+    def subject(self) -> str:
+        return subjects.job(self.job_id, "expired")
+
+
+Event = Annotated[
+    TemplateCreated
+    | PersonaCreated
+    | AvatarInteractionCreated
+    | JobRequested
+    | PersonaPromptRequested
+    | PersonaProgress
+    | PersonaCompleted
+    | PersonaFailed
+    | JobCancelRequested
+    | JobCompleted
+    | JobCancelled
+    | JobExpired,
+    Field(discriminator="type"),
+]
+
+EVENT_TYPES: tuple[type[Envelope], ...] = (
+    TemplateCreated,
+    PersonaCreated,
+    AvatarInteractionCreated,
+    JobRequested,
+    PersonaPromptRequested,
+    PersonaProgress,
+    PersonaCompleted,
+    PersonaFailed,
+    JobCancelRequested,
+    JobCompleted,
+    JobCancelled,
+    JobExpired,
+)
+
+_adapter: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def parse_event(data: bytes | str) -> Event:
+    return _adapter.validate_json(data)
+
+
+def encode_event(event: Envelope) -> bytes:
+    return event.model_dump_json().encode()
+
+
+def caused_by(cause: Envelope, **fields: Any) -> dict[str, Any]:
+    """Envelope fields for an event caused by ``cause``, in the same correlation."""
+    return {
+        "correlation_id": cause.correlation_id or getattr(cause, "job_id", None),
+        "causation_id": cause.event_id,
+        **fields,
+    }
+

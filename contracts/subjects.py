@@ -1,0 +1,52 @@
+"""NATS subjects of the event log.
+
+Everything lives under one prefix so one stream (``PROMPTGEN``) holds the whole
+log, and job-scoped subjects let ``promptgen.job.<job_id>.>`` replay one job's
+history in order.
+"""
+
+from __future__ import annotations
+
+import re
+
+PREFIX = "promptgen"
+ALL = f"{PREFIX}.>"
+
+# Tokens become part of subjects: keep them to characters NATS never treats specially.
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def is_valid_token(value: str) -> bool:
+    return bool(_TOKEN.match(value))
+
+
+def template_created(template_id: str) -> str:
+    return f"{PREFIX}.template.{template_id}.created"
+
+
+def persona_created(persona_id: str) -> str:
+    return f"{PREFIX}.persona.{persona_id}.created"
+
+
+def interaction_created(interaction_id: str) -> str:
+    return f"{PREFIX}.interaction.{interaction_id}.created"
+
+
+def job(job_id: str, event: str) -> str:
+    """``promptgen.job.<job_id>.<event>``: requested, cancel_requested, cancelled, completed, expired."""
+    return f"{PREFIX}.job.{job_id}.{event}"
+
+
+def job_persona(job_id: str, persona_id: str, event: str) -> str:
+    """``promptgen.job.<job_id>.persona.<persona_id>.<event>``: requested, progress, completed, failed."""
+    return f"{PREFIX}.job.{job_id}.persona.{persona_id}.{event}"
+
+
+def job_history(job_id: str) -> str:
+    """Every event of one job, in log order."""
+    return f"{PREFIX}.job.{job_id}.>"
+
+
+JOBS_REQUESTED = f"{PREFIX}.job.*.requested"
+WORK_ITEMS = f"{PREFIX}.job.*.persona.*.requested"
+JOBS_CANCEL_REQUESTED = f"{PREFIX}.job.*.cancel_requested"

@@ -1,0 +1,1 @@
+"""promptgen services: gateway, generator, projector, and the adapters they share."""

@@ -1,0 +1,36 @@
+"""A job's history for people: one record per event, used by the API and `promptgen replay`."""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+
+from contracts import subjects
+from contracts.api import JobEventRecord
+from services.bus import EventLog, StoredEvent
+
+_STATUS_OF_TYPE = {
+    "job.requested": "processing",
+    "persona.prompt_requested": "queued",
+    "persona.completed": "completed",
+    "persona.failed": "failed",
+    "job.cancel_requested": "cancel_requested",
+}
+
+
+def record(stored: StoredEvent) -> JobEventRecord:
+    event = stored.event
+    return JobEventRecord(
+        seq=stored.seq,
+        time=stored.time,
+        subject=stored.subject,
+        type=event.type,
+        persona_id=getattr(event, "persona_id", None),
+        status=getattr(event, "status", None) or _STATUS_OF_TYPE.get(event.type),
+        error=getattr(event, "error", None),
+        event=event.model_dump(mode="json"),
+    )
+
+
+async def job_history(event_log: EventLog, job_id: str, start_seq: int = 1) -> list[JobEventRecord]:
+    async with aclosing(event_log.read(subjects.job_history(job_id), start_seq)) as events:
+        return [record(stored) async for stored in events]

@@ -1,0 +1,248 @@
+"""The event log adapter: the one place that talks to NATS JetStream.
+
+* :meth:`EventLog.publish` stores an event with its deterministic ``Nats-Msg-Id``
+  (a retried publish is a no-op) and returns its stream sequence.
+* :meth:`EventLog.read` replays a subject filter from a sequence until caught up;
+  :meth:`EventLog.follow` keeps going live. Both use ordered consumers, so they
+  need no clean-up on the server beyond unsubscribing.
+* :meth:`EventLog.work_queue` binds a durable pull consumer shared by replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
+from nats.js import api
+from nats.js.errors import NotFoundError, ServiceUnavailableError
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from contracts import subjects
+from contracts.events import Envelope, Event, encode_event, parse_event
+from services.settings import Settings
+
+log = structlog.get_logger()
+
+_TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as the log holds it: its position, time and subject with it."""
+
+    seq: int
+    time: datetime
+    subject: str
+    event: Event
+
+
+def _stored(msg) -> StoredEvent:
+    md = msg.metadata
+    ts = md.timestamp if md.timestamp else datetime.now(UTC)
+    return StoredEvent(seq=md.sequence.stream, time=ts, subject=msg.subject, event=parse_event(msg.data))
+
+
+async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0) -> NATS:
+    """Connect, retrying until ``connect_timeout``; once up, reconnect forever."""
+
+    async def _disconnected() -> None:
+        log.warning("nats_disconnected")
+
+    async def _reconnected() -> None:
+        log.info("nats_reconnected")
+
+    async def _error(exc: Exception) -> None:
+        log.warning("nats_error", error=str(exc))
+
+    async for attempt in AsyncRetrying(
+        stop=stop_after_delay(connect_timeout),
+        wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
+        retry=retry_if_exception_type((OSError, NoRespondersError, NatsTimeout, asyncio.TimeoutError)),
+        reraise=True,
+    ):
+        with attempt:
+            return await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                connect_timeout=2,
+                disconnected_cb=_disconnected,
+                reconnected_cb=_reconnected,
+                error_cb=_error,
+            )
+    raise AssertionError("unreachable")
+
+
+class EventLog:
+    def __init__(self, nc: NATS, settings: Settings) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=10)
+        self.settings = settings
+        self.stream = settings.stream
+
+    @classmethod
+    async def connect(cls, settings: Settings, name: str) -> EventLog:
+        log_ = cls(await connect_nats(settings.nats_url, name), settings)
+        await log_.ensure_stream()
+        return log_
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.close()
+
+    def stream_config(self) -> api.StreamConfig:
+        s = self.settings
+        return api.StreamConfig(
+            name=self.stream,
+            subjects=[subjects.ALL],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=s.stream_max_age_days * 86400,
+            duplicate_window=s.duplicate_window_seconds,
+            num_replicas=s.stream_replicas,
+            allow_direct=True,
+        )
+
+    async def ensure_stream(self) -> None:
+        config = self.stream_config()
+        async for attempt in self._retrying(30):
+            with attempt:
+                try:
+                    await self.js.stream_info(self.stream)
+                except NotFoundError:
+                    await self.js.add_stream(config)
+                    log.info("stream_created", stream=self.stream)
+                else:
+                    await self.js.update_stream(config)
+
+    def _retrying(self, seconds: float) -> AsyncRetrying:
+        return AsyncRetrying(
+            stop=stop_after_delay(seconds),
+            wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
+            retry=retry_if_exception_type(_TRANSIENT + (ConnectionClosedError,)),
+            reraise=True,
+        )
+
+    # --- writing ------------------------------------------------------------------------
+
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60) -> int:
+        """Store ``event``; returns its stream sequence (the original's, if a duplicate)."""
+        payload = encode_event(event)
+        headers = {"Nats-Msg-Id": event.dedup_id()}
+        async for attempt in self._retrying(retry_seconds):
+            with attempt:
+                ack = await self.js.publish(event.subject(), payload, stream=self.stream, headers=headers)
+                return ack.seq
+        raise AssertionError("unreachable")
+
+    # --- reading ------------------------------------------------------------------------
+
+    async def last(self, subject: str) -> StoredEvent | None:
+        """The newest event on ``subject`` (no wildcards), or None."""
+        try:
+            raw = await self.js.get_last_msg(self.stream, subject, direct=True)
+        except NotFoundError:
+            return None
+        return StoredEvent(
+            seq=raw.seq,
+            time=raw.time or datetime.now(UTC),
+            subject=raw.subject,
+            event=parse_event(raw.data),
+        )
+
+    async def last_seq(self) -> int:
+        info = await self.js.stream_info(self.stream)
+        return info.state.last_seq
+
+    async def _ordered(self, filter_subject: str, start_seq: int):
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start_seq),
+            inactive_threshold=30,
+        )
+        return await self.js.subscribe(
+            filter_subject, stream=self.stream, ordered_consumer=True, config=config, idle_heartbeat=2
+        )
+
+    async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
+        sub = await self._ordered(filter_subject, start_seq)
+        try:
+            info = await sub.consumer_info()
+            if info.num_pending == 0:
+                return
+            while True:
+                msg = await sub.next_msg(timeout=30)
+                yield _stored(msg)
+                if msg.metadata.num_pending == 0:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+    async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
+        sub = await self._ordered(filter_subject, start_seq)
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=None)
+                except NatsTimeout:
+                    continue
+                yield _stored(msg)
+        finally:
+            await sub.unsubscribe()
+
+    async def follow_batches(
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 500
+    ) -> AsyncIterator[list[StoredEvent]]:
+        """Like :meth:`follow`, grouping whatever has already arrived into batches."""
+        sub = await self._ordered(filter_subject, start_seq)
+        try:
+            while True:
+                try:
+                    first = await sub.next_msg(timeout=None)
+                except NatsTimeout:
+                    continue
+                batch = [_stored(first)]
+                while len(batch) < max_batch and sub.pending_msgs > 0:
+                    batch.append(_stored(await sub.next_msg(timeout=1)))
+                yield batch
+        finally:
+            await sub.unsubscribe()
+
+    async def work_queue(
+        self,
+        durable: str,
+        filter_subject: str,
+        *,
+        max_ack_pending: int,
+        ack_wait: float,
+        max_deliver: int,
+    ):
+        """A durable pull consumer, created or updated, shared by every replica."""
+        config = api.ConsumerConfig(
+            durable_name=durable,
+            filter_subject=filter_subject,
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=ack_wait,
+            max_deliver=max_deliver,
+            max_ack_pending=max_ack_pending,
+            max_waiting=512,
+        )
+        async for attempt in self._retrying(30):
+            with attempt:
+                await self.js.add_consumer(self.stream, config)
+        return await self.js.pull_subscribe_bind(durable, stream=self.stream)

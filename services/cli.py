@@ -1,0 +1,96 @@
+"""The `promptgen` command: run the whole system, or one service, or inspect the log."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from services.settings import Settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console(stderr=True)
+
+
+def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
+    from services.logs import configure_logging
+    from services.runtime import stop_event
+
+    settings = Settings()
+    configure_logging(name, settings.log_level)
+
+    async def _main() -> None:
+        await main(settings, stop_event())
+
+    asyncio.run(_main())
+
+
+@app.command()
+def up(
+    port: int = typer.Option(9000, help="Gateway port (HTTP and SSE)."),
+    data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
+    nats_port: int = typer.Option(4222, help="Port of the embedded nats-server (unless NATS_URL is set)."),
+    mongo_port: int = typer.Option(27017, help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),
+    generators: int = typer.Option(1, min=1, help="How many generator processes to run."),
+) -> None:
+    """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
+    from services.up import run_up
+
+    code = asyncio.run(run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
+                              generators=generators))
+    raise typer.Exit(code)
+
+
+@app.command()
+def gateway(
+    host: str = typer.Option(None, help="Bind address (default PROMPTGEN_HOST or 127.0.0.1)."),
+    port: int = typer.Option(None, help="Port (default PROMPTGEN_PORT or 9000)."),
+) -> None:
+    """Run the gateway alone (HTTP API and SSE)."""
+    import uvicorn
+
+    from services.gateway.app import create_app
+    from services.logs import configure_logging
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = Settings(**overrides)
+    configure_logging("gateway", settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+
+
+@app.command()
+def generator() -> None:
+    """Run one generator (dispatcher + workers) alone."""
+    from services.generator.main import run_generator
+
+    _run_service("generator", run_generator)
+
+
+@app.command()
+def projector() -> None:
+    """Run the projector alone (the only writer of MongoDB)."""
+    from services.projector.main import run_projector
+
+    _run_service("projector", run_projector)
+
+
+@app.command()
+def replay(
+    job_id: str = typer.Argument(..., help="The job whose events to show."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
+) -> None:
+    """A job's full event history from the log, in order."""
+    from services.replay import show_job_history
+
+    code = asyncio.run(show_job_history(Settings(), job_id, as_json=as_json))
+    raise typer.Exit(code)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

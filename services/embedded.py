@@ -1,0 +1,68 @@
+"""The embedded default's infrastructure: a JetStream nats-server and a MongoDB-wire
+server, both from PyPI wheels, configured for loopback and durability."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        return s.connect_ex((host, port)) == 0
+
+
+def _venv_bin(name: str) -> str:
+    """A console script of this environment (the wheels put them beside python)."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise FileNotFoundError(f"'{name}' is not installed: run `make install` (it comes with the project's wheels)")
+    return found
+
+
+def nats_config(data_dir: Path, port: int) -> Path:
+    """A JetStream config: loopback only, file storage, fsync before every ack."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    conf = data_dir / "nats.conf"
+    store = (data_dir / "jetstream").resolve()
+    conf.write_text(
+        f"""# written by promptgen up
+listen: 127.0.0.1:{port}
+server_name: promptgen-embedded
+max_payload: 8MB
+jetstream {{
+  store_dir: "{store}"
+  # An acknowledged event is on disk: no window of loss in a crash.
+  sync_interval: always
+}}
+"""
+    )
+    return conf
+
+
+def nats_argv(conf: Path) -> list[str]:
+    return [_venv_bin("nats-server"), "-c", str(conf)]
+
+
+def mongo_argv(storage: str, port: int) -> list[str]:
+    return [_venv_bin("secantusd-py"), "--host", "127.0.0.1", "--port", str(port),
+            "--storage-path", storage, "--sync-on-commit", "--log-level", "WARNING"]
+
+
+def mongo_url(port: int) -> str:
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def nats_url(port: int) -> str:
+    return f"nats://127.0.0.1:{port}"

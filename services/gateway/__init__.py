@@ -1,0 +1,1 @@
+"""The gateway: HTTP API and Server-Sent Events. Holds no job state in memory."""

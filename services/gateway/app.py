@@ -1,0 +1,71 @@
+"""Assembles the gateway: settings, adapters and routers, created in the lifespan."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import structlog
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+
+from services.bus import EventLog
+from services.gateway.errors import install_error_handlers
+from services.gateway.projection import ProjectionWaiter
+from services.gateway.routes import interactions, jobs, scenario, v1
+from services.llm.factory import build_provider
+from services.runtime import announce_ready
+from services.settings import Settings
+from services.store import ReadModels, mongo_client
+
+log = structlog.get_logger()
+STATIC = Path(__file__).parent / "static"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        client = mongo_client(settings)
+        event_log = await EventLog.connect(settings, "promptgen-gateway")
+        models = ReadModels(client[settings.mongo_db])
+        provider = build_provider(settings)
+        app.state.settings = settings
+        app.state.event_log = event_log
+        app.state.models = models
+        app.state.provider = provider
+        app.state.waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
+        announce_ready(provider=provider.name, mongo_db=settings.mongo_db, port=settings.port)
+        try:
+            yield
+        finally:
+            await event_log.close()
+            await provider.aclose()
+            await client.close()
+
+    app = FastAPI(
+        title="promptgen",
+        version="0.1.0",
+        description="System prompts for avatar conversations, generated asynchronously with live progress.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(scenario.router)
+    app.include_router(jobs.router)
+    app.include_router(v1.router)
+    app.include_router(interactions.router)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    if (STATIC / "index.html").exists():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+        @app.get("/", include_in_schema=False)
+        async def index() -> FileResponse:
+            return FileResponse(STATIC / "index.html")
+
+    return app

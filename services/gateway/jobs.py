@@ -1,0 +1,130 @@
+"""Starting jobs and reading them: validation, the JobRequested event, job views."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from contracts import subjects
+from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
+from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage
+from contracts.events import JobRequested
+from services.bus import EventLog, StoredEvent
+from services.gateway.errors import ApiError, not_found
+from services.settings import Settings
+from services.store import ReadModels
+
+FINISHED = ("completed", "cancelled", "expired")
+
+
+def sse_endpoint(job_id: str) -> str:
+    return f"/scenario/v2/prompt-generation-status/{job_id}"
+
+
+def persona_from_doc(doc: dict[str, Any]) -> Persona:
+    return Persona.model_validate({k: doc[k] for k in Persona.model_fields if k in doc})
+
+
+async def load_template(models: ReadModels, template_id: str, *, field: str = "template_id") -> dict[str, Any]:
+    doc = await models.templates.find_one({"_id": template_id}) if subjects.is_valid_token(template_id) else None
+    if doc is None:
+        raise not_found("template", template_id, field=field)
+    return doc
+
+
+async def build_job(
+    req: GenerateFinalPromptsRequest, *, models: ReadModels, settings: Settings, retry_of: str | None = None
+) -> JobRequested:
+    """Validate a request against the read models and turn it into a JobRequested."""
+    if len(req.persona_ids) > settings.max_personas_per_job:
+        raise ApiError(
+            422, "too_many_personas",
+            f"A job takes at most {settings.max_personas_per_job} personas; {len(req.persona_ids)} given",
+            field="persona_ids",
+        )
+    template = await load_template(models, req.template_id)
+    valid = [i for i in req.persona_ids if subjects.is_valid_token(i)]
+    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": valid}})}
+    missing = [i for i in req.persona_ids if i not in docs]
+    if missing:
+        raise ApiError(404, "persona_not_found", f"Unknown persona ids: {', '.join(missing)}",
+                       field="persona_ids", ids=missing)
+    foreign = [i for i in req.persona_ids if docs[i].get("template_id") != req.template_id]
+    if foreign:
+        raise ApiError(
+            422, "persona_template_mismatch",
+            f"Personas {', '.join(foreign)} belong to another template than '{req.template_id}'",
+            field="persona_ids", ids=foreign,
+        )
+    job_id = str(uuid.uuid4())
+    now = datetime.now(UTC)
+    return JobRequested(
+        job_id=job_id,
+        correlation_id=job_id,
+        template_id=req.template_id,
+        template_data=TemplateData.model_validate(template["template_data"]),
+        personas=[JobPersona(persona=persona_from_doc(docs[i]), mode=req.mode_mapping[i]) for i in req.persona_ids],
+        deadline=now + timedelta(seconds=settings.job_deadline_seconds),
+        retry_of=retry_of,
+        occurred_at=now,
+    )
+
+
+async def finished_event(event_log: EventLog, job_id: str) -> StoredEvent | None:
+    for end in FINISHED:
+        stored = await event_log.last(subjects.job(job_id, end))
+        if stored is not None:
+            return stored
+    return None
+
+
+def job_view(doc: dict[str, Any]) -> JobView:
+    personas = {
+        pid: JobPersonaView(**{k: v for k, v in p.items() if k in JobPersonaView.model_fields})
+        for pid, p in ((pid, doc["personas"][pid]) for pid in doc.get("persona_order") or doc["personas"])
+    }
+    count = {s: sum(1 for p in personas.values() if p.status == s)
+             for s in ("queued", "processing", "completed", "failed", "cancelled")}
+    return JobView(
+        job_id=doc["_id"],
+        status=doc["status"],
+        template_id=doc["template_id"],
+        personas=personas,
+        total_personas=len(personas),
+        completed=count["completed"],
+        failed=count["failed"],
+        cancelled=count["cancelled"],
+        processing=count["processing"],
+        queued=count["queued"],
+        usage=TokenUsage(**doc.get("usage", {})),
+        created_at=doc["created_at"],
+        updated_at=doc.get("updated_at") or doc["created_at"],
+        finished_at=doc.get("finished_at"),
+        deadline=doc.get("deadline"),
+        retry_of=doc.get("retry_of"),
+        error=doc.get("error"),
+        sse_endpoint=sse_endpoint(doc["_id"]),
+        results=JobResults.model_validate(doc["results"]) if doc.get("results") else None,
+    )
+
+
+def job_view_from_request(event: JobRequested) -> JobView:
+    """The view of a job the projector has not reached yet: everything queued."""
+    personas = {
+        jp.persona.id: JobPersonaView(persona_id=jp.persona.id, persona_name=jp.persona.name,
+                                      mode=jp.mode, status="queued")
+        for jp in event.personas
+    }
+    return JobView(
+        job_id=event.job_id, status="processing", template_id=event.template_id, personas=personas,
+        total_personas=len(personas), completed=0, failed=0, processing=0, queued=len(personas),
+        created_at=event.occurred_at, updated_at=event.occurred_at, deadline=event.deadline,
+        retry_of=event.retry_of, sse_endpoint=sse_endpoint(event.job_id),
+    )
+
+
+def failed_personas(doc: dict[str, Any]) -> dict[str, str]:
+    """persona id -> mode of every persona that ended ``failed``, in job order."""
+    order = doc.get("persona_order") or list(doc["personas"])
+    return {pid: doc["personas"][pid]["mode"] for pid in order if doc["personas"][pid]["status"] == "failed"}

@@ -1,0 +1,53 @@
+"""Avatar interactions: linked to a persona, whose prompt they use."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fastapi import APIRouter
+
+from contracts import subjects
+from contracts.api import AvatarInteractionCreate, AvatarInteractionView
+from contracts.events import AvatarInteractionCreated
+from services.gateway.deps import EventLogDep, ModelsDep, WaiterDep
+from services.gateway.errors import not_found
+from services.store import ReadModels
+
+router = APIRouter(prefix="/avatar-interactions", tags=["avatar interactions"])
+
+
+async def _view(doc: dict[str, Any], models: ReadModels) -> AvatarInteractionView:
+    """The interaction with its effective prompt: the linked persona's, read now."""
+    effective, source = doc.get("system_prompt"), "interaction" if doc.get("system_prompt") else "none"
+    if doc.get("persona_id"):
+        persona = await models.personas.find_one({"_id": doc["persona_id"]}, {"system_prompt": 1})
+        if persona and persona.get("system_prompt"):
+            effective, source = persona["system_prompt"], "persona"
+    return AvatarInteractionView(
+        **{k: doc.get(k) for k in ("id", "mode", "avatars", "languages", "persona_id", "system_prompt", "created_at")},
+        effective_system_prompt=effective,
+        prompt_source=source,
+    )
+
+
+@router.post("", status_code=201, response_model=AvatarInteractionView)
+async def create_interaction(
+    body: AvatarInteractionCreate, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep
+) -> AvatarInteractionView:
+    if body.persona_id is not None:
+        valid = subjects.is_valid_token(body.persona_id)
+        if not valid or await models.personas.find_one({"_id": body.persona_id}, {"_id": 1}) is None:
+            raise not_found("persona", body.persona_id, field="persona_id")
+    event = AvatarInteractionCreated(interaction_id=str(uuid.uuid4()), **body.model_dump())
+    await waiter.wait_for(await event_log.publish(event))
+    doc = {"id": event.interaction_id, "created_at": event.occurred_at, **body.model_dump()}
+    return await _view(doc, models)
+
+
+@router.get("/{interaction_id}", response_model=AvatarInteractionView)
+async def get_interaction(interaction_id: str, models: ModelsDep) -> AvatarInteractionView:
+    doc = await models.interactions.find_one({"_id": interaction_id}) if subjects.is_valid_token(interaction_id) else None
+    if doc is None:
+        raise not_found("avatar_interaction", interaction_id)
+    return await _view(doc, models)

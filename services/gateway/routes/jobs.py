@@ -1,0 +1,161 @@
+"""V2 prompt generation: start a job, follow it (SSE or polling), cancel, retry, audit."""
+
+from __future__ import annotations
+
+import structlog
+from fastapi import APIRouter, Header, Query, Response
+from sse_starlette import EventSourceResponse
+
+from contracts import subjects
+from contracts.api import (
+    GenerateFinalPromptsRequest,
+    GenerateFinalPromptsResponse,
+    JobEventHistory,
+    JobList,
+    JobSummary,
+    JobView,
+)
+from contracts.events import JobCancelRequested, JobRequested
+from services.audit import job_history
+from services.gateway.deps import EventLogDep, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.errors import ApiError, not_found
+from services.gateway.jobs import (
+    build_job,
+    failed_personas,
+    finished_event,
+    job_view,
+    job_view_from_request,
+    sse_endpoint,
+)
+from services.gateway.sse import Position, stream_job_events
+
+router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"])
+log = structlog.get_logger()
+
+
+async def _requested(event_log, job_id: str):
+    stored = await event_log.last(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
+    if stored is None:
+        raise ApiError(
+            404, "job_not_found",
+            f"Job '{job_id}' was not found: it never existed, or its events aged out of the log",
+            ids=[job_id],
+        )
+    return stored
+
+
+async def start_job(event: JobRequested, event_log, waiter) -> GenerateFinalPromptsResponse:
+    seq = await event_log.publish(event)
+    # The job is durable once published; waiting for its view only makes a poll right after find it.
+    await waiter.wait_for(seq)
+    log.info("job_requested", job_id=event.job_id, personas=len(event.personas), retry_of=event.retry_of)
+    return GenerateFinalPromptsResponse(
+        job_id=event.job_id,
+        sse_endpoint=sse_endpoint(event.job_id),
+        persona_count=len(event.personas),
+        retry_of=event.retry_of,
+    )
+
+
+@router.post("/generate-final-prompts", status_code=202, response_model=GenerateFinalPromptsResponse,
+             response_model_exclude_none=True)
+async def generate_final_prompts(
+    body: GenerateFinalPromptsRequest, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
+    waiter: WaiterDep,
+) -> GenerateFinalPromptsResponse:
+    """Start generating the personas' system prompts; returns at once with the job id."""
+    event = await build_job(body, models=models, settings=settings)
+    return await start_job(event, event_log, waiter)
+
+
+@router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,
+            responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "job already ended"}})
+async def prompt_generation_status(
+    job_id: str,
+    event_log: EventLogDep,
+    settings: SettingsDep,
+    last_event_id: str | None = Query(None, description="Resume after this message id"),
+    last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
+):
+    """Server-Sent Events: a job's whole history, then live progress, ending after ``results``."""
+    requested = await _requested(event_log, job_id)
+    after = Position.parse(last_event_id_header or last_event_id)
+    if after is not None:
+        end = await finished_event(event_log, job_id)
+        if end is not None and after.seq >= end.seq and after.index is None:
+            # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
+            return Response(status_code=204)
+    return EventSourceResponse(
+        stream_job_events(event_log, job_id, start_seq=requested.seq, after=after),
+        ping=settings.sse_ping_seconds,
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+    )
+
+
+@router.get("/job-status/{job_id}", response_model=JobView)
+async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> JobView:
+    """The polling alternative to SSE."""
+    doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
+    if doc is not None:
+        return job_view(doc)
+    requested = await _requested(event_log, job_id)
+    return job_view_from_request(requested.event)
+
+
+@router.get("/jobs", response_model=JobList)
+async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> JobList:
+    """Recent jobs, newest first."""
+    cursor = models.jobs.find({}, {"template_data": 0, "results": 0}).sort("created_at", -1).limit(limit)
+    jobs = []
+    async for doc in cursor:
+        ps = doc["personas"].values()
+        jobs.append(JobSummary(
+            job_id=doc["_id"], status=doc["status"], template_id=doc["template_id"],
+            total_personas=len(doc["personas"]),
+            completed=sum(1 for p in ps if p["status"] == "completed"),
+            failed=sum(1 for p in ps if p["status"] == "failed"),
+            created_at=doc["created_at"], finished_at=doc.get("finished_at"),
+        ))
+    return JobList(jobs=jobs)
+
+
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView)
+async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep) -> JobView:
+    """Stop a running job: no new LLM call starts; unfinished personas end ``cancelled``."""
+    await _requested(event_log, job_id)
+    end = await finished_event(event_log, job_id)
+    if end is not None:
+        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({end.event.status}); nothing to cancel",
+                       ids=[job_id])
+    await waiter.wait_for(await event_log.publish(JobCancelRequested(job_id=job_id, correlation_id=job_id)))
+    log.info("job_cancel_requested", job_id=job_id)
+    return await job_status(job_id, models, event_log)
+
+
+@router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
+             response_model_exclude_none=True)
+async def retry_failed(
+    job_id: str, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, waiter: WaiterDep
+) -> GenerateFinalPromptsResponse:
+    """A new job for exactly the personas that failed, with their modes."""
+    doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
+    if doc is None:
+        raise not_found("job", job_id)
+    if doc["status"] == "processing":
+        raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
+                       ids=[job_id])
+    failed = failed_personas(doc)
+    if not failed:
+        raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
+    body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
+                                       mode_mapping=failed)
+    event = await build_job(body, models=models, settings=settings, retry_of=job_id)
+    return await start_job(event, event_log, waiter)
+
+
+@router.get("/jobs/{job_id}/events", response_model=JobEventHistory)
+async def job_events(job_id: str, event_log: EventLogDep) -> JobEventHistory:
+    """The job's full event history from the log, in order (for audit)."""
+    requested = await _requested(event_log, job_id)
+    return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, requested.seq))
+

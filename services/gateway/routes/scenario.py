@@ -1,0 +1,102 @@
+"""Templates and personas: ``/scenario/analyze-scenario-enhanced``, ``/scenario/generate-personas``
+and their reads."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+from fastapi import APIRouter, Query
+
+from contracts import subjects
+from contracts.api import (
+    AnalyzeScenarioRequest,
+    GeneratePersonasRequest,
+    GeneratePersonasResponse,
+    PersonaList,
+    PersonaView,
+    TemplateView,
+)
+from contracts.domain import Persona, TemplateData
+from contracts.events import PersonaCreated, TemplateCreated
+from services.gateway.deps import EventLogDep, ModelsDep, ProviderDep, WaiterDep
+from services.gateway.errors import ApiError, not_found
+from services.gateway.jobs import load_template
+from services.llm.base import LLMError
+
+router = APIRouter(prefix="/scenario", tags=["templates and personas"])
+log = structlog.get_logger()
+
+
+def _llm_failure(exc: LLMError) -> ApiError:
+    status = 504 if exc.code == "llm_timeout" else 502
+    return ApiError(status, exc.code, f"The language model could not do this: {exc.message}")
+
+
+@router.post("/analyze-scenario-enhanced", status_code=201, response_model=TemplateView)
+async def analyze_scenario(
+    body: AnalyzeScenarioRequest, provider: ProviderDep, event_log: EventLogDep, waiter: WaiterDep
+) -> TemplateView:
+    """Turn a scenario document into a structured template."""
+    try:
+        template_data = await provider.analyze_scenario(body.scenario_document)
+    except LLMError as exc:
+        raise _llm_failure(exc) from exc
+    event = TemplateCreated(
+        template_id=str(uuid.uuid4()), scenario_document=body.scenario_document, template_data=template_data
+    )
+    await waiter.wait_for(await event_log.publish(event))
+    log.info("template_created", template_id=event.template_id, provider=provider.name)
+    return TemplateView(template_id=event.template_id, template_data=template_data, created_at=event.occurred_at)
+
+
+@router.get("/templates/{template_id}", response_model=TemplateView)
+async def get_template(template_id: str, models: ModelsDep) -> TemplateView:
+    doc = await load_template(models, template_id)
+    return TemplateView(template_id=template_id, template_data=doc["template_data"], created_at=doc.get("created_at"))
+
+
+@router.post("/generate-personas", status_code=201, response_model=GeneratePersonasResponse)
+async def generate_personas(
+    body: GeneratePersonasRequest,
+    provider: ProviderDep,
+    event_log: EventLogDep,
+    models: ModelsDep,
+    waiter: WaiterDep,
+) -> GeneratePersonasResponse:
+    """Invent ``count`` personas for a template. They have no prompt yet."""
+    template = await load_template(models, body.template_id)
+    template_data = TemplateData.model_validate(template["template_data"])
+    ids = [str(uuid.uuid4()) for _ in range(body.count)]
+    try:
+        drafts = await provider.generate_personas(template_data, body.persona_type, ids)
+    except LLMError as exc:
+        raise _llm_failure(exc) from exc
+    personas = [
+        Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)
+        for pid, d in zip(ids, drafts, strict=True)
+    ]
+    seqs = await asyncio.gather(*(event_log.publish(PersonaCreated(persona=p)) for p in personas))
+    await waiter.wait_for(max(seqs))
+    log.info("personas_created", template_id=body.template_id, count=len(personas))
+    return GeneratePersonasResponse(
+        template_id=body.template_id, personas=[PersonaView(**p.model_dump()) for p in personas]
+    )
+
+
+@router.get("/personas/{persona_id}", response_model=PersonaView)
+async def get_persona(persona_id: str, models: ModelsDep) -> PersonaView:
+    doc = await models.personas.find_one({"_id": persona_id}) if subjects.is_valid_token(persona_id) else None
+    if doc is None:
+        raise not_found("persona", persona_id)
+    return PersonaView.model_validate(doc)
+
+
+@router.get("/personas", response_model=PersonaList)
+async def list_personas(
+    models: ModelsDep, template_id: str = Query(..., description="The template whose personas to list")
+) -> PersonaList:
+    await load_template(models, template_id)
+    cursor = models.personas.find({"template_id": template_id}).sort("created_at", 1)
+    return PersonaList(personas=[PersonaView.model_validate(d) async for d in cursor])

@@ -1,0 +1,120 @@
+"""Server-Sent Events: what each event becomes, and a job's live stream.
+
+Message ids are stream sequences. An event that becomes two messages (a job's
+end: ``status_update`` then ``results``) gives the first the id ``<seq>-0`` and
+the last ``<seq>``, so ``Last-Event-ID`` always names an exact position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from dataclasses import dataclass
+from functools import singledispatch
+
+from contracts import subjects
+from contracts.events import (
+    Envelope,
+    JobFinished,
+    JobRequested,
+    PersonaCompleted,
+    PersonaFailed,
+    PersonaProgress,
+)
+from contracts.sse import PersonaProgressMessage, ResultsMessage, StatusUpdate
+from services.bus import EventLog, StoredEvent
+
+Message = StatusUpdate | PersonaProgressMessage | ResultsMessage
+
+
+@singledispatch
+def messages_for(event: Envelope) -> list[Message]:
+    """Events a client does not see (work items, cancel requests)."""
+    return []
+
+
+@messages_for.register
+def _(event: JobRequested) -> list[Message]:
+    return [StatusUpdate(status="processing")]
+
+
+@messages_for.register
+def _(event: PersonaProgress) -> list[Message]:
+    return [
+        PersonaProgressMessage(
+            persona_id=event.persona_id, status="processing", persona_name=event.persona_name, mode=event.mode
+        )
+    ]
+
+
+@messages_for.register
+def _(event: PersonaCompleted) -> list[Message]:
+    return [
+        PersonaProgressMessage(
+            persona_id=event.persona_id, status="completed", persona_name=event.persona_name, mode=event.mode
+        )
+    ]
+
+
+@messages_for.register
+def _(event: PersonaFailed) -> list[Message]:
+    return [
+        PersonaProgressMessage(
+            persona_id=event.persona_id,
+            status="failed",
+            persona_name=event.persona_name,
+            mode=event.mode,
+            error=event.error,
+            error_code=event.error_code,
+        )
+    ]
+
+
+@messages_for.register
+def _(event: JobFinished) -> list[Message]:
+    return [StatusUpdate(status=event.status, error=event.error), ResultsMessage(results=event.results)]
+
+
+@dataclass(frozen=True)
+class Position:
+    """A place in a job's message stream: after message ``index`` of event ``seq``
+    (``index`` None: after all of that event's messages)."""
+
+    seq: int
+    index: int | None = None
+
+    @classmethod
+    def parse(cls, value: str | None) -> Position | None:
+        if not value:
+            return None
+        head, _, tail = value.strip().partition("-")
+        try:
+            return cls(int(head), int(tail) if tail else None)
+        except ValueError:
+            return None
+
+
+def sse_items(stored: StoredEvent, after: Position | None = None) -> list[dict[str, str]]:
+    """The SSE items of one stored event, skipping what a resuming client has."""
+    msgs = messages_for(stored.event)
+    items = []
+    for i, msg in enumerate(msgs):
+        if after is not None and after.seq == stored.seq and after.index is not None and i <= after.index:
+            continue
+        ident = str(stored.seq) if i == len(msgs) - 1 else f"{stored.seq}-{i}"
+        items.append({"id": ident, "data": msg.to_json()})
+    return items
+
+
+async def stream_job_events(
+    event_log: EventLog, job_id: str, *, start_seq: int, after: Position | None
+) -> AsyncIterator[dict[str, str]]:
+    """A job's SSE items from ``start_seq``, live, ending after its results."""
+    if after is not None:
+        start_seq = max(start_seq, after.seq if after.index is not None else after.seq + 1)
+    async with aclosing(event_log.follow(subjects.job_history(job_id), start_seq)) as events:
+        async for stored in events:
+            for item in sse_items(stored, after):
+                yield item
+            if isinstance(stored.event, JobFinished):
+                return

@@ -1,0 +1,163 @@
+"""The generator's two JetStream consumers.
+
+* dispatcher: ``JobRequested`` -> one work item per persona, then ack.
+* workers: a durable pull consumer shared by every generator replica; each item
+  is acked only after its outcome event is stored. A redelivered item whose
+  persona already ended is acked without a second LLM call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import structlog
+from nats.errors import TimeoutError as NatsTimeout
+
+from contracts import subjects
+from contracts.events import (
+    JobRequested,
+    PersonaProgress,
+    PersonaPromptRequested,
+    caused_by,
+    parse_event,
+)
+from services.bus import EventLog
+from services.generator.work import failed, fan_out, generate_persona_prompt
+from services.llm.base import LLMError, Provider
+from services.settings import Settings
+
+log = structlog.get_logger()
+
+DISPATCHER = "generator-dispatcher"
+WORKERS = "generator-workers"
+
+
+async def _publish_all(event_log: EventLog, events: list, chunk: int = 256) -> None:
+    for i in range(0, len(events), chunk):
+        await asyncio.gather(*(event_log.publish(e) for e in events[i : i + chunk]))
+
+
+async def run_dispatcher(event_log: EventLog, stop: asyncio.Event) -> None:
+    sub = await event_log.work_queue(
+        DISPATCHER, subjects.JOBS_REQUESTED, max_ack_pending=16, ack_wait=60, max_deliver=-1
+    )
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch=4, timeout=2)
+        except NatsTimeout:
+            continue
+        for msg in msgs:
+            event = parse_event(msg.data)
+            if not isinstance(event, JobRequested):
+                await msg.term()
+                continue
+            with structlog.contextvars.bound_contextvars(job_id=event.job_id):
+                items = fan_out(event)
+                await _publish_all(event_log, items)
+                await msg.ack_sync()
+                log.info("job_dispatched", personas=len(items))
+
+
+class WorkerPool:
+    def __init__(self, event_log: EventLog, provider: Provider, settings: Settings) -> None:
+        self.log = event_log
+        self.provider = provider
+        self.settings = settings
+        self.in_flight: set[asyncio.Task] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        sub = await self.log.work_queue(
+            WORKERS,
+            subjects.WORK_ITEMS,
+            max_ack_pending=s.llm_concurrency,
+            ack_wait=s.ack_wait_seconds,
+            max_deliver=s.max_deliveries,
+        )
+        limit = s.worker_concurrency
+        while not stop.is_set():
+            if len(self.in_flight) >= limit:
+                await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await sub.fetch(batch=limit - len(self.in_flight), timeout=2)
+            except NatsTimeout:
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self.handle(msg))
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+
+    async def drain(self, timeout: float) -> None:
+        if self.in_flight:
+            await asyncio.wait(self.in_flight, timeout=timeout)
+
+    async def _already_ended(self, item: PersonaPromptRequested) -> bool:
+        for end in ("completed", "failed"):
+            if await self.log.last(subjects.job_persona(item.job_id, item.persona_id, end)):
+                return True
+        return False
+
+    async def _cancelled(self, job_id: str) -> bool:
+        return await self.log.last(subjects.job(job_id, "cancel_requested")) is not None
+
+    async def _keep_alive(self, msg) -> None:
+        # A long LLM call must not look like a dead worker: tell JetStream we are on it.
+        interval = max(1.0, self.settings.ack_wait_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def handle(self, msg) -> None:
+        item = parse_event(msg.data)
+        if not isinstance(item, PersonaPromptRequested):
+            await msg.term()
+            return
+        delivered = msg.metadata.num_delivered
+        with structlog.contextvars.bound_contextvars(job_id=item.job_id, persona_id=item.persona_id):
+            try:
+                await self._handle(msg, item, delivered)
+            except Exception as exc:  # noqa: BLE001 - decide between redelivery and a visible failure
+                if delivered >= self.settings.max_deliveries:
+                    log.error("work_item_exhausted", error=str(exc), deliveries=delivered)
+                    err = LLMError("internal_error", f"generation failed after {delivered} deliveries: {exc}")
+                    with contextlib.suppress(Exception):
+                        await self.log.publish(failed(item, err, delivered))
+                        await msg.ack()
+                    return
+                log.warning("work_item_retry", error=str(exc), deliveries=delivered)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=min(30, 2**delivered))
+
+    async def _handle(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
+        if await self._already_ended(item):
+            log.info("work_item_already_done", deliveries=delivered)
+            await msg.ack()
+            return
+        if await self._cancelled(item.job_id):
+            log.info("work_item_skipped_cancelled")
+            await msg.ack()
+            return
+        if item.deadline <= datetime.now(UTC):
+            err = LLMError("expired", "the job passed its deadline before this persona was generated")
+            await self.log.publish(failed(item, err, delivered))
+            await msg.ack()
+            return
+        await self.log.publish(
+            PersonaProgress(**caused_by(item), job_id=item.job_id, persona_id=item.persona_id,
+                            persona_name=item.persona.name, mode=item.mode, attempt=delivered)
+        )
+        keep_alive = asyncio.create_task(self._keep_alive(msg))
+        try:
+            outcome = await generate_persona_prompt(
+                item, provider=self.provider, max_attempts=self.settings.llm_max_attempts
+            )
+        finally:
+            keep_alive.cancel()
+        await self.log.publish(outcome)
+        await msg.ack_sync()
+        log.info("persona_generated" if outcome.type == "persona.completed" else "persona_failed",
+                 outcome=outcome.type, error_code=getattr(outcome, "error_code", None))

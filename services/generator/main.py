@@ -1,0 +1,47 @@
+"""Wires the generator process: event log + provider + dispatcher + workers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from services.bus import EventLog
+from services.generator.consumers import WorkerPool, run_dispatcher
+from services.llm.factory import build_provider
+from services.runtime import announce_ready
+from services.settings import Settings
+
+log = structlog.get_logger()
+
+
+async def run_generator(settings: Settings, stop: asyncio.Event) -> None:
+    provider = build_provider(settings)
+    event_log = await EventLog.connect(settings, "promptgen-generator")
+    pool = WorkerPool(event_log, provider, settings)
+    tasks = [
+        asyncio.create_task(run_dispatcher(event_log, stop), name="dispatcher"),
+        asyncio.create_task(pool.run(stop), name="workers"),
+    ]
+    announce_ready(
+        provider=provider.name,
+        model=provider.model,
+        concurrency=settings.worker_concurrency,
+        global_concurrency=settings.llm_concurrency,
+    )
+    try:
+        done, _ = await asyncio.wait(
+            [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        for t in done:
+            if t in tasks and t.exception():
+                raise t.exception()  # a consumer loop died: exit so the supervisor restarts us
+    finally:
+        stop.set()
+        await asyncio.wait(tasks, timeout=5)
+        await pool.drain(timeout=10)
+        for t in tasks:
+            t.cancel()
+        await event_log.close()
+        await provider.aclose()
+        log.info("service_stopped")

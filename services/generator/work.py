@@ -1,0 +1,100 @@
+"""What the generator decides: pure fan-out, and one persona's generation with retries."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from contracts.events import (
+    JobRequested,
+    PersonaCompleted,
+    PersonaFailed,
+    PersonaPromptRequested,
+    caused_by,
+)
+from contracts.domain import generation_mode
+from services.generator.prompt_generators import generate_for_mode
+from services.llm.base import LLMError, Provider
+
+log = structlog.get_logger()
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+def fan_out(job: JobRequested) -> list[PersonaPromptRequested]:
+    """One work item per persona of the job."""
+    return [
+        PersonaPromptRequested(
+            **caused_by(job),
+            job_id=job.job_id,
+            persona_id=jp.persona.id,
+            mode=jp.mode,
+            template_id=job.template_id,
+            template_data=job.template_data,
+            persona=jp.persona,
+            deadline=job.deadline,
+        )
+        for jp in job.personas
+    ]
+
+
+def backoff(attempt: int, *, base: float = 0.5, cap: float = 30.0) -> float:
+    """Exponential backoff with full jitter for the ``attempt``-th retry (1-based)."""
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
+
+
+def failed(item: PersonaPromptRequested, error: LLMError, attempts: int) -> PersonaFailed:
+    return PersonaFailed(
+        **caused_by(item),
+        job_id=item.job_id,
+        persona_id=item.persona_id,
+        persona_name=item.persona.name,
+        mode=item.mode,
+        error=error.message,
+        error_code=error.code,
+        attempts=attempts,
+    )
+
+
+async def generate_persona_prompt(
+    item: PersonaPromptRequested,
+    *,
+    provider: Provider,
+    max_attempts: int = 3,
+    sleep: Sleep = asyncio.sleep,
+    before_attempt: Callable[[], Awaitable[None]] | None = None,
+) -> PersonaCompleted | PersonaFailed:
+    """Write one persona's prompt. Transient LLM failures are retried with backoff
+    (never sooner than the server's retry-after); permanent ones fail at once."""
+    last: LLMError | None = None
+    for attempt in range(1, max_attempts + 1):
+        if before_attempt is not None:
+            await before_attempt()
+        try:
+            out = await generate_for_mode(provider, item.template_data, item.persona, item.mode)
+        except LLMError as exc:
+            last = exc
+            log.warning("llm_call_failed", error_code=exc.code, error=exc.message, attempt=attempt,
+                        retryable=exc.retryable)
+            if not exc.retryable or attempt == max_attempts:
+                return failed(item, exc, attempt)
+            await sleep(max(exc.retry_after or 0.0, backoff(attempt)))
+            continue
+        return PersonaCompleted(
+            **caused_by(item),
+            job_id=item.job_id,
+            persona_id=item.persona_id,
+            persona_name=item.persona.name,
+            mode=item.mode,
+            generation_mode=generation_mode(item.mode),
+            prompt=out.text,
+            prompt_length=len(out.text),
+            provider=provider.name,
+            model=out.model,
+            usage=out.usage,
+        )
+    assert last is not None
+    return failed(item, last, max_attempts)

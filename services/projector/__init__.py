@@ -1,0 +1,1 @@
+"""The projector: the only writer of MongoDB, and the job's process manager."""

@@ -1,0 +1,35 @@
+"""Wires the projector process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from services.bus import EventLog
+from services.projector.projector import Projector
+from services.runtime import announce_ready
+from services.settings import Settings
+from services.store import ReadModels, mongo_client
+
+log = structlog.get_logger()
+
+
+async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
+    client = mongo_client(settings)
+    event_log = await EventLog.connect(settings, "promptgen-projector")
+    models = ReadModels(client[settings.mongo_db])
+    await models.ensure_indexes()
+    projector = Projector(event_log, models)
+    task = asyncio.create_task(projector.run(stop))
+    announce_ready(checkpoint=await models.checkpoint())
+    try:
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and task.exception():
+            raise task.exception()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await event_log.close()
+        await client.close()
+        log.info("service_stopped", position=projector.position)

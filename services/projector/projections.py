@@ -1,0 +1,219 @@
+"""How each event changes the read models: pure functions, one per event type.
+
+Every write is idempotent. Creations are upserts with ``$setOnInsert``; updates
+carry the event's stream sequence and apply only to a document whose ``_seq``
+is older, so replaying an event (after a crash, or in a rebuild) changes nothing.
+Timestamps come from the event, never the clock, so a rebuild is identical.
+"""
+
+from __future__ import annotations
+
+from functools import singledispatch
+from typing import Any
+
+from pymongo import UpdateOne
+
+from contracts.domain import TERMINAL_PERSONA_STATUSES
+from contracts.events import (
+    AvatarInteractionCreated,
+    Envelope,
+    JobCancelRequested,
+    JobFinished,
+    JobRequested,
+    PersonaCompleted,
+    PersonaCreated,
+    PersonaFailed,
+    PersonaProgress,
+    TemplateCreated,
+)
+
+Write = tuple[str, UpdateOne]
+_OPEN = {"$nin": sorted(TERMINAL_PERSONA_STATUSES)}
+
+
+def _create(collection: str, _id: str, seq: int, fields: dict[str, Any]) -> Write:
+    return collection, UpdateOne({"_id": _id}, {"$setOnInsert": {**fields, "_seq": seq}}, upsert=True)
+
+
+def _newer(_id: str, seq: int, **conditions: Any) -> dict[str, Any]:
+    return {"_id": _id, "_seq": {"$lt": seq}, **conditions}
+
+
+@singledispatch
+def project(event: Envelope, seq: int) -> list[Write]:
+    """Events with no read-model effect (work items, for example)."""
+    return []
+
+
+@project.register
+def project_template_created(event: TemplateCreated, seq: int) -> list[Write]:
+    return [
+        _create(
+            "templates",
+            event.template_id,
+            seq,
+            {
+                "template_id": event.template_id,
+                "template_data": event.template_data.model_dump(mode="json"),
+                "scenario_document": event.scenario_document,
+                "created_at": event.occurred_at,
+            },
+        )
+    ]
+
+
+@project.register
+def project_persona_created(event: PersonaCreated, seq: int) -> list[Write]:
+    persona = event.persona.model_dump(mode="json")
+    return [_create("personas_v2", event.persona.id, seq, {**persona, "created_at": event.occurred_at})]
+
+
+@project.register
+def project_interaction_created(event: AvatarInteractionCreated, seq: int) -> list[Write]:
+    return [
+        _create(
+            "avatar_interactions",
+            event.interaction_id,
+            seq,
+            {
+                "id": event.interaction_id,
+                "mode": event.mode,
+                "avatars": event.avatars,
+                "languages": event.languages,
+                "persona_id": event.persona_id,
+                "system_prompt": event.system_prompt,
+                "created_at": event.occurred_at,
+            },
+        )
+    ]
+
+
+@project.register
+def project_job_requested(event: JobRequested, seq: int) -> list[Write]:
+    personas = {
+        jp.persona.id: {
+            "persona_id": jp.persona.id,
+            "persona_name": jp.persona.name,
+            "mode": jp.mode,
+            "status": "queued",
+        }
+        for jp in event.personas
+    }
+    return [
+        _create(
+            "prompt_jobs",
+            event.job_id,
+            seq,
+            {
+                "job_id": event.job_id,
+                "status": "processing",
+                "template_id": event.template_id,
+                "template_data": event.template_data.model_dump(mode="json"),
+                "personas": personas,
+                "persona_order": [jp.persona.id for jp in event.personas],
+                "total_personas": len(personas),
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+                "created_at": event.occurred_at,
+                "updated_at": event.occurred_at,
+                "deadline": event.deadline,
+                "retry_of": event.retry_of,
+            },
+        )
+    ]
+
+
+@project.register
+def project_persona_progress(event: PersonaProgress, seq: int) -> list[Write]:
+    p = f"personas.{event.persona_id}"
+    return [
+        (
+            "prompt_jobs",
+            UpdateOne(
+                _newer(event.job_id, seq, **{f"{p}.status": _OPEN}),
+                {"$set": {f"{p}.status": "processing", f"{p}.attempts": event.attempt,
+                          "updated_at": event.occurred_at, "_seq": seq}},
+            ),
+        )
+    ]
+
+
+@project.register
+def project_persona_completed(event: PersonaCompleted, seq: int) -> list[Write]:
+    p = f"personas.{event.persona_id}"
+    return [
+        (
+            "personas_v2",
+            UpdateOne(
+                _newer(event.persona_id, seq),
+                {"$set": {
+                    "system_prompt": event.prompt,
+                    "prompt_mode": event.mode,
+                    "prompt_generated_at": event.occurred_at,
+                    "prompt_job_id": event.job_id,
+                    "prompt_model": event.model,
+                    "_seq": seq,
+                }},
+            ),
+        ),
+        (
+            "prompt_jobs",
+            UpdateOne(
+                _newer(event.job_id, seq, **{f"{p}.status": _OPEN}),
+                {
+                    "$set": {f"{p}.status": "completed", f"{p}.prompt_length": event.prompt_length,
+                             f"{p}.model": event.model, "updated_at": event.occurred_at, "_seq": seq},
+                    "$inc": {"usage.prompt_tokens": event.usage.prompt_tokens,
+                             "usage.completion_tokens": event.usage.completion_tokens},
+                },
+            ),
+        ),
+    ]
+
+
+@project.register
+def project_persona_failed(event: PersonaFailed, seq: int) -> list[Write]:
+    p = f"personas.{event.persona_id}"
+    return [
+        (
+            "prompt_jobs",
+            UpdateOne(
+                _newer(event.job_id, seq, **{f"{p}.status": _OPEN}),
+                {"$set": {f"{p}.status": "failed", f"{p}.error": event.error,
+                          f"{p}.error_code": event.error_code, f"{p}.attempts": event.attempts,
+                          "updated_at": event.occurred_at, "_seq": seq}},
+            ),
+        )
+    ]
+
+
+@project.register
+def project_cancel_requested(event: JobCancelRequested, seq: int) -> list[Write]:
+    return [
+        (
+            "prompt_jobs",
+            UpdateOne(
+                _newer(event.job_id, seq),
+                {"$set": {"cancel_requested_at": event.occurred_at, "updated_at": event.occurred_at,
+                          "_seq": seq}},
+            ),
+        )
+    ]
+
+
+@project.register
+def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
+    changes: dict[str, Any] = {
+        "status": event.status,
+        "results": event.results.model_dump(mode="json"),
+        "error": event.error,
+        "finished_at": event.occurred_at,
+        "updated_at": event.occurred_at,
+        "_seq": seq,
+    }
+    # Personas a cancellation or expiry cut short take their final state from the results.
+    for pid, r in event.results.personas.items():
+        if r.status == "cancelled" or r.error_code == "expired":
+            changes[f"personas.{pid}.status"] = r.status
+            changes[f"personas.{pid}.error"] = r.error
+            changes[f"personas.{pid}.error_code"] = r.error_code
+    return [("prompt_jobs", UpdateOne(_newer(event.job_id, seq, status="processing"), {"$set": changes}))]

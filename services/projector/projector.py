@@ -1,0 +1,125 @@
+"""Folds the event log into MongoDB, batch by batch, from its stored checkpoint.
+
+The checkpoint (last stream sequence applied) lives in MongoDB beside the read
+models it describes, and is written after them: a crash in between replays a
+batch whose writes are idempotent. Writes are retried until MongoDB takes them;
+nothing moves the checkpoint past an event whose effect is not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+import structlog
+from pymongo.errors import PyMongoError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from contracts import subjects
+from contracts.events import (
+    JobCancelRequested,
+    JobFinished,
+    PersonaCompleted,
+    PersonaFailed,
+)
+from services.bus import EventLog, StoredEvent
+from services.projector.process_manager import decide_job_end
+from services.projector.projections import project
+from services.store import ReadModels
+
+log = structlog.get_logger()
+
+_ENDS = ("completed", "cancelled", "expired")
+
+
+def _mongo_retrying() -> AsyncRetrying:
+    return AsyncRetrying(
+        wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.2),
+        retry=retry_if_exception_type(PyMongoError),
+        before_sleep=lambda rs: log.warning(
+            "mongo_write_retry", attempt=rs.attempt_number, error=str(rs.outcome.exception())
+        ),
+    )
+
+
+class Projector:
+    def __init__(self, event_log: EventLog, models: ReadModels, *, manage_jobs: bool = True) -> None:
+        self.log = event_log
+        self.models = models
+        self.manage_jobs = manage_jobs
+        self.position = 0
+
+    async def apply(self, batch: list[StoredEvent]) -> set[str]:
+        """Write a batch's effects, then the checkpoint; returns jobs to re-examine."""
+        writes = defaultdict(list)
+        jobs: set[str] = set()
+        for stored in batch:
+            for collection, op in project(stored.event, stored.seq):
+                writes[collection].append(op)
+            if isinstance(stored.event, PersonaCompleted | PersonaFailed | JobCancelRequested):
+                jobs.add(stored.event.job_id)
+            elif isinstance(stored.event, JobFinished):
+                jobs.discard(stored.event.job_id)
+        async for attempt in _mongo_retrying():
+            with attempt:
+                for collection, ops in writes.items():
+                    await self.models.collection(collection).bulk_write(ops, ordered=True)
+                await self.models.save_checkpoint(batch[-1].seq)
+        self.position = batch[-1].seq
+        return jobs
+
+    async def _already_ended(self, job_id: str) -> bool:
+        for end in _ENDS:
+            if await self.log.last(subjects.job(job_id, end)):
+                return True
+        return False
+
+    async def examine(self, job_ids: Iterable[str]) -> None:
+        """Publish the end of every job in ``job_ids`` that has reached one."""
+        if not self.manage_jobs:
+            return
+        now = datetime.now(UTC)
+        for job_id in job_ids:
+            async for attempt in _mongo_retrying():
+                with attempt:
+                    job = await self.models.jobs.find_one({"_id": job_id})
+            end = decide_job_end(job, now) if job else None
+            if end is None or await self._already_ended(job_id):
+                continue
+            await self.log.publish(end)
+            log.info("job_finished", job_id=job_id, status=end.status,
+                     successful=end.results.successful, failed=end.results.failed)
+
+    async def expire_overdue(self) -> None:
+        now = datetime.now(UTC)
+        cursor = self.models.jobs.find({"status": "processing", "deadline": {"$lte": now}}, {"_id": 1})
+        await self.examine([doc["_id"] async for doc in cursor])
+
+    async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
+        start = await self.models.checkpoint() + 1
+        log.info("projector_starting", from_seq=start)
+        sweeper = asyncio.create_task(self._sweep(stop, sweep_seconds)) if self.manage_jobs else None
+        follower = self.log.follow_batches(subjects.ALL, start)
+        try:
+            async for batch in follower:
+                jobs = await self.apply(batch)
+                await self.examine(jobs)
+                if stop.is_set():
+                    break
+        finally:
+            await follower.aclose()
+            if sweeper:
+                sweeper.cancel()
+
+    async def _sweep(self, stop: asyncio.Event, every: float) -> None:
+        while not stop.is_set():
+            try:
+                await self.expire_overdue()
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.warning("expiry_sweep_failed", error=str(exc))
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every)
+            except TimeoutError:
+                pass

@@ -1,0 +1,40 @@
+"""`promptgen replay JOB_ID`: a job's audit history as a table or JSON lines."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from contracts import subjects
+from services.audit import job_history
+from services.bus import EventLog
+from services.settings import Settings
+
+
+async def show_job_history(settings: Settings, job_id: str, *, as_json: bool) -> int:
+    console = Console()
+    if not subjects.is_valid_token(job_id):
+        Console(stderr=True).print(f"[red]'{job_id}' is not a valid job id[/red]")
+        return 2
+    event_log = await EventLog.connect(settings, "promptgen-replay")
+    try:
+        records = await job_history(event_log, job_id)
+    finally:
+        await event_log.close()
+    if not records:
+        Console(stderr=True).print(f"[red]No events for job '{job_id}'[/red] (unknown, or aged out of the log)")
+        return 1
+    if as_json:
+        for r in records:
+            sys.stdout.write(r.model_dump_json() + "\n")
+        return 0
+    table = Table(title=f"job {job_id}", show_lines=False)
+    for col in ("time", "seq", "event", "persona", "status", "error"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(r.time.strftime("%H:%M:%S.%f")[:-3], str(r.seq), r.type, r.persona_id or "",
+                      r.status or "", r.error or "")
+    console.print(table)
+    return 0

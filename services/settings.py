@@ -1,0 +1,70 @@
+"""Configuration from environment variables (and nothing built at import time)."""
+
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name, name.lower())
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+
+    # Infrastructure
+    nats_url: str = Field("nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))
+    mongo_url: str = Field(
+        "mongodb://127.0.0.1:27017/?directConnection=true", validation_alias=_env("MONGO_URL")
+    )
+    mongo_db: str = Field("promptgen", validation_alias=_env("MONGO_DB"))
+    stream: str = Field("PROMPTGEN", validation_alias=_env("PROMPTGEN_STREAM"))
+    stream_replicas: int = Field(1, ge=1, le=5, validation_alias=_env("PROMPTGEN_STREAM_REPLICAS"))
+    stream_max_age_days: float = Field(30, gt=0, validation_alias=_env("PROMPTGEN_EVENT_RETENTION_DAYS"))
+    duplicate_window_seconds: float = Field(
+        300, ge=120, validation_alias=_env("PROMPTGEN_DUPLICATE_WINDOW_SECONDS")
+    )
+
+    # Gateway
+    host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HOST"))
+    port: int = Field(9000, validation_alias=_env("PROMPTGEN_PORT"))
+    max_personas_per_job: int = Field(500, ge=1, validation_alias=_env("PROMPTGEN_MAX_PERSONAS_PER_JOB"))
+    sse_ping_seconds: float = Field(15, gt=0, validation_alias=_env("PROMPTGEN_SSE_PING_SECONDS"))
+    projection_wait_seconds: float = Field(
+        10, ge=0, validation_alias=_env("PROMPTGEN_PROJECTION_WAIT_SECONDS")
+    )
+    v1_timeout_seconds: float = Field(600, gt=0, validation_alias=_env("PROMPTGEN_V1_TIMEOUT_SECONDS"))
+
+    # Jobs
+    job_deadline_seconds: float = Field(1800, gt=0, validation_alias=_env("PROMPTGEN_JOB_DEADLINE_SECONDS"))
+
+    # Generator and LLM
+    openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    model: str = Field("gpt-4o-mini", validation_alias=_env("PROMPTGEN_MODEL"))
+    llm_timeout_seconds: float = Field(120, gt=0, validation_alias=_env("PROMPTGEN_LLM_TIMEOUT_SECONDS"))
+    llm_temperature: float = Field(0.7, ge=0, le=2, validation_alias=_env("PROMPTGEN_LLM_TEMPERATURE"))
+    llm_concurrency: int = Field(64, ge=1, validation_alias=_env("PROMPTGEN_LLM_CONCURRENCY"))
+    worker_concurrency: int = Field(64, ge=1, validation_alias=_env("PROMPTGEN_WORKER_CONCURRENCY"))
+    llm_max_attempts: int = Field(4, ge=1, validation_alias=_env("PROMPTGEN_LLM_MAX_ATTEMPTS"))
+    max_deliveries: int = Field(5, ge=1, validation_alias=_env("PROMPTGEN_MAX_DELIVERIES"))
+    ack_wait_seconds: float = Field(30, gt=0, validation_alias=_env("PROMPTGEN_ACK_WAIT_SECONDS"))
+    provider: str | None = Field(
+        None,
+        validation_alias=_env("PROMPTGEN_PROVIDER"),
+        description="'openai' or 'offline'; default: openai when a key or base URL is set.",
+    )
+
+    # Logging
+    log_level: str = Field("info", validation_alias=_env("PROMPTGEN_LOG_LEVEL"))
+
+    @property
+    def provider_name(self) -> str:
+        if self.provider:
+            return self.provider
+        return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"http://{self.host}:{self.port}"

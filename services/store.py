@@ -1,0 +1,83 @@
+"""The read-model adapter: MongoDB collections, indexes and the projector checkpoint.
+
+Only the projector writes here; the gateway reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from services.settings import Settings
+
+CHECKPOINT_ID = "checkpoint"
+READ_MODELS = ("templates", "personas_v2", "prompt_jobs", "avatar_interactions")
+
+
+def mongo_client(settings: Settings) -> AsyncMongoClient:
+    return AsyncMongoClient(
+        settings.mongo_url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=10_000,
+        retryWrites=True,
+        appname="promptgen",
+    )
+
+
+@dataclass(frozen=True)
+class ReadModels:
+    """The collections of one generation of read models (``suffix`` is used by rebuilds)."""
+
+    db: AsyncDatabase
+    suffix: str = ""
+
+    def _c(self, name: str) -> AsyncCollection:
+        return self.db[f"{name}{self.suffix}"]
+
+    @property
+    def templates(self) -> AsyncCollection:
+        return self._c("templates")
+
+    @property
+    def personas(self) -> AsyncCollection:
+        return self._c("personas_v2")
+
+    @property
+    def jobs(self) -> AsyncCollection:
+        return self._c("prompt_jobs")
+
+    @property
+    def interactions(self) -> AsyncCollection:
+        return self._c("avatar_interactions")
+
+    @property
+    def state(self) -> AsyncCollection:
+        return self._c("projector_state")
+
+    def collection(self, name: str) -> AsyncCollection:
+        return self._c(name)
+
+    async def checkpoint(self) -> int:
+        doc = await self.state.find_one({"_id": CHECKPOINT_ID})
+        return int(doc["seq"]) if doc else 0
+
+    async def save_checkpoint(self, seq: int) -> None:
+        await self.state.update_one(
+            {"_id": CHECKPOINT_ID}, {"$max": {"seq": seq}}, upsert=True
+        )
+
+    async def ensure_indexes(self) -> None:
+        await self.personas.create_index([("template_id", ASCENDING)])
+        await self.jobs.create_index([("created_at", DESCENDING)])
+        await self.jobs.create_index([("status", ASCENDING), ("deadline", ASCENDING)])
+
+
+def public(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A stored document without its bookkeeping fields."""
+    if doc is None:
+        return None
+    return {k: v for k, v in doc.items() if not k.startswith("_")}

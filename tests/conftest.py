@@ -1,0 +1,157 @@
+"""Fixtures: real NATS and MongoDB-wire servers, services in-process or as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+
+from services.bus import EventLog
+from services.embedded import free_port
+from services.gateway.app import create_app
+from services.generator.main import run_generator
+from services.projector.main import run_projector
+from services.settings import Settings
+from services.store import ReadModels, mongo_client
+from tests.servers import NatsServer, mongo_url
+
+
+@pytest.fixture(scope="session")
+def mongo_server_url(tmp_path_factory) -> str:
+    with mongo_url(tmp_path_factory.mktemp("mongo")) as url:
+        yield url
+
+
+@pytest.fixture
+def nats_server(tmp_path) -> NatsServer | None:
+    """A fresh nats-server per test (it starts in milliseconds), unless NATS_URL is set."""
+    if os.environ.get("NATS_URL"):
+        yield None
+        return
+    server = NatsServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest_asyncio.fixture
+async def settings(nats_server, mongo_server_url) -> Settings:
+    s = Settings(
+        nats_url=nats_server.url if nats_server else os.environ["NATS_URL"],
+        mongo_url=mongo_server_url,
+        mongo_db=f"test_{uuid.uuid4().hex[:12]}",
+        provider="offline",
+        projection_wait_seconds=10,
+        ack_wait_seconds=5,
+        sse_ping_seconds=1,
+    )
+    if nats_server is None:  # a shared server: start from an empty stream
+        event_log = await EventLog.connect(s, "test-reset")
+        await event_log.js.delete_stream(s.stream)
+        await event_log.close()
+    yield s
+
+
+@pytest_asyncio.fixture
+async def event_log(settings) -> AsyncIterator[EventLog]:
+    log = await EventLog.connect(settings, "test")
+    yield log
+    await log.close()
+
+
+@pytest_asyncio.fixture
+async def models(settings) -> AsyncIterator[ReadModels]:
+    client = mongo_client(settings)
+    yield ReadModels(client[settings.mongo_db])
+    await client.drop_database(settings.mongo_db)
+    await client.close()
+
+
+class InProcessSystem:
+    """Gateway (real HTTP on loopback), projector and generator as tasks of the test's loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.stops: dict[str, asyncio.Event] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.server: uvicorn.Server | None = None
+
+    def start_service(self, name: str, settings: Settings | None = None) -> None:
+        runner = {"projector": run_projector, "generator": run_generator}[name.rstrip("0123456789")]
+        stop = asyncio.Event()
+        self.stops[name] = stop
+        self.tasks[name] = asyncio.create_task(runner(settings or self.settings, stop))
+
+    async def stop_service(self, name: str) -> None:
+        self.stops[name].set()
+        await asyncio.wait_for(self.tasks.pop(name), 20)
+
+    async def start(self, *, generator: bool = True) -> InProcessSystem:
+        self.start_service("projector")
+        if generator:
+            self.start_service("generator")
+        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port,
+                                log_config=None, access_log=False, lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.tasks["gateway"] = asyncio.create_task(self.server.serve())
+        while not self.server.started:
+            if self.tasks["gateway"].done():
+                self.tasks["gateway"].result()
+            await asyncio.sleep(0.01)
+        return self
+
+    async def close(self) -> None:
+        if self.server:
+            self.server.should_exit = True
+        for name in [n for n in self.stops if n in self.tasks]:
+            await self.stop_service(name)
+        if "gateway" in self.tasks:
+            await asyncio.wait_for(self.tasks.pop("gateway"), 20)
+
+
+@pytest_asyncio.fixture
+async def system(settings, models) -> AsyncIterator[InProcessSystem]:
+    sysm = await InProcessSystem(settings).start()
+    yield sysm
+    await sysm.close()
+
+
+@pytest_asyncio.fixture
+async def client(system) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as c:
+        yield c
+
+
+SCENARIO = """# Delivering difficult news to a patient's family
+A physician must tell a family that the treatment has not worked. The family is upset and
+asks hard questions.
+
+## Learning objectives
+- Deliver bad news clearly and compassionately
+- Respond to strong emotion with empathy
+- Agree on next steps with the family
+
+## Roles
+- Physician: the learner, who delivers the news
+- Family member - the patient's adult child, frightened and angry
+
+## Success criteria
+- The family understands what happened and what comes next
+"""
+
+
+@pytest.fixture
+def scenario_document() -> str:
+    return SCENARIO
+
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent

@@ -1,0 +1,94 @@
+"""Real servers for tests: nats-server with JetStream and a MongoDB-wire server.
+
+``NATS_URL`` / ``MONGO_URL`` point the tests at existing servers instead.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from services import embedded
+
+
+def wait_port(port: int, timeout: float = 20.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class NatsServer:
+    """A nats-server we own: can be stopped and started again on the same port and data."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.port = port or embedded.free_port()
+        self.conf = embedded.nats_config(data_dir, self.port)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return embedded.nats_url(self.port)
+
+    def start(self) -> NatsServer:
+        self.proc = subprocess.Popen(embedded.nats_argv(self.conf), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            stop(self.proc)
+
+
+class MongoServer:
+    def __init__(self, storage: str = ":memory:", port: int | None = None) -> None:
+        self.port = port or embedded.free_port()
+        self.storage = storage
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return embedded.mongo_url(self.port)
+
+    def start(self) -> MongoServer:
+        self.proc = subprocess.Popen(embedded.mongo_argv(self.storage, self.port), stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port, timeout=30, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc:
+            stop(self.proc)
+
+
+@contextmanager
+def mongo_url(tmp_root: Path) -> Iterator[str]:
+    if os.environ.get("MONGO_URL"):
+        yield os.environ["MONGO_URL"]
+        return
+    server = MongoServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -44,6 +44,9 @@ def install_error_handlers(app: FastAPI) -> None:
             field = "body"
         else:
             detail = f"Invalid '{field}': {msg}"
+            given = first.get("input")
+            if isinstance(given, str | int | float) and first.get("type") != "missing":
+                detail += f" (got {given!r})"
         body = ErrorBody(detail=detail, code="invalid_request", field=field).model_dump(exclude_none=True)
         body["errors"] = [
             {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))} for e in errors

@@ -45,7 +45,7 @@ async def run_dispatcher(event_log: EventLog, stop: asyncio.Event) -> None:
     )
     while not stop.is_set():
         try:
-            msgs = await sub.fetch(batch=4, timeout=2)
+            msgs = await sub.fetch(batch=4, timeout=1)
         except NatsTimeout:
             continue
         for msg in msgs:
@@ -82,7 +82,7 @@ class WorkerPool:
                 await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                msgs = await sub.fetch(batch=limit - len(self.in_flight), timeout=2)
+                msgs = await sub.fetch(batch=limit - len(self.in_flight), timeout=1)
             except NatsTimeout:
                 continue
             for msg in msgs:

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from services.bus import StoredEvent
+from services.gateway.sse import Position, messages_for, sse_items
+from tests.samples import every_event
+
+
+def _by_type():
+    return {e.type: e for e in every_event()}
+
+
+def test_each_event_becomes_the_seed_message():
+    e = _by_type()
+    assert [m.to_json() for m in messages_for(e["job.requested"])] == ['{"type":"status_update","status":"processing"}']
+    progress = messages_for(e["persona.progress"])[0]
+    assert progress.type == "persona_progress" and progress.status == "processing"
+    assert progress.persona_name == "Dr. Smith"
+    failed = messages_for(e["persona.failed"])[0]
+    assert failed.status == "failed" and failed.error == "LLM timeout" and failed.error_code == "llm_timeout"
+    end = messages_for(e["job.completed"])
+    assert [m.type for m in end] == ["status_update", "results"]
+    assert end[1].results.total_personas == 2
+    assert messages_for(e["persona.prompt_requested"]) == [] and messages_for(e["job.cancel_requested"]) == []
+
+
+def test_messages_omit_empty_fields():
+    json = messages_for(_by_type()["persona.completed"])[0].to_json()
+    assert "error" not in json
+
+
+def test_ids_name_exact_positions_and_resume_skips_what_was_seen():
+    stored = StoredEvent(seq=15, time=datetime.now(UTC), subject="s", event=_by_type()["job.completed"])
+    assert [i["id"] for i in sse_items(stored)] == ["15-0", "15"]
+    assert [i["id"] for i in sse_items(stored, Position.parse("15-0"))] == ["15"]
+    assert [i["id"] for i in sse_items(stored, Position.parse("14"))] == ["15-0", "15"]
+
+
+def test_last_event_id_parsing():
+    assert Position.parse("12") == Position(12, None)
+    assert Position.parse("12-0") == Position(12, 0)
+    assert Position.parse("") is None and Position.parse("garbage") is None and Position.parse(None) is None

@@ -86,8 +86,10 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """A job's full event history from the log, in order."""
+    from services.logs import configure_logging
     from services.replay import show_job_history
 
+    configure_logging("replay", "warning", stream=sys.stderr)  # stdout is the history itself
     code = asyncio.run(show_job_history(Settings(), job_id, as_json=as_json))
     raise typer.Exit(code)
 

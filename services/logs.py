@@ -19,11 +19,12 @@ def _redact(_: object, __: str, event_dict: dict) -> dict:
     return event_dict
 
 
-def configure_logging(service: str, level: str = "info") -> None:
+def configure_logging(service: str, level: str = "info", *, stream=None) -> None:
+    stream = stream or sys.stdout
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         lvl = logging.INFO
-    logging.basicConfig(stream=sys.stdout, level=max(lvl, logging.WARNING), format="%(message)s")
+    logging.basicConfig(stream=stream, level=max(lvl, logging.WARNING), format="%(message)s")
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -34,7 +35,7 @@ def configure_logging(service: str, level: str = "info") -> None:
             structlog.processors.JSONRenderer(),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

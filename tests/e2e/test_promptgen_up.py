@@ -1,0 +1,125 @@
+"""`promptgen up` as a user runs it: real processes, readiness, clean stop, data kept across restarts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from services.embedded import free_port
+from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.sse_client import read_sse
+
+pytestmark = pytest.mark.e2e
+
+
+class Up:
+    def __init__(self, data_dir, *, env=None):
+        self.port, self.nats_port, self.mongo_port = free_port(), free_port(), free_port()
+        self.data_dir = data_dir
+        self.env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")} | (env or {})
+        self.proc: subprocess.Popen | None = None
+        self.base_url = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout=60) -> str:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "services.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
+             "--nats-port", str(self.nats_port), "--mongo-port", str(self.mongo_port)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
+        )
+        lines = []
+        deadline = time.monotonic() + timeout
+        for line in self.proc.stdout:
+            lines.append(line)
+            if "Press Ctrl-C to stop" in line:
+                return "".join(lines)
+            if time.monotonic() > deadline:
+                break
+        raise AssertionError("promptgen up did not come up:\n" + "".join(lines[-40:]))
+
+    def children(self) -> list[int]:
+        out = subprocess.run(["pgrep", "-f", str(self.data_dir)], capture_output=True, text=True).stdout
+        pids = [int(p) for p in out.split()]
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
+        return sorted(set(pids) | {int(p) for p in out.split()})
+
+    def stop(self, sig=signal.SIGTERM) -> str:
+        kids = self.children()
+        self.proc.send_signal(sig)
+        rest, _ = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, rest
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in kids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in kids if _alive(p)], "orphan processes left behind"
+        return rest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_up_runs_the_flow_stops_cleanly_and_keeps_data(tmp_path, scenario_document):
+    up = Up(tmp_path / "data")
+    banner = up.start()
+    assert up.base_url in banner and f"nats://127.0.0.1:{up.nats_port}" in banner
+    assert f"mongodb://127.0.0.1:{up.mongo_port}" in banner
+    assert len(up.children()) >= 5  # nats, mongodb, projector, generator, gateway
+    async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as client:
+        template_id = await create_template(client, scenario_document)
+        personas = await create_personas(client, template_id, 4)
+        job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+        stream = await read_sse(client, job["sse_endpoint"])
+        assert stream.messages[-1].data["results"]["successful"] == 4
+    out = up.stop(signal.SIGINT)
+    order = [ln.split("|")[0].strip() for ln in out.splitlines() if ln.rstrip().endswith("| stopping")]
+    assert order == ["gateway", "generator", "projector", "mongodb", "nats"]
+
+    again = Up(tmp_path / "data")
+    again.start()
+    try:
+        async with httpx.AsyncClient(base_url=again.base_url, timeout=30) as client:
+            r = await client.get(f"/scenario/v2/job-status/{job['job_id']}")
+            assert r.status_code == 200 and r.json()["status"] == "completed"
+            persona = (await client.get(f"/scenario/personas/{personas[0]['id']}")).json()
+            assert persona["system_prompt"]
+            replay = subprocess.run(
+                [sys.executable, "-m", "services.cli", "replay", job["job_id"], "--json"],
+                capture_output=True, text=True, timeout=60,
+                env=again.env | {"NATS_URL": f"nats://127.0.0.1:{again.nats_port}"},
+            )
+            assert replay.returncode == 0, replay.stderr
+            types = [json.loads(line)["type"] for line in replay.stdout.splitlines()]
+            assert types[0] == "job.requested" and types[-1] == "job.completed"
+    finally:
+        again.stop()
+
+
+def test_up_refuses_a_busy_port_with_a_clear_message(tmp_path):
+    up = Up(tmp_path / "data")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", up.port))
+        s.listen()
+        proc = subprocess.run(
+            [sys.executable, "-m", "services.cli", "up", "--port", str(up.port), "--data-dir", str(up.data_dir),
+             "--nats-port", str(up.nats_port), "--mongo-port", str(up.mongo_port)],
+            capture_output=True, text=True, timeout=60, env=up.env,
+        )
+    assert proc.returncode == 2
+    assert f"Port {up.port}" in proc.stdout and "already in use" in proc.stdout

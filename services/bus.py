@@ -178,16 +178,31 @@ class EventLog:
 
     async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
+        async for batch in self.read_batches(filter_subject, start_seq):
+            for stored in batch:
+                yield stored
+
+    async def read_batches(
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000
+    ) -> AsyncIterator[list[StoredEvent]]:
+        """Like :meth:`read`, in batches of what has already arrived."""
         sub = await self._ordered(filter_subject, start_seq)
         try:
             info = await sub.consumer_info()
-            if info.num_pending == 0:
+            # A push consumer may have delivered everything already: only "nothing pending and
+            # nothing delivered" means the filter matches no event.
+            if info.num_pending == 0 and not info.delivered.consumer_seq and sub.pending_msgs == 0:
                 return
-            while True:
-                msg = await sub.next_msg(timeout=30)
-                yield _stored(msg)
-                if msg.metadata.num_pending == 0:
-                    return
+            done = False
+            while not done:
+                batch: list[StoredEvent] = []
+                while not done and len(batch) < max_batch:
+                    msg = await sub.next_msg(timeout=30)
+                    batch.append(_stored(msg))
+                    done = msg.metadata.num_pending == 0
+                    if sub.pending_msgs == 0 and batch:
+                        break
+                yield batch
         finally:
             await sub.unsubscribe()
 

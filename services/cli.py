@@ -94,5 +94,15 @@ def replay(
     raise typer.Exit(code)
 
 
+@app.command()
+def rebuild() -> None:
+    """Rebuild every read model from the event log into fresh collections and switch to them."""
+    from services.logs import configure_logging
+    from services.rebuild_command import main
+
+    configure_logging("rebuild", "warning", stream=sys.stderr)
+    raise typer.Exit(main(Settings()))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

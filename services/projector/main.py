@@ -8,6 +8,7 @@ import structlog
 
 from services.bus import EventLog
 from services.projector.projector import Projector
+from services.projector.rebuild import serve_rebuild_requests
 from services.runtime import announce_ready
 from services.settings import Settings
 from services.store import ReadModels, mongo_client
@@ -22,6 +23,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     await models.ensure_indexes()
     projector = Projector(event_log, models)
     task = asyncio.create_task(projector.run(stop))
+    await serve_rebuild_requests(event_log, projector.rebuild)
     announce_ready(checkpoint=await models.checkpoint())
     try:
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

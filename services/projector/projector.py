@@ -27,6 +27,7 @@ from contracts.events import (
 from services.bus import EventLog, StoredEvent
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import project
+from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
 from services.store import ReadModels
 
 log = structlog.get_logger()
@@ -50,6 +51,8 @@ class Projector:
         self.models = models
         self.manage_jobs = manage_jobs
         self.position = 0
+        self._lock = asyncio.Lock()  # one writer at a time: the live fold or a rebuild
+        self._generation = 0  # bumped by a rebuild: the live fold restarts from the new checkpoint
 
     async def apply(self, batch: list[StoredEvent]) -> set[str]:
         """Write a batch's effects, then the checkpoint; returns jobs to re-examine."""
@@ -98,20 +101,41 @@ class Projector:
         await self.examine([doc["_id"] async for doc in cursor])
 
     async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
-        start = await self.models.checkpoint() + 1
-        log.info("projector_starting", from_seq=start)
         sweeper = asyncio.create_task(self._sweep(stop, sweep_seconds)) if self.manage_jobs else None
+        try:
+            while not stop.is_set():
+                await self._follow_once(stop)
+        finally:
+            if sweeper:
+                sweeper.cancel()
+
+    async def _follow_once(self, stop: asyncio.Event) -> None:
+        """Follow the log from the stored checkpoint until stopped or the read models are rebuilt."""
+        generation = self._generation
+        start = await self.models.checkpoint() + 1
+        log.info("projector_following", from_seq=start)
         follower = self.log.follow_batches(subjects.ALL, start)
         try:
             async for batch in follower:
-                jobs = await self.apply(batch)
+                async with self._lock:
+                    if generation != self._generation:
+                        return
+                    jobs = await self.apply(batch)
                 await self.examine(jobs)
                 if stop.is_set():
-                    break
+                    return
         finally:
             await follower.aclose()
-            if sweeper:
-                sweeper.cancel()
+
+    async def rebuild(self, progress: Progress) -> int:
+        """Rebuild every read model from the log and switch to it, pausing the live fold."""
+        async with self._lock:
+            target = ReadModels(self.models.db, suffix=SUFFIX)
+            position = await rebuild_into(self.log, target, progress)
+            await switch_to(target, self.models)
+            self.position = position
+            self._generation += 1
+            return position
 
     async def _sweep(self, stop: asyncio.Event, every: float) -> None:
         while not stop.is_set():

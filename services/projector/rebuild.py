@@ -1,0 +1,99 @@
+"""Rebuild every read model from the log into fresh collections, then switch to them.
+
+A running projector does it itself when asked on ``CONTROL_SUBJECT`` (so no two
+writers race); with no projector running, ``promptgen rebuild`` does it alone.
+Progress goes to a subject the caller names, for its progress bar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from contracts import subjects
+from services.bus import EventLog
+from services.store import READ_MODELS, ReadModels
+
+log = structlog.get_logger()
+
+# Outside the `promptgen.>` stream on purpose: control messages are not events.
+CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
+SUFFIX = "__rebuild"
+STATE = "projector_state"
+
+Progress = Callable[[int, int], Awaitable[None]]
+
+
+async def _no_progress(done: int, total: int) -> None:
+    return None
+
+
+async def rebuild_into(event_log: EventLog, target: ReadModels, progress: Progress = _no_progress) -> int:
+    """Fold the whole log into ``target`` (emptied first); returns the last sequence applied."""
+    from services.projector.projector import Projector  # the same fold the live projector uses
+
+    for name in (*READ_MODELS, STATE):
+        await target.collection(name).drop()
+    await target.ensure_indexes()
+    builder = Projector(event_log, target, manage_jobs=False)
+    total = await event_log.last_seq()
+    await progress(0, total)
+    async for batch in event_log.read_batches(subjects.ALL, 1):
+        await builder.apply(batch)
+        await progress(builder.position, max(total, builder.position))
+    return builder.position
+
+
+async def switch_to(source: ReadModels, live: ReadModels) -> None:
+    """Replace the live collections by the rebuilt ones."""
+    existing = set(await source.db.list_collection_names())
+    for name in (*READ_MODELS, STATE):
+        src = source.collection(name)
+        if src.name in existing:
+            await src.rename(live.collection(name).name, dropTarget=True)
+        else:
+            await live.collection(name).drop()
+
+
+async def serve_rebuild_requests(event_log: EventLog, rebuild: Callable[[Progress], Awaitable[int]]) -> None:
+    """Answer rebuild requests: accept at once, then report progress on the caller's subject."""
+    running = asyncio.Lock()
+    nc = event_log.nc
+    tasks: set[asyncio.Task] = set()
+
+    async def on_request(msg) -> None:
+        if running.locked():
+            await msg.respond(json.dumps({"accepted": False, "error": "a rebuild is already running"}).encode())
+            return
+        request = json.loads(msg.data or b"{}")
+        reply_to = request.get("progress_subject")
+        await msg.respond(json.dumps({"accepted": True}).encode())
+
+        async def report(done: int, total: int) -> None:
+            if reply_to:
+                await nc.publish(reply_to, json.dumps({"done": done, "total": total}).encode())
+
+        async with running:
+            started = time.monotonic()
+            try:
+                position = await rebuild(report)
+            except Exception as exc:  # noqa: BLE001 - the caller must hear about it
+                log.error("rebuild_failed", error=str(exc))
+                final = {"finished": True, "error": str(exc)}
+            else:
+                final = {"finished": True, "position": position, "seconds": round(time.monotonic() - started, 3)}
+                log.info("rebuild_finished", **final)
+            if reply_to:
+                await nc.publish(reply_to, json.dumps(final).encode())
+
+    async def on_message(msg) -> None:
+        # Answer at once and rebuild in the background: the subscription must not block.
+        task = asyncio.create_task(on_request(msg))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    await nc.subscribe(CONTROL_SUBJECT, cb=on_message)

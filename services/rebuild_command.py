@@ -1,0 +1,75 @@
+"""`promptgen rebuild`: ask the running projector to rebuild, or rebuild alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from nats.errors import NoRespondersError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from services.bus import EventLog
+from services.projector.projector import Projector
+from services.settings import Settings
+from services.store import ReadModels, mongo_client
+
+console = Console(stderr=True)
+
+
+async def run_rebuild(settings: Settings) -> int:
+    event_log = await EventLog.connect(settings, "promptgen-rebuild")
+    try:
+        with Progress(TextColumn("rebuilding read models"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console) as bar:
+            task = bar.add_task("events", total=None)
+
+            async def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            try:
+                final = await _remote(event_log, progress)
+                where = "by the running projector"
+            except NoRespondersError:
+                final = await _local(settings, event_log, progress)
+                where = "here (no projector was running)"
+    finally:
+        await event_log.close()
+    if final.get("error"):
+        console.print(f"[red]rebuild failed:[/red] {final['error']}")
+        return 1
+    console.print(f"[green]Read models rebuilt {where}[/green] up to event {final['position']}.")
+    return 0
+
+
+async def _remote(event_log: EventLog, progress) -> dict:
+    from services.projector.rebuild import CONTROL_SUBJECT
+
+    nc = event_log.nc
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        answer = json.loads((await nc.request(CONTROL_SUBJECT, json.dumps({"progress_subject": inbox}).encode(),
+                                              timeout=5)).data)
+        if not answer.get("accepted"):
+            return {"error": answer.get("error", "refused")}
+        while True:
+            update = json.loads((await sub.next_msg(timeout=600)).data)
+            if update.get("finished"):
+                return update
+            await progress(update["done"], update["total"])
+    finally:
+        await sub.unsubscribe()
+
+
+async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
+    client = mongo_client(settings)
+    try:
+        projector = Projector(event_log, ReadModels(client[settings.mongo_db]), manage_jobs=False)
+        return {"position": await projector.rebuild(progress)}
+    finally:
+        await client.close()
+
+
+def main(settings: Settings) -> int:
+    return asyncio.run(run_rebuild(settings))

@@ -1,0 +1,9 @@
+"""Read-model snapshots for comparing a live projection with a rebuild."""
+
+from __future__ import annotations
+
+from services.store import READ_MODELS, ReadModels
+
+
+async def snapshot(models: ReadModels) -> dict[str, list[dict]]:
+    return {name: [doc async for doc in models.collection(name).find({}).sort("_id", 1)] for name in READ_MODELS}

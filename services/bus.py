@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -170,11 +171,19 @@ class EventLog:
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start_seq),
-            inactive_threshold=30,
+            # A consumer whose reader vanished (a crashed gateway) is removed by the server.
+            inactive_threshold=10,
         )
         return await self.js.subscribe(
             filter_subject, stream=self.stream, ordered_consumer=True, config=config, idle_heartbeat=2
         )
+
+    async def _close(self, sub) -> None:
+        """Unsubscribe and delete the ephemeral consumer now, not after its inactivity timeout."""
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await self.js.delete_consumer(self.stream, sub._consumer)
 
     async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
@@ -204,7 +213,7 @@ class EventLog:
                         break
                 yield batch
         finally:
-            await sub.unsubscribe()
+            await self._close(sub)
 
     async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
@@ -217,7 +226,7 @@ class EventLog:
                     continue
                 yield _stored(msg)
         finally:
-            await sub.unsubscribe()
+            await self._close(sub)
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500
@@ -235,7 +244,7 @@ class EventLog:
                     batch.append(_stored(await sub.next_msg(timeout=1)))
                 yield batch
         finally:
-            await sub.unsubscribe()
+            await self._close(sub)
 
     async def work_queue(
         self,

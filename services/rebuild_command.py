@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import timedelta
 
 from nats.errors import NoRespondersError
 from rich.console import Console
@@ -65,7 +66,8 @@ async def _remote(event_log: EventLog, progress) -> dict:
 async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
     client = mongo_client(settings)
     try:
-        projector = Projector(event_log, ReadModels(client[settings.mongo_db]), manage_jobs=False)
+        projector = Projector(event_log, ReadModels(client[settings.mongo_db]), manage_jobs=False,
+                              job_retention=timedelta(days=settings.job_retention_days))
         return {"position": await projector.rebuild(progress)}
     finally:
         await client.close()

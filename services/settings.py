@@ -38,6 +38,8 @@ class Settings(BaseSettings):
 
     # Jobs
     job_deadline_seconds: float = Field(1800, gt=0, validation_alias=_env("PROMPTGEN_JOB_DEADLINE_SECONDS"))
+    job_retention_days: float = Field(7, gt=0, validation_alias=_env("PROMPTGEN_JOB_RETENTION_DAYS"))
+    expiry_sweep_seconds: float = Field(5, gt=0, validation_alias=_env("PROMPTGEN_EXPIRY_SWEEP_SECONDS"))
 
     # Generator and LLM
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))

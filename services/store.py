@@ -74,6 +74,8 @@ class ReadModels:
         await self.personas.create_index([("template_id", ASCENDING)])
         await self.jobs.create_index([("created_at", DESCENDING)])
         await self.jobs.create_index([("status", ASCENDING), ("deadline", ASCENDING)])
+        # Finished job views leave after their retention; the event log keeps the history.
+        await self.jobs.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
 
 def public(doc: dict[str, Any] | None) -> dict[str, Any] | None:

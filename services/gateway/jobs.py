@@ -9,7 +9,7 @@ from typing import Any
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
 from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage
-from contracts.events import JobRequested
+from contracts.events import JobFinished, JobRequested
 from services.bus import EventLog, StoredEvent
 from services.gateway.errors import ApiError, not_found
 from services.settings import Settings
@@ -109,18 +109,29 @@ def job_view(doc: dict[str, Any]) -> JobView:
     )
 
 
-def job_view_from_request(event: JobRequested) -> JobView:
-    """The view of a job the projector has not reached yet: everything queued."""
-    personas = {
-        jp.persona.id: JobPersonaView(persona_id=jp.persona.id, persona_name=jp.persona.name,
-                                      mode=jp.mode, status="queued")
-        for jp in event.personas
-    }
+def job_view_from_log(requested: JobRequested, finished: JobFinished | None) -> JobView:
+    """The view of a job built from its events: one the projector has not reached yet
+    (everything queued), or one whose view left MongoDB after its retention."""
+    results = finished.results if finished else None
+    personas = {}
+    for jp in requested.personas:
+        r = results.personas.get(jp.persona.id) if results else None
+        personas[jp.persona.id] = JobPersonaView(
+            persona_id=jp.persona.id, persona_name=jp.persona.name, mode=jp.mode,
+            status=r.status if r else "queued", prompt_length=r.prompt_length if r else None,
+            error=r.error if r else None, error_code=r.error_code if r else None,
+        )
+    count = {s: sum(1 for p in personas.values() if p.status == s) for s in ("queued", "completed", "failed",
+                                                                           "cancelled")}
     return JobView(
-        job_id=event.job_id, status="processing", template_id=event.template_id, personas=personas,
-        total_personas=len(personas), completed=0, failed=0, processing=0, queued=len(personas),
-        created_at=event.occurred_at, updated_at=event.occurred_at, deadline=event.deadline,
-        retry_of=event.retry_of, sse_endpoint=sse_endpoint(event.job_id),
+        job_id=requested.job_id, status=finished.status if finished else "processing",
+        template_id=requested.template_id, personas=personas, total_personas=len(personas),
+        completed=count["completed"], failed=count["failed"], cancelled=count["cancelled"], processing=0,
+        queued=count["queued"], usage=results.usage if results else TokenUsage(),
+        created_at=requested.occurred_at, updated_at=finished.occurred_at if finished else requested.occurred_at,
+        finished_at=finished.occurred_at if finished else None, deadline=requested.deadline,
+        retry_of=requested.retry_of, error=finished.error if finished else None,
+        sse_endpoint=sse_endpoint(requested.job_id), results=results,
     )
 
 

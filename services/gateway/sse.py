@@ -7,7 +7,7 @@ the last ``<seq>``, so ``Last-Event-ID`` always names an exact position.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
 from functools import singledispatch
@@ -107,13 +107,23 @@ def sse_items(stored: StoredEvent, after: Position | None = None) -> list[dict[s
 
 
 async def stream_job_events(
-    event_log: EventLog, job_id: str, *, start_seq: int, after: Position | None
+    event_log: EventLog,
+    job_id: str,
+    *,
+    start_seq: int,
+    after: Position | None,
+    before_end: Callable[[int], Awaitable[object]] | None = None,
 ) -> AsyncIterator[dict[str, str]]:
-    """A job's SSE items from ``start_seq``, live, ending after its results."""
+    """A job's SSE items from ``start_seq``, live, ending after its results.
+
+    ``before_end(seq)`` runs before the final messages go out: the gateway waits
+    there for the projector, so a poll right after ``results`` sees the final view."""
     if after is not None:
         start_seq = max(start_seq, after.seq if after.index is not None else after.seq + 1)
     async with aclosing(event_log.follow(subjects.job_history(job_id), start_seq)) as events:
         async for stored in events:
+            if isinstance(stored.event, JobFinished) and before_end is not None:
+                await before_end(stored.seq)
             for item in sse_items(stored, after):
                 yield item
             if isinstance(stored.event, JobFinished):

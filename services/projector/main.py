@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import structlog
 
@@ -21,8 +22,8 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
     event_log = await EventLog.connect(settings, "promptgen-projector")
     models = ReadModels(client[settings.mongo_db])
     await models.ensure_indexes()
-    projector = Projector(event_log, models)
-    task = asyncio.create_task(projector.run(stop))
+    projector = Projector(event_log, models, job_retention=timedelta(days=settings.job_retention_days))
+    task = asyncio.create_task(projector.run(stop, sweep_seconds=settings.expiry_sweep_seconds))
     await serve_rebuild_requests(event_log, projector.rebuild)
     announce_ready(checkpoint=await models.checkpoint())
     try:

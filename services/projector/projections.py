@@ -8,6 +8,7 @@ Timestamps come from the event, never the clock, so a rebuild is identical.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import singledispatch
 from typing import Any
 
@@ -217,3 +218,8 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
             changes[f"personas.{pid}.error"] = r.error
             changes[f"personas.{pid}.error_code"] = r.error_code
     return [("prompt_jobs", UpdateOne(_newer(event.job_id, seq, status="processing"), {"$set": changes}))]
+
+
+def retention(event: JobFinished, keep: timedelta) -> Write:
+    """When a finished job's view leaves MongoDB (a TTL index deletes it); its events stay in the log."""
+    return "prompt_jobs", UpdateOne({"_id": event.job_id}, {"$set": {"expire_at": event.occurred_at + keep}})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import structlog
 from pymongo.errors import PyMongoError
@@ -26,7 +26,7 @@ from contracts.events import (
 )
 from services.bus import EventLog, StoredEvent
 from services.projector.process_manager import decide_job_end
-from services.projector.projections import project
+from services.projector.projections import project, retention
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
 from services.store import ReadModels
 
@@ -46,8 +46,16 @@ def _mongo_retrying() -> AsyncRetrying:
 
 
 class Projector:
-    def __init__(self, event_log: EventLog, models: ReadModels, *, manage_jobs: bool = True) -> None:
+    def __init__(
+        self,
+        event_log: EventLog,
+        models: ReadModels,
+        *,
+        manage_jobs: bool = True,
+        job_retention: timedelta = timedelta(days=7),
+    ) -> None:
         self.log = event_log
+        self.job_retention = job_retention
         self.models = models
         self.manage_jobs = manage_jobs
         self.position = 0
@@ -65,6 +73,8 @@ class Projector:
                 jobs.add(stored.event.job_id)
             elif isinstance(stored.event, JobFinished):
                 jobs.discard(stored.event.job_id)
+                collection, op = retention(stored.event, self.job_retention)
+                writes[collection].append(op)
         async for attempt in _mongo_retrying():
             with attempt:
                 for collection, ops in writes.items():
@@ -131,7 +141,7 @@ class Projector:
         """Rebuild every read model from the log and switch to it, pausing the live fold."""
         async with self._lock:
             target = ReadModels(self.models.db, suffix=SUFFIX)
-            position = await rebuild_into(self.log, target, progress)
+            position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention)
             await switch_to(target, self.models)
             self.position = position
             self._generation += 1

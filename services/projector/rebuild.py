@@ -32,14 +32,16 @@ async def _no_progress(done: int, total: int) -> None:
     return None
 
 
-async def rebuild_into(event_log: EventLog, target: ReadModels, progress: Progress = _no_progress) -> int:
+async def rebuild_into(
+    event_log: EventLog, target: ReadModels, progress: Progress = _no_progress, **projector_options
+) -> int:
     """Fold the whole log into ``target`` (emptied first); returns the last sequence applied."""
     from services.projector.projector import Projector  # the same fold the live projector uses
 
     for name in (*READ_MODELS, STATE):
         await target.collection(name).drop()
     await target.ensure_indexes()
-    builder = Projector(event_log, target, manage_jobs=False)
+    builder = Projector(event_log, target, **projector_options, manage_jobs=False)
     total = await event_log.last_seq()
     await progress(0, total)
     async for batch in event_log.read_batches(subjects.ALL, 1):

@@ -24,7 +24,7 @@ from services.gateway.jobs import (
     failed_personas,
     finished_event,
     job_view,
-    job_view_from_request,
+    job_view_from_log,
     sse_endpoint,
 )
 from services.gateway.sse import Position, stream_job_events
@@ -74,6 +74,7 @@ async def prompt_generation_status(
     job_id: str,
     event_log: EventLogDep,
     settings: SettingsDep,
+    waiter: WaiterDep,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
@@ -86,7 +87,7 @@ async def prompt_generation_status(
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
     return EventSourceResponse(
-        stream_job_events(event_log, job_id, start_seq=requested.seq, after=after),
+        stream_job_events(event_log, job_id, start_seq=requested.seq, after=after, before_end=waiter.wait_for),
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
@@ -99,7 +100,8 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
     if doc is not None:
         return job_view(doc)
     requested = await _requested(event_log, job_id)
-    return job_view_from_request(requested.event)
+    finished = await finished_event(event_log, job_id)
+    return job_view_from_log(requested.event, finished.event if finished else None)
 
 
 @router.get("/jobs", response_model=JobList)

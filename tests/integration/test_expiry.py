@@ -1,0 +1,68 @@
+"""Job deadlines, retention of finished job views, and jobs that aged out of the log."""
+
+from __future__ import annotations
+
+import httpx
+
+from contracts import subjects
+from tests.conftest import InProcessSystem
+from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.sse_client import read_sse
+
+
+async def test_a_job_past_its_deadline_expires_and_sse_clients_see_the_end(settings, models, scenario_document):
+    settings.job_deadline_seconds = 1
+    settings.expiry_sweep_seconds = 0.1
+    system = await InProcessSystem(settings).start(generator=False)  # nothing will work on it
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+            template_id = await create_template(client, scenario_document)
+            personas = await create_personas(client, template_id, 2)
+            job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+            stream = await read_sse(client, job["sse_endpoint"])
+            assert [m.data["type"] for m in stream.messages] == ["status_update", "status_update", "results"]
+            assert stream.messages[1].data["status"] == "expired"
+            results = stream.messages[-1].data["results"]
+            assert results["failed"] == 2 and results["successful"] == 0
+            assert {p["error_code"] for p in results["personas"].values()} == {"expired"}
+            view = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
+            assert view["status"] == "expired" and view["failed"] == 2
+            assert all(p["error_code"] == "expired" for p in view["personas"].values())
+
+            # a generator that arrives late changes nothing: the work is past its deadline
+            system.start_service("generator")
+            events = (await client.get(f"/scenario/v2/jobs/{job['job_id']}/events")).json()["events"]
+            assert events[-1]["type"] in ("job.expired", "persona.failed", "persona.prompt_requested")
+            view = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
+            assert view["status"] == "expired"
+    finally:
+        await system.close()
+
+
+async def test_finished_job_views_carry_a_ttl_and_fall_back_to_the_log(client, models, event_log,
+                                                                       scenario_document):
+    template_id = await create_template(client, scenario_document)
+    personas = await create_personas(client, template_id, 2)
+    job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+    await read_sse(client, job["sse_endpoint"])
+    doc = await models.jobs.find_one({"_id": job["job_id"]})
+    assert doc["expire_at"] > doc["finished_at"]
+    indexes = {tuple(ix["key"].items()): ix for ix in (await (await models.jobs.list_indexes()).to_list())}
+    assert indexes[(("expire_at", 1),)]["expireAfterSeconds"] == 0
+
+    # the view left MongoDB (as the TTL index does): the log still answers
+    await models.jobs.delete_one({"_id": job["job_id"]})
+    view = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
+    assert view["status"] == "completed" and view["completed"] == 2 and view["results"]["successful"] == 2
+
+
+async def test_a_job_aged_out_of_the_log_is_404_with_a_message(client, models, event_log, scenario_document):
+    template_id = await create_template(client, scenario_document)
+    personas = await create_personas(client, template_id, 1)
+    job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+    await read_sse(client, job["sse_endpoint"])
+    await models.jobs.delete_one({"_id": job["job_id"]})
+    await event_log.js.purge_stream(event_log.stream, subject=subjects.job_history(job["job_id"]))
+    for path in (job["sse_endpoint"], f"/scenario/v2/job-status/{job['job_id']}"):
+        r = await client.get(path)
+        assert r.status_code == 404 and "aged out" in r.json()["detail"]

@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     llm_timeout_seconds: float = Field(120, gt=0, validation_alias=_env("PROMPTGEN_LLM_TIMEOUT_SECONDS"))
     llm_temperature: float = Field(0.7, ge=0, le=2, validation_alias=_env("PROMPTGEN_LLM_TEMPERATURE"))
     llm_concurrency: int = Field(64, ge=1, validation_alias=_env("PROMPTGEN_LLM_CONCURRENCY"))
+    llm_rpm: int = Field(0, ge=0, validation_alias=_env("PROMPTGEN_LLM_RPM"), description="0: no cap")
+    llm_tpm: int = Field(0, ge=0, validation_alias=_env("PROMPTGEN_LLM_TPM"), description="0: no cap")
+    llm_expected_completion_tokens: int = Field(
+        1000, ge=1, validation_alias=_env("PROMPTGEN_LLM_EXPECTED_COMPLETION_TOKENS")
+    )
     worker_concurrency: int = Field(64, ge=1, validation_alias=_env("PROMPTGEN_WORKER_CONCURRENCY"))
     llm_max_attempts: int = Field(4, ge=1, validation_alias=_env("PROMPTGEN_LLM_MAX_ATTEMPTS"))
     max_deliveries: int = Field(5, ge=1, validation_alias=_env("PROMPTGEN_MAX_DELIVERIES"))

@@ -61,10 +61,11 @@ async def run_dispatcher(event_log: EventLog, stop: asyncio.Event) -> None:
 
 
 class WorkerPool:
-    def __init__(self, event_log: EventLog, provider: Provider, settings: Settings) -> None:
+    def __init__(self, event_log: EventLog, provider: Provider, settings: Settings, limiter=None) -> None:
         self.log = event_log
         self.provider = provider
         self.settings = settings
+        self.limiter = limiter
         self.in_flight: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -153,7 +154,11 @@ class WorkerPool:
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
             outcome = await generate_persona_prompt(
-                item, provider=self.provider, max_attempts=self.settings.llm_max_attempts
+                item,
+                provider=self.provider,
+                max_attempts=self.settings.llm_max_attempts,
+                limiter=self.limiter,
+                expected_completion_tokens=self.settings.llm_expected_completion_tokens,
             )
         finally:
             keep_alive.cancel()

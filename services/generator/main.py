@@ -8,6 +8,7 @@ import structlog
 
 from services.bus import EventLog
 from services.generator.consumers import WorkerPool, run_dispatcher
+from services.generator.limits import SharedLimiter
 from services.llm.factory import build_provider
 from services.runtime import announce_ready
 from services.settings import Settings
@@ -18,7 +19,11 @@ log = structlog.get_logger()
 async def run_generator(settings: Settings, stop: asyncio.Event) -> None:
     provider = build_provider(settings)
     event_log = await EventLog.connect(settings, "promptgen-generator")
-    pool = WorkerPool(event_log, provider, settings)
+    limiter = None
+    if provider.name != "offline":  # only a real LLM has rate limits to respect
+        limiter = await SharedLimiter.open(event_log.js, rpm=settings.llm_rpm, tpm=settings.llm_tpm,
+                                           replicas=settings.stream_replicas)
+    pool = WorkerPool(event_log, provider, settings, limiter)
     tasks = [
         asyncio.create_task(run_dispatcher(event_log, stop), name="dispatcher"),
         asyncio.create_task(pool.run(stop), name="workers"),
@@ -28,6 +33,8 @@ async def run_generator(settings: Settings, stop: asyncio.Event) -> None:
         model=provider.model,
         concurrency=settings.worker_concurrency,
         global_concurrency=settings.llm_concurrency,
+        rpm=settings.llm_rpm or None,
+        tpm=settings.llm_tpm or None,
     )
     try:
         done, _ = await asyncio.wait(

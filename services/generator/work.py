@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import structlog
 
@@ -59,20 +60,35 @@ def failed(item: PersonaPromptRequested, error: LLMError, attempts: int) -> Pers
     )
 
 
+class Limiter(Protocol):
+    async def acquire(self, tokens: int) -> float: ...
+    async def settle(self, estimated: int, actual: int) -> None: ...
+    async def back_off(self, seconds: float) -> None: ...
+
+
+def estimate_tokens(item: PersonaPromptRequested, expected_completion: int) -> int:
+    """A cheap upper-side guess of a call's tokens, for the shared token budget."""
+    chars = len(item.template_data.model_dump_json()) + len(item.persona.model_dump_json()) + 1200
+    return chars // 4 + expected_completion
+
+
 async def generate_persona_prompt(
     item: PersonaPromptRequested,
     *,
     provider: Provider,
     max_attempts: int = 3,
     sleep: Sleep = asyncio.sleep,
-    before_attempt: Callable[[], Awaitable[None]] | None = None,
+    limiter: Limiter | None = None,
+    expected_completion_tokens: int = 1000,
 ) -> PersonaCompleted | PersonaFailed:
     """Write one persona's prompt. Transient LLM failures are retried with backoff
-    (never sooner than the server's retry-after); permanent ones fail at once."""
+    (never sooner than the server's retry-after, which all workers then honour);
+    permanent ones fail at once."""
     last: LLMError | None = None
+    estimate = estimate_tokens(item, expected_completion_tokens)
     for attempt in range(1, max_attempts + 1):
-        if before_attempt is not None:
-            await before_attempt()
+        if limiter is not None:
+            await limiter.acquire(estimate)
         try:
             out = await generate_for_mode(provider, item.template_data, item.persona, item.mode)
         except LLMError as exc:
@@ -81,8 +97,12 @@ async def generate_persona_prompt(
                         retryable=exc.retryable)
             if not exc.retryable or attempt == max_attempts:
                 return failed(item, exc, attempt)
+            if exc.retry_after and limiter is not None:
+                await limiter.back_off(exc.retry_after)
             await sleep(max(exc.retry_after or 0.0, backoff(attempt)))
             continue
+        if limiter is not None:
+            await limiter.settle(estimate, out.usage.prompt_tokens + out.usage.completion_tokens)
         return PersonaCompleted(
             **caused_by(item),
             job_id=item.job_id,

@@ -1,0 +1,120 @@
+"""Rate limits shared by every generator process, kept in a JetStream key-value bucket.
+
+* requests and tokens per minute: GCRA ("theoretical arrival time") for each,
+  so calls are spaced evenly and no minute ever holds more than the cap;
+* a shared back-off: when the LLM answers 429 with a retry-after, every worker
+  in every process waits until then.
+
+Each reservation is a compare-and-set on one key, so two processes never take
+the same slot. (Clocks of the generator hosts are assumed NTP-synchronised.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+
+import structlog
+from nats.js import api
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+log = structlog.get_logger()
+
+BUCKET = "promptgen_llm_limits"
+KEY = "state"
+
+
+@dataclass
+class LimitState:
+    request_tat: float = 0.0  # when the next request may start
+    token_tat: float = 0.0  # when the token budget allows the next request
+    backoff_until: float = 0.0  # no request before this (server said retry-after)
+
+
+class SharedLimiter:
+    def __init__(
+        self,
+        kv,
+        *,
+        rpm: int = 0,
+        tpm: int = 0,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.kv = kv
+        self.request_interval = 60.0 / rpm if rpm else 0.0
+        self.token_interval = 60.0 / tpm if tpm else 0.0
+        self.clock = clock
+        self.sleep = sleep
+
+    @classmethod
+    async def open(cls, js, *, rpm: int, tpm: int, replicas: int = 1) -> SharedLimiter:
+        kv = await js.create_key_value(
+            api.KeyValueConfig(bucket=BUCKET, history=1, storage=api.StorageType.FILE, replicas=replicas)
+        )
+        return cls(kv, rpm=rpm, tpm=tpm)
+
+    async def _load(self) -> tuple[LimitState, int]:
+        try:
+            entry = await self.kv.get(KEY)
+        except KeyNotFoundError:
+            return LimitState(), 0
+        return LimitState(**json.loads(entry.value)), entry.revision
+
+    async def _change(self, change: Callable[[LimitState, float], float]) -> float:
+        """Apply ``change`` atomically; returns what it returned (a start time)."""
+        while True:
+            state, revision = await self._load()
+            result = change(state, self.clock())
+            payload = json.dumps(asdict(state)).encode()
+            try:
+                if revision:
+                    await self.kv.update(KEY, payload, last=revision)
+                else:
+                    await self.kv.create(KEY, payload)
+                return result
+            except KeyWrongLastSequenceError:
+                continue  # another worker won this round: read again
+
+    async def acquire(self, tokens: int) -> float:
+        """Wait for a turn to send a request of about ``tokens`` tokens; returns the wait."""
+
+        def reserve(state: LimitState, now: float) -> float:
+            start = max(now, state.backoff_until)
+            if self.request_interval:
+                start = max(start, state.request_tat)
+                state.request_tat = start + self.request_interval
+            if self.token_interval:
+                start = max(start, state.token_tat)
+                state.token_tat = start + tokens * self.token_interval
+            return start
+
+        start = await self._change(reserve)
+        wait = start - self.clock()
+        if wait > 0:
+            await self.sleep(wait)
+        return max(0.0, wait)
+
+    async def settle(self, estimated: int, actual: int) -> None:
+        """Correct the token budget once the real usage is known."""
+        if not self.token_interval or actual == estimated:
+            return
+
+        def correct(state: LimitState, now: float) -> float:
+            state.token_tat += (actual - estimated) * self.token_interval
+            return now
+
+        await self._change(correct)
+
+    async def back_off(self, seconds: float) -> None:
+        """Make every worker wait ``seconds`` (the server's retry-after)."""
+
+        def push(state: LimitState, now: float) -> float:
+            state.backoff_until = max(state.backoff_until, now + seconds)
+            return now
+
+        await self._change(push)
+        log.warning("llm_backoff_shared", seconds=round(seconds, 3))

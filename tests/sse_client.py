@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -24,9 +25,15 @@ class SseStream:
 
 
 async def read_sse(
-    client: httpx.AsyncClient, path: str, *, headers: dict | None = None, stop_after: int | None = None
+    client: httpx.AsyncClient,
+    path: str,
+    *,
+    headers: dict | None = None,
+    stop_after: int | None = None,
+    until: Callable[[list[SseMessage]], bool] | None = None,
 ) -> SseStream:
-    """Read until the server ends the stream (or ``stop_after`` messages, then disconnect)."""
+    """Read until the server ends the stream, or until ``stop_after`` messages or
+    ``until(messages)`` holds (then disconnect, as a closed browser tab does)."""
     async with client.stream("GET", path, headers=headers or {}) as resp:
         out = SseStream(status=resp.status_code, headers=resp.headers)
         if resp.status_code != 200:
@@ -46,5 +53,7 @@ async def read_sse(
                 out.messages.append(SseMessage(ident, json.loads("\n".join(data)), event))
                 ident, data, event = None, [], None
                 if stop_after is not None and len(out.messages) >= stop_after:
+                    break
+                if until is not None and until(out.messages):
                     break
         return out

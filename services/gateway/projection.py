@@ -11,6 +11,7 @@ import asyncio
 import time
 
 import structlog
+from pymongo.errors import PyMongoError
 
 from services.store import ReadModels
 
@@ -29,7 +30,10 @@ class ProjectionWaiter:
         deadline = time.monotonic() + self.timeout
         delay = 0.002
         while True:
-            self._seen = max(self._seen, await self.models.checkpoint())
+            try:
+                self._seen = max(self._seen, await self.models.checkpoint())
+            except PyMongoError as exc:  # MongoDB away: the write is durable in the log anyway
+                log.warning("projection_unreadable", error=str(exc))
             if self._seen >= seq:
                 return True
             if time.monotonic() >= deadline:

@@ -46,7 +46,7 @@ async def run_dispatcher(event_log: EventLog, stop: asyncio.Event) -> None:
     while not stop.is_set():
         try:
             msgs = await sub.fetch(batch=4, timeout=1)
-        except NatsTimeout:
+        except (NatsTimeout, TimeoutError):
             continue
         for msg in msgs:
             event = parse_event(msg.data)
@@ -84,7 +84,7 @@ class WorkerPool:
                 continue
             try:
                 msgs = await sub.fetch(batch=limit - len(self.in_flight), timeout=1)
-            except NatsTimeout:
+            except (NatsTimeout, TimeoutError):
                 continue
             for msg in msgs:
                 task = asyncio.create_task(self.handle(msg))

@@ -54,7 +54,9 @@ def _stored(msg) -> StoredEvent:
     return StoredEvent(seq=md.sequence.stream, time=ts, subject=msg.subject, event=parse_event(msg.data))
 
 
-async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0) -> NATS:
+async def connect_nats(
+    url: str, name: str, *, connect_timeout: float = 30.0, on_reconnect: list | None = None
+) -> NATS:
     """Connect, retrying until ``connect_timeout``; once up, reconnect forever."""
 
     async def _disconnected() -> None:
@@ -62,6 +64,8 @@ async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0) ->
 
     async def _reconnected() -> None:
         log.info("nats_reconnected")
+        for callback in on_reconnect or []:
+            callback()
 
     async def _error(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc))
@@ -87,17 +91,23 @@ async def connect_nats(url: str, name: str, *, connect_timeout: float = 30.0) ->
 
 
 class EventLog:
-    def __init__(self, nc: NATS, settings: Settings) -> None:
+    def __init__(self, nc: NATS, settings: Settings, reconnect_callbacks: list | None = None) -> None:
         self.nc = nc
+        self._reconnect_callbacks = reconnect_callbacks if reconnect_callbacks is not None else []
         self.js = nc.jetstream(timeout=10)
         self.settings = settings
         self.stream = settings.stream
 
     @classmethod
     async def connect(cls, settings: Settings, name: str) -> EventLog:
-        log_ = cls(await connect_nats(settings.nats_url, name), settings)
+        callbacks: list = []
+        log_ = cls(await connect_nats(settings.nats_url, name, on_reconnect=callbacks), settings, callbacks)
         await log_.ensure_stream()
         return log_
+
+    def on_reconnect(self, callback) -> None:
+        """Run ``callback()`` after every reconnection (state learnt from core NATS may be stale)."""
+        self._reconnect_callbacks.append(callback)
 
     async def close(self) -> None:
         if not self.nc.is_closed:

@@ -15,7 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.settings import Settings
 
 CHECKPOINT_ID = "checkpoint"
-READ_MODELS = ("templates", "personas_v2", "prompt_jobs", "avatar_interactions")
+READ_MODELS = ("templates", "personas_v2", "prompt_jobs", "prompt_job_personas", "avatar_interactions")
 
 
 def mongo_client(settings: Settings) -> AsyncMongoClient:
@@ -51,6 +51,17 @@ class ReadModels:
         return self._c("prompt_jobs")
 
     @property
+    def job_personas(self) -> AsyncCollection:
+        """One document per persona of a job: its status, error, prompt length, usage."""
+        return self._c("prompt_job_personas")
+
+    async def job_persona_docs(self, job_id: str) -> list[dict[str, Any]]:
+        return [d async for d in self.job_personas.find({"job_id": job_id}).sort("order", ASCENDING)]
+
+    async def open_personas(self, job_id: str) -> int:
+        return await self.job_personas.count_documents({"job_id": job_id, "status": {"$in": ["queued", "processing"]}})
+
+    @property
     def interactions(self) -> AsyncCollection:
         return self._c("avatar_interactions")
 
@@ -74,8 +85,11 @@ class ReadModels:
         await self.personas.create_index([("template_id", ASCENDING)])
         await self.jobs.create_index([("created_at", DESCENDING)])
         await self.jobs.create_index([("status", ASCENDING), ("deadline", ASCENDING)])
+        await self.job_personas.create_index([("job_id", ASCENDING), ("order", ASCENDING)])
+        await self.job_personas.create_index([("job_id", ASCENDING), ("status", ASCENDING)])
         # Finished job views leave after their retention; the event log keeps the history.
         await self.jobs.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+        await self.job_personas.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
 
 def public(doc: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -79,13 +79,17 @@ async def finished_event(event_log: EventLog, job_id: str) -> StoredEvent | None
     return None
 
 
-def job_view(doc: dict[str, Any]) -> JobView:
+def job_view(doc: dict[str, Any], persona_docs: list[dict[str, Any]]) -> JobView:
     personas = {
-        pid: JobPersonaView(**{k: v for k, v in p.items() if k in JobPersonaView.model_fields})
-        for pid, p in ((pid, doc["personas"][pid]) for pid in doc.get("persona_order") or doc["personas"])
+        p["persona_id"]: JobPersonaView(**{k: v for k, v in p.items() if k in JobPersonaView.model_fields})
+        for p in persona_docs
     }
     count = {s: sum(1 for p in personas.values() if p.status == s)
              for s in ("queued", "processing", "completed", "failed", "cancelled")}
+    usage = TokenUsage()
+    for p in persona_docs:
+        usage = usage + TokenUsage(**p.get("usage", {}))
+    updated = max([doc.get("updated_at") or doc["created_at"], *(p["updated_at"] for p in persona_docs)])
     return JobView(
         job_id=doc["_id"],
         status=doc["status"],
@@ -97,9 +101,9 @@ def job_view(doc: dict[str, Any]) -> JobView:
         cancelled=count["cancelled"],
         processing=count["processing"],
         queued=count["queued"],
-        usage=TokenUsage(**doc.get("usage", {})),
+        usage=usage,
         created_at=doc["created_at"],
-        updated_at=doc.get("updated_at") or doc["created_at"],
+        updated_at=updated,
         finished_at=doc.get("finished_at"),
         deadline=doc.get("deadline"),
         retry_of=doc.get("retry_of"),
@@ -135,7 +139,6 @@ def job_view_from_log(requested: JobRequested, finished: JobFinished | None) -> 
     )
 
 
-def failed_personas(doc: dict[str, Any]) -> dict[str, str]:
+def failed_personas(persona_docs: list[dict[str, Any]]) -> dict[str, str]:
     """persona id -> mode of every persona that ended ``failed``, in job order."""
-    order = doc.get("persona_order") or list(doc["personas"])
-    return {pid: doc["personas"][pid]["mode"] for pid in order if doc["personas"][pid]["status"] == "failed"}
+    return {p["persona_id"]: p["mode"] for p in persona_docs if p["status"] == "failed"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from datetime import UTC, datetime
 
 import structlog
@@ -60,12 +61,42 @@ async def run_dispatcher(event_log: EventLog, stop: asyncio.Event) -> None:
                 log.info("job_dispatched", personas=len(items))
 
 
+class Cancellations:
+    """Which jobs were cancelled: asked of the log once per job, then kept current by a
+    subscription to cancel events (cleared on reconnect, when one may have been missed)."""
+
+    def __init__(self, event_log: EventLog, max_jobs: int = 10_000) -> None:
+        self.log = event_log
+        self.known: OrderedDict[str, bool] = OrderedDict()
+        self.max_jobs = max_jobs
+
+    async def start(self) -> None:
+        async def on_cancel(msg) -> None:
+            self._remember(msg.subject.split(".")[2], True)
+
+        await self.log.nc.subscribe(subjects.JOBS_CANCEL_REQUESTED, cb=on_cancel)
+        self.log.on_reconnect(self.known.clear)
+
+    def _remember(self, job_id: str, cancelled: bool) -> None:
+        self.known[job_id] = cancelled or self.known.get(job_id, False)
+        self.known.move_to_end(job_id)
+        while len(self.known) > self.max_jobs:
+            self.known.popitem(last=False)
+
+    async def is_cancelled(self, job_id: str) -> bool:
+        if job_id not in self.known:
+            found = await self.log.last(subjects.job(job_id, "cancel_requested")) is not None
+            self._remember(job_id, found)
+        return self.known[job_id]
+
+
 class WorkerPool:
     def __init__(self, event_log: EventLog, provider: Provider, settings: Settings, limiter=None) -> None:
         self.log = event_log
         self.provider = provider
         self.settings = settings
         self.limiter = limiter
+        self.cancellations = Cancellations(event_log)
         self.in_flight: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -78,6 +109,7 @@ class WorkerPool:
             max_deliver=s.max_deliveries,
         )
         limit = s.worker_concurrency
+        await self.cancellations.start()
         while not stop.is_set():
             if len(self.in_flight) >= limit:
                 await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
@@ -102,7 +134,7 @@ class WorkerPool:
         return False
 
     async def _cancelled(self, job_id: str) -> bool:
-        return await self.log.last(subjects.job(job_id, "cancel_requested")) is not None
+        return await self.cancellations.is_cancelled(job_id)
 
     async def _keep_alive(self, msg) -> None:
         # A long LLM call must not look like a dead worker: tell JetStream we are on it.
@@ -134,7 +166,8 @@ class WorkerPool:
                     await msg.nak(delay=min(30, 2**delivered))
 
     async def _handle(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
-        if await self._already_ended(item):
+        # Only a redelivery can find its persona already ended (a worker died after publishing).
+        if delivered > 1 and await self._already_ended(item):
             log.info("work_item_already_done", deliveries=delivered)
             await msg.ack()
             return

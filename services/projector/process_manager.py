@@ -26,50 +26,50 @@ from contracts.events import JobCancelled, JobCompleted, JobExpired, JobFinished
 EXPIRED_ERROR = "the job passed its deadline before this persona was generated"
 
 
-def results_from_job(job: dict[str, Any], *, unfinished: dict[str, Any] | None = None) -> JobResults:
+def results_from_job(
+    job: dict[str, Any], personas: list[dict[str, Any]], *, unfinished: dict[str, Any] | None = None
+) -> JobResults:
     """The specification's ``results`` object; ``unfinished`` overrides open personas."""
-    personas: dict[str, PersonaResult] = {}
-    for pid in job.get("persona_order") or list(job["personas"]):
-        p = job["personas"][pid]
+    results: dict[str, PersonaResult] = {}
+    usage = TokenUsage()
+    for p in personas:
         fields = {k: p.get(k) for k in ("status", "mode", "persona_name", "prompt_length", "error", "error_code")}
         if p["status"] not in TERMINAL_PERSONA_STATUSES:
             fields.update(unfinished or {})
-        personas[pid] = PersonaResult(**fields)
-    counts = {s: sum(1 for r in personas.values() if r.status == s) for s in ("completed", "failed", "cancelled")}
+        results[p["persona_id"]] = PersonaResult(**fields)
+        usage = usage + TokenUsage(**p.get("usage", {}))
+    counts = {s: sum(1 for r in results.values() if r.status == s) for s in ("completed", "failed", "cancelled")}
     return JobResults(
         template_id=job["template_id"],
         template_data=TemplateData.model_validate(job["template_data"]),
-        personas=personas,
-        total_personas=len(personas),
+        personas=results,
+        total_personas=len(results),
         successful=counts["completed"],
         failed=counts["failed"],
         cancelled=counts["cancelled"],
-        usage=TokenUsage(**job.get("usage", {})),
+        usage=usage,
     )
 
 
-def all_personas_ended(job: dict[str, Any]) -> bool:
-    return all(p["status"] in TERMINAL_PERSONA_STATUSES for p in job["personas"].values())
-
-
-def decide_job_end(job: dict[str, Any], now: datetime) -> JobFinished | None:
+def decide_job_end(job: dict[str, Any], personas: list[dict[str, Any]], now: datetime) -> JobFinished | None:
     if job.get("status") != "processing":
         return None
     envelope = {"job_id": job["_id"], "correlation_id": job["_id"]}
     if job.get("cancel_requested_at"):
         return JobCancelled(
             **envelope,
-            results=results_from_job(job, unfinished={"status": "cancelled", "error": "the job was cancelled"}),
+            results=results_from_job(job, personas,
+                                     unfinished={"status": "cancelled", "error": "the job was cancelled"}),
         )
-    if all_personas_ended(job):
-        results = results_from_job(job)
+    if all(p["status"] in TERMINAL_PERSONA_STATUSES for p in personas):
+        results = results_from_job(job, personas)
         status = "completed" if results.successful > 0 else "failed"
         error = None if status == "completed" else "no persona prompt could be generated"
         return JobCompleted(**envelope, status=status, results=results, error=error)
     deadline = job.get("deadline")
     if deadline is not None and deadline <= now:
         results = results_from_job(
-            job, unfinished={"status": "failed", "error": EXPIRED_ERROR, "error_code": "expired"}
+            job, personas, unfinished={"status": "failed", "error": EXPIRED_ERROR, "error_code": "expired"}
         )
         return JobExpired(**envelope, results=results, error="the job passed its deadline")
     return None

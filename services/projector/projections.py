@@ -12,7 +12,7 @@ from datetime import timedelta
 from functools import singledispatch
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 
 from contracts.domain import TERMINAL_PERSONA_STATUSES
 from contracts.events import (
@@ -28,7 +28,7 @@ from contracts.events import (
     TemplateCreated,
 )
 
-Write = tuple[str, UpdateOne]
+Write = tuple[str, UpdateOne | UpdateMany]
 _OPEN = {"$nin": sorted(TERMINAL_PERSONA_STATUSES)}
 
 
@@ -89,58 +89,68 @@ def project_interaction_created(event: AvatarInteractionCreated, seq: int) -> li
     ]
 
 
+JOB_PERSONAS = "prompt_job_personas"
+
+
+def job_persona_key(job_id: str, persona_id: str) -> str:
+    return f"{job_id}:{persona_id}"
+
+
 @project.register
 def project_job_requested(event: JobRequested, seq: int) -> list[Write]:
-    personas = {
-        jp.persona.id: {
-            "persona_id": jp.persona.id,
-            "persona_name": jp.persona.name,
-            "mode": jp.mode,
-            "status": "queued",
-        }
-        for jp in event.personas
-    }
-    return [
+    job = _create(
+        "prompt_jobs",
+        event.job_id,
+        seq,
+        {
+            "job_id": event.job_id,
+            "status": "processing",
+            "template_id": event.template_id,
+            "template_data": event.template_data.model_dump(mode="json"),
+            "total_personas": len(event.personas),
+            "created_at": event.occurred_at,
+            "updated_at": event.occurred_at,
+            "deadline": event.deadline,
+            "retry_of": event.retry_of,
+        },
+    )
+    # One small document per persona of the job: a persona's progress never rewrites the job.
+    personas = [
         _create(
-            "prompt_jobs",
-            event.job_id,
+            JOB_PERSONAS,
+            job_persona_key(event.job_id, jp.persona.id),
             seq,
             {
                 "job_id": event.job_id,
-                "status": "processing",
-                "template_id": event.template_id,
-                "template_data": event.template_data.model_dump(mode="json"),
-                "personas": personas,
-                "persona_order": [jp.persona.id for jp in event.personas],
-                "total_personas": len(personas),
-                "usage": {"prompt_tokens": 0, "completion_tokens": 0},
-                "created_at": event.occurred_at,
+                "persona_id": jp.persona.id,
+                "persona_name": jp.persona.name,
+                "mode": jp.mode,
+                "status": "queued",
+                "order": i,
                 "updated_at": event.occurred_at,
-                "deadline": event.deadline,
-                "retry_of": event.retry_of,
             },
         )
+        for i, jp in enumerate(event.personas)
     ]
+    return [job, *personas]
+
+
+def _job_persona(event: PersonaProgress | PersonaCompleted | PersonaFailed, seq: int, changes: dict) -> Write:
+    key = job_persona_key(event.job_id, event.persona_id)
+    return (
+        JOB_PERSONAS,
+        UpdateOne(_newer(key, seq, status=_OPEN),
+                  {"$set": {**changes, "updated_at": event.occurred_at, "_seq": seq}}),
+    )
 
 
 @project.register
 def project_persona_progress(event: PersonaProgress, seq: int) -> list[Write]:
-    p = f"personas.{event.persona_id}"
-    return [
-        (
-            "prompt_jobs",
-            UpdateOne(
-                _newer(event.job_id, seq, **{f"{p}.status": _OPEN}),
-                {"$set": {f"{p}.status": "processing", f"{p}.attempts": event.attempt,
-                          "updated_at": event.occurred_at, "_seq": seq}},
-            ),
-        )
-    ]
+    return [_job_persona(event, seq, {"status": "processing", "attempts": event.attempt})]
 
 
 @project.register
 def project_persona_completed(event: PersonaCompleted, seq: int) -> list[Write]:
-    p = f"personas.{event.persona_id}"
     return [
         (
             "personas_v2",
@@ -156,35 +166,20 @@ def project_persona_completed(event: PersonaCompleted, seq: int) -> list[Write]:
                 }},
             ),
         ),
-        (
-            "prompt_jobs",
-            UpdateOne(
-                _newer(event.job_id, seq, **{f"{p}.status": _OPEN}),
-                {
-                    "$set": {f"{p}.status": "completed", f"{p}.prompt_length": event.prompt_length,
-                             f"{p}.model": event.model, "updated_at": event.occurred_at, "_seq": seq},
-                    "$inc": {"usage.prompt_tokens": event.usage.prompt_tokens,
-                             "usage.completion_tokens": event.usage.completion_tokens},
-                },
-            ),
-        ),
+        _job_persona(event, seq, {
+            "status": "completed",
+            "prompt_length": event.prompt_length,
+            "model": event.model,
+            "usage": event.usage.model_dump(),
+        }),
     ]
 
 
 @project.register
 def project_persona_failed(event: PersonaFailed, seq: int) -> list[Write]:
-    p = f"personas.{event.persona_id}"
-    return [
-        (
-            "prompt_jobs",
-            UpdateOne(
-                _newer(event.job_id, seq, **{f"{p}.status": _OPEN}),
-                {"$set": {f"{p}.status": "failed", f"{p}.error": event.error,
-                          f"{p}.error_code": event.error_code, f"{p}.attempts": event.attempts,
-                          "updated_at": event.occurred_at, "_seq": seq}},
-            ),
-        )
-    ]
+    return [_job_persona(event, seq, {
+        "status": "failed", "error": event.error, "error_code": event.error_code, "attempts": event.attempts,
+    })]
 
 
 @project.register
@@ -203,23 +198,39 @@ def project_cancel_requested(event: JobCancelRequested, seq: int) -> list[Write]
 
 @project.register
 def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
-    changes: dict[str, Any] = {
-        "status": event.status,
-        "results": event.results.model_dump(mode="json"),
-        "error": event.error,
-        "finished_at": event.occurred_at,
-        "updated_at": event.occurred_at,
-        "_seq": seq,
-    }
+    writes: list[Write] = [
+        (
+            "prompt_jobs",
+            UpdateOne(
+                _newer(event.job_id, seq, status="processing"),
+                {"$set": {
+                    "status": event.status,
+                    "results": event.results.model_dump(mode="json"),
+                    "error": event.error,
+                    "finished_at": event.occurred_at,
+                    "updated_at": event.occurred_at,
+                    "_seq": seq,
+                }},
+            ),
+        )
+    ]
     # Personas a cancellation or expiry cut short take their final state from the results.
-    for pid, r in event.results.personas.items():
-        if r.status == "cancelled" or r.error_code == "expired":
-            changes[f"personas.{pid}.status"] = r.status
-            changes[f"personas.{pid}.error"] = r.error
-            changes[f"personas.{pid}.error_code"] = r.error_code
-    return [("prompt_jobs", UpdateOne(_newer(event.job_id, seq, status="processing"), {"$set": changes}))]
+    cut_short = {pid: r for pid, r in event.results.personas.items()
+                 if r.status == "cancelled" or r.error_code == "expired"}
+    for pid, r in cut_short.items():
+        writes.append((
+            JOB_PERSONAS,
+            UpdateOne(
+                _newer(job_persona_key(event.job_id, pid), seq, status=_OPEN),
+                {"$set": {"status": r.status, "error": r.error, "error_code": r.error_code,
+                          "updated_at": event.occurred_at, "_seq": seq}},
+            ),
+        ))
+    return writes
 
 
-def retention(event: JobFinished, keep: timedelta) -> Write:
+def retention(event: JobFinished, keep: timedelta) -> list[Write]:
     """When a finished job's view leaves MongoDB (a TTL index deletes it); its events stay in the log."""
-    return "prompt_jobs", UpdateOne({"_id": event.job_id}, {"$set": {"expire_at": event.occurred_at + keep}})
+    expire = {"$set": {"expire_at": event.occurred_at + keep}}
+    return [("prompt_jobs", UpdateOne({"_id": event.job_id}, expire)),
+            (JOB_PERSONAS, UpdateMany({"job_id": event.job_id}, expire))]

@@ -73,8 +73,8 @@ class Projector:
                 jobs.add(stored.event.job_id)
             elif isinstance(stored.event, JobFinished):
                 jobs.discard(stored.event.job_id)
-                collection, op = retention(stored.event, self.job_retention)
-                writes[collection].append(op)
+                for collection, op in retention(stored.event, self.job_retention):
+                    writes[collection].append(op)
         async for attempt in _mongo_retrying():
             with attempt:
                 for collection, ops in writes.items():
@@ -95,15 +95,25 @@ class Projector:
             return
         now = datetime.now(UTC)
         for job_id in job_ids:
+            end = None
             async for attempt in _mongo_retrying():
                 with attempt:
-                    job = await self.models.jobs.find_one({"_id": job_id})
-            end = decide_job_end(job, now) if job else None
+                    end = await self._decide(job_id, now)
             if end is None or await self._already_ended(job_id):
                 continue
             await self.log.publish(end)
             log.info("job_finished", job_id=job_id, status=end.status,
                      successful=end.results.successful, failed=end.results.failed)
+
+    async def _decide(self, job_id: str, now: datetime) -> JobFinished | None:
+        job = await self.models.jobs.find_one({"_id": job_id})
+        if job is None or job.get("status") != "processing":
+            return None
+        # Cheap test first: only a job that may end loads its personas.
+        may_end = job.get("cancel_requested_at") or job["deadline"] <= now
+        if not may_end and await self.models.open_personas(job_id):
+            return None
+        return decide_job_end(job, await self.models.job_persona_docs(job_id), now)
 
     async def expire_overdue(self) -> None:
         now = datetime.now(UTC)

@@ -15,9 +15,9 @@ def _ops(event, seq=7):
 
 def test_creations_are_idempotent_upserts():
     for event in every_event()[:4]:
-        (coll, flt, doc, upsert), = _ops(event)
-        assert upsert is True and set(doc) == {"$setOnInsert"}
-        assert doc["$setOnInsert"]["_seq"] == 7
+        for coll, flt, doc, upsert in _ops(event):
+            assert upsert is True and set(doc) == {"$setOnInsert"}
+            assert doc["$setOnInsert"]["_seq"] == 7
 
 
 def test_updates_apply_only_to_older_documents():
@@ -34,7 +34,7 @@ def test_completed_saves_the_prompt_on_the_persona_and_counts_tokens():
     assert ops["personas_v2"]["$set"]["system_prompt"] == "You are Dr. Smith."
     assert ops["personas_v2"]["$set"]["prompt_mode"] == "try_mode"
     assert ops["personas_v2"]["$set"]["prompt_generated_at"] == completed.occurred_at
-    assert ops["prompt_jobs"]["$inc"] == {"usage.prompt_tokens": 10, "usage.completion_tokens": 5}
+    assert ops["prompt_job_personas"]["$set"]["usage"] == {"prompt_tokens": 10, "completion_tokens": 5}
 
 
 def test_work_items_change_no_read_model():
@@ -42,51 +42,66 @@ def test_work_items_change_no_read_model():
     assert project(item, 1) == []
 
 
-def _job_doc(statuses, **extra):
+def _job(statuses, **extra):
+    """A job's read model as the projector would have written it, personas at ``statuses``."""
     req = job_requested(pids=tuple(statuses))
-    (_, op), = project(req, 1)
-    doc = dict(op._doc["$setOnInsert"], _id=req.job_id)
-    for pid, status in statuses.items():
-        doc["personas"][pid]["status"] = status
+    (_, job_op), *persona_ops = project(req, 1)
+    job = dict(job_op._doc["$setOnInsert"], _id=req.job_id, **extra)
+    personas = []
+    for (_, op), status in zip(persona_ops, statuses.values(), strict=True):
+        doc = dict(op._doc["$setOnInsert"], status=status)
         if status == "completed":
-            doc["personas"][pid]["prompt_length"] = 10
-    doc.update(extra)
-    return doc
+            doc.update(prompt_length=10, usage={"prompt_tokens": 3, "completion_tokens": 2})
+        personas.append(doc)
+    return job, personas
+
+
+def decide(statuses, now=T0, **extra):
+    return decide_job_end(*_job(statuses, **extra), now)
 
 
 def test_job_completes_when_every_persona_ended_with_at_least_one_success():
-    end = decide_job_end(_job_doc({"a": "completed", "b": "failed"}), T0)
+    end = decide({"a": "completed", "b": "failed"})
     assert end.type == "job.completed" and end.status == "completed"
     assert end.results.successful == 1 and end.results.failed == 1 and end.results.total_personas == 2
+    assert end.results.usage.prompt_tokens == 3
 
 
 def test_job_fails_when_no_persona_succeeded():
-    end = decide_job_end(_job_doc({"a": "failed", "b": "failed"}), T0)
+    end = decide({"a": "failed", "b": "failed"})
     assert end.status == "failed" and end.error
 
 
 def test_running_job_does_not_end_before_its_deadline():
-    assert decide_job_end(_job_doc({"a": "completed", "b": "processing"}), T0) is None
+    assert decide({"a": "completed", "b": "processing"}) is None
 
 
 def test_overdue_job_expires_with_unfinished_personas_failed():
-    doc = _job_doc({"a": "completed", "b": "processing"})
-    end = decide_job_end(doc, doc["deadline"] + timedelta(seconds=1))
+    job, personas = _job({"a": "completed", "b": "processing"})
+    end = decide_job_end(job, personas, job["deadline"] + timedelta(seconds=1))
     assert end.type == "job.expired"
     assert end.results.personas["b"].status == "failed" and end.results.personas["b"].error_code == "expired"
     assert end.results.personas["a"].status == "completed"
 
 
 def test_cancel_ends_unfinished_personas_cancelled():
-    end = decide_job_end(_job_doc({"a": "completed", "b": "queued"}, cancel_requested_at=T0), T0)
+    end = decide({"a": "completed", "b": "queued"}, cancel_requested_at=T0)
     assert end.type == "job.cancelled"
     assert end.results.personas["b"].status == "cancelled" and end.results.cancelled == 1
 
 
 def test_finished_job_is_never_ended_twice():
-    assert decide_job_end(_job_doc({"a": "completed"}, status="completed"), T0) is None
+    job, personas = _job({"a": "completed"})
+    job["status"] = "completed"
+    assert decide_job_end(job, personas, T0) is None
 
 
 def test_results_follow_the_requested_order():
-    doc = _job_doc({"z": "completed", "a": "completed", "m": "failed"})
-    assert list(results_from_job(doc).personas) == ["z", "a", "m"]
+    assert list(results_from_job(*_job({"z": "completed", "a": "completed", "m": "failed"})).personas) == [
+        "z", "a", "m"]
+
+
+def test_a_persona_update_never_rewrites_the_job_document():
+    for event in every_event():
+        if event.type in ("persona.progress", "persona.completed", "persona.failed"):
+            assert "prompt_jobs" not in [coll for coll, _ in project(event, 9)]

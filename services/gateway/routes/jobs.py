@@ -44,10 +44,9 @@ async def _requested(event_log, job_id: str):
     return stored
 
 
-async def start_job(event: JobRequested, event_log, waiter) -> GenerateFinalPromptsResponse:
-    seq = await event_log.publish(event)
-    # The job is durable once published; waiting for its view only makes a poll right after find it.
-    await waiter.wait_for(seq)
+async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsResponse:
+    # Durable once published: answer now. A poll before the projector catches up is answered from the log.
+    await event_log.publish(event)
     log.info("job_requested", job_id=event.job_id, personas=len(event.personas), retry_of=event.retry_of)
     return GenerateFinalPromptsResponse(
         job_id=event.job_id,
@@ -65,7 +64,7 @@ async def generate_final_prompts(
 ) -> GenerateFinalPromptsResponse:
     """Start generating the personas' system prompts; returns at once with the job id."""
     event = await build_job(body, models=models, settings=settings)
-    return await start_job(event, event_log, waiter)
+    return await start_job(event, event_log)
 
 
 @router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,
@@ -98,7 +97,7 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
     """The polling alternative to SSE."""
     doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
     if doc is not None:
-        return job_view(doc)
+        return job_view(doc, await models.job_persona_docs(job_id))
     requested = await _requested(event_log, job_id)
     finished = await finished_event(event_log, job_id)
     return job_view_from_log(requested.event, finished.event if finished else None)
@@ -107,18 +106,22 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> JobList:
     """Recent jobs, newest first."""
-    cursor = models.jobs.find({}, {"template_data": 0, "results": 0}).sort("created_at", -1).limit(limit)
-    jobs = []
-    async for doc in cursor:
-        ps = doc["personas"].values()
-        jobs.append(JobSummary(
-            job_id=doc["_id"], status=doc["status"], template_id=doc["template_id"],
-            total_personas=len(doc["personas"]),
-            completed=sum(1 for p in ps if p["status"] == "completed"),
-            failed=sum(1 for p in ps if p["status"] == "failed"),
-            created_at=doc["created_at"], finished_at=doc.get("finished_at"),
-        ))
-    return JobList(jobs=jobs)
+    docs = [d async for d in models.jobs.find({}, {"template_data": 0, "results": 0})
+            .sort("created_at", -1).limit(limit)]
+    counts: dict[tuple[str, str], int] = {}
+    pipeline = [{"$match": {"job_id": {"$in": [d["_id"] for d in docs]}}},
+                {"$group": {"_id": {"job": "$job_id", "status": "$status"}, "n": {"$sum": 1}}}]
+    async for row in await models.job_personas.aggregate(pipeline):
+        counts[(row["_id"]["job"], row["_id"]["status"])] = row["n"]
+    return JobList(jobs=[
+        JobSummary(
+            job_id=d["_id"], status=d["status"], template_id=d["template_id"],
+            total_personas=d.get("total_personas", 0),
+            completed=counts.get((d["_id"], "completed"), 0), failed=counts.get((d["_id"], "failed"), 0),
+            created_at=d["created_at"], finished_at=d.get("finished_at"),
+        )
+        for d in docs
+    ])
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView)
@@ -146,13 +149,13 @@ async def retry_failed(
     if doc["status"] == "processing":
         raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
                        ids=[job_id])
-    failed = failed_personas(doc)
+    failed = failed_personas(await models.job_persona_docs(job_id))
     if not failed:
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
     body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
                                        mode_mapping=failed)
     event = await build_job(body, models=models, settings=settings, retry_of=job_id)
-    return await start_job(event, event_log, waiter)
+    return await start_job(event, event_log)
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory)

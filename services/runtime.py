@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 import structlog
-
-log = structlog.get_logger()
 
 
 def stop_event() -> asyncio.Event:
@@ -20,5 +19,16 @@ def stop_event() -> asyncio.Event:
 
 
 def announce_ready(**fields: object) -> None:
-    # The supervisor of `promptgen up` waits for this exact event name.
-    log.info("service_ready", **fields)
+    """One JSON line saying the service is ready, whatever the log level: the supervisor
+    of `promptgen up` (and any orchestrator reading logs) waits for this exact event."""
+    logger = structlog.wrap_logger(
+        structlog.PrintLogger(sys.stdout),
+        wrapper_class=structlog.BoundLogger,  # not the level-filtering one: this line always goes out
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    logger.info("service_ready", **fields)

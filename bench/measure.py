@@ -1,0 +1,127 @@
+"""Small measuring tools: CPU time per process, percentiles, the raw-limit probes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+from pymongo import AsyncMongoClient
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (FileNotFoundError, IndexError):
+        return 0.0
+
+
+def rss_mib(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
+            "p99": percentile(values, 99), "max": max(values) if values else None,
+            "mean": statistics.fmean(values) if values else None}
+
+
+def run_loadgen(base_url: str, *, jobs: int, personas: int, watchers: int = 1, processes: int = 1) -> list[dict]:
+    """Run load generator processes (each its own Python) and collect their reports."""
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "bench.loadgen", "--base-url", base_url, "--jobs", str(jobs),
+                          "--personas", str(personas), "--watchers", str(watchers)],
+                         stdout=subprocess.PIPE, text=True)
+        for _ in range(processes)
+    ]
+    reports = []
+    for p in procs:
+        out, _ = p.communicate(timeout=3600)
+        if p.returncode:
+            raise RuntimeError(f"load generator failed with {p.returncode}")
+        reports.append(json.loads(out))
+    return reports
+
+
+async def raw_jetstream_publish(nats_url: str, count: int, size: int, concurrency: int = 256) -> float:
+    """Seconds to store ``count`` messages of ``size`` bytes in a file stream on the same server."""
+    import nats
+    from nats.js import api
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    name = f"BENCHRAW{uuid.uuid4().hex[:6].upper()}"
+    await js.add_stream(api.StreamConfig(name=name, subjects=[f"{name.lower()}.>"], storage=api.StorageType.FILE))
+    payload = b"x" * size
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await js.publish(f"{name.lower()}.{i % 100}", payload, headers={"Nats-Msg-Id": str(i)})
+
+    t = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    elapsed = time.perf_counter() - t
+    await js.delete_stream(name)
+    await nc.close()
+    return elapsed
+
+
+async def raw_mongo_write(mongo_url: str, count: int, size: int, batch: int = 500) -> float:
+    """Seconds to bulk-write ``count`` documents of about ``size`` bytes on the same server."""
+    client = AsyncMongoClient(mongo_url)
+    coll = client["bench_raw"][uuid.uuid4().hex[:8]]
+    docs = [{"_id": i, "body": "x" * size} for i in range(count)]
+    t = time.perf_counter()
+    for i in range(0, count, batch):
+        await coll.insert_many(docs[i : i + batch], ordered=False)
+    elapsed = time.perf_counter() - t
+    await coll.drop()
+    await client.close()
+    return elapsed
+
+
+async def raw_stream_read(nats_url: str, stream: str) -> tuple[int, float]:
+    """(messages, seconds) to read a whole stream with an ordered consumer, without decoding."""
+    import nats
+    from nats.js import api
+
+    nc = await nats.connect(nats_url)
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    total = info.state.messages
+    t = time.perf_counter()
+    sub = await js.subscribe("promptgen.>", stream=stream, ordered_consumer=True,
+                             config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.ALL))
+    n = 0
+    while n < total:
+        await sub.next_msg(timeout=30)
+        n += 1
+    elapsed = time.perf_counter() - t
+    await sub.unsubscribe()
+    await nc.close()
+    return n, elapsed

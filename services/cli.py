@@ -94,6 +94,29 @@ def replay(
     raise typer.Exit(code)
 
 
+@app.command("mock-llm")
+def mock_llm(
+    port: int = typer.Option(8100, help="Port on 127.0.0.1."),
+    latency_ms: float = typer.Option(0, help="Answer latency."),
+    latency_jitter_ms: float = typer.Option(0, help="Extra random latency, up to this."),
+    error_rate: float = typer.Option(0, help="Share of calls answered 500."),
+    rate_limit_rate: float = typer.Option(0, help="Share of calls answered 429 with retry-after."),
+    retry_after_s: float = typer.Option(1.0, help="The retry-after of those 429s."),
+    quota_rate: float = typer.Option(0, help="Share of calls answered 429 insufficient_quota."),
+    hang_rate: float = typer.Option(0, help="Share of calls never answered."),
+    garbage_rate: float = typer.Option(0, help="Share of calls answered with unusable content."),
+    drop_rate: float = typer.Option(0, help="Share of calls whose connection is dropped."),
+    seed: int = typer.Option(None, help="Seed for reproducible faults."),
+) -> None:
+    """An OpenAI-compatible test LLM with latency and faults: point OPENAI_BASE_URL at it."""
+    from services.mock_llm import MockLLMConfig, run
+
+    run(MockLLMConfig(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms, error_rate=error_rate,
+                      rate_limit_rate=rate_limit_rate, rate_limit_retry_after_s=retry_after_s,
+                      quota_rate=quota_rate, hang_rate=hang_rate, garbage_rate=garbage_rate,
+                      drop_rate=drop_rate, seed=seed), port=port)
+
+
 @app.command()
 def rebuild() -> None:
     """Rebuild every read model from the event log into fresh collections and switch to them."""

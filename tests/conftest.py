@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,7 +22,8 @@ from services.generator.main import run_generator
 from services.projector.main import run_projector
 from services.settings import Settings
 from services.store import ReadModels, mongo_client
-from tests.servers import NatsServer, mongo_url
+from services.mock_llm import MockLLM, MockLLMConfig
+from tests.servers import NatsServer, mongo_url, stop, wait_port
 
 
 @pytest.fixture(scope="session")
@@ -128,6 +131,38 @@ async def system(settings, models) -> AsyncIterator[InProcessSystem]:
 async def client(system) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as c:
         yield c
+
+
+@pytest_asyncio.fixture
+async def mock_llm() -> AsyncIterator[MockLLM]:
+    """The OpenAI-compatible test LLM, in this process, on a loopback port."""
+    async with MockLLM(MockLLMConfig()) as llm:
+        yield llm
+
+
+@pytest.fixture
+def llm_process():
+    """Start `promptgen mock-llm` as its own process; returns a function taking its options."""
+    procs: list[subprocess.Popen] = []
+
+    def start(**options: float) -> str:
+        port = free_port()
+        argv = [sys.executable, "-m", "services.cli", "mock-llm", "--port", str(port)]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        procs.append(subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_port(port, proc=procs[-1])
+        return f"http://127.0.0.1:{port}/v1"
+
+    yield start
+    for proc in procs:
+        stop(proc)
+
+
+@pytest.fixture
+def slow_llm_url(llm_process) -> str:
+    """A test LLM answering every call after 200 ms: slow enough to kill things mid-job."""
+    return llm_process(latency_ms=200)
 
 
 SCENARIO = """# Delivering difficult news to a patient's family

@@ -1,0 +1,148 @@
+"""A real LLM misbehaves: every failure class end to end, retries, retry-failed and cancel.
+
+The generator and gateway use the `openai` provider against the test LLM server
+over real HTTP; faults are scripted per call.
+"""
+
+from __future__ import annotations
+
+import httpx
+from pydantic import SecretStr
+import pytest
+
+from services.mock_llm import MockLLMConfig
+from tests.conftest import InProcessSystem
+from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.sse_client import read_sse
+
+
+@pytest.fixture
+async def llm_system(settings, models, mock_llm):
+    settings.provider = "openai"
+    settings.openai_base_url = mock_llm.base_url
+    settings.openai_api_key = SecretStr("test-key")
+    settings.llm_max_attempts = 3
+    settings.llm_timeout_seconds = 0.5
+    settings.worker_concurrency = 1  # one call at a time per generator: a cancel can land between calls
+    system = await InProcessSystem(settings).start()
+    yield system
+    await system.close()
+
+
+@pytest.fixture
+async def llm_client(llm_system):
+    async with httpx.AsyncClient(base_url=llm_system.base_url, timeout=60) as c:
+        yield c
+
+
+async def _one_persona_job(client, document, mock_llm, script):
+    template_id = await create_template(client, document)
+    persona = (await create_personas(client, template_id, 1))[0]
+    mock_llm.reset()
+    mock_llm.add_script(script)
+    job = await start_job(client, template_id, {persona["id"]: "assess_mode"})
+    return persona, await read_sse(client, job["sse_endpoint"])
+
+
+@pytest.mark.parametrize(
+    "script,code,attempts",
+    [
+        ([{"fault": "auth"}], "llm_auth", 1),
+        ([{"fault": "bad_request"}], "llm_rejected", 1),
+        ([{"fault": "quota"}], "llm_quota", 1),
+        ([{"fault": "rate_limit", "retry_after_s": 0.05}] * 3, "llm_rate_limited", 3),
+        ([{"fault": "error", "status": 500}] * 3, "llm_unavailable", 3),
+        ([{"fault": "drop"}] * 3, "llm_unavailable", 3),
+        ([{"fault": "timeout_408"}] * 3, "llm_timeout", 3),
+        ([{"fault": "hang"}] * 3, "llm_timeout", 3),
+    ],
+    ids=["auth", "rejected", "quota", "rate_limited", "server_error", "dropped", "408", "hang"],
+)
+async def test_each_failure_class_reaches_the_sse_client(llm_client, mock_llm, scenario_document, script, code,
+                                                         attempts):
+    persona, stream = await _one_persona_job(llm_client, scenario_document, mock_llm, script)
+    failed = [m.data for m in stream.messages if m.data["type"] == "persona_progress" and m.data["status"] == "failed"]
+    assert len(failed) == 1 and failed[0]["persona_id"] == persona["id"]
+    assert failed[0]["error_code"] == code and failed[0]["error"]
+    end, results = stream.messages[-2].data, stream.messages[-1].data["results"]
+    assert end == {"type": "status_update", "status": "failed", "error": "no persona prompt could be generated"}
+    assert results["failed"] == 1 and results["successful"] == 0
+    assert results["personas"][persona["id"]]["error_code"] == code
+    assert mock_llm.requests == attempts  # permanent failures are not retried
+
+
+async def test_transient_failures_are_retried_honouring_retry_after(llm_client, mock_llm, scenario_document):
+    script = [{"fault": "rate_limit", "retry_after_s": 0.8}, {"fault": "error", "status": 503}, {"fault": "ok"}]
+    persona, stream = await _one_persona_job(llm_client, scenario_document, mock_llm, script)
+    assert stream.messages[-1].data["results"]["successful"] == 1
+    first, second, _ = mock_llm.started
+    assert second - first >= 0.8  # not sooner than the server asked
+    assert mock_llm.requests == 3
+
+
+async def test_token_usage_is_recorded_and_summed(llm_client, mock_llm, scenario_document):
+    template_id = await create_template(llm_client, scenario_document)
+    personas = await create_personas(llm_client, template_id, 3)
+    job = await start_job(llm_client, template_id, cycle_modes([p["id"] for p in personas]))
+    results = (await read_sse(llm_client, job["sse_endpoint"])).messages[-1].data["results"]
+    view = (await llm_client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
+    assert results["usage"]["completion_tokens"] > 0 and results["usage"] == view["usage"]
+    events = (await llm_client.get(f"/scenario/v2/jobs/{job['job_id']}/events")).json()["events"]
+    completed = [e["event"] for e in events if e["type"] == "persona.completed"]
+    assert sum(e["usage"]["prompt_tokens"] for e in completed) == results["usage"]["prompt_tokens"]
+    assert all(e["model"] == "m" or e["model"] for e in completed)
+
+
+async def test_unusable_structured_output_is_a_clear_error(llm_client, mock_llm, scenario_document):
+    mock_llm.add_script([{"fault": "garbage"}])
+    r = await llm_client.post("/scenario/analyze-scenario-enhanced", json={"scenario_document": scenario_document})
+    assert r.status_code == 502 and r.json()["code"] == "invalid_output"
+
+
+async def test_retry_failed_starts_a_job_for_exactly_the_failed_personas(llm_client, mock_llm, scenario_document):
+    template_id = await create_template(llm_client, scenario_document)
+    personas = await create_personas(llm_client, template_id, 3)
+    modes = cycle_modes([p["id"] for p in personas])
+    mock_llm.add_script([{"fault": "auth"}])  # whichever persona calls first fails for good
+    job = await start_job(llm_client, template_id, modes)
+    first = (await read_sse(llm_client, job["sse_endpoint"])).messages[-1].data["results"]
+    failed = [pid for pid, p in first["personas"].items() if p["status"] == "failed"]
+    assert len(failed) == 1 and first["successful"] == 2
+
+    r = await llm_client.post(f"/scenario/v2/jobs/{job['job_id']}/retry-failed")
+    assert r.status_code == 202, r.text
+    retry = r.json()
+    assert retry["retry_of"] == job["job_id"] and retry["persona_count"] == 1
+    second = (await read_sse(llm_client, retry["sse_endpoint"])).messages[-1].data["results"]
+    assert list(second["personas"]) == failed and second["successful"] == 1
+    assert second["personas"][failed[0]]["mode"] == modes[failed[0]]
+    view = (await llm_client.get(f"/scenario/v2/job-status/{retry['job_id']}")).json()
+    assert view["retry_of"] == job["job_id"]
+
+    r = await llm_client.post(f"/scenario/v2/jobs/{retry['job_id']}/retry-failed")
+    assert r.status_code == 409 and r.json()["code"] == "nothing_failed"
+
+
+async def test_cancel_stops_new_llm_calls_and_ends_the_job_cancelled(llm_client, mock_llm,
+                                                                    scenario_document):
+    template_id = await create_template(llm_client, scenario_document)
+    personas = await create_personas(llm_client, template_id, 8)
+    mock_llm.configure(MockLLMConfig(latency_ms=300))
+    job = await start_job(llm_client, template_id, cycle_modes([p["id"] for p in personas]))
+
+    def first_completed(messages) -> bool:
+        return any(m.data.get("status") == "completed" for m in messages)
+
+    seen = await read_sse(llm_client, job["sse_endpoint"], until=first_completed)
+    r = await llm_client.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")
+    assert r.status_code == 202
+    calls_at_cancel = mock_llm.requests
+    rest = await read_sse(llm_client, job["sse_endpoint"], headers={"Last-Event-ID": seen.messages[-1].id})
+    end, results = rest.messages[-2].data, rest.messages[-1].data["results"]
+    assert end["status"] == "cancelled"
+    assert results["cancelled"] >= 5 and results["successful"] + results["cancelled"] == 8
+    assert mock_llm.requests <= calls_at_cancel + 1  # at most the call already in flight
+    view = (await llm_client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
+    assert view["status"] == "cancelled" and view["cancelled"] == results["cancelled"]
+    again = await llm_client.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")
+    assert again.status_code == 409 and again.json()["code"] == "job_finished"

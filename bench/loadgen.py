@@ -48,6 +48,7 @@ async def watch(client: httpx.AsyncClient, path: str) -> dict:
     """Follow one SSE stream to its end, recording (id, type, receipt time) per message."""
     received = []
     async with client.stream("GET", path) as resp:
+        connected = time.time()
         ident = None
         async for line in resp.aiter_lines():
             if line.startswith("id:"):
@@ -57,8 +58,8 @@ async def watch(client: httpx.AsyncClient, path: str) -> dict:
                 received.append((ident, data["type"], time.time()))
                 if data["type"] == "results":
                     summary = {k: data["results"][k] for k in ("total_personas", "successful", "failed")}
-                    return {"messages": received, "results": summary}
-    return {"messages": received, "results": None}
+                    return {"messages": received, "results": summary, "connected": connected}
+    return {"messages": received, "results": None, "connected": connected}
 
 
 async def run(args: argparse.Namespace) -> dict:

@@ -15,7 +15,9 @@ from pathlib import Path
 from bench import harness, scenarios
 
 SCENARIOS = {
+    "latency_bound": scenarios.latency_bound,
     "overhead_bound": scenarios.overhead_bound,
+    "sse_fanout": scenarios.sse_fanout,
     "replay_rebuild": scenarios.replay_rebuild,
     "scaling": scenarios.scaling,
 }

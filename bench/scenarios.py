@@ -80,11 +80,14 @@ def scaling(quick: bool) -> dict:
     finally:
         d.stop()
     base = next((c for c in curve if c["personas"] == 100), curve[0])
+    two = two_generators(quick)
     return {
+        "two_generators": two,
+        "two_generators_speedup": two["speedup"],
         "parameters": {"sizes": list(sizes), "provider": "offline"},
         "curve": curve,
         "largest_vs_100": round(curve[-1]["ms_per_persona"] / base["ms_per_persona"], 2),
-        "target": "cost per persona at 5,000 within 1.5x of its value at 100",
+        "target": "cost per persona at 5,000 within 1.5x of its value at 100; 2 generators >= 1.8x one",
     }
 
 
@@ -157,3 +160,172 @@ async def _synthetic_log(settings, jobs: int, per_job: int) -> None:
         results = results_from_job({"template_id": "t", "template_data": template.model_dump()}, docs)
         await publish(JobCompleted(job_id=job_id, status="completed", results=results))
     await log.close()
+
+
+class MockLLMProcess:
+    """`promptgen mock-llm` in its own process."""
+
+    def __init__(self, **options: float) -> None:
+        import subprocess
+        import sys
+
+        from services.embedded import free_port
+        from tests.servers import wait_port
+
+        self.port = free_port()
+        argv = [sys.executable, "-m", "services.cli", "mock-llm", "--port", str(self.port)]
+        for key, value in options.items():
+            argv += [f"--{key.replace('_', '-')}", str(value)]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, proc=self.proc)
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+
+    def stats(self) -> dict:
+        import httpx
+
+        return httpx.get(f"http://127.0.0.1:{self.port}/admin/stats").json()
+
+    def stop(self) -> None:
+        from tests.servers import stop
+
+        stop(self.proc)
+
+
+def _llm_env(llm: MockLLMProcess, **extra: str) -> dict[str, str]:
+    return {"OPENAI_BASE_URL": llm.base_url, "OPENAI_API_KEY": "bench", **extra}
+
+
+def latency_bound(quick: bool) -> dict:
+    """LLM at fixed latency: wall time against the physical limit, and against the in-process design."""
+    import math
+    import subprocess
+    import sys
+
+    from services.embedded import free_port
+    from tests.servers import stop, wait_port
+
+    jobs, per_job, latency_ms, concurrency = (2, 10, 100, 64) if quick else (10, 100, 500, 64)
+    llm = MockLLMProcess(latency_ms=latency_ms)
+    d = harness.start(env=_llm_env(llm, PROMPTGEN_LLM_CONCURRENCY=str(concurrency),
+                                   PROMPTGEN_WORKER_CONCURRENCY=str(concurrency)))
+    try:
+        ours = _wall(run_loadgen(d.base_url, jobs=jobs, personas=per_job))
+        port = free_port()
+        baseline = subprocess.Popen([sys.executable, "-m", "bench.baseline_inprocess", "--port", str(port)],
+                                    env={**d.env, **_llm_env(llm), "MONGO_URL": d.mongo_url,
+                                         "NATS_URL": d.nats_url},
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(port, proc=baseline)
+            theirs = _wall(run_loadgen(f"http://127.0.0.1:{port}", jobs=jobs, personas=per_job))
+        finally:
+            stop(baseline)
+    finally:
+        d.stop()
+        llm.stop()
+    total = jobs * per_job
+    limit = math.ceil(total / concurrency) * latency_ms / 1000
+    return {
+        "parameters": {"jobs": jobs, "personas_per_job": per_job, "llm_latency_ms": latency_ms,
+                       "PROMPTGEN_LLM_CONCURRENCY": concurrency},
+        "personas": total,
+        "wall_seconds": round(ours, 3),
+        "limit_seconds": limit,
+        "time_over_limit": round(ours / limit, 3),
+        "inprocess_wall_seconds": round(theirs, 3),
+        "speedup_over_inprocess": round(theirs / ours, 2),
+        "target": "time/limit <= 1.15 and >= 5x the in-process design",
+    }
+
+
+def two_generators(quick: bool) -> dict:
+    """1 vs 2 generator processes under LLM latency, each capped at 8 calls in flight."""
+    per_job, latency_ms = (16, 100) if quick else (160, 200)
+    out = {}
+    for generators in (1, 2):
+        llm = MockLLMProcess(latency_ms=latency_ms)
+        d = harness.start(generators=generators, env=_llm_env(llm, PROMPTGEN_WORKER_CONCURRENCY="8"))
+        try:
+            out[generators] = _wall(run_loadgen(d.base_url, jobs=1, personas=per_job))
+        finally:
+            d.stop()
+            llm.stop()
+    return {"personas": per_job, "llm_latency_ms": latency_ms, "seconds_1": round(out[1], 3),
+            "seconds_2": round(out[2], 3), "speedup": round(out[1] / out[2], 2)}
+
+
+def sse_fanout(quick: bool) -> dict:
+    """Many SSE clients on one gateway: all get everything; latency next to a plain NATS subscriber."""
+    import json as _json
+    import subprocess
+    import sys
+
+    import httpx
+
+    from bench.measure import percentile, rss_mib
+
+    processes, jobs_each, personas, watchers = (1, 2, 5, 5) if quick else (2, 5, 20, 100)
+    llm = MockLLMProcess(latency_ms=100 if quick else 200)
+    d = harness.start(env=_llm_env(llm, PROMPTGEN_WORKER_CONCURRENCY="8", PROMPTGEN_LLM_CONCURRENCY="8"))
+    try:
+        gateway = d.pids()["gateway"]
+        rss_before = rss_mib(gateway)
+        nats_sub = subprocess.Popen([sys.executable, "-m", "bench.nats_listener", d.nats_url],
+                                    stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
+        assert nats_sub.stdout.readline().strip() == "ready"
+        peak = {"rss": rss_before}
+        import threading
+
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.wait(0.2):
+                peak["rss"] = max(peak["rss"], rss_mib(gateway))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        reports = run_loadgen(d.base_url, jobs=jobs_each, personas=personas, watchers=watchers,
+                              processes=processes)
+        done.set()
+        received_nats = _json.loads(nats_sub.communicate("stop\n", timeout=60)[0])
+        times, event_ids = {}, {}
+        for r in reports:
+            for j in r["jobs"]:
+                history = httpx.get(f"{d.base_url}/scenario/v2/jobs/{j['job_id']}/events", timeout=60).json()
+                for e in history["events"]:
+                    from datetime import datetime
+
+                    times[e["seq"]] = datetime.fromisoformat(e["time"]).timestamp()
+                    event_ids[e["seq"]] = e["event"]["event_id"]
+    finally:
+        d.stop()
+        llm.stop()
+    sse, nats_lat, clients, complete = [], [], 0, 0
+    expected = None
+    for r in reports:
+        for j in r["jobs"]:
+            counts = {len(s["messages"]) for s in j["streams"]}
+            for s in j["streams"]:
+                clients += 1
+                complete += bool(s["results"]) and len(counts) == 1
+                for ident, _, at in s["messages"]:
+                    seq = int(ident.split("-")[0])
+                    if times.get(seq, 0) > s["connected"]:  # live messages only, not history catch-up
+                        sse.append(1000 * (at - times[seq]))
+            expected = counts
+    for seq, eid in event_ids.items():
+        if eid in received_nats:
+            nats_lat.append(1000 * (received_nats[eid] - times[seq]))
+    return {
+        "parameters": {"clients": clients, "jobs": processes * jobs_each, "personas_per_job": personas},
+        "clients": clients,
+        "clients_complete": complete,
+        "sse_latency_ms": {"p50": percentile(sse, 50), "p99": percentile(sse, 99), "n": len(sse)},
+        "nats_latency_ms": {"p50": percentile(nats_lat, 50), "p99": percentile(nats_lat, 99), "n": len(nats_lat)},
+        "p99_gap_ms": round(percentile(sse, 99) - percentile(nats_lat, 99), 2),
+        "gateway_rss_mib": {"before": round(rss_before, 1), "peak": round(peak["rss"], 1)},
+        "gateway_kib_per_client": round(1024 * (peak["rss"] - rss_before) / max(1, clients), 1),
+        "sse_samples_ms": sse[:5000],
+        "nats_samples_ms": nats_lat[:5000],
+        "target": "all clients complete; SSE p99 within 50 ms of the NATS subscriber's p99",
+    }

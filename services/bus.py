@@ -219,8 +219,6 @@ class EventLog:
                     msg = await sub.next_msg(timeout=30)
                     batch.append(_stored(msg))
                     done = msg.metadata.num_pending == 0
-                    if sub.pending_msgs == 0 and batch:
-                        break
                 yield batch
         finally:
             await self._close(sub)

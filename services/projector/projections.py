@@ -234,3 +234,11 @@ def retention(event: JobFinished, keep: timedelta) -> list[Write]:
     expire = {"$set": {"expire_at": event.occurred_at + keep}}
     return [("prompt_jobs", UpdateOne({"_id": event.job_id}, expire)),
             (JOB_PERSONAS, UpdateMany({"job_id": event.job_id}, expire))]
+
+
+def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Write]:
+    """Everything one event writes: its projection, and a finished job's retention."""
+    writes = project(event, seq)
+    if isinstance(event, JobFinished):
+        writes = writes + retention(event, job_retention)
+    return writes

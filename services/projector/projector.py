@@ -26,7 +26,7 @@ from contracts.events import (
 )
 from services.bus import EventLog, StoredEvent
 from services.projector.process_manager import decide_job_end
-from services.projector.projections import project, retention
+from services.projector.projections import writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
 from services.store import ReadModels
 
@@ -67,14 +67,12 @@ class Projector:
         writes = defaultdict(list)
         jobs: set[str] = set()
         for stored in batch:
-            for collection, op in project(stored.event, stored.seq):
+            for collection, op in writes_for(stored.event, stored.seq, self.job_retention):
                 writes[collection].append(op)
             if isinstance(stored.event, PersonaCompleted | PersonaFailed | JobCancelRequested):
                 jobs.add(stored.event.job_id)
             elif isinstance(stored.event, JobFinished):
                 jobs.discard(stored.event.job_id)
-                for collection, op in retention(stored.event, self.job_retention):
-                    writes[collection].append(op)
         async for attempt in _mongo_retrying():
             with attempt:
                 for collection, ops in writes.items():

@@ -48,3 +48,41 @@ async def test_promptgen_rebuild_switches_the_running_projector_to_rebuilt_colle
     stream = await read_sse(client, job["sse_endpoint"])
     assert stream.messages[-1].data["results"]["successful"] == 1
     assert await models.jobs.count_documents({}) == 3
+
+
+async def test_rebuild_equals_live_for_cancelled_expired_and_failed_jobs(system, client, models, event_log):
+    """Every kind of event, including ones the offline provider never causes, folds the same way."""
+    from datetime import UTC, datetime, timedelta
+
+    from contracts.events import JobCancelRequested, PersonaCompleted, PersonaFailed, PersonaProgress
+    from tests.samples import job_requested
+
+    await system.stop_service("generator")  # nobody works: the overdue job can only expire
+    await system.stop_service("projector")  # restart the projector with a fast expiry sweep
+    system.settings.expiry_sweep_seconds = 0.1
+    system.start_service("projector")
+
+    cancelled = job_requested("jc", ("a", "b")).model_copy(update={"deadline": datetime.now(UTC) + timedelta(hours=1)})
+    expired = job_requested("je", ("c", "d")).model_copy(update={"deadline": datetime.now(UTC) - timedelta(seconds=1)})
+    events = [
+        cancelled,
+        PersonaProgress(job_id="jc", persona_id="a"),
+        PersonaCompleted(job_id="jc", persona_id="a", persona_name="A", mode="try_mode", generation_mode="assess_mode",
+                         prompt="p", prompt_length=1, provider="offline", model="m"),
+        JobCancelRequested(job_id="jc"),
+        expired,
+        PersonaFailed(job_id="je", persona_id="c", persona_name="C", mode="try_mode", error="LLM timeout",
+                      error_code="llm_timeout", attempts=3),
+    ]
+    for event in events:
+        await event_log.publish(event)
+    for job_id, status in (("jc", "cancelled"), ("je", "expired")):
+        await read_sse(client, f"/scenario/v2/prompt-generation-status/{job_id}")  # to the job's end
+        view = (await client.get(f"/scenario/v2/job-status/{job_id}")).json()
+        assert view["status"] == status, view
+    live = await snapshot(models)
+    target = ReadModels(models.db, suffix="__check")
+    await rebuild_into(event_log, target)
+    assert await snapshot(target) == live
+    statuses = {d["_id"]: d["status"] for d in live["prompt_job_personas"]}
+    assert statuses == {"jc:a": "completed", "jc:b": "cancelled", "je:c": "failed", "je:d": "failed"}

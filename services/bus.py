@@ -225,16 +225,10 @@ class EventLog:
 
     async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
-        sub = await self._ordered(filter_subject, start_seq)
-        try:
-            while True:
-                try:
-                    msg = await sub.next_msg(timeout=None)
-                except NatsTimeout:
-                    continue
-                yield _stored(msg)
-        finally:
-            await self._close(sub)
+        async with contextlib.aclosing(self.follow_batches(filter_subject, start_seq)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    yield stored
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500

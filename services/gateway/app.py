@@ -12,6 +12,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.bus import EventLog
 from services.gateway.errors import install_error_handlers
+from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.gateway.routes import interactions, jobs, scenario, v1
 from services.llm.factory import build_provider
@@ -37,10 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.models = models
         app.state.provider = provider
         app.state.waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
+        app.state.feeds = JobFeeds(event_log)
+        await app.state.feeds.start()
         announce_ready(provider=provider.name, mongo_db=settings.mongo_db, port=settings.port)
         try:
             yield
         finally:
+            await app.state.feeds.close()
             await event_log.close()
             await provider.aclose()
             await client.close()

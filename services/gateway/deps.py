@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from services.bus import EventLog
+from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
 from services.settings import Settings
@@ -29,6 +30,10 @@ def _provider(request: Request) -> Provider:
     return request.app.state.provider
 
 
+def _feeds(request: Request) -> JobFeeds:
+    return request.app.state.feeds
+
+
 def _waiter(request: Request) -> ProjectionWaiter:
     return request.app.state.waiter
 
@@ -37,4 +42,5 @@ SettingsDep = Annotated[Settings, Depends(_settings)]
 EventLogDep = Annotated[EventLog, Depends(_event_log)]
 ModelsDep = Annotated[ReadModels, Depends(_models)]
 ProviderDep = Annotated[Provider, Depends(_provider)]
+FeedsDep = Annotated[JobFeeds, Depends(_feeds)]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_waiter)]

@@ -12,7 +12,6 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from functools import singledispatch
 
-from contracts import subjects
 from contracts.events import (
     Envelope,
     JobFinished,
@@ -22,7 +21,8 @@ from contracts.events import (
     PersonaProgress,
 )
 from contracts.sse import PersonaProgressMessage, ResultsMessage, StatusUpdate
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
+from services.gateway.feeds import JobFeeds
 
 Message = StatusUpdate | PersonaProgressMessage | ResultsMessage
 
@@ -94,37 +94,47 @@ class Position:
             return None
 
 
-def sse_items(stored: StoredEvent, after: Position | None = None) -> list[dict[str, str]]:
-    """The SSE items of one stored event, skipping what a resuming client has."""
+def render(stored: StoredEvent) -> list[dict[str, str]]:
+    """The SSE items of one stored event: ``id`` and ``data`` of each message."""
     msgs = messages_for(stored.event)
-    items = []
-    for i, msg in enumerate(msgs):
-        if after is not None and after.seq == stored.seq and after.index is not None and i <= after.index:
-            continue
-        ident = str(stored.seq) if i == len(msgs) - 1 else f"{stored.seq}-{i}"
-        items.append({"id": ident, "data": msg.to_json()})
-    return items
+    return [
+        {"id": str(stored.seq) if i == len(msgs) - 1 else f"{stored.seq}-{i}", "data": msg.to_json()}
+        for i, msg in enumerate(msgs)
+    ]
+
+
+def unseen(stored_seq: int, items: list[dict[str, str]], after: Position | None) -> list[dict[str, str]]:
+    """The items of the event at ``stored_seq`` that a client resuming ``after`` has not seen."""
+    if after is None or stored_seq > after.seq:
+        return items
+    if stored_seq < after.seq or after.index is None:
+        return []
+    return items[after.index + 1 :]
+
+
+def sse_items(stored: StoredEvent, after: Position | None = None) -> list[dict[str, str]]:
+    return unseen(stored.seq, render(stored), after)
 
 
 async def stream_job_events(
-    event_log: EventLog,
+    feeds: JobFeeds,
     job_id: str,
     *,
     start_seq: int,
     after: Position | None,
     before_end: Callable[[int], Awaitable[object]] | None = None,
 ) -> AsyncIterator[dict[str, str]]:
-    """A job's SSE items from ``start_seq``, live, ending after its results.
+    """A job's SSE items from its start (or after ``after``), live, ending after its results.
 
     ``before_end(seq)`` runs before the final messages go out: the gateway waits
     there for the projector, so a poll right after ``results`` sees the final view."""
-    if after is not None:
-        start_seq = max(start_seq, after.seq if after.index is not None else after.seq + 1)
-    async with aclosing(event_log.follow(subjects.job_history(job_id), start_seq)) as events:
-        async for stored in events:
-            if isinstance(stored.event, JobFinished) and before_end is not None:
+    async with aclosing(feeds.watch(job_id, start_seq)) as events:
+        async for stored, items in events:
+            finished = isinstance(stored.event, JobFinished)
+            todo = unseen(stored.seq, items, after)
+            if finished and todo and before_end is not None:
                 await before_end(stored.seq)
-            for item in sse_items(stored, after):
+            for item in todo:
                 yield item
-            if isinstance(stored.event, JobFinished):
+            if finished:
                 return

@@ -180,22 +180,29 @@ class WorkerPool:
             await self.log.publish(failed(item, err, delivered))
             await msg.ack()
             return
-        await self.log.publish(
+        progress = asyncio.create_task(self.log.publish(
             PersonaProgress(**caused_by(item), job_id=item.job_id, persona_id=item.persona_id,
                             persona_name=item.persona.name, mode=item.mode, attempt=delivered)
-        )
+        ))
         keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
-            outcome = await generate_persona_prompt(
-                item,
-                provider=self.provider,
-                max_attempts=self.settings.llm_max_attempts,
-                limiter=self.limiter,
-                expected_completion_tokens=self.settings.llm_expected_completion_tokens,
+            # The progress event is stored while the LLM works: it is not on the critical path,
+            # and it is always stored before the outcome.
+            outcome, _ = await asyncio.gather(
+                generate_persona_prompt(
+                    item,
+                    provider=self.provider,
+                    max_attempts=self.settings.llm_max_attempts,
+                    limiter=self.limiter,
+                    expected_completion_tokens=self.settings.llm_expected_completion_tokens,
+                ),
+                progress,
             )
         finally:
             keep_alive.cancel()
+            progress.cancel()
         await self.log.publish(outcome)
-        await msg.ack_sync()
+        # The outcome is durable: a lost ack only means a redelivery, which finds it and skips.
+        await msg.ack()
         log.info("persona_generated" if outcome.type == "persona.completed" else "persona_failed",
                  outcome=outcome.type, error_code=getattr(outcome, "error_code", None))

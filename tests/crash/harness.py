@@ -84,6 +84,12 @@ class Deployment:
                 time.sleep(0.02)
         raise TimeoutError("gateway did not answer /healthz")
 
+    def start_all(self) -> tuple[Service, Service, Service, str]:
+        """projector, generator and gateway; returns them and the gateway's URL."""
+        projector, generator = self.start("projector"), self.start("generator")
+        gateway, url = self.start_gateway()
+        return projector, generator, gateway, url
+
     def close(self) -> None:
         for svc in self.services:
             svc.stop()

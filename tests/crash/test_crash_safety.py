@@ -98,9 +98,7 @@ async def _assert_read_models_equal_a_rebuild(d: Deployment) -> None:
 
 async def test_kill_9_a_generator_mid_job(deployment, scenario_document):
     d = deployment
-    d.start("projector")
-    generator = d.start("generator")
-    _, url = d.start_gateway()
+    _, generator, _, url = d.start_all()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         job, ids = await _job(client, scenario_document)
         seen = await _follow_until(client, job["sse_endpoint"], completed=10)
@@ -113,9 +111,7 @@ async def test_kill_9_a_generator_mid_job(deployment, scenario_document):
 
 async def test_kill_9_the_projector_and_restart_it(deployment, scenario_document):
     d = deployment
-    projector = d.start("projector")
-    d.start("generator")
-    _, url = d.start_gateway()
+    projector, _, _, url = d.start_all()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         job, ids = await _job(client, scenario_document)
         seen = await _follow_until(client, job["sse_endpoint"], completed=10)
@@ -131,9 +127,7 @@ async def test_kill_9_the_projector_and_restart_it(deployment, scenario_document
 
 async def test_kill_9_the_gateway_serving_sse_and_resume_on_another(deployment, scenario_document):
     d = deployment
-    d.start("projector")
-    d.start("generator")
-    gateway, url = d.start_gateway()
+    _, _, gateway, url = d.start_all()
     _, other_url = d.start_gateway()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         job, _ = await _job(client, scenario_document)
@@ -158,9 +152,7 @@ async def test_kill_9_the_gateway_serving_sse_and_resume_on_another(deployment, 
 
 async def test_restart_nats_server_mid_job(deployment, scenario_document):
     d = deployment
-    d.start("projector")
-    d.start("generator")
-    _, url = d.start_gateway()
+    *_, url = d.start_all()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         job, ids = await _job(client, scenario_document)
         seen = await _follow_until(client, job["sse_endpoint"], completed=10)
@@ -178,9 +170,7 @@ async def test_restart_nats_server_mid_job(deployment, scenario_document):
 
 async def test_stop_mongodb_for_a_few_seconds(deployment, scenario_document):
     d = deployment
-    d.start("projector")
-    d.start("generator")
-    _, url = d.start_gateway()
+    *_, url = d.start_all()
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
         job, ids = await _job(client, scenario_document)
         seen = await _follow_until(client, job["sse_endpoint"], completed=10)

@@ -17,7 +17,7 @@ from contracts.api import (
 )
 from contracts.events import JobCancelRequested, JobRequested
 from services.audit import job_history
-from services.gateway.deps import EventLogDep, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.deps import EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, not_found
 from services.gateway.jobs import (
     build_job,
@@ -74,6 +74,7 @@ async def prompt_generation_status(
     event_log: EventLogDep,
     settings: SettingsDep,
     waiter: WaiterDep,
+    feeds: FeedsDep,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
@@ -86,7 +87,7 @@ async def prompt_generation_status(
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
     return EventSourceResponse(
-        stream_job_events(event_log, job_id, start_seq=requested.seq, after=after, before_end=waiter.wait_for),
+        stream_job_events(feeds, job_id, start_seq=requested.seq, after=after, before_end=waiter.wait_for),
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
@@ -97,7 +98,9 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
     """The polling alternative to SSE."""
     doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
     if doc is not None:
-        return job_view(doc, await models.job_persona_docs(job_id))
+        personas = await models.job_persona_docs(job_id)
+        if len(personas) == doc["total_personas"]:  # else the projector is mid-write: ask the log
+            return job_view(doc, personas)
     requested = await _requested(event_log, job_id)
     finished = await finished_event(event_log, job_id)
     return job_view_from_log(requested.event, finished.event if finished else None)

@@ -47,6 +47,7 @@ def job_history(job_id: str) -> str:
     return f"{PREFIX}.job.{job_id}.>"
 
 
+ALL_JOBS = f"{PREFIX}.job.>"
 JOBS_REQUESTED = f"{PREFIX}.job.*.requested"
 WORK_ITEMS = f"{PREFIX}.job.*.persona.*.requested"
 JOBS_CANCEL_REQUESTED = f"{PREFIX}.job.*.cancel_requested"

@@ -80,7 +80,7 @@ def analyze_document(document: str) -> TemplateData:
         Role(name="Learner", description="The trainee practising the conversation."),
         Role(name="Counterpart", description="The person the learner talks to in the scenario."),
     ]
-    success = found["success"] or [f"The learner {o[0].lower()}{o[1:]}" for o in objectives[:3]]
+    success = found["success"] or [f"The learner can {o[0].lower()}{o[1:].rstrip('.')}" for o in objectives[:3]]
     return TemplateData(
         title=title,
         description=description,

@@ -32,6 +32,7 @@ class JobChannel:
     job_id: str
     events: list[StoredEvent] = field(default_factory=list)
     rendered: list[list[dict[str, str]]] = field(default_factory=list)
+    wire: list[bytes] = field(default_factory=list)
     loaded: bool = False
     early: list[StoredEvent] = field(default_factory=list)  # live events that came while loading
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -46,10 +47,12 @@ class JobChannel:
         return bool(self.events) and isinstance(self.events[-1].event, JobFinished)
 
     def append(self, stored: StoredEvent) -> None:
-        from services.gateway.sse import render  # rendered once, for every watcher
+        from services.gateway.sse import encode, render  # rendered and encoded once, for every watcher
 
+        items = render(stored)
         self.events.append(stored)
-        self.rendered.append(render(stored))
+        self.rendered.append(items)
+        self.wire.append(encode(items))
 
     async def add(self, stored: StoredEvent) -> None:
         if not self.loaded:
@@ -107,8 +110,11 @@ class JobFeeds:
         channel.early.clear()
         channel.loaded = True
 
-    async def watch(self, job_id: str, start_seq: int) -> AsyncIterator[tuple[StoredEvent, list[dict[str, str]]]]:
-        """The job's events from its start, then live, until its end or the caller stops."""
+    async def watch(
+        self, job_id: str, start_seq: int
+    ) -> AsyncIterator[list[tuple[StoredEvent, list[dict[str, str]], bytes]]]:
+        """The job's events from its start, then live, until its end or the caller stops:
+        each time, everything that has arrived since the last (stored event, items, wire bytes)."""
         channel = self.channels.get(job_id)
         if channel is None:
             channel = self.channels[job_id] = JobChannel(job_id)
@@ -124,11 +130,11 @@ class JobFeeds:
                         self._loading.pop(job_id, None)
             cursor = 0
             while True:
-                while cursor < len(channel.events):
-                    stored = channel.events[cursor]
-                    yield stored, channel.rendered[cursor]
-                    cursor += 1
-                    if isinstance(stored.event, JobFinished):
+                end = len(channel.events)
+                if cursor < end:
+                    yield [(channel.events[i], channel.rendered[i], channel.wire[i]) for i in range(cursor, end)]
+                    cursor = end
+                    if isinstance(channel.events[end - 1].event, JobFinished):
                         return
                 async with channel.changed:
                     await channel.changed.wait_for(lambda: cursor < len(channel.events))

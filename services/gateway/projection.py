@@ -2,13 +2,12 @@
 
 The gateway publishes, gets the event's stream sequence back, and waits for the
 projector's checkpoint to pass it before answering, so a client that reads right
-after a write finds what it wrote.
+after a write finds what it wrote. One poller serves every waiting request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 
 import structlog
 from pymongo.errors import PyMongoError
@@ -23,21 +22,41 @@ class ProjectionWaiter:
         self.models = models
         self.timeout = timeout
         self._seen = 0  # highest checkpoint observed: most waits end without a query
+        self._wanted = 0
+        self._waiting = 0
+        self._changed = asyncio.Condition()
+        self._poller: asyncio.Task | None = None
 
     async def wait_for(self, seq: int) -> bool:
         if seq <= self._seen:
             return True
-        deadline = time.monotonic() + self.timeout
+        self._wanted = max(self._wanted, seq)
+        self._waiting += 1
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.create_task(self._poll())
+        try:
+            async with self._changed:
+                await asyncio.wait_for(self._changed.wait_for(lambda: self._seen >= seq), self.timeout)
+            return True
+        except TimeoutError:
+            log.warning("projection_lagging", seq=seq, checkpoint=self._seen)
+            return False
+        finally:
+            self._waiting -= 1
+
+    async def _poll(self) -> None:
         delay = 0.002
-        while True:
+        while self._waiting and self._seen < self._wanted:
             try:
-                self._seen = max(self._seen, await self.models.checkpoint())
+                checkpoint = await self.models.checkpoint()
             except PyMongoError as exc:  # MongoDB away: the write is durable in the log anyway
                 log.warning("projection_unreadable", error=str(exc))
-            if self._seen >= seq:
-                return True
-            if time.monotonic() >= deadline:
-                log.warning("projection_lagging", seq=seq, checkpoint=self._seen)
-                return False
+                checkpoint = self._seen
+            if checkpoint > self._seen:
+                self._seen = checkpoint
+                async with self._changed:
+                    self._changed.notify_all()
+                delay = 0.002
+                continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)

@@ -116,6 +116,11 @@ def sse_items(stored: StoredEvent, after: Position | None = None) -> list[dict[s
     return unseen(stored.seq, render(stored), after)
 
 
+def encode(items: list[dict[str, str]]) -> bytes:
+    """SSE wire format of ``items``: unnamed messages with an id."""
+    return "".join(f"id: {item['id']}\ndata: {item['data']}\n\n" for item in items).encode()
+
+
 async def stream_job_events(
     feeds: JobFeeds,
     job_id: str,
@@ -123,18 +128,23 @@ async def stream_job_events(
     start_seq: int,
     after: Position | None,
     before_end: Callable[[int], Awaitable[object]] | None = None,
-) -> AsyncIterator[dict[str, str]]:
-    """A job's SSE items from its start (or after ``after``), live, ending after its results.
+) -> AsyncIterator[bytes]:
+    """A job's SSE messages from its start (or after ``after``), live, ending after its results.
 
-    ``before_end(seq)`` runs before the final messages go out: the gateway waits
-    there for the projector, so a poll right after ``results`` sees the final view."""
-    async with aclosing(feeds.watch(job_id, start_seq)) as events:
-        async for stored, items in events:
-            finished = isinstance(stored.event, JobFinished)
-            todo = unseen(stored.seq, items, after)
-            if finished and todo and before_end is not None:
-                await before_end(stored.seq)
-            for item in todo:
-                yield item
-            if finished:
+    Whatever is ready is sent in one write. ``before_end(seq)`` runs before the
+    final messages go out: the gateway waits there for the projector, so a poll
+    right after ``results`` sees the final view."""
+    async with aclosing(feeds.watch(job_id, start_seq)) as batches:
+        async for batch in batches:
+            chunk: list[bytes] = []
+            for stored, items, wire in batch:
+                todo = unseen(stored.seq, items, after)
+                if not todo:
+                    continue
+                if isinstance(stored.event, JobFinished) and before_end is not None:
+                    await before_end(stored.seq)
+                chunk.append(wire if len(todo) == len(items) else encode(todo))
+            if chunk:
+                yield b"".join(chunk)
+            if batch and isinstance(batch[-1][0].event, JobFinished):
                 return

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -27,7 +28,8 @@ A physician tells a family that the treatment has not worked.
 
 
 def _wait(driver, seconds: float = 30) -> WebDriverWait:
-    return WebDriverWait(driver, seconds)
+    # live rows are redrawn as messages arrive: an element read mid-redraw is looked up again
+    return WebDriverWait(driver, seconds, ignored_exceptions=(StaleElementReferenceException,))
 
 
 def _new_job(driver, base_url: str, personas: int, modes: list[str] | None = None, shots: bool = False) -> None:

@@ -111,5 +111,7 @@ def browser(chromium, tmp_path):
 
 
 def screenshot(driver, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))
+    """Saved under docs/screenshots with PROMPTGEN_UPDATE_SCREENSHOTS=1 (for the README), else to a temp dir."""
+    folder = SCREENSHOTS if os.environ.get("PROMPTGEN_UPDATE_SCREENSHOTS") else Path(tempfile.gettempdir()) / "promptgen-screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(folder / f"{name}.png"))

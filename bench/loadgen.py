@@ -54,11 +54,15 @@ async def watch(client: httpx.AsyncClient, path: str) -> dict:
             if line.startswith("id:"):
                 ident = line[3:].strip()
             elif line.startswith("data:"):
-                data = json.loads(line[5:])
-                received.append((ident, data["type"], time.time()))
-                if data["type"] == "results":
+                at = time.time()
+                # Only the results message is decoded: the others need just their id and time.
+                kind = "results" if line.startswith('data: {"type":"results"') else "other"
+                received.append((ident, kind, at))
+                if kind == "results":
+                    data = json.loads(line[5:])
                     summary = {k: data["results"][k] for k in ("total_personas", "successful", "failed")}
-                    return {"messages": received, "results": summary, "connected": connected}
+                    return {"messages": received, "results": summary, "connected": connected,
+                            "cpu_seconds": time.process_time()}
     return {"messages": received, "results": None, "connected": connected}
 
 

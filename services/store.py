@@ -58,9 +58,6 @@ class ReadModels:
     async def job_persona_docs(self, job_id: str) -> list[dict[str, Any]]:
         return [d async for d in self.job_personas.find({"job_id": job_id}).sort("order", ASCENDING)]
 
-    async def open_personas(self, job_id: str) -> int:
-        return await self.job_personas.count_documents({"job_id": job_id, "status": {"$in": ["queued", "processing"]}})
-
     @property
     def interactions(self) -> AsyncCollection:
         return self._c("avatar_interactions")

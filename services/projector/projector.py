@@ -9,7 +9,7 @@ nothing moves the checkpoint past an event whose effect is not stored.
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -45,6 +45,43 @@ def _mongo_retrying() -> AsyncRetrying:
     )
 
 
+class EndedPersonas:
+    """Which personas of each running job have ended, so a job is read and decided only
+    once it may be over. Learnt from MongoDB once per job, then kept by the events (sets:
+    replays are harmless). Bounded: the least recently touched jobs are forgotten."""
+
+    def __init__(self, models: ReadModels, max_jobs: int = 10_000) -> None:
+        self.models = models
+        self.max_jobs = max_jobs
+        self.jobs: OrderedDict[str, tuple[int, set[str]]] = OrderedDict()
+        self.pending: dict[str, set[str]] = defaultdict(set)  # ended before the job was learnt
+
+    def note(self, job_id: str, persona_id: str) -> None:
+        if job_id in self.jobs:
+            self.jobs[job_id][1].add(persona_id)
+        else:
+            self.pending[job_id].add(persona_id)
+
+    def forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+        self.pending.pop(job_id, None)
+
+    async def all_ended(self, job_id: str) -> bool:
+        if job_id not in self.jobs:
+            job = await self.models.jobs.find_one({"_id": job_id}, {"total_personas": 1})
+            if job is None:
+                return False
+            cursor = self.models.job_personas.find(
+                {"job_id": job_id, "status": {"$nin": ["queued", "processing"]}}, {"persona_id": 1})
+            ended = {doc["persona_id"] async for doc in cursor} | self.pending.pop(job_id, set())
+            self.jobs[job_id] = (job["total_personas"], ended)
+            while len(self.jobs) > self.max_jobs:
+                self.jobs.popitem(last=False)
+        self.jobs.move_to_end(job_id)
+        total, ended = self.jobs[job_id]
+        return len(ended) >= total
+
+
 class Projector:
     def __init__(
         self,
@@ -59,27 +96,36 @@ class Projector:
         self.models = models
         self.manage_jobs = manage_jobs
         self.position = 0
+        self._ended = EndedPersonas(models)
         self._lock = asyncio.Lock()  # one writer at a time: the live fold or a rebuild
         self._generation = 0  # bumped by a rebuild: the live fold restarts from the new checkpoint
 
-    async def apply(self, batch: list[StoredEvent]) -> set[str]:
-        """Write a batch's effects, then the checkpoint; returns jobs to re-examine."""
+    async def apply(self, batch: list[StoredEvent]) -> tuple[set[str], set[str]]:
+        """Write a batch's effects, then the checkpoint; returns the jobs to re-examine
+        (those where a persona ended, and those asked to cancel)."""
         writes = defaultdict(list)
         jobs: set[str] = set()
+        cancels: set[str] = set()
         for stored in batch:
-            for collection, op in writes_for(stored.event, stored.seq, self.job_retention):
+            event = stored.event
+            for collection, op in writes_for(event, stored.seq, self.job_retention):
                 writes[collection].append(op)
-            if isinstance(stored.event, PersonaCompleted | PersonaFailed | JobCancelRequested):
-                jobs.add(stored.event.job_id)
-            elif isinstance(stored.event, JobFinished):
-                jobs.discard(stored.event.job_id)
+            if isinstance(event, PersonaCompleted | PersonaFailed):
+                jobs.add(event.job_id)
+                self._ended.note(event.job_id, event.persona_id)
+            elif isinstance(event, JobCancelRequested):
+                cancels.add(event.job_id)
+            elif isinstance(event, JobFinished):
+                jobs.discard(event.job_id)
+                cancels.discard(event.job_id)
+                self._ended.forget(event.job_id)
         async for attempt in _mongo_retrying():
             with attempt:
                 for collection, ops in writes.items():
                     await self.models.collection(collection).bulk_write(ops, ordered=True)
                 await self.models.save_checkpoint(batch[-1].seq)
         self.position = batch[-1].seq
-        return jobs
+        return jobs - cancels, cancels
 
     async def _already_ended(self, job_id: str) -> bool:
         for end in _ENDS:
@@ -87,36 +133,38 @@ class Projector:
                 return True
         return False
 
-    async def examine(self, job_ids: Iterable[str]) -> None:
-        """Publish the end of every job in ``job_ids`` that has reached one."""
+    async def examine(self, job_ids: Iterable[str], *, forced: Iterable[str] = ()) -> None:
+        """Publish the end of every job in ``job_ids`` that has reached one; ``forced`` ones
+        (cancelled, overdue) are decided even while personas are still open."""
         if not self.manage_jobs:
             return
         now = datetime.now(UTC)
-        for job_id in job_ids:
+        forced = set(forced)
+        for job_id in [*job_ids, *forced]:
             end = None
             async for attempt in _mongo_retrying():
                 with attempt:
-                    end = await self._decide(job_id, now)
+                    end = await self._decide(job_id, now, forced=job_id in forced)
             if end is None or await self._already_ended(job_id):
                 continue
             await self.log.publish(end)
             log.info("job_finished", job_id=job_id, status=end.status,
                      successful=end.results.successful, failed=end.results.failed)
 
-    async def _decide(self, job_id: str, now: datetime) -> JobFinished | None:
+    async def _decide(self, job_id: str, now: datetime, *, forced: bool) -> JobFinished | None:
+        # Cheap test first: only a job that may end (all personas ended, or a cancel, or an
+        # expiry sweep) is read and decided.
+        if not forced and not await self._ended.all_ended(job_id):
+            return None
         job = await self.models.jobs.find_one({"_id": job_id})
         if job is None or job.get("status") != "processing":
-            return None
-        # Cheap test first: only a job that may end loads its personas.
-        may_end = job.get("cancel_requested_at") or job["deadline"] <= now
-        if not may_end and await self.models.open_personas(job_id):
             return None
         return decide_job_end(job, await self.models.job_persona_docs(job_id), now)
 
     async def expire_overdue(self) -> None:
         now = datetime.now(UTC)
         cursor = self.models.jobs.find({"status": "processing", "deadline": {"$lte": now}}, {"_id": 1})
-        await self.examine([doc["_id"] async for doc in cursor])
+        await self.examine((), forced=[doc["_id"] async for doc in cursor])
 
     async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
         sweeper = asyncio.create_task(self._sweep(stop, sweep_seconds)) if self.manage_jobs else None
@@ -138,8 +186,8 @@ class Projector:
                 async with self._lock:
                     if generation != self._generation:
                         return
-                    jobs = await self.apply(batch)
-                await self.examine(jobs)
+                    jobs, cancels = await self.apply(batch)
+                await self.examine(jobs, forced=cancels)
                 if stop.is_set():
                     return
         finally:

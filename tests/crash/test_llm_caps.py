@@ -53,10 +53,12 @@ async def test_requests_per_minute_cap_holds_across_two_generators(tmp_path, llm
         d.close()
     started = sorted(_stats(llm)["started"])[2:]  # the generators' calls
     assert len(started) == 20
-    # 600 per minute: any k calls span at least (k - 1) x 0.1 s, whichever process makes them.
-    # Slack: 80 ms, for a call sent late (a process's first call opens its connection) next to
-    # one sent on time. Uncapped, the two processes send all 20 within a few tens of ms.
+    # 600 per minute is one call per 0.1 s, whichever process makes it. Measured where the
+    # calls arrive (a busy test LLM may read two together), so: no half-second holds more
+    # than 5 calls (+1 at a boundary), and the 20 calls span at least 19 intervals. Uncapped,
+    # the two processes send all 20 within a few tens of milliseconds.
     interval = 60 / 600
-    assert all(started[j] - started[i] >= (j - i) * interval - 0.08
-               for i in range(len(started)) for j in range(i + 1, len(started))), started
-    assert max(sum(1 for t in started if s <= t < s + 1.0) for s in started) <= 11
+    for window, cap in ((0.5, 6), (1.0, 11)):
+        busiest = max(sum(1 for t in started if s <= t < s + window) for s in started)
+        assert busiest <= cap, (window, busiest, started)
+    assert started[-1] - started[0] >= 19 * interval - 0.15

@@ -54,11 +54,12 @@ async def test_requests_per_minute_cap_holds_across_two_generators(tmp_path, llm
     started = sorted(_stats(llm)["started"])[2:]  # the generators' calls
     assert len(started) == 20
     # 600 per minute is one call per 0.1 s, whichever process makes it. Measured where the
-    # calls arrive (a busy test LLM may read two together), so: no half-second holds more
-    # than 5 calls (+1 at a boundary), and the 20 calls span at least 19 intervals. Uncapped,
-    # the two processes send all 20 within a few tens of milliseconds.
+    # calls arrive: on this shared 2-core machine the test LLM's loop can stall and read two
+    # calls together, so a window may hold 5 calls +1 at its boundary +1 from a stall; and
+    # the 20 calls span at least 19 intervals. Uncapped, the two processes send all 20
+    # within a few tens of milliseconds.
     interval = 60 / 600
-    for window, cap in ((0.5, 6), (1.0, 11)):
+    for window, cap in ((0.5, 7), (1.0, 12)):
         busiest = max(sum(1 for t in started if s <= t < s + window) for s in started)
         assert busiest <= cap, (window, busiest, started)
     assert started[-1] - started[0] >= 19 * interval - 0.15

@@ -20,6 +20,7 @@ SCENARIOS = {
     "sse_fanout": scenarios.sse_fanout,
     "replay_rebuild": scenarios.replay_rebuild,
     "scaling": scenarios.scaling,
+    "two_generators": scenarios.two_generators,
 }
 DEFAULT_OUT = Path(__file__).parent / "results"
 

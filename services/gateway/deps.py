@@ -1,8 +1,11 @@
-"""Dependencies as ``Annotated`` aliases, so route signatures stay short."""
+"""Dependencies as ``Annotated`` aliases, so route signatures stay short.
+
+Everything lives on ``app.state``, created in the lifespan (see ``app.py``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -14,33 +17,17 @@ from services.settings import Settings
 from services.store import ReadModels
 
 
-def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _state(name: str) -> Callable[[Request], Any]:
+    def get(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    get.__name__ = f"get_{name}"
+    return get
 
 
-def _event_log(request: Request) -> EventLog:
-    return request.app.state.event_log
-
-
-def _models(request: Request) -> ReadModels:
-    return request.app.state.models
-
-
-def _provider(request: Request) -> Provider:
-    return request.app.state.provider
-
-
-def _feeds(request: Request) -> JobFeeds:
-    return request.app.state.feeds
-
-
-def _waiter(request: Request) -> ProjectionWaiter:
-    return request.app.state.waiter
-
-
-SettingsDep = Annotated[Settings, Depends(_settings)]
-EventLogDep = Annotated[EventLog, Depends(_event_log)]
-ModelsDep = Annotated[ReadModels, Depends(_models)]
-ProviderDep = Annotated[Provider, Depends(_provider)]
-FeedsDep = Annotated[JobFeeds, Depends(_feeds)]
-WaiterDep = Annotated[ProjectionWaiter, Depends(_waiter)]
+SettingsDep = Annotated[Settings, Depends(_state("settings"))]
+EventLogDep = Annotated[EventLog, Depends(_state("event_log"))]
+ModelsDep = Annotated[ReadModels, Depends(_state("models"))]
+ProviderDep = Annotated[Provider, Depends(_state("provider"))]
+FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
+WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]

@@ -81,6 +81,13 @@ class SharedLimiter:
 
     async def acquire(self, tokens: int) -> float:
         """Wait for a turn to send a request of about ``tokens`` tokens; returns the wait."""
+        if not self.request_interval and not self.token_interval:
+            # No rate caps: only a shared back-off can hold us, and reading it is enough.
+            state, _ = await self._load()
+            wait = state.backoff_until - self.clock()
+            if wait > 0:
+                await self.sleep(wait)
+            return max(0.0, wait)
 
         def reserve(state: LimitState, now: float) -> float:
             start = max(now, state.backoff_until)

@@ -242,3 +242,35 @@ def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Writ
     if isinstance(event, JobFinished):
         writes = writes + retention(event, job_retention)
     return writes
+
+
+def coalesce(ops: list[UpdateOne | UpdateMany]) -> list[UpdateOne | UpdateMany]:
+    """Fewer writes, same effect: successive guarded ``$set`` updates of one document
+    (same conditions, newer ``_seq``) become one update with the first one's filter.
+
+    Sound because events apply in log order: if the first update applies, the later ones
+    would too (the document's ``_seq`` is then older than theirs and the state still
+    open); if it does not, the later ones were applied before it (a replay), with the
+    same values."""
+    out: list[UpdateOne | UpdateMany] = []
+    last: dict[object, int] = {}  # document id -> index in out of its last update
+    for op in ops:
+        key = op._filter.get("_id") if isinstance(op, UpdateOne) else None
+        i = last.get(key) if key is not None else None
+        if i is not None and _mergeable(out[i], op):
+            prev = out[i]
+            out[i] = UpdateOne(prev._filter, {"$set": {**prev._doc["$set"], **op._doc["$set"]}})
+            continue
+        if key is not None:
+            last[key] = len(out)
+        out.append(op)
+    return out
+
+
+def _mergeable(first: UpdateOne | UpdateMany, then: UpdateOne) -> bool:
+    if not isinstance(first, UpdateOne) or first._upsert or then._upsert:
+        return False
+    if set(first._doc) != {"$set"} or set(then._doc) != {"$set"}:
+        return False
+    conditions = lambda f: {k: v for k, v in f.items() if k != "_seq"}  # noqa: E731
+    return "_seq" in first._filter and "_seq" in then._filter and conditions(first._filter) == conditions(then._filter)

@@ -26,7 +26,7 @@ from contracts.events import (
 )
 from services.bus import EventLog, StoredEvent
 from services.projector.process_manager import decide_job_end
-from services.projector.projections import writes_for
+from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
 from services.store import ReadModels
 
@@ -122,7 +122,7 @@ class Projector:
         async for attempt in _mongo_retrying():
             with attempt:
                 for collection, ops in writes.items():
-                    await self.models.collection(collection).bulk_write(ops, ordered=True)
+                    await self.models.collection(collection).bulk_write(coalesce(ops), ordered=True)
                 await self.models.save_checkpoint(batch[-1].seq)
         self.position = batch[-1].seq
         return jobs - cancels, cancels

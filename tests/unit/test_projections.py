@@ -105,3 +105,27 @@ def test_a_persona_update_never_rewrites_the_job_document():
     for event in every_event():
         if event.type in ("persona.progress", "persona.completed", "persona.failed"):
             assert "prompt_jobs" not in [coll for coll, _ in project(event, 9)]
+
+
+def test_successive_updates_of_one_document_coalesce_and_fold_the_same():
+    from services.projector.memory_fold import MemoryFold
+    from services.projector.projections import coalesce, writes_for
+
+    req = job_requested(pids=("p1", "p2"))
+    events = [req] + [e.model_copy(update={"job_id": req.job_id}) for e in every_event()[5:8]]
+    ops = [(c, op) for seq, e in enumerate(events, 1) for c, op in writes_for(e, seq, timedelta(days=1))]
+    by_coll: dict[str, list] = {}
+    for c, op in ops:
+        by_coll.setdefault(c, []).append(op)
+    merged = {c: coalesce(list(v)) for c, v in by_coll.items()}
+    assert len(merged["prompt_job_personas"]) == len(by_coll["prompt_job_personas"]) - 1  # progress + completed
+    plain, fused = MemoryFold(), MemoryFold()
+    for c, v in by_coll.items():
+        for op in v:
+            plain.apply(c, op)
+    for c, v in merged.items():
+        for op in v:
+            fused.apply(c, op)
+    assert fused.collections == plain.collections
+    a = fused.collections["prompt_job_personas"][f"{req.job_id}:p1"]
+    assert a["status"] == "completed" and a["attempts"] == 1 and a["_seq"] == 3

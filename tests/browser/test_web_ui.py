@@ -124,7 +124,11 @@ def test_the_page_reads_well_on_a_phone(browser, live_system):
     browser.set_window_size(390, 844)
     browser.get(live_system.base_url + "/")
     _wait(browser).until(EC.presence_of_element_located((By.ID, "scenario")))
-    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth + 1")
+    overflowing = browser.execute_script(
+        "const w = document.documentElement.clientWidth;"
+        "return [...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right > w + 0.5)"
+        "  .map(e => e.tagName + (e.id ? '#' + e.id : ''))")
+    assert not overflowing, f"wider than the screen: {overflowing}"
     labels = browser.execute_script(
         "return [...document.querySelectorAll('textarea, input, select')].every(e => e.labels && e.labels.length)")
     assert labels, "every form field has a label"

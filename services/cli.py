@@ -17,6 +17,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console(stderr=True)
 
 
+def run_async(coro) -> object:
+    """asyncio.run on uvloop where it is installed: the same code, a faster event loop."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
     from services.logs import configure_logging
     from services.runtime import stop_event
@@ -27,7 +36,7 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
     async def _main() -> None:
         await main(settings, stop_event())
 
-    asyncio.run(_main())
+    run_async(_main())
 
 
 @app.command()

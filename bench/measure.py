@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -42,12 +41,6 @@ def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
     return ordered[k]
-
-
-def summary(values: list[float]) -> dict:
-    return {"n": len(values), "p50": percentile(values, 50), "p90": percentile(values, 90),
-            "p99": percentile(values, 99), "max": max(values) if values else None,
-            "mean": statistics.fmean(values) if values else None}
 
 
 def run_loadgen(base_url: str, *, jobs: int, personas: int, watchers: int = 1, processes: int = 1) -> list[dict]:

@@ -12,7 +12,6 @@ from bench.measure import (
     raw_mongo_write,
     raw_stream_read,
     run_loadgen,
-    summary,
 )
 
 

@@ -88,9 +88,3 @@ class ReadModels:
         await self.jobs.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
         await self.job_personas.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
 
-
-def public(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A stored document without its bookkeeping fields."""
-    if doc is None:
-        return None
-    return {k: v for k, v in doc.items() if not k.startswith("_")}

@@ -11,7 +11,7 @@ import hashlib
 import random
 import re
 
-from contracts.domain import Mode, PersonaDraft, Role, TemplateData, TokenUsage
+from contracts.domain import PersonaDraft, Role, TemplateData, TokenUsage
 from services.llm.base import GeneratedText, PromptBrief
 
 MODEL = "offline-composer-1"
@@ -226,6 +226,3 @@ class OfflineProvider:
     async def aclose(self) -> None:
         return None
 
-
-def mode_behaviour(mode: Mode) -> str:
-    return _MODE_BEHAVIOUR[mode]

@@ -96,33 +96,32 @@ async def _assert_read_models_equal_a_rebuild(d: Deployment) -> None:
         await client.close()
 
 
-async def test_kill_9_a_generator_mid_job(deployment, scenario_document):
-    d = deployment
-    _, generator, _, url = d.start_all()
+async def _kill_and_restart_mid_job(d: Deployment, document: str, command: str) -> tuple[dict, list[str], dict]:
+    """Run a job, SIGKILL the ``command`` service after 10 personas, start a new one,
+    and follow the job to its end; returns the job, its persona ids and its final view."""
+    projector, generator, _, url = d.start_all()
+    victim = {"projector": projector, "generator": generator}[command]
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        job, ids = await _job(client, scenario_document)
+        job, ids = await _job(client, document)
         seen = await _follow_until(client, job["sse_endpoint"], completed=10)
-        generator.kill9()
-        d.start("generator")
-        rest = await read_sse(client, job["sse_endpoint"], headers={"Last-Event-ID": seen[-1].id})
-        assert rest.messages[-1].data["results"]["successful"] == PERSONAS
-    await _assert_each_persona_completed_once(d, job["job_id"], ids)
-
-
-async def test_kill_9_the_projector_and_restart_it(deployment, scenario_document):
-    d = deployment
-    projector, _, _, url = d.start_all()
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        job, ids = await _job(client, scenario_document)
-        seen = await _follow_until(client, job["sse_endpoint"], completed=10)
-        projector.kill9()
-        d.start("projector")
+        victim.kill9()
+        d.start(command)
         rest = await read_sse(client, job["sse_endpoint"], headers={"Last-Event-ID": seen[-1].id})
         assert rest.messages[-1].data["results"]["successful"] == PERSONAS
         view = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
-        assert view["status"] == "completed" and view["completed"] == PERSONAS
-    await _assert_each_persona_completed_once(d, job["job_id"], ids)
-    await _assert_read_models_equal_a_rebuild(d)
+    return job, ids, view
+
+
+async def test_kill_9_a_generator_mid_job(deployment, scenario_document):
+    job, ids, _ = await _kill_and_restart_mid_job(deployment, scenario_document, "generator")
+    await _assert_each_persona_completed_once(deployment, job["job_id"], ids)
+
+
+async def test_kill_9_the_projector_and_restart_it(deployment, scenario_document):
+    job, ids, view = await _kill_and_restart_mid_job(deployment, scenario_document, "projector")
+    assert view["status"] == "completed" and view["completed"] == PERSONAS
+    await _assert_each_persona_completed_once(deployment, job["job_id"], ids)
+    await _assert_read_models_equal_a_rebuild(deployment)
 
 
 async def test_kill_9_the_gateway_serving_sse_and_resume_on_another(deployment, scenario_document):

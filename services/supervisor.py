@@ -54,6 +54,7 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     ready_check: ReadyCheck | None = None  # None: wait for a "service_ready" log line
+    hide: Callable[[str], bool] = lambda line: False  # lines not worth showing a person
     proc: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
@@ -89,7 +90,8 @@ class Supervisor:
             line = raw.decode(errors="replace").rstrip()
             if '"service_ready"' in line:
                 child.ready.set()
-            self.say(child.name, line)
+            if not child.hide(line):
+                self.say(child.name, line)
         code = await proc.wait()
         if self.stopping or child.proc is not proc:
             return

@@ -37,7 +37,8 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         if not nats_url:
             conf = embedded.nats_config(data_dir / "nats", nats_port)
             await sup.start(Child("nats", embedded.nats_argv(conf), child_env(),
-                                  ready_check=lambda: tcp_ready(nats_port)))
+                                  ready_check=lambda: tcp_ready(nats_port),
+                                  hide=lambda line: "[INF]" in line))  # its banner; warnings still show
             nats_url = embedded.nats_url(nats_port)
         if not mongo_url:
             (data_dir / "mongo").mkdir(exist_ok=True)

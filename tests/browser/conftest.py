@@ -20,6 +20,7 @@ from tests.servers import stop, wait_port
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+LLM_LATENCY_MS = 400  # slow enough to see personas "processing", fast enough for a quick suite
 
 
 def _ensure_chromium() -> str | None:
@@ -40,6 +41,10 @@ def _ensure_chromium() -> str | None:
 
 @pytest.fixture(scope="session")
 def chromium():
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        pytest.skip("browser tests skipped: selenium is not installed (pip install -e '.[test]')")
     reason = _ensure_chromium()
     if reason:
         pytest.skip(f"browser tests skipped: {reason}")
@@ -54,7 +59,8 @@ class System:
         llm_port = free_port()
         self.llm_admin = f"http://127.0.0.1:{llm_port}/admin"
         self.llm = subprocess.Popen([sys.executable, "-m", "services.cli", "mock-llm", "--port", str(llm_port),
-                                     "--latency-ms", "400"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     "--latency-ms", str(LLM_LATENCY_MS)],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(llm_port, proc=self.llm)
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")}
@@ -65,17 +71,39 @@ class System:
              "--nats-port", str(free_port()), "--mongo-port", str(free_port())],
             stdout=(self.data / "up.log").open("w"), stderr=subprocess.STDOUT, env=env)
         self.base_url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 90
+        if not self.healthy(90):
+            self.close()
+            raise TimeoutError((self.data / "up.log").read_text()[-3000:])
+
+    def healthy(self, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
+            if self.up.poll() is not None:
+                return False
             try:
                 if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
-                    return
+                    return True
             except httpx.HTTPError:
-                time.sleep(0.1)
-        raise TimeoutError((self.data / "up.log").read_text()[-3000:])
+                pass
+            time.sleep(0.1)
+        return False
 
     def script_llm(self, steps: list[dict]) -> None:
         httpx.post(f"{self.llm_admin}/script", json=steps).raise_for_status()
+
+    def gateway_pid(self) -> int:
+        """The gateway process `promptgen up` started (its supervisor restarts it when it dies)."""
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                args = (entry / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self.up.pid and b"gateway" in args:
+                return int(entry.name)
+        raise LookupError("no gateway process under promptgen up")
 
     def close(self) -> None:
         self.up.send_signal(signal.SIGTERM)
@@ -83,7 +111,9 @@ class System:
             self.up.wait(60)
         except subprocess.TimeoutExpired:
             self.up.kill()
+            self.up.wait()
         stop(self.llm)
+        shutil.rmtree(self.data, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -100,18 +130,24 @@ def browser(chromium, tmp_path):
 
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1280,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
         options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
     yield driver
+    # a script error in the page fails the test that caused it
+    errors = [e["message"] for e in driver.get_log("browser")
+              if e["level"] == "SEVERE" and not any(s in e["message"] for s in ("Failed to load resource", "net::ERR_"))]
     driver.quit()
+    assert not errors, f"JavaScript errors in the page: {errors}"
 
 
 def screenshot(driver, name: str) -> None:
     """Saved under docs/screenshots with PROMPTGEN_UPDATE_SCREENSHOTS=1 (for the README), else to a temp dir."""
     folder = SCREENSHOTS if os.environ.get("PROMPTGEN_UPDATE_SCREENSHOTS") else Path(tempfile.gettempdir()) / "promptgen-screenshots"
     folder.mkdir(parents=True, exist_ok=True)
+    driver.execute_script("const t = document.getElementById('toast'); if (t) { t.style.transition = 'none'; t.className = ''; }")
     driver.save_screenshot(str(folder / f"{name}.png"))

@@ -1,10 +1,18 @@
 // promptgen client: start prompt generation, follow it live with resume, retry, cancel.
-// Plain ES module, no dependencies: import it from any frontend (or use the React hook
-// in use-prompt-generation.js, which is built on it).
+// A plain ES module with no dependencies and no build step: import it from any frontend
+// (the web page served at / is built on it; use-prompt-generation.js is the React hook).
+//
+//   import { createClient } from "/static/js/promptgen-client.js";
+//   const client = createClient();                 // same origin; or { baseUrl: "https://…" }
+//   const { job_id } = await client.startGeneration(templateId, personaIds, modeMapping);
+//   const watcher = client.watch(job_id, { onChange: (state) => render(state) });
+//   // state = { jobId, status, progress: {pid: {status, name, mode, error, errorCode}}, results, lastEventId }
+//   // resume after a page reload: client.watch(job_id, { state: savedState, onChange })
 
 export class PromptgenError extends Error {
   constructor(status, body) {
-    super((body && body.detail) || `HTTP ${status}`);
+    super((body && typeof body.detail === "string" && body.detail) || `The server answered HTTP ${status}`);
+    this.name = "PromptgenError";
     this.status = status;
     this.code = body && body.code;
     this.field = body && body.field;
@@ -12,12 +20,18 @@ export class PromptgenError extends Error {
   }
 }
 
-// The state of one job as its SSE messages arrive. Pure: feed it messages in order.
+export const MODES = ["learn_mode", "try_mode", "assess_mode"];
+export const FINISHED = ["completed", "failed", "cancelled", "expired"];
+const PERSONA_DONE = ["completed", "failed", "cancelled"];
+
+// --- the state of one job, built from its SSE messages (pure functions) -----------------
+
 export function emptyJobState(jobId = null) {
   return { jobId, status: "idle", error: null, progress: {}, results: null, lastEventId: null };
 }
 
-export function applyMessage(state, message, eventId) {
+// Apply one SSE message (already parsed) and its id; returns a new state.
+export function applyMessage(state, message, eventId = null) {
   const next = { ...state, lastEventId: eventId ?? state.lastEventId };
   if (message.type === "status_update") {
     next.status = message.status;
@@ -37,83 +51,154 @@ export function applyMessage(state, message, eventId) {
     };
   } else if (message.type === "results") {
     next.results = message.results;
+    // The final word on every persona, including those cancelled before they started
+    // (they get no persona_progress message of their own).
+    next.progress = { ...state.progress };
+    for (const [pid, r] of Object.entries(message.results.personas || {})) {
+      const before = next.progress[pid] || {};
+      next.progress[pid] = { ...before, status: r.status, name: r.persona_name ?? before.name,
+                             mode: r.mode ?? before.mode, error: r.error ?? before.error ?? null,
+                             errorCode: r.error_code ?? before.errorCode ?? null };
+    }
   }
   return next;
 }
 
+// The same state from a GET /scenario/v2/job-status view (polling, or after a stream ended).
+export function applyJobView(state, view) {
+  const progress = { ...state.progress };
+  for (const [pid, p] of Object.entries(view.personas || {})) {
+    progress[pid] = { ...progress[pid], status: p.status, name: p.persona_name, mode: p.mode,
+                      error: p.error ?? null, errorCode: p.error_code ?? null };
+  }
+  return { ...state, jobId: view.job_id, status: view.status, error: view.error ?? null, progress,
+           results: view.results ?? state.results };
+}
+
 export function counts(state, total) {
   const values = Object.values(state.progress);
-  const done = values.filter((p) => ["completed", "failed", "cancelled"].includes(p.status)).length;
+  const count = (status) => values.filter((p) => p.status === status).length;
   return {
-    total: total ?? values.length,
-    done,
-    successful: values.filter((p) => p.status === "completed").length,
-    failed: values.filter((p) => p.status === "failed").length,
-    processing: values.filter((p) => p.status === "processing").length,
+    total: total ?? (state.results ? state.results.total_personas : values.length),
+    done: values.filter((p) => PERSONA_DONE.includes(p.status)).length,
+    successful: count("completed"),
+    failed: count("failed"),
+    cancelled: count("cancelled"),
+    processing: count("processing"),
   };
 }
+
+export const isFinished = (status) => FINISHED.includes(status);
+
+// --- HTTP + SSE --------------------------------------------------------------------------
 
 export function createClient({ baseUrl = "", fetchImpl = globalThis.fetch.bind(globalThis),
                                EventSourceImpl = globalThis.EventSource } = {}) {
   async function call(method, path, body) {
-    const response = await fetchImpl(baseUrl + path, {
-      method,
-      headers: body === undefined ? {} : { "content-type": "application/json" },
-      body: body === undefined ? undefined : JSON.stringify(body),
-    });
+    let response;
+    try {
+      response = await fetchImpl(baseUrl + path, {
+        method,
+        headers: body === undefined ? { accept: "application/json" }
+          : { accept: "application/json", "content-type": "application/json" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      throw new PromptgenError(0, { detail: "The server cannot be reached. Check that promptgen is running." });
+    }
     const text = await response.text();
-    const data = text ? JSON.parse(text) : null;
+    let data = null;
+    try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text.slice(0, 300) }; }
     if (!response.ok) throw new PromptgenError(response.status, data);
     return data;
   }
+  const id = encodeURIComponent;
 
-  return {
+  const client = {
     analyzeScenario: (scenarioDocument) =>
       call("POST", "/scenario/analyze-scenario-enhanced", { scenario_document: scenarioDocument }),
     generatePersonas: (templateId, personaType, count) =>
       call("POST", "/scenario/generate-personas", { template_id: templateId, persona_type: personaType, count }),
-    getTemplate: (templateId) => call("GET", `/scenario/templates/${encodeURIComponent(templateId)}`),
-    listPersonas: (templateId) => call("GET", `/scenario/personas?template_id=${encodeURIComponent(templateId)}`),
-    getPersona: (personaId) => call("GET", `/scenario/personas/${encodeURIComponent(personaId)}`),
+    getTemplate: (templateId) => call("GET", `/scenario/templates/${id(templateId)}`),
+    listPersonas: (templateId) => call("GET", `/scenario/personas?template_id=${id(templateId)}`),
+    getPersona: (personaId) => call("GET", `/scenario/personas/${id(personaId)}`),
     startGeneration: (templateId, personaIds, modeMapping) =>
       call("POST", "/scenario/v2/generate-final-prompts",
            { template_id: templateId, persona_ids: personaIds, mode_mapping: modeMapping }),
-    jobStatus: (jobId) => call("GET", `/scenario/v2/job-status/${encodeURIComponent(jobId)}`),
-    listJobs: (limit = 20) => call("GET", `/scenario/v2/jobs?limit=${limit}`),
-    jobEvents: (jobId) => call("GET", `/scenario/v2/jobs/${encodeURIComponent(jobId)}/events`),
-    retryFailed: (jobId) => call("POST", `/scenario/v2/jobs/${encodeURIComponent(jobId)}/retry-failed`),
-    cancel: (jobId) => call("POST", `/scenario/v2/jobs/${encodeURIComponent(jobId)}/cancel`),
+    jobStatus: (jobId) => call("GET", `/scenario/v2/job-status/${id(jobId)}`),
+    listJobs: (limit = 20) => call("GET", `/scenario/v2/jobs?limit=${Number(limit)}`),
+    jobEvents: (jobId) => call("GET", `/scenario/v2/jobs/${id(jobId)}/events`),
+    retryFailed: (jobId) => call("POST", `/scenario/v2/jobs/${id(jobId)}/retry-failed`),
+    cancel: (jobId) => call("POST", `/scenario/v2/jobs/${id(jobId)}/cancel`),
     createInteraction: (body) => call("POST", "/avatar-interactions", body),
-    getInteraction: (id) => call("GET", `/avatar-interactions/${encodeURIComponent(id)}`),
+    getInteraction: (interactionId) => call("GET", `/avatar-interactions/${id(interactionId)}`),
 
-    // Follow a job over SSE. `lastEventId` resumes after a message already seen (a page
-    // reload); the browser's own reconnects send Last-Event-ID by themselves. Each message
-    // is delivered once: ids already applied are skipped. Returns { close() }.
-    follow(jobId, { lastEventId = null, onMessage = () => {}, onEnd = () => {}, onError = () => {} } = {}) {
-      let url = `${baseUrl}/scenario/v2/prompt-generation-status/${encodeURIComponent(jobId)}`;
-      if (lastEventId) url += `?last_event_id=${encodeURIComponent(lastEventId)}`;
+    // Follow a job's SSE stream. `lastEventId` resumes after a message already processed
+    // (a fresh page load); when the connection drops, the browser reconnects by itself with
+    // Last-Event-ID. Each message id is delivered once. onConnection gets "connecting",
+    // "live", "reconnecting" or "closed". Returns { close() }.
+    follow(jobId, { lastEventId = null, onMessage = () => {}, onEnd = () => {}, onError = () => {},
+                    onConnection = () => {} } = {}) {
+      let url = `${baseUrl}/scenario/v2/prompt-generation-status/${id(jobId)}`;
+      if (lastEventId) url += `?last_event_id=${id(lastEventId)}`;
       const source = new EventSourceImpl(url);
       const seen = new Set();
       let ended = false;
+      onConnection("connecting");
+      source.onopen = () => { if (!ended) onConnection("live"); };
       source.onmessage = (event) => {
-        if (event.lastEventId && seen.has(event.lastEventId)) return;
-        if (event.lastEventId) seen.add(event.lastEventId);
+        if (ended) return;
+        if (event.lastEventId) {
+          if (seen.has(event.lastEventId)) return;
+          seen.add(event.lastEventId);
+        }
         const message = JSON.parse(event.data);
         onMessage(message, event.lastEventId || null);
         if (message.type === "results") {
           ended = true;
           source.close();
+          onConnection("closed");
           onEnd(message.results);
         }
       };
       source.onerror = () => {
-        // CLOSED: the server ended the stream (204 after the end) or refused it.
-        if (source.readyState === EventSourceImpl.CLOSED && !ended) {
+        if (ended) return;
+        if (source.readyState === EventSourceImpl.CLOSED) {
+          // The server refused the stream, or had nothing left (204 after the end).
           ended = true;
-          onError(new Error("the live connection closed"));
+          onConnection("closed");
+          onError(new Error("The live connection closed"));
+        } else {
+          onConnection("reconnecting");  // the browser retries with Last-Event-ID
         }
       };
       return { close: () => { ended = true; source.close(); } };
     },
+
+    // follow() plus the state: onChange(state, message) after every message. Pass a saved
+    // `state` (e.g. from sessionStorage) to resume after it, or none to replay the whole
+    // history. When the stream closes without results (the job ended before we resumed),
+    // the state is completed from GET /scenario/v2/job-status.
+    watch(jobId, { state = null, onChange = () => {}, onConnection = () => {} } = {}) {
+      let current = state && state.jobId === jobId ? state : emptyJobState(jobId);
+      const follower = client.follow(jobId, {
+        lastEventId: current.lastEventId,
+        onConnection,
+        onMessage: (message, eventId) => {
+          current = applyMessage(current, message, eventId);
+          onChange(current, message);
+        },
+        onError: async () => {
+          try {
+            current = applyJobView(current, await client.jobStatus(jobId));
+          } catch (err) {
+            current = { ...current, error: err.message };
+          }
+          onChange(current, null);
+        },
+      });
+      return { close: follower.close, get state() { return current; } };
+    },
   };
+  return client;
 }

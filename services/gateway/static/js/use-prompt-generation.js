@@ -1,68 +1,23 @@
-// React hook for the V2 flow, built on promptgen-client.js (the specification's
-// usePromptGeneration). React is the host application's own:
+// The specification's React hook, for a React app (React is the app's own, a peer):
 //
-//   import { usePromptGeneration } from "./use-prompt-generation.js";
-//   const { status, progress, results, error, startGeneration, retryFailed, cancel } =
-//     usePromptGeneration(templateId, personas, modeMapping);
+//   import { usePromptGeneration } from "/static/js/use-prompt-generation.js";
 //
-// `progress` maps persona id -> { status, name, mode, error, errorCode }.
-import { useCallback, useEffect, useRef, useState } from "react";
+//   function Generate({ templateId, personas, modeMapping }) {
+//     const { status, progress, counts, results, error, startGeneration, retryFailed, cancel } =
+//       usePromptGeneration(templateId, personas, modeMapping);
+//     ...
+//   }
+//
+// "react" must resolve: through the app's bundler, or in the browser through an import map
+// ({"imports": {"react": "<an ES module of React>"}}). To pass React in yourself instead:
+//   import { createUsePromptGeneration } from "/static/js/prompt-generation-hook.js";
+//   const usePromptGeneration = createUsePromptGeneration(React);
+//
+// progress maps persona id -> { status, name, mode, error, errorCode }; results is the SSE
+// `results` payload; options.jobId follows an existing job (e.g. from the URL after a reload).
+import * as React from "react";
 
-import { applyMessage, createClient, emptyJobState } from "./promptgen-client.js";
+import { createUsePromptGeneration } from "./prompt-generation-hook.js";
 
-export function usePromptGeneration(templateId, personas, modeMapping, { client = createClient() } = {}) {
-  const [job, setJob] = useState(emptyJobState());
-  const [error, setError] = useState(null);
-  const follower = useRef(null);
-
-  const follow = useCallback((jobId) => {
-    if (follower.current) follower.current.close();
-    setJob({ ...emptyJobState(jobId), status: "processing" });
-    follower.current = client.follow(jobId, {
-      onMessage: (message, id) => setJob((state) => applyMessage(state, message, id)),
-      onError: (err) => setError(err),
-    });
-  }, [client]);
-
-  const startGeneration = useCallback(async () => {
-    setError(null);
-    try {
-      const ids = personas.map((p) => p.id);
-      const { job_id: jobId } = await client.startGeneration(templateId, ids, modeMapping);
-      follow(jobId);
-      return jobId;
-    } catch (err) {
-      setError(err);
-      return null;
-    }
-  }, [client, follow, templateId, personas, modeMapping]);
-
-  const retryFailed = useCallback(async () => {
-    if (!job.jobId) return null;
-    try {
-      const { job_id: jobId } = await client.retryFailed(job.jobId);
-      follow(jobId);
-      return jobId;
-    } catch (err) {
-      setError(err);
-      return null;
-    }
-  }, [client, follow, job.jobId]);
-
-  const cancel = useCallback(async () => {
-    if (job.jobId) await client.cancel(job.jobId).catch(setError);
-  }, [client, job.jobId]);
-
-  useEffect(() => () => follower.current && follower.current.close(), []);
-
-  return {
-    jobId: job.jobId,
-    status: job.status,
-    progress: job.progress,
-    results: job.results,
-    error,
-    startGeneration,
-    retryFailed,
-    cancel,
-  };
-}
+export { createUsePromptGeneration };
+export const usePromptGeneration = createUsePromptGeneration(React);

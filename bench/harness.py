@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from services.embedded import free_port
+from tests.servers import stop
 
 
 @dataclass
@@ -28,13 +28,7 @@ class Deployment:
     env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop(self.proc, timeout=60)  # SIGTERM: `promptgen up` stops its children in order
 
     def pids(self) -> dict[str, int]:
         """name -> pid of each child (from `ps`), for per-process measurements."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -106,12 +105,7 @@ class System:
         raise LookupError("no gateway process under promptgen up")
 
     def close(self) -> None:
-        self.up.send_signal(signal.SIGTERM)
-        try:
-            self.up.wait(60)
-        except subprocess.TimeoutExpired:
-            self.up.kill()
-            self.up.wait()
+        stop(self.up, timeout=60)
         stop(self.llm)
         shutil.rmtree(self.data, ignore_errors=True)
 

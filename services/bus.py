@@ -126,15 +126,16 @@ class EventLog:
             allow_direct=True,
         )
 
-    async def ensure_stream(self) -> None:
-        config = self.stream_config()
+    async def ensure_stream(self, config: api.StreamConfig | None = None) -> None:
+        """Create or update the event log's stream (or the one ``config`` describes)."""
+        config = config or self.stream_config()
         async for attempt in self._retrying(30):
             with attempt:
                 try:
-                    await self.js.stream_info(self.stream)
+                    await self.js.stream_info(config.name)
                 except NotFoundError:
                     await self.js.add_stream(config)
-                    log.info("stream_created", stream=self.stream)
+                    log.info("stream_created", stream=config.name)
                 else:
                     await self.js.update_stream(config)
 
@@ -163,7 +164,9 @@ class EventLog:
     async def last(self, subject: str) -> StoredEvent | None:
         """The newest event on ``subject`` (no wildcards), or None."""
         try:
-            raw = await self.js.get_last_msg(self.stream, subject, direct=True)
+            async for attempt in self._retrying(30):
+                with attempt:
+                    raw = await self.js.get_last_msg(self.stream, subject, direct=True)
         except NotFoundError:
             return None
         return StoredEvent(
@@ -256,8 +259,11 @@ class EventLog:
         max_ack_pending: int,
         ack_wait: float,
         max_deliver: int,
+        stream: str | None = None,
     ):
-        """A durable pull consumer, created or updated, shared by every replica."""
+        """A durable pull consumer (on the event log, or on ``stream``), created or updated,
+        shared by every replica."""
+        stream = stream or self.stream
         config = api.ConsumerConfig(
             durable_name=durable,
             filter_subject=filter_subject,
@@ -270,5 +276,5 @@ class EventLog:
         )
         async for attempt in self._retrying(30):
             with attempt:
-                await self.js.add_consumer(self.stream, config)
-        return await self.js.pull_subscribe_bind(durable, stream=self.stream)
+                await self.js.add_consumer(stream, config)
+        return await self.js.pull_subscribe_bind(durable, stream=stream)

@@ -1,16 +1,21 @@
 """Work that exhausted its deliveries becomes a visible failure, never a silent drop.
 
-JetStream announces a message that reached ``max_deliver`` with an advisory; we
-turn it into a ``PersonaFailed`` (its dedup id makes every replica's copy one
-event) and a log line. A worker that fails on the last delivery publishes the
-same event itself; this covers workers that died instead.
+JetStream announces a message that reached ``max_deliver`` with an advisory. The
+advisories are kept in a stream of their own (``<STREAM>_DEAD_LETTERS``), so one
+emitted while no generator runs waits for the next; a durable consumer shared by
+every replica turns each into a ``PersonaFailed`` (its dedup id makes a repeat one
+event) and a log line. A worker that fails on the last delivery publishes the same
+event itself; this covers workers that died instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import structlog
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import api
 from nats.js.errors import NotFoundError
 
 from contracts.events import PersonaPromptRequested, parse_event
@@ -20,9 +25,15 @@ from services.llm.base import LLMError
 
 log = structlog.get_logger()
 
+DEAD_LETTERS = "generator-dead-letters"
+
 
 def advisory_subject(stream: str, consumer: str) -> str:
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
+
+
+def dead_letter_stream(event_log: EventLog) -> str:
+    return f"{event_log.stream}_DEAD_LETTERS"
 
 
 async def publish_dead_letter(event_log: EventLog, stream_seq: int, deliveries: int) -> bool:
@@ -41,12 +52,37 @@ async def publish_dead_letter(event_log: EventLog, stream_seq: int, deliveries: 
     return True
 
 
-async def watch_dead_letters(event_log: EventLog, consumer: str) -> None:
-    async def on_advisory(msg) -> None:
-        advisory = json.loads(msg.data)
-        try:
-            await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)))
-        except Exception as exc:  # noqa: BLE001 - another replica may still publish it
-            log.warning("dead_letter_publish_failed", error=str(exc), advisory=advisory)
+async def keep_dead_letters(event_log: EventLog, consumer: str) -> None:
+    """Create (or update) the stream that stores ``consumer``'s max-deliveries advisories."""
+    s = event_log.settings
+    config = api.StreamConfig(
+        name=dead_letter_stream(event_log),
+        subjects=[advisory_subject(event_log.stream, consumer)],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.WORK_QUEUE,  # an advisory leaves once turned into its event
+        max_age=s.stream_max_age_days * 86400,
+        num_replicas=s.stream_replicas,
+    )
+    await event_log.ensure_stream(config)
 
-    await event_log.nc.subscribe(advisory_subject(event_log.stream, consumer), cb=on_advisory)
+
+async def run_dead_letters(event_log: EventLog, consumer: str, stop: asyncio.Event) -> None:
+    """Turn every stored advisory into its ``PersonaFailed``, until ``stop`` (the stream
+    must exist: :func:`keep_dead_letters`)."""
+    sub = await event_log.work_queue(DEAD_LETTERS, advisory_subject(event_log.stream, consumer),
+                                     max_ack_pending=64, ack_wait=30, max_deliver=-1,
+                                     stream=dead_letter_stream(event_log))
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch=16, timeout=1)
+        except (NatsTimeout, TimeoutError):
+            continue
+        for msg in msgs:
+            advisory = json.loads(msg.data)
+            try:
+                await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)))
+            except Exception as exc:  # noqa: BLE001 - kept in the stream: tried again
+                log.warning("dead_letter_publish_failed", error=str(exc), advisory=advisory)
+                await msg.nak(delay=5)
+            else:
+                await msg.ack()

@@ -8,7 +8,7 @@ import structlog
 
 from services.bus import EventLog
 from services.generator.consumers import WORKERS, WorkerPool, run_dispatcher
-from services.generator.dead_letters import watch_dead_letters
+from services.generator.dead_letters import keep_dead_letters, run_dead_letters
 from services.generator.limits import SharedLimiter
 from services.llm.factory import build_provider
 from services.runtime import announce_ready
@@ -25,10 +25,11 @@ async def run_generator(settings: Settings, stop: asyncio.Event) -> None:
         limiter = await SharedLimiter.open(event_log.js, rpm=settings.llm_rpm, tpm=settings.llm_tpm,
                                            replicas=settings.stream_replicas)
     pool = WorkerPool(event_log, provider, settings, limiter)
-    await watch_dead_letters(event_log, WORKERS)
+    await keep_dead_letters(event_log, WORKERS)  # before any work item can run out of deliveries
     tasks = [
         asyncio.create_task(run_dispatcher(event_log, stop), name="dispatcher"),
         asyncio.create_task(pool.run(stop), name="workers"),
+        asyncio.create_task(run_dead_letters(event_log, WORKERS, stop), name="dead-letters"),
     ]
     announce_ready(
         provider=provider.name,

@@ -246,12 +246,14 @@ def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Writ
 
 def coalesce(ops: list[UpdateOne | UpdateMany]) -> list[UpdateOne | UpdateMany]:
     """Fewer writes, same effect: successive guarded ``$set`` updates of one document
-    (same conditions, newer ``_seq``) become one update with the first one's filter.
+    (same conditions) become one update guarded by the last one's ``_seq``.
 
-    Sound because events apply in log order: if the first update applies, the later ones
-    would too (the document's ``_seq`` is then older than theirs and the state still
-    open); if it does not, the later ones were applied before it (a replay), with the
-    same values."""
+    Sound because events apply in log order and a batch holds every event after the
+    checkpoint. A document older than the first update takes them all, as it would one by
+    one; one that a crashed predecessor had already brought part-way (its ``_seq`` between
+    the first and the last) takes them all again, and the updates it had seen rewrite the
+    values it already holds; one at the last ``_seq`` or newer is left alone. An update
+    whose ``$set`` could break the next one's conditions (a terminal status) is not merged."""
     out: list[UpdateOne | UpdateMany] = []
     last: dict[object, int] = {}  # document id -> index in out of its last update
     for op in ops:
@@ -259,7 +261,8 @@ def coalesce(ops: list[UpdateOne | UpdateMany]) -> list[UpdateOne | UpdateMany]:
         i = last.get(key) if key is not None else None
         if i is not None and _mergeable(out[i], op):
             prev = out[i]
-            out[i] = UpdateOne(prev._filter, {"$set": {**prev._doc["$set"], **op._doc["$set"]}})
+            out[i] = UpdateOne({**prev._filter, "_seq": op._filter["_seq"]},
+                               {"$set": {**prev._doc["$set"], **op._doc["$set"]}})
             continue
         if key is not None:
             last[key] = len(out)
@@ -267,10 +270,26 @@ def coalesce(ops: list[UpdateOne | UpdateMany]) -> list[UpdateOne | UpdateMany]:
     return out
 
 
+def _conditions(update_filter: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in update_filter.items() if k not in ("_id", "_seq")}
+
+
+def _still_holds(condition: Any, value: Any) -> bool:
+    if isinstance(condition, dict):
+        if set(condition) == {"$nin"}:
+            return value not in condition["$nin"]
+        return False  # an operator we do not reason about: do not merge
+    return value == condition
+
+
 def _mergeable(first: UpdateOne | UpdateMany, then: UpdateOne) -> bool:
     if not isinstance(first, UpdateOne) or first._upsert or then._upsert:
         return False
     if set(first._doc) != {"$set"} or set(then._doc) != {"$set"}:
         return False
-    conditions = lambda f: {k: v for k, v in f.items() if k != "_seq"}  # noqa: E731
-    return "_seq" in first._filter and "_seq" in then._filter and conditions(first._filter) == conditions(then._filter)
+    if "_seq" not in first._filter or "_seq" not in then._filter:
+        return False
+    if first._filter["_id"] != then._filter["_id"] or _conditions(first._filter) != _conditions(then._filter):
+        return False
+    written = first._doc["$set"]
+    return all(_still_holds(cond, written[k]) for k, cond in _conditions(then._filter).items() if k in written)

@@ -9,6 +9,7 @@ nothing moves the checkpoint past an event whose effect is not stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
@@ -161,6 +162,18 @@ class Projector:
             return None
         return decide_job_end(job, await self.models.job_persona_docs(job_id), now)
 
+    async def reconcile(self) -> None:
+        """Decide every job still processing. A projector that died after storing a batch's
+        checkpoint but before publishing the job end it implied resumes past that batch:
+        this is where such a job gets its end."""
+        if not self.manage_jobs:
+            return
+        job_ids: list[str] = []
+        async for attempt in _mongo_retrying():
+            with attempt:
+                job_ids = [doc["_id"] async for doc in self.models.jobs.find({"status": "processing"}, {"_id": 1})]
+        await self.examine(job_ids)
+
     async def expire_overdue(self) -> None:
         now = datetime.now(UTC)
         cursor = self.models.jobs.find({"status": "processing", "deadline": {"$lte": now}}, {"_id": 1})
@@ -168,9 +181,17 @@ class Projector:
 
     async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
         sweeper = asyncio.create_task(self._sweep(stop, sweep_seconds)) if self.manage_jobs else None
+        failures = 0
         try:
             while not stop.is_set():
-                await self._follow_once(stop)
+                try:
+                    await self._follow_once(stop)
+                    failures = 0
+                except Exception as exc:  # noqa: BLE001 - resume from the checkpoint, never stop folding
+                    failures += 1
+                    log.warning("projector_resuming", error=repr(exc), failures=failures)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=min(5.0, 0.1 * 2**failures))
         finally:
             if sweeper:
                 sweeper.cancel()
@@ -179,6 +200,7 @@ class Projector:
         """Follow the log from the stored checkpoint until stopped or the read models are rebuilt."""
         generation = self._generation
         start = await self.models.checkpoint() + 1
+        await self.reconcile()
         log.info("projector_following", from_seq=start)
         follower = self.log.follow_batches(subjects.ALL, start)
         try:

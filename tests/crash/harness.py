@@ -93,5 +93,9 @@ class Deployment:
     def close(self) -> None:
         for svc in self.services:
             svc.stop()
+        # pytest shows this only for a failing test: the last words of every service
+        for svc in self.services:
+            print(f"--- {svc.name} (last 20 lines of {svc.log_path}) ---")
+            print("\n".join(svc.lines()[-20:]))
         self.nats.stop()
         self.mongo.stop()

@@ -2,34 +2,72 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from nats.errors import TimeoutError as NatsTimeout
 
 from contracts import subjects
+from services.bus import EventLog
 from services.generator.consumers import WORKERS
-from services.generator.dead_letters import watch_dead_letters
+from services.generator.dead_letters import dead_letter_stream, keep_dead_letters, run_dead_letters
 from services.generator.work import fan_out
 from tests.samples import job_requested
 
 
-async def test_exhausted_deliveries_become_persona_failed(event_log):
-    await watch_dead_letters(event_log, WORKERS)
-    job = job_requested(job_id="jdead", pids=("p1",))
-    await event_log.publish(fan_out(job)[0])
-    # A worker that takes the item and dies before acking, twice: the deliveries run out.
+async def _exhaust_deliveries(event_log: EventLog, job_id: str, *, until_failed: bool) -> int:
+    """Publish one work item and take it twice without acking, as workers that die do;
+    JetStream gives up after the second delivery. Returns the deliveries seen."""
+    await event_log.publish(fan_out(job_requested(job_id=job_id, pids=("p1",)))[0])
     sub = await event_log.work_queue(WORKERS, subjects.WORK_ITEMS, max_ack_pending=4, ack_wait=0.5,
                                      max_deliver=2)
-    # The pool keeps pulling (as live workers do); JetStream gives up after the second delivery.
     deliveries = 0
-    failed = None
-    for _ in range(20):
-        try:
+    for _ in range(20):  # the pool keeps pulling, as live workers do
+        with contextlib.suppress(NatsTimeout, TimeoutError):
             deliveries += len(await sub.fetch(1, timeout=1))
-        except (NatsTimeout, TimeoutError):
-            pass
-        failed = await event_log.last(subjects.job_persona("jdead", "p1", "failed"))
-        if failed:
+        if until_failed and await event_log.last(subjects.job_persona(job_id, "p1", "failed")):
             break
-    assert deliveries == 2
-    assert failed is not None, "no PersonaFailed after the last delivery"
-    assert failed.event.error_code == "delivery_exhausted" and failed.event.attempts == 2
-    assert "2 deliveries" in failed.event.error
+        if not until_failed and deliveries == 2:
+            info = await event_log.js.stream_info(dead_letter_stream(event_log))
+            if info.state.messages == 1:  # the advisory is stored
+                break
+    return deliveries
+
+
+async def _failed(event_log: EventLog, job_id: str, timeout: float = 10):
+    async with asyncio.timeout(timeout):
+        while (found := await event_log.last(subjects.job_persona(job_id, "p1", "failed"))) is None:
+            await asyncio.sleep(0.05)
+    return found.event
+
+
+async def test_exhausted_deliveries_become_persona_failed(event_log):
+    await keep_dead_letters(event_log, WORKERS)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop))
+    try:
+        assert await _exhaust_deliveries(event_log, "jdead", until_failed=True) == 2
+        failed = await _failed(event_log, "jdead")
+    finally:
+        stop.set()
+        await watcher
+    assert failed.error_code == "delivery_exhausted" and failed.attempts == 2
+    assert "2 deliveries" in failed.error
+
+
+async def test_an_advisory_emitted_while_no_generator_runs_waits_for_the_next(event_log):
+    await keep_dead_letters(event_log, WORKERS)  # as every generator does when it starts
+    assert await _exhaust_deliveries(event_log, "jlate", until_failed=False) == 2
+    assert await event_log.last(subjects.job_persona("jlate", "p1", "failed")) is None
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop))
+    try:
+        failed = await _failed(event_log, "jlate")
+        async with asyncio.timeout(10):  # a handled advisory leaves the dead-letter stream once acked
+            while (await event_log.js.stream_info(dead_letter_stream(event_log))).state.messages:
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await watcher
+    assert failed.error_code == "delivery_exhausted"

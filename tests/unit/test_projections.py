@@ -129,3 +129,50 @@ def test_successive_updates_of_one_document_coalesce_and_fold_the_same():
     assert fused.collections == plain.collections
     a = fused.collections["prompt_job_personas"][f"{req.job_id}:p1"]
     assert a["status"] == "completed" and a["attempts"] == 1 and a["_seq"] == 3
+
+
+def _fold(ops_by_collection: dict[str, list], into=None):
+    from services.projector.memory_fold import MemoryFold
+
+    fold = into or MemoryFold()
+    for c, ops in ops_by_collection.items():
+        for op in ops:
+            fold.apply(c, op)
+    return fold
+
+
+def _writes(events: list, first_seq: int = 1, *, merged: bool) -> dict[str, list]:
+    from services.projector.projections import coalesce, writes_for
+
+    by_coll: dict[str, list] = {}
+    for seq, e in enumerate(events, first_seq):
+        for c, op in writes_for(e, seq, timedelta(days=1)):
+            by_coll.setdefault(c, []).append(op)
+    return {c: coalesce(v) for c, v in by_coll.items()} if merged else by_coll
+
+
+def test_a_replayed_batch_completes_a_persona_a_crashed_projector_left_processing():
+    """The first projector stored the progress but died before the completion and before its
+    checkpoint; the next one replays both in one batch, coalesced."""
+    req = job_requested(pids=("p1", "p2"))
+    progress, completed = (e.model_copy(update={"job_id": req.job_id}) for e in every_event()[5:7])
+    everything = _fold(_writes([req, progress, completed], merged=False))
+
+    crashed = _fold(_writes([req, progress], merged=False))  # prefix applied, checkpoint still at 1
+    resumed = _fold(_writes([progress, completed], first_seq=2, merged=True), into=crashed)
+    assert resumed.collections == everything.collections
+    assert resumed.collections["prompt_job_personas"][f"{req.job_id}:p1"]["status"] == "completed"
+
+
+def test_an_update_that_ends_a_persona_is_not_merged_with_a_later_one():
+    from services.projector.projections import coalesce
+
+    req = job_requested(pids=("p1",))
+    failed = every_event()[7].model_copy(update={"job_id": req.job_id, "persona_id": "p1"})
+    completed = every_event()[6].model_copy(update={"job_id": req.job_id})
+    ops = _writes([req, failed, completed], merged=False)["prompt_job_personas"]
+    assert len(coalesce(ops)) == len(ops)  # sequentially, the completion finds the persona closed
+    plain = _fold(_writes([req, failed, completed], merged=False))
+    fused = _fold(_writes([req, failed, completed], merged=True))
+    assert fused.collections == plain.collections
+    assert plain.collections["prompt_job_personas"][f"{req.job_id}:p1"]["status"] == "failed"

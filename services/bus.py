@@ -54,6 +54,20 @@ def _stored(msg) -> StoredEvent:
     return StoredEvent(seq=md.sequence.stream, time=ts, subject=msg.subject, event=parse_event(msg.data))
 
 
+async def _arrived(sub, max_batch: int, timeout: float | None) -> list:
+    """The next message, waited for, and whatever else has already arrived (up to
+    ``max_batch``), taken without waiting: ``next_msg`` costs a task per call, which
+    dominates reading a long log."""
+    msgs = [await sub.next_msg(timeout=timeout)]
+    queue = getattr(sub, "_pending_queue", None)  # where nats-py keeps delivered messages
+    while queue is not None and len(msgs) < max_batch and not queue.empty():
+        msg = queue.get_nowait()
+        queue.task_done()
+        sub._pending_size -= len(msg.data)  # as next_msg does: flow control reads it
+        msgs.append(msg)
+    return msgs
+
+
 async def connect_nats(
     url: str, name: str, *, connect_timeout: float = 30.0, on_reconnect: list | None = None
 ) -> NATS:
@@ -218,10 +232,10 @@ class EventLog:
             done = False
             while not done:
                 batch: list[StoredEvent] = []
-                while not done and len(batch) < max_batch:
-                    msg = await sub.next_msg(timeout=30)
+                for msg in await _arrived(sub, max_batch, timeout=30):
                     batch.append(_stored(msg))
-                    done = msg.metadata.num_pending == 0
+                    if done := msg.metadata.num_pending == 0:
+                        break  # caught up: what follows arrived after the read began
                 yield batch
         finally:
             await self._close(sub)
@@ -241,13 +255,10 @@ class EventLog:
         try:
             while True:
                 try:
-                    first = await sub.next_msg(timeout=None)
+                    msgs = await _arrived(sub, max_batch, timeout=None)
                 except NatsTimeout:
                     continue
-                batch = [_stored(first)]
-                while len(batch) < max_batch and sub.pending_msgs > 0:
-                    batch.append(_stored(await sub.next_msg(timeout=1)))
-                yield batch
+                yield [_stored(msg) for msg in msgs]
         finally:
             await self._close(sub)
 

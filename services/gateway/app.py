@@ -16,6 +16,7 @@ from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.gateway.routes import interactions, jobs, scenario, v1
 from services.llm.factory import build_provider
+from services.llm.limits import open_limiter
 from services.runtime import announce_ready
 from services.settings import Settings
 from services.store import ReadModels, mongo_client
@@ -37,6 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.event_log = event_log
         app.state.models = models
         app.state.provider = provider
+        # template analysis and persona generation take their turns from the same LLM caps
+        app.state.limiter = await open_limiter(event_log.js, settings, provider.name)
         app.state.waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
         app.state.feeds = JobFeeds(event_log)
         await app.state.feeds.start()

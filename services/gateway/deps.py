@@ -13,6 +13,7 @@ from services.bus import EventLog
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
+from services.llm.limits import SharedLimiter
 from services.settings import Settings
 from services.store import ReadModels
 
@@ -31,3 +32,4 @@ ModelsDep = Annotated[ReadModels, Depends(_state("models"))]
 ProviderDep = Annotated[Provider, Depends(_state("provider"))]
 FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]
+LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]

@@ -11,10 +11,18 @@ from contracts.api import ErrorBody
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, detail: str, *, field: str | None = None, ids: list[str] | None = None
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        field: str | None = None,
+        ids: list[str] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
+        self.headers = headers
         self.body = ErrorBody(detail=detail, code=code, field=field, ids=ids)
 
 
@@ -31,7 +39,7 @@ def _field(loc: tuple) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(exc.body.model_dump(exclude_none=True), status_code=exc.status)
+        return JSONResponse(exc.body.model_dump(exclude_none=True), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

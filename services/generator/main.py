@@ -9,7 +9,7 @@ import structlog
 from services.bus import EventLog
 from services.generator.consumers import WORKERS, WorkerPool, run_dispatcher
 from services.generator.dead_letters import keep_dead_letters, run_dead_letters
-from services.generator.limits import SharedLimiter
+from services.llm.limits import open_limiter
 from services.llm.factory import build_provider
 from services.runtime import announce_ready
 from services.settings import Settings
@@ -20,10 +20,7 @@ log = structlog.get_logger()
 async def run_generator(settings: Settings, stop: asyncio.Event) -> None:
     provider = build_provider(settings)
     event_log = await EventLog.connect(settings, "promptgen-generator")
-    limiter = None
-    if provider.name != "offline":  # only a real LLM has rate limits to respect
-        limiter = await SharedLimiter.open(event_log.js, rpm=settings.llm_rpm, tpm=settings.llm_tpm,
-                                           replicas=settings.stream_replicas)
+    limiter = await open_limiter(event_log.js, settings, provider.name)
     pool = WorkerPool(event_log, provider, settings, limiter)
     await keep_dead_letters(event_log, WORKERS)  # before any work item can run out of deliveries
     tasks = [

@@ -6,6 +6,9 @@ over real HTTP; faults are scripted per call.
 
 from __future__ import annotations
 
+import json
+import time
+
 import httpx
 from pydantic import SecretStr
 import pytest
@@ -146,3 +149,17 @@ async def test_cancel_stops_new_llm_calls_and_ends_the_job_cancelled(llm_client,
     assert view["status"] == "cancelled" and view["cancelled"] == results["cancelled"]
     again = await llm_client.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")
     assert again.status_code == 409 and again.json()["code"] == "job_finished"
+
+
+async def test_template_analysis_takes_its_turn_from_the_shared_llm_caps(llm_system, llm_client, mock_llm,
+                                                                         scenario_document, event_log):
+    from services.llm.limits import BUCKET, KEY
+
+    kv = await event_log.js.key_value(BUCKET)
+    mock_llm.add_script([{"fault": "rate_limit", "retry_after_s": 2.5}])
+    r = await llm_client.post("/scenario/analyze-scenario-enhanced", json={"scenario_document": scenario_document})
+    assert r.status_code == 503 and r.json()["code"] == "llm_rate_limited"
+    assert r.headers["retry-after"] == "3" and "try again in 3 s" in r.json()["detail"]
+    # the 429 the gateway met holds every caller, generators included
+    state = json.loads((await kv.get(KEY)).value)
+    assert state["backoff_until"] > time.time() + 1.5

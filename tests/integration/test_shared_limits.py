@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.generator.limits import SharedLimiter
+from services.llm.limits import SharedLimiter
 
 
 NOW = time.time()

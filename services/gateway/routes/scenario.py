@@ -4,6 +4,7 @@ and their reads."""
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 
 import structlog
@@ -20,27 +21,43 @@ from contracts.api import (
 )
 from contracts.domain import Persona, TemplateData
 from contracts.events import PersonaCreated, TemplateCreated
-from services.gateway.deps import EventLogDep, ModelsDep, ProviderDep, WaiterDep
+from services.gateway.deps import EventLogDep, LimiterDep, ModelsDep, ProviderDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, not_found
 from services.gateway.jobs import load_template
 from services.llm.base import LLMError
+from services.llm.limits import limited
+from services.settings import Settings
 
 router = APIRouter(prefix="/scenario", tags=["templates and personas"])
 log = structlog.get_logger()
 
 
+def _estimate(prompt: str, settings: Settings) -> int:
+    """A cheap upper-side guess of a call's tokens, for the shared token budget."""
+    return len(prompt) // 4 + 300 + settings.llm_expected_completion_tokens
+
+
 def _llm_failure(exc: LLMError) -> ApiError:
-    status = 504 if exc.code == "llm_timeout" else 502
-    return ApiError(status, exc.code, f"The language model could not do this: {exc.message}")
+    detail = f"The language model could not do this: {exc.message}"
+    if exc.code == "llm_rate_limited":  # try again later: say when
+        retry_after = str(max(1, math.ceil(exc.retry_after or 1)))
+        return ApiError(503, exc.code, f"{detail}; try again in {retry_after} s", headers={"Retry-After": retry_after})
+    return ApiError(504 if exc.code == "llm_timeout" else 502, exc.code, detail)
 
 
 @router.post("/analyze-scenario-enhanced", status_code=201, response_model=TemplateView)
 async def analyze_scenario(
-    body: AnalyzeScenarioRequest, provider: ProviderDep, event_log: EventLogDep, waiter: WaiterDep
+    body: AnalyzeScenarioRequest,
+    provider: ProviderDep,
+    event_log: EventLogDep,
+    waiter: WaiterDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
 ) -> TemplateView:
     """Turn a scenario document into a structured template."""
+    tokens = _estimate(body.scenario_document, settings)
     try:
-        template_data = await provider.analyze_scenario(body.scenario_document)
+        template_data = await limited(limiter, tokens, lambda: provider.analyze_scenario(body.scenario_document))
     except LLMError as exc:
         raise _llm_failure(exc) from exc
     event = TemplateCreated(
@@ -64,13 +81,17 @@ async def generate_personas(
     event_log: EventLogDep,
     models: ModelsDep,
     waiter: WaiterDep,
+    limiter: LimiterDep,
+    settings: SettingsDep,
 ) -> GeneratePersonasResponse:
     """Invent ``count`` personas for a template. They have no prompt yet."""
     template = await load_template(models, body.template_id)
     template_data = TemplateData.model_validate(template["template_data"])
     ids = [str(uuid.uuid4()) for _ in range(body.count)]
+    tokens = _estimate(template_data.model_dump_json(), settings)
     try:
-        drafts = await provider.generate_personas(template_data, body.persona_type, ids)
+        drafts = await limited(
+            limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, ids))
     except LLMError as exc:
         raise _llm_failure(exc) from exc
     personas = [

@@ -1,4 +1,5 @@
-"""Rate limits shared by every generator process, kept in a JetStream key-value bucket.
+"""LLM rate limits shared by every process that calls the LLM (generators and
+gateways), kept in a JetStream key-value bucket.
 
 * requests and tokens per minute: GCRA ("theoretical arrival time") for each,
   so calls are spaced evenly and no minute ever holds more than the cap;
@@ -6,7 +7,7 @@
   in every process waits until then.
 
 Each reservation is a compare-and-set on one key, so two processes never take
-the same slot. (Clocks of the generator hosts are assumed NTP-synchronised.)
+the same slot. (Clocks of the hosts are assumed NTP-synchronised.)
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from typing import TypeVar
 
 import structlog
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from services.llm.base import LLMError
+from services.settings import Settings
 
 log = structlog.get_logger()
 
@@ -125,3 +130,27 @@ class SharedLimiter:
 
         await self._change(push)
         log.warning("llm_backoff_shared", seconds=round(seconds, 3))
+
+
+T = TypeVar("T")
+
+
+async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[T]]) -> T:
+    """One LLM call within the shared caps: it waits for its turn, and a 429 with a
+    retry-after holds every caller in every process until then."""
+    if limiter is not None:
+        await limiter.acquire(tokens)
+    try:
+        return await call()
+    except LLMError as exc:
+        if exc.retry_after and limiter is not None:
+            await limiter.back_off(exc.retry_after)
+        raise
+
+
+async def open_limiter(js, settings: Settings, provider_name: str) -> SharedLimiter | None:
+    """The shared limiter for a real LLM; None for the offline provider (nothing to limit)."""
+    if provider_name == "offline":
+        return None
+    return await SharedLimiter.open(js, rpm=settings.llm_rpm, tpm=settings.llm_tpm,
+                                    replicas=settings.stream_replicas)

@@ -12,20 +12,26 @@ from tests.sse_client import read_sse
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
 
-async def _run(d: Deployment, document: str, personas: int) -> dict:
-    for _ in range(2):
-        d.start("generator")
-    d.start("projector")
-    _, url = d.start_gateway()
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
-        template_id = await create_template(client, document)
-        ids = []
-        for count in _persona_batches(personas):
-            ids += [p["id"] for p in await create_personas(client, template_id, count)]
-        job = await start_job(client, template_id, cycle_modes(ids))
-        results = (await read_sse(client, job["sse_endpoint"])).messages[-1].data["results"]
+async def _run(tmp_path, llm_url: str, document: str, personas: int, **env: str) -> Deployment:
+    """Two generators, a projector and a gateway against ``llm_url``: one job of ``personas``
+    personas to its end. Returns the (stopped) deployment, whose logs stay readable."""
+    d = Deployment(tmp_path, OPENAI_BASE_URL=llm_url, OPENAI_API_KEY="k", **env)
+    try:
+        for _ in range(2):
+            d.start("generator")
+        d.start("projector")
+        _, url = d.start_gateway()
+        async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+            template_id = await create_template(client, document)
+            ids = []
+            for count in _persona_batches(personas):
+                ids += [p["id"] for p in await create_personas(client, template_id, count)]
+            job = await start_job(client, template_id, cycle_modes(ids))
+            results = (await read_sse(client, job["sse_endpoint"])).messages[-1].data["results"]
+    finally:
+        d.close()
     assert results["successful"] == personas
-    return results
+    return d
 
 
 def _persona_batches(personas: int) -> list[int]:
@@ -43,12 +49,7 @@ def _stats(llm_url: str) -> dict:
 
 async def test_global_concurrency_cap_holds_across_two_generators(tmp_path, llm_process, scenario_document):
     llm = llm_process(latency_ms=250)
-    d = Deployment(tmp_path, OPENAI_BASE_URL=llm, OPENAI_API_KEY="k", PROMPTGEN_LLM_CONCURRENCY="3",
-                   PROMPTGEN_WORKER_CONCURRENCY="8")
-    try:
-        await _run(d, scenario_document, 16)
-    finally:
-        d.close()
+    await _run(tmp_path, llm, scenario_document, 16, PROMPTGEN_LLM_CONCURRENCY="3", PROMPTGEN_WORKER_CONCURRENCY="8")
     stats = _stats(llm)
     chat_calls = stats["requests"] - _gateway_calls(16)
     assert chat_calls == 16
@@ -58,12 +59,7 @@ async def test_global_concurrency_cap_holds_across_two_generators(tmp_path, llm_
 async def test_requests_per_minute_cap_holds_across_two_generators(tmp_path, llm_process, scenario_document):
     llm = llm_process(latency_ms=20)
     # a small per-process concurrency, so both processes take work
-    d = Deployment(tmp_path, OPENAI_BASE_URL=llm, OPENAI_API_KEY="k", PROMPTGEN_LLM_RPM="600",
-                   PROMPTGEN_WORKER_CONCURRENCY="4")
-    try:
-        await _run(d, scenario_document, 30)
-    finally:
-        d.close()
+    d = await _run(tmp_path, llm, scenario_document, 30, PROMPTGEN_LLM_RPM="600", PROMPTGEN_WORKER_CONCURRENCY="4")
     served = _generator_calls(d)
     assert len(served) == 2 and sum(served.values()) == 30, served
     started = sorted(_stats(llm)["started"])[_gateway_calls(30):]  # the generators' calls

@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     port: int = Field(9000, validation_alias=_env("PROMPTGEN_PORT"))
     max_personas_per_job: int = Field(500, ge=1, validation_alias=_env("PROMPTGEN_MAX_PERSONAS_PER_JOB"))
     sse_ping_seconds: float = Field(15, gt=0, validation_alias=_env("PROMPTGEN_SSE_PING_SECONDS"))
+    sse_retry_ms: int = Field(
+        1000, ge=0, validation_alias=_env("PROMPTGEN_SSE_RETRY_MS"),
+        description="How soon a browser reconnects after a dropped stream (SSE 'retry'); 0: its default.",
+    )
     projection_wait_seconds: float = Field(
         10, ge=0, validation_alias=_env("PROMPTGEN_PROJECTION_WAIT_SECONDS")
     )

@@ -22,6 +22,7 @@ class SseStream:
     headers: httpx.Headers
     messages: list[SseMessage] = field(default_factory=list)
     comments: int = 0
+    retry_ms: int | None = None
 
 
 async def read_sse(
@@ -49,6 +50,8 @@ async def read_sse(
                 data.append(line[5:].strip())
             elif line.startswith("event:"):
                 event = line[6:].strip()
+            elif line.startswith("retry:"):
+                out.retry_ms = int(line[6:].strip())
             elif line == "" and data:
                 out.messages.append(SseMessage(ident, json.loads("\n".join(data)), event))
                 ident, data, event = None, [], None

@@ -128,12 +128,16 @@ async def stream_job_events(
     start_seq: int,
     after: Position | None,
     before_end: Callable[[int], Awaitable[object]] | None = None,
+    retry_ms: int = 0,
 ) -> AsyncIterator[bytes]:
     """A job's SSE messages from its start (or after ``after``), live, ending after its results.
 
     Whatever is ready is sent in one write. ``before_end(seq)`` runs before the
     final messages go out: the gateway waits there for the projector, so a poll
-    right after ``results`` sees the final view."""
+    right after ``results`` sees the final view. ``retry_ms`` (when set) goes first: how
+    soon a browser reconnects, with ``Last-Event-ID``, if the stream drops."""
+    if retry_ms:
+        yield f"retry: {retry_ms}\n\n".encode()
     async with aclosing(feeds.watch(job_id, start_seq)) as batches:
         async for batch in batches:
             chunk: list[bytes] = []

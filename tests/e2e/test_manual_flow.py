@@ -83,11 +83,12 @@ async def test_sse_resume_with_last_event_id_loses_nothing_and_repeats_nothing(c
     assert [m.id for m in rest.messages] == [m.id for m in full.messages[4:]]
 
 
-async def test_reconnect_after_the_end_gets_204_so_the_browser_stops(client, scenario_document):
+async def test_browsers_reconnect_within_a_second_and_stop_after_the_end(client, scenario_document):
     template_id = await create_template(client, scenario_document)
     personas = await create_personas(client, template_id, 1)
     job = await start_job(client, template_id, {personas[0]["id"]: "assess_mode"})
     full = await read_sse(client, job["sse_endpoint"])
+    assert full.retry_ms == 1000  # a dropped stream is retried within a second, not the browser's 3 s
     again = await read_sse(client, job["sse_endpoint"], headers={"Last-Event-ID": full.messages[-1].id})
     assert again.status == 204
     # a late client with no id still gets the whole history

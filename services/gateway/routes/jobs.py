@@ -87,7 +87,8 @@ async def prompt_generation_status(
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
     return EventSourceResponse(
-        stream_job_events(feeds, job_id, start_seq=requested.seq, after=after, before_end=waiter.wait_for),
+        stream_job_events(feeds, job_id, start_seq=requested.seq, after=after, before_end=waiter.wait_for,
+                          retry_ms=settings.sse_retry_ms),
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )

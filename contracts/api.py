@@ -139,11 +139,14 @@ class JobSummary(BaseModel):
     job_id: str
     status: JobStatus
     template_id: str
+    template_title: str | None = None
     total_personas: int
     completed: int
     failed: int
+    cancelled: int = 0
     created_at: datetime
     finished_at: datetime | None = None
+    retry_of: str | None = None
 
 
 class JobList(BaseModel):

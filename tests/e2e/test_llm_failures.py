@@ -121,6 +121,10 @@ async def test_retry_failed_starts_a_job_for_exactly_the_failed_personas(llm_cli
     assert second["personas"][failed[0]]["mode"] == modes[failed[0]]
     view = (await llm_client.get(f"/scenario/v2/job-status/{retry['job_id']}")).json()
     assert view["retry_of"] == job["job_id"]
+    listed = {j["job_id"]: j for j in (await llm_client.get("/scenario/v2/jobs")).json()["jobs"]}
+    title = (await llm_client.get(f"/scenario/templates/{template_id}")).json()["template_data"]["title"]
+    assert listed[retry["job_id"]]["retry_of"] == job["job_id"] and listed[job["job_id"]]["retry_of"] is None
+    assert {listed[j]["template_title"] for j in (job["job_id"], retry["job_id"])} == {title}
 
     r = await llm_client.post(f"/scenario/v2/jobs/{retry['job_id']}/retry-failed")
     assert r.status_code == 409 and r.json()["code"] == "nothing_failed"
@@ -147,6 +151,8 @@ async def test_cancel_stops_new_llm_calls_and_ends_the_job_cancelled(llm_client,
     assert mock_llm.requests <= calls_at_cancel + 1  # at most the call already in flight
     view = (await llm_client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
     assert view["status"] == "cancelled" and view["cancelled"] == results["cancelled"]
+    listed = (await llm_client.get("/scenario/v2/jobs", params={"limit": 1})).json()["jobs"][0]
+    assert listed["job_id"] == job["job_id"] and listed["cancelled"] == results["cancelled"]
     again = await llm_client.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")
     assert again.status_code == 409 and again.json()["code"] == "job_finished"
 

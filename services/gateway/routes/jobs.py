@@ -110,8 +110,9 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
 @router.get("/jobs", response_model=JobList)
 async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> JobList:
     """Recent jobs, newest first."""
-    docs = [d async for d in models.jobs.find({}, {"template_data": 0, "results": 0})
-            .sort("created_at", -1).limit(limit)]
+    fields = ["status", "template_id", "template_data.title", "total_personas", "created_at", "finished_at",
+              "retry_of"]
+    docs = [d async for d in models.jobs.find({}, fields).sort("created_at", -1).limit(limit)]
     counts: dict[tuple[str, str], int] = {}
     pipeline = [{"$match": {"job_id": {"$in": [d["_id"] for d in docs]}}},
                 {"$group": {"_id": {"job": "$job_id", "status": "$status"}, "n": {"$sum": 1}}}]
@@ -120,9 +121,11 @@ async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> 
     return JobList(jobs=[
         JobSummary(
             job_id=d["_id"], status=d["status"], template_id=d["template_id"],
+            template_title=d.get("template_data", {}).get("title"),
             total_personas=d.get("total_personas", 0),
             completed=counts.get((d["_id"], "completed"), 0), failed=counts.get((d["_id"], "failed"), 0),
-            created_at=d["created_at"], finished_at=d.get("finished_at"),
+            cancelled=counts.get((d["_id"], "cancelled"), 0),
+            created_at=d["created_at"], finished_at=d.get("finished_at"), retry_of=d.get("retry_of"),
         )
         for d in docs
     ])

@@ -535,14 +535,6 @@ async function renderJob(jobId) {
 
 // --- recent jobs ------------------------------------------------------------------------------------
 
-const titles = new Map();  // template id -> Promise of its title (jobs list)
-function templateTitle(templateId) {
-  if (!titles.has(templateId)) {
-    titles.set(templateId, client.getTemplate(templateId).then((t) => t.template_data.title, () => "—"));
-  }
-  return titles.get(templateId);
-}
-
 async function renderJobs() {
   const refresh = h("button", { class: "small", id: "refresh-jobs", onclick: () => busy(refresh, paintJobs) }, "Refresh");
   const box = h("div", { id: "jobs" }, h("p", { class: "loading" }, "Loading jobs…"));
@@ -564,11 +556,8 @@ async function renderJobs() {
             h("tbody", {}, jobs.map((j) => h("tr", {},
               h("td", {}, h("a", { href: `#/jobs/${j.job_id}`, "aria-label": `Open job ${short(j.job_id)}` }, short(j.job_id))),
               h("td", {}, when(j.created_at)),
-              h("td", { class: "title-cell" }, (() => {
-                const cell = h("span", {}, "…");
-                templateTitle(j.template_id).then((t) => { cell.textContent = t; });
-                return cell;
-              })()),
+              h("td", { class: "title-cell" }, j.template_title || "—",
+                j.retry_of ? h("span", { class: "muted" }, ` · retry of ${short(j.retry_of)}`) : null),
               h("td", {}, h("span", { class: `badge status-${j.status}` }, j.status)),
               h("td", { class: "num" }, String(j.total_personas)), h("td", { class: "num" }, String(j.completed)),
               h("td", { class: "num" }, String(j.failed))))))));

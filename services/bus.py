@@ -175,13 +175,18 @@ class EventLog:
 
     # --- reading ------------------------------------------------------------------------
 
-    async def last(self, subject: str) -> StoredEvent | None:
-        """The newest event on ``subject`` (no wildcards), or None."""
+    async def _last_raw(self, subject: str):
         try:
             async for attempt in self._retrying(30):
                 with attempt:
-                    raw = await self.js.get_last_msg(self.stream, subject, direct=True)
+                    return await self.js.get_last_msg(self.stream, subject, direct=True)
         except NotFoundError:
+            return None
+
+    async def last(self, subject: str) -> StoredEvent | None:
+        """The newest event on ``subject`` (no wildcards), or None."""
+        raw = await self._last_raw(subject)
+        if raw is None:
             return None
         return StoredEvent(
             seq=raw.seq,
@@ -189,6 +194,12 @@ class EventLog:
             subject=raw.subject,
             event=parse_event(raw.data),
         )
+
+    async def last_seq_on(self, subject: str) -> int | None:
+        """The sequence of the newest event on ``subject`` (no wildcards), without decoding
+        it (a job's request or end can be large); None if there is none."""
+        raw = await self._last_raw(subject)
+        return raw.seq if raw is not None else None
 
     async def last_seq(self) -> int:
         info = await self.js.stream_info(self.stream)

@@ -71,6 +71,14 @@ async def build_job(
     )
 
 
+async def finished_seq(event_log: EventLog, job_id: str) -> int | None:
+    """Where the job's end event is in the log (None while it runs), without decoding it."""
+    for end in FINISHED:
+        if (seq := await event_log.last_seq_on(subjects.job(job_id, end))) is not None:
+            return seq
+    return None
+
+
 async def finished_event(event_log: EventLog, job_id: str) -> StoredEvent | None:
     for end in FINISHED:
         stored = await event_log.last(subjects.job(job_id, end))

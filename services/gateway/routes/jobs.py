@@ -23,6 +23,7 @@ from services.gateway.jobs import (
     build_job,
     failed_personas,
     finished_event,
+    finished_seq,
     job_view,
     job_view_from_log,
     sse_endpoint,
@@ -33,15 +34,26 @@ router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"])
 log = structlog.get_logger()
 
 
+def _job_not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found",
+                    f"Job '{job_id}' was not found: it never existed, or its events aged out of the log",
+                    ids=[job_id])
+
+
 async def _requested(event_log, job_id: str):
+    """The job's request event, or 404."""
     stored = await event_log.last(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
     if stored is None:
-        raise ApiError(
-            404, "job_not_found",
-            f"Job '{job_id}' was not found: it never existed, or its events aged out of the log",
-            ids=[job_id],
-        )
+        raise _job_not_found(job_id)
     return stored
+
+
+async def _requested_seq(event_log, job_id: str) -> int:
+    """Where the job's request is in the log, or 404 (the event itself is not decoded)."""
+    seq = await event_log.last_seq_on(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
+    if seq is None:
+        raise _job_not_found(job_id)
+    return seq
 
 
 async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsResponse:
@@ -79,15 +91,15 @@ async def prompt_generation_status(
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
     """Server-Sent Events: a job's whole history, then live progress, ending after ``results``."""
-    requested = await _requested(event_log, job_id)
+    requested_seq = await _requested_seq(event_log, job_id)
     after = Position.parse(last_event_id_header or last_event_id)
     if after is not None:
-        end = await finished_event(event_log, job_id)
-        if end is not None and after.seq >= end.seq and after.index is None:
+        end_seq = await finished_seq(event_log, job_id)
+        if end_seq is not None and after.seq >= end_seq and after.index is None:
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
     return EventSourceResponse(
-        stream_job_events(feeds, job_id, start_seq=requested.seq, after=after, before_end=waiter.wait_for,
+        stream_job_events(feeds, job_id, start_seq=requested_seq, after=after, before_end=waiter.wait_for,
                           retry_ms=settings.sse_retry_ms),
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
@@ -134,7 +146,7 @@ async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView)
 async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep) -> JobView:
     """Stop a running job: no new LLM call starts; unfinished personas end ``cancelled``."""
-    await _requested(event_log, job_id)
+    await _requested_seq(event_log, job_id)
     end = await finished_event(event_log, job_id)
     if end is not None:
         raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({end.event.status}); nothing to cancel",
@@ -168,6 +180,6 @@ async def retry_failed(
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory)
 async def job_events(job_id: str, event_log: EventLogDep) -> JobEventHistory:
     """The job's full event history from the log, in order (for audit)."""
-    requested = await _requested(event_log, job_id)
-    return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, requested.seq))
+    start = await _requested_seq(event_log, job_id)
+    return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, start))
 

@@ -19,7 +19,8 @@ from services.store import ReadModels
 
 
 def _state(name: str) -> Callable[[Request], Any]:
-    def get(request: Request) -> Any:
+    # async though it awaits nothing: FastAPI would run a plain ``def`` dependency in a thread
+    async def get(request: Request) -> Any:
         return getattr(request.app.state, name)
 
     get.__name__ = f"get_{name}"

@@ -18,6 +18,20 @@ def stop_event() -> asyncio.Event:
     return stop
 
 
+async def cancel_and_wait(task: asyncio.Task, *, every: float = 1.0, attempts: int = 30) -> bool:
+    """Cancel ``task`` and wait for it to end, cancelling again while it still runs (on
+    Python 3.11 ``asyncio.wait_for``, used throughout nats-py, can swallow a cancellation
+    that arrives just as its inner future completes). Returns whether the task ended."""
+    for _ in range(attempts):
+        if task.done():
+            break
+        task.cancel()
+        await asyncio.wait([task], timeout=every)
+    if task.done() and not task.cancelled():
+        task.exception()  # retrieved: an error on the way out is not worth a warning at exit
+    return task.done()
+
+
 def announce_ready(**fields: object) -> None:
     """One JSON line saying the service is ready, whatever the log level: the supervisor
     of `promptgen up` (and any orchestrator reading logs) waits for this exact event."""

@@ -10,7 +10,7 @@ import structlog
 from services.bus import EventLog
 from services.projector.projector import Projector
 from services.projector.rebuild import serve_rebuild_requests
-from services.runtime import announce_ready
+from services.runtime import announce_ready, cancel_and_wait
 from services.settings import Settings
 from services.store import ReadModels, mongo_client
 
@@ -31,8 +31,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         if task.done() and task.exception():
             raise task.exception()
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_and_wait(task)
         await event_log.close()
         await client.close()
         log.info("service_stopped", position=projector.position)

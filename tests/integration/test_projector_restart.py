@@ -9,6 +9,7 @@ from contracts import subjects
 from contracts.events import PersonaCompleted
 from services.bus import EventLog
 from services.projector.projector import Projector
+from services.runtime import cancel_and_wait
 from tests.samples import job_requested
 
 
@@ -25,13 +26,14 @@ async def _publish_a_finished_job(event_log: EventLog, job_id: str) -> None:
 async def _job_end(event_log: EventLog, projector: Projector, job_id: str):
     """Run ``projector`` until ``job_id`` has its end event; returns that event."""
     task = asyncio.create_task(projector.run(asyncio.Event(), sweep_seconds=60))
-    ends = event_log.follow(subjects.job(job_id, "completed"))
     try:
-        return (await asyncio.wait_for(anext(ends), 20)).event
+        async with asyncio.timeout(20):
+            while (end := await event_log.last(subjects.job(job_id, "completed"))) is None:
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.02)
+        return end.event
     finally:
-        await ends.aclose()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        assert await cancel_and_wait(task), "the projector did not stop when cancelled"
 
 
 async def test_a_restarted_projector_ends_a_job_whose_last_persona_it_had_already_stored(event_log, models):

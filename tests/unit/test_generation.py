@@ -101,3 +101,4 @@ async def test_offline_personas_are_distinct_and_never_the_learner():
     drafts = await OfflineProvider().generate_personas(t, "assess", [f"seed{i}" for i in range(10)])
     assert {d.role for d in drafts} == {"Patient"}
     assert len({d.name for d in drafts}) > 5
+

@@ -37,6 +37,14 @@ def job(job_id: str, event: str) -> str:
     return f"{PREFIX}.job.{job_id}.{event}"
 
 
+JOB_ENDS = ("completed", "cancelled", "expired")
+
+
+def job_ends(job_id: str) -> list[str]:
+    """The subjects of the events that end a job (exactly one of them is ever stored)."""
+    return [job(job_id, end) for end in JOB_ENDS]
+
+
 def job_persona(job_id: str, persona_id: str, event: str) -> str:
     """``promptgen.job.<job_id>.persona.<persona_id>.<event>``: requested, progress, completed, failed."""
     return f"{PREFIX}.job.{job_id}.persona.{persona_id}.{event}"

@@ -201,6 +201,13 @@ class EventLog:
         raw = await self._last_raw(subject)
         return raw.seq if raw is not None else None
 
+    async def first_seq_on(self, subjects_: list[str]) -> int | None:
+        """:meth:`last_seq_on` of the first of ``subjects_`` that holds an event, or None."""
+        for subject in subjects_:
+            if (seq := await self.last_seq_on(subject)) is not None:
+                return seq
+        return None
+
     async def last_seq(self) -> int:
         info = await self.js.stream_info(self.stream)
         return info.state.last_seq

@@ -15,8 +15,6 @@ from services.gateway.errors import ApiError, not_found
 from services.settings import Settings
 from services.store import ReadModels
 
-FINISHED = ("completed", "cancelled", "expired")
-
 
 def sse_endpoint(job_id: str) -> str:
     return f"/scenario/v2/prompt-generation-status/{job_id}"
@@ -73,16 +71,12 @@ async def build_job(
 
 async def finished_seq(event_log: EventLog, job_id: str) -> int | None:
     """Where the job's end event is in the log (None while it runs), without decoding it."""
-    for end in FINISHED:
-        if (seq := await event_log.last_seq_on(subjects.job(job_id, end))) is not None:
-            return seq
-    return None
+    return await event_log.first_seq_on(subjects.job_ends(job_id))
 
 
 async def finished_event(event_log: EventLog, job_id: str) -> StoredEvent | None:
-    for end in FINISHED:
-        stored = await event_log.last(subjects.job(job_id, end))
-        if stored is not None:
+    for subject in subjects.job_ends(job_id):
+        if (stored := await event_log.last(subject)) is not None:
             return stored
     return None
 

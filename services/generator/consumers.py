@@ -85,7 +85,7 @@ class Cancellations:
 
     async def is_cancelled(self, job_id: str) -> bool:
         if job_id not in self.known:
-            found = await self.log.last(subjects.job(job_id, "cancel_requested")) is not None
+            found = await self.log.last_seq_on(subjects.job(job_id, "cancel_requested")) is not None
             self._remember(job_id, found)
         return self.known[job_id]
 
@@ -128,10 +128,8 @@ class WorkerPool:
             await asyncio.wait(self.in_flight, timeout=timeout)
 
     async def _already_ended(self, item: PersonaPromptRequested) -> bool:
-        for end in ("completed", "failed"):
-            if await self.log.last(subjects.job_persona(item.job_id, item.persona_id, end)):
-                return True
-        return False
+        ends = [subjects.job_persona(item.job_id, item.persona_id, end) for end in ("completed", "failed")]
+        return await self.log.first_seq_on(ends) is not None
 
     async def _cancelled(self, job_id: str) -> bool:
         return await self.cancellations.is_cancelled(job_id)

@@ -33,8 +33,6 @@ from services.store import ReadModels
 
 log = structlog.get_logger()
 
-_ENDS = ("completed", "cancelled", "expired")
-
 
 def _mongo_retrying() -> AsyncRetrying:
     return AsyncRetrying(
@@ -129,10 +127,7 @@ class Projector:
         return jobs - cancels, cancels
 
     async def _already_ended(self, job_id: str) -> bool:
-        for end in _ENDS:
-            if await self.log.last(subjects.job(job_id, end)):
-                return True
-        return False
+        return await self.log.first_seq_on(subjects.job_ends(job_id)) is not None
 
     async def examine(self, job_ids: Iterable[str], *, forced: Iterable[str] = ()) -> None:
         """Publish the end of every job in ``job_ids`` that has reached one; ``forced`` ones

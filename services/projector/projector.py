@@ -19,6 +19,7 @@ from pymongo.errors import PyMongoError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from contracts import subjects
+from contracts.domain import TERMINAL_PERSONA_STATUSES
 from contracts.events import (
     JobCancelRequested,
     JobFinished,
@@ -71,7 +72,7 @@ class EndedPersonas:
             if job is None:
                 return False
             cursor = self.models.job_personas.find(
-                {"job_id": job_id, "status": {"$nin": ["queued", "processing"]}}, {"persona_id": 1})
+                {"job_id": job_id, "status": {"$in": sorted(TERMINAL_PERSONA_STATUSES)}}, {"persona_id": 1})
             ended = {doc["persona_id"] async for doc in cursor} | self.pending.pop(job_id, set())
             self.jobs[job_id] = (job["total_personas"], ended)
             while len(self.jobs) > self.max_jobs:

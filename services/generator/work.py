@@ -19,6 +19,7 @@ from contracts.events import (
 from contracts.domain import generation_mode
 from services.generator.prompt_generators import generate_for_mode
 from services.llm.base import LLMError, Provider
+from services.llm.limits import estimated_tokens
 
 log = structlog.get_logger()
 
@@ -67,9 +68,9 @@ class Limiter(Protocol):
 
 
 def estimate_tokens(item: PersonaPromptRequested, expected_completion: int) -> int:
-    """A cheap upper-side guess of a call's tokens, for the shared token budget."""
+    """The template and the persona, plus the instructions around them (about 1,200 characters)."""
     chars = len(item.template_data.model_dump_json()) + len(item.persona.model_dump_json()) + 1200
-    return chars // 4 + expected_completion
+    return estimated_tokens(chars, expected_completion)
 
 
 async def generate_persona_prompt(

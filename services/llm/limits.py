@@ -135,6 +135,11 @@ class SharedLimiter:
 T = TypeVar("T")
 
 
+def estimated_tokens(prompt_chars: int, expected_completion: int) -> int:
+    """A cheap upper-side guess of a call's tokens, for the shared token budget."""
+    return prompt_chars // 4 + expected_completion
+
+
 async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[T]]) -> T:
     """One LLM call within the shared caps: it waits for its turn, and a 429 with a
     retry-after holds every caller in every process until then."""

@@ -25,7 +25,7 @@ from services.gateway.deps import EventLogDep, LimiterDep, ModelsDep, ProviderDe
 from services.gateway.errors import ApiError, not_found
 from services.gateway.jobs import load_template
 from services.llm.base import LLMError
-from services.llm.limits import limited
+from services.llm.limits import estimated_tokens, limited
 from services.settings import Settings
 
 router = APIRouter(prefix="/scenario", tags=["templates and personas"])
@@ -33,8 +33,8 @@ log = structlog.get_logger()
 
 
 def _estimate(prompt: str, settings: Settings) -> int:
-    """A cheap upper-side guess of a call's tokens, for the shared token budget."""
-    return len(prompt) // 4 + 300 + settings.llm_expected_completion_tokens
+    """The prompt, plus the instructions around it (about 1,200 characters)."""
+    return estimated_tokens(len(prompt) + 1200, settings.llm_expected_completion_tokens)
 
 
 def _llm_failure(exc: LLMError) -> ApiError:

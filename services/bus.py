@@ -68,6 +68,16 @@ async def _arrived(sub, max_batch: int, timeout: float | None) -> list:
     return msgs
 
 
+async def pulled(sub, batch: int, stop: asyncio.Event) -> AsyncIterator[list]:
+    """Each non-empty fetch (up to ``batch`` messages) from a pull subscription, until ``stop``."""
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(batch=batch, timeout=1)
+        except (NatsTimeout, TimeoutError):
+            continue
+        yield msgs
+
+
 async def connect_nats(
     url: str, name: str, *, connect_timeout: float = 30.0, on_reconnect: list | None = None
 ) -> NATS:

@@ -24,7 +24,7 @@ from contracts.events import (
     caused_by,
     parse_event,
 )
-from services.bus import EventLog
+from services.bus import EventLog, pulled
 from services.generator.work import failed, fan_out, generate_persona_prompt
 from services.llm.base import LLMError, Provider
 from services.settings import Settings
@@ -44,11 +44,7 @@ async def run_dispatcher(event_log: EventLog, stop: asyncio.Event) -> None:
     sub = await event_log.work_queue(
         DISPATCHER, subjects.JOBS_REQUESTED, max_ack_pending=16, ack_wait=60, max_deliver=-1
     )
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch=4, timeout=1)
-        except (NatsTimeout, TimeoutError):
-            continue
+    async for msgs in pulled(sub, 4, stop):
         for msg in msgs:
             event = parse_event(msg.data)
             if not isinstance(event, JobRequested):

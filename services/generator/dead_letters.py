@@ -14,12 +14,11 @@ import asyncio
 import json
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import NotFoundError
 
 from contracts.events import PersonaPromptRequested, parse_event
-from services.bus import EventLog
+from services.bus import EventLog, pulled
 from services.generator.work import failed
 from services.llm.base import LLMError
 
@@ -72,11 +71,7 @@ async def run_dead_letters(event_log: EventLog, consumer: str, stop: asyncio.Eve
     sub = await event_log.work_queue(DEAD_LETTERS, advisory_subject(event_log.stream, consumer),
                                      max_ack_pending=64, ack_wait=30, max_deliver=-1,
                                      stream=dead_letter_stream(event_log))
-    while not stop.is_set():
-        try:
-            msgs = await sub.fetch(batch=16, timeout=1)
-        except (NatsTimeout, TimeoutError):
-            continue
+    async for msgs in pulled(sub, 16, stop):
         for msg in msgs:
             advisory = json.loads(msg.data)
             try:

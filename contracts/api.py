@@ -7,11 +7,12 @@ choices are documented in the README.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 from contracts.domain import (
+    PERSONA_TYPE_MAX_LENGTH,
     JobResults,
     JobStatus,
     Mode,
@@ -20,17 +21,31 @@ from contracts.domain import (
     TemplateData,
     TokenUsage,
 )
+from contracts.limits import (
+    MAX_SCENARIO_DOCUMENT_LENGTH,
+    MAX_SYSTEM_PROMPT_LENGTH,
+    NOT_BLANK,
+    FreeFormList,
+    Id,
+    PatternKeys,
+    StoredText,
+)
 
 
 class Request(BaseModel):
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    # Every constraint of a request is one its JSON Schema states too (see contracts.limits), so
+    # what the schema accepts, validation accepts. No whitespace is stripped: the lengths the
+    # schema states are the lengths checked.
+    model_config = ConfigDict(extra="forbid")
 
 
 # --- templates and personas ---------------------------------------------------------------
 
 
 class AnalyzeScenarioRequest(Request):
-    scenario_document: str = Field(min_length=1, max_length=200_000)
+    scenario_document: Annotated[
+        StoredText, StringConstraints(min_length=1, max_length=MAX_SCENARIO_DOCUMENT_LENGTH, pattern=NOT_BLANK)
+    ]
 
 
 class TemplateView(BaseModel):
@@ -40,8 +55,10 @@ class TemplateView(BaseModel):
 
 
 class GeneratePersonasRequest(Request):
-    template_id: str = Field(min_length=1)
-    persona_type: str = Field(min_length=1, max_length=100)
+    template_id: Id
+    persona_type: Annotated[
+        StoredText, StringConstraints(min_length=1, max_length=PERSONA_TYPE_MAX_LENGTH, pattern=NOT_BLANK)
+    ]
     count: int = Field(ge=1, le=20)
 
 
@@ -68,9 +85,12 @@ class PersonaList(BaseModel):
 
 
 class GenerateFinalPromptsRequest(Request):
-    template_id: str = Field(min_length=1)
-    persona_ids: list[str] = Field(min_length=1)
-    mode_mapping: dict[str, Mode]
+    # How many personas a job takes is a setting (PROMPTGEN_MAX_PERSONAS_PER_JOB): the gateway
+    # checks it, and writes it into its OpenAPI document as maxItems / maxProperties. That every
+    # persona has a mode is checked once the ids are known to exist (a 422 after any 404).
+    template_id: Id
+    persona_ids: list[Id] = Field(min_length=1, json_schema_extra={"uniqueItems": True})
+    mode_mapping: Annotated[dict[Id, Mode], PatternKeys()]
 
     @field_validator("persona_ids")
     @classmethod
@@ -79,16 +99,7 @@ class GenerateFinalPromptsRequest(Request):
         dupes = sorted({i for i in ids if i in seen or seen.add(i)})
         if dupes:
             raise ValueError(f"duplicated persona ids: {', '.join(dupes)}")
-        if any(not i for i in ids):
-            raise ValueError("persona ids must not be empty strings")
         return ids
-
-    @model_validator(mode="after")
-    def _every_persona_has_a_mode(self) -> GenerateFinalPromptsRequest:
-        missing = [i for i in self.persona_ids if i not in self.mode_mapping]
-        if missing:
-            raise ValueError(f"mode_mapping has no mode for persona ids: {', '.join(missing)}")
-        return self
 
 
 class GenerateFinalPromptsResponse(BaseModel):
@@ -195,12 +206,22 @@ class JobEventHistory(BaseModel):
 # --- avatar interactions -----------------------------------------------------------------------
 
 
+# What _prompt_source checks, said in JSON Schema.
+_PROMPT_SOURCE_SCHEMA = {"anyOf": [
+    {"properties": {"mode": {"const": "learn_mode"}}},
+    {"properties": {"persona_id": {"type": "string"}}, "required": ["persona_id"]},
+    {"properties": {"system_prompt": {"type": "string"}}, "required": ["system_prompt"]},
+]}
+
+
 class AvatarInteractionCreate(Request):
+    model_config = ConfigDict(json_schema_extra=_PROMPT_SOURCE_SCHEMA)
+
     mode: Mode
-    avatars: list[Any] = Field(default_factory=list)
-    languages: list[Any] = Field(default_factory=list)
-    persona_id: str | None = None
-    system_prompt: str | None = None
+    avatars: FreeFormList = Field(default_factory=list)
+    languages: FreeFormList = Field(default_factory=list)
+    persona_id: Id | None = None
+    system_prompt: Annotated[StoredText, Field(max_length=MAX_SYSTEM_PROMPT_LENGTH)] | None = None
 
     @model_validator(mode="after")
     def _prompt_source(self) -> AvatarInteractionCreate:
@@ -224,8 +245,16 @@ class AvatarInteractionView(BaseModel):
     created_at: datetime | None = None
 
 
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
 class ErrorBody(BaseModel):
+    """Every error the API answers: a message a person can act on, a stable code, and where."""
+
     detail: str
     code: str
-    field: str | None = None
-    ids: list[str] | None = None
+    field: str | None = Field(None, description="The field at fault, as a dotted path into the body")
+    ids: list[str] | None = Field(None, description="The ids at fault (unknown, or of another template)")
+    errors: list[FieldError] | None = Field(None, description="Every invalid field (422 only)")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.limits import FreeFormObject, Id, StoredText
 
 Mode = Literal["learn_mode", "try_mode", "assess_mode"]
 MODES: tuple[Mode, ...] = ("learn_mode", "try_mode", "assess_mode")
@@ -30,36 +32,44 @@ class Frozen(BaseModel):
 
 
 class Role(Frozen):
-    name: str
-    description: str = ""
+    name: StoredText
+    description: StoredText = ""
 
 
 class TemplateData(Frozen):
-    """What a scenario document becomes: the structured training template."""
+    """What a scenario document becomes: the structured training template. Its size follows
+    the document's (or the LLM's answer's); its text must be storable all the same."""
 
-    title: str
-    description: str
-    context: str = ""
-    learning_objectives: list[str] = Field(default_factory=list)
+    title: StoredText
+    description: StoredText
+    context: StoredText = ""
+    learning_objectives: list[StoredText] = Field(default_factory=list)
     roles: list[Role] = Field(default_factory=list)
-    success_criteria: list[str] = Field(default_factory=list)
+    success_criteria: list[StoredText] = Field(default_factory=list)
+
+
+PersonaText = Annotated[StoredText, Field(max_length=1000)]
 
 
 class PersonaDraft(Frozen):
-    """A persona as a provider invents it, before it has an id."""
+    """A persona as a provider invents it, before it has an id. It comes from an LLM: its
+    free-form parts have the caps of any input, so a bad answer is refused, not stored."""
 
-    name: str
+    name: PersonaText
     age: int = Field(ge=1, le=120)
-    role: str
-    archetype: str
-    detail_categories: dict[str, Any] = Field(default_factory=dict)
-    conversation_rules: dict[str, Any] = Field(default_factory=dict)
+    role: PersonaText
+    archetype: PersonaText
+    detail_categories: FreeFormObject = Field(default_factory=dict)
+    conversation_rules: FreeFormObject = Field(default_factory=dict)
+
+
+PERSONA_TYPE_MAX_LENGTH = 100
 
 
 class Persona(PersonaDraft):
-    id: str
-    template_id: str
-    persona_type: str
+    id: Id
+    template_id: Id
+    persona_type: Annotated[StoredText, Field(max_length=PERSONA_TYPE_MAX_LENGTH)]
 
 
 class TokenUsage(Frozen):

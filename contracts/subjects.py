@@ -13,11 +13,12 @@ PREFIX = "promptgen"
 ALL = f"{PREFIX}.>"
 
 # Tokens become part of subjects: keep them to characters NATS never treats specially.
-_TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+_TOKEN = re.compile(TOKEN_PATTERN)
 
 
 def is_valid_token(value: str) -> bool:
-    return bool(_TOKEN.match(value))
+    return bool(_TOKEN.fullmatch(value))  # match() would let a trailing newline through "$"
 
 
 def template_created(template_id: str) -> str:

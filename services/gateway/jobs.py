@@ -11,7 +11,7 @@ from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
 from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage
 from contracts.events import JobFinished, JobRequested
 from services.bus import EventLog, StoredEvent
-from services.gateway.errors import ApiError, not_found
+from services.gateway.errors import ApiError, listed, not_found
 from services.settings import Settings
 from services.store import ReadModels
 
@@ -34,25 +34,33 @@ async def load_template(models: ReadModels, template_id: str, *, field: str = "t
 async def build_job(
     req: GenerateFinalPromptsRequest, *, models: ReadModels, settings: Settings, retry_of: str | None = None
 ) -> JobRequested:
-    """Validate a request against the read models and turn it into a JobRequested."""
-    if len(req.persona_ids) > settings.max_personas_per_job:
-        raise ApiError(
-            422, "too_many_personas",
-            f"A job takes at most {settings.max_personas_per_job} personas; {len(req.persona_ids)} given",
-            field="persona_ids",
-        )
+    """Validate a request against the read models and turn it into a JobRequested.
+
+    What needs the read models to refuse comes after what does not, and a 404 (an unknown
+    id) before a 422, so a request its schema accepts is refused only for what it names."""
+    for field, size in (("persona_ids", len(req.persona_ids)), ("mode_mapping", len(req.mode_mapping))):
+        if size > settings.max_personas_per_job:
+            raise ApiError(
+                422, "too_many_personas",
+                f"A job takes at most {settings.max_personas_per_job} personas; {field} has {size}",
+                field=field,
+            )
     template = await load_template(models, req.template_id)
     valid = [i for i in req.persona_ids if subjects.is_valid_token(i)]
     docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": valid}})}
     missing = [i for i in req.persona_ids if i not in docs]
     if missing:
-        raise ApiError(404, "persona_not_found", f"Unknown persona ids: {', '.join(missing)}",
+        raise ApiError(404, "persona_not_found", f"Unknown persona ids: {listed(missing)}",
                        field="persona_ids", ids=missing)
+    modeless = [i for i in req.persona_ids if i not in req.mode_mapping]
+    if modeless:
+        raise ApiError(422, "mode_missing", f"mode_mapping has no mode for persona ids: {listed(modeless)}",
+                       field="mode_mapping", ids=modeless)
     foreign = [i for i in req.persona_ids if docs[i].get("template_id") != req.template_id]
     if foreign:
         raise ApiError(
             422, "persona_template_mismatch",
-            f"Personas {', '.join(foreign)} belong to another template than '{req.template_id}'",
+            f"Personas {listed(foreign)} belong to another template than '{req.template_id}'",
             field="persona_ids", ids=foreign,
         )
     job_id = str(uuid.uuid4())

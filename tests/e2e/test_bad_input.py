@@ -34,7 +34,7 @@ async def test_rejected_job_requests_name_the_problem_and_publish_nothing(client
         (_body(template_id, [ids[0], "ghost-1", "ghost-2"]), 404, "persona_ids", "ghost-1, ghost-2"),
         (_body(template_id, [ids[0], foreign]), 422, "persona_ids", foreign),
         (_body(template_id, ids, {ids[0]: "assess_mode", ids[1]: "coach_mode"}), 422, "mode_mapping", "coach_mode"),
-        (_body(template_id, ids, {ids[0]: "assess_mode"}), 422, "body", ids[1]),
+        (_body(template_id, ids, {ids[0]: "assess_mode"}), 422, "mode_mapping", ids[1]),
         (_body(template_id, []), 422, "persona_ids", "at least 1"),
         (_body(template_id, [ids[0], ids[0]]), 422, "persona_ids", "duplicated"),
         ({"template_id": template_id, "persona_ids": ids}, 422, "mode_mapping", "Field required"),

@@ -1,0 +1,222 @@
+"""What the system can store: caps on every value that comes from outside.
+
+A request or an LLM answer becomes an event, the event a MongoDB document. A
+value neither can hold (a key MongoDB refuses inside an update, a lone
+surrogate that UTF-8 cannot encode, an integer wider than 64 bits, a document
+nesting deeper than anything needs) must be refused where it enters, naming the
+field, and never reach the log: there it would stop every consumer that tries
+to store it.
+
+``FreeFormList`` and ``FreeFormObject`` are the shapes the specification leaves
+open (``avatars``, ``languages``, a persona's ``detail_categories`` and
+``conversation_rules``). Their JSON Schema states every cap but the total size,
+which JSON Schema cannot express (it is in the description).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Union
+
+from pydantic import AfterValidator, Field, PlainValidator, StringConstraints
+from pydantic_core import PydanticCustomError
+from typing_extensions import TypeAliasType
+
+from contracts.subjects import TOKEN_PATTERN
+
+MAX_DEPTH = 6  # containers inside one free-form value, its own included
+MAX_ITEMS = 1000  # per list
+MAX_KEYS = 200  # per object
+MAX_KEY_LENGTH = 128
+MAX_STRING_LENGTH = 10_000  # characters of one string inside a free-form value
+MAX_FREE_FORM_BYTES = 256 * 1024  # one free-form value, as MongoDB stores it (BSON)
+MAX_SCENARIO_DOCUMENT_LENGTH = 200_000  # characters
+MAX_SYSTEM_PROMPT_LENGTH = 100_000  # characters of an interaction's own prompt
+# Numbers a JavaScript client reads exactly, and BSON stores (as int64 or double) without loss.
+MAX_SAFE_NUMBER = 2**53 - 1
+
+# A key MongoDB (a real mongod included) stores inside an update: not empty, no NUL,
+# not an operator ("$..."), no "." (a path separator).
+KEY_PATTERN = r"^[^$.\x00][^.\x00]*$"
+
+ID_DESCRIPTION = "An id: letters, digits, '-' and '_' (it becomes part of NATS subjects)."
+
+
+# --- plain text and ids -------------------------------------------------------------------------
+
+
+def _encodable(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise PydanticCustomError(
+            "text_encoding", "text must be valid Unicode: a lone surrogate at position {at}", {"at": exc.start}
+        ) from None
+    return value
+
+
+StoredText = Annotated[str, AfterValidator(_encodable)]
+"""A string that can be encoded as UTF-8 (JSON's ``"\\ud800"`` decodes to one that cannot)."""
+
+NOT_BLANK = r"\S"  # JSON Schema patterns search: some character that is not whitespace
+
+Id = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN), Field(description=ID_DESCRIPTION)]
+
+
+# --- free-form values ---------------------------------------------------------------------------
+
+
+def _refuse(where: list[str | int], problem: str) -> PydanticCustomError:
+    return PydanticCustomError("free_form", "{problem}", {"problem": problem, "where": _path(where)})
+
+
+def _path(where: list[str | int]) -> str:
+    return ".".join(_printable(str(part)) for part in where)
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    """``text`` fit to be quoted in an error: control characters escaped, cut at ``limit``."""
+    shown = text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return shown if len(shown) <= limit else shown[:limit] + "…"
+
+
+def _key_problem(key: Any) -> str | None:
+    if not isinstance(key, str):
+        return f"keys must be strings, not {type(key).__name__}"
+    if not key:
+        return "keys must not be empty"
+    if len(key) > MAX_KEY_LENGTH:
+        return f"keys must be at most {MAX_KEY_LENGTH} characters"
+    if "\x00" in key:
+        return "keys must not contain a NUL character"
+    if key.startswith("$"):
+        return "keys must not start with '$'"
+    if "." in key:
+        return "keys must not contain '.'"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "keys must be valid Unicode (a lone surrogate)"
+    return None
+
+
+def _scalar_size(value: Any, where: list[str | int]) -> int:
+    """The bytes BSON spends on a scalar; refuses what it cannot store."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float):
+        if not (math.isfinite(value) and -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER):
+            raise _refuse(where, f"numbers must be between -{MAX_SAFE_NUMBER} and {MAX_SAFE_NUMBER}")
+        return 8
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_LENGTH:
+            raise _refuse(where, f"strings must be at most {MAX_STRING_LENGTH} characters")
+        try:
+            return 5 + len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise _refuse(where, "strings must be valid Unicode (a lone surrogate)") from None
+    raise _refuse(where, f"unsupported value of type {type(value).__name__}")
+
+
+def check_free_form(value: list | dict) -> None:
+    """Refuse ``value`` unless MongoDB and NATS can hold it; the error names where, from the field."""
+    size = 0
+    pending: list[tuple[Any, list[str | int], int]] = [(value, [], 1)]  # value, where, its depth
+    while pending:
+        item, where, depth = pending.pop()
+        if isinstance(item, list | dict):
+            if depth > MAX_DEPTH:
+                raise _refuse(where, f"nested deeper than {MAX_DEPTH} levels")
+            size += 5
+            if isinstance(item, list):
+                if len(item) > MAX_ITEMS:
+                    raise _refuse(where, f"lists must have at most {MAX_ITEMS} items")
+                children = list(enumerate(item))
+            else:
+                if len(item) > MAX_KEYS:
+                    raise _refuse(where, f"objects must have at most {MAX_KEYS} keys")
+                children = list(item.items())
+            for key, child in children:
+                if isinstance(item, dict) and (problem := _key_problem(key)):
+                    raise _refuse([*where, key], f"{problem}: '{_printable(str(key))}'")
+                size += 2 + len(str(key).encode("utf-8"))  # type byte, key, NUL
+                pending.append((child, [*where, key], depth + 1))
+        else:
+            size += _scalar_size(item, where)
+        if size > MAX_FREE_FORM_BYTES:
+            raise _refuse([], f"larger than {MAX_FREE_FORM_BYTES} bytes as stored")
+
+
+class PatternKeys:
+    """Marks a dict whose keys have a pattern. Pydantic writes the pattern as ``patternProperties``,
+    which in JSON Schema lets any other key through; this writes it as ``propertyNames``, which
+    refuses them, as validation does."""
+
+    @staticmethod
+    def __get_pydantic_json_schema__(core_schema: Any, handler: Any) -> dict[str, Any]:
+        schema = handler(core_schema)
+        [(pattern, values)] = schema.pop("patternProperties").items()
+        schema["propertyNames"] = {**schema.get("propertyNames", {}), "pattern": pattern}
+        schema["additionalProperties"] = values
+        return schema
+
+
+class _OneSchema:
+    """Writes a union of different JSON types as one schema with a list of types: each keyword
+    (``maxLength``, ``items``, ...) applies to its own type only. Equivalent to the ``anyOf`` pydantic
+    writes, and far cheaper for schema-driven test generators to explore."""
+
+    @staticmethod
+    def __get_pydantic_json_schema__(core_schema: Any, handler: Any) -> dict[str, Any]:
+        merged: dict[str, Any] = {"type": []}
+        for branch in handler(core_schema)["anyOf"]:
+            merged["type"].append(branch.pop("type"))
+            merged.update(branch)
+        return merged
+
+
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=KEY_PATTERN)]
+
+
+def _schema_levels() -> list[Any]:
+    """The types a free-form value's JSON Schema is written from, one per nesting level left:
+    ``levels[n]`` holds at most ``n`` containers. Only documentation: ``check_free_form`` validates."""
+    scalars: list[Any] = [
+        None, bool, Annotated[float, Field(ge=-MAX_SAFE_NUMBER, le=MAX_SAFE_NUMBER)],
+        Annotated[str, StringConstraints(max_length=MAX_STRING_LENGTH)],
+    ]
+    levels: list[Any] = [TypeAliasType("FreeFormScalar", Annotated[Union[tuple(scalars)], _OneSchema()])]  # noqa: UP007
+    for depth in range(1, MAX_DEPTH):
+        inner = levels[-1]
+        containers = [
+            Annotated[list[inner], Field(max_length=MAX_ITEMS)],  # type: ignore[valid-type]
+            Annotated[dict[Key, inner], Field(max_length=MAX_KEYS), PatternKeys()],  # type: ignore[valid-type]
+        ]
+        levels.append(TypeAliasType(f"FreeFormDepth{depth}", Annotated[Union[tuple(scalars + containers)], _OneSchema()]))  # noqa: UP007
+    return levels
+
+
+_LEVELS = _schema_levels()
+_DESCRIPTION = (f"Free-form JSON: at most {MAX_DEPTH} levels deep, {MAX_ITEMS} items per list, {MAX_KEYS} keys "
+                f"per object, {MAX_STRING_LENGTH} characters per string, numbers within +-{MAX_SAFE_NUMBER}, "
+                f"{MAX_FREE_FORM_BYTES} bytes in all; keys MongoDB can store (not empty, no '.', no NUL, "
+                "not starting with '$').")
+
+
+def _validator(shape: type, name: str) -> PlainValidator:
+    def validate(value: Any) -> Any:
+        if not isinstance(value, shape):
+            raise PydanticCustomError(f"{name}_type", f"Input should be a valid {name}")
+        check_free_form(value)
+        return value
+
+    inner = _LEVELS[-1]
+    documented = (Annotated[list[inner], Field(max_length=MAX_ITEMS)] if shape is list  # type: ignore[valid-type]
+                  else Annotated[dict[Key, inner], Field(max_length=MAX_KEYS), PatternKeys()])  # type: ignore[valid-type]
+    return PlainValidator(validate, json_schema_input_type=documented)
+
+
+FreeFormList = Annotated[list[Any], _validator(list, "list"), Field(description=_DESCRIPTION)]
+FreeFormObject = Annotated[dict[str, Any], _validator(dict, "dictionary"), Field(description=_DESCRIPTION)]

@@ -38,6 +38,17 @@ log = structlog.get_logger()
 _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError)
 
 
+class EventTooLarge(ValueError):
+    """An event bigger than the NATS server takes in one message (its ``max_payload``): it
+    can never be stored, and sending it anyway would cost the connection."""
+
+    def __init__(self, event_type: str, size: int, limit: int) -> None:
+        super().__init__(f"a {event_type} event of {size} bytes is over the server's limit of {limit} bytes")
+        self.event_type = event_type
+        self.size = size
+        self.limit = limit
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as the log holds it: its position, time and subject with it."""
@@ -177,6 +188,11 @@ class EventLog:
         """Store ``event``; returns its stream sequence (the original's, if a duplicate)."""
         payload = encode_event(event)
         headers = {"Nats-Msg-Id": event.dedup_id()}
+        # The server counts headers in the limit ("NATS/1.0\r\n", "key: value\r\n" each, "\r\n"),
+        # and closes a connection that sends more.
+        size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        if size > self.nc.max_payload:
+            raise EventTooLarge(event.type, size, self.nc.max_payload)  # type: ignore[attr-defined]
         async for attempt in self._retrying(retry_seconds):
             with attempt:
                 ack = await self.js.publish(event.subject(), payload, stream=self.stream, headers=headers)

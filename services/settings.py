@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HOST"))
     port: int = Field(9000, validation_alias=_env("PROMPTGEN_PORT"))
     max_personas_per_job: int = Field(500, ge=1, validation_alias=_env("PROMPTGEN_MAX_PERSONAS_PER_JOB"))
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, validation_alias=_env("PROMPTGEN_MAX_BODY_BYTES"),
+        # The largest real body is a scenario document of 200,000 characters: 1.2 MB even when a
+        # client's JSON encoder escapes every character as \uXXXX.
+        description="A request body over this many bytes is refused (413) before it is read.",
+    )
     sse_ping_seconds: float = Field(15, gt=0, validation_alias=_env("PROMPTGEN_SSE_PING_SECONDS"))
     sse_retry_ms: int = Field(
         1000, ge=0, validation_alias=_env("PROMPTGEN_SSE_RETRY_MS"),

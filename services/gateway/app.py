@@ -11,8 +11,10 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.bus import EventLog
+from services.gateway.body_limit import BodySizeLimit
 from services.gateway.errors import install_error_handlers
 from services.gateway.feeds import JobFeeds
+from services.gateway.openapi import install_openapi
 from services.gateway.projection import ProjectionWaiter
 from services.gateway.routes import interactions, jobs, scenario, v1
 from services.llm.factory import build_provider
@@ -59,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.include_router(scenario.router)
     app.include_router(jobs.router)
     app.include_router(v1.router)
@@ -67,6 +70,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
+
+    install_openapi(app, settings)
 
     if (STATIC / "index.html").exists():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

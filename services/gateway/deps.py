@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Query, Request
 
+from contracts.subjects import TOKEN_PATTERN
 from services.bus import EventLog
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
@@ -34,3 +35,15 @@ ProviderDep = Annotated[Provider, Depends(_state("provider"))]
 FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]
 LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]
+
+
+# Ids in paths and queries: a malformed one is a 422 naming it, as in a body (an unknown one is a 404).
+def _id(where: Callable[..., Any], what: str) -> Any:
+    return where(pattern=TOKEN_PATTERN, description=f"The {what}'s id (letters, digits, '-' and '_')")
+
+
+TemplateIdPath = Annotated[str, _id(Path, "template")]
+PersonaIdPath = Annotated[str, _id(Path, "persona")]
+JobIdPath = Annotated[str, _id(Path, "job")]
+InteractionIdPath = Annotated[str, _id(Path, "avatar interaction")]
+TemplateIdQuery = Annotated[str, _id(Query, "template")]

@@ -1,12 +1,25 @@
-"""Typed API errors: a status code, a stable code, and a message a client can act on."""
+"""Typed API errors: a status code, a stable code, and a message a client can act on.
+
+Every error the gateway answers is an ``ErrorBody`` (FastAPI's and Starlette's own
+included), and every status a route can answer is in its OpenAPI document with
+that body (:func:`responses`). An error echoes at most a short piece of the input.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
-from contracts.api import ErrorBody
+from contracts.api import ErrorBody, FieldError
+from services.bus import EventTooLarge
+
+ECHO_CHARS = 200  # of a value quoted back in a message
+FIELD_PART_CHARS = 64  # of one part of a field path (a dict key can be anything)
+MAX_LISTED_ERRORS = 20
 
 
 class ApiError(Exception):
@@ -31,9 +44,51 @@ def not_found(what: str, ident: str, *, field: str | None = None) -> ApiError:
                     field=field, ids=[ident])
 
 
-def _field(loc: tuple) -> str:
-    parts = [str(p) for p in loc if p != "body"]
+def listed(items: list[str], at_most: int = 10) -> str:
+    """``items`` for a message: the first few, and how many more."""
+    shown = ", ".join(items[:at_most])
+    return shown if len(items) <= at_most else f"{shown} and {len(items) - at_most} more"
+
+
+def shorten(text: str, limit: int = ECHO_CHARS) -> str:
+    """``text`` safe to quote: control characters and lone surrogates escaped, cut at ``limit``."""
+    if not text.isprintable():
+        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+# What each kind of event holds, for a client told it is too large.
+_EVENT_CONTENTS = {
+    "template.created": ("the template (the scenario document and its analysis)", "scenario_document"),
+    "persona.created": ("a persona", None),
+    "job.requested": ("the job (its template and every persona with its details)", "persona_ids"),
+    "interaction.created": ("the avatar interaction", "body"),
+}
+
+
+def _field(loc: tuple, extra: str | None = None) -> str:
+    parts = [shorten(str(p), FIELD_PART_CHARS) for p in loc if p != "body"]
+    if extra:
+        parts.append(extra)
     return ".".join(parts) or "body"
+
+
+def _where(error: dict[str, Any]) -> str:
+    """The error's field; for a free-form value, down to the place inside it."""
+    return _field(tuple(error.get("loc", ())), (error.get("ctx") or {}).get("where"))
+
+
+def _validation_detail(error: dict[str, Any], field: str) -> str:
+    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if error.get("type") == "json_invalid":
+        reason = (error.get("ctx") or {}).get("error") or msg
+        return f"Request body is not valid JSON: {reason}"
+    detail = f"Invalid '{field}': {msg}"
+    given = error.get("input")
+    # Quote only a short scalar: a structure may be megabytes, and says less than the field.
+    if isinstance(given, str | int | float) and not isinstance(given, bool) and error.get("type") != "missing":
+        detail += f" (got {shorten(repr(given))})"
+    return detail
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -43,20 +98,53 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        first = errors[0] if errors else {"loc": ("body",), "msg": "invalid request"}
-        field = _field(tuple(first.get("loc", ())))
-        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        if first.get("type") == "json_invalid":
-            detail = f"Request body is not valid JSON: {msg}"
-            field = "body"
-        else:
-            detail = f"Invalid '{field}': {msg}"
-            given = first.get("input")
-            if isinstance(given, str | int | float) and first.get("type") != "missing":
-                detail += f" (got {given!r})"
-        body = ErrorBody(detail=detail, code="invalid_request", field=field).model_dump(exclude_none=True)
-        body["errors"] = [
-            {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))} for e in errors
-        ]
-        return JSONResponse(body, status_code=422)
+        errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request"}]
+        first = errors[0]
+        field = "body" if first.get("type") == "json_invalid" else _where(first)
+        body = ErrorBody(
+            detail=_validation_detail(first, field), code="invalid_request", field=field,
+            errors=[FieldError(field=_where(e), message=shorten(str(e.get("msg", "")), ECHO_CHARS))
+                    for e in errors[:MAX_LISTED_ERRORS]],
+        )
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
+
+    @app.exception_handler(EventTooLarge)
+    async def _too_large(_: Request, exc: EventTooLarge) -> JSONResponse:
+        what, field = _EVENT_CONTENTS.get(exc.event_type, (f"the {exc.event_type} event", None))
+        body = ErrorBody(
+            detail=f"{what[0].upper()}{what[1:]} would be {exc.size} bytes in the event log, which takes at most "
+                   f"{exc.limit} bytes per event",
+            code="event_too_large", field=field,
+        )
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=413)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's and FastAPI's own errors (unknown path, method not allowed, an unreadable body)."""
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        body = ErrorBody(detail=str(exc.detail), code=code)
+        return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status_code, headers=exc.headers)
+
+
+# --- OpenAPI: the error statuses each route can answer ---------------------------------------
+
+_ERROR_DOCS: dict[int, str] = {
+    404: "An id names nothing (the ids at fault are in `ids`)",
+    409: "The job is in a state that does not allow this",
+    413: "The request body, or the event it would make, is larger than the server takes",
+    422: "The request is invalid; `field` names where, `errors` lists every invalid field",
+    502: "The language model failed (`code` is the LLM error code)",
+    503: "The language model is rate limited: try again after `Retry-After` seconds",
+    504: "The language model, or the job, did not finish in time",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each error status it can answer, with ``ErrorBody``."""
+    docs: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        docs[status] = {"model": ErrorBody, "description": _ERROR_DOCS[status]}
+        if status == 503:
+            docs[status]["headers"] = _RETRY_AFTER
+    return docs

@@ -10,11 +10,12 @@ from fastapi import APIRouter
 from contracts import subjects
 from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
-from services.gateway.deps import EventLogDep, ModelsDep, WaiterDep
-from services.gateway.errors import not_found
+from services.gateway.deps import EventLogDep, InteractionIdPath, ModelsDep, WaiterDep
+from services.gateway.errors import not_found, responses
+from services.gateway.json_body import JSONBodyRoute
 from services.store import ReadModels
 
-router = APIRouter(prefix="/avatar-interactions", tags=["avatar interactions"])
+router = APIRouter(prefix="/avatar-interactions", tags=["avatar interactions"], route_class=JSONBodyRoute)
 
 
 async def _view(doc: dict[str, Any], models: ReadModels) -> AvatarInteractionView:
@@ -31,7 +32,7 @@ async def _view(doc: dict[str, Any], models: ReadModels) -> AvatarInteractionVie
     )
 
 
-@router.post("", status_code=201, response_model=AvatarInteractionView)
+@router.post("", status_code=201, response_model=AvatarInteractionView, responses=responses(404, 413, 422))
 async def create_interaction(
     body: AvatarInteractionCreate, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep
 ) -> AvatarInteractionView:
@@ -45,8 +46,8 @@ async def create_interaction(
     return await _view(doc, models)
 
 
-@router.get("/{interaction_id}", response_model=AvatarInteractionView)
-async def get_interaction(interaction_id: str, models: ModelsDep) -> AvatarInteractionView:
+@router.get("/{interaction_id}", response_model=AvatarInteractionView, responses=responses(404, 422))
+async def get_interaction(interaction_id: InteractionIdPath, models: ModelsDep) -> AvatarInteractionView:
     doc = await models.interactions.find_one({"_id": interaction_id}) if subjects.is_valid_token(interaction_id) else None
     if doc is None:
         raise not_found("avatar_interaction", interaction_id)

@@ -17,8 +17,9 @@ from contracts.api import (
 )
 from contracts.events import JobCancelRequested, JobRequested
 from services.audit import job_history
-from services.gateway.deps import EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
-from services.gateway.errors import ApiError, not_found
+from services.gateway.deps import EventLogDep, FeedsDep, JobIdPath, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.errors import ApiError, not_found, responses
+from services.gateway.json_body import JSONBodyRoute
 from services.gateway.jobs import (
     build_job,
     failed_personas,
@@ -30,7 +31,7 @@ from services.gateway.jobs import (
 )
 from services.gateway.sse import Position, stream_job_events
 
-router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"])
+router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route_class=JSONBodyRoute)
 log = structlog.get_logger()
 
 
@@ -69,7 +70,7 @@ async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsRespo
 
 
 @router.post("/generate-final-prompts", status_code=202, response_model=GenerateFinalPromptsResponse,
-             response_model_exclude_none=True)
+             response_model_exclude_none=True, responses=responses(404, 413, 422))
 async def generate_final_prompts(
     body: GenerateFinalPromptsRequest, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
     waiter: WaiterDep,
@@ -80,9 +81,10 @@ async def generate_final_prompts(
 
 
 @router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,
-            responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "job already ended"}})
+            responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "job already ended"},
+                       **responses(404, 422)})
 async def prompt_generation_status(
-    job_id: str,
+    job_id: JobIdPath,
     event_log: EventLogDep,
     settings: SettingsDep,
     waiter: WaiterDep,
@@ -106,8 +108,8 @@ async def prompt_generation_status(
     )
 
 
-@router.get("/job-status/{job_id}", response_model=JobView)
-async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> JobView:
+@router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422))
+async def job_status(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep) -> JobView:
     """The polling alternative to SSE."""
     doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
     if doc is not None:
@@ -119,7 +121,7 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
     return job_view_from_log(requested.event, finished.event if finished else None)
 
 
-@router.get("/jobs", response_model=JobList)
+@router.get("/jobs", response_model=JobList, responses=responses(422))
 async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> JobList:
     """Recent jobs, newest first."""
     fields = ["status", "template_id", "template_data.title", "total_personas", "created_at", "finished_at",
@@ -143,8 +145,8 @@ async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> 
     ])
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView)
-async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep) -> JobView:
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView, responses=responses(404, 409, 413, 422))
+async def cancel_job(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep) -> JobView:
     """Stop a running job: no new LLM call starts; unfinished personas end ``cancelled``."""
     await _requested_seq(event_log, job_id)
     end = await finished_event(event_log, job_id)
@@ -157,9 +159,9 @@ async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, wai
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
-             response_model_exclude_none=True)
+             response_model_exclude_none=True, responses=responses(404, 409, 413, 422))
 async def retry_failed(
-    job_id: str, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, waiter: WaiterDep
+    job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, waiter: WaiterDep
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
     doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
@@ -177,8 +179,8 @@ async def retry_failed(
     return await start_job(event, event_log)
 
 
-@router.get("/jobs/{job_id}/events", response_model=JobEventHistory)
-async def job_events(job_id: str, event_log: EventLogDep) -> JobEventHistory:
+@router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422))
+async def job_events(job_id: JobIdPath, event_log: EventLogDep) -> JobEventHistory:
     """The job's full event history from the log, in order (for audit)."""
     start = await _requested_seq(event_log, job_id)
     return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, start))

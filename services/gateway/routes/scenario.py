@@ -8,7 +8,7 @@ import math
 import uuid
 
 import structlog
-from fastapi import APIRouter, Query
+from fastapi import APIRouter
 
 from contracts import subjects
 from contracts.api import (
@@ -21,14 +21,25 @@ from contracts.api import (
 )
 from contracts.domain import Persona, TemplateData
 from contracts.events import PersonaCreated, TemplateCreated
-from services.gateway.deps import EventLogDep, LimiterDep, ModelsDep, ProviderDep, SettingsDep, WaiterDep
-from services.gateway.errors import ApiError, not_found
+from services.gateway.deps import (
+    EventLogDep,
+    LimiterDep,
+    ModelsDep,
+    PersonaIdPath,
+    ProviderDep,
+    SettingsDep,
+    TemplateIdPath,
+    TemplateIdQuery,
+    WaiterDep,
+)
+from services.gateway.errors import ApiError, not_found, responses
+from services.gateway.json_body import JSONBodyRoute
 from services.gateway.jobs import load_template
 from services.llm.base import LLMError
 from services.llm.limits import estimated_tokens, limited
 from services.settings import Settings
 
-router = APIRouter(prefix="/scenario", tags=["templates and personas"])
+router = APIRouter(prefix="/scenario", tags=["templates and personas"], route_class=JSONBodyRoute)
 log = structlog.get_logger()
 
 
@@ -45,7 +56,8 @@ def _llm_failure(exc: LLMError) -> ApiError:
     return ApiError(504 if exc.code == "llm_timeout" else 502, exc.code, detail)
 
 
-@router.post("/analyze-scenario-enhanced", status_code=201, response_model=TemplateView)
+@router.post("/analyze-scenario-enhanced", status_code=201, response_model=TemplateView,
+             responses=responses(413, 422, 502, 503, 504))
 async def analyze_scenario(
     body: AnalyzeScenarioRequest,
     provider: ProviderDep,
@@ -68,13 +80,14 @@ async def analyze_scenario(
     return TemplateView(template_id=event.template_id, template_data=template_data, created_at=event.occurred_at)
 
 
-@router.get("/templates/{template_id}", response_model=TemplateView)
-async def get_template(template_id: str, models: ModelsDep) -> TemplateView:
+@router.get("/templates/{template_id}", response_model=TemplateView, responses=responses(404, 422))
+async def get_template(template_id: TemplateIdPath, models: ModelsDep) -> TemplateView:
     doc = await load_template(models, template_id)
     return TemplateView(template_id=template_id, template_data=doc["template_data"], created_at=doc.get("created_at"))
 
 
-@router.post("/generate-personas", status_code=201, response_model=GeneratePersonasResponse)
+@router.post("/generate-personas", status_code=201, response_model=GeneratePersonasResponse,
+             responses=responses(404, 413, 422, 502, 503, 504))
 async def generate_personas(
     body: GeneratePersonasRequest,
     provider: ProviderDep,
@@ -106,18 +119,17 @@ async def generate_personas(
     )
 
 
-@router.get("/personas/{persona_id}", response_model=PersonaView)
-async def get_persona(persona_id: str, models: ModelsDep) -> PersonaView:
+@router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422))
+async def get_persona(persona_id: PersonaIdPath, models: ModelsDep) -> PersonaView:
     doc = await models.personas.find_one({"_id": persona_id}) if subjects.is_valid_token(persona_id) else None
     if doc is None:
         raise not_found("persona", persona_id)
     return PersonaView.model_validate(doc)
 
 
-@router.get("/personas", response_model=PersonaList)
-async def list_personas(
-    models: ModelsDep, template_id: str = Query(..., description="The template whose personas to list")
-) -> PersonaList:
+@router.get("/personas", response_model=PersonaList, responses=responses(404, 422))
+async def list_personas(models: ModelsDep, template_id: TemplateIdQuery) -> PersonaList:
+    """The template's personas, oldest first."""
     await load_template(models, template_id)
     cursor = models.personas.find({"template_id": template_id}).sort("created_at", 1)
     return PersonaList(personas=[PersonaView.model_validate(d) async for d in cursor])

@@ -11,13 +11,15 @@ from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsResponse, V1PersonaPrompt
 from contracts.events import JobFinished
 from services.gateway.deps import EventLogDep, ModelsDep, SettingsDep, WaiterDep
-from services.gateway.errors import ApiError
+from services.gateway.errors import ApiError, responses
+from services.gateway.json_body import JSONBodyRoute
 from services.gateway.jobs import build_job
 
-router = APIRouter(prefix="/scenario", tags=["deprecated"])
+router = APIRouter(prefix="/scenario", tags=["deprecated"], route_class=JSONBodyRoute)
 
 
-@router.post("/generate-final-prompts", response_model=V1GenerateFinalPromptsResponse, deprecated=True)
+@router.post("/generate-final-prompts", response_model=V1GenerateFinalPromptsResponse, deprecated=True,
+             responses=responses(404, 413, 422, 504))
 async def generate_final_prompts_v1(
     body: GenerateFinalPromptsRequest,
     response: Response,

@@ -1,0 +1,49 @@
+"""The gateway's OpenAPI document, true to what the gateway does.
+
+Routes state their error statuses themselves (``errors.responses``); here, the
+parts no route can: limits that are settings (how many personas a job takes),
+and FastAPI's own 422 schema, which is not the body the gateway answers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from services.settings import Settings
+
+_REF = "#/components/schemas/"
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            _errors_are_error_bodies(doc)
+            _job_size(doc, settings.max_personas_per_job)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _errors_are_error_bodies(doc: dict[str, Any]) -> None:
+    """A route that did not state its 422 gets ours, never FastAPI's ``HTTPValidationError``."""
+    for path in doc.get("paths", {}).values():
+        for operation in path.values():
+            content = operation.get("responses", {}).get("422", {}).get("content", {})
+            schema = content.get("application/json", {}).get("schema", {})
+            if schema.get("$ref") == f"{_REF}HTTPValidationError":
+                schema["$ref"] = f"{_REF}ErrorBody"
+    schemas = doc.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)
+
+
+def _job_size(doc: dict[str, Any], max_personas: int) -> None:
+    """``PROMPTGEN_MAX_PERSONAS_PER_JOB``, as the request's schema."""
+    request = doc["components"]["schemas"]["GenerateFinalPromptsRequest"]["properties"]
+    request["persona_ids"]["maxItems"] = max_personas
+    request["mode_mapping"]["maxProperties"] = max_personas

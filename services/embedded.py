@@ -31,7 +31,7 @@ def _venv_bin(name: str) -> str:
     return found
 
 
-def nats_config(data_dir: Path, port: int) -> Path:
+def nats_config(data_dir: Path, port: int, max_payload: str = "8MB") -> Path:
     """A JetStream config: loopback only, file storage, fsync before every ack."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "nats.conf"
@@ -40,7 +40,7 @@ def nats_config(data_dir: Path, port: int) -> Path:
         f"""# written by promptgen up
 listen: 127.0.0.1:{port}
 server_name: promptgen-embedded
-max_payload: 8MB
+max_payload: {max_payload}
 jetstream {{
   store_dir: "{store}"
   # An acknowledged event is on disk: no window of loss in a crash.

@@ -41,9 +41,9 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
 class NatsServer:
     """A nats-server we own: can be stopped and started again on the same port and data."""
 
-    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, max_payload: str = "8MB") -> None:
         self.port = port or embedded.free_port()
-        self.conf = embedded.nats_config(data_dir, self.port)
+        self.conf = embedded.nats_config(data_dir, self.port, max_payload)
         self.proc: subprocess.Popen | None = None
 
     @property

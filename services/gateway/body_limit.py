@@ -70,6 +70,8 @@ class BodySizeLimit:
             detail=f"The request body is larger than this server accepts ({self.max_bytes} bytes)",
             code="body_too_large", field="body",
         )
-        # Connection: close, so the client stops sending a body nobody will read.
-        response = JSONResponse(body.model_dump(exclude_none=True), status_code=413, headers={"Connection": "close"})
+        # No "Connection: close": the server would close with unread bytes and the kernel answer them
+        # with a reset, which can reach the client before this response. Kept open, uvicorn drops
+        # the rest of the body as it arrives, without holding it.
+        response = JSONResponse(body.model_dump(exclude_none=True), status_code=413)
         await response(scope, receive, send)

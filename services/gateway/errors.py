@@ -67,7 +67,10 @@ _EVENT_CONTENTS = {
 
 
 def _field(loc: tuple, extra: str | None = None) -> str:
-    parts = [shorten(str(p), FIELD_PART_CHARS) for p in loc if p != "body"]
+    """A field as the client names it: ``count``, ``job_id``, ``avatars.0.name`` (no "body", "path"...)."""
+    if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
+        loc = loc[1:]
+    parts = [shorten(str(p), FIELD_PART_CHARS) for p in loc]
     if extra:
         parts.append(extra)
     return ".".join(parts) or "body"

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import json
+
+import httpx
 import pytest
 
+from tests.conftest import InProcessSystem
 from tests.flows import create_personas, create_template
 
 
@@ -99,3 +104,121 @@ async def test_extra_mode_mapping_entries_are_allowed_for_retries(client, templa
     r = await client.post("/scenario/v2/generate-final-prompts", json=_body(template_id, ids[:1],
                                                                             {i: "try_mode" for i in ids}))
     assert r.status_code == 202 and r.json()["persona_count"] == 1
+
+
+# --- the guarded door: what cannot be stored never gets in --------------------------------------
+
+
+def _nested(depth: int) -> list:
+    return functools.reduce(lambda inner, _: [inner], range(depth - 1), [1])
+
+
+async def test_free_form_values_mongodb_cannot_store_are_refused_naming_the_place(client, event_log):
+    before = await event_log.last_seq()
+    cases = [
+        # the anonymous ~420-byte request that used to stop the projector forever
+        ({"avatars": _nested(220)}, "avatars.0.0.0.0.0.0", "nested deeper than 6 levels"),
+        ({"avatars": [{"a\u0000b": 1}]}, "avatars.0.a\\x00b", "NUL"),
+        ({"avatars": [{"$set": {"x": 1}}]}, "avatars.0.$set", "'$'"),
+        ({"languages": [{"en": {"a.b": 1}}]}, "languages.0.en.a.b", "'.'"),
+        ({"avatars": [{"": 1}]}, "avatars.0.", "empty"),
+        ({"avatars": [{"k" * 129: 1}]}, "avatars.0.kkk", "at most 128 characters"),
+        ({"avatars": [2**64]}, "avatars.0", "numbers must be between"),
+        ({"avatars": list(range(1001))}, "avatars", "at most 1000 items"),
+        ({"avatars": ["s" * 10_001]}, "avatars.0", "at most 10000 characters"),
+    ]
+    for fields, field, words in cases:
+        r = await client.post("/avatar-interactions", json={"mode": "learn_mode", **fields})
+        assert r.status_code == 422, (field, r.text)
+        err = r.json()
+        assert err["code"] == "invalid_request" and err["field"].startswith(field), (field, err)
+        assert words in err["detail"], (field, err)
+    assert await event_log.last_seq() == before
+    # What can be stored still is, exactly as given.
+    avatars = [{"name": "Ava", "voice": {"pitch": 1.5, "tags": ["calm", None, True]}}, "a2", _nested(5)]
+    r = await client.post("/avatar-interactions", json={"mode": "learn_mode", "avatars": avatars})
+    assert r.status_code == 201, r.text
+    assert (await client.get(f"/avatar-interactions/{r.json()['id']}")).json()["avatars"] == avatars
+
+
+@pytest.fixture
+async def small_door(settings, models):
+    """The whole system with a 64 KiB body limit: bodies over it stay small enough for the socket
+    buffers, so the client reads the 413 instead of a reset."""
+    settings.max_body_bytes = 64 * 1024
+    system = await InProcessSystem(settings).start()
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as c:
+        yield c
+    await system.close()
+
+
+async def test_a_body_over_the_limit_is_413_and_publishes_nothing(small_door, event_log):
+    before = await event_log.last_seq()
+    document = {"scenario_document": "# A scenario\n" + "x" * 100_000}
+    r = await small_door.post("/scenario/analyze-scenario-enhanced", json=document)
+    assert r.status_code == 413, r.text
+    assert r.json() == {"detail": f"The request body is larger than this server accepts ({64 * 1024} bytes)",
+                        "code": "body_too_large", "field": "body"}
+    # An endpoint that never reads its body is refused all the same: the declared length is enough.
+    r = await small_door.post("/scenario/v2/jobs/some-job/cancel", content=b"x" * 100_000)
+    assert r.status_code == 413 and r.json()["code"] == "body_too_large"
+    assert await event_log.last_seq() == before
+
+
+async def test_a_chunked_body_over_the_limit_is_413_and_publishes_nothing(small_door, event_log):
+    async def chunks():  # no Content-Length: counted as it arrives
+        yield b'{"mode": "learn_mode", "avatars": ['
+        for _ in range(20):
+            yield b'"' + b"a" * 5000 + b'", '
+        yield b'"end"]}'
+
+    before = await event_log.last_seq()
+    r = await small_door.post("/avatar-interactions", content=chunks(), headers={"content-type": "application/json"})
+    assert r.request.headers.get("transfer-encoding") == "chunked"
+    assert r.status_code == 413 and r.json()["code"] == "body_too_large", r.text
+    assert await event_log.last_seq() == before
+    r = await small_door.post("/avatar-interactions", json={"mode": "learn_mode", "avatars": ["a1"]})
+    assert r.status_code == 201, r.text
+
+
+async def test_bodies_that_are_not_json_we_can_store_are_422(client, event_log):
+    before = await event_log.last_seq()
+    cases = [
+        (b'{"scenario_document": "\xff\xfe"}', "body", "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "body", "nested too deeply"),
+        (b'{"scenario_document": "a' + b"1" * 5000 + b'", "x": ' + b"1" * 5000 + b"}", "body", "digits"),
+        (json.dumps({"scenario_document": "# Title\nlone \ud800 surrogate"}).encode(), "scenario_document",
+         "lone surrogate"),
+    ]
+    for content, field, words in cases:
+        r = await client.post("/scenario/analyze-scenario-enhanced", content=content,
+                              headers={"content-type": "application/json"})
+        assert r.status_code == 422, (words, r.text[:300])
+        assert r.json()["field"] == field and words in r.json()["detail"], r.json()
+    assert await event_log.last_seq() == before
+
+
+async def test_an_error_echoes_at_most_a_short_piece_of_the_input(client):
+    r = await client.post("/scenario/generate-personas",
+                          json={"template_id": "t1", "persona_type": "x", "count": "9" * 500_000})
+    assert r.status_code == 422 and r.json()["field"] == "count"
+    assert len(r.content) < 2000 and "…" in r.json()["detail"]
+    r = await client.post("/scenario/v2/generate-final-prompts",
+                          json={"template_id": "t1", "persona_ids": ["p1"], "mode_mapping": {"k." * 200_000: "x"}})
+    assert r.status_code == 422 and r.json()["field"].startswith("mode_mapping.k.k.")
+    assert len(r.content) < 4000
+
+
+async def test_a_malformed_id_is_422_naming_it_wherever_it_is(client):
+    """Ids are tokens (letters, digits, '-', '_'); a malformed one is a 422, a well-formed unknown one a 404."""
+    for path, field in [("/scenario/templates/bad.id", "template_id"), ("/scenario/personas/a%20b", "persona_id"),
+                        ("/scenario/v2/job-status/j%0A", "job_id"), ("/avatar-interactions/x$y", "interaction_id")]:
+        r = await client.get(path)
+        assert r.status_code == 422 and r.json()["field"] == field, (path, r.text)
+    r = await client.get("/scenario/personas", params={"template_id": "a/b"})
+    assert r.status_code == 422 and r.json()["field"] == "template_id"
+    r = await client.post("/scenario/v2/generate-final-prompts",
+                          json={"template_id": "t 1", "persona_ids": ["p1"], "mode_mapping": {"p1": "try_mode"}})
+    assert r.status_code == 422 and r.json()["field"] == "template_id"
+    r = await client.post("/avatar-interactions", json={"mode": "try_mode", "persona_id": "p.1"})
+    assert r.status_code == 422 and r.json()["field"] == "persona_id"

@@ -2,7 +2,7 @@
 
 A request or an LLM answer becomes an event, the event a MongoDB document. A
 value neither can hold (a key MongoDB refuses inside an update, a lone
-surrogate that UTF-8 cannot encode, an integer wider than 64 bits, a document
+surrogate that UTF-8 cannot encode, an integer BSON cannot store, a document
 nesting deeper than anything needs) must be refused where it enters, naming the
 field, and never reach the log: there it would stop every consumer that tries
 to store it.
@@ -24,7 +24,9 @@ from typing_extensions import TypeAliasType
 
 from contracts.subjects import TOKEN_PATTERN
 
-MAX_DEPTH = 6  # containers inside one free-form value, its own included
+# Containers inside one free-form value, its own included: deeper than any avatar list or persona
+# detail needs. (Each level doubles the boundary cases a schema-driven test must try.)
+MAX_DEPTH = 6
 MAX_ITEMS = 1000  # per list
 MAX_KEYS = 200  # per object
 MAX_KEY_LENGTH = 128
@@ -39,7 +41,7 @@ MAX_SAFE_NUMBER = 2**53 - 1
 # not an operator ("$..."), no "." (a path separator).
 KEY_PATTERN = r"^[^$.\x00][^.\x00]*$"
 
-ID_DESCRIPTION = "An id: letters, digits, '-' and '_' (it becomes part of NATS subjects)."
+ID_DESCRIPTION = "An id: 1 to 128 letters, digits, '-' or '_' (ids become parts of NATS subjects)."
 
 
 # --- plain text and ids -------------------------------------------------------------------------
@@ -71,11 +73,11 @@ def _refuse(where: list[str | int], problem: str) -> PydanticCustomError:
 
 
 def _path(where: list[str | int]) -> str:
-    return ".".join(_printable(str(part)) for part in where)
+    return ".".join(printable(str(part), 40) for part in where)
 
 
-def _printable(text: str, limit: int = 40) -> str:
-    """``text`` fit to be quoted in an error: control characters escaped, cut at ``limit``."""
+def printable(text: str, limit: int) -> str:
+    """``text`` fit to quote in an error: control characters and lone surrogates escaped, cut at ``limit``."""
     shown = text if text.isprintable() else text.encode("unicode_escape", "backslashreplace").decode("ascii")
     return shown if len(shown) <= limit else shown[:limit] + "…"
 
@@ -140,7 +142,7 @@ def check_free_form(value: list | dict) -> None:
                 children = list(item.items())
             for key, child in children:
                 if isinstance(item, dict) and (problem := _key_problem(key)):
-                    raise _refuse([*where, key], f"{problem}: '{_printable(str(key))}'")
+                    raise _refuse([*where, key], f"{problem}: '{printable(str(key), 40)}'")
                 size += 2 + len(str(key).encode("utf-8"))  # type byte, key, NUL
                 pending.append((child, [*where, key], depth + 1))
         else:
@@ -187,14 +189,18 @@ def _schema_levels() -> list[Any]:
         None, bool, Annotated[float, Field(ge=-MAX_SAFE_NUMBER, le=MAX_SAFE_NUMBER)],
         Annotated[str, StringConstraints(max_length=MAX_STRING_LENGTH)],
     ]
-    levels: list[Any] = [TypeAliasType("FreeFormScalar", Annotated[Union[tuple(scalars)], _OneSchema()])]  # noqa: UP007
+
+    def level(name: str, members: list[Any]) -> Any:
+        return TypeAliasType(name, Annotated[Union[tuple(members)], _OneSchema()])  # noqa: UP007
+
+    levels = [level("FreeFormScalar", scalars)]
     for depth in range(1, MAX_DEPTH):
         inner = levels[-1]
-        containers = [
+        levels.append(level(f"FreeFormDepth{depth}", [
+            *scalars,
             Annotated[list[inner], Field(max_length=MAX_ITEMS)],  # type: ignore[valid-type]
             Annotated[dict[Key, inner], Field(max_length=MAX_KEYS), PatternKeys()],  # type: ignore[valid-type]
-        ]
-        levels.append(TypeAliasType(f"FreeFormDepth{depth}", Annotated[Union[tuple(scalars + containers)], _OneSchema()]))  # noqa: UP007
+        ]))
     return levels
 
 
@@ -213,8 +219,10 @@ def _validator(shape: type, name: str) -> PlainValidator:
         return value
 
     inner = _LEVELS[-1]
-    documented = (Annotated[list[inner], Field(max_length=MAX_ITEMS)] if shape is list  # type: ignore[valid-type]
-                  else Annotated[dict[Key, inner], Field(max_length=MAX_KEYS), PatternKeys()])  # type: ignore[valid-type]
+    if shape is list:
+        documented: Any = Annotated[list[inner], Field(max_length=MAX_ITEMS)]  # type: ignore[valid-type]
+    else:
+        documented = Annotated[dict[Key, inner], Field(max_length=MAX_KEYS), PatternKeys()]  # type: ignore[valid-type]
     return PlainValidator(validate, json_schema_input_type=documented)
 
 

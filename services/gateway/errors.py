@@ -15,9 +15,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from contracts.api import ErrorBody, FieldError
+from contracts.limits import NOT_BLANK, printable
+from contracts.subjects import TOKEN_PATTERN
 from services.bus import EventTooLarge
 
 ECHO_CHARS = 200  # of a value quoted back in a message
+MESSAGE_CHARS = 500  # of one validation message
 FIELD_PART_CHARS = 64  # of one part of a field path (a dict key can be anything)
 MAX_LISTED_ERRORS = 20
 
@@ -50,13 +53,6 @@ def listed(items: list[str], at_most: int = 10) -> str:
     return shown if len(items) <= at_most else f"{shown} and {len(items) - at_most} more"
 
 
-def shorten(text: str, limit: int = ECHO_CHARS) -> str:
-    """``text`` safe to quote: control characters and lone surrogates escaped, cut at ``limit``."""
-    if not text.isprintable():
-        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
-    return text if len(text) <= limit else text[:limit] + "…"
-
-
 # What each kind of event holds, for a client told it is too large.
 _EVENT_CONTENTS = {
     "template.created": ("the template (the scenario document and its analysis)", "scenario_document"),
@@ -70,7 +66,7 @@ def _field(loc: tuple, extra: str | None = None) -> str:
     """A field as the client names it: ``count``, ``job_id``, ``avatars.0.name`` (no "body", "path"...)."""
     if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
         loc = loc[1:]
-    parts = [shorten(str(p), FIELD_PART_CHARS) for p in loc]
+    parts = [printable(str(p), FIELD_PART_CHARS) for p in loc]
     if extra:
         parts.append(extra)
     return ".".join(parts) or "body"
@@ -78,11 +74,28 @@ def _field(loc: tuple, extra: str | None = None) -> str:
 
 def _where(error: dict[str, Any]) -> str:
     """The error's field; for a free-form value, down to the place inside it."""
+    if error.get("type") == "json_invalid":
+        return "body"
     return _field(tuple(error.get("loc", ())), (error.get("ctx") or {}).get("where"))
 
 
+# Pydantic's message for a pattern says the pattern; for ours, say what it means.
+_PATTERN_MEANS = {
+    NOT_BLANK: "must contain something other than whitespace",
+    TOKEN_PATTERN: "must be an id: 1 to 128 letters, digits, '-' or '_'",
+}
+
+
+def _message(error: dict[str, Any]) -> str:
+    """The error's message, short (a message may list what it refuses)."""
+    if error.get("type") == "string_pattern_mismatch":
+        if meaning := _PATTERN_MEANS.get((error.get("ctx") or {}).get("pattern")):
+            return meaning
+    return printable(str(error.get("msg", "invalid value")).removeprefix("Value error, "), MESSAGE_CHARS)
+
+
 def _validation_detail(error: dict[str, Any], field: str) -> str:
-    msg = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    msg = _message(error)
     if error.get("type") == "json_invalid":
         reason = (error.get("ctx") or {}).get("error") or msg
         return f"Request body is not valid JSON: {reason}"
@@ -90,7 +103,7 @@ def _validation_detail(error: dict[str, Any], field: str) -> str:
     given = error.get("input")
     # Quote only a short scalar: a structure may be megabytes, and says less than the field.
     if isinstance(given, str | int | float) and not isinstance(given, bool) and error.get("type") != "missing":
-        detail += f" (got {shorten(repr(given))})"
+        detail += f" (got {printable(repr(given), ECHO_CHARS)})"
     return detail
 
 
@@ -103,11 +116,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors() or [{"loc": ("body",), "msg": "invalid request"}]
         first = errors[0]
-        field = "body" if first.get("type") == "json_invalid" else _where(first)
+        field = _where(first)
         body = ErrorBody(
             detail=_validation_detail(first, field), code="invalid_request", field=field,
-            errors=[FieldError(field=_where(e), message=shorten(str(e.get("msg", "")), ECHO_CHARS))
-                    for e in errors[:MAX_LISTED_ERRORS]],
+            errors=[FieldError(field=_where(e), message=_message(e)) for e in errors[:MAX_LISTED_ERRORS]],
         )
         return JSONResponse(body.model_dump(exclude_none=True), status_code=422)
 
@@ -135,7 +147,7 @@ _ERROR_DOCS: dict[int, str] = {
     404: "An id names nothing (the ids at fault are in `ids`)",
     409: "The job is in a state that does not allow this",
     413: "The request body, or the event it would make, is larger than the server takes",
-    422: "The request is invalid; `field` names where, `errors` lists every invalid field",
+    422: "The request is invalid; `field` names where, `errors` lists the invalid fields (at most 20)",
     502: "The language model failed (`code` is the LLM error code)",
     503: "The language model is rate limited: try again after `Retry-After` seconds",
     504: "The language model, or the job, did not finish in time",

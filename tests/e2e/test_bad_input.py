@@ -215,6 +215,7 @@ async def test_a_malformed_id_is_422_naming_it_wherever_it_is(client):
                         ("/scenario/v2/job-status/j%0A", "job_id"), ("/avatar-interactions/x$y", "interaction_id")]:
         r = await client.get(path)
         assert r.status_code == 422 and r.json()["field"] == field, (path, r.text)
+        assert "must be an id" in r.json()["detail"]
     r = await client.get("/scenario/personas", params={"template_id": "a/b"})
     assert r.status_code == 422 and r.json()["field"] == "template_id"
     r = await client.post("/scenario/v2/generate-final-prompts",

@@ -21,7 +21,7 @@ def test_every_error_status_is_documented_with_our_error_body():
     assert error_body["properties"]["errors"]["anyOf"][0]["items"] == {"$ref": "#/components/schemas/FieldError"}
     for name, method, operation in _operations(doc):
         errors = {status: r for status, r in operation["responses"].items() if status >= "400"}
-        for status, response in errors.items():
+        for response in errors.values():
             assert response["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorBody"}, name
         if operation.get("parameters") or operation.get("requestBody"):
             assert "422" in errors, name

@@ -19,7 +19,6 @@ from contracts.events import JobCancelRequested, JobRequested
 from services.audit import job_history
 from services.gateway.deps import EventLogDep, FeedsDep, JobIdPath, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, not_found, responses
-from services.gateway.json_body import JSONBodyRoute
 from services.gateway.jobs import (
     build_job,
     failed_personas,
@@ -29,6 +28,7 @@ from services.gateway.jobs import (
     job_view_from_log,
     sse_endpoint,
 )
+from services.gateway.json_body import JSONBodyRoute
 from services.gateway.sse import Position, stream_job_events
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route_class=JSONBodyRoute)

@@ -33,8 +33,8 @@ from services.gateway.deps import (
     WaiterDep,
 )
 from services.gateway.errors import ApiError, not_found, responses
-from services.gateway.json_body import JSONBodyRoute
 from services.gateway.jobs import load_template
+from services.gateway.json_body import JSONBodyRoute
 from services.llm.base import LLMError
 from services.llm.limits import estimated_tokens, limited
 from services.settings import Settings

@@ -12,8 +12,8 @@ from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsRes
 from contracts.events import JobFinished
 from services.gateway.deps import EventLogDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, responses
-from services.gateway.json_body import JSONBodyRoute
 from services.gateway.jobs import build_job
+from services.gateway.json_body import JSONBodyRoute
 
 router = APIRouter(prefix="/scenario", tags=["deprecated"], route_class=JSONBodyRoute)
 

@@ -8,4 +8,5 @@ events depends on this package alone:
 * :mod:`contracts.subjects`: the NATS subjects events live on.
 * :mod:`contracts.api`: HTTP request and response bodies.
 * :mod:`contracts.sse`: the three Server-Sent Event messages.
+* :mod:`contracts.limits`: the caps on every value from outside (free-form values, ids, text).
 """

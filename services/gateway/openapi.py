@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 
 from services.settings import Settings
 
@@ -18,12 +17,13 @@ _REF = "#/components/schemas/"
 
 
 def install_openapi(app: FastAPI, settings: Settings) -> None:
+    generate = app.openapi  # FastAPI's own, which caches its document in app.openapi_schema
+
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            doc = generate()
             _errors_are_error_bodies(doc)
             _job_size(doc, settings.max_personas_per_job)
-            app.openapi_schema = doc
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

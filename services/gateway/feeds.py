@@ -83,7 +83,7 @@ class JobFeeds:
             self._task.cancel()
 
     async def _dispatch(self, sub) -> None:
-        from services.bus import _stored  # one decoder for the whole gateway
+        from services.bus import stored_message  # one decoder for the whole gateway
 
         while True:
             try:
@@ -93,7 +93,7 @@ class JobFeeds:
                 continue
             channel = self.channels.get(msg.subject.split(".", 3)[2])
             if channel is not None:
-                await channel.add(_stored(msg))
+                await channel.add(stored_message(msg))
 
     async def _load(self, channel: JobChannel, start_seq: int) -> None:
         try:

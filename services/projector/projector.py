@@ -113,8 +113,13 @@ class Projector:
             if event is None:
                 await self._unreadable(stored)
                 continue
+            try:
+                ops = writes_for(event, stored.seq, self.job_retention)
+            except Exception as exc:  # noqa: BLE001 - an event no projection can express (a date out of range)
+                await self.parked.park(PROJECTOR, stored, "unstorable", exc)
+                continue
             readable.append(stored)
-            for collection, op in writes_for(event, stored.seq, self.job_retention):
+            for collection, op in ops:
                 writes[collection].append(op)
             if isinstance(event, PersonaCompleted | PersonaFailed):
                 jobs.add(event.job_id)

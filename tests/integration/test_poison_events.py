@@ -220,3 +220,23 @@ async def test_promptgen_parked_lists_and_reapplies_from_the_command_line(client
     assert code == 0 and json.loads(line)["seq"] == junk and json.loads(line)["consumer"] == "projector"
     code, _, err = await promptgen("parked", "reapply", "projector", str(junk))
     assert code == 1 and "still parked" in err and str(junk) in err  # no fix deployed: it stays
+
+
+async def test_replay_and_the_events_endpoint_show_what_they_cannot_read(client, event_log, settings,
+                                                                         scenario_document):
+    from services.replay import show_job_history
+
+    template_id = await create_template(client, scenario_document)
+    personas = await create_personas(client, template_id, 1)
+    job = await start_job(client, template_id, cycle_modes([personas[0]["id"]]))
+    junk = await _raw(event_log, subjects.job_persona(job["job_id"], "x", "progress"), b"\x00junk")
+    future = await _raw(event_log, subjects.job_persona(job["job_id"], "x", "rated"),
+                        json.dumps({"type": "persona.rated", "job_id": job["job_id"]}).encode())
+    await read_sse(client, job["sse_endpoint"])
+    r = await client.get(f"/scenario/v2/jobs/{job['job_id']}/events")
+    assert r.status_code == 200
+    by_seq = {e["seq"]: e for e in r.json()["events"]}
+    assert by_seq[junk]["type"] == "undecodable" and "not JSON" in by_seq[junk]["error"]
+    assert by_seq[future]["type"] == "persona.rated" and by_seq[future]["status"] == "unknown"
+    assert r.json()["events"][-1]["type"] == "job.completed"
+    assert await show_job_history(settings, job["job_id"], as_json=True) == 0

@@ -5,8 +5,18 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
 
 import structlog
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The production clock (services take a :data:`Clock`, so tests can hold time still)."""
+    return datetime.now(UTC)
 
 
 def stop_event() -> asyncio.Event:

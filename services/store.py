@@ -5,6 +5,7 @@ Only the projector writes here; the gateway reads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,12 @@ def mongo_client(settings: Settings) -> AsyncMongoClient:
         retryWrites=True,
         appname="promptgen",
     )
+
+
+def open_read_models(settings: Settings) -> tuple[ReadModels, Callable[[], Awaitable[None]]]:
+    """The read models of ``settings``' database, and how to close their connection."""
+    client = mongo_client(settings)
+    return ReadModels(client[settings.mongo_db]), client.close
 
 
 @dataclass(frozen=True)

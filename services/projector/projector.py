@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict, defaultdict
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -31,6 +31,7 @@ from contracts.events import (
 from services.bus import EventLog, StoredEvent
 from services.failures import Unstorable, durably
 from services.parking import ParkedEvents
+from services.runtime import Clock, utc_now
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
@@ -88,7 +89,9 @@ class Projector:
         manage_jobs: bool = True,
         job_retention: timedelta = timedelta(days=7),
         parked: ParkedEvents | None = None,
+        clock: Clock = utc_now,
     ) -> None:
+        self.clock = clock
         self.log = event_log
         self.parked = parked or ParkedEvents(event_log)
         self.skipped = 0  # events of a type or version this code does not know
@@ -216,7 +219,7 @@ class Projector:
         cannot be decided or stored is parked (``strict``: raised) and the others go on."""
         if not self.manage_jobs:
             return
-        now = datetime.now(UTC)
+        now = self.clock()
         forced = set(forced)
         for job_id in [*job_ids, *forced]:
             try:
@@ -263,7 +266,7 @@ class Projector:
         await self.examine(await durably(open_jobs, what="open jobs"))
 
     async def expire_overdue(self) -> None:
-        now = datetime.now(UTC)
+        now = self.clock()
         cursor = self.models.jobs.find({"status": "processing", "deadline": {"$lte": now}}, {"_id": 1})
         await self.examine((), forced=[doc["_id"] async for doc in cursor])
 

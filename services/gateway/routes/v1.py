@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsResponse, V1PersonaPrompt
 from contracts.events import JobFinished
-from services.gateway.deps import EventLogDep, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.deps import ClockDep, EventLogDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError
 from services.gateway.jobs import build_job
 
@@ -25,11 +25,12 @@ async def generate_final_prompts_v1(
     event_log: EventLogDep,
     settings: SettingsDep,
     waiter: WaiterDep,
+    clock: ClockDep,
 ) -> V1GenerateFinalPromptsResponse:
     """Deprecated: waits for every prompt. Use ``/scenario/v2/generate-final-prompts``."""
     response.headers["Deprecation"] = "true"
     response.headers["Link"] = '</scenario/v2/generate-final-prompts>; rel="successor-version"'
-    job = await build_job(body, models=models, settings=settings)
+    job = await build_job(body, models=models, settings=settings, clock=clock)
     start = await event_log.publish(job)
     end = await _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds)
     await waiter.wait_for(end[0])

@@ -62,9 +62,9 @@ async def _remote(event_log: EventLog, progress) -> dict:
 
 
 async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
-    service = await bootstrap(settings, event_log=event_log, manage_jobs=False)
+    service = await bootstrap(settings, event_log=event_log)
     try:
-        return {"position": await service.projector.rebuild(progress)}
+        return {"position": await service.fold.rebuild(progress)}
     finally:
         await service.aclose()
 

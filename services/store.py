@@ -16,6 +16,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.settings import Settings
 
 CHECKPOINT_ID = "checkpoint"
+# Positions of consumers other than the fold (the job manager): not a read model, so a
+# rebuild keeps them.
+POSITIONS = "consumer_positions"
 READ_MODELS = ("templates", "personas_v2", "prompt_jobs", "prompt_job_personas", "avatar_interactions")
 
 
@@ -84,6 +87,13 @@ class ReadModels:
         await self.state.update_one(
             {"_id": CHECKPOINT_ID}, {"$max": {"seq": seq}}, upsert=True
         )
+
+    async def position(self, consumer: str) -> int:
+        doc = await self.db[POSITIONS].find_one({"_id": consumer})
+        return int(doc["seq"]) if doc else 0
+
+    async def save_position(self, consumer: str, seq: int) -> None:
+        await self.db[POSITIONS].update_one({"_id": consumer}, {"$max": {"seq": seq}}, upsert=True)
 
     async def ensure_indexes(self) -> None:
         await self.personas.create_index([("template_id", ASCENDING)])

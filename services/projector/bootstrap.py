@@ -15,7 +15,8 @@ import structlog
 
 from services.bus import EventLog
 from services.parking import ParkedEvents
-from services.projector.projector import JOB_MANAGER, PROJECTOR, Projector
+from services.projector.fold import PROJECTOR, Fold
+from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
 from services.runtime import Clock, announce_ready, cancel_and_wait, utc_now
 from services.settings import Settings
@@ -30,30 +31,37 @@ class ProjectorService:
     event_log: EventLog
     models: ReadModels
     parked: ParkedEvents
-    projector: Projector
+    fold: Fold
+    job_manager: JobManager
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold the log, decide jobs, answer rebuild and re-apply requests, until ``stop``."""
-        projector = self.projector
         await self.models.ensure_indexes()
         await self.parked.ensure()
-        task = asyncio.create_task(projector.run(stop, sweep_seconds=self.settings.expiry_sweep_seconds))
-        await serve_rebuild_requests(self.event_log, projector.rebuild)
-        for consumer in (PROJECTOR, JOB_MANAGER):
-            await self.parked.serve(consumer, projector.reapply)
+        tasks = [
+            asyncio.create_task(self.fold.run(stop), name="fold"),
+            asyncio.create_task(self.job_manager.run(stop, sweep_seconds=self.settings.expiry_sweep_seconds),
+                                name="job-manager"),
+        ]
+        await serve_rebuild_requests(self.event_log, self.fold.rebuild)
+        await self.parked.serve(PROJECTOR, self.fold.reapply)
+        await self.parked.serve(JOB_MANAGER, self.job_manager.reapply)
         announce_ready(checkpoint=await self.models.checkpoint())
         try:
-            await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-            if task.done() and task.exception():
-                raise task.exception()
+            done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
+                                         return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task in tasks and task.exception():
+                    raise task.exception()
         finally:
-            await cancel_and_wait(task)
+            for task in tasks:
+                await cancel_and_wait(task)
 
     async def aclose(self) -> None:
         for close in reversed(self.closers):
             await close()
-        log.info("service_stopped", position=self.projector.position)
+        log.info("service_stopped", position=self.fold.position)
 
 
 async def bootstrap(
@@ -62,7 +70,6 @@ async def bootstrap(
     event_log: EventLog | None = None,
     models: ReadModels | None = None,
     clock: Clock = utc_now,
-    manage_jobs: bool = True,
 ) -> ProjectorService:
     closers: list[Callable[[], Awaitable[None]]] = []
     if models is None:
@@ -72,6 +79,7 @@ async def bootstrap(
         event_log = await EventLog.connect(settings, "promptgen-projector")
         closers.append(event_log.close)
     parked = ParkedEvents(event_log)
-    projector = Projector(event_log, models, job_retention=timedelta(days=settings.job_retention_days),
-                          parked=parked, clock=clock, manage_jobs=manage_jobs)
-    return ProjectorService(settings, event_log, models, parked, projector, closers)
+    job_manager = JobManager(event_log, models, parked=parked, clock=clock)
+    fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
+                on_reapplied=job_manager.decide)
+    return ProjectorService(settings, event_log, models, parked, fold, job_manager, closers)

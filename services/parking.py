@@ -48,7 +48,6 @@ class NoConsumerRunning(Exception):
 class ParkedEvents:
     def __init__(self, event_log: EventLog) -> None:
         self.event_log = event_log
-        self.js = event_log.js
         self.stream = f"{event_log.stream}_PARKED"
         self._prefix = f"promptgen_parked.{event_log.stream}"
         self._ensured = False
@@ -93,8 +92,8 @@ class ParkedEvents:
 
     async def _store(self, record: ParkedEvent) -> None:
         await self.ensure()
-        await self.js.publish(self._subject(record.consumer, record.seq), record.model_dump_json().encode(),
-                              stream=self.stream)
+        await self.event_log.publish_to(self.stream, self._subject(record.consumer, record.seq),
+                                        record.model_dump_json().encode())
         log.error("event_parked", consumer=record.consumer, seq=record.seq, subject=record.subject,
                   error_kind=record.error_kind, error=record.error, first_bytes=record.first_bytes[:200],
                   job_id=record.job_id, persona_id=record.persona_id)
@@ -110,11 +109,10 @@ class ParkedEvents:
         return sorted(records, key=lambda r: (r.consumer, r.seq))
 
     async def remove(self, consumer: str, seq: int) -> None:
-        await self.js.purge_stream(self.stream, subject=self._subject(consumer, seq))
+        await self.event_log.purge(self.stream, self._subject(consumer, seq))
 
     async def serve(self, consumer: str, reapply: Reapply) -> None:
         """Answer re-apply requests for ``consumer`` (one replica answers each request)."""
-        nc = self.event_log.nc
 
         async def on_request(msg) -> None:
             try:
@@ -134,7 +132,7 @@ class ParkedEvents:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        await nc.subscribe(CONTROL.format(consumer=consumer), queue="reapply", cb=on_message)
+        await self.event_log.subscribe(CONTROL.format(consumer=consumer), on_message, queue="reapply")
 
     async def reapply(self, consumer: str, reapply: Reapply, seqs: set[int] | None) -> ReapplyResult:
         done: list[int] = []
@@ -159,8 +157,8 @@ async def request_reapply(event_log: EventLog, consumer: str, seqs: list[int] | 
                           timeout: float = 120) -> ReapplyResult:
     """Ask the running ``consumer`` to re-apply its parked events (all, or ``seqs``)."""
     try:
-        msg = await event_log.nc.request(CONTROL.format(consumer=consumer),
-                                         json.dumps({"seqs": seqs}).encode(), timeout=timeout)
+        msg = await event_log.request(CONTROL.format(consumer=consumer), json.dumps({"seqs": seqs}).encode(),
+                                      timeout=timeout)
     except NoRespondersError as exc:
         raise NoConsumerRunning(f"no {consumer} is running to re-apply its parked events") from exc
     answer = json.loads(msg.data)

@@ -61,7 +61,7 @@ async def bootstrap(
         provider = build_provider(settings)
         closers.append(provider.aclose)
     # template analysis and persona generation take their turns from the same LLM caps
-    limiter = await open_limiter(event_log.js, settings, provider.name)
+    limiter = await open_limiter(event_log, settings, provider.name)
     parked = ParkedEvents(event_log)
     await parked.ensure()
     feeds = JobFeeds(event_log)

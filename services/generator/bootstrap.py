@@ -88,7 +88,7 @@ async def bootstrap(
     if event_log is None:
         event_log = await EventLog.connect(settings, "promptgen-generator")
         closers.append(event_log.close)
-    limiter = await open_limiter(event_log.js, settings, provider.name)
+    limiter = await open_limiter(event_log, settings, provider.name)
     parked = ParkedEvents(event_log)
     await parked.ensure()
     pool = WorkerPool(event_log, provider, settings, limiter, parked, clock=clock)

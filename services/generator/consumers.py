@@ -117,7 +117,7 @@ class Cancellations:
         async def on_cancel(msg) -> None:
             self._remember(msg.subject.split(".")[2], True)
 
-        await self.log.nc.subscribe(subjects.JOBS_CANCEL_REQUESTED, cb=on_cancel)
+        await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
         self.log.on_reconnect(self.known.clear)
 
     def _remember(self, job_id: str, cancelled: bool) -> None:

@@ -15,11 +15,10 @@ import json
 
 import structlog
 from nats.js import api
-from nats.js.errors import NotFoundError
 
 from contracts.api import ParkedEvent
 from contracts.events import PersonaPromptRequested
-from services.bus import EventLog, StoredEvent, pulled, stored_event
+from services.bus import EventLog, StoredEvent, pulled
 from services.failures import brief, kind_of
 from services.generator.work import failed
 from services.llm.base import LLMError
@@ -39,11 +38,10 @@ def dead_letter_stream(event_log: EventLog) -> str:
 
 
 async def publish_dead_letter(event_log: EventLog, stream_seq: int, deliveries: int) -> bool:
-    try:
-        raw = await event_log.js.get_msg(event_log.stream, seq=stream_seq)
-    except NotFoundError:
-        return False
-    item = stored_event(raw.seq, raw.time, raw.subject, raw.data).event
+    stored = await event_log.at(stream_seq)
+    if stored is None:
+        return False  # aged out of the log
+    item = stored.event
     if not isinstance(item, PersonaPromptRequested):
         return False  # undecodable: the worker that met it parked it
     err = LLMError("delivery_exhausted",

@@ -24,8 +24,9 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from contracts.api import ParkedEvent, ReapplyResult
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
 from services.failures import brief
+from services.ports import EventLogPort
 
 log = structlog.get_logger()
 
@@ -46,7 +47,7 @@ class NoConsumerRunning(Exception):
 
 
 class ParkedEvents:
-    def __init__(self, event_log: EventLog) -> None:
+    def __init__(self, event_log: EventLogPort) -> None:
         self.event_log = event_log
         self.stream = f"{event_log.stream}_PARKED"
         self._prefix = f"promptgen_parked.{event_log.stream}"
@@ -153,7 +154,7 @@ class ParkedEvents:
         return ReapplyResult(consumer=consumer, reapplied=done, still_parked=still)
 
 
-async def request_reapply(event_log: EventLog, consumer: str, seqs: list[int] | None,
+async def request_reapply(event_log: EventLogPort, consumer: str, seqs: list[int] | None,
                           timeout: float = 120) -> ReapplyResult:
     """Ask the running ``consumer`` to re-apply its parked events (all, or ``seqs``)."""
     try:

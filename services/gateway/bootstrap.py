@@ -17,9 +17,10 @@ from services.llm.base import Provider
 from services.llm.factory import build_provider
 from services.llm.limits import SharedLimiter, open_limiter
 from services.parking import ParkedEvents
+from services.ports import EventLogPort, ReadModelsPort
 from services.runtime import Clock, utc_now
 from services.settings import Settings
-from services.store import ReadModels, open_read_models
+from services.store import open_read_models
 
 
 @dataclass
@@ -27,8 +28,8 @@ class Gateway:
     """Everything the routes use."""
 
     settings: Settings
-    event_log: EventLog
-    models: ReadModels
+    event_log: EventLogPort
+    models: ReadModelsPort
     provider: Provider
     limiter: SharedLimiter | None
     waiter: ProjectionWaiter
@@ -45,8 +46,8 @@ class Gateway:
 async def bootstrap(
     settings: Settings,
     *,
-    event_log: EventLog | None = None,
-    models: ReadModels | None = None,
+    event_log: EventLogPort | None = None,
+    models: ReadModelsPort | None = None,
     provider: Provider | None = None,
     clock: Clock = utc_now,
 ) -> Gateway:

@@ -19,6 +19,7 @@ from services.llm.base import Provider
 from services.llm.factory import build_provider
 from services.llm.limits import open_limiter
 from services.parking import ParkedEvents
+from services.ports import EventLogPort
 from services.runtime import Clock, announce_ready, utc_now
 from services.settings import Settings
 
@@ -28,7 +29,7 @@ log = structlog.get_logger()
 @dataclass
 class Generator:
     settings: Settings
-    event_log: EventLog
+    event_log: EventLogPort
     provider: Provider
     parked: ParkedEvents
     pool: WorkerPool
@@ -77,7 +78,7 @@ class Generator:
 async def bootstrap(
     settings: Settings,
     *,
-    event_log: EventLog | None = None,
+    event_log: EventLogPort | None = None,
     provider: Provider | None = None,
     clock: Clock = utc_now,
 ) -> Generator:

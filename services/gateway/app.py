@@ -6,12 +6,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.bus import EventLog
-from services.gateway.errors import install_error_handlers
+from services.gateway.errors import ApiError, install_error_handlers
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.gateway.routes import interactions, jobs, scenario, v1
@@ -65,7 +65,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(interactions.router)
 
     @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict[str, str]:
+    async def healthz(request: Request) -> dict[str, str]:
+        if not request.app.state.feeds.alive:  # no live SSE stream would move: take us out of rotation
+            raise ApiError(503, "job_feed_down", "This gateway's live job feed is not running")
         return {"status": "ok"}
 
     if (STATIC / "index.html").exists():

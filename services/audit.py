@@ -6,7 +6,9 @@ from contextlib import aclosing
 
 from contracts import subjects
 from contracts.api import JobEventRecord
+from contracts.events import UnknownEvent
 from services.bus import EventLog, StoredEvent
+from services.parking import preview
 
 _STATUS_OF_TYPE = {
     "job.requested": "processing",
@@ -19,6 +21,14 @@ _STATUS_OF_TYPE = {
 
 def record(stored: StoredEvent) -> JobEventRecord:
     event = stored.event
+    if event is None:  # shown as what it is: the log holds it, this code cannot read it
+        unknown = isinstance(stored.error, UnknownEvent)
+        return JobEventRecord(
+            seq=stored.seq, time=stored.time, subject=stored.subject,
+            type=stored.error.type if unknown else "undecodable",
+            status="unknown" if unknown else "undecodable",
+            error=str(stored.error), event={"first_bytes": preview(stored.data)},
+        )
     return JobEventRecord(
         seq=stored.seq,
         time=stored.time,

@@ -30,7 +30,7 @@ from tenacity import (
 )
 
 from contracts import subjects
-from contracts.events import Envelope, Event, encode_event, parse_event
+from contracts.events import Envelope, Event, EventDecodeError, encode_event, parse_event
 from services.settings import Settings
 
 log = structlog.get_logger()
@@ -40,18 +40,31 @@ _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.T
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as the log holds it: its position, time and subject with it."""
+    """An event as the log holds it: its position, time and subject with it.
+
+    Reading never stops on one message: one that does not decode comes with
+    ``event`` None, the ``error`` saying why and its ``data``, for the reader to
+    skip (:class:`~contracts.events.UnknownEvent`) or park (anything else)."""
 
     seq: int
     time: datetime
     subject: str
-    event: Event
+    event: Event | None
+    error: EventDecodeError | None = None
+    data: bytes = b""
 
 
-def _stored(msg) -> StoredEvent:
+def stored_event(seq: int, time: datetime | None, subject: str, data: bytes) -> StoredEvent:
+    time = time or datetime.now(UTC)
+    try:
+        return StoredEvent(seq=seq, time=time, subject=subject, event=parse_event(data))
+    except EventDecodeError as exc:
+        return StoredEvent(seq=seq, time=time, subject=subject, event=None, error=exc, data=bytes(data))
+
+
+def stored_message(msg) -> StoredEvent:
     md = msg.metadata
-    ts = md.timestamp if md.timestamp else datetime.now(UTC)
-    return StoredEvent(seq=md.sequence.stream, time=ts, subject=msg.subject, event=parse_event(msg.data))
+    return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data)
 
 
 async def _arrived(sub, max_batch: int, timeout: float | None) -> list:
@@ -198,12 +211,17 @@ class EventLog:
         raw = await self._last_raw(subject)
         if raw is None:
             return None
-        return StoredEvent(
-            seq=raw.seq,
-            time=raw.time or datetime.now(UTC),
-            subject=raw.subject,
-            event=parse_event(raw.data),
-        )
+        return stored_event(raw.seq, raw.time, raw.subject, raw.data)
+
+    async def at(self, seq: int) -> StoredEvent | None:
+        """The event stored at ``seq``, or None (deleted, aged out, never written)."""
+        try:
+            async for attempt in self._retrying(30):
+                with attempt:
+                    raw = await self.js.get_msg(self.stream, seq=seq, direct=True)
+        except NotFoundError:
+            return None
+        return stored_event(raw.seq, raw.time, raw.subject, raw.data)
 
     async def last_seq_on(self, subject: str) -> int | None:
         """The sequence of the newest event on ``subject`` (no wildcards), without decoding
@@ -222,7 +240,7 @@ class EventLog:
         info = await self.js.stream_info(self.stream)
         return info.state.last_seq
 
-    async def _ordered(self, filter_subject: str, start_seq: int):
+    async def _ordered(self, filter_subject: str, start_seq: int, stream: str | None = None):
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start_seq),
@@ -230,15 +248,15 @@ class EventLog:
             inactive_threshold=10,
         )
         return await self.js.subscribe(
-            filter_subject, stream=self.stream, ordered_consumer=True, config=config, idle_heartbeat=2
+            filter_subject, stream=stream or self.stream, ordered_consumer=True, config=config, idle_heartbeat=2
         )
 
-    async def _close(self, sub) -> None:
+    async def _close(self, sub, stream: str | None = None) -> None:
         """Unsubscribe and delete the ephemeral consumer now, not after its inactivity timeout."""
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
         with contextlib.suppress(Exception):
-            await self.js.delete_consumer(self.stream, sub._consumer)
+            await self.js.delete_consumer(stream or self.stream, sub._consumer)
 
     async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
@@ -250,7 +268,14 @@ class EventLog:
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000
     ) -> AsyncIterator[list[StoredEvent]]:
         """Like :meth:`read`, in batches of what has already arrived."""
-        sub = await self._ordered(filter_subject, start_seq)
+        async for msgs in self.read_messages(filter_subject, start_seq, max_batch):
+            yield [stored_message(msg) for msg in msgs]
+
+    async def read_messages(
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000, *, stream: str | None = None
+    ) -> AsyncIterator[list]:
+        """The raw messages of :meth:`read_batches` (of the event log, or of ``stream``)."""
+        sub = await self._ordered(filter_subject, start_seq, stream)
         try:
             info = await sub.consumer_info()
             # A push consumer may have delivered everything already: only "nothing pending and
@@ -259,14 +284,14 @@ class EventLog:
                 return
             done = False
             while not done:
-                batch: list[StoredEvent] = []
+                batch: list = []
                 for msg in await _arrived(sub, max_batch, timeout=30):
-                    batch.append(_stored(msg))
+                    batch.append(msg)
                     if done := msg.metadata.num_pending == 0:
                         break  # caught up: what follows arrived after the read began
                 yield batch
         finally:
-            await self._close(sub)
+            await self._close(sub, stream)
 
     async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
@@ -286,7 +311,7 @@ class EventLog:
                     msgs = await _arrived(sub, max_batch, timeout=None)
                 except NatsTimeout:
                     continue
-                yield [_stored(msg) for msg in msgs]
+                yield [stored_message(msg) for msg in msgs]
         finally:
             await self._close(sub)
 

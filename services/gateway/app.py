@@ -14,9 +14,10 @@ from services.bus import EventLog
 from services.gateway.errors import ApiError, install_error_handlers
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
-from services.gateway.routes import interactions, jobs, scenario, v1
+from services.gateway.routes import admin, interactions, jobs, scenario, v1
 from services.llm.factory import build_provider
 from services.llm.limits import open_limiter
+from services.parking import ParkedEvents
 from services.runtime import announce_ready
 from services.settings import Settings
 from services.store import ReadModels, mongo_client
@@ -41,6 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # template analysis and persona generation take their turns from the same LLM caps
         app.state.limiter = await open_limiter(event_log.js, settings, provider.name)
         app.state.waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
+        app.state.parked = ParkedEvents(event_log)
+        await app.state.parked.ensure()
         app.state.feeds = JobFeeds(event_log)
         await app.state.feeds.start()
         announce_ready(provider=provider.name, mongo_db=settings.mongo_db, port=settings.port)
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(v1.router)
     app.include_router(interactions.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> dict[str, str]:

@@ -14,6 +14,7 @@ from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
 from services.llm.limits import SharedLimiter
+from services.parking import ParkedEvents
 from services.settings import Settings
 from services.store import ReadModels
 
@@ -34,3 +35,4 @@ ProviderDep = Annotated[Provider, Depends(_state("provider"))]
 FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]
 LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]
+ParkedDep = Annotated[ParkedEvents, Depends(_state("parked"))]

@@ -26,8 +26,8 @@ import structlog
 from nats.js import api
 
 from contracts import subjects
-from contracts.events import JobFinished
-from services.bus import EventLog, StoredEvent
+from contracts.events import JobFinished, UnknownEvent
+from services.bus import EventLog, StoredEvent, stored_message
 from services.runtime import cancel_and_wait
 
 log = structlog.get_logger()
@@ -82,14 +82,6 @@ def _seq(msg) -> int | None:
         return msg.metadata.sequence.stream
     except Exception:  # noqa: BLE001 - only for a log line
         return None
-
-
-def _decode_error(stored: StoredEvent) -> Exception | None:
-    """Why a stored event has no event: the log adapter yields undecodable ones with
-    ``event`` None and an ``error`` (see /tmp/design-notes: bus.StoredEvent)."""
-    if getattr(stored, "event", None) is not None:
-        return None
-    return getattr(stored, "error", None) or ValueError("undecodable event")
 
 
 class JobFeeds:
@@ -154,17 +146,17 @@ class JobFeeds:
                 self._position = max(self._position, seq)
 
     async def _deliver(self, msg) -> None:
-        from services.bus import _stored  # one decoder for the whole gateway
-
         job_id = msg.subject.split(".", 3)[2]
         channel = self.channels.get(job_id)
         if channel is None:
             return
-        try:
-            stored = _stored(msg)
-            error = _decode_error(stored)
-        except Exception as exc:  # noqa: BLE001 - EventDecodeError, until the log adapter yields it instead
-            error = exc
+        stored = stored_message(msg)  # one decoder for the whole gateway
+        if stored.event is None and isinstance(stored.error, UnknownEvent):
+            # A newer producer's event: nothing this version can show, and nothing missing.
+            log.warning("job_feed_event_unknown", job_id=job_id, subject=msg.subject, seq=stored.seq,
+                        error=str(stored.error))
+            return
+        error: Exception | None = stored.error
         if error is None:
             try:
                 await channel.add(stored)
@@ -172,7 +164,7 @@ class JobFeeds:
             except Exception as exc:  # noqa: BLE001 - not rendered: its watchers would miss it
                 error = exc
         # Its watchers stop here, and a reconnect reads the job from the log again.
-        log.error("job_feed_event_unreadable", job_id=job_id, subject=msg.subject, seq=_seq(msg),
+        log.error("job_feed_event_unreadable", job_id=job_id, subject=msg.subject, seq=stored.seq,
                   error=str(error)[:500])
         await self._end_streams(channel)
 
@@ -185,9 +177,10 @@ class JobFeeds:
         try:
             async with aclosing(self.log.read(subjects.job_history(channel.job_id), start_seq)) as history:
                 async for stored in history:
-                    if (error := _decode_error(stored)) is not None:
-                        log.error("job_history_event_undecodable", job_id=channel.job_id, subject=stored.subject,
-                                  seq=stored.seq, error=str(error)[:500])
+                    if stored.event is None:  # shown to nobody: logged, and the stream goes on
+                        level = log.warning if isinstance(stored.error, UnknownEvent) else log.error
+                        level("job_history_event_unreadable", job_id=channel.job_id, subject=stored.subject,
+                              seq=stored.seq, error=str(stored.error)[:500])
                         continue
                     channel.append(stored)
         except BaseException:

@@ -7,8 +7,9 @@ import asyncio
 import structlog
 
 from services.bus import EventLog
-from services.generator.consumers import WORKERS, WorkerPool, run_dispatcher
-from services.generator.dead_letters import keep_dead_letters, run_dead_letters
+from services.generator.consumers import DISPATCHER, WORKERS, WorkerPool, reapply_dispatch, run_dispatcher
+from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, reapply_advisory, run_dead_letters
+from services.parking import ParkedEvents
 from services.llm.limits import open_limiter
 from services.llm.factory import build_provider
 from services.runtime import announce_ready
@@ -21,12 +22,17 @@ async def run_generator(settings: Settings, stop: asyncio.Event) -> None:
     provider = build_provider(settings)
     event_log = await EventLog.connect(settings, "promptgen-generator")
     limiter = await open_limiter(event_log.js, settings, provider.name)
-    pool = WorkerPool(event_log, provider, settings, limiter)
+    parked = ParkedEvents(event_log)
+    await parked.ensure()
+    pool = WorkerPool(event_log, provider, settings, limiter, parked)
     await keep_dead_letters(event_log, WORKERS)  # before any work item can run out of deliveries
+    await parked.serve(DISPATCHER, lambda record: reapply_dispatch(event_log, record))
+    await parked.serve(WORKERS, pool.reapply)
+    await parked.serve(DEAD_LETTERS, lambda record: reapply_advisory(event_log, record))
     tasks = [
-        asyncio.create_task(run_dispatcher(event_log, stop), name="dispatcher"),
+        asyncio.create_task(run_dispatcher(event_log, stop, parked), name="dispatcher"),
         asyncio.create_task(pool.run(stop), name="workers"),
-        asyncio.create_task(run_dead_letters(event_log, WORKERS, stop), name="dead-letters"),
+        asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, parked), name="dead-letters"),
     ]
     announce_ready(
         provider=provider.name,

@@ -2,8 +2,10 @@
 
 The checkpoint (last stream sequence applied) lives in MongoDB beside the read
 models it describes, and is written after them: a crash in between replays a
-batch whose writes are idempotent. Writes are retried until MongoDB takes them;
-nothing moves the checkpoint past an event whose effect is not stored.
+batch whose writes are idempotent. Writes are retried while MongoDB is away;
+nothing moves the checkpoint past an event whose effect is neither stored nor
+parked (:mod:`services.parking`: an event that cannot be decoded or stored is set
+aside for an operator, and the fold goes on).
 """
 
 from __future__ import annotations
@@ -15,18 +17,20 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
 import structlog
-from pymongo.errors import PyMongoError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from contracts import subjects
 from contracts.domain import TERMINAL_PERSONA_STATUSES
+from contracts.api import ParkedEvent
 from contracts.events import (
     JobCancelRequested,
     JobFinished,
     PersonaCompleted,
     PersonaFailed,
+    UnknownEvent,
 )
 from services.bus import EventLog, StoredEvent
+from services.failures import Unstorable, durably
+from services.parking import ParkedEvents
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
@@ -34,15 +38,8 @@ from services.store import ReadModels
 
 log = structlog.get_logger()
 
-
-def _mongo_retrying() -> AsyncRetrying:
-    return AsyncRetrying(
-        wait=wait_exponential_jitter(multiplier=0.1, max=5.0, jitter=0.2),
-        retry=retry_if_exception_type(PyMongoError),
-        before_sleep=lambda rs: log.warning(
-            "mongo_write_retry", attempt=rs.attempt_number, error=str(rs.outcome.exception())
-        ),
-    )
+PROJECTOR = "projector"
+JOB_MANAGER = "job-manager"
 
 
 class EndedPersonas:
@@ -90,8 +87,11 @@ class Projector:
         *,
         manage_jobs: bool = True,
         job_retention: timedelta = timedelta(days=7),
+        parked: ParkedEvents | None = None,
     ) -> None:
         self.log = event_log
+        self.parked = parked or ParkedEvents(event_log)
+        self.skipped = 0  # events of a type or version this code does not know
         self.job_retention = job_retention
         self.models = models
         self.manage_jobs = manage_jobs
@@ -102,13 +102,24 @@ class Projector:
 
     async def apply(self, batch: list[StoredEvent]) -> tuple[set[str], set[str]]:
         """Write a batch's effects, then the checkpoint; returns the jobs to re-examine
-        (those where a persona ended, and those asked to cancel)."""
+        (those where a persona ended, and those asked to cancel). An event that cannot be
+        decoded or stored is parked; the rest of the batch is stored all the same."""
         writes = defaultdict(list)
+        readable: list[StoredEvent] = []
         jobs: set[str] = set()
         cancels: set[str] = set()
         for stored in batch:
             event = stored.event
-            for collection, op in writes_for(event, stored.seq, self.job_retention):
+            if event is None:
+                await self._unreadable(stored)
+                continue
+            try:
+                ops = writes_for(event, stored.seq, self.job_retention)
+            except Exception as exc:  # noqa: BLE001 - an event no projection can express (a date out of range)
+                await self.parked.park(PROJECTOR, stored, "unstorable", exc)
+                continue
+            readable.append(stored)
+            for collection, op in ops:
                 writes[collection].append(op)
             if isinstance(event, PersonaCompleted | PersonaFailed):
                 jobs.add(event.job_id)
@@ -119,34 +130,116 @@ class Projector:
                 jobs.discard(event.job_id)
                 cancels.discard(event.job_id)
                 self._ended.forget(event.job_id)
-        async for attempt in _mongo_retrying():
-            with attempt:
-                for collection, ops in writes.items():
-                    await self.models.collection(collection).bulk_write(coalesce(ops), ordered=True)
-                await self.models.save_checkpoint(batch[-1].seq)
+
+        async def write_all() -> None:
+            for collection, ops in writes.items():
+                await self.models.collection(collection).bulk_write(coalesce(ops), ordered=True)
+            await self.models.save_checkpoint(batch[-1].seq)
+
+        try:
+            await durably(write_all, what="projection")
+        except Unstorable:
+            # One event of the batch cannot be stored: find it by storing them one by one.
+            for stored in readable:
+                try:
+                    await durably(lambda stored=stored: self._write(stored), what="projection")
+                except Unstorable as exc:
+                    await self.parked.park(PROJECTOR, stored, "unstorable", exc.cause)
+            await durably(lambda: self.models.save_checkpoint(batch[-1].seq), what="checkpoint")
         self.position = batch[-1].seq
         return jobs - cancels, cancels
+
+    async def _write(self, stored: StoredEvent) -> None:
+        for collection, op in writes_for(stored.event, stored.seq, self.job_retention):
+            await self.models.collection(collection).bulk_write([op], ordered=True)
+
+    async def _park_unusable(self, stored: StoredEvent, kind: str, error: BaseException | str) -> None:
+        await self.parked.park(PROJECTOR, stored, kind, error)
+
+    async def _unreadable(self, stored: StoredEvent) -> None:
+        if isinstance(stored.error, UnknownEvent):
+            self.skipped += 1
+            log.warning("event_skipped", seq=stored.seq, subject=stored.subject, reason=str(stored.error),
+                        skipped=self.skipped)
+            return
+        await self.parked.park(PROJECTOR, stored, "undecodable", str(stored.error))
+
+    async def reapply(self, record: ParkedEvent) -> None:
+        """Apply a parked event again (a fix was deployed), raising if it still fails.
+
+        Later events may have found nothing to update because this one was missing (a
+        persona completed before its creation was stored), so the log is folded again from
+        the parked event up to the current position: every write is idempotent, and those
+        already applied change nothing."""
+        if record.consumer == JOB_MANAGER:
+            await self._reexamine(record)
+            return
+        jobs: set[str] = set()
+        found = False
+        async with self._lock:
+            end = self.position
+            async for batch in self.log.read_batches(subjects.ALL, record.seq):
+                for stored in batch:
+                    if stored.seq > end:
+                        break
+                    if stored.seq == record.seq:
+                        found = True
+                        if stored.event is None:
+                            raise stored.error or ValueError("undecodable")
+                    if stored.event is None:
+                        continue
+                    try:
+                        await durably(lambda stored=stored: self._write(stored), what="re-applied projection")
+                    except Unstorable as exc:
+                        if stored.seq == record.seq:
+                            raise exc.cause from None
+                        log.warning("reapply_skipped_event", seq=stored.seq, error=str(exc))
+                    if job_id := getattr(stored.event, "job_id", None):
+                        jobs.add(job_id)
+                if batch and batch[-1].seq >= end:
+                    break
+        if not found:
+            raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
+        await self.examine(sorted(jobs))
+
+    async def _reexamine(self, record: ParkedEvent) -> None:
+        if record.job_id is None:
+            raise LookupError("the parked decision names no job")
+        await self.examine((), forced=[record.job_id], strict=True)
 
     async def _already_ended(self, job_id: str) -> bool:
         return await self.log.first_seq_on(subjects.job_ends(job_id)) is not None
 
-    async def examine(self, job_ids: Iterable[str], *, forced: Iterable[str] = ()) -> None:
+    async def examine(self, job_ids: Iterable[str], *, forced: Iterable[str] = (), strict: bool = False) -> None:
         """Publish the end of every job in ``job_ids`` that has reached one; ``forced`` ones
-        (cancelled, overdue) are decided even while personas are still open."""
+        (cancelled, overdue) are decided even while personas are still open. A job whose end
+        cannot be decided or stored is parked (``strict``: raised) and the others go on."""
         if not self.manage_jobs:
             return
         now = datetime.now(UTC)
         forced = set(forced)
         for job_id in [*job_ids, *forced]:
-            end = None
-            async for attempt in _mongo_retrying():
-                with attempt:
-                    end = await self._decide(job_id, now, forced=job_id in forced)
-            if end is None or await self._already_ended(job_id):
-                continue
-            await self.log.publish(end)
-            log.info("job_finished", job_id=job_id, status=end.status,
-                     successful=end.results.successful, failed=end.results.failed)
+            try:
+                await self._end_if_over(job_id, now, forced=job_id in forced)
+            except Unstorable as exc:
+                if strict:
+                    raise exc.cause from None
+                await self._park_decision(job_id, exc.cause)
+
+    async def _end_if_over(self, job_id: str, now: datetime, *, forced: bool) -> None:
+        end = await durably(lambda: self._decide(job_id, now, forced=forced), what="job decision")
+        if end is None or await self._already_ended(job_id):
+            return
+        await durably(lambda: self.log.publish(end), what="job end")
+        log.info("job_finished", job_id=job_id, status=end.status,
+                 successful=end.results.successful, failed=end.results.failed)
+
+    async def _park_decision(self, job_id: str, error: BaseException) -> None:
+        request = await self.log.last(subjects.job(job_id, "requested"))
+        if request is None:
+            log.error("job_decision_failed", job_id=job_id, error=str(error))
+            return
+        await self.parked.park(JOB_MANAGER, request, "unstorable", error)
 
     async def _decide(self, job_id: str, now: datetime, *, forced: bool) -> JobFinished | None:
         # Cheap test first: only a job that may end (all personas ended, or a cancel, or an
@@ -164,11 +257,10 @@ class Projector:
         this is where such a job gets its end."""
         if not self.manage_jobs:
             return
-        job_ids: list[str] = []
-        async for attempt in _mongo_retrying():
-            with attempt:
-                job_ids = [doc["_id"] async for doc in self.models.jobs.find({"status": "processing"}, {"_id": 1})]
-        await self.examine(job_ids)
+        async def open_jobs() -> list[str]:
+            return [doc["_id"] async for doc in self.models.jobs.find({"status": "processing"}, {"_id": 1})]
+
+        await self.examine(await durably(open_jobs, what="open jobs"))
 
     async def expire_overdue(self) -> None:
         now = datetime.now(UTC)
@@ -196,6 +288,7 @@ class Projector:
         """Follow the log from the stored checkpoint until stopped or the read models are rebuilt."""
         generation = self._generation
         start = await self.models.checkpoint() + 1
+        self.position = start - 1
         await self.reconcile()
         log.info("projector_following", from_seq=start)
         follower = self.log.follow_batches(subjects.ALL, start)
@@ -215,7 +308,8 @@ class Projector:
         """Rebuild every read model from the log and switch to it, pausing the live fold."""
         async with self._lock:
             target = ReadModels(self.models.db, suffix=SUFFIX)
-            position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention)
+            position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention,
+                                          unusable=self._park_unusable)
             await switch_to(target, self.models)
             self.position = position
             self._generation += 1

@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from contracts import subjects
-from services.bus import EventLog
+from contracts.events import UnknownEvent
+from services.bus import EventLog, StoredEvent
+from services.failures import Unstorable, durably
 from services.projector.memory_fold import MemoryFold
 from services.projector.projections import writes_for
 from services.store import READ_MODELS, ReadModels
@@ -37,16 +39,29 @@ async def _no_progress(done: int, total: int) -> None:
     return None
 
 
+Unusable = Callable[[StoredEvent, str, BaseException | str], Awaitable[None]]
+
+
+async def _log_unusable(stored: StoredEvent, kind: str, error: BaseException | str) -> None:
+    log.error("rebuild_event_unusable", seq=stored.seq, subject=stored.subject, kind=kind, error=str(error))
+
+
 async def fold_log(
-    event_log: EventLog, progress: Progress = _no_progress, *, job_retention: timedelta = timedelta(days=7)
+    event_log: EventLog, progress: Progress = _no_progress, *, job_retention: timedelta = timedelta(days=7),
+    unusable: Unusable = _log_unusable,
 ) -> tuple[MemoryFold, int]:
-    """Fold the whole log in memory (the same projections); returns the fold and its position."""
+    """Fold the whole log in memory (the same projections); returns the fold and its position.
+    An event that does not decode goes to ``unusable`` (one of an unknown type is skipped)."""
     fold = MemoryFold()
     total = await event_log.last_seq()
     position = 0
     await progress(0, total)
     async for batch in event_log.read_batches(subjects.ALL, 1):
         for stored in batch:
+            if stored.event is None:
+                if not isinstance(stored.error, UnknownEvent):
+                    await unusable(stored, "undecodable", str(stored.error))
+                continue
             for collection, op in writes_for(stored.event, stored.seq, job_retention):
                 fold.apply(collection, op)
         position = batch[-1].seq
@@ -61,22 +76,41 @@ async def rebuild_into(
     *,
     job_retention: timedelta = timedelta(days=7),
     insert_batch: int = 1000,
+    unusable: Unusable = _log_unusable,
 ) -> int:
     """Fold the whole log into ``target`` (emptied first); returns the last sequence applied.
 
     The fold runs in memory and each resulting document is inserted once: far
-    fewer writes than replaying every update."""
+    fewer writes than replaying every update. A document MongoDB cannot store goes to
+    ``unusable`` as the event that last wrote it, and the rest are stored."""
     for name in (*READ_MODELS, STATE):
         await target.collection(name).drop()
     await target.ensure_indexes()
-    fold, position = await fold_log(event_log, progress, job_retention=job_retention)
+    fold, position = await fold_log(event_log, progress, job_retention=job_retention, unusable=unusable)
     for name, docs in fold.collections.items():
         values = list(docs.values())
         for i in range(0, len(values), insert_batch):
-            await target.collection(name).insert_many(values[i : i + insert_batch], ordered=False)
+            await _insert(event_log, target.collection(name), values[i : i + insert_batch], unusable)
     if position:
         await target.save_checkpoint(position)
     return position
+
+
+async def _insert(event_log: EventLog, collection, docs: list[dict], unusable: Unusable) -> None:
+    try:
+        await durably(lambda: collection.insert_many(docs, ordered=False), what="rebuild insert")
+        return
+    except Unstorable as exc:
+        if len(docs) == 1:
+            stored = await event_log.at(docs[0]["_seq"])
+            if stored is not None:
+                await unusable(stored, "unstorable", exc.cause)
+            return
+    # Some document of the batch cannot be stored: insert one by one (a duplicate key is one
+    # already inserted by the batch's unordered attempt) to find which.
+    for doc in docs:
+        if await collection.count_documents({"_id": doc["_id"]}, limit=1) == 0:
+            await _insert(event_log, collection, [doc], unusable)
 
 
 async def switch_to(source: ReadModels, live: ReadModels) -> None:

@@ -45,6 +45,10 @@ async def _requested(event_log, job_id: str):
     stored = await event_log.last(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
     if stored is None:
         raise _job_not_found(job_id)
+    if stored.event is None:
+        raise ApiError(500, "event_unreadable",
+                       f"Job '{job_id}''s request (event {stored.seq}) cannot be read by this version: "
+                       f"{stored.error}", ids=[job_id])
     return stored
 
 
@@ -116,7 +120,7 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
             return job_view(doc, personas)
     requested = await _requested(event_log, job_id)
     finished = await finished_event(event_log, job_id)
-    return job_view_from_log(requested.event, finished.event if finished else None)
+    return job_view_from_log(requested.event, finished.event if finished and finished.event else None)
 
 
 @router.get("/jobs", response_model=JobList)
@@ -149,7 +153,7 @@ async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, wai
     await _requested_seq(event_log, job_id)
     end = await finished_event(event_log, job_id)
     if end is not None:
-        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({end.event.status}); nothing to cancel",
+        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({getattr(end.event, 'status', 'ended')}); nothing to cancel",
                        ids=[job_id])
     await waiter.wait_for(await event_log.publish(JobCancelRequested(job_id=job_id, correlation_id=job_id)))
     log.info("job_cancel_requested", job_id=job_id)

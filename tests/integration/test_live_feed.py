@@ -77,6 +77,19 @@ async def test_an_undecodable_event_ends_only_its_own_jobs_streams(gateway, even
     assert feeds.alive and "bad" not in feeds.channels
 
 
+async def test_a_job_whose_history_holds_an_undecodable_event_is_still_served(gateway, event_log, settings):
+    """A browser reconnecting after its stream ended on a bad event reads the job from the
+    log: the bad event is skipped (and logged), everything else arrives."""
+    _, client = gateway
+    await _requested(event_log, "bad")
+    await event_log.js.publish("promptgen.job.bad.persona.bad-p.progress", GARBAGE, stream=settings.stream)
+    await _fails(event_log, "bad")
+    stream = await asyncio.wait_for(read_sse(client, _sse("bad")), 30)
+    assert stream.status == 200
+    assert [m.data["type"] for m in stream.messages] == ["status_update", "persona_progress", "status_update",
+                                                         "results"]
+
+
 async def _types(watcher) -> list[str]:
     return [stored.event.type async for batch in watcher for stored, _, _ in batch]
 

@@ -66,6 +66,9 @@ async def test_an_undecodable_event_ends_only_its_own_jobs_streams(gateway, even
                for job_id in opened}
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened.values())), 20)  # both followed live
 
+    # A newer producer's event on the good job is skipped; garbage on the bad job ends its streams.
+    future = b'{"type": "persona.mood_changed", "version": 1, "job_id": "good", "mood": "calm"}'
+    await event_log.js.publish("promptgen.job.good.persona.good-p.mood", future, stream=settings.stream)
     await event_log.js.publish("promptgen.job.bad.persona.bad-p.progress", GARBAGE, stream=settings.stream)
     await _fails(event_log, "good")
 

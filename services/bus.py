@@ -293,6 +293,30 @@ class EventLog:
         finally:
             await self._close(sub, stream)
 
+    async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+        """At most ``limit`` events matching ``filter_subject`` from ``start_seq``, and whether
+        more follow. A pull consumer is asked for exactly that many, so the rest of a long
+        history is never sent (an ordered push consumer would stream it all our way)."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start_seq),
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=10,
+        )
+        sub = await self.js.pull_subscribe(filter_subject, stream=self.stream, config=config)
+        msgs: list = []
+        try:
+            wanted = min(limit, (await sub.consumer_info()).num_pending)
+            while len(msgs) < wanted:
+                try:
+                    msgs += await sub.fetch(batch=wanted - len(msgs), timeout=5)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    break  # aged out or purged while we read: what we have is the page
+        finally:
+            await self._close(sub)
+        more = bool(msgs) and msgs[-1].metadata.num_pending > 0
+        return [stored_message(msg) for msg in msgs], more
+
     async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
         async with contextlib.aclosing(self.follow_batches(filter_subject, start_seq)) as batches:

@@ -6,11 +6,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-import httpx
-import pytest_asyncio
-
 from contracts.events import JobCompleted, PersonaFailed
-from tests.conftest import InProcessSystem
 from tests.samples import job_requested, results
 from tests.sse_client import read_sse
 
@@ -31,18 +27,6 @@ def _opened(event: asyncio.Event):
     return until
 
 
-@pytest_asyncio.fixture
-async def gateway(settings, models):
-    """The gateway alone: the test writes every event of its jobs, ends included (the
-    projector's own handling of a bad event is another matter)."""
-    settings.projection_wait_seconds = 0  # no projector to wait for before `results`
-    system = await InProcessSystem(settings).start(generator=False)
-    await system.stop_service("projector")
-    async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
-        yield system, client
-    await system.close()
-
-
 async def _requested(event_log, *job_ids: str) -> None:
     for job_id in job_ids:
         job = job_requested(job_id, (f"{job_id}-p",))
@@ -57,8 +41,8 @@ async def _fails(event_log, job_id: str) -> None:
     await event_log.publish(JobCompleted(job_id=job_id, status="failed", results=results({persona_id: "failed"})))
 
 
-async def test_an_undecodable_event_ends_only_its_own_jobs_streams(gateway, event_log, settings):
-    system, client = gateway
+async def test_an_undecodable_event_ends_only_its_own_jobs_streams(lone_gateway, event_log, settings):
+    system, client = lone_gateway
     await _requested(event_log, "good", "bad")
     feeds = system.server.config.app.state.feeds
     opened = {job_id: asyncio.Event() for job_id in ("good", "bad")}
@@ -80,10 +64,10 @@ async def test_an_undecodable_event_ends_only_its_own_jobs_streams(gateway, even
     assert feeds.alive and "bad" not in feeds.channels
 
 
-async def test_a_job_whose_history_holds_an_undecodable_event_is_still_served(gateway, event_log, settings):
+async def test_a_job_whose_history_holds_an_undecodable_event_is_still_served(lone_gateway, event_log, settings):
     """A browser reconnecting after its stream ended on a bad event reads the job from the
     log: the bad event is skipped (and logged), everything else arrives."""
-    _, client = gateway
+    _, client = lone_gateway
     await _requested(event_log, "bad")
     await event_log.js.publish("promptgen.job.bad.persona.bad-p.progress", GARBAGE, stream=settings.stream)
     await _fails(event_log, "bad")

@@ -16,7 +16,7 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
-from services.audit import job_history
+from services.audit import job_history_page
 from services.gateway.deps import EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, not_found
 from services.gateway.jobs import (
@@ -182,8 +182,14 @@ async def retry_failed(
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory)
-async def job_events(job_id: str, event_log: EventLogDep) -> JobEventHistory:
-    """The job's full event history from the log, in order (for audit)."""
-    start = await _requested_seq(event_log, job_id)
-    return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, start))
+async def job_events(
+    job_id: str,
+    event_log: EventLogDep,
+    after: int = Query(0, ge=0, description="Events after this stream sequence (a page's `next_after`)"),
+    limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
+) -> JobEventHistory:
+    """The job's event history from the log, in order (for audit), a page at a time."""
+    start = max(await _requested_seq(event_log, job_id), after + 1)
+    events, next_after = await job_history_page(event_log, job_id, start, limit)
+    return JobEventHistory(job_id=job_id, events=events, next_after=next_after)
 

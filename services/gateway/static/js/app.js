@@ -457,23 +457,41 @@ async function renderJob(jobId) {
     showTimeline();
   }
 
+  // The event history, a page at a time (a 500-persona job has 1,500 events): "Load more" reads
+  // the next page; once at the end, Refresh (and the poll while the job runs) reads what is new.
+  const history = { events: [], after: 0, more: false, loading: Promise.resolve() };
   const refreshTimeline = h("button", { class: "small", onclick: () => busy(refreshTimeline, showTimeline) }, "Refresh");
-  async function showTimeline() {
+  const moreEvents = h("button", { id: "more-events", class: "small", onclick: () => busy(moreEvents, showTimeline) },
+    "Load more events");
+  function showTimeline() {  // one read at a time, each after the last event shown
+    history.loading = history.loading.then(loadTimelinePage);
+    return history.loading;
+  }
+  async function loadTimelinePage() {
     try {
-      const history = await client.jobEvents(jobId);
+      const page = await client.jobEvents(jobId, { after: history.after, limit: 200 });
       if (closed) return;
-      timeline.replaceChildren(
-        h("div", { class: "title-row" }, h("h2", { id: "timeline-title" }, "Event history"), refreshTimeline),
-        history.events.length === 0 ? h("p", { class: "empty" }, "No events yet.") : tableWrap(
-          h("table", { class: "events" },
-            h("caption", { class: "sr-only" }, "Every event of this job, oldest first"),
-            h("thead", {}, h("tr", {}, ["Time", "Seq", "Event", "Persona", "Status", "Error"].map((x) => h("th", { scope: "col" }, x)))),
-            h("tbody", {}, history.events.map((e) => h("tr", {},
-              h("td", {}, new Date(e.time).toLocaleTimeString()), h("td", {}, String(e.seq)), h("td", { class: "mono" }, e.type),
-              h("td", {}, e.persona_id ? (names[e.persona_id] || {}).name || short(e.persona_id) : ""),
-              h("td", {}, e.status ? h("span", { class: `badge status-${e.status}` }, e.status) : ""),
-              h("td", {}, e.error || "")))))));
+      const fresh = page.events.filter((e) => e.seq > history.after);
+      history.events.push(...fresh);
+      if (fresh.length) history.after = fresh[fresh.length - 1].seq;
+      history.more = page.next_after !== null;
+      paintTimeline();
     } catch (err) { timeline.replaceChildren(h("h2", { id: "timeline-title" }, "Event history"), errorBox(err)); }
+  }
+  function paintTimeline() {
+    moreEvents.hidden = !history.more;
+    timeline.replaceChildren(
+      h("div", { class: "title-row" }, h("h2", { id: "timeline-title" }, "Event history"), refreshTimeline),
+      history.events.length === 0 ? h("p", { class: "empty" }, "No events yet.") : tableWrap(
+        h("table", { class: "events" },
+          h("caption", { class: "sr-only" }, "Every event of this job, oldest first"),
+          h("thead", {}, h("tr", {}, ["Time", "Seq", "Event", "Persona", "Status", "Error"].map((x) => h("th", { scope: "col" }, x)))),
+          h("tbody", {}, history.events.map((e) => h("tr", {},
+            h("td", {}, new Date(e.time).toLocaleTimeString()), h("td", {}, String(e.seq)), h("td", { class: "mono" }, e.type),
+            h("td", {}, e.persona_id ? (names[e.persona_id] || {}).name || short(e.persona_id) : ""),
+            h("td", {}, e.status ? h("span", { class: `badge status-${e.status}` }, e.status) : ""),
+            h("td", {}, e.error || "")))))),
+      h("p", { class: "muted small" }, `${plural(history.events.length, "event")} shown `, moreEvents));
   }
 
   main.replaceChildren(
@@ -529,8 +547,11 @@ async function renderJob(jobId) {
       if (!message) showTimeline();
     },
   });
-  // While the job runs, the history table follows along every few seconds.
-  poll = setInterval(() => { if (!isFinished(state.status) && !document.hidden) showTimeline(); }, 4000);
+  // While the job runs, the history table follows along every few seconds
+  // (only what is new: pages not loaded yet wait for "Load more").
+  poll = setInterval(() => {
+    if (!isFinished(state.status) && !document.hidden && !history.more) showTimeline();
+  }, 4000);
 }
 
 // --- recent jobs ------------------------------------------------------------------------------------

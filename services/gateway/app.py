@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.bus import EventLog
+from services.gateway.capacity import Capacities
 from services.gateway.errors import ApiError, install_error_handlers
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
@@ -42,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # template analysis and persona generation take their turns from the same LLM caps
         app.state.limiter = await open_limiter(event_log.js, settings, provider.name)
         app.state.waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
+        app.state.capacity = Capacities.from_settings(settings)
         app.state.parked = ParkedEvents(event_log)
         await app.state.parked.ensure()
         app.state.feeds = JobFeeds(event_log)

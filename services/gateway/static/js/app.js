@@ -457,14 +457,16 @@ async function renderJob(jobId) {
     showTimeline();
   }
 
-  // The event history, a page at a time (a 500-persona job has 1,500 events): "Load more" reads
-  // the next page; once at the end, Refresh (and the poll while the job runs) reads what is new.
+  // The event history, a page at a time (a 500-persona job has 1,500 events). The buttons read
+  // the next page; the page itself (on opening, at the job's end, the poll while it runs) reads
+  // only what is new, and only once every page before was asked for.
   const history = { events: [], after: 0, more: false, loading: Promise.resolve() };
-  const refreshTimeline = h("button", { class: "small", onclick: () => busy(refreshTimeline, showTimeline) }, "Refresh");
-  const moreEvents = h("button", { id: "more-events", class: "small", onclick: () => busy(moreEvents, showTimeline) },
+  const nextPage = () => showTimeline({ asked: true });
+  const refreshTimeline = h("button", { class: "small", onclick: () => busy(refreshTimeline, nextPage) }, "Refresh");
+  const moreEvents = h("button", { id: "more-events", class: "small", onclick: () => busy(moreEvents, nextPage) },
     "Load more events");
-  function showTimeline() {  // one read at a time, each after the last event shown
-    history.loading = history.loading.then(loadTimelinePage);
+  function showTimeline({ asked = false } = {}) {  // one read at a time, each after the last event shown
+    history.loading = history.loading.then(() => (asked || !history.more ? loadTimelinePage() : undefined));
     return history.loading;
   }
   async function loadTimelinePage() {
@@ -547,11 +549,8 @@ async function renderJob(jobId) {
       if (!message) showTimeline();
     },
   });
-  // While the job runs, the history table follows along every few seconds
-  // (only what is new: pages not loaded yet wait for "Load more").
-  poll = setInterval(() => {
-    if (!isFinished(state.status) && !document.hidden && !history.more) showTimeline();
-  }, 4000);
+  // While the job runs, the history table follows along every few seconds.
+  poll = setInterval(() => { if (!isFinished(state.status) && !document.hidden) showTimeline(); }, 4000);
 }
 
 // --- recent jobs ------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.projector.projections import Change
 from services.settings import Settings
 
 CHECKPOINT_ID = "checkpoint"
@@ -78,6 +79,12 @@ class ReadModels:
 
     def collection(self, name: str) -> AsyncCollection:
         return self._c(name)
+
+    async def apply(self, collection: str, changes: list[Change]) -> None:
+        """Write ``changes`` to ``collection``, in order."""
+        ops = [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
+               for c in changes]
+        await self.collection(collection).bulk_write(ops, ordered=True)
 
     async def checkpoint(self) -> int:
         doc = await self.state.find_one({"_id": CHECKPOINT_ID})

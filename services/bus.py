@@ -67,18 +67,26 @@ def stored_message(msg) -> StoredEvent:
     return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data)
 
 
-async def _arrived(sub, max_batch: int, timeout: float | None) -> list:
-    """The next message, waited for, and whatever else has already arrived (up to
-    ``max_batch``), taken without waiting: ``next_msg`` costs a task per call, which
-    dominates reading a long log."""
-    msgs = [await sub.next_msg(timeout=timeout)]
-    queue = getattr(sub, "_pending_queue", None)  # where nats-py keeps delivered messages
-    while queue is not None and len(msgs) < max_batch and not queue.empty():
-        msg = queue.get_nowait()
-        queue.task_done()
-        sub._pending_size -= len(msg.data)  # as next_msg does: flow control reads it
-        msgs.append(msg)
-    return msgs
+class _Arrivals:
+    """The messages of one push subscription, handed over in batches of whatever has
+    already arrived: a task per message (as ``next_msg`` costs) would dominate reading a
+    long log. Bounded, so a slow reader holds the subscription back instead of growing."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=limit)
+
+    async def put(self, msg) -> None:
+        await self.queue.put(msg)
+
+    def empty(self) -> bool:
+        return self.queue.empty()
+
+    async def take(self, max_batch: int, timeout: float | None) -> list:
+        first = await (asyncio.wait_for(self.queue.get(), timeout) if timeout else self.queue.get())
+        msgs = [first]
+        while len(msgs) < max_batch and not self.queue.empty():
+            msgs.append(self.queue.get_nowait())
+        return msgs
 
 
 async def pulled(sub, batch: int, stop: asyncio.Event) -> AsyncIterator[list]:
@@ -241,22 +249,27 @@ class EventLog:
         return info.state.last_seq
 
     async def _ordered(self, filter_subject: str, start_seq: int, stream: str | None = None):
+        """An ordered consumer from ``start_seq`` and the queue its messages arrive in."""
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start_seq),
             # A consumer whose reader vanished (a crashed gateway) is removed by the server.
             inactive_threshold=10,
         )
-        return await self.js.subscribe(
-            filter_subject, stream=stream or self.stream, ordered_consumer=True, config=config, idle_heartbeat=2
+        arrivals = _Arrivals()
+        sub = await self.js.subscribe(
+            filter_subject, stream=stream or self.stream, ordered_consumer=True, config=config, idle_heartbeat=2,
+            cb=arrivals.put,
         )
+        return sub, arrivals
 
     async def _close(self, sub, stream: str | None = None) -> None:
-        """Unsubscribe and delete the ephemeral consumer now, not after its inactivity timeout."""
+        """Delete the ephemeral consumer now, not after its inactivity timeout, and unsubscribe."""
+        with contextlib.suppress(Exception):
+            name = (await sub.consumer_info()).name
+            await self.js.delete_consumer(stream or self.stream, name)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await self.js.delete_consumer(stream or self.stream, sub._consumer)
 
     async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
@@ -275,17 +288,18 @@ class EventLog:
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000, *, stream: str | None = None
     ) -> AsyncIterator[list]:
         """The raw messages of :meth:`read_batches` (of the event log, or of ``stream``)."""
-        sub = await self._ordered(filter_subject, start_seq, stream)
+        sub, arrivals = await self._ordered(filter_subject, start_seq, stream)
         try:
             info = await sub.consumer_info()
             # A push consumer may have delivered everything already: only "nothing pending and
             # nothing delivered" means the filter matches no event.
-            if info.num_pending == 0 and not info.delivered.consumer_seq and sub.pending_msgs == 0:
+            if info.num_pending == 0 and not info.delivered.consumer_seq and sub.pending_msgs == 0 \
+                    and arrivals.empty():
                 return
             done = False
             while not done:
                 batch: list = []
-                for msg in await _arrived(sub, max_batch, timeout=30):
+                for msg in await arrivals.take(max_batch, timeout=30):
                     batch.append(msg)
                     if done := msg.metadata.num_pending == 0:
                         break  # caught up: what follows arrived after the read began
@@ -328,14 +342,10 @@ class EventLog:
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500
     ) -> AsyncIterator[list[StoredEvent]]:
         """Like :meth:`follow`, grouping whatever has already arrived into batches."""
-        sub = await self._ordered(filter_subject, start_seq)
+        sub, arrivals = await self._ordered(filter_subject, start_seq)
         try:
             while True:
-                try:
-                    msgs = await _arrived(sub, max_batch, timeout=None)
-                except NatsTimeout:
-                    continue
-                yield [stored_message(msg) for msg in msgs]
+                yield [stored_message(msg) for msg in await arrivals.take(max_batch, timeout=None)]
         finally:
             await self._close(sub)
 

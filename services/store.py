@@ -5,16 +5,21 @@ Only the projector writes here; the gateway reads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.projector.projections import Change
 from services.settings import Settings
 
 CHECKPOINT_ID = "checkpoint"
+# Positions of consumers other than the fold (the job manager): not a read model, so a
+# rebuild keeps them.
+POSITIONS = "consumer_positions"
 READ_MODELS = ("templates", "personas_v2", "prompt_jobs", "prompt_job_personas", "avatar_interactions")
 
 
@@ -26,6 +31,12 @@ def mongo_client(settings: Settings) -> AsyncMongoClient:
         retryWrites=True,
         appname="promptgen",
     )
+
+
+def open_read_models(settings: Settings) -> tuple[ReadModels, Callable[[], Awaitable[None]]]:
+    """The read models of ``settings``' database, and how to close their connection."""
+    client = mongo_client(settings)
+    return ReadModels(client[settings.mongo_db]), client.close
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,12 @@ class ReadModels:
     def collection(self, name: str) -> AsyncCollection:
         return self._c(name)
 
+    async def apply(self, collection: str, changes: list[Change]) -> None:
+        """Write ``changes`` to ``collection``, in order."""
+        ops = [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
+               for c in changes]
+        await self.collection(collection).bulk_write(ops, ordered=True)
+
     async def checkpoint(self) -> int:
         doc = await self.state.find_one({"_id": CHECKPOINT_ID})
         return int(doc["seq"]) if doc else 0
@@ -77,6 +94,13 @@ class ReadModels:
         await self.state.update_one(
             {"_id": CHECKPOINT_ID}, {"$max": {"seq": seq}}, upsert=True
         )
+
+    async def position(self, consumer: str) -> int:
+        doc = await self.db[POSITIONS].find_one({"_id": consumer})
+        return int(doc["seq"]) if doc else 0
+
+    async def save_position(self, consumer: str, seq: int) -> None:
+        await self.db[POSITIONS].update_one({"_id": consumer}, {"$max": {"seq": seq}}, upsert=True)
 
     async def ensure_indexes(self) -> None:
         await self.personas.create_index([("template_id", ASCENDING)])

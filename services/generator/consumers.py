@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from datetime import UTC, datetime
 
 import structlog
 from nats.errors import TimeoutError as NatsTimeout
@@ -28,6 +27,7 @@ from contracts.events import (
 from services.bus import EventLog, StoredEvent, pulled, stored_message
 from services.failures import brief, kind_of
 from services.parking import ParkedEvents
+from services.runtime import Clock, utc_now
 from services.generator.work import failed, fan_out, generate_persona_prompt
 from services.llm.base import LLMError, Provider
 from services.settings import Settings
@@ -146,8 +146,9 @@ class _Detached:
 
 class WorkerPool:
     def __init__(self, event_log: EventLog, provider: Provider, settings: Settings, limiter=None,
-                 parked: ParkedEvents | None = None) -> None:
+                 parked: ParkedEvents | None = None, clock: Clock = utc_now) -> None:
         self.log = event_log
+        self.clock = clock
         self.parked = parked or ParkedEvents(event_log)
         self.provider = provider
         self.settings = settings
@@ -238,7 +239,7 @@ class WorkerPool:
             log.info("work_item_skipped_cancelled")
             await msg.ack()
             return
-        if item.deadline <= datetime.now(UTC):
+        if item.deadline <= self.clock():
             err = LLMError("expired", "the job passed its deadline before this persona was generated")
             await self.log.publish(failed(item, err, delivered))
             await msg.ack()

@@ -1,7 +1,7 @@
 """When a job ends, and with what results: pure decisions over a job's read model.
 
-The projector calls :func:`decide_job_end` after the persona events of a job
-are written, and publishes what it returns. A job ends
+The job manager (:mod:`services.projector.job_manager`) calls :func:`decide_job_end`
+on a job's view folded from its events, and publishes what it returns. A job ends
 
 * ``cancelled`` once a cancel was requested (unfinished personas: ``cancelled``),
 * ``expired`` once past its deadline (unfinished personas: ``failed``/``expired``),

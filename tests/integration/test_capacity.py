@@ -31,7 +31,7 @@ def _assert_busy(r: httpx.Response) -> None:
 
 
 def _capacity(system):
-    return system.server.config.app.state.capacity
+    return system.server.config.app.state.gateway.capacity
 
 
 async def _given_back(capacity, what: str) -> None:

@@ -44,7 +44,7 @@ async def _fails(event_log, job_id: str) -> None:
 async def test_an_undecodable_event_ends_only_its_own_jobs_streams(lone_gateway, event_log, settings):
     system, client = lone_gateway
     await _requested(event_log, "good", "bad")
-    feeds = system.server.config.app.state.feeds
+    feeds = system.server.config.app.state.gateway.feeds
     opened = {job_id: asyncio.Event() for job_id in ("good", "bad")}
     streams = {job_id: asyncio.create_task(read_sse(client, _sse(job_id), until=_opened(opened[job_id])))
                for job_id in opened}

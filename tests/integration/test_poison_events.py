@@ -14,7 +14,7 @@ import pytest
 
 from contracts import subjects
 from contracts.events import UPCASTERS, encode_event
-from services.projector import projector as projector_module
+from services.projector import job_manager
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.samples import persona
 from tests.sse_client import read_sse
@@ -129,7 +129,7 @@ async def test_a_job_decision_that_fails_is_parked_and_other_jobs_still_end(
 ):
     template_id = await create_template(client, scenario_document)
     personas = await create_personas(client, template_id, 2)
-    decide = projector_module.decide_job_end
+    decide = job_manager.decide_job_end
     doomed: set[str] = set()
 
     def broken_for_one_job(job, personas_, now):
@@ -137,7 +137,7 @@ async def test_a_job_decision_that_fails_is_parked_and_other_jobs_still_end(
             raise ValueError("a bug in deciding this job")
         return decide(job, personas_, now)
 
-    monkeypatch.setattr(projector_module, "decide_job_end", broken_for_one_job)
+    monkeypatch.setattr(job_manager, "decide_job_end", broken_for_one_job)
     first = await start_job(client, template_id, {personas[0]["id"]: "try_mode"})
     doomed.add(first["job_id"])
     second = await start_job(client, template_id, {personas[1]["id"]: "assess_mode"})

@@ -17,7 +17,7 @@ from contracts.api import (
 )
 from contracts.events import JobCancelRequested, JobRequested
 from services.audit import job_history_page
-from services.gateway.deps import CapacityDep, EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, not_found
 from services.gateway.jobs import (
     build_job,
@@ -76,10 +76,10 @@ async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsRespo
              response_model_exclude_none=True)
 async def generate_final_prompts(
     body: GenerateFinalPromptsRequest, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
-    waiter: WaiterDep,
+    clock: ClockDep,
 ) -> GenerateFinalPromptsResponse:
     """Start generating the personas' system prompts; returns at once with the job id."""
-    event = await build_job(body, models=models, settings=settings)
+    event = await build_job(body, models=models, settings=settings, clock=clock)
     return await start_job(event, event_log)
 
 
@@ -165,7 +165,7 @@ async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, wai
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
              response_model_exclude_none=True)
 async def retry_failed(
-    job_id: str, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, waiter: WaiterDep
+    job_id: str, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, clock: ClockDep
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
     doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
@@ -179,7 +179,7 @@ async def retry_failed(
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
     body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
                                        mode_mapping=failed)
-    event = await build_job(body, models=models, settings=settings, retry_of=job_id)
+    event = await build_job(body, models=models, settings=settings, clock=clock, retry_of=job_id)
     return await start_job(event, event_log)
 
 

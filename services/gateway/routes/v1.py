@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsResponse, V1PersonaPrompt
 from contracts.events import JobFinished
-from services.gateway.deps import CapacityDep, EventLogDep, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError
 from services.gateway.jobs import build_job
 from services.runtime import cancel_and_wait
@@ -33,12 +33,13 @@ async def generate_final_prompts_v1(
     settings: SettingsDep,
     waiter: WaiterDep,
     capacity: CapacityDep,
+    clock: ClockDep,
 ) -> V1GenerateFinalPromptsResponse:
     """Deprecated: waits for every prompt. Use ``/scenario/v2/generate-final-prompts``."""
     response.headers["Deprecation"] = "true"
     response.headers["Link"] = '</scenario/v2/generate-final-prompts>; rel="successor-version"'
     async with capacity.v1_waits.hold():  # before anything is published: a busy answer starts no job
-        job = await build_job(body, models=models, settings=settings)
+        job = await build_job(body, models=models, settings=settings, clock=clock)
         start = await event_log.publish(job)
         end = await _unless_client_leaves(
             request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id

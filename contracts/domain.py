@@ -16,6 +16,10 @@ JobStatus = Literal["processing", "completed", "failed", "cancelled", "expired"]
 TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
 
 
+# The error of a persona whose job passed its deadline first (error_code "expired").
+EXPIRED_PERSONA_ERROR = "the job passed its deadline before this persona was generated"
+
+
 def generation_mode(mode: Mode) -> Mode:
     """The mode a prompt is generated with.
 

@@ -17,6 +17,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from contracts import subjects
 from contracts.api import ParkedEvent
+from contracts.domain import EXPIRED_PERSONA_ERROR
 from contracts.events import (
     JobRequested,
     PersonaProgress,
@@ -240,7 +241,7 @@ class WorkerPool:
             await msg.ack()
             return
         if item.deadline <= self.clock():
-            err = LLMError("expired", "the job passed its deadline before this persona was generated")
+            err = LLMError("expired", EXPIRED_PERSONA_ERROR)
             await self.log.publish(failed(item, err, delivered))
             await msg.ack()
             return

@@ -21,14 +21,14 @@ from services.bus import EventLog, StoredEvent
 from services.failures import Unstorable, durably
 from services.projector.memory_fold import MemoryFold
 from services.projector.projections import writes_for
-from services.store import READ_MODELS, ReadModels
+from services.projector.projections import READ_MODELS
+from services.store import STATE, ReadModels
 
 log = structlog.get_logger()
 
 # Outside the `promptgen.>` stream on purpose: control messages are not events.
 CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
 SUFFIX = "__rebuild"
-STATE = "projector_state"
 
 Progress = Callable[[int, int], Awaitable[None]]
 

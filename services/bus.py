@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -89,11 +89,15 @@ class _Arrivals:
         return msgs
 
 
-async def pulled(sub, batch: int, stop: asyncio.Event) -> AsyncIterator[list]:
-    """Each non-empty fetch (up to ``batch`` messages) from a pull subscription, until ``stop``."""
+async def pulled(
+    sub, batch: int | Callable[[], Awaitable[int]], stop: asyncio.Event
+) -> AsyncIterator[list]:
+    """Each non-empty fetch from a pull subscription, until ``stop``: up to ``batch``
+    messages, or as many as ``await batch()`` says there is room for (it waits for room)."""
     while not stop.is_set():
+        size = batch if isinstance(batch, int) else await batch()
         try:
-            msgs = await sub.fetch(batch=batch, timeout=1)
+            msgs = await sub.fetch(batch=size, timeout=1)
         except (NatsTimeout, TimeoutError):
             continue
         yield msgs

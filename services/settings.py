@@ -79,7 +79,3 @@ class Settings(BaseSettings):
         if self.provider:
             return self.provider
         return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
-
-    @property
-    def gateway_url(self) -> str:
-        return f"http://{self.host}:{self.port}"

@@ -36,7 +36,7 @@ from services.failures import Unstorable, durably
 from services.parking import ParkedEvents
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
-from services.projector.projections import JOB_PERSONAS, project
+from services.projector.projections import JOB_PERSONAS, JOBS, project
 from services.runtime import Clock, keep_going, utc_now
 from services.store import ReadModels
 
@@ -94,7 +94,7 @@ async def job_history(event_log: EventLog, job_id: str) -> tuple[dict, list[dict
             if stored.event is not None:
                 for collection, op in project(stored.event, stored.seq):
                     fold.apply(collection, op)
-    job = fold.collections["prompt_jobs"].get(job_id)
+    job = fold.collections[JOBS].get(job_id)
     if job is None:
         return None
     personas = sorted(fold.collections[JOB_PERSONAS].values(), key=lambda p: p["order"])

@@ -40,6 +40,14 @@ class Change:
 
 
 Write = tuple[str, Change]  # (collection, change)
+
+# The read models: the collections the projections write (the specification names two).
+TEMPLATES = "templates"
+PERSONAS = "personas_v2"
+JOBS = "prompt_jobs"
+JOB_PERSONAS = "prompt_job_personas"  # one document per persona of a job
+INTERACTIONS = "avatar_interactions"
+READ_MODELS = (TEMPLATES, PERSONAS, JOBS, JOB_PERSONAS, INTERACTIONS)
 _OPEN = {"$nin": sorted(TERMINAL_PERSONA_STATUSES)}
 
 
@@ -61,7 +69,7 @@ def project(event: Envelope, seq: int) -> list[Write]:
 def project_template_created(event: TemplateCreated, seq: int) -> list[Write]:
     return [
         _create(
-            "templates",
+            TEMPLATES,
             event.template_id,
             seq,
             {
@@ -77,14 +85,14 @@ def project_template_created(event: TemplateCreated, seq: int) -> list[Write]:
 @project.register
 def project_persona_created(event: PersonaCreated, seq: int) -> list[Write]:
     persona = event.persona.model_dump(mode="json")
-    return [_create("personas_v2", event.persona.id, seq, {**persona, "created_at": event.occurred_at})]
+    return [_create(PERSONAS, event.persona.id, seq, {**persona, "created_at": event.occurred_at})]
 
 
 @project.register
 def project_interaction_created(event: AvatarInteractionCreated, seq: int) -> list[Write]:
     return [
         _create(
-            "avatar_interactions",
+            INTERACTIONS,
             event.interaction_id,
             seq,
             {
@@ -100,9 +108,6 @@ def project_interaction_created(event: AvatarInteractionCreated, seq: int) -> li
     ]
 
 
-JOB_PERSONAS = "prompt_job_personas"
-
-
 def job_persona_key(job_id: str, persona_id: str) -> str:
     return f"{job_id}:{persona_id}"
 
@@ -110,7 +115,7 @@ def job_persona_key(job_id: str, persona_id: str) -> str:
 @project.register
 def project_job_requested(event: JobRequested, seq: int) -> list[Write]:
     job = _create(
-        "prompt_jobs",
+        JOBS,
         event.job_id,
         seq,
         {
@@ -164,7 +169,7 @@ def project_persona_progress(event: PersonaProgress, seq: int) -> list[Write]:
 def project_persona_completed(event: PersonaCompleted, seq: int) -> list[Write]:
     return [
         (
-            "personas_v2",
+            PERSONAS,
             Change(
                 _newer(event.persona_id, seq),
                 {"$set": {
@@ -197,7 +202,7 @@ def project_persona_failed(event: PersonaFailed, seq: int) -> list[Write]:
 def project_cancel_requested(event: JobCancelRequested, seq: int) -> list[Write]:
     return [
         (
-            "prompt_jobs",
+            JOBS,
             Change(
                 _newer(event.job_id, seq),
                 {"$set": {"cancel_requested_at": event.occurred_at, "updated_at": event.occurred_at,
@@ -211,7 +216,7 @@ def project_cancel_requested(event: JobCancelRequested, seq: int) -> list[Write]
 def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
     writes: list[Write] = [
         (
-            "prompt_jobs",
+            JOBS,
             Change(
                 _newer(event.job_id, seq, status="processing"),
                 {"$set": {
@@ -243,7 +248,7 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
 def retention(event: JobFinished, keep: timedelta) -> list[Write]:
     """When a finished job's view leaves MongoDB (a TTL index deletes it); its events stay in the log."""
     expire = {"$set": {"expire_at": event.occurred_at + keep}}
-    return [("prompt_jobs", Change({"_id": event.job_id}, expire)),
+    return [(JOBS, Change({"_id": event.job_id}, expire)),
             (JOB_PERSONAS, Change({"job_id": event.job_id}, expire, many=True))]
 
 

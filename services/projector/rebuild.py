@@ -22,7 +22,8 @@ from services.bus import EventLog, StoredEvent
 from services.failures import Unstorable, durably
 from services.projector.memory_fold import MemoryFold
 from services.projector.projections import writes_for
-from services.store import READ_MODELS, ReadModels
+from services.projector.projections import READ_MODELS
+from services.store import STATE, ReadModels
 
 log = structlog.get_logger()
 
@@ -30,7 +31,6 @@ log = structlog.get_logger()
 CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
 INBOX_PREFIX = "_INBOX."  # where NATS clients take their reply subjects (nc.new_inbox())
 SUFFIX = "__rebuild"
-STATE = "projector_state"
 
 Progress = Callable[[int, int], Awaitable[None]]
 

@@ -15,7 +15,7 @@ from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsRes
 from contracts.events import JobFinished
 from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError
-from services.gateway.jobs import build_job
+from services.gateway.jobs import build_job, sse_endpoint
 from services.runtime import cancel_and_wait
 
 router = APIRouter(prefix="/scenario", tags=["deprecated"])
@@ -102,6 +102,6 @@ async def _wait_for_end(event_log, job_id: str, start: int, timeout: float) -> t
         raise ApiError(
             504, "v1_timeout",
             f"Job '{job_id}' is still running after {timeout:.0f}s; follow it at "
-            f"/scenario/v2/prompt-generation-status/{job_id}",
+            f"{sse_endpoint(job_id)}",
             ids=[job_id],
         ) from exc

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.gateway.bootstrap import bootstrap
 from services.gateway.errors import ApiError, install_error_handlers
-from services.gateway.routes import admin, interactions, jobs, scenario, v1
+from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
 from services.runtime import announce_ready
 from services.settings import Settings
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(interactions.router)
     app.include_router(admin.router)
+    app.include_router(docs.router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> dict[str, str]:

@@ -188,8 +188,13 @@ class JobEventRecord(BaseModel):
 
 
 class JobEventHistory(BaseModel):
+    """One page of a job's history, oldest first."""
+
     job_id: str
     events: list[JobEventRecord]
+    next_after: int | None = Field(
+        None, description="Pass as `after` for the next page; null when there is no more (for now)"
+    )
 
 
 # --- avatar interactions -----------------------------------------------------------------------

@@ -151,7 +151,9 @@ class PersonaProgress(JobEvent):
         return subjects.job_persona(self.job_id, self.persona_id, "progress")
 
     def dedup_id(self) -> str:
-        return f"job:{self.job_id}:persona:{self.persona_id}:progress"
+        # Per attempt: a redelivered item's progress is a new fact, and it comes well
+        # inside the duplicate window (which outlasts ack_wait).
+        return f"job:{self.job_id}:persona:{self.persona_id}:progress:{self.attempt}"
 
 
 class PersonaCompleted(JobEvent):

@@ -45,3 +45,12 @@ def record(stored: StoredEvent) -> JobEventRecord:
 async def job_history(event_log: EventLogPort, job_id: str, start_seq: int = 1) -> list[JobEventRecord]:
     async with aclosing(event_log.read(subjects.job_history(job_id), start_seq)) as events:
         return [record(stored) async for stored in events]
+
+
+async def job_history_page(
+    event_log: EventLog, job_id: str, start_seq: int, limit: int
+) -> tuple[list[JobEventRecord], int | None]:
+    """Up to ``limit`` records from ``start_seq``, and the sequence to read the next page
+    after (None when there is no more)."""
+    page, more = await event_log.read_page(subjects.job_history(job_id), start_seq, limit)
+    return [record(stored) for stored in page], page[-1].seq if more else None

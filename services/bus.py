@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -89,11 +89,15 @@ class _Arrivals:
         return msgs
 
 
-async def pulled(sub, batch: int, stop: asyncio.Event) -> AsyncIterator[list]:
-    """Each non-empty fetch (up to ``batch`` messages) from a pull subscription, until ``stop``."""
+async def pulled(
+    sub, batch: int | Callable[[], Awaitable[int]], stop: asyncio.Event
+) -> AsyncIterator[list]:
+    """Each non-empty fetch from a pull subscription, until ``stop``: up to ``batch``
+    messages, or as many as ``await batch()`` says there is room for (it waits for room)."""
     while not stop.is_set():
+        size = batch if isinstance(batch, int) else await batch()
         try:
-            msgs = await sub.fetch(batch=batch, timeout=1)
+            msgs = await sub.fetch(batch=size, timeout=1)
         except (NatsTimeout, TimeoutError):
             continue
         yield msgs
@@ -332,6 +336,30 @@ class EventLog:
                 yield batch
         finally:
             await self._close(sub, stream)
+
+    async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+        """At most ``limit`` events matching ``filter_subject`` from ``start_seq``, and whether
+        more follow. A pull consumer is asked for exactly that many, so the rest of a long
+        history is never sent (an ordered push consumer would stream it all our way)."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start_seq),
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=10,
+        )
+        sub = await self.js.pull_subscribe(filter_subject, stream=self.stream, config=config)
+        msgs: list = []
+        try:
+            wanted = min(limit, (await sub.consumer_info()).num_pending)
+            while len(msgs) < wanted:
+                try:
+                    msgs += await sub.fetch(batch=wanted - len(msgs), timeout=5)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    break  # aged out or purged while we read: what we have is the page
+        finally:
+            await self._close(sub)
+        more = bool(msgs) and msgs[-1].metadata.num_pending > 0
+        return [stored_message(msg) for msg in msgs], more
 
     async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""

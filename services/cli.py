@@ -136,6 +136,20 @@ def rebuild() -> None:
     raise typer.Exit(main(Settings()))
 
 
+@app.command()
+def asyncapi(
+    check: bool = typer.Option(False, "--check", help="Only say whether contracts/asyncapi.json is up to date."),
+) -> None:
+    """Write the event log's AsyncAPI 3 document (contracts/asyncapi.json) from the contracts."""
+    from services.asyncapi_command import COMMITTED, current, write
+
+    if check:
+        fresh = COMMITTED.exists() and COMMITTED.read_text() == current()
+        console.print(f"{COMMITTED} is {'up to date' if fresh else 'out of date: run `promptgen asyncapi`'}")
+        raise typer.Exit(0 if fresh else 1)
+    console.print(f"wrote {write()}")
+
+
 parked_app = typer.Typer(no_args_is_help=True, help="Events a consumer could not decode or store, kept for you.")
 app.add_typer(parked_app, name="parked")
 

@@ -42,14 +42,18 @@ async def run_rebuild(settings: Settings) -> int:
 
 
 async def _remote(event_log: EventLog, progress) -> dict:
+    """Ask the running projector; its answer, progress and end all come to our inbox."""
     from services.projector.rebuild import CONTROL_SUBJECT
 
     nc = event_log.nc
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
-        answer = json.loads((await nc.request(CONTROL_SUBJECT, json.dumps({"progress_subject": inbox}).encode(),
-                                              timeout=5)).data)
+        await nc.publish(CONTROL_SUBJECT, b"{}", reply=inbox)
+        answer = await sub.next_msg(timeout=5)
+        if answer.headers and answer.headers.get("Status") == "503":  # what NATS says when nobody listens
+            raise NoRespondersError
+        answer = json.loads(answer.data)
         if not answer.get("accepted"):
             return {"error": answer.get("error", "refused")}
         while True:

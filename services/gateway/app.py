@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
 from services.gateway.bootstrap import bootstrap
-from services.gateway.errors import install_error_handlers
-from services.gateway.routes import admin, interactions, jobs, scenario, v1
+from services.gateway.errors import ApiError, install_error_handlers
+from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
 from services.runtime import announce_ready
 from services.settings import Settings
 
@@ -48,9 +48,12 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(interactions.router)
     app.include_router(admin.router)
+    app.include_router(docs.router)
 
     @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict[str, str]:
+    async def healthz(request: Request) -> dict[str, str]:
+        if not request.app.state.gateway.feeds.alive:  # no live SSE stream would move: take us out of rotation
+            raise ApiError(503, "job_feed_down", "This gateway's live job feed is not running")
         return {"status": "ok"}
 
     if (STATIC / "index.html").exists():

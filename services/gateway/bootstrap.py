@@ -7,20 +7,19 @@ builds through :mod:`services.gateway.deps`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from services.bus import EventLog
+from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
-from services.llm.factory import build_provider
 from services.llm.limits import SharedLimiter, open_limiter
 from services.parking import ParkedEvents
 from services.ports import EventLogPort, ReadModelsPort
 from services.runtime import Clock, utc_now
 from services.settings import Settings
-from services.store import open_read_models
+from services.wiring import event_log_for, models_for, provider_for
 
 
 @dataclass
@@ -35,12 +34,12 @@ class Gateway:
     waiter: ProjectionWaiter
     feeds: JobFeeds
     parked: ParkedEvents
+    capacity: Capacities
     clock: Clock
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def aclose(self) -> None:
-        for close in reversed(self.closers):
-            await close()
+        await self.stack.aclose()
 
 
 async def bootstrap(
@@ -51,25 +50,19 @@ async def bootstrap(
     provider: Provider | None = None,
     clock: Clock = utc_now,
 ) -> Gateway:
-    closers: list[Callable[[], Awaitable[None]]] = []
-    if models is None:
-        models, close_models = open_read_models(settings)
-        closers.append(close_models)
-    if event_log is None:
-        event_log = await EventLog.connect(settings, "promptgen-gateway")
-        closers.append(event_log.close)
-    if provider is None:
-        provider = build_provider(settings)
-        closers.append(provider.aclose)
+    stack = AsyncExitStack()
+    models = models_for(settings, stack, models)
+    event_log = await event_log_for(settings, "promptgen-gateway", stack, event_log)
+    provider = provider_for(settings, stack, provider)
     # template analysis and persona generation take their turns from the same LLM caps
     limiter = await open_limiter(event_log, settings, provider.name)
     parked = ParkedEvents(event_log)
     await parked.ensure()
     feeds = JobFeeds(event_log)
     await feeds.start()
-    closers.append(feeds.close)
+    stack.push_async_callback(feeds.close)
     return Gateway(
         settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
         waiter=ProjectionWaiter(models, settings.projection_wait_seconds), feeds=feeds, parked=parked,
-        clock=clock, closers=closers,
+        capacity=Capacities.from_settings(settings), clock=clock, stack=stack,
     )

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
@@ -36,5 +37,6 @@ ProviderDep = Annotated[Provider, Depends(_state("provider"))]
 FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]
 LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]
+CapacityDep = Annotated[Capacities, Depends(_state("capacity"))]
 ParkedDep = Annotated[ParkedEvents, Depends(_state("parked"))]
 ClockDep = Annotated[Clock, Depends(_state("clock"))]

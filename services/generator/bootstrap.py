@@ -7,21 +7,20 @@ they are given (tests pass their own); everything else receives them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import structlog
 
-from services.bus import EventLog
 from services.generator.consumers import DISPATCHER, WORKERS, WorkerPool, reapply_dispatch, run_dispatcher
 from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, reapply_advisory, run_dead_letters
 from services.llm.base import Provider
-from services.llm.factory import build_provider
 from services.llm.limits import open_limiter
 from services.parking import ParkedEvents
 from services.ports import EventLogPort
 from services.runtime import Clock, announce_ready, utc_now
 from services.settings import Settings
+from services.wiring import event_log_for, provider_for
 
 log = structlog.get_logger()
 
@@ -33,7 +32,7 @@ class Generator:
     provider: Provider
     parked: ParkedEvents
     pool: WorkerPool
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch jobs, generate prompts and turn dead letters into failures, until ``stop``."""
@@ -70,8 +69,7 @@ class Generator:
                 t.cancel()
 
     async def aclose(self) -> None:
-        for close in reversed(self.closers):
-            await close()
+        await self.stack.aclose()
         log.info("service_stopped")
 
 
@@ -82,15 +80,11 @@ async def bootstrap(
     provider: Provider | None = None,
     clock: Clock = utc_now,
 ) -> Generator:
-    closers: list[Callable[[], Awaitable[None]]] = []
-    if provider is None:
-        provider = build_provider(settings)
-        closers.append(provider.aclose)
-    if event_log is None:
-        event_log = await EventLog.connect(settings, "promptgen-generator")
-        closers.append(event_log.close)
+    stack = AsyncExitStack()
+    provider = provider_for(settings, stack, provider)
+    event_log = await event_log_for(settings, "promptgen-generator", stack, event_log)
     limiter = await open_limiter(event_log, settings, provider.name)
     parked = ParkedEvents(event_log)
     await parked.ensure()
     pool = WorkerPool(event_log, provider, settings, limiter, parked, clock=clock)
-    return Generator(settings, event_log, provider, parked, pool, closers)
+    return Generator(settings, event_log, provider, parked, pool, stack)

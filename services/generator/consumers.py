@@ -13,10 +13,10 @@ import contextlib
 from collections import OrderedDict
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 
 from contracts import subjects
 from contracts.api import ParkedEvent
+from contracts.domain import EXPIRED_PERSONA_ERROR
 from contracts.events import (
     JobRequested,
     PersonaProgress,
@@ -167,15 +167,14 @@ class WorkerPool:
             max_deliver=s.max_deliveries,
         )
         limit = s.worker_concurrency
-        await self.cancellations.start()
-        while not stop.is_set():
-            if len(self.in_flight) >= limit:
+
+        async def room() -> int:  # calls in flight stay within this process's share
+            while len(self.in_flight) >= limit:
                 await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                msgs = await sub.fetch(batch=limit - len(self.in_flight), timeout=1)
-            except (NatsTimeout, TimeoutError):
-                continue
+            return limit - len(self.in_flight)
+
+        await self.cancellations.start()
+        async for msgs in pulled(sub, room, stop):
             for msg in msgs:
                 task = asyncio.create_task(self.handle(msg))
                 self.in_flight.add(task)
@@ -241,7 +240,7 @@ class WorkerPool:
             await msg.ack()
             return
         if item.deadline <= self.clock():
-            err = LLMError("expired", "the job passed its deadline before this persona was generated")
+            err = LLMError("expired", EXPIRED_PERSONA_ERROR)
             await self.log.publish(failed(item, err, delivered))
             await msg.ack()
             return

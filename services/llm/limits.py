@@ -22,7 +22,7 @@ from typing import TypeVar
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from services.llm.base import LLMError
+from services.llm.base import LLMError, approx_tokens
 from services.ports import EventLogPort
 from services.settings import Settings
 
@@ -135,7 +135,7 @@ T = TypeVar("T")
 
 def estimated_tokens(prompt_chars: int, expected_completion: int) -> int:
     """A cheap upper-side guess of a call's tokens, for the shared token budget."""
-    return prompt_chars // 4 + expected_completion
+    return approx_tokens(prompt_chars) + expected_completion
 
 
 async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[T]]) -> T:

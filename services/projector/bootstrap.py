@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import structlog
 
-from services.bus import EventLog
 from services.parking import ParkedEvents
 from services.ports import EventLogPort, ReadModelsPort
 from services.projector.fold import PROJECTOR, Fold
@@ -21,7 +20,7 @@ from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
 from services.runtime import Clock, announce_ready, cancel_and_wait, utc_now
 from services.settings import Settings
-from services.store import open_read_models
+from services.wiring import event_log_for, models_for
 
 log = structlog.get_logger()
 
@@ -34,7 +33,7 @@ class ProjectorService:
     parked: ParkedEvents
     fold: Fold
     job_manager: JobManager
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold the log, decide jobs, answer rebuild and re-apply requests, until ``stop``."""
@@ -60,8 +59,7 @@ class ProjectorService:
                 await cancel_and_wait(task)
 
     async def aclose(self) -> None:
-        for close in reversed(self.closers):
-            await close()
+        await self.stack.aclose()
         log.info("service_stopped", position=self.fold.position)
 
 
@@ -72,15 +70,11 @@ async def bootstrap(
     models: ReadModelsPort | None = None,
     clock: Clock = utc_now,
 ) -> ProjectorService:
-    closers: list[Callable[[], Awaitable[None]]] = []
-    if models is None:
-        models, close_models = open_read_models(settings)
-        closers.append(close_models)
-    if event_log is None:
-        event_log = await EventLog.connect(settings, "promptgen-projector")
-        closers.append(event_log.close)
+    stack = AsyncExitStack()
+    models = models_for(settings, stack, models)
+    event_log = await event_log_for(settings, "promptgen-projector", stack, event_log)
     parked = ParkedEvents(event_log)
     job_manager = JobManager(event_log, models, parked=parked, clock=clock)
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
                 on_reapplied=job_manager.decide)
-    return ProjectorService(settings, event_log, models, parked, fold, job_manager, closers)
+    return ProjectorService(settings, event_log, models, parked, fold, job_manager, stack)

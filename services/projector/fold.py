@@ -75,7 +75,7 @@ class Fold:
 
         async def write_all() -> None:
             for collection, ops in writes.items():
-                await self.models.collection(collection).bulk_write(coalesce(ops), ordered=True)
+                await self.models.apply(collection, coalesce(ops))
             await self.models.save_checkpoint(batch[-1].seq)
 
         try:
@@ -91,8 +91,8 @@ class Fold:
         self.position = batch[-1].seq
 
     async def _write(self, stored: StoredEvent) -> None:
-        for collection, op in writes_for(stored.event, stored.seq, self.job_retention):
-            await self.models.collection(collection).bulk_write([op], ordered=True)
+        for collection, change in writes_for(stored.event, stored.seq, self.job_retention):
+            await self.models.apply(collection, [change])
 
     async def _park_unusable(self, stored: StoredEvent, kind: str, error: BaseException | str) -> None:
         await self.parked.park(PROJECTOR, stored, kind, error)

@@ -37,7 +37,7 @@ from services.parking import ParkedEvents
 from services.ports import EventLogPort, ReadModelsPort
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
-from services.projector.projections import JOB_PERSONAS, project
+from services.projector.projections import JOB_PERSONAS, JOBS, project
 from services.runtime import Clock, keep_going, utc_now
 
 log = structlog.get_logger()
@@ -94,7 +94,7 @@ async def job_history(event_log: EventLogPort, job_id: str) -> tuple[dict, list[
             if stored.event is not None:
                 for collection, op in project(stored.event, stored.seq):
                     fold.apply(collection, op)
-    job = fold.collections["prompt_jobs"].get(job_id)
+    job = fold.collections[JOBS].get(job_id)
     if job is None:
         return None
     personas = sorted(fold.collections[JOB_PERSONAS].values(), key=lambda p: p["order"])

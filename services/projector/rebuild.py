@@ -2,7 +2,8 @@
 
 A running projector does it itself when asked on ``CONTROL_SUBJECT`` (so no two
 writers race); with no projector running, ``promptgen rebuild`` does it alone.
-Progress goes to a subject the caller names, for its progress bar.
+The answer, progress (for the caller's progress bar) and the end go to the
+request's reply inbox, one after the other.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from services.bus import EventLog, StoredEvent
 from services.failures import Unstorable, durably
 from services.projector.memory_fold import MemoryFold
 from services.projector.projections import writes_for
-from services.store import READ_MODELS, ReadModels
+from services.projector.projections import READ_MODELS
+from services.store import STATE, ReadModels
 
 log = structlog.get_logger()
 
 # Outside the `promptgen.>` stream on purpose: control messages are not events.
 CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
+INBOX_PREFIX = "_INBOX."  # where NATS clients take their reply subjects (nc.new_inbox())
 SUFFIX = "__rebuild"
-STATE = "projector_state"
 
 Progress = Callable[[int, int], Awaitable[None]]
 
@@ -122,23 +124,40 @@ async def switch_to(source: ReadModels, live: ReadModels) -> None:
             await live.collection(name).drop()
 
 
+def _refusal(msg) -> str | None:
+    """Why a rebuild request is refused, or None. Progress goes to the request's reply inbox
+    and nowhere else: a subject chosen by the caller could be the event log itself."""
+    try:
+        request = json.loads(msg.data or b"{}")
+    except ValueError:
+        return "the request is not JSON"
+    if isinstance(request, dict) and "progress_subject" in request:
+        return "progress goes to the request's reply inbox; 'progress_subject' is not accepted"
+    return None
+
+
 async def serve_rebuild_requests(event_log: EventLog, rebuild: Callable[[Progress], Awaitable[int]]) -> None:
-    """Answer rebuild requests: accept at once, then report progress on the caller's subject."""
+    """Answer rebuild requests: accept at once, then report progress and the end to the
+    request's reply inbox."""
     running = asyncio.Lock()
     nc = event_log.nc
     tasks: set[asyncio.Task] = set()
 
     async def on_request(msg) -> None:
-        if running.locked():
-            await msg.respond(json.dumps({"accepted": False, "error": "a rebuild is already running"}).encode())
+        reply_to = msg.reply or ""
+        if not reply_to.startswith(INBOX_PREFIX):
+            # Nobody to report to, or a reply subject that is not an inbox (it could be
+            # `promptgen.>`, and what we published there would be stored as an event).
+            log.warning("rebuild_request_ignored", reason="reply is not an inbox", reply=reply_to[:200])
             return
-        request = json.loads(msg.data or b"{}")
-        reply_to = request.get("progress_subject")
+        refusal = "a rebuild is already running" if running.locked() else _refusal(msg)
+        if refusal:
+            await msg.respond(json.dumps({"accepted": False, "error": refusal}).encode())
+            return
         await msg.respond(json.dumps({"accepted": True}).encode())
 
         async def report(done: int, total: int) -> None:
-            if reply_to:
-                await nc.publish(reply_to, json.dumps({"done": done, "total": total}).encode())
+            await nc.publish(reply_to, json.dumps({"done": done, "total": total}).encode())
 
         async with running:
             started = time.monotonic()
@@ -150,8 +169,7 @@ async def serve_rebuild_requests(event_log: EventLog, rebuild: Callable[[Progres
             else:
                 final = {"finished": True, "position": position, "seconds": round(time.monotonic() - started, 3)}
                 log.info("rebuild_finished", **final)
-            if reply_to:
-                await nc.publish(reply_to, json.dumps(final).encode())
+            await nc.publish(reply_to, json.dumps(final).encode())
 
     async def on_message(msg) -> None:
         # Answer at once and rebuild in the background: the subscription must not block.

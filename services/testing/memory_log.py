@@ -135,6 +135,13 @@ class MemoryEventLog:
             cursor = found[-1].seq
             yield batch
 
+    async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+        await asyncio.sleep(0)
+        source = self._streams[self.stream]
+        found = source.after(max(1, start_seq) - 1, filter_subject, limit + 1)
+        page = found[:limit]
+        return [_event(msg) for msg in page], bool(page) and len(found) > limit
+
     async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         async with aclosing(self.follow_batches(filter_subject, start_seq)) as batches:
             async for batch in batches:
@@ -206,12 +213,12 @@ class MemoryEventLog:
 
 
 class _LiveSubscription:
-    """An ordered consumer of what is stored from now on (``DeliverPolicy.NEW``)."""
+    """An ordered consumer of the stream from ``start_seq`` on, read with ``next_msg``."""
 
-    def __init__(self, stream: MemoryStream, filter_subject: str) -> None:
+    def __init__(self, stream: MemoryStream, filter_subject: str, start_seq: int) -> None:
         self._stream = stream
         self._filter = filter_subject
-        self._cursor = stream.last_seq
+        self._cursor = start_seq - 1
         self._delivered = 0
 
     async def next_msg(self, timeout: float | None = 1.0) -> StreamMessage:
@@ -219,25 +226,32 @@ class _LiveSubscription:
             if not await self._stream.changed.wait(timeout):
                 raise NatsTimeout
         self._cursor, self._delivered = found[0].seq, self._delivered + 1
+        pending = self._stream.count_after(self._cursor, self._filter)
         return StreamMessage(found[0], metadata(found[0], self._stream.name, "ordered",
-                                                consumer_seq=self._delivered, delivered=1, pending=0))
+                                                consumer_seq=self._delivered, delivered=1, pending=pending))
 
     async def unsubscribe(self) -> None:
         return None
 
 
 class _LiveFeeds:
-    """``event_log.js`` for services/gateway/feeds.py, which subscribes to new job events
-    through nats-py directly: exactly that call, nothing else. Goes once feeds.py uses the port."""
+    """``event_log.js`` for services/gateway/feeds.py, which follows the job events through
+    nats-py directly (an ordered consumer from a start sequence, or from now): exactly that
+    call, nothing else. Goes once feeds.py uses the port."""
 
     def __init__(self, log: MemoryEventLog) -> None:
         self._log = log
 
     async def subscribe(self, subject: str, *, stream: str | None = None, ordered_consumer: bool = False,
-                        deliver_policy: api.DeliverPolicy | None = None, **_: object) -> _LiveSubscription:
-        if not ordered_consumer or deliver_policy != api.DeliverPolicy.NEW:
+                        deliver_policy: api.DeliverPolicy | None = None, config: api.ConsumerConfig | None = None,
+                        **_: object) -> _LiveSubscription:
+        source = self._log._stream(stream or self._log.stream)
+        policy = deliver_policy or (config.deliver_policy if config else None)
+        if not ordered_consumer or policy not in (api.DeliverPolicy.NEW, api.DeliverPolicy.BY_START_SEQUENCE):
             raise NotImplementedError("only the gateway feeds' live ordered consumer is kept in memory")
-        return _LiveSubscription(self._log._stream(stream or self._log.stream), subject)
+        if policy == api.DeliverPolicy.NEW:
+            return _LiveSubscription(source, subject, source.last_seq + 1)
+        return _LiveSubscription(source, subject, max(1, config.opt_start_seq or 1))
 
 
 class _CorePublish:

@@ -109,6 +109,18 @@ async def test_read_stops_once_caught_up(any_event_log):
     assert [s async for s in log.read(subjects.ALL_JOBS)] == []  # no event matches the filter
 
 
+async def test_a_page_holds_at_most_its_limit_and_says_whether_more_follow(any_event_log):
+    log = any_event_log
+    seqs = await publish_job(log, "j1", ("p1", "p2", "p3", "p4"))
+    await log.publish(template("t1"))  # another subject between: not in the page
+    page, more = await log.read_page(subjects.job_history("j1"), seqs[0], 3)
+    assert [s.seq for s in page] == seqs[:3] and more
+    page, more = await log.read_page(subjects.job_history("j1"), seqs[3], 3)
+    assert [s.seq for s in page] == seqs[3:] and not more
+    assert await log.read_page(subjects.job_history("j1"), seqs[-1] + 1, 3) == ([], False)
+    assert await log.read_page(subjects.job_history("j9"), 1, 3) == ([], False)
+
+
 async def test_follow_delivers_the_history_then_later_events(any_event_log):
     log = any_event_log
     first = await log.publish(template("t1"))
@@ -355,15 +367,17 @@ async def test_key_value_compare_and_set(any_event_log):
 # --- what feeds.py and rebuild.py still take from nats-py -------------------------------------------
 
 
-async def test_the_gateway_feeds_live_subscription_sees_only_new_job_events(any_event_log):
+async def test_the_gateway_feeds_ordered_subscription_from_a_sequence(any_event_log):
     log = any_event_log
     await publish_job(log, "j1")
-    sub = await log.js.subscribe(subjects.ALL_JOBS, stream=log.stream, ordered_consumer=True,
-                                 deliver_policy=api.DeliverPolicy.NEW, idle_heartbeat=2)
+    start = await log.last_seq() + 1  # as feeds.py: from the log's end as it starts
+    config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+    sub = await log.js.subscribe(subjects.ALL_JOBS, stream=log.stream, ordered_consumer=True, idle_heartbeat=2,
+                                 config=config)
     await log.publish(template("t9"))  # not a job event
     later = await log.publish(JobCancelRequested(job_id="j1"))
     msg = await sub.next_msg(timeout=5)
-    assert stored_message(msg).seq == later
+    assert stored_message(msg).seq == later and msg.metadata.sequence.stream == later
     await sub.unsubscribe()
 
 

@@ -26,16 +26,16 @@ async def fold(models: ReadModels, events: list, first_seq: int = 1) -> None:
     collection, coalesced, as the fold applies them."""
     writes: dict[str, list] = {}
     for seq, event in enumerate(events, first_seq):
-        for collection, op in writes_for(event, seq, RETENTION):
-            writes.setdefault(collection, []).append(op)
-    for collection, ops in writes.items():
-        await models.collection(collection).bulk_write(coalesce(ops), ordered=True)
+        for collection, change in writes_for(event, seq, RETENTION):
+            writes.setdefault(collection, []).append(change)
+    for collection, changes in writes.items():
+        await models.apply(collection, coalesce(changes))
 
 
 async def replay_one_by_one(models: ReadModels, events: list, first_seq: int = 1) -> None:
     for seq, event in enumerate(events, first_seq):
-        for collection, op in writes_for(event, seq, RETENTION):
-            await models.collection(collection).bulk_write([op], ordered=True)
+        for collection, change in writes_for(event, seq, RETENTION):
+            await models.apply(collection, [change])
 
 
 async def test_mongodb_and_mongomock_fold_every_sample_event_alike(models, mongomock_models):

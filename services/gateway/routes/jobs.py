@@ -16,8 +16,8 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
-from services.audit import job_history
-from services.gateway.deps import ClockDep, EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
+from services.audit import job_history_page
+from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, not_found
 from services.gateway.jobs import (
     build_job,
@@ -28,7 +28,8 @@ from services.gateway.jobs import (
     job_view_from_log,
     sse_endpoint,
 )
-from services.gateway.sse import Position, stream_job_events
+from services.gateway.sse import HeldEventStream, stream_job_events
+from services.gateway.sse_messages import Position
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"])
 log = structlog.get_logger()
@@ -91,6 +92,7 @@ async def prompt_generation_status(
     settings: SettingsDep,
     waiter: WaiterDep,
     feeds: FeedsDep,
+    capacity: CapacityDep,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
@@ -102,9 +104,10 @@ async def prompt_generation_status(
         if end_seq is not None and after.seq >= end_seq and after.index is None:
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
-    return EventSourceResponse(
+    return HeldEventStream(
         stream_job_events(feeds, job_id, start_seq=requested_seq, after=after, before_end=waiter.wait_for,
                           retry_ms=settings.sse_retry_ms),
+        slot=capacity.sse_streams.take(),  # the last thing before the response: it gives the slot back
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
@@ -182,8 +185,16 @@ async def retry_failed(
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory)
-async def job_events(job_id: str, event_log: EventLogDep) -> JobEventHistory:
-    """The job's full event history from the log, in order (for audit)."""
-    start = await _requested_seq(event_log, job_id)
-    return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, start))
+async def job_events(
+    job_id: str,
+    event_log: EventLogDep,
+    capacity: CapacityDep,
+    after: int = Query(0, ge=0, description="Events after this stream sequence (a page's `next_after`)"),
+    limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
+) -> JobEventHistory:
+    """The job's event history from the log, in order (for audit), a page at a time."""
+    async with capacity.history_reads.hold():
+        start = max(await _requested_seq(event_log, job_id), after + 1)
+        events, next_after = await job_history_page(event_log, job_id, start, limit)
+    return JobEventHistory(job_id=job_id, events=events, next_after=next_after)
 

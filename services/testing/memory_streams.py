@@ -98,7 +98,11 @@ class MemoryStream:
         now = time.monotonic()
         if msg_id:
             window = self.config.duplicate_window or DEFAULT_DUPLICATE_WINDOW
-            self._dedup = {k: v for k, v in self._dedup.items() if now - v[1] < window}
+            while self._dedup:  # oldest first: ids leave once their window has passed
+                oldest = next(iter(self._dedup))
+                if now - self._dedup[oldest][1] < window:
+                    break
+                del self._dedup[oldest]
             if msg_id in self._dedup:
                 return self._dedup[msg_id][0], True
         seq = len(self._messages) + 1

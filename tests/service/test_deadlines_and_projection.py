@@ -1,4 +1,5 @@
-"""Job deadlines on a clock the test moves, and read-your-writes through the projection waiter."""
+"""Job deadlines on a clock the test moves, read-your-writes through the projection waiter, and a
+rebuild of the read models while the projector runs."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from services.gateway.projection import ProjectionWaiter
 from services.parking import ParkedEvents
 from services.projector.fold import Fold
 from tests.conftest import SCENARIO
-from tests.samples import job_requested
 from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.readmodels import snapshot
+from tests.samples import job_requested
 from tests.sse_client import read_sse
 from tests.waiting import eventually
 
@@ -70,3 +72,21 @@ async def test_the_projection_waiter_waits_for_the_projector_and_gives_up_withou
         await fold.apply(batch)
     assert await asyncio.wait_for(waiting, 10) is True
     assert await memory_models.jobs.find_one({"_id": "j1"}) is not None
+
+
+async def test_a_rebuild_while_the_projector_runs_gives_the_same_read_models(running, memory_models):
+    gateway = running.client
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 3)
+    job = await start_job(gateway, template_id, cycle_modes([p["id"] for p in personas]))
+    await read_sse(gateway, job["sse_endpoint"])  # the job ended and its end is projected
+    before = await snapshot(memory_models)
+    fold = running.services["projector"][0].fold
+    position = await fold.rebuild(_no_progress)
+    assert position == await running.event_log.last_seq()
+    assert await snapshot(memory_models) == before
+    assert await memory_models.checkpoint() == position
+
+
+async def _no_progress(done: int, total: int) -> None:
+    return None

@@ -13,8 +13,24 @@ from rich.console import Console
 
 from services.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)  # --install-completion / --show-completion
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"promptgen {version('promptgen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Event-sourced system-prompt generation: run the whole system, one service, or inspect the log."""
 
 
 def run_async(coro) -> object:

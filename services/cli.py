@@ -166,6 +166,26 @@ def asyncapi(
     console.print(f"wrote {write()}")
 
 
+@app.command()
+def doctor(
+    data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
+) -> None:
+    """Check what this configuration needs: NATS with JetStream and enough nodes for the stream's
+    replicas, MongoDB, the LLM provider and its key, disk space; each failure with its fix."""
+    from rich.table import Table
+
+    from services.doctor import diagnose
+
+    findings = asyncio.run(diagnose(Settings(), data_dir))
+    table = Table(title="promptgen doctor")
+    for column in ("check", "", "detail", "fix"):
+        table.add_column(column, overflow="fold")
+    for f in findings:
+        table.add_row(f.check, "[green]ok[/green]" if f.ok else "[red]FAIL[/red]", f.detail, f.fix)
+    Console().print(table)
+    raise typer.Exit(0 if all(f.ok for f in findings) else 1)
+
+
 parked_app = typer.Typer(no_args_is_help=True, help="Events a consumer could not decode or store, kept for you.")
 app.add_typer(parked_app, name="parked")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
 
     app = FastAPI(
         title="promptgen",
-        version="0.1.0",
+        version=version("promptgen"),
         description="System prompts for avatar conversations, generated asynchronously with live progress.",
         lifespan=lifespan,
     )

@@ -43,5 +43,8 @@ class ScriptedProvider:
             raise LLMError("llm_rejected", f"the model refused to write {brief.persona.name}'s prompt")
         return await self._offline.write_system_prompt(brief)
 
+    async def check(self) -> None:
+        await self._offline.check()
+
     async def aclose(self) -> None:
         return None

@@ -48,7 +48,7 @@ async def job_history(event_log: EventLogPort, job_id: str, start_seq: int = 1) 
 
 
 async def job_history_page(
-    event_log: EventLog, job_id: str, start_seq: int, limit: int
+    event_log: EventLogPort, job_id: str, start_seq: int, limit: int
 ) -> tuple[list[JobEventRecord], int | None]:
     """Up to ``limit`` records from ``start_seq``, and the sequence to read the next page
     after (None when there is no more)."""

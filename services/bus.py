@@ -224,6 +224,10 @@ class EventLog:
         (events stored in the log are published too). One member of a ``queue`` group gets each."""
         return await self.nc.subscribe(subject, queue=queue or "", cb=cb)
 
+    async def send(self, subject: str, data: bytes) -> None:
+        """A core publish (a reply, a progress report): stored only if a stream captures it."""
+        await self.nc.publish(subject, data)
+
     async def request(self, subject: str, data: bytes, *, timeout: float):
         """Ask whoever subscribes to ``subject``; nats-py's ``NoRespondersError`` if nobody does."""
         return await self.nc.request(subject, data, timeout=timeout)

@@ -116,7 +116,8 @@ class Cancellations:
 
     async def start(self) -> None:
         async def on_cancel(msg) -> None:
-            self._remember(msg.subject.split(".")[2], True)
+            if job_id := subjects.job_id_of(msg.subject):
+                self._remember(job_id, True)
 
         await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
         self.log.on_reconnect(self.known.clear)

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 
 from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import NotFoundError
 
@@ -43,9 +42,6 @@ class MemoryEventLog:
         self._streams[self.stream] = MemoryStream(api.StreamConfig(
             name=self.stream, subjects=[subjects.ALL], duplicate_window=self.settings.duplicate_window_seconds,
         ))
-        # What gateway/feeds.py and projector/rebuild.py still take from nats-py directly.
-        self.js = _LiveFeeds(self)
-        self.nc = _CorePublish(self)
 
     # --- the server's side ----------------------------------------------------------------
 
@@ -195,6 +191,9 @@ class MemoryEventLog:
     async def subscribe(self, subject: str, cb, *, queue: str | None = None) -> CoreSubscription:
         return self._core.subscribe(subject, cb, queue)
 
+    async def send(self, subject: str, data: bytes) -> None:
+        self._route(subject, data)
+
     async def request(self, subject: str, data: bytes, *, timeout: float) -> CoreMessage:
         return await self._core.request(subject, data, timeout=timeout)
 
@@ -210,59 +209,3 @@ class MemoryEventLog:
         await self._core.close()
         for consumer in self._consumers.values():
             consumer.close()
-
-
-class _LiveSubscription:
-    """An ordered consumer of the stream from ``start_seq`` on, read with ``next_msg``."""
-
-    def __init__(self, stream: MemoryStream, filter_subject: str, start_seq: int) -> None:
-        self._stream = stream
-        self._filter = filter_subject
-        self._cursor = start_seq - 1
-        self._delivered = 0
-
-    async def next_msg(self, timeout: float | None = 1.0) -> StreamMessage:
-        while not (found := self._stream.after(self._cursor, self._filter, 1)):
-            if not await self._stream.changed.wait(timeout):
-                raise NatsTimeout
-        self._cursor, self._delivered = found[0].seq, self._delivered + 1
-        pending = self._stream.count_after(self._cursor, self._filter)
-        return StreamMessage(found[0], metadata(found[0], self._stream.name, "ordered",
-                                                consumer_seq=self._delivered, delivered=1, pending=pending))
-
-    async def unsubscribe(self) -> None:
-        return None
-
-
-class _LiveFeeds:
-    """``event_log.js`` for services/gateway/feeds.py, which follows the job events through
-    nats-py directly (an ordered consumer from a start sequence, or from now): exactly that
-    call, nothing else. Goes once feeds.py uses the port."""
-
-    def __init__(self, log: MemoryEventLog) -> None:
-        self._log = log
-
-    async def subscribe(self, subject: str, *, stream: str | None = None, ordered_consumer: bool = False,
-                        deliver_policy: api.DeliverPolicy | None = None, config: api.ConsumerConfig | None = None,
-                        **_: object) -> _LiveSubscription:
-        source = self._log._stream(stream or self._log.stream)
-        policy = deliver_policy or (config.deliver_policy if config else None)
-        if not ordered_consumer or policy not in (api.DeliverPolicy.NEW, api.DeliverPolicy.BY_START_SEQUENCE):
-            raise NotImplementedError("only the gateway feeds' live ordered consumer is kept in memory")
-        if policy == api.DeliverPolicy.NEW:
-            return _LiveSubscription(source, subject, source.last_seq + 1)
-        return _LiveSubscription(source, subject, max(1, config.opt_start_seq or 1))
-
-
-class _CorePublish:
-    """``event_log.nc`` for services/projector/rebuild.py, which answers rebuild requests on
-    core NATS directly: subscribe and publish, nothing else. Goes once rebuild.py uses the port."""
-
-    def __init__(self, log: MemoryEventLog) -> None:
-        self._log = log
-
-    async def subscribe(self, subject: str, queue: str = "", cb=None) -> CoreSubscription:
-        return self._log._core.subscribe(subject, cb, queue or None)
-
-    async def publish(self, subject: str, payload: bytes = b"", **_: object) -> None:
-        self._log._route(subject, payload)

@@ -364,24 +364,10 @@ async def test_key_value_compare_and_set(any_event_log):
     assert (await same.get("state")).revision == second
 
 
-# --- what feeds.py and rebuild.py still take from nats-py -------------------------------------------
+# --- a core publish (rebuild progress, replies) -------------------------------------------------
 
 
-async def test_the_gateway_feeds_ordered_subscription_from_a_sequence(any_event_log):
-    log = any_event_log
-    await publish_job(log, "j1")
-    start = await log.last_seq() + 1  # as feeds.py: from the log's end as it starts
-    config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
-    sub = await log.js.subscribe(subjects.ALL_JOBS, stream=log.stream, ordered_consumer=True, idle_heartbeat=2,
-                                 config=config)
-    await log.publish(template("t9"))  # not a job event
-    later = await log.publish(JobCancelRequested(job_id="j1"))
-    msg = await sub.next_msg(timeout=5)
-    assert stored_message(msg).seq == later and msg.metadata.sequence.stream == later
-    await sub.unsubscribe()
-
-
-async def test_the_rebuild_control_subscription_hears_core_publishes(any_event_log):
+async def test_a_core_send_reaches_subscribers_and_is_not_stored(any_event_log):
     log = any_event_log
     heard = asyncio.Event()
 
@@ -389,6 +375,8 @@ async def test_the_rebuild_control_subscription_hears_core_publishes(any_event_l
         if msg.data == b"progress":
             heard.set()
 
-    await log.nc.subscribe("contract_control.rebuild", cb=on_message)
-    await log.nc.publish("contract_control.rebuild", b"progress")
+    before = await log.last_seq()
+    await log.subscribe("contract_control.rebuild", on_message)
+    await log.send("contract_control.rebuild", b"progress")
     await asyncio.wait_for(heard.wait(), 5)
+    assert await log.last_seq() == before

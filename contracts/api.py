@@ -22,6 +22,7 @@ from contracts.domain import (
     TokenUsage,
 )
 from contracts.limits import (
+    MAX_SAFE_NUMBER,
     MAX_SCENARIO_DOCUMENT_LENGTH,
     MAX_SYSTEM_PROMPT_LENGTH,
     NOT_BLANK,
@@ -199,8 +200,13 @@ class JobEventRecord(BaseModel):
 
 
 class JobEventHistory(BaseModel):
+    """One page of a job's history, oldest first."""
+
     job_id: str
     events: list[JobEventRecord]
+    next_after: int | None = Field(
+        None, description="Pass as `after` for the next page; null when there is no more (for now)"
+    )
 
 
 # --- avatar interactions -----------------------------------------------------------------------
@@ -258,3 +264,41 @@ class ErrorBody(BaseModel):
     field: str | None = Field(None, description="The field at fault, as a dotted path into the body")
     ids: list[str] | None = Field(None, description="The ids at fault (unknown, or of another template)")
     errors: list[FieldError] | None = Field(None, description="Every invalid field (422 only)")
+
+
+# --- operations: parked events ---------------------------------------------------------------
+
+
+class ParkedEvent(BaseModel):
+    """A message a consumer could not use, kept where an operator sees it and can re-apply it.
+
+    ``consumer`` is who parked it (``projector``, ``job-manager``, ``generator-dispatcher``,
+    ``generator-workers``, ``generator-dead-letters``); ``seq`` is the message's position in
+    ``stream`` (the event log, except for dead-letter advisories)."""
+
+    consumer: str
+    stream: str
+    seq: int
+    subject: str
+    error_kind: Literal["undecodable", "unstorable"]
+    error: str
+    first_bytes: str = Field(description="The start of the message, for a person to read")
+    job_id: str | None = None
+    persona_id: str | None = None
+    parked_at: datetime
+
+
+class ParkedEventList(BaseModel):
+    parked: list[ParkedEvent]
+
+
+class ReapplyRequest(Request):
+    consumer: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z-]*$")
+    seqs: list[Annotated[int, Field(ge=1, le=MAX_SAFE_NUMBER)]] | None = Field(  # stream sequences
+        None, max_length=10_000, description="None: every event this consumer parked")
+
+
+class ReapplyResult(BaseModel):
+    consumer: str
+    reapplied: list[int]
+    still_parked: list[ParkedEvent]

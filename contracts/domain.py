@@ -9,13 +9,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from contracts.limits import FreeFormObject, Id, StoredText
 
 Mode = Literal["learn_mode", "try_mode", "assess_mode"]
-MODES: tuple[Mode, ...] = ("learn_mode", "try_mode", "assess_mode")
 
 PersonaStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 TERMINAL_PERSONA_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 JobStatus = Literal["processing", "completed", "failed", "cancelled", "expired"]
-TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
+
+
+# The error of a persona whose job passed its deadline first (error_code "expired").
+EXPIRED_PERSONA_ERROR = "the job passed its deadline before this persona was generated"
 
 
 def generation_mode(mode: Mode) -> Mode:
@@ -37,9 +39,10 @@ class Role(Frozen):
 
 
 class TemplateData(Frozen):
-    """What a scenario document becomes: the structured training template. Its size follows
-    the document's (or the LLM's answer's); its text must be storable all the same."""
+    """What a scenario document becomes: the structured training template."""
 
+    # No length caps: its size follows the document's (or the LLM's answer's). Its text must
+    # be storable all the same.
     title: StoredText
     description: StoredText
     context: StoredText = ""
@@ -52,9 +55,10 @@ PersonaText = Annotated[StoredText, Field(max_length=1000)]
 
 
 class PersonaDraft(Frozen):
-    """A persona as a provider invents it, before it has an id. It comes from an LLM: its
-    free-form parts have the caps of any input, so a bad answer is refused, not stored."""
+    """A persona as a provider invents it, before it has an id."""
 
+    # It comes from an LLM: its free-form parts have the caps of any input, so a bad answer
+    # is refused (invalid_output), never stored.
     name: PersonaText
     age: int = Field(ge=1, le=120)
     role: PersonaText

@@ -15,12 +15,9 @@ which JSON Schema cannot express (it is in the description).
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, Field, PlainValidator, StringConstraints
-from pydantic_core import PydanticCustomError
-from typing_extensions import TypeAliasType
+from pydantic import AfterValidator, Field, PlainValidator, RootModel, StringConstraints, create_model
 
 from contracts.subjects import TOKEN_PATTERN
 
@@ -51,9 +48,7 @@ def _encodable(value: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise PydanticCustomError(
-            "text_encoding", "text must be valid Unicode: a lone surrogate at position {at}", {"at": exc.start}
-        ) from None
+        raise ValueError(f"text must be valid Unicode: a lone surrogate at position {exc.start}") from None
     return value
 
 
@@ -68,8 +63,16 @@ Id = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN), Field(description=
 # --- free-form values ---------------------------------------------------------------------------
 
 
-def _refuse(where: list[str | int], problem: str) -> PydanticCustomError:
-    return PydanticCustomError("free_form", "{problem}", {"problem": problem, "where": _path(where)})
+class NotStorable(ValueError):
+    """A free-form value that cannot be stored; ``where`` is the place inside it (``0.name``)."""
+
+    def __init__(self, problem: str, where: str) -> None:
+        super().__init__(problem)
+        self.where = where
+
+
+def _refuse(where: list[str | int], problem: str) -> NotStorable:
+    return NotStorable(problem, _path(where))
 
 
 def _path(where: list[str | int]) -> str:
@@ -109,7 +112,7 @@ def _scalar_size(value: Any, where: list[str | int]) -> int:
     if isinstance(value, bool):
         return 1
     if isinstance(value, int | float):
-        if not (math.isfinite(value) and -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER):
+        if not -MAX_SAFE_NUMBER <= value <= MAX_SAFE_NUMBER:  # NaN and infinities fail it too
             raise _refuse(where, f"numbers must be between -{MAX_SAFE_NUMBER} and {MAX_SAFE_NUMBER}")
         return 8
     if isinstance(value, str):
@@ -190,8 +193,8 @@ def _schema_levels() -> list[Any]:
         Annotated[str, StringConstraints(max_length=MAX_STRING_LENGTH)],
     ]
 
-    def level(name: str, members: list[Any]) -> Any:
-        return TypeAliasType(name, Annotated[Union[tuple(members)], _OneSchema()])  # noqa: UP007
+    def level(name: str, members: list[Any]) -> Any:  # a named model: its schema is one of the $defs
+        return create_model(name, __base__=RootModel[Annotated[Union[tuple(members)], _OneSchema()]])  # noqa: UP007
 
     levels = [level("FreeFormScalar", scalars)]
     for depth in range(1, MAX_DEPTH):
@@ -214,7 +217,7 @@ _DESCRIPTION = (f"Free-form JSON: at most {MAX_DEPTH} levels deep, {MAX_ITEMS} i
 def _validator(shape: type, name: str) -> PlainValidator:
     def validate(value: Any) -> Any:
         if not isinstance(value, shape):
-            raise PydanticCustomError(f"{name}_type", f"Input should be a valid {name}")
+            raise ValueError(f"Input should be a valid {name}")
         check_free_form(value)
         return value
 

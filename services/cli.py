@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -13,8 +12,24 @@ from rich.console import Console
 
 from services.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)  # --install-completion / --show-completion
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"promptgen {version('promptgen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Event-sourced system-prompt generation: run the whole system, one service, or inspect the log."""
 
 
 def run_async(coro) -> object:
@@ -134,6 +149,71 @@ def rebuild() -> None:
 
     configure_logging("rebuild", "warning", stream=sys.stderr)
     raise typer.Exit(main(Settings()))
+
+
+@app.command()
+def asyncapi(
+    check: bool = typer.Option(False, "--check", help="Only say whether contracts/asyncapi.json is up to date."),
+) -> None:
+    """Write the event log's AsyncAPI 3 document (contracts/asyncapi.json) from the contracts."""
+    from services.asyncapi_command import COMMITTED, current, write
+
+    if check:
+        fresh = COMMITTED.exists() and COMMITTED.read_text() == current()
+        console.print(f"{COMMITTED} is {'up to date' if fresh else 'out of date: run `promptgen asyncapi`'}")
+        raise typer.Exit(0 if fresh else 1)
+    console.print(f"wrote {write()}")
+
+
+@app.command()
+def doctor(
+    data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
+) -> None:
+    """Check what this configuration needs: NATS with JetStream and enough nodes for the stream's
+    replicas, MongoDB, the LLM provider and its key, disk space; each failure with its fix."""
+    from rich.table import Table
+
+    from services.doctor import diagnose
+
+    findings = asyncio.run(diagnose(Settings(), data_dir))
+    table = Table(title="promptgen doctor")
+    for column in ("check", "", "detail", "fix"):
+        table.add_column(column, overflow="fold")
+    for f in findings:
+        table.add_row(f.check, "[green]ok[/green]" if f.ok else "[red]FAIL[/red]", f.detail, f.fix)
+    Console().print(table)
+    raise typer.Exit(0 if all(f.ok for f in findings) else 1)
+
+
+parked_app = typer.Typer(no_args_is_help=True, help="Events a consumer could not decode or store, kept for you.")
+app.add_typer(parked_app, name="parked")
+
+
+@parked_app.command("list")
+def parked_list(
+    consumer: str = typer.Option(None, help="Only this consumer's (projector, job-manager, generator-workers, …)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
+) -> None:
+    """Every parked event: who parked it, where it is in the log, and why."""
+    from services.logs import configure_logging
+    from services.parked_command import list_parked
+
+    configure_logging("parked", "warning", stream=sys.stderr)
+    raise typer.Exit(asyncio.run(list_parked(Settings(), consumer, as_json=as_json)))
+
+
+@parked_app.command("reapply")
+def parked_reapply(
+    consumer: str = typer.Argument(..., help="Whose parked events: projector, job-manager, generator-dispatcher, "
+                                             "generator-workers or generator-dead-letters."),
+    seqs: list[int] = typer.Argument(None, help="Their sequences (default: all of that consumer's)."),
+) -> None:
+    """Ask the running consumer to apply its parked events again, once a fix is deployed."""
+    from services.logs import configure_logging
+    from services.parked_command import reapply_parked
+
+    configure_logging("parked", "warning", stream=sys.stderr)
+    raise typer.Exit(asyncio.run(reapply_parked(Settings(), consumer, seqs or None)))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from contracts.api import ErrorBody, FieldError
-from contracts.limits import NOT_BLANK, printable
+from contracts.limits import NOT_BLANK, NotStorable, printable
 from contracts.subjects import TOKEN_PATTERN
 from services.bus import EventTooLarge
 
@@ -76,7 +76,8 @@ def _where(error: dict[str, Any]) -> str:
     """The error's field; for a free-form value, down to the place inside it."""
     if error.get("type") == "json_invalid":
         return "body"
-    return _field(tuple(error.get("loc", ())), (error.get("ctx") or {}).get("where"))
+    cause = (error.get("ctx") or {}).get("error")
+    return _field(tuple(error.get("loc", ())), cause.where if isinstance(cause, NotStorable) else None)
 
 
 # Pydantic's message for a pattern says the pattern; for ours, say what it means.
@@ -149,17 +150,18 @@ _ERROR_DOCS: dict[int, str] = {
     413: "The request body, or the event it would make, is larger than the server takes",
     422: "The request is invalid; `field` names where, `errors` lists the invalid fields (at most 20)",
     502: "The language model failed (`code` is the LLM error code)",
-    503: "The language model is rate limited: try again after `Retry-After` seconds",
+    503: "Not now: try again after `Retry-After` seconds (the LLM is rate limited, or this gateway is busy)",
     504: "The language model, or the job, did not finish in time",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}
 
 
-def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """``responses=`` for a route: each error status it can answer, with ``ErrorBody``."""
+def responses(*statuses: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: each error status it can answer, with ``ErrorBody``
+    (``described`` says what a status means on this route, where it differs)."""
     docs: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
-        docs[status] = {"model": ErrorBody, "description": _ERROR_DOCS[status]}
+        docs[status] = {"model": ErrorBody, "description": (described or {}).get(status, _ERROR_DOCS[status])}
         if status == 503:
             docs[status]["headers"] = _RETRY_AFTER
     return docs

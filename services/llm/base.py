@@ -10,6 +10,11 @@ from contracts.domain import Mode, Persona, PersonaDraft, TemplateData, TokenUsa
 Message = dict[str, str]
 
 
+def approx_tokens(chars: int) -> int:
+    """About how many tokens ``chars`` characters of text make (four to a token)."""
+    return max(1, chars // 4)
+
+
 @dataclass(frozen=True)
 class PromptBrief:
     """Everything needed to write one system prompt: the structured inputs and
@@ -53,5 +58,8 @@ class Provider(Protocol):
     ) -> list[PersonaDraft]: ...
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText: ...
+
+    async def check(self) -> None:
+        """Raise :class:`LLMError` if the model cannot be reached with this configuration."""
 
     async def aclose(self) -> None: ...

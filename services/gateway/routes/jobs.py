@@ -16,8 +16,17 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
-from services.audit import job_history
-from services.gateway.deps import EventLogDep, FeedsDep, JobIdPath, ModelsDep, SettingsDep, WaiterDep
+from services.audit import job_history_page
+from services.gateway.deps import (
+    CapacityDep,
+    ClockDep,
+    EventLogDep,
+    FeedsDep,
+    JobIdPath,
+    ModelsDep,
+    SettingsDep,
+    WaiterDep,
+)
 from services.gateway.errors import ApiError, not_found, responses
 from services.gateway.jobs import (
     build_job,
@@ -29,7 +38,8 @@ from services.gateway.jobs import (
     sse_endpoint,
 )
 from services.gateway.json_body import JSONBodyRoute
-from services.gateway.sse import Position, stream_job_events
+from services.gateway.sse import HeldEventStream, stream_job_events
+from services.gateway.sse_messages import Position
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route_class=JSONBodyRoute)
 log = structlog.get_logger()
@@ -46,6 +56,10 @@ async def _requested(event_log, job_id: str):
     stored = await event_log.last(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
     if stored is None:
         raise _job_not_found(job_id)
+    if stored.event is None:
+        raise ApiError(500, "event_unreadable",
+                       f"Job '{job_id}''s request (event {stored.seq}) cannot be read by this version: "
+                       f"{stored.error}", ids=[job_id])
     return stored
 
 
@@ -73,22 +87,23 @@ async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsRespo
              response_model_exclude_none=True, responses=responses(404, 413, 422))
 async def generate_final_prompts(
     body: GenerateFinalPromptsRequest, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
-    waiter: WaiterDep,
+    clock: ClockDep,
 ) -> GenerateFinalPromptsResponse:
     """Start generating the personas' system prompts; returns at once with the job id."""
-    event = await build_job(body, models=models, settings=settings)
+    event = await build_job(body, models=models, settings=settings, clock=clock)
     return await start_job(event, event_log)
 
 
 @router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "job already ended"},
-                       **responses(404, 422)})
+                       **responses(404, 422, 503)})
 async def prompt_generation_status(
     job_id: JobIdPath,
     event_log: EventLogDep,
     settings: SettingsDep,
     waiter: WaiterDep,
     feeds: FeedsDep,
+    capacity: CapacityDep,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
@@ -100,9 +115,10 @@ async def prompt_generation_status(
         if end_seq is not None and after.seq >= end_seq and after.index is None:
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
-    return EventSourceResponse(
+    return HeldEventStream(
         stream_job_events(feeds, job_id, start_seq=requested_seq, after=after, before_end=waiter.wait_for,
                           retry_ms=settings.sse_retry_ms),
+        slot=capacity.sse_streams.take(),  # the last thing before the response: it gives the slot back
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
@@ -118,7 +134,7 @@ async def job_status(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDe
             return job_view(doc, personas)
     requested = await _requested(event_log, job_id)
     finished = await finished_event(event_log, job_id)
-    return job_view_from_log(requested.event, finished.event if finished else None)
+    return job_view_from_log(requested.event, finished.event if finished and finished.event else None)
 
 
 @router.get("/jobs", response_model=JobList, responses=responses(422))
@@ -151,7 +167,7 @@ async def cancel_job(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDe
     await _requested_seq(event_log, job_id)
     end = await finished_event(event_log, job_id)
     if end is not None:
-        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({end.event.status}); nothing to cancel",
+        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({getattr(end.event, 'status', 'ended')}); nothing to cancel",
                        ids=[job_id])
     await waiter.wait_for(await event_log.publish(JobCancelRequested(job_id=job_id, correlation_id=job_id)))
     log.info("job_cancel_requested", job_id=job_id)
@@ -161,7 +177,7 @@ async def cancel_job(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDe
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
              response_model_exclude_none=True, responses=responses(404, 409, 413, 422))
 async def retry_failed(
-    job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, waiter: WaiterDep
+    job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, clock: ClockDep
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
     doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
@@ -175,13 +191,21 @@ async def retry_failed(
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
     body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
                                        mode_mapping=failed)
-    event = await build_job(body, models=models, settings=settings, retry_of=job_id)
+    event = await build_job(body, models=models, settings=settings, clock=clock, retry_of=job_id)
     return await start_job(event, event_log)
 
 
-@router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422))
-async def job_events(job_id: JobIdPath, event_log: EventLogDep) -> JobEventHistory:
-    """The job's full event history from the log, in order (for audit)."""
-    start = await _requested_seq(event_log, job_id)
-    return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, start))
+@router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422, 503))
+async def job_events(
+    job_id: JobIdPath,
+    event_log: EventLogDep,
+    capacity: CapacityDep,
+    after: int = Query(0, ge=0, description="Events after this stream sequence (a page's `next_after`)"),
+    limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
+) -> JobEventHistory:
+    """The job's event history from the log, in order (for audit), a page at a time."""
+    async with capacity.history_reads.hold():
+        start = max(await _requested_seq(event_log, job_id), after + 1)
+        events, next_after = await job_history_page(event_log, job_id, start, limit)
+    return JobEventHistory(job_id=job_id, events=events, next_after=next_after)
 

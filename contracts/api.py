@@ -7,9 +7,11 @@ choices are documented in the README.
 from __future__ import annotations
 
 from datetime import datetime
+from collections import Counter
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic.config import JsonDict
 
 from contracts.domain import (
     PERSONA_TYPE_MAX_LENGTH,
@@ -96,8 +98,7 @@ class GenerateFinalPromptsRequest(Request):
     @field_validator("persona_ids")
     @classmethod
     def _no_duplicates(cls, ids: list[str]) -> list[str]:
-        seen: set[str] = set()
-        dupes = sorted({i for i in ids if i in seen or seen.add(i)})
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
         if dupes:
             raise ValueError(f"duplicated persona ids: {', '.join(dupes)}")
         return ids
@@ -213,7 +214,7 @@ class JobEventHistory(BaseModel):
 
 
 # What _prompt_source checks, said in JSON Schema.
-_PROMPT_SOURCE_SCHEMA = {"anyOf": [
+_PROMPT_SOURCE_SCHEMA: JsonDict = {"anyOf": [
     {"properties": {"mode": {"const": "learn_mode"}}},
     {"properties": {"persona_id": {"type": "string"}}, "required": ["persona_id"]},
     {"properties": {"system_prompt": {"type": "string"}}, "required": ["system_prompt"]},

@@ -17,7 +17,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Union
 
-from pydantic import AfterValidator, Field, PlainValidator, RootModel, StringConstraints, create_model
+from pydantic import (
+    AfterValidator,
+    Field,
+    GetJsonSchemaHandler,
+    PlainValidator,
+    RootModel,
+    StringConstraints,
+    create_model,
+)
+from pydantic.json_schema import JsonSchemaValue
 
 from contracts.subjects import TOKEN_PATTERN
 
@@ -125,7 +134,7 @@ def _scalar_size(value: Any, where: list[str | int]) -> int:
     raise _refuse(where, f"unsupported value of type {type(value).__name__}")
 
 
-def check_free_form(value: list | dict) -> None:
+def check_free_form(value: list[Any] | dict[str, Any]) -> None:
     """Refuse ``value`` unless MongoDB and NATS can hold it; the error names where, from the field."""
     size = 0
     pending: list[tuple[Any, list[str | int], int]] = [(value, [], 1)]  # value, where, its depth
@@ -160,7 +169,7 @@ class PatternKeys:
     refuses them, as validation does."""
 
     @staticmethod
-    def __get_pydantic_json_schema__(core_schema: Any, handler: Any) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         schema = handler(core_schema)
         [(pattern, values)] = schema.pop("patternProperties").items()
         schema["propertyNames"] = {**schema.get("propertyNames", {}), "pattern": pattern}
@@ -174,7 +183,7 @@ class _OneSchema:
     writes, and far cheaper for schema-driven test generators to explore."""
 
     @staticmethod
-    def __get_pydantic_json_schema__(core_schema: Any, handler: Any) -> dict[str, Any]:
+    def __get_pydantic_json_schema__(core_schema: Any, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
         merged: dict[str, Any] = {"type": []}
         for branch in handler(core_schema)["anyOf"]:
             merged["type"].append(branch.pop("type"))
@@ -194,7 +203,9 @@ def _schema_levels() -> list[Any]:
     ]
 
     def level(name: str, members: list[Any]) -> Any:  # a named model: its schema is one of the $defs
-        return create_model(name, __base__=RootModel[Annotated[Union[tuple(members)], _OneSchema()]])  # noqa: UP007
+        shape: Any = Annotated[Union[tuple(members)], _OneSchema()]  # noqa: UP007 - built at run time
+        base: type[RootModel[Any]] = RootModel[shape]
+        return create_model(name, __base__=base)
 
     levels = [level("FreeFormScalar", scalars)]
     for depth in range(1, MAX_DEPTH):
@@ -214,7 +225,7 @@ _DESCRIPTION = (f"Free-form JSON: at most {MAX_DEPTH} levels deep, {MAX_ITEMS} i
                 "not starting with '$').")
 
 
-def _validator(shape: type, name: str) -> PlainValidator:
+def _validator(shape: type[list[Any]] | type[dict[str, Any]], name: str) -> PlainValidator:
     def validate(value: Any) -> Any:
         if not isinstance(value, shape):
             raise ValueError(f"Input should be a valid {name}")

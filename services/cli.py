@@ -26,11 +26,26 @@ def run_async(coro) -> object:
     return uvloop.run(coro)
 
 
-def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
+def _settings(*, llm: bool = False, **overrides: object) -> Settings:
+    """The settings from the environment; a service that calls the LLM also refuses an LLM
+    configuration that cannot work. Either failure exits 2 with the reason, before any start."""
+    from services.llm.factory import check_llm_config
+
+    try:
+        settings = Settings(**overrides)
+        if llm:
+            check_llm_config(settings)
+    except ValueError as exc:
+        console.print(f"[red]promptgen: configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
+def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], *, llm: bool) -> None:
     from services.logs import configure_logging
     from services.runtime import stop_event
 
-    settings = Settings()
+    settings = _settings(llm=llm)
     configure_logging(name, settings.log_level)
 
     async def _main() -> None:
@@ -67,7 +82,7 @@ def gateway(
     from services.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)
+    settings = _settings(llm=True, **overrides)
     configure_logging("gateway", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                 access_log=False, log_level="warning", timeout_graceful_shutdown=5)
@@ -78,7 +93,7 @@ def generator() -> None:
     """Run one generator (dispatcher + workers) alone."""
     from services.generator.main import run_generator
 
-    _run_service("generator", run_generator)
+    _run_service("generator", run_generator, llm=True)
 
 
 @app.command()
@@ -86,7 +101,7 @@ def projector() -> None:
     """Run the projector alone (the only writer of MongoDB)."""
     from services.projector.main import run_projector
 
-    _run_service("projector", run_projector)
+    _run_service("projector", run_projector, llm=False)
 
 
 @app.command()

@@ -105,6 +105,21 @@ def projector() -> None:
 
 
 @app.command()
+def probe(
+    nats: bool = typer.Option(True, help="Check that NATS JetStream answers."),
+    mongo: bool = typer.Option(True, help="Check that MongoDB answers."),
+    timeout: float = typer.Option(5.0, help="Seconds allowed for each check."),
+) -> None:
+    """Health check: exit 0 when NATS JetStream and MongoDB answer from here, else 1 with the reason."""
+    from services.probe import problems
+
+    found = asyncio.run(problems(_settings(), nats=nats, mongo=mongo, timeout=timeout))
+    for problem in found:
+        console.print(f"promptgen probe: {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if found else 0)
+
+
+@app.command()
 def replay(
     job_id: str = typer.Argument(..., help="The job whose events to show."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
@@ -120,7 +135,8 @@ def replay(
 
 @app.command("mock-llm")
 def mock_llm(
-    port: int = typer.Option(8100, help="Port on 127.0.0.1."),
+    port: int = typer.Option(8100, help="Port."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (0.0.0.0 inside a container)."),
     latency_ms: float = typer.Option(0, help="Answer latency."),
     latency_jitter_ms: float = typer.Option(0, help="Extra random latency, up to this."),
     error_rate: float = typer.Option(0, help="Share of calls answered 500."),
@@ -138,7 +154,7 @@ def mock_llm(
     run(MockLLMConfig(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms, error_rate=error_rate,
                       rate_limit_rate=rate_limit_rate, rate_limit_retry_after_s=retry_after_s,
                       quota_rate=quota_rate, hang_rate=hang_rate, garbage_rate=garbage_rate,
-                      drop_rate=drop_rate, seed=seed), port=port)
+                      drop_rate=drop_rate, seed=seed), host=host, port=port)
 
 
 @app.command()

@@ -4,14 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench bench-quick clean
+.PHONY: install run test test-fast bench bench-quick lock check-deploy test-deploy clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test,bench,deploy]'
 	@touch $(STAMP)
 
 run: install
@@ -28,6 +28,20 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run --quick --out $(or $(BENCH_OUT),/tmp/promptgen-bench-quick)
+
+# The container image's pinned runtime dependencies (CPython 3.11 on Linux), with hashes.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+	  --custom-compile-command "make lock" --output-file requirements.lock
+
+# deploy/ checked without containers: compose schema, Kubernetes schemas (strict), hadolint.
+check-deploy: install
+	$(BIN)/python -m pytest tests/deploy/test_static.py
+
+# deploy/compose.yaml built and run here with podman, then broken on purpose mid-job.
+test-deploy: install
+	PROMPTGEN_DEPLOY_TEST=1 $(BIN)/python -m pytest tests/deploy/test_compose_stack.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .promptgen

@@ -111,8 +111,10 @@ def probe(
     timeout: float = typer.Option(5.0, help="Seconds allowed for each check."),
 ) -> None:
     """Health check: exit 0 when NATS JetStream and MongoDB answer from here, else 1 with the reason."""
+    from services.logs import configure_logging
     from services.probe import problems
 
+    configure_logging("probe", "error", stream=sys.stderr)  # the reasons below say it once
     found = asyncio.run(problems(_settings(), nats=nats, mongo=mongo, timeout=timeout))
     for problem in found:
         console.print(f"promptgen probe: {problem}", highlight=False, soft_wrap=True)

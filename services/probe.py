@@ -18,16 +18,20 @@ from services.bus import connect_nats
 from services.settings import Settings
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+
+
 async def _nats_problem(settings: Settings, timeout: float) -> str | None:
     try:
         nc = await asyncio.wait_for(connect_nats(settings.nats_url, "promptgen-probe",
                                                  connect_timeout=timeout), timeout)
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        return f"NATS unreachable at {settings.nats_url}: {exc.__class__.__name__}: {exc}"
+        return f"NATS unreachable at {settings.nats_url}: {_reason(exc)}"
     try:
         await nc.jetstream(timeout=timeout).account_info()
     except Exception as exc:  # noqa: BLE001
-        return f"JetStream not available: {exc.__class__.__name__}: {exc}"
+        return f"JetStream not available: {_reason(exc)}"
     finally:
         await nc.close()
     return None
@@ -39,7 +43,7 @@ async def _mongo_problem(settings: Settings, timeout: float) -> str | None:
     try:
         await client.admin.command("ping")
     except Exception as exc:  # noqa: BLE001
-        return f"MongoDB unreachable: {exc.__class__.__name__}: {exc}"
+        return f"MongoDB unreachable: {_reason(exc)}"
     finally:
         await client.close()
     return None

@@ -41,7 +41,7 @@ check-deploy: install
 
 # deploy/compose.yaml built and run here with podman, then broken on purpose mid-job.
 test-deploy: install
-	PROMPTGEN_DEPLOY_TEST=1 $(BIN)/python -m pytest tests/deploy/test_compose_stack.py
+	PROMPTGEN_DEPLOY_TEST=1 $(BIN)/python -m pytest -s tests/deploy/test_compose_stack.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .promptgen

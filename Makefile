@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench bench-quick lock check-deploy test-deploy clean
+.PHONY: install run test test-fast bench bench-quick lock check-deploy test-deploy compose-up compose-down clean
 
 install: $(STAMP)
 
@@ -42,6 +42,13 @@ check-deploy: install
 # deploy/compose.yaml built and run here with podman, then broken on purpose mid-job.
 test-deploy: install
 	PROMPTGEN_DEPLOY_TEST=1 $(BIN)/python -m pytest -s tests/deploy/test_compose_stack.py
+
+# deploy/compose.yaml on this machine (local stand-in images, the test LLM), left running.
+compose-up: install
+	$(BIN)/python -m tests.deploy.stack up
+
+compose-down: install
+	$(BIN)/python -m tests.deploy.stack down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .promptgen

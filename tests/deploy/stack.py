@@ -189,9 +189,8 @@ class Stack:
     _stop_health: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.ports = {name: free_port() for name in
-                      ("PROMPTGEN_PORT", "NATS_PORT", "NATS_1_MONITOR_PORT", "NATS_2_MONITOR_PORT",
-                       "NATS_3_MONITOR_PORT")}
+        names = ("PROMPTGEN_PORT", "NATS_PORT", "NATS_1_MONITOR_PORT", "NATS_2_MONITOR_PORT", "NATS_3_MONITOR_PORT")
+        self.ports = {name: self.ports.get(name) or free_port() for name in names}
         key = self.workdir / "openai_api_key"
         key.write_text("test-key-for-the-mock-llm\n")
         key.chmod(0o644)  # the services run as UID 10001
@@ -328,3 +327,40 @@ def running_stack(**options) -> Iterator[Stack]:
             yield stack
         finally:
             stack.down()
+
+
+# --- `make compose-up` / `make compose-down`: the same stack, left running ------------------
+
+LOCAL_PROJECT = "promptgen-local"
+LOCAL_PORTS = {"PROMPTGEN_PORT": 9000, "NATS_PORT": 4222, "NATS_1_MONITOR_PORT": 8222,
+               "NATS_2_MONITOR_PORT": 8223, "NATS_3_MONITOR_PORT": 8224}
+
+
+def main(argv: list[str]) -> int:
+    command = argv[0] if argv else ""
+    workdir = Path(tempfile.gettempdir()) / LOCAL_PROJECT
+    workdir.mkdir(exist_ok=True)
+    ports = {k: int(os.environ.get(k, v)) for k, v in LOCAL_PORTS.items()}
+    stack = Stack(project=LOCAL_PROJECT, workdir=workdir, llm_latency_ms=500, llm_concurrency=64, ports=ports)
+    if command == "up":
+        install_tools()
+        configure_podman()
+        build_images()
+        stack.compose("up", "-d", "--no-build", timeout=900)
+        stack._health = threading.Thread(target=stack._run_health_checks, daemon=True)
+        stack._health.start()
+        stack.wait_healthy(timeout=300)
+        stack._stop_health.set()
+        log(f"promptgen is up: {stack.url} (through HAProxy; the test LLM answers)\n"
+            f"  NATS monitoring {stack.monitor_url(1)}, {stack.monitor_url(2)}, {stack.monitor_url(3)}\n"
+            f"  `make compose-down` stops it and removes its containers, network and volumes")
+        return 0
+    if command == "down":
+        stack.down()
+        return 0
+    print("usage: python -m tests.deploy.stack up|down", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

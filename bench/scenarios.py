@@ -309,12 +309,16 @@ def sse_fanout(quick: bool) -> dict:
         times, event_ids = {}, {}
         for r in reports:
             for j in r["jobs"]:
-                history = httpx.get(f"{d.base_url}/scenario/v2/jobs/{j['job_id']}/events", timeout=60).json()
-                for e in history["events"]:
-                    from datetime import datetime
+                after = 0
+                while after is not None:  # the history comes a page at a time
+                    history = httpx.get(f"{d.base_url}/scenario/v2/jobs/{j['job_id']}/events",
+                                        params={"after": after, "limit": 1000}, timeout=60).json()
+                    for e in history["events"]:
+                        from datetime import datetime
 
-                    times[e["seq"]] = datetime.fromisoformat(e["time"]).timestamp()
-                    event_ids[e["seq"]] = e["event"]["event_id"]
+                        times[e["seq"]] = datetime.fromisoformat(e["time"]).timestamp()
+                        event_ids[e["seq"]] = e["event"]["event_id"]
+                    after = history["next_after"]
     finally:
         d.stop()
         llm.stop()

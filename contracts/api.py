@@ -188,8 +188,13 @@ class JobEventRecord(BaseModel):
 
 
 class JobEventHistory(BaseModel):
+    """One page of a job's history, oldest first."""
+
     job_id: str
     events: list[JobEventRecord]
+    next_after: int | None = Field(
+        None, description="Pass as `after` for the next page; null when there is no more (for now)"
+    )
 
 
 # --- avatar interactions -----------------------------------------------------------------------
@@ -229,3 +234,40 @@ class ErrorBody(BaseModel):
     code: str
     field: str | None = None
     ids: list[str] | None = None
+
+
+# --- operations: parked events ---------------------------------------------------------------
+
+
+class ParkedEvent(BaseModel):
+    """A message a consumer could not use, kept where an operator sees it and can re-apply it.
+
+    ``consumer`` is who parked it (``projector``, ``job-manager``, ``generator-dispatcher``,
+    ``generator-workers``, ``generator-dead-letters``); ``seq`` is the message's position in
+    ``stream`` (the event log, except for dead-letter advisories)."""
+
+    consumer: str
+    stream: str
+    seq: int
+    subject: str
+    error_kind: Literal["undecodable", "unstorable"]
+    error: str
+    first_bytes: str = Field(description="The start of the message, for a person to read")
+    job_id: str | None = None
+    persona_id: str | None = None
+    parked_at: datetime
+
+
+class ParkedEventList(BaseModel):
+    parked: list[ParkedEvent]
+
+
+class ReapplyRequest(Request):
+    consumer: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z-]*$")
+    seqs: list[int] | None = Field(None, max_length=10_000, description="None: every event this consumer parked")
+
+
+class ReapplyResult(BaseModel):
+    consumer: str
+    reapplied: list[int]
+    still_parked: list[ParkedEvent]

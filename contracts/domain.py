@@ -7,13 +7,15 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Mode = Literal["learn_mode", "try_mode", "assess_mode"]
-MODES: tuple[Mode, ...] = ("learn_mode", "try_mode", "assess_mode")
 
 PersonaStatus = Literal["queued", "processing", "completed", "failed", "cancelled"]
 TERMINAL_PERSONA_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 JobStatus = Literal["processing", "completed", "failed", "cancelled", "expired"]
-TERMINAL_JOB_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "expired"})
+
+
+# The error of a persona whose job passed its deadline first (error_code "expired").
+EXPIRED_PERSONA_ERROR = "the job passed its deadline before this persona was generated"
 
 
 def generation_mode(mode: Mode) -> Mode:

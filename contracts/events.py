@@ -5,15 +5,24 @@ string (never an import path). ``Event`` is the discriminated union of all of
 them; :func:`parse_event` / :func:`encode_event` are the only (de)serialisers.
 Each event knows its subject and its deduplication id (``Nats-Msg-Id``), so a
 retried publish of the same fact is a no-op in JetStream.
+
+Writers are strict, readers are tolerant: building an event refuses a field it
+does not declare, while :func:`parse_event` ignores fields it does not know (a
+newer producer may have added them), raises :class:`UnknownEvent` for a type or
+version this code cannot read (consumers skip those and count them), and
+:class:`UndecodableEvent` for anything else (consumers with an effect park it).
+How an event may change is written in ``contracts/EVOLUTION.md``.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from contracts import subjects
 from contracts.domain import (
@@ -142,7 +151,9 @@ class PersonaProgress(JobEvent):
         return subjects.job_persona(self.job_id, self.persona_id, "progress")
 
     def dedup_id(self) -> str:
-        return f"job:{self.job_id}:persona:{self.persona_id}:progress"
+        # Per attempt: a redelivered item's progress is a new fact, and it comes well
+        # inside the duplicate window (which outlasts ack_wait).
+        return f"job:{self.job_id}:persona:{self.persona_id}:progress:{self.attempt}"
 
 
 class PersonaCompleted(JobEvent):
@@ -260,9 +271,74 @@ EVENT_TYPES: tuple[type[Envelope], ...] = (
 
 _adapter: TypeAdapter[Event] = TypeAdapter(Event)
 
+CURRENT_VERSION: dict[str, int] = {cls.model_fields["type"].default: 1 for cls in EVENT_TYPES}
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+# (type, version) -> a function turning that version's JSON object into the next version's.
+# Empty while every event is at version 1: see contracts/EVOLUTION.md.
+UPCASTERS: dict[tuple[str, int], Upcaster] = {}
+
+
+class EventDecodeError(ValueError):
+    """Stored bytes that do not become an event this code can use."""
+
+
+class UnknownEvent(EventDecodeError):
+    """A well-formed event of a type, or a version, this code does not know: skip it."""
+
+    def __init__(self, type_: str, version: int) -> None:
+        super().__init__(f"unknown event type {type_!r} version {version}")
+        self.type = type_
+        self.version = version
+
+
+class UndecodableEvent(EventDecodeError):
+    """Not an event this code can read (bad JSON, missing or malformed fields)."""
+
+
+def _brief(exc: Exception, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _upcast(obj: dict[str, Any], type_: str, version: int) -> dict[str, Any]:
+    while version < CURRENT_VERSION[type_]:
+        step = UPCASTERS.get((type_, version))
+        if step is None:
+            raise UndecodableEvent(f"no upcaster for {type_} version {version}")
+        obj = {**step(obj), "version": version + 1}
+        version += 1
+    return obj
+
 
 def parse_event(data: bytes | str) -> Event:
-    return _adapter.validate_json(data)
+    """Decode one stored event, tolerantly (see the module's docstring)."""
+    try:
+        event = _adapter.validate_json(data, extra="ignore")
+    except ValidationError as exc:
+        failure: Exception = exc
+    else:
+        if event.version == CURRENT_VERSION[event.type]:
+            return event
+        failure = UnknownEvent(event.type, event.version)
+    # The slow path: say exactly why, upcasting an older version on the way.
+    try:
+        obj = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UndecodableEvent(f"not JSON: {_brief(exc)}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+        raise UndecodableEvent("not an event: no 'type'") from None
+    type_, version = obj["type"], obj.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise UndecodableEvent(f"{type_} has an invalid version {version!r}") from None
+    if type_ not in CURRENT_VERSION or version > CURRENT_VERSION[type_]:
+        raise UnknownEvent(type_, version) from None
+    if version == CURRENT_VERSION[type_]:
+        raise UndecodableEvent(f"{type_} does not fit its contract: {_brief(failure)}") from None
+    try:
+        return _adapter.validate_python(_upcast(obj, type_, version), extra="ignore")
+    except ValidationError as exc:
+        raise UndecodableEvent(f"{type_} version {version} does not fit its contract: {_brief(exc)}") from None
 
 
 def encode_event(event: Envelope) -> bytes:

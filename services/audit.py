@@ -6,7 +6,9 @@ from contextlib import aclosing
 
 from contracts import subjects
 from contracts.api import JobEventRecord
+from contracts.events import UnknownEvent
 from services.bus import EventLog, StoredEvent
+from services.parking import preview
 
 _STATUS_OF_TYPE = {
     "job.requested": "processing",
@@ -19,6 +21,14 @@ _STATUS_OF_TYPE = {
 
 def record(stored: StoredEvent) -> JobEventRecord:
     event = stored.event
+    if event is None:  # shown as what it is: the log holds it, this code cannot read it
+        unknown = isinstance(stored.error, UnknownEvent)
+        return JobEventRecord(
+            seq=stored.seq, time=stored.time, subject=stored.subject,
+            type=stored.error.type if unknown else "undecodable",
+            status="unknown" if unknown else "undecodable",
+            error=str(stored.error), event={"first_bytes": preview(stored.data)},
+        )
     return JobEventRecord(
         seq=stored.seq,
         time=stored.time,
@@ -34,3 +44,12 @@ def record(stored: StoredEvent) -> JobEventRecord:
 async def job_history(event_log: EventLog, job_id: str, start_seq: int = 1) -> list[JobEventRecord]:
     async with aclosing(event_log.read(subjects.job_history(job_id), start_seq)) as events:
         return [record(stored) async for stored in events]
+
+
+async def job_history_page(
+    event_log: EventLog, job_id: str, start_seq: int, limit: int
+) -> tuple[list[JobEventRecord], int | None]:
+    """Up to ``limit`` records from ``start_seq``, and the sequence to read the next page
+    after (None when there is no more)."""
+    page, more = await event_log.read_page(subjects.job_history(job_id), start_seq, limit)
+    return [record(stored) for stored in page], page[-1].seq if more else None

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,7 +30,7 @@ from tenacity import (
 )
 
 from contracts import subjects
-from contracts.events import Envelope, Event, encode_event, parse_event
+from contracts.events import Envelope, Event, EventDecodeError, encode_event, parse_event
 from services.settings import Settings
 
 log = structlog.get_logger()
@@ -40,39 +40,64 @@ _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.T
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
-    """An event as the log holds it: its position, time and subject with it."""
+    """An event as the log holds it: its position, time and subject with it.
+
+    Reading never stops on one message: one that does not decode comes with
+    ``event`` None, the ``error`` saying why and its ``data``, for the reader to
+    skip (:class:`~contracts.events.UnknownEvent`) or park (anything else)."""
 
     seq: int
     time: datetime
     subject: str
-    event: Event
+    event: Event | None
+    error: EventDecodeError | None = None
+    data: bytes = b""
 
 
-def _stored(msg) -> StoredEvent:
+def stored_event(seq: int, time: datetime | None, subject: str, data: bytes) -> StoredEvent:
+    time = time or datetime.now(UTC)
+    try:
+        return StoredEvent(seq=seq, time=time, subject=subject, event=parse_event(data))
+    except EventDecodeError as exc:
+        return StoredEvent(seq=seq, time=time, subject=subject, event=None, error=exc, data=bytes(data))
+
+
+def stored_message(msg) -> StoredEvent:
     md = msg.metadata
-    ts = md.timestamp if md.timestamp else datetime.now(UTC)
-    return StoredEvent(seq=md.sequence.stream, time=ts, subject=msg.subject, event=parse_event(msg.data))
+    return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data)
 
 
-async def _arrived(sub, max_batch: int, timeout: float | None) -> list:
-    """The next message, waited for, and whatever else has already arrived (up to
-    ``max_batch``), taken without waiting: ``next_msg`` costs a task per call, which
-    dominates reading a long log."""
-    msgs = [await sub.next_msg(timeout=timeout)]
-    queue = getattr(sub, "_pending_queue", None)  # where nats-py keeps delivered messages
-    while queue is not None and len(msgs) < max_batch and not queue.empty():
-        msg = queue.get_nowait()
-        queue.task_done()
-        sub._pending_size -= len(msg.data)  # as next_msg does: flow control reads it
-        msgs.append(msg)
-    return msgs
+class _Arrivals:
+    """The messages of one push subscription, handed over in batches of whatever has
+    already arrived: a task per message (as ``next_msg`` costs) would dominate reading a
+    long log. Bounded, so a slow reader holds the subscription back instead of growing."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=limit)
+
+    async def put(self, msg) -> None:
+        await self.queue.put(msg)
+
+    def empty(self) -> bool:
+        return self.queue.empty()
+
+    async def take(self, max_batch: int, timeout: float | None) -> list:
+        first = await (asyncio.wait_for(self.queue.get(), timeout) if timeout else self.queue.get())
+        msgs = [first]
+        while len(msgs) < max_batch and not self.queue.empty():
+            msgs.append(self.queue.get_nowait())
+        return msgs
 
 
-async def pulled(sub, batch: int, stop: asyncio.Event) -> AsyncIterator[list]:
-    """Each non-empty fetch (up to ``batch`` messages) from a pull subscription, until ``stop``."""
+async def pulled(
+    sub, batch: int | Callable[[], Awaitable[int]], stop: asyncio.Event
+) -> AsyncIterator[list]:
+    """Each non-empty fetch from a pull subscription, until ``stop``: up to ``batch``
+    messages, or as many as ``await batch()`` says there is room for (it waits for room)."""
     while not stop.is_set():
+        size = batch if isinstance(batch, int) else await batch()
         try:
-            msgs = await sub.fetch(batch=batch, timeout=1)
+            msgs = await sub.fetch(batch=size, timeout=1)
         except (NatsTimeout, TimeoutError):
             continue
         yield msgs
@@ -200,12 +225,17 @@ class EventLog:
         raw = await self._last_raw(subject)
         if raw is None:
             return None
-        return StoredEvent(
-            seq=raw.seq,
-            time=raw.time or datetime.now(UTC),
-            subject=raw.subject,
-            event=parse_event(raw.data),
-        )
+        return stored_event(raw.seq, raw.time, raw.subject, raw.data)
+
+    async def at(self, seq: int) -> StoredEvent | None:
+        """The event stored at ``seq``, or None (deleted, aged out, never written)."""
+        try:
+            async for attempt in self._retrying(30):
+                with attempt:
+                    raw = await self.js.get_msg(self.stream, seq=seq, direct=True)
+        except NotFoundError:
+            return None
+        return stored_event(raw.seq, raw.time, raw.subject, raw.data)
 
     async def last_seq_on(self, subject: str) -> int | None:
         """The sequence of the newest event on ``subject`` (no wildcards), without decoding
@@ -224,23 +254,28 @@ class EventLog:
         info = await self.js.stream_info(self.stream)
         return info.state.last_seq
 
-    async def _ordered(self, filter_subject: str, start_seq: int):
+    async def _ordered(self, filter_subject: str, start_seq: int, stream: str | None = None):
+        """An ordered consumer from ``start_seq`` and the queue its messages arrive in."""
         config = api.ConsumerConfig(
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             opt_start_seq=max(1, start_seq),
             # A consumer whose reader vanished (a crashed gateway) is removed by the server.
             inactive_threshold=10,
         )
-        return await self.js.subscribe(
-            filter_subject, stream=self.stream, ordered_consumer=True, config=config, idle_heartbeat=2
+        arrivals = _Arrivals()
+        sub = await self.js.subscribe(
+            filter_subject, stream=stream or self.stream, ordered_consumer=True, config=config, idle_heartbeat=2,
+            cb=arrivals.put,
         )
+        return sub, arrivals
 
-    async def _close(self, sub) -> None:
-        """Unsubscribe and delete the ephemeral consumer now, not after its inactivity timeout."""
+    async def _close(self, sub, stream: str | None = None) -> None:
+        """Delete the ephemeral consumer now, not after its inactivity timeout, and unsubscribe."""
+        with contextlib.suppress(Exception):
+            name = (await sub.consumer_info()).name
+            await self.js.delete_consumer(stream or self.stream, name)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await self.js.delete_consumer(self.stream, sub._consumer)
 
     async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
@@ -252,23 +287,55 @@ class EventLog:
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000
     ) -> AsyncIterator[list[StoredEvent]]:
         """Like :meth:`read`, in batches of what has already arrived."""
-        sub = await self._ordered(filter_subject, start_seq)
+        async for msgs in self.read_messages(filter_subject, start_seq, max_batch):
+            yield [stored_message(msg) for msg in msgs]
+
+    async def read_messages(
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000, *, stream: str | None = None
+    ) -> AsyncIterator[list]:
+        """The raw messages of :meth:`read_batches` (of the event log, or of ``stream``)."""
+        sub, arrivals = await self._ordered(filter_subject, start_seq, stream)
         try:
             info = await sub.consumer_info()
             # A push consumer may have delivered everything already: only "nothing pending and
             # nothing delivered" means the filter matches no event.
-            if info.num_pending == 0 and not info.delivered.consumer_seq and sub.pending_msgs == 0:
+            if info.num_pending == 0 and not info.delivered.consumer_seq and sub.pending_msgs == 0 \
+                    and arrivals.empty():
                 return
             done = False
             while not done:
-                batch: list[StoredEvent] = []
-                for msg in await _arrived(sub, max_batch, timeout=30):
-                    batch.append(_stored(msg))
+                batch: list = []
+                for msg in await arrivals.take(max_batch, timeout=30):
+                    batch.append(msg)
                     if done := msg.metadata.num_pending == 0:
                         break  # caught up: what follows arrived after the read began
                 yield batch
         finally:
+            await self._close(sub, stream)
+
+    async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+        """At most ``limit`` events matching ``filter_subject`` from ``start_seq``, and whether
+        more follow. A pull consumer is asked for exactly that many, so the rest of a long
+        history is never sent (an ordered push consumer would stream it all our way)."""
+        config = api.ConsumerConfig(
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=max(1, start_seq),
+            ack_policy=api.AckPolicy.NONE,
+            inactive_threshold=10,
+        )
+        sub = await self.js.pull_subscribe(filter_subject, stream=self.stream, config=config)
+        msgs: list = []
+        try:
+            wanted = min(limit, (await sub.consumer_info()).num_pending)
+            while len(msgs) < wanted:
+                try:
+                    msgs += await sub.fetch(batch=wanted - len(msgs), timeout=5)
+                except (NatsTimeout, asyncio.TimeoutError):
+                    break  # aged out or purged while we read: what we have is the page
+        finally:
             await self._close(sub)
+        more = bool(msgs) and msgs[-1].metadata.num_pending > 0
+        return [stored_message(msg) for msg in msgs], more
 
     async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
         """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
@@ -281,14 +348,10 @@ class EventLog:
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500
     ) -> AsyncIterator[list[StoredEvent]]:
         """Like :meth:`follow`, grouping whatever has already arrived into batches."""
-        sub = await self._ordered(filter_subject, start_seq)
+        sub, arrivals = await self._ordered(filter_subject, start_seq)
         try:
             while True:
-                try:
-                    msgs = await _arrived(sub, max_batch, timeout=None)
-                except NatsTimeout:
-                    continue
-                yield [_stored(msg) for msg in msgs]
+                yield [stored_message(msg) for msg in await arrivals.take(max_batch, timeout=None)]
         finally:
             await self._close(sub)
 

@@ -169,5 +169,36 @@ def rebuild() -> None:
     raise typer.Exit(main(Settings()))
 
 
+parked_app = typer.Typer(no_args_is_help=True, help="Events a consumer could not decode or store, kept for you.")
+app.add_typer(parked_app, name="parked")
+
+
+@parked_app.command("list")
+def parked_list(
+    consumer: str = typer.Option(None, help="Only this consumer's (projector, job-manager, generator-workers, …)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
+) -> None:
+    """Every parked event: who parked it, where it is in the log, and why."""
+    from services.logs import configure_logging
+    from services.parked_command import list_parked
+
+    configure_logging("parked", "warning", stream=sys.stderr)
+    raise typer.Exit(asyncio.run(list_parked(Settings(), consumer, as_json=as_json)))
+
+
+@parked_app.command("reapply")
+def parked_reapply(
+    consumer: str = typer.Argument(..., help="Whose parked events: projector, job-manager, generator-dispatcher, "
+                                             "generator-workers or generator-dead-letters."),
+    seqs: list[int] = typer.Argument(None, help="Their sequences (default: all of that consumer's)."),
+) -> None:
+    """Ask the running consumer to apply its parked events again, once a fix is deployed."""
+    from services.logs import configure_logging
+    from services.parked_command import reapply_parked
+
+    configure_logging("parked", "warning", stream=sys.stderr)
+    raise typer.Exit(asyncio.run(reapply_parked(Settings(), consumer, seqs or None)))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -26,6 +26,8 @@ from typing import Any, Literal
 import h11
 from pydantic import BaseModel, Field
 
+from services.llm.base import approx_tokens
+
 Fault = Literal["ok", "rate_limit", "quota", "error", "timeout_408", "bad_request", "auth", "hang", "garbage", "drop"]
 
 
@@ -49,10 +51,6 @@ class ScriptStep(BaseModel):
     latency_ms: float | None = None
     retry_after_s: float | None = None
     status: int | None = None
-
-
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> tuple[int, dict, dict[str, str]]:
@@ -242,8 +240,8 @@ class MockLLM:
         messages = request.get("messages") or []
         json_mode = (request.get("response_format") or {}).get("type") == "json_object"
         content = "this is {not json" if step.fault == "garbage" else _content(messages, json_mode)
-        prompt_tokens = sum(_tokens(str(m.get("content", ""))) for m in messages)
-        completion_tokens = _tokens(content)
+        prompt_tokens = sum(approx_tokens(len(str(m.get("content", "")))) for m in messages)
+        completion_tokens = approx_tokens(len(content))
         return 200, {
             "id": f"chatcmpl-{uuid.uuid4().hex[:12]}",
             "object": "chat.completion",

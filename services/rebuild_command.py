@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
 
 from nats.errors import NoRespondersError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from services.bus import EventLog
-from services.projector.projector import Projector
+from services.projector.bootstrap import bootstrap
 from services.settings import Settings
-from services.store import ReadModels, mongo_client
 
 console = Console(stderr=True)
 
@@ -44,14 +42,18 @@ async def run_rebuild(settings: Settings) -> int:
 
 
 async def _remote(event_log: EventLog, progress) -> dict:
+    """Ask the running projector; its answer, progress and end all come to our inbox."""
     from services.projector.rebuild import CONTROL_SUBJECT
 
     nc = event_log.nc
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
-        answer = json.loads((await nc.request(CONTROL_SUBJECT, json.dumps({"progress_subject": inbox}).encode(),
-                                              timeout=5)).data)
+        await nc.publish(CONTROL_SUBJECT, b"{}", reply=inbox)
+        answer = await sub.next_msg(timeout=5)
+        if answer.headers and answer.headers.get("Status") == "503":  # what NATS says when nobody listens
+            raise NoRespondersError
+        answer = json.loads(answer.data)
         if not answer.get("accepted"):
             return {"error": answer.get("error", "refused")}
         while True:
@@ -64,13 +66,11 @@ async def _remote(event_log: EventLog, progress) -> dict:
 
 
 async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
-    client = mongo_client(settings)
+    service = await bootstrap(settings, event_log=event_log)
     try:
-        projector = Projector(event_log, ReadModels(client[settings.mongo_db]), manage_jobs=False,
-                              job_retention=timedelta(days=settings.job_retention_days))
-        return {"position": await projector.rebuild(progress)}
+        return {"position": await service.fold.rebuild(progress)}
     finally:
-        await client.close()
+        await service.aclose()
 
 
 def main(settings: Settings) -> int:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 
 import structlog
+
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    """The production clock (services take a :data:`Clock`, so tests can hold time still)."""
+    return datetime.now(UTC)
 
 
 def stop_event() -> asyncio.Event:
@@ -30,6 +41,21 @@ async def cancel_and_wait(task: asyncio.Task, *, every: float = 1.0, attempts: i
     if task.done() and not task.cancelled():
         task.exception()  # retrieved: an error on the way out is not worth a warning at exit
     return task.done()
+
+
+async def keep_going(step: Callable[[], Awaitable[None]], stop: asyncio.Event, *, what: str) -> None:
+    """Run ``step`` until ``stop``, again after any failure (a short, growing pause between):
+    for a consumer that resumes from its stored position, a failure costs a moment, never a stop."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            await step()
+            failures = 0
+        except Exception as exc:  # noqa: BLE001 - resume from the stored position, never stop
+            failures += 1
+            structlog.get_logger().warning("resuming", what=what, error=repr(exc)[:300], failures=failures)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=min(5.0, 0.1 * 2**failures))
 
 
 def announce_ready(**fields: object) -> None:

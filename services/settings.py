@@ -85,6 +85,10 @@ class Settings(BaseSettings):
         10, ge=0, validation_alias=_env("PROMPTGEN_PROJECTION_WAIT_SECONDS")
     )
     v1_timeout_seconds: float = Field(600, gt=0, validation_alias=_env("PROMPTGEN_V1_TIMEOUT_SECONDS"))
+    # What one gateway holds for clients at once; past it, 503 with Retry-After.
+    max_sse_streams: int = Field(10_000, ge=1, validation_alias=_env("PROMPTGEN_MAX_SSE_STREAMS"))
+    max_v1_waits: int = Field(100, ge=1, validation_alias=_env("PROMPTGEN_MAX_V1_WAITS"))
+    max_history_reads: int = Field(32, ge=1, validation_alias=_env("PROMPTGEN_MAX_HISTORY_READS"))
 
     # Jobs
     job_deadline_seconds: float = Field(1800, gt=0, validation_alias=_env("PROMPTGEN_JOB_DEADLINE_SECONDS"))
@@ -121,7 +125,3 @@ class Settings(BaseSettings):
         if self.provider:
             return self.provider
         return "openai" if (self.openai_api_key or self.openai_base_url) else "offline"
-
-    @property
-    def gateway_url(self) -> str:
-        return f"http://{self.host}:{self.port}"

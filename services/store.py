@@ -5,17 +5,29 @@ Only the projector writes here; the gateway reads.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 
+from services.projector.projections import (
+    INTERACTIONS,
+    JOB_PERSONAS,
+    JOBS,
+    PERSONAS,
+    TEMPLATES,
+    Change,
+)
 from services.settings import Settings
 
 CHECKPOINT_ID = "checkpoint"
-READ_MODELS = ("templates", "personas_v2", "prompt_jobs", "prompt_job_personas", "avatar_interactions")
+# Positions of consumers other than the fold (the job manager): not a read model, so a
+# rebuild keeps them.
+POSITIONS = "consumer_positions"
+STATE = "projector_state"  # the fold's checkpoint: rebuilt with the read models
 
 
 def mongo_client(settings: Settings) -> AsyncMongoClient:
@@ -26,6 +38,12 @@ def mongo_client(settings: Settings) -> AsyncMongoClient:
         retryWrites=True,
         appname="promptgen",
     )
+
+
+def open_read_models(settings: Settings) -> tuple[ReadModels, Callable[[], Awaitable[None]]]:
+    """The read models of ``settings``' database, and how to close their connection."""
+    client = mongo_client(settings)
+    return ReadModels(client[settings.mongo_db]), client.close
 
 
 @dataclass(frozen=True)
@@ -40,34 +58,40 @@ class ReadModels:
 
     @property
     def templates(self) -> AsyncCollection:
-        return self._c("templates")
+        return self._c(TEMPLATES)
 
     @property
     def personas(self) -> AsyncCollection:
-        return self._c("personas_v2")
+        return self._c(PERSONAS)
 
     @property
     def jobs(self) -> AsyncCollection:
-        return self._c("prompt_jobs")
+        return self._c(JOBS)
 
     @property
     def job_personas(self) -> AsyncCollection:
         """One document per persona of a job: its status, error, prompt length, usage."""
-        return self._c("prompt_job_personas")
+        return self._c(JOB_PERSONAS)
 
     async def job_persona_docs(self, job_id: str) -> list[dict[str, Any]]:
         return [d async for d in self.job_personas.find({"job_id": job_id}).sort("order", ASCENDING)]
 
     @property
     def interactions(self) -> AsyncCollection:
-        return self._c("avatar_interactions")
+        return self._c(INTERACTIONS)
 
     @property
     def state(self) -> AsyncCollection:
-        return self._c("projector_state")
+        return self._c(STATE)
 
     def collection(self, name: str) -> AsyncCollection:
         return self._c(name)
+
+    async def apply(self, collection: str, changes: list[Change]) -> None:
+        """Write ``changes`` to ``collection``, in order."""
+        ops = [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
+               for c in changes]
+        await self.collection(collection).bulk_write(ops, ordered=True)
 
     async def checkpoint(self) -> int:
         doc = await self.state.find_one({"_id": CHECKPOINT_ID})
@@ -77,6 +101,13 @@ class ReadModels:
         await self.state.update_one(
             {"_id": CHECKPOINT_ID}, {"$max": {"seq": seq}}, upsert=True
         )
+
+    async def position(self, consumer: str) -> int:
+        doc = await self.db[POSITIONS].find_one({"_id": consumer})
+        return int(doc["seq"]) if doc else 0
+
+    async def save_position(self, consumer: str, seq: int) -> None:
+        await self.db[POSITIONS].update_one({"_id": consumer}, {"$max": {"seq": seq}}, upsert=True)
 
     async def ensure_indexes(self) -> None:
         await self.personas.create_index([("template_id", ASCENDING)])

@@ -8,6 +8,7 @@ choose the stop order) and die with us if we are killed (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import signal
@@ -19,6 +20,10 @@ from dataclasses import dataclass, field
 import httpx
 
 ReadyCheck = Callable[[], Awaitable[bool]]
+
+READ_CHUNK_BYTES = 64 * 1024
+SHOWN_LINE_BYTES = 16 * 1024  # a longer line is cut for display
+STOP_GRACE_SECONDS = 10.0
 
 
 def _die_with_parent() -> None:
@@ -60,6 +65,42 @@ class Child:
     restarts: int = 0
 
 
+class LineSplitter:
+    """A child's output bytes in, its lines out. A line longer than ``keep`` bytes is cut
+    for display and says how much was cut: a child may print anything, and one huge line
+    must cost us neither the rest of its output nor unbounded memory."""
+
+    def __init__(self, keep: int = SHOWN_LINE_BYTES) -> None:
+        self.keep = keep
+        self._head = bytearray()
+        self._cut = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        lines: list[str] = []
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            piece = chunk[start:] if end < 0 else chunk[start:end]
+            room = max(0, self.keep - len(self._head))
+            self._head += piece[:room]
+            self._cut += max(0, len(piece) - room)
+            if end < 0:
+                return lines
+            lines.append(self._line())
+            start = end + 1
+
+    def flush(self) -> list[str]:
+        """The last line, if the output ended without a newline."""
+        return [self._line()] if self._head or self._cut else []
+
+    def _line(self) -> str:
+        line = self._head.decode(errors="replace").rstrip()
+        if self._cut:
+            line += f" … [{self._cut} more bytes cut]"
+        self._head, self._cut = bytearray(), 0
+        return line
+
+
 class Supervisor:
     def __init__(self, out=sys.stdout) -> None:
         self.children: list[Child] = []
@@ -68,8 +109,11 @@ class Supervisor:
         self._watchers: list[asyncio.Task] = []
 
     def say(self, name: str, line: str) -> None:
-        self.out.write(f"{name:>10} | {line}\n")
-        self.out.flush()
+        try:
+            self.out.write(f"{name:>10} | {line}\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # our own output is gone (a closed pipe or terminal): supervising goes on
 
     async def _spawn(self, child: Child) -> None:
         child.ready.clear()
@@ -82,28 +126,59 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-        self._watchers.append(asyncio.create_task(self._pump(child, child.proc)))
+
+    async def _watch(self, child: Child) -> None:
+        """For the child's whole life: show its output, and restart it when it dies."""
+        while True:
+            proc = child.proc
+            assert proc is not None
+            if self.stopping:  # restarted just as stop() went by: it has nothing to finish
+                self.say(child.name, "stopping")
+                _signal(proc, signal.SIGKILL)
+            await self._pump(child, proc)
+            code = await proc.wait()
+            if self.stopping:
+                return
+            child.restarts += 1
+            self.say(child.name, f"exited with code {code}; restarting (restart #{child.restarts})")
+            await asyncio.sleep(min(5.0, 0.5 * child.restarts))
+            if self.stopping:
+                return
+            try:
+                await self._spawn(child)
+            except Exception as exc:  # noqa: BLE001 - child.proc is still the dead one: try again
+                self.say(child.name, f"could not restart: {exc}")
 
     async def _pump(self, child: Child, proc: asyncio.subprocess.Process) -> None:
+        """Drain the child's output until it closes. Read in chunks, never by line: a line
+        over asyncio's 64 KiB limit would end the reading, the pipe would fill and the child
+        would freeze mid-write."""
         assert proc.stdout is not None
-        async for raw in proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
+        lines = LineSplitter()
+        while True:
+            try:
+                chunk = await proc.stdout.read(READ_CHUNK_BYTES)
+            except Exception as exc:  # noqa: BLE001 - the pipe itself broke: nothing left to drain
+                self.say(child.name, f"output unreadable: {exc!r}")
+                return
+            for line in lines.feed(chunk) if chunk else lines.flush():
+                self._show(child, line)
+            if not chunk:
+                return
+
+    def _show(self, child: Child, line: str) -> None:
+        try:
             if '"service_ready"' in line:
                 child.ready.set()
             if not child.hide(line):
                 self.say(child.name, line)
-        code = await proc.wait()
-        if self.stopping or child.proc is not proc:
-            return
-        child.restarts += 1
-        self.say(child.name, f"exited with code {code}; restarting (restart #{child.restarts})")
-        await asyncio.sleep(min(5.0, 0.5 * child.restarts))
-        if not self.stopping:
-            await self._spawn(child)
+        except Exception as exc:  # noqa: BLE001 - one line must not stop the draining
+            self.say(child.name, f"could not show a line: {exc!r}")
 
     async def start(self, child: Child, timeout: float = 60) -> None:
         self.children.append(child)
         await self._spawn(child)
+        self._watchers.append(asyncio.create_task(self._watch(child)))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if child.ready_check is None:
@@ -118,24 +193,44 @@ class Supervisor:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"{child.name} did not become ready within {timeout:.0f}s (see its output above)")
 
-    async def stop(self, grace: float = 10) -> None:
-        """Stop children newest first: SIGTERM, then SIGKILL after ``grace`` seconds."""
+    async def stop(self, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Stop children newest first: SIGTERM, then SIGKILL after ``grace`` seconds. Every
+        child is stopped whatever happens to the others."""
         self.stopping = True
         for child in reversed(self.children):
-            proc = child.proc
-            if proc is None or proc.returncode is not None:
+            if child.proc is None or child.proc.returncode is not None:
                 continue
             self.say(child.name, "stopping")
-            proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(proc.wait(), grace)
-            except TimeoutError:
-                self.say(child.name, f"did not stop in {grace:.0f}s; killing")
-                proc.kill()
-                await proc.wait()
-        for task in self._watchers:
+                await self._terminate(child, child.proc, grace)
+            except Exception as exc:  # noqa: BLE001 - the next child must still be stopped
+                self.say(child.name, f"could not stop cleanly: {exc!r}")
+        # Each watcher ends once its child has and its output is drained (a restart that was
+        # starting as we stopped is stopped by its watcher); one that does not is cancelled.
+        _, late = await asyncio.wait(self._watchers, timeout=grace) if self._watchers else (set(), set())
+        for task in late:
             task.cancel()
         await asyncio.gather(*self._watchers, return_exceptions=True)
+
+    async def _terminate(self, child: Child, proc: asyncio.subprocess.Process, grace: float) -> None:
+        _signal(proc, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            self.say(child.name, f"did not stop in {grace:.0f}s; killing")
+            _signal(proc, signal.SIGKILL)
+            await proc.wait()
+
+
+def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """Signal the child's process group (it leads its own), so whatever it started goes too."""
+    if proc.returncode is not None:
+        return  # reaped: its pid may belong to another process by now
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # it left its group: signal it alone
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
 
 
 def child_env(**overrides: str) -> dict[str, str]:

@@ -134,6 +134,18 @@ async def client(system) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest_asyncio.fixture
+async def lone_gateway(settings, models) -> AsyncIterator[tuple[InProcessSystem, httpx.AsyncClient]]:
+    """The gateway alone, and a client: the test writes every event itself, a job's end
+    included, and nothing else moves."""
+    settings.projection_wait_seconds = 0  # no projector to wait for before `results`
+    sysm = await InProcessSystem(settings).start(generator=False)
+    await sysm.stop_service("projector")
+    async with httpx.AsyncClient(base_url=sysm.base_url, timeout=30) as c:
+        yield sysm, c
+    await sysm.close()
+
+
+@pytest_asyncio.fixture
 async def mock_llm() -> AsyncIterator[MockLLM]:
     """The OpenAI-compatible test LLM, in this process, on a loopback port."""
     async with MockLLM(MockLLMConfig()) as llm:

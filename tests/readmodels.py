@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.store import READ_MODELS, ReadModels
+from services.projector.projections import READ_MODELS
+from services.store import ReadModels
 
 
 async def snapshot(models: ReadModels) -> dict[str, list[dict]]:

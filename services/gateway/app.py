@@ -4,53 +4,37 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 
-from services.bus import EventLog
-from services.gateway.errors import install_error_handlers
-from services.gateway.feeds import JobFeeds
-from services.gateway.projection import ProjectionWaiter
-from services.gateway.routes import interactions, jobs, scenario, v1
-from services.llm.factory import build_provider
-from services.llm.limits import open_limiter
+from services.gateway.bootstrap import bootstrap
+from services.gateway.errors import ApiError, install_error_handlers
+from services.gateway.routes import admin, interactions, jobs, scenario, v1
 from services.runtime import announce_ready
 from services.settings import Settings
-from services.store import ReadModels, mongo_client
 
 log = structlog.get_logger()
 STATIC = Path(__file__).parent / "static"
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
+    """The gateway application; ``adapters`` (``event_log``, ``models``, ``provider``,
+    ``clock``) replace the ones :func:`~services.gateway.bootstrap.bootstrap` would build."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        client = mongo_client(settings)
-        event_log = await EventLog.connect(settings, "promptgen-gateway")
-        models = ReadModels(client[settings.mongo_db])
-        provider = build_provider(settings)
-        app.state.settings = settings
-        app.state.event_log = event_log
-        app.state.models = models
-        app.state.provider = provider
-        # template analysis and persona generation take their turns from the same LLM caps
-        app.state.limiter = await open_limiter(event_log.js, settings, provider.name)
-        app.state.waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
-        app.state.feeds = JobFeeds(event_log)
-        await app.state.feeds.start()
-        announce_ready(provider=provider.name, mongo_db=settings.mongo_db, port=settings.port)
+        gateway = await bootstrap(settings, **adapters)
+        app.state.gateway = gateway
+        announce_ready(provider=gateway.provider.name, mongo_db=settings.mongo_db, port=settings.port)
         try:
             yield
         finally:
-            await app.state.feeds.close()
-            await event_log.close()
-            await provider.aclose()
-            await client.close()
+            await gateway.aclose()
 
     app = FastAPI(
         title="promptgen",
@@ -63,9 +47,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(v1.router)
     app.include_router(interactions.router)
+    app.include_router(admin.router)
 
     @app.get("/healthz", tags=["operations"])
-    async def healthz() -> dict[str, str]:
+    async def healthz(request: Request) -> dict[str, str]:
+        if not request.app.state.gateway.feeds.alive:  # no live SSE stream would move: take us out of rotation
+            raise ApiError(503, "job_feed_down", "This gateway's live job feed is not running")
         return {"status": "ok"}
 
     if (STATIC / "index.html").exists():

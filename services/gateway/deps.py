@@ -1,6 +1,7 @@
 """Dependencies as ``Annotated`` aliases, so route signatures stay short.
 
-Everything lives on ``app.state``, created in the lifespan (see ``app.py``)."""
+Everything comes from the :class:`~services.gateway.bootstrap.Gateway` the lifespan
+built (``app.state.gateway``: see ``app.py`` and ``bootstrap.py``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from services.bus import EventLog
+from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
 from services.llm.limits import SharedLimiter
+from services.parking import ParkedEvents
+from services.runtime import Clock
 from services.settings import Settings
 from services.store import ReadModels
 
@@ -21,7 +25,7 @@ from services.store import ReadModels
 def _state(name: str) -> Callable[[Request], Any]:
     # async though it awaits nothing: FastAPI would run a plain ``def`` dependency in a thread
     async def get(request: Request) -> Any:
-        return getattr(request.app.state, name)
+        return getattr(request.app.state.gateway, name)
 
     get.__name__ = f"get_{name}"
     return get
@@ -34,3 +38,6 @@ ProviderDep = Annotated[Provider, Depends(_state("provider"))]
 FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]
 LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]
+CapacityDep = Annotated[Capacities, Depends(_state("capacity"))]
+ParkedDep = Annotated[ParkedEvents, Depends(_state("parked"))]
+ClockDep = Annotated[Clock, Depends(_state("clock"))]

@@ -8,21 +8,27 @@ decode per event, not a thousand.
 
 No event is missed: a channel registers for live events *before* it loads the
 job's history, and merges the two by stream sequence.
+
+No event stops the feed: one that cannot be decoded ends only its own job's
+streams (the browser reconnects with ``Last-Event-ID`` and reads that job from
+the log again, where the event is skipped), and a dispatch loop that dies anyway
+is logged and started again from where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing
+from contextlib import aclosing, suppress
 from dataclasses import dataclass, field
 
 import structlog
 from nats.js import api
 
 from contracts import subjects
-from contracts.events import JobFinished, parse_event
-from services.bus import EventLog, StoredEvent
+from contracts.events import JobFinished, UnknownEvent
+from services.bus import EventLog, StoredEvent, stored_message
+from services.runtime import cancel_and_wait
 
 log = structlog.get_logger()
 
@@ -34,9 +40,11 @@ class JobChannel:
     rendered: list[list[dict[str, str]]] = field(default_factory=list)
     wire: list[bytes] = field(default_factory=list)
     loaded: bool = False
+    loading: asyncio.Task | None = None
     early: list[StoredEvent] = field(default_factory=list)  # live events that came while loading
     changed: asyncio.Condition = field(default_factory=asyncio.Condition)
     watchers: int = 0
+    broken: bool = False  # one of the job's live events could not be decoded: its streams end
 
     @property
     def last_seq(self) -> int:
@@ -63,42 +71,117 @@ class JobChannel:
             async with self.changed:
                 self.changed.notify_all()
 
+    async def break_off(self) -> None:
+        self.broken = True
+        async with self.changed:
+            self.changed.notify_all()
+
+
+def _seq(msg) -> int | None:
+    try:
+        return msg.metadata.sequence.stream
+    except Exception:  # noqa: BLE001 - only for a log line
+        return None
+
 
 class JobFeeds:
     def __init__(self, event_log: EventLog) -> None:
         self.log = event_log
         self.channels: dict[str, JobChannel] = {}
-        self._loading: dict[str, asyncio.Task] = {}
         self._task: asyncio.Task | None = None
+        self._position = 0  # the last stream sequence dispatched: where a restarted loop resumes
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        sub = await self.log.js.subscribe(
-            subjects.ALL_JOBS, stream=self.log.stream, ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.NEW, idle_heartbeat=2,
-        )
-        self._task = asyncio.create_task(self._dispatch(sub))
+        # Subscribed before the gateway serves, from the log's end: no live event is missed.
+        self._position = await self.log.last_seq()
+        sub = await self._subscribe()
+        self._task = asyncio.create_task(self._run(sub), name="job-feeds")
 
     async def close(self) -> None:
         if self._task:
-            self._task.cancel()
+            await cancel_and_wait(self._task)
+
+    async def _subscribe(self):
+        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                    opt_start_seq=self._position + 1)
+        return await self.log.js.subscribe(
+            subjects.ALL_JOBS, stream=self.log.stream, ordered_consumer=True, idle_heartbeat=2, config=config
+        )
+
+    async def _run(self, sub) -> None:
+        """Dispatch for as long as the gateway runs: a loop that dies is logged at error and
+        started again after the last event it dispatched (every live SSE stream depends on it)."""
+        while True:
+            try:
+                await self._dispatch(sub)
+            except Exception:  # noqa: BLE001
+                log.exception("job_feed_died", position=self._position)
+            with suppress(Exception):
+                await sub.unsubscribe()
+            sub = None
+            while sub is None:
+                try:
+                    sub = await self._subscribe()
+                except Exception:  # noqa: BLE001 - NATS away: try again
+                    log.exception("job_feed_resubscribe_failed", position=self._position)
+                    await asyncio.sleep(1)
+            log.warning("job_feed_restarted", position=self._position)
 
     async def _dispatch(self, sub) -> None:
-        from services.bus import _stored  # one decoder for the whole gateway
-
         while True:
             try:
                 msg = await sub.next_msg(timeout=None)
             except Exception:  # noqa: BLE001 - the ordered consumer resets itself after a reconnect
                 await asyncio.sleep(0.1)
                 continue
-            channel = self.channels.get(msg.subject.split(".", 3)[2])
-            if channel is not None:
-                await channel.add(_stored(msg))
+            try:
+                await self._deliver(msg)
+            except Exception:  # noqa: BLE001 - one message never stops every job's live streams
+                log.exception("job_feed_message_failed", subject=msg.subject, seq=_seq(msg))
+            if (seq := _seq(msg)) is not None:
+                self._position = max(self._position, seq)
+
+    async def _deliver(self, msg) -> None:
+        job_id = msg.subject.split(".", 3)[2]
+        channel = self.channels.get(job_id)
+        if channel is None:
+            return
+        stored = stored_message(msg)  # one decoder for the whole gateway
+        if stored.event is None and isinstance(stored.error, UnknownEvent):
+            # A newer producer's event: nothing this version can show, and nothing missing.
+            log.warning("job_feed_event_unknown", job_id=job_id, subject=msg.subject, seq=stored.seq,
+                        error=str(stored.error))
+            return
+        error: Exception | None = stored.error
+        if error is None:
+            try:
+                await channel.add(stored)
+                return
+            except Exception as exc:  # noqa: BLE001 - not rendered: its watchers would miss it
+                error = exc
+        # Its watchers stop here, and a reconnect reads the job from the log again.
+        log.error("job_feed_event_unreadable", job_id=job_id, subject=msg.subject, seq=stored.seq,
+                  error=str(error)[:500])
+        await self._end_streams(channel)
+
+    async def _end_streams(self, channel: JobChannel) -> None:
+        if self.channels.get(channel.job_id) is channel:
+            del self.channels[channel.job_id]
+        await channel.break_off()
 
     async def _load(self, channel: JobChannel, start_seq: int) -> None:
         try:
             async with aclosing(self.log.read(subjects.job_history(channel.job_id), start_seq)) as history:
                 async for stored in history:
+                    if stored.event is None:  # shown to nobody: logged, and the stream goes on
+                        level = log.warning if isinstance(stored.error, UnknownEvent) else log.error
+                        level("job_history_event_unreadable", job_id=channel.job_id, subject=stored.subject,
+                              seq=stored.seq, error=str(stored.error)[:500])
+                        continue
                     channel.append(stored)
         except BaseException:
             if self.channels.get(channel.job_id) is channel:
@@ -113,21 +196,17 @@ class JobFeeds:
     async def watch(
         self, job_id: str, start_seq: int
     ) -> AsyncIterator[list[tuple[StoredEvent, list[dict[str, str]], bytes]]]:
-        """The job's events from its start, then live, until its end or the caller stops:
-        each time, everything that has arrived since the last (stored event, items, wire bytes)."""
+        """The job's events from its start, then live, until its end or the caller stops
+        (or one of its events cannot be read): each time, everything that has arrived since
+        the last (stored event, items, wire bytes)."""
         channel = self.channels.get(job_id)
         if channel is None:
             channel = self.channels[job_id] = JobChannel(job_id)
-            self._loading[job_id] = asyncio.create_task(self._load(channel, start_seq))
+            channel.loading = asyncio.create_task(self._load(channel, start_seq))
         channel.watchers += 1
         try:
-            loading = self._loading.get(job_id)
-            if loading is not None:
-                try:
-                    await asyncio.shield(loading)
-                finally:
-                    if loading.done():
-                        self._loading.pop(job_id, None)
+            assert channel.loading is not None
+            await asyncio.shield(channel.loading)  # shared: one watcher leaving does not cancel it
             cursor = 0
             while True:
                 end = len(channel.events)
@@ -136,8 +215,10 @@ class JobFeeds:
                     cursor = end
                     if isinstance(channel.events[end - 1].event, JobFinished):
                         return
+                if channel.broken:
+                    return
                 async with channel.changed:
-                    await channel.changed.wait_for(lambda: cursor < len(channel.events))
+                    await channel.changed.wait_for(lambda: cursor < len(channel.events) or channel.broken)
         finally:
             channel.watchers -= 1
             if channel.watchers == 0 and self.channels.get(job_id) is channel:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from contracts import subjects
@@ -12,6 +12,7 @@ from contracts.domain import JobPersona, JobResults, Persona, TemplateData, Toke
 from contracts.events import JobFinished, JobRequested
 from services.bus import EventLog, StoredEvent
 from services.gateway.errors import ApiError, not_found
+from services.runtime import Clock
 from services.settings import Settings
 from services.store import ReadModels
 
@@ -32,7 +33,8 @@ async def load_template(models: ReadModels, template_id: str, *, field: str = "t
 
 
 async def build_job(
-    req: GenerateFinalPromptsRequest, *, models: ReadModels, settings: Settings, retry_of: str | None = None
+    req: GenerateFinalPromptsRequest, *, models: ReadModels, settings: Settings, clock: Clock,
+    retry_of: str | None = None,
 ) -> JobRequested:
     """Validate a request against the read models and turn it into a JobRequested."""
     if len(req.persona_ids) > settings.max_personas_per_job:
@@ -56,7 +58,7 @@ async def build_job(
             field="persona_ids", ids=foreign,
         )
     job_id = str(uuid.uuid4())
-    now = datetime.now(UTC)
+    now = clock()
     return JobRequested(
         job_id=job_id,
         correlation_id=job_id,

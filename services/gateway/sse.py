@@ -12,6 +12,9 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from functools import singledispatch
 
+from sse_starlette import EventSourceResponse
+from starlette.types import Receive, Scope, Send
+
 from contracts.events import (
     Envelope,
     JobFinished,
@@ -22,6 +25,7 @@ from contracts.events import (
 )
 from contracts.sse import PersonaProgressMessage, ResultsMessage, StatusUpdate
 from services.bus import StoredEvent
+from services.gateway.capacity import Slot
 from services.gateway.feeds import JobFeeds
 
 Message = StatusUpdate | PersonaProgressMessage | ResultsMessage
@@ -152,3 +156,18 @@ async def stream_job_events(
                 yield b"".join(chunk)
             if batch and isinstance(batch[-1][0].event, JobFinished):
                 return
+
+
+class HeldEventStream(EventSourceResponse):
+    """An SSE response holding a slot of the gateway's stream capacity, given back however
+    the stream ends: its end, the client gone, an error, or a HEAD that never streams."""
+
+    def __init__(self, *args, slot: Slot, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.slot = slot
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.slot.release()

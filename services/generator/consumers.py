@@ -11,20 +11,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from datetime import UTC, datetime
 
 import structlog
-from nats.errors import TimeoutError as NatsTimeout
 
 from contracts import subjects
+from contracts.api import ParkedEvent
+from contracts.domain import EXPIRED_PERSONA_ERROR
 from contracts.events import (
     JobRequested,
     PersonaProgress,
     PersonaPromptRequested,
+    UnknownEvent,
     caused_by,
-    parse_event,
 )
-from services.bus import EventLog, pulled
+from services.bus import EventLog, StoredEvent, pulled, stored_message
+from services.failures import brief, kind_of
+from services.parking import ParkedEvents
+from services.runtime import Clock, utc_now
 from services.generator.work import failed, fan_out, generate_persona_prompt
 from services.llm.base import LLMError, Provider
 from services.settings import Settings
@@ -40,21 +43,65 @@ async def _publish_all(event_log: EventLog, events: list, chunk: int = 256) -> N
         await asyncio.gather(*(event_log.publish(e) for e in events[i : i + chunk]))
 
 
-async def run_dispatcher(event_log: EventLog, stop: asyncio.Event) -> None:
+async def set_aside(msg, stored: StoredEvent, consumer: str, parked: ParkedEvents,
+                    error: BaseException | None = None) -> None:
+    """Take a message this consumer cannot use out of its queue: one of an unknown type is
+    skipped (a newer producer's), anything else is parked for an operator."""
+    if error is None and isinstance(stored.error, UnknownEvent):
+        log.warning("event_skipped", consumer=consumer, seq=stored.seq, subject=stored.subject,
+                    reason=str(stored.error))
+    elif error is None:
+        await parked.park(consumer, stored, "undecodable", str(stored.error))
+    else:
+        await parked.park(consumer, stored, "unstorable", error)
+    await msg.term()
+
+
+async def dispatch(event: JobRequested, event_log: EventLog) -> int:
+    """Fan a job out into its work items (idempotent: each has a deterministic id)."""
+    items = fan_out(event)
+    await _publish_all(event_log, items)
+    return len(items)
+
+
+async def run_dispatcher(event_log: EventLog, stop: asyncio.Event, parked: ParkedEvents) -> None:
     sub = await event_log.work_queue(
         DISPATCHER, subjects.JOBS_REQUESTED, max_ack_pending=16, ack_wait=60, max_deliver=-1
     )
     async for msgs in pulled(sub, 4, stop):
         for msg in msgs:
-            event = parse_event(msg.data)
-            if not isinstance(event, JobRequested):
-                await msg.term()
+            stored = stored_message(msg)
+            if not isinstance(stored.event, JobRequested):
+                await set_aside(msg, stored, DISPATCHER, parked)
                 continue
-            with structlog.contextvars.bound_contextvars(job_id=event.job_id):
-                items = fan_out(event)
-                await _publish_all(event_log, items)
+            with structlog.contextvars.bound_contextvars(job_id=stored.event.job_id):
+                try:
+                    count = await dispatch(stored.event, event_log)
+                except Exception as exc:  # noqa: BLE001 - one job must not stop the dispatcher
+                    if kind_of(exc) == "permanent":
+                        await set_aside(msg, stored, DISPATCHER, parked, exc)
+                    else:
+                        log.warning("job_dispatch_retry", error=brief(exc))
+                        await msg.nak(delay=2)
+                    continue
                 await msg.ack_sync()
-                log.info("job_dispatched", personas=len(items))
+                log.info("job_dispatched", personas=count)
+
+
+async def reapply_dispatch(event_log: EventLog, record: ParkedEvent) -> None:
+    stored = await _parked_event(event_log, record)
+    if not isinstance(stored.event, JobRequested):
+        raise ValueError(f"event {record.seq} is not a job request")
+    await dispatch(stored.event, event_log)
+
+
+async def _parked_event(event_log: EventLog, record: ParkedEvent) -> StoredEvent:
+    stored = await event_log.at(record.seq)
+    if stored is None:
+        raise LookupError(f"event {record.seq} is no longer in the log")
+    if stored.event is None:
+        raise stored.error or ValueError("undecodable")
+    return stored
 
 
 class Cancellations:
@@ -86,9 +133,23 @@ class Cancellations:
         return self.known[job_id]
 
 
+class _Detached:
+    """A parked work item applied again by hand: there is no delivery to acknowledge."""
+
+    metadata = None
+
+    async def ack(self) -> None: ...
+    async def in_progress(self) -> None: ...
+    async def nak(self, delay: float | None = None) -> None: ...
+    async def term(self) -> None: ...
+
+
 class WorkerPool:
-    def __init__(self, event_log: EventLog, provider: Provider, settings: Settings, limiter=None) -> None:
+    def __init__(self, event_log: EventLog, provider: Provider, settings: Settings, limiter=None,
+                 parked: ParkedEvents | None = None, clock: Clock = utc_now) -> None:
         self.log = event_log
+        self.clock = clock
+        self.parked = parked or ParkedEvents(event_log)
         self.provider = provider
         self.settings = settings
         self.limiter = limiter
@@ -105,15 +166,14 @@ class WorkerPool:
             max_deliver=s.max_deliveries,
         )
         limit = s.worker_concurrency
-        await self.cancellations.start()
-        while not stop.is_set():
-            if len(self.in_flight) >= limit:
+
+        async def room() -> int:  # calls in flight stay within this process's share
+            while len(self.in_flight) >= limit:
                 await asyncio.wait(self.in_flight, return_when=asyncio.FIRST_COMPLETED)
-                continue
-            try:
-                msgs = await sub.fetch(batch=limit - len(self.in_flight), timeout=1)
-            except (NatsTimeout, TimeoutError):
-                continue
+            return limit - len(self.in_flight)
+
+        await self.cancellations.start()
+        async for msgs in pulled(sub, room, stop):
             for msg in msgs:
                 task = asyncio.create_task(self.handle(msg))
                 self.in_flight.add(task)
@@ -138,10 +198,19 @@ class WorkerPool:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
+    async def reapply(self, record: ParkedEvent) -> None:
+        stored = await _parked_event(self.log, record)
+        if not isinstance(stored.event, PersonaPromptRequested):
+            raise ValueError(f"event {record.seq} is not a work item")
+        with structlog.contextvars.bound_contextvars(job_id=stored.event.job_id, persona_id=stored.event.persona_id):
+            await self._handle(_Detached(), stored.event, 1)
+
     async def handle(self, msg) -> None:
-        item = parse_event(msg.data)
+        stored = stored_message(msg)
+        item = stored.event
         if not isinstance(item, PersonaPromptRequested):
-            await msg.term()
+            with contextlib.suppress(Exception):  # parking failed: the item comes back later
+                await set_aside(msg, stored, WORKERS, self.parked)
             return
         delivered = msg.metadata.num_delivered
         with structlog.contextvars.bound_contextvars(job_id=item.job_id, persona_id=item.persona_id):
@@ -169,8 +238,8 @@ class WorkerPool:
             log.info("work_item_skipped_cancelled")
             await msg.ack()
             return
-        if item.deadline <= datetime.now(UTC):
-            err = LLMError("expired", "the job passed its deadline before this persona was generated")
+        if item.deadline <= self.clock():
+            err = LLMError("expired", EXPIRED_PERSONA_ERROR)
             await self.log.publish(failed(item, err, delivered))
             await msg.ack()
             return

@@ -17,10 +17,13 @@ import structlog
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from contracts.events import PersonaPromptRequested, parse_event
-from services.bus import EventLog, pulled
+from contracts.api import ParkedEvent
+from contracts.events import PersonaPromptRequested
+from services.bus import EventLog, StoredEvent, pulled, stored_event
+from services.failures import brief, kind_of
 from services.generator.work import failed
 from services.llm.base import LLMError
+from services.parking import ParkedEvents
 
 log = structlog.get_logger()
 
@@ -40,9 +43,9 @@ async def publish_dead_letter(event_log: EventLog, stream_seq: int, deliveries: 
         raw = await event_log.js.get_msg(event_log.stream, seq=stream_seq)
     except NotFoundError:
         return False
-    item = parse_event(raw.data)
+    item = stored_event(raw.seq, raw.time, raw.subject, raw.data).event
     if not isinstance(item, PersonaPromptRequested):
-        return False
+        return False  # undecodable: the worker that met it parked it
     err = LLMError("delivery_exhausted",
                    f"no worker could finish this persona after {deliveries} deliveries (workers crashed or hung)")
     await event_log.publish(failed(item, err, deliveries))
@@ -65,19 +68,34 @@ async def keep_dead_letters(event_log: EventLog, consumer: str) -> None:
     await event_log.ensure_stream(config)
 
 
-async def run_dead_letters(event_log: EventLog, consumer: str, stop: asyncio.Event) -> None:
+async def handle_advisory(event_log: EventLog, data: bytes) -> None:
+    advisory = json.loads(data)
+    await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)))
+
+
+async def run_dead_letters(event_log: EventLog, consumer: str, stop: asyncio.Event, parked: ParkedEvents) -> None:
     """Turn every stored advisory into its ``PersonaFailed``, until ``stop`` (the stream
-    must exist: :func:`keep_dead_letters`)."""
+    must exist: :func:`keep_dead_letters`). An advisory that makes no sense is parked."""
+    stream = dead_letter_stream(event_log)
     sub = await event_log.work_queue(DEAD_LETTERS, advisory_subject(event_log.stream, consumer),
-                                     max_ack_pending=64, ack_wait=30, max_deliver=-1,
-                                     stream=dead_letter_stream(event_log))
+                                     max_ack_pending=64, ack_wait=30, max_deliver=-1, stream=stream)
     async for msgs in pulled(sub, 16, stop):
         for msg in msgs:
-            advisory = json.loads(msg.data)
             try:
-                await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)))
-            except Exception as exc:  # noqa: BLE001 - kept in the stream: tried again
-                log.warning("dead_letter_publish_failed", error=str(exc), advisory=advisory)
+                await handle_advisory(event_log, msg.data)
+            except Exception as exc:  # noqa: BLE001 - kept in the stream and tried again, or parked
+                if kind_of(exc) == "permanent":
+                    stored = StoredEvent(seq=msg.metadata.sequence.stream, time=msg.metadata.timestamp,
+                                         subject=msg.subject, event=None, data=bytes(msg.data))
+                    await parked.park(DEAD_LETTERS, stored, "undecodable", exc, stream=stream)
+                    await msg.ack()
+                    continue
+                log.warning("dead_letter_publish_failed", error=brief(exc))
                 await msg.nak(delay=5)
             else:
                 await msg.ack()
+
+
+async def reapply_advisory(event_log: EventLog, record: ParkedEvent) -> None:
+    """An advisory leaves its stream once read: its parked record holds it whole."""
+    await handle_advisory(event_log, record.first_bytes.encode())

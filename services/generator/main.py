@@ -1,54 +1,16 @@
-"""Wires the generator process: event log + provider + dispatcher + workers."""
+"""The generator process: bootstrap, run until stopped, close."""
 
 from __future__ import annotations
 
 import asyncio
 
-import structlog
-
-from services.bus import EventLog
-from services.generator.consumers import WORKERS, WorkerPool, run_dispatcher
-from services.generator.dead_letters import keep_dead_letters, run_dead_letters
-from services.llm.limits import open_limiter
-from services.llm.factory import build_provider
-from services.runtime import announce_ready
+from services.generator.bootstrap import bootstrap
 from services.settings import Settings
-
-log = structlog.get_logger()
 
 
 async def run_generator(settings: Settings, stop: asyncio.Event) -> None:
-    provider = build_provider(settings)
-    event_log = await EventLog.connect(settings, "promptgen-generator")
-    limiter = await open_limiter(event_log.js, settings, provider.name)
-    pool = WorkerPool(event_log, provider, settings, limiter)
-    await keep_dead_letters(event_log, WORKERS)  # before any work item can run out of deliveries
-    tasks = [
-        asyncio.create_task(run_dispatcher(event_log, stop), name="dispatcher"),
-        asyncio.create_task(pool.run(stop), name="workers"),
-        asyncio.create_task(run_dead_letters(event_log, WORKERS, stop), name="dead-letters"),
-    ]
-    announce_ready(
-        provider=provider.name,
-        model=provider.model,
-        concurrency=settings.worker_concurrency,
-        global_concurrency=settings.llm_concurrency,
-        rpm=settings.llm_rpm or None,
-        tpm=settings.llm_tpm or None,
-    )
+    generator = await bootstrap(settings)
     try:
-        done, _ = await asyncio.wait(
-            [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
-        )
-        for t in done:
-            if t in tasks and t.exception():
-                raise t.exception()  # a consumer loop died: exit so the supervisor restarts us
+        await generator.run(stop)
     finally:
-        stop.set()
-        await asyncio.wait(tasks, timeout=5)
-        await pool.drain(timeout=10)
-        for t in tasks:
-            t.cancel()
-        await event_log.close()
-        await provider.aclose()
-        log.info("service_stopped")
+        await generator.aclose()

@@ -10,6 +10,11 @@ from contracts.domain import Mode, Persona, PersonaDraft, TemplateData, TokenUsa
 Message = dict[str, str]
 
 
+def approx_tokens(chars: int) -> int:
+    """About how many tokens ``chars`` characters of text make (four to a token)."""
+    return max(1, chars // 4)
+
+
 @dataclass(frozen=True)
 class PromptBrief:
     """Everything needed to write one system prompt: the structured inputs and

@@ -23,7 +23,7 @@ import structlog
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from services.llm.base import LLMError
+from services.llm.base import LLMError, approx_tokens
 from services.settings import Settings
 
 log = structlog.get_logger()
@@ -137,7 +137,7 @@ T = TypeVar("T")
 
 def estimated_tokens(prompt_chars: int, expected_completion: int) -> int:
     """A cheap upper-side guess of a call's tokens, for the shared token budget."""
-    return prompt_chars // 4 + expected_completion
+    return approx_tokens(prompt_chars) + expected_completion
 
 
 async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[T]]) -> T:

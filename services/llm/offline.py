@@ -12,7 +12,7 @@ import random
 import re
 
 from contracts.domain import PersonaDraft, Role, TemplateData, TokenUsage
-from services.llm.base import GeneratedText, PromptBrief
+from services.llm.base import GeneratedText, PromptBrief, approx_tokens
 
 MODEL = "offline-composer-1"
 
@@ -26,10 +26,6 @@ _SECTION_KINDS = {
     "success": ("success", "criteria", "good conversation", "assessment", "evaluat", "rubric"),
     "context": ("context", "background", "situation", "setting"),
 }
-
-
-def _tokens(text: str) -> int:
-    return max(1, len(text) // 4)
 
 
 def _sections(document: str) -> tuple[str, dict[str, list[str]], list[str]]:
@@ -220,7 +216,7 @@ class OfflineProvider:
         return GeneratedText(
             text=text,
             model=MODEL,
-            usage=TokenUsage(prompt_tokens=max(1, prompt_chars // 4), completion_tokens=_tokens(text)),
+            usage=TokenUsage(prompt_tokens=approx_tokens(prompt_chars), completion_tokens=approx_tokens(len(text))),
         )
 
     async def aclose(self) -> None:

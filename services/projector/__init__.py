@@ -1,1 +1,1 @@
-"""The projector: the only writer of MongoDB, and the job's process manager."""
+"""The projector: the fold (the only writer of MongoDB's read models) and the job's process manager."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from pymongo import UpdateMany, UpdateOne
+from services.projector.projections import Change
 
 
 def _matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
@@ -50,10 +50,10 @@ class MemoryFold:
         self.collections: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
         self._by_job: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
 
-    def apply(self, collection: str, op: UpdateOne | UpdateMany) -> None:
+    def apply(self, collection: str, change: Change) -> None:
         docs = self.collections[collection]
-        flt, update = op._filter, op._doc
-        if isinstance(op, UpdateMany):
+        flt, update = change.filter, change.update
+        if change.many:
             if set(flt) != {"job_id"}:
                 raise ValueError(f"memory fold supports UpdateMany by job_id only, not {flt}")
             for doc in self._by_job[collection].get(flt["job_id"], []):
@@ -61,7 +61,7 @@ class MemoryFold:
             return
         doc = docs.get(flt["_id"])
         if doc is None:
-            if op._upsert and set(update) == {"$setOnInsert"} and set(flt) == {"_id"}:
+            if change.upsert and set(update) == {"$setOnInsert"} and set(flt) == {"_id"}:
                 doc = docs[flt["_id"]] = {"_id": flt["_id"], **update["$setOnInsert"]}
                 if "job_id" in doc:
                     self._by_job[collection][doc["job_id"]].append(doc)

@@ -1,7 +1,7 @@
 """When a job ends, and with what results: pure decisions over a job's read model.
 
-The projector calls :func:`decide_job_end` after the persona events of a job
-are written, and publishes what it returns. A job ends
+The job manager (:mod:`services.projector.job_manager`) calls :func:`decide_job_end`
+on a job's view folded from its events, and publishes what it returns. A job ends
 
 * ``cancelled`` once a cancel was requested (unfinished personas: ``cancelled``),
 * ``expired`` once past its deadline (unfinished personas: ``failed``/``expired``),
@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from contracts.domain import (
+    EXPIRED_PERSONA_ERROR,
     TERMINAL_PERSONA_STATUSES,
     JobResults,
     PersonaResult,
@@ -23,7 +24,6 @@ from contracts.domain import (
 )
 from contracts.events import JobCancelled, JobCompleted, JobExpired, JobFinished
 
-EXPIRED_ERROR = "the job passed its deadline before this persona was generated"
 
 
 def results_from_job(
@@ -69,7 +69,7 @@ def decide_job_end(job: dict[str, Any], personas: list[dict[str, Any]], now: dat
     deadline = job.get("deadline")
     if deadline is not None and deadline <= now:
         results = results_from_job(
-            job, personas, unfinished={"status": "failed", "error": EXPIRED_ERROR, "error_code": "expired"}
+            job, personas, unfinished={"status": "failed", "error": EXPIRED_PERSONA_ERROR, "error_code": "expired"}
         )
         return JobExpired(**envelope, results=results, error="the job passed its deadline")
     return None

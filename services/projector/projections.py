@@ -8,11 +8,10 @@ Timestamps come from the event, never the clock, so a rebuild is identical.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from functools import singledispatch
 from typing import Any
-
-from pymongo import UpdateMany, UpdateOne
 
 from contracts.domain import TERMINAL_PERSONA_STATUSES
 from contracts.events import (
@@ -28,12 +27,32 @@ from contracts.events import (
     TemplateCreated,
 )
 
-Write = tuple[str, UpdateOne | UpdateMany]
+@dataclass(frozen=True, slots=True)
+class Change:
+    """An idempotent change of one document (``many``: of every document ``filter`` matches),
+    in MongoDB's update language: the read-model adapter sends it as is, and the in-memory
+    fold (:mod:`services.projector.memory_fold`) interprets the same."""
+
+    filter: dict[str, Any]
+    update: dict[str, Any]
+    upsert: bool = False
+    many: bool = False
+
+
+Write = tuple[str, Change]  # (collection, change)
+
+# The read models: the collections the projections write (the specification names two).
+TEMPLATES = "templates"
+PERSONAS = "personas_v2"
+JOBS = "prompt_jobs"
+JOB_PERSONAS = "prompt_job_personas"  # one document per persona of a job
+INTERACTIONS = "avatar_interactions"
+READ_MODELS = (TEMPLATES, PERSONAS, JOBS, JOB_PERSONAS, INTERACTIONS)
 _OPEN = {"$nin": sorted(TERMINAL_PERSONA_STATUSES)}
 
 
 def _create(collection: str, _id: str, seq: int, fields: dict[str, Any]) -> Write:
-    return collection, UpdateOne({"_id": _id}, {"$setOnInsert": {**fields, "_seq": seq}}, upsert=True)
+    return collection, Change({"_id": _id}, {"$setOnInsert": {**fields, "_seq": seq}}, upsert=True)
 
 
 def _newer(_id: str, seq: int, **conditions: Any) -> dict[str, Any]:
@@ -50,7 +69,7 @@ def project(event: Envelope, seq: int) -> list[Write]:
 def project_template_created(event: TemplateCreated, seq: int) -> list[Write]:
     return [
         _create(
-            "templates",
+            TEMPLATES,
             event.template_id,
             seq,
             {
@@ -66,14 +85,14 @@ def project_template_created(event: TemplateCreated, seq: int) -> list[Write]:
 @project.register
 def project_persona_created(event: PersonaCreated, seq: int) -> list[Write]:
     persona = event.persona.model_dump(mode="json")
-    return [_create("personas_v2", event.persona.id, seq, {**persona, "created_at": event.occurred_at})]
+    return [_create(PERSONAS, event.persona.id, seq, {**persona, "created_at": event.occurred_at})]
 
 
 @project.register
 def project_interaction_created(event: AvatarInteractionCreated, seq: int) -> list[Write]:
     return [
         _create(
-            "avatar_interactions",
+            INTERACTIONS,
             event.interaction_id,
             seq,
             {
@@ -89,9 +108,6 @@ def project_interaction_created(event: AvatarInteractionCreated, seq: int) -> li
     ]
 
 
-JOB_PERSONAS = "prompt_job_personas"
-
-
 def job_persona_key(job_id: str, persona_id: str) -> str:
     return f"{job_id}:{persona_id}"
 
@@ -99,7 +115,7 @@ def job_persona_key(job_id: str, persona_id: str) -> str:
 @project.register
 def project_job_requested(event: JobRequested, seq: int) -> list[Write]:
     job = _create(
-        "prompt_jobs",
+        JOBS,
         event.job_id,
         seq,
         {
@@ -139,7 +155,7 @@ def _job_persona(event: PersonaProgress | PersonaCompleted | PersonaFailed, seq:
     key = job_persona_key(event.job_id, event.persona_id)
     return (
         JOB_PERSONAS,
-        UpdateOne(_newer(key, seq, status=_OPEN),
+        Change(_newer(key, seq, status=_OPEN),
                   {"$set": {**changes, "updated_at": event.occurred_at, "_seq": seq}}),
     )
 
@@ -153,8 +169,8 @@ def project_persona_progress(event: PersonaProgress, seq: int) -> list[Write]:
 def project_persona_completed(event: PersonaCompleted, seq: int) -> list[Write]:
     return [
         (
-            "personas_v2",
-            UpdateOne(
+            PERSONAS,
+            Change(
                 _newer(event.persona_id, seq),
                 {"$set": {
                     "system_prompt": event.prompt,
@@ -186,8 +202,8 @@ def project_persona_failed(event: PersonaFailed, seq: int) -> list[Write]:
 def project_cancel_requested(event: JobCancelRequested, seq: int) -> list[Write]:
     return [
         (
-            "prompt_jobs",
-            UpdateOne(
+            JOBS,
+            Change(
                 _newer(event.job_id, seq),
                 {"$set": {"cancel_requested_at": event.occurred_at, "updated_at": event.occurred_at,
                           "_seq": seq}},
@@ -200,8 +216,8 @@ def project_cancel_requested(event: JobCancelRequested, seq: int) -> list[Write]
 def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
     writes: list[Write] = [
         (
-            "prompt_jobs",
-            UpdateOne(
+            JOBS,
+            Change(
                 _newer(event.job_id, seq, status="processing"),
                 {"$set": {
                     "status": event.status,
@@ -220,7 +236,7 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
     for pid, r in cut_short.items():
         writes.append((
             JOB_PERSONAS,
-            UpdateOne(
+            Change(
                 _newer(job_persona_key(event.job_id, pid), seq, status=_OPEN),
                 {"$set": {"status": r.status, "error": r.error, "error_code": r.error_code,
                           "updated_at": event.occurred_at, "_seq": seq}},
@@ -232,8 +248,8 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
 def retention(event: JobFinished, keep: timedelta) -> list[Write]:
     """When a finished job's view leaves MongoDB (a TTL index deletes it); its events stay in the log."""
     expire = {"$set": {"expire_at": event.occurred_at + keep}}
-    return [("prompt_jobs", UpdateOne({"_id": event.job_id}, expire)),
-            (JOB_PERSONAS, UpdateMany({"job_id": event.job_id}, expire))]
+    return [(JOBS, Change({"_id": event.job_id}, expire)),
+            (JOB_PERSONAS, Change({"job_id": event.job_id}, expire, many=True))]
 
 
 def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Write]:
@@ -244,7 +260,7 @@ def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Writ
     return writes
 
 
-def coalesce(ops: list[UpdateOne | UpdateMany]) -> list[UpdateOne | UpdateMany]:
+def coalesce(changes: list[Change]) -> list[Change]:
     """Fewer writes, same effect: successive guarded ``$set`` updates of one document
     (same conditions) become one update guarded by the last one's ``_seq``.
 
@@ -254,19 +270,19 @@ def coalesce(ops: list[UpdateOne | UpdateMany]) -> list[UpdateOne | UpdateMany]:
     the first and the last) takes them all again, and the updates it had seen rewrite the
     values it already holds; one at the last ``_seq`` or newer is left alone. An update
     whose ``$set`` could break the next one's conditions (a terminal status) is not merged."""
-    out: list[UpdateOne | UpdateMany] = []
+    out: list[Change] = []
     last: dict[object, int] = {}  # document id -> index in out of its last update
-    for op in ops:
-        key = op._filter.get("_id") if isinstance(op, UpdateOne) else None
+    for change in changes:
+        key = None if change.many else change.filter.get("_id")
         i = last.get(key) if key is not None else None
-        if i is not None and _mergeable(out[i], op):
+        if i is not None and _mergeable(out[i], change):
             prev = out[i]
-            out[i] = UpdateOne({**prev._filter, "_seq": op._filter["_seq"]},
-                               {"$set": {**prev._doc["$set"], **op._doc["$set"]}})
+            out[i] = Change({**prev.filter, "_seq": change.filter["_seq"]},
+                            {"$set": {**prev.update["$set"], **change.update["$set"]}})
             continue
         if key is not None:
             last[key] = len(out)
-        out.append(op)
+        out.append(change)
     return out
 
 
@@ -282,14 +298,14 @@ def _still_holds(condition: Any, value: Any) -> bool:
     return value == condition
 
 
-def _mergeable(first: UpdateOne | UpdateMany, then: UpdateOne) -> bool:
-    if not isinstance(first, UpdateOne) or first._upsert or then._upsert:
+def _mergeable(first: Change, then: Change) -> bool:
+    if first.many or then.many or first.upsert or then.upsert:
         return False
-    if set(first._doc) != {"$set"} or set(then._doc) != {"$set"}:
+    if set(first.update) != {"$set"} or set(then.update) != {"$set"}:
         return False
-    if "_seq" not in first._filter or "_seq" not in then._filter:
+    if "_seq" not in first.filter or "_seq" not in then.filter:
         return False
-    if first._filter["_id"] != then._filter["_id"] or _conditions(first._filter) != _conditions(then._filter):
+    if first.filter["_id"] != then.filter["_id"] or _conditions(first.filter) != _conditions(then.filter):
         return False
-    written = first._doc["$set"]
-    return all(_still_holds(cond, written[k]) for k, cond in _conditions(then._filter).items() if k in written)
+    written = first.update["$set"]
+    return all(_still_holds(cond, written[k]) for k, cond in _conditions(then.filter).items() if k in written)

@@ -3,6 +3,7 @@ connection, retry, cancel, and a phone-sized screen."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 from collections import Counter
@@ -16,6 +17,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from tests.browser.conftest import screenshot
+from tests.sse_client import read_sse
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
 
@@ -241,3 +243,37 @@ def test_the_page_reads_well_on_a_phone(browser, live_system, page):
     assert not unlabelled, f"form fields without a label: {unlabelled}"
     if page == "job":
         screenshot(browser, "6-phone")
+
+
+def test_a_long_history_is_shown_a_page_at_a_time(browser, live_system):
+    """An 80-persona job has 240-odd events: the page shows the first 200, and the rest on demand."""
+
+    async def finished_job() -> str:
+        async with httpx.AsyncClient(base_url=live_system.base_url, timeout=60) as client:
+            template_id = (await client.post("/scenario/analyze-scenario-enhanced",
+                                             json={"scenario_document": DOCUMENT})).json()["template_id"]
+            ids = []
+            for _ in range(4):
+                r = await client.post("/scenario/generate-personas", json={
+                    "template_id": template_id, "persona_type": "assess_mode_character", "count": 20})
+                ids += [p["id"] for p in r.json()["personas"]]
+            job = (await client.post("/scenario/v2/generate-final-prompts", json={
+                "template_id": template_id, "persona_ids": ids,
+                "mode_mapping": dict.fromkeys(ids, "learn_mode")})).json()
+            await read_sse(client, job["sse_endpoint"])  # to its end
+            return job["job_id"]
+
+    job_id = asyncio.run(finished_job())
+    total = len(httpx.get(f"{live_system.base_url}/scenario/v2/jobs/{job_id}/events",
+                          params={"limit": 1000}).json()["events"])
+    assert total > 200
+    browser.get(f"{live_system.base_url}/#/jobs/{job_id}")
+    more = _wait(browser).until(EC.visibility_of_element_located((By.ID, "more-events")))
+    rows = "#timeline tbody tr"
+    assert len(browser.find_elements(By.CSS_SELECTOR, rows)) == 200
+    more.click()
+    _wait(browser).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, rows)) == total)
+    assert not browser.find_element(By.ID, "more-events").is_displayed()
+    types = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#timeline tbody td:nth-child(3)")]
+    assert types[0] == "job.requested" and types[-1] == "job.completed"
+    assert f"{total} events shown" in browser.find_element(By.ID, "timeline").text

@@ -20,16 +20,17 @@ pytestmark = pytest.mark.e2e
 
 
 class Up:
-    def __init__(self, data_dir, *, env=None):
+    def __init__(self, data_dir, *, env=None, launcher=(sys.executable, "-m", "services.cli")):
         self.port, self.nats_port, self.mongo_port = free_port(), free_port(), free_port()
         self.data_dir = data_dir
         self.env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")} | (env or {})
         self.proc: subprocess.Popen | None = None
         self.base_url = f"http://127.0.0.1:{self.port}"
+        self.launcher = list(launcher)
 
     def start(self, timeout=60) -> str:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
+            [*self.launcher, "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
              "--nats-port", str(self.nats_port), "--mongo-port", str(self.mongo_port)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
         )
@@ -107,6 +108,36 @@ async def test_up_runs_the_flow_stops_cleanly_and_keeps_data(tmp_path, scenario_
             assert types[0] == "job.requested" and types[-1] == "job.completed"
     finally:
         again.stop()
+
+
+# `promptgen up` whose generator first prints a 1 MB line (as a service logging a huge
+# LLM error body would), then becomes the real generator.
+_HUGE_LINE_THEN_EXEC = (
+    "import os, sys; sys.stdout.write('x' * (1 << 20) + '\\n'); sys.stdout.flush(); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+_UP_WITH_A_NOISY_GENERATOR = f"""
+import sys
+import services.up as up
+from services.cli import app
+real = up._service
+up._service = lambda name: [sys.executable, "-c", {_HUGE_LINE_THEN_EXEC!r}, *real(name)] if name == "generator" \\
+    else real(name)
+app()
+"""
+
+
+async def test_up_survives_a_child_printing_a_huge_line_and_stops_everything(tmp_path, scenario_document):
+    up = Up(tmp_path / "data", launcher=(sys.executable, "-c", _UP_WITH_A_NOISY_GENERATOR))
+    banner = up.start()  # the generator's readiness comes after its 1 MB line
+    assert f"… [{(1 << 20) - 16 * 1024} more bytes cut]" in banner
+    async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as client:
+        template_id = await create_template(client, scenario_document)
+        personas = await create_personas(client, template_id, 2)
+        job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+        stream = await read_sse(client, job["sse_endpoint"])
+        assert stream.messages[-1].data["results"]["successful"] == 2
+    up.stop(signal.SIGINT)  # exit code 0 and no process left behind
 
 
 def test_up_refuses_a_busy_port_with_a_clear_message(tmp_path):

@@ -10,6 +10,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from contracts import subjects
 from services.bus import EventLog
 from services.generator.consumers import WORKERS
+from services.parking import ParkedEvents
 from services.generator.dead_letters import dead_letter_stream, keep_dead_letters, run_dead_letters
 from services.generator.work import fan_out
 from tests.samples import job_requested
@@ -44,7 +45,7 @@ async def _failed(event_log: EventLog, job_id: str, timeout: float = 10):
 async def test_exhausted_deliveries_become_persona_failed(event_log):
     await keep_dead_letters(event_log, WORKERS)
     stop = asyncio.Event()
-    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop))
+    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, ParkedEvents(event_log)))
     try:
         assert await _exhaust_deliveries(event_log, "jdead", until_failed=True) == 2
         failed = await _failed(event_log, "jdead")
@@ -61,7 +62,7 @@ async def test_an_advisory_emitted_while_no_generator_runs_waits_for_the_next(ev
     assert await event_log.last(subjects.job_persona("jlate", "p1", "failed")) is None
 
     stop = asyncio.Event()
-    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop))
+    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, ParkedEvents(event_log)))
     try:
         failed = await _failed(event_log, "jlate")
         async with asyncio.timeout(10):  # a handled advisory leaves the dead-letter stream once acked

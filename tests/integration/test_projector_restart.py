@@ -1,4 +1,8 @@
-"""The projector keeps every job moving when it dies or fails between storing and deciding."""
+"""The job manager keeps every job moving when it dies or fails between events and decisions.
+
+It decides from the log with a position of its own, stored after its decisions: a restart
+replays what it had not stored, and deciding again publishes no second end.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,11 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 
 from contracts import subjects
-from contracts.events import PersonaCompleted
+from contracts.events import JobFinished, PersonaCompleted
 from services.bus import EventLog
-from services.projector.projector import Projector
+from services.parking import ParkedEvents
+from services.projector.fold import Fold
+from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.runtime import cancel_and_wait
 from tests.samples import job_requested
 
@@ -23,48 +29,63 @@ async def _publish_a_finished_job(event_log: EventLog, job_id: str) -> None:
             prompt=f"You are {p}.", prompt_length=11, provider="offline", model="m"))
 
 
-async def _job_end(event_log: EventLog, projector: Projector, job_id: str):
-    """Run ``projector`` until ``job_id`` has its end event; returns that event."""
-    task = asyncio.create_task(projector.run(asyncio.Event(), sweep_seconds=60))
+def _job_manager(event_log, models) -> JobManager:
+    return JobManager(event_log, models, parked=ParkedEvents(event_log))
+
+
+async def _ends(event_log: EventLog, job_id: str) -> list[JobFinished]:
+    return [s.event async for s in event_log.read(subjects.job_history(job_id)) if isinstance(s.event, JobFinished)]
+
+
+async def _run_until_ended(event_log: EventLog, manager: JobManager, job_id: str) -> JobFinished:
+    """Run ``manager`` until ``job_id`` has its end event, and until its position passed it."""
+    task = asyncio.create_task(manager.run(asyncio.Event(), sweep_seconds=60))
     try:
         async with asyncio.timeout(20):
-            while (end := await event_log.last(subjects.job(job_id, "completed"))) is None:
+            while not (ends := await _ends(event_log, job_id)) or manager.position < await event_log.last_seq():
                 assert not task.done(), task.exception()
                 await asyncio.sleep(0.02)
-        return end.event
+        return ends[0]
     finally:
-        assert await cancel_and_wait(task), "the projector did not stop when cancelled"
+        assert await cancel_and_wait(task), "the job manager did not stop when cancelled"
 
 
-async def test_a_restarted_projector_ends_a_job_whose_last_persona_it_had_already_stored(event_log, models):
+async def test_a_restarted_job_manager_ends_a_job_the_fold_had_already_stored(event_log, models):
     await models.ensure_indexes()
     await _publish_a_finished_job(event_log, "j1")
-
-    # the first projector stores every event and its checkpoint, then dies before deciding the job
-    first = Projector(event_log, models)
+    fold = Fold(event_log, models, parked=ParkedEvents(event_log))
     async for batch in event_log.read_batches(subjects.ALL):
-        await first.apply(batch)
+        await fold.apply(batch)
     assert await models.checkpoint() == await event_log.last_seq()
-    assert await event_log.last(subjects.job("j1", "completed")) is None
+    assert await _ends(event_log, "j1") == []  # the job manager died before deciding
 
-    # a new projector resumes after the checkpoint: no event of that job is left to fold
-    end = await _job_end(event_log, Projector(event_log, models), "j1")
+    end = await _run_until_ended(event_log, _job_manager(event_log, models), "j1")
     assert end.status == "completed" and end.results.successful == 2
+    assert await models.position(JOB_MANAGER) == await event_log.last_seq()
 
 
-async def test_a_failure_while_deciding_a_job_does_not_stop_the_projector(event_log, models):
-    await models.ensure_indexes()
-    projector = Projector(event_log, models)
-    decide = projector.examine
+async def test_deciding_again_after_a_crash_publishes_no_second_end(event_log, models):
+    await _publish_a_finished_job(event_log, "j1")
+    await _run_until_ended(event_log, _job_manager(event_log, models), "j1")
+    await models.db["consumer_positions"].delete_many({})  # it died before storing its position
+
+    await _run_until_ended(event_log, _job_manager(event_log, models), "j1")
+    assert len(await _ends(event_log, "j1")) == 1
+
+
+async def test_a_failure_while_deciding_a_job_does_not_stop_the_job_manager(event_log, models):
+    manager = _job_manager(event_log, models)
+    decide = manager.decide
     failures = []
 
-    async def flaky_examine(job_ids, **kwargs):
+    async def flaky_decide(job_ids, **kwargs):
+        job_ids = list(job_ids)
         if job_ids and not failures:
-            failures.append(list(job_ids))
+            failures.append(job_ids)
             raise RuntimeError("the bus went away for a moment")
         await decide(job_ids, **kwargs)
 
-    projector.examine = flaky_examine
+    manager.decide = flaky_decide
     await _publish_a_finished_job(event_log, "j1")
-    end = await _job_end(event_log, projector, "j1")
+    end = await _run_until_ended(event_log, manager, "j1")
     assert failures == [["j1"]] and end.results.successful == 2

@@ -86,3 +86,40 @@ async def test_rebuild_equals_live_for_cancelled_expired_and_failed_jobs(system,
     assert await snapshot(target) == live
     statuses = {d["_id"]: d["status"] for d in live["prompt_job_personas"]}
     assert statuses == {"jc:a": "completed", "jc:b": "cancelled", "je:c": "failed", "je:d": "failed"}
+
+
+async def test_rebuild_progress_goes_only_to_the_requests_own_inbox(system, event_log, settings):
+    """A caller cannot make the projector publish into the event log: a chosen progress
+    subject is refused, a reply subject that is not an inbox is ignored."""
+    import asyncio
+    import json
+
+    from services.projector.rebuild import CONTROL_SUBJECT
+    from services.rebuild_command import _remote
+
+    nc = event_log.nc
+    before = await event_log.last_seq()
+    inbox = nc.new_inbox()
+    answers = await nc.subscribe(inbox)
+    request = json.dumps({"progress_subject": "promptgen.template.x.created"}).encode()
+    for _ in range(500):  # until the projector listens (NATS answers "no responders" before)
+        await nc.publish(CONTROL_SUBJECT, request, reply=inbox)
+        msg = await answers.next_msg(timeout=5)
+        if not (msg.headers and msg.headers.get("Status") == "503"):
+            break
+        await asyncio.sleep(0.02)
+    answer = json.loads(msg.data)
+    assert answer["accepted"] is False and "progress_subject" in answer["error"]
+    await nc.publish(CONTROL_SUBJECT, b"{}", reply="promptgen.template.y.created")
+    await nc.flush()
+
+    # The CLI's way still works, with progress; and once it is done nothing reached the log.
+    seen: list[tuple[int, int]] = []
+
+    async def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+
+    final = await _remote(event_log, progress)
+    assert final.get("finished") and "error" not in final, final
+    assert seen and seen[0] == (0, before)
+    assert await event_log.last_seq() == before

@@ -1,11 +1,21 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
 from contracts import subjects
 from contracts.domain import generation_mode
-from contracts.events import EVENT_TYPES, encode_event, parse_event
+from contracts.events import (
+    EVENT_TYPES,
+    UPCASTERS,
+    JobCancelRequested,
+    UndecodableEvent,
+    UnknownEvent,
+    encode_event,
+    parse_event,
+)
 from tests.samples import every_event
 
 
@@ -42,9 +52,45 @@ def test_job_subjects_share_one_filter():
             assert event.subject().startswith(history[:-1])
 
 
-def test_unknown_event_type_is_rejected():
-    with pytest.raises(ValidationError):
+def test_an_unknown_type_or_a_newer_version_is_unknown_not_undecodable():
+    with pytest.raises(UnknownEvent) as unknown:
         parse_event(b'{"type": "persona.exploded", "job_id": "j1"}')
+    assert unknown.value.type == "persona.exploded"
+    newer = json.loads(encode_event(every_event()[0]))
+    with pytest.raises(UnknownEvent):
+        parse_event(json.dumps({**newer, "version": 2}))
+
+
+def test_readers_ignore_fields_they_do_not_know_at_any_depth():
+    completed = next(e for e in every_event() if e.type == "persona.completed")
+    obj = json.loads(encode_event(completed))
+    obj["added_by_a_newer_producer"] = 1
+    obj["usage"]["cached_tokens"] = 7
+    assert parse_event(json.dumps(obj)) == completed
+
+
+def test_writers_stay_strict():
+    with pytest.raises(ValidationError):
+        JobCancelRequested(job_id="j1", not_a_field=1)
+
+
+@pytest.mark.parametrize("data", [b"\xff\xfe", b"[]", b"{}", b'{"type": 3}', b'{"type": "job.cancel_requested"}',
+                                  b'{"type": "job.cancel_requested", "job_id": "j", "version": "one"}',
+                                  b'{"type": "interaction.created", "interaction_id": "i", "mode": "learn_mode", '
+                                  b'"avatars": ' + b"[" * 300 + b"]" * 300 + b"}"])
+def test_what_is_not_an_event_is_undecodable_with_a_short_reason(data):
+    with pytest.raises(UndecodableEvent) as exc:
+        parse_event(data)
+    assert 0 < len(str(exc.value)) < 600
+
+
+def test_an_older_version_is_upcast_before_it_is_read(monkeypatch):
+    cancel = json.loads(encode_event(JobCancelRequested(job_id="j1")))
+    old = {**cancel, "version": 0, "job": cancel.pop("job_id")}
+    with pytest.raises(UndecodableEvent, match="no upcaster"):
+        parse_event(json.dumps(old))
+    monkeypatch.setitem(UPCASTERS, ("job.cancel_requested", 0), lambda o: {**o, "job_id": o["job"]})
+    assert parse_event(json.dumps(old)).job_id == "j1"
 
 
 def test_try_and_assess_generate_as_assess():

@@ -10,7 +10,7 @@ from tests.samples import T0, every_event, job_requested
 
 
 def _ops(event, seq=7):
-    return [(coll, op._filter, op._doc, op._upsert) for coll, op in project(event, seq)]
+    return [(coll, c.filter, c.update, c.upsert) for coll, c in project(event, seq)]
 
 
 def test_creations_are_idempotent_upserts():
@@ -46,10 +46,10 @@ def _job(statuses, **extra):
     """A job's read model as the projector would have written it, personas at ``statuses``."""
     req = job_requested(pids=tuple(statuses))
     (_, job_op), *persona_ops = project(req, 1)
-    job = dict(job_op._doc["$setOnInsert"], _id=req.job_id, **extra)
+    job = dict(job_op.update["$setOnInsert"], _id=req.job_id, **extra)
     personas = []
     for (_, op), status in zip(persona_ops, statuses.values(), strict=True):
-        doc = dict(op._doc["$setOnInsert"], status=status)
+        doc = dict(op.update["$setOnInsert"], status=status)
         if status == "completed":
             doc.update(prompt_length=10, usage={"prompt_tokens": 3, "completion_tokens": 2})
         personas.append(doc)

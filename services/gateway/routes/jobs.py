@@ -16,8 +16,8 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
-from services.audit import job_history
-from services.gateway.deps import EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
+from services.audit import job_history_page
+from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, FeedsDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, not_found
 from services.gateway.jobs import (
     build_job,
@@ -28,7 +28,7 @@ from services.gateway.jobs import (
     job_view_from_log,
     sse_endpoint,
 )
-from services.gateway.sse import Position, stream_job_events
+from services.gateway.sse import HeldEventStream, Position, stream_job_events
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"])
 log = structlog.get_logger()
@@ -45,6 +45,10 @@ async def _requested(event_log, job_id: str):
     stored = await event_log.last(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
     if stored is None:
         raise _job_not_found(job_id)
+    if stored.event is None:
+        raise ApiError(500, "event_unreadable",
+                       f"Job '{job_id}''s request (event {stored.seq}) cannot be read by this version: "
+                       f"{stored.error}", ids=[job_id])
     return stored
 
 
@@ -72,10 +76,10 @@ async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsRespo
              response_model_exclude_none=True)
 async def generate_final_prompts(
     body: GenerateFinalPromptsRequest, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
-    waiter: WaiterDep,
+    clock: ClockDep,
 ) -> GenerateFinalPromptsResponse:
     """Start generating the personas' system prompts; returns at once with the job id."""
-    event = await build_job(body, models=models, settings=settings)
+    event = await build_job(body, models=models, settings=settings, clock=clock)
     return await start_job(event, event_log)
 
 
@@ -87,6 +91,7 @@ async def prompt_generation_status(
     settings: SettingsDep,
     waiter: WaiterDep,
     feeds: FeedsDep,
+    capacity: CapacityDep,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
@@ -98,9 +103,10 @@ async def prompt_generation_status(
         if end_seq is not None and after.seq >= end_seq and after.index is None:
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
-    return EventSourceResponse(
+    return HeldEventStream(
         stream_job_events(feeds, job_id, start_seq=requested_seq, after=after, before_end=waiter.wait_for,
                           retry_ms=settings.sse_retry_ms),
+        slot=capacity.sse_streams.take(),  # the last thing before the response: it gives the slot back
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
@@ -116,7 +122,7 @@ async def job_status(job_id: str, models: ModelsDep, event_log: EventLogDep) -> 
             return job_view(doc, personas)
     requested = await _requested(event_log, job_id)
     finished = await finished_event(event_log, job_id)
-    return job_view_from_log(requested.event, finished.event if finished else None)
+    return job_view_from_log(requested.event, finished.event if finished and finished.event else None)
 
 
 @router.get("/jobs", response_model=JobList)
@@ -149,7 +155,7 @@ async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, wai
     await _requested_seq(event_log, job_id)
     end = await finished_event(event_log, job_id)
     if end is not None:
-        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({end.event.status}); nothing to cancel",
+        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({getattr(end.event, 'status', 'ended')}); nothing to cancel",
                        ids=[job_id])
     await waiter.wait_for(await event_log.publish(JobCancelRequested(job_id=job_id, correlation_id=job_id)))
     log.info("job_cancel_requested", job_id=job_id)
@@ -159,7 +165,7 @@ async def cancel_job(job_id: str, models: ModelsDep, event_log: EventLogDep, wai
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
              response_model_exclude_none=True)
 async def retry_failed(
-    job_id: str, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, waiter: WaiterDep
+    job_id: str, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, clock: ClockDep
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
     doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
@@ -173,13 +179,21 @@ async def retry_failed(
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
     body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
                                        mode_mapping=failed)
-    event = await build_job(body, models=models, settings=settings, retry_of=job_id)
+    event = await build_job(body, models=models, settings=settings, clock=clock, retry_of=job_id)
     return await start_job(event, event_log)
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory)
-async def job_events(job_id: str, event_log: EventLogDep) -> JobEventHistory:
-    """The job's full event history from the log, in order (for audit)."""
-    start = await _requested_seq(event_log, job_id)
-    return JobEventHistory(job_id=job_id, events=await job_history(event_log, job_id, start))
+async def job_events(
+    job_id: str,
+    event_log: EventLogDep,
+    capacity: CapacityDep,
+    after: int = Query(0, ge=0, description="Events after this stream sequence (a page's `next_after`)"),
+    limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
+) -> JobEventHistory:
+    """The job's event history from the log, in order (for audit), a page at a time."""
+    async with capacity.history_reads.hold():
+        start = max(await _requested_seq(event_log, job_id), after + 1)
+        events, next_after = await job_history_page(event_log, job_id, start, limit)
+    return JobEventHistory(job_id=job_id, events=events, next_after=next_after)
 

@@ -3,38 +3,50 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from contextlib import aclosing
+from typing import Any, TypeVar
 
-from fastapi import APIRouter, Response
+import structlog
+from fastapi import APIRouter, Request, Response
 
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsResponse, V1PersonaPrompt
 from contracts.events import JobFinished
-from services.gateway.deps import EventLogDep, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError
-from services.gateway.jobs import build_job
+from services.gateway.jobs import build_job, sse_endpoint
+from services.runtime import cancel_and_wait
 
 router = APIRouter(prefix="/scenario", tags=["deprecated"])
+log = structlog.get_logger()
+T = TypeVar("T")
 
 
 @router.post("/generate-final-prompts", response_model=V1GenerateFinalPromptsResponse, deprecated=True)
 async def generate_final_prompts_v1(
     body: GenerateFinalPromptsRequest,
+    request: Request,
     response: Response,
     models: ModelsDep,
     event_log: EventLogDep,
     settings: SettingsDep,
     waiter: WaiterDep,
+    capacity: CapacityDep,
+    clock: ClockDep,
 ) -> V1GenerateFinalPromptsResponse:
     """Deprecated: waits for every prompt. Use ``/scenario/v2/generate-final-prompts``."""
     response.headers["Deprecation"] = "true"
     response.headers["Link"] = '</scenario/v2/generate-final-prompts>; rel="successor-version"'
-    job = await build_job(body, models=models, settings=settings)
-    start = await event_log.publish(job)
-    end = await _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds)
-    await waiter.wait_for(end[0])
+    async with capacity.v1_waits.hold():  # before anything is published: a busy answer starts no job
+        job = await build_job(body, models=models, settings=settings, clock=clock)
+        start = await event_log.publish(job)
+        end = await _unless_client_leaves(
+            request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id
+        )
+        await waiter.wait_for(end[0])
+        docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": body.persona_ids}})}
     results = end[1].results
-    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": body.persona_ids}})}
     return V1GenerateFinalPromptsResponse(
         job_id=job.job_id,
         status=end[1].status,
@@ -53,6 +65,29 @@ async def generate_final_prompts_v1(
     )
 
 
+async def _unless_client_leaves(request: Request, waiting: Coroutine[Any, Any, T], job_id: str) -> T:
+    """``waiting``, given up when the client disconnects first: a caller that left must not
+    hold its V1 slot (and a consumer) for the whole wait. Its job goes on regardless."""
+    work = asyncio.ensure_future(waiting)
+    left = asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait([work, left], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        left.cancel()
+        if not work.done():
+            await cancel_and_wait(work)
+    if work.done() and not work.cancelled():
+        return work.result()
+    log.info("v1_client_left", job_id=job_id)
+    raise ApiError(499, "client_closed_request", f"The client left before job '{job_id}' ended", ids=[job_id])
+
+
+async def _disconnected(request: Request) -> None:
+    # The body is read already: the server's next message is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
 async def _wait_for_end(event_log, job_id: str, start: int, timeout: float) -> tuple[int, JobFinished]:
     async def _follow() -> tuple[int, JobFinished]:
         async with aclosing(event_log.follow(subjects.job_history(job_id), start)) as events:
@@ -67,6 +102,6 @@ async def _wait_for_end(event_log, job_id: str, start: int, timeout: float) -> t
         raise ApiError(
             504, "v1_timeout",
             f"Job '{job_id}' is still running after {timeout:.0f}s; follow it at "
-            f"/scenario/v2/prompt-generation-status/{job_id}",
+            f"{sse_endpoint(job_id)}",
             ids=[job_id],
         ) from exc

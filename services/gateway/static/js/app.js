@@ -457,23 +457,43 @@ async function renderJob(jobId) {
     showTimeline();
   }
 
-  const refreshTimeline = h("button", { class: "small", onclick: () => busy(refreshTimeline, showTimeline) }, "Refresh");
-  async function showTimeline() {
+  // The event history, a page at a time (a 500-persona job has 1,500 events). The buttons read
+  // the next page; the page itself (on opening, at the job's end, the poll while it runs) reads
+  // only what is new, and only once every page before was asked for.
+  const history = { events: [], after: 0, more: false, loading: Promise.resolve() };
+  const nextPage = () => showTimeline({ asked: true });
+  const refreshTimeline = h("button", { class: "small", onclick: () => busy(refreshTimeline, nextPage) }, "Refresh");
+  const moreEvents = h("button", { id: "more-events", class: "small", onclick: () => busy(moreEvents, nextPage) },
+    "Load more events");
+  function showTimeline({ asked = false } = {}) {  // one read at a time, each after the last event shown
+    history.loading = history.loading.then(() => (asked || !history.more ? loadTimelinePage() : undefined));
+    return history.loading;
+  }
+  async function loadTimelinePage() {
     try {
-      const history = await client.jobEvents(jobId);
+      const page = await client.jobEvents(jobId, { after: history.after, limit: 200 });
       if (closed) return;
-      timeline.replaceChildren(
-        h("div", { class: "title-row" }, h("h2", { id: "timeline-title" }, "Event history"), refreshTimeline),
-        history.events.length === 0 ? h("p", { class: "empty" }, "No events yet.") : tableWrap(
-          h("table", { class: "events" },
-            h("caption", { class: "sr-only" }, "Every event of this job, oldest first"),
-            h("thead", {}, h("tr", {}, ["Time", "Seq", "Event", "Persona", "Status", "Error"].map((x) => h("th", { scope: "col" }, x)))),
-            h("tbody", {}, history.events.map((e) => h("tr", {},
-              h("td", {}, new Date(e.time).toLocaleTimeString()), h("td", {}, String(e.seq)), h("td", { class: "mono" }, e.type),
-              h("td", {}, e.persona_id ? (names[e.persona_id] || {}).name || short(e.persona_id) : ""),
-              h("td", {}, e.status ? h("span", { class: `badge status-${e.status}` }, e.status) : ""),
-              h("td", {}, e.error || "")))))));
+      const fresh = page.events.filter((e) => e.seq > history.after);
+      history.events.push(...fresh);
+      if (fresh.length) history.after = fresh[fresh.length - 1].seq;
+      history.more = page.next_after !== null;
+      paintTimeline();
     } catch (err) { timeline.replaceChildren(h("h2", { id: "timeline-title" }, "Event history"), errorBox(err)); }
+  }
+  function paintTimeline() {
+    moreEvents.hidden = !history.more;
+    timeline.replaceChildren(
+      h("div", { class: "title-row" }, h("h2", { id: "timeline-title" }, "Event history"), refreshTimeline),
+      history.events.length === 0 ? h("p", { class: "empty" }, "No events yet.") : tableWrap(
+        h("table", { class: "events" },
+          h("caption", { class: "sr-only" }, "Every event of this job, oldest first"),
+          h("thead", {}, h("tr", {}, ["Time", "Seq", "Event", "Persona", "Status", "Error"].map((x) => h("th", { scope: "col" }, x)))),
+          h("tbody", {}, history.events.map((e) => h("tr", {},
+            h("td", {}, new Date(e.time).toLocaleTimeString()), h("td", {}, String(e.seq)), h("td", { class: "mono" }, e.type),
+            h("td", {}, e.persona_id ? (names[e.persona_id] || {}).name || short(e.persona_id) : ""),
+            h("td", {}, e.status ? h("span", { class: `badge status-${e.status}` }, e.status) : ""),
+            h("td", {}, e.error || "")))))),
+      h("p", { class: "muted small" }, `${plural(history.events.length, "event")} shown `, moreEvents));
   }
 
   main.replaceChildren(

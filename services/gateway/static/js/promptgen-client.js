@@ -127,7 +127,10 @@ export function createClient({ baseUrl = "", fetchImpl = globalThis.fetch.bind(g
            { template_id: templateId, persona_ids: personaIds, mode_mapping: modeMapping }),
     jobStatus: (jobId) => call("GET", `/scenario/v2/job-status/${id(jobId)}`),
     listJobs: (limit = 20) => call("GET", `/scenario/v2/jobs?limit=${Number(limit)}`),
-    jobEvents: (jobId) => call("GET", `/scenario/v2/jobs/${id(jobId)}/events`),
+    // One page of a job's event history, oldest first: { job_id, events, next_after }. Pass
+    // next_after as `after` for the next page; it is null when there is no more (yet).
+    jobEvents: (jobId, { after = 0, limit = 100 } = {}) =>
+      call("GET", `/scenario/v2/jobs/${id(jobId)}/events?after=${Number(after)}&limit=${Number(limit)}`),
     retryFailed: (jobId) => call("POST", `/scenario/v2/jobs/${id(jobId)}/retry-failed`),
     cancel: (jobId) => call("POST", `/scenario/v2/jobs/${id(jobId)}/cancel`),
     createInteraction: (body) => call("POST", "/avatar-interactions", body),

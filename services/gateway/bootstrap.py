@@ -1,0 +1,69 @@
+"""The gateway's composition root: the one place its adapters are built.
+
+``bootstrap(settings)`` connects to the event log and MongoDB and builds the LLM
+provider, unless they are given (tests pass their own); the routes receive what it
+builds through :mod:`services.gateway.deps`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from services.bus import EventLog
+from services.gateway.capacity import Capacities
+from services.gateway.feeds import JobFeeds
+from services.gateway.projection import ProjectionWaiter
+from services.llm.base import Provider
+from services.llm.limits import SharedLimiter, open_limiter
+from services.parking import ParkedEvents
+from services.runtime import Clock, utc_now
+from services.settings import Settings
+from services.store import ReadModels
+from services.wiring import event_log_for, models_for, provider_for
+
+
+@dataclass
+class Gateway:
+    """Everything the routes use."""
+
+    settings: Settings
+    event_log: EventLog
+    models: ReadModels
+    provider: Provider
+    limiter: SharedLimiter | None
+    waiter: ProjectionWaiter
+    feeds: JobFeeds
+    parked: ParkedEvents
+    capacity: Capacities
+    clock: Clock
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    async def aclose(self) -> None:
+        await self.stack.aclose()
+
+
+async def bootstrap(
+    settings: Settings,
+    *,
+    event_log: EventLog | None = None,
+    models: ReadModels | None = None,
+    provider: Provider | None = None,
+    clock: Clock = utc_now,
+) -> Gateway:
+    stack = AsyncExitStack()
+    models = models_for(settings, stack, models)
+    event_log = await event_log_for(settings, "promptgen-gateway", stack, event_log)
+    provider = provider_for(settings, stack, provider)
+    # template analysis and persona generation take their turns from the same LLM caps
+    limiter = await open_limiter(event_log.js, settings, provider.name)
+    parked = ParkedEvents(event_log)
+    await parked.ensure()
+    feeds = JobFeeds(event_log)
+    await feeds.start()
+    stack.push_async_callback(feeds.close)
+    return Gateway(
+        settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
+        waiter=ProjectionWaiter(models, settings.projection_wait_seconds), feeds=feeds, parked=parked,
+        capacity=Capacities.from_settings(settings), clock=clock, stack=stack,
+    )

@@ -1,0 +1,34 @@
+"""Operations: the events consumers parked, and re-applying them once a fix is deployed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from contracts.api import ErrorBody, ParkedEventList, ReapplyRequest, ReapplyResult
+from services.gateway.deps import ParkedDep
+from services.gateway.errors import ApiError
+from services.parking import NoConsumerRunning, request_reapply
+
+router = APIRouter(prefix="/admin", tags=["operations"])
+
+
+@router.get("/parked", response_model=ParkedEventList)
+async def list_parked(
+    parked: ParkedDep,
+    consumer: str | None = Query(None, pattern=r"^[a-z][a-z-]*$", max_length=64,
+                                 description="Only this consumer's (projector, job-manager, generator-workers, …)"),
+) -> ParkedEventList:
+    """Every event a consumer could not decode or store, oldest first per consumer."""
+    return ParkedEventList(parked=await parked.list(consumer))
+
+
+@router.post("/parked/reapply", response_model=ReapplyResult,
+             responses={503: {"model": ErrorBody, "description": "no process of that consumer is running"}})
+async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResult:
+    """Ask the running consumer to apply its parked events again (all, or ``seqs``): those
+    that succeed leave the list, those that fail again stay with their new error."""
+    try:
+        return await request_reapply(parked.event_log, body.consumer, body.seqs)
+    except NoConsumerRunning as exc:
+        raise ApiError(503, "consumer_not_running", f"{exc}; start it, then try again",
+                       field="consumer", headers={"Retry-After": "5"}) from exc

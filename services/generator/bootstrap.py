@@ -1,0 +1,90 @@
+"""The generator's composition root: the one place its adapters are built.
+
+``bootstrap(settings)`` connects to the event log and builds the LLM provider, unless
+they are given (tests pass their own); everything else receives them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+import structlog
+
+from services.bus import EventLog
+from services.generator.consumers import DISPATCHER, WORKERS, WorkerPool, reapply_dispatch, run_dispatcher
+from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, reapply_advisory, run_dead_letters
+from services.llm.base import Provider
+from services.llm.limits import open_limiter
+from services.parking import ParkedEvents
+from services.runtime import Clock, announce_ready, utc_now
+from services.settings import Settings
+from services.wiring import event_log_for, provider_for
+
+log = structlog.get_logger()
+
+
+@dataclass
+class Generator:
+    settings: Settings
+    event_log: EventLog
+    provider: Provider
+    parked: ParkedEvents
+    pool: WorkerPool
+    stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Dispatch jobs, generate prompts and turn dead letters into failures, until ``stop``."""
+        event_log, parked, settings = self.event_log, self.parked, self.settings
+        await keep_dead_letters(event_log, WORKERS)  # before any work item can run out of deliveries
+        await parked.serve(DISPATCHER, lambda record: reapply_dispatch(event_log, record))
+        await parked.serve(WORKERS, self.pool.reapply)
+        await parked.serve(DEAD_LETTERS, lambda record: reapply_advisory(event_log, record))
+        tasks = [
+            asyncio.create_task(run_dispatcher(event_log, stop, parked), name="dispatcher"),
+            asyncio.create_task(self.pool.run(stop), name="workers"),
+            asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, parked), name="dead-letters"),
+        ]
+        announce_ready(
+            provider=self.provider.name,
+            model=self.provider.model,
+            concurrency=settings.worker_concurrency,
+            global_concurrency=settings.llm_concurrency,
+            rpm=settings.llm_rpm or None,
+            tpm=settings.llm_tpm or None,
+        )
+        try:
+            done, _ = await asyncio.wait(
+                [*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED
+            )
+            for t in done:
+                if t in tasks and t.exception():
+                    raise t.exception()  # a consumer loop died: exit so the supervisor restarts us
+        finally:
+            stop.set()
+            await asyncio.wait(tasks, timeout=5)
+            await self.pool.drain(timeout=10)
+            for t in tasks:
+                t.cancel()
+
+    async def aclose(self) -> None:
+        await self.stack.aclose()
+        log.info("service_stopped")
+
+
+async def bootstrap(
+    settings: Settings,
+    *,
+    event_log: EventLog | None = None,
+    provider: Provider | None = None,
+    clock: Clock = utc_now,
+) -> Generator:
+    stack = AsyncExitStack()
+    provider = provider_for(settings, stack, provider)
+    event_log = await event_log_for(settings, "promptgen-generator", stack, event_log)
+    limiter = await open_limiter(event_log.js, settings, provider.name)
+    parked = ParkedEvents(event_log)
+    await parked.ensure()
+    pool = WorkerPool(event_log, provider, settings, limiter, parked, clock=clock)
+    return Generator(settings, event_log, provider, parked, pool, stack)

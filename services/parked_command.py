@@ -1,0 +1,51 @@
+"""`promptgen parked list|reapply`: the events consumers set aside, and applying them again."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from services.bus import EventLog
+from services.parking import NoConsumerRunning, ParkedEvents, request_reapply
+from services.settings import Settings
+
+err = Console(stderr=True)
+
+
+async def list_parked(settings: Settings, consumer: str | None, *, as_json: bool) -> int:
+    event_log = await EventLog.connect(settings, "promptgen-parked")
+    try:
+        records = await ParkedEvents(event_log).list(consumer)
+    finally:
+        await event_log.close()
+    if as_json:
+        for r in records:
+            sys.stdout.write(r.model_dump_json() + "\n")
+        return 0
+    if not records:
+        err.print("[green]No parked events.[/green]")
+        return 0
+    table = Table(title=f"{len(records)} parked event(s)")
+    for col in ("consumer", "seq", "subject", "kind", "error", "parked at"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        table.add_row(r.consumer, str(r.seq), r.subject, r.error_kind, r.error, r.parked_at.strftime("%Y-%m-%d %H:%M:%S"))
+    Console().print(table)
+    return 0
+
+
+async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | None) -> int:
+    event_log = await EventLog.connect(settings, "promptgen-parked")
+    try:
+        result = await request_reapply(event_log, consumer, seqs)
+    except NoConsumerRunning as exc:
+        err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {consumer.split('-')[0]}`), then try again")
+        return 1
+    finally:
+        await event_log.close()
+    err.print(f"[green]re-applied {len(result.reapplied)}[/green] {result.reapplied or ''}")
+    for r in result.still_parked:
+        err.print(f"[red]still parked[/red] {r.consumer} {r.seq} {r.subject}: {r.error}")
+    return 0 if not result.still_parked else 1

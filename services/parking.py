@@ -1,0 +1,169 @@
+"""Parked events: what a consumer could not use, kept where an operator sees it.
+
+A consumer never stops on one event. An event it cannot decode, or whose effect
+cannot be stored, is *parked*: a record (who, where in the log, the error, the first
+bytes) goes to the stream ``<STREAM>_PARKED``, a log line at error level says so,
+and the consumer moves on. Nothing is dropped: the event itself stays in the log.
+
+Once a fix is deployed, ``promptgen parked reapply`` (or ``POST /admin/parked/reapply``)
+asks the running consumer to apply each parked event again; one that succeeds leaves
+the parked stream, one that fails again stays with its new error. One record per
+(consumer, event): parking the same event twice keeps the newest record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+
+import structlog
+from nats.errors import NoRespondersError
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from contracts.api import ParkedEvent, ReapplyResult
+from services.bus import EventLog, StoredEvent
+from services.failures import brief
+
+log = structlog.get_logger()
+
+PREVIEW_BYTES = 512
+CONTROL = "promptgen_control.{consumer}.reapply"
+
+Reapply = Callable[[ParkedEvent], Awaitable[None]]
+
+
+def preview(data: bytes) -> str:
+    """The first bytes of a message, readable whatever they hold."""
+    head = data[:PREVIEW_BYTES].decode("utf-8", errors="backslashreplace")
+    return head + (f"… ({len(data)} bytes)" if len(data) > PREVIEW_BYTES else "")
+
+
+class NoConsumerRunning(Exception):
+    """No process of that consumer answers: start it, then re-apply."""
+
+
+class ParkedEvents:
+    def __init__(self, event_log: EventLog) -> None:
+        self.event_log = event_log
+        self.js = event_log.js
+        self.stream = f"{event_log.stream}_PARKED"
+        self._prefix = f"promptgen_parked.{event_log.stream}"
+        self._ensured = False
+
+    def _subject(self, consumer: str, seq: int) -> str:
+        return f"{self._prefix}.{consumer}.{seq}"
+
+    async def ensure(self) -> None:
+        if self._ensured:
+            return
+        s = self.event_log.settings
+        await self.event_log.ensure_stream(api.StreamConfig(
+            name=self.stream,
+            subjects=[f"{self._prefix}.>"],
+            storage=api.StorageType.FILE,
+            retention=api.RetentionPolicy.LIMITS,
+            max_msgs_per_subject=1,  # the newest record of each parked event
+            max_age=s.stream_max_age_days * 86400,
+            num_replicas=s.stream_replicas,
+        ))
+        self._ensured = True
+
+    async def park(
+        self, consumer: str, stored: StoredEvent, kind: str, error: BaseException | str, *,
+        stream: str | None = None,
+    ) -> ParkedEvent:
+        event = stored.event
+        record = ParkedEvent(
+            consumer=consumer,
+            stream=stream or self.event_log.stream,
+            seq=stored.seq,
+            subject=stored.subject,
+            error_kind=kind,
+            error=error if isinstance(error, str) else brief(error),
+            first_bytes=preview(stored.data or (event.model_dump_json().encode() if event else b"")),
+            job_id=getattr(event, "job_id", None),
+            persona_id=getattr(event, "persona_id", None),
+            parked_at=datetime.now(UTC),
+        )
+        await self._store(record)
+        return record
+
+    async def _store(self, record: ParkedEvent) -> None:
+        await self.ensure()
+        await self.js.publish(self._subject(record.consumer, record.seq), record.model_dump_json().encode(),
+                              stream=self.stream)
+        log.error("event_parked", consumer=record.consumer, seq=record.seq, subject=record.subject,
+                  error_kind=record.error_kind, error=record.error, first_bytes=record.first_bytes[:200],
+                  job_id=record.job_id, persona_id=record.persona_id)
+
+    async def list(self, consumer: str | None = None) -> list[ParkedEvent]:
+        records: list[ParkedEvent] = []
+        try:
+            batches = self.event_log.read_messages(f"{self._prefix}.{consumer or '*'}.*", stream=self.stream)
+            async for msgs in batches:
+                records += [ParkedEvent.model_validate_json(m.data) for m in msgs]
+        except NotFoundError:  # nothing was ever parked
+            return []
+        return sorted(records, key=lambda r: (r.consumer, r.seq))
+
+    async def remove(self, consumer: str, seq: int) -> None:
+        await self.js.purge_stream(self.stream, subject=self._subject(consumer, seq))
+
+    async def serve(self, consumer: str, reapply: Reapply) -> None:
+        """Answer re-apply requests for ``consumer`` (one replica answers each request)."""
+        nc = self.event_log.nc
+
+        async def on_request(msg) -> None:
+            try:
+                request = json.loads(msg.data or b"{}")
+                seqs = set(request["seqs"]) if request.get("seqs") else None
+                result = await self.reapply(consumer, reapply, seqs)
+                answer = result.model_dump_json().encode()
+            except Exception as exc:  # noqa: BLE001 - the caller hears why
+                log.error("reapply_failed", consumer=consumer, error=brief(exc))
+                answer = json.dumps({"error": brief(exc)}).encode()
+            await msg.respond(answer)
+
+        tasks: set[asyncio.Task] = set()
+
+        async def on_message(msg) -> None:
+            task = asyncio.create_task(on_request(msg))  # a long re-apply must not block the subscription
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        await nc.subscribe(CONTROL.format(consumer=consumer), queue="reapply", cb=on_message)
+
+    async def reapply(self, consumer: str, reapply: Reapply, seqs: set[int] | None) -> ReapplyResult:
+        done: list[int] = []
+        still: list[ParkedEvent] = []
+        for record in await self.list(consumer):
+            if seqs is not None and record.seq not in seqs:
+                continue
+            try:
+                await reapply(record)
+            except Exception as exc:  # noqa: BLE001 - still parked, with the new error
+                record = record.model_copy(update={"error": brief(exc), "parked_at": datetime.now(UTC)})
+                await self._store(record)
+                still.append(record)
+            else:
+                await self.remove(consumer, record.seq)
+                log.info("event_reapplied", consumer=consumer, seq=record.seq, subject=record.subject)
+                done.append(record.seq)
+        return ReapplyResult(consumer=consumer, reapplied=done, still_parked=still)
+
+
+async def request_reapply(event_log: EventLog, consumer: str, seqs: list[int] | None,
+                          timeout: float = 120) -> ReapplyResult:
+    """Ask the running ``consumer`` to re-apply its parked events (all, or ``seqs``)."""
+    try:
+        msg = await event_log.nc.request(CONTROL.format(consumer=consumer),
+                                         json.dumps({"seqs": seqs}).encode(), timeout=timeout)
+    except NoRespondersError as exc:
+        raise NoConsumerRunning(f"no {consumer} is running to re-apply its parked events") from exc
+    answer = json.loads(msg.data)
+    if "error" in answer:
+        raise RuntimeError(answer["error"])
+    return ReapplyResult.model_validate(answer)

@@ -1,0 +1,173 @@
+"""The fold: the event log into MongoDB, batch by batch, from its stored checkpoint.
+
+The checkpoint (last stream sequence applied) lives in MongoDB beside the read
+models it describes, and is written after them: a crash in between replays a
+batch whose writes are idempotent. Writes are retried while MongoDB is away;
+nothing moves the checkpoint past an event whose effect is neither stored nor
+parked (:mod:`services.parking`: an event that cannot be decoded or stored is set
+aside for an operator, and the fold goes on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+
+import structlog
+
+from contracts import subjects
+from contracts.api import ParkedEvent
+from contracts.events import UnknownEvent
+from services.bus import EventLog, StoredEvent
+from services.failures import Unstorable, durably
+from services.parking import ParkedEvents
+from services.runtime import keep_going
+from services.projector.projections import coalesce, writes_for
+from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
+from services.store import ReadModels
+
+log = structlog.get_logger()
+
+PROJECTOR = "projector"
+
+
+class Fold:
+    def __init__(
+        self,
+        event_log: EventLog,
+        models: ReadModels,
+        *,
+        job_retention: timedelta = timedelta(days=7),
+        parked: ParkedEvents | None = None,
+        on_reapplied: Callable[[set[str]], Awaitable[None]] | None = None,
+    ) -> None:
+        self.on_reapplied = on_reapplied  # who decides the jobs a re-applied event touched
+        self.log = event_log
+        self.parked = parked or ParkedEvents(event_log)
+        self.skipped = 0  # events of a type or version this code does not know
+        self.job_retention = job_retention
+        self.models = models
+        self.position = 0
+        self._lock = asyncio.Lock()  # one writer at a time: the live fold or a rebuild
+        self._generation = 0  # bumped by a rebuild: the live fold restarts from the new checkpoint
+
+    async def apply(self, batch: list[StoredEvent]) -> None:
+        """Write a batch's effects, then the checkpoint. An event that cannot be decoded or
+        stored is parked; the rest of the batch is stored all the same."""
+        writes = defaultdict(list)
+        readable: list[StoredEvent] = []
+        for stored in batch:
+            event = stored.event
+            if event is None:
+                await self._unreadable(stored)
+                continue
+            try:
+                ops = writes_for(event, stored.seq, self.job_retention)
+            except Exception as exc:  # noqa: BLE001 - an event no projection can express (a date out of range)
+                await self.parked.park(PROJECTOR, stored, "unstorable", exc)
+                continue
+            readable.append(stored)
+            for collection, op in ops:
+                writes[collection].append(op)
+
+        async def write_all() -> None:
+            for collection, ops in writes.items():
+                await self.models.apply(collection, coalesce(ops))
+            await self.models.save_checkpoint(batch[-1].seq)
+
+        try:
+            await durably(write_all, what="projection")
+        except Unstorable:
+            # One event of the batch cannot be stored: find it by storing them one by one.
+            for stored in readable:
+                try:
+                    await durably(lambda stored=stored: self._write(stored), what="projection")
+                except Unstorable as exc:
+                    await self.parked.park(PROJECTOR, stored, "unstorable", exc.cause)
+            await durably(lambda: self.models.save_checkpoint(batch[-1].seq), what="checkpoint")
+        self.position = batch[-1].seq
+
+    async def _write(self, stored: StoredEvent) -> None:
+        for collection, change in writes_for(stored.event, stored.seq, self.job_retention):
+            await self.models.apply(collection, [change])
+
+    async def _park_unusable(self, stored: StoredEvent, kind: str, error: BaseException | str) -> None:
+        await self.parked.park(PROJECTOR, stored, kind, error)
+
+    async def _unreadable(self, stored: StoredEvent) -> None:
+        if isinstance(stored.error, UnknownEvent):
+            self.skipped += 1
+            log.warning("event_skipped", seq=stored.seq, subject=stored.subject, reason=str(stored.error),
+                        skipped=self.skipped)
+            return
+        await self.parked.park(PROJECTOR, stored, "undecodable", str(stored.error))
+
+    async def reapply(self, record: ParkedEvent) -> None:
+        """Apply a parked event again (a fix was deployed), raising if it still fails.
+
+        Later events may have found nothing to update because this one was missing (a
+        persona completed before its creation was stored), so the log is folded again from
+        the parked event up to the current position: every write is idempotent, and those
+        already applied change nothing."""
+        jobs: set[str] = set()
+        found = False
+        async with self._lock:
+            end = self.position
+            async for batch in self.log.read_batches(subjects.ALL, record.seq):
+                for stored in batch:
+                    if stored.seq > end:
+                        break
+                    if stored.seq == record.seq:
+                        found = True
+                        if stored.event is None:
+                            raise stored.error or ValueError("undecodable")
+                    if stored.event is None:
+                        continue
+                    try:
+                        await durably(lambda stored=stored: self._write(stored), what="re-applied projection")
+                    except Unstorable as exc:
+                        if stored.seq == record.seq:
+                            raise exc.cause from None
+                        log.warning("reapply_skipped_event", seq=stored.seq, error=str(exc))
+                    if job_id := getattr(stored.event, "job_id", None):
+                        jobs.add(job_id)
+                if batch and batch[-1].seq >= end:
+                    break
+        if not found:
+            raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
+        if self.on_reapplied is not None:
+            await self.on_reapplied(jobs)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await keep_going(lambda: self._follow_once(stop), stop, what="fold")
+
+    async def _follow_once(self, stop: asyncio.Event) -> None:
+        """Follow the log from the stored checkpoint until stopped or the read models are rebuilt."""
+        generation = self._generation
+        start = await self.models.checkpoint() + 1
+        self.position = start - 1
+        log.info("projector_following", from_seq=start)
+        follower = self.log.follow_batches(subjects.ALL, start)
+        try:
+            async for batch in follower:
+                async with self._lock:
+                    if generation != self._generation:
+                        return
+                    await self.apply(batch)
+                if stop.is_set():
+                    return
+        finally:
+            await follower.aclose()
+
+    async def rebuild(self, progress: Progress) -> int:
+        """Rebuild every read model from the log and switch to it, pausing the live fold."""
+        async with self._lock:
+            target = ReadModels(self.models.db, suffix=SUFFIX)
+            position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention,
+                                          unusable=self._park_unusable)
+            await switch_to(target, self.models)
+            self.position = position
+            self._generation += 1
+            return position

@@ -1,0 +1,214 @@
+"""The job's process manager: when a job is over, publish its end.
+
+It follows the jobs' events with a position of its own, stored after the decisions
+the events led to are published, and it decides from the log itself (the job's
+history folded in memory by the same projections as the read models), never from
+the read models, which may lag. So a crash between a decision and its position
+replays the events and decides again: the end event has one deduplication id per
+job, and a job whose history already holds its end is left alone. Nothing needs
+repairing after a crash.
+
+Cheap test first: it counts the personas that ended per job, and reads a job's
+history only when the job may be over (every persona ended, a cancel, the deadline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Iterable
+from datetime import datetime
+
+import structlog
+
+from contracts import subjects
+from contracts.api import ParkedEvent
+from contracts.domain import TERMINAL_PERSONA_STATUSES
+from contracts.events import (
+    JobCancelRequested,
+    JobFinished,
+    JobRequested,
+    PersonaCompleted,
+    PersonaFailed,
+)
+from services.bus import EventLog, StoredEvent
+from services.failures import Unstorable, durably
+from services.parking import ParkedEvents
+from services.projector.memory_fold import MemoryFold
+from services.projector.process_manager import decide_job_end
+from services.projector.projections import JOB_PERSONAS, JOBS, project
+from services.runtime import Clock, keep_going, utc_now
+from services.store import ReadModels
+
+log = structlog.get_logger()
+
+JOB_MANAGER = "job-manager"
+
+
+class EndedPersonas:
+    """How many personas each running job has and which have ended, kept from the events
+    (sets: replays are harmless). A job first met mid-way (after a restart) is learnt
+    from its history once. Bounded: the least recently touched jobs are forgotten."""
+
+    def __init__(self, event_log: EventLog, max_jobs: int = 10_000) -> None:
+        self.log = event_log
+        self.max_jobs = max_jobs
+        self.jobs: OrderedDict[str, tuple[int, set[str]]] = OrderedDict()
+
+    def _keep(self, job_id: str, total: int, ended: set[str]) -> None:
+        self.jobs[job_id] = (total, ended)
+        self.jobs.move_to_end(job_id)
+        while len(self.jobs) > self.max_jobs:
+            self.jobs.popitem(last=False)
+
+    def started(self, event: JobRequested) -> None:
+        self._keep(event.job_id, len(event.personas), self.jobs.get(event.job_id, (0, set()))[1])
+
+    async def ended(self, job_id: str, persona_id: str) -> bool:
+        """Note that ``persona_id`` ended; whether every persona of the job now has."""
+        if job_id not in self.jobs:
+            history = await job_history(self.log, job_id)
+            if history is None:
+                return False
+            job, personas = history
+            self._keep(job_id, job["total_personas"],
+                       {p["persona_id"] for p in personas if p["status"] in TERMINAL_PERSONA_STATUSES})
+        total, ended = self.jobs[job_id]
+        ended.add(persona_id)
+        self.jobs.move_to_end(job_id)
+        return len(ended) >= total
+
+    def forget(self, job_id: str) -> None:
+        self.jobs.pop(job_id, None)
+
+
+async def job_history(event_log: EventLog, job_id: str) -> tuple[dict, list[dict]] | None:
+    """A job's view (the job and its personas, as the read models hold them) folded from its
+    events in the log, or None if the log holds no request for it."""
+    start = await event_log.last_seq_on(subjects.job(job_id, "requested"))
+    if start is None:
+        return None
+    fold = MemoryFold()
+    async for batch in event_log.read_batches(subjects.job_history(job_id), start):
+        for stored in batch:
+            if stored.event is not None:
+                for collection, op in project(stored.event, stored.seq):
+                    fold.apply(collection, op)
+    job = fold.collections[JOBS].get(job_id)
+    if job is None:
+        return None
+    personas = sorted(fold.collections[JOB_PERSONAS].values(), key=lambda p: p["order"])
+    return job, personas
+
+
+class JobManager:
+    def __init__(
+        self,
+        event_log: EventLog,
+        models: ReadModels,
+        *,
+        parked: ParkedEvents,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.log = event_log
+        self.models = models
+        self.parked = parked
+        self.clock = clock
+        self.ended = EndedPersonas(event_log)
+        self.position = 0
+
+    async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
+        sweeper = asyncio.create_task(keep_going(lambda: self._sweep(stop, sweep_seconds), stop, what="expiry"))
+        try:
+            await keep_going(lambda: self._follow_once(stop), stop, what="job manager")
+        finally:
+            sweeper.cancel()
+
+    async def _follow_once(self, stop: asyncio.Event) -> None:
+        start = await self.models.position(JOB_MANAGER) + 1
+        log.info("job_manager_following", from_seq=start)
+        follower = self.log.follow_batches(subjects.ALL_JOBS, start)
+        try:
+            async for batch in follower:
+                await self.handle(batch)
+                if stop.is_set():
+                    return
+        finally:
+            await follower.aclose()
+
+    async def handle(self, batch: list[StoredEvent]) -> None:
+        """Decide the jobs this batch may have ended, then store the position after it."""
+        over: dict[str, None] = {}  # the jobs that may be over, in the order they may have ended
+        for stored in batch:
+            event = stored.event
+            if isinstance(event, JobRequested):
+                self.ended.started(event)
+            elif isinstance(event, PersonaCompleted | PersonaFailed):
+                if await self.ended.ended(event.job_id, event.persona_id):
+                    over[event.job_id] = None
+            elif isinstance(event, JobCancelRequested):
+                over[event.job_id] = None  # decided at once, with personas still open
+            elif isinstance(event, JobFinished):
+                over.pop(event.job_id, None)
+                self.ended.forget(event.job_id)
+        await self.decide(over)
+        await durably(lambda: self.models.save_position(JOB_MANAGER, batch[-1].seq), what="job manager position")
+        self.position = batch[-1].seq
+
+    async def decide(self, jobs: Iterable[str], *, strict: bool = False) -> None:
+        """Publish the end of each job that has one. A job whose end cannot be decided or
+        stored is parked (``strict``: raised) and the others go on."""
+        now = self.clock()
+        for job_id in list(jobs):
+            try:
+                await self._end_if_over(job_id, now)
+            except Unstorable as exc:
+                if strict:
+                    raise exc.cause from None
+                await self._park(job_id, exc.cause)
+
+    async def _end_if_over(self, job_id: str, now: datetime) -> None:
+        history = await durably(lambda: job_history(self.log, job_id), what="job history")
+        if history is None:
+            return
+        try:
+            end = decide_job_end(*history, now)
+        except Exception as exc:  # noqa: BLE001 - a job the decision cannot read: parked
+            raise Unstorable(exc) from exc
+        if end is None:
+            return
+        await durably(lambda: self.log.publish(end), what="job end")
+        self.ended.forget(job_id)
+        log.info("job_finished", job_id=job_id, status=end.status,
+                 successful=end.results.successful, failed=end.results.failed)
+
+    async def _park(self, job_id: str, error: BaseException) -> None:
+        request = await self.log.last(subjects.job(job_id, "requested"))
+        if request is None:
+            log.error("job_decision_failed", job_id=job_id, error=str(error))
+            return
+        await self.parked.park(JOB_MANAGER, request, "unstorable", error)
+
+    async def reapply(self, record: ParkedEvent) -> None:
+        """Decide a parked job again (a fix was deployed), raising if it still fails."""
+        if record.job_id is None:
+            raise LookupError("the parked decision names no job")
+        await self.decide([record.job_id], strict=True)
+
+    async def expire_overdue(self) -> None:
+        """Decide every job the read models show running past its deadline."""
+        now = self.clock()
+
+        async def overdue() -> list[str]:
+            cursor = self.models.jobs.find({"status": "processing", "deadline": {"$lte": now}}, {"_id": 1})
+            return [doc["_id"] async for doc in cursor]
+
+        await self.decide(await durably(overdue, what="overdue jobs"))
+
+    async def _sweep(self, stop: asyncio.Event, every: float) -> None:
+        while not stop.is_set():
+            await self.expire_overdue()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=every)
+            except TimeoutError:
+                pass

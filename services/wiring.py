@@ -1,0 +1,41 @@
+"""What every composition root does alike: use the adapter it was given, or build the
+production one and register how to close it.
+
+Each process's ``bootstrap`` (gateway, generator, projector) calls these with an
+:class:`~contextlib.AsyncExitStack` that closes, in reverse order, only what it built.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from services.bus import EventLog
+from services.llm.base import Provider
+from services.llm.factory import build_provider
+from services.settings import Settings
+from services.store import ReadModels, open_read_models
+
+
+async def event_log_for(settings: Settings, name: str, stack: AsyncExitStack,
+                        given: EventLog | None = None) -> EventLog:
+    if given is not None:
+        return given
+    event_log = await EventLog.connect(settings, name)
+    stack.push_async_callback(event_log.close)
+    return event_log
+
+
+def models_for(settings: Settings, stack: AsyncExitStack, given: ReadModels | None = None) -> ReadModels:
+    if given is not None:
+        return given
+    models, close = open_read_models(settings)
+    stack.push_async_callback(close)
+    return models
+
+
+def provider_for(settings: Settings, stack: AsyncExitStack, given: Provider | None = None) -> Provider:
+    if given is not None:
+        return given
+    provider = build_provider(settings)
+    stack.push_async_callback(provider.aclose)
+    return provider

@@ -1,0 +1,47 @@
+"""GET /scenario/v2/jobs/{job_id}/events, a page at a time."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from contracts import subjects
+from contracts.events import PersonaProgress
+from tests.samples import job_requested
+
+
+async def _job_with_events(event_log, job_id: str, progress: int) -> list[int]:
+    """A job's request and ``progress`` events after it; their sequences."""
+    job = job_requested(job_id, ("a",)).model_copy(update={"deadline": datetime.now(UTC) + timedelta(hours=1)})
+    seqs = [await event_log.publish(job)]
+    for attempt in range(1, progress + 1):
+        seqs.append(await event_log.publish(PersonaProgress(job_id=job_id, persona_id="a", attempt=attempt)))
+    return seqs
+
+
+async def test_pages_follow_one_another_to_the_end(lone_gateway, event_log):
+    _, client = lone_gateway
+    await _job_with_events(event_log, "other", 3)  # interleaved in the log, never in the pages
+    seqs = await _job_with_events(event_log, "paged", 24)
+    pages, after = [], 0
+    while after is not None:
+        r = await client.get("/scenario/v2/jobs/paged/events", params={"after": after, "limit": 10})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["job_id"] == "paged"
+        pages.append([e["seq"] for e in body["events"]])
+        after = body["next_after"]
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [seq for page in pages for seq in page] == seqs
+    default = (await client.get("/scenario/v2/jobs/paged/events")).json()
+    assert len(default["events"]) == 25 and default["next_after"] is None  # the default page holds 100
+    for bad in ({"limit": 0}, {"limit": 1001}, {"after": -1}):
+        assert (await client.get("/scenario/v2/jobs/paged/events", params=bad)).status_code == 422
+
+
+async def test_reading_a_page_does_not_read_the_rest_of_the_history(event_log):
+    await _job_with_events(event_log, "long", 300)
+    received = event_log.nc.stats["in_msgs"]
+    page, more = await event_log.read_page(subjects.job_history("long"), 1, 10)
+    assert [stored.event.type for stored in page] == ["job.requested"] + ["persona.progress"] * 9 and more
+    # the page, and a few JetStream API answers: not the 291 events after it
+    assert event_log.nc.stats["in_msgs"] - received < 30

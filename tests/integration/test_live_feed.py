@@ -1,0 +1,113 @@
+"""The gateway's live feed never stops on one event: an undecodable event on one job's
+subject ends that job's SSE streams only, and the feed goes on for every other job."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from contracts.events import JobCompleted, PersonaFailed
+from tests.samples import job_requested, results
+from tests.sse_client import read_sse
+
+GARBAGE = b"\xff not json"
+
+
+def _sse(job_id: str) -> str:
+    return f"/scenario/v2/prompt-generation-status/{job_id}"
+
+
+def _opened(event: asyncio.Event):
+    """An ``until`` for read_sse that notes the first message and reads on."""
+
+    def until(messages) -> bool:
+        event.set()
+        return False
+
+    return until
+
+
+async def _requested(event_log, *job_ids: str) -> None:
+    for job_id in job_ids:
+        job = job_requested(job_id, (f"{job_id}-p",))
+        await event_log.publish(job.model_copy(update={"deadline": datetime.now(UTC) + timedelta(hours=1)}))
+
+
+async def _fails(event_log, job_id: str) -> None:
+    """Its one persona fails, and so does the job."""
+    persona_id = f"{job_id}-p"
+    await event_log.publish(PersonaFailed(job_id=job_id, persona_id=persona_id, persona_name=persona_id,
+                                          mode="try_mode", error="LLM timeout", error_code="llm_timeout"))
+    await event_log.publish(JobCompleted(job_id=job_id, status="failed", results=results({persona_id: "failed"})))
+
+
+async def test_an_undecodable_event_ends_only_its_own_jobs_streams(lone_gateway, event_log, settings):
+    system, client = lone_gateway
+    await _requested(event_log, "good", "bad")
+    feeds = system.server.config.app.state.gateway.feeds
+    opened = {job_id: asyncio.Event() for job_id in ("good", "bad")}
+    streams = {job_id: asyncio.create_task(read_sse(client, _sse(job_id), until=_opened(opened[job_id])))
+               for job_id in opened}
+    await asyncio.wait_for(asyncio.gather(*(e.wait() for e in opened.values())), 20)  # both followed live
+
+    # A newer producer's event on the good job is skipped; garbage on the bad job ends its streams.
+    future = b'{"type": "persona.mood_changed", "version": 1, "job_id": "good", "mood": "calm"}'
+    await event_log.js.publish("promptgen.job.good.persona.good-p.mood", future, stream=settings.stream)
+    await event_log.js.publish("promptgen.job.bad.persona.bad-p.progress", GARBAGE, stream=settings.stream)
+    await _fails(event_log, "good")
+
+    good = await asyncio.wait_for(streams["good"], 30)
+    assert [m.data["type"] for m in good.messages] == ["status_update", "persona_progress", "status_update",
+                                                       "results"]
+    bad = await asyncio.wait_for(streams["bad"], 30)
+    assert [m.data["type"] for m in bad.messages] == ["status_update"]  # ended, without results
+    assert feeds.alive and "bad" not in feeds.channels
+
+
+async def test_a_job_whose_history_holds_an_undecodable_event_is_still_served(lone_gateway, event_log, settings):
+    """A browser reconnecting after its stream ended on a bad event reads the job from the
+    log: the bad event is skipped (and logged), everything else arrives."""
+    _, client = lone_gateway
+    await _requested(event_log, "bad")
+    await event_log.js.publish("promptgen.job.bad.persona.bad-p.progress", GARBAGE, stream=settings.stream)
+    await _fails(event_log, "bad")
+    stream = await asyncio.wait_for(read_sse(client, _sse("bad")), 30)
+    assert stream.status == 200
+    assert [m.data["type"] for m in stream.messages] == ["status_update", "persona_progress", "status_update",
+                                                         "results"]
+
+
+async def _types(watcher) -> list[str]:
+    return [stored.event.type async for batch in watcher for stored, _, _ in batch]
+
+
+async def test_a_dispatch_loop_that_dies_is_logged_and_resumes_where_it_was(event_log):
+    from structlog.testing import capture_logs
+
+    from services.gateway.feeds import JobFeeds
+
+    await _requested(event_log, "j")
+    feeds = JobFeeds(event_log)
+    dispatch, deaths = feeds._dispatch, []
+
+    async def dies_once(sub) -> None:  # a bug in the loop, on the first message it takes
+        if not deaths:
+            await sub.next_msg(timeout=None)
+            deaths.append(True)
+            raise RuntimeError("a bug")
+        await dispatch(sub)
+
+    feeds._dispatch = dies_once
+    await feeds.start()
+    try:
+        watcher = feeds.watch("j", 1)
+        history = await anext(watcher)
+        assert [stored.event.type for stored, _, _ in history] == ["job.requested"]
+        with capture_logs() as logs:
+            await _fails(event_log, "j")
+            rest = await asyncio.wait_for(_types(watcher), 20)
+        assert rest == ["persona.failed", "job.completed"]  # nothing lost by the death
+        assert deaths and feeds.alive
+        assert any(e["event"] == "job_feed_died" and e["log_level"] == "error" for e in logs)
+    finally:
+        await feeds.close()

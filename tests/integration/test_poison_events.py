@@ -1,0 +1,242 @@
+"""A consumer never stops on one event: what it cannot decode or store is parked, the rest
+goes on, and a parked event is applied again once a fix is deployed.
+
+The events here are published straight to the log, as a buggy producer (or another
+service, or an older or newer version) could: the gateway's own door is tested elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from contracts import subjects
+from contracts.events import UPCASTERS, encode_event
+from services.projector import job_manager
+from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.samples import persona
+from tests.sse_client import read_sse
+from tests.waiting import eventually
+
+
+async def _raw(event_log, subject: str, data: bytes) -> int:
+    ack = await event_log.js.publish(subject, data, stream=event_log.stream)
+    return ack.seq
+
+
+def _interaction(avatars: list) -> bytes:
+    return json.dumps({"type": "interaction.created", "interaction_id": str(uuid.uuid4()),
+                       "mode": "learn_mode", "avatars": avatars}, separators=(",", ":")).encode()
+
+
+def _deep(levels: int) -> list:
+    value: list = []
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+async def _parked(client, consumer: str | None = None) -> dict[int, dict]:
+    r = await client.get("/admin/parked", params={"consumer": consumer} if consumer else {})
+    assert r.status_code == 200, r.text
+    return {p["seq"]: p for p in r.json()["parked"]}
+
+
+async def _caught_up(models, seq: int) -> bool:
+    return await models.checkpoint() >= seq
+
+
+async def _run_a_job(client, scenario_document: str, count: int = 3) -> dict:
+    template_id = await create_template(client, scenario_document)
+    personas = await create_personas(client, template_id, count)
+    job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+    stream = await read_sse(client, job["sse_endpoint"])
+    assert stream.messages[-1].data["type"] == "results", stream.messages[-1]
+    return stream.messages[-1].data["results"]
+
+
+async def test_the_projector_parks_what_it_cannot_read_or_store_and_goes_on(
+    client, event_log, models, scenario_document
+):
+    big = await _raw(event_log, subjects.interaction_created("big"), _interaction([0] * 3_500_000))
+    poison = {
+        await _raw(event_log, subjects.interaction_created("deep"), _interaction([_deep(220)])): "undecodable",
+        await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}])): "unstorable",
+        big: "unstorable",
+        await _raw(event_log, subjects.template_created("junk"), b"\xff\xfe not an event"): "undecodable",
+    }
+    unknown = await _raw(event_log, subjects.template_created("future"),
+                         json.dumps({"type": "template.archived", "template_id": "future"}).encode())
+    # A newer producer added a field: this version reads the rest.
+    newer = json.loads(encode_event(_persona_created("p-newer")))
+    newer["persona"]["favourite_colour"] = "teal"
+    newer["added_later"] = {"anything": True}
+    last = await _raw(event_log, subjects.persona_created("p-newer"), json.dumps(newer).encode())
+
+    await eventually(lambda: _caught_up(models, last), what="the projector passing the poison")
+    r = await client.get("/scenario/personas/p-newer")
+    assert r.status_code == 200 and r.json()["name"] == "Dr. Smith"
+
+    # The system keeps serving: a new template is readable at once, a job ends with its results.
+    results = await _run_a_job(client, scenario_document)
+    assert results["successful"] == 3
+
+    parked = await _parked(client, "projector")
+    assert {seq: p["error_kind"] for seq, p in parked.items()} == poison
+    assert unknown not in parked  # a type this version does not know is skipped, not parked
+    assert all(len(p["first_bytes"]) < 1000 and p["error"] for p in parked.values())
+    assert "larger than" in parked[big]["error"]
+
+
+def _persona_created(pid: str):
+    from contracts.events import PersonaCreated
+
+    return PersonaCreated(persona=persona(pid))
+
+
+async def test_a_parked_event_is_applied_again_once_a_fix_is_deployed(client, event_log, models, monkeypatch):
+    # Version 0 of persona.created (an older producer) called the name "full_name"; this
+    # version has no upcaster for it yet, so the projector parks it.
+    old = json.loads(encode_event(_persona_created("p-old")))
+    old["version"] = 0
+    old["persona"]["full_name"] = old["persona"].pop("name")
+    seq = await _raw(event_log, subjects.persona_created("p-old"), json.dumps(old).encode())
+    await eventually(lambda: _caught_up(models, seq), what="the projector passing the old event")
+    assert (await client.get("/scenario/personas/p-old")).status_code == 404
+    assert (await _parked(client, "projector"))[seq]["error_kind"] == "undecodable"
+
+    # Re-applied before the fix: still parked, with the reason.
+    r = await client.post("/admin/parked/reapply", json={"consumer": "projector", "seqs": [seq]})
+    assert r.status_code == 200 and r.json()["reapplied"] == [] and r.json()["still_parked"][0]["seq"] == seq
+
+    # The fix: an upcaster from version 0 to 1.
+    def rename_full_name(obj: dict) -> dict:
+        p = dict(obj["persona"])
+        p["name"] = p.pop("full_name")
+        return {**obj, "persona": p}
+
+    monkeypatch.setitem(UPCASTERS, ("persona.created", 0), rename_full_name)
+    r = await client.post("/admin/parked/reapply", json={"consumer": "projector"})
+    assert r.status_code == 200 and r.json()["reapplied"] == [seq], r.text
+    assert (await client.get("/scenario/personas/p-old")).json()["name"] == "Dr. Smith"
+    assert await _parked(client) == {}
+
+
+async def test_a_job_decision_that_fails_is_parked_and_other_jobs_still_end(
+    client, event_log, monkeypatch, scenario_document
+):
+    template_id = await create_template(client, scenario_document)
+    personas = await create_personas(client, template_id, 2)
+    decide = job_manager.decide_job_end
+    doomed: set[str] = set()
+
+    def broken_for_one_job(job, personas_, now):
+        if job["_id"] in doomed:
+            raise ValueError("a bug in deciding this job")
+        return decide(job, personas_, now)
+
+    monkeypatch.setattr(job_manager, "decide_job_end", broken_for_one_job)
+    first = await start_job(client, template_id, {personas[0]["id"]: "try_mode"})
+    doomed.add(first["job_id"])
+    second = await start_job(client, template_id, {personas[1]["id"]: "assess_mode"})
+    stream = await read_sse(client, second["sse_endpoint"])
+    assert stream.messages[-1].data["type"] == "results"
+
+    async def decision_parked():
+        return (await _parked(client, "job-manager")) or None
+
+    parked = await eventually(decision_parked, what="the failed decision being parked")
+    (record,) = parked.values()
+    assert record["job_id"] == first["job_id"] and "a bug in deciding" in record["error"]
+
+    doomed.clear()  # the fix is deployed
+    r = await client.post("/admin/parked/reapply", json={"consumer": "job-manager"})
+    assert r.status_code == 200 and r.json()["reapplied"] == [record["seq"]], r.text
+    stream = await read_sse(client, first["sse_endpoint"])
+    assert stream.messages[-1].data["type"] == "results"
+
+
+async def test_the_generator_parks_work_it_cannot_read_and_keeps_working(client, event_log, scenario_document):
+    job_id = str(uuid.uuid4())
+    bad_request = await _raw(event_log, subjects.job(job_id, "requested"), b'{"type": "job.requested"}')
+    bad_item = await _raw(event_log, subjects.job_persona(job_id, "p1", "requested"), b"[1, 2, 3]")
+    unknown_item = await _raw(event_log, subjects.job_persona(job_id, "p2", "requested"),
+                              json.dumps({"type": "persona.prompt_requested", "version": 9}).encode())
+
+    results = await _run_a_job(client, scenario_document)
+    assert results["successful"] == 3
+
+    async def both_parked():
+        dispatcher, workers = await _parked(client, "generator-dispatcher"), await _parked(client, "generator-workers")
+        return (dispatcher, workers) if bad_request in dispatcher and bad_item in workers else None
+
+    dispatcher, workers = await eventually(both_parked, what="the generator parking the bad messages")
+    assert set(dispatcher) == {bad_request} and set(workers) == {bad_item}  # the unknown type is skipped
+
+
+@pytest.mark.parametrize("consumer", ["generator-workers"])
+async def test_reapply_without_a_running_consumer_says_so(client, consumer, system):
+    await system.stop_service("generator")
+    r = await client.post("/admin/parked/reapply", json={"consumer": consumer})
+    assert r.status_code == 503 and r.json()["code"] == "consumer_not_running"
+    assert r.headers["retry-after"]
+
+
+async def test_a_rebuild_parks_the_poison_and_equals_the_live_projection(client, event_log, models, settings,
+                                                                        scenario_document):
+    from services.rebuild_command import run_rebuild
+    from tests.readmodels import snapshot
+
+    nul = await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}]))
+    junk = await _raw(event_log, subjects.template_created("junk"), b"{not json")
+    await _run_a_job(client, scenario_document)
+    live = await snapshot(models)
+    await models.templates.delete_many({})  # damage: the rebuild restores it from the log
+    assert await run_rebuild(settings) == 0
+    assert await snapshot(models) == live
+    parked = await _parked(client, "projector")
+    assert set(parked) == {nul, junk}
+
+
+async def test_promptgen_parked_lists_and_reapplies_from_the_command_line(client, event_log, models, settings):
+    import asyncio
+    import os
+    import sys
+
+    junk = await _raw(event_log, subjects.template_created("junk"), b"{not json")
+    await eventually(lambda: _caught_up(models, junk), what="the projector passing the junk")
+    env = {**os.environ, "NATS_URL": settings.nats_url, "PROMPTGEN_STREAM": settings.stream}
+
+    async def promptgen(*args: str) -> tuple[int, str, str]:
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", *args, env=env,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, _ = await promptgen("parked", "list", "--json")
+    (line,) = out.splitlines()
+    assert code == 0 and json.loads(line)["seq"] == junk and json.loads(line)["consumer"] == "projector"
+    code, _, err = await promptgen("parked", "reapply", "projector", str(junk))
+    assert code == 1 and "still parked" in err and str(junk) in err  # no fix deployed: it stays
+
+
+async def test_replay_and_the_events_endpoint_show_what_they_cannot_read(client, event_log, settings,
+                                                                         scenario_document):
+    from services.replay import show_job_history
+
+    template_id = await create_template(client, scenario_document)
+    personas = await create_personas(client, template_id, 1)
+    job = await start_job(client, template_id, cycle_modes([personas[0]["id"]]))
+    junk = await _raw(event_log, subjects.job_persona(job["job_id"], "x", "progress"), b"\x00junk")
+    future = await _raw(event_log, subjects.job_persona(job["job_id"], "x", "rated"),
+                        json.dumps({"type": "persona.rated", "job_id": job["job_id"]}).encode())
+    await read_sse(client, job["sse_endpoint"])
+    r = await client.get(f"/scenario/v2/jobs/{job['job_id']}/events")
+    assert r.status_code == 200
+    by_seq = {e["seq"]: e for e in r.json()["events"]}
+    assert by_seq[junk]["type"] == "undecodable" and "not JSON" in by_seq[junk]["error"]
+    assert by_seq[future]["type"] == "persona.rated" and by_seq[future]["status"] == "unknown"
+    assert r.json()["events"][-1]["type"] == "job.completed"
+    assert await show_job_history(settings, job["job_id"], as_json=True) == 0

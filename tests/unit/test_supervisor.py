@@ -1,0 +1,106 @@
+"""`promptgen up`'s supervisor: any child output is drained, and stop() stops every child."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import pytest
+
+from services.supervisor import Child, LineSplitter, Supervisor, child_env
+
+# A 1 MB line, then more than a pipe holds, then readiness, then output until it is stopped.
+NOISY = r"""
+import json, sys
+sys.stdout.write("x" * (1 << 20) + "\n")
+for i in range(5000):
+    sys.stdout.write(f"before ready {i} " + "y" * 100 + "\n")
+print(json.dumps({"event": "service_ready"}), flush=True)
+i = 0
+while True:
+    i += 1
+    print(f"tick {i}", flush=True)
+"""
+
+QUIET = r"""
+import json, time
+print(json.dumps({"event": "service_ready"}), flush=True)
+time.sleep(600)
+"""
+
+
+class Terminal:
+    """What a person would see; ``broken`` makes it fail as a closed pipe does."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.broken = False
+        self.ticking = asyncio.Event()
+
+    def write(self, text: str) -> None:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.lines.append(text)
+        if "| tick 1000\n" in text:
+            self.ticking.set()
+
+    def flush(self) -> None:
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+
+
+def _child(name: str, code: str) -> Child:
+    return Child(name, [sys.executable, "-c", code], child_env())
+
+
+def test_line_splitter_cuts_long_lines_and_says_by_how_much():
+    lines = LineSplitter(keep=4)
+    assert lines.feed(b"ab") == []
+    assert lines.feed(b"cdefg\nhi\nj") == ["abcd … [3 more bytes cut]", "hi"]
+    assert lines.feed(b"k\n") == ["jk"]
+    assert lines.feed(b"tail") == [] and lines.flush() == ["tail"]
+    assert lines.flush() == []
+
+
+async def test_a_child_printing_a_huge_line_is_still_drained_and_stopped():
+    terminal = Terminal()
+    sup = Supervisor(out=terminal)
+    child = _child("noisy", NOISY)
+    try:
+        # Readiness comes after 1.5 MB of output: it is seen only if every byte was drained.
+        await sup.start(child, timeout=30)
+        await asyncio.wait_for(terminal.ticking.wait(), 30)  # still drained after readiness
+    finally:
+        await sup.stop(grace=10)
+    cut = (1 << 20) - 16 * 1024
+    assert terminal.lines[0].endswith(f"… [{cut} more bytes cut]\n")
+    assert any("| before ready 4999 " in line for line in terminal.lines)
+    assert child.proc.returncode == -signal.SIGTERM  # stopped, not killed after the grace
+    assert not any("killing" in line for line in terminal.lines)
+
+
+async def test_stop_stops_every_child_even_when_our_own_output_is_gone():
+    terminal = Terminal()
+    sup = Supervisor(out=terminal)
+    children = [_child("first", QUIET), _child("second", QUIET)]
+    try:
+        for child in children:
+            await sup.start(child, timeout=30)
+        terminal.broken = True  # e.g. `promptgen up | tee log` and tee was killed
+        await sup.stop(grace=10)
+        assert [c.proc.returncode for c in children] == [-signal.SIGTERM, -signal.SIGTERM]
+    finally:
+        for child in children:
+            if child.proc.returncode is None:
+                child.proc.kill()
+                await child.proc.wait()
+
+
+@pytest.mark.parametrize("keep", [1, 16])
+def test_line_splitter_keeps_line_boundaries_whatever_the_chunks(keep):
+    data = b"one\n" + b"z" * 40 + b"\nthree\n"
+    lines = LineSplitter(keep=keep)
+    out = [line for i in range(len(data)) for line in lines.feed(data[i : i + 1])]
+    whole = LineSplitter(keep=keep).feed(data)
+    assert out == whole and len(out) == 3

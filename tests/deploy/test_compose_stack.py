@@ -106,6 +106,20 @@ def _completed(messages: list[tuple[str, dict]]) -> int:
     return sum(1 for _, m in messages if m["type"] == "persona_progress" and m["status"] == "completed")
 
 
+async def _job_history(client: httpx.AsyncClient, job_id: str) -> list[dict]:
+    """Every event of the job, page after page, through the load balancer."""
+    events: list[dict] = []
+    after = 0
+    while True:
+        resp = await client.get(f"/scenario/v2/jobs/{job_id}/events", params={"after": after, "limit": 1000})
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        events += page["events"]
+        if page["next_after"] is None or not page["events"]:
+            return events
+        after = page["next_after"]
+
+
 def _stream_leader(s: st.Stack) -> str:
     """The NATS node leading the PROMPTGEN stream, from any node's monitoring port."""
     for node in (1, 2, 3):
@@ -161,7 +175,7 @@ async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_gener
         assert view["status"] == "completed" and view["completed"] == PERSONAS
 
         # exactly one PersonaCompleted per persona in the log, and one JobCompleted
-        events = (await client.get(f"/scenario/v2/jobs/{job['job_id']}/events")).json()["events"]
+        events = await _job_history(client, job["job_id"])
         done = Counter(e["persona_id"] for e in events if e["type"] == "persona.completed")
         assert done == Counter(ids), "each persona must have exactly one PersonaCompleted"
         assert sum(1 for e in events if e["type"] == "job.completed") == 1

@@ -163,9 +163,17 @@ def build_images() -> dict[str, float]:
             took[tag] = time.monotonic() - start
     start = time.monotonic()
     log(f"building {PROMPTGEN_IMAGE} from deploy/Dockerfile")
+    before = _image_id(PROMPTGEN_IMAGE)
     _build(PROMPTGEN_IMAGE, DEPLOY / "Dockerfile", ROOT)
+    if before and before != _image_id(PROMPTGEN_IMAGE):  # the previous build, now untagged
+        run("podman", "rmi", before, check=False, quiet=True)
     took[PROMPTGEN_IMAGE] = time.monotonic() - start
     return took
+
+
+def _image_id(name: str) -> str | None:
+    out = run("podman", "image", "inspect", "--format", "{{.Id}}", name, check=False, quiet=True)
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 # --- the stack -----------------------------------------------------------------------------
@@ -318,8 +326,33 @@ class Stack:
         run("podman", "pod", "rm", "-f", f"pod_{self.project}", check=False, quiet=True)
 
 
+def reap_stale_stacks() -> None:
+    """Tear down the stacks of earlier test runs whose process is gone (one killed before
+    its teardown could run), so that they do not hold the machine."""
+    out = run("podman", "ps", "-a", "--format", "{{index .Labels \"io.podman.compose.project\"}}",
+              check=False, quiet=True).stdout
+    for project in sorted(set(out.split())):
+        prefix, _, pid = project.rpartition("-")
+        if prefix != "promptgen-deploytest" or not pid.isdigit() or _alive(int(pid)):
+            continue
+        log(f"removing {project}, left by a run that did not finish")
+        with tempfile.TemporaryDirectory() as tmp:
+            Stack(project=project, workdir=Path(tmp)).down()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def running_stack(**options) -> Iterator[Stack]:
+    reap_stale_stacks()
     with tempfile.TemporaryDirectory(prefix="promptgen-deploy-") as tmp:
         stack = Stack(project=f"promptgen-deploytest-{os.getpid()}", workdir=Path(tmp), **options)
         try:

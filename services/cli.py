@@ -13,8 +13,24 @@ from rich.console import Console
 
 from services.settings import Settings
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)  # --install-completion / --show-completion
 console = Console(stderr=True)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"promptgen {version('promptgen')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """Event-sourced system-prompt generation: run the whole system, one service, or inspect the log."""
 
 
 def run_async(coro) -> object:
@@ -167,6 +183,40 @@ def rebuild() -> None:
 
     configure_logging("rebuild", "warning", stream=sys.stderr)
     raise typer.Exit(main(Settings()))
+
+
+@app.command()
+def asyncapi(
+    check: bool = typer.Option(False, "--check", help="Only say whether contracts/asyncapi.json is up to date."),
+) -> None:
+    """Write the event log's AsyncAPI 3 document (contracts/asyncapi.json) from the contracts."""
+    from services.asyncapi_command import COMMITTED, current, write
+
+    if check:
+        fresh = COMMITTED.exists() and COMMITTED.read_text() == current()
+        console.print(f"{COMMITTED} is {'up to date' if fresh else 'out of date: run `promptgen asyncapi`'}")
+        raise typer.Exit(0 if fresh else 1)
+    console.print(f"wrote {write()}")
+
+
+@app.command()
+def doctor(
+    data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
+) -> None:
+    """Check what this configuration needs: NATS with JetStream and enough nodes for the stream's
+    replicas, MongoDB, the LLM provider and its key, disk space; each failure with its fix."""
+    from rich.table import Table
+
+    from services.doctor import diagnose
+
+    findings = asyncio.run(diagnose(Settings(), data_dir))
+    table = Table(title="promptgen doctor")
+    for column in ("check", "", "detail", "fix"):
+        table.add_column(column, overflow="fold")
+    for f in findings:
+        table.add_row(f.check, "[green]ok[/green]" if f.ok else "[red]FAIL[/red]", f.detail, f.fix)
+    Console().print(table)
+    raise typer.Exit(0 if all(f.ok for f in findings) else 1)
 
 
 parked_app = typer.Typer(no_args_is_help=True, help="Events a consumer could not decode or store, kept for you.")

@@ -164,6 +164,8 @@ class MockLLM:
         if method == "POST" and path == "/v1/chat/completions":
             return await self._chat(json.loads(body or b"{}"))
         if method == "GET" and path == "/v1/models":
+            if self.config.auth_fail:
+                return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
             return 200, {"object": "list", "data": [{"id": self.config.model, "object": "model",
                                                     "owned_by": "promptgen"}]}, {}
         if method == "GET" and path == "/healthz":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.gateway.bootstrap import bootstrap
 from services.gateway.errors import ApiError, install_error_handlers
-from services.gateway.routes import admin, interactions, jobs, scenario, v1
+from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
 from services.runtime import announce_ready
 from services.settings import Settings
 
@@ -38,7 +39,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
 
     app = FastAPI(
         title="promptgen",
-        version="0.1.0",
+        version=version("promptgen"),
         description="System prompts for avatar conversations, generated asynchronously with live progress.",
         lifespan=lifespan,
     )
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(interactions.router)
     app.include_router(admin.router)
+    app.include_router(docs.router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz(request: Request) -> dict[str, str]:

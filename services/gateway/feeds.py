@@ -28,6 +28,7 @@ from nats.js import api
 from contracts import subjects
 from contracts.events import JobFinished, UnknownEvent
 from services.bus import EventLog, StoredEvent, stored_message
+from services.gateway.sse_messages import encode, render
 from services.runtime import cancel_and_wait
 
 log = structlog.get_logger()
@@ -50,14 +51,8 @@ class JobChannel:
     def last_seq(self) -> int:
         return self.events[-1].seq if self.events else 0
 
-    @property
-    def finished(self) -> bool:
-        return bool(self.events) and isinstance(self.events[-1].event, JobFinished)
-
     def append(self, stored: StoredEvent) -> None:
-        from services.gateway.sse import encode, render  # rendered and encoded once, for every watcher
-
-        items = render(stored)
+        items = render(stored)  # rendered and encoded once, for every watcher
         self.events.append(stored)
         self.rendered.append(items)
         self.wire.append(encode(items))

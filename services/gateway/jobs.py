@@ -77,10 +77,9 @@ async def finished_seq(event_log: EventLog, job_id: str) -> int | None:
 
 
 async def finished_event(event_log: EventLog, job_id: str) -> StoredEvent | None:
-    for subject in subjects.job_ends(job_id):
-        if (stored := await event_log.last(subject)) is not None:
-            return stored
-    return None
+    """The job's end event, or None while it runs."""
+    seq = await finished_seq(event_log, job_id)
+    return await event_log.at(seq) if seq is not None else None
 
 
 def job_view(doc: dict[str, Any], persona_docs: list[dict[str, Any]]) -> JobView:

@@ -59,4 +59,7 @@ class Provider(Protocol):
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText: ...
 
+    async def check(self) -> None:
+        """Raise :class:`LLMError` if the model cannot be reached with this configuration."""
+
     async def aclose(self) -> None: ...

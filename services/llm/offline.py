@@ -219,6 +219,9 @@ class OfflineProvider:
             usage=TokenUsage(prompt_tokens=approx_tokens(prompt_chars), completion_tokens=approx_tokens(len(text))),
         )
 
+    async def check(self) -> None:
+        return None
+
     async def aclose(self) -> None:
         return None
 

@@ -129,5 +129,12 @@ class OpenAIProvider:
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText:
         return await self._complete(brief.messages, json_mode=False)
 
+    async def check(self) -> None:
+        """List the models: a cheap call that proves the server answers and takes the key."""
+        try:
+            await self.client.models.list()
+        except Exception as exc:  # noqa: BLE001 - every failure is classified
+            raise classify(exc) from exc
+
     async def aclose(self) -> None:
         await self.client.close()

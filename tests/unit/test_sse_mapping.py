@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.bus import StoredEvent
-from services.gateway.sse import Position, messages_for, sse_items
+from services.gateway.sse_messages import Position, messages_for, render, unseen
 from tests.samples import every_event
 
 
@@ -32,9 +32,9 @@ def test_messages_omit_empty_fields():
 
 def test_ids_name_exact_positions_and_resume_skips_what_was_seen():
     stored = StoredEvent(seq=15, time=datetime.now(UTC), subject="s", event=_by_type()["job.completed"])
-    assert [i["id"] for i in sse_items(stored)] == ["15-0", "15"]
-    assert [i["id"] for i in sse_items(stored, Position.parse("15-0"))] == ["15"]
-    assert [i["id"] for i in sse_items(stored, Position.parse("14"))] == ["15-0", "15"]
+    assert [i["id"] for i in render(stored)] == ["15-0", "15"]
+    assert [i["id"] for i in unseen(stored.seq, render(stored), Position.parse("15-0"))] == ["15"]
+    assert [i["id"] for i in unseen(stored.seq, render(stored), Position.parse("14"))] == ["15-0", "15"]
 
 
 def test_last_event_id_parsing():

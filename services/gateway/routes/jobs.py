@@ -28,7 +28,8 @@ from services.gateway.jobs import (
     job_view_from_log,
     sse_endpoint,
 )
-from services.gateway.sse import HeldEventStream, Position, stream_job_events
+from services.gateway.sse import HeldEventStream, stream_job_events
+from services.gateway.sse_messages import Position
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"])
 log = structlog.get_logger()

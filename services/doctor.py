@@ -1,0 +1,130 @@
+"""`promptgen doctor`: is everything this configuration needs there, and if not, what to do."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nats
+from nats.js.errors import NotFoundError
+from pymongo import AsyncMongoClient
+
+from services.llm.base import LLMError
+from services.llm.factory import build_provider
+from services.settings import Settings
+
+MIN_FREE_BYTES = 1 << 30
+
+
+@dataclass
+class Finding:
+    check: str
+    ok: bool
+    detail: str
+    fix: str = ""
+
+
+Check = Callable[[Settings, Path], Awaitable[list[Finding]]]
+
+
+async def _quiet(exc: Exception) -> None:
+    """The client would print each failed attempt: the finding says it once."""
+
+
+async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
+    try:
+        nc = await asyncio.wait_for(nats.connect(
+            servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()], connect_timeout=2,
+            max_reconnect_attempts=0, allow_reconnect=False, error_cb=_quiet), timeout=5)
+    except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, with the fix
+        why = "no answer within 5 s" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
+        return [Finding("NATS", False, f"{settings.nats_url}: {why}",
+                        "start NATS (`promptgen up` starts one) or set NATS_URL to a reachable server")]
+    try:
+        findings = [Finding("NATS", True, f"{nc.connected_url.netloc if nc.connected_url else settings.nats_url}")]
+        js = nc.jetstream(timeout=3)
+        try:
+            info = await js.account_info()
+        except Exception as exc:  # noqa: BLE001
+            return findings + [Finding("JetStream", False, f"not available: {exc}",
+                                       "start nats-server with JetStream (-js, or a jetstream block)")]
+        findings.append(Finding("JetStream", True, f"{info.streams} streams, {info.storage} bytes stored"))
+        findings.append(await _replicas(js, nc, settings))
+        return findings
+    finally:
+        await nc.close()
+
+
+async def _replicas(js, nc, settings: Settings) -> Finding:
+    wanted = settings.stream_replicas
+    try:
+        stream = await js.stream_info(settings.stream)
+    except NotFoundError:
+        servers = len({u.netloc for u in nc.servers})
+        ok = servers >= wanted
+        return Finding("replicas", ok, f"stream {settings.stream} not created yet; {servers} server(s) known, "
+                       f"PROMPTGEN_STREAM_REPLICAS={wanted}",
+                       "" if ok else f"run a NATS cluster of at least {wanted} nodes, or lower PROMPTGEN_STREAM_REPLICAS")
+    have = stream.config.num_replicas or 1
+    cluster = stream.cluster
+    peers = 1 + len(cluster.replicas or []) if cluster else 1
+    ok = have == wanted and peers >= wanted
+    return Finding("replicas", ok, f"stream {settings.stream}: {have} replica(s) configured, {peers} peer(s); "
+                   f"PROMPTGEN_STREAM_REPLICAS={wanted}",
+                   "" if ok else "start a service with the intended PROMPTGEN_STREAM_REPLICAS (it updates the stream) "
+                                 "on a cluster with that many nodes")
+
+
+async def check_mongo(settings: Settings, data_dir: Path) -> list[Finding]:
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=3000)
+    try:
+        info = await client.server_info()
+        hello = await client.admin.command("hello")
+    except Exception as exc:  # noqa: BLE001 - reported, with the fix
+        return [Finding("MongoDB", False, f"{exc.__class__.__name__}: {str(exc).split(' (configured')[0][:200]}",
+                        "start MongoDB (`promptgen up` starts a MongoDB-wire server) or set MONGO_URL")]
+    finally:
+        await client.close()
+    replica = hello.get("setName")
+    return [Finding("MongoDB", True, f"version {info.get('version')}, "
+                    f"{'replica set ' + replica if replica else 'standalone (no replica set)'}, "
+                    f"database {settings.mongo_db}")]
+
+
+async def check_llm(settings: Settings, data_dir: Path) -> list[Finding]:
+    try:
+        provider = build_provider(settings)
+    except Exception as exc:  # noqa: BLE001 - reported, with the fix
+        return [Finding("LLM", False, str(exc), "set PROMPTGEN_PROVIDER to openai or offline")]
+    try:
+        if provider.name == "offline":
+            return [Finding("LLM", True, "offline provider: prompts composed from template and persona, no key needed",
+                            "")]
+        try:
+            await provider.check()
+        except LLMError as exc:
+            fix = {"llm_auth": "check OPENAI_API_KEY", "llm_unavailable": "check OPENAI_BASE_URL and the network",
+                   "llm_timeout": "check OPENAI_BASE_URL and the network"}.get(exc.code, "see the error")
+            return [Finding("LLM", False, f"{provider.name} ({provider.model}): {exc.code}: {exc.message[:200]}", fix)]
+        return [Finding("LLM", True, f"{provider.name}, model {provider.model}: the key works")]
+    finally:
+        await provider.aclose()
+
+
+async def check_disk(settings: Settings, data_dir: Path) -> list[Finding]:
+    where = data_dir if data_dir.exists() else Path.cwd()
+    free = shutil.disk_usage(where).free
+    ok = free >= MIN_FREE_BYTES
+    return [Finding("disk", ok, f"{free / (1 << 30):.1f} GiB free at {where.resolve()}",
+                    "" if ok else "free space, or move the data (promptgen up --data-dir)")]
+
+
+CHECKS: list[Check] = [check_nats, check_mongo, check_llm, check_disk]
+
+
+async def diagnose(settings: Settings, data_dir: Path) -> list[Finding]:
+    results = await asyncio.gather(*(check(settings, data_dir) for check in CHECKS))
+    return [finding for found in results for finding in found]

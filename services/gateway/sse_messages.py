@@ -1,0 +1,114 @@
+"""What each event becomes on a Server-Sent Events stream: pure functions, no I/O.
+
+Message ids are stream sequences. An event that becomes two messages (a job's
+end: ``status_update`` then ``results``) gives the first the id ``<seq>-0`` and
+the last ``<seq>``, so ``Last-Event-ID`` always names an exact position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import singledispatch
+
+from contracts.events import (
+    Envelope,
+    JobFinished,
+    JobRequested,
+    PersonaCompleted,
+    PersonaFailed,
+    PersonaProgress,
+)
+from contracts.sse import PersonaProgressMessage, ResultsMessage, StatusUpdate
+from services.bus import StoredEvent
+
+Message = StatusUpdate | PersonaProgressMessage | ResultsMessage  # contracts.sse.SseMessage, as a plain union
+
+
+@singledispatch
+def messages_for(event: Envelope) -> list[Message]:
+    """Events a client does not see (work items, cancel requests)."""
+    return []
+
+
+@messages_for.register
+def _(event: JobRequested) -> list[Message]:
+    return [StatusUpdate(status="processing")]
+
+
+@messages_for.register
+def _(event: PersonaProgress) -> list[Message]:
+    return [
+        PersonaProgressMessage(
+            persona_id=event.persona_id, status="processing", persona_name=event.persona_name, mode=event.mode
+        )
+    ]
+
+
+@messages_for.register
+def _(event: PersonaCompleted) -> list[Message]:
+    return [
+        PersonaProgressMessage(
+            persona_id=event.persona_id, status="completed", persona_name=event.persona_name, mode=event.mode
+        )
+    ]
+
+
+@messages_for.register
+def _(event: PersonaFailed) -> list[Message]:
+    return [
+        PersonaProgressMessage(
+            persona_id=event.persona_id,
+            status="failed",
+            persona_name=event.persona_name,
+            mode=event.mode,
+            error=event.error,
+            error_code=event.error_code,
+        )
+    ]
+
+
+@messages_for.register
+def _(event: JobFinished) -> list[Message]:
+    return [StatusUpdate(status=event.status, error=event.error), ResultsMessage(results=event.results)]
+
+
+@dataclass(frozen=True)
+class Position:
+    """A place in a job's message stream: after message ``index`` of event ``seq``
+    (``index`` None: after all of that event's messages)."""
+
+    seq: int
+    index: int | None = None
+
+    @classmethod
+    def parse(cls, value: str | None) -> Position | None:
+        if not value:
+            return None
+        head, _, tail = value.strip().partition("-")
+        try:
+            return cls(int(head), int(tail) if tail else None)
+        except ValueError:
+            return None
+
+
+def render(stored: StoredEvent) -> list[dict[str, str]]:
+    """The SSE items of one stored event: ``id`` and ``data`` of each message."""
+    msgs = messages_for(stored.event)
+    return [
+        {"id": str(stored.seq) if i == len(msgs) - 1 else f"{stored.seq}-{i}", "data": msg.to_json()}
+        for i, msg in enumerate(msgs)
+    ]
+
+
+def unseen(stored_seq: int, items: list[dict[str, str]], after: Position | None) -> list[dict[str, str]]:
+    """The items of the event at ``stored_seq`` that a client resuming ``after`` has not seen."""
+    if after is None or stored_seq > after.seq:
+        return items
+    if stored_seq < after.seq or after.index is None:
+        return []
+    return items[after.index + 1 :]
+
+
+def encode(items: list[dict[str, str]]) -> bytes:
+    """SSE wire format of ``items``: unnamed messages with an id."""
+    return "".join(f"id: {item['id']}\ndata: {item['data']}\n\n" for item in items).encode()

@@ -1,0 +1,36 @@
+"""`promptgen doctor` against real servers: what works says so, what does not says how to fix it."""
+
+from __future__ import annotations
+
+from pydantic import SecretStr
+
+from services.doctor import diagnose
+from services.mock_llm import MockLLMConfig
+
+
+def _by_check(findings):
+    return {f.check: f for f in findings}
+
+
+async def test_a_working_embedded_setup_is_all_ok(settings, event_log, tmp_path):
+    found = _by_check(await diagnose(settings, tmp_path))
+    assert {"NATS", "JetStream", "replicas", "MongoDB", "LLM", "disk"} <= set(found)
+    assert all(f.ok for f in found.values()), found
+
+
+async def test_what_is_missing_is_named_with_its_fix(settings, tmp_path, mock_llm):
+    broken = settings.model_copy(update={
+        "nats_url": "nats://127.0.0.1:1", "mongo_url": "mongodb://127.0.0.1:2/?directConnection=true",
+        "provider": "openai", "openai_base_url": mock_llm.base_url, "openai_api_key": SecretStr("wrong"),
+        "stream_replicas": 3,
+    })
+    mock_llm.configure(MockLLMConfig(auth_fail=True))
+    found = _by_check(await diagnose(broken, tmp_path))
+    assert not found["NATS"].ok and "NATS_URL" in found["NATS"].fix
+    assert not found["MongoDB"].ok and "MONGO_URL" in found["MongoDB"].fix
+    assert not found["LLM"].ok and "llm_auth" in found["LLM"].detail and "OPENAI_API_KEY" in found["LLM"].fix
+
+
+async def test_a_single_node_cannot_hold_three_replicas(settings, event_log, tmp_path):
+    found = _by_check(await diagnose(settings.model_copy(update={"stream_replicas": 3}), tmp_path))
+    assert not found["replicas"].ok and "PROMPTGEN_STREAM_REPLICAS" in found["replicas"].fix

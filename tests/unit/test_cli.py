@@ -1,0 +1,21 @@
+"""The command line as operators expect it: one version, completion, help."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from typer.testing import CliRunner
+
+from services.cli import app
+from services.gateway.app import create_app
+
+
+def test_version_comes_from_the_package_metadata_and_is_the_apis_too():
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"promptgen {version('promptgen')}"
+    assert create_app().version == version("promptgen")
+
+
+def test_shell_completion_is_offered():
+    result = CliRunner().invoke(app, ["--show-completion", "bash"], env={"SHELL": "/bin/bash"}, prog_name="promptgen")
+    assert result.exit_code == 0 and "complete -o default -F _promptgen_completion promptgen" in result.output

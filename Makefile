@@ -29,9 +29,9 @@ bench: install
 bench-quick: install
 	$(BIN)/python -m bench.run --quick --out $(or $(BENCH_OUT),/tmp/promptgen-bench-quick)
 
-# The container image's pinned runtime dependencies (CPython 3.11 on Linux), with hashes.
+# The container image's pinned runtime dependencies and build backend (CPython 3.11 on Linux), with hashes.
 lock: install
-	$(BIN)/uv pip compile pyproject.toml --quiet --python-version 3.11 \
+	$(BIN)/uv pip compile pyproject.toml deploy/build-backend.in --quiet --python-version 3.11 \
 	  --python-platform x86_64-unknown-linux-gnu --generate-hashes \
 	  --custom-compile-command "make lock" --output-file requirements.lock
 

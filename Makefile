@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-fast bench bench-quick lock check-deploy test-deploy compose-up compose-down clean
+.PHONY: install run test test-service test-contract test-fast bench bench-quick lock check-deploy test-deploy compose-up compose-down clean
 
 install: $(STAMP)
 
@@ -17,8 +17,17 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/promptgen up
 
+# Everything: the server-free tier (tests/service) is part of it.
 test: install
 	$(BIN)/python -m pytest
+
+# The services on the in-memory event log and read models: no server, seconds.
+test-service: install
+	$(BIN)/python -m pytest -m service tests/service
+
+# The contract suite: each adapter against real servers and its in-memory double.
+test-contract: install
+	$(BIN)/python -m pytest -m contract tests/contract
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not e2e and not browser"

@@ -50,6 +50,12 @@ def job_persona(job_id: str, persona_id: str, event: str) -> str:
     return f"{PREFIX}.job.{job_id}.persona.{persona_id}.{event}"
 
 
+def job_id_of(subject: str) -> str | None:
+    """The job a ``promptgen.job.<job_id>.…`` subject belongs to, or None for another subject."""
+    parts = subject.split(".", 3)
+    return parts[2] if len(parts) > 3 and parts[0] == PREFIX and parts[1] == "job" else None
+
+
 def job_history(job_id: str) -> str:
     """Every event of one job, in log order."""
     return f"{PREFIX}.job.{job_id}.>"

@@ -7,8 +7,9 @@ from contextlib import aclosing
 from contracts import subjects
 from contracts.api import JobEventRecord
 from contracts.events import UnknownEvent
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
 from services.parking import preview
+from services.ports import EventLogPort
 
 _STATUS_OF_TYPE = {
     "job.requested": "processing",
@@ -41,13 +42,13 @@ def record(stored: StoredEvent) -> JobEventRecord:
     )
 
 
-async def job_history(event_log: EventLog, job_id: str, start_seq: int = 1) -> list[JobEventRecord]:
+async def job_history(event_log: EventLogPort, job_id: str, start_seq: int = 1) -> list[JobEventRecord]:
     async with aclosing(event_log.read(subjects.job_history(job_id), start_seq)) as events:
         return [record(stored) async for stored in events]
 
 
 async def job_history_page(
-    event_log: EventLog, job_id: str, start_seq: int, limit: int
+    event_log: EventLogPort, job_id: str, start_seq: int, limit: int
 ) -> tuple[list[JobEventRecord], int | None]:
     """Up to ``limit`` records from ``start_seq``, and the sequence to read the next page
     after (None when there is no more)."""

@@ -210,6 +210,36 @@ class EventLog:
                 return ack.seq
         raise AssertionError("unreachable")
 
+    # --- beside the events: side streams, core messages, key-value ---------------------
+
+    async def publish_to(self, stream: str, subject: str, data: bytes) -> int:
+        """Store ``data`` in a side stream (parked events): operational state, not an event."""
+        ack = await self.js.publish(subject, data, stream=stream)
+        return ack.seq
+
+    async def purge(self, stream: str, subject: str) -> None:
+        """Remove every message of ``stream`` on ``subject`` (wildcards allowed)."""
+        await self.js.purge_stream(stream, subject=subject)
+
+    async def subscribe(self, subject: str, cb, *, queue: str | None = None):
+        """A core subscription: nothing stored or replayed, only what is published from now on
+        (events stored in the log are published too). One member of a ``queue`` group gets each."""
+        return await self.nc.subscribe(subject, queue=queue or "", cb=cb)
+
+    async def send(self, subject: str, data: bytes) -> None:
+        """A core publish (a reply, a progress report): stored only if a stream captures it."""
+        await self.nc.publish(subject, data)
+
+    async def request(self, subject: str, data: bytes, *, timeout: float):
+        """Ask whoever subscribes to ``subject``; nats-py's ``NoRespondersError`` if nobody does."""
+        return await self.nc.request(subject, data, timeout=timeout)
+
+    async def key_value(self, bucket: str, *, history: int = 1, replicas: int = 1):
+        """The key-value bucket ``bucket``, created if missing (nats-py's ``KeyValue``)."""
+        return await self.js.create_key_value(
+            api.KeyValueConfig(bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas)
+        )
+
     # --- reading ------------------------------------------------------------------------
 
     async def _last_raw(self, subject: str):

@@ -97,7 +97,7 @@ def _worth_retrying(state: RetryCallState) -> bool:
     if state.outcome is None or not state.outcome.failed:
         return False
     exc = state.outcome.exception()
-    if isinstance(exc, asyncio.CancelledError):
+    if exc is None or isinstance(exc, asyncio.CancelledError):
         return False
     kind = kind_of(exc)
     return kind == "transient" or (kind == "unknown" and state.attempt_number < UNKNOWN_ATTEMPTS)

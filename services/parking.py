@@ -24,8 +24,9 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from contracts.api import ParkedEvent, ReapplyResult
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
 from services.failures import brief
+from services.ports import EventLogPort
 
 log = structlog.get_logger()
 
@@ -46,9 +47,8 @@ class NoConsumerRunning(Exception):
 
 
 class ParkedEvents:
-    def __init__(self, event_log: EventLog) -> None:
+    def __init__(self, event_log: EventLogPort) -> None:
         self.event_log = event_log
-        self.js = event_log.js
         self.stream = f"{event_log.stream}_PARKED"
         self._prefix = f"promptgen_parked.{event_log.stream}"
         self._ensured = False
@@ -93,8 +93,8 @@ class ParkedEvents:
 
     async def _store(self, record: ParkedEvent) -> None:
         await self.ensure()
-        await self.js.publish(self._subject(record.consumer, record.seq), record.model_dump_json().encode(),
-                              stream=self.stream)
+        await self.event_log.publish_to(self.stream, self._subject(record.consumer, record.seq),
+                                        record.model_dump_json().encode())
         log.error("event_parked", consumer=record.consumer, seq=record.seq, subject=record.subject,
                   error_kind=record.error_kind, error=record.error, first_bytes=record.first_bytes[:200],
                   job_id=record.job_id, persona_id=record.persona_id)
@@ -110,11 +110,10 @@ class ParkedEvents:
         return sorted(records, key=lambda r: (r.consumer, r.seq))
 
     async def remove(self, consumer: str, seq: int) -> None:
-        await self.js.purge_stream(self.stream, subject=self._subject(consumer, seq))
+        await self.event_log.purge(self.stream, self._subject(consumer, seq))
 
     async def serve(self, consumer: str, reapply: Reapply) -> None:
         """Answer re-apply requests for ``consumer`` (one replica answers each request)."""
-        nc = self.event_log.nc
 
         async def on_request(msg) -> None:
             try:
@@ -134,7 +133,7 @@ class ParkedEvents:
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
-        await nc.subscribe(CONTROL.format(consumer=consumer), queue="reapply", cb=on_message)
+        await self.event_log.subscribe(CONTROL.format(consumer=consumer), on_message, queue="reapply")
 
     async def reapply(self, consumer: str, reapply: Reapply, seqs: set[int] | None) -> ReapplyResult:
         done: list[int] = []
@@ -155,12 +154,12 @@ class ParkedEvents:
         return ReapplyResult(consumer=consumer, reapplied=done, still_parked=still)
 
 
-async def request_reapply(event_log: EventLog, consumer: str, seqs: list[int] | None,
+async def request_reapply(event_log: EventLogPort, consumer: str, seqs: list[int] | None,
                           timeout: float = 120) -> ReapplyResult:
     """Ask the running ``consumer`` to re-apply its parked events (all, or ``seqs``)."""
     try:
-        msg = await event_log.nc.request(CONTROL.format(consumer=consumer),
-                                         json.dumps({"seqs": seqs}).encode(), timeout=timeout)
+        msg = await event_log.request(CONTROL.format(consumer=consumer), json.dumps({"seqs": seqs}).encode(),
+                                      timeout=timeout)
     except NoRespondersError as exc:
         raise NoConsumerRunning(f"no {consumer} is running to re-apply its parked events") from exc
     answer = json.loads(msg.data)

@@ -12,12 +12,13 @@ from contextlib import AsyncExitStack
 from services.bus import EventLog
 from services.llm.base import Provider
 from services.llm.factory import build_provider
+from services.ports import EventLogPort, ReadModelsPort
 from services.settings import Settings
-from services.store import ReadModels, open_read_models
+from services.store import open_read_models
 
 
 async def event_log_for(settings: Settings, name: str, stack: AsyncExitStack,
-                        given: EventLog | None = None) -> EventLog:
+                        given: EventLogPort | None = None) -> EventLogPort:
     if given is not None:
         return given
     event_log = await EventLog.connect(settings, name)
@@ -25,7 +26,7 @@ async def event_log_for(settings: Settings, name: str, stack: AsyncExitStack,
     return event_log
 
 
-def models_for(settings: Settings, stack: AsyncExitStack, given: ReadModels | None = None) -> ReadModels:
+def models_for(settings: Settings, stack: AsyncExitStack, given: ReadModelsPort | None = None) -> ReadModelsPort:
     if given is not None:
         return given
     models, close = open_read_models(settings)

@@ -10,16 +10,15 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from services.bus import EventLog
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
 from services.llm.limits import SharedLimiter, open_limiter
 from services.parking import ParkedEvents
+from services.ports import EventLogPort, ReadModelsPort
 from services.runtime import Clock, utc_now
 from services.settings import Settings
-from services.store import ReadModels
 from services.wiring import event_log_for, models_for, provider_for
 
 
@@ -28,8 +27,8 @@ class Gateway:
     """Everything the routes use."""
 
     settings: Settings
-    event_log: EventLog
-    models: ReadModels
+    event_log: EventLogPort
+    models: ReadModelsPort
     provider: Provider
     limiter: SharedLimiter | None
     waiter: ProjectionWaiter
@@ -46,8 +45,8 @@ class Gateway:
 async def bootstrap(
     settings: Settings,
     *,
-    event_log: EventLog | None = None,
-    models: ReadModels | None = None,
+    event_log: EventLogPort | None = None,
+    models: ReadModelsPort | None = None,
     provider: Provider | None = None,
     clock: Clock = utc_now,
 ) -> Gateway:
@@ -56,7 +55,7 @@ async def bootstrap(
     event_log = await event_log_for(settings, "promptgen-gateway", stack, event_log)
     provider = provider_for(settings, stack, provider)
     # template analysis and persona generation take their turns from the same LLM caps
-    limiter = await open_limiter(event_log.js, settings, provider.name)
+    limiter = await open_limiter(event_log, settings, provider.name)
     parked = ParkedEvents(event_log)
     await parked.ensure()
     feeds = JobFeeds(event_log)

@@ -10,16 +10,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from services.bus import EventLog
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.llm.base import Provider
 from services.llm.limits import SharedLimiter
 from services.parking import ParkedEvents
+from services.ports import EventLogPort, ReadModelsPort
 from services.runtime import Clock
 from services.settings import Settings
-from services.store import ReadModels
 
 
 def _state(name: str) -> Callable[[Request], Any]:
@@ -32,8 +31,8 @@ def _state(name: str) -> Callable[[Request], Any]:
 
 
 SettingsDep = Annotated[Settings, Depends(_state("settings"))]
-EventLogDep = Annotated[EventLog, Depends(_state("event_log"))]
-ModelsDep = Annotated[ReadModels, Depends(_state("models"))]
+EventLogDep = Annotated[EventLogPort, Depends(_state("event_log"))]
+ModelsDep = Annotated[ReadModelsPort, Depends(_state("models"))]
 ProviderDep = Annotated[Provider, Depends(_state("provider"))]
 FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]

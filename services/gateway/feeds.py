@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import aclosing, suppress
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import structlog
-from nats.js import api
 
 from contracts import subjects
 from contracts.events import JobFinished, UnknownEvent
-from services.bus import EventLog, StoredEvent, stored_message
+from services.bus import StoredEvent
+from services.ports import EventLogPort
 from services.gateway.sse_messages import encode, render
 from services.runtime import cancel_and_wait
 
@@ -72,15 +72,8 @@ class JobChannel:
             self.changed.notify_all()
 
 
-def _seq(msg) -> int | None:
-    try:
-        return msg.metadata.sequence.stream
-    except Exception:  # noqa: BLE001 - only for a log line
-        return None
-
-
 class JobFeeds:
-    def __init__(self, event_log: EventLog) -> None:
+    def __init__(self, event_log: EventLogPort) -> None:
         self.log = event_log
         self.channels: dict[str, JobChannel] = {}
         self._task: asyncio.Task | None = None
@@ -91,64 +84,44 @@ class JobFeeds:
         return self._task is not None and not self._task.done()
 
     async def start(self) -> None:
-        # Subscribed before the gateway serves, from the log's end: no live event is missed.
+        # From the log's end as the gateway starts: the consumer starts at a sequence, so no
+        # live event is missed whenever its subscription is made.
         self._position = await self.log.last_seq()
-        sub = await self._subscribe()
-        self._task = asyncio.create_task(self._run(sub), name="job-feeds")
+        self._task = asyncio.create_task(self._run(), name="job-feeds")
 
     async def close(self) -> None:
         if self._task:
             await cancel_and_wait(self._task)
 
-    async def _subscribe(self):
-        config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-                                    opt_start_seq=self._position + 1)
-        return await self.log.js.subscribe(
-            subjects.ALL_JOBS, stream=self.log.stream, ordered_consumer=True, idle_heartbeat=2, config=config
-        )
-
-    async def _run(self, sub) -> None:
+    async def _run(self) -> None:
         """Dispatch for as long as the gateway runs: a loop that dies is logged at error and
         started again after the last event it dispatched (every live SSE stream depends on it)."""
         while True:
             try:
-                await self._dispatch(sub)
+                await self._dispatch()
             except Exception:  # noqa: BLE001
                 log.exception("job_feed_died", position=self._position)
-            with suppress(Exception):
-                await sub.unsubscribe()
-            sub = None
-            while sub is None:
-                try:
-                    sub = await self._subscribe()
-                except Exception:  # noqa: BLE001 - NATS away: try again
-                    log.exception("job_feed_resubscribe_failed", position=self._position)
-                    await asyncio.sleep(1)
+                await asyncio.sleep(1)
             log.warning("job_feed_restarted", position=self._position)
 
-    async def _dispatch(self, sub) -> None:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=None)
-            except Exception:  # noqa: BLE001 - the ordered consumer resets itself after a reconnect
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                await self._deliver(msg)
-            except Exception:  # noqa: BLE001 - one message never stops every job's live streams
-                log.exception("job_feed_message_failed", subject=msg.subject, seq=_seq(msg))
-            if (seq := _seq(msg)) is not None:
-                self._position = max(self._position, seq)
+    async def _dispatch(self) -> None:
+        async with aclosing(self.log.follow_batches(subjects.ALL_JOBS, self._position + 1)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    try:
+                        await self._deliver(stored)
+                    except Exception:  # noqa: BLE001 - one message never stops every job's live streams
+                        log.exception("job_feed_message_failed", subject=stored.subject, seq=stored.seq)
+                    self._position = max(self._position, stored.seq)
 
-    async def _deliver(self, msg) -> None:
-        job_id = msg.subject.split(".", 3)[2]
-        channel = self.channels.get(job_id)
+    async def _deliver(self, stored: StoredEvent) -> None:
+        job_id = subjects.job_id_of(stored.subject)
+        channel = self.channels.get(job_id) if job_id else None
         if channel is None:
             return
-        stored = stored_message(msg)  # one decoder for the whole gateway
         if stored.event is None and isinstance(stored.error, UnknownEvent):
             # A newer producer's event: nothing this version can show, and nothing missing.
-            log.warning("job_feed_event_unknown", job_id=job_id, subject=msg.subject, seq=stored.seq,
+            log.warning("job_feed_event_unknown", job_id=job_id, subject=stored.subject, seq=stored.seq,
                         error=str(stored.error))
             return
         error: Exception | None = stored.error
@@ -159,7 +132,7 @@ class JobFeeds:
             except Exception as exc:  # noqa: BLE001 - not rendered: its watchers would miss it
                 error = exc
         # Its watchers stop here, and a reconnect reads the job from the log again.
-        log.error("job_feed_event_unreadable", job_id=job_id, subject=msg.subject, seq=stored.seq,
+        log.error("job_feed_event_unreadable", job_id=job_id, subject=stored.subject, seq=stored.seq,
                   error=str(error)[:500])
         await self._end_streams(channel)
 

@@ -10,11 +10,11 @@ from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
 from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage
 from contracts.events import JobFinished, JobRequested
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
 from services.gateway.errors import ApiError, not_found
+from services.ports import EventLogPort, ReadModelsPort
 from services.runtime import Clock
 from services.settings import Settings
-from services.store import ReadModels
 
 
 def sse_endpoint(job_id: str) -> str:
@@ -25,7 +25,7 @@ def persona_from_doc(doc: dict[str, Any]) -> Persona:
     return Persona.model_validate({k: doc[k] for k in Persona.model_fields if k in doc})
 
 
-async def load_template(models: ReadModels, template_id: str, *, field: str = "template_id") -> dict[str, Any]:
+async def load_template(models: ReadModelsPort, template_id: str, *, field: str = "template_id") -> dict[str, Any]:
     doc = await models.templates.find_one({"_id": template_id}) if subjects.is_valid_token(template_id) else None
     if doc is None:
         raise not_found("template", template_id, field=field)
@@ -33,7 +33,7 @@ async def load_template(models: ReadModels, template_id: str, *, field: str = "t
 
 
 async def build_job(
-    req: GenerateFinalPromptsRequest, *, models: ReadModels, settings: Settings, clock: Clock,
+    req: GenerateFinalPromptsRequest, *, models: ReadModelsPort, settings: Settings, clock: Clock,
     retry_of: str | None = None,
 ) -> JobRequested:
     """Validate a request against the read models and turn it into a JobRequested."""
@@ -71,12 +71,12 @@ async def build_job(
     )
 
 
-async def finished_seq(event_log: EventLog, job_id: str) -> int | None:
+async def finished_seq(event_log: EventLogPort, job_id: str) -> int | None:
     """Where the job's end event is in the log (None while it runs), without decoding it."""
     return await event_log.first_seq_on(subjects.job_ends(job_id))
 
 
-async def finished_event(event_log: EventLog, job_id: str) -> StoredEvent | None:
+async def finished_event(event_log: EventLogPort, job_id: str) -> StoredEvent | None:
     """The job's end event, or None while it runs."""
     seq = await finished_seq(event_log, job_id)
     return await event_log.at(seq) if seq is not None else None

@@ -12,13 +12,13 @@ import asyncio
 import structlog
 from pymongo.errors import PyMongoError
 
-from services.store import ReadModels
+from services.ports import ReadModelsPort
 
 log = structlog.get_logger()
 
 
 class ProjectionWaiter:
-    def __init__(self, models: ReadModels, timeout: float) -> None:
+    def __init__(self, models: ReadModelsPort, timeout: float) -> None:
         self.models = models
         self.timeout = timeout
         self._seen = 0  # highest checkpoint observed: most waits end without a query

@@ -93,7 +93,7 @@ class Position:
 
 def render(stored: StoredEvent) -> list[dict[str, str]]:
     """The SSE items of one stored event: ``id`` and ``data`` of each message."""
-    msgs = messages_for(stored.event)
+    msgs = messages_for(stored.event) if stored.event is not None else []
     return [
         {"id": str(stored.seq) if i == len(msgs) - 1 else f"{stored.seq}-{i}", "data": msg.to_json()}
         for i, msg in enumerate(msgs)

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from services.bus import EventLog
 from services.generator.consumers import DISPATCHER, WORKERS, WorkerPool, reapply_dispatch, run_dispatcher
 from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, reapply_advisory, run_dead_letters
 from services.llm.base import Provider
 from services.llm.limits import open_limiter
 from services.parking import ParkedEvents
+from services.ports import EventLogPort
 from services.runtime import Clock, announce_ready, utc_now
 from services.settings import Settings
 from services.wiring import event_log_for, provider_for
@@ -28,7 +28,7 @@ log = structlog.get_logger()
 @dataclass
 class Generator:
     settings: Settings
-    event_log: EventLog
+    event_log: EventLogPort
     provider: Provider
     parked: ParkedEvents
     pool: WorkerPool
@@ -76,14 +76,14 @@ class Generator:
 async def bootstrap(
     settings: Settings,
     *,
-    event_log: EventLog | None = None,
+    event_log: EventLogPort | None = None,
     provider: Provider | None = None,
     clock: Clock = utc_now,
 ) -> Generator:
     stack = AsyncExitStack()
     provider = provider_for(settings, stack, provider)
     event_log = await event_log_for(settings, "promptgen-generator", stack, event_log)
-    limiter = await open_limiter(event_log.js, settings, provider.name)
+    limiter = await open_limiter(event_log, settings, provider.name)
     parked = ParkedEvents(event_log)
     await parked.ensure()
     pool = WorkerPool(event_log, provider, settings, limiter, parked, clock=clock)

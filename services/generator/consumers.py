@@ -24,9 +24,10 @@ from contracts.events import (
     UnknownEvent,
     caused_by,
 )
-from services.bus import EventLog, StoredEvent, pulled, stored_message
+from services.bus import StoredEvent, pulled, stored_message
 from services.failures import brief, kind_of
 from services.parking import ParkedEvents
+from services.ports import EventLogPort
 from services.runtime import Clock, utc_now
 from services.generator.work import failed, fan_out, generate_persona_prompt
 from services.llm.base import LLMError, Provider
@@ -38,7 +39,7 @@ DISPATCHER = "generator-dispatcher"
 WORKERS = "generator-workers"
 
 
-async def _publish_all(event_log: EventLog, events: list, chunk: int = 256) -> None:
+async def _publish_all(event_log: EventLogPort, events: list, chunk: int = 256) -> None:
     for i in range(0, len(events), chunk):
         await asyncio.gather(*(event_log.publish(e) for e in events[i : i + chunk]))
 
@@ -57,14 +58,14 @@ async def set_aside(msg, stored: StoredEvent, consumer: str, parked: ParkedEvent
     await msg.term()
 
 
-async def dispatch(event: JobRequested, event_log: EventLog) -> int:
+async def dispatch(event: JobRequested, event_log: EventLogPort) -> int:
     """Fan a job out into its work items (idempotent: each has a deterministic id)."""
     items = fan_out(event)
     await _publish_all(event_log, items)
     return len(items)
 
 
-async def run_dispatcher(event_log: EventLog, stop: asyncio.Event, parked: ParkedEvents) -> None:
+async def run_dispatcher(event_log: EventLogPort, stop: asyncio.Event, parked: ParkedEvents) -> None:
     sub = await event_log.work_queue(
         DISPATCHER, subjects.JOBS_REQUESTED, max_ack_pending=16, ack_wait=60, max_deliver=-1
     )
@@ -88,14 +89,14 @@ async def run_dispatcher(event_log: EventLog, stop: asyncio.Event, parked: Parke
                 log.info("job_dispatched", personas=count)
 
 
-async def reapply_dispatch(event_log: EventLog, record: ParkedEvent) -> None:
+async def reapply_dispatch(event_log: EventLogPort, record: ParkedEvent) -> None:
     stored = await _parked_event(event_log, record)
     if not isinstance(stored.event, JobRequested):
         raise ValueError(f"event {record.seq} is not a job request")
     await dispatch(stored.event, event_log)
 
 
-async def _parked_event(event_log: EventLog, record: ParkedEvent) -> StoredEvent:
+async def _parked_event(event_log: EventLogPort, record: ParkedEvent) -> StoredEvent:
     stored = await event_log.at(record.seq)
     if stored is None:
         raise LookupError(f"event {record.seq} is no longer in the log")
@@ -108,16 +109,17 @@ class Cancellations:
     """Which jobs were cancelled: asked of the log once per job, then kept current by a
     subscription to cancel events (cleared on reconnect, when one may have been missed)."""
 
-    def __init__(self, event_log: EventLog, max_jobs: int = 10_000) -> None:
+    def __init__(self, event_log: EventLogPort, max_jobs: int = 10_000) -> None:
         self.log = event_log
         self.known: OrderedDict[str, bool] = OrderedDict()
         self.max_jobs = max_jobs
 
     async def start(self) -> None:
         async def on_cancel(msg) -> None:
-            self._remember(msg.subject.split(".")[2], True)
+            if job_id := subjects.job_id_of(msg.subject):
+                self._remember(job_id, True)
 
-        await self.log.nc.subscribe(subjects.JOBS_CANCEL_REQUESTED, cb=on_cancel)
+        await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
         self.log.on_reconnect(self.known.clear)
 
     def _remember(self, job_id: str, cancelled: bool) -> None:
@@ -145,7 +147,7 @@ class _Detached:
 
 
 class WorkerPool:
-    def __init__(self, event_log: EventLog, provider: Provider, settings: Settings, limiter=None,
+    def __init__(self, event_log: EventLogPort, provider: Provider, settings: Settings, limiter=None,
                  parked: ParkedEvents | None = None, clock: Clock = utc_now) -> None:
         self.log = event_log
         self.clock = clock

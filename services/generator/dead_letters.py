@@ -15,15 +15,15 @@ import json
 
 import structlog
 from nats.js import api
-from nats.js.errors import NotFoundError
 
 from contracts.api import ParkedEvent
 from contracts.events import PersonaPromptRequested
-from services.bus import EventLog, StoredEvent, pulled, stored_event
+from services.bus import StoredEvent, pulled
 from services.failures import brief, kind_of
 from services.generator.work import failed
 from services.llm.base import LLMError
 from services.parking import ParkedEvents
+from services.ports import EventLogPort
 
 log = structlog.get_logger()
 
@@ -34,16 +34,15 @@ def advisory_subject(stream: str, consumer: str) -> str:
     return f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
 
 
-def dead_letter_stream(event_log: EventLog) -> str:
+def dead_letter_stream(event_log: EventLogPort) -> str:
     return f"{event_log.stream}_DEAD_LETTERS"
 
 
-async def publish_dead_letter(event_log: EventLog, stream_seq: int, deliveries: int) -> bool:
-    try:
-        raw = await event_log.js.get_msg(event_log.stream, seq=stream_seq)
-    except NotFoundError:
-        return False
-    item = stored_event(raw.seq, raw.time, raw.subject, raw.data).event
+async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveries: int) -> bool:
+    stored = await event_log.at(stream_seq)
+    if stored is None:
+        return False  # aged out of the log
+    item = stored.event
     if not isinstance(item, PersonaPromptRequested):
         return False  # undecodable: the worker that met it parked it
     err = LLMError("delivery_exhausted",
@@ -54,7 +53,7 @@ async def publish_dead_letter(event_log: EventLog, stream_seq: int, deliveries: 
     return True
 
 
-async def keep_dead_letters(event_log: EventLog, consumer: str) -> None:
+async def keep_dead_letters(event_log: EventLogPort, consumer: str) -> None:
     """Create (or update) the stream that stores ``consumer``'s max-deliveries advisories."""
     s = event_log.settings
     config = api.StreamConfig(
@@ -68,12 +67,12 @@ async def keep_dead_letters(event_log: EventLog, consumer: str) -> None:
     await event_log.ensure_stream(config)
 
 
-async def handle_advisory(event_log: EventLog, data: bytes) -> None:
+async def handle_advisory(event_log: EventLogPort, data: bytes) -> None:
     advisory = json.loads(data)
     await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)))
 
 
-async def run_dead_letters(event_log: EventLog, consumer: str, stop: asyncio.Event, parked: ParkedEvents) -> None:
+async def run_dead_letters(event_log: EventLogPort, consumer: str, stop: asyncio.Event, parked: ParkedEvents) -> None:
     """Turn every stored advisory into its ``PersonaFailed``, until ``stop`` (the stream
     must exist: :func:`keep_dead_letters`). An advisory that makes no sense is parked."""
     stream = dead_letter_stream(event_log)
@@ -96,6 +95,6 @@ async def run_dead_letters(event_log: EventLog, consumer: str, stop: asyncio.Eve
                 await msg.ack()
 
 
-async def reapply_advisory(event_log: EventLog, record: ParkedEvent) -> None:
+async def reapply_advisory(event_log: EventLogPort, record: ParkedEvent) -> None:
     """An advisory leaves its stream once read: its parked record holds it whole."""
     await handle_advisory(event_log, record.first_bytes.encode())

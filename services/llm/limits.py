@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import structlog
-from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from services.llm.base import LLMError, approx_tokens
+from services.ports import EventLogPort
 from services.settings import Settings
 
 log = structlog.get_logger()
@@ -56,10 +56,8 @@ class SharedLimiter:
         self.sleep = sleep
 
     @classmethod
-    async def open(cls, js, *, rpm: int, tpm: int, replicas: int = 1) -> SharedLimiter:
-        kv = await js.create_key_value(
-            api.KeyValueConfig(bucket=BUCKET, history=1, storage=api.StorageType.FILE, replicas=replicas)
-        )
+    async def open(cls, event_log: EventLogPort, *, rpm: int, tpm: int, replicas: int = 1) -> SharedLimiter:
+        kv = await event_log.key_value(BUCKET, history=1, replicas=replicas)
         return cls(kv, rpm=rpm, tpm=tpm)
 
     async def _load(self) -> tuple[LimitState, int]:
@@ -153,9 +151,9 @@ async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[],
         raise
 
 
-async def open_limiter(js, settings: Settings, provider_name: str) -> SharedLimiter | None:
+async def open_limiter(event_log: EventLogPort, settings: Settings, provider_name: str) -> SharedLimiter | None:
     """The shared limiter for a real LLM; None for the offline provider (nothing to limit)."""
     if provider_name == "offline":
         return None
-    return await SharedLimiter.open(js, rpm=settings.llm_rpm, tpm=settings.llm_tpm,
+    return await SharedLimiter.open(event_log, rpm=settings.llm_rpm, tpm=settings.llm_tpm,
                                     replicas=settings.stream_replicas)

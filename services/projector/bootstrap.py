@@ -13,14 +13,13 @@ from datetime import timedelta
 
 import structlog
 
-from services.bus import EventLog
 from services.parking import ParkedEvents
+from services.ports import EventLogPort, ReadModelsPort
 from services.projector.fold import PROJECTOR, Fold
 from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
 from services.runtime import Clock, announce_ready, cancel_and_wait, utc_now
 from services.settings import Settings
-from services.store import ReadModels
 from services.wiring import event_log_for, models_for
 
 log = structlog.get_logger()
@@ -29,8 +28,8 @@ log = structlog.get_logger()
 @dataclass
 class ProjectorService:
     settings: Settings
-    event_log: EventLog
-    models: ReadModels
+    event_log: EventLogPort
+    models: ReadModelsPort
     parked: ParkedEvents
     fold: Fold
     job_manager: JobManager
@@ -67,8 +66,8 @@ class ProjectorService:
 async def bootstrap(
     settings: Settings,
     *,
-    event_log: EventLog | None = None,
-    models: ReadModels | None = None,
+    event_log: EventLogPort | None = None,
+    models: ReadModelsPort | None = None,
     clock: Clock = utc_now,
 ) -> ProjectorService:
     stack = AsyncExitStack()

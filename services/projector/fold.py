@@ -20,9 +20,10 @@ import structlog
 from contracts import subjects
 from contracts.api import ParkedEvent
 from contracts.events import UnknownEvent
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
 from services.failures import Unstorable, durably
 from services.parking import ParkedEvents
+from services.ports import EventLogPort, ReadModelsPort
 from services.runtime import keep_going
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
@@ -36,8 +37,8 @@ PROJECTOR = "projector"
 class Fold:
     def __init__(
         self,
-        event_log: EventLog,
-        models: ReadModels,
+        event_log: EventLogPort,
+        models: ReadModelsPort,
         *,
         job_retention: timedelta = timedelta(days=7),
         parked: ParkedEvents | None = None,

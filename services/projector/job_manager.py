@@ -31,14 +31,14 @@ from contracts.events import (
     PersonaCompleted,
     PersonaFailed,
 )
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
 from services.failures import Unstorable, durably
 from services.parking import ParkedEvents
+from services.ports import EventLogPort, ReadModelsPort
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import JOB_PERSONAS, JOBS, project
 from services.runtime import Clock, keep_going, utc_now
-from services.store import ReadModels
 
 log = structlog.get_logger()
 
@@ -50,7 +50,7 @@ class EndedPersonas:
     (sets: replays are harmless). A job first met mid-way (after a restart) is learnt
     from its history once. Bounded: the least recently touched jobs are forgotten."""
 
-    def __init__(self, event_log: EventLog, max_jobs: int = 10_000) -> None:
+    def __init__(self, event_log: EventLogPort, max_jobs: int = 10_000) -> None:
         self.log = event_log
         self.max_jobs = max_jobs
         self.jobs: OrderedDict[str, tuple[int, set[str]]] = OrderedDict()
@@ -82,7 +82,7 @@ class EndedPersonas:
         self.jobs.pop(job_id, None)
 
 
-async def job_history(event_log: EventLog, job_id: str) -> tuple[dict, list[dict]] | None:
+async def job_history(event_log: EventLogPort, job_id: str) -> tuple[dict, list[dict]] | None:
     """A job's view (the job and its personas, as the read models hold them) folded from its
     events in the log, or None if the log holds no request for it."""
     start = await event_log.last_seq_on(subjects.job(job_id, "requested"))
@@ -104,8 +104,8 @@ async def job_history(event_log: EventLog, job_id: str) -> tuple[dict, list[dict
 class JobManager:
     def __init__(
         self,
-        event_log: EventLog,
-        models: ReadModels,
+        event_log: EventLogPort,
+        models: ReadModelsPort,
         *,
         parked: ParkedEvents,
         clock: Clock = utc_now,

@@ -56,15 +56,15 @@ class MemoryFold:
         if change.many:
             if set(flt) != {"job_id"}:
                 raise ValueError(f"memory fold supports UpdateMany by job_id only, not {flt}")
-            for doc in self._by_job[collection].get(flt["job_id"], []):
-                _update(doc, update)
+            for each in self._by_job[collection].get(flt["job_id"], []):
+                _update(each, update)
             return
         doc = docs.get(flt["_id"])
         if doc is None:
             if change.upsert and set(update) == {"$setOnInsert"} and set(flt) == {"_id"}:
-                doc = docs[flt["_id"]] = {"_id": flt["_id"], **update["$setOnInsert"]}
-                if "job_id" in doc:
-                    self._by_job[collection][doc["job_id"]].append(doc)
+                created = docs[flt["_id"]] = {"_id": flt["_id"], **update["$setOnInsert"]}
+                if "job_id" in created:
+                    self._by_job[collection][created["job_id"]].append(created)
             return
         if set(update) == {"$setOnInsert"}:
             return

@@ -151,7 +151,7 @@ def project_job_requested(event: JobRequested, seq: int) -> list[Write]:
     return [job, *personas]
 
 
-def _job_persona(event: PersonaProgress | PersonaCompleted | PersonaFailed, seq: int, changes: dict) -> Write:
+def _job_persona(event: PersonaProgress | PersonaCompleted | PersonaFailed, seq: int, changes: dict[str, Any]) -> Write:
     key = job_persona_key(event.job_id, event.persona_id)
     return (
         JOB_PERSONAS,
@@ -295,7 +295,7 @@ def _still_holds(condition: Any, value: Any) -> bool:
         if set(condition) == {"$nin"}:
             return value not in condition["$nin"]
         return False  # an operator we do not reason about: do not merge
-    return value == condition
+    return bool(value == condition)
 
 
 def _mergeable(first: Change, then: Change) -> bool:

@@ -18,7 +18,8 @@ import structlog
 
 from contracts import subjects
 from contracts.events import UnknownEvent
-from services.bus import EventLog, StoredEvent
+from services.bus import StoredEvent
+from services.ports import EventLogPort
 from services.failures import Unstorable, durably
 from services.projector.memory_fold import MemoryFold
 from services.projector.projections import writes_for
@@ -47,7 +48,7 @@ async def _log_unusable(stored: StoredEvent, kind: str, error: BaseException | s
 
 
 async def fold_log(
-    event_log: EventLog, progress: Progress = _no_progress, *, job_retention: timedelta = timedelta(days=7),
+    event_log: EventLogPort, progress: Progress = _no_progress, *, job_retention: timedelta = timedelta(days=7),
     unusable: Unusable = _log_unusable,
 ) -> tuple[MemoryFold, int]:
     """Fold the whole log in memory (the same projections); returns the fold and its position.
@@ -70,7 +71,7 @@ async def fold_log(
 
 
 async def rebuild_into(
-    event_log: EventLog,
+    event_log: EventLogPort,
     target: ReadModels,
     progress: Progress = _no_progress,
     *,
@@ -96,7 +97,7 @@ async def rebuild_into(
     return position
 
 
-async def _insert(event_log: EventLog, collection, docs: list[dict], unusable: Unusable) -> None:
+async def _insert(event_log: EventLogPort, collection, docs: list[dict], unusable: Unusable) -> None:
     try:
         await durably(lambda: collection.insert_many(docs, ordered=False), what="rebuild insert")
         return
@@ -136,11 +137,10 @@ def _refusal(msg) -> str | None:
     return None
 
 
-async def serve_rebuild_requests(event_log: EventLog, rebuild: Callable[[Progress], Awaitable[int]]) -> None:
+async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Progress], Awaitable[int]]) -> None:
     """Answer rebuild requests: accept at once, then report progress and the end to the
     request's reply inbox."""
     running = asyncio.Lock()
-    nc = event_log.nc
     tasks: set[asyncio.Task] = set()
 
     async def on_request(msg) -> None:
@@ -157,7 +157,7 @@ async def serve_rebuild_requests(event_log: EventLog, rebuild: Callable[[Progres
         await msg.respond(json.dumps({"accepted": True}).encode())
 
         async def report(done: int, total: int) -> None:
-            await nc.publish(reply_to, json.dumps({"done": done, "total": total}).encode())
+            await event_log.send(reply_to, json.dumps({"done": done, "total": total}).encode())
 
         async with running:
             started = time.monotonic()
@@ -169,7 +169,7 @@ async def serve_rebuild_requests(event_log: EventLog, rebuild: Callable[[Progres
             else:
                 final = {"finished": True, "position": position, "seconds": round(time.monotonic() - started, 3)}
                 log.info("rebuild_finished", **final)
-            await nc.publish(reply_to, json.dumps(final).encode())
+            await event_log.send(reply_to, json.dumps(final).encode())
 
     async def on_message(msg) -> None:
         # Answer at once and rebuild in the background: the subscription must not block.
@@ -177,4 +177,4 @@ async def serve_rebuild_requests(event_log: EventLog, rebuild: Callable[[Progres
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    await nc.subscribe(CONTROL_SUBJECT, cb=on_message)
+    await event_log.subscribe(CONTROL_SUBJECT, on_message)

@@ -4,8 +4,10 @@ subject ends that job's SSE streams only, and the feed goes on for every other j
 from __future__ import annotations
 
 import asyncio
+from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 
+from contracts import subjects
 from contracts.events import JobCompleted, PersonaFailed
 from tests.samples import job_requested, results
 from tests.sse_client import read_sse
@@ -90,12 +92,13 @@ async def test_a_dispatch_loop_that_dies_is_logged_and_resumes_where_it_was(even
     feeds = JobFeeds(event_log)
     dispatch, deaths = feeds._dispatch, []
 
-    async def dies_once(sub) -> None:  # a bug in the loop, on the first message it takes
+    async def dies_once() -> None:  # a bug in the loop, on the first message it takes
         if not deaths:
-            await sub.next_msg(timeout=None)
+            async with aclosing(event_log.follow_batches(subjects.ALL_JOBS, feeds._position + 1)) as batches:
+                await anext(batches)
             deaths.append(True)
             raise RuntimeError("a bug")
-        await dispatch(sub)
+        await dispatch()
 
     feeds._dispatch = dies_once
     await feeds.start()

@@ -162,8 +162,8 @@ async def test_the_generator_parks_work_it_cannot_read_and_keeps_working(client,
     job_id = str(uuid.uuid4())
     bad_request = await _raw(event_log, subjects.job(job_id, "requested"), b'{"type": "job.requested"}')
     bad_item = await _raw(event_log, subjects.job_persona(job_id, "p1", "requested"), b"[1, 2, 3]")
-    unknown_item = await _raw(event_log, subjects.job_persona(job_id, "p2", "requested"),
-                              json.dumps({"type": "persona.prompt_requested", "version": 9}).encode())
+    await _raw(event_log, subjects.job_persona(job_id, "p2", "requested"),
+               json.dumps({"type": "persona.prompt_requested", "version": 9}).encode())
 
     results = await _run_a_job(client, scenario_document)
     assert results["successful"] == 3

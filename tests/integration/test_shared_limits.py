@@ -22,7 +22,7 @@ async def _limiter(event_log, **caps):
     async def record(seconds: float) -> None:
         waits.append(seconds)
 
-    limiter = await SharedLimiter.open(event_log.js, **caps)
+    limiter = await SharedLimiter.open(event_log, **caps)
     limiter.sleep = record
     limiter.clock = lambda: NOW
     return limiter, waits

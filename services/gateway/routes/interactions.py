@@ -12,12 +12,12 @@ from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
 from services.gateway.deps import EventLogDep, ModelsDep, WaiterDep
 from services.gateway.errors import not_found
-from services.store import ReadModels
+from services.ports import ReadModelsPort
 
 router = APIRouter(prefix="/avatar-interactions", tags=["avatar interactions"])
 
 
-async def _view(doc: dict[str, Any], models: ReadModels) -> AvatarInteractionView:
+async def _view(doc: dict[str, Any], models: ReadModelsPort) -> AvatarInteractionView:
     """The interaction with its effective prompt: the linked persona's, read now."""
     effective, source = doc.get("system_prompt"), "interaction" if doc.get("system_prompt") else "none"
     if doc.get("persona_id"):

@@ -1,0 +1,211 @@
+"""The event log in memory: :class:`~services.ports.EventLogPort` without a server.
+
+One :class:`MemoryEventLog` plays the NATS server and every connection to it: give the same
+one to each service of a test, as they would share one server. Events published to the log
+also reach core subscribers of their subject, as on NATS (the generator's cancellations
+rely on it), and a core publish to a subject a stream captures is stored (the max-deliveries
+advisories reach the dead-letter stream that way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+
+from nats.errors import NoRespondersError
+from nats.js import api
+from nats.js.errors import NotFoundError
+
+from contracts import subjects
+from contracts.events import Envelope, encode_event
+from services.bus import StoredEvent, stored_event
+from services.settings import Settings
+from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
+from services.testing.memory_core import CoreMessage, CoreRouter, CoreSubscription, MemoryKeyValue
+from services.testing.memory_streams import MemoryStream, StoredMessage
+
+
+def _event(msg: StoredMessage) -> StoredEvent:
+    return stored_event(msg.seq, msg.time, msg.subject, msg.data)
+
+
+class MemoryEventLog:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings(provider="offline")
+        self.stream = self.settings.stream
+        self._streams: dict[str, MemoryStream] = {}
+        self._consumers: dict[tuple[str, str], DurableConsumer] = {}
+        self._buckets: dict[str, MemoryKeyValue] = {}
+        self._core = CoreRouter()
+        self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._streams[self.stream] = MemoryStream(api.StreamConfig(
+            name=self.stream, subjects=[subjects.ALL], duplicate_window=self.settings.duplicate_window_seconds,
+        ))
+
+    # --- the server's side ----------------------------------------------------------------
+
+    def _stream(self, name: str) -> MemoryStream:
+        if name not in self._streams:
+            raise NotFoundError(description=f"stream not found: {name}")
+        return self._streams[name]
+
+    def _store(self, stream: str, subject: str, data: bytes, headers: dict[str, str] | None = None) -> int:
+        """A JetStream publish: stored in ``stream`` (which must capture ``subject``), then seen
+        by core subscribers of the subject, duplicate or not, as on NATS."""
+        target = self._streams.get(stream)
+        if target is None or not target.captures(subject):
+            raise NoRespondersError
+        seq, _ = target.store(subject, data, headers)
+        self._core.route(subject, data, headers=headers)
+        return seq
+
+    def _route(self, subject: str, data: bytes) -> None:
+        """A core publish: stored by any stream that captures the subject, and delivered."""
+        for stream in self._streams.values():
+            if stream.captures(subject):
+                stream.store(subject, data)
+        self._core.route(subject, data)
+
+    def reconnect(self) -> None:
+        """Run the reconnection callbacks, as after a dropped connection."""
+        for callback in self._reconnect_callbacks:
+            callback()
+
+    # --- the events -----------------------------------------------------------------------
+
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60) -> int:
+        await asyncio.sleep(0)  # a publish is a round trip: others run meanwhile
+        return self._store(self.stream, event.subject(), encode_event(event), {"Nats-Msg-Id": event.dedup_id()})
+
+    async def last(self, subject: str) -> StoredEvent | None:
+        msg = self._streams[self.stream].last_on(subject)
+        return _event(msg) if msg is not None else None
+
+    async def at(self, seq: int) -> StoredEvent | None:
+        msg = self._streams[self.stream].get(seq)
+        return _event(msg) if msg is not None else None
+
+    async def last_seq_on(self, subject: str) -> int | None:
+        msg = self._streams[self.stream].last_on(subject)
+        return msg.seq if msg is not None else None
+
+    async def first_seq_on(self, subjects_: list[str]) -> int | None:
+        for subject in subjects_:
+            if (seq := await self.last_seq_on(subject)) is not None:
+                return seq
+        return None
+
+    async def last_seq(self) -> int:
+        return self._streams[self.stream].last_seq
+
+    async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        async with aclosing(self.read_batches(filter_subject, start_seq)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    yield stored
+
+    async def read_batches(
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000
+    ) -> AsyncIterator[list[StoredEvent]]:
+        async with aclosing(self.read_messages(filter_subject, start_seq, max_batch)) as batches:
+            async for msgs in batches:
+                yield [stored_event(m.metadata.sequence.stream, m.metadata.timestamp, m.subject, m.data)
+                       for m in msgs]
+
+    async def read_messages(
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000, *, stream: str | None = None
+    ) -> AsyncIterator[list[StreamMessage]]:
+        """Until caught up: what arrives while reading is read too, as long as the reader has
+        not yet reached the end."""
+        source = self._stream(stream or self.stream)
+        cursor, delivered = max(1, start_seq) - 1, 0
+        while found := source.after(cursor, filter_subject, max_batch):
+            await asyncio.sleep(0)  # each batch is a round trip
+            left = source.count_after(cursor, filter_subject)
+            batch = []
+            for i, msg in enumerate(found):
+                delivered += 1
+                batch.append(StreamMessage(msg, metadata(msg, source.name, "ordered", consumer_seq=delivered,
+                                                         delivered=1, pending=left - i - 1)))
+            cursor = found[-1].seq
+            yield batch
+
+    async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+        await asyncio.sleep(0)
+        source = self._streams[self.stream]
+        found = source.after(max(1, start_seq) - 1, filter_subject, limit + 1)
+        page = found[:limit]
+        return [_event(msg) for msg in page], bool(page) and len(found) > limit
+
+    async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        async with aclosing(self.follow_batches(filter_subject, start_seq)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    yield stored
+
+    async def follow_batches(
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 500
+    ) -> AsyncIterator[list[StoredEvent]]:
+        source = self._streams[self.stream]
+        cursor = max(1, start_seq) - 1
+        while True:
+            if found := source.after(cursor, filter_subject, max_batch):
+                cursor = found[-1].seq
+                yield [_event(msg) for msg in found]
+            else:
+                await source.changed.wait(None)
+
+    async def work_queue(
+        self, durable: str, filter_subject: str, *, max_ack_pending: int, ack_wait: float, max_deliver: int,
+        stream: str | None = None,
+    ) -> PullSubscription:
+        source = self._stream(stream or self.stream)
+        key = (source.name, durable)
+        if key not in self._consumers:
+            self._consumers[key] = DurableConsumer(source, durable, self._route)
+        consumer = self._consumers[key]
+        consumer.configure(filter_subject, max_ack_pending=max_ack_pending, ack_wait=ack_wait,
+                           max_deliver=max_deliver)
+        return PullSubscription(consumer)
+
+    # --- side streams -----------------------------------------------------------------------
+
+    async def ensure_stream(self, config: api.StreamConfig | None = None) -> None:
+        if config is None:
+            return  # the event log's own stream exists from the start
+        if config.name in self._streams:
+            self._streams[config.name].config = config
+        else:
+            self._streams[config.name] = MemoryStream(config)
+
+    async def publish_to(self, stream: str, subject: str, data: bytes) -> int:
+        await asyncio.sleep(0)
+        return self._store(stream, subject, data)
+
+    async def purge(self, stream: str, subject: str) -> None:
+        self._stream(stream).purge(subject)
+
+    # --- core messages ------------------------------------------------------------------------
+
+    async def subscribe(self, subject: str, cb, *, queue: str | None = None) -> CoreSubscription:
+        return self._core.subscribe(subject, cb, queue)
+
+    async def send(self, subject: str, data: bytes) -> None:
+        self._route(subject, data)
+
+    async def request(self, subject: str, data: bytes, *, timeout: float) -> CoreMessage:
+        return await self._core.request(subject, data, timeout=timeout)
+
+    def on_reconnect(self, callback: Callable[[], None]) -> None:
+        self._reconnect_callbacks.append(callback)
+
+    # --- key-value ------------------------------------------------------------------------------
+
+    async def key_value(self, bucket: str, *, history: int = 1, replicas: int = 1) -> MemoryKeyValue:
+        return self._buckets.setdefault(bucket, MemoryKeyValue(bucket))
+
+    async def close(self) -> None:
+        await self._core.close()
+        for consumer in self._consumers.values():
+            consumer.close()

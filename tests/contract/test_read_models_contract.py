@@ -1,0 +1,146 @@
+"""What the services rely on of the read models, asserted of ReadModels on a MongoDB-wire
+server and on mongomock alike; and one test that folds every sample event into both and
+compares the documents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pymongo import ASCENDING
+
+from services.projector.job_manager import JOB_MANAGER
+from services.projector.projections import coalesce, writes_for
+from services.projector.rebuild import switch_to
+from services.store import ReadModels
+from tests.readmodels import snapshot
+from tests.samples import T0, every_event, job_requested
+
+pytestmark = pytest.mark.contract
+
+RETENTION = timedelta(days=7)
+
+
+async def fold(models: ReadModels, events: list, first_seq: int = 1) -> None:
+    """The projector's writes for ``events`` at sequences from ``first_seq``, one batch per
+    collection, coalesced, as the fold applies them."""
+    writes: dict[str, list] = {}
+    for seq, event in enumerate(events, first_seq):
+        for collection, change in writes_for(event, seq, RETENTION):
+            writes.setdefault(collection, []).append(change)
+    for collection, changes in writes.items():
+        await models.apply(collection, coalesce(changes))
+
+
+async def replay_one_by_one(models: ReadModels, events: list, first_seq: int = 1) -> None:
+    for seq, event in enumerate(events, first_seq):
+        for collection, change in writes_for(event, seq, RETENTION):
+            await models.apply(collection, [change])
+
+
+async def test_mongodb_and_mongomock_fold_every_sample_event_alike(models, mongomock_models):
+    events = every_event()
+    for target in (models, mongomock_models):
+        await target.ensure_indexes()
+        await fold(target, events)
+    real, fake = await snapshot(models), await snapshot(mongomock_models)
+    assert fake == real
+    assert real["prompt_jobs"] and real["personas_v2"] and real["prompt_job_personas"]
+
+
+async def test_a_replayed_event_changes_nothing(any_models):
+    events = every_event()
+    await fold(any_models, events)
+    before = await snapshot(any_models)
+    await replay_one_by_one(any_models, events)  # a crash before the checkpoint: all of it again
+    await fold(any_models, events[:4])  # creations again
+    assert await snapshot(any_models) == before
+
+
+async def test_updates_apply_only_to_older_documents(any_models):
+    by_type = {e.type: e for e in every_event()}
+    await fold(any_models, [by_type["job.requested"]], first_seq=10)
+    await fold(any_models, [by_type["persona.failed"]], first_seq=12)
+    await fold(any_models, [by_type["persona.progress"]], first_seq=11)  # older: ignored
+    doc = await any_models.job_personas.find_one({"_id": "j1:p2"})
+    assert (doc["status"], doc["_seq"], doc["error_code"]) == ("failed", 12, "llm_timeout")
+    stored_at = by_type["persona.failed"].occurred_at
+    assert doc["updated_at"] == stored_at.replace(microsecond=stored_at.microsecond // 1000 * 1000)  # BSON: ms
+
+
+async def test_checkpoint_and_positions_only_move_forward(any_models):
+    assert await any_models.checkpoint() == 0
+    assert await any_models.position(JOB_MANAGER) == 0
+    await any_models.save_checkpoint(7)
+    await any_models.save_checkpoint(5)  # a late writer cannot move it back
+    await any_models.save_position(JOB_MANAGER, 3)
+    await any_models.save_position("other", 9)
+    assert await any_models.checkpoint() == 7
+    assert (await any_models.position(JOB_MANAGER), await any_models.position("other")) == (3, 9)
+
+
+async def test_the_gateway_queries(any_models):
+    await any_models.ensure_indexes()
+    jobs = []
+    for i, job_id in enumerate(("ja", "jb", "jc")):
+        request = job_requested(job_id, ("p1", "p2", "p3")).model_copy(
+            update={"occurred_at": T0 + timedelta(minutes=i), "deadline": T0 + timedelta(minutes=30 + i)})
+        jobs.append(request)
+    await fold(any_models, jobs)
+    by_type = {e.type: e for e in every_event()}
+    failed = by_type["persona.failed"].model_copy(update={"job_id": "jb", "persona_id": "p2"})
+    await fold(any_models, [failed], first_seq=10)
+
+    # the jobs list: newest first, a projection with a dotted field, counts by an aggregation
+    fields = ["status", "template_id", "template_data.title", "total_personas", "created_at"]
+    docs = [d async for d in any_models.jobs.find({}, fields).sort("created_at", -1).limit(2)]
+    assert [d["_id"] for d in docs] == ["jc", "jb"]
+    assert docs[0]["template_data"] == {"title": "Renewal negotiation"} and "deadline" not in docs[0]
+    assert docs[0]["created_at"].tzinfo is not None  # tz-aware, as the real client is configured
+    pipeline = [{"$match": {"job_id": {"$in": ["jb", "jc"]}}},
+                {"$group": {"_id": {"job": "$job_id", "status": "$status"}, "n": {"$sum": 1}}}]
+    counts = {(r["_id"]["job"], r["_id"]["status"]): r["n"]
+              async for r in await any_models.job_personas.aggregate(pipeline)}
+    assert counts == {("jb", "queued"): 2, ("jb", "failed"): 1, ("jc", "queued"): 3}
+
+    # one job's personas in job order; personas by ids; overdue jobs by a tz-aware deadline
+    assert [p["persona_id"] for p in await any_models.job_persona_docs("jb")] == ["p1", "p2", "p3"]
+    overdue = any_models.jobs.find({"status": "processing", "deadline": {"$lte": T0 + timedelta(minutes=31)}},
+                                   {"_id": 1})
+    assert sorted([d["_id"] async for d in overdue]) == ["ja", "jb"]
+    assert await any_models.jobs.find_one({"_id": "nope"}) is None
+    assert await any_models.jobs.find_one({"_id": "ja"}, {"status": 1}) == {"_id": "ja", "status": "processing"}
+
+
+async def test_personas_by_ids_and_by_template(any_models):
+    created = [e for e in every_event() if e.type == "persona.created"][0]
+    other = created.model_copy(update={"persona": created.persona.model_copy(update={"id": "p2"})})
+    await fold(any_models, [created, other])
+    found = {d["_id"] async for d in any_models.personas.find({"_id": {"$in": ["p1", "p2", "p9"]}})}
+    assert found == {"p1", "p2"}
+    by_template = [d["_id"] async for d in any_models.personas.find({"template_id": "t1"}).sort("created_at", 1)]
+    assert sorted(by_template) == ["p1", "p2"]
+
+
+async def test_a_rebuild_switches_collections_by_renaming(any_models):
+    rebuilt = ReadModels(any_models.db, suffix="__rebuild")
+    await any_models.templates.insert_many([{"_id": "old"}])
+    await rebuilt.templates.insert_many([{"_id": "t1", "n": 1}, {"_id": "t2", "n": 2}], ordered=False)
+    await rebuilt.save_checkpoint(42)
+    await any_models.jobs.insert_many([{"_id": "stale"}])  # no rebuilt jobs: the live ones go
+    await switch_to(rebuilt, any_models)
+    assert [d["_id"] async for d in any_models.templates.find({}).sort("_id", ASCENDING)] == ["t1", "t2"]
+    assert await any_models.jobs.count_documents({}) == 0
+    assert await any_models.checkpoint() == 42
+    assert await any_models.templates.count_documents({"_id": "t1"}, limit=1) == 1
+    names = set(await any_models.db.list_collection_names())
+    assert "templates__rebuild" not in names
+
+
+async def test_deleting_documents(any_models):
+    await any_models.job_personas.insert_many([{"_id": f"j:{i}", "job_id": "j"} for i in range(3)])
+    await any_models.job_personas.delete_many({"job_id": "j"})
+    assert await any_models.job_personas.count_documents({}) == 0
+    now = datetime.now(UTC)
+    await any_models.state.update_one({"_id": "x"}, {"$max": {"seq": 1}, "$set": {"at": now}}, upsert=True)
+    assert (await any_models.state.find_one({"_id": "x"}))["seq"] == 1

@@ -1,0 +1,50 @@
+"""An LLM for service tests: the offline provider, plus what a test needs to steer it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from contracts.domain import PersonaDraft, TemplateData
+from services.llm.base import GeneratedText, LLMError, PromptBrief
+from services.llm.offline import OfflineProvider
+
+
+class ScriptedProvider:
+    """Writes prompts as the offline provider does, except that it refuses the personas in
+    ``refuse`` (a permanent failure), holds every prompt while :meth:`hold` is in force, and
+    counts the prompts it was asked for."""
+
+    name = "offline"  # as far as the caps go: nothing to limit
+
+    def __init__(self) -> None:
+        self._offline = OfflineProvider()
+        self.model = self._offline.model
+        self.refuse: set[str] = set()
+        self.prompt_calls = 0
+        self._open = asyncio.Event()
+        self._open.set()
+
+    def hold(self) -> None:
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
+
+    async def analyze_scenario(self, document: str) -> TemplateData:
+        return await self._offline.analyze_scenario(document)
+
+    async def generate_personas(self, template: TemplateData, persona_type: str, seeds: list[str]) -> list[PersonaDraft]:
+        return await self._offline.generate_personas(template, persona_type, seeds)
+
+    async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText:
+        self.prompt_calls += 1
+        await self._open.wait()
+        if brief.persona is not None and brief.persona.id in self.refuse:
+            raise LLMError("llm_rejected", f"the model refused to write {brief.persona.name}'s prompt")
+        return await self._offline.write_system_prompt(brief)
+
+    async def check(self) -> None:
+        await self._offline.check()
+
+    async def aclose(self) -> None:
+        return None

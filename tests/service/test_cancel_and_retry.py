@@ -1,0 +1,72 @@
+"""Cancelling a running job, and retrying exactly the personas that failed."""
+
+from __future__ import annotations
+
+import pytest
+
+from contracts import subjects
+from tests.conftest import SCENARIO
+from tests.flows import create_personas, create_template, start_job
+from tests.sse_client import read_sse
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+
+async def test_a_cancelled_job_ends_cancelled_with_its_unfinished_personas(gateway, provider, memory_log):
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 3)
+    provider.hold()  # every LLM call is in flight, none answers
+    job = await start_job(gateway, template_id, {p["id"]: "try_mode" for p in personas})
+    job_id = job["job_id"]
+
+    async def all_in_flight():
+        return provider.prompt_calls == 3
+    await eventually(all_in_flight, timeout=10, what="three LLM calls in flight")
+
+    r = await gateway.post(f"/scenario/v2/jobs/{job_id}/cancel")
+    assert r.status_code == 202, r.text
+    stream = await read_sse(gateway, job["sse_endpoint"])
+    assert stream.messages[-2].data == {"type": "status_update", "status": "cancelled"}
+    results = stream.messages[-1].data["results"]
+    assert results["cancelled"] == 3 and results["successful"] == 0
+    view = (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()
+    assert view["status"] == "cancelled" and view["cancelled"] == 3
+    assert (await gateway.post(f"/scenario/v2/jobs/{job_id}/cancel")).status_code == 409
+
+    # the calls that were in flight finish into a job that already ended: it stays cancelled
+    provider.release()
+
+    async def outcomes_stored():
+        return len([s async for s in memory_log.read(f"promptgen.job.{job_id}.persona.*.completed")]) == 3
+    await eventually(outcomes_stored, timeout=10, what="the in-flight prompts stored")
+    assert (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()["status"] == "cancelled"
+    ends = [s async for s in memory_log.read(subjects.job_history(job_id)) if s.event.type.startswith("job.")]
+    assert [s.event.type for s in ends] == ["job.requested", "job.cancel_requested", "job.cancelled"]
+
+
+async def test_retry_failed_starts_a_job_for_exactly_the_failed_personas(gateway, provider):
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 3)
+    ids = [p["id"] for p in personas]
+    modes = {ids[0]: "learn_mode", ids[1]: "try_mode", ids[2]: "assess_mode"}
+    provider.refuse = {ids[1]}
+    job = await start_job(gateway, template_id, modes)
+    stream = await read_sse(gateway, job["sse_endpoint"])
+    results = stream.messages[-1].data["results"]
+    assert (results["successful"], results["failed"]) == (2, 1)
+    assert results["personas"][ids[1]]["error_code"] == "llm_rejected"
+
+    provider.refuse = set()
+    r = await gateway.post(f"/scenario/v2/jobs/{job['job_id']}/retry-failed")
+    assert r.status_code == 202, r.text
+    retry = r.json()
+    assert retry["retry_of"] == job["job_id"] and retry["persona_count"] == 1
+    again = await read_sse(gateway, retry["sse_endpoint"])
+    results = again.messages[-1].data["results"]
+    assert list(results["personas"]) == [ids[1]] and results["personas"][ids[1]]["mode"] == "try_mode"
+    assert results["successful"] == 1
+    view = (await gateway.get(f"/scenario/v2/job-status/{retry['job_id']}")).json()
+    assert view["retry_of"] == job["job_id"]
+    nothing = await gateway.post(f"/scenario/v2/jobs/{retry['job_id']}/retry-failed")
+    assert nothing.status_code == 409 and nothing.json()["code"] == "nothing_failed"

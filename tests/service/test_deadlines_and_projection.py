@@ -1,0 +1,92 @@
+"""Job deadlines on a clock the test moves, read-your-writes through the projection waiter, and a
+rebuild of the read models while the projector runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from contracts import subjects
+from services.gateway.projection import ProjectionWaiter
+from services.parking import ParkedEvents
+from services.projector.fold import Fold
+from tests.conftest import SCENARIO
+from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.readmodels import snapshot
+from tests.samples import job_requested
+from tests.sse_client import read_sse
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+
+async def test_a_job_past_its_deadline_expires_and_late_work_changes_nothing(start_system, clock, service_settings):
+    system = await start_system(generator=False)  # nothing works on the job
+    gateway = system.client
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 2)
+    job = await start_job(gateway, template_id, cycle_modes([p["id"] for p in personas]))
+    job_id = job["job_id"]
+
+    async def projected():
+        return await system.models.jobs.find_one({"_id": job_id})
+    await eventually(projected, what="the job's view in the read models")
+    job_manager = system.services["projector"][0].job_manager
+    await job_manager.expire_overdue()  # a sweep before the deadline finds nothing to end
+    assert (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()["status"] == "processing"
+
+    clock.advance(service_settings.job_deadline_seconds + 1)
+    stream = await read_sse(gateway, job["sse_endpoint"])
+    assert [m.data["type"] for m in stream.messages] == ["status_update", "status_update", "results"]
+    assert stream.messages[1].data["status"] == "expired"
+    results = stream.messages[-1].data["results"]
+    assert results["failed"] == 2 and {p["error_code"] for p in results["personas"].values()} == {"expired"}
+
+    await system.start_service("generator")  # a generator that comes late finds the work past its deadline
+
+    async def items_failed():
+        return len([s async for s in system.event_log.read(f"promptgen.job.{job_id}.persona.*.failed")]) == 2
+    await eventually(items_failed, what="the late work items failed as expired")
+    assert system.provider.prompt_calls == 0
+    view = (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()
+    assert view["status"] == "expired" and all(p["error_code"] == "expired" for p in view["personas"].values())
+
+
+async def test_a_write_is_readable_as_soon_as_it_is_answered(gateway):
+    template_id = await create_template(gateway, SCENARIO)  # answered once the projector applied it
+    assert (await gateway.get(f"/scenario/templates/{template_id}")).status_code == 200
+    personas = await create_personas(gateway, template_id, 5)
+    for persona in personas:
+        assert (await gateway.get(f"/scenario/personas/{persona['id']}")).status_code == 200
+
+
+async def test_the_projection_waiter_waits_for_the_projector_and_gives_up_without_one(memory_log, memory_models):
+    seq = await memory_log.publish(job_requested("j1", ("p1",)))
+    waiter = ProjectionWaiter(memory_models, timeout=0.2)
+    assert await waiter.wait_for(seq) is False  # no projector: the gateway answers anyway, later
+
+    waiting = asyncio.create_task(ProjectionWaiter(memory_models, timeout=10).wait_for(seq))
+    fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
+    async for batch in memory_log.read_batches(subjects.ALL):
+        await fold.apply(batch)
+    assert await asyncio.wait_for(waiting, 10) is True
+    assert await memory_models.jobs.find_one({"_id": "j1"}) is not None
+
+
+async def test_a_rebuild_while_the_projector_runs_gives_the_same_read_models(running, memory_models):
+    gateway = running.client
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 3)
+    job = await start_job(gateway, template_id, cycle_modes([p["id"] for p in personas]))
+    await read_sse(gateway, job["sse_endpoint"])  # the job ended and its end is projected
+    before = await snapshot(memory_models)
+    fold = running.services["projector"][0].fold
+    position = await fold.rebuild(_no_progress)
+    assert position == await running.event_log.last_seq()
+    assert await snapshot(memory_models) == before
+    assert await memory_models.checkpoint() == position
+
+
+async def _no_progress(done: int, total: int) -> None:
+    return None

@@ -1,0 +1,74 @@
+"""The generator's workers on the in-memory log: a redelivered item whose persona already
+ended costs no second LLM call, and an item no worker can finish becomes a failure."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from structlog.testing import capture_logs
+
+from contracts import subjects
+from contracts.events import PersonaCompleted
+from services.generator.consumers import WORKERS
+from services.generator.dead_letters import keep_dead_letters
+from services.generator.work import fan_out
+from tests.samples import job_requested
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.service
+
+
+async def test_a_redelivered_item_whose_persona_already_ended_is_acked_without_a_call(
+    start_system, service_settings, memory_log, provider, clock,
+):
+    service_settings.ack_wait_seconds = 0.2
+    request = job_requested("j1", ("p1",)).model_copy(update={"deadline": clock() + timedelta(minutes=30)})
+    item = fan_out(request)[0]
+    await memory_log.publish(request)
+    await memory_log.publish(item)
+
+    # A worker takes the item, stores its outcome and dies before acknowledging it.
+    queue = await memory_log.work_queue(WORKERS, subjects.WORK_ITEMS, max_ack_pending=8,
+                                        ack_wait=service_settings.ack_wait_seconds,
+                                        max_deliver=service_settings.max_deliveries)
+    (taken,) = await queue.fetch(1, timeout=1)
+    assert taken.metadata.num_delivered == 1
+    await memory_log.publish(PersonaCompleted(
+        job_id="j1", persona_id="p1", persona_name="Name p1", mode="try_mode", generation_mode="assess_mode",
+        prompt="You are p1.", prompt_length=11, provider="offline", model="m"))
+
+    with capture_logs() as logs:
+        await start_system()  # a generator takes over: the item comes back after its ack wait
+
+        async def skipped():
+            return [e for e in logs if e["event"] == "work_item_already_done"]
+        (skip,) = await eventually(skipped, timeout=10, what="the redelivered item skipped")
+    assert skip["deliveries"] == 2
+    assert provider.prompt_calls == 0
+    assert len([s async for s in memory_log.read(subjects.job_persona("j1", "p1", "completed"))]) == 1
+
+    async def ended():
+        return await memory_log.last(subjects.job("j1", "completed"))
+    assert (await eventually(ended, what="the job's end")).event.results.successful == 1
+
+
+async def test_an_item_that_kills_every_worker_becomes_a_visible_failure(
+    start_system, service_settings, memory_log, clock,
+):
+    service_settings.ack_wait_seconds = 0.1
+    service_settings.max_deliveries = 2
+    request = job_requested("j2", ("p1",)).model_copy(update={"deadline": clock() + timedelta(minutes=30)})
+    await memory_log.publish(request)
+    await memory_log.publish(fan_out(request)[0])
+    await keep_dead_letters(memory_log, WORKERS)  # as every generator does when it starts
+    queue = await memory_log.work_queue(WORKERS, subjects.WORK_ITEMS, max_ack_pending=8,
+                                        ack_wait=service_settings.ack_wait_seconds, max_deliver=2)
+    for _ in range(2):  # two workers take it and die
+        await queue.fetch(1, timeout=2)
+    await start_system()  # the next generator turns the max-deliveries advisory into a failure
+
+    async def failed():
+        return await memory_log.last(subjects.job_persona("j2", "p1", "failed"))
+    found = (await eventually(failed, timeout=10, what="the persona's failure")).event
+    assert found.error_code == "delivery_exhausted" and found.attempts == 2

@@ -60,7 +60,8 @@ def run(*argv: str, timeout: float = 600, check: bool = True, quiet: bool = Fals
         env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
     if check and proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}):\n"
+                           f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     if not quiet and proc.returncode != 0:
         log(f"{' '.join(argv[:4])}… exited {proc.returncode}: {proc.stderr.strip()[-500:]}")
     return proc
@@ -243,7 +244,7 @@ class Stack:
 
     def _run_health_checks(self) -> None:
         while not self._stop_health.is_set():
-            for service, c in self.containers().items():
+            for c in self.containers().values():
                 if c.get("State") == "running":
                     subprocess.run(["podman", "healthcheck", "run", c["Id"]], capture_output=True,
                                    timeout=60)

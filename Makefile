@@ -4,14 +4,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-service test-contract test-fast bench bench-quick clean
+.PHONY: install run test test-service test-contract test-fast bench bench-quick lock check-deploy test-deploy compose-up compose-down clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[embedded,test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[embedded,test,bench,deploy]'
 	@touch $(STAMP)
 
 run: install
@@ -37,6 +37,27 @@ bench: install
 
 bench-quick: install
 	$(BIN)/python -m bench.run --quick --out $(or $(BENCH_OUT),/tmp/promptgen-bench-quick)
+
+# The container image's pinned runtime dependencies and build backend (CPython 3.11 on Linux), with hashes.
+lock: install
+	$(BIN)/uv pip compile pyproject.toml deploy/build-backend.in --quiet --python-version 3.11 \
+	  --python-platform x86_64-unknown-linux-gnu --generate-hashes \
+	  --custom-compile-command "make lock" --output-file requirements.lock
+
+# deploy/ checked without containers: compose schema, Kubernetes schemas (strict), hadolint.
+check-deploy: install
+	$(BIN)/python -m pytest tests/deploy/test_static.py
+
+# deploy/compose.yaml built and run here with podman, then broken on purpose mid-job.
+test-deploy: install
+	PROMPTGEN_DEPLOY_TEST=1 $(BIN)/python -m pytest -s tests/deploy/test_compose_stack.py
+
+# deploy/compose.yaml on this machine (local stand-in images, the test LLM), left running.
+compose-up: install
+	$(BIN)/python -m tests.deploy.stack up
+
+compose-down: install
+	$(BIN)/python -m tests.deploy.stack down
 
 clean:
 	rm -rf $(VENV) .pytest_cache .promptgen

@@ -130,6 +130,8 @@ async def connect_nats(
     async def _error(exc: Exception) -> None:
         log.warning("nats_error", error=str(exc))
 
+    servers = [seed.strip() for seed in url.split(",") if seed.strip()]  # NATS_URL may list several seeds
+
     async for attempt in AsyncRetrying(
         stop=stop_after_delay(connect_timeout),
         wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
@@ -138,7 +140,7 @@ async def connect_nats(
     ):
         with attempt:
             return await nats.connect(
-                url,
+                servers,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,

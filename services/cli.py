@@ -41,11 +41,26 @@ def run_async(coro) -> object:
     return uvloop.run(coro)
 
 
-def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]]) -> None:
+def _settings(*, llm: bool = False, **overrides: object) -> Settings:
+    """The settings from the environment; a service that calls the LLM also refuses an LLM
+    configuration that cannot work. Either failure exits 2 with the reason, before any start."""
+    from services.llm.factory import check_llm_config
+
+    try:
+        settings = Settings(**overrides)
+        if llm:
+            check_llm_config(settings)
+    except ValueError as exc:
+        console.print(f"[red]promptgen: configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    return settings
+
+
+def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], *, llm: bool) -> None:
     from services.logs import configure_logging
     from services.runtime import stop_event
 
-    settings = Settings()
+    settings = _settings(llm=llm)
     configure_logging(name, settings.log_level)
 
     async def _main() -> None:
@@ -82,7 +97,7 @@ def gateway(
     from services.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
-    settings = Settings(**overrides)
+    settings = _settings(llm=True, **overrides)
     configure_logging("gateway", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                 access_log=False, log_level="warning", timeout_graceful_shutdown=5)
@@ -93,7 +108,7 @@ def generator() -> None:
     """Run one generator (dispatcher + workers) alone."""
     from services.generator.main import run_generator
 
-    _run_service("generator", run_generator)
+    _run_service("generator", run_generator, llm=True)
 
 
 @app.command()
@@ -101,7 +116,24 @@ def projector() -> None:
     """Run the projector alone (the only writer of MongoDB)."""
     from services.projector.main import run_projector
 
-    _run_service("projector", run_projector)
+    _run_service("projector", run_projector, llm=False)
+
+
+@app.command()
+def probe(
+    nats: bool = typer.Option(True, help="Check that NATS JetStream answers."),
+    mongo: bool = typer.Option(True, help="Check that MongoDB answers."),
+    timeout: float = typer.Option(5.0, help="Seconds allowed for each check."),
+) -> None:
+    """Health check: exit 0 when NATS JetStream and MongoDB answer from here, else 1 with the reason."""
+    from services.logs import configure_logging
+    from services.probe import problems
+
+    configure_logging("probe", "error", stream=sys.stderr)  # the reasons below say it once
+    found = asyncio.run(problems(_settings(), nats=nats, mongo=mongo, timeout=timeout))
+    for problem in found:
+        console.print(f"promptgen probe: {problem}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1 if found else 0)
 
 
 @app.command()
@@ -120,7 +152,8 @@ def replay(
 
 @app.command("mock-llm")
 def mock_llm(
-    port: int = typer.Option(8100, help="Port on 127.0.0.1."),
+    port: int = typer.Option(8100, help="Port."),
+    host: str = typer.Option("127.0.0.1", help="Bind address (0.0.0.0 inside a container)."),
     latency_ms: float = typer.Option(0, help="Answer latency."),
     latency_jitter_ms: float = typer.Option(0, help="Extra random latency, up to this."),
     error_rate: float = typer.Option(0, help="Share of calls answered 500."),
@@ -138,7 +171,7 @@ def mock_llm(
     run(MockLLMConfig(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms, error_rate=error_rate,
                       rate_limit_rate=rate_limit_rate, rate_limit_retry_after_s=retry_after_s,
                       quota_rate=quota_rate, hang_rate=hang_rate, garbage_rate=garbage_rate,
-                      drop_rate=drop_rate, seed=seed), port=port)
+                      drop_rate=drop_rate, seed=seed), host=host, port=port)
 
 
 @app.command()

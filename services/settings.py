@@ -2,16 +2,62 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+from typing import Any
+
 from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 def _env(name: str) -> AliasChoices:
     return AliasChoices(name, name.lower())
 
 
+class FileVariables(PydanticBaseSettingsSource):
+    """``<NAME>_FILE`` gives any setting's value as the path of a file that holds it (a
+    container secret such as ``OPENAI_API_KEY_FILE=/run/secrets/openai_api_key``). The
+    file's content, without surrounding whitespace, is the value; an empty file is unset."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        for name in _variable_names(field):
+            path = os.environ.get(f"{name}_FILE")
+            if not path:
+                continue
+            if os.environ.get(name):
+                raise ValueError(f"both {name} and {name}_FILE are set: set one")
+            try:
+                value = Path(path).read_text().strip()
+            except OSError as exc:
+                raise ValueError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from exc
+            return (value or None), field_name, False
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        values = {}
+        for field_name, field in self.settings_cls.model_fields.items():
+            value, key, _ = self.get_field_value(field, field_name)
+            if value is not None:
+                values[key] = value
+        return values
+
+
+def _variable_names(field: FieldInfo) -> list[str]:
+    alias = field.validation_alias
+    choices = alias.choices if isinstance(alias, AliasChoices) else []
+    return [c for c in choices if isinstance(c, str) and c.isupper()]
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore")
+    # An empty variable is unset (`OPENAI_BASE_URL=` is no base URL), as a compose file's
+    # `${VAR:-}` leaves it when the operator sets nothing.
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", env_ignore_empty=True)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, FileVariables(settings_cls), dotenv_settings, file_secret_settings
 
     # Infrastructure
     nats_url: str = Field("nats://127.0.0.1:4222", validation_alias=_env("NATS_URL"))

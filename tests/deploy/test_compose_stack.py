@@ -1,0 +1,200 @@
+"""deploy/compose.yaml, built and run here with podman, then broken on purpose mid-job.
+
+The stack of the compose file (3 NATS nodes with an R3 stream, 2 gateways behind HAProxy,
+2 generators, the projector, MongoDB-wire servers), with only the public images swapped
+for local builds (deploy/local/compose.local.yaml) and the test LLM of its `mock-llm`
+profile. Through the load balancer on 127.0.0.1: the seed's flow, then a job of 36 personas
+during which the NATS stream leader, the gateway holding the SSE client and a generator are
+killed with SIGKILL. The job must complete, every persona must have exactly one
+PersonaCompleted in the log, and the SSE client, reconnecting through the load balancer with
+Last-Event-ID, must have seen every message exactly once. `make test-deploy` runs it; it
+builds what is missing first (a cold machine: see README, Deploy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from tests.conftest import SCENARIO
+from tests.deploy import stack as st
+from tests.flows import create_personas, create_template, cycle_modes, start_job
+
+pytestmark = [
+    pytest.mark.deploy,
+    pytest.mark.timeout(1800),
+    pytest.mark.skipif(not os.environ.get("PROMPTGEN_DEPLOY_TEST"),
+                       reason="builds images and runs deploy/compose.yaml with podman: `make test-deploy`"),
+]
+
+PERSONAS = 36
+KILL_AFTER_COMPLETED = 6
+TIMINGS: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def stack():
+    start = time.monotonic()
+    st.install_tools()
+    st.configure_podman()
+    for image, seconds in st.build_images().items():
+        TIMINGS[f"build {image}"] = seconds
+    TIMINGS["images (total)"] = time.monotonic() - start
+    with st.running_stack(llm_latency_ms=1000, llm_concurrency=4) as s:
+        start = time.monotonic()
+        s.wait_healthy(timeout=300)
+        TIMINGS["up until every service is healthy"] = time.monotonic() - start
+        yield s
+        start = time.monotonic()
+    TIMINGS["teardown"] = time.monotonic() - start
+    st.log("timings: " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
+
+
+@dataclass
+class SseClient:
+    """A browser's EventSource, over the load balancer: reconnects with Last-Event-ID after
+    1 s (the stream's retry) until the server ends the stream."""
+
+    url: str
+    path: str
+    messages: list[tuple[str, dict]] = field(default_factory=list)
+    served_by: list[str] = field(default_factory=list)
+    drops: int = 0
+
+    async def follow(self, client: httpx.AsyncClient, on_message=None, deadline: float = 240) -> None:
+        until = time.monotonic() + deadline
+        while time.monotonic() < until:
+            headers = {"Last-Event-ID": self.messages[-1][0]} if self.messages else {}
+            try:
+                if await self._read(client, headers, on_message):
+                    return
+            except (httpx.TransportError, httpx.HTTPStatusError) as exc:
+                self.drops += 1
+                st.log(f"SSE connection lost ({exc.__class__.__name__}); reconnecting in 1 s")
+            await asyncio.sleep(1)
+        raise TimeoutError(f"SSE stream did not end within {deadline}s")
+
+    async def _read(self, client: httpx.AsyncClient, headers: dict, on_message) -> bool:
+        async with client.stream("GET", self.path, headers=headers) as resp:
+            if resp.status_code == 204:  # the job had ended: nothing after Last-Event-ID
+                return True
+            resp.raise_for_status()
+            self.served_by.append(resp.headers.get("x-served-by", "?"))
+            ident, data = None, []
+            async for line in resp.aiter_lines():
+                if line.startswith("id:"):
+                    ident = line[3:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+                elif line == "" and data:
+                    message = json.loads("\n".join(data))
+                    self.messages.append((ident, message))
+                    ident, data = None, []
+                    if on_message is not None:
+                        on_message(self, message)
+            return bool(self.messages) and self.messages[-1][1]["type"] == "results"
+
+
+def _completed(messages: list[tuple[str, dict]]) -> int:
+    return sum(1 for _, m in messages if m["type"] == "persona_progress" and m["status"] == "completed")
+
+
+async def _job_history(client: httpx.AsyncClient, job_id: str) -> list[dict]:
+    """Every event of the job, page after page, through the load balancer."""
+    events: list[dict] = []
+    after = 0
+    while True:
+        resp = await client.get(f"/scenario/v2/jobs/{job_id}/events", params={"after": after, "limit": 1000})
+        assert resp.status_code == 200, resp.text
+        page = resp.json()
+        events += page["events"]
+        if page["next_after"] is None or not page["events"]:
+            return events
+        after = page["next_after"]
+
+
+def _stream_leader(s: st.Stack) -> str:
+    """The NATS node leading the PROMPTGEN stream, from any node's monitoring port."""
+    for node in (1, 2, 3):
+        try:
+            jsz = httpx.get(f"{s.monitor_url(node)}/jsz?streams=true", timeout=3).json()
+        except httpx.HTTPError:
+            continue
+        for account in jsz.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                leader = stream.get("cluster", {}).get("leader")
+                if stream["name"] == "PROMPTGEN" and leader:
+                    return leader
+    raise AssertionError("no node reports a leader for the PROMPTGEN stream")
+
+
+async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_generator_mid_job(stack):
+    s = stack
+    async with httpx.AsyncClient(base_url=s.url, timeout=60) as client:
+        # the seed's flow, through the load balancer
+        template_id = await create_template(client, SCENARIO)
+        personas = []
+        for _ in range(PERSONAS // 18):
+            personas += await create_personas(client, template_id, 18)
+        ids = [p["id"] for p in personas]
+        assert len(set(ids)) == PERSONAS
+        started = time.monotonic()
+        job = await start_job(client, template_id, cycle_modes(ids))
+        assert job["persona_count"] == PERSONAS
+
+        killed: dict[str, str] = {}
+
+        def break_things(sse: SseClient, _message: dict) -> None:
+            if killed or _completed(sse.messages) < KILL_AFTER_COMPLETED:
+                return
+            killed["nats"] = _stream_leader(s)
+            killed["generator"] = "generator-1"
+            killed["gateway"] = sse.served_by[-1]  # the one holding this very connection
+            for service in (killed["nats"], killed["generator"], killed["gateway"]):
+                s.crash(service)
+
+        sse = SseClient(s.url, job["sse_endpoint"])
+        await sse.follow(client, on_message=break_things)
+        TIMINGS["job (36 personas, three crashes)"] = time.monotonic() - started
+        st.log(f"killed {killed}; SSE served by {sse.served_by}, {sse.drops} drop(s)")
+
+        assert killed, "the job ended before the faults could be injected"
+        assert sse.drops >= 1 and len(sse.served_by) >= 2, "the SSE client must have lived through its gateway's death"
+
+        # the job completed, with every persona
+        results = sse.messages[-1][1]["results"]
+        assert results["successful"] == PERSONAS and results["failed"] == 0
+        view = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
+        assert view["status"] == "completed" and view["completed"] == PERSONAS
+
+        # exactly one PersonaCompleted per persona in the log, and one JobCompleted
+        events = await _job_history(client, job["job_id"])
+        done = Counter(e["persona_id"] for e in events if e["type"] == "persona.completed")
+        assert done == Counter(ids), "each persona must have exactly one PersonaCompleted"
+        assert sum(1 for e in events if e["type"] == "job.completed") == 1
+
+        # every message exactly once: the client's pieces, joined, are the job's whole stream
+        ids_seen = [ident for ident, _ in sse.messages]
+        assert len(ids_seen) == len(set(ids_seen)), "a message was delivered twice"
+        whole = SseClient(s.url, job["sse_endpoint"])
+        await whole.follow(client)
+        assert whole.drops == 0
+        assert sse.messages == whole.messages, "the resumed stream must be exactly the job's stream"
+
+        # the prompts are on the persona documents
+        for pid in ids[:3]:
+            persona = (await client.get(f"/scenario/personas/{pid}")).json()
+            assert persona["system_prompt"]
+
+    # what was killed came back by its restart policy, and is healthy again
+    for service in killed.values():
+        assert s.restarts(service) >= 1, f"{service} was not restarted"
+    s.wait_healthy(timeout=180)
+    assert _stream_leader(s) in {"nats-1", "nats-2", "nats-3"}

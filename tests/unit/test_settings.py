@@ -1,0 +1,103 @@
+"""Configuration: empty means unset, secrets from files, an LLM setup that cannot work is refused."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from services.llm.factory import LLMConfigError, build_provider, check_llm_config
+from services.settings import Settings
+
+_LLM_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE", "OPENAI_BASE_URL", "OPENAI_BASE_URL_FILE",
+                  "PROMPTGEN_PROVIDER", "PROMPTGEN_MODEL", "MONGO_URL", "MONGO_URL_FILE")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in _LLM_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_an_empty_variable_is_unset(monkeypatch):
+    monkeypatch.setenv("OPENAI_BASE_URL", "")
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    monkeypatch.setenv("PROMPTGEN_MODEL", "")
+    s = Settings()
+    assert s.openai_base_url is None
+    assert s.openai_api_key is None
+    assert s.model == "gpt-4o-mini"
+    assert s.provider_name == "offline"
+
+
+def test_a_file_variable_gives_the_value_without_surrounding_whitespace(monkeypatch, tmp_path):
+    (tmp_path / "key").write_text("  sk-from-file\n")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "key"))
+    s = Settings()
+    assert s.openai_api_key.get_secret_value() == "sk-from-file"
+    assert s.provider_name == "openai"
+
+
+def test_any_setting_can_come_from_a_file(monkeypatch, tmp_path):
+    (tmp_path / "mongo").write_text("mongodb://user:secret@db-1,db-2/?replicaSet=rs0\n")
+    monkeypatch.setenv("MONGO_URL_FILE", str(tmp_path / "mongo"))
+    assert Settings().mongo_url == "mongodb://user:secret@db-1,db-2/?replicaSet=rs0"
+
+
+def test_an_empty_file_is_unset(monkeypatch, tmp_path):
+    (tmp_path / "key").write_text("\n")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "key"))
+    assert Settings().openai_api_key is None
+
+
+def test_a_missing_file_is_an_error_that_names_the_variable(monkeypatch, tmp_path):
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "absent"))
+    with pytest.raises(ValueError, match="OPENAI_API_KEY_FILE=.*absent cannot be read"):
+        Settings()
+
+
+def test_a_value_and_a_file_for_the_same_setting_are_refused(monkeypatch, tmp_path):
+    (tmp_path / "key").write_text("sk-a")
+    monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "key"))
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-b")
+    with pytest.raises(ValueError, match="both OPENAI_API_KEY and OPENAI_API_KEY_FILE"):
+        Settings()
+
+
+def test_openai_without_a_key_is_refused_with_the_reason():
+    settings = Settings(provider="openai")
+    with pytest.raises(LLMConfigError, match="no API key: set OPENAI_API_KEY, or OPENAI_API_KEY_FILE"):
+        check_llm_config(settings)
+    with pytest.raises(LLMConfigError):
+        build_provider(settings)  # never an offline provider in its place
+
+
+def test_openai_with_an_empty_key_is_refused(monkeypatch):
+    monkeypatch.setenv("PROMPTGEN_PROVIDER", "openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    with pytest.raises(LLMConfigError):
+        check_llm_config(Settings())
+
+
+def test_openai_with_a_key_or_a_self_hosted_server_is_accepted():
+    check_llm_config(Settings(provider="openai", openai_api_key="sk-x"))
+    check_llm_config(Settings(provider="openai", openai_base_url="http://127.0.0.1:11434/v1"))
+    check_llm_config(Settings(provider="offline"))
+
+
+def test_an_unknown_provider_is_refused():
+    with pytest.raises(LLMConfigError, match="must be 'openai' or 'offline'"):
+        check_llm_config(Settings(provider="anthropic"))
+
+
+@pytest.mark.parametrize("service", ["generator", "gateway"])
+def test_a_service_that_calls_the_llm_will_not_start_without_its_key(service):
+    env = {k: v for k, v in os.environ.items() if k not in _LLM_VARIABLES} | {
+        "PROMPTGEN_PROVIDER": "openai", "OPENAI_API_KEY": "",
+        "NATS_URL": "nats://127.0.0.1:1", "MONGO_URL": "mongodb://127.0.0.1:1/"}  # never reached
+    proc = subprocess.run([sys.executable, "-m", "services.cli", service], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "configuration error: PROMPTGEN_PROVIDER=openai but no API key" in proc.stderr

@@ -23,9 +23,9 @@ from sse_starlette import EventSourceResponse
 
 from contracts.domain import Persona
 from services.generator.prompt_generators import generate_for_mode
-from services.llm.offline import analyze_document, draft_persona
-from services.llm.openai_provider import OpenAIProvider
-from services.settings import Settings
+from services.adapters.llm.offline import analyze_document, draft_persona
+from services.adapters.llm.openai_provider import OpenAIProvider
+from services.runtime.settings import Settings
 
 
 def create_app() -> FastAPI:

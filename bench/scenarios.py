@@ -89,8 +89,8 @@ def scaling(quick: bool) -> dict:
 
 def replay_rebuild(quick: bool) -> dict:
     """`promptgen rebuild` events/s next to the raw ordered-consumer read of the same stream."""
-    from services.rebuild_command import run_rebuild
-    from services.settings import Settings
+    from services.cli.rebuild import run_rebuild
+    from services.runtime.settings import Settings
 
     jobs, per_job = (2, 20) if quick else (250, 100)
     d = harness.start()
@@ -121,7 +121,7 @@ def replay_rebuild(quick: bool) -> dict:
 
 async def _fold_only(settings) -> tuple[float, int]:
     """Read and fold the log without writing MongoDB: our share of a rebuild's time."""
-    from services.bus import EventLog
+    from services.adapters.event_log import EventLog
     from services.projector.rebuild import fold_log
 
     log = await EventLog.connect(settings, "bench-fold")
@@ -139,10 +139,10 @@ async def _synthetic_log(settings, jobs: int, per_job: int) -> None:
 
     from contracts.domain import JobPersona, Persona, TokenUsage
     from contracts.events import JobCompleted, JobRequested, PersonaCompleted, PersonaCreated, PersonaProgress
-    from services.bus import EventLog
+    from services.adapters.event_log import EventLog
     from services.generator.work import fan_out
-    from services.llm.offline import analyze_document, compose_system_prompt, draft_persona
-    from services.llm.base import PromptBrief
+    from services.adapters.llm.offline import analyze_document, compose_system_prompt, draft_persona
+    from services.adapters.llm.base import PromptBrief
     from services.projector.process_manager import results_from_job
 
     log = await EventLog.connect(settings, "bench-synthetic")
@@ -183,7 +183,7 @@ class MockLLMProcess:
         import subprocess
         import sys
 
-        from services.embedded import free_port
+        from services.cli.embedded import free_port
         from tests.servers import wait_port
 
         self.port = free_port()
@@ -215,7 +215,7 @@ def latency_bound(quick: bool) -> dict:
     import subprocess
     import sys
 
-    from services.embedded import free_port
+    from services.cli.embedded import free_port
     from tests.servers import stop, wait_port
 
     jobs, per_job, latency_ms, concurrency = (2, 10, 100, 64) if quick else (10, 100, 500, 64)

@@ -15,14 +15,14 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from services.bus import EventLog
-from services.embedded import free_port
+from services.adapters.event_log import EventLog
+from services.cli.embedded import free_port
 from services.gateway.app import create_app
 from services.generator.main import run_generator
 from services.projector.main import run_projector
-from services.settings import Settings
-from services.store import ReadModels, mongo_client
-from services.mock_llm import MockLLM, MockLLMConfig
+from services.runtime.settings import Settings
+from services.adapters.read_models import ReadModels, mongo_client
+from services.testing.mock_llm import MockLLM, MockLLMConfig
 from tests.servers import NatsServer, mongo_url, stop, wait_port
 
 

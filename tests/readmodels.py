@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.projector.projections import READ_MODELS
-from services.store import ReadModels
+from services.adapters.read_models import ReadModels
 
 
 async def snapshot(models: ReadModels) -> dict[str, list[dict]]:

@@ -17,8 +17,8 @@ from services.gateway.bootstrap import bootstrap
 from services.gateway.errors import ApiError, install_error_handlers, responses
 from services.gateway.openapi import install_openapi
 from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
-from services.runtime import announce_ready
-from services.settings import Settings
+from services.runtime.lifecycle import announce_ready
+from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 STATIC = Path(__file__).parent / "static"

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
-from services.llm.base import Provider
-from services.llm.limits import SharedLimiter, open_limiter
-from services.parking import ParkedEvents
-from services.ports import EventLogPort, ReadModelsPort
-from services.runtime import Clock, utc_now
-from services.settings import Settings
-from services.wiring import event_log_for, models_for, provider_for
+from services.adapters.llm.base import Provider
+from services.adapters.llm.limits import SharedLimiter, open_limiter
+from services.adapters.parked import ParkedEvents
+from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.runtime.lifecycle import Clock, utc_now
+from services.runtime.settings import Settings
+from services.runtime.wiring import event_log_for, models_for, provider_for
 
 
 @dataclass

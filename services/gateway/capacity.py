@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import structlog
 
 from services.gateway.errors import ApiError
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 

@@ -14,12 +14,12 @@ from contracts.subjects import TOKEN_PATTERN
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
-from services.llm.base import Provider
-from services.llm.limits import SharedLimiter
-from services.parking import ParkedEvents
-from services.ports import EventLogPort, ReadModelsPort
-from services.runtime import Clock
-from services.settings import Settings
+from services.adapters.llm.base import Provider
+from services.adapters.llm.limits import SharedLimiter
+from services.adapters.parked import ParkedEvents
+from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.runtime.lifecycle import Clock
+from services.runtime.settings import Settings
 
 
 def _state(name: str) -> Callable[[Request], Any]:

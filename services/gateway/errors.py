@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from contracts.api import ErrorBody, FieldError
 from contracts.limits import NOT_BLANK, NotStorable, printable
 from contracts.subjects import TOKEN_PATTERN
-from services.bus import EventTooLarge
+from services.adapters.event_log import EventTooLarge
 
 ECHO_CHARS = 200  # of a value quoted back in a message
 MESSAGE_CHARS = 500  # of one validation message

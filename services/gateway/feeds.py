@@ -26,10 +26,10 @@ import structlog
 
 from contracts import subjects
 from contracts.events import JobFinished, UnknownEvent
-from services.bus import StoredEvent
-from services.ports import EventLogPort
+from services.adapters.event_log import StoredEvent
+from services.adapters.ports import EventLogPort
 from services.gateway.sse_messages import encode, render
-from services.runtime import cancel_and_wait
+from services.runtime.lifecycle import cancel_and_wait
 
 log = structlog.get_logger()
 

@@ -10,11 +10,11 @@ from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
 from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage
 from contracts.events import JobFinished, JobRequested
-from services.bus import StoredEvent
+from services.adapters.event_log import StoredEvent
 from services.gateway.errors import ApiError, listed, not_found
-from services.ports import EventLogPort, ReadModelsPort
-from services.runtime import Clock
-from services.settings import Settings
+from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.runtime.lifecycle import Clock
+from services.runtime.settings import Settings
 
 
 def sse_endpoint(job_id: str) -> str:

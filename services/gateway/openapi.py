@@ -11,7 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 _REF = "#/components/schemas/"
 

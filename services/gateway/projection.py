@@ -12,7 +12,7 @@ import asyncio
 import structlog
 from pymongo.errors import PyMongoError
 
-from services.ports import ReadModelsPort
+from services.adapters.ports import ReadModelsPort
 
 log = structlog.get_logger()
 

@@ -19,7 +19,7 @@ from contracts.events import (
     PersonaProgress,
 )
 from contracts.sse import PersonaProgressMessage, ResultsMessage, StatusUpdate
-from services.bus import StoredEvent
+from services.adapters.event_log import StoredEvent
 
 Message = StatusUpdate | PersonaProgressMessage | ResultsMessage  # contracts.sse.SseMessage, as a plain union
 

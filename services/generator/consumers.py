@@ -24,14 +24,14 @@ from contracts.events import (
     UnknownEvent,
     caused_by,
 )
-from services.bus import StoredEvent, pulled, stored_message
-from services.failures import brief, kind_of
-from services.parking import ParkedEvents
-from services.ports import EventLogPort
-from services.runtime import Clock, utc_now
+from services.adapters.event_log import StoredEvent, pulled, stored_message
+from services.runtime.failures import brief, kind_of
+from services.adapters.parked import ParkedEvents
+from services.adapters.ports import EventLogPort
+from services.runtime.lifecycle import Clock, utc_now
 from services.generator.work import failed, fan_out, generate_persona_prompt
-from services.llm.base import LLMError, Provider
-from services.settings import Settings
+from services.adapters.llm.base import LLMError, Provider
+from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 

@@ -18,12 +18,12 @@ from nats.js import api
 
 from contracts.api import ParkedEvent
 from contracts.events import PersonaPromptRequested
-from services.bus import StoredEvent, pulled
-from services.failures import brief, kind_of
+from services.adapters.event_log import StoredEvent, pulled
+from services.runtime.failures import brief, kind_of
 from services.generator.work import failed
-from services.llm.base import LLMError
-from services.parking import ParkedEvents
-from services.ports import EventLogPort
+from services.adapters.llm.base import LLMError
+from services.adapters.parked import ParkedEvents
+from services.adapters.ports import EventLogPort
 
 log = structlog.get_logger()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.generator.bootstrap import bootstrap
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 
 async def run_generator(settings: Settings, stop: asyncio.Event) -> None:

@@ -9,8 +9,8 @@ persona, used twice.
 from __future__ import annotations
 
 from contracts.domain import Mode, Persona, TemplateData, generation_mode
-from services.llm import messages
-from services.llm.base import GeneratedText, PromptBrief, Provider
+from services.adapters.llm import messages
+from services.adapters.llm.base import GeneratedText, PromptBrief, Provider
 
 
 class LearnModePromptGenerator:

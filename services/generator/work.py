@@ -18,8 +18,8 @@ from contracts.events import (
 )
 from contracts.domain import generation_mode
 from services.generator.prompt_generators import generate_for_mode
-from services.llm.base import LLMError, Provider
-from services.llm.limits import estimated_tokens
+from services.adapters.llm.base import LLMError, Provider
+from services.adapters.llm.limits import estimated_tokens
 
 log = structlog.get_logger()
 

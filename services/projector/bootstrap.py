@@ -13,14 +13,14 @@ from datetime import timedelta
 
 import structlog
 
-from services.parking import ParkedEvents
-from services.ports import EventLogPort, ReadModelsPort
+from services.adapters.parked import ParkedEvents
+from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.fold import PROJECTOR, Fold
 from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
-from services.runtime import Clock, announce_ready, cancel_and_wait, utc_now
-from services.settings import Settings
-from services.wiring import event_log_for, models_for
+from services.runtime.lifecycle import Clock, announce_ready, cancel_and_wait, utc_now
+from services.runtime.settings import Settings
+from services.runtime.wiring import event_log_for, models_for
 
 log = structlog.get_logger()
 

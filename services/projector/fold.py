@@ -4,7 +4,7 @@ The checkpoint (last stream sequence applied) lives in MongoDB beside the read
 models it describes, and is written after them: a crash in between replays a
 batch whose writes are idempotent. Writes are retried while MongoDB is away;
 nothing moves the checkpoint past an event whose effect is neither stored nor
-parked (:mod:`services.parking`: an event that cannot be decoded or stored is set
+parked (:mod:`services.adapters.parked`: an event that cannot be decoded or stored is set
 aside for an operator, and the fold goes on).
 """
 
@@ -20,14 +20,14 @@ import structlog
 from contracts import subjects
 from contracts.api import ParkedEvent
 from contracts.events import UnknownEvent
-from services.bus import StoredEvent
-from services.failures import Unstorable, durably
-from services.parking import ParkedEvents
-from services.ports import EventLogPort, ReadModelsPort
-from services.runtime import keep_going
+from services.adapters.event_log import StoredEvent
+from services.runtime.failures import Unstorable, durably
+from services.adapters.parked import ParkedEvents
+from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.runtime.lifecycle import keep_going
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
-from services.store import ReadModels
+from services.adapters.read_models import ReadModels
 
 log = structlog.get_logger()
 

@@ -31,14 +31,14 @@ from contracts.events import (
     PersonaCompleted,
     PersonaFailed,
 )
-from services.bus import StoredEvent
-from services.failures import Unstorable, durably
-from services.parking import ParkedEvents
-from services.ports import EventLogPort, ReadModelsPort
+from services.adapters.event_log import StoredEvent
+from services.runtime.failures import Unstorable, durably
+from services.adapters.parked import ParkedEvents
+from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import JOB_PERSONAS, JOBS, project
-from services.runtime import Clock, keep_going, utc_now
+from services.runtime.lifecycle import Clock, keep_going, utc_now
 
 log = structlog.get_logger()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.projector.bootstrap import bootstrap
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 
 async def run_projector(settings: Settings, stop: asyncio.Event) -> None:

@@ -18,13 +18,13 @@ import structlog
 
 from contracts import subjects
 from contracts.events import UnknownEvent
-from services.bus import StoredEvent
-from services.ports import EventLogPort
-from services.failures import Unstorable, durably
+from services.adapters.event_log import StoredEvent
+from services.adapters.ports import EventLogPort
+from services.runtime.failures import Unstorable, durably
 from services.projector.memory_fold import MemoryFold
 from services.projector.projections import writes_for
 from services.projector.projections import READ_MODELS
-from services.store import STATE, ReadModels
+from services.adapters.read_models import STATE, ReadModels
 
 log = structlog.get_logger()
 

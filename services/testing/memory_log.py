@@ -1,4 +1,4 @@
-"""The event log in memory: :class:`~services.ports.EventLogPort` without a server.
+"""The event log in memory: :class:`~services.adapters.ports.EventLogPort` without a server.
 
 One :class:`MemoryEventLog` plays the NATS server and every connection to it: give the same
 one to each service of a test, as they would share one server. Events published to the log
@@ -19,8 +19,8 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.bus import StoredEvent, stored_event
-from services.settings import Settings
+from services.adapters.event_log import StoredEvent, stored_event
+from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
 from services.testing.memory_core import CoreMessage, CoreRouter, CoreSubscription, MemoryKeyValue
 from services.testing.memory_streams import MemoryStream, StoredMessage

@@ -1,5 +1,5 @@
-"""The read models in memory: the real :class:`~services.store.ReadModels` over mongomock,
-behind the part of pymongo's asyncio API the code uses (:class:`services.ports.Collection`).
+"""The read models in memory: the real :class:`~services.adapters.read_models.ReadModels` over mongomock,
+behind the part of pymongo's asyncio API the code uses (:class:`services.adapters.ports.Collection`).
 
 mongomock (synchronous) does the queries, updates and aggregations; this module only makes
 them awaitable, with pymongo's async shapes: ``find()`` returns a cursor at once and is
@@ -20,7 +20,7 @@ from pymongo import DeleteMany, DeleteOne, InsertOne, UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 from pymongo.results import BulkWriteResult
 
-from services.store import ReadModels
+from services.adapters.read_models import ReadModels
 
 
 class MemoryCursor:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from services.embedded import free_port
+from services.cli.embedded import free_port
 from tests.servers import stop, wait_port
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from services.settings import Settings
+from services.runtime.settings import Settings
 from services.testing import MemoryEventLog, memory_read_models
 
 

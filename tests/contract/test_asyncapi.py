@@ -9,7 +9,7 @@ from jsonschema import Draft7Validator
 
 from contracts.asyncapi import CHANNELS
 from contracts.events import EVENT_TYPES
-from services.asyncapi_command import COMMITTED, current
+from services.cli.asyncapi import COMMITTED, current
 
 SPEC = Path(__file__).with_name("asyncapi-3.0.0.schema.json")
 

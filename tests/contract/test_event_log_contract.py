@@ -15,7 +15,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 
 from contracts import subjects
 from contracts.events import JobCancelRequested, TemplateCreated
-from services.bus import stored_message
+from services.adapters.event_log import stored_message
 from services.generator.dead_letters import advisory_subject, dead_letter_stream, keep_dead_letters
 from services.generator.work import fan_out
 from tests.samples import TEMPLATE, job_requested

@@ -12,7 +12,7 @@ from pymongo import ASCENDING
 from services.projector.job_manager import JOB_MANAGER
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import switch_to
-from services.store import ReadModels
+from services.adapters.read_models import ReadModels
 from tests.readmodels import snapshot
 from tests.samples import T0, every_event, job_requested
 

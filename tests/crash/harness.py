@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from services.embedded import free_port
+from services.cli.embedded import free_port
 from tests.servers import MongoServer, NatsServer, stop
 
 READY_TIMEOUT = 30

@@ -12,7 +12,7 @@ import pytest
 
 from contracts.domain import TemplateData
 from contracts.events import TemplateCreated, encode_event
-from services.bus import EventTooLarge
+from services.adapters.event_log import EventTooLarge
 from tests.servers import NatsServer
 
 MAX_PAYLOAD = 64 * 1024

@@ -13,7 +13,7 @@ import httpx
 from pydantic import SecretStr
 import pytest
 
-from services.mock_llm import MockLLMConfig
+from services.testing.mock_llm import MockLLMConfig
 from tests.conftest import InProcessSystem
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
@@ -159,7 +159,7 @@ async def test_cancel_stops_new_llm_calls_and_ends_the_job_cancelled(llm_client,
 
 async def test_template_analysis_takes_its_turn_from_the_shared_llm_caps(llm_system, llm_client, mock_llm,
                                                                          scenario_document, event_log):
-    from services.llm.limits import BUCKET, KEY
+    from services.adapters.llm.limits import BUCKET, KEY
 
     kv = await event_log.js.key_value(BUCKET)
     mock_llm.add_script([{"fault": "rate_limit", "retry_after_s": 2.5}])

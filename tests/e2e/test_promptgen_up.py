@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from services.embedded import free_port
+from services.cli.embedded import free_port
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
 
@@ -118,8 +118,8 @@ _HUGE_LINE_THEN_EXEC = (
 )
 _UP_WITH_A_NOISY_GENERATOR = f"""
 import sys
-import services.up as up
-from services.cli import app
+import services.cli.up as up
+from services.cli.main import app
 real = up._service
 up._service = lambda name: [sys.executable, "-c", {_HUGE_LINE_THEN_EXEC!r}, *real(name)] if name == "generator" \\
     else real(name)

@@ -8,9 +8,9 @@ import contextlib
 from nats.errors import TimeoutError as NatsTimeout
 
 from contracts import subjects
-from services.bus import EventLog
+from services.adapters.event_log import EventLog
 from services.generator.consumers import WORKERS
-from services.parking import ParkedEvents
+from services.adapters.parked import ParkedEvents
 from services.generator.dead_letters import dead_letter_stream, keep_dead_letters, run_dead_letters
 from services.generator.work import fan_out
 from tests.samples import job_requested

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import SecretStr
 
-from services.doctor import diagnose
-from services.mock_llm import MockLLMConfig
+from services.cli.doctor import diagnose
+from services.testing.mock_llm import MockLLMConfig
 
 
 def _by_check(findings):

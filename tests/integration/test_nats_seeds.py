@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.bus import EventLog
-from services.embedded import free_port
+from services.adapters.event_log import EventLog
+from services.cli.embedded import free_port
 
 
 async def test_event_log_connects_through_a_list_of_seeds_skipping_a_dead_one(settings):

@@ -186,7 +186,7 @@ async def test_reapply_without_a_running_consumer_says_so(client, consumer, syst
 
 async def test_a_rebuild_parks_the_poison_and_equals_the_live_projection(client, event_log, models, settings,
                                                                         scenario_document):
-    from services.rebuild_command import run_rebuild
+    from services.cli.rebuild import run_rebuild
     from tests.readmodels import snapshot
 
     nul = await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}]))
@@ -224,7 +224,7 @@ async def test_promptgen_parked_lists_and_reapplies_from_the_command_line(client
 
 async def test_replay_and_the_events_endpoint_show_what_they_cannot_read(client, event_log, settings,
                                                                          scenario_document):
-    from services.replay import show_job_history
+    from services.cli.replay import show_job_history
 
     template_id = await create_template(client, scenario_document)
     personas = await create_personas(client, template_id, 1)

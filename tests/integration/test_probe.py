@@ -6,8 +6,8 @@ import os
 import subprocess
 import sys
 
-from services.embedded import free_port
-from services.probe import problems
+from services.cli.embedded import free_port
+from services.cli.probe import problems
 
 
 async def test_probe_finds_nothing_wrong_when_nats_and_mongodb_answer(settings):

@@ -11,11 +11,11 @@ from datetime import UTC, datetime, timedelta
 
 from contracts import subjects
 from contracts.events import JobFinished, PersonaCompleted
-from services.bus import EventLog
-from services.parking import ParkedEvents
+from services.adapters.event_log import EventLog
+from services.adapters.parked import ParkedEvents
 from services.projector.fold import Fold
 from services.projector.job_manager import JOB_MANAGER, JobManager
-from services.runtime import cancel_and_wait
+from services.runtime.lifecycle import cancel_and_wait
 from tests.samples import job_requested
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from services.llm.limits import SharedLimiter
+from services.adapters.llm.limits import SharedLimiter
 
 
 NOW = time.time()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from contracts.domain import PersonaDraft, TemplateData
-from services.llm.base import GeneratedText, LLMError, PromptBrief
-from services.llm.offline import OfflineProvider
+from services.adapters.llm.base import GeneratedText, LLMError, PromptBrief
+from services.adapters.llm.offline import OfflineProvider
 
 
 class ScriptedProvider:

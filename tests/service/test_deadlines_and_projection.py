@@ -9,7 +9,7 @@ import pytest
 
 from contracts import subjects
 from services.gateway.projection import ProjectionWaiter
-from services.parking import ParkedEvents
+from services.adapters.parked import ParkedEvents
 from services.projector.fold import Fold
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, cycle_modes, start_job

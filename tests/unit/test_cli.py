@@ -6,7 +6,7 @@ from importlib.metadata import version
 
 from typer.testing import CliRunner
 
-from services.cli import app
+from services.cli.main import app
 from services.gateway.app import create_app
 
 

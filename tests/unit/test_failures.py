@@ -17,7 +17,7 @@ from pymongo.errors import (
 )
 
 from contracts.events import UndecodableEvent
-from services.failures import Unstorable, brief, durably, kind_of
+from services.runtime.failures import Unstorable, brief, durably, kind_of
 
 
 def _bulk(*codes: int) -> BulkWriteError:

@@ -14,9 +14,9 @@ import pytest
 from pydantic import SecretStr
 
 from contracts.domain import TemplateData
-from services.llm.base import LLMError
-from services.llm.openai_provider import OpenAIProvider
-from services.settings import Settings
+from services.adapters.llm.base import LLMError
+from services.adapters.llm.openai_provider import OpenAIProvider
+from services.runtime.settings import Settings
 
 TEMPLATE = TemplateData(title="Renewal", description="A rep renews a contract.")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from services.gateway.app import create_app
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 
 def _operations(doc):

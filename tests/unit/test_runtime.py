@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from services.runtime import cancel_and_wait
+from services.runtime.lifecycle import cancel_and_wait
 
 
 async def test_cancel_and_wait_cancels_again_a_task_that_swallowed_the_first_cancel():

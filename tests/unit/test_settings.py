@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from services.llm.factory import LLMConfigError, build_provider, check_llm_config
-from services.settings import Settings
+from services.adapters.llm.factory import LLMConfigError, build_provider, check_llm_config
+from services.runtime.settings import Settings
 
 _LLM_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE", "OPENAI_BASE_URL", "OPENAI_BASE_URL_FILE",
                   "PROMPTGEN_PROVIDER", "PROMPTGEN_MODEL", "MONGO_URL", "MONGO_URL_FILE")

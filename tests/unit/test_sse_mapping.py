@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from services.bus import StoredEvent
+from services.adapters.event_log import StoredEvent
 from services.gateway.sse_messages import Position, messages_for, render, unseen
 from tests.samples import every_event
 

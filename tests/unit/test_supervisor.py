@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services.supervisor import Child, LineSplitter, Supervisor, child_env
+from services.cli.supervisor import Child, LineSplitter, Supervisor, child_env
 
 # A 1 MB line, then more than a pipe holds, then readiness, then output until it is stopped.
 NOISY = r"""

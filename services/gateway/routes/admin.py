@@ -8,7 +8,7 @@ from contracts.api import ParkedEventList, ReapplyRequest, ReapplyResult
 from services.gateway.deps import ParkedDep
 from services.gateway.errors import ApiError, responses
 from services.gateway.json_body import JSONBodyRoute
-from services.parking import NoConsumerRunning, request_reapply
+from services.adapters.parked import NoConsumerRunning, request_reapply
 
 router = APIRouter(prefix="/admin", tags=["operations"], route_class=JSONBodyRoute)
 

@@ -13,7 +13,7 @@ from contracts.events import AvatarInteractionCreated
 from services.gateway.deps import EventLogDep, InteractionIdPath, ModelsDep, WaiterDep
 from services.gateway.errors import not_found, responses
 from services.gateway.json_body import JSONBodyRoute
-from services.ports import ReadModelsPort
+from services.adapters.ports import ReadModelsPort
 
 router = APIRouter(prefix="/avatar-interactions", tags=["avatar interactions"], route_class=JSONBodyRoute)
 

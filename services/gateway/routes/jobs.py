@@ -16,7 +16,7 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
-from services.audit import job_history_page
+from services.gateway.history import job_history_page
 from services.gateway.deps import (
     CapacityDep,
     ClockDep,

@@ -35,9 +35,9 @@ from services.gateway.deps import (
 from services.gateway.errors import ApiError, not_found, responses
 from services.gateway.jobs import load_template
 from services.gateway.json_body import JSONBodyRoute
-from services.llm.base import LLMError
-from services.llm.limits import estimated_tokens, limited
-from services.settings import Settings
+from services.adapters.llm.base import LLMError
+from services.adapters.llm.limits import estimated_tokens, limited
+from services.runtime.settings import Settings
 
 router = APIRouter(prefix="/scenario", tags=["templates and personas"], route_class=JSONBodyRoute)
 log = structlog.get_logger()

@@ -17,7 +17,7 @@ from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, ModelsDep,
 from services.gateway.errors import ApiError, responses
 from services.gateway.jobs import build_job, sse_endpoint
 from services.gateway.json_body import JSONBodyRoute
-from services.runtime import cancel_and_wait
+from services.runtime.lifecycle import cancel_and_wait
 
 router = APIRouter(prefix="/scenario", tags=["deprecated"], route_class=JSONBodyRoute)
 log = structlog.get_logger()

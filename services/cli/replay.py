@@ -8,9 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import subjects
-from services.audit import job_history
-from services.bus import EventLog
-from services.settings import Settings
+from services.gateway.history import job_history
+from services.adapters.event_log import EventLog
+from services.runtime.settings import Settings
 
 
 async def show_job_history(settings: Settings, job_id: str, *, as_json: bool) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from contracts.domain import Mode, Persona, TemplateData
-from services.llm.base import Message
+from services.adapters.llm.base import Message
 
 _TEMPLATE_SHAPE = {
     "title": "short title of the scenario",

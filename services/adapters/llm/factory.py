@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.llm.base import Provider
-from services.llm.offline import OfflineProvider
-from services.settings import Settings
+from services.adapters.llm.base import Provider
+from services.adapters.llm.offline import OfflineProvider
+from services.runtime.settings import Settings
 
 
 class LLMConfigError(ValueError):
@@ -28,7 +28,7 @@ def check_llm_config(settings: Settings) -> None:
 def build_provider(settings: Settings) -> Provider:
     check_llm_config(settings)
     if settings.provider_name == "openai":
-        from services.llm.openai_provider import OpenAIProvider
+        from services.adapters.llm.openai_provider import OpenAIProvider
 
         return OpenAIProvider(settings)
     return OfflineProvider()

@@ -1,8 +1,8 @@
 """The two adapters every service is given, as protocols: exactly what the services use of
 the event log and of the read models.
 
-Production implementations: :class:`services.bus.EventLog` (NATS JetStream) and
-:class:`services.store.ReadModels` over a pymongo ``AsyncDatabase``. In-memory ones live in
+Production implementations: :class:`services.adapters.event_log.EventLog` (NATS JetStream) and
+:class:`services.adapters.read_models.ReadModels` over a pymongo ``AsyncDatabase``. In-memory ones live in
 :mod:`services.testing`. One contract suite (``tests/contract/``) runs against both, so the
 fakes cannot drift from the real thing.
 
@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from nats.js import api
 
 from contracts.events import Envelope
-from services.bus import StoredEvent
+from services.adapters.event_log import StoredEvent
 from services.projector.projections import Change
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 # --- the event log ---------------------------------------------------------------------
 

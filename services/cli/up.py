@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 
 from services import embedded
-from services.runtime import stop_event
-from services.supervisor import Child, Supervisor, child_env, http_ready, tcp_ready
+from services.runtime.lifecycle import stop_event
+from services.cli.supervisor import Child, Supervisor, child_env, http_ready, tcp_ready
 
 console = Console()
 

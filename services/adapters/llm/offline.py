@@ -12,7 +12,7 @@ import random
 import re
 
 from contracts.domain import PersonaDraft, Role, TemplateData, TokenUsage
-from services.llm.base import GeneratedText, PromptBrief, approx_tokens
+from services.adapters.llm.base import GeneratedText, PromptBrief, approx_tokens
 
 MODEL = "offline-composer-1"
 

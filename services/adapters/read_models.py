@@ -21,7 +21,7 @@ from services.projector.projections import (
     TEMPLATES,
     Change,
 )
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 CHECKPOINT_ID = "checkpoint"
 # Positions of consumers other than the fold (the job manager): not a read model, so a

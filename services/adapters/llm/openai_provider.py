@@ -15,9 +15,9 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel, ValidationError
 
 from contracts.domain import PersonaDraft, TemplateData, TokenUsage
-from services.llm import messages
-from services.llm.base import GeneratedText, LLMError, Message, PromptBrief
-from services.settings import Settings
+from services.adapters.llm import messages
+from services.adapters.llm.base import GeneratedText, LLMError, Message, PromptBrief
+from services.runtime.settings import Settings
 
 
 class _PersonaList(BaseModel):

@@ -31,7 +31,7 @@ from tenacity import (
 
 from contracts import subjects
 from contracts.events import Envelope, Event, EventDecodeError, encode_event, parse_event
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 

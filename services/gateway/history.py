@@ -7,9 +7,9 @@ from contextlib import aclosing
 from contracts import subjects
 from contracts.api import JobEventRecord
 from contracts.events import UnknownEvent
-from services.bus import StoredEvent
-from services.parking import preview
-from services.ports import EventLogPort
+from services.adapters.event_log import StoredEvent
+from services.adapters.parked import preview
+from services.adapters.ports import EventLogPort
 
 _STATUS_OF_TYPE = {
     "job.requested": "processing",

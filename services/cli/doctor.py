@@ -12,9 +12,9 @@ import nats
 from nats.js.errors import NotFoundError
 from pymongo import AsyncMongoClient
 
-from services.llm.base import LLMError
-from services.llm.factory import build_provider
-from services.settings import Settings
+from services.adapters.llm.base import LLMError
+from services.adapters.llm.factory import build_provider
+from services.runtime.settings import Settings
 
 MIN_FREE_BYTES = 1 << 30
 

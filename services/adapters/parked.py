@@ -24,9 +24,9 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 
 from contracts.api import ParkedEvent, ReapplyResult
-from services.bus import StoredEvent
-from services.failures import brief
-from services.ports import EventLogPort
+from services.adapters.event_log import StoredEvent
+from services.runtime.failures import brief
+from services.adapters.ports import EventLogPort
 
 log = structlog.get_logger()
 

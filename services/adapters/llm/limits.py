@@ -22,9 +22,9 @@ from typing import TypeVar
 import structlog
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
-from services.llm.base import LLMError, approx_tokens
-from services.ports import EventLogPort
-from services.settings import Settings
+from services.adapters.llm.base import LLMError, approx_tokens
+from services.adapters.ports import EventLogPort
+from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 

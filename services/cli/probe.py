@@ -14,8 +14,8 @@ import asyncio
 
 from pymongo import AsyncMongoClient
 
-from services.bus import connect_nats
-from services.settings import Settings
+from services.adapters.event_log import connect_nats
+from services.runtime.settings import Settings
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, help=__doc__)  # --install-completion / --show-completion
 console = Console(stderr=True)
@@ -44,7 +44,7 @@ def run_async(coro) -> object:
 def _settings(*, llm: bool = False, **overrides: object) -> Settings:
     """The settings from the environment; a service that calls the LLM also refuses an LLM
     configuration that cannot work. Either failure exits 2 with the reason, before any start."""
-    from services.llm.factory import check_llm_config
+    from services.adapters.llm.factory import check_llm_config
 
     try:
         settings = Settings(**overrides)
@@ -57,8 +57,8 @@ def _settings(*, llm: bool = False, **overrides: object) -> Settings:
 
 
 def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], *, llm: bool) -> None:
-    from services.logs import configure_logging
-    from services.runtime import stop_event
+    from services.runtime.logs import configure_logging
+    from services.runtime.lifecycle import stop_event
 
     settings = _settings(llm=llm)
     configure_logging(name, settings.log_level)
@@ -78,7 +78,7 @@ def up(
     generators: int = typer.Option(1, min=1, help="How many generator processes to run."),
 ) -> None:
     """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
-    from services.up import run_up
+    from services.cli.up import run_up
 
     code = asyncio.run(run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
                               generators=generators))
@@ -94,7 +94,7 @@ def gateway(
     import uvicorn
 
     from services.gateway.app import create_app
-    from services.logs import configure_logging
+    from services.runtime.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(llm=True, **overrides)
@@ -126,8 +126,8 @@ def probe(
     timeout: float = typer.Option(5.0, help="Seconds allowed for each check."),
 ) -> None:
     """Health check: exit 0 when NATS JetStream and MongoDB answer from here, else 1 with the reason."""
-    from services.logs import configure_logging
-    from services.probe import problems
+    from services.runtime.logs import configure_logging
+    from services.cli.probe import problems
 
     configure_logging("probe", "error", stream=sys.stderr)  # the reasons below say it once
     found = asyncio.run(problems(_settings(), nats=nats, mongo=mongo, timeout=timeout))
@@ -142,8 +142,8 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """A job's full event history from the log, in order."""
-    from services.logs import configure_logging
-    from services.replay import show_job_history
+    from services.runtime.logs import configure_logging
+    from services.cli.replay import show_job_history
 
     configure_logging("replay", "warning", stream=sys.stderr)  # stdout is the history itself
     code = asyncio.run(show_job_history(Settings(), job_id, as_json=as_json))
@@ -166,7 +166,7 @@ def mock_llm(
     seed: int = typer.Option(None, help="Seed for reproducible faults."),
 ) -> None:
     """An OpenAI-compatible test LLM with latency and faults: point OPENAI_BASE_URL at it."""
-    from services.mock_llm import MockLLMConfig, run
+    from services.testing.mock_llm import MockLLMConfig, run
 
     run(MockLLMConfig(latency_ms=latency_ms, latency_jitter_ms=latency_jitter_ms, error_rate=error_rate,
                       rate_limit_rate=rate_limit_rate, rate_limit_retry_after_s=retry_after_s,
@@ -177,8 +177,8 @@ def mock_llm(
 @app.command()
 def rebuild() -> None:
     """Rebuild every read model from the event log into fresh collections and switch to them."""
-    from services.logs import configure_logging
-    from services.rebuild_command import main
+    from services.runtime.logs import configure_logging
+    from services.cli.rebuild import main
 
     configure_logging("rebuild", "warning", stream=sys.stderr)
     raise typer.Exit(main(Settings()))
@@ -189,7 +189,7 @@ def asyncapi(
     check: bool = typer.Option(False, "--check", help="Only say whether contracts/asyncapi.json is up to date."),
 ) -> None:
     """Write the event log's AsyncAPI 3 document (contracts/asyncapi.json) from the contracts."""
-    from services.asyncapi_command import COMMITTED, current, write
+    from services.cli.asyncapi import COMMITTED, current, write
 
     if check:
         fresh = COMMITTED.exists() and COMMITTED.read_text() == current()
@@ -206,7 +206,7 @@ def doctor(
     replicas, MongoDB, the LLM provider and its key, disk space; each failure with its fix."""
     from rich.table import Table
 
-    from services.doctor import diagnose
+    from services.cli.doctor import diagnose
 
     findings = asyncio.run(diagnose(Settings(), data_dir))
     table = Table(title="promptgen doctor")
@@ -228,8 +228,8 @@ def parked_list(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """Every parked event: who parked it, where it is in the log, and why."""
-    from services.logs import configure_logging
-    from services.parked_command import list_parked
+    from services.runtime.logs import configure_logging
+    from services.cli.parked import list_parked
 
     configure_logging("parked", "warning", stream=sys.stderr)
     raise typer.Exit(asyncio.run(list_parked(Settings(), consumer, as_json=as_json)))
@@ -242,12 +242,8 @@ def parked_reapply(
     seqs: list[int] = typer.Argument(None, help="Their sequences (default: all of that consumer's)."),
 ) -> None:
     """Ask the running consumer to apply its parked events again, once a fix is deployed."""
-    from services.logs import configure_logging
-    from services.parked_command import reapply_parked
+    from services.runtime.logs import configure_logging
+    from services.cli.parked import reapply_parked
 
     configure_logging("parked", "warning", stream=sys.stderr)
     raise typer.Exit(asyncio.run(reapply_parked(Settings(), consumer, seqs or None)))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
-from services.bus import EventLog
-from services.llm.base import Provider
-from services.llm.factory import build_provider
-from services.ports import EventLogPort, ReadModelsPort
-from services.settings import Settings
-from services.store import open_read_models
+from services.adapters.event_log import EventLog
+from services.adapters.llm.base import Provider
+from services.adapters.llm.factory import build_provider
+from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.runtime.settings import Settings
+from services.adapters.read_models import open_read_models
 
 
 async def event_log_for(settings: Settings, name: str, stack: AsyncExitStack,

@@ -7,9 +7,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from services.bus import EventLog
-from services.parking import NoConsumerRunning, ParkedEvents, request_reapply
-from services.settings import Settings
+from services.adapters.event_log import EventLog
+from services.adapters.parked import NoConsumerRunning, ParkedEvents, request_reapply
+from services.runtime.settings import Settings
 
 err = Console(stderr=True)
 

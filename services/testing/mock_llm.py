@@ -26,7 +26,7 @@ from typing import Any, Literal
 import h11
 from pydantic import BaseModel, Field
 
-from services.llm.base import approx_tokens
+from services.adapters.llm.base import approx_tokens
 
 Fault = Literal["ok", "rate_limit", "quota", "error", "timeout_408", "bad_request", "auth", "hang", "garbage", "drop"]
 

@@ -9,9 +9,9 @@ from nats.errors import NoRespondersError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from services.bus import EventLog
+from services.adapters.event_log import EventLog
 from services.projector.bootstrap import bootstrap
-from services.settings import Settings
+from services.runtime.settings import Settings
 
 console = Console(stderr=True)
 

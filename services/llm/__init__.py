@@ -1,1 +1,0 @@
-"""LLM providers behind one small interface (:class:`services.llm.base.Provider`)."""

@@ -29,8 +29,9 @@ test-service: install
 test-contract: install
 	$(BIN)/python -m pytest -m contract tests/contract
 
+# The tiers that start no process of their own: seconds to a few minutes.
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e and not browser"
+	$(BIN)/python -m pytest -m "unit or contract or service or integration"
 
 bench: install
 	$(BIN)/python -m bench.run

@@ -177,6 +177,18 @@ def slow_llm_url(llm_process) -> str:
     return llm_process(latency_ms=200)
 
 
+TIERS = ("unit", "contract", "service", "integration", "e2e", "crash", "browser", "bench", "deploy")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked with its folder's tier, so markers and folders cannot disagree."""
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        tier = Path(str(item.path)).resolve().relative_to(tests).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
+
+
 SCENARIO = """# Delivering difficult news to a patient's family
 A physician must tell a family that the treatment has not worked. The family is upset and
 asks hard questions.

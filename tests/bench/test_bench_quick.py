@@ -10,7 +10,7 @@ import pytest
 
 from bench.run import SCENARIOS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 
 def test_every_benchmark_scenario_runs_at_tiny_sizes(tmp_path):

@@ -19,7 +19,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 from tests.browser.conftest import screenshot
 from tests.sse_client import read_sse
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(120)]
+pytestmark = pytest.mark.timeout(120)
 
 DOCUMENT = """# Delivering difficult news
 A physician tells a family that the treatment has not worked.

@@ -20,7 +20,6 @@ from services.generator.dead_letters import advisory_subject, dead_letter_stream
 from services.generator.work import fan_out
 from tests.samples import TEMPLATE, job_requested
 
-pytestmark = pytest.mark.contract
 
 
 def template(template_id: str) -> TemplateCreated:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-import pytest
 from pymongo import ASCENDING
 
 from services.projector.job_manager import JOB_MANAGER
@@ -16,7 +15,6 @@ from services.adapters.read_models import ReadModels
 from tests.readmodels import snapshot
 from tests.samples import T0, every_event, job_requested
 
-pytestmark = pytest.mark.contract
 
 RETENTION = timedelta(days=7)
 

@@ -24,7 +24,7 @@ from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.readmodels import snapshot
 from tests.sse_client import SseMessage, read_sse
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = pytest.mark.timeout(90)
 
 PERSONAS = 50
 

@@ -9,7 +9,7 @@ from tests.crash.harness import Deployment
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+pytestmark = pytest.mark.timeout(90)
 
 
 async def _run(tmp_path, llm_url: str, document: str, personas: int, **env: str) -> Deployment:

@@ -28,7 +28,6 @@ from tests.deploy import stack as st
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 
 pytestmark = [
-    pytest.mark.deploy,
     pytest.mark.timeout(1800),
     pytest.mark.skipif(not os.environ.get("PROMPTGEN_DEPLOY_TEST"),
                        reason="builds images and runs deploy/compose.yaml with podman: `make test-deploy`"),

@@ -10,13 +10,11 @@ import sys
 import time
 
 import httpx
-import pytest
 
 from services.cli.embedded import free_port
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
 
-pytestmark = pytest.mark.e2e
 
 
 class Up:

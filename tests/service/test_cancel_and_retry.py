@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 
 from contracts import subjects
 from tests.conftest import SCENARIO
@@ -10,7 +9,6 @@ from tests.flows import create_personas, create_template, start_job
 from tests.sse_client import read_sse
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.service
 
 
 async def test_a_cancelled_job_ends_cancelled_with_its_unfinished_personas(gateway, provider, memory_log):

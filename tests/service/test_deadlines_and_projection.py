@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 
 from contracts import subjects
 from services.gateway.projection import ProjectionWaiter
@@ -18,7 +17,6 @@ from tests.samples import job_requested
 from tests.sse_client import read_sse
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.service
 
 
 async def test_a_job_past_its_deadline_expires_and_late_work_changes_nothing(start_system, clock, service_settings):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from structlog.testing import capture_logs
 
 from contracts import subjects
@@ -16,7 +15,6 @@ from services.generator.work import fan_out
 from tests.samples import job_requested
 from tests.waiting import eventually
 
-pytestmark = pytest.mark.service
 
 
 async def test_a_redelivered_item_whose_persona_already_ended_is_acked_without_a_call(

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test test-service test-contract test-fast bench bench-quick lock check-deploy test-deploy compose-up compose-down clean
+.PHONY: install run test lint test-service test-contract test-fast bench bench-quick lock check-deploy test-deploy compose-up compose-down clean
 
 install: $(STAMP)
 
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/promptgen up
 
-# Everything: the server-free tier (tests/service) is part of it.
-test: install
+# Everything: the static checks, then every tier (the server-free one, tests/service, included).
+test: install lint
 	$(BIN)/python -m pytest
+
+# ruff over the whole tree; mypy strict on the contracts and the pure cores (pyproject.toml).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # The services on the in-memory event log and read models: no server, seconds.
 test-service: install

@@ -22,9 +22,9 @@ from pymongo import AsyncMongoClient
 from sse_starlette import EventSourceResponse
 
 from contracts.domain import Persona
-from services.generator.prompt_generators import generate_for_mode
 from services.adapters.llm.offline import analyze_document, draft_persona
 from services.adapters.llm.openai_provider import OpenAIProvider
+from services.generator.prompt_generators import generate_for_mode
 from services.runtime.settings import Settings
 
 

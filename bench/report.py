@@ -14,13 +14,15 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
     rows = []
     r = results.get("latency_bound")
     if r and "error" not in r:
-        rows.append(("latency-bound", f"{r['wall_seconds']} s for {r['personas']} personas; limit {r['limit_seconds']} s",
+        rows.append(("latency-bound",
+                     f"{r['wall_seconds']} s for {r['personas']} personas; limit {r['limit_seconds']} s",
                      f"time/limit {r['time_over_limit']}; {r['speedup_over_inprocess']}x the in-process design",
                      "<= 1.15; >= 5x"))
     r = results.get("overhead_bound")
     if r and "error" not in r:
         rows.append(("overhead-bound", f"{r['personas_per_second']} personas/s",
-                     f"{r['fraction_of_raw_limit']:.0%} of raw JetStream + MongoDB ({r['raw']['personas_per_second_limit']}/s)",
+                     f"{r['fraction_of_raw_limit']:.0%} of raw JetStream + MongoDB "
+                     f"({r['raw']['personas_per_second_limit']}/s)",
                      ">= 30%"))
     r = results.get("sse_fanout")
     if r and "error" not in r:
@@ -79,7 +81,8 @@ def _chart(results: dict[str, dict], path: Path) -> None:
     axes[0].set(title="Cost per persona by job size", xlabel="personas in the job", ylabel="ms per persona")
     fanout = results.get("sse_fanout", {})
     if "sse_samples_ms" in fanout:
-        axes[1].hist([fanout["sse_samples_ms"], fanout["nats_samples_ms"]], bins=40, label=["SSE client", "NATS subscriber"])
+        axes[1].hist([fanout["sse_samples_ms"], fanout["nats_samples_ms"]], bins=40,
+                     label=["SSE client", "NATS subscriber"])
         axes[1].legend()
     axes[1].set(title="Delivery latency", xlabel="ms from event to receipt", ylabel="messages")
     fig.tight_layout()

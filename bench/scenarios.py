@@ -140,9 +140,9 @@ async def _synthetic_log(settings, jobs: int, per_job: int) -> None:
     from contracts.domain import JobPersona, Persona, TokenUsage
     from contracts.events import JobCompleted, JobRequested, PersonaCompleted, PersonaCreated, PersonaProgress
     from services.adapters.event_log import EventLog
-    from services.generator.work import fan_out
-    from services.adapters.llm.offline import analyze_document, compose_system_prompt, draft_persona
     from services.adapters.llm.base import PromptBrief
+    from services.adapters.llm.offline import analyze_document, compose_system_prompt, draft_persona
+    from services.generator.work import fan_out
     from services.projector.process_manager import results_from_job
 
     log = await EventLog.connect(settings, "bench-synthetic")

@@ -16,12 +16,12 @@ import pytest_asyncio
 import uvicorn
 
 from services.adapters.event_log import EventLog
+from services.adapters.read_models import ReadModels, mongo_client
 from services.cli.embedded import free_port
 from services.gateway.app import create_app
 from services.generator.main import run_generator
 from services.projector.main import run_projector
 from services.runtime.settings import Settings
-from services.adapters.read_models import ReadModels, mongo_client
 from services.testing.mock_llm import MockLLM, MockLLMConfig
 from tests.servers import NatsServer, mongo_url, stop, wait_port
 

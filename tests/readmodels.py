@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from services.projector.projections import READ_MODELS
 from services.adapters.read_models import ReadModels
+from services.projector.projections import READ_MODELS
 
 
 async def snapshot(models: ReadModels) -> dict[str, list[dict]]:

@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 import nats
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionClosedError, NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from tenacity import (
@@ -376,7 +377,7 @@ class EventLog:
             while len(msgs) < wanted:
                 try:
                     msgs += await sub.fetch(batch=wanted - len(msgs), timeout=5)
-                except (NatsTimeout, asyncio.TimeoutError):
+                except (TimeoutError, NatsTimeout):
                     break  # aged out or purged while we read: what we have is the page
         finally:
             await self._close(sub)

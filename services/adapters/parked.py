@@ -25,8 +25,8 @@ from nats.js.errors import NotFoundError
 
 from contracts.api import ParkedEvent, ReapplyResult
 from services.adapters.event_log import StoredEvent
-from services.runtime.failures import brief
 from services.adapters.ports import EventLogPort
+from services.runtime.failures import brief
 
 log = structlog.get_logger()
 

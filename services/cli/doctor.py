@@ -67,7 +67,8 @@ async def _replicas(js, nc, settings: Settings) -> Finding:
         ok = servers >= wanted
         return Finding("replicas", ok, f"stream {settings.stream} not created yet; {servers} server(s) known, "
                        f"PROMPTGEN_STREAM_REPLICAS={wanted}",
-                       "" if ok else f"run a NATS cluster of at least {wanted} nodes, or lower PROMPTGEN_STREAM_REPLICAS")
+                       "" if ok else f"run a NATS cluster of at least {wanted} nodes, "
+                                     "or lower PROMPTGEN_STREAM_REPLICAS")
     have = stream.config.num_replicas or 1
     cluster = stream.cluster
     peers = 1 + len(cluster.replicas or []) if cluster else 1
@@ -114,9 +115,13 @@ async def check_llm(settings: Settings, data_dir: Path) -> list[Finding]:
         await provider.aclose()
 
 
-async def check_disk(settings: Settings, data_dir: Path) -> list[Finding]:
+def _free_bytes(data_dir: Path) -> tuple[Path, int]:
     where = data_dir if data_dir.exists() else Path.cwd()
-    free = shutil.disk_usage(where).free
+    return where, shutil.disk_usage(where).free
+
+
+async def check_disk(settings: Settings, data_dir: Path) -> list[Finding]:
+    where, free = _free_bytes(data_dir)
     ok = free >= MIN_FREE_BYTES
     return [Finding("disk", ok, f"{free / (1 << 30):.1f} GiB free at {where.resolve()}",
                     "" if ok else "free space, or move the data (promptgen up --data-dir)")]

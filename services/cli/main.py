@@ -57,8 +57,8 @@ def _settings(*, llm: bool = False, **overrides: object) -> Settings:
 
 
 def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], *, llm: bool) -> None:
-    from services.runtime.logs import configure_logging
     from services.runtime.lifecycle import stop_event
+    from services.runtime.logs import configure_logging
 
     settings = _settings(llm=llm)
     configure_logging(name, settings.log_level)
@@ -80,6 +80,8 @@ def up(
     """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
     from services.cli.up import run_up
 
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
     code = asyncio.run(run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
                               generators=generators))
     raise typer.Exit(code)
@@ -126,8 +128,8 @@ def probe(
     timeout: float = typer.Option(5.0, help="Seconds allowed for each check."),
 ) -> None:
     """Health check: exit 0 when NATS JetStream and MongoDB answer from here, else 1 with the reason."""
-    from services.runtime.logs import configure_logging
     from services.cli.probe import problems
+    from services.runtime.logs import configure_logging
 
     configure_logging("probe", "error", stream=sys.stderr)  # the reasons below say it once
     found = asyncio.run(problems(_settings(), nats=nats, mongo=mongo, timeout=timeout))
@@ -142,8 +144,8 @@ def replay(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """A job's full event history from the log, in order."""
-    from services.runtime.logs import configure_logging
     from services.cli.replay import show_job_history
+    from services.runtime.logs import configure_logging
 
     configure_logging("replay", "warning", stream=sys.stderr)  # stdout is the history itself
     code = asyncio.run(show_job_history(Settings(), job_id, as_json=as_json))
@@ -177,8 +179,8 @@ def mock_llm(
 @app.command()
 def rebuild() -> None:
     """Rebuild every read model from the event log into fresh collections and switch to them."""
-    from services.runtime.logs import configure_logging
     from services.cli.rebuild import main
+    from services.runtime.logs import configure_logging
 
     configure_logging("rebuild", "warning", stream=sys.stderr)
     raise typer.Exit(main(Settings()))
@@ -228,8 +230,8 @@ def parked_list(
     as_json: bool = typer.Option(False, "--json", help="One JSON object per line instead of a table."),
 ) -> None:
     """Every parked event: who parked it, where it is in the log, and why."""
-    from services.runtime.logs import configure_logging
     from services.cli.parked import list_parked
+    from services.runtime.logs import configure_logging
 
     configure_logging("parked", "warning", stream=sys.stderr)
     raise typer.Exit(asyncio.run(list_parked(Settings(), consumer, as_json=as_json)))
@@ -242,8 +244,8 @@ def parked_reapply(
     seqs: list[int] = typer.Argument(None, help="Their sequences (default: all of that consumer's)."),
 ) -> None:
     """Ask the running consumer to apply its parked events again, once a fix is deployed."""
-    from services.runtime.logs import configure_logging
     from services.cli.parked import reapply_parked
+    from services.runtime.logs import configure_logging
 
     configure_logging("parked", "warning", stream=sys.stderr)
     raise typer.Exit(asyncio.run(reapply_parked(Settings(), consumer, seqs or None)))

@@ -31,7 +31,8 @@ async def list_parked(settings: Settings, consumer: str | None, *, as_json: bool
     for col in ("consumer", "seq", "subject", "kind", "error", "parked at"):
         table.add_column(col, overflow="fold")
     for r in records:
-        table.add_row(r.consumer, str(r.seq), r.subject, r.error_kind, r.error, r.parked_at.strftime("%Y-%m-%d %H:%M:%S"))
+        when = r.parked_at.strftime("%Y-%m-%d %H:%M:%S")
+        table.add_row(r.consumer, str(r.seq), r.subject, r.error_kind, r.error, when)
     Console().print(table)
     return 0
 
@@ -41,7 +42,8 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
     try:
         result = await request_reapply(event_log, consumer, seqs)
     except NoConsumerRunning as exc:
-        err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {consumer.split('-')[0]}`), then try again")
+        service = consumer.split("-")[0]
+        err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {service}`), then try again")
         return 1
     finally:
         await event_log.close()

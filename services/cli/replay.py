@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts import subjects
-from services.gateway.history import job_history
 from services.adapters.event_log import EventLog
+from services.gateway.history import job_history
 from services.runtime.settings import Settings
 
 

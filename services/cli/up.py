@@ -9,8 +9,8 @@ from pathlib import Path
 from rich.console import Console
 
 from services import embedded
-from services.runtime.lifecycle import stop_event
 from services.cli.supervisor import Child, Supervisor, child_env, http_ready, tcp_ready
+from services.runtime.lifecycle import stop_event
 
 console = Console()
 
@@ -20,8 +20,7 @@ def _service(name: str) -> list[str]:
 
 
 async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int) -> int:
-    data_dir = data_dir.resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """``data_dir``: absolute, and it exists."""
     stop = stop_event()
     sup = Supervisor()
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}

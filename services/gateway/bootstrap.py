@@ -10,13 +10,13 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from services.gateway.capacity import Capacities
-from services.gateway.feeds import JobFeeds
-from services.gateway.projection import ProjectionWaiter
 from services.adapters.llm.base import Provider
 from services.adapters.llm.limits import SharedLimiter, open_limiter
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.gateway.capacity import Capacities
+from services.gateway.feeds import JobFeeds
+from services.gateway.projection import ProjectionWaiter
 from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, models_for, provider_for

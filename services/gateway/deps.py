@@ -11,13 +11,13 @@ from typing import Annotated, Any
 from fastapi import Depends, Path, Query, Request
 
 from contracts.subjects import TOKEN_PATTERN
-from services.gateway.capacity import Capacities
-from services.gateway.feeds import JobFeeds
-from services.gateway.projection import ProjectionWaiter
 from services.adapters.llm.base import Provider
 from services.adapters.llm.limits import SharedLimiter
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.gateway.capacity import Capacities
+from services.gateway.feeds import JobFeeds
+from services.gateway.projection import ProjectionWaiter
 from services.runtime.lifecycle import Clock
 from services.runtime.settings import Settings
 

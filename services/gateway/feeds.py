@@ -99,7 +99,7 @@ class JobFeeds:
         while True:
             try:
                 await self._dispatch()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("job_feed_died", position=self._position)
                 await asyncio.sleep(1)
             log.warning("job_feed_restarted", position=self._position)
@@ -110,7 +110,7 @@ class JobFeeds:
                 for stored in batch:
                     try:
                         await self._deliver(stored)
-                    except Exception:  # noqa: BLE001 - one message never stops every job's live streams
+                    except Exception:
                         log.exception("job_feed_message_failed", subject=stored.subject, seq=stored.seq)
                     self._position = max(self._position, stored.seq)
 
@@ -186,7 +186,7 @@ class JobFeeds:
                 if channel.broken:
                     return
                 async with channel.changed:
-                    await channel.changed.wait_for(lambda: cursor < len(channel.events) or channel.broken)
+                    await channel.changed.wait_for(lambda seen=cursor: seen < len(channel.events) or channel.broken)
         finally:
             channel.watchers -= 1
             if channel.watchers == 0 and self.channels.get(job_id) is channel:

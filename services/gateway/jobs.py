@@ -11,8 +11,8 @@ from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
 from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage
 from contracts.events import JobFinished, JobRequested
 from services.adapters.event_log import StoredEvent
-from services.gateway.errors import ApiError, listed, not_found
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.gateway.errors import ApiError, listed, not_found
 from services.runtime.lifecycle import Clock
 from services.runtime.settings import Settings
 

@@ -13,6 +13,7 @@ from services.gateway.capacity import Slot
 from services.gateway.feeds import JobFeeds
 from services.gateway.sse_messages import Position, encode, unseen
 
+
 async def stream_job_events(
     feeds: JobFeeds,
     job_id: str,

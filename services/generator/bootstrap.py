@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from services.generator.consumers import DISPATCHER, WORKERS, WorkerPool, reapply_dispatch, run_dispatcher
-from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, reapply_advisory, run_dead_letters
 from services.adapters.llm.base import Provider
 from services.adapters.llm.limits import open_limiter
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
+from services.generator.consumers import DISPATCHER, WORKERS, WorkerPool, reapply_dispatch, run_dispatcher
+from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, reapply_advisory, run_dead_letters
 from services.runtime.lifecycle import Clock, announce_ready, utc_now
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, provider_for

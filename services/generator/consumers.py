@@ -25,12 +25,12 @@ from contracts.events import (
     caused_by,
 )
 from services.adapters.event_log import StoredEvent, pulled, stored_message
-from services.runtime.failures import brief, kind_of
+from services.adapters.llm.base import LLMError, Provider
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
-from services.runtime.lifecycle import Clock, utc_now
 from services.generator.work import failed, fan_out, generate_persona_prompt
-from services.adapters.llm.base import LLMError, Provider
+from services.runtime.failures import brief, kind_of
+from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()

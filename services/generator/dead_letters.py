@@ -19,11 +19,11 @@ from nats.js import api
 from contracts.api import ParkedEvent
 from contracts.events import PersonaPromptRequested
 from services.adapters.event_log import StoredEvent, pulled
-from services.runtime.failures import brief, kind_of
-from services.generator.work import failed
 from services.adapters.llm.base import LLMError
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
+from services.generator.work import failed
+from services.runtime.failures import brief, kind_of
 
 log = structlog.get_logger()
 

@@ -9,6 +9,7 @@ from typing import Protocol
 
 import structlog
 
+from contracts.domain import generation_mode
 from contracts.events import (
     JobRequested,
     PersonaCompleted,
@@ -16,10 +17,9 @@ from contracts.events import (
     PersonaPromptRequested,
     caused_by,
 )
-from contracts.domain import generation_mode
-from services.generator.prompt_generators import generate_for_mode
 from services.adapters.llm.base import LLMError, Provider
 from services.adapters.llm.limits import estimated_tokens
+from services.generator.prompt_generators import generate_for_mode
 
 log = structlog.get_logger()
 

@@ -21,13 +21,13 @@ from contracts import subjects
 from contracts.api import ParkedEvent
 from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
-from services.runtime.failures import Unstorable, durably
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
-from services.runtime.lifecycle import keep_going
+from services.adapters.read_models import ReadModels
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
-from services.adapters.read_models import ReadModels
+from services.runtime.failures import Unstorable, durably
+from services.runtime.lifecycle import keep_going
 
 log = structlog.get_logger()
 

@@ -32,12 +32,12 @@ from contracts.events import (
     PersonaFailed,
 )
 from services.adapters.event_log import StoredEvent
-from services.runtime.failures import Unstorable, durably
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import JOB_PERSONAS, JOBS, project
+from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
 
 log = structlog.get_logger()
@@ -173,7 +173,7 @@ class JobManager:
             return
         try:
             end = decide_job_end(*history, now)
-        except Exception as exc:  # noqa: BLE001 - a job the decision cannot read: parked
+        except Exception as exc:
             raise Unstorable(exc) from exc
         if end is None:
             return

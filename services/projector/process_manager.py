@@ -25,7 +25,6 @@ from contracts.domain import (
 from contracts.events import JobCancelled, JobCompleted, JobExpired, JobFinished
 
 
-
 def results_from_job(
     job: dict[str, Any], personas: list[dict[str, Any]], *, unfinished: dict[str, Any] | None = None
 ) -> JobResults:

@@ -27,6 +27,7 @@ from contracts.events import (
     TemplateCreated,
 )
 
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """An idempotent change of one document (``many``: of every document ``filter`` matches),

@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from datetime import timedelta
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 
 import structlog
 
@@ -20,11 +20,10 @@ from contracts import subjects
 from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort
-from services.runtime.failures import Unstorable, durably
-from services.projector.memory_fold import MemoryFold
-from services.projector.projections import writes_for
-from services.projector.projections import READ_MODELS
 from services.adapters.read_models import STATE, ReadModels
+from services.projector.memory_fold import MemoryFold
+from services.projector.projections import READ_MODELS, writes_for
+from services.runtime.failures import Unstorable, durably
 
 log = structlog.get_logger()
 

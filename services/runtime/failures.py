@@ -127,6 +127,6 @@ async def durably(call: Callable[[], Awaitable[T]], *, what: str, max_wait: floa
                 return await call()
     except asyncio.CancelledError:
         raise
-    except Exception as exc:  # noqa: BLE001 - sorted: permanent (or given up on) becomes Unstorable
+    except Exception as exc:
         raise Unstorable(exc) from exc
     raise AssertionError("unreachable")

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import structlog
 
-
 Clock = Callable[[], datetime]
 
 

@@ -13,8 +13,8 @@ from services.adapters.event_log import EventLog
 from services.adapters.llm.base import Provider
 from services.adapters.llm.factory import build_provider
 from services.adapters.ports import EventLogPort, ReadModelsPort
-from services.runtime.settings import Settings
 from services.adapters.read_models import open_read_models
+from services.runtime.settings import Settings
 
 
 async def event_log_for(settings: Settings, name: str, stack: AsyncExitStack,

@@ -134,14 +134,17 @@ def browser(chromium, tmp_path):
     yield driver
     # a script error in the page fails the test that caused it
     errors = [e["message"] for e in driver.get_log("browser")
-              if e["level"] == "SEVERE" and not any(s in e["message"] for s in ("Failed to load resource", "net::ERR_"))]
+              if e["level"] == "SEVERE"
+              and not any(s in e["message"] for s in ("Failed to load resource", "net::ERR_"))]
     driver.quit()
     assert not errors, f"JavaScript errors in the page: {errors}"
 
 
 def screenshot(driver, name: str) -> None:
     """Saved under docs/screenshots with PROMPTGEN_UPDATE_SCREENSHOTS=1 (for the README), else to a temp dir."""
-    folder = SCREENSHOTS if os.environ.get("PROMPTGEN_UPDATE_SCREENSHOTS") else Path(tempfile.gettempdir()) / "promptgen-screenshots"
+    temporary = Path(tempfile.gettempdir()) / "promptgen-screenshots"
+    folder = SCREENSHOTS if os.environ.get("PROMPTGEN_UPDATE_SCREENSHOTS") else temporary
     folder.mkdir(parents=True, exist_ok=True)
-    driver.execute_script("const t = document.getElementById('toast'); if (t) { t.style.transition = 'none'; t.className = ''; }")
+    driver.execute_script(
+        "const t = document.getElementById('toast'); if (t) { t.style.transition = 'none'; t.className = ''; }")
     driver.save_screenshot(str(folder / f"{name}.png"))

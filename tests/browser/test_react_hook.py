@@ -28,7 +28,8 @@ import { usePromptGeneration } from "/static/js/use-prompt-generation.js";
 import { createClient } from "/static/js/promptgen-client.js";
 
 const client = createClient();
-const template = await client.analyzeScenario("# Renewal\\nA rep renews a contract.\\n\\n## Roles\\n- Rep: learner\\n- Buyer - skeptical");
+const template = await client.analyzeScenario(
+  "# Renewal\\nA rep renews a contract.\\n\\n## Roles\\n- Rep: learner\\n- Buyer - skeptical");
 const { personas } = await client.generatePersonas(template.template_id, "assess_mode_character", 3);
 const modes = Object.fromEntries(personas.map((p, i) => [p.id, ["learn_mode", "try_mode", "assess_mode"][i]]));
 const h = React.createElement;

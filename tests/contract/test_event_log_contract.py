@@ -21,7 +21,6 @@ from services.generator.work import fan_out
 from tests.samples import TEMPLATE, job_requested
 
 
-
 def template(template_id: str) -> TemplateCreated:
     return TemplateCreated(template_id=template_id, scenario_document="doc", template_data=TEMPLATE)
 

@@ -8,13 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING
 
+from services.adapters.read_models import ReadModels
 from services.projector.job_manager import JOB_MANAGER
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import switch_to
-from services.adapters.read_models import ReadModels
 from tests.readmodels import snapshot
 from tests.samples import T0, every_event, job_requested
-
 
 RETENTION = timedelta(days=7)
 

@@ -16,9 +16,9 @@ import pytest
 
 from contracts import subjects
 from services.adapters.event_log import EventLog
+from services.adapters.read_models import ReadModels, mongo_client
 from services.projector.rebuild import rebuild_into
 from services.runtime.settings import Settings
-from services.adapters.read_models import ReadModels, mongo_client
 from tests.crash.harness import Deployment
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.readmodels import snapshot

@@ -30,10 +30,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.adapters.event_log import EventLog
+from services.adapters.read_models import ReadModels, mongo_client
 from services.gateway.app import create_app
 from services.gateway.projection import ProjectionWaiter
 from services.runtime.settings import Settings
-from services.adapters.read_models import ReadModels, mongo_client
 from tests.conftest import SCENARIO, InProcessSystem
 from tests.servers import NatsServer
 

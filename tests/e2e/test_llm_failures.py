@@ -10,8 +10,8 @@ import json
 import time
 
 import httpx
-from pydantic import SecretStr
 import pytest
+from pydantic import SecretStr
 
 from services.testing.mock_llm import MockLLMConfig
 from tests.conftest import InProcessSystem

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,7 +15,6 @@ import httpx
 from services.cli.embedded import free_port
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
-
 
 
 class Up:
@@ -96,7 +96,8 @@ async def test_up_runs_the_flow_stops_cleanly_and_keeps_data(tmp_path, scenario_
             assert r.status_code == 200 and r.json()["status"] == "completed"
             persona = (await client.get(f"/scenario/personas/{personas[0]['id']}")).json()
             assert persona["system_prompt"]
-            replay = subprocess.run(
+            replay = await asyncio.to_thread(
+                subprocess.run,
                 [sys.executable, "-m", "services.cli", "replay", job["job_id"], "--json"],
                 capture_output=True, text=True, timeout=60,
                 env=again.env | {"NATS_URL": f"nats://127.0.0.1:{again.nats_port}"},

@@ -9,11 +9,12 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from contracts import subjects
 from services.adapters.event_log import EventLog
-from services.generator.consumers import WORKERS
 from services.adapters.parked import ParkedEvents
+from services.generator.consumers import WORKERS
 from services.generator.dead_letters import dead_letter_stream, keep_dead_letters, run_dead_letters
 from services.generator.work import fan_out
 from tests.samples import job_requested
+from tests.waiting import eventually
 
 
 async def _exhaust_deliveries(event_log: EventLog, job_id: str, *, until_failed: bool) -> int:
@@ -36,9 +37,8 @@ async def _exhaust_deliveries(event_log: EventLog, job_id: str, *, until_failed:
 
 
 async def _failed(event_log: EventLog, job_id: str, timeout: float = 10):
-    async with asyncio.timeout(timeout):
-        while (found := await event_log.last(subjects.job_persona(job_id, "p1", "failed"))) is None:
-            await asyncio.sleep(0.05)
+    found = await eventually(lambda: event_log.last(subjects.job_persona(job_id, "p1", "failed")), timeout=timeout,
+                             what=f"a persona.failed for {job_id}")
     return found.event
 
 
@@ -65,9 +65,10 @@ async def test_an_advisory_emitted_while_no_generator_runs_waits_for_the_next(ev
     watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, ParkedEvents(event_log)))
     try:
         failed = await _failed(event_log, "jlate")
-        async with asyncio.timeout(10):  # a handled advisory leaves the dead-letter stream once acked
-            while (await event_log.js.stream_info(dead_letter_stream(event_log))).state.messages:
-                await asyncio.sleep(0.05)
+        async def advisories_left() -> bool:  # a handled advisory leaves the dead-letter stream once acked
+            return not (await event_log.js.stream_info(dead_letter_stream(event_log))).state.messages
+
+        await eventually(advisories_left, timeout=10, what="the dead-letter stream emptying")
     finally:
         stop.set()
         await watcher

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import httpx
-
 from nats.js.errors import NotFoundError
 
 from contracts import subjects

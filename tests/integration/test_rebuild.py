@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from services.projector.rebuild import rebuild_into
-from services.cli.rebuild import run_rebuild
 from services.adapters.read_models import ReadModels
+from services.cli.rebuild import run_rebuild
+from services.projector.rebuild import rebuild_into
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.readmodels import snapshot
 from tests.sse_client import read_sse
@@ -94,8 +94,8 @@ async def test_rebuild_progress_goes_only_to_the_requests_own_inbox(system, even
     import asyncio
     import json
 
-    from services.projector.rebuild import CONTROL_SUBJECT
     from services.cli.rebuild import _remote
+    from services.projector.rebuild import CONTROL_SUBJECT
 
     nc = event_log.nc
     before = await event_log.last_seq()

@@ -9,7 +9,6 @@ import pytest
 
 from services.adapters.llm.limits import SharedLimiter
 
-
 NOW = time.time()
 
 

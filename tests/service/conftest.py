@@ -13,12 +13,12 @@ import pytest
 import pytest_asyncio
 from asgi_lifespan import LifespanManager
 
+from services.adapters.read_models import ReadModels
 from services.gateway.app import create_app
 from services.generator.bootstrap import bootstrap as generator_bootstrap
 from services.projector.bootstrap import bootstrap as projector_bootstrap
 from services.runtime.settings import Settings
 from services.testing import ManualClock, MemoryEventLog, memory_read_models
-from services.adapters.read_models import ReadModels
 from tests.service.providers import ScriptedProvider
 
 SERVER_FIXTURES = {"nats_server", "mongo_server_url", "settings", "event_log", "models", "system", "client"}

@@ -33,7 +33,9 @@ class ScriptedProvider:
     async def analyze_scenario(self, document: str) -> TemplateData:
         return await self._offline.analyze_scenario(document)
 
-    async def generate_personas(self, template: TemplateData, persona_type: str, seeds: list[str]) -> list[PersonaDraft]:
+    async def generate_personas(
+        self, template: TemplateData, persona_type: str, seeds: list[str]
+    ) -> list[PersonaDraft]:
         return await self._offline.generate_personas(template, persona_type, seeds)
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-
 from contracts import subjects
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, start_job
 from tests.sse_client import read_sse
 from tests.waiting import eventually
-
 
 
 async def test_a_cancelled_job_ends_cancelled_with_its_unfinished_personas(gateway, provider, memory_log):

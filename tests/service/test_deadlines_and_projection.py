@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
-
 from contracts import subjects
-from services.gateway.projection import ProjectionWaiter
 from services.adapters.parked import ParkedEvents
+from services.gateway.projection import ProjectionWaiter
 from services.projector.fold import Fold
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, cycle_modes, start_job
@@ -16,7 +15,6 @@ from tests.readmodels import snapshot
 from tests.samples import job_requested
 from tests.sse_client import read_sse
 from tests.waiting import eventually
-
 
 
 async def test_a_job_past_its_deadline_expires_and_late_work_changes_nothing(start_system, clock, service_settings):

@@ -3,12 +3,10 @@ in-memory event log and read models."""
 
 from __future__ import annotations
 
-
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
 from tests.waiting import eventually
-
 
 
 async def test_template_personas_job_and_sse_to_results(gateway, memory_models):

@@ -16,7 +16,6 @@ from tests.samples import job_requested
 from tests.waiting import eventually
 
 
-
 async def test_a_redelivered_item_whose_persona_already_ended_is_acked_without_a_call(
     start_system, service_settings, memory_log, provider, clock,
 ):

@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 from bson.errors import InvalidDocument
-from nats.errors import MaxPayloadError, TimeoutError as NatsTimeout
+from nats.errors import MaxPayloadError
+from nats.errors import TimeoutError as NatsTimeout
 from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from contracts.domain import TokenUsage
-from services.generator.prompt_generators import generate_for_mode
-from services.generator.work import fan_out, generate_persona_prompt
 from services.adapters.llm.base import GeneratedText, LLMError
 from services.adapters.llm.offline import OfflineProvider, analyze_document
+from services.generator.prompt_generators import generate_for_mode
+from services.generator.work import fan_out, generate_persona_prompt
 from tests.samples import TEMPLATE, every_event, job_requested, persona
 
 

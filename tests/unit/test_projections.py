@@ -15,14 +15,14 @@ def _ops(event, seq=7):
 
 def test_creations_are_idempotent_upserts():
     for event in every_event()[:4]:
-        for coll, flt, doc, upsert in _ops(event):
+        for _coll, _flt, doc, upsert in _ops(event):
             assert upsert is True and set(doc) == {"$setOnInsert"}
             assert doc["$setOnInsert"]["_seq"] == 7
 
 
 def test_updates_apply_only_to_older_documents():
     for event in every_event()[5:]:
-        for coll, flt, doc, upsert in _ops(event, seq=42):
+        for _coll, flt, doc, upsert in _ops(event, seq=42):
             assert flt["_seq"] == {"$lt": 42}, event.type
             assert doc["$set"]["_seq"] == 42
             assert not upsert

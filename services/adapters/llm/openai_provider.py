@@ -93,7 +93,7 @@ class OpenAIProvider:
             resp = await self.client.chat.completions.create(
                 model=self.model, messages=msgs, temperature=self.temperature, **kwargs
             )
-        except Exception as exc:  # noqa: BLE001 - every failure is classified, none swallowed
+        except Exception as exc:
             raise classify(exc) from exc
         text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
         if not text:
@@ -133,7 +133,7 @@ class OpenAIProvider:
         """List the models: a cheap call that proves the server answers and takes the key."""
         try:
             await self.client.models.list()
-        except Exception as exc:  # noqa: BLE001 - every failure is classified
+        except Exception as exc:
             raise classify(exc) from exc
 
     async def aclose(self) -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from contracts.api import ParkedEventList, ReapplyRequest, ReapplyResult
+from services.adapters.parked import NoConsumerRunning, request_reapply
 from services.gateway.deps import ParkedDep
 from services.gateway.errors import ApiError, responses
 from services.gateway.json_body import JSONBodyRoute
-from services.adapters.parked import NoConsumerRunning, request_reapply
 
 router = APIRouter(prefix="/admin", tags=["operations"], route_class=JSONBodyRoute)
 

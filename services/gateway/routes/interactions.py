@@ -10,10 +10,10 @@ from fastapi import APIRouter
 from contracts import subjects
 from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
+from services.adapters.ports import ReadModelsPort
 from services.gateway.deps import EventLogDep, InteractionIdPath, ModelsDep, WaiterDep
 from services.gateway.errors import not_found, responses
 from services.gateway.json_body import JSONBodyRoute
-from services.adapters.ports import ReadModelsPort
 
 router = APIRouter(prefix="/avatar-interactions", tags=["avatar interactions"], route_class=JSONBodyRoute)
 
@@ -48,7 +48,8 @@ async def create_interaction(
 
 @router.get("/{interaction_id}", response_model=AvatarInteractionView, responses=responses(404, 422))
 async def get_interaction(interaction_id: InteractionIdPath, models: ModelsDep) -> AvatarInteractionView:
-    doc = await models.interactions.find_one({"_id": interaction_id}) if subjects.is_valid_token(interaction_id) else None
+    valid = subjects.is_valid_token(interaction_id)
+    doc = await models.interactions.find_one({"_id": interaction_id}) if valid else None
     if doc is None:
         raise not_found("avatar_interaction", interaction_id)
     return await _view(doc, models)

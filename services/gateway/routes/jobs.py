@@ -16,7 +16,6 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
-from services.gateway.history import job_history_page
 from services.gateway.deps import (
     CapacityDep,
     ClockDep,
@@ -28,6 +27,7 @@ from services.gateway.deps import (
     WaiterDep,
 )
 from services.gateway.errors import ApiError, not_found, responses
+from services.gateway.history import job_history_page
 from services.gateway.jobs import (
     build_job,
     failed_personas,
@@ -167,7 +167,8 @@ async def cancel_job(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDe
     await _requested_seq(event_log, job_id)
     end = await finished_event(event_log, job_id)
     if end is not None:
-        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({getattr(end.event, 'status', 'ended')}); nothing to cancel",
+        status = getattr(end.event, "status", "ended")
+        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({status}); nothing to cancel",
                        ids=[job_id])
     await waiter.wait_for(await event_log.publish(JobCancelRequested(job_id=job_id, correlation_id=job_id)))
     log.info("job_cancel_requested", job_id=job_id)

@@ -21,6 +21,8 @@ from contracts.api import (
 )
 from contracts.domain import Persona, TemplateData
 from contracts.events import PersonaCreated, TemplateCreated
+from services.adapters.llm.base import LLMError
+from services.adapters.llm.limits import estimated_tokens, limited
 from services.gateway.deps import (
     EventLogDep,
     LimiterDep,
@@ -35,8 +37,6 @@ from services.gateway.deps import (
 from services.gateway.errors import ApiError, not_found, responses
 from services.gateway.jobs import load_template
 from services.gateway.json_body import JSONBodyRoute
-from services.adapters.llm.base import LLMError
-from services.adapters.llm.limits import estimated_tokens, limited
 from services.runtime.settings import Settings
 
 router = APIRouter(prefix="/scenario", tags=["templates and personas"], route_class=JSONBodyRoute)

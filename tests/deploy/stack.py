@@ -280,6 +280,16 @@ class Stack:
         c = self.containers()[service]
         return int(run("podman", "inspect", "--format", "{{.RestartCount}}", c["Id"]).stdout.strip())
 
+    def wait_restarted(self, service: str, timeout: float = 60) -> float:
+        """Seconds until the restart policy has the service running again."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            c = self.containers().get(service, {})
+            if c.get("State") == "running" and self.restarts(service) >= 1:
+                return time.monotonic() - start
+            time.sleep(0.2)
+        raise AssertionError(f"{service} was not restarted by its restart policy within {timeout:.0f}s")
+
     def crash(self, service: str) -> None:
         """SIGKILL the service's main process from outside, as a crash: not `podman kill`,
         which podman counts as an operator's stop, so the restart policy is exercised too."""

@@ -156,8 +156,14 @@ async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_gener
             killed["nats"] = _stream_leader(s)
             killed["generator"] = "generator-1"
             killed["gateway"] = sse.served_by[-1]  # the one holding this very connection
-            for service in (killed["nats"], killed["generator"], killed["gateway"]):
-                s.crash(service)
+            # The NATS node first, back before the others die: podman-compose makes each
+            # depends_on a hard podman dependency (--requires), and podman does not restart a
+            # container that died together with one it requires (seen once in 11 runs here, and
+            # 3 times in 5 with two bare containers). JetStream elects the new leader meanwhile.
+            s.crash(killed["nats"])
+            st.log(f"{killed['nats']} back after {s.wait_restarted(killed['nats'], timeout=30):.1f}s")
+            s.crash(killed["generator"])
+            s.crash(killed["gateway"])
 
         sse = SseClient(s.url, job["sse_endpoint"])
         await sse.follow(client, on_message=break_things)
@@ -194,6 +200,6 @@ async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_gener
 
     # what was killed came back by its restart policy, and is healthy again
     for service in killed.values():
-        assert s.restarts(service) >= 1, f"{service} was not restarted"
+        s.wait_restarted(service)
     s.wait_healthy(timeout=180)
     assert _stream_leader(s) in {"nats-1", "nats-2", "nats-3"}

@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from contracts import subjects
 from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
 from services.adapters.ports import ReadModelsPort
@@ -37,8 +36,7 @@ async def create_interaction(
     body: AvatarInteractionCreate, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep
 ) -> AvatarInteractionView:
     if body.persona_id is not None:
-        valid = subjects.is_valid_token(body.persona_id)
-        if not valid or await models.personas.find_one({"_id": body.persona_id}, {"_id": 1}) is None:
+        if await models.personas.find_one({"_id": body.persona_id}, {"_id": 1}) is None:
             raise not_found("persona", body.persona_id, field="persona_id")
     event = AvatarInteractionCreated(interaction_id=str(uuid.uuid4()), **body.model_dump())
     await waiter.wait_for(await event_log.publish(event))
@@ -48,8 +46,7 @@ async def create_interaction(
 
 @router.get("/{interaction_id}", response_model=AvatarInteractionView, responses=responses(404, 422))
 async def get_interaction(interaction_id: InteractionIdPath, models: ModelsDep) -> AvatarInteractionView:
-    valid = subjects.is_valid_token(interaction_id)
-    doc = await models.interactions.find_one({"_id": interaction_id}) if valid else None
+    doc = await models.interactions.find_one({"_id": interaction_id})
     if doc is None:
         raise not_found("avatar_interaction", interaction_id)
     return await _view(doc, models)

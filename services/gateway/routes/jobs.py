@@ -27,7 +27,7 @@ from services.gateway.deps import (
     SettingsDep,
     WaiterDep,
 )
-from services.gateway.errors import ApiError, not_found, responses
+from services.gateway.errors import ApiError, job_not_found, responses
 from services.gateway.history import job_history_page
 from services.gateway.jobs import (
     build_job,
@@ -46,17 +46,11 @@ router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route
 log = structlog.get_logger()
 
 
-def _job_not_found(job_id: str) -> ApiError:
-    return ApiError(404, "job_not_found",
-                    f"Job '{job_id}' was not found: it never existed, or its events aged out of the log",
-                    ids=[job_id])
-
-
 async def _requested(event_log, job_id: str):
     """The job's request event, or 404."""
-    stored = await event_log.last(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
+    stored = await event_log.last(subjects.job(job_id, "requested"))
     if stored is None:
-        raise _job_not_found(job_id)
+        raise job_not_found(job_id)
     if stored.event is None:
         raise ApiError(500, "event_unreadable",
                        f"Job '{job_id}''s request (event {stored.seq}) cannot be read by this version: "
@@ -66,9 +60,9 @@ async def _requested(event_log, job_id: str):
 
 async def _requested_seq(event_log, job_id: str) -> int:
     """Where the job's request is in the log, or 404 (the event itself is not decoded)."""
-    seq = await event_log.last_seq_on(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
+    seq = await event_log.last_seq_on(subjects.job(job_id, "requested"))
     if seq is None:
-        raise _job_not_found(job_id)
+        raise job_not_found(job_id)
     return seq
 
 
@@ -130,7 +124,7 @@ async def prompt_generation_status(
 @router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422))
 async def job_status(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep) -> JobView:
     """The polling alternative to SSE."""
-    doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
+    doc = await models.jobs.find_one({"_id": job_id})
     if doc is not None:
         personas = await models.job_persona_docs(job_id)
         if len(personas) == doc["total_personas"]:  # else the projector is mid-write: ask the log
@@ -184,9 +178,9 @@ async def retry_failed(
     job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, clock: ClockDep
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
-    doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
+    doc = await models.jobs.find_one({"_id": job_id})
     if doc is None:
-        raise not_found("job", job_id)
+        raise job_not_found(job_id)
     if doc["status"] == "processing":
         raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
                        ids=[job_id])

@@ -107,7 +107,8 @@ class InProcessSystem:
         if generator:
             self.start_service("generator")
         self.metrics["gateway"] = Metrics()
-        config = uvicorn.Config(create_app(self.settings, metrics=self.metrics["gateway"]), host="127.0.0.1", port=self.port,
+        app = create_app(self.settings, metrics=self.metrics["gateway"])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                 log_config=None, access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
         self.tasks["gateway"] = asyncio.create_task(self.server.serve())

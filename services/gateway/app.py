@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from services.gateway.access import AccessLog
@@ -66,10 +66,13 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["operations"],
-             responses={503: {"description": "NATS, MongoDB or the live job feed is not answering"}})
-    async def readyz(request: Request) -> JSONResponse:
+             responses=responses(503, described={503: "NATS, MongoDB or the live job feed is not answering"}))
+    async def readyz(request: Request) -> dict[str, object]:
         ok, checks = await request.app.state.gateway.health.ready()
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, status_code=200 if ok else 503)
+        if not ok:
+            failing = ", ".join(name for name, passed in checks.items() if not passed)
+            raise ApiError(503, "not_ready", f"Not ready: {failing} not answering")
+        return {"status": "ok", "checks": checks}
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})

@@ -19,6 +19,7 @@ from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.runtime.lifecycle import Clock
+from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 
 
@@ -41,6 +42,7 @@ LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]
 CapacityDep = Annotated[Capacities, Depends(_state("capacity"))]
 ParkedDep = Annotated[ParkedEvents, Depends(_state("parked"))]
 ClockDep = Annotated[Clock, Depends(_state("clock"))]
+MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 
 
 # Ids in paths and queries: a malformed one is a 422 naming it, as in a body (an unknown one is a 404).

@@ -123,6 +123,15 @@ class Settings(BaseSettings):
         description="'openai' or 'offline'; default: openai when a key or base URL is set.",
     )
 
+    # Operations: the HTTP port of each worker process (/metrics, /livez, /readyz); 0: a free port
+    http_host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HTTP_HOST"))
+    generator_http_port: int = Field(9101, ge=0, validation_alias=_env("PROMPTGEN_GENERATOR_HTTP_PORT"))
+    projector_http_port: int = Field(9102, ge=0, validation_alias=_env("PROMPTGEN_PROJECTOR_HTTP_PORT"))
+    ready_max_lag_events: int = Field(
+        10_000, ge=1, validation_alias=_env("PROMPTGEN_READY_MAX_LAG_EVENTS"),
+        description="A projector further behind the log than this is not ready (its reads would be stale).",
+    )
+
     # Logging
     log_level: str = Field("info", validation_alias=_env("PROMPTGEN_LOG_LEVEL"))
 

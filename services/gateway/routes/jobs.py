@@ -22,6 +22,7 @@ from services.gateway.deps import (
     EventLogDep,
     FeedsDep,
     JobIdPath,
+    MetricsDep,
     ModelsDep,
     SettingsDep,
     WaiterDep,
@@ -98,6 +99,7 @@ async def prompt_generation_status(
     waiter: WaiterDep,
     feeds: FeedsDep,
     capacity: CapacityDep,
+    metrics: MetricsDep,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
@@ -111,8 +113,9 @@ async def prompt_generation_status(
             return Response(status_code=204)
     return HeldEventStream(
         stream_job_events(feeds, job_id, start_seq=requested_seq, after=after, before_end=waiter.wait_for,
-                          retry_ms=settings.sse_retry_ms),
-        slot=capacity.sse_streams.take(),  # the last thing before the response: it gives the slot back
+                          retry_ms=settings.sse_retry_ms, metrics=metrics),
+        slot=capacity.sse_streams.take(),
+        metrics=metrics,  # the last thing before the response: it gives the slot back
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +20,11 @@ JobStatus = Literal["processing", "completed", "failed", "cancelled", "expired"]
 
 # The error of a persona whose job passed its deadline first (error_code "expired").
 EXPIRED_PERSONA_ERROR = "the job passed its deadline before this persona was generated"
+
+
+def count_statuses(statuses: Iterable[str]) -> Counter[str]:
+    """How many personas are in each status (a status none is in counts 0)."""
+    return Counter(statuses)
 
 
 def generation_mode(mode: Mode) -> Mode:

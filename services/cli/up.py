@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from services import embedded
+from services.cli import embedded
 from services.cli.supervisor import Child, Supervisor, child_env, http_ready, tcp_ready
 from services.runtime.lifecycle import stop_event
 

@@ -47,6 +47,13 @@ def not_found(what: str, ident: str, *, field: str | None = None) -> ApiError:
                     field=field, ids=[ident])
 
 
+def job_not_found(job_id: str) -> ApiError:
+    """The one 404 for a job: it may have existed and aged out of the log."""
+    return ApiError(404, "job_not_found",
+                    f"Job '{job_id}' was not found: it never existed, or its events aged out of the log",
+                    ids=[job_id])
+
+
 def listed(items: list[str], at_most: int = 10) -> str:
     """``items`` for a message: the first few, and how many more."""
     shown = ", ".join(items[:at_most])

@@ -8,7 +8,7 @@ from typing import Any
 
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
-from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage
+from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage, count_statuses
 from contracts.events import JobFinished, JobRequested
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort, ReadModelsPort
@@ -30,7 +30,7 @@ async def load_template(
     models: ReadModelsPort, template_id: str, caller: Caller, *, field: str = "template_id"
 ) -> dict[str, Any]:
     """The caller's template, or 404 (another tenant's is as unknown as one that never was)."""
-    doc = await models.templates.find_one({"_id": template_id}) if subjects.is_valid_token(template_id) else None
+    doc = await models.templates.find_one({"_id": template_id})
     if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("template", template_id, field=field)
     return doc
@@ -52,8 +52,8 @@ async def build_job(
                 field=field,
             )
     template = await load_template(models, req.template_id, caller)
-    valid = [i for i in req.persona_ids if subjects.is_valid_token(i)]
-    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": valid}}) if caller.owns(d.get("tenant"))}
+    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": req.persona_ids}})
+            if caller.owns(d.get("tenant"))}
     missing = [i for i in req.persona_ids if i not in docs]
     if missing:
         raise ApiError(404, "persona_not_found", f"Unknown persona ids: {listed(missing)}",
@@ -100,8 +100,7 @@ def job_view(doc: dict[str, Any], persona_docs: list[dict[str, Any]]) -> JobView
         p["persona_id"]: JobPersonaView(**{k: v for k, v in p.items() if k in JobPersonaView.model_fields})
         for p in persona_docs
     }
-    count = {s: sum(1 for p in personas.values() if p.status == s)
-             for s in ("queued", "processing", "completed", "failed", "cancelled")}
+    count = count_statuses(p.status for p in personas.values())
     usage = TokenUsage()
     for p in persona_docs:
         usage = usage + TokenUsage(**p.get("usage", {}))
@@ -141,8 +140,7 @@ def job_view_from_log(requested: JobRequested, finished: JobFinished | None) -> 
             status=r.status if r else "queued", prompt_length=r.prompt_length if r else None,
             error=r.error if r else None, error_code=r.error_code if r else None,
         )
-    count = {s: sum(1 for p in personas.values() if p.status == s) for s in ("queued", "completed", "failed",
-                                                                           "cancelled")}
+    count = count_statuses(p.status for p in personas.values())
     return JobView(
         job_id=requested.job_id, status=finished.status if finished else "processing",
         template_id=requested.template_id, personas=personas, total_personas=len(personas),

@@ -18,25 +18,23 @@ from contracts.events import (
     PersonaFailed,
     PersonaProgress,
 )
-from contracts.sse import PersonaProgressMessage, ResultsMessage, StatusUpdate
+from contracts.sse import PersonaProgressMessage, ResultsMessage, SseMessage, StatusUpdate
 from services.adapters.event_log import StoredEvent
-
-Message = StatusUpdate | PersonaProgressMessage | ResultsMessage  # contracts.sse.SseMessage, as a plain union
 
 
 @singledispatch
-def messages_for(event: Envelope) -> list[Message]:
+def messages_for(event: Envelope) -> list[SseMessage]:
     """Events a client does not see (work items, cancel requests)."""
     return []
 
 
 @messages_for.register
-def _(event: JobRequested) -> list[Message]:
+def _(event: JobRequested) -> list[SseMessage]:
     return [StatusUpdate(status="processing")]
 
 
 @messages_for.register
-def _(event: PersonaProgress) -> list[Message]:
+def _(event: PersonaProgress) -> list[SseMessage]:
     return [
         PersonaProgressMessage(
             persona_id=event.persona_id, status="processing", persona_name=event.persona_name, mode=event.mode
@@ -45,7 +43,7 @@ def _(event: PersonaProgress) -> list[Message]:
 
 
 @messages_for.register
-def _(event: PersonaCompleted) -> list[Message]:
+def _(event: PersonaCompleted) -> list[SseMessage]:
     return [
         PersonaProgressMessage(
             persona_id=event.persona_id, status="completed", persona_name=event.persona_name, mode=event.mode
@@ -54,7 +52,7 @@ def _(event: PersonaCompleted) -> list[Message]:
 
 
 @messages_for.register
-def _(event: PersonaFailed) -> list[Message]:
+def _(event: PersonaFailed) -> list[SseMessage]:
     return [
         PersonaProgressMessage(
             persona_id=event.persona_id,
@@ -68,7 +66,7 @@ def _(event: PersonaFailed) -> list[Message]:
 
 
 @messages_for.register
-def _(event: JobFinished) -> list[Message]:
+def _(event: JobFinished) -> list[SseMessage]:
     return [StatusUpdate(status=event.status, error=event.error), ResultsMessage(results=event.results)]
 
 

@@ -21,6 +21,7 @@ from contracts.domain import (
     PersonaResult,
     TemplateData,
     TokenUsage,
+    count_statuses,
 )
 from contracts.events import JobCancelled, JobCompleted, JobExpired, JobFinished
 
@@ -37,7 +38,7 @@ def results_from_job(
             fields.update(unfinished or {})
         results[p["persona_id"]] = PersonaResult(**fields)
         usage = usage + TokenUsage(**p.get("usage", {}))
-    counts = {s: sum(1 for r in results.values() if r.status == s) for s in ("completed", "failed", "cancelled")}
+    counts = count_statuses(r.status for r in results.values())
     return JobResults(
         template_id=job["template_id"],
         template_data=TemplateData.model_validate(job["template_data"]),

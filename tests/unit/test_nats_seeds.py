@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services import bus
+from services.adapters import event_log as bus
 
 
 @pytest.mark.parametrize(

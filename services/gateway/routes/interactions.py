@@ -7,7 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from contracts import subjects
 from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
 from services.adapters.ports import ReadModelsPort
@@ -38,8 +37,7 @@ async def create_interaction(
     waiter: WaiterDep,
 ) -> AvatarInteractionView:
     if body.persona_id is not None:
-        valid = subjects.is_valid_token(body.persona_id)
-        persona = await models.personas.find_one({"_id": body.persona_id}, {"tenant": 1}) if valid else None
+        persona = await models.personas.find_one({"_id": body.persona_id}, {"tenant": 1})
         if persona is None or not caller.owns(persona.get("tenant")):
             raise not_found("persona", body.persona_id, field="persona_id")
     event = AvatarInteractionCreated(interaction_id=str(uuid.uuid4()), **body.model_dump(), **caller.stamp())
@@ -52,8 +50,7 @@ async def create_interaction(
 async def get_interaction(
     interaction_id: InteractionIdPath, caller: Reader, models: ModelsDep
 ) -> AvatarInteractionView:
-    valid = subjects.is_valid_token(interaction_id)
-    doc = await models.interactions.find_one({"_id": interaction_id}) if valid else None
+    doc = await models.interactions.find_one({"_id": interaction_id})
     if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("avatar_interaction", interaction_id)
     return await _view(doc, models)

@@ -31,7 +31,7 @@ from services.gateway.deps import (
     StreamReader,
     WaiterDep,
 )
-from services.gateway.errors import ApiError, not_found, responses
+from services.gateway.errors import ApiError, job_not_found, responses
 from services.gateway.history import job_history_page
 from services.gateway.jobs import (
     build_job,
@@ -49,17 +49,11 @@ router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route
 log = structlog.get_logger()
 
 
-def _job_not_found(job_id: str) -> ApiError:
-    return ApiError(404, "job_not_found",
-                    f"Job '{job_id}' was not found: it never existed, or its events aged out of the log",
-                    ids=[job_id])
-
-
 async def _requested(event_log, job_id: str, caller: Caller):
     """The job's request event, or 404 (another tenant's job too)."""
-    stored = await event_log.last(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
+    stored = await event_log.last(subjects.job(job_id, "requested"))
     if stored is None or (stored.event is not None and not caller.owns(stored.event.tenant)):
-        raise _job_not_found(job_id)
+        raise job_not_found(job_id)
     if stored.event is None:
         raise ApiError(500, "event_unreadable",
                        f"Job '{job_id}''s request (event {stored.seq}) cannot be read by this version: "
@@ -69,9 +63,9 @@ async def _requested(event_log, job_id: str, caller: Caller):
 
 async def _requested_seq(event_log, job_id: str) -> int:
     """Where the job's request is in the log, or 404 (the event itself is not decoded)."""
-    seq = await event_log.last_seq_on(subjects.job(job_id, "requested")) if subjects.is_valid_token(job_id) else None
+    seq = await event_log.last_seq_on(subjects.job(job_id, "requested"))
     if seq is None:
-        raise _job_not_found(job_id)
+        raise job_not_found(job_id)
     return seq
 
 
@@ -79,11 +73,11 @@ async def _owned_seq(event_log, models, job_id: str, caller: Caller) -> int:
     """Where the caller's job's request is in the log, or 404. The job's view says whose it is
     without decoding the request (large); a job the projector has not reached, or whose view
     has aged out, is judged by its request event."""
-    doc = await models.jobs.find_one({"_id": job_id}, {"tenant": 1}) if subjects.is_valid_token(job_id) else None
+    doc = await models.jobs.find_one({"_id": job_id}, {"tenant": 1})
     if doc is None:
         return (await _requested(event_log, job_id, caller)).seq
     if not caller.owns(doc.get("tenant")):
-        raise _job_not_found(job_id)
+        raise job_not_found(job_id)
     return await _requested_seq(event_log, job_id)
 
 
@@ -145,10 +139,10 @@ async def prompt_generation_status(
 @router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422))
 async def job_status(job_id: JobIdPath, caller: Reader, models: ModelsDep, event_log: EventLogDep) -> JobView:
     """The polling alternative to SSE."""
-    doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
+    doc = await models.jobs.find_one({"_id": job_id})
     if doc is not None:
         if not caller.owns(doc.get("tenant")):
-            raise _job_not_found(job_id)
+            raise job_not_found(job_id)
         personas = await models.job_persona_docs(job_id)
         if len(personas) == doc["total_personas"]:  # else the projector is mid-write: ask the log
             return job_view(doc, personas)
@@ -205,9 +199,9 @@ async def retry_failed(
     clock: ClockDep, guard: GuardDep,
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
-    doc = await models.jobs.find_one({"_id": job_id}) if subjects.is_valid_token(job_id) else None
+    doc = await models.jobs.find_one({"_id": job_id})
     if doc is None or not caller.owns(doc.get("tenant")):
-        raise not_found("job", job_id)
+        raise job_not_found(job_id)
     if doc["status"] == "processing":
         raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
                        ids=[job_id])

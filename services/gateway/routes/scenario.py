@@ -10,7 +10,6 @@ import uuid
 import structlog
 from fastapi import APIRouter
 
-from contracts import subjects
 from contracts.api import (
     AnalyzeScenarioRequest,
     GeneratePersonasRequest,
@@ -126,7 +125,7 @@ async def generate_personas(
 
 @router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422))
 async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsDep) -> PersonaView:
-    doc = await models.personas.find_one({"_id": persona_id}) if subjects.is_valid_token(persona_id) else None
+    doc = await models.personas.find_one({"_id": persona_id})
     if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("persona", persona_id)
     return PersonaView.model_validate(doc)

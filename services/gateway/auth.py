@@ -138,7 +138,6 @@ def require(scope: str) -> Any:
 
 async def stream_reader(
     request: Request,
-    job_id: str,
     credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
     token: str | None = Query(None, max_length=512, description="A stream token from the job's `sse_endpoint`"),
 ) -> Caller:
@@ -146,7 +145,8 @@ async def stream_reader(
     guard: Guard = request.app.state.gateway.guard
     if token is None or credentials is not None or not guard.enforced:
         return await guard.caller(credentials, "jobs:read")
-    tenant = guard.tokens.verify(token, job_id)
+    # the route declares job_id (and its pattern); a dependency that did too would declare it again
+    tenant = guard.tokens.verify(token, request.path_params["job_id"])
     if tenant is None:
         raise unauthenticated("The stream token is expired, or is not this job's")
     return Caller(tenant=tenant, key_id=None, scopes=frozenset({"jobs:read"}))

@@ -14,6 +14,7 @@ from services.adapters.llm.base import Provider
 from services.adapters.llm.limits import SharedLimiter, open_limiter
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.gateway.auth import Guard, open_guard
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
@@ -40,6 +41,7 @@ class Gateway:
     clock: Clock
     metrics: Metrics
     health: Health
+    guard: Guard
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def aclose(self) -> None:
@@ -62,6 +64,7 @@ async def bootstrap(
     provider = provider_for(settings, stack, provider)
     # template analysis and persona generation take their turns from the same LLM caps
     limiter = await open_limiter(event_log, settings, provider.name)
+    guard = await open_guard(settings, event_log, clock)  # before anything starts: it may refuse
     parked = ParkedEvents(event_log, metrics)
     await parked.ensure()
     feeds = JobFeeds(event_log)
@@ -73,5 +76,6 @@ async def bootstrap(
     return Gateway(
         settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
         waiter=ProjectionWaiter(models, settings.projection_wait_seconds), feeds=feeds, parked=parked,
-        capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, stack=stack,
+        capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
+        stack=stack,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic.fields import FieldInfo
@@ -95,6 +95,15 @@ class Settings(BaseSettings):
     max_sse_streams: int = Field(10_000, ge=1, validation_alias=_env("PROMPTGEN_MAX_SSE_STREAMS"))
     max_v1_waits: int = Field(100, ge=1, validation_alias=_env("PROMPTGEN_MAX_V1_WAITS"))
     max_history_reads: int = Field(32, ge=1, validation_alias=_env("PROMPTGEN_MAX_HISTORY_READS"))
+
+    # Access (README, Security)
+    auth: Literal["auto", "required"] = Field(
+        "auto", validation_alias=_env("PROMPTGEN_AUTH"),
+        description="'required': refuse to start without keys; 'auto': required unless bound to loopback "
+                    "with no keys.",
+    )
+    stream_token_secret: SecretStr | None = Field(None, validation_alias=_env("PROMPTGEN_STREAM_TOKEN_SECRET"))
+    stream_token_ttl_seconds: int = Field(3600, ge=1, validation_alias=_env("PROMPTGEN_STREAM_TOKEN_TTL_SECONDS"))
 
     # Jobs
     job_deadline_seconds: float = Field(1800, gt=0, validation_alias=_env("PROMPTGEN_JOB_DEADLINE_SECONDS"))

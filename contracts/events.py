@@ -56,10 +56,19 @@ class Envelope(BaseModel):
         raise NotImplementedError
 
 
+class Owned(BaseModel):
+    """Who a command was given by: the tenant the created thing belongs to, and the API key that
+    acted (its id, never the key), for audit. Both absent on events written before keys existed:
+    those belong to the default tenant."""
+
+    tenant: str | None = None
+    actor: str | None = None
+
+
 # --- templates, personas, interactions -------------------------------------------------
 
 
-class TemplateCreated(Envelope):
+class TemplateCreated(Envelope, Owned):
     type: Literal["template.created"] = "template.created"
     template_id: str
     scenario_document: str
@@ -72,7 +81,7 @@ class TemplateCreated(Envelope):
         return f"template:{self.template_id}:created"
 
 
-class PersonaCreated(Envelope):
+class PersonaCreated(Envelope, Owned):
     type: Literal["persona.created"] = "persona.created"
     persona: Persona
 
@@ -83,7 +92,7 @@ class PersonaCreated(Envelope):
         return f"persona:{self.persona.id}:created"
 
 
-class AvatarInteractionCreated(Envelope):
+class AvatarInteractionCreated(Envelope, Owned):
     type: Literal["interaction.created"] = "interaction.created"
     interaction_id: str
     mode: Mode
@@ -106,7 +115,7 @@ class JobEvent(Envelope):
     job_id: str
 
 
-class JobRequested(JobEvent):
+class JobRequested(JobEvent, Owned):
     type: Literal["job.requested"] = "job.requested"
     template_id: str
     template_data: TemplateData
@@ -192,7 +201,7 @@ class PersonaFailed(JobEvent):
         return f"job:{self.job_id}:persona:{self.persona_id}:terminal"
 
 
-class JobCancelRequested(JobEvent):
+class JobCancelRequested(JobEvent, Owned):
     type: Literal["job.cancel_requested"] = "job.cancel_requested"
 
     def subject(self) -> str:

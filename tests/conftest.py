@@ -21,6 +21,7 @@ from services.cli.embedded import free_port
 from services.gateway.app import create_app
 from services.generator.main import run_generator
 from services.projector.main import run_projector
+from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 from services.testing.mock_llm import MockLLM, MockLLMConfig
 from tests.servers import NatsServer, mongo_url, stop, wait_port
@@ -53,6 +54,8 @@ async def settings(nats_server, mongo_server_url) -> Settings:
         projection_wait_seconds=10,
         ack_wait_seconds=5,
         sse_ping_seconds=1,
+        generator_http_port=0,  # a free port each: tests run many generators side by side
+        projector_http_port=0,
     )
     if nats_server is None:  # a shared server: start from an empty stream
         event_log = await EventLog.connect(s, "test-reset")
@@ -86,12 +89,14 @@ class InProcessSystem:
         self.stops: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.server: uvicorn.Server | None = None
+        self.metrics: dict[str, Metrics] = {}  # each service's own registry, as in its own process
 
     def start_service(self, name: str, settings: Settings | None = None) -> None:
         runner = {"projector": run_projector, "generator": run_generator}[name.rstrip("0123456789")]
         stop = asyncio.Event()
         self.stops[name] = stop
-        self.tasks[name] = asyncio.create_task(runner(settings or self.settings, stop))
+        self.metrics[name] = Metrics()
+        self.tasks[name] = asyncio.create_task(runner(settings or self.settings, stop, metrics=self.metrics[name]))
 
     async def stop_service(self, name: str) -> None:
         self.stops[name].set()
@@ -101,7 +106,9 @@ class InProcessSystem:
         self.start_service("projector")
         if generator:
             self.start_service("generator")
-        config = uvicorn.Config(create_app(self.settings), host="127.0.0.1", port=self.port,
+        self.metrics["gateway"] = Metrics()
+        app = create_app(self.settings, metrics=self.metrics["gateway"])
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                 log_config=None, access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
         self.tasks["gateway"] = asyncio.create_task(self.server.serve())

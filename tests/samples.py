@@ -75,3 +75,11 @@ def every_event() -> list:
         JobCancelled(job_id="j1", results=results({"p1": "completed", "p2": "cancelled"})),
         JobExpired(job_id="j1", results=results({"p1": "completed", "p2": "failed"})),
     ]
+
+
+CREATIONS = ("template.created", "persona.created", "interaction.created", "job.requested")
+
+
+def sample(type_: str):
+    """The sample event of ``type_`` (picked by its type, never by its place in a list)."""
+    return next(e for e in every_event() if e.type == type_)

@@ -27,6 +27,7 @@ from contracts.api import ParkedEvent, ReapplyResult
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort
 from services.runtime.failures import brief
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -47,8 +48,9 @@ class NoConsumerRunning(Exception):
 
 
 class ParkedEvents:
-    def __init__(self, event_log: EventLogPort) -> None:
+    def __init__(self, event_log: EventLogPort, metrics: Metrics | None = None) -> None:
         self.event_log = event_log
+        self.metrics = metrics
         self.stream = f"{event_log.stream}_PARKED"
         self._prefix = f"promptgen_parked.{event_log.stream}"
         self._ensured = False
@@ -89,6 +91,8 @@ class ParkedEvents:
             parked_at=datetime.now(UTC),
         )
         await self._store(record)
+        if self.metrics is not None:
+            self.metrics.parked_events.labels(consumer=consumer).inc()
         return record
 
     async def _store(self, record: ParkedEvent) -> None:

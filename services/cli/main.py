@@ -249,3 +249,50 @@ def parked_reapply(
 
     configure_logging("parked", "warning", stream=sys.stderr)
     raise typer.Exit(asyncio.run(reapply_parked(Settings(), consumer, seqs or None)))
+
+
+keys_app = typer.Typer(no_args_is_help=True,
+                       help="API keys: who may call the gateway, for which tenant, with which scopes.")
+app.add_typer(keys_app, name="keys")
+
+
+def _quiet() -> None:
+    from services.runtime.logs import configure_logging
+
+    configure_logging("keys", "warning", stream=sys.stderr)
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: str = typer.Option(..., help="The tenant the key acts for (letters, digits, '-', '_')."),
+    scopes: str = typer.Option(..., help="Comma-separated: jobs:read, jobs:write, scenarios:write, admin; or 'all'."),
+) -> None:
+    """A new key, printed once (alone on the last line); only its hash is stored."""
+    from services.adapters.api_keys import parse_scopes
+    from services.cli.keys import create_key
+
+    try:
+        wanted = parse_scopes(scopes)
+    except ValueError as exc:
+        console.print(f"[red]promptgen: {exc}[/red]", highlight=False)
+        raise typer.Exit(2) from None
+    _quiet()
+    raise typer.Exit(asyncio.run(create_key(_settings(), tenant, wanted)))
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Every key: id, tenant, scopes, when created and revoked (never the key)."""
+    from services.cli.keys import list_keys
+
+    _quiet()
+    raise typer.Exit(asyncio.run(list_keys(_settings())))
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key's id, as `keys list` shows it.")) -> None:
+    """Refuse the key from now on, at every gateway (its record stays, for audit)."""
+    from services.cli.keys import revoke_key
+
+    _quiet()
+    raise typer.Exit(asyncio.run(revoke_key(_settings(), key_id)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -63,6 +64,7 @@ class Child:
     proc: asyncio.subprocess.Process | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
+    announced: dict = field(default_factory=dict)  # the fields of its last "service_ready" line
 
 
 class LineSplitter:
@@ -169,6 +171,8 @@ class Supervisor:
     def _show(self, child: Child, line: str) -> None:
         try:
             if '"service_ready"' in line:
+                with contextlib.suppress(ValueError):
+                    child.announced = json.loads(line)
                 child.ready.set()
             if not child.hide(line):
                 self.say(child.name, line)

@@ -15,6 +15,12 @@ from services.runtime.lifecycle import stop_event
 console = Console()
 
 
+def _ops_urls(children: list[Child]) -> str:
+    """Where each worker process serves /metrics (and /livez, /readyz), as it announced."""
+    host = os.environ.get("PROMPTGEN_HTTP_HOST") or "127.0.0.1"
+    return ", ".join(f"{c.name} http://{host}:{c.announced.get('http_port')}/metrics" for c in children)
+
+
 def _service(name: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", name]
 
@@ -45,10 +51,15 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
                                   child_env(), ready_check=lambda: tcp_ready(mongo_port)))
             mongo_url = embedded.mongo_url(mongo_port)
         env.update(NATS_URL=nats_url, MONGO_URL=mongo_url)
-        await sup.start(Child("projector", _service("projector"), child_env(**env)))
+        projector = Child("projector", _service("projector"), child_env(**env))
+        await sup.start(projector)
+        workers = []
         for i in range(generators):
-            await sup.start(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
-                                  child_env(**env)))
+            # several generators cannot share one port: each takes a free one, announced when ready
+            own = {"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1 else {}
+            workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
+                                 child_env(**env, **own)))
+            await sup.start(workers[-1])
         gateway_url = f"http://127.0.0.1:{port}"
         await sup.start(Child("gateway", _service("gateway"), child_env(**env),
                               ready_check=http_ready(f"{gateway_url}/healthz")))
@@ -57,6 +68,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             f"  gateway  {gateway_url}   (web UI at /, API docs at /docs)\n"
             f"  NATS     {nats_url}\n"
             f"  MongoDB  {mongo_url}\n"
+            f"  metrics  {gateway_url}/metrics, {_ops_urls([projector, *workers])}\n"
             f"  data     {data_dir}\n"
             f"Press Ctrl-C to stop.\n",
             highlight=False,

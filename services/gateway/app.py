@@ -9,15 +9,17 @@ from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from services.gateway.access import AccessLog
 from services.gateway.body_limit import BodySizeLimit
 from services.gateway.bootstrap import bootstrap
 from services.gateway.errors import ApiError, install_error_handlers, responses
 from services.gateway.openapi import install_openapi
 from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
 from services.runtime.lifecycle import announce_ready
+from services.runtime.metrics import CONTENT_TYPE
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLog)  # outermost: it sees every answer, a 413 included
     app.include_router(scenario.router)
     app.include_router(jobs.router)
     app.include_router(v1.router)
@@ -54,12 +57,27 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(docs.router)
 
-    @app.get("/healthz", tags=["operations"],
+    @app.get("/livez", tags=["operations"],
              responses=responses(503, described={503: "This gateway's live job feed is not running"}))
-    async def healthz(request: Request) -> dict[str, str]:
-        if not request.app.state.gateway.feeds.alive:  # no live SSE stream would move: take us out of rotation
+    @app.get("/healthz", tags=["operations"], include_in_schema=False)  # the older name of /livez
+    async def livez(request: Request) -> dict[str, str]:
+        if not request.app.state.gateway.health.live()[0]:
             raise ApiError(503, "job_feed_down", "This gateway's live job feed is not running")
         return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"],
+             responses=responses(503, described={503: "NATS, MongoDB or the live job feed is not answering"}))
+    async def readyz(request: Request) -> dict[str, object]:
+        ok, checks = await request.app.state.gateway.health.ready()
+        if not ok:
+            failing = ", ".join(name for name, passed in checks.items() if not passed)
+            raise ApiError(503, "not_ready", f"Not ready: {failing} not answering")
+        return {"status": "ok", "checks": checks}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+    async def metrics(request: Request) -> Response:
+        return Response(request.app.state.gateway.metrics.exposition(), media_type=CONTENT_TYPE)
 
     install_openapi(app, settings)
 

@@ -14,10 +14,13 @@ from services.adapters.llm.base import Provider
 from services.adapters.llm.limits import SharedLimiter, open_limiter
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.gateway.auth import Guard, open_guard
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
+from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, utc_now
+from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, models_for, provider_for
 
@@ -36,6 +39,9 @@ class Gateway:
     parked: ParkedEvents
     capacity: Capacities
     clock: Clock
+    metrics: Metrics
+    health: Health
+    guard: Guard
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def aclose(self) -> None:
@@ -49,20 +55,27 @@ async def bootstrap(
     models: ReadModelsPort | None = None,
     provider: Provider | None = None,
     clock: Clock = utc_now,
+    metrics: Metrics | None = None,
 ) -> Gateway:
     stack = AsyncExitStack()
+    metrics = metrics or Metrics()
     models = models_for(settings, stack, models)
     event_log = await event_log_for(settings, "promptgen-gateway", stack, event_log)
     provider = provider_for(settings, stack, provider)
     # template analysis and persona generation take their turns from the same LLM caps
     limiter = await open_limiter(event_log, settings, provider.name)
-    parked = ParkedEvents(event_log)
+    guard = await open_guard(settings, event_log, clock)  # before anything starts: it may refuse
+    parked = ParkedEvents(event_log, metrics)
     await parked.ensure()
     feeds = JobFeeds(event_log)
     await feeds.start()
     stack.push_async_callback(feeds.close)
+    # no live SSE stream would move without the feed: take this gateway out of rotation
+    health = Health(live_checks={"job_feed": lambda: feeds.alive},
+                    ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models)})
     return Gateway(
         settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
         waiter=ProjectionWaiter(models, settings.projection_wait_seconds), feeds=feeds, parked=parked,
-        capacity=Capacities.from_settings(settings), clock=clock, stack=stack,
+        capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
+        stack=stack,
     )

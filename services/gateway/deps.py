@@ -15,10 +15,12 @@ from services.adapters.llm.base import Provider
 from services.adapters.llm.limits import SharedLimiter
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.gateway.auth import Caller, Guard, require, stream_reader
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.runtime.lifecycle import Clock
+from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 
 
@@ -41,6 +43,15 @@ LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]
 CapacityDep = Annotated[Capacities, Depends(_state("capacity"))]
 ParkedDep = Annotated[ParkedEvents, Depends(_state("parked"))]
 ClockDep = Annotated[Clock, Depends(_state("clock"))]
+MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
+GuardDep = Annotated[Guard, Depends(_state("guard"))]
+
+# The caller, holding a scope (services.gateway.auth): every guarded route takes one of these.
+Reader = Annotated[Caller, require("jobs:read")]
+JobWriter = Annotated[Caller, require("jobs:write")]
+ScenarioWriter = Annotated[Caller, require("scenarios:write")]
+Admin = Annotated[Caller, require("admin")]
+StreamReader = Annotated[Caller, Depends(stream_reader)]
 
 
 # Ids in paths and queries: a malformed one is a 422 naming it, as in a body (an unknown one is a 404).

@@ -12,6 +12,7 @@ from contracts.domain import JobPersona, JobResults, Persona, TemplateData, Toke
 from contracts.events import JobFinished, JobRequested
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.gateway.auth import Caller
 from services.gateway.errors import ApiError, listed, not_found
 from services.runtime.lifecycle import Clock
 from services.runtime.settings import Settings
@@ -25,15 +26,18 @@ def persona_from_doc(doc: dict[str, Any]) -> Persona:
     return Persona.model_validate({k: doc[k] for k in Persona.model_fields if k in doc})
 
 
-async def load_template(models: ReadModelsPort, template_id: str, *, field: str = "template_id") -> dict[str, Any]:
+async def load_template(
+    models: ReadModelsPort, template_id: str, caller: Caller, *, field: str = "template_id"
+) -> dict[str, Any]:
+    """The caller's template, or 404 (another tenant's is as unknown as one that never was)."""
     doc = await models.templates.find_one({"_id": template_id})
-    if doc is None:
+    if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("template", template_id, field=field)
     return doc
 
 
 async def build_job(
-    req: GenerateFinalPromptsRequest, *, models: ReadModelsPort, settings: Settings, clock: Clock,
+    req: GenerateFinalPromptsRequest, *, caller: Caller, models: ReadModelsPort, settings: Settings, clock: Clock,
     retry_of: str | None = None,
 ) -> JobRequested:
     """Validate a request against the read models and turn it into a JobRequested.
@@ -47,8 +51,9 @@ async def build_job(
                 f"A job takes at most {settings.max_personas_per_job} personas; {field} has {size}",
                 field=field,
             )
-    template = await load_template(models, req.template_id)
-    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": req.persona_ids}})}
+    template = await load_template(models, req.template_id, caller)
+    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": req.persona_ids}})
+            if caller.owns(d.get("tenant"))}
     missing = [i for i in req.persona_ids if i not in docs]
     if missing:
         raise ApiError(404, "persona_not_found", f"Unknown persona ids: {listed(missing)}",
@@ -75,6 +80,7 @@ async def build_job(
         deadline=now + timedelta(seconds=settings.job_deadline_seconds),
         retry_of=retry_of,
         occurred_at=now,
+        **caller.stamp(),
     )
 
 

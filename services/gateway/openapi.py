@@ -23,6 +23,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is None:
             doc = generate()
             _errors_are_error_bodies(doc)
+            _auth_errors(doc)
             _job_size(doc, settings.max_personas_per_job)
         return app.openapi_schema
 
@@ -47,3 +48,21 @@ def _job_size(doc: dict[str, Any], max_personas: int) -> None:
     request = doc["components"]["schemas"]["GenerateFinalPromptsRequest"]["properties"]
     request["persona_ids"]["maxItems"] = max_personas
     request["mode_mapping"]["maxProperties"] = max_personas
+
+
+_AUTH_ERRORS = {
+    "401": "No API key, or an unknown or revoked one (for SSE: an expired stream token, or another job's)",
+    "403": "The API key lacks the scope this route needs (`field` names it)",
+}
+
+
+def _auth_errors(doc: dict[str, Any]) -> None:
+    """Every guarded route (its ``security`` comes from ``auth.require``) can answer 401 and 403."""
+    for path in doc.get("paths", {}).values():
+        for operation in path.values():
+            if operation.get("security"):
+                for status, description in _AUTH_ERRORS.items():
+                    operation["responses"].setdefault(status, {
+                        "description": description,
+                        "content": {"application/json": {"schema": {"$ref": f"{_REF}ErrorBody"}}},
+                    })

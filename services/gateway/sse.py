@@ -12,6 +12,7 @@ from contracts.events import JobFinished
 from services.gateway.capacity import Slot
 from services.gateway.feeds import JobFeeds
 from services.gateway.sse_messages import Position, encode, unseen
+from services.runtime.metrics import Metrics
 
 
 async def stream_job_events(
@@ -22,6 +23,7 @@ async def stream_job_events(
     after: Position | None,
     before_end: Callable[[int], Awaitable[object]] | None = None,
     retry_ms: int = 0,
+    metrics: Metrics | None = None,
 ) -> AsyncIterator[bytes]:
     """A job's SSE messages from its start (or after ``after``), live, ending after its results.
 
@@ -34,6 +36,7 @@ async def stream_job_events(
     async with aclosing(feeds.watch(job_id, start_seq)) as batches:
         async for batch in batches:
             chunk: list[bytes] = []
+            sent = 0
             for stored, items, wire in batch:
                 todo = unseen(stored.seq, items, after)
                 if not todo:
@@ -41,8 +44,11 @@ async def stream_job_events(
                 if isinstance(stored.event, JobFinished) and before_end is not None:
                     await before_end(stored.seq)
                 chunk.append(wire if len(todo) == len(items) else encode(todo))
+                sent += len(todo)
             if chunk:
                 yield b"".join(chunk)
+                if metrics is not None:
+                    metrics.sse_messages.inc(sent)
             if batch and isinstance(batch[-1][0].event, JobFinished):
                 return
 
@@ -51,12 +57,17 @@ class HeldEventStream(EventSourceResponse):
     """An SSE response holding a slot of the gateway's stream capacity, given back however
     the stream ends: its end, the client gone, an error, or a HEAD that never streams."""
 
-    def __init__(self, *args, slot: Slot, **kwargs) -> None:
+    def __init__(self, *args, slot: Slot, metrics: Metrics | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.slot = slot
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.metrics is not None:
+            self.metrics.sse_clients.inc()
         try:
             await super().__call__(scope, receive, send)
         finally:
             self.slot.release()
+            if self.metrics is not None:
+                self.metrics.sse_clients.dec()

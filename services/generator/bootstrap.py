@@ -18,7 +18,10 @@ from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
 from services.generator.consumers import DISPATCHER, WORKERS, WorkerPool, reapply_dispatch, run_dispatcher
 from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, reapply_advisory, run_dead_letters
+from services.runtime.health import Health, nats_answers
 from services.runtime.lifecycle import Clock, announce_ready, utc_now
+from services.runtime.metrics import Metrics
+from services.runtime.ops_server import OpsServer
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, provider_for
 
@@ -32,7 +35,10 @@ class Generator:
     provider: Provider
     parked: ParkedEvents
     pool: WorkerPool
+    metrics: Metrics
+    health: Health
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    ops: OpsServer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Dispatch jobs, generate prompts and turn dead letters into failures, until ``stop``."""
@@ -44,9 +50,15 @@ class Generator:
         tasks = [
             asyncio.create_task(run_dispatcher(event_log, stop, parked), name="dispatcher"),
             asyncio.create_task(self.pool.run(stop), name="workers"),
-            asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, parked), name="dead-letters"),
+            asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, parked, self.metrics), name="dead-letters"),
         ]
+        # alive while every consumer loop runs; a dead one ends run() below anyway
+        self.health.live_checks["consumers"] = lambda: not any(t.done() for t in tasks)
+        self.ops = OpsServer(self.metrics, self.health)
+        http_port = await self.ops.start(settings.http_host, settings.generator_http_port)
+        self.stack.push_async_callback(self.ops.close)
         announce_ready(
+            http_port=http_port,
             provider=self.provider.name,
             model=self.provider.model,
             concurrency=settings.worker_concurrency,
@@ -79,12 +91,15 @@ async def bootstrap(
     event_log: EventLogPort | None = None,
     provider: Provider | None = None,
     clock: Clock = utc_now,
+    metrics: Metrics | None = None,
 ) -> Generator:
     stack = AsyncExitStack()
+    metrics = metrics or Metrics()
     provider = provider_for(settings, stack, provider)
     event_log = await event_log_for(settings, "promptgen-generator", stack, event_log)
     limiter = await open_limiter(event_log, settings, provider.name)
-    parked = ParkedEvents(event_log)
+    parked = ParkedEvents(event_log, metrics)
     await parked.ensure()
-    pool = WorkerPool(event_log, provider, settings, limiter, parked, clock=clock)
-    return Generator(settings, event_log, provider, parked, pool, stack)
+    pool = WorkerPool(event_log, provider, settings, limiter, parked, clock=clock, metrics=metrics)
+    health = Health(ready_checks={"nats": lambda: nats_answers(event_log)})
+    return Generator(settings, event_log, provider, parked, pool, metrics, health, stack)

@@ -31,6 +31,7 @@ from services.adapters.ports import EventLogPort
 from services.generator.work import failed, fan_out, generate_persona_prompt
 from services.runtime.failures import brief, kind_of
 from services.runtime.lifecycle import Clock, utc_now
+from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
@@ -148,8 +149,10 @@ class _Detached:
 
 class WorkerPool:
     def __init__(self, event_log: EventLogPort, provider: Provider, settings: Settings, limiter=None,
-                 parked: ParkedEvents | None = None, clock: Clock = utc_now) -> None:
+                 parked: ParkedEvents | None = None, clock: Clock = utc_now,
+                 metrics: Metrics | None = None) -> None:
         self.log = event_log
+        self.metrics = metrics or Metrics()
         self.clock = clock
         self.parked = parked or ParkedEvents(event_log)
         self.provider = provider
@@ -215,6 +218,8 @@ class WorkerPool:
                 await set_aside(msg, stored, WORKERS, self.parked)
             return
         delivered = msg.metadata.num_delivered
+        if delivered > 1:
+            self.metrics.work_items_redelivered.inc()
         with structlog.contextvars.bound_contextvars(job_id=item.job_id, persona_id=item.persona_id):
             try:
                 await self._handle(msg, item, delivered)
@@ -224,6 +229,7 @@ class WorkerPool:
                     err = LLMError("internal_error", f"generation failed after {delivered} deliveries: {exc}")
                     with contextlib.suppress(Exception):
                         await self.log.publish(failed(item, err, delivered))
+                        self.metrics.persona_finished("failed", err.code)
                         await msg.ack()
                     return
                 log.warning("work_item_retry", error=str(exc), deliveries=delivered)
@@ -243,6 +249,7 @@ class WorkerPool:
         if item.deadline <= self.clock():
             err = LLMError("expired", EXPIRED_PERSONA_ERROR)
             await self.log.publish(failed(item, err, delivered))
+            self.metrics.persona_finished("failed", err.code)
             await msg.ack()
             return
         progress = asyncio.create_task(self.log.publish(
@@ -260,6 +267,7 @@ class WorkerPool:
                     max_attempts=self.settings.llm_max_attempts,
                     limiter=self.limiter,
                     expected_completion_tokens=self.settings.llm_expected_completion_tokens,
+                    metrics=self.metrics,
                 ),
                 progress,
             )
@@ -267,6 +275,8 @@ class WorkerPool:
             keep_alive.cancel()
             progress.cancel()
         await self.log.publish(outcome)
+        self.metrics.persona_finished("completed" if outcome.type == "persona.completed" else "failed",
+                                      getattr(outcome, "error_code", None))
         # The outcome is durable: a lost ack only means a redelivery, which finds it and skips.
         await msg.ack()
         log.info("persona_generated" if outcome.type == "persona.completed" else "persona_failed",

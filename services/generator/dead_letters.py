@@ -24,6 +24,7 @@ from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
 from services.generator.work import failed
 from services.runtime.failures import brief, kind_of
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -38,7 +39,8 @@ def dead_letter_stream(event_log: EventLogPort) -> str:
     return f"{event_log.stream}_DEAD_LETTERS"
 
 
-async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveries: int) -> bool:
+async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveries: int,
+                              metrics: Metrics | None = None) -> bool:
     stored = await event_log.at(stream_seq)
     if stored is None:
         return False  # aged out of the log
@@ -48,6 +50,9 @@ async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveri
     err = LLMError("delivery_exhausted",
                    f"no worker could finish this persona after {deliveries} deliveries (workers crashed or hung)")
     await event_log.publish(failed(item, err, deliveries))
+    if metrics is not None:
+        metrics.dead_letters.inc()
+        metrics.persona_finished("failed", err.code)
     log.error("work_item_dead_lettered", job_id=item.job_id, persona_id=item.persona_id,
               deliveries=deliveries, stream_seq=stream_seq)
     return True
@@ -67,12 +72,13 @@ async def keep_dead_letters(event_log: EventLogPort, consumer: str) -> None:
     await event_log.ensure_stream(config)
 
 
-async def handle_advisory(event_log: EventLogPort, data: bytes) -> None:
+async def handle_advisory(event_log: EventLogPort, data: bytes, metrics: Metrics | None = None) -> None:
     advisory = json.loads(data)
-    await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)))
+    await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)), metrics)
 
 
-async def run_dead_letters(event_log: EventLogPort, consumer: str, stop: asyncio.Event, parked: ParkedEvents) -> None:
+async def run_dead_letters(event_log: EventLogPort, consumer: str, stop: asyncio.Event, parked: ParkedEvents,
+                           metrics: Metrics | None = None) -> None:
     """Turn every stored advisory into its ``PersonaFailed``, until ``stop`` (the stream
     must exist: :func:`keep_dead_letters`). An advisory that makes no sense is parked."""
     stream = dead_letter_stream(event_log)
@@ -81,7 +87,7 @@ async def run_dead_letters(event_log: EventLogPort, consumer: str, stop: asyncio
     async for msgs in pulled(sub, 16, stop):
         for msg in msgs:
             try:
-                await handle_advisory(event_log, msg.data)
+                await handle_advisory(event_log, msg.data, metrics)
             except Exception as exc:  # noqa: BLE001 - kept in the stream and tried again, or parked
                 if kind_of(exc) == "permanent":
                     stored = StoredEvent(seq=msg.metadata.sequence.stream, time=msg.metadata.timestamp,

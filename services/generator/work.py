@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -20,6 +21,7 @@ from contracts.events import (
 from services.adapters.llm.base import LLMError, Provider
 from services.adapters.llm.limits import estimated_tokens
 from services.generator.prompt_generators import generate_for_mode
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -81,27 +83,36 @@ async def generate_persona_prompt(
     sleep: Sleep = asyncio.sleep,
     limiter: Limiter | None = None,
     expected_completion_tokens: int = 1000,
+    metrics: Metrics | None = None,
 ) -> PersonaCompleted | PersonaFailed:
     """Write one persona's prompt. Transient LLM failures are retried with backoff
     (never sooner than the server's retry-after, which all workers then honour);
     permanent ones fail at once."""
     last: LLMError | None = None
     estimate = estimate_tokens(item, expected_completion_tokens)
+    metrics = metrics or Metrics()  # counted nowhere when no one reads them
     for attempt in range(1, max_attempts + 1):
         if limiter is not None:
-            await limiter.acquire(estimate)
+            metrics.rate_limit_wait.observe(await limiter.acquire(estimate))
+        started = time.perf_counter()
         try:
             out = await generate_for_mode(provider, item.template_data, item.persona, item.mode)
         except LLMError as exc:
+            metrics.llm_call_duration.labels(model=provider.model, outcome="error").observe(
+                time.perf_counter() - started)
             last = exc
             log.warning("llm_call_failed", error_code=exc.code, error=exc.message, attempt=attempt,
                         retryable=exc.retryable)
             if not exc.retryable or attempt == max_attempts:
                 return failed(item, exc, attempt)
+            metrics.llm_retries.labels(error_code=exc.code).inc()
             if exc.retry_after and limiter is not None:
                 await limiter.back_off(exc.retry_after)
             await sleep(max(exc.retry_after or 0.0, backoff(attempt)))
             continue
+        metrics.llm_call_duration.labels(model=provider.model, outcome="ok").observe(time.perf_counter() - started)
+        metrics.llm_tokens.labels(model=out.model, direction="prompt").inc(out.usage.prompt_tokens)
+        metrics.llm_tokens.labels(model=out.model, direction="completion").inc(out.usage.completion_tokens)
         if limiter is not None:
             await limiter.settle(estimate, out.usage.prompt_tokens + out.usage.completion_tokens)
         return PersonaCompleted(

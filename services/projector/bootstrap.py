@@ -18,7 +18,10 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.fold import PROJECTOR, Fold
 from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
+from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, announce_ready, cancel_and_wait, utc_now
+from services.runtime.metrics import Metrics
+from services.runtime.ops_server import OpsServer
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, models_for
 
@@ -33,7 +36,10 @@ class ProjectorService:
     parked: ParkedEvents
     fold: Fold
     job_manager: JobManager
+    metrics: Metrics
+    health: Health
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    ops: OpsServer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fold the log, decide jobs, answer rebuild and re-apply requests, until ``stop``."""
@@ -47,7 +53,11 @@ class ProjectorService:
         await serve_rebuild_requests(self.event_log, self.fold.rebuild)
         await self.parked.serve(PROJECTOR, self.fold.reapply)
         await self.parked.serve(JOB_MANAGER, self.job_manager.reapply)
-        announce_ready(checkpoint=await self.models.checkpoint())
+        self.health.live_checks["consumers"] = lambda: not any(t.done() for t in tasks)
+        self.ops = OpsServer(self.metrics, self.health, before_scrape=self.fold.measure_lag)
+        http_port = await self.ops.start(self.settings.http_host, self.settings.projector_http_port)
+        self.stack.push_async_callback(self.ops.close)
+        announce_ready(checkpoint=await self.models.checkpoint(), http_port=http_port)
         try:
             done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -69,12 +79,20 @@ async def bootstrap(
     event_log: EventLogPort | None = None,
     models: ReadModelsPort | None = None,
     clock: Clock = utc_now,
+    metrics: Metrics | None = None,
 ) -> ProjectorService:
     stack = AsyncExitStack()
+    metrics = metrics or Metrics()
     models = models_for(settings, stack, models)
     event_log = await event_log_for(settings, "promptgen-projector", stack, event_log)
-    parked = ParkedEvents(event_log)
-    job_manager = JobManager(event_log, models, parked=parked, clock=clock)
+    parked = ParkedEvents(event_log, metrics)
+    job_manager = JobManager(event_log, models, parked=parked, clock=clock, metrics=metrics)
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
-                on_reapplied=job_manager.decide)
-    return ProjectorService(settings, event_log, models, parked, fold, job_manager, stack)
+                on_reapplied=job_manager.decide, metrics=metrics, clock=clock)
+
+    async def caught_up() -> bool:  # reads served from a read model this far behind would mislead
+        return await fold.measure_lag() <= settings.ready_max_lag_events
+
+    health = Health(ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models),
+                                 "lag": caught_up})
+    return ProjectorService(settings, event_log, models, parked, fold, job_manager, metrics, health, stack)

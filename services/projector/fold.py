@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -27,7 +27,8 @@ from services.adapters.read_models import ReadModels
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
 from services.runtime.failures import Unstorable, durably
-from services.runtime.lifecycle import keep_going
+from services.runtime.lifecycle import Clock, keep_going, utc_now
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -43,7 +44,12 @@ class Fold:
         job_retention: timedelta = timedelta(days=7),
         parked: ParkedEvents | None = None,
         on_reapplied: Callable[[set[str]], Awaitable[None]] | None = None,
+        metrics: Metrics | None = None,
+        clock: Clock = utc_now,
     ) -> None:
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.applied_at: datetime | None = None  # when the newest applied event was stored in the log
         self.on_reapplied = on_reapplied  # who decides the jobs a re-applied event touched
         self.log = event_log
         self.parked = parked or ParkedEvents(event_log)
@@ -89,6 +95,17 @@ class Fold:
                     await self.parked.park(PROJECTOR, stored, "unstorable", exc.cause)
             await durably(lambda: self.models.save_checkpoint(batch[-1].seq), what="checkpoint")
         self.position = batch[-1].seq
+        self.applied_at = batch[-1].time
+        await self.measure_lag()
+
+    async def measure_lag(self) -> int:
+        """How far behind the head of the log the fold is, in events (also set as gauges, with
+        the age of the newest applied event while behind: a stuck fold shows a growing age)."""
+        behind = max(0, await self.log.last_seq() - self.position)
+        self.metrics.projector_lag_events.set(behind)
+        age = (self.clock() - self.applied_at).total_seconds() if behind and self.applied_at else 0.0
+        self.metrics.projector_lag_seconds.set(max(0.0, age))
+        return behind
 
     async def _write(self, stored: StoredEvent) -> None:
         for collection, change in writes_for(stored.event, stored.seq, self.job_retention):

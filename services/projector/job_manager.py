@@ -39,6 +39,7 @@ from services.projector.process_manager import decide_job_end
 from services.projector.projections import JOB_PERSONAS, JOBS, project
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -109,7 +110,9 @@ class JobManager:
         *,
         parked: ParkedEvents,
         clock: Clock = utc_now,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.log = event_log
         self.models = models
         self.parked = parked
@@ -178,6 +181,7 @@ class JobManager:
         if end is None:
             return
         await durably(lambda: self.log.publish(end), what="job end")
+        self.metrics.jobs_finished.labels(status=end.status).inc()
         self.ended.forget(job_id)
         log.info("job_finished", job_id=job_id, status=end.status,
                  successful=end.results.successful, failed=end.results.failed)

@@ -77,6 +77,7 @@ def project_template_created(event: TemplateCreated, seq: int) -> list[Write]:
                 "template_id": event.template_id,
                 "template_data": event.template_data.model_dump(mode="json"),
                 "scenario_document": event.scenario_document,
+                "tenant": event.tenant,
                 "created_at": event.occurred_at,
             },
         )
@@ -86,7 +87,8 @@ def project_template_created(event: TemplateCreated, seq: int) -> list[Write]:
 @project.register
 def project_persona_created(event: PersonaCreated, seq: int) -> list[Write]:
     persona = event.persona.model_dump(mode="json")
-    return [_create(PERSONAS, event.persona.id, seq, {**persona, "created_at": event.occurred_at})]
+    fields = {**persona, "tenant": event.tenant, "created_at": event.occurred_at}
+    return [_create(PERSONAS, event.persona.id, seq, fields)]
 
 
 @project.register
@@ -103,6 +105,7 @@ def project_interaction_created(event: AvatarInteractionCreated, seq: int) -> li
                 "languages": event.languages,
                 "persona_id": event.persona_id,
                 "system_prompt": event.system_prompt,
+                "tenant": event.tenant,
                 "created_at": event.occurred_at,
             },
         )
@@ -129,6 +132,7 @@ def project_job_requested(event: JobRequested, seq: int) -> list[Write]:
             "updated_at": event.occurred_at,
             "deadline": event.deadline,
             "retry_of": event.retry_of,
+            "tenant": event.tenant,
         },
     )
     # One small document per persona of the job: a persona's progress never rewrites the job.

@@ -1,4 +1,7 @@
-"""structlog: one JSON object per line, with job_id / persona_id bound where known."""
+"""One JSON object per line for everything a process logs: structlog's own lines and the
+standard library's (uvicorn, pymongo, nats-py, asyncio) alike, with the same fields:
+``timestamp``, ``level``, ``event``, ``logger``, ``service``, and ``job_id`` / ``persona_id``
+where bound (structlog's context variables, merged into both)."""
 
 from __future__ import annotations
 
@@ -19,23 +22,53 @@ def _redact(_: object, __: str, event_dict: dict) -> dict:
     return event_dict
 
 
+def _shared_processors() -> list:
+    return [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+
+
+def _promptgen_logger(*args: object) -> logging.Logger:
+    name = args[0] if args and isinstance(args[0], str) else ""
+    return logging.getLogger(name if name.startswith("promptgen") else "promptgen")
+
+
 def configure_logging(service: str, level: str = "info", *, stream=None) -> None:
     stream = stream or sys.stdout
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
         lvl = logging.INFO
-    logging.basicConfig(stream=stream, level=max(lvl, logging.WARNING), format="%(message)s")
-    structlog.configure(
+    # Every line, ours or a library's, goes through one handler and one renderer.
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=_shared_processors(),
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
             _redact,
             structlog.processors.JSONRenderer(),
         ],
+    ))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    # libraries say too much at info; ours (every structlog logger is under "promptgen") follow the level
+    root.setLevel(max(lvl, logging.WARNING))
+    logging.getLogger("promptgen").setLevel(lvl)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).handlers[:] = []  # uvicorn's own handlers would print plain text
+        logging.getLogger(name).propagate = True
+    structlog.configure(
+        processors=[
+            *_shared_processors(),
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=_promptgen_logger,
         cache_logger_on_first_use=True,
     )
     structlog.contextvars.bind_contextvars(service=service)

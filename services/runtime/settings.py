@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic.fields import FieldInfo
@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     max_v1_waits: int = Field(100, ge=1, validation_alias=_env("PROMPTGEN_MAX_V1_WAITS"))
     max_history_reads: int = Field(32, ge=1, validation_alias=_env("PROMPTGEN_MAX_HISTORY_READS"))
 
+    # Access (README, Security)
+    auth: Literal["auto", "required"] = Field(
+        "auto", validation_alias=_env("PROMPTGEN_AUTH"),
+        description="'required': refuse to start without keys; 'auto': required unless bound to loopback "
+                    "with no keys.",
+    )
+    stream_token_secret: SecretStr | None = Field(None, validation_alias=_env("PROMPTGEN_STREAM_TOKEN_SECRET"))
+    stream_token_ttl_seconds: int = Field(3600, ge=1, validation_alias=_env("PROMPTGEN_STREAM_TOKEN_TTL_SECONDS"))
+
     # Jobs
     job_deadline_seconds: float = Field(1800, gt=0, validation_alias=_env("PROMPTGEN_JOB_DEADLINE_SECONDS"))
     job_retention_days: float = Field(7, gt=0, validation_alias=_env("PROMPTGEN_JOB_RETENTION_DAYS"))
@@ -121,6 +130,15 @@ class Settings(BaseSettings):
         None,
         validation_alias=_env("PROMPTGEN_PROVIDER"),
         description="'openai' or 'offline'; default: openai when a key or base URL is set.",
+    )
+
+    # Operations: the HTTP port of each worker process (/metrics, /livez, /readyz); 0: a free port
+    http_host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HTTP_HOST"))
+    generator_http_port: int = Field(9101, ge=0, validation_alias=_env("PROMPTGEN_GENERATOR_HTTP_PORT"))
+    projector_http_port: int = Field(9102, ge=0, validation_alias=_env("PROMPTGEN_PROJECTOR_HTTP_PORT"))
+    ready_max_lag_events: int = Field(
+        10_000, ge=1, validation_alias=_env("PROMPTGEN_READY_MAX_LAG_EVENTS"),
+        description="A projector further behind the log than this is not ready (its reads would be stale).",
     )
 
     # Logging

@@ -16,7 +16,7 @@ import structlog
 from nats.errors import Error as NatsError
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NoKeysError
 from nats.js.kv import KeyValue
 
 from services.testing.memory_streams import subject_matches
@@ -140,6 +140,11 @@ class MemoryKeyValue:
 
     async def create(self, key: str, value: bytes) -> int:
         return await self.update(key, value, last=0)
+
+    async def keys(self) -> list[str]:
+        if not self._entries:
+            raise NoKeysError
+        return list(self._entries)
 
     async def update(self, key: str, value: bytes, last: int | None = None) -> int:
         current = self._entries[key].revision if key in self._entries else 0

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from services.cli.embedded import free_port
+from services.testing.deployment import UpProcess
 from tests.servers import stop, wait_port
 
 CHROMIUM, DRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -51,7 +52,8 @@ def chromium():
 
 
 class System:
-    """`promptgen up` against `promptgen mock-llm`, both real processes on loopback."""
+    """`promptgen up` (services.testing.deployment.UpProcess) against `promptgen mock-llm`, both real
+    processes on loopback."""
 
     def __init__(self) -> None:
         self.data = Path(tempfile.mkdtemp(prefix="promptgen-browser-"))
@@ -61,23 +63,20 @@ class System:
                                      "--latency-ms", str(LLM_LATENCY_MS)],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(llm_port, proc=self.llm)
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")}
-        env.update(OPENAI_BASE_URL=f"http://127.0.0.1:{llm_port}/v1", OPENAI_API_KEY="browser-test",
-                   PROMPTGEN_WORKER_CONCURRENCY="2", PROMPTGEN_LLM_MAX_ATTEMPTS="1")
-        self.up = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "up", "--port", str(self.port), "--data-dir", str(self.data),
-             "--nats-port", str(free_port()), "--mongo-port", str(free_port())],
-            stdout=(self.data / "up.log").open("w"), stderr=subprocess.STDOUT, env=env)
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        if not self.healthy(90):
+        self.up = UpProcess(self.data, env={
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{llm_port}/v1", "OPENAI_API_KEY": "browser-test",
+            "PROMPTGEN_WORKER_CONCURRENCY": "2", "PROMPTGEN_LLM_MAX_ATTEMPTS": "1"})
+        self.base_url = self.up.base_url
+        try:
+            self.up.start(90)
+        except (RuntimeError, TimeoutError):
             self.close()
-            raise TimeoutError((self.data / "up.log").read_text()[-3000:])
+            raise
 
     def healthy(self, seconds: float) -> bool:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self.up.poll() is not None:
+            if self.up.proc is None or self.up.proc.poll() is not None:
                 return False
             try:
                 if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
@@ -92,20 +91,13 @@ class System:
 
     def gateway_pid(self) -> int:
         """The gateway process `promptgen up` started (its supervisor restarts it when it dies)."""
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                args = (entry / "cmdline").read_bytes().split(b"\0")
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid == self.up.pid and b"gateway" in args:
-                return int(entry.name)
-        raise LookupError("no gateway process under promptgen up")
+        pid = self.up.pids().get("gateway")
+        if pid is None:
+            raise LookupError("no gateway process under promptgen up")
+        return pid
 
     def close(self) -> None:
-        stop(self.up, timeout=60)
+        self.up.stop(timeout=60)
         stop(self.llm)
         shutil.rmtree(self.data, ignore_errors=True)
 

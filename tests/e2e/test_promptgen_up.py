@@ -12,52 +12,28 @@ import time
 
 import httpx
 
-from services.cli.embedded import free_port
+from services.testing.deployment import UpProcess
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
 
 
-class Up:
-    def __init__(self, data_dir, *, env=None, launcher=(sys.executable, "-m", "services.cli")):
-        self.port, self.nats_port, self.mongo_port = free_port(), free_port(), free_port()
-        self.data_dir = data_dir
-        self.env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")} | (env or {})
-        self.proc: subprocess.Popen | None = None
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.launcher = list(launcher)
+class Up(UpProcess):
+    """`promptgen up`, stopped with the checks a user expects: exit 0 and no process left."""
 
-    def start(self, timeout=60) -> str:
-        self.proc = subprocess.Popen(
-            [*self.launcher, "up", "--port", str(self.port), "--data-dir", str(self.data_dir),
-             "--nats-port", str(self.nats_port), "--mongo-port", str(self.mongo_port)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env,
-        )
-        lines = []
-        deadline = time.monotonic() + timeout
-        for line in self.proc.stdout:
-            lines.append(line)
-            if "Press Ctrl-C to stop" in line:
-                return "".join(lines)
-            if time.monotonic() > deadline:
-                break
-        raise AssertionError("promptgen up did not come up:\n" + "".join(lines[-40:]))
-
-    def children(self) -> list[int]:
+    def descendants(self) -> list[int]:
         out = subprocess.run(["pgrep", "-f", str(self.data_dir)], capture_output=True, text=True).stdout
-        pids = [int(p) for p in out.split()]
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        return sorted(set(pids) | {int(p) for p in out.split()})
+        pids = {int(p) for p in out.split()}
+        return sorted(pids | set(self.children()))
 
-    def stop(self, sig=signal.SIGTERM) -> str:
-        kids = self.children()
-        self.proc.send_signal(sig)
-        rest, _ = self.proc.communicate(timeout=60)
-        assert self.proc.returncode == 0, rest
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> str:
+        kids = self.descendants()
+        out = super().stop(sig, timeout)
+        assert self.proc is not None and self.proc.returncode == 0, out[-3000:]
         deadline = time.monotonic() + 10
         while any(_alive(p) for p in kids) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not [p for p in kids if _alive(p)], "orphan processes left behind"
-        return rest
+        return out
 
 
 def _alive(pid: int) -> bool:

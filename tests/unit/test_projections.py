@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from services.projector.process_manager import decide_job_end, results_from_job
 from services.projector.projections import project
-from tests.samples import T0, every_event, job_requested
+from tests.samples import CREATIONS, T0, every_event, job_requested, sample
 
 
 def _ops(event, seq=7):
@@ -14,14 +14,14 @@ def _ops(event, seq=7):
 
 
 def test_creations_are_idempotent_upserts():
-    for event in every_event()[:4]:
+    for event in map(sample, CREATIONS):
         for _coll, _flt, doc, upsert in _ops(event):
             assert upsert is True and set(doc) == {"$setOnInsert"}
             assert doc["$setOnInsert"]["_seq"] == 7
 
 
 def test_updates_apply_only_to_older_documents():
-    for event in every_event()[5:]:
+    for event in (e for e in every_event() if e.type not in CREATIONS and e.type != "persona.prompt_requested"):
         for _coll, flt, doc, upsert in _ops(event, seq=42):
             assert flt["_seq"] == {"$lt": 42}, event.type
             assert doc["$set"]["_seq"] == 42
@@ -112,7 +112,8 @@ def test_successive_updates_of_one_document_coalesce_and_fold_the_same():
     from services.projector.projections import coalesce, writes_for
 
     req = job_requested(pids=("p1", "p2"))
-    events = [req] + [e.model_copy(update={"job_id": req.job_id}) for e in every_event()[5:8]]
+    updates = map(sample, ("persona.progress", "persona.completed", "persona.failed"))
+    events = [req] + [e.model_copy(update={"job_id": req.job_id}) for e in updates]
     ops = [(c, op) for seq, e in enumerate(events, 1) for c, op in writes_for(e, seq, timedelta(days=1))]
     by_coll: dict[str, list] = {}
     for c, op in ops:
@@ -155,7 +156,8 @@ def test_a_replayed_batch_completes_a_persona_a_crashed_projector_left_processin
     """The first projector stored the progress but died before the completion and before its
     checkpoint; the next one replays both in one batch, coalesced."""
     req = job_requested(pids=("p1", "p2"))
-    progress, completed = (e.model_copy(update={"job_id": req.job_id}) for e in every_event()[5:7])
+    progress, completed = (sample(t).model_copy(update={"job_id": req.job_id})
+                           for t in ("persona.progress", "persona.completed"))
     everything = _fold(_writes([req, progress, completed], merged=False))
 
     crashed = _fold(_writes([req, progress], merged=False))  # prefix applied, checkpoint still at 1
@@ -168,8 +170,8 @@ def test_an_update_that_ends_a_persona_is_not_merged_with_a_later_one():
     from services.projector.projections import coalesce
 
     req = job_requested(pids=("p1",))
-    failed = every_event()[7].model_copy(update={"job_id": req.job_id, "persona_id": "p1"})
-    completed = every_event()[6].model_copy(update={"job_id": req.job_id})
+    failed = sample("persona.failed").model_copy(update={"job_id": req.job_id, "persona_id": "p1"})
+    completed = sample("persona.completed").model_copy(update={"job_id": req.job_id})
     ops = _writes([req, failed, completed], merged=False)["prompt_job_personas"]
     assert len(coalesce(ops)) == len(ops)  # sequentially, the completion finds the persona closed
     plain = _fold(_writes([req, failed, completed], merged=False))

@@ -6,11 +6,13 @@ from fastapi import APIRouter, Query
 
 from contracts.api import ParkedEventList, ReapplyRequest, ReapplyResult
 from services.adapters.parked import NoConsumerRunning, request_reapply
+from services.gateway.auth import require
 from services.gateway.deps import ParkedDep
 from services.gateway.errors import ApiError, responses
 from services.gateway.json_body import JSONBodyRoute
 
-router = APIRouter(prefix="/admin", tags=["operations"], route_class=JSONBodyRoute)
+router = APIRouter(prefix="/admin", tags=["operations"], route_class=JSONBodyRoute,
+                   dependencies=[require("admin")])
 
 
 @router.get("/parked", response_model=ParkedEventList, responses=responses(422))

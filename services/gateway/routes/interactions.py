@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
 from services.adapters.ports import ReadModelsPort
-from services.gateway.deps import EventLogDep, InteractionIdPath, ModelsDep, WaiterDep
+from services.gateway.deps import EventLogDep, InteractionIdPath, ModelsDep, Reader, ScenarioWriter, WaiterDep
 from services.gateway.errors import not_found, responses
 from services.gateway.json_body import JSONBodyRoute
 
@@ -33,20 +33,24 @@ async def _view(doc: dict[str, Any], models: ReadModelsPort) -> AvatarInteractio
 
 @router.post("", status_code=201, response_model=AvatarInteractionView, responses=responses(404, 413, 422))
 async def create_interaction(
-    body: AvatarInteractionCreate, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep
+    body: AvatarInteractionCreate, caller: ScenarioWriter, models: ModelsDep, event_log: EventLogDep,
+    waiter: WaiterDep,
 ) -> AvatarInteractionView:
     if body.persona_id is not None:
-        if await models.personas.find_one({"_id": body.persona_id}, {"_id": 1}) is None:
+        persona = await models.personas.find_one({"_id": body.persona_id}, {"tenant": 1})
+        if persona is None or not caller.owns(persona.get("tenant")):
             raise not_found("persona", body.persona_id, field="persona_id")
-    event = AvatarInteractionCreated(interaction_id=str(uuid.uuid4()), **body.model_dump())
+    event = AvatarInteractionCreated(interaction_id=str(uuid.uuid4()), **body.model_dump(), **caller.stamp())
     await waiter.wait_for(await event_log.publish(event))
     doc = {"id": event.interaction_id, "created_at": event.occurred_at, **body.model_dump()}
     return await _view(doc, models)
 
 
 @router.get("/{interaction_id}", response_model=AvatarInteractionView, responses=responses(404, 422))
-async def get_interaction(interaction_id: InteractionIdPath, models: ModelsDep) -> AvatarInteractionView:
+async def get_interaction(
+    interaction_id: InteractionIdPath, caller: Reader, models: ModelsDep
+) -> AvatarInteractionView:
     doc = await models.interactions.find_one({"_id": interaction_id})
-    if doc is None:
+    if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("avatar_interaction", interaction_id)
     return await _view(doc, models)

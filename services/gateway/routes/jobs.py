@@ -16,14 +16,20 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
+from services.gateway.auth import Caller, Guard
 from services.gateway.deps import (
     CapacityDep,
     ClockDep,
     EventLogDep,
     FeedsDep,
+    GuardDep,
     JobIdPath,
+    JobWriter,
+    MetricsDep,
     ModelsDep,
+    Reader,
     SettingsDep,
+    StreamReader,
     WaiterDep,
 )
 from services.gateway.errors import ApiError, job_not_found, responses
@@ -35,7 +41,6 @@ from services.gateway.jobs import (
     finished_seq,
     job_view,
     job_view_from_log,
-    sse_endpoint,
 )
 from services.gateway.json_body import JSONBodyRoute
 from services.gateway.sse import HeldEventStream, stream_job_events
@@ -45,10 +50,10 @@ router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route
 log = structlog.get_logger()
 
 
-async def _requested(event_log, job_id: str):
-    """The job's request event, or 404."""
+async def _requested(event_log, job_id: str, caller: Caller):
+    """The job's request event, or 404 (another tenant's job too)."""
     stored = await event_log.last(subjects.job(job_id, "requested"))
-    if stored is None:
+    if stored is None or (stored.event is not None and not caller.owns(stored.event.tenant)):
         raise job_not_found(job_id)
     if stored.event is None:
         raise ApiError(500, "event_unreadable",
@@ -65,13 +70,25 @@ async def _requested_seq(event_log, job_id: str) -> int:
     return seq
 
 
-async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsResponse:
+async def _owned_seq(event_log, models, job_id: str, caller: Caller) -> int:
+    """Where the caller's job's request is in the log, or 404. The job's view says whose it is
+    without decoding the request (large); a job the projector has not reached, or whose view
+    has aged out, is judged by its request event."""
+    doc = await models.jobs.find_one({"_id": job_id}, {"tenant": 1})
+    if doc is None:
+        return (await _requested(event_log, job_id, caller)).seq
+    if not caller.owns(doc.get("tenant")):
+        raise job_not_found(job_id)
+    return await _requested_seq(event_log, job_id)
+
+
+async def start_job(event: JobRequested, event_log, guard: Guard, caller: Caller) -> GenerateFinalPromptsResponse:
     # Durable once published: answer now. A poll before the projector catches up is answered from the log.
     await event_log.publish(event)
     log.info("job_requested", job_id=event.job_id, personas=len(event.personas), retry_of=event.retry_of)
     return GenerateFinalPromptsResponse(
         job_id=event.job_id,
-        sse_endpoint=sse_endpoint(event.job_id),
+        sse_endpoint=guard.stream_endpoint(event.job_id, caller),
         persona_count=len(event.personas),
         retry_of=event.retry_of,
     )
@@ -80,12 +97,12 @@ async def start_job(event: JobRequested, event_log) -> GenerateFinalPromptsRespo
 @router.post("/generate-final-prompts", status_code=202, response_model=GenerateFinalPromptsResponse,
              response_model_exclude_none=True, responses=responses(404, 413, 422))
 async def generate_final_prompts(
-    body: GenerateFinalPromptsRequest, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
-    clock: ClockDep,
+    body: GenerateFinalPromptsRequest, caller: JobWriter, models: ModelsDep, event_log: EventLogDep,
+    settings: SettingsDep, clock: ClockDep, guard: GuardDep,
 ) -> GenerateFinalPromptsResponse:
     """Start generating the personas' system prompts; returns at once with the job id."""
-    event = await build_job(body, models=models, settings=settings, clock=clock)
-    return await start_job(event, event_log)
+    event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock)
+    return await start_job(event, event_log, guard, caller)
 
 
 @router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,
@@ -93,16 +110,19 @@ async def generate_final_prompts(
                        **responses(404, 422, 503)})
 async def prompt_generation_status(
     job_id: JobIdPath,
+    caller: StreamReader,
     event_log: EventLogDep,
+    models: ModelsDep,
     settings: SettingsDep,
     waiter: WaiterDep,
     feeds: FeedsDep,
     capacity: CapacityDep,
+    metrics: MetricsDep,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
     """Server-Sent Events: a job's whole history, then live progress, ending after ``results``."""
-    requested_seq = await _requested_seq(event_log, job_id)
+    requested_seq = await _owned_seq(event_log, models, job_id, caller)
     after = Position.parse(last_event_id_header or last_event_id)
     if after is not None:
         end_seq = await finished_seq(event_log, job_id)
@@ -111,32 +131,35 @@ async def prompt_generation_status(
             return Response(status_code=204)
     return HeldEventStream(
         stream_job_events(feeds, job_id, start_seq=requested_seq, after=after, before_end=waiter.wait_for,
-                          retry_ms=settings.sse_retry_ms),
-        slot=capacity.sse_streams.take(),  # the last thing before the response: it gives the slot back
+                          retry_ms=settings.sse_retry_ms, metrics=metrics),
+        slot=capacity.sse_streams.take(),
+        metrics=metrics,  # the last thing before the response: it gives the slot back
         ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
 
 
 @router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422))
-async def job_status(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep) -> JobView:
+async def job_status(job_id: JobIdPath, caller: Reader, models: ModelsDep, event_log: EventLogDep) -> JobView:
     """The polling alternative to SSE."""
     doc = await models.jobs.find_one({"_id": job_id})
     if doc is not None:
+        if not caller.owns(doc.get("tenant")):
+            raise job_not_found(job_id)
         personas = await models.job_persona_docs(job_id)
         if len(personas) == doc["total_personas"]:  # else the projector is mid-write: ask the log
             return job_view(doc, personas)
-    requested = await _requested(event_log, job_id)
+    requested = await _requested(event_log, job_id, caller)
     finished = await finished_event(event_log, job_id)
     return job_view_from_log(requested.event, finished.event if finished and finished.event else None)
 
 
 @router.get("/jobs", response_model=JobList, responses=responses(422))
-async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> JobList:
-    """Recent jobs, newest first."""
+async def list_jobs(caller: Reader, models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> JobList:
+    """The caller's tenant's recent jobs, newest first."""
     fields = ["status", "template_id", "template_data.title", "total_personas", "created_at", "finished_at",
               "retry_of"]
-    docs = [d async for d in models.jobs.find({}, fields).sort("created_at", -1).limit(limit)]
+    docs = [d async for d in models.jobs.find(caller.only_mine(), fields).sort("created_at", -1).limit(limit)]
     counts: dict[tuple[str, str], int] = {}
     pipeline = [{"$match": {"job_id": {"$in": [d["_id"] for d in docs]}}},
                 {"$group": {"_id": {"job": "$job_id", "status": "$status"}, "n": {"$sum": 1}}}]
@@ -156,27 +179,31 @@ async def list_jobs(models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> 
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView, responses=responses(404, 409, 413, 422))
-async def cancel_job(job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep) -> JobView:
+async def cancel_job(
+    job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep
+) -> JobView:
     """Stop a running job: no new LLM call starts; unfinished personas end ``cancelled``."""
-    await _requested_seq(event_log, job_id)
+    await _owned_seq(event_log, models, job_id, caller)
     end = await finished_event(event_log, job_id)
     if end is not None:
         status = getattr(end.event, "status", "ended")
         raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({status}); nothing to cancel",
                        ids=[job_id])
-    await waiter.wait_for(await event_log.publish(JobCancelRequested(job_id=job_id, correlation_id=job_id)))
+    cancel = JobCancelRequested(job_id=job_id, correlation_id=job_id, **caller.stamp())
+    await waiter.wait_for(await event_log.publish(cancel))
     log.info("job_cancel_requested", job_id=job_id)
-    return await job_status(job_id, models, event_log)
+    return await job_status(job_id, caller, models, event_log)
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
              response_model_exclude_none=True, responses=responses(404, 409, 413, 422))
 async def retry_failed(
-    job_id: JobIdPath, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep, clock: ClockDep
+    job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
+    clock: ClockDep, guard: GuardDep,
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
     doc = await models.jobs.find_one({"_id": job_id})
-    if doc is None:
+    if doc is None or not caller.owns(doc.get("tenant")):
         raise job_not_found(job_id)
     if doc["status"] == "processing":
         raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
@@ -186,21 +213,23 @@ async def retry_failed(
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
     body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
                                        mode_mapping=failed)
-    event = await build_job(body, models=models, settings=settings, clock=clock, retry_of=job_id)
-    return await start_job(event, event_log)
+    event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock, retry_of=job_id)
+    return await start_job(event, event_log, guard, caller)
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422, 503))
 async def job_events(
     job_id: JobIdPath,
+    caller: Reader,
     event_log: EventLogDep,
+    models: ModelsDep,
     capacity: CapacityDep,
     after: int = Query(0, ge=0, description="Events after this stream sequence (a page's `next_after`)"),
     limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
 ) -> JobEventHistory:
     """The job's event history from the log, in order (for audit), a page at a time."""
     async with capacity.history_reads.hold():
-        start = max(await _requested_seq(event_log, job_id), after + 1)
+        start = max(await _owned_seq(event_log, models, job_id, caller), after + 1)
         events, next_after = await job_history_page(event_log, job_id, start, limit)
     return JobEventHistory(job_id=job_id, events=events, next_after=next_after)
 

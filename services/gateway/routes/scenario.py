@@ -28,6 +28,8 @@ from services.gateway.deps import (
     ModelsDep,
     PersonaIdPath,
     ProviderDep,
+    Reader,
+    ScenarioWriter,
     SettingsDep,
     TemplateIdPath,
     TemplateIdQuery,
@@ -59,6 +61,7 @@ def _llm_failure(exc: LLMError) -> ApiError:
              responses=responses(413, 422, 502, 503, 504))
 async def analyze_scenario(
     body: AnalyzeScenarioRequest,
+    caller: ScenarioWriter,
     provider: ProviderDep,
     event_log: EventLogDep,
     waiter: WaiterDep,
@@ -72,7 +75,8 @@ async def analyze_scenario(
     except LLMError as exc:
         raise _llm_failure(exc) from exc
     event = TemplateCreated(
-        template_id=str(uuid.uuid4()), scenario_document=body.scenario_document, template_data=template_data
+        template_id=str(uuid.uuid4()), scenario_document=body.scenario_document, template_data=template_data,
+        **caller.stamp(),
     )
     await waiter.wait_for(await event_log.publish(event))
     log.info("template_created", template_id=event.template_id, provider=provider.name)
@@ -80,8 +84,8 @@ async def analyze_scenario(
 
 
 @router.get("/templates/{template_id}", response_model=TemplateView, responses=responses(404, 422))
-async def get_template(template_id: TemplateIdPath, models: ModelsDep) -> TemplateView:
-    doc = await load_template(models, template_id)
+async def get_template(template_id: TemplateIdPath, caller: Reader, models: ModelsDep) -> TemplateView:
+    doc = await load_template(models, template_id, caller)
     return TemplateView(template_id=template_id, template_data=doc["template_data"], created_at=doc.get("created_at"))
 
 
@@ -89,6 +93,7 @@ async def get_template(template_id: TemplateIdPath, models: ModelsDep) -> Templa
              responses=responses(404, 413, 422, 502, 503, 504))
 async def generate_personas(
     body: GeneratePersonasRequest,
+    caller: ScenarioWriter,
     provider: ProviderDep,
     event_log: EventLogDep,
     models: ModelsDep,
@@ -97,7 +102,7 @@ async def generate_personas(
     settings: SettingsDep,
 ) -> GeneratePersonasResponse:
     """Invent ``count`` personas for a template. They have no prompt yet."""
-    template = await load_template(models, body.template_id)
+    template = await load_template(models, body.template_id, caller)
     template_data = TemplateData.model_validate(template["template_data"])
     ids = [str(uuid.uuid4()) for _ in range(body.count)]
     tokens = _estimate(template_data.model_dump_json(), settings)
@@ -110,7 +115,7 @@ async def generate_personas(
         Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)
         for pid, d in zip(ids, drafts, strict=True)
     ]
-    seqs = await asyncio.gather(*(event_log.publish(PersonaCreated(persona=p)) for p in personas))
+    seqs = await asyncio.gather(*(event_log.publish(PersonaCreated(persona=p, **caller.stamp())) for p in personas))
     await waiter.wait_for(max(seqs))
     log.info("personas_created", template_id=body.template_id, count=len(personas))
     return GeneratePersonasResponse(
@@ -119,16 +124,16 @@ async def generate_personas(
 
 
 @router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422))
-async def get_persona(persona_id: PersonaIdPath, models: ModelsDep) -> PersonaView:
+async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsDep) -> PersonaView:
     doc = await models.personas.find_one({"_id": persona_id})
-    if doc is None:
+    if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("persona", persona_id)
     return PersonaView.model_validate(doc)
 
 
 @router.get("/personas", response_model=PersonaList, responses=responses(404, 422))
-async def list_personas(models: ModelsDep, template_id: TemplateIdQuery) -> PersonaList:
+async def list_personas(models: ModelsDep, template_id: TemplateIdQuery, caller: Reader) -> PersonaList:
     """The template's personas, oldest first."""
-    await load_template(models, template_id)
-    cursor = models.personas.find({"template_id": template_id}).sort("created_at", 1)
+    await load_template(models, template_id, caller)
+    cursor = models.personas.find({"template_id": template_id, **caller.only_mine()}).sort("created_at", 1)
     return PersonaList(personas=[PersonaView.model_validate(d) async for d in cursor])

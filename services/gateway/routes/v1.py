@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request, Response
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsResponse, V1PersonaPrompt
 from contracts.events import JobFinished
-from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, JobWriter, ModelsDep, SettingsDep, WaiterDep
 from services.gateway.errors import ApiError, responses
 from services.gateway.jobs import build_job, sse_endpoint
 from services.gateway.json_body import JSONBodyRoute
@@ -28,6 +28,7 @@ T = TypeVar("T")
              responses=responses(404, 413, 422, 503, 504))
 async def generate_final_prompts_v1(
     body: GenerateFinalPromptsRequest,
+    caller: JobWriter,
     request: Request,
     response: Response,
     models: ModelsDep,
@@ -41,7 +42,7 @@ async def generate_final_prompts_v1(
     response.headers["Deprecation"] = "true"
     response.headers["Link"] = '</scenario/v2/generate-final-prompts>; rel="successor-version"'
     async with capacity.v1_waits.hold():  # before anything is published: a busy answer starts no job
-        job = await build_job(body, models=models, settings=settings, clock=clock)
+        job = await build_job(body, caller=caller, models=models, settings=settings, clock=clock)
         start = await event_log.publish(job)
         end = await _unless_client_leaves(
             request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id

@@ -1,0 +1,112 @@
+"""API keys, kept where every gateway reads them: the JetStream key-value bucket ``promptgen_api_keys``.
+
+A key is ``pgk_<id>_<secret>``: the id finds the record without a scan, and only the
+SHA-256 of the whole key is stored. The secret is 256 random bits, so a plain hash is
+enough (a slow password hash protects low-entropy secrets, which these are not). A
+revoked key keeps its record, so ``keys list`` still shows who had access and when.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from datetime import UTC, datetime
+
+from nats.js.errors import KeyNotFoundError, NoKeysError
+from pydantic import BaseModel
+
+from services.adapters.ports import EventLogPort, KeyValue
+
+BUCKET = "promptgen_api_keys"
+PREFIX = "pgk"
+SCOPES = ("jobs:read", "jobs:write", "scenarios:write", "admin")
+TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # safe in a stream token and a log line
+_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
+
+
+class ApiKeyRecord(BaseModel):
+    id: str
+    tenant: str
+    scopes: list[str]
+    key_hash: str  # hex SHA-256 of the whole key
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.revoked_at is None
+
+
+def parse_scopes(text: str) -> list[str]:
+    """``jobs:read,jobs:write`` or ``all``; an unknown scope is a ValueError naming it."""
+    asked = [s.strip() for s in text.split(",") if s.strip()]
+    if asked == ["all"]:
+        return list(SCOPES)
+    unknown = [s for s in asked if s not in SCOPES]
+    if unknown or not asked:
+        raise ValueError(f"unknown scopes {unknown or asked}: choose from {', '.join(SCOPES)} or 'all'")
+    return [s for s in SCOPES if s in asked]
+
+
+def _digest(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class ApiKeys:
+    def __init__(self, kv: KeyValue) -> None:
+        self.kv = kv
+
+    @classmethod
+    async def open(cls, event_log: EventLogPort) -> ApiKeys:
+        return cls(await event_log.key_value(BUCKET, history=1, replicas=event_log.settings.stream_replicas))
+
+    async def create(self, tenant: str, scopes: list[str]) -> tuple[ApiKeyRecord, str]:
+        """A new key: its record, and the key itself (shown once, stored nowhere)."""
+        if not TENANT_PATTERN.match(tenant):
+            raise ValueError(f"a tenant is 1 to 64 letters, digits, '-' or '_' (got {tenant!r})")
+        key_id = secrets.token_hex(8)
+        key = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+        record = ApiKeyRecord(id=key_id, tenant=tenant, scopes=scopes, key_hash=_digest(key),
+                              created_at=datetime.now(UTC))
+        await self.kv.create(key_id, record.model_dump_json().encode())
+        return record, key
+
+    async def get(self, key_id: str) -> ApiKeyRecord | None:
+        try:
+            entry = await self.kv.get(key_id)
+        except KeyNotFoundError:
+            return None
+        return ApiKeyRecord.model_validate(json.loads(entry.value)) if entry.value else None
+
+    async def list(self) -> list[ApiKeyRecord]:
+        try:
+            ids = await self.kv.keys()
+        except NoKeysError:
+            return []
+        records = [r for r in [await self.get(i) for i in ids] if r is not None]
+        return sorted(records, key=lambda r: r.created_at)
+
+    async def any_active(self) -> bool:
+        return any(r.active for r in await self.list())
+
+    async def revoke(self, key_id: str) -> ApiKeyRecord | None:
+        record = await self.get(key_id)
+        if record is None or not record.active:
+            return record
+        revoked = record.model_copy(update={"revoked_at": datetime.now(UTC)})
+        await self.kv.update(key_id, revoked.model_dump_json().encode())
+        return revoked
+
+    async def verify(self, key: str) -> ApiKeyRecord | None:
+        """The active record of a presented key, or None (unknown, malformed or revoked)."""
+        prefix, _, rest = key.partition("_")
+        key_id, _, secret = rest.partition("_")
+        if prefix != PREFIX or not _KEY_ID.match(key_id) or not secret:
+            return None
+        record = await self.get(key_id)
+        if record is None or not hmac.compare_digest(record.key_hash, _digest(key)):
+            return None
+        return record if record.active else None

@@ -1,0 +1,68 @@
+"""`promptgen keys create|list|revoke`: API keys, in the bucket every gateway reads them from."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from services.adapters.api_keys import ApiKeys
+from services.adapters.event_log import EventLog
+from services.adapters.ports import EventLogPort
+from services.runtime.settings import Settings
+
+err = Console(stderr=True)
+
+
+async def _with_keys(settings: Settings, event_log: EventLogPort | None):
+    return event_log or await EventLog.connect(settings, "promptgen-keys")
+
+
+async def create_key(
+    settings: Settings, tenant: str, scopes: list[str], *, event_log: EventLogPort | None = None
+) -> int:
+    log = await _with_keys(settings, event_log)
+    try:
+        record, key = await (await ApiKeys.open(log)).create(tenant, scopes)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    finally:
+        if event_log is None:
+            await log.close()
+    err.print(f"key {record.id} for tenant {record.tenant}, scopes {', '.join(record.scopes)}. It is shown "
+              "this once; store it now. A gateway running with auth off turns it on at its next start.")
+    sys.stdout.write(key + "\n")  # alone on the last line: `KEY=$(promptgen keys create … | tail -1)`
+    return 0
+
+
+async def list_keys(settings: Settings, *, event_log: EventLogPort | None = None) -> int:
+    log = await _with_keys(settings, event_log)
+    try:
+        records = await (await ApiKeys.open(log)).list()
+    finally:
+        if event_log is None:
+            await log.close()
+    table = Table(title=f"{len(records)} API key(s)")
+    for col in ("id", "tenant", "scopes", "created", "revoked"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else ""
+        table.add_row(r.id, r.tenant, ",".join(r.scopes), r.created_at.strftime("%Y-%m-%d %H:%M:%S"), revoked)
+    Console().print(table)
+    return 0
+
+
+async def revoke_key(settings: Settings, key_id: str, *, event_log: EventLogPort | None = None) -> int:
+    log = await _with_keys(settings, event_log)
+    try:
+        record = await (await ApiKeys.open(log)).revoke(key_id)
+    finally:
+        if event_log is None:
+            await log.close()
+    if record is None:
+        err.print(f"[red]no key {key_id}[/red]")
+        return 1
+    err.print(f"key {record.id} (tenant {record.tenant}) revoked; every gateway refuses it from the next request")
+    return 0

@@ -1,0 +1,61 @@
+"""One access log line and the HTTP series for every request, by route *template*.
+
+The template (``/scenario/v2/job-status/{job_id}``), never the raw path: a label per
+job id would grow without end. FastAPI's router puts the matched route in the scope, so
+this outermost middleware reads it once the request is answered; a request no route
+matched is ``<unmatched>`` (still one series).
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+log = structlog.get_logger("promptgen.access")
+
+UNMATCHED = "<unmatched>"
+
+
+def route_template(scope: Scope) -> str:
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
+    if scope.get("path", "").startswith("/static/"):
+        return "/static/{path}"  # the mounted files: one series for all of them
+    return UNMATCHED
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what a request that raised before answering amounts to
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+
+    @staticmethod
+    def _record(scope: Scope, status: int, seconds: float) -> None:
+        route, method = route_template(scope), scope["method"]
+        gateway = getattr(scope["app"].state, "gateway", None) if "app" in scope else None
+        if gateway is not None:
+            gateway.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
+            gateway.metrics.http_duration.labels(method=method, route=route).observe(seconds)
+        client = scope.get("client")
+        log.info("http_request", method=method, route=route, path=scope.get("path"), status=status,
+                 duration_ms=round(seconds * 1000, 1), client=f"{client[0]}:{client[1]}" if client else None)

@@ -1,0 +1,152 @@
+"""Who is asking, and may they: API keys (``Authorization: Bearer``), scopes, tenants, stream tokens.
+
+Every route but the operational and documentation ones takes a :class:`Caller` through
+``require(scope)`` (aliases in ``deps.py``); ``tests/integration/test_authorization.py``
+walks ``app.routes`` so that a new route cannot go unguarded. A caller sees only its
+tenant's templates, personas, jobs and interactions: another tenant's ids answer 404, as
+an unknown id does, so ids reveal nothing about other tenants.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from fastapi import Depends, Query, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.adapters.api_keys import SCOPES, ApiKeys
+from services.adapters.ports import EventLogPort
+from services.gateway.errors import ApiError
+from services.gateway.stream_tokens import StreamTokens
+from services.runtime.lifecycle import Clock
+from services.runtime.settings import Settings
+
+DEFAULT_TENANT = "default"  # the owner of everything created before keys, or with auth off
+log = structlog.get_logger()
+
+
+class AuthNotConfigured(RuntimeError):
+    """The gateway must not start open: say what to configure."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    tenant: str
+    key_id: str | None  # None: auth is off, or a stream token
+    scopes: frozenset[str]
+
+    def owns(self, tenant: str | None) -> bool:
+        """Whether a thing of ``tenant`` (None: created before tenants) is this caller's."""
+        return (tenant or DEFAULT_TENANT) == self.tenant
+
+    def only_mine(self) -> dict[str, Any]:
+        """A read-model filter for this caller's documents."""
+        if self.tenant == DEFAULT_TENANT:
+            return {"tenant": {"$in": [None, DEFAULT_TENANT]}}
+        return {"tenant": self.tenant}
+
+    def stamp(self) -> dict[str, str | None]:
+        """``tenant`` and ``actor`` for a command event (none with auth off: as before keys)."""
+        if self.key_id is None:
+            return {}
+        return {"tenant": self.tenant, "actor": self.key_id}
+
+
+OPEN = Caller(tenant=DEFAULT_TENANT, key_id=None, scopes=frozenset(SCOPES))
+
+
+@dataclass
+class Guard:
+    enforced: bool
+    keys: ApiKeys
+    tokens: StreamTokens
+
+    async def caller(self, credentials: HTTPAuthorizationCredentials | None, scope: str) -> Caller:
+        if credentials is None:
+            if not self.enforced:
+                return OPEN
+            raise unauthenticated("No API key: send 'Authorization: Bearer <key>'")
+        record = await self.keys.verify(credentials.credentials)
+        if record is None:
+            raise unauthenticated("The API key is unknown or revoked")
+        if scope not in record.scopes:
+            raise ApiError(403, "missing_scope", f"This API key lacks the scope '{scope}'", field=scope)
+        return Caller(tenant=record.tenant, key_id=record.id, scopes=frozenset(record.scopes))
+
+    def stream_endpoint(self, job_id: str, caller: Caller) -> str:
+        """Where a browser follows the job: with auth on, a token for this job alone in the query."""
+        path = f"/scenario/v2/prompt-generation-status/{job_id}"
+        return f"{path}?token={self.tokens.issue(job_id, caller.tenant)}" if self.enforced else path
+
+
+def unauthenticated(detail: str) -> ApiError:
+    return ApiError(401, "unauthenticated", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name we cannot judge is treated as reachable from outside
+
+
+async def open_guard(settings: Settings, event_log: EventLogPort, clock: Clock) -> Guard:
+    """Decide the mode once, at start: open only on loopback with no keys and ``PROMPTGEN_AUTH`` not
+    ``required``. A key created while a gateway runs open takes effect at its next start."""
+    keys = await ApiKeys.open(event_log)
+    must = settings.auth == "required" or not _is_loopback(settings.host)
+    has_keys = await keys.any_active()
+    if must and not has_keys:
+        why = "PROMPTGEN_AUTH=required" if settings.auth == "required" else f"bound to {settings.host}"
+        raise AuthNotConfigured(f"{why}, but there is no active API key: create one with "
+                                "`promptgen keys create --tenant NAME --scopes all`")
+    enforced = must or has_keys
+    secret = settings.stream_token_secret
+    if enforced and secret is None:
+        raise AuthNotConfigured("auth is on, but PROMPTGEN_STREAM_TOKEN_SECRET (or _FILE) is not set: every "
+                                "gateway needs the same secret to accept the stream tokens the others issue")
+    ttl = settings.stream_token_ttl_seconds
+    tokens = (StreamTokens(secret.get_secret_value().encode(), ttl, clock) if secret
+              else StreamTokens.per_process(ttl, clock))
+    if not enforced:
+        log.warning("auth_off", host=settings.host,
+                    reason="no API keys and bound to loopback: every request is served, as the default tenant")
+    else:
+        log.info("auth_on", host=settings.host)
+    return Guard(enforced=enforced, keys=keys, tokens=tokens)
+
+
+bearer = HTTPBearer(auto_error=False, description="An API key: `promptgen keys create`")
+
+
+def require(scope: str) -> Any:
+    """A dependency: the caller, holding ``scope`` (401 without a valid key, 403 without the scope)."""
+    assert scope in SCOPES, scope
+
+    async def authorize(request: Request,
+                        credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+        return await request.app.state.gateway.guard.caller(credentials, scope)
+
+    authorize.__name__ = f"require_{scope.replace(':', '_')}"
+    return Depends(authorize)
+
+
+async def stream_reader(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    token: str | None = Query(None, max_length=512, description="A stream token from the job's `sse_endpoint`"),
+) -> Caller:
+    """SSE: a key with ``jobs:read``, or the job's own stream token (an EventSource sends no header)."""
+    guard: Guard = request.app.state.gateway.guard
+    if token is None or credentials is not None or not guard.enforced:
+        return await guard.caller(credentials, "jobs:read")
+    # the route declares job_id (and its pattern); a dependency that did too would declare it again
+    tenant = guard.tokens.verify(token, request.path_params["job_id"])
+    if tenant is None:
+        raise unauthenticated("The stream token is expired, or is not this job's")
+    return Caller(tenant=tenant, key_id=None, scopes=frozenset({"jobs:read"}))

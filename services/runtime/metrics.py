@@ -1,0 +1,83 @@
+"""Every Prometheus series promptgen exposes, in one place.
+
+A :class:`Metrics` owns its own registry (never the global one): each process's
+composition root creates one and hands it to whatever counts, so in-process tests
+run several services side by side without their series mixing. Labels are bounded
+by design: statuses, error codes, models, consumers, route templates; never a job or
+persona id (one series per job would grow without end).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# An LLM call takes from a few hundred milliseconds to its timeout (120 s by default).
+LLM_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+HTTP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+WAIT_SECONDS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        # generator
+        self.personas_finished = Counter(
+            "promptgen_personas_finished", "Personas that reached an outcome, by outcome and error code "
+            "(error_code is empty for a completed persona).", ["outcome", "error_code"], registry=r)
+        self.llm_call_duration = Histogram(
+            "promptgen_llm_call_duration_seconds", "One LLM call, by model and outcome (ok or error).",
+            ["model", "outcome"], buckets=LLM_SECONDS, registry=r)
+        self.llm_tokens = Counter(
+            "promptgen_llm_tokens", "Tokens the LLM reported, by model and direction (prompt: in, completion: out).",
+            ["model", "direction"], registry=r)
+        self.llm_retries = Counter(
+            "promptgen_llm_retries", "LLM calls tried again after a transient failure, by error code.",
+            ["error_code"], registry=r)
+        self.rate_limit_wait = Histogram(
+            "promptgen_llm_rate_limit_wait_seconds", "Time a call waited for its turn under the shared LLM limits.",
+            buckets=WAIT_SECONDS, registry=r)
+        self.work_items_redelivered = Counter(
+            "promptgen_work_items_redelivered", "Work items delivered again (a worker failed, crashed or hung).",
+            registry=r)
+        self.dead_letters = Counter(
+            "promptgen_dead_letters", "Work items that ran out of deliveries and became a failed persona.",
+            registry=r)
+        # projector
+        self.jobs_finished = Counter(
+            "promptgen_jobs_finished", "Jobs ended by the job manager, by final status.", ["status"], registry=r)
+        self.projector_lag_events = Gauge(
+            "promptgen_projector_lag_events", "Events in the log the fold has not applied yet.", registry=r)
+        self.projector_lag_seconds = Gauge(
+            "promptgen_projector_lag_seconds", "Age of the newest applied event while the fold is behind; "
+            "0 when caught up.", registry=r)
+        # every consumer
+        self.parked_events = Counter(
+            "promptgen_parked_events", "Events a consumer could not decode or store, set aside for an operator.",
+            ["consumer"], registry=r)
+        # gateway
+        self.sse_clients = Gauge(
+            "promptgen_sse_clients", "SSE streams open on this gateway.", registry=r)
+        self.sse_messages = Counter(
+            "promptgen_sse_messages_sent", "SSE writes sent to clients (a write may carry several messages).",
+            registry=r)
+        self.http_requests = Counter(
+            "promptgen_http_requests", "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"], registry=r)
+        self.http_duration = Histogram(
+            "promptgen_http_request_duration_seconds", "Time to answer an HTTP request (an SSE stream: its life).",
+            ["method", "route"], buckets=HTTP_SECONDS, registry=r)
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus' text format (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+    def persona_finished(self, outcome: str, error_code: str | None = None) -> None:
+        self.personas_finished.labels(outcome=outcome, error_code=error_code or "").inc()

@@ -1,0 +1,69 @@
+"""Readiness means something: it turns false while MongoDB or NATS is down, and true again
+once each is back (servers of the test's own, stopped and started on the same port)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+
+from services.projector.bootstrap import bootstrap as projector_bootstrap
+from services.runtime.settings import Settings
+from tests.conftest import InProcessSystem
+from tests.servers import MongoServer, NatsServer
+from tests.waiting import eventually
+
+
+@pytest.fixture
+def servers(tmp_path):
+    nats, mongo = NatsServer(tmp_path / "nats").start(), MongoServer().start()
+    yield nats, mongo
+    nats.stop()
+    mongo.stop()
+
+
+async def _becomes(urls: list[str], ready: bool, what: str, check: str) -> None:
+    """Each of ``urls`` answers 200 with ``check`` passed, or 503 naming ``check``."""
+    async def all_there() -> bool:
+        async with httpx.AsyncClient(timeout=10) as client:
+            for url in urls:
+                answer = await client.get(url)
+                if ready and (answer.status_code != 200 or answer.json()["checks"][check] is not True):
+                    return False
+                if not ready and (answer.status_code != 503 or check not in answer.text):
+                    return False
+        return True
+    await eventually(all_there, timeout=30, what=what)
+
+
+async def test_readiness_follows_mongodb_and_nats(servers):
+    nats, mongo = servers
+    settings = Settings(nats_url=nats.url, mongo_url=mongo.url, mongo_db="readiness", provider="offline",
+                        projector_http_port=0, generator_http_port=0)
+    system = await InProcessSystem(settings).start(generator=False)
+    await system.stop_service("projector")  # the one below, built here, shows its port
+    projector = await projector_bootstrap(settings)
+    stop = asyncio.Event()
+    task = asyncio.create_task(projector.run(stop))
+    try:
+        await eventually(lambda: asyncio.sleep(0, projector.ops), what="the projector's HTTP port")
+        urls = [f"{system.base_url}/readyz", f"http://127.0.0.1:{projector.ops.port}/readyz"]
+        await _becomes(urls, True, "ready at start", "mongodb")
+
+        mongo.stop()
+        await _becomes(urls, False, "not ready without MongoDB", "mongodb")
+        async with httpx.AsyncClient() as client:  # alive all the same: nothing to restart
+            assert (await client.get(f"{system.base_url}/livez")).status_code == 200
+        mongo.start()
+        await _becomes(urls, True, "ready once MongoDB is back", "mongodb")
+
+        nats.stop()
+        await _becomes(urls, False, "not ready without NATS", "nats")
+        nats.start()
+        await _becomes(urls, True, "ready once NATS is back", "nats")
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+        await projector.aclose()
+        await system.close()

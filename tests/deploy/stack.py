@@ -202,13 +202,18 @@ class Stack:
         self.ports = {name: self.ports.get(name) or free_port() for name in names}
         key = self.workdir / "openai_api_key"
         key.write_text("test-key-for-the-mock-llm\n")
-        key.chmod(0o644)  # the services run as UID 10001
+        token_secret = self.workdir / "stream_token_secret"
+        token_secret.write_text(os.urandom(32).hex() + "\n")
+        for secret in (key, token_secret):
+            secret.chmod(0o644)  # the services run as UID 10001
+        self.api_key = ""
         self.env = os.environ | {k: str(v) for k, v in self.ports.items()} | {
             "PROMPTGEN_IMAGE": PROMPTGEN_IMAGE,
             "LOCAL_NATS_IMAGE": NATS_IMAGE,
             "LOCAL_MONGO_IMAGE": MONGO_IMAGE,
             "LOCAL_HAPROXY_IMAGE": HAPROXY_IMAGE,
             "PROMPTGEN_OPENAI_KEY_FILE": str(key),
+            "PROMPTGEN_STREAM_TOKEN_SECRET_FILE": str(token_secret),
             "PROMPTGEN_MONGO_URL": "mongodb://mongo-1:27017/?directConnection=true",
             "OPENAI_BASE_URL": "http://mock-llm:8100/v1",
             "MOCK_LLM_LATENCY_MS": str(self.llm_latency_ms),
@@ -232,9 +237,17 @@ class Stack:
                    env=self.env, timeout=timeout, check=check)
 
     def up(self) -> None:
-        self.compose("up", "-d", "--no-build", timeout=900)
+        """As README, Deploy says: NATS first, the first API key, then everything (a gateway
+        refuses to start before a key exists)."""
         self._health = threading.Thread(target=self._run_health_checks, daemon=True, name="health")
         self._health.start()
+        self.compose("up", "-d", "--no-build", "nats-1", "nats-2", "nats-3", timeout=600)
+        self.wait_healthy(timeout=120, services=["nats-1", "nats-2", "nats-3"])
+        created = self.compose("run", "--rm", "--no-deps", "generator-1", "keys", "create",
+                               "--tenant", "deploy-test", "--scopes", "all", timeout=300)
+        self.api_key = created.stdout.strip().splitlines()[-1]
+        assert self.api_key.startswith("pgk_"), created.stdout + created.stderr
+        self.compose("up", "-d", "--no-build", "--no-recreate", timeout=900)
 
     # podman's health checks, run as its systemd timers would
     def containers(self) -> dict[str, dict]:
@@ -390,12 +403,12 @@ def main(argv: list[str]) -> int:
         install_tools()
         configure_podman()
         build_images()
-        stack.compose("up", "-d", "--no-build", timeout=900)
-        stack._health = threading.Thread(target=stack._run_health_checks, daemon=True)
-        stack._health.start()
+        stack.up()
         stack.wait_healthy(timeout=300)
         stack._stop_health.set()
         log(f"promptgen is up: {stack.url} (through HAProxy; the test LLM answers)\n"
+            f"  API key (printed once): {stack.api_key}\n"
+            f"  stream token secret: {workdir / 'stream_token_secret'}\n"
             f"  NATS monitoring {stack.monitor_url(1)}, {stack.monitor_url(2)}, {stack.monitor_url(3)}\n"
             f"  `make compose-down` stops it and removes its containers, network and volumes")
         return 0

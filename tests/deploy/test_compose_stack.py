@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ TIMINGS: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def stack():
+    # A SIGTERM (a CI run stopped, a timeout) ends the test the way Ctrl-C does, so the
+    # stack is still torn down; a SIGKILL leaves it to the next run (reap_stale_stacks).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     start = time.monotonic()
     st.install_tools()
     st.configure_podman()
@@ -53,7 +57,12 @@ def stack():
         yield s
         start = time.monotonic()
     TIMINGS["teardown"] = time.monotonic() - start
+    signal.signal(signal.SIGTERM, previous)
     st.log("timings: " + json.dumps({k: round(v, 1) for k, v in TIMINGS.items()}))
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @dataclass
@@ -72,13 +81,19 @@ class SseClient:
         while time.monotonic() < until:
             headers = {"Last-Event-ID": self.messages[-1][0]} if self.messages else {}
             try:
-                if await self._read(client, headers, on_message):
+                # a stream kept open by keep-alives but never ending must not outlive the deadline
+                remaining = until - time.monotonic()
+                if await asyncio.wait_for(self._read(client, headers, on_message), remaining):
                     return
+            except TimeoutError:
+                break
             except (httpx.TransportError, httpx.HTTPStatusError) as exc:
                 self.drops += 1
                 st.log(f"SSE connection lost ({exc.__class__.__name__}); reconnecting in 1 s")
             await asyncio.sleep(1)
-        raise TimeoutError(f"SSE stream did not end within {deadline}s")
+        last = self.messages[-1][1] if self.messages else None
+        raise TimeoutError(f"SSE stream did not end within {deadline}s; {len(self.messages)} messages, "
+                           f"{_completed(self.messages)} personas completed, the last: {last}")
 
     async def _read(self, client: httpx.AsyncClient, headers: dict, on_message) -> bool:
         async with client.stream("GET", self.path, headers=headers) as resp:
@@ -136,8 +151,11 @@ def _stream_leader(s: st.Stack) -> str:
 
 async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_generator_mid_job(stack):
     s = stack
-    async with httpx.AsyncClient(base_url=s.url, timeout=60) as client:
-        # the seed's flow, through the load balancer
+    auth = {"Authorization": f"Bearer {s.api_key}"}
+    # the SSE client is a browser's EventSource: no header, the stream token in sse_endpoint
+    async with httpx.AsyncClient(base_url=s.url, timeout=60, headers=auth) as client, \
+            httpx.AsyncClient(base_url=s.url, timeout=60) as browser:
+        # the seed's flow, through the load balancer, with the API key the stack was set up with
         template_id = await create_template(client, SCENARIO)
         personas = []
         for _ in range(PERSONAS // 18):
@@ -166,7 +184,8 @@ async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_gener
             s.crash(killed["gateway"])
 
         sse = SseClient(s.url, job["sse_endpoint"])
-        await sse.follow(client, on_message=break_things)
+        assert "token=" in job["sse_endpoint"]
+        await sse.follow(browser, on_message=break_things)
         TIMINGS["job (36 personas, three crashes)"] = time.monotonic() - started
         st.log(f"killed {killed}; SSE served by {sse.served_by}, {sse.drops} drop(s)")
 
@@ -189,7 +208,7 @@ async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_gener
         ids_seen = [ident for ident, _ in sse.messages]
         assert len(ids_seen) == len(set(ids_seen)), "a message was delivered twice"
         whole = SseClient(s.url, job["sse_endpoint"])
-        await whole.follow(client)
+        await whole.follow(browser)
         assert whole.drops == 0
         assert sse.messages == whole.messages, "the resumed stream must be exactly the job's stream"
 

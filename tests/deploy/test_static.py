@@ -137,8 +137,13 @@ def test_the_llm_key_is_a_secret_file_never_an_environment_value():
     assert "file" in compose["secrets"]["openai_api_key"]
     for name in ("gateway-1", "gateway-2", "generator-1", "generator-2"):
         svc = compose["services"][name]
-        assert svc["secrets"] == ["openai_api_key"]
+        assert "openai_api_key" in svc["secrets"]
         assert svc["environment"]["OPENAI_API_KEY_FILE"] == "/run/secrets/openai_api_key"
+    for name in ("gateway-1", "gateway-2"):  # API keys enforced; stream tokens signed with one secret
+        svc = compose["services"][name]
+        assert svc["environment"]["PROMPTGEN_AUTH"] == "required"
+        assert svc["secrets"] == ["openai_api_key", "stream_token_secret"]
+        assert svc["environment"]["PROMPTGEN_STREAM_TOKEN_SECRET_FILE"] == "/run/secrets/stream_token_secret"
     for name, svc in compose["services"].items():
         assert "OPENAI_API_KEY" not in (svc.get("environment") or {}), name
     assert "secrets" not in compose["services"]["projector"]  # it calls no LLM
@@ -147,7 +152,7 @@ def test_the_llm_key_is_a_secret_file_never_an_environment_value():
 def test_the_load_balancer_is_set_up_for_sse():
     cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
     for needed in ("timeout server 1h", "timeout client 1h", "option redispatch", "retry-on conn-failure",
-                   "option httpchk GET /healthz", "server gateway-1 gateway-1:9000",
+                   "option httpchk GET /livez", "server gateway-1 gateway-1:9000",
                    "server gateway-2 gateway-2:9000"):
         assert needed in cfg, needed
     directives = [line.split("#")[0].strip() for line in cfg.splitlines()]

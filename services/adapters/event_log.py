@@ -153,7 +153,42 @@ async def connect_nats(
     raise AssertionError("unreachable")
 
 
-class EventLog:
+class DerivedReads:
+    """What every event log derives from its primitives (``last_seq_on``, ``read_batches``,
+    ``follow_batches``): written once for the JetStream adapter and its in-memory double."""
+
+    async def last_seq_on(self, subject: str) -> int | None:
+        raise NotImplementedError
+
+    def read_batches(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[list[StoredEvent]]:
+        raise NotImplementedError
+
+    def follow_batches(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[list[StoredEvent]]:
+        raise NotImplementedError
+
+    async def first_seq_on(self, subjects_: list[str]) -> int | None:
+        """:meth:`last_seq_on` of the first of ``subjects_`` that holds an event, or None."""
+        for subject in subjects_:
+            if (seq := await self.last_seq_on(subject)) is not None:
+                return seq
+        return None
+
+    async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
+        async with contextlib.aclosing(self.read_batches(filter_subject, start_seq)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    yield stored
+
+    async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
+        """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
+        async with contextlib.aclosing(self.follow_batches(filter_subject, start_seq)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    yield stored
+
+
+class EventLog(DerivedReads):
     def __init__(self, nc: NATS, settings: Settings, reconnect_callbacks: list | None = None) -> None:
         self.nc = nc
         self._reconnect_callbacks = reconnect_callbacks if reconnect_callbacks is not None else []
@@ -290,13 +325,6 @@ class EventLog:
         raw = await self._last_raw(subject)
         return raw.seq if raw is not None else None
 
-    async def first_seq_on(self, subjects_: list[str]) -> int | None:
-        """:meth:`last_seq_on` of the first of ``subjects_`` that holds an event, or None."""
-        for subject in subjects_:
-            if (seq := await self.last_seq_on(subject)) is not None:
-                return seq
-        return None
-
     async def last_seq(self) -> int:
         info = await self.js.stream_info(self.stream)
         return info.state.last_seq
@@ -323,12 +351,6 @@ class EventLog:
             await self.js.delete_consumer(stream or self.stream, name)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
-
-    async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        """Every stored event matching ``filter_subject`` from ``start_seq``, then stop."""
-        async for batch in self.read_batches(filter_subject, start_seq):
-            for stored in batch:
-                yield stored
 
     async def read_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000
@@ -383,13 +405,6 @@ class EventLog:
             await self._close(sub)
         more = bool(msgs) and msgs[-1].metadata.num_pending > 0
         return [stored_message(msg) for msg in msgs], more
-
-    async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        """Every event matching ``filter_subject`` from ``start_seq``, live, until closed."""
-        async with contextlib.aclosing(self.follow_batches(filter_subject, start_seq)) as batches:
-            async for batch in batches:
-                for stored in batch:
-                    yield stored
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500

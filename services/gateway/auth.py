@@ -95,11 +95,16 @@ def _is_loopback(host: str) -> bool:
         return False  # a name we cannot judge is treated as reachable from outside
 
 
+def auth_must_be_on(settings: Settings) -> bool:
+    """Whatever keys exist: ``PROMPTGEN_AUTH=required``, or bound to anything but loopback."""
+    return settings.auth == "required" or not _is_loopback(settings.host)
+
+
 async def open_guard(settings: Settings, event_log: EventLogPort, clock: Clock) -> Guard:
     """Decide the mode once, at start: open only on loopback with no keys and ``PROMPTGEN_AUTH`` not
     ``required``. A key created while a gateway runs open takes effect at its next start."""
     keys = await ApiKeys.open(event_log)
-    must = settings.auth == "required" or not _is_loopback(settings.host)
+    must = auth_must_be_on(settings)
     has_keys = await keys.any_active()
     if must and not has_keys:
         why = "PROMPTGEN_AUTH=required" if settings.auth == "required" else f"bound to {settings.host}"

@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from services.gateway.auth import auth_must_be_on
 from services.runtime.settings import Settings
 
 _REF = "#/components/schemas/"
@@ -23,7 +24,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is None:
             doc = generate()
             _errors_are_error_bodies(doc)
-            _auth_errors(doc)
+            _auth_errors(doc, enforced=_enforced(app, settings))
             _job_size(doc, settings.max_personas_per_job)
         return app.openapi_schema
 
@@ -56,11 +57,21 @@ _AUTH_ERRORS = {
 }
 
 
-def _auth_errors(doc: dict[str, Any]) -> None:
-    """Every guarded route (its ``security`` comes from ``auth.require``) can answer 401 and 403."""
+def _enforced(app: FastAPI, settings: Settings) -> bool:
+    """Whether this gateway refuses requests without a key: decided at its start (keys may exist);
+    before that (a document built without running the app), from its settings alone."""
+    gateway = getattr(app.state, "gateway", None)
+    return gateway.guard.enforced if gateway is not None else auth_must_be_on(settings)
+
+
+def _auth_errors(doc: dict[str, Any], *, enforced: bool) -> None:
+    """Every guarded route (its ``security`` comes from ``auth.require``) can answer 401 and 403.
+    With auth off, the key is optional (a request without one is served): the document says so."""
     for path in doc.get("paths", {}).values():
         for operation in path.values():
             if operation.get("security"):
+                if not enforced and {} not in operation["security"]:
+                    operation["security"].append({})
                 for status, description in _AUTH_ERRORS.items():
                     operation["responses"].setdefault(status, {
                         "description": description,

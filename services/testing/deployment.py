@@ -30,8 +30,10 @@ class UpProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port, self.nats_port, self.mongo_port = free_port(), free_port(), free_port()
         self.generators = generators
-        # Its own NATS and MongoDB, whatever the caller's environment points at.
-        self.env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")} | (env or {})
+        # Its own NATS and MongoDB, whatever the caller's environment points at, and free ports for
+        # the services' metrics and health (another deployment may hold the defaults).
+        self.env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")} | {
+            "PROMPTGEN_GENERATOR_HTTP_PORT": "0", "PROMPTGEN_PROJECTOR_HTTP_PORT": "0"} | (env or {})
         self.launcher = list(launcher)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.nats_url = nats_url(self.nats_port)

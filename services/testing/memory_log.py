@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.adapters.event_log import StoredEvent, stored_event
+from services.adapters.event_log import DerivedReads, StoredEvent, stored_event
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
 from services.testing.memory_core import CoreMessage, CoreRouter, CoreSubscription, MemoryKeyValue
@@ -30,7 +30,7 @@ def _event(msg: StoredMessage) -> StoredEvent:
     return stored_event(msg.seq, msg.time, msg.subject, msg.data)
 
 
-class MemoryEventLog:
+class MemoryEventLog(DerivedReads):
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings(provider="offline")
         self.stream = self.settings.stream
@@ -90,20 +90,8 @@ class MemoryEventLog:
         msg = self._streams[self.stream].last_on(subject)
         return msg.seq if msg is not None else None
 
-    async def first_seq_on(self, subjects_: list[str]) -> int | None:
-        for subject in subjects_:
-            if (seq := await self.last_seq_on(subject)) is not None:
-                return seq
-        return None
-
     async def last_seq(self) -> int:
         return self._streams[self.stream].last_seq
-
-    async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        async with aclosing(self.read_batches(filter_subject, start_seq)) as batches:
-            async for batch in batches:
-                for stored in batch:
-                    yield stored
 
     async def read_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000
@@ -137,12 +125,6 @@ class MemoryEventLog:
         found = source.after(max(1, start_seq) - 1, filter_subject, limit + 1)
         page = found[:limit]
         return [_event(msg) for msg in page], bool(page) and len(found) > limit
-
-    async def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:
-        async with aclosing(self.follow_batches(filter_subject, start_seq)) as batches:
-            async for batch in batches:
-                for stored in batch:
-                    yield stored
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500

@@ -74,7 +74,8 @@ class LiveSystem:
 def live_system(tmp_path_factory, mongo_server_url) -> Iterator[LiveSystem]:
     nats = NatsServer(tmp_path_factory.mktemp("nats")).start()
     settings = Settings(nats_url=nats.url, mongo_url=mongo_server_url, mongo_db=f"test_{uuid.uuid4().hex[:12]}",
-                        provider="offline", projection_wait_seconds=10, ack_wait_seconds=5, sse_ping_seconds=1)
+                        provider="offline", projection_wait_seconds=10, ack_wait_seconds=5, sse_ping_seconds=1,
+                        generator_http_port=0, projector_http_port=0)
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="system-under-fuzz", daemon=True)
     thread.start()

@@ -35,7 +35,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 @pytest.fixture
 def service_settings() -> Settings:
     return Settings(provider="offline", projection_wait_seconds=5, ack_wait_seconds=5, sse_ping_seconds=1,
-                    expiry_sweep_seconds=0.05)
+                    expiry_sweep_seconds=0.05, generator_http_port=0, projector_http_port=0)
 
 
 @pytest_asyncio.fixture

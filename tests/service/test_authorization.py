@@ -63,7 +63,8 @@ class World:
 @pytest_asyncio.fixture
 async def world():
     settings = Settings(provider="offline", projection_wait_seconds=5, ack_wait_seconds=5, sse_ping_seconds=1,
-                        auth="required", stream_token_secret="s3cret-for-tests", stream_token_ttl_seconds=60)
+                        auth="required", stream_token_secret="s3cret-for-tests", stream_token_ttl_seconds=60,
+                        generator_http_port=0, projector_http_port=0)
     log, clock = MemoryEventLog(settings), ManualClock()
     store = await ApiKeys.open(log)
     keys = {}

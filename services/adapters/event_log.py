@@ -79,6 +79,10 @@ def stored_message(msg) -> StoredEvent:
     return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data)
 
 
+class FollowStalled(Exception):
+    """A live read whose consumer the server lost: resume from your stored position."""
+
+
 class _Arrivals:
     """The messages of one push subscription, handed over in batches of whatever has
     already arrived: a task per message (as ``next_msg`` costs) would dominate reading a
@@ -407,15 +411,31 @@ class EventLog(DerivedReads):
         return [stored_message(msg) for msg in msgs], more
 
     async def follow_batches(
-        self, filter_subject: str, start_seq: int = 1, max_batch: int = 500
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *, check_after: float = 10.0
     ) -> AsyncIterator[list[StoredEvent]]:
-        """Like :meth:`follow`, grouping whatever has already arrived into batches."""
+        """Like :meth:`follow`, grouping whatever has already arrived into batches.
+
+        An ordered consumer whose server died can stall for good (nats-py does not always
+        reset it when heartbeats stop): after ``check_after`` seconds without a message, the
+        consumer is asked for; if the server no longer has it, :class:`FollowStalled` is
+        raised, and the follower resumes from its own stored position."""
         sub, arrivals = await self._ordered(filter_subject, start_seq)
         try:
             while True:
-                yield [stored_message(msg) for msg in await arrivals.take(max_batch, timeout=None)]
+                try:
+                    msgs = await arrivals.take(max_batch, timeout=check_after)
+                except TimeoutError:
+                    await self._still_there(sub)
+                    continue
+                yield [stored_message(msg) for msg in msgs]
         finally:
             await self._close(sub)
+
+    async def _still_there(self, sub) -> None:
+        try:
+            await sub.consumer_info()
+        except NotFoundError as exc:
+            raise FollowStalled("the ordered consumer is gone from the server") from exc
 
     async def work_queue(
         self,

@@ -88,10 +88,14 @@ class ReadModels:
         return self._c(name)
 
     async def apply(self, collection: str, changes: list[Change]) -> None:
-        """Write ``changes`` to ``collection``, in order."""
+        """Write ``changes`` to ``collection``, in order (one bulk write on MongoDB)."""
+        target = self.collection(collection)
+        if not isinstance(target, AsyncCollection):  # an in-memory double writes them as they are
+            await target.apply_changes(changes)
+            return
         ops = [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
                for c in changes]
-        await self.collection(collection).bulk_write(ops, ordered=True)
+        await target.bulk_write(ops, ordered=True)
 
     async def checkpoint(self) -> int:
         doc = await self.state.find_one({"_id": CHECKPOINT_ID})

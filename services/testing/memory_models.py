@@ -16,11 +16,9 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 
 import mongomock
-from pymongo import DeleteMany, DeleteOne, InsertOne, UpdateMany, UpdateOne
-from pymongo.errors import BulkWriteError, PyMongoError
-from pymongo.results import BulkWriteResult
 
 from services.adapters.read_models import ReadModels
+from services.projector.projections import Change
 
 
 class MemoryCursor:
@@ -99,38 +97,15 @@ class MemoryCollection:
     async def rename(self, new_name: str, **kwargs: Any) -> Any:
         return self._c.rename(new_name, **kwargs)
 
-    async def bulk_write(self, requests: list[Any], ordered: bool = True, **kwargs: Any) -> BulkWriteResult:
-        counts = {"nInserted": 0, "nMatched": 0, "nModified": 0, "nUpserted": 0, "nRemoved": 0, "upserted": []}
-        errors: list[dict[str, Any]] = []
-        for index, op in enumerate(requests):
-            try:
-                self._apply(op, index, counts)
-            except PyMongoError as exc:
-                errors.append({"index": index, "code": getattr(exc, "code", None), "errmsg": str(exc), "op": op})
-                if ordered:
-                    break
-        result = {**counts, "writeErrors": errors, "writeConcernErrors": []}
-        if errors:
-            raise BulkWriteError(result)
-        return BulkWriteResult(result, acknowledged=True)
-
-    def _apply(self, op: Any, index: int, counts: dict[str, Any]) -> None:
-        if isinstance(op, UpdateOne | UpdateMany):
-            update = self._c.update_one if isinstance(op, UpdateOne) else self._c.update_many
-            done = update(op._filter, op._doc, upsert=op._upsert)
-            counts["nMatched"] += done.matched_count
-            counts["nModified"] += done.modified_count
-            if done.upserted_id is not None:
-                counts["nUpserted"] += 1
-                counts["upserted"].append({"index": index, "_id": done.upserted_id})
-        elif isinstance(op, InsertOne):
-            self._c.insert_one(op._doc)
-            counts["nInserted"] += 1
-        elif isinstance(op, DeleteOne | DeleteMany):
-            delete = self._c.delete_one if isinstance(op, DeleteOne) else self._c.delete_many
-            counts["nRemoved"] += delete(op._filter).deleted_count
-        else:
-            raise TypeError(f"bulk_write in memory does not know {type(op).__name__}")
+    async def apply_changes(self, changes: list[Change]) -> None:
+        """Our changes, in order, through mongomock's public API (its ``bulk_write`` cannot take
+        pymongo's current operations, and theirs keep their fields private)."""
+        for change in changes:
+            write = self._c.update_many if change.many else self._c.update_one
+            if change.many:
+                write(change.filter, change.update)
+            else:
+                write(change.filter, change.update, upsert=change.upsert)
 
 
 class MemoryDatabase:

@@ -205,3 +205,17 @@ async def test_the_stream_token_opens_its_job_only_while_it_lives(world: World) 
     world.system.clock.advance(61)
     assert (await client.get(world.sse_endpoint)).status_code == 401
     assert await world.system.event_log.last_seq() == before
+
+
+async def test_job_status_gives_a_fresh_stream_token_for_its_job(world: World) -> None:
+    """A page that did not start the job (a reload, the jobs list) follows it through job status."""
+    client = world.system.client
+    assert client is not None
+    job_id = world.ids["job_id"]
+    acme = {"Authorization": f"Bearer {world.keys['acme']}"}
+    world.system.clock.advance(61)  # the token of the 202 has expired
+    assert (await client.get(world.sse_endpoint)).status_code == 401
+    endpoint = (await client.get(f"/scenario/v2/job-status/{job_id}", headers=acme)).json()["sse_endpoint"]
+    assert endpoint.startswith(f"/scenario/v2/prompt-generation-status/{job_id}?token=")
+    again = await read_sse(client, endpoint)  # no header: the new token alone
+    assert again.status == 200 and again.messages[-1].data["type"] == "results"

@@ -16,6 +16,7 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
+from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller, Guard
 from services.gateway.deps import (
     CapacityDep,
@@ -140,8 +141,16 @@ async def prompt_generation_status(
 
 
 @router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422))
-async def job_status(job_id: JobIdPath, caller: Reader, models: ModelsDep, event_log: EventLogDep) -> JobView:
-    """The polling alternative to SSE."""
+async def job_status(
+    job_id: JobIdPath, caller: Reader, models: ModelsDep, event_log: EventLogDep, guard: GuardDep
+) -> JobView:
+    """The polling alternative to SSE. With auth on, ``sse_endpoint`` carries a fresh stream token: a
+    page opened on a job it did not start (or whose token expired) follows it with an EventSource."""
+    view = await _job_view(job_id, caller, models, event_log)
+    return view.model_copy(update={"sse_endpoint": guard.stream_endpoint(job_id, caller)})
+
+
+async def _job_view(job_id: str, caller: Caller, models: ReadModelsPort, event_log: EventLogPort) -> JobView:
     doc = await models.jobs.find_one({"_id": job_id})
     if doc is not None:
         if not caller.owns(doc.get("tenant")):
@@ -180,7 +189,8 @@ async def list_jobs(caller: Reader, models: ModelsDep, limit: int = Query(20, ge
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView, responses=responses(404, 409, 413, 422))
 async def cancel_job(
-    job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep
+    job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep,
+    guard: GuardDep,
 ) -> JobView:
     """Stop a running job: no new LLM call starts; unfinished personas end ``cancelled``."""
     await _owned_seq(event_log, models, job_id, caller)
@@ -192,7 +202,7 @@ async def cancel_job(
     cancel = JobCancelRequested(job_id=job_id, correlation_id=job_id, **caller.stamp())
     await waiter.wait_for(await event_log.publish(cancel))
     log.info("job_cancel_requested", job_id=job_id)
-    return await job_status(job_id, caller, models, event_log)
+    return await job_status(job_id, caller, models, event_log, guard)
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,

@@ -75,11 +75,16 @@ class ApiKeys:
         return record, key
 
     async def get(self, key_id: str) -> ApiKeyRecord | None:
+        return (await self._entry(key_id))[0]
+
+    async def _entry(self, key_id: str) -> tuple[ApiKeyRecord | None, int]:
+        """The record and the revision it was read at (0: none)."""
         try:
             entry = await self.kv.get(key_id)
         except KeyNotFoundError:
-            return None
-        return ApiKeyRecord.model_validate(json.loads(entry.value)) if entry.value else None
+            return None, 0
+        record = ApiKeyRecord.model_validate(json.loads(entry.value)) if entry.value else None
+        return record, entry.revision or 0
 
     async def list(self) -> list[ApiKeyRecord]:
         try:
@@ -93,11 +98,11 @@ class ApiKeys:
         return any(r.active for r in await self.list())
 
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
-        record = await self.get(key_id)
+        record, revision = await self._entry(key_id)
         if record is None or not record.active:
             return record
         revoked = record.model_copy(update={"revoked_at": datetime.now(UTC)})
-        await self.kv.update(key_id, revoked.model_dump_json().encode())
+        await self.kv.update(key_id, revoked.model_dump_json().encode(), last=revision)
         return revoked
 
     async def verify(self, key: str) -> ApiKeyRecord | None:

@@ -147,7 +147,8 @@ class MemoryKeyValue:
         return list(self._entries)
 
     async def update(self, key: str, value: bytes, last: int | None = None) -> int:
+        # as nats-py: no ``last`` expects no entry (revision 0), so an update always names the revision it read
         current = self._entries[key].revision if key in self._entries else 0
-        if last is not None and last != current:
+        if (last or 0) != current:
             raise KeyWrongLastSequenceError(description=f"wrong last sequence: {current}")
         return await self.put(key, value)

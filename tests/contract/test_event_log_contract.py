@@ -356,6 +356,8 @@ async def test_key_value_compare_and_set(any_event_log):
     assert second > first
     with pytest.raises(KeyWrongLastSequenceError):
         await kv.update("state", b"3", last=first)  # someone else won the round
+    with pytest.raises(KeyWrongLastSequenceError):
+        await kv.update("state", b"3")  # no revision named: as if there were no entry
     entry = await kv.get("state")
     assert (entry.value, entry.revision) == (b"2", second)
     same = await any_event_log.key_value("contract_bucket")  # opened again, as another process does

@@ -10,10 +10,23 @@ export function createUsePromptGeneration(React) {
   // templateId: the template; personas: [{id, ...}]; modeMapping: {personaId: mode}.
   // options.jobId: follow this job on mount (e.g. read from the URL after a reload: the
   //   whole history is replayed, so nothing is missing and nothing is counted twice).
-  // options.client: a client from createClient(), e.g. with a baseUrl (create it once, outside
-  //   the component, so that it stays the same object from one render to the next).
+  // options.apiKey or options.getToken (an async function returning the key, called before
+  //   every request): for a gateway with auth on; sent as `Authorization: Bearer …`, and the
+  //   SSE stream opens with the job's tokenised sse_endpoint. Either may change between renders.
+  // options.baseUrl: another origin than the page's.
+  // options.client: a client from createClient() instead (create it once, outside the
+  //   component, so that it stays the same object from one render to the next).
   return function usePromptGeneration(templateId, personas, modeMapping, options = {}) {
-    const fallback = useMemo(() => createClient(), []);
+    const credentials = useRef(options);
+    credentials.current = options;
+    const fallback = useMemo(() => createClient({
+      baseUrl: options.baseUrl,
+      // read at each request, so the client (and the stream it follows) outlives a new key or provider
+      getToken: async () => {
+        const { apiKey, getToken } = credentials.current;
+        return getToken ? getToken() : apiKey ?? null;
+      },
+    }), [options.baseUrl]);
     const client = options.client || fallback;
     const [job, setJob] = useState(() => emptyJobState(options.jobId ?? null));
     const [error, setError] = useState(null);
@@ -21,7 +34,7 @@ export function createUsePromptGeneration(React) {
     const [total, setTotal] = useState(null);
     const watcher = useRef(null);
 
-    const follow = useCallback((jobId, personaCount = null) => {
+    const follow = useCallback((jobId, personaCount = null, sseEndpoint = null) => {
       if (watcher.current) watcher.current.close();
       setError(null);
       setTotal(personaCount);
@@ -30,6 +43,7 @@ export function createUsePromptGeneration(React) {
       }
       setJob({ ...emptyJobState(jobId), status: "processing" });
       watcher.current = client.watch(jobId, {
+        sseEndpoint,
         onChange: (state) => {
           setJob(state);
           if (state.error && !isFinished(state.status)) setError(new Error(state.error));
@@ -57,13 +71,13 @@ export function createUsePromptGeneration(React) {
     const startGeneration = useCallback(() => run(async () => {
       const ids = personas.map((p) => (typeof p === "string" ? p : p.id));
       const started = await client.startGeneration(templateId, ids, modeMapping);
-      return follow(started.job_id, started.persona_count);
+      return follow(started.job_id, started.persona_count, started.sse_endpoint);
     }), [run, client, follow, templateId, personas, modeMapping]);
 
     const retryFailed = useCallback(() => run(async () => {
       if (!job.jobId) return null;
       const started = await client.retryFailed(job.jobId);
-      return follow(started.job_id, started.persona_count);
+      return follow(started.job_id, started.persona_count, started.sse_endpoint);
     }), [run, client, follow, job.jobId]);
 
     const cancel = useCallback(() => run(async () => {

@@ -4,6 +4,8 @@
 //
 //   import { createClient } from "/static/js/promptgen-client.js";
 //   const client = createClient();                 // same origin; or { baseUrl: "https://…" }
+//   // with auth on: createClient({ apiKey }) or createClient({ getToken: async () => key }),
+//   // sent as `Authorization: Bearer …`; the SSE stream opens with the job's stream token
 //   const { job_id } = await client.startGeneration(templateId, personaIds, modeMapping);
 //   const watcher = client.watch(job_id, { onChange: (state) => render(state) });
 //   // state = { jobId, status, progress: {pid: {status, name, mode, error, errorCode}}, results, lastEventId }
@@ -92,15 +94,37 @@ export const isFinished = (status) => FINISHED.includes(status);
 
 // --- HTTP + SSE --------------------------------------------------------------------------
 
-export function createClient({ baseUrl = "", fetchImpl = globalThis.fetch.bind(globalThis),
+// Credentials, for a gateway with auth on (either one; neither: auth off):
+//   apiKey: an API key (`promptgen keys create`);
+//   getToken: an async function returning the key (or another bearer token) to send, called
+//     before every request, so a key can change or be fetched late; null or "": send none.
+// A key travels only in the Authorization header, never in a URL. An EventSource cannot send
+// a header, so a job's stream opens with its `sse_endpoint`, which carries a stream token for
+// that job alone: from the 202 of startGeneration / retryFailed, or else from jobStatus.
+// onUnauthenticated(error): called when the server answers 401 (no key, or one it refuses),
+// before the call rejects with that error.
+export function createClient({ baseUrl = "", apiKey = null, getToken = null, onUnauthenticated = null,
+                               fetchImpl = globalThis.fetch.bind(globalThis),
                                EventSourceImpl = globalThis.EventSource } = {}) {
+  async function bearer() {
+    if (!getToken) return apiKey || null;
+    try {
+      return (await getToken()) || null;
+    } catch (err) {
+      throw new PromptgenError(0, { detail: `No API key to send: ${(err && err.message) || err}`, code: "no_token" });
+    }
+  }
+
   async function call(method, path, body) {
+    const headers = { accept: "application/json" };
+    if (body !== undefined) headers["content-type"] = "application/json";
+    const token = await bearer();
+    if (token) headers.authorization = `Bearer ${token}`;
     let response;
     try {
       response = await fetchImpl(baseUrl + path, {
         method,
-        headers: body === undefined ? { accept: "application/json" }
-          : { accept: "application/json", "content-type": "application/json" },
+        headers,
         body: body === undefined ? undefined : JSON.stringify(body),
       });
     } catch (err) {
@@ -109,10 +133,23 @@ export function createClient({ baseUrl = "", fetchImpl = globalThis.fetch.bind(g
     const text = await response.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch { data = { detail: text.slice(0, 300) }; }
-    if (!response.ok) throw new PromptgenError(response.status, data);
+    if (!response.ok) {
+      const error = new PromptgenError(response.status, data);
+      if (response.status === 401 && onUnauthenticated) onUnauthenticated(error);
+      throw error;
+    }
     return data;
   }
   const id = encodeURIComponent;
+
+  // Where a job's stream is: the sse_endpoint given, else (with credentials) the one job status
+  // gives, with a fresh stream token; else the plain path (auth off).
+  async function streamUrl(jobId, sseEndpoint) {
+    let endpoint = sseEndpoint;
+    if (!endpoint && (await bearer())) endpoint = (await client.jobStatus(jobId)).sse_endpoint;
+    endpoint = endpoint || `/scenario/v2/prompt-generation-status/${id(jobId)}`;
+    return /^https?:/.test(endpoint) ? endpoint : baseUrl + endpoint;
+  }
 
   const client = {
     analyzeScenario: (scenarioDocument) =>
@@ -136,71 +173,107 @@ export function createClient({ baseUrl = "", fetchImpl = globalThis.fetch.bind(g
     createInteraction: (body) => call("POST", "/avatar-interactions", body),
     getInteraction: (interactionId) => call("GET", `/avatar-interactions/${id(interactionId)}`),
 
-    // Follow a job's SSE stream. `lastEventId` resumes after a message already processed
-    // (a fresh page load); when the connection drops, the browser reconnects by itself with
-    // Last-Event-ID. Each message id is delivered once. onConnection gets "connecting",
-    // "live", "reconnecting" or "closed". Returns { close() }.
-    follow(jobId, { lastEventId = null, onMessage = () => {}, onEnd = () => {}, onError = () => {},
-                    onConnection = () => {} } = {}) {
-      let url = `${baseUrl}/scenario/v2/prompt-generation-status/${id(jobId)}`;
-      if (lastEventId) url += `?last_event_id=${id(lastEventId)}`;
-      const source = new EventSourceImpl(url);
+    // Follow a job's SSE stream. `sseEndpoint`: the job's `sse_endpoint` (from the 202 or job
+    // status; with auth on it carries the stream token); without it, see streamUrl above.
+    // `lastEventId` resumes after a message already processed (a fresh page load); when the
+    // connection drops, the browser reconnects by itself with Last-Event-ID. Each message id is
+    // delivered once. onConnection gets "connecting", "live", "reconnecting" or "closed".
+    // Returns { close() }.
+    follow(jobId, { sseEndpoint = null, lastEventId = null, onMessage = () => {}, onEnd = () => {},
+                    onError = () => {}, onConnection = () => {} } = {}) {
       const seen = new Set();
       let ended = false;
+      let source = null;
       onConnection("connecting");
-      source.onopen = () => { if (!ended) onConnection("live"); };
-      source.onmessage = (event) => {
+      streamUrl(jobId, sseEndpoint).then((url) => {
         if (ended) return;
-        if (event.lastEventId) {
-          if (seen.has(event.lastEventId)) return;
-          seen.add(event.lastEventId);
-        }
-        const message = JSON.parse(event.data);
-        onMessage(message, event.lastEventId || null);
-        if (message.type === "results") {
-          ended = true;
-          source.close();
-          onConnection("closed");
-          onEnd(message.results);
-        }
-      };
-      source.onerror = () => {
+        if (lastEventId) url += `${url.includes("?") ? "&" : "?"}last_event_id=${id(lastEventId)}`;
+        open(url);
+      }, (err) => {
         if (ended) return;
-        if (source.readyState === EventSourceImpl.CLOSED) {
-          // The server refused the stream, or had nothing left (204 after the end).
-          ended = true;
-          onConnection("closed");
-          onError(new Error("The live connection closed"));
-        } else {
-          onConnection("reconnecting");  // the browser retries with Last-Event-ID
-        }
-      };
-      return { close: () => { ended = true; source.close(); } };
+        ended = true;
+        onConnection("closed");
+        onError(err);
+      });
+      return { close: () => { ended = true; if (source) source.close(); } };
+
+      function open(url) {
+        source = new EventSourceImpl(url);
+        source.onopen = () => { if (!ended) onConnection("live"); };
+        source.onmessage = (event) => {
+          if (ended) return;
+          if (event.lastEventId) {
+            if (seen.has(event.lastEventId)) return;
+            seen.add(event.lastEventId);
+          }
+          const message = JSON.parse(event.data);
+          onMessage(message, event.lastEventId || null);
+          if (message.type === "results") {
+            ended = true;
+            source.close();
+            onConnection("closed");
+            onEnd(message.results);
+          }
+        };
+        source.onerror = () => {
+          if (ended) return;
+          if (source.readyState === EventSourceImpl.CLOSED) {
+            // The server refused the stream (an expired stream token, a busy gateway), or had
+            // nothing left (204 after the end).
+            ended = true;
+            onConnection("closed");
+            onError(new Error("The live connection closed"));
+          } else {
+            onConnection("reconnecting");  // the browser retries with Last-Event-ID
+          }
+        };
+      }
     },
 
     // follow() plus the state: onChange(state, message) after every message. Pass a saved
     // `state` (e.g. from sessionStorage) to resume after it, or none to replay the whole
-    // history. When the stream closes without results (the job ended before we resumed),
-    // the state is completed from GET /scenario/v2/job-status.
-    watch(jobId, { state = null, onChange = () => {}, onConnection = () => {} } = {}) {
+    // history; `sseEndpoint` as for follow(). When the stream closes without results, the
+    // state is completed from GET /scenario/v2/job-status; if the job still runs (the stream
+    // token expired, the gateway was busy), the stream is followed again from there, with the
+    // fresh sse_endpoint job status gives, up to three times in a row without a message.
+    watch(jobId, { state = null, sseEndpoint = null, onChange = () => {}, onConnection = () => {} } = {}) {
       let current = state && state.jobId === jobId ? state : emptyJobState(jobId);
-      const follower = client.follow(jobId, {
-        lastEventId: current.lastEventId,
-        onConnection,
-        onMessage: (message, eventId) => {
-          current = applyMessage(current, message, eventId);
-          onChange(current, message);
-        },
-        onError: async () => {
-          try {
-            current = applyJobView(current, await client.jobStatus(jobId));
-          } catch (err) {
-            current = { ...current, error: err.message };
-          }
-          onChange(current, null);
-        },
-      });
-      return { close: follower.close, get state() { return current; } };
+      let follower = null;
+      let closed = false;
+      let refused = 0;
+      let timer = null;
+      const start = (endpoint) => {
+        follower = client.follow(jobId, {
+          sseEndpoint: endpoint,
+          lastEventId: current.lastEventId,
+          onConnection,
+          onMessage: (message, eventId) => {
+            refused = 0;
+            current = applyMessage(current, message, eventId);
+            onChange(current, message);
+          },
+          onError: async () => {
+            let view = null;
+            try {
+              view = await client.jobStatus(jobId);
+              current = applyJobView(current, view);
+            } catch (err) {
+              current = { ...current, error: err.message };
+            }
+            if (closed) return;
+            onChange(current, null);
+            if (view && !isFinished(view.status) && refused < 3) {
+              refused += 1;
+              timer = setTimeout(() => { if (!closed) start(view.sse_endpoint); }, 1000 * refused);
+            }
+          },
+        });
+      };
+      start(sseEndpoint);
+      return {
+        close: () => { closed = true; clearTimeout(timer); follower.close(); },
+        get state() { return current; },
+      };
     },
   };
   return client;

@@ -15,6 +15,9 @@
 //
 // progress maps persona id -> { status, name, mode, error, errorCode }; results is the SSE
 // `results` payload; options.jobId follows an existing job (e.g. from the URL after a reload).
+// With auth on, pass the key or a token provider as the fourth argument:
+//   usePromptGeneration(templateId, personas, modeMapping, { apiKey })
+//   usePromptGeneration(templateId, personas, modeMapping, { getToken: async () => fetchKey() })
 import * as React from "react";
 
 import { createUsePromptGeneration } from "./prompt-generation-hook.js";

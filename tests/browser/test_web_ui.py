@@ -43,11 +43,22 @@ def _status(driver, status: str, seconds: float = 60) -> None:
     _wait(driver, seconds).until(EC.text_to_be_present_in_element((By.ID, "job-status"), status))
 
 
-def _new_job(driver, base_url: str, personas: int, modes: list[str] | None = None, shots: bool = False) -> str:
-    """Scenario -> template -> personas -> modes -> "Create Avatar Interactions"; returns the job id."""
+def _sign_in(driver, key: str) -> None:
+    field = _wait(driver).until(EC.element_to_be_clickable((By.ID, "api-key")))
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.ID, "sign-in").click()
+
+
+def _new_job(driver, base_url: str, personas: int, modes: list[str] | None = None, shots: bool = False,
+             key: str | None = None) -> str:
+    """(Sign in with ``key``,) scenario -> template -> personas -> modes -> "Create Avatar Interactions";
+    returns the job id."""
     driver.get(base_url + "/")
     driver.execute_script("sessionStorage.clear()")
     driver.get(base_url + "/")
+    if key is not None:
+        _sign_in(driver, key)
     _wait(driver).until(EC.element_to_be_clickable((By.ID, "scenario"))).send_keys(DOCUMENT)
     driver.find_element(By.ID, "analyze").click()
     _wait(driver).until(EC.text_to_be_present_in_element((By.ID, "tpl-title"), ""))

@@ -1,10 +1,15 @@
 // The promptgen web page: the specification's Manual Test Flow, as a person does it.
 // Routes: #/ (new generation), #/jobs (recent jobs), #/jobs/<id> (one job, live, resumable).
+// With auth on, a sign-in form comes first: the API key is kept in this tab's sessionStorage
+// (gone when the tab closes; never in localStorage, never in a URL) and sent as a Bearer header.
 // Plain ES module on top of promptgen-client.js; no framework, no build step.
 import { counts, createClient, emptyJobState, isFinished } from "./promptgen-client.js";
 
-const client = createClient();
+const KEY = "promptgen.apiKey";
+const storedKey = () => { try { return sessionStorage.getItem(KEY); } catch { return null; } };
+const client = createClient({ getToken: async () => storedKey(), onUnauthenticated: (err) => askForKey(err) });
 const main = document.getElementById("main");
+const signOutButton = document.getElementById("sign-out");
 const MODES = [["learn_mode", "Learn"], ["try_mode", "Try"], ["assess_mode", "Assess"]];
 const PERSONA_TYPES = ["assess_mode_character", "try_mode_character"];
 const EXAMPLE = `# Delivering difficult news
@@ -23,6 +28,7 @@ care team recommends moving to comfort care.
 `;
 let cleanup = () => {};
 let routeToken = 0;  // a page rendered for an older route must not draw over the current one
+let signInNotice = undefined;  // undefined: signed in (or auth off); else the sign-in page shows, with this note
 
 // --- small helpers ---------------------------------------------------------------------------
 
@@ -524,6 +530,7 @@ async function renderJob(jobId) {
   const connectionText = { connecting: "Connecting…", live: "● Live", reconnecting: "Connection lost, reconnecting…", closed: "" };
   watcher = client.watch(jobId, {
     state,
+    sseEndpoint: view.sse_endpoint,  // with auth on, it carries the stream token (an EventSource sends no header)
     onConnection: (c) => {
       connection.textContent = connectionText[c] ?? "";
       connection.className = `connection ${c}`;
@@ -589,6 +596,73 @@ async function renderJobs() {
   await paintJobs();
 }
 
+// --- signing in and out (auth on) ----------------------------------------------------------------
+
+// The server answered 401: no key, or a refused one (revoked, mistyped). Ask for one.
+function askForKey(err) {
+  if (signInNotice !== undefined) return;  // already asking (several calls fail at once)
+  const refused = storedKey();
+  try { sessionStorage.removeItem(KEY); } catch { /* private mode */ }
+  signInNotice = refused ? `Your API key was refused: ${err.message}` : null;
+  route();
+}
+
+function renderSignIn() {
+  signOutButton.hidden = true;
+  const input = h("input", { id: "api-key", type: "password", required: true, autocomplete: "off",
+                             spellcheck: "false", "aria-describedby": "api-key-help" });
+  const error = h("div", { id: "sign-in-error" }, signInNotice ? errorBox(new Error(signInNotice)) : null);
+  const submit = h("button", { type: "submit", id: "sign-in", class: "primary" }, "Sign in");
+  const form = h("form", { class: "card", "aria-labelledby": "sign-in-title", onsubmit: (e) => {
+    e.preventDefault();
+    error.replaceChildren();
+    busy(submit, async () => {
+      const key = input.value.trim();
+      try {
+        await createClient({ apiKey: key }).listJobs(1);
+      } catch (err) {
+        // 403: a real key without jobs:read; each page says what it lacks when it needs it
+        if (err.status !== 403) {
+          error.replaceChildren(errorBox(err));
+          input.focus();
+          return;
+        }
+      }
+      try {
+        sessionStorage.setItem(KEY, key);
+      } catch {
+        error.replaceChildren(errorBox(new Error("This browser does not let the page keep the key (sessionStorage).")));
+        return;
+      }
+      signInNotice = undefined;
+      route();
+      toast("Signed in");
+    });
+  } },
+    h("label", { for: "api-key" }, "API key"),
+    h("p", { id: "api-key-help", class: "muted small" },
+      "A key starts with pgk_ (an operator makes one with ", h("code", {}, "promptgen keys create"),
+      "). It is kept in this tab only, until you sign out or close it."),
+    input,
+    h("div", { class: "row" }, submit),
+    error);
+  main.replaceChildren(h("h1", { id: "sign-in-title" }, "Sign in"),
+    h("p", { class: "lead" }, "This promptgen asks for an API key."), form);
+  input.focus();
+}
+
+function signOut() {
+  cleanup();
+  cleanup = () => {};
+  try {  // this tab's key and what it made with it (drafts, job states): another key may be another tenant
+    for (const name of Object.keys(sessionStorage)) if (name.startsWith("promptgen.")) sessionStorage.removeItem(name);
+  } catch { /* private mode */ }
+  Object.assign(draft, { document: "", template: null, personas: [], modes: {} });
+  signInNotice = null;
+  route();
+  toast("Signed out");
+}
+
 // --- routing ---------------------------------------------------------------------------------------
 
 function route() {
@@ -602,6 +676,12 @@ function route() {
     if ((a.dataset.nav === "jobs") === hash.startsWith("#/jobs")) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
+  if (signInNotice !== undefined) {
+    renderSignIn();
+    window.scrollTo(0, 0);
+    return;
+  }
+  signOutButton.hidden = !storedKey();
   if (job) renderJob(job[1]);
   else if (hash === "#/jobs") renderJobs();
   else renderNew();
@@ -609,5 +689,14 @@ function route() {
   window.scrollTo(0, 0);
 }
 
+// Whether this gateway wants a key (a 401 shows the sign-in form) before drawing the first page.
+async function start() {
+  try {
+    await client.listJobs(1);
+  } catch { /* 401: askForKey has shown the sign-in form; other errors: each page shows its own */ }
+  if (signInNotice === undefined) route();
+}
+
 window.addEventListener("hashchange", route);
-route();
+signOutButton.addEventListener("click", signOut);
+start();

@@ -1,5 +1,6 @@
 """contracts/ as the package `promptgen-contracts`: built as a wheel, installed into a fresh
-virtual environment that holds pydantic and nothing of promptgen, and used there to read an event.
+virtual environment that holds pydantic and nothing of promptgen, and used there to read an event
+(and, with nats-py beside it, to start examples/consumer.py).
 
 The build and the install go through pip and the package registries pip is configured with
 (its cache makes a second run quick); the package's version is promptgen's."""
@@ -87,13 +88,15 @@ def test_the_wheel_holds_the_contracts_and_names_pydantic_as_its_only_requiremen
     assert requires == ["pydantic>=2.8"]
 
 
-def test_a_fresh_environment_with_the_wheel_reads_an_event(wheel, tmp_path):
+def test_a_fresh_environment_with_the_wheel_reads_an_event_and_runs_the_example_consumer(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=60)
     python = venv / "bin" / "python"
-    # This environment's pip installs into the fresh one: the wheel, and what it requires.
+    # This environment's pip installs into the fresh one: the wheel (and what it requires), and
+    # nats-py, which the README's example consumer needs besides.
+    nats_pin = next(d for d in _pyproject(ROOT / "pyproject.toml")["dependencies"] if d.startswith("nats-py"))
     installed = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-                                str(wheel)], capture_output=True, text=True, timeout=300)
+                                str(wheel), nats_pin], capture_output=True, text=True, timeout=300)
     assert installed.returncode == 0, installed.stderr[-3000:]
 
     event = sample("persona.completed")
@@ -108,4 +111,8 @@ def test_a_fresh_environment_with_the_wheel_reads_an_event(wheel, tmp_path):
     assert set(seen["modules"]) == {p.stem for p in CONTRACTS.glob("*.py") if p.stem != "__init__"}
     # pydantic and its own requirements, and nothing of promptgen's other dependencies.
     assert "promptgen-contracts" in seen["installed"] and "pydantic" in seen["installed"]
-    assert not {"promptgen", "nats-py", "pymongo", "fastapi"} & set(seen["installed"]), seen["installed"]
+    assert not {"promptgen", "pymongo", "fastapi", "structlog"} & set(seen["installed"]), seen["installed"]
+
+    example = subprocess.run([str(python), "-I", str(ROOT / "examples" / "consumer.py"), "--help"],
+                             capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert example.returncode == 0 and "--from-seq" in example.stdout, example.stderr[-3000:]

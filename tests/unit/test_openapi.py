@@ -39,6 +39,16 @@ def test_every_error_status_is_documented_with_our_error_body():
     assert {"502", "503", "504"} <= set(analyze) and "Retry-After" in analyze["503"]["headers"]
 
 
+def test_every_writing_route_documents_the_tenant_limits_429():
+    doc = create_app(Settings()).openapi()
+    writing = [(name, op) for name, method, op in _operations(doc) if method == "post" and "/admin/" not in name]
+    assert len(writing) == 7
+    for name, operation in writing:
+        assert "Retry-After" in operation["responses"]["429"]["headers"], name
+    reads = [op for _, method, op in _operations(doc) if method == "get"]
+    assert not any("429" in op["responses"] for op in reads)
+
+
 def test_the_job_size_the_gateway_takes_is_the_one_documented():
     doc = create_app(Settings(max_personas_per_job=7)).openapi()
     request = doc["components"]["schemas"]["GenerateFinalPromptsRequest"]["properties"]

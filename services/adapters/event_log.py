@@ -75,15 +75,18 @@ class StoredEvent:
     headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
 
 
-# What a direct get adds to the stored headers: the message's place, not how it was published.
+# Not about the event: what a direct get adds (the message's place in the stream), and the
+# publish's preconditions (nats-py sends Nats-Expected-Stream, which the server stores).
 _SERVER_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp",
                              "Nats-Last-Sequence", "Nats-Num-Pending"})
 
 
 def published_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The headers that say something of the event: its ``Nats-Msg-Id``, its trace context."""
     if not headers:
         return _NO_HEADERS
-    return MappingProxyType({k: v for k, v in headers.items() if k not in _SERVER_HEADERS})
+    return MappingProxyType({k: v for k, v in headers.items()
+                             if k not in _SERVER_HEADERS and not k.startswith("Nats-Expected-")})
 
 
 def stored_event(seq: int, time: datetime | None, subject: str, data: bytes,

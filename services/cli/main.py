@@ -46,13 +46,13 @@ def _settings(*, llm: bool = False, **overrides: object) -> Settings:
     configuration that cannot work, and every command tracing variables it cannot honour. Any
     failure exits 2 with the reason, before any start."""
     from services.adapters.llm.factory import check_llm_config
-    from services.runtime.tracing import wanted as tracing_wanted
+    from services.runtime.tracing import check as check_tracing
 
     try:
         settings = Settings(**overrides)
         if llm:
             check_llm_config(settings)
-        tracing_wanted()  # an OTEL_* variable asking for an exporter or protocol we do not have
+        check_tracing()  # an OTEL_* variable asking for an exporter or protocol we lack, a header file unread
     except ValueError as exc:
         console.print(f"[red]promptgen: configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

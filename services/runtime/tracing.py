@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from opentelemetry import propagate, trace
@@ -26,6 +27,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Reso
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.util.re import parse_env_headers
 
 from contracts.events import Envelope
 
@@ -68,6 +70,39 @@ def wanted(env: Mapping[str, str] | None = None) -> bool:
     return on
 
 
+HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+
+
+def exporter_headers(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The collector's request headers given as a file (a secret, such as an API key:
+    ``OTEL_EXPORTER_OTLP_HEADERS_FILE``, or ``OTEL_EXPORTER_OTLP_TRACES_HEADERS_FILE``, which
+    wins), in the variables' ``key=value,...`` form. Headers given in the variables themselves
+    are read by the exporter. Raises :class:`TracingConfigError` naming a variable set twice or
+    a file that cannot be read. Never logged."""
+    env = os.environ if env is None else env
+    for name in HEADER_VARIABLES:
+        path = _get(env, f"{name}_FILE")
+        if not path:
+            continue
+        if _get(env, name):
+            raise TracingConfigError(f"both {name} and {name}_FILE are set: set one")
+        try:
+            text = Path(path).read_text().strip()
+        except OSError as exc:
+            raise TracingConfigError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from None
+        return dict(parse_env_headers(text, liberal=True))
+    return {}
+
+
+def check(env: Mapping[str, str] | None = None) -> bool:
+    """Whether tracing is on (:func:`wanted`), having read all it needs from files: a process
+    refuses to start on an ``OTEL_*`` variable it cannot honour."""
+    on = wanted(env)
+    if on:
+        exporter_headers(env)
+    return on
+
+
 def service_resource(service: str) -> Resource:
     """The process's resource: ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_SERVICE_NAME`` as the SDK
     reads them, the service name defaulting to ``promptgen-<service>``."""
@@ -106,8 +141,9 @@ def start_tracing(service: str, env: Mapping[str, str] | None = None) -> Tracing
     # Imported only when on: the exporter brings requests and protobuf with it.
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
+    exporter = OTLPSpanExporter(headers=exporter_headers(env) or None)  # the rest: OTEL_EXPORTER_OTLP_*
     provider = TracerProvider(resource=service_resource(service))  # the sampler: OTEL_TRACES_SAMPLER
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # OTEL_EXPORTER_OTLP_*, OTEL_BSP_*
+    provider.add_span_processor(BatchSpanProcessor(exporter))  # OTEL_BSP_*
     trace.set_tracer_provider(provider)
     return Tracing(provider, owned=True)
 

@@ -1,7 +1,8 @@
 """Traces from real processes: `promptgen up` with the standard OTEL_* variables exports each
 service's spans over OTLP (HTTP/protobuf) to a collector, here a small one on loopback that
 decodes what it receives. One job makes one trace across the gateway, generator and
-projector processes, and stopping them flushes what they still held."""
+projector processes, stopping them flushes what they still held, and the collector's
+credentials come from a file."""
 
 from __future__ import annotations
 
@@ -27,12 +28,14 @@ class Collector:
     def __init__(self) -> None:
         self.spans: list[dict] = []
         self.content_types: set[str] = set()
+        self.authorizations: set[str | None] = set()
         collector = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 collector.content_types.add(self.headers["Content-Type"])
+                collector.authorizations.add(self.headers["Authorization"])
                 if self.path == "/v1/traces":
                     collector.receive(ExportTraceServiceRequest.FromString(body))
                 reply = ExportTraceServiceResponse().SerializeToString()
@@ -71,9 +74,12 @@ class Collector:
 
 
 async def test_up_exports_one_trace_per_job_across_its_processes_and_flushes_on_stop(tmp_path, scenario_document):
+    secret = tmp_path / "otlp-headers"
+    secret.write_text("Authorization=Bearer%20collector-token\n")
     with Collector() as collector:
         # A batch is exported only when full or at stop: what arrives proves the flush at shutdown.
         up = UpProcess(tmp_path / "up", env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+                                             "OTEL_EXPORTER_OTLP_HEADERS_FILE": str(secret),
                                              "OTEL_BSP_SCHEDULE_DELAY": "600000"})
         up.start()
         try:
@@ -88,6 +94,8 @@ async def test_up_exports_one_trace_per_job_across_its_processes_and_flushes_on_
             output = up.stop()
 
     assert collector.content_types == {"application/x-protobuf"}
+    assert collector.authorizations == {"Bearer collector-token"}  # from the file, by every process
+    assert "collector-token" not in output  # never logged
     start = [s for s in collector.spans if s["name"] == "POST /scenario/v2/generate-final-prompts"]
     assert len(start) == 1 and start[0]["service"] == "promptgen-gateway"
     trace_id = start[0]["trace_id"]

@@ -156,3 +156,26 @@ async def test_each_llm_call_is_a_span_with_its_model_and_outcome_and_no_prompt_
         assert s.attributes["promptgen.job_id"] == item.job_id
         assert s.attributes["promptgen.persona_id"] == item.persona_id
         assert not any("secret prompt" in str(v) for v in s.attributes.values())
+
+
+def test_the_collectors_headers_can_come_from_a_file(tmp_path):
+    general, traces = tmp_path / "headers", tmp_path / "traces-headers"
+    general.write_text("api-key=s3cret,x-team=prompt%20gen\n")
+    traces.write_text("api-key=traces-only")
+    assert tracing.exporter_headers({}) == {}
+    assert tracing.exporter_headers({"OTEL_EXPORTER_OTLP_HEADERS_FILE": str(general)}) == {
+        "api-key": "s3cret", "x-team": "prompt gen"}
+    assert tracing.exporter_headers({"OTEL_EXPORTER_OTLP_HEADERS_FILE": str(general),
+                                     "OTEL_EXPORTER_OTLP_TRACES_HEADERS_FILE": str(traces)}) == {
+        "api-key": "traces-only"}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"OTEL_EXPORTER_OTLP_HEADERS_FILE": "/nonexistent/headers"}, "OTEL_EXPORTER_OTLP_HEADERS_FILE"),
+    ({"OTEL_EXPORTER_OTLP_HEADERS_FILE": "/etc/hostname", "OTEL_EXPORTER_OTLP_HEADERS": "a=b"},
+     "both OTEL_EXPORTER_OTLP_HEADERS and OTEL_EXPORTER_OTLP_HEADERS_FILE"),
+])
+def test_a_headers_file_that_cannot_be_used_is_refused_at_start_when_tracing(env, message):
+    assert tracing.check(env) is False  # off: nothing is read
+    with pytest.raises(TracingConfigError, match=message):
+        tracing.check({**env, "OTEL_TRACES_EXPORTER": "otlp"})

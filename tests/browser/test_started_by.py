@@ -1,6 +1,5 @@
 """The job page says which key started the job: `promptgen up` with auth on (a key created on its
-NATS, then started again), and the browser sending the key on every request (Chromium's DevTools
-protocol adds the header: the page itself has no sign-in yet)."""
+NATS, then started again), and the browser signed in with the key on the page."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 from services.testing.deployment import UpProcess
+from tests.browser.test_web_ui import _sign_in
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,8 @@ def test_the_job_page_says_which_key_started_the_job(browser, secured):
             "template_id": template_id, "persona_ids": [persona_id], "mode_mapping": {persona_id: "learn_mode"}})
         assert r.status_code == 202, r.text
         job_id = r.json()["job_id"]
-    browser.execute_cdp_cmd("Network.enable", {})
-    browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": headers})
     browser.get(f"{up.base_url}/#/jobs/{job_id}")
+    _sign_in(browser, key)  # the page asks for the key first, then opens the job
     key_id = key.split("_")[1]
     line = WebDriverWait(browser, 30).until(EC.visibility_of_element_located((By.ID, "started-by")))
     assert line.text == f"started by key {key_id} (tenant acme)"

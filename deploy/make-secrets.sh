@@ -3,8 +3,9 @@
 # (deploy/secrets/ ignores everything but its .gitignore):
 #   nats-ca.pem, nats-ca-key.pem          a local CA for the NATS servers (keep its key offline
 #                                         in production, or use your own CA)
-#   nats-server.pem, nats-server-key.pem  the servers' certificate (nats-1..3, localhost,
-#                                         127.0.0.1): client TLS and TLS between the nodes
+#   nats-server.pem, nats-server-key.pem  the servers' certificate (compose's nats-1..3, the
+#                                         Helm chart's *.nats-headless, localhost, 127.0.0.1):
+#                                         client TLS and TLS between the nodes
 #   nats_<user>_password                  one NATS password per service user (auth.conf)
 #   mongo_root_password, mongo_promptgen_password, mongo_keyfile
 #   mongo_url                             the services' MONGO_URL, with the promptgen user
@@ -35,7 +36,7 @@ if [ ! -s nats-ca.pem ]; then
 fi
 if [ ! -s nats-server.pem ]; then
   openssl req -newkey rsa:3072 -nodes -subj "/CN=nats" -keyout nats-server-key.pem -out nats-server.csr 2>/dev/null
-  printf '%s\n' "subjectAltName=DNS:nats-1,DNS:nats-2,DNS:nats-3,DNS:localhost,IP:127.0.0.1" \
+  printf '%s\n' "subjectAltName=DNS:nats-1,DNS:nats-2,DNS:nats-3,DNS:*.nats-headless,DNS:nats,DNS:localhost,IP:127.0.0.1" \
     "extendedKeyUsage=serverAuth,clientAuth" > nats-server.ext
   openssl x509 -req -in nats-server.csr -CA nats-ca.pem -CAkey nats-ca-key.pem -CAcreateserial \
     -days 825 -extfile nats-server.ext -out nats-server.pem 2>/dev/null

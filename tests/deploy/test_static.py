@@ -279,7 +279,13 @@ def test_only_the_services_that_call_the_llm_get_its_key():
 
 def test_helm_values_ask_for_three_nats_servers_with_jetstream_on_pvcs_and_a_mongodb_replica_set():
     nats = yaml.safe_load((DEPLOY / "kubernetes" / "nats-values.yaml").read_text())
-    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    cluster = nats["config"]["cluster"]
+    assert cluster["enabled"] and cluster["replicas"] == 3
+    # locked as compose: TLS on routes and clients, promptgen's users from deploy/nats/auth.conf
+    assert cluster["tls"]["enabled"] and nats["config"]["nats"]["tls"]["enabled"] and nats["tlsCA"]["enabled"]
+    assert nats["config"]["merge"]["$include"] == "promptgen/auth.conf"
+    assert {f"PROMPTGEN_NATS_{u}_PASSWORD" for u in ("GATEWAY", "GENERATOR", "PROJECTOR", "ADMIN")} \
+        <= set(nats["container"]["env"])
     js = nats["config"]["jetstream"]
     assert js["enabled"] and js["fileStore"]["pvc"]["enabled"] and js["merge"]["sync_interval"] == "always"
     mongo = yaml.safe_load((DEPLOY / "kubernetes" / "mongodb-values.yaml").read_text())

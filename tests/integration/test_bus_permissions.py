@@ -143,6 +143,9 @@ async def test_each_service_does_its_work_under_its_own_user(as_user, admin_log,
             assert results["successful"] == 3 and results["failed"] == 0
             status = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
             assert status["status"] == "completed"  # the projector's fold and job end, under its user
+            history = await client.get(f"/scenario/v2/jobs/{job['job_id']}/events", params={"limit": 1000})
+            assert history.status_code == 200, history.text  # a page is a named pull consumer: allowed
+            assert sum(e["type"] == "persona.completed" for e in history.json()["events"]) == 3
             parked = await client.get("/admin/parked")
             assert parked.status_code == 200 and parked.json() == {"parked": []}
 
@@ -201,6 +204,12 @@ async def test_each_service_is_refused_outside_its_subjects(as_user, admin_log):
         # API keys are written by the admin alone; the gateway only reads them
         await ApiKeys.open(admin_log)
         await _refused_publish(gateway, admin_log, "$KV.promptgen_api_keys.k1", stream="KV_promptgen_api_keys")
+
+        # no other service pulls the generator's work items, nor deletes its consumer
+        await admin_log.work_queue("generator-workers", "promptgen.job.*.persona.*.requested",
+                                   max_ack_pending=1, ack_wait=30, max_deliver=1)
+        await _refused_request(gateway, "$JS.API.CONSUMER.MSG.NEXT.PROMPTGEN.generator-workers")
+        await _refused_request(projector, "$JS.API.CONSUMER.DELETE.PROMPTGEN.generator-workers")
 
         # nobody reads another user's replies, nor deletes the event log
         await generator.nc.subscribe("_INBOX.gateway.>")

@@ -85,8 +85,11 @@ async def models(settings) -> AsyncIterator[ReadModels]:
 class InProcessSystem:
     """Gateway (real HTTP on loopback), projector and generator as tasks of the test's loop."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, per_service: dict[str, Settings] | None = None) -> None:
+        """``per_service``: settings of their own for some of "gateway", "projector", "generator"
+        (each service under its own NATS user, say); the others take ``settings``."""
         self.settings = settings
+        self.per_service = per_service or {}
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.stops: dict[str, asyncio.Event] = {}
@@ -106,11 +109,11 @@ class InProcessSystem:
         await asyncio.wait_for(self.tasks.pop(name), 20)
 
     async def start(self, *, generator: bool = True) -> InProcessSystem:
-        self.start_service("projector")
+        self.start_service("projector", self.per_service.get("projector"))
         if generator:
-            self.start_service("generator")
+            self.start_service("generator", self.per_service.get("generator"))
         self.metrics["gateway"] = Metrics()
-        app = create_app(self.settings, metrics=self.metrics["gateway"])
+        app = create_app(self.per_service.get("gateway", self.settings), metrics=self.metrics["gateway"])
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                 log_config=None, access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)

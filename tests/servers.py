@@ -41,9 +41,13 @@ def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
 class NatsServer:
     """A nats-server we own: can be stopped and started again on the same port and data."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, max_payload: str = "8MB") -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, max_payload: str = "8MB", *,
+                 extra_config: str = "", env: dict[str, str] | None = None) -> None:
+        """``extra_config`` is appended to the configuration (users, TLS), ``env`` added to the
+        server's environment (the variables that configuration names)."""
         self.port = port or embedded.free_port()
-        self.conf = embedded.nats_config(data_dir, self.port, max_payload)
+        self.conf = embedded.nats_config(data_dir, self.port, max_payload, extra_config)
+        self.env = os.environ | (env or {})
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -52,7 +56,7 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.proc = subprocess.Popen(embedded.nats_argv(self.conf), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, env=self.env)
         wait_port(self.port, proc=self.proc)
         return self
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from types import MappingProxyType
 import nats
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import ConnectionClosedError, NoRespondersError
+from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import NotFoundError, ServiceUnavailableError
@@ -145,10 +146,68 @@ async def pulled(
         yield msgs
 
 
+@dataclass(frozen=True, slots=True)
+class NatsAccess:
+    """Who we are to NATS and how we trust it: a user and password, and TLS with the CA
+    that signed the servers' certificates (and our own certificate, if servers ask for one).
+    Nothing set: an open server, such as the embedded one on loopback."""
+
+    user: str | None = None
+    password: str | None = None
+    tls: ssl.SSLContext | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> NatsAccess:
+        password = settings.nats_password.get_secret_value() if settings.nats_password else None
+        return cls(user=settings.nats_user, password=password, tls=_tls_context(settings))
+
+    def options(self) -> dict:
+        """nats-py's ``connect`` options for this access (none for an open server).
+
+        A user's reply inboxes are ``_INBOX.<user>.…``, so a locked server lets each user
+        subscribe to its own replies only (deploy/nats/permissions.conf)."""
+        options: dict = {}
+        if self.user:
+            options.update(user=self.user, password=self.password)
+            if subjects.is_valid_token(self.user):
+                options["inbox_prefix"] = f"_INBOX.{self.user}"
+        if self.tls is not None:
+            options["tls"] = self.tls
+        return options
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not (settings.nats_tls_ca_file or settings.nats_tls_cert_file):
+        return None
+    variable = "NATS_TLS_CA_FILE"
+    try:
+        context = ssl.create_default_context(cafile=settings.nats_tls_ca_file)
+        if settings.nats_tls_cert_file:
+            variable = "NATS_TLS_CERT_FILE or NATS_TLS_KEY_FILE"
+            context.load_cert_chain(settings.nats_tls_cert_file, settings.nats_tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"{variable}: {exc.strerror or exc}") from exc
+    return context
+
+
+def _is_permission_error(exc: Exception) -> bool:
+    return "permissions violation" in str(exc).lower()
+
+
+class NatsRefused(ConnectionError):
+    """The server will not have us (a wrong user or password, a certificate we cannot trust):
+    trying again changes nothing, so the process stops with the reason."""
+
+
 async def connect_nats(
-    url: str, name: str, *, connect_timeout: float = 30.0, on_reconnect: list | None = None
+    url: str, name: str, *, access: NatsAccess | None = None, connect_timeout: float = 30.0,
+    on_reconnect: list | None = None,
 ) -> NATS:
-    """Connect, retrying until ``connect_timeout``; once up, reconnect forever."""
+    """Connect, retrying until ``connect_timeout``; once up, reconnect forever. A refusal
+    before the first connection (authorization, TLS verification) raises :class:`NatsRefused`
+    at once."""
+    access = access or NatsAccess()
+    refused: asyncio.Future = asyncio.get_running_loop().create_future()
 
     async def _disconnected() -> None:
         log.warning("nats_disconnected")
@@ -159,27 +218,52 @@ async def connect_nats(
             callback()
 
     async def _error(exc: Exception) -> None:
+        if _is_permission_error(exc):
+            # The server refused a publish or a subscription for this user: a deployment's
+            # permissions and this code disagree (deploy/nats/permissions.conf).
+            log.error("nats_permission_denied", error=str(exc), user=access.user)
+            return
+        if isinstance(exc, (AuthorizationError, ssl.SSLCertVerificationError)) \
+                or "authorization violation" in str(exc).lower():
+            log.error("nats_refused", error=str(exc), user=access.user)
+            if not refused.done():
+                refused.set_result(exc)
+            return
         log.warning("nats_error", error=str(exc))
 
     servers = [seed.strip() for seed in url.split(",") if seed.strip()]  # NATS_URL may list several seeds
 
-    async for attempt in AsyncRetrying(
-        stop=stop_after_delay(connect_timeout),
-        wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
-        retry=retry_if_exception_type((OSError, NoRespondersError, NatsTimeout, asyncio.TimeoutError)),
-        reraise=True,
-    ):
-        with attempt:
-            return await nats.connect(
-                servers,
-                name=name,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                connect_timeout=2,
-                disconnected_cb=_disconnected,
-                reconnected_cb=_reconnected,
-                error_cb=_error,
-            )
+    async def _connect() -> NATS:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(connect_timeout),
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
+            retry=retry_if_exception_type((OSError, NoRespondersError, NatsTimeout, asyncio.TimeoutError)),
+            reraise=True,
+        ):
+            with attempt:
+                return await nats.connect(
+                    servers,
+                    name=name,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.25,
+                    connect_timeout=2,
+                    disconnected_cb=_disconnected,
+                    reconnected_cb=_reconnected,
+                    error_cb=_error,
+                    **access.options(),
+                )
+        raise AssertionError("unreachable")
+
+    connecting = asyncio.ensure_future(_connect())
+    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(BaseException):
+        await connecting
+    who = f"user {access.user!r}" if access.user else "no user"
+    raise NatsRefused(f"NATS refused the connection ({who}): {refused.result()}; check NATS_USER, "
+                      "NATS_PASSWORD and NATS_TLS_CA_FILE")
     raise AssertionError("unreachable")
 
 
@@ -229,7 +313,9 @@ class EventLog(DerivedReads):
     @classmethod
     async def connect(cls, settings: Settings, name: str) -> EventLog:
         callbacks: list = []
-        log_ = cls(await connect_nats(settings.nats_url, name, on_reconnect=callbacks), settings, callbacks)
+        nc = await connect_nats(settings.nats_url, name, access=NatsAccess.from_settings(settings),
+                                on_reconnect=callbacks)
+        log_ = cls(nc, settings, callbacks)
         await log_.ensure_stream()
         return log_
 

@@ -12,8 +12,10 @@ import nats
 from nats.js.errors import NotFoundError
 from pymongo import AsyncMongoClient
 
+from services.adapters.event_log import NatsAccess
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.factory import build_provider
+from services.runtime.redaction import redact
 from services.runtime.settings import Settings
 
 MIN_FREE_BYTES = 1 << 30
@@ -38,13 +40,17 @@ async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
     try:
         nc = await asyncio.wait_for(nats.connect(
             servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()], connect_timeout=2,
-            max_reconnect_attempts=0, allow_reconnect=False, error_cb=_quiet), timeout=5)
+            max_reconnect_attempts=0, allow_reconnect=False, error_cb=_quiet,
+            **NatsAccess.from_settings(settings).options()), timeout=5)
     except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, with the fix
         why = "no answer within 5 s" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
-        return [Finding("NATS", False, f"{settings.nats_url}: {why}",
-                        "start NATS (`promptgen up` starts one) or set NATS_URL to a reachable server")]
+        return [Finding("NATS", False, redact(f"{settings.nats_url}: {why}"),
+                        "start NATS (`promptgen up` starts one) or set NATS_URL to a reachable server; "
+                        "a locked server needs NATS_USER, NATS_PASSWORD and NATS_TLS_CA_FILE")]
     try:
-        findings = [Finding("NATS", True, f"{nc.connected_url.netloc if nc.connected_url else settings.nats_url}")]
+        # host:port only: a URL's user and password stay out of the report
+        where = nc.connected_url.netloc.rpartition("@")[2] if nc.connected_url else redact(settings.nats_url)
+        findings = [Finding("NATS", True, where + (f" as {settings.nats_user}" if settings.nats_user else ""))]
         js = nc.jetstream(timeout=3)
         try:
             info = await js.account_info()
@@ -85,7 +91,8 @@ async def check_mongo(settings: Settings, data_dir: Path) -> list[Finding]:
         info = await client.server_info()
         hello = await client.admin.command("hello")
     except Exception as exc:  # noqa: BLE001 - reported, with the fix
-        return [Finding("MongoDB", False, f"{exc.__class__.__name__}: {str(exc).split(' (configured')[0][:200]}",
+        why = redact(str(exc).split(" (configured")[0][:200])
+        return [Finding("MongoDB", False, f"{exc.__class__.__name__}: {why}",
                         "start MongoDB (`promptgen up` starts a MongoDB-wire server) or set MONGO_URL")]
     finally:
         await client.close()

@@ -31,13 +31,16 @@ def _venv_bin(name: str) -> str:
     return found
 
 
-def nats_config(data_dir: Path, port: int, max_payload: str = "8MB") -> Path:
-    """A JetStream config: loopback only, file storage, fsync before every ack."""
+def nats_config(data_dir: Path, port: int, max_payload: str = "8MB", extra: str = "") -> Path:
+    """A JetStream config: loopback only, file storage, fsync before every ack. No users and
+    no TLS: anything that reaches 127.0.0.1 may publish and subscribe to anything, which is
+    what one machine's `promptgen up` needs and nothing more (deploy/nats/ is the locked
+    configuration). ``extra`` is appended (tests lock it with deploy/nats/auth.conf)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     conf = data_dir / "nats.conf"
     store = (data_dir / "jetstream").resolve()
     conf.write_text(
-        f"""# written by promptgen up
+        f"""# written by promptgen up: open (no users, no TLS), so it listens on loopback only
 listen: 127.0.0.1:{port}
 server_name: promptgen-embedded
 max_payload: {max_payload}
@@ -46,7 +49,7 @@ jetstream {{
   # An acknowledged event is on disk: no window of loss in a crash.
   sync_interval: always
 }}
-"""
+{extra}"""
     )
     return conf
 

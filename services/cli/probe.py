@@ -14,20 +14,21 @@ import asyncio
 
 from pymongo import AsyncMongoClient
 
-from services.adapters.event_log import connect_nats
+from services.adapters.event_log import NatsAccess, connect_nats
+from services.runtime.redaction import redact
 from services.runtime.settings import Settings
 
 
 def _reason(exc: BaseException) -> str:
-    return f"{exc.__class__.__name__}: {exc}" if str(exc) else exc.__class__.__name__
+    return redact(f"{exc.__class__.__name__}: {exc}") if str(exc) else exc.__class__.__name__
 
 
 async def _nats_problem(settings: Settings, timeout: float) -> str | None:
     try:
-        nc = await asyncio.wait_for(connect_nats(settings.nats_url, "promptgen-probe",
-                                                 connect_timeout=timeout), timeout)
+        nc = await asyncio.wait_for(connect_nats(settings.nats_url, "promptgen-probe", connect_timeout=timeout,
+                                                 access=NatsAccess.from_settings(settings)), timeout)
     except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        return f"NATS unreachable at {settings.nats_url}: {_reason(exc)}"
+        return f"NATS unreachable at {redact(settings.nats_url)}: {_reason(exc)}"
     try:
         await nc.jetstream(timeout=timeout).account_info()
     except Exception as exc:  # noqa: BLE001

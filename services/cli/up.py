@@ -11,6 +11,7 @@ from rich.console import Console
 from services.cli import embedded
 from services.cli.supervisor import Child, Supervisor, child_env, http_ready, tcp_ready
 from services.runtime.lifecycle import stop_event
+from services.runtime.redaction import redact
 
 console = Console()
 
@@ -66,8 +67,8 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         console.print(
             f"\n[bold green]promptgen is up[/bold green]\n"
             f"  gateway  {gateway_url}   (web UI at /, API docs at /docs)\n"
-            f"  NATS     {nats_url}\n"
-            f"  MongoDB  {mongo_url}\n"
+            f"  NATS     {redact(nats_url)}\n"
+            f"  MongoDB  {redact(mongo_url)}\n"
             f"  metrics  {gateway_url}/metrics, {_ops_urls([projector, *workers])}\n"
             f"  data     {data_dir}\n"
             f"Press Ctrl-C to stop.\n",
@@ -76,7 +77,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         await stop.wait()
         return 0
     except Exception as exc:  # noqa: BLE001 - report, stop what started, exit non-zero
-        console.print(f"[red]promptgen up failed:[/red] {exc}")
+        console.print(f"[red]promptgen up failed:[/red] {redact(str(exc))}")
         return 1
     finally:
         await sup.stop()

@@ -7,21 +7,19 @@ inside a recording span (:mod:`services.runtime.tracing`)."""
 from __future__ import annotations
 
 import logging
-import re
 import sys
 
 import structlog
 
+from services.runtime.redaction import redact
 from services.runtime.tracing import log_ids
-
-_SECRET = re.compile(r"(sk-[A-Za-z0-9_-]{6,}|Bearer\s+[A-Za-z0-9._-]+)")
 
 
 def _redact(_: object, __: str, event_dict: dict) -> dict:
-    """Never let an API key reach a log line, whatever carried it there."""
+    """Never let an API key or a URL's password reach a log line, whatever carried it there."""
     for key, value in event_dict.items():
-        if isinstance(value, str) and ("sk-" in value or "Bearer" in value):
-            event_dict[key] = _SECRET.sub("[redacted]", value)
+        if isinstance(value, str):
+            event_dict[key] = redact(value)
     return event_dict
 
 

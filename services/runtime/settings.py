@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -65,6 +65,19 @@ class Settings(BaseSettings):
         "mongodb://127.0.0.1:27017/?directConnection=true", validation_alias=_env("MONGO_URL")
     )
     mongo_db: str = Field("promptgen", validation_alias=_env("MONGO_DB"))
+    # Access to a locked NATS (deploy/nats/): one user per service, TLS with our own CA.
+    # The embedded server of `promptgen up` needs none of them (it listens on loopback only).
+    nats_user: str | None = Field(None, validation_alias=_env("NATS_USER"))
+    nats_password: SecretStr | None = Field(None, validation_alias=_env("NATS_PASSWORD"))
+    nats_tls_ca_file: str | None = Field(
+        None, validation_alias=_env("NATS_TLS_CA_FILE"),
+        description="The CA that signed the NATS servers' certificates (and turns TLS on).",
+    )
+    nats_tls_cert_file: str | None = Field(
+        None, validation_alias=_env("NATS_TLS_CERT_FILE"),
+        description="A client certificate, for servers that verify clients; with NATS_TLS_KEY_FILE.",
+    )
+    nats_tls_key_file: str | None = Field(None, validation_alias=_env("NATS_TLS_KEY_FILE"))
     stream: str = Field("PROMPTGEN", validation_alias=_env("PROMPTGEN_STREAM"))
     stream_replicas: int = Field(1, ge=1, le=5, validation_alias=_env("PROMPTGEN_STREAM_REPLICAS"))
     stream_max_age_days: float = Field(30, gt=0, validation_alias=_env("PROMPTGEN_EVENT_RETENTION_DAYS"))
@@ -156,6 +169,17 @@ class Settings(BaseSettings):
 
     # Logging
     log_level: str = Field("info", validation_alias=_env("PROMPTGEN_LOG_LEVEL"))
+
+    @model_validator(mode="after")
+    def _nats_access_is_complete(self) -> Settings:
+        if bool(self.nats_user) != bool(self.nats_password):
+            missing = "NATS_PASSWORD (or NATS_PASSWORD_FILE)" if self.nats_user else "NATS_USER"
+            raise ValueError(f"{missing} is not set: a NATS user needs both a name and a password")
+        if bool(self.nats_tls_cert_file) != bool(self.nats_tls_key_file):
+            missing = "NATS_TLS_KEY_FILE" if self.nats_tls_cert_file else "NATS_TLS_CERT_FILE"
+            raise ValueError(f"{missing} is not set: a NATS client certificate needs both its certificate "
+                             "and its key")
+        return self
 
     @property
     def provider_name(self) -> str:

@@ -206,6 +206,12 @@ class Stack:
         token_secret.write_text(os.urandom(32).hex() + "\n")
         for secret in (key, token_secret):
             secret.chmod(0o644)  # the services run as UID 10001
+        # the rest as README says: deploy/make-secrets.sh (certificates, passwords), except the
+        # services' MongoDB URL: the local stand-in runs without authentication (compose.local.yaml)
+        secrets = self.workdir / "secrets"
+        secrets.mkdir(exist_ok=True)
+        (secrets / "mongo_url").write_text("mongodb://mongo-1:27017/promptgen?directConnection=true")
+        run("sh", str(DEPLOY / "make-secrets.sh"), str(secrets))
         self.api_key = ""
         self.env = os.environ | {k: str(v) for k, v in self.ports.items()} | {
             "PROMPTGEN_IMAGE": PROMPTGEN_IMAGE,
@@ -214,7 +220,7 @@ class Stack:
             "LOCAL_HAPROXY_IMAGE": HAPROXY_IMAGE,
             "PROMPTGEN_OPENAI_KEY_FILE": str(key),
             "PROMPTGEN_STREAM_TOKEN_SECRET_FILE": str(token_secret),
-            "PROMPTGEN_MONGO_URL": "mongodb://mongo-1:27017/?directConnection=true",
+            "PROMPTGEN_SECRETS": str(secrets),
             "OPENAI_BASE_URL": "http://mock-llm:8100/v1",
             "MOCK_LLM_LATENCY_MS": str(self.llm_latency_ms),
             "PROMPTGEN_LLM_CONCURRENCY": str(self.llm_concurrency),
@@ -230,10 +236,12 @@ class Stack:
     def monitor_url(self, node: int) -> str:
         return f"http://127.0.0.1:{self.ports[f'NATS_{node}_MONITOR_PORT']}"
 
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    def compose(self, *args: str, timeout: float = 600, check: bool = True,
+                profiles: tuple[str, ...] = ("mock-llm",)) -> subprocess.CompletedProcess:
         files = [arg for f in COMPOSE_FILES for arg in ("-f", str(f))]
         podman_compose = str(Path(sys.executable).parent / "podman-compose")
-        return run(podman_compose, "--profile", "mock-llm", "-p", self.project, *files, *args,
+        chosen = [arg for profile in profiles for arg in ("--profile", profile)]
+        return run(podman_compose, *chosen, "-p", self.project, *files, *args,
                    env=self.env, timeout=timeout, check=check)
 
     def up(self) -> None:
@@ -243,8 +251,9 @@ class Stack:
         self._health.start()
         self.compose("up", "-d", "--no-build", "nats-1", "nats-2", "nats-3", timeout=600)
         self.wait_healthy(timeout=120, services=["nats-1", "nats-2", "nats-3"])
-        created = self.compose("run", "--rm", "--no-deps", "generator-1", "keys", "create",
-                               "--tenant", "deploy-test", "--scopes", "all", timeout=300)
+        created = self.compose("run", "--rm", "--no-deps", "admin", "keys", "create",
+                               "--tenant", "deploy-test", "--scopes", "all", timeout=300,
+                               profiles=("mock-llm", "admin"))
         self.api_key = created.stdout.strip().splitlines()[-1]
         assert self.api_key.startswith("pgk_"), created.stdout + created.stderr
         self.compose("up", "-d", "--no-build", "--no-recreate", timeout=900)
@@ -408,7 +417,7 @@ def main(argv: list[str]) -> int:
         stack._stop_health.set()
         log(f"promptgen is up: {stack.url} (through HAProxy; the test LLM answers)\n"
             f"  API key (printed once): {stack.api_key}\n"
-            f"  stream token secret: {workdir / 'stream_token_secret'}\n"
+            f"  stream token secret: {workdir / 'stream_token_secret'}; the other secrets in {workdir / 'secrets'}\n"
             f"  NATS monitoring {stack.monitor_url(1)}, {stack.monitor_url(2)}, {stack.monitor_url(3)}\n"
             f"  `make compose-down` stops it and removes its containers, network and volumes")
         return 0

@@ -79,10 +79,37 @@ def test_dockerfiles_pass_hadolint(path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_nats_configuration_is_valid():
+@pytest.fixture(scope="module")
+def made_secrets(tmp_path_factory) -> Path:
+    """What deploy/make-secrets.sh makes for compose: certificates, passwords, URLs."""
+    if shutil.which("openssl") is None:
+        pytest.skip("deploy/make-secrets.sh needs openssl")
+    where = tmp_path_factory.mktemp("deploy") / "secrets"
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(where)], check=True, capture_output=True,
+                   timeout=120)
+    return where
+
+
+def test_nats_configuration_is_valid(made_secrets):
+    env = os.environ | {"NATS_SERVER_NAME": "nats-1",
+                        "PROMPTGEN_NATS_CERT_FILE": str(made_secrets / "nats-server.pem"),
+                        "PROMPTGEN_NATS_KEY_FILE": str(made_secrets / "nats-server-key.pem"),
+                        "PROMPTGEN_NATS_CA_FILE": str(made_secrets / "nats-ca.pem")}
+    env |= {f"PROMPTGEN_NATS_{u.upper()}_PASSWORD": (made_secrets / f"nats_{u}_password").read_text()
+            for u in ("gateway", "generator", "projector", "admin")}
     out = subprocess.run([_tool("nats-server"), "--config", str(DEPLOY / "nats" / "nats.conf"), "-t"],
-                         capture_output=True, text=True, timeout=60, env=os.environ | {"NATS_SERVER_NAME": "nats-1"})
+                         capture_output=True, text=True, timeout=60, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_make_secrets_makes_every_compose_secret_and_keeps_what_exists(made_secrets):
+    files = {Path(s["file"].replace("${PROMPTGEN_SECRETS:-./secrets}", str(made_secrets))).name
+             for s in _compose()["secrets"].values() if "PROMPTGEN_SECRETS" in s["file"]}
+    assert files and all((made_secrets / f).stat().st_size for f in files)
+    before = {f: (made_secrets / f).read_bytes() for f in files}
+    subprocess.run(["sh", str(DEPLOY / "make-secrets.sh"), str(made_secrets)], check=True, capture_output=True)
+    assert {f: (made_secrets / f).read_bytes() for f in files} == before
+    assert (made_secrets / "mongo_url").read_text().startswith("mongodb://promptgen:")
 
 
 PROMETHEUS = DEPLOY / "prometheus"
@@ -131,9 +158,13 @@ def test_haproxy_configuration_is_valid():
 
 # --- what production needs of the compose file ----------------------------------------------
 
+TOOLS = "admin"  # the profile of one-off commands (`run --rm admin …`): nothing to keep alive
+
+
 def _services(profile_too: bool = True) -> dict[str, dict]:
     services = _compose()["services"]
-    return {n: s for n, s in services.items() if profile_too or not s.get("profiles")}
+    return {n: s for n, s in services.items()
+            if (profile_too or not s.get("profiles")) and TOOLS not in s.get("profiles", [])}
 
 
 def test_every_service_has_a_health_check_a_restart_policy_a_stop_grace_and_limits():
@@ -158,8 +189,9 @@ def test_the_topology_is_three_nats_nodes_two_gateways_two_generators_one_projec
     assert sorted(n for n in services if n.startswith("gateway-")) == ["gateway-1", "gateway-2"]
     assert sorted(n for n in services if n.startswith("generator-")) == ["generator-1", "generator-2"]
     assert [n for n in services if n.startswith("projector")] == ["projector"]
-    assert "mongodb://mongo-1:27017,mongo-2:27017,mongo-3:27017/?replicaSet=rs0" in \
-        services["projector"]["environment"]["MONGO_URL"]
+    assert services["projector"]["environment"]["MONGO_URL_FILE"] == "/run/secrets/mongo_url"
+    made = (DEPLOY / "make-secrets.sh").read_text()
+    assert "mongo-1:27017,mongo-2:27017,mongo-3:27017/promptgen?replicaSet=rs0&authSource=promptgen" in made
     conf = (DEPLOY / "nats" / "nats.conf").read_text()
     assert re.search(r"^\s*sync_interval: always", conf, re.M) and "http_port: 8222" in conf
     for n in ("nats-1", "nats-2", "nats-3"):
@@ -182,11 +214,44 @@ def test_the_llm_key_is_a_secret_file_never_an_environment_value():
     for name in ("gateway-1", "gateway-2"):  # API keys enforced; stream tokens signed with one secret
         svc = compose["services"][name]
         assert svc["environment"]["PROMPTGEN_AUTH"] == "required"
-        assert svc["secrets"] == ["openai_api_key", "stream_token_secret"]
+        assert "stream_token_secret" in svc["secrets"]
         assert svc["environment"]["PROMPTGEN_STREAM_TOKEN_SECRET_FILE"] == "/run/secrets/stream_token_secret"
     for name, svc in compose["services"].items():
         assert "OPENAI_API_KEY" not in (svc.get("environment") or {}), name
-    assert "secrets" not in compose["services"]["projector"]  # it calls no LLM
+    assert "openai_api_key" not in compose["services"]["projector"]["secrets"]  # it calls no LLM
+
+
+def test_each_service_is_its_own_nats_user_over_tls_with_only_its_own_secrets():
+    compose = _compose()
+    users = {"gateway-1": "gateway", "gateway-2": "gateway", "generator-1": "generator",
+             "generator-2": "generator", "projector": "projector", "admin": "admin"}
+    for name, user in users.items():
+        svc = compose["services"][name]
+        env = svc["environment"]
+        assert env["NATS_USER"] == user and env["NATS_PASSWORD_FILE"] == f"/run/secrets/nats_{user}_password"
+        assert env["NATS_TLS_CA_FILE"] == "/run/secrets/nats_ca"
+        assert all(u.startswith("tls://") for u in env["NATS_URL"].split(","))
+        passwords = [s for s in svc["secrets"] if s.endswith("_password")]
+        assert passwords == [f"nats_{user}_password"], f"{name} holds {passwords}"
+        assert "MONGO_URL" not in env, f"{name}: MongoDB's password belongs in a secret file"
+        assert ("mongo_url" in svc["secrets"]) == (env.get("MONGO_URL_FILE") == "/run/secrets/mongo_url")
+    assert "mongo_url" not in compose["services"]["generator-1"]["secrets"]  # no MongoDB
+    conf = (DEPLOY / "nats" / "nats.conf").read_text()
+    assert "include auth.conf" in conf and conf.count("tls {") == 2 and "verify: true" in conf
+    for n in ("nats-1", "nats-2", "nats-3"):
+        svc = compose["services"][n]
+        assert {"nats_server_cert", "nats_server_key", "nats_ca"} <= set(svc["secrets"])
+        assert svc["command"] == ["sh", "/etc/nats/promptgen/start.sh"]
+
+
+def test_mongodb_runs_with_authentication_and_a_shared_key():
+    for n in ("mongo-1", "mongo-2", "mongo-3"):
+        svc = _compose()["services"][n]
+        assert "--keyFile" in svc["command"]
+        assert svc["environment"]["MONGO_INITDB_ROOT_PASSWORD_FILE"] == "/run/secrets/mongo_root_password"
+        assert "-u root" in svc["healthcheck"]["test"]
+    script = (DEPLOY / "mongo" / "create-promptgen-user.js").read_text()
+    assert 'role: "readWrite", db: "promptgen"' in script and "/run/secrets/mongo_promptgen_password" in script
 
 
 def test_the_load_balancer_is_set_up_for_sse():
@@ -313,7 +378,13 @@ def test_only_the_services_that_call_the_llm_get_its_key():
 
 def test_helm_values_ask_for_three_nats_servers_with_jetstream_on_pvcs_and_a_mongodb_replica_set():
     nats = yaml.safe_load((DEPLOY / "kubernetes" / "nats-values.yaml").read_text())
-    assert nats["config"]["cluster"] == {"enabled": True, "replicas": 3}
+    cluster = nats["config"]["cluster"]
+    assert cluster["enabled"] and cluster["replicas"] == 3
+    # locked as compose: TLS on routes and clients, promptgen's users from deploy/nats/auth.conf
+    assert cluster["tls"]["enabled"] and nats["config"]["nats"]["tls"]["enabled"] and nats["tlsCA"]["enabled"]
+    assert nats["config"]["merge"]["$include"] == "promptgen/auth.conf"
+    assert {f"PROMPTGEN_NATS_{u}_PASSWORD" for u in ("GATEWAY", "GENERATOR", "PROJECTOR", "ADMIN")} \
+        <= set(nats["container"]["env"])
     js = nats["config"]["jetstream"]
     assert js["enabled"] and js["fileStore"]["pvc"]["enabled"] and js["merge"]["sync_interval"] == "always"
     mongo = yaml.safe_load((DEPLOY / "kubernetes" / "mongodb-values.yaml").read_text())

@@ -53,3 +53,21 @@ async def test_one_access_line_per_request_by_route_template():
     assert found["route"] == "/jobs/{job_id}" and found["status"] == 200 and found["method"] == "GET"
     assert found["duration_ms"] >= 0 and found["client"]
     assert missing["route"] == "<unmatched>" and missing["status"] == 404
+
+
+def test_no_password_of_a_url_reaches_a_line_ours_or_a_librarys():
+    out = io.StringIO()
+    url = "mongodb://promptgen:s3cret-pw@mongo-1:27017,mongo-2:27017/promptgen?replicaSet=rs0"
+    try:
+        configure_logging("projector", "info", stream=out)
+        structlog.get_logger().warning("mongo_unreachable", url=url, error=f"cannot reach {url}")
+        logging.getLogger("pymongo").error("connecting to %s", "nats://admin:n4ts-pw@nats-1:4222")
+        lines = out.getvalue()
+    finally:
+        structlog.reset_defaults()
+        structlog.contextvars.clear_contextvars()
+        logging.getLogger().handlers[:] = []
+    assert "s3cret-pw" not in lines and "n4ts-pw" not in lines
+    ours, pymongos = _lines(out)
+    assert ours["url"] == "mongodb://promptgen:[redacted]@mongo-1:27017,mongo-2:27017/promptgen?replicaSet=rs0"
+    assert pymongos["event"] == "connecting to nats://admin:[redacted]@nats-1:4222"

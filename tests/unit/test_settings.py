@@ -101,3 +101,34 @@ def test_a_service_that_calls_the_llm_will_not_start_without_its_key(service):
                           text=True, timeout=60)
     assert proc.returncode == 2
     assert "configuration error: PROMPTGEN_PROVIDER=openai but no API key" in proc.stderr
+
+
+def test_a_nats_user_without_a_password_is_an_error_that_names_what_is_missing(monkeypatch):
+    monkeypatch.setenv("NATS_USER", "gateway")
+    monkeypatch.delenv("NATS_PASSWORD", raising=False)
+    monkeypatch.delenv("NATS_PASSWORD_FILE", raising=False)
+    with pytest.raises(ValueError, match=r"NATS_PASSWORD \(or NATS_PASSWORD_FILE\) is not set"):
+        Settings()
+
+
+def test_the_nats_password_comes_from_a_file_and_never_shows(monkeypatch, tmp_path):
+    (tmp_path / "pw").write_text("pa55-from-a-secret\n")
+    monkeypatch.setenv("NATS_USER", "gateway")
+    monkeypatch.setenv("NATS_PASSWORD_FILE", str(tmp_path / "pw"))
+    s = Settings()
+    assert s.nats_password.get_secret_value() == "pa55-from-a-secret"
+    assert "pa55" not in repr(s)
+
+
+def test_a_client_certificate_needs_its_key(monkeypatch):
+    monkeypatch.setenv("NATS_TLS_CERT_FILE", "/run/secrets/client.pem")
+    monkeypatch.delenv("NATS_TLS_KEY_FILE", raising=False)
+    with pytest.raises(ValueError, match="NATS_TLS_KEY_FILE is not set"):
+        Settings()
+
+
+def test_an_unreadable_nats_ca_is_an_error_that_names_the_variable(tmp_path):
+    from services.adapters.event_log import NatsAccess
+
+    with pytest.raises(ValueError, match="NATS_TLS_CA_FILE"):
+        NatsAccess.from_settings(Settings(nats_tls_ca_file=str(tmp_path / "absent.pem")))

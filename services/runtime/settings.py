@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# One entry of PROMPTGEN_ALLOWED_HOSTS: '*', '*.example.com', a name, an IPv4 or a bracketed IPv6 address.
+_HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
 
 
 def _env(name: str) -> AliasChoices:
@@ -96,6 +100,14 @@ class Settings(BaseSettings):
     max_v1_waits: int = Field(100, ge=1, validation_alias=_env("PROMPTGEN_MAX_V1_WAITS"))
     max_history_reads: int = Field(32, ge=1, validation_alias=_env("PROMPTGEN_MAX_HISTORY_READS"))
 
+    # Browsers (README, Security)
+    allowed_hosts: str | None = Field(
+        None, validation_alias=_env("PROMPTGEN_ALLOWED_HOSTS"),
+        description="Comma-separated Host names the gateway answers for ('*.example.com' for subdomains, '*' for "
+                    "any); unset: 127.0.0.1, localhost and [::1] when bound to loopback, else the gateway refuses "
+                    "to start.",
+    )
+
     # Access (README, Security)
     auth: Literal["auto", "required"] = Field(
         "auto", validation_alias=_env("PROMPTGEN_AUTH"),
@@ -143,6 +155,18 @@ class Settings(BaseSettings):
 
     # Logging
     log_level: str = Field("info", validation_alias=_env("PROMPTGEN_LOG_LEVEL"))
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        patterns = [p.strip().lower() for p in value.split(",") if p.strip()]
+        for pattern in patterns:
+            if not _HOST_PATTERN.fullmatch(pattern):
+                raise ValueError(f"PROMPTGEN_ALLOWED_HOSTS: {pattern!r} is not a host name, '*.name', an IP address "
+                                 "(IPv6 in brackets) or '*' (no scheme, port or path)")
+        return ",".join(patterns) or None
 
     @property
     def provider_name(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -13,6 +14,14 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 # One entry of PROMPTGEN_ALLOWED_HOSTS: '*', '*.example.com', a name, an IPv4 or a bracketed IPv6 address.
 _HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address as a Host header carries it: ``fd00::1`` -> ``[fd00::1]`` (a pod's IP may be one)."""
+    try:
+        return f"[{ipaddress.IPv6Address(host)}]"
+    except ValueError:
+        return host
 
 
 def _env(name: str) -> AliasChoices:
@@ -161,7 +170,7 @@ class Settings(BaseSettings):
     def _host_patterns(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        patterns = [p.strip().lower() for p in value.split(",") if p.strip()]
+        patterns = [_bracketed(p.strip().lower()) for p in value.split(",") if p.strip()]
         for pattern in patterns:
             if not _HOST_PATTERN.fullmatch(pattern):
                 raise ValueError(f"PROMPTGEN_ALLOWED_HOSTS: {pattern!r} is not a host name, '*.name', an IP address "

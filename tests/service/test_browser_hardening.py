@@ -175,6 +175,7 @@ def test_the_allowed_hosts_setting_names_what_is_wrong():
     with pytest.raises(ValueError, match=r"PROMPTGEN_ALLOWED_HOSTS: 'https://promptgen.example.com' is not"):
         Settings(allowed_hosts="localhost, https://promptgen.example.com")
     assert Settings(allowed_hosts=" Promptgen.Example.com ,[::1] ").allowed_hosts == "promptgen.example.com,[::1]"
+    assert Settings(allowed_hosts="10.0.0.7,fd00::7").allowed_hosts == "10.0.0.7,[fd00::7]"  # a pod's IP, as given
 
 
 # --- no state change from another site ----------------------------------------------------------

@@ -45,14 +45,20 @@ def host_patterns(settings: Settings) -> list[str] | None:
     return list(LOOPBACK_NAMES) if is_loopback(settings.host) else None
 
 
+def unconfigured(settings: Settings) -> str | None:
+    """Why the gateway must not start with these settings, or None."""
+    if host_patterns(settings) is not None:
+        return None
+    return (f"bound to {settings.host}, but PROMPTGEN_ALLOWED_HOSTS is not set: set it to the names clients "
+            "reach this gateway by (e.g. promptgen.example.com,*.internal.example), or to '*' to answer any "
+            "Host header (only behind a proxy that checks it)")
+
+
 def require_host_patterns(settings: Settings) -> list[str]:
     """At start: the names, or why the gateway must not start (``*`` is said out loud)."""
     patterns = host_patterns(settings)
     if patterns is None:
-        raise HostsNotConfigured(
-            f"bound to {settings.host}, but PROMPTGEN_ALLOWED_HOSTS is not set: set it to the names clients "
-            "reach this gateway by (e.g. promptgen.example.com,*.internal.example), or to '*' to answer any "
-            "Host header (only behind a proxy that checks it)")
+        raise HostsNotConfigured(unconfigured(settings))
     if "*" in patterns:
         log.warning("host_check_off", reason="PROMPTGEN_ALLOWED_HOSTS=*: any Host header is answered, so a "
                                              "page on another site can reach this gateway by DNS rebinding")

@@ -157,7 +157,7 @@ async def _gateway_with(settings: Settings) -> LifespanManager:
 
 async def test_bound_beyond_loopback_the_gateway_needs_its_names_or_an_explicit_star():
     with pytest.raises(HostsNotConfigured, match="PROMPTGEN_ALLOWED_HOSTS is not set"):
-        async with await _gateway_with(Settings(provider="offline", host="0.0.0.0")):
+        async with await _gateway_with(Settings(provider="offline", host="0.0.0.0", allowed_hosts=None)):
             pass
 
     named = Settings(provider="offline", host="0.0.0.0", allowed_hosts="promptgen.example.com", auth="auto")

@@ -144,6 +144,9 @@ class JobView(BaseModel):
     deadline: datetime | None = None
     retry_of: str | None = None
     error: str | None = None
+    actor: str | None = Field(None, description="The id of the API key that started the job (never the key); "
+                                                "null with auth off")
+    tenant: str | None = Field(None, description="The tenant of that key; null with auth off")
     sse_endpoint: str
     results: JobResults | None = None
 
@@ -197,6 +200,9 @@ class JobEventRecord(BaseModel):
     persona_id: str | None = None
     status: str | None = None
     error: str | None = None
+    actor: str | None = Field(None, description="A command's API key id (never the key); null for events "
+                                                "the system made, and with auth off")
+    tenant: str | None = Field(None, description="A command's tenant; null as `actor` is")
     event: dict[str, Any]
 
 

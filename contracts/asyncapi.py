@@ -111,10 +111,24 @@ def document(version: str) -> dict[str, Any]:
         }
     schemas["NatsHeaders"] = {
         "type": "object",
-        "properties": {"Nats-Msg-Id": {
-            "type": "string",
-            "description": "The event's deduplication id: the same fact always has the same id.",
-        }},
+        "properties": {
+            "Nats-Msg-Id": {
+                "type": "string",
+                "description": "The event's deduplication id: the same fact always has the same id.",
+            },
+            "traceparent": {
+                "type": "string",
+                "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+                "description": "Optional: the W3C Trace Context of the publish, present when its publisher "
+                               "traces (OpenTelemetry). A consumer that traces continues the trace from it "
+                               "(a span whose parent it is); one that does not ignores it.",
+            },
+            "tracestate": {
+                "type": "string",
+                "description": "Optional: the W3C Trace Context's vendor state, sent with `traceparent` "
+                               "when there is any.",
+            },
+        },
         "required": ["Nats-Msg-Id"],
     }
     return {

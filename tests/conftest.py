@@ -14,6 +14,8 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.test.globals_test import reset_trace_globals
 
 from services.adapters.event_log import EventLog
 from services.adapters.read_models import ReadModels, mongo_client
@@ -23,6 +25,7 @@ from services.generator.main import run_generator
 from services.projector.main import run_projector
 from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
+from services.runtime.tracing import use_exporter
 from services.testing.mock_llm import MockLLM, MockLLMConfig
 from tests.servers import NatsServer, mongo_url, stop, wait_port
 
@@ -182,6 +185,18 @@ def llm_process():
 def slow_llm_url(llm_process) -> str:
     """A test LLM answering every call after 200 ms: slow enough to kill things mid-job."""
     return llm_process(latency_ms=200)
+
+
+@pytest.fixture
+def spans() -> InMemorySpanExporter:
+    """Every span this process records during the test, whichever service made it (tracing's
+    test hook); the process is untraced again afterwards."""
+    reset_trace_globals()
+    exporter = InMemorySpanExporter()
+    provider = use_exporter(exporter)
+    yield exporter
+    provider.shutdown()
+    reset_trace_globals()
 
 
 TIERS = ("unit", "contract", "service", "integration", "e2e", "crash", "browser", "bench", "deploy")

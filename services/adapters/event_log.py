@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 import nats
 import structlog
@@ -32,6 +33,7 @@ from tenacity import (
 
 from contracts import subjects
 from contracts.events import Envelope, Event, EventDecodeError, encode_event, parse_event
+from services.runtime import tracing
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
@@ -50,13 +52,19 @@ class EventTooLarge(ValueError):
         self.limit = limit
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEvent:
     """An event as the log holds it: its position, time and subject with it.
 
     Reading never stops on one message: one that does not decode comes with
     ``event`` None, the ``error`` saying why and its ``data``, for the reader to
-    skip (:class:`~contracts.events.UnknownEvent`) or park (anything else)."""
+    skip (:class:`~contracts.events.UnknownEvent`) or park (anything else).
+
+    ``headers`` are those it was published with: its ``Nats-Msg-Id`` and, when its
+    publisher was tracing, the W3C ``traceparent`` / ``tracestate`` its consumers continue."""
 
     seq: int
     time: datetime
@@ -64,19 +72,37 @@ class StoredEvent:
     event: Event | None
     error: EventDecodeError | None = None
     data: bytes = b""
+    headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
 
 
-def stored_event(seq: int, time: datetime | None, subject: str, data: bytes) -> StoredEvent:
+# Not about the event: what a direct get adds (the message's place in the stream), and the
+# publish's preconditions (nats-py sends Nats-Expected-Stream, which the server stores).
+_SERVER_HEADERS = frozenset({"Nats-Stream", "Nats-Subject", "Nats-Sequence", "Nats-Time-Stamp",
+                             "Nats-Last-Sequence", "Nats-Num-Pending"})
+
+
+def published_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The headers that say something of the event: its ``Nats-Msg-Id``, its trace context."""
+    if not headers:
+        return _NO_HEADERS
+    return MappingProxyType({k: v for k, v in headers.items()
+                             if k not in _SERVER_HEADERS and not k.startswith("Nats-Expected-")})
+
+
+def stored_event(seq: int, time: datetime | None, subject: str, data: bytes,
+                 headers: Mapping[str, str] | None = None) -> StoredEvent:
     time = time or datetime.now(UTC)
+    kept = published_headers(headers)
     try:
-        return StoredEvent(seq=seq, time=time, subject=subject, event=parse_event(data))
+        return StoredEvent(seq=seq, time=time, subject=subject, event=parse_event(data), headers=kept)
     except EventDecodeError as exc:
-        return StoredEvent(seq=seq, time=time, subject=subject, event=None, error=exc, data=bytes(data))
+        return StoredEvent(seq=seq, time=time, subject=subject, event=None, error=exc, data=bytes(data),
+                           headers=kept)
 
 
 def stored_message(msg) -> StoredEvent:
     md = msg.metadata
-    return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data)
+    return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data, msg.headers)
 
 
 class FollowStalled(Exception):
@@ -254,16 +280,17 @@ class EventLog(DerivedReads):
     async def publish(self, event: Envelope, *, retry_seconds: float = 60) -> int:
         """Store ``event``; returns its stream sequence (the original's, if a duplicate)."""
         payload = encode_event(event)
-        headers = {"Nats-Msg-Id": event.dedup_id()}
-        # The server counts headers in the limit ("NATS/1.0\r\n", "key: value\r\n" each, "\r\n"),
-        # and closes a connection that sends more.
-        size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
-        if size > self.nc.max_payload:
-            raise EventTooLarge(event.type, size, self.nc.max_payload)  # type: ignore[attr-defined]
-        async for attempt in self._retrying(retry_seconds):
-            with attempt:
-                ack = await self.js.publish(event.subject(), payload, stream=self.stream, headers=headers)
-                return ack.seq
+        subject = event.subject()
+        with tracing.publishing(event, subject) as headers:
+            # The server counts headers in the limit ("NATS/1.0\r\n", "key: value\r\n" each, "\r\n"),
+            # and closes a connection that sends more.
+            size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+            if size > self.nc.max_payload:
+                raise EventTooLarge(event.type, size, self.nc.max_payload)  # type: ignore[attr-defined]
+            async for attempt in self._retrying(retry_seconds):
+                with attempt:
+                    ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)
+                    return ack.seq
         raise AssertionError("unreachable")
 
     # --- beside the events: side streams, core messages, key-value ---------------------
@@ -311,7 +338,7 @@ class EventLog(DerivedReads):
         raw = await self._last_raw(subject)
         if raw is None:
             return None
-        return stored_event(raw.seq, raw.time, raw.subject, raw.data)
+        return stored_event(raw.seq, raw.time, raw.subject, raw.data, raw.headers)
 
     async def at(self, seq: int) -> StoredEvent | None:
         """The event stored at ``seq``, or None (deleted, aged out, never written)."""
@@ -321,7 +348,7 @@ class EventLog(DerivedReads):
                     raw = await self.js.get_msg(self.stream, seq=seq, direct=True)
         except NotFoundError:
             return None
-        return stored_event(raw.seq, raw.time, raw.subject, raw.data)
+        return stored_event(raw.seq, raw.time, raw.subject, raw.data, raw.headers)
 
     async def last_seq_on(self, subject: str) -> int | None:
         """The sequence of the newest event on ``subject`` (no wildcards), without decoding

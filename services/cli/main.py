@@ -43,13 +43,16 @@ def run_async(coro) -> object:
 
 def _settings(*, llm: bool = False, **overrides: object) -> Settings:
     """The settings from the environment; a service that calls the LLM also refuses an LLM
-    configuration that cannot work. Either failure exits 2 with the reason, before any start."""
+    configuration that cannot work, and every command tracing variables it cannot honour. Any
+    failure exits 2 with the reason, before any start."""
     from services.adapters.llm.factory import check_llm_config
+    from services.runtime.tracing import check as check_tracing
 
     try:
         settings = Settings(**overrides)
         if llm:
             check_llm_config(settings)
+        check_tracing()  # an OTEL_* variable asking for an exporter or protocol we lack, a header file unread
     except ValueError as exc:
         console.print(f"[red]promptgen: configuration error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None

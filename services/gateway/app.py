@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -24,6 +25,7 @@ from services.gateway.security_headers import SecurityHeaders
 from services.runtime.lifecycle import announce_ready
 from services.runtime.metrics import CONTENT_TYPE
 from services.runtime.settings import Settings
+from services.runtime.tracing import Tracing, start_tracing
 
 log = structlog.get_logger()
 STATIC = Path(__file__).parent / "static"
@@ -33,6 +35,8 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     """The gateway application; ``adapters`` (``event_log``, ``models``, ``provider``,
     ``clock``) replace the ones :func:`~services.gateway.bootstrap.bootstrap` would build."""
     settings = settings or Settings()
+    # Before the app: its HTTP spans come from middleware, built with the app.
+    traces = start_tracing("gateway")  # off unless the OTEL_* variables say otherwise
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -44,6 +48,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
             yield
         finally:
             await gateway.aclose()
+            await asyncio.to_thread(traces.shutdown)  # flushes every span
 
     app = FastAPI(
         title="promptgen",
@@ -58,7 +63,8 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.add_middleware(CrossSiteRefusal)
     app.add_middleware(HostAllowList, patterns=host_patterns(settings) or [])  # none: the lifespan refuses to start
     app.add_middleware(SecurityHeaders)
-    app.add_middleware(AccessLog)  # outermost: it sees every answer, a 413 included
+    app.add_middleware(AccessLog)  # outermost of ours: it sees every answer, a 413 included
+    instrument(app, traces)
     app.include_router(scenario.router)
     app.include_router(jobs.router)
     app.include_router(v1.router)
@@ -98,3 +104,20 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
             return FileResponse(STATIC / "index.html")
 
     return app
+
+
+# Probes and scrapes would be most of the spans and tell nothing.
+UNTRACED_PATHS = "/livez$,/healthz$,/readyz$,/metrics$,/static/,/favicon.ico$"
+
+
+def instrument(app: FastAPI, traces: Tracing) -> None:
+    """One server span per request (OpenTelemetry's FastAPI instrumentation, outside our own
+    middleware, so the access line carries its trace id), continuing a caller's
+    ``traceparent``. Not its spans per ASGI send or receive: an SSE stream would make one per
+    message (:mod:`services.gateway.sse` traces each delivered event instead)."""
+    if not traces.active:
+        return
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=traces.provider, excluded_urls=UNTRACED_PATHS,
+                                       exclude_spans=["receive", "send"])

@@ -24,6 +24,7 @@ from services.gateway.stream_tokens import StreamTokens
 from services.runtime.lifecycle import Clock
 from services.runtime.settings import Settings
 
+COSTLY_SCOPES = frozenset({"jobs:write", "scenarios:write"})  # what counts as a request that costs
 DEFAULT_TENANT = "default"  # the owner of everything created before keys, or with auth off
 log = structlog.get_logger()
 
@@ -130,12 +131,17 @@ bearer = HTTPBearer(auto_error=False, description="An API key: `promptgen keys c
 
 
 def require(scope: str) -> Any:
-    """A dependency: the caller, holding ``scope`` (401 without a valid key, 403 without the scope)."""
+    """A dependency: the caller, holding ``scope`` (401 without a valid key, 403 without the scope).
+    A writing scope's request also counts against its tenant's requests per minute (429 past it)."""
     assert scope in SCOPES, scope
 
     async def authorize(request: Request,
                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-        return await request.app.state.gateway.guard.caller(credentials, scope)
+        gateway = request.app.state.gateway
+        caller: Caller = await gateway.guard.caller(credentials, scope)
+        if scope in COSTLY_SCOPES:
+            await gateway.quotas.take_request(caller)
+        return caller
 
     authorize.__name__ = f"require_{scope.replace(':', '_')}"
     return Depends(authorize)

@@ -18,6 +18,7 @@ from services.gateway.auth import Guard, open_guard
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
+from services.gateway.quotas import TenantQuotas
 from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.metrics import Metrics
@@ -42,6 +43,7 @@ class Gateway:
     metrics: Metrics
     health: Health
     guard: Guard
+    quotas: TenantQuotas
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
 
     async def aclose(self) -> None:
@@ -65,6 +67,7 @@ async def bootstrap(
     # template analysis and persona generation take their turns from the same LLM caps
     limiter = await open_limiter(event_log, settings, provider.name)
     guard = await open_guard(settings, event_log, clock)  # before anything starts: it may refuse
+    quotas = await TenantQuotas.open(event_log, models, settings, clock)
     parked = ParkedEvents(event_log, metrics)
     await parked.ensure()
     feeds = JobFeeds(event_log)
@@ -77,5 +80,5 @@ async def bootstrap(
         settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
         waiter=ProjectionWaiter(models, settings.projection_wait_seconds), feeds=feeds, parked=parked,
         capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
-        stack=stack,
+        quotas=quotas, stack=stack,
     )

@@ -19,6 +19,7 @@ from services.gateway.auth import Caller, Guard, require, stream_reader
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
+from services.gateway.quotas import TenantQuotas
 from services.runtime.lifecycle import Clock
 from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
@@ -45,6 +46,7 @@ ParkedDep = Annotated[ParkedEvents, Depends(_state("parked"))]
 ClockDep = Annotated[Clock, Depends(_state("clock"))]
 MetricsDep = Annotated[Metrics, Depends(_state("metrics"))]
 GuardDep = Annotated[Guard, Depends(_state("guard"))]
+QuotasDep = Annotated[TenantQuotas, Depends(_state("quotas"))]
 
 # The caller, holding a scope (services.gateway.auth): every guarded route takes one of these.
 Reader = Annotated[Caller, require("jobs:read")]

@@ -156,6 +156,8 @@ _ERROR_DOCS: dict[int, str] = {
     409: "The job is in a state that does not allow this",
     413: "The request body, or the event it would make, is larger than the server takes",
     422: "The request is invalid; `field` names where, `errors` lists the invalid fields (at most 20)",
+    429: "Past one of the tenant's limits (`field` names it: requests_per_minute, jobs_in_flight, "
+         "personas_per_day); nothing was done. Try again after `Retry-After` seconds",
     502: "The language model failed (`code` is the LLM error code)",
     503: "Not now: try again after `Retry-After` seconds (the LLM is rate limited, or this gateway is busy)",
     504: "The language model, or the job, did not finish in time",
@@ -169,6 +171,6 @@ def responses(*statuses: int, described: dict[int, str] | None = None) -> dict[i
     docs: dict[int | str, dict[str, Any]] = {}
     for status in statuses:
         docs[status] = {"model": ErrorBody, "description": (described or {}).get(status, _ERROR_DOCS[status])}
-        if status == 503:
+        if status in (429, 503):
             docs[status]["headers"] = _RETRY_AFTER
     return docs

@@ -38,6 +38,8 @@ def record(stored: StoredEvent) -> JobEventRecord:
         persona_id=getattr(event, "persona_id", None),
         status=getattr(event, "status", None) or _STATUS_OF_TYPE.get(event.type),
         error=getattr(event, "error", None),
+        actor=getattr(event, "actor", None),
+        tenant=getattr(event, "tenant", None),
         event=event.model_dump(mode="json"),
     )
 

@@ -123,6 +123,8 @@ def job_view(doc: dict[str, Any], persona_docs: list[dict[str, Any]]) -> JobView
         deadline=doc.get("deadline"),
         retry_of=doc.get("retry_of"),
         error=doc.get("error"),
+        actor=doc.get("actor"),
+        tenant=doc.get("tenant"),
         sse_endpoint=sse_endpoint(doc["_id"]),
         results=JobResults.model_validate(doc["results"]) if doc.get("results") else None,
     )
@@ -149,6 +151,7 @@ def job_view_from_log(requested: JobRequested, finished: JobFinished | None) -> 
         created_at=requested.occurred_at, updated_at=finished.occurred_at if finished else requested.occurred_at,
         finished_at=finished.occurred_at if finished else None, deadline=requested.deadline,
         retry_of=requested.retry_of, error=finished.error if finished else None,
+        actor=requested.actor, tenant=requested.tenant,
         sse_endpoint=sse_endpoint(requested.job_id), results=results,
     )
 

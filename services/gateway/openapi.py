@@ -2,7 +2,8 @@
 
 Routes state their error statuses themselves (``errors.responses``); here, the
 parts no route can: limits that are settings (how many personas a job takes),
-and FastAPI's own 422 schema, which is not the body the gateway answers.
+FastAPI's own 422 schema, which is not the body the gateway answers, and the
+messages of an SSE stream (sse-starlette's response documents none).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import TypeAdapter
 
+from contracts.sse import SseMessage
 from services.gateway.auth import auth_must_be_on
 from services.runtime.settings import Settings
 
@@ -27,6 +30,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             _auth_errors(doc, enforced=_enforced(app, settings))
             _browser_refusals(doc)
             _job_size(doc, settings.max_personas_per_job)
+            _sse_messages(doc)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -50,6 +54,40 @@ def _job_size(doc: dict[str, Any], max_personas: int) -> None:
     request = doc["components"]["schemas"]["GenerateFinalPromptsRequest"]["properties"]
     request["persona_ids"]["maxItems"] = max_personas
     request["mode_mapping"]["maxProperties"] = max_personas
+
+
+def _sse_messages(doc: dict[str, Any]) -> None:
+    """Each ``text/event-stream`` response describes one message as OpenAPI 3.2 does (``itemSchema``,
+    the SSE fields, ``data`` as JSON text with its ``contentSchema``), as FastAPI's own SSE routes
+    do; the three messages of ``contracts.sse`` join the document's schemas."""
+    content_schema = TypeAdapter(SseMessage).json_schema(mode="serialization", ref_template=_REF + "{model}")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in content_schema.pop("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    for target in content_schema["discriminator"]["mapping"].values():
+        message = schemas[target.removeprefix(_REF)]
+        if "type" not in message["required"]:  # a default in Python, yet on every message sent
+            message["required"].insert(0, "type")
+    item_schema = {
+        "type": "object",
+        "required": ["data", "id"],
+        "properties": {
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": content_schema,
+                     "description": "One JSON object, a `status_update`, `persona_progress` or `results` message"},
+            "id": {"type": "string", "description": "The JetStream sequence of the event behind the message "
+                   "(`<seq>-0` for the `status_update` just before `results`): send it back as `Last-Event-ID` "
+                   "(or `?last_event_id=`) to resume after it"},
+            "event": {"const": "message", "description": "Never sent: messages are unnamed, so a browser's "
+                      "`onmessage` receives them all"},
+            "retry": {"type": "integer", "minimum": 0, "description": "Sent once, first, on its own"},
+        },
+    }
+    for path in doc.get("paths", {}).values():
+        for operation in path.values():
+            for response in operation.get("responses", {}).values():
+                stream = response.get("content", {}).get("text/event-stream")
+                if stream is not None:
+                    stream["itemSchema"] = item_schema
 
 
 _AUTH_ERRORS = {

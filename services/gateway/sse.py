@@ -12,6 +12,7 @@ from contracts.events import JobFinished
 from services.gateway.capacity import Slot
 from services.gateway.feeds import JobFeeds
 from services.gateway.sse_messages import Position, encode, unseen
+from services.runtime import tracing
 from services.runtime.metrics import Metrics
 
 
@@ -33,10 +34,14 @@ async def stream_job_events(
     soon a browser reconnects, with ``Last-Event-ID``, if the stream drops."""
     if retry_ms:
         yield f"retry: {retry_ms}\n\n".encode()
+    # Each delivered event is traced in the job's trace (a child of its publish), linked to the
+    # request that holds this stream, which is in the client's trace, not the job's.
+    stream_request = tracing.current_span()
     async with aclosing(feeds.watch(job_id, start_seq)) as batches:
         async for batch in batches:
             chunk: list[bytes] = []
             sent = 0
+            delivered = []
             for stored, items, wire in batch:
                 todo = unseen(stored.seq, items, after)
                 if not todo:
@@ -45,8 +50,13 @@ async def stream_job_events(
                     await before_end(stored.seq)
                 chunk.append(wire if len(todo) == len(items) else encode(todo))
                 sent += len(todo)
+                delivered.append(stored)
             if chunk:
-                yield b"".join(chunk)
+                spans = tracing.event_spans("sse deliver", delivered, links=[stream_request])
+                try:
+                    yield b"".join(chunk)  # back here once the chunk is written (or the client left)
+                finally:
+                    tracing.end_spans(spans)
                 if metrics is not None:
                     metrics.sse_messages.inc(sent)
             if batch and isinstance(batch[-1][0].event, JobFinished):

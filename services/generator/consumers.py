@@ -29,6 +29,7 @@ from services.adapters.llm.base import LLMError, Provider
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
 from services.generator.work import failed, fan_out, generate_persona_prompt
+from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
 from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.metrics import Metrics
@@ -76,10 +77,14 @@ async def run_dispatcher(event_log: EventLogPort, stop: asyncio.Event, parked: P
             if not isinstance(stored.event, JobRequested):
                 await set_aside(msg, stored, DISPATCHER, parked)
                 continue
-            with structlog.contextvars.bound_contextvars(job_id=stored.event.job_id):
+            # The work items are published inside this span: each carries the job's trace on.
+            with structlog.contextvars.bound_contextvars(job_id=stored.event.job_id), \
+                    tracing.consuming("dispatch job.requested", stored.headers, stored.event,
+                                      **{"promptgen.seq": stored.seq}) as span:
                 try:
                     count = await dispatch(stored.event, event_log)
                 except Exception as exc:  # noqa: BLE001 - one job must not stop the dispatcher
+                    tracing.fail(span, exc)
                     if kind_of(exc) == "permanent":
                         await set_aside(msg, stored, DISPATCHER, parked, exc)
                     else:
@@ -207,7 +212,9 @@ class WorkerPool:
         stored = await _parked_event(self.log, record)
         if not isinstance(stored.event, PersonaPromptRequested):
             raise ValueError(f"event {record.seq} is not a work item")
-        with structlog.contextvars.bound_contextvars(job_id=stored.event.job_id, persona_id=stored.event.persona_id):
+        with structlog.contextvars.bound_contextvars(job_id=stored.event.job_id, persona_id=stored.event.persona_id), \
+                tracing.consuming("generate persona", stored.headers, stored.event,
+                                  **{"promptgen.seq": stored.seq, "promptgen.reapplied": True}):
             await self._handle(_Detached(), stored.event, 1)
 
     async def handle(self, msg) -> None:
@@ -220,10 +227,15 @@ class WorkerPool:
         delivered = msg.metadata.num_delivered
         if delivered > 1:
             self.metrics.work_items_redelivered.inc()
-        with structlog.contextvars.bound_contextvars(job_id=item.job_id, persona_id=item.persona_id):
+        # A child of the publish that fanned the job out: the outcome events, published inside
+        # this span, carry the job's trace on to the projector and the gateway.
+        with structlog.contextvars.bound_contextvars(job_id=item.job_id, persona_id=item.persona_id), \
+                tracing.consuming("generate persona", stored.headers, item,
+                                  **{"promptgen.seq": stored.seq, "promptgen.delivery": delivered}) as span:
             try:
                 await self._handle(msg, item, delivered)
             except Exception as exc:  # noqa: BLE001 - decide between redelivery and a visible failure
+                tracing.fail(span, exc)
                 if delivered >= self.settings.max_deliveries:
                     log.error("work_item_exhausted", error=str(exc), deliveries=delivered)
                     err = LLMError("internal_error", f"generation failed after {delivered} deliveries: {exc}")
@@ -275,9 +287,10 @@ class WorkerPool:
             keep_alive.cancel()
             progress.cancel()
         await self.log.publish(outcome)
-        self.metrics.persona_finished("completed" if outcome.type == "persona.completed" else "failed",
-                                      getattr(outcome, "error_code", None))
+        error_code = getattr(outcome, "error_code", None)
+        self.metrics.persona_finished("completed" if outcome.type == "persona.completed" else "failed", error_code)
+        tracing.note(**{"promptgen.outcome": outcome.type, "promptgen.error_code": error_code})
         # The outcome is durable: a lost ack only means a redelivery, which finds it and skips.
         await msg.ack()
         log.info("persona_generated" if outcome.type == "persona.completed" else "persona_failed",
-                 outcome=outcome.type, error_code=getattr(outcome, "error_code", None))
+                 outcome=outcome.type, error_code=error_code)

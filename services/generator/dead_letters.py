@@ -23,6 +23,7 @@ from services.adapters.llm.base import LLMError
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
 from services.generator.work import failed
+from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
 from services.runtime.metrics import Metrics
 
@@ -49,7 +50,9 @@ async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveri
         return False  # undecodable: the worker that met it parked it
     err = LLMError("delivery_exhausted",
                    f"no worker could finish this persona after {deliveries} deliveries (workers crashed or hung)")
-    await event_log.publish(failed(item, err, deliveries))
+    # In the work item's trace: the failure shows where the job's generation ended.
+    with tracing.consuming("dead-letter persona", stored.headers, item, **{"promptgen.seq": stream_seq}):
+        await event_log.publish(failed(item, err, deliveries))
     if metrics is not None:
         metrics.dead_letters.inc()
         metrics.persona_finished("failed", err.code)

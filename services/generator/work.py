@@ -21,6 +21,7 @@ from contracts.events import (
 from services.adapters.llm.base import LLMError, Provider
 from services.adapters.llm.limits import estimated_tokens
 from services.generator.prompt_generators import generate_for_mode
+from services.runtime import tracing
 from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
@@ -96,7 +97,21 @@ async def generate_persona_prompt(
             metrics.rate_limit_wait.observe(await limiter.acquire(estimate))
         started = time.perf_counter()
         try:
-            out = await generate_for_mode(provider, item.template_data, item.persona, item.mode)
+            # One span per call: which model, how it ended, the tokens; never the prompt's text.
+            with tracing.span("llm call", kind=tracing.SpanKind.CLIENT, **{
+                "gen_ai.system": provider.name, "gen_ai.request.model": provider.model,
+                "promptgen.job_id": item.job_id, "promptgen.persona_id": item.persona_id,
+                "promptgen.mode": item.mode, "promptgen.attempt": attempt,
+            }) as call:
+                try:
+                    out = await generate_for_mode(provider, item.template_data, item.persona, item.mode)
+                except LLMError as exc:
+                    call.set_attributes({"promptgen.outcome": "error", "error.type": exc.code})
+                    raise
+                if call.is_recording():
+                    call.set_attributes({"promptgen.outcome": "ok", "gen_ai.response.model": out.model,
+                                         "gen_ai.usage.input_tokens": out.usage.prompt_tokens,
+                                         "gen_ai.usage.output_tokens": out.usage.completion_tokens})
         except LLMError as exc:
             metrics.llm_call_duration.labels(model=provider.model, outcome="error").observe(
                 time.perf_counter() - started)

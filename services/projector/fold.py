@@ -26,6 +26,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import ReadModels
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
+from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
 from services.runtime.metrics import Metrics
@@ -63,6 +64,16 @@ class Fold:
     async def apply(self, batch: list[StoredEvent]) -> None:
         """Write a batch's effects, then the checkpoint. An event that cannot be decoded or
         stored is parked; the rest of the batch is stored all the same."""
+        # A span per event, each a child of that event's publish, rather than one span for the
+        # batch linking them: a batch holds many jobs' events, and a link would leave the write
+        # out of each job's trace. They share the batch's timing: the writes are made together.
+        spans = tracing.event_spans("project", batch, **{"messaging.batch.message_count": len(batch)})
+        try:
+            await self._apply(batch, spans)
+        finally:
+            tracing.end_spans(spans)
+
+    async def _apply(self, batch: list[StoredEvent], spans: dict) -> None:
         writes = defaultdict(list)
         readable: list[StoredEvent] = []
         for stored in batch:
@@ -73,6 +84,7 @@ class Fold:
             try:
                 ops = writes_for(event, stored.seq, self.job_retention)
             except Exception as exc:  # noqa: BLE001 - an event no projection can express (a date out of range)
+                tracing.fail(spans.get(stored.seq), exc)
                 await self.parked.park(PROJECTOR, stored, "unstorable", exc)
                 continue
             readable.append(stored)
@@ -92,6 +104,7 @@ class Fold:
                 try:
                     await durably(lambda stored=stored: self._write(stored), what="projection")
                 except Unstorable as exc:
+                    tracing.fail(spans.get(stored.seq), exc.cause)
                     await self.parked.park(PROJECTOR, stored, "unstorable", exc.cause)
             await durably(lambda: self.models.save_checkpoint(batch[-1].seq), what="checkpoint")
         self.position = batch[-1].seq

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 import structlog
@@ -37,6 +37,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import JOB_PERSONAS, JOBS, project
+from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
 from services.runtime.metrics import Metrics
@@ -141,34 +142,41 @@ class JobManager:
 
     async def handle(self, batch: list[StoredEvent]) -> None:
         """Decide the jobs this batch may have ended, then store the position after it."""
-        over: dict[str, None] = {}  # the jobs that may be over, in the order they may have ended
+        # the jobs that may be over, in the order they may have ended, with the event that may have ended each
+        over: dict[str, StoredEvent] = {}
         for stored in batch:
             event = stored.event
             if isinstance(event, JobRequested):
                 self.ended.started(event)
             elif isinstance(event, PersonaCompleted | PersonaFailed):
                 if await self.ended.ended(event.job_id, event.persona_id):
-                    over[event.job_id] = None
+                    over[event.job_id] = stored
             elif isinstance(event, JobCancelRequested):
-                over[event.job_id] = None  # decided at once, with personas still open
+                over[event.job_id] = stored  # decided at once, with personas still open
             elif isinstance(event, JobFinished):
                 over.pop(event.job_id, None)
                 self.ended.forget(event.job_id)
-        await self.decide(over)
+        await self.decide(over, causes=over)
         await durably(lambda: self.models.save_position(JOB_MANAGER, batch[-1].seq), what="job manager position")
         self.position = batch[-1].seq
 
-    async def decide(self, jobs: Iterable[str], *, strict: bool = False) -> None:
+    async def decide(self, jobs: Iterable[str], *, strict: bool = False,
+                     causes: Mapping[str, StoredEvent] | None = None) -> None:
         """Publish the end of each job that has one. A job whose end cannot be decided or
-        stored is parked (``strict``: raised) and the others go on."""
+        stored is parked (``strict``: raised) and the others go on. A job's decision is traced
+        as a child of the event in ``causes`` that may have ended it (so is the end it publishes)."""
         now = self.clock()
         for job_id in list(jobs):
-            try:
-                await self._end_if_over(job_id, now)
-            except Unstorable as exc:
-                if strict:
-                    raise exc.cause from None
-                await self._park(job_id, exc.cause)
+            cause = (causes or {}).get(job_id)
+            with tracing.consuming("decide job", cause.headers if cause else None, cause.event if cause else None,
+                                   **{"promptgen.job_id": job_id}) as span:
+                try:
+                    await self._end_if_over(job_id, now)
+                except Unstorable as exc:
+                    tracing.fail(span, exc.cause)
+                    if strict:
+                        raise exc.cause from None
+                    await self._park(job_id, exc.cause)
 
     async def _end_if_over(self, job_id: str, now: datetime) -> None:
         history = await durably(lambda: job_history(self.log, job_id), what="job history")
@@ -181,6 +189,7 @@ class JobManager:
         if end is None:
             return
         await durably(lambda: self.log.publish(end), what="job end")
+        tracing.note(**{"promptgen.job_status": end.status})
         self.metrics.jobs_finished.labels(status=end.status).inc()
         self.ended.forget(job_id)
         log.info("job_finished", job_id=job_id, status=end.status,

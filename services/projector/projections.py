@@ -133,6 +133,7 @@ def project_job_requested(event: JobRequested, seq: int) -> list[Write]:
             "deadline": event.deadline,
             "retry_of": event.retry_of,
             "tenant": event.tenant,
+            "actor": event.actor,
         },
     )
     # One small document per persona of the job: a persona's progress never rewrites the job.

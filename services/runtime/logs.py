@@ -1,7 +1,8 @@
 """One JSON object per line for everything a process logs: structlog's own lines and the
 standard library's (uvicorn, pymongo, nats-py, asyncio) alike, with the same fields:
-``timestamp``, ``level``, ``event``, ``logger``, ``service``, and ``job_id`` / ``persona_id``
-where bound (structlog's context variables, merged into both)."""
+``timestamp``, ``level``, ``event``, ``logger``, ``service``, ``job_id`` / ``persona_id``
+where bound (structlog's context variables, merged into both), and ``trace_id`` / ``span_id``
+inside a recording span (:mod:`services.runtime.tracing`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import re
 import sys
 
 import structlog
+
+from services.runtime.tracing import log_ids
 
 _SECRET = re.compile(r"(sk-[A-Za-z0-9_-]{6,}|Bearer\s+[A-Za-z0-9._-]+)")
 
@@ -22,9 +25,16 @@ def _redact(_: object, __: str, event_dict: dict) -> dict:
     return event_dict
 
 
+def add_trace_ids(_: object, __: str, event_dict: dict) -> dict:
+    """The current span's ``trace_id`` / ``span_id``, when tracing records one: a line leads to its trace."""
+    event_dict.update(log_ids())
+    return event_dict
+
+
 def _shared_processors() -> list:
     return [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -125,6 +125,19 @@ class Settings(BaseSettings):
     )
     stream_token_secret: SecretStr | None = Field(None, validation_alias=_env("PROMPTGEN_STREAM_TOKEN_SECRET"))
     stream_token_ttl_seconds: int = Field(3600, ge=1, validation_alias=_env("PROMPTGEN_STREAM_TOKEN_TTL_SECONDS"))
+    # Cost controls per tenant, shared by every gateway (services/gateway/quotas.py); 0: no limit.
+    tenant_requests_per_minute: int = Field(
+        120, ge=0, validation_alias=_env("PROMPTGEN_TENANT_REQUESTS_PER_MINUTE"),
+        description="Writing requests (scopes jobs:write, scenarios:write) per tenant and minute; 0: no limit.",
+    )
+    tenant_jobs_in_flight: int = Field(
+        10, ge=0, validation_alias=_env("PROMPTGEN_TENANT_JOBS_IN_FLIGHT"),
+        description="Jobs a tenant may have running at once; 0: no limit.",
+    )
+    tenant_personas_per_day: int = Field(
+        10_000, ge=0, validation_alias=_env("PROMPTGEN_TENANT_PERSONAS_PER_DAY"),
+        description="Personas in the jobs a tenant starts per UTC day (a retry counts again); 0: no limit.",
+    )
 
     # Jobs
     job_deadline_seconds: float = Field(1800, gt=0, validation_alias=_env("PROMPTGEN_JOB_DEADLINE_SECONDS"))

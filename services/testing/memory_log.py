@@ -20,6 +20,7 @@ from nats.js.errors import NotFoundError
 from contracts import subjects
 from contracts.events import Envelope, encode_event
 from services.adapters.event_log import DerivedReads, StoredEvent, stored_event
+from services.runtime import tracing
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
 from services.testing.memory_core import CoreMessage, CoreRouter, CoreSubscription, MemoryKeyValue
@@ -27,7 +28,7 @@ from services.testing.memory_streams import MemoryStream, StoredMessage
 
 
 def _event(msg: StoredMessage) -> StoredEvent:
-    return stored_event(msg.seq, msg.time, msg.subject, msg.data)
+    return stored_event(msg.seq, msg.time, msg.subject, msg.data, msg.headers)
 
 
 class MemoryEventLog(DerivedReads):
@@ -75,8 +76,10 @@ class MemoryEventLog(DerivedReads):
     # --- the events -----------------------------------------------------------------------
 
     async def publish(self, event: Envelope, *, retry_seconds: float = 60) -> int:
-        await asyncio.sleep(0)  # a publish is a round trip: others run meanwhile
-        return self._store(self.stream, event.subject(), encode_event(event), {"Nats-Msg-Id": event.dedup_id()})
+        subject = event.subject()
+        with tracing.publishing(event, subject) as headers:
+            await asyncio.sleep(0)  # a publish is a round trip: others run meanwhile
+            return self._store(self.stream, subject, encode_event(event), headers)
 
     async def last(self, subject: str) -> StoredEvent | None:
         msg = self._streams[self.stream].last_on(subject)
@@ -98,7 +101,7 @@ class MemoryEventLog(DerivedReads):
     ) -> AsyncIterator[list[StoredEvent]]:
         async with aclosing(self.read_messages(filter_subject, start_seq, max_batch)) as batches:
             async for msgs in batches:
-                yield [stored_event(m.metadata.sequence.stream, m.metadata.timestamp, m.subject, m.data)
+                yield [stored_event(m.metadata.sequence.stream, m.metadata.timestamp, m.subject, m.data, m.headers)
                        for m in msgs]
 
     async def read_messages(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jsonschema import Draft7Validator
+import pytest
+from jsonschema import Draft7Validator, ValidationError, validate
 
 from contracts.asyncapi import CHANNELS
 from contracts.events import EVENT_TYPES
 from services.cli.asyncapi import COMMITTED, current
+from services.testing import MemoryEventLog
+from tests.samples import job_requested
 
 SPEC = Path(__file__).with_name("asyncapi-3.0.0.schema.json")
 
@@ -40,6 +43,19 @@ def test_payload_schemas_resolve_inside_the_document():
         node = doc
         for key in ref.removeprefix("#/").split("/"):
             node = node[key]
+
+
+async def test_the_headers_an_event_is_stored_with_are_the_documented_ones(spans):
+    schema = json.loads(COMMITTED.read_text())["components"]["schemas"]["NatsHeaders"]
+    log = MemoryEventLog()  # stores what EventLog stores (tests/contract/test_event_log_contract.py)
+    request = job_requested("j1", ("p1",))
+    traced = dict((await log.at(await log.publish(request))).headers)
+    assert set(traced) == {"Nats-Msg-Id", "traceparent"}
+    validate(traced, schema)
+    validate({"Nats-Msg-Id": request.dedup_id()}, schema)  # untraced: traceparent is optional
+    for wrong in ({"traceparent": traced["traceparent"]}, {**traced, "traceparent": "not-w3c"}):
+        with pytest.raises(ValidationError):
+            validate(wrong, schema)
 
 
 async def test_the_gateway_serves_it(client):

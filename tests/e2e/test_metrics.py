@@ -1,6 +1,7 @@
 """The series move as a job did: a completed and a failed persona (under its error code),
 one LLM latency observation per call, the job's end, the projector back at the head,
-the HTTP and SSE series on the gateway's /metrics, and no job id in any label."""
+the HTTP and SSE series on the gateway's /metrics, and no job id in any label; the generator's
+and the projector's /metrics, /readyz and /livez over HTTP on their own ports."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from tests.conftest import InProcessSystem
+from services.cli.embedded import free_port
+from tests.conftest import SCENARIO, InProcessSystem
 from tests.flows import create_personas, create_template, start_job
 from tests.metrics_text import sample
 from tests.sse_client import read_sse
@@ -64,3 +66,56 @@ async def test_metrics_follow_a_job(llm_system, mock_llm, scenario_document):
     assert sample(gateway_text, "promptgen_sse_clients") == 0
     for text in (gateway_text, generator.decode(), projector.exposition().decode()):
         assert job["job_id"] not in text and personas[0]["id"] not in text  # ids are never labels
+
+
+async def test_the_generator_and_the_projector_serve_metrics_and_health_on_their_own_ports(settings, models):
+    """Over HTTP, as Prometheus and a kubelet see them: PROMPTGEN_GENERATOR_HTTP_PORT and
+    PROMPTGEN_PROJECTOR_HTTP_PORT, with series that moved as a job ran."""
+    settings.generator_http_port, settings.projector_http_port = free_port(), free_port()
+    generator = f"http://127.0.0.1:{settings.generator_http_port}"
+    projector = f"http://127.0.0.1:{settings.projector_http_port}"
+    system = await InProcessSystem(settings).start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as ops:
+            async def ready(base: str) -> httpx.Response | None:
+                try:
+                    answer = await ops.get(f"{base}/readyz")
+                except httpx.TransportError:
+                    return None  # not listening yet
+                return answer if answer.status_code == 200 else None
+
+            for base, checks in ((generator, {"nats"}), (projector, {"nats", "mongodb"})):
+                answer = await eventually(lambda base=base: ready(base), what=f"{base}/readyz answering 200")
+                assert answer.json()["status"] == "ok" and checks <= set(answer.json()["checks"])
+                assert all(answer.json()["checks"].values()), answer.json()
+                live = await ops.get(f"{base}/livez")
+                assert live.status_code == 200 and all(live.json()["checks"].values()), live.text
+
+            before = {base: (await ops.get(f"{base}/metrics")).text for base in (generator, projector)}
+            assert not sample(before[generator], "promptgen_personas_finished_total", outcome="completed")
+            assert not sample(before[projector], "promptgen_jobs_finished_total", status="completed")
+
+            async with httpx.AsyncClient(base_url=system.base_url, timeout=60) as client:
+                template_id = await create_template(client, SCENARIO)
+                personas = await create_personas(client, template_id, 3)
+                job = await start_job(client, template_id, {p["id"]: "try_mode" for p in personas})
+                stream = await read_sse(client, job["sse_endpoint"])
+                assert stream.messages[-1].data["results"]["successful"] == 3
+
+            scraped = await ops.get(f"{generator}/metrics")
+            assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain")
+            assert sample(scraped.text, "promptgen_personas_finished_total", outcome="completed") == 3
+
+            async def projector_caught_up() -> str | None:
+                text = (await ops.get(f"{projector}/metrics")).text
+                return text if sample(text, "promptgen_projector_lag_events") == 0 else None
+            text = await eventually(projector_caught_up, what="the projector's /metrics at the head of the log")
+            assert sample(text, "promptgen_jobs_finished_total", status="completed") == 1
+            assert sample(text, "promptgen_projector_lag_seconds") == 0
+            for body in (scraped.text, text):
+                assert job["job_id"] not in body and personas[0]["id"] not in body
+
+            assert (await ops.get(f"{projector}/readyz")).json()["checks"]["mongodb"] is True
+            assert (await ops.get(f"{generator}/nothing")).status_code == 404
+    finally:
+        await system.close()

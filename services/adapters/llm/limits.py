@@ -13,15 +13,14 @@ the same slot. (Clocks of the hosts are assumed NTP-synchronised.)
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import TypeVar
 
 import structlog
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
+from services.adapters.compare_and_set import change_entry, read_entry
 from services.adapters.llm.base import LLMError, approx_tokens
 from services.adapters.ports import EventLogPort
 from services.runtime.settings import Settings
@@ -61,26 +60,19 @@ class SharedLimiter:
         return cls(kv, rpm=rpm, tpm=tpm)
 
     async def _load(self) -> tuple[LimitState, int]:
-        try:
-            entry = await self.kv.get(KEY)
-        except KeyNotFoundError:
-            return LimitState(), 0
-        return LimitState(**json.loads(entry.value)), entry.revision
+        stored, revision = await read_entry(self.kv, KEY)
+        return LimitState(**stored), revision
 
     async def _change(self, change: Callable[[LimitState, float], float]) -> float:
         """Apply ``change`` atomically; returns what it returned (a start time)."""
-        while True:
-            state, revision = await self._load()
+
+        async def apply(stored: dict) -> float:
+            state = LimitState(**stored)
             result = change(state, self.clock())
-            payload = json.dumps(asdict(state)).encode()
-            try:
-                if revision:
-                    await self.kv.update(KEY, payload, last=revision)
-                else:
-                    await self.kv.create(KEY, payload)
-                return result
-            except KeyWrongLastSequenceError:
-                continue  # another worker won this round: read again
+            stored.update(asdict(state))
+            return result
+
+        return await change_entry(self.kv, KEY, apply)
 
     async def acquire(self, tokens: int) -> float:
         """Wait for a turn to send a request of about ``tokens`` tokens; returns the wait."""

@@ -31,7 +31,8 @@ async def _view(doc: dict[str, Any], models: ReadModelsPort) -> AvatarInteractio
     )
 
 
-@router.post("", status_code=201, response_model=AvatarInteractionView, responses=responses(404, 413, 422))
+@router.post("", status_code=201, response_model=AvatarInteractionView,
+             responses=responses(404, 413, 422, 429))
 async def create_interaction(
     body: AvatarInteractionCreate, caller: ScenarioWriter, models: ModelsDep, event_log: EventLogDep,
     waiter: WaiterDep,

@@ -27,6 +27,7 @@ from services.gateway.deps import (
     JobWriter,
     MetricsDep,
     ModelsDep,
+    QuotasDep,
     Reader,
     SettingsDep,
     StreamReader,
@@ -43,6 +44,7 @@ from services.gateway.jobs import (
     job_view_from_log,
 )
 from services.gateway.json_body import JSONBodyRoute
+from services.gateway.quotas import TenantQuotas
 from services.gateway.sse import HeldEventStream, stream_job_events
 from services.gateway.sse_messages import Position
 
@@ -82,9 +84,12 @@ async def _owned_seq(event_log, models, job_id: str, caller: Caller) -> int:
     return await _requested_seq(event_log, job_id)
 
 
-async def start_job(event: JobRequested, event_log, guard: Guard, caller: Caller) -> GenerateFinalPromptsResponse:
+async def start_job(
+    event: JobRequested, event_log, guard: Guard, quotas: TenantQuotas, caller: Caller
+) -> GenerateFinalPromptsResponse:
     # Durable once published: answer now. A poll before the projector catches up is answered from the log.
-    await event_log.publish(event)
+    async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
+        await event_log.publish(event)
     log.info("job_requested", job_id=event.job_id, personas=len(event.personas), retry_of=event.retry_of)
     return GenerateFinalPromptsResponse(
         job_id=event.job_id,
@@ -95,14 +100,14 @@ async def start_job(event: JobRequested, event_log, guard: Guard, caller: Caller
 
 
 @router.post("/generate-final-prompts", status_code=202, response_model=GenerateFinalPromptsResponse,
-             response_model_exclude_none=True, responses=responses(404, 413, 422))
+             response_model_exclude_none=True, responses=responses(404, 413, 422, 429))
 async def generate_final_prompts(
     body: GenerateFinalPromptsRequest, caller: JobWriter, models: ModelsDep, event_log: EventLogDep,
-    settings: SettingsDep, clock: ClockDep, guard: GuardDep,
+    settings: SettingsDep, clock: ClockDep, guard: GuardDep, quotas: QuotasDep,
 ) -> GenerateFinalPromptsResponse:
     """Start generating the personas' system prompts; returns at once with the job id."""
     event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock)
-    return await start_job(event, event_log, guard, caller)
+    return await start_job(event, event_log, guard, quotas, caller)
 
 
 @router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,
@@ -178,7 +183,8 @@ async def list_jobs(caller: Reader, models: ModelsDep, limit: int = Query(20, ge
     ])
 
 
-@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView, responses=responses(404, 409, 413, 422))
+@router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView,
+             responses=responses(404, 409, 413, 422, 429))
 async def cancel_job(
     job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep
 ) -> JobView:
@@ -196,10 +202,10 @@ async def cancel_job(
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
-             response_model_exclude_none=True, responses=responses(404, 409, 413, 422))
+             response_model_exclude_none=True, responses=responses(404, 409, 413, 422, 429))
 async def retry_failed(
     job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
-    clock: ClockDep, guard: GuardDep,
+    clock: ClockDep, guard: GuardDep, quotas: QuotasDep,
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
     doc = await models.jobs.find_one({"_id": job_id})
@@ -214,7 +220,7 @@ async def retry_failed(
     body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
                                        mode_mapping=failed)
     event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock, retry_of=job_id)
-    return await start_job(event, event_log, guard, caller)
+    return await start_job(event, event_log, guard, quotas, caller)
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422, 503))

@@ -58,7 +58,7 @@ def _llm_failure(exc: LLMError) -> ApiError:
 
 
 @router.post("/analyze-scenario-enhanced", status_code=201, response_model=TemplateView,
-             responses=responses(413, 422, 502, 503, 504))
+             responses=responses(413, 422, 429, 502, 503, 504))
 async def analyze_scenario(
     body: AnalyzeScenarioRequest,
     caller: ScenarioWriter,
@@ -90,7 +90,7 @@ async def get_template(template_id: TemplateIdPath, caller: Reader, models: Mode
 
 
 @router.post("/generate-personas", status_code=201, response_model=GeneratePersonasResponse,
-             responses=responses(404, 413, 422, 502, 503, 504))
+             responses=responses(404, 413, 422, 429, 502, 503, 504))
 async def generate_personas(
     body: GeneratePersonasRequest,
     caller: ScenarioWriter,

@@ -13,7 +13,16 @@ from fastapi import APIRouter, Request, Response
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsResponse, V1PersonaPrompt
 from contracts.events import JobFinished
-from services.gateway.deps import CapacityDep, ClockDep, EventLogDep, JobWriter, ModelsDep, SettingsDep, WaiterDep
+from services.gateway.deps import (
+    CapacityDep,
+    ClockDep,
+    EventLogDep,
+    JobWriter,
+    ModelsDep,
+    QuotasDep,
+    SettingsDep,
+    WaiterDep,
+)
 from services.gateway.errors import ApiError, responses
 from services.gateway.jobs import build_job, sse_endpoint
 from services.gateway.json_body import JSONBodyRoute
@@ -25,7 +34,7 @@ T = TypeVar("T")
 
 
 @router.post("/generate-final-prompts", response_model=V1GenerateFinalPromptsResponse, deprecated=True,
-             responses=responses(404, 413, 422, 503, 504))
+             responses=responses(404, 413, 422, 429, 503, 504))
 async def generate_final_prompts_v1(
     body: GenerateFinalPromptsRequest,
     caller: JobWriter,
@@ -37,13 +46,15 @@ async def generate_final_prompts_v1(
     waiter: WaiterDep,
     capacity: CapacityDep,
     clock: ClockDep,
+    quotas: QuotasDep,
 ) -> V1GenerateFinalPromptsResponse:
     """Deprecated: waits for every prompt. Use ``/scenario/v2/generate-final-prompts``."""
     response.headers["Deprecation"] = "true"
     response.headers["Link"] = '</scenario/v2/generate-final-prompts>; rel="successor-version"'
     async with capacity.v1_waits.hold():  # before anything is published: a busy answer starts no job
         job = await build_job(body, caller=caller, models=models, settings=settings, clock=clock)
-        start = await event_log.publish(job)
+        async with quotas.job(caller, job):  # 429 past the tenant's jobs in flight or personas per day
+            start = await event_log.publish(job)
         end = await _unless_client_leaves(
             request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id
         )

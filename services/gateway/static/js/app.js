@@ -407,6 +407,7 @@ async function renderJob(jobId) {
   const logList = h("ol", { id: "live-log", class: "log" }, log.map((line) => h("li", {}, line)));
   const started = h("p", { class: "muted small" }, `Started ${when(view.created_at)} · ${plural(total, "persona")}`,
     view.retry_of ? [" · retry of ", h("a", { href: `#/jobs/${view.retry_of}` }, `job ${short(view.retry_of)}`)] : "",
+    view.actor ? [h("br"), h("span", { id: "started-by" }, `started by key ${view.actor} (tenant ${view.tenant})`)] : "",
     h("br"), h("span", { class: "mono" }, `Job ${jobId}`));
 
   const rowViews = {};

@@ -1,0 +1,216 @@
+"""Per-tenant cost controls, the same at every gateway: requests per minute, jobs in flight,
+personas per day. Past a limit the request is answered ``429`` with ``Retry-After`` before
+anything is published.
+
+The counts live in the JetStream key-value bucket ``promptgen_tenant_quotas``, two entries
+per tenant, each changed by compare-and-set on its revision (``services/adapters/compare_and_set.py``,
+as the LLM's shared limits are), so two gateways racing for the last slot never both win it:
+
+* ``rate.<tenant>``: requests per minute as GCRA ("theoretical arrival time"): a burst of up
+  to the limit, then one request every ``60 / limit`` seconds. Only requests that write
+  (scopes ``jobs:write`` and ``scenarios:write``: they publish, and most call the LLM) count.
+* ``jobs.<tenant>``: the jobs in flight (job id -> deadline) and today's (UTC) personas. A job
+  leaves the set once its view in the read models has ended, or once its deadline passed (the
+  job manager expires it then), so no message has to come back to free a slot; a job whose
+  request could not be published gives its slot and personas back at once.
+
+With auth off (loopback, no keys) there is no tenant to share fairly: nothing is limited.
+A limit of 0 is no limit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+
+from contracts.events import JobRequested
+from services.adapters.compare_and_set import change_entry
+from services.adapters.ports import EventLogPort, KeyValue, ReadModelsPort
+from services.gateway.auth import Caller
+from services.gateway.errors import ApiError
+from services.runtime.lifecycle import Clock
+from services.runtime.settings import Settings
+
+BUCKET = "promptgen_tenant_quotas"
+JOBS_RETRY_AFTER = 5  # seconds: a job in flight may end at any moment, and the read model shows it soon after
+log = structlog.get_logger()
+
+
+@dataclass(frozen=True)
+class TenantLimits:
+    requests_per_minute: int = 0
+    jobs_in_flight: int = 0
+    personas_per_day: int = 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TenantLimits:
+        return cls(settings.tenant_requests_per_minute, settings.tenant_jobs_in_flight,
+                   settings.tenant_personas_per_day)
+
+
+@dataclass(frozen=True)
+class Refusal:
+    limit: str  # requests_per_minute, jobs_in_flight, personas_per_day
+    detail: str
+    retry_after: float
+
+    def error(self) -> ApiError:
+        seconds = max(1, math.ceil(self.retry_after))
+        return ApiError(429, f"{self.limit}_exceeded", f"{self.detail}; try again in {seconds} s",
+                        field=self.limit, headers={"Retry-After": str(seconds)})
+
+
+class _Refused(Exception):
+    def __init__(self, refusal: Refusal) -> None:
+        self.refusal = refusal
+
+
+# --- the decisions, pure ---------------------------------------------------------------------
+
+
+def take_request(tat: float, now: float, per_minute: int) -> tuple[float, Refusal | None]:
+    """GCRA: the new theoretical arrival time, or a refusal (and the time unchanged)."""
+    interval = 60.0 / per_minute
+    tolerance = 60.0 - interval  # a burst of ``per_minute`` requests, then one per interval
+    start = max(tat, now)
+    if start - now > tolerance:
+        return tat, Refusal("requests_per_minute",
+                            f"This tenant may make {per_minute} writing requests per minute",
+                            start - tolerance - now)
+    return start + interval, None
+
+
+@dataclass
+class TenantJobs:
+    jobs: dict[str, float] = field(default_factory=dict)  # in flight: job id -> deadline (epoch seconds)
+    day: str = ""  # the UTC day ``personas`` counts
+    personas: int = 0
+
+    @classmethod
+    def read(cls, state: dict) -> TenantJobs:
+        """Tolerant: what a newer gateway may have added is ignored."""
+        return cls(jobs=dict(state.get("jobs", {})), day=state.get("day", ""), personas=state.get("personas", 0))
+
+    def as_of(self, now: datetime) -> TenantJobs:
+        """Without the jobs past their deadline, and with a fresh count on a new day."""
+        today = now.date().isoformat()
+        return TenantJobs(jobs={j: d for j, d in self.jobs.items() if d > now.timestamp()}, day=today,
+                          personas=self.personas if self.day == today else 0)
+
+
+def seconds_to_midnight(now: datetime) -> float:
+    tomorrow = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), tzinfo=now.tzinfo)
+    return (tomorrow - now).total_seconds()
+
+
+def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: datetime) -> Refusal | None:
+    """Whether ``job`` fits (``state`` is as of ``now``, ended jobs already left); if so, counts it."""
+    personas = len(job.personas)
+    if limits.jobs_in_flight and len(state.jobs) >= limits.jobs_in_flight:
+        return Refusal("jobs_in_flight",
+                       f"This tenant has {len(state.jobs)} of {limits.jobs_in_flight} jobs running",
+                       JOBS_RETRY_AFTER)
+    if limits.personas_per_day and state.personas + personas > limits.personas_per_day:
+        left = max(0, limits.personas_per_day - state.personas)
+        return Refusal("personas_per_day",
+                       f"This tenant may generate prompts for {limits.personas_per_day} personas per day (UTC); "
+                       f"{left} left today, this job has {personas}", seconds_to_midnight(now))
+    if limits.jobs_in_flight:  # kept only to be counted: unlimited, the entry would grow with every job
+        state.jobs[job.job_id] = job.deadline.timestamp()
+    state.personas += personas
+    return None
+
+
+# --- the shared state ------------------------------------------------------------------------
+
+
+class TenantQuotas:
+    def __init__(self, kv: KeyValue, models: ReadModelsPort, limits: TenantLimits, clock: Clock) -> None:
+        self.kv, self.models, self.limits, self.clock = kv, models, limits, clock
+
+    @classmethod
+    async def open(cls, event_log: EventLogPort, models: ReadModelsPort, settings: Settings,
+                   clock: Clock) -> TenantQuotas:
+        kv = await event_log.key_value(BUCKET, history=1, replicas=settings.stream_replicas)
+        return cls(kv, models, TenantLimits.from_settings(settings), clock)
+
+    async def _within(self, caller: Caller, key: str, change: Callable[[dict], Awaitable[Refusal | None]],
+                      **fields: object) -> None:
+        """Apply ``change`` to the entry ``key`` by compare-and-set, or refuse (429) writing nothing."""
+
+        async def refusing(state: dict) -> None:
+            refusal = await change(state)
+            if refusal is not None:
+                raise _Refused(refusal)
+
+        try:
+            await change_entry(self.kv, key, refusing)
+        except _Refused as refused:
+            refusal = refused.refusal
+            log.warning("tenant_limit_reached", tenant=caller.tenant, key_id=caller.key_id, limit=refusal.limit,
+                        retry_after=round(refusal.retry_after, 3), **fields)
+            raise refusal.error() from None
+
+    async def take_request(self, caller: Caller) -> None:
+        """Count one writing request of the caller's tenant, or refuse it (429)."""
+        if caller.key_id is None or not self.limits.requests_per_minute:
+            return
+
+        async def take(state: dict) -> Refusal | None:
+            tat, refusal = take_request(state.get("tat", 0.0), self.clock().timestamp(),
+                                        self.limits.requests_per_minute)
+            state["tat"] = tat
+            return refusal
+
+        await self._within(caller, f"rate.{caller.tenant}", take)
+
+    async def _ended(self, job_ids: list[str]) -> set[str]:
+        """The jobs among ``job_ids`` whose view says they ended."""
+        query = {"_id": {"$in": job_ids}, "status": {"$ne": "processing"}}
+        return {d["_id"] async for d in self.models.jobs.find(query, ["_id"])}
+
+    @asynccontextmanager
+    async def job(self, caller: Caller, job: JobRequested) -> AsyncIterator[None]:
+        """A slot for ``job`` and its personas while its request is published, or 429. If the
+        block fails (nothing was published) the slot and the personas are given back."""
+        if caller.key_id is None or not (self.limits.jobs_in_flight or self.limits.personas_per_day):
+            yield
+            return
+        if self.limits.personas_per_day and len(job.personas) > self.limits.personas_per_day:
+            raise ApiError(422, "personas_per_day_exceeded",
+                           f"This job has {len(job.personas)} personas; this tenant may generate prompts for "
+                           f"{self.limits.personas_per_day} per day", field="persona_ids")
+        key = f"jobs.{caller.tenant}"
+
+        async def admit(state: dict) -> Refusal | None:
+            now = self.clock()
+            jobs = TenantJobs.read(state).as_of(now)
+            if self.limits.jobs_in_flight and len(jobs.jobs) >= self.limits.jobs_in_flight:
+                for ended in await self._ended(list(jobs.jobs)):
+                    del jobs.jobs[ended]
+            refusal = admit_job(jobs, job, self.limits, now)
+            state.clear()
+            state.update(asdict(jobs))
+            return refusal
+
+        await self._within(caller, key, admit, job_id=job.job_id)
+        try:
+            yield
+        except BaseException:
+            await self._give_back(key, job)
+            raise
+
+    async def _give_back(self, key: str, job: JobRequested) -> None:
+        async def release(state: dict) -> None:
+            jobs = TenantJobs.read(state)
+            jobs.jobs.pop(job.job_id, None)
+            if jobs.day == job.occurred_at.date().isoformat():
+                jobs.personas = max(0, jobs.personas - len(job.personas))
+            state.update(asdict(jobs))
+
+        await change_entry(self.kv, key, release)

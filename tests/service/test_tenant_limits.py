@@ -1,0 +1,210 @@
+"""Cost controls per tenant: requests per minute, jobs in flight, personas per day. Past a limit
+the answer is 429 naming the limit, with Retry-After, and nothing is published; another tenant
+is not held back; time (a manual clock), a job's end or a new day frees the limit again.
+
+The gateway, projector and generator run on the in-memory adapters (their own composition
+roots); the counts are kept in the in-memory key-value bucket, by the same code as on NATS
+(two gateways sharing them over a real server: tests/integration/test_tenant_limits.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from contracts.events import JobRequested
+from services.adapters.api_keys import SCOPES, ApiKeys
+from services.gateway.auth import Caller
+from services.gateway.errors import ApiError
+from services.gateway.quotas import TenantLimits, TenantQuotas
+from services.runtime.settings import Settings
+from services.testing import ManualClock, MemoryEventLog, memory_read_models
+from tests import samples
+from tests.flows import create_personas, create_template, cycle_modes
+from tests.service.conftest import ServerFreeSystem
+from tests.service.providers import ScriptedProvider
+from tests.waiting import eventually
+
+DOCUMENT = "# Renewal\nA rep renews a contract.\n\n## Roles\n- Sales rep: the learner\n- Buyer - procurement lead"
+NOON = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
+
+Start = Callable[..., Awaitable[tuple[ServerFreeSystem, dict[str, httpx.AsyncClient]]]]
+
+
+@pytest_asyncio.fixture
+async def limited() -> AsyncIterator[Start]:
+    """A secured system with the given limits, and a client per key: ``acme``, ``acme2`` (the same
+    tenant, another key) and ``globex``. ``open=True``: auth off (no keys, loopback)."""
+    systems: list[tuple[ServerFreeSystem, MemoryEventLog]] = []
+
+    async def start(*, generator: bool = True, open: bool = False, **limits: int):
+        settings = Settings(provider="offline", projection_wait_seconds=5, ack_wait_seconds=5, sse_ping_seconds=1,
+                            generator_http_port=0, projector_http_port=0, stream_token_secret="s3cret-for-tests",
+                            auth="auto" if open else "required", **limits)
+        log = MemoryEventLog(settings)
+        keys = {}
+        if not open:
+            store = await ApiKeys.open(log)
+            for name, tenant in (("acme", "acme"), ("acme2", "acme"), ("globex", "globex")):
+                keys[name] = (await store.create(tenant, list(SCOPES)))[1]
+        system = ServerFreeSystem(settings, log, memory_read_models(), ScriptedProvider(), ManualClock(NOON))
+        systems.append((system, log))
+        await system.start(generator=generator)
+        assert system.client is not None
+        transport = system.client._transport
+        clients = {name: httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=20,
+                                           headers={"Authorization": f"Bearer {key}"}) for name, key in keys.items()}
+        clients["open"] = system.client
+        return system, clients
+
+    yield start
+    for system, log in systems:
+        await system.close()
+        await log.close()
+
+
+def job_body(template_id: str, persona_ids: list[str]) -> dict:
+    return {"template_id": template_id, "persona_ids": persona_ids, "mode_mapping": cycle_modes(persona_ids)}
+
+
+async def assert_refused(system: ServerFreeSystem, r: httpx.Response, limit: str) -> int:
+    """A 429 naming ``limit``, with its Retry-After in whole seconds (returned)."""
+    assert r.status_code == 429, r.text
+    assert r.json()["code"] == f"{limit}_exceeded" and r.json()["field"] == limit
+    return int(r.headers["Retry-After"])
+
+
+async def test_requests_per_minute_refuse_the_next_writing_request_until_a_slot_frees(limited) -> None:
+    system, c = await limited(tenant_requests_per_minute=3)
+    acme = c["acme"]
+    for _ in range(3):  # a burst of the limit passes
+        assert (await acme.post("/scenario/analyze-scenario-enhanced", json={"scenario_document": DOCUMENT})
+                ).status_code == 201
+    before = await system.event_log.last_seq()
+    r = await acme.post("/scenario/analyze-scenario-enhanced", json={"scenario_document": DOCUMENT})
+    assert await assert_refused(system, r, "requests_per_minute") == 20  # one slot each 60 / 3 s
+    # the tenant's other key shares the count; reads do not count; nothing was published
+    r = await c["acme2"].post("/avatar-interactions", json={"mode": "learn_mode"})
+    await assert_refused(system, r, "requests_per_minute")
+    assert (await acme.get("/scenario/v2/jobs")).status_code == 200
+    assert await system.event_log.last_seq() == before
+    # another tenant is not held back
+    assert (await c["globex"].post("/avatar-interactions", json={"mode": "learn_mode"})).status_code == 201
+    system.clock.advance(19)
+    r = await acme.post("/avatar-interactions", json={"mode": "learn_mode"})
+    assert await assert_refused(system, r, "requests_per_minute") == 1
+    system.clock.advance(1)
+    assert (await acme.post("/avatar-interactions", json={"mode": "learn_mode"})).status_code == 201
+
+
+async def test_jobs_in_flight_hold_the_next_job_until_one_ends(limited) -> None:
+    system, c = await limited(generator=False, tenant_jobs_in_flight=1)  # no generator: a job stays running
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 2)]
+    first = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[:1]))
+    assert first.status_code == 202, first.text
+    before = await system.event_log.last_seq()
+    for path, body in (("/scenario/v2/generate-final-prompts", job_body(template_id, personas[1:])),
+                       ("/scenario/generate-final-prompts", job_body(template_id, personas[1:]))):  # V1 too
+        r = await c["acme2"].post(path, json=body)
+        assert await assert_refused(system, r, "jobs_in_flight") == 5
+        assert "1 of 1 jobs running" in r.json()["detail"]
+    assert await system.event_log.last_seq() == before
+
+    job_id = first.json()["job_id"]
+    assert (await acme.post(f"/scenario/v2/jobs/{job_id}/cancel")).status_code == 202
+
+    async def admitted() -> bool:  # once the job's view says it ended, its slot is free
+        r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
+        assert r.status_code in (202, 429), r.text
+        return r.status_code == 202
+
+    await eventually(admitted, what="a job admitted after the running one was cancelled")
+
+
+async def test_a_job_past_its_deadline_frees_its_slot(limited) -> None:
+    system, c = await limited(generator=False, tenant_jobs_in_flight=1, job_deadline_seconds=60)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 2)]
+    assert (await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[:1]))
+            ).status_code == 202
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
+    await assert_refused(system, r, "jobs_in_flight")
+    system.clock.advance(61)
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
+    assert r.status_code == 202, r.text
+
+
+async def test_personas_per_day_count_every_job_until_midnight_utc(limited) -> None:
+    system, c = await limited(tenant_personas_per_day=3)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 4)]
+    assert (await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[:2]))
+            ).status_code == 202
+    before = await system.event_log.last_seq()
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[2:]))
+    assert await assert_refused(system, r, "personas_per_day") == 12 * 3600  # NOON to midnight
+    assert "1 left today, this job has 2" in r.json()["detail"]
+    # more than a whole day allows can never pass: 422, not an invitation to wait
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas))
+    assert r.status_code == 422 and r.json()["code"] == "personas_per_day_exceeded", r.text
+    assert await system.event_log.last_seq() == before
+    assert (await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[2:3]))
+            ).status_code == 202  # the last one fits
+    system.clock.advance(12 * 3600)
+    assert (await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[2:])
+                            )).status_code == 202
+
+
+async def test_with_auth_off_nothing_is_limited(limited) -> None:
+    system, c = await limited(open=True, tenant_requests_per_minute=1, tenant_jobs_in_flight=1,
+                              tenant_personas_per_day=1, generator=False)
+    client = c["open"]
+    template_id = await create_template(client, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(client, template_id, 2)]
+    for pid in personas:
+        r = await client.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, [pid]))
+        assert r.status_code == 202, r.text
+
+
+async def test_a_job_that_was_not_published_gives_its_slot_and_personas_back() -> None:
+    models, log = memory_read_models(), MemoryEventLog(Settings())
+    clock = ManualClock(NOON)
+    quotas = await TenantQuotas.open(log, models, Settings(), clock)
+    quotas.limits = TenantLimits(jobs_in_flight=1, personas_per_day=2)
+    caller = Caller(tenant="acme", key_id="k1", scopes=frozenset(SCOPES))
+
+    def job(job_id: str) -> JobRequested:  # two personas, today
+        return samples.job_requested(job_id).model_copy(update={"occurred_at": NOON,
+                                                               "deadline": NOON + timedelta(hours=1)})
+
+    with pytest.raises(RuntimeError):
+        async with quotas.job(caller, job("j1")):
+            raise RuntimeError("the bus is gone")
+    async with quotas.job(caller, job("j2")):
+        pass  # the slot and both personas came back
+    with pytest.raises(ApiError) as refused:
+        async with quotas.job(caller, job("j3")):
+            pass
+    assert refused.value.status == 429 and refused.value.body.field == "jobs_in_flight"
+    await log.close()
+
+
+async def test_without_a_jobs_limit_the_shared_entry_does_not_grow_with_every_job() -> None:
+    models, log = memory_read_models(), MemoryEventLog(Settings())
+    quotas = await TenantQuotas.open(log, models, Settings(), ManualClock(NOON))
+    quotas.limits = TenantLimits(jobs_in_flight=0, personas_per_day=100)
+    caller = Caller(tenant="acme", key_id="k1", scopes=frozenset(SCOPES))
+    for i in range(5):
+        async with quotas.job(caller, samples.job_requested(f"j{i}").model_copy(update={"occurred_at": NOON})):
+            pass
+    stored = json.loads((await quotas.kv.get("jobs.acme")).value)
+    assert stored["jobs"] == {} and stored["personas"] == 10
+    await log.close()

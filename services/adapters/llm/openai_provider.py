@@ -119,8 +119,8 @@ class OpenAIProvider:
             resp = await self.client.chat.completions.create(
                 model=self.model, messages=msgs, temperature=self.temperature, **kwargs
             )
-        except Exception as exc:
-            raise classify(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
+            raise classify(exc) from None
         text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
         if not text:
             raise LLMError("invalid_output", "LLM answered with empty content", retryable=True)
@@ -135,7 +135,7 @@ class OpenAIProvider:
         try:
             return model.model_validate(json.loads(out.text))
         except (json.JSONDecodeError, ValidationError) as exc:
-            raise LLMError("invalid_output", f"LLM answer is not a valid {model.__name__}: {_invalid(exc)}") from exc
+            raise LLMError("invalid_output", f"LLM answer is not a valid {model.__name__}: {_invalid(exc)}") from None
 
     async def analyze_scenario(self, document: str) -> TemplateData:
         return await self._structured(messages.analyze_scenario_messages(document), TemplateData)  # type: ignore[return-value]
@@ -157,8 +157,8 @@ class OpenAIProvider:
         """List the models: a cheap call that proves the server answers and takes the key."""
         try:
             await self.client.models.list()
-        except Exception as exc:
-            raise classify(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
+            raise classify(exc) from None
 
     async def aclose(self) -> None:
         await self.client.close()

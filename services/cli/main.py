@@ -98,11 +98,15 @@ def gateway(
     """Run the gateway alone (HTTP API and SSE)."""
     import uvicorn
 
+    from services.gateway.allowed_hosts import unconfigured
     from services.gateway.app import create_app
     from services.runtime.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(llm=True, **overrides)
+    if reason := unconfigured(settings):  # the app refuses too; here, before anything starts, plainly
+        console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
     configure_logging("gateway", settings.log_level)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                 access_log=False, log_level="warning", timeout_graceful_shutdown=5)

@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import httpx
@@ -237,8 +237,25 @@ def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
             proc.send_signal(sig)
 
 
-def child_env(**overrides: str) -> dict[str, str]:
-    env = dict(os.environ)
+def child_env(*, drop: Iterable[str] = (), **overrides: str) -> dict[str, str]:
+    """A service's environment: ours, less the variables in ``drop`` (secrets it has no use for)."""
+    dropped = {name.upper() for name in drop}  # settings read variables whatever their case
+    env = {name: value for name, value in os.environ.items() if name.upper() not in dropped}
     env.update(overrides)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+# All that a server we start (nats-server, the MongoDB-wire server) is given of our environment:
+# what a program needs to run. Never the LLM key, a secret file's path, the stream-token secret
+# or a NATS/MongoDB URL that may hold a password: a server has no use for them, and a process's
+# environment is readable by its user (/proc/<pid>/environ) and lands in its crash reports.
+SERVER_VARIABLES = frozenset({"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TMP",
+                              "TEMP", "LD_LIBRARY_PATH", "SYSTEMROOT"})
+
+
+def server_env() -> dict[str, str]:
+    env = {name: value for name, value in os.environ.items()
+           if name in SERVER_VARIABLES or name.startswith("LC_")}
+    env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -9,11 +9,16 @@ from pathlib import Path
 from rich.console import Console
 
 from services.cli import embedded
-from services.cli.supervisor import Child, Supervisor, child_env, http_ready, tcp_ready
+from services.cli.supervisor import Child, Supervisor, child_env, http_ready, server_env, tcp_ready
 from services.runtime.lifecycle import stop_event
 from services.runtime.redaction import redact
 
 console = Console()
+
+# Secrets a service has no use for: the projector never calls the LLM, and only the gateway signs
+# stream tokens. (NATS and MongoDB get none of ours: ``server_env``.)
+LLM_SECRETS = ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE")
+GATEWAY_SECRETS = ("PROMPTGEN_STREAM_TOKEN_SECRET", "PROMPTGEN_STREAM_TOKEN_SECRET_FILE")
 
 
 def _ops_urls(children: list[Child]) -> str:
@@ -42,24 +47,25 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
                 return 2
         if not nats_url:
             conf = embedded.nats_config(data_dir / "nats", nats_port)
-            await sup.start(Child("nats", embedded.nats_argv(conf), child_env(),
+            await sup.start(Child("nats", embedded.nats_argv(conf), server_env(),
                                   ready_check=lambda: tcp_ready(nats_port),
                                   hide=lambda line: "[INF]" in line))  # its banner; warnings still show
             nats_url = embedded.nats_url(nats_port)
         if not mongo_url:
             (data_dir / "mongo").mkdir(exist_ok=True)
             await sup.start(Child("mongodb", embedded.mongo_argv(str(data_dir / "mongo"), mongo_port),
-                                  child_env(), ready_check=lambda: tcp_ready(mongo_port)))
+                                  server_env(), ready_check=lambda: tcp_ready(mongo_port)))
             mongo_url = embedded.mongo_url(mongo_port)
         env.update(NATS_URL=nats_url, MONGO_URL=mongo_url)
-        projector = Child("projector", _service("projector"), child_env(**env))
+        projector = Child("projector", _service("projector"),
+                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env))
         await sup.start(projector)
         workers = []
         for i in range(generators):
             # several generators cannot share one port: each takes a free one, announced when ready
             own = {"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1 else {}
             workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
-                                 child_env(**env, **own)))
+                                 child_env(drop=GATEWAY_SECRETS, **env, **own)))
             await sup.start(workers[-1])
         gateway_url = f"http://127.0.0.1:{port}"
         await sup.start(Child("gateway", _service("gateway"), child_env(**env),

@@ -14,11 +14,14 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from services.gateway.access import AccessLog
+from services.gateway.allowed_hosts import HostAllowList, host_patterns, require_host_patterns
 from services.gateway.body_limit import BodySizeLimit
 from services.gateway.bootstrap import bootstrap
+from services.gateway.cross_site import CrossSiteRefusal
 from services.gateway.errors import ApiError, install_error_handlers, responses
 from services.gateway.openapi import install_openapi
 from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
+from services.gateway.security_headers import SecurityHeaders
 from services.runtime.lifecycle import announce_ready
 from services.runtime.metrics import CONTENT_TYPE
 from services.runtime.settings import Settings
@@ -37,6 +40,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        require_host_patterns(settings)  # before anything starts: it may refuse
         gateway = await bootstrap(settings, **adapters)
         app.state.gateway = gateway
         announce_ready(provider=gateway.provider.name, mongo_db=settings.mongo_db, port=settings.port)
@@ -51,9 +55,14 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
         version=version("promptgen"),
         description="System prompts for avatar conversations, generated asynchronously with live progress.",
         lifespan=lifespan,
+        docs_url=None, redoc_url=None,  # routes.docs serves them, with their own Content-Security-Policy
     )
     install_error_handlers(app)
+    # innermost first: each refusal (413, 403, 400) carries the security headers and is logged
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(CrossSiteRefusal)
+    app.add_middleware(HostAllowList, patterns=host_patterns(settings) or [])  # none: the lifespan refuses to start
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)  # outermost of ours: it sees every answer, a 413 included
     instrument(app, traces)
     app.include_router(scenario.router)

@@ -87,7 +87,7 @@ def unauthenticated(detail: str) -> ApiError:
     return ApiError(401, "unauthenticated", detail, headers={"WWW-Authenticate": "Bearer"})
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -98,7 +98,7 @@ def _is_loopback(host: str) -> bool:
 
 def auth_must_be_on(settings: Settings) -> bool:
     """Whatever keys exist: ``PROMPTGEN_AUTH=required``, or bound to anything but loopback."""
-    return settings.auth == "required" or not _is_loopback(settings.host)
+    return settings.auth == "required" or not is_loopback(settings.host)
 
 
 async def open_guard(settings: Settings, event_log: EventLogPort, clock: Clock) -> Guard:

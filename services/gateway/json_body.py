@@ -6,6 +6,10 @@ recurses, an integer of more than 4,300 digits) becomes a bare 400. Here each is
 a ``JSONDecodeError`` with its reason, so the client gets our 422 like for any
 other malformed JSON. And the body is decoded as UTF-8 only (RFC 8259), never
 guessed as UTF-16 or UTF-32 as ``json.loads`` on bytes would.
+
+A request that would change something and declares a body of another type (a form's
+``application/x-www-form-urlencoded``, ``multipart/form-data`` or ``text/plain``, which a
+page on any site can post without asking) is refused with 415 before the route runs.
 """
 
 from __future__ import annotations
@@ -16,6 +20,24 @@ from typing import Any
 
 from fastapi import Request, Response
 from fastapi.routing import APIRoute
+
+from contracts.limits import printable
+from services.gateway.cross_site import STATE_CHANGING
+from services.gateway.errors import ApiError
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def refuse_other_bodies(request: Request) -> None:
+    """415 for a state-changing request that says its body is anything but JSON."""
+    declared = request.headers.get("content-type")
+    if request.method in STATE_CHANGING and declared is not None and not is_json(declared):
+        raise ApiError(415, "unsupported_media_type",
+                       f"The request body must be JSON (Content-Type: application/json), not "
+                       f"'{printable(declared, 100)}'", field="Content-Type")
 
 
 def parse_json(body: bytes) -> Any:
@@ -47,6 +69,7 @@ class JSONBodyRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            refuse_other_bodies(request)
             return await handler(JSONBodyRequest(request.scope, request.receive))
 
         return route

@@ -28,6 +28,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             doc = generate()
             _errors_are_error_bodies(doc)
             _auth_errors(doc, enforced=_enforced(app, settings))
+            _browser_refusals(doc)
             _job_size(doc, settings.max_personas_per_job)
             _sse_messages(doc)
         return app.openapi_schema
@@ -115,3 +116,33 @@ def _auth_errors(doc: dict[str, Any], *, enforced: bool) -> None:
                         "description": description,
                         "content": {"application/json": {"schema": {"$ref": f"{_REF}ErrorBody"}}},
                     })
+
+
+_ERROR_BODY = {"application/json": {"schema": {"$ref": f"{_REF}ErrorBody"}}}
+_PROBES = ("/livez", "/readyz")
+
+
+def _browser_refusals(doc: dict[str, Any]) -> None:
+    """What any route answers a request it must not serve a browser (README, Security): a Host
+    this gateway is not known by; on a state-changing route, a request from another site, or a body
+    declared as anything but JSON (a form's)."""
+    for path, operations in doc.get("paths", {}).items():
+        for method, operation in operations.items():
+            responses = operation.setdefault("responses", {})
+            if path not in _PROBES:
+                responses.setdefault("400", {
+                    "description": "The Host header is not a name this gateway answers for (`host_not_allowed`)",
+                    "content": _ERROR_BODY,
+                })
+            if method.upper() not in ("POST", "PUT", "PATCH", "DELETE"):
+                continue
+            refused = ("A browser request from another site (`cross_site_request`; `field`: `Origin` or "
+                       "`Sec-Fetch-Site`)")
+            if "403" in responses:
+                responses["403"]["description"] += f"; or: {refused[0].lower()}{refused[1:]}"
+            else:
+                responses["403"] = {"description": refused, "content": _ERROR_BODY}
+            responses.setdefault("415", {
+                "description": "The body is declared as something other than JSON (`unsupported_media_type`)",
+                "content": _ERROR_BODY,
+            })

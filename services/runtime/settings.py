@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# One entry of PROMPTGEN_ALLOWED_HOSTS: '*', '*.example.com', a name, an IPv4 or a bracketed IPv6 address.
+_HOST_PATTERN = re.compile(r"\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[[0-9a-f:.]+\]")
+
+
+def _bracketed(host: str) -> str:
+    """An IPv6 address as a Host header carries it: ``fd00::1`` -> ``[fd00::1]`` (a pod's IP may be one)."""
+    try:
+        return f"[{ipaddress.IPv6Address(host)}]"
+    except ValueError:
+        return host
 
 
 def _env(name: str) -> AliasChoices:
@@ -109,6 +122,14 @@ class Settings(BaseSettings):
     max_v1_waits: int = Field(100, ge=1, validation_alias=_env("PROMPTGEN_MAX_V1_WAITS"))
     max_history_reads: int = Field(32, ge=1, validation_alias=_env("PROMPTGEN_MAX_HISTORY_READS"))
 
+    # Browsers (README, Security)
+    allowed_hosts: str | None = Field(
+        None, validation_alias=_env("PROMPTGEN_ALLOWED_HOSTS"),
+        description="Comma-separated Host names the gateway answers for ('*.example.com' for subdomains, '*' for "
+                    "any); unset: 127.0.0.1, localhost and [::1] when bound to loopback, else the gateway refuses "
+                    "to start.",
+    )
+
     # Access (README, Security)
     auth: Literal["auto", "required"] = Field(
         "auto", validation_alias=_env("PROMPTGEN_AUTH"),
@@ -180,6 +201,18 @@ class Settings(BaseSettings):
             raise ValueError(f"{missing} is not set: a NATS client certificate needs both its certificate "
                              "and its key")
         return self
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _host_patterns(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        patterns = [_bracketed(p.strip().lower()) for p in value.split(",") if p.strip()]
+        for pattern in patterns:
+            if not _HOST_PATTERN.fullmatch(pattern):
+                raise ValueError(f"PROMPTGEN_ALLOWED_HOSTS: {pattern!r} is not a host name, '*.name', an IP address "
+                                 "(IPv6 in brackets) or '*' (no scheme, port or path)")
+        return ",".join(patterns) or None
 
     @property
     def provider_name(self) -> str:

@@ -51,6 +51,7 @@ class ScriptStep(BaseModel):
     latency_ms: float | None = None
     retry_after_s: float | None = None
     status: int | None = None
+    message: str | None = None  # an error's message instead of the usual one (a real server's can echo anything)
 
 
 def _error(status: int, message: str, kind: str, code: str | None = None) -> tuple[int, dict, dict[str, str]]:
@@ -222,23 +223,26 @@ class MockLLM:
             self.in_flight -= 1
 
     def _answer(self, step: ScriptStep, request: dict[str, Any]):
+        def said(usual: str) -> str:
+            return step.message or usual
+
         if step.fault == "drop":
             return None
         if step.fault == "rate_limit":
             after = step.retry_after_s if step.retry_after_s is not None else self.config.rate_limit_retry_after_s
-            status, body, _ = _error(429, "Rate limit reached for requests", "requests", "rate_limit_exceeded")
+            status, body, _ = _error(429, said("Rate limit reached for requests"), "requests", "rate_limit_exceeded")
             return status, body, {"retry-after": f"{after:g}", "retry-after-ms": str(int(after * 1000))}
         if step.fault == "quota":
-            return _error(429, "You exceeded your current quota", "insufficient_quota", "insufficient_quota")
+            return _error(429, said("You exceeded your current quota"), "insufficient_quota", "insufficient_quota")
         if step.fault == "error":
-            return _error(step.status or 500, "The server had an error processing your request", "server_error")
+            return _error(step.status or 500, said("The server had an error processing your request"), "server_error")
         if step.fault == "timeout_408":
-            return _error(408, "Request timed out", "timeout")
+            return _error(408, said("Request timed out"), "timeout")
         if step.fault == "bad_request":
-            return _error(400, "The response was filtered due to the prompt triggering the content policy",
+            return _error(400, said("The response was filtered due to the prompt triggering the content policy"),
                           "invalid_request_error", "content_filter")
         if step.fault == "auth":
-            return _error(401, "Incorrect API key provided", "invalid_request_error", "invalid_api_key")
+            return _error(401, said("Incorrect API key provided"), "invalid_request_error", "invalid_api_key")
         messages = request.get("messages") or []
         json_mode = (request.get("response_format") or {}).get("type") == "json_object"
         content = "this is {not json" if step.fault == "garbage" else _content(messages, json_mode)

@@ -170,6 +170,7 @@ def _chrome(chromium: str, profile: Path, *, network_log: bool):
     options.set_capability("goog:loggingPrefs", {"browser": "ALL", **({"performance": "ALL"} if network_log else {})})
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(30)
+    driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": COLLECT_CSP_VIOLATIONS})
     return driver
 
 
@@ -202,12 +203,30 @@ def requests_sent(driver) -> list[dict]:
 
 
 def _quit(driver) -> None:
-    # a script error in the page fails the test that caused it
+    # a script error or a Content-Security-Policy violation in the page fails the test that caused it
+    violations = csp_violations(driver)
     errors = [e["message"] for e in driver.get_log("browser")
               if e["level"] == "SEVERE"
               and not any(s in e["message"] for s in ("Failed to load resource", "net::ERR_"))]
     driver.quit()
+    assert not violations, f"Content-Security-Policy violations in the page: {violations}"
     assert not errors, f"JavaScript errors in the page: {errors}"
+
+
+# Run before any script of each page (the debugger's, which the page's policy does not govern).
+COLLECT_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__cspViolations.push(`${e.effectiveDirective} refused ${e.blockedURI || "inline"}`));
+"""
+
+
+def csp_violations(driver) -> list[str]:
+    """The violations the current page has reported (and forgets them)."""
+    try:
+        return driver.execute_script("const v = window.__cspViolations || []; window.__cspViolations = []; return v;")
+    except Exception:  # noqa: BLE001 - no page to ask (a crashed tab): the console check still runs
+        return []
 
 
 def screenshot(driver, name: str) -> None:

@@ -6,13 +6,17 @@ over real HTTP; faults are scripted per call.
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import time
 
 import httpx
 import pytest
+import structlog
 from pydantic import SecretStr
 
+from services.runtime.logs import configure_logging
 from services.testing.mock_llm import MockLLMConfig
 from tests.conftest import InProcessSystem
 from tests.flows import create_personas, create_template, cycle_modes, start_job
@@ -169,3 +173,61 @@ async def test_template_analysis_takes_its_turn_from_the_shared_llm_caps(llm_sys
     # the 429 the gateway met holds every caller, generators included
     state = json.loads((await kv.get(KEY)).value)
     assert state["backoff_until"] > time.time() + 1.5
+
+
+# What a server's error message can hold: the prompt, a key, an internal URL.
+CANARIES = ("CANARY-9d41e7", "sk-live-0123456789abcdef", "llm-internal.corp.example")
+UPSTREAM_MESSAGE = (f"Request {CANARIES[0]} refused for key {CANARIES[1]}; see https://{CANARIES[2]}/v1/audit "
+                    f"for the prompt 'You are the avatar of {CANARIES[0]}'")
+
+
+@pytest.fixture
+def log_lines():
+    """Every log line this process writes during the test, as the services write them (JSON)."""
+    out = io.StringIO()
+    configure_logging("test", "debug", stream=out)
+    yield out
+    structlog.reset_defaults()
+    structlog.contextvars.clear_contextvars()
+    logging.getLogger().handlers[:] = []
+
+
+async def test_an_upstream_error_message_is_summarised_never_passed_on(llm_system, llm_client, mock_llm,
+                                                                       scenario_document, event_log, log_lines):
+    template_id = await create_template(llm_client, scenario_document)
+    rejected, unavailable = await create_personas(llm_client, template_id, 2)
+    mock_llm.reset()
+    mock_llm.add_script([{"fault": "bad_request", "message": UPSTREAM_MESSAGE}] +  # permanent: one call
+                        [{"fault": "error", "status": 503, "message": UPSTREAM_MESSAGE}] * 3)  # retried, then failed
+    job = await start_job(llm_client, template_id, {rejected["id"]: "assess_mode", unavailable["id"]: "try_mode"})
+    stream = await read_sse(llm_client, job["sse_endpoint"])
+    errors = {(p["error_code"], p["error"]) for p in stream.messages[-1].data["results"]["personas"].values()}
+    assert errors == {("llm_rejected", "LLM rejected the request (HTTP 400, content_filter)"),  # ours: status, code
+                      ("llm_unavailable", "LLM server error (HTTP 503, server_error)")}
+
+    mock_llm.add_script([{"fault": "auth", "message": UPSTREAM_MESSAGE}])  # the gateway's own LLM calls too
+    refused = await llm_client.post("/scenario/analyze-scenario-enhanced",
+                                    json={"scenario_document": scenario_document})
+    assert refused.status_code == 502 and refused.json()["code"] == "llm_auth"
+    assert refused.json()["detail"].endswith("LLM rejected the credentials (HTTP 401, invalid_api_key)")
+
+    seen = {
+        "SSE stream": (await llm_client.get(job["sse_endpoint"])).text,
+        "job view": (await llm_client.get(f"/scenario/v2/job-status/{job['job_id']}")).text,
+        "event history": (await llm_client.get(f"/scenario/v2/jobs/{job['job_id']}/events")).text,
+        "gateway's answer": refused.text,
+        "event log": await _whole_stream(event_log, llm_system.settings.stream),
+        "log lines": log_lines.getvalue(),
+    }
+    # it was looked for where it would have gone
+    assert "llm_rejected" in seen["event log"] and seen["log lines"].count('"llm_call_failed"') == 4
+    for where, text in seen.items():
+        assert not [c for c in CANARIES if c in text], f"the upstream message reached the {where}"
+
+
+async def _whole_stream(event_log, stream: str) -> str:
+    """Every message of the event log, raw."""
+    info = await event_log.js.stream_info(stream)
+    raw = [(await event_log.js.get_msg(stream, seq)).data or b""
+           for seq in range(info.state.first_seq, info.state.last_seq + 1)]
+    return b"\n".join(raw).decode(errors="replace")

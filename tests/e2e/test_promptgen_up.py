@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 
@@ -129,3 +130,34 @@ def test_up_refuses_a_busy_port_with_a_clear_message(tmp_path):
         )
     assert proc.returncode == 2
     assert f"Port {up.port}" in proc.stdout and "already in use" in proc.stdout
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def test_up_hands_no_secret_to_nats_and_mongodb(tmp_path):
+    """The servers `up` starts get none of our secrets; each service keeps what it uses."""
+    secret_file = tmp_path / "stream_token_secret"
+    secret_file.write_text("stream-secret-in-a-file")
+    secrets = {"OPENAI_API_KEY": "sk-test-never-in-a-server", "PROMPTGEN_STREAM_TOKEN_SECRET_FILE": str(secret_file),
+               "OTHER_API_KEY": "other-key-never-in-a-server", "DB_PASSWORD_FILE": "/run/secrets/db_password"}
+    up = Up(tmp_path / "data", env={**secrets, "PROMPTGEN_PROVIDER": "offline"})
+    up.start()
+    try:
+        pids = up.pids()
+        for server in ("nats", "mongodb"):
+            env = _environ(pids[server])
+            assert "PATH" in env, server  # it did get what a program needs
+            assert not set(secrets) & set(env), f"{server} got {sorted(set(secrets) & set(env))}"
+            assert not [v for v in env.values() if any(s in v for s in secrets.values())], server
+            assert "NATS_URL" not in env and "MONGO_URL" not in env, server
+        gateway, generator, projector = (_environ(pids[name]) for name in ("gateway", "generator", "projector"))
+        assert gateway["OPENAI_API_KEY"] == secrets["OPENAI_API_KEY"]
+        assert gateway["PROMPTGEN_STREAM_TOKEN_SECRET_FILE"] == str(secret_file)
+        assert generator["OPENAI_API_KEY"] == secrets["OPENAI_API_KEY"]
+        assert "PROMPTGEN_STREAM_TOKEN_SECRET_FILE" not in generator
+        assert "OPENAI_API_KEY" not in projector and "PROMPTGEN_STREAM_TOKEN_SECRET_FILE" not in projector
+    finally:
+        up.stop()

@@ -37,7 +37,7 @@ async def two_gateways(settings, models, event_log) -> AsyncIterator[Callable[..
                 await stack.enter_async_context(httpx.AsyncClient(base_url=system.base_url, timeout=30,
                                                                   headers=headers)),
                 await stack.enter_async_context(httpx.AsyncClient(
-                    transport=httpx.ASGITransport(app=second.app), base_url="http://second.test", timeout=30,
+                    transport=httpx.ASGITransport(app=second.app), base_url="http://localhost", timeout=30,
                     headers=headers)),
             ]
 

@@ -79,8 +79,9 @@ class ServerFreeSystem:
                          clock=self.clock)
         self._lifespan = LifespanManager(app)
         await self._lifespan.__aenter__()
+        # a loopback name: one the gateway answers for by default (its Host allow-list)
         self.client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self._lifespan.app),
-                                        base_url="http://gateway.test", timeout=20)
+                                        base_url="http://localhost", timeout=20)
         return self
 
     async def start_service(self, name: str) -> None:

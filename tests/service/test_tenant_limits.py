@@ -56,7 +56,7 @@ async def limited() -> AsyncIterator[Start]:
         await system.start(generator=generator)
         assert system.client is not None
         transport = system.client._transport
-        clients = {name: httpx.AsyncClient(transport=transport, base_url="http://gateway.test", timeout=20,
+        clients = {name: httpx.AsyncClient(transport=transport, base_url="http://localhost", timeout=20,
                                            headers={"Authorization": f"Bearer {key}"}) for name, key in keys.items()}
         clients["open"] = system.client
         return system, clients

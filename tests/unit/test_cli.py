@@ -19,3 +19,11 @@ def test_version_comes_from_the_package_metadata_and_is_the_apis_too():
 def test_shell_completion_is_offered():
     result = CliRunner().invoke(app, ["--show-completion", "bash"], env={"SHELL": "/bin/bash"}, prog_name="promptgen")
     assert result.exit_code == 0 and "complete -o default -F _promptgen_completion promptgen" in result.output
+
+
+def test_a_gateway_bound_beyond_loopback_without_its_host_names_does_not_start(monkeypatch):
+    monkeypatch.delenv("PROMPTGEN_ALLOWED_HOSTS", raising=False)
+    result = CliRunner().invoke(app, ["gateway", "--host", "10.255.255.1", "--port", "59999"],
+                                env={"PROMPTGEN_PROVIDER": "offline"})
+    assert result.exit_code == 2
+    assert "bound to 10.255.255.1, but PROMPTGEN_ALLOWED_HOSTS is not set" in " ".join(result.output.split())

@@ -71,7 +71,7 @@ def _resolve(doc, schema):
 
 async def test_the_sse_stream_documents_each_message_and_the_messages_sent_fit_it():
     app = create_app(Settings())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://localhost") as client:
         doc = (await client.get("/openapi.json")).json()
     stream = doc["paths"]["/scenario/v2/prompt-generation-status/{job_id}"]["get"]["responses"]["200"]["content"]
     item = stream["text/event-stream"]["itemSchema"]

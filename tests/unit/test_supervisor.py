@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services.cli.supervisor import Child, LineSplitter, Supervisor, child_env
+from services.cli.supervisor import Child, LineSplitter, Supervisor, child_env, server_env
 
 # A 1 MB line, then more than a pipe holds, then readiness, then output until it is stopped.
 NOISY = r"""
@@ -104,3 +104,22 @@ def test_line_splitter_keeps_line_boundaries_whatever_the_chunks(keep):
     out = [line for i in range(len(data)) for line in lines.feed(data[i : i + 1])]
     whole = LineSplitter(keep=keep).feed(data)
     assert out == whole and len(out) == 3
+
+
+def test_a_server_gets_what_a_program_needs_and_none_of_our_variables(monkeypatch):
+    ours = {"OPENAI_API_KEY": "sk-1", "OPENAI_API_KEY_FILE": "/run/secrets/k", "PROMPTGEN_STREAM_TOKEN_SECRET": "s",
+            "NATS_URL": "nats://user:pw@nats:4222", "MONGO_URL": "mongodb://u:pw@m/", "ANY_OTHER_TOKEN": "t"}
+    for name, value in {**ours, "PATH": "/usr/bin", "HOME": "/home/x", "LC_ALL": "C.UTF-8"}.items():
+        monkeypatch.setenv(name, value)
+    env = server_env()
+    assert not set(ours) & set(env)
+    assert env["PATH"] == "/usr/bin" and env["HOME"] == "/home/x" and env["LC_ALL"] == "C.UTF-8"
+
+
+def test_a_service_keeps_our_environment_less_what_it_drops_in_any_case(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-1")
+    monkeypatch.setenv("openai_api_key", "sk-2")  # settings read a variable whatever its case
+    monkeypatch.setenv("NATS_URL", "nats://127.0.0.1:4222")
+    env = child_env(drop=["OPENAI_API_KEY"], MONGO_URL="mongodb://127.0.0.1:27017")
+    assert "OPENAI_API_KEY" not in env and "openai_api_key" not in env
+    assert env["NATS_URL"] == "nats://127.0.0.1:4222" and env["MONGO_URL"] == "mongodb://127.0.0.1:27017"

@@ -8,6 +8,7 @@ honours the server's retry-after.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import openai
@@ -42,34 +43,59 @@ def _retry_after(headers: Any) -> float | None:
     return None
 
 
+# An error's code or type as a server names it (``invalid_api_key``, ``rate_limit_exceeded``): passed
+# on when it looks like one. Nothing else of an upstream error is: its message can hold the prompt, a
+# key or an internal URL, and it would reach the event log, the job's results, SSE and the logs.
+_NAMED = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _named(value: object) -> str | None:
+    return value if isinstance(value, str) and _NAMED.fullmatch(value) else None
+
+
+def _status_summary(exc: openai.APIStatusError) -> str:
+    """``HTTP 429, rate_limit_exceeded``: the status and the error's code or type, in our words."""
+    kind = _named(exc.code) or _named(exc.type)
+    return f"HTTP {exc.status_code}" + (f", {kind}" if kind else "")
+
+
 def classify(exc: Exception) -> LLMError:
-    """Map a client exception to a stable error code, and whether to retry."""
+    """Map a client exception to a stable error code, whether to retry, and a short summary
+    of our own (never the server's message)."""
     if isinstance(exc, LLMError):
         return exc
     if isinstance(exc, openai.APITimeoutError):
         return LLMError("llm_timeout", "LLM timeout: the model did not answer in time", retryable=True)
     if isinstance(exc, openai.APIConnectionError):
-        return LLMError("llm_unavailable", f"LLM unreachable: {exc}", retryable=True)
+        cause = exc.__cause__.__class__.__name__ if exc.__cause__ is not None else "no connection"
+        return LLMError("llm_unavailable", f"LLM unreachable ({cause})", retryable=True)
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
-        body = exc.body if isinstance(exc.body, dict) else {}
-        code = str(body.get("code") or body.get("type") or "")
         after = _retry_after(exc.response.headers if exc.response is not None else None)
-        detail = getattr(exc, "message", str(exc))
-        if status == 429 and "insufficient_quota" in (code + detail):
-            return LLMError("llm_quota", f"LLM quota exhausted: {detail}")
+        summary = _status_summary(exc)
+        if status == 429 and "insufficient_quota" in f"{exc.code} {exc.type} {exc.message}":
+            return LLMError("llm_quota", f"LLM quota exhausted ({summary})")
         if status == 429:
-            return LLMError("llm_rate_limited", f"LLM rate limited: {detail}", retryable=True, retry_after=after)
+            return LLMError("llm_rate_limited", f"LLM rate limited ({summary})", retryable=True, retry_after=after)
         if status in (401, 403):
-            return LLMError("llm_auth", f"LLM rejected the credentials ({status}): {detail}")
+            return LLMError("llm_auth", f"LLM rejected the credentials ({summary})")
         if status in (408, 409):
             return LLMError("llm_timeout" if status == 408 else "llm_unavailable",
-                            f"LLM error {status}: {detail}", retryable=True, retry_after=after)
+                            f"LLM error ({summary})", retryable=True, retry_after=after)
         if status >= 500:
-            return LLMError("llm_unavailable", f"LLM server error {status}: {detail}", retryable=True,
+            return LLMError("llm_unavailable", f"LLM server error ({summary})", retryable=True,
                             retry_after=after)
-        return LLMError("llm_rejected", f"LLM rejected the request ({status}): {detail}")
-    return LLMError("llm_unavailable", f"LLM call failed: {exc.__class__.__name__}: {exc}", retryable=True)
+        return LLMError("llm_rejected", f"LLM rejected the request ({summary})")
+    return LLMError("llm_unavailable", f"LLM call failed ({exc.__class__.__name__})", retryable=True)
+
+
+def _invalid(exc: json.JSONDecodeError | ValidationError) -> str:
+    """What is wrong with an answer, by place and kind, without quoting it."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not JSON ({exc.msg} at character {exc.pos})"
+    places = [f"{'.'.join(str(p)[:32] for p in e['loc']) or 'answer'} ({e['type']})" for e in exc.errors()[:5]]
+    more = f" and {exc.error_count() - 5} more" if exc.error_count() > 5 else ""
+    return f"{exc.error_count()} invalid: {', '.join(places)}{more}"
 
 
 class OpenAIProvider:
@@ -93,8 +119,8 @@ class OpenAIProvider:
             resp = await self.client.chat.completions.create(
                 model=self.model, messages=msgs, temperature=self.temperature, **kwargs
             )
-        except Exception as exc:
-            raise classify(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
+            raise classify(exc) from None
         text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
         if not text:
             raise LLMError("invalid_output", "LLM answered with empty content", retryable=True)
@@ -109,9 +135,7 @@ class OpenAIProvider:
         try:
             return model.model_validate(json.loads(out.text))
         except (json.JSONDecodeError, ValidationError) as exc:
-            raise LLMError(
-                "invalid_output", f"LLM answer is not a valid {model.__name__}: {str(exc)[:300]}"
-            ) from exc
+            raise LLMError("invalid_output", f"LLM answer is not a valid {model.__name__}: {_invalid(exc)}") from None
 
     async def analyze_scenario(self, document: str) -> TemplateData:
         return await self._structured(messages.analyze_scenario_messages(document), TemplateData)  # type: ignore[return-value]
@@ -133,8 +157,8 @@ class OpenAIProvider:
         """List the models: a cheap call that proves the server answers and takes the key."""
         try:
             await self.client.models.list()
-        except Exception as exc:
-            raise classify(exc) from exc
+        except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
+            raise classify(exc) from None
 
     async def aclose(self) -> None:
         await self.client.close()

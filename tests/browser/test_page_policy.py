@@ -1,0 +1,52 @@
+"""The page's Content-Security-Policy in a real browser: it is enforced (an injected inline script
+does not run, and the violation is seen, as every browser test would see one), and the API docs
+pages run under their own policy without a violation."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+from tests.browser.conftest import csp_violations
+
+pytestmark = pytest.mark.timeout(60)
+
+INJECT_INLINE_SCRIPT = """
+const s = document.createElement("script");
+s.textContent = "window.__injectedRan = true";
+document.head.append(s);
+"""
+
+
+def _csp_console_lines(driver) -> list[str]:
+    """The browser console's lines about the policy (reading the console empties it)."""
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]]
+
+
+def test_an_inline_script_in_the_page_is_refused_and_the_violation_is_seen(browser, live_system):
+    assert "script-src 'self'" in httpx.get(f"{live_system.base_url}/").headers["content-security-policy"]
+    browser.get(live_system.base_url + "/")
+    WebDriverWait(browser, 30).until(EC.element_to_be_clickable((By.ID, "scenario")))  # the page's own scripts ran
+    assert csp_violations(browser) == [] and _csp_console_lines(browser) == []
+
+    browser.execute_script(INJECT_INLINE_SCRIPT)
+    WebDriverWait(browser, 10).until(lambda d: d.execute_script("return window.__cspViolations.length > 0"))
+    assert browser.execute_script("return window.__injectedRan === undefined")
+    assert csp_violations(browser) == ["script-src-elem refused inline"]
+    assert _csp_console_lines(browser)  # the console says so too (and is now empty for the fixture's check)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_the_api_docs_pages_break_no_rule_of_their_policy(browser, live_system, path):
+    """Their inline scripts are allowed by hash. Swagger UI and ReDoc come from their CDN: where the
+    machine reaches it, the page must render too; where it does not, only the policy is checked."""
+    browser.get(live_system.base_url + path)
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
+    loaded = browser.execute_script("return typeof SwaggerUIBundle !== 'undefined' || typeof Redoc !== 'undefined'")
+    if loaded:
+        WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info, .api-info"))
+    assert csp_violations(browser) == []
+    assert _csp_console_lines(browser) == []  # this also drains the console: a CDN out of reach is not our error

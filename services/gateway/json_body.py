@@ -9,7 +9,10 @@ guessed as UTF-16 or UTF-32 as ``json.loads`` on bytes would.
 
 A request that would change something and declares a body of another type (a form's
 ``application/x-www-form-urlencoded``, ``multipart/form-data`` or ``text/plain``, which a
-page on any site can post without asking) is refused with 415 before the route runs.
+page on any site can post without asking) is refused with 415 before the route runs. One
+exception: ``text/plain`` from this gateway's own pages (``Sec-Fetch-Site: same-origin``, which
+only the browser sets and no page can forge) is read as JSON, because that is what a ``fetch``
+with a string body and no headers sends, as the specification's own frontend code does.
 """
 
 from __future__ import annotations
@@ -29,6 +32,16 @@ from services.gateway.errors import ApiError
 def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _json_from_this_origin(scope: dict) -> dict:
+    """``scope`` with a same-origin ``text/plain`` body declared as JSON (see the module's docstring)."""
+    headers = dict(scope["headers"])
+    declared = headers.get(b"content-type", b"").split(b";", 1)[0].strip().lower()
+    if declared != b"text/plain" or headers.get(b"sec-fetch-site") != b"same-origin":
+        return scope
+    rewritten = [(k, b"application/json") if k == b"content-type" else (k, v) for k, v in scope["headers"]]
+    return {**scope, "headers": rewritten}
 
 
 def refuse_other_bodies(request: Request) -> None:
@@ -69,7 +82,8 @@ class JSONBodyRoute(APIRoute):
         handler = super().get_route_handler()
 
         async def route(request: Request) -> Response:
+            request = JSONBodyRequest(_json_from_this_origin(request.scope), request.receive)
             refuse_other_bodies(request)
-            return await handler(JSONBodyRequest(request.scope, request.receive))
+            return await handler(request)
 
         return route

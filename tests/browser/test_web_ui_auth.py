@@ -153,7 +153,7 @@ def test_a_key_revoked_mid_session_brings_back_the_sign_in(browser, auth_system)
 
 # The seed's frontend code ("React Hook Example") as a page runs it, with the key in the fetch
 # (and the JSON content type, which the seed leaves out: a string body goes as text/plain, which
-# the gateway does not read as JSON), then `new EventSource(sse_endpoint)` exactly.
+# the gateway reads as JSON only from its own pages), then `new EventSource(sse_endpoint)` exactly.
 SEED_FRONTEND = """
 const [key, templateId, personas, modeMapping, done] = arguments;
 (async () => {

@@ -235,6 +235,29 @@ async def test_a_form_body_is_refused_even_from_this_origin(running, gateway, me
     assert await memory_log.last_seq() == before
 
 
+async def test_the_seeds_fetch_without_a_content_type_works_from_this_origin_only(running, gateway, memory_log):
+    """The specification's frontend posts a string body with no headers: the browser declares it
+    text/plain. From this gateway's own page (Sec-Fetch-Site, which no page can set) it is JSON;
+    from anywhere else it stays a 415 (or the cross-site 403), and nothing is published."""
+    targets = await _targets(gateway)
+    path, body = next((p, b) for p, b in targets if p == "/scenario/v2/generate-final-prompts")
+    text = httpx.Request("POST", "/", json=body).content
+    plain = {"Content-Type": "text/plain;charset=UTF-8"}
+    before = await memory_log.last_seq()
+    for others in ({}, {"Sec-Fetch-Site": "same-site"}, {"Sec-Fetch-Site": "none"}):
+        r = await gateway.post(path, content=text, headers={**plain, **others, "Origin": "http://localhost"})
+        assert r.status_code == 415, (others, r.text)
+    r = await gateway.post(path, content=text, headers={**plain, "Sec-Fetch-Site": "cross-site",
+                                                        "Origin": "https://evil.example"})
+    assert r.status_code == 403, r.text
+    assert await memory_log.last_seq() == before
+    r = await gateway.post(path, content=text, headers={**plain, "Sec-Fetch-Site": "same-origin",
+                                                        "Origin": "http://localhost"})
+    assert r.status_code == 202, r.text
+    assert r.json()["persona_count"] == len(body["persona_ids"])
+    assert await memory_log.last_seq() > before
+
+
 async def test_this_origin_and_clients_without_a_browser_still_work(gateway):
     """The web UI (same origin, JSON), and curl or another service (no Origin at all)."""
     same_origin = {"Origin": "http://localhost", "Sec-Fetch-Site": "same-origin"}

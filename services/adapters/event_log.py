@@ -79,6 +79,20 @@ def stored_message(msg) -> StoredEvent:
     return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data)
 
 
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """Where the log stands, and which incarnation of it this is.
+
+    ``log_id`` names the stream and when it was created (stream info's ``created``): a
+    stream deleted and created again is another log, whose sequences start again at 1,
+    so a position stored for the old one means nothing in the new one. None when the
+    server does not say when the stream was created."""
+
+    log_id: str | None
+    first_seq: int
+    last_seq: int
+
+
 class FollowStalled(Exception):
     """A live read whose consumer the server lost: resume from your stored position."""
 
@@ -332,6 +346,11 @@ class EventLog(DerivedReads):
     async def last_seq(self) -> int:
         info = await self.js.stream_info(self.stream)
         return info.state.last_seq
+
+    async def state(self) -> LogState:
+        info = await self.js.stream_info(self.stream)
+        log_id = f"{self.stream}@{info.created.isoformat()}" if info.created else None
+        return LogState(log_id=log_id, first_seq=info.state.first_seq, last_seq=info.state.last_seq)
 
     async def _ordered(self, filter_subject: str, start_seq: int, stream: str | None = None):
         """An ordered consumer from ``start_seq`` and the queue its messages arrive in."""

@@ -217,6 +217,19 @@ async def test_an_unacknowledged_message_comes_back_after_ack_wait(any_event_log
     assert again.metadata.num_delivered == 2
 
 
+async def test_a_durable_consumer_bound_again_takes_the_new_ack_wait(any_event_log):
+    """A deployment that lowers the ack wait must not keep the old one in the existing consumer."""
+    log = any_event_log
+    await publish_job(log, "j1")
+    config = dict(max_ack_pending=8, max_deliver=5)
+    await log.work_queue("contract-rebind", subjects.WORK_ITEMS, ack_wait=120, **config)
+    queue = await log.work_queue("contract-rebind", subjects.WORK_ITEMS, ack_wait=0.5, **config)
+    (first,) = await fetch_until(queue, 1)  # its worker dies: no ack
+    (again,) = await fetch_until(queue, 1)  # long before the old 120 s
+    assert again.metadata.sequence.stream == first.metadata.sequence.stream
+    assert again.metadata.num_delivered == 2
+
+
 async def test_in_progress_keeps_a_message_with_its_worker(any_event_log):
     log = any_event_log
     await publish_job(log, "j1")

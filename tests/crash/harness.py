@@ -61,10 +61,11 @@ class Deployment:
         self.mongo = MongoServer(storage=str(root / "mongo"), port=free_port()).start()
         self.db = f"crash_{uuid.uuid4().hex[:8]}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MONGO_", "PROMPTGEN_"))}
-        self.env.update(NATS_URL=self.nats.url, MONGO_URL=self.mongo.url, MONGO_DB=self.db,
-                        PROMPTGEN_ACK_WAIT_SECONDS="2", PROMPTGEN_LOG_LEVEL="info", PYTHONUNBUFFERED="1",
-                        # several generators and projectors side by side: each its own free ops port
-                        PROMPTGEN_GENERATOR_HTTP_PORT="0", PROMPTGEN_PROJECTOR_HTTP_PORT="0", **env)
+        # A short ack wait unless the test says otherwise (one measures the default's).
+        self.env.update({"NATS_URL": self.nats.url, "MONGO_URL": self.mongo.url, "MONGO_DB": self.db,
+                         "PROMPTGEN_ACK_WAIT_SECONDS": "2", "PROMPTGEN_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1",
+                         # several generators and projectors side by side: each its own free ops port
+                         "PROMPTGEN_GENERATOR_HTTP_PORT": "0", "PROMPTGEN_PROJECTOR_HTTP_PORT": "0"} | env)
         self.services: list[Service] = []
 
     def start(self, command: str, **env: str) -> Service:

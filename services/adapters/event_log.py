@@ -123,12 +123,18 @@ async def pulled(
     sub, batch: int | Callable[[], Awaitable[int]], stop: asyncio.Event
 ) -> AsyncIterator[list]:
     """Each non-empty fetch from a pull subscription, until ``stop``: up to ``batch``
-    messages, or as many as ``await batch()`` says there is room for (it waits for room)."""
+    messages, or as many as ``await batch()`` says there is room for (it waits for room).
+    A fetch the server cannot answer for now (503 while a leader is elected) is tried again."""
     while not stop.is_set():
         size = batch if isinstance(batch, int) else await batch()
         try:
             msgs = await sub.fetch(batch=size, timeout=1)
         except (NatsTimeout, TimeoutError):
+            continue
+        except _TRANSIENT as exc:  # the consumer has no leader for a moment (a NATS node died): ask again
+            log.warning("fetch_retry", error=f"{type(exc).__name__}: {exc}"[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
             continue
         yield msgs
 

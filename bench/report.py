@@ -42,6 +42,14 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         rows.append(("1 vs 2 generators", f"{r['seconds_1']} s vs {r['seconds_2']} s "
                      f"({r['parameters']['personas']} personas, LLM {r['parameters']['llm_latency_ms']} ms)",
                      f"{r['speedup']}x", ">= 1.8x"))
+    r = results.get("generator_recovery")
+    if r and "error" not in r and r["recovery_seconds"]:
+        reference = r.get("recovery_seconds_with_30s_ack_wait")
+        rows.append(("dead generator", f"{r['items_redelivered']} items delivered again "
+                     f"{r['recovery_seconds']['first']} to {r['recovery_seconds']['last']} s after the kill "
+                     f"(ack wait {r['parameters']['ack_wait_seconds']:g} s)",
+                     f"with a 30 s ack wait: {reference['last']} s" if reference else "",
+                     "within 10 s"))
     for name, r in results.items():
         if "error" in r:
             rows.append((name, "failed", r["error"].strip().splitlines()[-1][:120], ""))

@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import harness, scenarios
+from bench import harness, recovery, scenarios
 
 SCENARIOS = {
     "latency_bound": scenarios.latency_bound,
@@ -21,6 +21,7 @@ SCENARIOS = {
     "replay_rebuild": scenarios.replay_rebuild,
     "scaling": scenarios.scaling,
     "two_generators": scenarios.two_generators,
+    "generator_recovery": recovery.generator_recovery,
 }
 DEFAULT_OUT = Path(__file__).parent / "results"
 

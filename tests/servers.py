@@ -65,6 +65,57 @@ class NatsServer:
             stop(self.proc)
 
 
+class NatsCluster:
+    """Three nats-servers on loopback forming one JetStream cluster (routes on 127.0.0.1, a store
+    of its own each): R3 streams on one machine, and a node to kill."""
+
+    def __init__(self, root: Path, size: int = 3, name: str = "promptgen-test") -> None:
+        self.names = [f"n{i}" for i in range(1, size + 1)]
+        self.ports = {n: embedded.free_port() for n in self.names}
+        routes = {n: embedded.free_port() for n in self.names}
+        self.confs: dict[str, Path] = {}
+        for node in self.names:
+            data = root / node
+            data.mkdir(parents=True, exist_ok=True)
+            self.confs[node] = data / "nats.conf"
+            self.confs[node].write_text(f"""server_name: {node}
+listen: 127.0.0.1:{self.ports[node]}
+max_payload: 8MB
+jetstream {{
+  store_dir: "{(data / 'jetstream').resolve()}"
+  sync_interval: always
+}}
+cluster {{
+  name: {name}
+  listen: 127.0.0.1:{routes[node]}
+  routes: [{", ".join(f"nats://127.0.0.1:{port}" for port in routes.values())}]
+}}
+""")
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    @property
+    def url(self) -> str:
+        """Every node, as the comma-separated seed list NATS_URL takes."""
+        return ",".join(embedded.nats_url(self.ports[n]) for n in self.names)
+
+    def start(self, node: str | None = None) -> NatsCluster:
+        for name in [node] if node else self.names:
+            self.procs[name] = subprocess.Popen(embedded.nats_argv(self.confs[name]), stdout=subprocess.DEVNULL,
+                                                stderr=subprocess.DEVNULL)
+        for name in [node] if node else self.names:
+            wait_port(self.ports[name], proc=self.procs[name])
+        return self
+
+    def kill(self, node: str) -> None:
+        """SIGKILL one node."""
+        self.procs[node].kill()
+        self.procs[node].wait()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop(proc)
+
+
 class MongoServer:
     def __init__(self, storage: str = ":memory:", port: int | None = None) -> None:
         self.port = port or embedded.free_port()

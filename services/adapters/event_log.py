@@ -106,6 +106,20 @@ def stored_message(msg) -> StoredEvent:
     return stored_event(md.sequence.stream, md.timestamp, msg.subject, msg.data, msg.headers)
 
 
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """Where the log stands, and which incarnation of it this is.
+
+    ``log_id`` names the stream and when it was created (stream info's ``created``): a
+    stream deleted and created again is another log, whose sequences start again at 1,
+    so a position stored for the old one means nothing in the new one. None when the
+    server does not say when the stream was created."""
+
+    log_id: str | None
+    first_seq: int
+    last_seq: int
+
+
 class FollowStalled(Exception):
     """A live read whose consumer the server lost: resume from your stored position."""
 
@@ -136,12 +150,18 @@ async def pulled(
     sub, batch: int | Callable[[], Awaitable[int]], stop: asyncio.Event
 ) -> AsyncIterator[list]:
     """Each non-empty fetch from a pull subscription, until ``stop``: up to ``batch``
-    messages, or as many as ``await batch()`` says there is room for (it waits for room)."""
+    messages, or as many as ``await batch()`` says there is room for (it waits for room).
+    A fetch the server cannot answer for now (503 while a leader is elected) is tried again."""
     while not stop.is_set():
         size = batch if isinstance(batch, int) else await batch()
         try:
             msgs = await sub.fetch(batch=size, timeout=1)
         except (NatsTimeout, TimeoutError):
+            continue
+        except _TRANSIENT as exc:  # the consumer has no leader for a moment (a NATS node died): ask again
+            log.warning("fetch_retry", error=f"{type(exc).__name__}: {exc}"[:300])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
             continue
         yield msgs
 
@@ -445,6 +465,11 @@ class EventLog(DerivedReads):
     async def last_seq(self) -> int:
         info = await self.js.stream_info(self.stream)
         return info.state.last_seq
+
+    async def state(self) -> LogState:
+        info = await self.js.stream_info(self.stream)
+        log_id = f"{self.stream}@{info.created.isoformat()}" if info.created else None
+        return LogState(log_id=log_id, first_seq=info.state.first_seq, last_seq=info.state.last_seq)
 
     async def _ordered(self, filter_subject: str, start_seq: int, stream: str | None = None):
         """An ordered consumer from ``start_seq`` and the queue its messages arrive in."""

@@ -30,6 +30,14 @@ POSITIONS = "consumer_positions"
 STATE = "projector_state"  # the fold's checkpoint: rebuilt with the read models
 
 
+def _moved_to(seq: int, log_id: str | None) -> dict[str, Any]:
+    """A position only moves forward (a late writer cannot move it back), with its log."""
+    update: dict[str, Any] = {"$max": {"seq": seq}}
+    if log_id is not None:
+        update["$set"] = {"log_id": log_id}
+    return update
+
+
 def mongo_client(settings: Settings) -> AsyncMongoClient:
     return AsyncMongoClient(
         settings.mongo_url,
@@ -44,6 +52,20 @@ def open_read_models(settings: Settings) -> tuple[ReadModels, Callable[[], Await
     """The read models of ``settings``' database, and how to close their connection."""
     client = mongo_client(settings)
     return ReadModels(client[settings.mongo_db]), client.close
+
+
+@dataclass(frozen=True, slots=True)
+class Mark:
+    """A consumer's position in the event log (the last sequence it applied) and the log it
+    was taken in (:attr:`services.adapters.event_log.LogState.log_id`; None: not recorded,
+    as for positions stored before logs were told apart, or none stored yet)."""
+
+    seq: int
+    log_id: str | None = None
+
+
+def _mark(doc: dict[str, Any] | None) -> Mark:
+    return Mark(int(doc["seq"]), doc.get("log_id")) if doc else Mark(0)
 
 
 @dataclass(frozen=True)
@@ -98,20 +120,32 @@ class ReadModels:
         await target.bulk_write(ops, ordered=True)
 
     async def checkpoint(self) -> int:
-        doc = await self.state.find_one({"_id": CHECKPOINT_ID})
-        return int(doc["seq"]) if doc else 0
+        return (await self.checkpoint_mark()).seq
 
-    async def save_checkpoint(self, seq: int) -> None:
-        await self.state.update_one(
-            {"_id": CHECKPOINT_ID}, {"$max": {"seq": seq}}, upsert=True
-        )
+    async def checkpoint_mark(self) -> Mark:
+        """The fold's checkpoint and the log it belongs to."""
+        return _mark(await self.state.find_one({"_id": CHECKPOINT_ID}))
+
+    async def save_checkpoint(self, seq: int, log_id: str | None = None) -> None:
+        await self.state.update_one({"_id": CHECKPOINT_ID}, _moved_to(seq, log_id), upsert=True)
 
     async def position(self, consumer: str) -> int:
-        doc = await self.db[POSITIONS].find_one({"_id": consumer})
-        return int(doc["seq"]) if doc else 0
+        return (await self.position_mark(consumer)).seq
 
-    async def save_position(self, consumer: str, seq: int) -> None:
-        await self.db[POSITIONS].update_one({"_id": consumer}, {"$max": {"seq": seq}}, upsert=True)
+    async def position_mark(self, consumer: str) -> Mark:
+        return _mark(await self.db[POSITIONS].find_one({"_id": consumer}))
+
+    async def positions(self) -> dict[str, Mark]:
+        """Every consumer's stored position but the fold's."""
+        return {doc["_id"]: _mark(doc) async for doc in self.db[POSITIONS].find({})}
+
+    async def save_position(self, consumer: str, seq: int, log_id: str | None = None) -> None:
+        await self.db[POSITIONS].update_one({"_id": consumer}, _moved_to(seq, log_id), upsert=True)
+
+    async def reset_position(self, consumer: str, log_id: str | None) -> None:
+        """Start ``consumer`` at the beginning of the log ``log_id`` (its position, of another
+        log, says nothing about this one). The only write that moves a position back."""
+        await self.db[POSITIONS].replace_one({"_id": consumer}, {"seq": 0, "log_id": log_id}, upsert=True)
 
     async def ensure_indexes(self) -> None:
         await self.personas.create_index([("template_id", ASCENDING)])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -67,9 +68,29 @@ async def dispatch(event: JobRequested, event_log: EventLogPort) -> int:
     return len(items)
 
 
+@contextlib.asynccontextmanager
+async def still_working(msg, ack_wait: float) -> AsyncIterator[None]:
+    """While the block runs, tell JetStream every third of ``ack_wait`` that this worker is on
+    ``msg``: a long LLM call does not look like a dead worker, and a dead worker's message goes
+    to another one after ``ack_wait``, not after the longest call we allow."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(max(0.5, ack_wait / 3))
+            with contextlib.suppress(Exception):  # a lost beat costs at worst a redelivery
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
 async def run_dispatcher(event_log: EventLogPort, stop: asyncio.Event, parked: ParkedEvents) -> None:
+    ack_wait = event_log.settings.ack_wait_seconds
     sub = await event_log.work_queue(
-        DISPATCHER, subjects.JOBS_REQUESTED, max_ack_pending=16, ack_wait=60, max_deliver=-1
+        DISPATCHER, subjects.JOBS_REQUESTED, max_ack_pending=16, ack_wait=ack_wait, max_deliver=-1
     )
     async for msgs in pulled(sub, 4, stop):
         for msg in msgs:
@@ -82,7 +103,8 @@ async def run_dispatcher(event_log: EventLogPort, stop: asyncio.Event, parked: P
                     tracing.consuming("dispatch job.requested", stored.headers, stored.event,
                                       **{"promptgen.seq": stored.seq}) as span:
                 try:
-                    count = await dispatch(stored.event, event_log)
+                    async with still_working(msg, ack_wait):  # a job of many personas takes a while
+                        count = await dispatch(stored.event, event_log)
                 except Exception as exc:  # noqa: BLE001 - one job must not stop the dispatcher
                     tracing.fail(span, exc)
                     if kind_of(exc) == "permanent":
@@ -200,14 +222,6 @@ class WorkerPool:
     async def _cancelled(self, job_id: str) -> bool:
         return await self.cancellations.is_cancelled(job_id)
 
-    async def _keep_alive(self, msg) -> None:
-        # A long LLM call must not look like a dead worker: tell JetStream we are on it.
-        interval = max(1.0, self.settings.ack_wait_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
-
     async def reapply(self, record: ParkedEvent) -> None:
         stored = await _parked_event(self.log, record)
         if not isinstance(stored.event, PersonaPromptRequested):
@@ -268,25 +282,24 @@ class WorkerPool:
             PersonaProgress(**caused_by(item), job_id=item.job_id, persona_id=item.persona_id,
                             persona_name=item.persona.name, mode=item.mode, attempt=delivered)
         ))
-        keep_alive = asyncio.create_task(self._keep_alive(msg))
         try:
             # The progress event is stored while the LLM works: it is not on the critical path,
             # and it is always stored before the outcome.
-            outcome, _ = await asyncio.gather(
-                generate_persona_prompt(
-                    item,
-                    provider=self.provider,
-                    max_attempts=self.settings.llm_max_attempts,
-                    limiter=self.limiter,
-                    expected_completion_tokens=self.settings.llm_expected_completion_tokens,
-                    metrics=self.metrics,
-                ),
-                progress,
-            )
+            async with still_working(msg, self.settings.ack_wait_seconds):  # until the outcome is stored
+                outcome, _ = await asyncio.gather(
+                    generate_persona_prompt(
+                        item,
+                        provider=self.provider,
+                        max_attempts=self.settings.llm_max_attempts,
+                        limiter=self.limiter,
+                        expected_completion_tokens=self.settings.llm_expected_completion_tokens,
+                        metrics=self.metrics,
+                    ),
+                    progress,
+                )
+                await self.log.publish(outcome)
         finally:
-            keep_alive.cancel()
             progress.cancel()
-        await self.log.publish(outcome)
         error_code = getattr(outcome, "error_code", None)
         self.metrics.persona_finished("completed" if outcome.type == "persona.completed" else "failed", error_code)
         tracing.note(**{"promptgen.outcome": outcome.type, "promptgen.error_code": error_code})

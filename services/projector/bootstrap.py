@@ -91,11 +91,14 @@ async def bootstrap(
     parked = ParkedEvents(event_log, metrics)
     job_manager = JobManager(event_log, models, parked=parked, clock=clock, metrics=metrics)
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
-                on_reapplied=job_manager.decide, metrics=metrics, clock=clock)
+                on_reapplied=job_manager.decide, on_rebuilt=job_manager.watch.wake, metrics=metrics, clock=clock)
 
     async def caught_up() -> bool:  # reads served from a read model this far behind would mislead
         return await fold.measure_lag() <= settings.ready_max_lag_events
 
+    async def same_log() -> bool:  # positions of a log that was reset: nothing is folded until a rebuild
+        return fold.watch.reason is None and job_manager.watch.reason is None
+
     health = Health(ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models),
-                                 "lag": caught_up})
+                                 "lag": caught_up, "event_log": same_log})
     return ProjectorService(settings, event_log, models, parked, fold, job_manager, metrics, health, stack)

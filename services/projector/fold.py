@@ -23,7 +23,8 @@ from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
-from services.adapters.read_models import ReadModels
+from services.adapters.read_models import Mark, ReadModels
+from services.projector.log_reset import ResetWatch, restart_positions
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
 from services.runtime import tracing
@@ -45,6 +46,7 @@ class Fold:
         job_retention: timedelta = timedelta(days=7),
         parked: ParkedEvents | None = None,
         on_reapplied: Callable[[set[str]], Awaitable[None]] | None = None,
+        on_rebuilt: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
         clock: Clock = utc_now,
     ) -> None:
@@ -52,6 +54,9 @@ class Fold:
         self.clock = clock
         self.applied_at: datetime | None = None  # when the newest applied event was stored in the log
         self.on_reapplied = on_reapplied  # who decides the jobs a re-applied event touched
+        self.on_rebuilt = on_rebuilt  # who else waits for a rebuild (a consumer whose log was reset)
+        self.watch = ResetWatch(PROJECTOR)
+        self.log_id: str | None = None  # the log the checkpoint belongs to (stored with it)
         self.log = event_log
         self.parked = parked or ParkedEvents(event_log)
         self.skipped = 0  # events of a type or version this code does not know
@@ -61,19 +66,20 @@ class Fold:
         self._lock = asyncio.Lock()  # one writer at a time: the live fold or a rebuild
         self._generation = 0  # bumped by a rebuild: the live fold restarts from the new checkpoint
 
-    async def apply(self, batch: list[StoredEvent]) -> None:
+    async def apply(self, batch: list[StoredEvent], *, last_seq: int | None = None) -> None:
         """Write a batch's effects, then the checkpoint. An event that cannot be decoded or
-        stored is parked; the rest of the batch is stored all the same."""
+        stored is parked; the rest of the batch is stored all the same. ``last_seq``: the
+        log's, if known (for the lag)."""
         # A span per event, each a child of that event's publish, rather than one span for the
         # batch linking them: a batch holds many jobs' events, and a link would leave the write
         # out of each job's trace. They share the batch's timing: the writes are made together.
         spans = tracing.event_spans("project", batch, **{"messaging.batch.message_count": len(batch)})
         try:
-            await self._apply(batch, spans)
+            await self._apply(batch, spans, last_seq)
         finally:
             tracing.end_spans(spans)
 
-    async def _apply(self, batch: list[StoredEvent], spans: dict) -> None:
+    async def _apply(self, batch: list[StoredEvent], spans: dict, last_seq: int | None) -> None:
         writes = defaultdict(list)
         readable: list[StoredEvent] = []
         for stored in batch:
@@ -94,7 +100,7 @@ class Fold:
         async def write_all() -> None:
             for collection, ops in writes.items():
                 await self.models.apply(collection, coalesce(ops))
-            await self.models.save_checkpoint(batch[-1].seq)
+            await self.models.save_checkpoint(batch[-1].seq, self.log_id)
 
         try:
             await durably(write_all, what="projection")
@@ -106,15 +112,17 @@ class Fold:
                 except Unstorable as exc:
                     tracing.fail(spans.get(stored.seq), exc.cause)
                     await self.parked.park(PROJECTOR, stored, "unstorable", exc.cause)
-            await durably(lambda: self.models.save_checkpoint(batch[-1].seq), what="checkpoint")
+            await durably(lambda: self.models.save_checkpoint(batch[-1].seq, self.log_id), what="checkpoint")
         self.position = batch[-1].seq
         self.applied_at = batch[-1].time
-        await self.measure_lag()
+        await self.measure_lag(last_seq)
 
-    async def measure_lag(self) -> int:
+    async def measure_lag(self, last_seq: int | None = None) -> int:
         """How far behind the head of the log the fold is, in events (also set as gauges, with
         the age of the newest applied event while behind: a stuck fold shows a growing age)."""
-        behind = max(0, await self.log.last_seq() - self.position)
+        if last_seq is None:
+            last_seq = await self.log.last_seq()
+        behind = max(0, last_seq - self.position)
         self.metrics.projector_lag_events.set(behind)
         age = (self.clock() - self.applied_at).total_seconds() if behind and self.applied_at else 0.0
         self.metrics.projector_lag_seconds.set(max(0.0, age))
@@ -175,18 +183,30 @@ class Fold:
         await keep_going(lambda: self._follow_once(stop), stop, what="fold")
 
     async def _follow_once(self, stop: asyncio.Event) -> None:
-        """Follow the log from the stored checkpoint until stopped or the read models are rebuilt."""
+        """Follow the log from the stored checkpoint until stopped or the read models are rebuilt.
+        A checkpoint the log no longer matches (:mod:`services.projector.log_reset`) is not
+        followed, and a batch of a log that changed while it was followed is not applied:
+        the fold waits for a rebuild."""
         generation = self._generation
-        start = await self.models.checkpoint() + 1
-        self.position = start - 1
-        log.info("projector_following", from_seq=start)
+        mark = await self.models.checkpoint_mark()
+        state = await self.log.state()
+        if not self.watch.holds(mark, state):
+            await self.watch.pause(stop)
+            return
+        self.log_id = state.log_id
+        start = mark.seq + 1
+        self.position = mark.seq
+        log.info("projector_following", from_seq=start, log=self.log_id)
         follower = self.log.follow_batches(subjects.ALL, start)
         try:
             async for batch in follower:
                 async with self._lock:
                     if generation != self._generation:
                         return
-                    await self.apply(batch)
+                    state = await self.log.state()
+                    if not self.watch.holds(Mark(self.position, self.log_id), state):
+                        return
+                    await self.apply(batch, last_seq=state.last_seq)
                 if stop.is_set():
                     return
         finally:
@@ -195,10 +215,15 @@ class Fold:
     async def rebuild(self, progress: Progress) -> int:
         """Rebuild every read model from the log and switch to it, pausing the live fold."""
         async with self._lock:
+            state = await self.log.state()  # before reading: a log recreated meanwhile is caught later
             target = ReadModels(self.models.db, suffix=SUFFIX)
             position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention,
-                                          unusable=self._park_unusable)
+                                          unusable=self._park_unusable, log_id=state.log_id)
             await switch_to(target, self.models)
+            await restart_positions(self.models, state)
             self.position = position
             self._generation += 1
-            return position
+        self.watch.wake()
+        if self.on_rebuilt is not None:
+            self.on_rebuilt()
+        return position

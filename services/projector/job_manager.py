@@ -34,6 +34,8 @@ from contracts.events import (
 from services.adapters.event_log import StoredEvent
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.adapters.read_models import Mark
+from services.projector.log_reset import ResetWatch
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import JOB_PERSONAS, JOBS, project
@@ -120,6 +122,8 @@ class JobManager:
         self.clock = clock
         self.ended = EndedPersonas(event_log)
         self.position = 0
+        self.watch = ResetWatch(JOB_MANAGER)
+        self.log_id: str | None = None  # the log its position belongs to (stored with it)
 
     async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
         sweeper = asyncio.create_task(keep_going(lambda: self._sweep(stop, sweep_seconds), stop, what="expiry"))
@@ -129,11 +133,20 @@ class JobManager:
             sweeper.cancel()
 
     async def _follow_once(self, stop: asyncio.Event) -> None:
-        start = await self.models.position(JOB_MANAGER) + 1
-        log.info("job_manager_following", from_seq=start)
-        follower = self.log.follow_batches(subjects.ALL_JOBS, start)
+        """Follow the jobs' events from the stored position, unless it belongs to another log
+        (:mod:`services.projector.log_reset`): then wait for a rebuild to restart it."""
+        mark = await self.models.position_mark(JOB_MANAGER)
+        state = await self.log.state()
+        if not self.watch.holds(mark, state):
+            await self.watch.pause(stop)
+            return
+        self.log_id, self.position = state.log_id, mark.seq
+        log.info("job_manager_following", from_seq=mark.seq + 1, log=self.log_id)
+        follower = self.log.follow_batches(subjects.ALL_JOBS, mark.seq + 1)
         try:
             async for batch in follower:
+                if not self.watch.holds(Mark(self.position, self.log_id), await self.log.state()):
+                    return
                 await self.handle(batch)
                 if stop.is_set():
                     return
@@ -157,7 +170,8 @@ class JobManager:
                 over.pop(event.job_id, None)
                 self.ended.forget(event.job_id)
         await self.decide(over, causes=over)
-        await durably(lambda: self.models.save_position(JOB_MANAGER, batch[-1].seq), what="job manager position")
+        await durably(lambda: self.models.save_position(JOB_MANAGER, batch[-1].seq, self.log_id),
+                      what="job manager position")
         self.position = batch[-1].seq
 
     async def decide(self, jobs: Iterable[str], *, strict: bool = False,
@@ -220,7 +234,8 @@ class JobManager:
 
     async def _sweep(self, stop: asyncio.Event, every: float) -> None:
         while not stop.is_set():
-            await self.expire_overdue()
+            if self.watch.reason is None:  # the read models may describe another log until a rebuild
+                await self.expire_overdue()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=every)
             except TimeoutError:

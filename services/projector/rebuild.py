@@ -77,8 +77,10 @@ async def rebuild_into(
     job_retention: timedelta = timedelta(days=7),
     insert_batch: int = 1000,
     unusable: Unusable = _log_unusable,
+    log_id: str | None = None,
 ) -> int:
-    """Fold the whole log into ``target`` (emptied first); returns the last sequence applied.
+    """Fold the whole log into ``target`` (emptied first); returns the last sequence applied,
+    stored as the checkpoint with ``log_id`` (the log it belongs to).
 
     The fold runs in memory and each resulting document is inserted once: far
     fewer writes than replaying every update. A document MongoDB cannot store goes to
@@ -92,7 +94,7 @@ async def rebuild_into(
         for i in range(0, len(values), insert_batch):
             await _insert(event_log, target.collection(name), values[i : i + insert_batch], unusable)
     if position:
-        await target.save_checkpoint(position)
+        await target.save_checkpoint(position, log_id)
     return position
 
 

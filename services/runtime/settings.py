@@ -172,7 +172,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(64, ge=1, validation_alias=_env("PROMPTGEN_WORKER_CONCURRENCY"))
     llm_max_attempts: int = Field(4, ge=1, validation_alias=_env("PROMPTGEN_LLM_MAX_ATTEMPTS"))
     max_deliveries: int = Field(5, ge=1, validation_alias=_env("PROMPTGEN_MAX_DELIVERIES"))
-    ack_wait_seconds: float = Field(30, gt=0, validation_alias=_env("PROMPTGEN_ACK_WAIT_SECONDS"))
+    ack_wait_seconds: float = Field(
+        6, gt=0, validation_alias=_env("PROMPTGEN_ACK_WAIT_SECONDS"),
+        description="How long a work item stays with a worker that says nothing: a live worker says it is "
+                    "still on it every third of this, so a dead one's items go to another after at most this.",
+    )
     provider: str | None = Field(
         None,
         validation_alias=_env("PROMPTGEN_PROVIDER"),

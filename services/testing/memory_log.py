@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.adapters.event_log import DerivedReads, StoredEvent, stored_event
+from services.adapters.event_log import DerivedReads, LogState, StoredEvent, stored_event
 from services.runtime import tracing
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
@@ -40,9 +40,19 @@ class MemoryEventLog(DerivedReads):
         self._buckets: dict[str, MemoryKeyValue] = {}
         self._core = CoreRouter()
         self._reconnect_callbacks: list[Callable[[], None]] = []
+        self._create_log_stream()
+
+    def _create_log_stream(self) -> None:
         self._streams[self.stream] = MemoryStream(api.StreamConfig(
             name=self.stream, subjects=[subjects.ALL], duplicate_window=self.settings.duplicate_window_seconds,
         ))
+
+    def delete_stream(self, name: str) -> None:
+        """Delete a stream with its consumers, as an operator can (``nats stream rm``)."""
+        self._stream(name)
+        del self._streams[name]
+        for key in [key for key in self._consumers if key[0] == name]:
+            self._consumers.pop(key).close()
 
     # --- the server's side ----------------------------------------------------------------
 
@@ -95,6 +105,10 @@ class MemoryEventLog(DerivedReads):
 
     async def last_seq(self) -> int:
         return self._streams[self.stream].last_seq
+
+    async def state(self) -> LogState:
+        source = self._stream(self.stream)
+        return LogState(log_id=source.log_id, first_seq=source.first_seq, last_seq=source.last_seq)
 
     async def read_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 1000
@@ -157,8 +171,10 @@ class MemoryEventLog(DerivedReads):
     # --- side streams -----------------------------------------------------------------------
 
     async def ensure_stream(self, config: api.StreamConfig | None = None) -> None:
-        if config is None:
-            return  # the event log's own stream exists from the start
+        if config is None:  # the event log's own stream: made at the start, or again once deleted
+            if self.stream not in self._streams:
+                self._create_log_stream()
+            return
         if config.name in self._streams:
             self._streams[config.name].config = config
         else:

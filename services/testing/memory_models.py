@@ -70,6 +70,10 @@ class MemoryCollection:
     async def update_one(self, filter: dict[str, Any], update: Any, upsert: bool = False, **kwargs: Any) -> Any:
         return self._c.update_one(filter, update, upsert=upsert, **kwargs)
 
+    async def replace_one(self, filter: dict[str, Any], replacement: dict[str, Any], upsert: bool = False,
+                          **kwargs: Any) -> Any:
+        return self._c.replace_one(filter, replacement, upsert=upsert, **kwargs)
+
     async def update_many(self, filter: dict[str, Any], update: Any, upsert: bool = False, **kwargs: Any) -> Any:
         return self._c.update_many(filter, update, upsert=upsert, **kwargs)
 

@@ -9,6 +9,7 @@ Not kept: ``max_age`` (no test lives for days) and anything about replicas or st
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 from nats.js import api
 
 DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds: the server's default
+_incarnations = itertools.count(1)  # two streams made within one clock tick are still told apart
 
 
 def subject_matches(pattern: str, subject: str) -> bool:
@@ -68,6 +70,8 @@ class StoredMessage:
 class MemoryStream:
     def __init__(self, config: api.StreamConfig) -> None:
         self.config = config
+        self.created = datetime.now(UTC)
+        self.incarnation = next(_incarnations)
         self._messages: list[StoredMessage | None] = []  # index seq - 1; None once deleted
         self._by_subject: dict[str, list[int]] = defaultdict(list)
         self._dedup: dict[str, tuple[int, float]] = {}  # Nats-Msg-Id -> (seq, when stored)
@@ -82,6 +86,14 @@ class MemoryStream:
     @property
     def last_seq(self) -> int:
         return len(self._messages)
+
+    @property
+    def first_seq(self) -> int:
+        return next((m.seq for m in self._messages if m is not None), self.last_seq + 1 if self._messages else 0)
+
+    @property
+    def log_id(self) -> str:
+        return f"{self.name}@{self.created.isoformat()}#{self.incarnation}"
 
     def captures(self, subject: str) -> bool:
         return any(subject_matches(pattern, subject) for pattern in self.config.subjects or [])

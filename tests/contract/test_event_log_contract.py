@@ -19,6 +19,7 @@ from contracts.events import JobCancelRequested, TemplateCreated
 from services.adapters.event_log import stored_message
 from services.generator.dead_letters import advisory_subject, dead_letter_stream, keep_dead_letters
 from services.generator.work import fan_out
+from services.testing import MemoryEventLog
 from tests.samples import TEMPLATE, job_requested
 
 
@@ -60,6 +61,24 @@ async def test_sequences_grow_in_publish_order_and_read_returns_events_in_order(
     assert [s.seq for s in stored] == seqs
     assert [s.event.template_id for s in stored] == ["t1", "t2", "t3"]
     assert stored[0].subject == subjects.template_created("t1") and stored[0].time is not None
+
+
+async def test_a_recreated_stream_is_another_log_whose_sequences_start_again(any_event_log):
+    log = any_event_log
+    assert (await log.state()).last_seq == 0
+    for t in ("t1", "t2", "t3"):
+        await log.publish(template(t))
+    before = await log.state()
+    assert (before.first_seq, before.last_seq) == (1, 3) and before.log_id
+    assert await log.state() == before  # the same log, asked again
+    if isinstance(log, MemoryEventLog):
+        log.delete_stream(log.stream)
+    else:
+        await log.js.delete_stream(log.stream)
+    await log.ensure_stream()
+    await log.publish(template("t4"))
+    after = await log.state()
+    assert after.last_seq == 1 and after.log_id and after.log_id != before.log_id
 
 
 async def test_filters_take_nats_wildcards(any_event_log):
@@ -246,6 +265,19 @@ async def test_an_unacknowledged_message_comes_back_after_ack_wait(any_event_log
                                  max_deliver=5)
     (first,) = await fetch_until(queue, 1)  # its worker dies: no ack
     (again,) = await fetch_until(queue, 1)
+    assert again.metadata.sequence.stream == first.metadata.sequence.stream
+    assert again.metadata.num_delivered == 2
+
+
+async def test_a_durable_consumer_bound_again_takes_the_new_ack_wait(any_event_log):
+    """A deployment that lowers the ack wait must not keep the old one in the existing consumer."""
+    log = any_event_log
+    await publish_job(log, "j1")
+    config = dict(max_ack_pending=8, max_deliver=5)
+    await log.work_queue("contract-rebind", subjects.WORK_ITEMS, ack_wait=120, **config)
+    queue = await log.work_queue("contract-rebind", subjects.WORK_ITEMS, ack_wait=0.5, **config)
+    (first,) = await fetch_until(queue, 1)  # its worker dies: no ack
+    (again,) = await fetch_until(queue, 1)  # long before the old 120 s
     assert again.metadata.sequence.stream == first.metadata.sequence.stream
     assert again.metadata.num_delivered == 2
 

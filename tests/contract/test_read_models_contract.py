@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING
 
-from services.adapters.read_models import ReadModels
+from services.adapters.read_models import Mark, ReadModels
 from services.projector.job_manager import JOB_MANAGER
 from services.projector.projections import coalesce, writes_for
 from services.projector.rebuild import switch_to
@@ -74,6 +74,19 @@ async def test_checkpoint_and_positions_only_move_forward(any_models):
     await any_models.save_position("other", 9)
     assert await any_models.checkpoint() == 7
     assert (await any_models.position(JOB_MANAGER), await any_models.position("other")) == (3, 9)
+
+
+async def test_positions_keep_the_log_they_were_taken_in_and_restart_in_another(any_models):
+    assert await any_models.checkpoint_mark() == Mark(0, None)
+    await any_models.save_checkpoint(7, "PROMPTGEN@a")
+    await any_models.save_position(JOB_MANAGER, 4, "PROMPTGEN@a")
+    await any_models.save_position(JOB_MANAGER, 3)  # behind, and naming no log: neither changes
+    assert await any_models.checkpoint_mark() == Mark(7, "PROMPTGEN@a")
+    assert await any_models.positions() == {JOB_MANAGER: Mark(4, "PROMPTGEN@a")}
+    await any_models.reset_position(JOB_MANAGER, "PROMPTGEN@b")  # the one write that moves it back
+    assert await any_models.position_mark(JOB_MANAGER) == Mark(0, "PROMPTGEN@b")
+    await any_models.save_position(JOB_MANAGER, 2, "PROMPTGEN@b")
+    assert await any_models.positions() == {JOB_MANAGER: Mark(2, "PROMPTGEN@b")}
 
 
 async def test_the_gateway_queries(any_models):

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from services.cli.embedded import free_port
-from tests.servers import MongoServer, NatsServer, stop
+from tests.servers import MongoServer, NatsCluster, NatsServer, stop
 
 READY_TIMEOUT = 30
 
@@ -53,18 +53,20 @@ class Service:
 
 
 class Deployment:
-    """nats-server (file storage), a MongoDB-wire server on disk, and services as processes."""
+    """nats-server (file storage; or the cluster given as ``nats``), a MongoDB-wire server on
+    disk, and services as processes."""
 
-    def __init__(self, root: Path, **env: str) -> None:
+    def __init__(self, root: Path, nats: NatsServer | NatsCluster | None = None, **env: str) -> None:
         self.root = root
-        self.nats = NatsServer(root / "nats").start()
+        self.nats = nats or NatsServer(root / "nats").start()
         self.mongo = MongoServer(storage=str(root / "mongo"), port=free_port()).start()
         self.db = f"crash_{uuid.uuid4().hex[:8]}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("NATS_", "MONGO_", "PROMPTGEN_"))}
-        self.env.update(NATS_URL=self.nats.url, MONGO_URL=self.mongo.url, MONGO_DB=self.db,
-                        PROMPTGEN_ACK_WAIT_SECONDS="2", PROMPTGEN_LOG_LEVEL="info", PYTHONUNBUFFERED="1",
-                        # several generators and projectors side by side: each its own free ops port
-                        PROMPTGEN_GENERATOR_HTTP_PORT="0", PROMPTGEN_PROJECTOR_HTTP_PORT="0", **env)
+        # A short ack wait unless the test says otherwise (one measures the default's).
+        self.env.update({"NATS_URL": self.nats.url, "MONGO_URL": self.mongo.url, "MONGO_DB": self.db,
+                         "PROMPTGEN_ACK_WAIT_SECONDS": "2", "PROMPTGEN_LOG_LEVEL": "info", "PYTHONUNBUFFERED": "1",
+                         # several generators and projectors side by side: each its own free ops port
+                         "PROMPTGEN_GENERATOR_HTTP_PORT": "0", "PROMPTGEN_PROJECTOR_HTTP_PORT": "0"} | env)
         self.services: list[Service] = []
 
     def start(self, command: str, **env: str) -> Service:

@@ -44,7 +44,10 @@ def _promptgen_logger(*args: object) -> logging.Logger:
     return logging.getLogger(name if name.startswith("promptgen") else "promptgen")
 
 
-def configure_logging(service: str, level: str = "info", *, stream=None) -> None:
+def configure_logging(service: str, level: str = "info", *, stream=None, cache: bool = True) -> None:
+    """``cache``: each logger keeps the configuration it first used (faster). A test that
+    configures logging for a while and then resets it passes False, or the module-level loggers
+    used meanwhile would keep writing through this configuration for the rest of the process."""
     stream = stream or sys.stdout
     lvl = logging.getLevelName(level.upper())
     if not isinstance(lvl, int):
@@ -77,6 +80,6 @@ def configure_logging(service: str, level: str = "info", *, stream=None) -> None
         ],
         wrapper_class=structlog.make_filtering_bound_logger(lvl),
         logger_factory=_promptgen_logger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
     structlog.contextvars.bind_contextvars(service=service)

@@ -185,7 +185,7 @@ UPSTREAM_MESSAGE = (f"Request {CANARIES[0]} refused for key {CANARIES[1]}; see h
 def log_lines():
     """Every log line this process writes during the test, as the services write them (JSON)."""
     out = io.StringIO()
-    configure_logging("test", "debug", stream=out)
+    configure_logging("test", "debug", stream=out, cache=False)
     yield out
     structlog.reset_defaults()
     structlog.contextvars.clear_contextvars()

@@ -22,7 +22,7 @@ def _lines(stream: io.StringIO) -> list[dict]:
 def test_stdlib_and_structlog_lines_share_one_json_format():
     out = io.StringIO()
     try:
-        configure_logging("generator", "info", stream=out)
+        configure_logging("generator", "info", stream=out, cache=False)
         with structlog.contextvars.bound_contextvars(job_id="j1", persona_id="p1"):
             structlog.get_logger().info("persona_generated", outcome="persona.completed")
             logging.getLogger("uvicorn.error").warning("Invalid HTTP request received.")
@@ -59,7 +59,7 @@ def test_no_password_of_a_url_reaches_a_line_ours_or_a_librarys():
     out = io.StringIO()
     url = "mongodb://promptgen:s3cret-pw@mongo-1:27017,mongo-2:27017/promptgen?replicaSet=rs0"
     try:
-        configure_logging("projector", "info", stream=out)
+        configure_logging("projector", "info", stream=out, cache=False)
         structlog.get_logger().warning("mongo_unreachable", url=url, error=f"cannot reach {url}")
         logging.getLogger("pymongo").error("connecting to %s", "nats://admin:n4ts-pw@nats-1:4222")
         lines = out.getvalue()

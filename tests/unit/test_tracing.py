@@ -120,7 +120,7 @@ def test_the_service_name_defaults_to_ours_unless_the_variables_name_one(untrace
 def test_a_log_line_inside_a_span_carries_its_trace_and_span_ids(spans):
     out = io.StringIO()
     try:
-        configure_logging("generator", "info", stream=out)
+        configure_logging("generator", "info", stream=out, cache=False)
         with trace.get_tracer("test").start_as_current_span("work") as span:
             structlog.get_logger().info("persona_generated")
             logging.getLogger("uvicorn.error").warning("a library's line")

@@ -31,8 +31,14 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                      f"{r['gateway_kib_per_client']:.0f} KiB/client", "p99 within 50 ms"))
     r = results.get("replay_rebuild")
     if r and "error" not in r:
-        rows.append(("rebuild", f"{r['rebuild_events_per_second']} events/s ({r['parameters']['events']} events)",
-                     f"{r['fraction_of_raw']:.0%} of raw read ({r['raw_read_events_per_second']}/s)", ">= 50%"))
+        if "rebuild_over_parts" in r:
+            rows.append(("rebuild", f"{r['rebuild_seconds']} s for {r['parameters']['events']} events; "
+                         f"raw read {r['raw_read_seconds']} s + raw insert of its {r['raw_insert_documents']} "
+                         f"documents {r['raw_insert_seconds']} s",
+                         f"rebuild / (read + insert) = {r['rebuild_over_parts']}", "<= 2"))
+        else:
+            rows.append(("rebuild", f"{r['rebuild_events_per_second']} events/s ({r['parameters']['events']} events)",
+                         f"{r['fraction_of_raw']:.0%} of raw read ({r['raw_read_events_per_second']}/s)", ">= 50%"))
     r = results.get("scaling")
     if r and "error" not in r:
         curve = ", ".join(f"{c['personas']}: {c['ms_per_persona']} ms" for c in r["curve"])

@@ -24,7 +24,7 @@ from services.adapters.event_log import StoredEvent
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import ReadModels
-from services.projector.projections import coalesce, writes_for
+from services.projector.projections import coalesce, split_creations, writes_for
 from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
@@ -81,7 +81,13 @@ class Fold:
 
         async def write_all() -> None:
             for collection, ops in writes.items():
-                await self.models.apply(collection, coalesce(ops))
+                # New documents in one unordered insert, then the updates in order.
+                docs, updates = split_creations(coalesce(ops))
+                if docs:
+                    await self.models.insert_new(collection, docs)
+                if updates:
+                    await self.models.apply(collection, updates)
+                self.metrics.count_writes(len(docs), updates)
             await self.models.save_checkpoint(batch[-1].seq)
 
         try:

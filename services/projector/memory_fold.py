@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from services.projector.projections import Change
+from services.projector.projections import Change, is_creation
 
 
 def _matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
@@ -46,12 +46,6 @@ def _update(doc: dict[str, Any], update: dict[str, Any]) -> None:
             if "." in key:
                 raise ValueError(f"memory fold does not support dotted paths ({key})")
             doc[key] = value
-
-
-def is_creation(change: Change) -> bool:
-    """A ``$setOnInsert`` upsert by ``_id``: creates the document, or does nothing."""
-    return (change.upsert and not change.many and set(change.update) == {"$setOnInsert"}
-            and set(change.filter) == {"_id"})
 
 
 class MemoryFold:

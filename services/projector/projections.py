@@ -265,6 +265,32 @@ def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Writ
     return writes
 
 
+def is_creation(change: Change) -> bool:
+    """A ``$setOnInsert`` upsert by ``_id``: creates the document, or does nothing."""
+    return (change.upsert and not change.many and set(change.update) == {"$setOnInsert"}
+            and set(change.filter) == {"_id"})
+
+
+def split_creations(changes: list[Change]) -> tuple[list[dict[str, Any]], list[Change]]:
+    """The documents of creations that can be written as plain inserts, and the other changes
+    in order. A creation nothing before it in ``changes`` touches (no change of its document,
+    no update of many) may be written first; as an insert it has the upsert's effect (a
+    document already there is a duplicate, left as it is) and costs MongoDB far less."""
+    docs: list[dict[str, Any]] = []
+    rest: list[Change] = []
+    touched: set[Any] = set()
+    after_many = False  # nothing moves before an update of many documents
+    for change in changes:
+        after_many = after_many or change.many
+        _id = None if change.many else change.filter.get("_id")
+        if is_creation(change) and not after_many and _id not in touched:
+            docs.append({"_id": _id, **change.update["$setOnInsert"]})
+        else:
+            rest.append(change)
+        touched.add(_id)
+    return docs, rest
+
+
 def coalesce(changes: list[Change]) -> list[Change]:
     """Fewer writes, same effect: successive guarded ``$set`` updates of one document
     (same conditions) become one update guarded by the last one's ``_seq``.

@@ -178,3 +178,29 @@ def test_an_update_that_ends_a_persona_is_not_merged_with_a_later_one():
     fused = _fold(_writes([req, failed, completed], merged=True))
     assert fused.collections == plain.collections
     assert plain.collections["prompt_job_personas"][f"{req.job_id}:p1"]["status"] == "failed"
+
+
+def test_creations_nothing_earlier_touches_become_inserts_and_fold_the_same():
+    from services.projector.memory_fold import MemoryFold
+    from services.projector.projections import JOB_PERSONAS, Change, coalesce, split_creations, writes_for
+
+    first, second = job_requested("j1", ("p1", "p2")), job_requested("j2", ("p1",))
+    finished = sample("job.completed")
+    progress = sample("persona.progress").model_copy(update={"job_id": "j1", "persona_id": "p1"})
+    events = [first, progress, finished.model_copy(update={"job_id": "j1"}), second]
+    ops = [op for seq, e in enumerate(events, 1) for c, op in writes_for(e, seq, timedelta(days=1))
+           if c == JOB_PERSONAS]
+    twice = Change({"_id": "j1:p2"}, {"$setOnInsert": {"job_id": "j1", "_seq": 9}}, upsert=True)
+    docs, rest = split_creations(coalesce(ops) + [twice])
+    # j1's personas are new; j2's comes after the update of many (j1's retention) and stays in order
+    assert [d["_id"] for d in docs] == ["j1:p1", "j1:p2"]
+    assert [c.filter.get("_id") for c in rest if c.upsert] == ["j2:p1", "j1:p2"]
+    plain, split = MemoryFold(), MemoryFold()
+    for op in ops + [twice]:
+        plain.apply(JOB_PERSONAS, op)
+    for doc in docs:
+        split.apply(JOB_PERSONAS, Change({"_id": doc["_id"]}, {"$setOnInsert": {k: v for k, v in doc.items()
+                                                                               if k != "_id"}}, upsert=True))
+    for op in rest:
+        split.apply(JOB_PERSONAS, op)
+    assert split.collections == plain.collections

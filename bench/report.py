@@ -20,7 +20,9 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                      "<= 1.15; >= 5x"))
     r = results.get("overhead_bound")
     if r and "error" not in r:
-        rows.append(("overhead-bound", f"{r['personas_per_second']} personas/s",
+        per = r.get("writes_per_persona")
+        writes = f"; {per['total']} MongoDB writes per persona" if per else ""
+        rows.append(("overhead-bound", f"{r['personas_per_second']} personas/s{writes}",
                      f"{r['fraction_of_raw_limit']:.0%} of raw JetStream + MongoDB "
                      f"({r['raw']['personas_per_second_limit']}/s)",
                      ">= 30%"))

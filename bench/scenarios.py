@@ -26,9 +26,14 @@ def _wall(reports: list[dict]) -> float:
 
 
 def overhead_bound(quick: bool) -> dict:
-    """Offline provider (no LLM wait): end-to-end personas/s against the raw cost of the same I/O."""
+    """Offline provider (no LLM wait): end-to-end personas/s against the raw cost of the same I/O,
+    and the MongoDB writes the projector made per persona."""
+    from services.cli.embedded import free_port
+    from services.runtime.settings import Settings
+
     jobs, per_job = (2, 10) if quick else (50, 100)
-    d = harness.start()
+    projector_port = free_port()
+    d = harness.start(env={"PROMPTGEN_PROJECTOR_HTTP_PORT": str(projector_port)})
     try:
         pids = d.pids()
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
@@ -36,6 +41,8 @@ def overhead_bound(quick: bool) -> dict:
         wall = _wall(reports)
         cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
         done = _personas_done(reports)
+        asyncio.run(_projector_caught_up(Settings(nats_url=d.nats_url, mongo_url=d.mongo_url)))
+        writes = _projector_writes(projector_port)
         events, avg_event = asyncio.run(_stream_stats(d.nats_url))
         docs = done * 2 + jobs  # a persona document and a job-persona document each, plus job documents
         t_js = asyncio.run(raw_jetstream_publish(d.nats_url, events, avg_event))
@@ -53,9 +60,24 @@ def overhead_bound(quick: bool) -> dict:
                 "mongo_documents": docs, "mongo_seconds": round(t_mongo, 3),
                 "personas_per_second_limit": round(raw_limit, 1)},
         "fraction_of_raw_limit": round(ours / raw_limit, 3),
+        "projector_writes": writes,
+        "writes_per_persona": {op: round(n / done, 2) for op, n in writes.items()},
         "cpu_seconds_by_process": cpu,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "target": ">= 0.30 of the raw JetStream + MongoDB limit",
     }
+
+
+def _projector_writes(port: int) -> dict[str, int]:
+    """The live fold's MongoDB writes so far, by operation, from the projector's /metrics."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    out = {s.labels["operation"]: int(s.value) for f in text_string_to_metric_families(text) for s in f.samples
+           if s.name == "promptgen_projector_writes_total"}
+    out["total"] = sum(out.values())
+    return out
 
 
 async def _stream_stats(nats_url: str) -> tuple[int, int]:
@@ -138,7 +160,8 @@ def replay_rebuild(quick: bool) -> dict:
 
 
 async def _projector_caught_up(settings, timeout: float = 1800) -> float:
-    """Seconds until the running projector's checkpoint reaches the end of the log."""
+    """Seconds until the running projector's checkpoint reaches the end of the log, once the
+    log has stopped growing (the generator works off the work items a synthetic log holds)."""
     from services.adapters.event_log import EventLog
     from services.adapters.read_models import open_read_models
 
@@ -146,11 +169,10 @@ async def _projector_caught_up(settings, timeout: float = 1800) -> float:
     models, close = open_read_models(settings)
     t = time.perf_counter()
     try:
-        last = await log.last_seq()
-        while await models.checkpoint() < last:
+        while await models.checkpoint() < (last := await log.last_seq()):
             if time.perf_counter() - t > timeout:
                 raise TimeoutError(f"the projector did not reach {last} in {timeout} s")
-            await asyncio.sleep(0.5)
+            await asyncio.sleep(1)
     finally:
         await log.close()
         await close()

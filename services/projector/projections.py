@@ -274,21 +274,33 @@ def is_creation(change: Change) -> bool:
 def split_creations(changes: list[Change]) -> tuple[list[dict[str, Any]], list[Change]]:
     """The documents of creations that can be written as plain inserts, and the other changes
     in order. A creation nothing before it in ``changes`` touches (no change of its document,
-    no update of many) may be written first; as an insert it has the upsert's effect (a
-    document already there is a duplicate, left as it is) and costs MongoDB far less."""
+    no update of many documents it would be one of) may be written first; as an insert it has
+    the upsert's effect (a document already there is a duplicate, left as it is) and costs
+    MongoDB far less."""
     docs: list[dict[str, Any]] = []
     rest: list[Change] = []
     touched: set[Any] = set()
-    after_many = False  # nothing moves before an update of many documents
+    many: list[dict[str, Any]] = []  # filters of the updates of many documents so far
     for change in changes:
-        after_many = after_many or change.many
-        _id = None if change.many else change.filter.get("_id")
-        if is_creation(change) and not after_many and _id not in touched:
-            docs.append({"_id": _id, **change.update["$setOnInsert"]})
-        else:
+        if change.many:
+            many.append(change.filter)
             rest.append(change)
+            continue
+        _id = change.filter.get("_id")
+        if is_creation(change) and _id not in touched:
+            doc = {"_id": _id, **change.update["$setOnInsert"]}
+            if not any(_may_match(doc, flt) for flt in many):
+                docs.append(doc)
+                touched.add(_id)
+                continue
+        rest.append(change)
         touched.add(_id)
     return docs, rest
+
+
+def _may_match(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
+    """Whether ``doc`` may match ``flt`` (certainly not only when an equality differs)."""
+    return all(isinstance(v, dict) or doc.get(k) == v for k, v in flt.items())
 
 
 def coalesce(changes: list[Change]) -> list[Change]:

@@ -59,8 +59,8 @@ class Metrics:
             "promptgen_projector_lag_seconds", "Age of the newest applied event while the fold is behind; "
             "0 when caught up.", registry=r)
         self.projector_writes = Counter(
-            "promptgen_projector_writes", "MongoDB writes of the live fold: a document inserted, an update of one "
-            "document, or of many (a finished job's retention).", ["operation"], registry=r)
+            "promptgen_projector_writes", "MongoDB writes of the live fold: a document inserted, an upsert, an update "
+            "of one document, or of many (a finished job's retention).", ["operation"], registry=r)
         # every consumer
         self.parked_events = Counter(
             "promptgen_parked_events", "Events a consumer could not decode or store, set aside for an operator.",
@@ -85,8 +85,10 @@ class Metrics:
     def count_writes(self, inserted: int, updates: list) -> None:
         """Count a batch's writes to one collection (``updates``: its Changes, after the inserts)."""
         many = sum(1 for change in updates if change.many)
+        upserts = sum(1 for change in updates if change.upsert)
         self.projector_writes.labels(operation="insert").inc(inserted)
-        self.projector_writes.labels(operation="update").inc(len(updates) - many)
+        self.projector_writes.labels(operation="upsert").inc(upserts)
+        self.projector_writes.labels(operation="update").inc(len(updates) - many - upserts)
         self.projector_writes.labels(operation="update_many").inc(many)
 
     def persona_finished(self, outcome: str, error_code: str | None = None) -> None:

@@ -192,11 +192,14 @@ def test_creations_nothing_earlier_touches_become_inserts_and_fold_the_same():
            if c == JOB_PERSONAS]
     twice = Change({"_id": "j1:p2"}, {"$setOnInsert": {"job_id": "j1", "_seq": 9}}, upsert=True)
     docs, rest = split_creations(coalesce(ops) + [twice])
-    # j1's personas are new; j2's comes after the update of many (j1's retention) and stays in order
-    assert [d["_id"] for d in docs] == ["j1:p1", "j1:p2"]
-    assert [c.filter.get("_id") for c in rest if c.upsert] == ["j2:p1", "j1:p2"]
+    # j1's personas are new; so is j2's, which j1's retention (an update of many) cannot touch
+    assert [d["_id"] for d in docs] == ["j1:p1", "j1:p2", "j2:p1"]
+    late = Change({"_id": "j1:p3"}, {"$setOnInsert": {"job_id": "j1", "_seq": 10}}, upsert=True)
+    docs, rest = split_creations(coalesce(ops) + [twice, late])
+    # a creation stored twice, and one j1's retention would have found, keep their places
+    assert [c.filter.get("_id") for c in rest if c.upsert] == ["j1:p2", "j1:p3"]
     plain, split = MemoryFold(), MemoryFold()
-    for op in ops + [twice]:
+    for op in ops + [twice, late]:
         plain.apply(JOB_PERSONAS, op)
     for doc in docs:
         split.apply(JOB_PERSONAS, Change({"_id": doc["_id"]}, {"$setOnInsert": {k: v for k, v in doc.items()

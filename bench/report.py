@@ -37,8 +37,9 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
             rows.append(("rebuild", f"{r['rebuild_seconds']} s for {r['parameters']['events']} events; "
                          f"raw read {r['raw_read_seconds']} s + raw insert of its {r['raw_insert_documents']} "
                          f"documents {r['raw_insert_seconds']} s",
-                         f"rebuild / (read + insert) = {r['rebuild_over_parts']} "
-                         f"(written: {r['written_over_parts']}; then the switch {r['switch_seconds']} s)", "<= 2"))
+                         f"rebuild / (read + insert) = {r['rebuild_over_parts']}" + (
+                             f" (written: {r['written_over_parts']}; then the switch {r['switch_seconds']} s)"
+                             if "written_over_parts" in r else ""), "<= 2"))
         else:
             rows.append(("rebuild", f"{r['rebuild_events_per_second']} events/s ({r['parameters']['events']} events)",
                          f"{r['fraction_of_raw']:.0%} of raw read ({r['raw_read_events_per_second']}/s)", ">= 50%"))

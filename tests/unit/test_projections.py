@@ -207,3 +207,30 @@ def test_creations_nothing_earlier_touches_become_inserts_and_fold_the_same():
     for op in rest:
         split.apply(JOB_PERSONAS, op)
     assert split.collections == plain.collections
+
+
+def test_a_batch_fold_holds_what_it_creates_and_sends_the_rest_in_order():
+    from services.projector.memory_fold import BatchFold
+    from services.projector.projections import Change
+
+    def create(_id: str, seq: int) -> Change:
+        return Change({"_id": _id}, {"$setOnInsert": {"job_id": "j", "status": "queued", "_seq": seq}}, upsert=True)
+
+    def update(_id: str, seq: int) -> Change:
+        return Change({"_id": _id, "_seq": {"$lt": seq}}, {"$set": {"status": "done", "_seq": seq}})
+
+    retention = Change({"job_id": "j"}, {"$set": {"expire_at": 1}}, many=True)
+    fold = BatchFold()
+    changes = [update("old", 1), create("old", 2), create("new", 3), update("new", 4), retention]
+    for seq, change in enumerate(changes, 1):
+        fold.apply("c", change, seq)
+    # "old" was first met by an update: it lives in MongoDB, so all of its changes go there, in order
+    assert [(seq, c.filter["_id"]) for seq, c in fold.residual["c"][:2]] == [(1, "old"), (2, "old")]
+    # "new" is held with its update and the retention folded in; the retention goes to the other
+    # documents of the job in MongoDB, not to the one held here
+    assert fold.collections["c"]["new"] == {"_id": "new", "job_id": "j", "status": "done", "_seq": 4, "expire_at": 1}
+    seq, sent = fold.residual["c"][2]
+    assert seq == 5 and sent.many and sent.filter == {"job_id": "j", "_id": {"$nin": ["new"]}}
+    # were "new" in MongoDB already, its changes here replay on it alone
+    assert [(s, c.filter) for s, c in fold.replay("c", ["new"])] == [
+        (3, {"_id": "new"}), (4, {"_id": "new", "_seq": {"$lt": 4}}), (5, {"job_id": "j", "_id": "new"})]

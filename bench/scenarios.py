@@ -164,7 +164,8 @@ def replay_rebuild(quick: bool) -> dict:
 
 async def _rebuild_through_the_projector(settings) -> tuple[float, list[tuple[float, int, int]]]:
     """`promptgen rebuild`'s request to the running projector: seconds to the end, and each
-    progress report (seconds since the request, events done, total) as its bar would show it."""
+    progress report of its writing stage (seconds since the request, events done, total); the
+    switching stage follows the last."""
     from services.adapters.event_log import EventLog
     from services.cli.rebuild import _remote
 
@@ -172,8 +173,9 @@ async def _rebuild_through_the_projector(settings) -> tuple[float, list[tuple[fl
     reports: list[tuple[float, int, int]] = []
     t = time.perf_counter()
 
-    async def progress(done: int, total: int) -> None:
-        reports.append((time.perf_counter() - t, done, total))
+    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
+        if stage == "writing":
+            reports.append((time.perf_counter() - t, done, total))
 
     try:
         final = await _remote(log, progress)

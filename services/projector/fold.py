@@ -25,7 +25,7 @@ from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import ReadModels
 from services.projector.projections import coalesce, split_creations, writes_for
-from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
+from services.projector.rebuild import SUFFIX, SWITCHING, Progress, rebuild_into, switch_to
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
 from services.runtime.metrics import Metrics
@@ -191,6 +191,9 @@ class Fold:
             target = ReadModels(self.models.db, suffix=SUFFIX)
             position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention,
                                           unusable=self._park_unusable)
+            # Every event is stored; renaming can still take a while (a server that copies the
+            # collections): the caller's bar says so rather than sit at its end.
+            await progress(position, position, stage=SWITCHING)
             await switch_to(target, self.models)
             self.position = position
             self._generation += 1

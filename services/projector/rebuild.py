@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
@@ -32,10 +33,16 @@ CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
 INBOX_PREFIX = "_INBOX."  # where NATS clients take their reply subjects (nc.new_inbox())
 SUFFIX = "__rebuild"
 
-Progress = Callable[[int, int], Awaitable[None]]
+WRITING, SWITCHING = "writing", "switching"  # a rebuild's stages, as its progress reports name them
 
 
-async def _no_progress(done: int, total: int) -> None:
+class Progress(Protocol):
+    """Told ``done`` of ``total`` events are stored, and the ``stage`` the rebuild is in."""
+
+    async def __call__(self, done: int, total: int, *, stage: str = WRITING) -> None: ...
+
+
+async def _no_progress(done: int, total: int, *, stage: str = WRITING) -> None:
     return None
 
 
@@ -217,8 +224,8 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
             return
         await msg.respond(json.dumps({"accepted": True}).encode())
 
-        async def report(done: int, total: int) -> None:
-            await event_log.send(reply_to, json.dumps({"done": done, "total": total}).encode())
+        async def report(done: int, total: int, *, stage: str = WRITING) -> None:
+            await event_log.send(reply_to, json.dumps({"done": done, "total": total, "stage": stage}).encode())
 
         async with running:
             started = time.monotonic()

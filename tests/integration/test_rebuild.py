@@ -114,14 +114,15 @@ async def test_rebuild_progress_goes_only_to_the_requests_own_inbox(system, even
     await nc.flush()
 
     # The CLI's way still works, with progress; and once it is done nothing reached the log.
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, str]] = []
 
-    async def progress(done: int, total: int) -> None:
-        seen.append((done, total))
+    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
+        seen.append((done, total, stage))
 
     final = await _remote(event_log, progress)
     assert final.get("finished") and "error" not in final, final
-    assert seen and seen[0] == (0, before)
+    assert seen and seen[0] == (0, before, "writing")
+    assert seen[-1] == (before, before, "switching")  # all stored, then the switch: the bar says so
     assert await event_log.last_seq() == before
 
 

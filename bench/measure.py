@@ -98,6 +98,29 @@ async def raw_mongo_write(mongo_url: str, count: int, size: int, batch: int = 50
     return elapsed
 
 
+async def raw_insert_read_models(mongo_url: str, db: str, batch: int = 1000) -> tuple[float, int, int]:
+    """(seconds, documents, average BSON bytes) to insert a copy of every read-model document
+    into fresh collections of the same server, as unordered ``insert_many`` batches of ``batch``
+    (no secondary index): the write a rebuild cannot do without."""
+    import bson
+
+    from services.projector.projections import READ_MODELS
+
+    client = AsyncMongoClient(mongo_url)
+    docs = {name: await client[db][name].find({}).to_list() for name in READ_MODELS}
+    scratch = client[f"bench_raw_{uuid.uuid4().hex[:6]}"]
+    count = sum(len(v) for v in docs.values())
+    size = sum(len(bson.encode(d)) for v in docs.values() for d in v) // max(1, count)
+    t = time.perf_counter()
+    for name, values in docs.items():
+        for i in range(0, len(values), batch):
+            await scratch[name].insert_many(values[i : i + batch], ordered=False)
+    elapsed = time.perf_counter() - t
+    await client.drop_database(scratch.name)
+    await client.close()
+    return elapsed, count, size
+
+
 async def raw_stream_read(nats_url: str, stream: str) -> tuple[int, float]:
     """(messages, seconds) to read a whole stream with an ordered consumer, without decoding."""
     import nats

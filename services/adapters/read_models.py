@@ -12,6 +12,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from services.projector.projections import (
     INTERACTIONS,
@@ -21,6 +22,7 @@ from services.projector.projections import (
     TEMPLATES,
     Change,
 )
+from services.runtime.failures import TRANSIENT_CODES
 from services.runtime.settings import Settings
 
 CHECKPOINT_ID = "checkpoint"
@@ -28,6 +30,15 @@ CHECKPOINT_ID = "checkpoint"
 # rebuild keeps them.
 POSITIONS = "consumer_positions"
 STATE = "projector_state"  # the fold's checkpoint: rebuilt with the read models
+DUPLICATE_KEY = 11000
+
+
+class DocumentsRefused(ValueError):
+    """Documents MongoDB will not store (``refused``: document, error); the others are stored."""
+
+    def __init__(self, refused: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        super().__init__(f"{len(refused)} documents refused: {refused[0][1].get('errmsg', '')[:200]}")
+        self.refused = refused
 
 
 def _moved_to(seq: int, log_id: str | None) -> dict[str, Any]:
@@ -118,6 +129,24 @@ class ReadModels:
         ops = [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
                for c in changes]
         await target.bulk_write(ops, ordered=True)
+
+    async def insert_new(self, collection: str, docs: list[dict[str, Any]]) -> list[Any]:
+        """Insert ``docs`` in one unordered write; returns the ids of those already there (left
+        as they are). Raises :class:`DocumentsRefused` naming any other the server refused,
+        once the rest are stored."""
+        try:
+            await self.collection(collection).insert_many(docs, ordered=False)
+            return []
+        except BulkWriteError as exc:
+            errors = (exc.details or {}).get("writeErrors", [])
+            if not errors or (exc.details or {}).get("writeConcernErrors") \
+                    or any(e.get("code") in TRANSIENT_CODES for e in errors):
+                raise  # to be retried: what was stored then comes back as already there
+            present = [docs[e["index"]]["_id"] for e in errors if e.get("code") == DUPLICATE_KEY]
+            refused = [(docs[e["index"]], e) for e in errors if e.get("code") != DUPLICATE_KEY]
+            if refused:
+                raise DocumentsRefused(refused) from exc
+            return present
 
     async def checkpoint(self) -> int:
         return (await self.checkpoint_mark()).seq

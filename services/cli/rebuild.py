@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services.adapters.event_log import EventLog
 from services.projector.bootstrap import bootstrap
+from services.projector.rebuild import SWITCHING, WRITING
 from services.runtime.settings import Settings
 
 console = Console(stderr=True)
@@ -19,12 +20,13 @@ console = Console(stderr=True)
 async def run_rebuild(settings: Settings) -> int:
     event_log = await EventLog.connect(settings, "promptgen-rebuild")
     try:
-        with Progress(TextColumn("rebuilding read models"), BarColumn(), MofNCompleteColumn(),
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as bar:
-            task = bar.add_task("events", total=None)
+            task = bar.add_task("rebuilding read models", total=None)
 
-            async def progress(done: int, total: int) -> None:
-                bar.update(task, completed=done, total=total)
+            async def progress(done: int, total: int, *, stage: str = WRITING) -> None:
+                description = "switching to the rebuilt read models" if stage == SWITCHING else "rebuilding read models"
+                bar.update(task, completed=done, total=total, description=description)
 
             try:
                 final = await _remote(event_log, progress)
@@ -60,7 +62,7 @@ async def _remote(event_log: EventLog, progress) -> dict:
             update = json.loads((await sub.next_msg(timeout=600)).data)
             if update.get("finished"):
                 return update
-            await progress(update["done"], update["total"])
+            await progress(update["done"], update["total"], stage=update.get("stage", WRITING))
     finally:
         await sub.unsubscribe()
 

@@ -25,8 +25,8 @@ from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import Mark, ReadModels
 from services.projector.log_reset import ResetWatch, restart_positions
-from services.projector.projections import coalesce, writes_for
-from services.projector.rebuild import SUFFIX, Progress, rebuild_into, switch_to
+from services.projector.projections import coalesce, split_creations, writes_for
+from services.projector.rebuild import SUFFIX, SWITCHING, Progress, rebuild_into, switch_to
 from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
@@ -99,7 +99,13 @@ class Fold:
 
         async def write_all() -> None:
             for collection, ops in writes.items():
-                await self.models.apply(collection, coalesce(ops))
+                # New documents in one unordered insert, then the updates in order.
+                docs, updates = split_creations(coalesce(ops))
+                if docs:
+                    await self.models.insert_new(collection, docs)
+                if updates:
+                    await self.models.apply(collection, updates)
+                self.metrics.count_writes(len(docs), updates)
             await self.models.save_checkpoint(batch[-1].seq, self.log_id)
 
         try:
@@ -219,6 +225,9 @@ class Fold:
             target = ReadModels(self.models.db, suffix=SUFFIX)
             position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention,
                                           unusable=self._park_unusable, log_id=state.log_id)
+            # Every event is stored; renaming can still take a while (a server that copies the
+            # collections): the caller's bar says so rather than sit at its end.
+            await progress(position, position, stage=SWITCHING)
             await switch_to(target, self.models)
             await restart_positions(self.models, state)
             self.position = position

@@ -1,9 +1,12 @@
-"""The projections applied in memory, for rebuilds: fold the whole log into plain
-documents, then insert each document once instead of updating it once per event.
+"""The projections applied in memory, for rebuilds: fold the log into plain documents,
+then insert each document once instead of updating it once per event.
 
-It understands exactly the operations :mod:`services.projector.projections`
+:class:`MemoryFold` folds a whole log; :class:`BatchFold` folds one batch of it on top of
+read models that already hold the batches before (a rebuild's bounded memory).
+
+Both understand exactly the operations :mod:`services.projector.projections`
 emits (``$setOnInsert`` upserts, guarded ``$set``, equality / ``$lt`` / ``$in`` /
-``$nin`` filters) and refuses anything else, so a new kind of projection cannot
+``$nin`` filters) and refuse anything else, so a new kind of projection cannot
 silently fold differently here than in MongoDB. The rebuild test compares both.
 """
 
@@ -12,7 +15,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from services.projector.projections import Change
+from services.projector.projections import Change, is_creation
 
 
 def _matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
@@ -46,12 +49,14 @@ def _update(doc: dict[str, Any], update: dict[str, Any]) -> None:
 
 
 class MemoryFold:
+    """Folds a whole log: a document it does not hold does not exist."""
+
     def __init__(self) -> None:
         self.collections: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
         self._by_job: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
 
-    def apply(self, collection: str, change: Change) -> None:
-        docs = self.collections[collection]
+    def apply(self, collection: str, change: Change, seq: int = 0) -> None:
+        """Apply ``change`` (of the event at ``seq``, which :class:`BatchFold` remembers)."""
         flt, update = change.filter, change.update
         if change.many:
             if set(flt) != {"job_id"}:
@@ -59,14 +64,61 @@ class MemoryFold:
             for each in self._by_job[collection].get(flt["job_id"], []):
                 _update(each, update)
             return
-        doc = docs.get(flt["_id"])
+        doc = self.collections[collection].get(flt["_id"])
         if doc is None:
-            if change.upsert and set(update) == {"$setOnInsert"} and set(flt) == {"_id"}:
-                created = docs[flt["_id"]] = {"_id": flt["_id"], **update["$setOnInsert"]}
-                if "job_id" in created:
-                    self._by_job[collection][created["job_id"]].append(created)
+            if is_creation(change):
+                self._create(collection, flt["_id"], update["$setOnInsert"])
             return
         if set(update) == {"$setOnInsert"}:
             return
         if _matches(doc, flt):
             _update(doc, update)
+
+    def _create(self, collection: str, _id: Any, fields: dict[str, Any]) -> dict[str, Any]:
+        created = self.collections[collection][_id] = {"_id": _id, **fields}
+        if "job_id" in created:
+            self._by_job[collection][created["job_id"]].append(created)
+        return created
+
+
+class BatchFold(MemoryFold):
+    """Folds one batch of the log on top of read models holding the batches before it.
+
+    A document whose first change in the batch creates it is folded here (``collections``),
+    to be inserted once with every later change of the batch in it. Changes to any other
+    document go to MongoDB as they are, in log order (``residual``), before the inserts. A
+    document folded here that MongoDB turns out to hold already (a creation event stored twice)
+    is brought up to date by ``history``: the changes it took here, in order, as MongoDB
+    operations on it alone."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.residual: dict[str, list[tuple[int, Change]]] = defaultdict(list)
+        self.history: dict[str, dict[Any, list[tuple[int, Change]]]] = defaultdict(dict)
+        self._elsewhere: dict[str, set[Any]] = defaultdict(set)  # ids whose first change was not a creation
+
+    def apply(self, collection: str, change: Change, seq: int = 0) -> None:
+        if change.many:
+            super().apply(collection, change, seq)
+            held = self._by_job[collection].get(change.filter["job_id"], [])
+            for doc in held:
+                self.history[collection][doc["_id"]].append((seq, Change({**change.filter, "_id": doc["_id"]},
+                                                                         change.update)))
+            # The documents held here took it; MongoDB's documents of the job take it there.
+            flt = {**change.filter, "_id": {"$nin": [d["_id"] for d in held]}} if held else change.filter
+            self.residual[collection].append((seq, Change(flt, change.update, many=True)))
+            return
+        _id = change.filter["_id"]
+        if _id in self.collections[collection]:
+            self.history[collection][_id].append((seq, change))
+            super().apply(collection, change, seq)
+        elif _id not in self._elsewhere[collection] and is_creation(change):
+            self._create(collection, _id, change.update["$setOnInsert"])
+            self.history[collection][_id] = [(seq, change)]
+        else:
+            self._elsewhere[collection].add(_id)
+            self.residual[collection].append((seq, change))
+
+    def replay(self, collection: str, ids: list[Any]) -> list[tuple[int, Change]]:
+        """The changes the documents ``ids`` took here, for MongoDB to apply to its copies."""
+        return [entry for _id in ids for entry in self.history[collection][_id]]

@@ -11,18 +11,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
+from typing import Protocol
 
 import structlog
 
 from contracts import subjects
 from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
-from services.adapters.ports import EventLogPort
-from services.adapters.read_models import STATE, ReadModels
-from services.projector.memory_fold import MemoryFold
-from services.projector.projections import READ_MODELS, writes_for
+from services.adapters.ports import EventLogPort, ReadModelsPort
+from services.adapters.read_models import STATE, DocumentsRefused, ReadModels
+from services.projector.memory_fold import BatchFold
+from services.projector.projections import READ_MODELS, Change, coalesce, writes_for
 from services.runtime.failures import Unstorable, durably
 
 log = structlog.get_logger()
@@ -32,10 +33,16 @@ CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
 INBOX_PREFIX = "_INBOX."  # where NATS clients take their reply subjects (nc.new_inbox())
 SUFFIX = "__rebuild"
 
-Progress = Callable[[int, int], Awaitable[None]]
+WRITING, SWITCHING = "writing", "switching"  # a rebuild's stages, as its progress reports name them
 
 
-async def _no_progress(done: int, total: int) -> None:
+class Progress(Protocol):
+    """Told ``done`` of ``total`` events are stored, and the ``stage`` the rebuild is in."""
+
+    async def __call__(self, done: int, total: int, *, stage: str = WRITING) -> None: ...
+
+
+async def _no_progress(done: int, total: int, *, stage: str = WRITING) -> None:
     return None
 
 
@@ -46,73 +53,135 @@ async def _log_unusable(stored: StoredEvent, kind: str, error: BaseException | s
     log.error("rebuild_event_unusable", seq=stored.seq, subject=stored.subject, kind=kind, error=str(error))
 
 
-async def fold_log(
-    event_log: EventLogPort, progress: Progress = _no_progress, *, job_retention: timedelta = timedelta(days=7),
-    unusable: Unusable = _log_unusable,
-) -> tuple[MemoryFold, int]:
-    """Fold the whole log in memory (the same projections); returns the fold and its position.
-    An event that does not decode goes to ``unusable`` (one of an unknown type is skipped)."""
-    fold = MemoryFold()
-    total = await event_log.last_seq()
-    position = 0
-    await progress(0, total)
+Folded = tuple[BatchFold, int]  # one batch of the log folded, and the last sequence in it
+
+
+async def folded_batches(
+    event_log: EventLogPort, *, job_retention: timedelta = timedelta(days=7), unusable: Unusable = _log_unusable,
+    batch_events: int = 10_000,
+) -> AsyncIterator[Folded]:
+    """The whole log read and folded in batches of about ``batch_events`` events, each on top of
+    the batches before it. An event that does not decode goes to ``unusable`` (one of an
+    unknown type is skipped)."""
+    fold, count = BatchFold(), 0
     async for batch in event_log.read_batches(subjects.ALL, 1):
         for stored in batch:
             if stored.event is None:
                 if not isinstance(stored.error, UnknownEvent):
                     await unusable(stored, "undecodable", str(stored.error))
-                continue
-            for collection, op in writes_for(stored.event, stored.seq, job_retention):
-                fold.apply(collection, op)
+            else:
+                for collection, op in writes_for(stored.event, stored.seq, job_retention):
+                    fold.apply(collection, op, stored.seq)
+            count += 1
+            if count == batch_events:
+                yield fold, stored.seq
+                fold, count = BatchFold(), 0
+        await asyncio.sleep(0)  # decoding is CPU: let the writer hand MongoDB its next batch meanwhile
         position = batch[-1].seq
-        await progress(position, max(total, position))
-    return fold, position
+    if count:
+        yield fold, position
 
 
 async def rebuild_into(
     event_log: EventLogPort,
-    target: ReadModels,
+    target: ReadModelsPort,
     progress: Progress = _no_progress,
     *,
     job_retention: timedelta = timedelta(days=7),
-    insert_batch: int = 1000,
+    batch_events: int = 10_000,
     unusable: Unusable = _log_unusable,
     log_id: str | None = None,
 ) -> int:
     """Fold the whole log into ``target`` (emptied first); returns the last sequence applied,
     stored as the checkpoint with ``log_id`` (the log it belongs to).
 
-    The fold runs in memory and each resulting document is inserted once: far
-    fewer writes than replaying every update. A document MongoDB cannot store goes to
-    ``unusable`` as the event that last wrote it, and the rest are stored."""
+    Reading and folding one batch overlaps writing the batch before it (at most two folded
+    batches wait, so memory stays bounded whatever the log's size). Each document a batch
+    creates is inserted once, with every later change of the batch folded in, in one
+    unordered write per collection; changes to documents of earlier batches are sent as they
+    are. Progress counts the events whose effects are stored. A document MongoDB cannot store
+    goes to ``unusable`` as the event that last wrote it, and the rest are stored."""
     for name in (*READ_MODELS, STATE):
         await target.collection(name).drop()
     await target.ensure_indexes()
-    fold, position = await fold_log(event_log, progress, job_retention=job_retention, unusable=unusable)
-    for name, docs in fold.collections.items():
-        values = list(docs.values())
-        for i in range(0, len(values), insert_batch):
-            await _insert(event_log, target.collection(name), values[i : i + insert_batch], unusable)
+    total = await event_log.last_seq()
+    await progress(0, total)
+    writer = _BatchWriter(event_log, target, unusable)
+    queue: asyncio.Queue[Folded | None] = asyncio.Queue(maxsize=2)
+
+    async def read_and_fold() -> None:
+        async for folded in folded_batches(event_log, job_retention=job_retention, unusable=unusable,
+                                           batch_events=batch_events):
+            await queue.put(folded)
+        await queue.put(None)
+
+    position = 0
+    async with asyncio.TaskGroup() as tasks:
+        tasks.create_task(read_and_fold())
+        while (folded := await queue.get()) is not None:
+            fold, position = folded
+            await writer.write(fold)
+            await progress(position, max(total, position))
     if position:
         await target.save_checkpoint(position, log_id)
     return position
 
 
-async def _insert(event_log: EventLogPort, collection, docs: list[dict], unusable: Unusable) -> None:
-    try:
-        await durably(lambda: collection.insert_many(docs, ordered=False), what="rebuild insert")
-        return
-    except Unstorable as exc:
-        if len(docs) == 1:
-            stored = await event_log.at(docs[0]["_seq"])
-            if stored is not None:
-                await unusable(stored, "unstorable", exc.cause)
+class _BatchWriter:
+    """Stores one :class:`BatchFold` in fresh read models, collection by collection: the changes
+    to documents of earlier batches first (in log order), then the new documents."""
+
+    def __init__(self, event_log: EventLogPort, target: ReadModelsPort, unusable: Unusable) -> None:
+        self.log = event_log
+        self.target = target
+        self.unusable = unusable
+
+    async def write(self, fold: BatchFold) -> None:
+        for name in set(fold.residual) | set(fold.collections):
+            await self._apply(name, fold.residual.get(name, []))
+            docs = list(fold.collections.get(name, {}).values())
+            present = await self._insert(name, docs) if docs else []
+            # Created twice in the log (a creation stored again): the copy stored takes this
+            # batch's changes of it, the creation among them doing nothing.
+            await self._apply(name, fold.replay(name, present))
+
+    async def _apply(self, name: str, changes: list[tuple[int, Change]]) -> None:
+        if not changes:
             return
-    # Some document of the batch cannot be stored: insert one by one (a duplicate key is one
-    # already inserted by the batch's unordered attempt) to find which.
-    for doc in docs:
-        if await collection.count_documents({"_id": doc["_id"]}, limit=1) == 0:
-            await _insert(event_log, collection, [doc], unusable)
+        try:
+            await durably(lambda: self.target.apply(name, coalesce([c for _, c in changes])), what="rebuild update")
+            return
+        except Unstorable:
+            pass
+        for seq, change in changes:  # one cannot be stored: find which, and store the others
+            try:
+                await durably(lambda change=change: self.target.apply(name, [change]), what="rebuild update")
+            except Unstorable as exc:
+                await self._report(seq, exc.cause)
+
+    async def _insert(self, name: str, docs: list[dict]) -> list:
+        try:
+            return await durably(lambda: self.target.insert_new(name, docs), what="rebuild insert")
+        except Unstorable as exc:
+            if isinstance(exc.cause, DocumentsRefused):
+                for doc, error in exc.cause.refused:
+                    await self._report(doc.get("_seq"), error.get("errmsg", str(error)))
+                return []
+            if len(docs) == 1:
+                await self._report(docs[0].get("_seq"), exc.cause)
+                return []
+        # Refused before it reached the server (a document BSON cannot hold): one by one.
+        present: list = []
+        for doc in docs:
+            present += await self._insert(name, [doc])
+        return present
+
+    async def _report(self, seq: int | None, error: BaseException | str) -> None:
+        stored = await self.log.at(seq) if seq else None
+        if stored is not None:
+            await self.unusable(stored, "unstorable", error)
+        else:
+            log.error("rebuild_document_unstorable", seq=seq, error=str(error))
 
 
 async def switch_to(source: ReadModels, live: ReadModels) -> None:
@@ -157,8 +226,8 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
             return
         await msg.respond(json.dumps({"accepted": True}).encode())
 
-        async def report(done: int, total: int) -> None:
-            await event_log.send(reply_to, json.dumps({"done": done, "total": total}).encode())
+        async def report(done: int, total: int, *, stage: str = WRITING) -> None:
+            await event_log.send(reply_to, json.dumps({"done": done, "total": total, "stage": stage}).encode())
 
         async with running:
             started = time.monotonic()

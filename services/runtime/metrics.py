@@ -58,6 +58,9 @@ class Metrics:
         self.projector_lag_seconds = Gauge(
             "promptgen_projector_lag_seconds", "Age of the newest applied event while the fold is behind; "
             "0 when caught up.", registry=r)
+        self.projector_writes = Counter(
+            "promptgen_projector_writes", "MongoDB writes of the live fold: a document inserted, an upsert, an update "
+            "of one document, or of many (a finished job's retention).", ["operation"], registry=r)
         # every consumer
         self.parked_events = Counter(
             "promptgen_parked_events", "Events a consumer could not decode or store, set aside for an operator.",
@@ -78,6 +81,15 @@ class Metrics:
     def exposition(self) -> bytes:
         """The registry in Prometheus' text format (``CONTENT_TYPE``)."""
         return generate_latest(self.registry)
+
+    def count_writes(self, inserted: int, updates: list) -> None:
+        """Count a batch's writes to one collection (``updates``: its Changes, after the inserts)."""
+        many = sum(1 for change in updates if change.many)
+        upserts = sum(1 for change in updates if change.upsert)
+        self.projector_writes.labels(operation="insert").inc(inserted)
+        self.projector_writes.labels(operation="upsert").inc(upserts)
+        self.projector_writes.labels(operation="update").inc(len(updates) - many - upserts)
+        self.projector_writes.labels(operation="update_many").inc(many)
 
     def persona_finished(self, outcome: str, error_code: str | None = None) -> None:
         self.personas_finished.labels(outcome=outcome, error_code=error_code or "").inc()

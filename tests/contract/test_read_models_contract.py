@@ -10,7 +10,7 @@ from pymongo import ASCENDING
 
 from services.adapters.read_models import Mark, ReadModels
 from services.projector.job_manager import JOB_MANAGER
-from services.projector.projections import coalesce, writes_for
+from services.projector.projections import coalesce, split_creations, writes_for
 from services.projector.rebuild import switch_to
 from tests.readmodels import snapshot
 from tests.samples import T0, every_event, job_requested
@@ -20,13 +20,17 @@ RETENTION = timedelta(days=7)
 
 async def fold(models: ReadModels, events: list, first_seq: int = 1) -> None:
     """The projector's writes for ``events`` at sequences from ``first_seq``, one batch per
-    collection, coalesced, as the fold applies them."""
+    collection, coalesced, new documents inserted first, as the fold applies them."""
     writes: dict[str, list] = {}
     for seq, event in enumerate(events, first_seq):
         for collection, change in writes_for(event, seq, RETENTION):
             writes.setdefault(collection, []).append(change)
     for collection, changes in writes.items():
-        await models.apply(collection, coalesce(changes))
+        docs, updates = split_creations(coalesce(changes))
+        if docs:
+            await models.insert_new(collection, docs)
+        if updates:
+            await models.apply(collection, updates)
 
 
 async def replay_one_by_one(models: ReadModels, events: list, first_seq: int = 1) -> None:
@@ -52,6 +56,14 @@ async def test_a_replayed_event_changes_nothing(any_models):
     await replay_one_by_one(any_models, events)  # a crash before the checkpoint: all of it again
     await fold(any_models, events[:4])  # creations again
     assert await snapshot(any_models) == before
+
+
+async def test_inserting_documents_already_there_leaves_them_and_names_them(any_models):
+    await any_models.insert_new("templates", [{"_id": "a", "v": 1}])
+    present = await any_models.insert_new("templates", [{"_id": "b", "v": 2}, {"_id": "a", "v": 3}, {"_id": "c"}])
+    assert present == ["a"]
+    assert [d async for d in any_models.templates.find({}).sort("_id", 1)] == [
+        {"_id": "a", "v": 1}, {"_id": "b", "v": 2}, {"_id": "c"}]
 
 
 async def test_updates_apply_only_to_older_documents(any_models):

@@ -114,12 +114,57 @@ async def test_rebuild_progress_goes_only_to_the_requests_own_inbox(system, even
     await nc.flush()
 
     # The CLI's way still works, with progress; and once it is done nothing reached the log.
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, str]] = []
 
-    async def progress(done: int, total: int) -> None:
-        seen.append((done, total))
+    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
+        seen.append((done, total, stage))
 
     final = await _remote(event_log, progress)
     assert final.get("finished") and "error" not in final, final
-    assert seen and seen[0] == (0, before)
+    assert seen and seen[0] == (0, before, "writing")
+    assert seen[-1] == (before, before, "switching")  # all stored, then the switch: the bar says so
     assert await event_log.last_seq() == before
+
+
+async def test_a_log_folded_in_many_batches_rebuilds_the_same_read_models(client, models, event_log,
+                                                                          scenario_document):
+    """Batches far smaller than the log: personas created in one batch get their prompts in
+    another, a job's end updates persona documents of earlier batches, and a creation stored
+    twice (past the deduplication window) changes nothing, whatever batch it falls in."""
+    from contracts.events import encode_event
+    from contracts.subjects import ALL
+    from services.projector.projections import PERSONAS
+    from services.projector.rebuild import folded_batches
+    from tests.waiting import eventually
+
+    ids = await _some_history(client, scenario_document)
+    created = (await event_log.last(f"promptgen.persona.{ids[0]}.created")).event
+    again = created.model_copy(update={"persona": created.persona.model_copy(
+        update={"name": "renamed by a late duplicate"})})
+    ack = await event_log.js.publish(again.subject(), encode_event(again), stream=event_log.stream,
+                                     headers={"Nats-Msg-Id": "stored-again"})
+    job = await start_job(client, created.persona.template_id, cycle_modes(ids[:1]))  # the same persona again
+    await read_sse(client, job["sse_endpoint"])
+
+    async def caught_up() -> bool:
+        return await models.checkpoint() == await event_log.last_seq()
+
+    await eventually(caught_up, what="the projector reaching the end of the log")
+    live = await snapshot(models)
+    assert {p["_id"]: p["name"] for p in live["personas_v2"]}[ids[0]] == created.persona.name
+    events = len([e async for e in event_log.read(ALL)])
+    # ack.seq - 1: the duplicate opens a batch, with the persona's next prompt in it
+    for batch_events in (1, 3, 7, ack.seq - 1, events):
+        folds = [(fold, last) async for fold, last in folded_batches(event_log, batch_events=batch_events)]
+        crossed = [fold for fold, _ in folds if fold.residual.get(PERSONAS)]
+        if batch_events <= 7:
+            assert crossed  # prompts of personas created batches before
+        elif batch_events == events:
+            assert len(folds) == 1 and not crossed
+        else:
+            holding = next(fold for fold, last in folds if last >= ack.seq)
+            assert ids[0] in holding.collections[PERSONAS]  # folded as new: MongoDB will say it is not
+        target = ReadModels(models.db, suffix=f"__batches{batch_events}")
+        assert await rebuild_into(event_log, target, batch_events=batch_events) == await event_log.last_seq()
+        assert await snapshot(target) == live, f"batches of {batch_events} events"
+        assert await target.checkpoint() == await models.checkpoint()

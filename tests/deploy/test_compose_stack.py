@@ -7,8 +7,11 @@ profile. Through the load balancer on 127.0.0.1: the seed's flow, then a job of 
 during which the NATS stream leader, the gateway holding the SSE client and a generator are
 killed with SIGKILL. The job must complete, every persona must have exactly one
 PersonaCompleted in the log, and the SSE client, reconnecting through the load balancer with
-Last-Event-ID, must have seen every message exactly once. `make test-deploy` runs it; it
-builds what is missing first (a cold machine: see README, Deploy).
+Last-Event-ID, must have seen every message exactly once. Before that, the stack's locks: MongoDB
+(the stand-in with authentication on) refuses a login without credentials or with a wrong
+password, and the services' user outside promptgen's database; NATS refuses the gateway's user a
+PersonaCompleted. `make test-deploy` runs it; it builds what is missing first (a cold machine:
+see README, Deploy).
 """
 
 from __future__ import annotations
@@ -134,6 +137,81 @@ async def _job_history(client: httpx.AsyncClient, job_id: str) -> list[dict]:
         after = page["next_after"]
 
 
+# Run in a gateway's container, with its network and secrets: MongoDB without credentials, with
+# a wrong password, and with the services' own URL outside promptgen's database. Prints error
+# codes only (13 Unauthorized, 18 AuthenticationFailed), never a password.
+MONGO_LOGINS = """
+import json, pymongo
+from pymongo.errors import OperationFailure
+url = open('/run/secrets/mongo_url').read().strip()
+where = url.split('@', 1)[1]
+def attempt(url, db):
+    client = pymongo.MongoClient(url, serverSelectionTimeoutMS=10000)
+    try:
+        client[db].deploy_test_probe.find_one()
+        return 'allowed'
+    except OperationFailure as exc:
+        return exc.code
+    finally:
+        client.close()
+print(json.dumps({
+    'no credentials': attempt('mongodb://' + where.split('/', 1)[0] + '/?directConnection=true', 'promptgen'),
+    'wrong password': attempt('mongodb://promptgen:not-the-password@' + where, 'promptgen'),
+    'mongo_url, promptgen': attempt(url, 'promptgen'),
+    'mongo_url, admin': attempt(url, 'admin'),
+}))
+"""
+
+# Run in a gateway's container as its NATS user (its environment and password file): a
+# PersonaCompleted, which only a generator may store, is refused, and nothing is stored.
+NATS_FORBIDDEN_PUBLISH = """
+import asyncio, json, os, ssl, nats
+SUBJECT = 'promptgen.job.deploy-test-forbidden.persona.p1.completed'
+async def main():
+    errors = []
+    async def on_error(exc):
+        errors.append(str(exc))
+    user = os.environ['NATS_USER']
+    nc = await nats.connect(os.environ['NATS_URL'].split(','), user=user,
+                            password=open(os.environ['NATS_PASSWORD_FILE']).read().strip(),
+                            tls=ssl.create_default_context(cafile=os.environ['NATS_TLS_CA_FILE']),
+                            inbox_prefix='_INBOX.' + user, error_cb=on_error, allow_reconnect=False)
+    js = nc.jetstream(timeout=5)
+    async def stored():
+        info = await js.stream_info('PROMPTGEN', subjects_filter=SUBJECT)
+        return (info.state.subjects or {}).get(SUBJECT, 0)
+    before = await stored()
+    try:
+        await js.publish(SUBJECT, b'{}', timeout=3)
+        publish = 'acked'
+    except nats.errors.TimeoutError:
+        publish = 'no ack'
+    for _ in range(50):
+        if errors:
+            break
+        await asyncio.sleep(0.1)
+    after = await stored()
+    await nc.close()
+    print(json.dumps({'user': user, 'publish': publish, 'errors': errors, 'stored': [before, after]}))
+asyncio.run(main())
+"""
+
+
+async def test_mongodb_and_nats_refuse_what_the_services_may_not_do(stack):
+    s = stack
+    logins = json.loads(s.exec("gateway-1", "python", "-c", MONGO_LOGINS).strip().splitlines()[-1])
+    st.log(f"MongoDB logins from gateway-1: {logins}")
+    assert logins == {"no credentials": 13, "wrong password": 18,
+                      "mongo_url, promptgen": "allowed", "mongo_url, admin": 13}
+
+    refused = json.loads(s.exec("gateway-1", "python", "-c", NATS_FORBIDDEN_PUBLISH).strip().splitlines()[-1])
+    st.log(f"a PersonaCompleted published as the gateway: {refused}")
+    assert refused["user"] == "gateway" and refused["publish"] == "no ack"
+    assert any("permissions violation for publish" in e.lower() and "persona.p1.completed" in e
+               for e in refused["errors"]), refused
+    assert refused["stored"] == [0, 0]
+
+
 def _stream_leader(s: st.Stack) -> str:
     """The NATS node leading the PROMPTGEN stream, from any node's monitoring port."""
     for node in (1, 2, 3):
@@ -222,3 +300,7 @@ async def test_compose_stack_survives_losing_a_nats_leader_a_gateway_and_a_gener
         s.wait_restarted(service)
     s.wait_healthy(timeout=180)
     assert _stream_leader(s) in {"nats-1", "nats-2", "nats-3"}
+    # and no service was refused anything by NATS on the way (permissions.conf and the code agree)
+    denied = {svc: s.logs(svc).count("nats_permission_denied")
+              for svc in ("gateway-1", "gateway-2", "generator-1", "generator-2", "projector")}
+    assert not any(denied.values()), denied

@@ -254,6 +254,16 @@ def test_mongodb_runs_with_authentication_and_a_shared_key():
     assert 'role: "readWrite", db: "promptgen"' in script and "/run/secrets/mongo_promptgen_password" in script
 
 
+def test_the_local_mongodb_stand_in_runs_with_authentication_too():
+    local = yaml.safe_load(LOCAL_OVERRIDE.read_text())
+    for n in ("mongo-1", "mongo-2", "mongo-3"):
+        svc = local["services"][n]
+        assert "--auth" in svc["command"]
+        assert "/run/secrets/mongo_root_password" in svc["healthcheck"]["test"]
+        # only the image, the command and the health check change: users, secrets and volumes are compose.yaml's
+        assert set(svc) == {"image", "command", "healthcheck"}
+
+
 def test_the_load_balancer_is_set_up_for_sse():
     cfg = (DEPLOY / "haproxy" / "haproxy.cfg").read_text()
     for needed in ("timeout server 1h", "timeout client 1h", "option redispatch", "retry-on conn-failure",

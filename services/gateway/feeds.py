@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from contracts import subjects
-from contracts.events import JobFinished, UnknownEvent
+from contracts.events import JobFinished, JobRequested, UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort
 from services.gateway.sse_messages import encode, render
@@ -43,7 +43,9 @@ class JobChannel:
     loaded: bool = False
     loading: asyncio.Task | None = None
     early: list[StoredEvent] = field(default_factory=list)  # live events that came while loading
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Set (and replaced) whenever the channel changes. Not a Condition: its lock would wake N
+    # watchers one event-loop turn after another, so the last one would wait N turns.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: int = 0
     broken: bool = False  # one of the job's live events could not be decoded: its streams end
 
@@ -63,13 +65,15 @@ class JobChannel:
             return
         if stored.seq > self.last_seq:
             self.append(stored)
-            async with self.changed:
-                self.changed.notify_all()
+            self._wake()
 
     async def break_off(self) -> None:
         self.broken = True
-        async with self.changed:
-            self.changed.notify_all()
+        self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()  # every watcher waiting on it is runnable on the loop's next turn
+        self.changed = asyncio.Event()
 
 
 class JobFeeds:
@@ -161,6 +165,15 @@ class JobFeeds:
         channel.early.clear()
         channel.loaded = True
 
+    def requested(self, job_id: str) -> StoredEvent | None:
+        """The job's request event, when this gateway already follows the job (no I/O): a
+        thousand clients of one job cost one lookup of where it starts and whose it is."""
+        channel = self.channels.get(job_id)
+        if channel is None or not channel.loaded or channel.broken or not channel.events:
+            return None
+        first = channel.events[0]
+        return first if isinstance(first.event, JobRequested) else None
+
     async def watch(
         self, job_id: str, start_seq: int
     ) -> AsyncIterator[list[tuple[StoredEvent, list[dict[str, str]], bytes]]]:
@@ -185,8 +198,8 @@ class JobFeeds:
                         return
                 if channel.broken:
                     return
-                async with channel.changed:
-                    await channel.changed.wait_for(lambda seen=cursor: seen < len(channel.events) or channel.broken)
+                if cursor == len(channel.events) and not channel.broken:
+                    await channel.changed.wait()
         finally:
             channel.watchers -= 1
             if channel.watchers == 0 and self.channels.get(job_id) is channel:

@@ -128,7 +128,13 @@ async def prompt_generation_status(
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
     """Server-Sent Events: a job's whole history, then live progress, ending after ``results``."""
-    requested_seq = await _owned_seq(event_log, models, job_id, caller)
+    known = feeds.requested(job_id)
+    if known is not None and isinstance(known.event, JobRequested):  # followed here already: no lookup
+        if not caller.owns(known.event.tenant):
+            raise job_not_found(job_id)
+        requested_seq = known.seq
+    else:
+        requested_seq = await _owned_seq(event_log, models, job_id, caller)
     after = Position.parse(last_event_id_header or last_event_id)
     if after is not None:
         end_seq = await finished_seq(event_log, job_id)

@@ -146,7 +146,6 @@ async def prompt_generation_status(
                           retry_ms=settings.sse_retry_ms, metrics=metrics),
         slot=capacity.sse_streams.take(),
         metrics=metrics,  # the last thing before the response: it gives the slot back
-        ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
 

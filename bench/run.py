@@ -12,12 +12,13 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import harness, recovery, scenarios
+from bench import harness, recovery, scenarios, sse_scale
 
 SCENARIOS = {
     "latency_bound": scenarios.latency_bound,
     "overhead_bound": scenarios.overhead_bound,
     "sse_fanout": scenarios.sse_fanout,
+    "sse_many_clients": sse_scale.sse_many_clients,
     "replay_rebuild": scenarios.replay_rebuild,
     "scaling": scenarios.scaling,
     "two_generators": scenarios.two_generators,

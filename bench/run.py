@@ -19,6 +19,7 @@ SCENARIOS = {
     "overhead_bound": scenarios.overhead_bound,
     "sse_fanout": scenarios.sse_fanout,
     "sse_many_clients": sse_scale.sse_many_clients,
+    "sse_fanout_light_clients": sse_scale.sse_fanout_light_clients,
     "replay_rebuild": scenarios.replay_rebuild,
     "scaling": scenarios.scaling,
     "two_generators": scenarios.two_generators,

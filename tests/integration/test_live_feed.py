@@ -152,3 +152,41 @@ async def test_a_server_shutting_down_ends_every_stream(lone_gateway, event_log)
     ended = await asyncio.wait_for(stream, 20)
     assert [m.data["type"] for m in ended.messages] == ["status_update"]  # ended, without results
     assert "long" not in feeds.channels
+
+
+async def test_a_job_this_gateway_follows_is_still_refused_to_another_tenant(settings, event_log):
+    """Once a job has a channel here, its stream is opened without a lookup: whose it is comes
+    from the channel's request event, and another tenant still gets 404."""
+    import httpx
+    from pydantic import SecretStr
+
+    from services.adapters.api_keys import SCOPES, ApiKeys
+    from tests.conftest import InProcessSystem
+
+    settings.auth, settings.projection_wait_seconds = "required", 0
+    settings.stream_token_secret = SecretStr("s3cret-for-tests")
+    keys = await ApiKeys.open(event_log)
+    _, acme = await keys.create("acme", list(SCOPES))
+    _, globex = await keys.create("globex", list(SCOPES))
+    job = job_requested("owned", ("owned-p",))
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    await event_log.publish(job.model_copy(update={"tenant": "acme", "deadline": deadline}))
+    system = await InProcessSystem(settings).start(generator=False)
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+            feeds = system.server.config.app.state.gateway.feeds
+            opened = asyncio.Event()
+            first = asyncio.create_task(read_sse(client, _sse("owned"), headers={"Authorization": f"Bearer {acme}"},
+                                                 until=_opened(opened)))
+            await asyncio.wait_for(opened.wait(), 20)
+            assert feeds.requested("owned") is not None  # followed: the next request takes it from here
+            foreign = await client.get(_sse("owned"), headers={"Authorization": f"Bearer {globex}"})
+            assert foreign.status_code == 404 and foreign.json()["code"] == "job_not_found"
+            second = asyncio.create_task(read_sse(client, _sse("owned"), headers={"Authorization": f"Bearer {acme}"}))
+            await _fails(event_log, "owned")
+            for stream in await asyncio.wait_for(asyncio.gather(first, second), 30):
+                assert stream.status == 200
+                assert [m.data["type"] for m in stream.messages] == ["status_update", "persona_progress",
+                                                                     "status_update", "results"]
+    finally:
+        await system.close()

@@ -25,6 +25,10 @@ from bench.measure import cpu_seconds, percentile, rss_mib
 from bench.scenarios import MockLLMProcess, _llm_env
 
 
+def _sum(measure, pids: list[int]) -> float:
+    return sum(measure(pid) for pid in pids)
+
+
 def _load() -> dict:
     with open("/proc/loadavg") as f:
         return dict(zip(("1m", "5m", "15m"), (float(x) for x in f.read().split()[:3]), strict=True))
@@ -77,26 +81,61 @@ def sse_many_clients(quick: bool) -> dict:
     return _clients_on_one_gateway(*((2, 3, 10, 1) if quick else (10, 20, 1000, 4)), quick=quick)
 
 
+def sse_many_clients_two_gateways(quick: bool) -> dict:
+    """The same 10,000 clients on two gateway processes sharing one port (SO_REUSEPORT), each
+    with its own feed: clients per process and per core."""
+    return _clients_on_one_gateway(*((2, 3, 10, 1) if quick else (10, 20, 1000, 4)), quick=quick, gateways=2)
+
+
 def sse_fanout_light_clients(quick: bool) -> dict:
     """``sse_fanout``'s 1,000 clients (10 jobs of 20 personas), read by the light clients of
     ``sse_many_clients``: the gateway's share of the latency, without httpx's."""
     return _clients_on_one_gateway(*((2, 3, 10, 1) if quick else (10, 20, 100, 2)), quick=quick)
 
 
-def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: int, *, quick: bool) -> dict:
+def _sockets(pid: int) -> int:
+    import os
+
+    try:
+        return sum(os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:") for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
+
+
+def _more_gateways(d: harness.Deployment, count: int) -> list[subprocess.Popen]:
+    """``count`` more `promptgen gateway` processes on the deployment's port (all bind with SO_REUSEPORT)."""
+    env = {**d.env, "NATS_URL": d.nats_url, "MONGO_URL": d.mongo_url, "PROMPTGEN_PORT": str(d.up.port)}
+    procs = [subprocess.Popen([sys.executable, "-m", "services.cli", "gateway"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(count)]
+    for p in procs:
+        assert p.stdout is not None
+        for line in p.stdout:
+            if "service_ready" in line:
+                break
+        else:
+            raise RuntimeError("an extra gateway ended before it was ready")
+    return procs
+
+
+def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: int, *, quick: bool,
+                            gateways: int = 1) -> dict:
     clients = jobs * per_job
     llm = MockLLMProcess(latency_ms=100 if quick else 1000)
     d = harness.start(env=_llm_env(llm, PROMPTGEN_WORKER_CONCURRENCY="20", PROMPTGEN_LLM_CONCURRENCY="20",
-                                   PROMPTGEN_MAX_SSE_STREAMS=str(clients + 100)))
+                                   PROMPTGEN_MAX_SSE_STREAMS=str(clients + 100),
+                                   **({"PROMPTGEN_REUSE_PORT": "1"} if gateways > 1 else {})))
     admin = llm.base_url.removesuffix("/v1") + "/admin"
     procs: list[subprocess.Popen] = []
+    extra: list[subprocess.Popen] = []
     try:
-        gateway = d.pids()["gateway"]
+        extra = _more_gateways(d, gateways - 1)
+        pids = [d.pids()["gateway"], *(p.pid for p in extra)]
         job_ids = asyncio.run(_post_jobs(d.base_url, jobs, personas, admin))
         nats_sub = subprocess.Popen([sys.executable, "-m", "bench.nats_listener", d.nats_url],
                                     stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)
         assert nats_sub.stdout is not None and nats_sub.stdout.readline().strip() == "ready"
-        rss_before, cpu_before = rss_mib(gateway), cpu_seconds(gateway)
+        sockets_before = [_sockets(pid) for pid in pids]
+        rss_before, cpu_before = _sum(rss_mib, pids), _sum(cpu_seconds, pids)
         load_before = _load()
         t_connect = time.time()
         job_args = [a for j in job_ids for a in ("--job", j)]
@@ -109,12 +148,14 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
             line = p.stdout.readline().split()
             assert line and line[0] == "connected", f"a client process ended before connecting: {line}"
         connected_at = time.time()
-        rss_connected, cpu_connected = rss_mib(gateway), cpu_seconds(gateway)
+        rss_connected, cpu_connected = _sum(rss_mib, pids), _sum(cpu_seconds, pids)
+        per_process = {"clients": [_sockets(pid) - before for pid, before in zip(pids, sockets_before, strict=True)],
+                       "rss_mib": [round(rss_mib(pid), 1) for pid in pids]}
         peak, done = {"rss": rss_connected}, threading.Event()
 
         def sample() -> None:
             while not done.wait(0.2):
-                peak["rss"] = max(peak["rss"], rss_mib(gateway))
+                peak["rss"] = max(peak["rss"], _sum(rss_mib, pids))
 
         threading.Thread(target=sample, daemon=True).start()
         httpx.post(f"{admin}/resume").raise_for_status()
@@ -125,7 +166,8 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
                 raise RuntimeError(f"an SSE client process failed with {p.returncode}")
             reports.append(json.loads(out))
         done.set()
-        cpu_live = cpu_seconds(gateway) - cpu_connected
+        cpu_live = _sum(cpu_seconds, pids) - cpu_connected
+        live_seconds = time.time() - connected_at
         load_after = _load()
         received_nats = json.loads(nats_sub.communicate("stop\n", timeout=60)[0])
         histories = {j: _history(d.base_url, j) for j in job_ids}
@@ -133,6 +175,9 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
         for p in procs:
             if p.poll() is None:
                 p.kill()
+        for p in extra:
+            p.terminate()
+            p.wait(30)
         d.stop()
         llm.stop()
 
@@ -155,7 +200,7 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
                 if e["event"]["event_id"] in received_nats and times[e["seq"]] > connected_at]
     return {
         "parameters": {"clients": clients, "jobs": jobs, "personas_per_job": personas,
-                       "client_processes": processes, "gateway_processes": 1},
+                       "client_processes": processes, "gateway_processes": gateways},
         "clients": clients,
         "clients_complete": complete,
         "http_statuses": statuses,
@@ -171,7 +216,11 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
                             "peak": round(peak["rss"], 1)},
         "gateway_kib_per_client": round(1024 * (rss_connected - rss_before) / clients, 1),
         "gateway_kib_per_client_at_peak": round(1024 * (peak["rss"] - rss_before) / clients, 1),
-        "gateway_cpu_seconds": {"connecting": round(cpu_connected - cpu_before, 2), "live": round(cpu_live, 2)},
+        "gateway_cpu_seconds": {"connecting": round(cpu_connected - cpu_before, 2), "live": round(cpu_live, 2),
+                                "live_wall_seconds": round(live_seconds, 2)},
+        # clients each gateway process held (its sockets, less those it had before) and its RSS
+        "per_gateway_process": per_process,
+        "clients_per_gateway_cpu_core_while_live": round(clients / max(0.01, cpu_live / live_seconds)),
         "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in reports],
         "load_average": {"before": load_before, "after": load_after},
         "target": "every client gets every message; < 50 KiB of gateway memory per client; "

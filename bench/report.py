@@ -31,6 +31,17 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         rows.append(("SSE fan-out", f"{r['clients_complete']}/{r['clients']} clients complete",
                      f"p99 {r['sse_latency_ms']['p99']:.1f} ms vs NATS {r['nats_latency_ms']['p99']:.1f} ms; "
                      f"{r['gateway_kib_per_client']:.0f} KiB/client", "p99 within 50 ms"))
+    for name, label in (("sse_fanout_light_clients", "SSE fan-out, light clients"),
+                        ("sse_many_clients", "SSE, many clients"),
+                        ("sse_many_clients_two_gateways", "SSE, many clients, 2 gateways on one port")):
+        r = results.get(name)
+        if not r or "error" in r:
+            continue
+        rows.append((label, f"{r['clients_complete']}/{r['clients']} clients got exactly every message "
+                     f"({r['parameters']['gateway_processes']} gateway process(es))",
+                     f"{r['gateway_kib_per_client']:.1f} KiB/client; p99 {r['sse_latency_ms']['p99']:.1f} ms "
+                     f"vs NATS {r['nats_latency_ms']['p99']:.1f} ms",
+                     "all; < 50 KiB; p99 within 50 ms"))
     r = results.get("replay_rebuild")
     if r and "error" not in r:
         if "rebuild_over_parts" in r:

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 import traceback
 from pathlib import Path
 
-from bench import harness, recovery, scenarios
+from bench import harness, recovery, scenarios, sse_scale
 
 SCENARIOS = {
     "latency_bound": scenarios.latency_bound,
     "overhead_bound": scenarios.overhead_bound,
     "sse_fanout": scenarios.sse_fanout,
+    "sse_many_clients": sse_scale.sse_many_clients,
+    "sse_fanout_light_clients": sse_scale.sse_fanout_light_clients,
+    "sse_many_clients_two_gateways": sse_scale.sse_many_clients_two_gateways,
     "replay_rebuild": scenarios.replay_rebuild,
     "scaling": scenarios.scaling,
     "two_generators": scenarios.two_generators,
@@ -37,7 +42,7 @@ def main() -> int:
     failures = 0
     for name in names:
         print(f"== {name} ({'quick' if args.quick else 'full'})", flush=True)
-        started = time.time()
+        started, load_before = time.time(), os.getloadavg()
         try:
             result = SCENARIOS[name](args.quick)
         except Exception:  # noqa: BLE001 - report and go on to the next scenario
@@ -46,7 +51,10 @@ def main() -> int:
             print(result["error"], flush=True)
         result |= {"scenario": name, "quick": args.quick, "machine": harness.machine(),
                    "ran_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-                   "duration_seconds": round(time.time() - started, 1)}
+                   "duration_seconds": round(time.time() - started, 1),
+                   # the machine is shared: its load (1, 5, 15 min) before and after the scenario
+                   "uptime_load": {"before": load_before, "after": os.getloadavg()},
+                   "command": " ".join([".venv/bin/python -m bench.run", *sys.argv[1:]])}
         (args.out / f"{name}.json").write_text(json.dumps(result, indent=2))
     from bench.report import write_report
 

@@ -108,8 +108,23 @@ def gateway(
         console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     configure_logging("gateway", settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+                            access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    # Several gateways on one port, when one event loop is not enough: each binds with SO_REUSEPORT.
+    sockets = [_reuse_port_socket(settings.host, settings.port)] if settings.reuse_port else None
+    uvicorn.Server(config).run(sockets=sockets)
+
+
+def _reuse_port_socket(host: str, port: int):
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()

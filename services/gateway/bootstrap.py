@@ -19,6 +19,7 @@ from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
 from services.gateway.projection import ProjectionWaiter
 from services.gateway.quotas import TenantQuotas
+from services.gateway.sse import server_exiting
 from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.metrics import Metrics
@@ -70,7 +71,7 @@ async def bootstrap(
     quotas = await TenantQuotas.open(event_log, models, settings, clock)
     parked = ParkedEvents(event_log, metrics)
     await parked.ensure()
-    feeds = JobFeeds(event_log)
+    feeds = JobFeeds(event_log, ping_seconds=settings.sse_ping_seconds, exiting=server_exiting)
     await feeds.start()
     stack.push_async_callback(feeds.close)
     # no live SSE stream would move without the feed: take this gateway out of rotation

@@ -9,6 +9,11 @@ decode per event, not a thousand.
 No event is missed: a channel registers for live events *before* it loads the
 job's history, and merges the two by stream sequence.
 
+Keep-alive comes from one timer for the whole gateway, not one per client: each ping
+interval every channel's watchers are woken with nothing new, and their streams send a
+comment. The same timer ends every stream when the server is shutting down (the browser
+reconnects, with ``Last-Event-ID``, to a gateway that stays).
+
 No event stops the feed: one that cannot be decoded ends only its own job's
 streams (the browser reconnects with ``Last-Event-ID`` and reads that job from
 the log again, where the event is skipped), and a dispatch loop that dies anyway
@@ -18,14 +23,14 @@ is logged and started again from where it was.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
 import structlog
 
 from contracts import subjects
-from contracts.events import JobFinished, UnknownEvent
+from contracts.events import JobFinished, JobRequested, UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort
 from services.gateway.sse_messages import encode, render
@@ -43,8 +48,11 @@ class JobChannel:
     loaded: bool = False
     loading: asyncio.Task | None = None
     early: list[StoredEvent] = field(default_factory=list)  # live events that came while loading
-    changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    # Set (and replaced) whenever the channel changes. Not a Condition: its lock would wake N
+    # watchers one event-loop turn after another, so the last one would wait N turns.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
     watchers: int = 0
+    beats: int = 0  # keep-alive beats so far: a watcher woken by one with nothing new sends a comment
     broken: bool = False  # one of the job's live events could not be decoded: its streams end
 
     @property
@@ -63,20 +71,31 @@ class JobChannel:
             return
         if stored.seq > self.last_seq:
             self.append(stored)
-            async with self.changed:
-                self.changed.notify_all()
+            self._wake()
 
     async def break_off(self) -> None:
         self.broken = True
-        async with self.changed:
-            self.changed.notify_all()
+        self._wake()
+
+    def beat(self) -> None:
+        self.beats += 1
+        self._wake()
+
+    def _wake(self) -> None:
+        self.changed.set()  # every watcher waiting on it is runnable on the loop's next turn
+        self.changed = asyncio.Event()
 
 
 class JobFeeds:
-    def __init__(self, event_log: EventLogPort) -> None:
+    def __init__(self, event_log: EventLogPort, *, ping_seconds: float = 15.0,
+                 exiting: Callable[[], bool] = lambda: False) -> None:
+        """``exiting()``: whether the server is shutting down (then every stream ends)."""
         self.log = event_log
         self.channels: dict[str, JobChannel] = {}
+        self.ping_seconds = ping_seconds
+        self.exiting = exiting
         self._task: asyncio.Task | None = None
+        self._beating: asyncio.Task | None = None
         self._position = 0  # the last stream sequence dispatched: where a restarted loop resumes
 
     @property
@@ -88,10 +107,25 @@ class JobFeeds:
         # live event is missed whenever its subscription is made.
         self._position = await self.log.last_seq()
         self._task = asyncio.create_task(self._run(), name="job-feeds")
+        self._beating = asyncio.create_task(self._beat(), name="job-feeds-keepalive")
 
     async def close(self) -> None:
-        if self._task:
-            await cancel_and_wait(self._task)
+        for task in (self._task, self._beating):
+            if task:
+                await cancel_and_wait(task)
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_ping = loop.time() + self.ping_seconds
+        while True:
+            await asyncio.sleep(min(0.5, self.ping_seconds))
+            if self.exiting():
+                for channel in list(self.channels.values()):
+                    await self._end_streams(channel)
+            elif loop.time() >= next_ping:
+                next_ping = loop.time() + self.ping_seconds
+                for channel in list(self.channels.values()):
+                    channel.beat()
 
     async def _run(self) -> None:
         """Dispatch for as long as the gateway runs: a loop that dies is logged at error and
@@ -161,12 +195,22 @@ class JobFeeds:
         channel.early.clear()
         channel.loaded = True
 
+    def requested(self, job_id: str) -> StoredEvent | None:
+        """The job's request event, when this gateway already follows the job (no I/O): a
+        thousand clients of one job cost one lookup of where it starts and whose it is."""
+        channel = self.channels.get(job_id)
+        if channel is None or not channel.loaded or channel.broken or not channel.events:
+            return None
+        first = channel.events[0]
+        return first if isinstance(first.event, JobRequested) else None
+
     async def watch(
         self, job_id: str, start_seq: int
     ) -> AsyncIterator[list[tuple[StoredEvent, list[dict[str, str]], bytes]]]:
         """The job's events from its start, then live, until its end or the caller stops
-        (or one of its events cannot be read): each time, everything that has arrived since
-        the last (stored event, items, wire bytes)."""
+        (or one of its events cannot be read, or the server shuts down): each time, everything
+        that has arrived since the last (stored event, items, wire bytes); an empty list when
+        a keep-alive beat came and nothing else."""
         channel = self.channels.get(job_id)
         if channel is None:
             channel = self.channels[job_id] = JobChannel(job_id)
@@ -175,7 +219,7 @@ class JobFeeds:
         try:
             assert channel.loading is not None
             await asyncio.shield(channel.loading)  # shared: one watcher leaving does not cancel it
-            cursor = 0
+            cursor, beats = 0, channel.beats
             while True:
                 end = len(channel.events)
                 if cursor < end:
@@ -183,10 +227,13 @@ class JobFeeds:
                     cursor = end
                     if isinstance(channel.events[end - 1].event, JobFinished):
                         return
+                elif beats != channel.beats:
+                    yield []
+                beats = channel.beats
                 if channel.broken:
                     return
-                async with channel.changed:
-                    await channel.changed.wait_for(lambda seen=cursor: seen < len(channel.events) or channel.broken)
+                if cursor == len(channel.events) and beats == channel.beats and not channel.broken:
+                    await channel.changed.wait()
         finally:
             channel.watchers -= 1
             if channel.watchers == 0 and self.channels.get(job_id) is channel:

@@ -24,7 +24,9 @@ class ProjectionWaiter:
         self._seen = 0  # highest checkpoint observed: most waits end without a query
         self._wanted = 0
         self._waiting = 0
-        self._changed = asyncio.Condition()
+        # Set (and replaced) when the checkpoint moves. Not a Condition: its lock would wake
+        # the waiters one event-loop turn after another (a thousand SSE clients of one job).
+        self._changed = asyncio.Event()
         self._poller: asyncio.Task | None = None
 
     async def wait_for(self, seq: int) -> bool:
@@ -35,8 +37,9 @@ class ProjectionWaiter:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
         try:
-            async with self._changed:
-                await asyncio.wait_for(self._changed.wait_for(lambda: self._seen >= seq), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                while self._seen < seq:
+                    await self._changed.wait()
             return True
         except TimeoutError:
             log.warning("projection_lagging", seq=seq, checkpoint=self._seen)
@@ -54,8 +57,8 @@ class ProjectionWaiter:
                 checkpoint = self._seen
             if checkpoint > self._seen:
                 self._seen = checkpoint
-                async with self._changed:
-                    self._changed.notify_all()
+                self._changed.set()
+                self._changed = asyncio.Event()
                 delay = 0.002
                 continue
             await asyncio.sleep(delay)

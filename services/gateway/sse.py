@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 
-from sse_starlette import EventSourceResponse
+from sse_starlette.sse import AppStatus
+from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from contracts.events import JobFinished
@@ -14,6 +16,13 @@ from services.gateway.feeds import JobFeeds
 from services.gateway.sse_messages import Position, encode, unseen
 from services.runtime import tracing
 from services.runtime.metrics import Metrics
+
+PING = b": ping\n\n"  # a comment: keeps proxies from closing an idle stream; EventSource ignores it
+
+
+def server_exiting() -> bool:
+    """Whether uvicorn was told to stop (sse-starlette notes its exit signal): open streams end."""
+    return AppStatus.should_exit
 
 
 async def stream_job_events(
@@ -39,6 +48,9 @@ async def stream_job_events(
     stream_request = tracing.current_span()
     async with aclosing(feeds.watch(job_id, start_seq)) as batches:
         async for batch in batches:
+            if not batch:  # a keep-alive beat, nothing new
+                yield PING
+                continue
             chunk: list[bytes] = []
             sent = 0
             delivered = []
@@ -63,12 +75,21 @@ async def stream_job_events(
                 return
 
 
-class HeldEventStream(EventSourceResponse):
-    """An SSE response holding a slot of the gateway's stream capacity, given back however
-    the stream ends: its end, the client gone, an error, or a HEAD that never streams."""
+class HeldEventStream(StreamingResponse):
+    """A job's SSE response, holding a slot of the gateway's stream capacity that is given
+    back however the stream ends: its end, the client gone, or an error.
 
-    def __init__(self, *args, slot: Slot, metrics: Metrics | None = None, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    Light, because a gateway holds thousands: the stream is written from the request's own
+    task, and one more task per client waits for it to leave (a write to a closed connection
+    does not fail under uvicorn, so only ``receive`` says so). Keep-alive comes from the
+    feed's one timer (:mod:`.feeds`), not one per client."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncIterator[bytes], *, slot: Slot, metrics: Metrics | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(body, headers={"Cache-Control": "no-store", **(headers or {})},
+                         media_type=self.media_type)
         self.slot = slot
         self.metrics = metrics
 
@@ -76,8 +97,34 @@ class HeldEventStream(EventSourceResponse):
         if self.metrics is not None:
             self.metrics.sse_clients.inc()
         try:
-            await super().__call__(scope, receive, send)
+            await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+            await self._stream(receive, send)
         finally:
-            self.slot.release()
             if self.metrics is not None:
                 self.metrics.sse_clients.dec()
+            self.slot.release()
+
+    async def _stream(self, receive: Receive, send: Send) -> None:
+        writer = asyncio.current_task()
+        assert writer is not None
+        left = False
+
+        async def until_gone() -> None:
+            nonlocal left
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            left = True
+            writer.cancel()
+
+        listener = asyncio.create_task(until_gone())
+        try:
+            async with aclosing(self.body_iterator) as chunks:
+                async for chunk in chunks:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not left:
+                raise
+            writer.uncancel()  # the client left: its stream is over, nothing failed
+        finally:
+            listener.cancel()

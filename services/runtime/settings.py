@@ -101,6 +101,11 @@ class Settings(BaseSettings):
     # Gateway
     host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HOST"))
     port: int = Field(9000, validation_alias=_env("PROMPTGEN_PORT"))
+    reuse_port: bool = Field(
+        False, validation_alias=_env("PROMPTGEN_REUSE_PORT"),
+        description="Bind with SO_REUSEPORT: several gateway processes on one port (each its own feed), "
+                    "the kernel spreading connections between them.",
+    )
     max_personas_per_job: int = Field(500, ge=1, validation_alias=_env("PROMPTGEN_MAX_PERSONAS_PER_JOB"))
     max_body_bytes: int = Field(
         2 * 1024 * 1024, ge=1024, validation_alias=_env("PROMPTGEN_MAX_BODY_BYTES"),

@@ -7,7 +7,8 @@ or a connection dropped without an answer.
 
 Faults come from a script (``POST /admin/script``: a list consumed one per
 call, first) or from rates (``POST /admin/config``). ``GET /admin/stats`` counts
-calls, outcomes, and concurrency, with each call's start time.
+calls, outcomes, and concurrency, with each call's start time. ``POST /admin/pause`` holds
+every answer until ``POST /admin/resume`` (a benchmark connects its clients first).
 
     promptgen mock-llm --port 8100 --latency-ms 500 --error-rate 0.1
 """
@@ -69,6 +70,8 @@ class MockLLM:
         self.server: asyncio.base_events.Server | None = None
         self.port = 0
         self._hanging: set[asyncio.Task] = set()
+        self._open = asyncio.Event()  # cleared while paused
+        self._open.set()
 
     # --- control -------------------------------------------------------------------------
 
@@ -179,6 +182,9 @@ class MockLLM:
         if method == "POST" and path == "/admin/config":
             self.configure(MockLLMConfig.model_validate(json.loads(body)))
             return 200, self.config.model_dump(), {}
+        if method == "POST" and path in ("/admin/pause", "/admin/resume"):
+            self._open.clear() if path == "/admin/pause" else self._open.set()
+            return 200, {"paused": not self._open.is_set()}, {}
         if method == "POST" and path == "/admin/reset":
             self.reset()
             return 200, {"reset": True}, {}
@@ -217,6 +223,7 @@ class MockLLM:
                     await asyncio.sleep(3600)
                 finally:
                     self._hanging.discard(task)
+            await self._open.wait()
             await asyncio.sleep(latency / 1000)
             return self._answer(step, request)
         finally:

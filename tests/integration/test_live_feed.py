@@ -11,6 +11,7 @@ from contracts import subjects
 from contracts.events import JobCompleted, PersonaFailed
 from tests.samples import job_requested, results
 from tests.sse_client import read_sse
+from tests.waiting import eventually
 
 GARBAGE = b"\xff not json"
 
@@ -114,3 +115,78 @@ async def test_a_dispatch_loop_that_dies_is_logged_and_resumes_where_it_was(even
         assert any(e["event"] == "job_feed_died" and e["log_level"] == "error" for e in logs)
     finally:
         await feeds.close()
+
+
+async def test_an_idle_stream_gets_keep_alive_comments_and_a_client_that_leaves_frees_its_channel(
+        lone_gateway, event_log, settings):
+    """Keep-alive comes from the feed's one timer (sse_ping_seconds is 1 here), not a timer per
+    client; a client that closes its connection is noticed at once, though nothing is written."""
+    system, client = lone_gateway
+    await _requested(event_log, "idle")
+    feeds = system.server.config.app.state.gateway.feeds
+    async with client.stream("GET", _sse("idle")) as resp:
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/event-stream")
+        lines = resp.aiter_lines()
+        seen: list[str] = []
+        while ": ping" not in seen:  # the job's first message, then a comment while nothing happens
+            seen.append(await asyncio.wait_for(anext(lines), 20))
+        assert any(line.startswith("data:") for line in seen[: seen.index(": ping")])
+        assert feeds.channels["idle"].watchers == 1
+        await lines.aclose()
+
+    async def freed() -> bool:
+        return "idle" not in feeds.channels and system.server.config.app.state.gateway.capacity.sse_streams.in_use == 0
+
+    await eventually(freed, what="the channel and the stream slot given back")
+
+
+async def test_a_server_shutting_down_ends_every_stream(lone_gateway, event_log):
+    """uvicorn told to exit: open streams end (their browsers reconnect elsewhere with Last-Event-ID)."""
+    system, client = lone_gateway
+    await _requested(event_log, "long")
+    feeds = system.server.config.app.state.gateway.feeds
+    opened = asyncio.Event()
+    stream = asyncio.create_task(read_sse(client, _sse("long"), until=_opened(opened)))
+    await asyncio.wait_for(opened.wait(), 20)
+    feeds.exiting = lambda: True
+    ended = await asyncio.wait_for(stream, 20)
+    assert [m.data["type"] for m in ended.messages] == ["status_update"]  # ended, without results
+    assert "long" not in feeds.channels
+
+
+async def test_a_job_this_gateway_follows_is_still_refused_to_another_tenant(settings, event_log):
+    """Once a job has a channel here, its stream is opened without a lookup: whose it is comes
+    from the channel's request event, and another tenant still gets 404."""
+    import httpx
+    from pydantic import SecretStr
+
+    from services.adapters.api_keys import SCOPES, ApiKeys
+    from tests.conftest import InProcessSystem
+
+    settings.auth, settings.projection_wait_seconds = "required", 0
+    settings.stream_token_secret = SecretStr("s3cret-for-tests")
+    keys = await ApiKeys.open(event_log)
+    _, acme = await keys.create("acme", list(SCOPES))
+    _, globex = await keys.create("globex", list(SCOPES))
+    job = job_requested("owned", ("owned-p",))
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    await event_log.publish(job.model_copy(update={"tenant": "acme", "deadline": deadline}))
+    system = await InProcessSystem(settings).start(generator=False)
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+            feeds = system.server.config.app.state.gateway.feeds
+            opened = asyncio.Event()
+            first = asyncio.create_task(read_sse(client, _sse("owned"), headers={"Authorization": f"Bearer {acme}"},
+                                                 until=_opened(opened)))
+            await asyncio.wait_for(opened.wait(), 20)
+            assert feeds.requested("owned") is not None  # followed: the next request takes it from here
+            foreign = await client.get(_sse("owned"), headers={"Authorization": f"Bearer {globex}"})
+            assert foreign.status_code == 404 and foreign.json()["code"] == "job_not_found"
+            second = asyncio.create_task(read_sse(client, _sse("owned"), headers={"Authorization": f"Bearer {acme}"}))
+            await _fails(event_log, "owned")
+            for stream in await asyncio.wait_for(asyncio.gather(first, second), 30):
+                assert stream.status == 200
+                assert [m.data["type"] for m in stream.messages] == ["status_update", "persona_progress",
+                                                                     "status_update", "results"]
+    finally:
+        await system.close()

@@ -70,6 +70,20 @@ async def test_the_projection_waiter_waits_for_the_projector_and_gives_up_withou
     assert await memory_models.jobs.find_one({"_id": "j1"}) is not None
 
 
+async def test_every_one_of_many_waiters_is_released_once_the_projector_passes_its_event(memory_log,
+                                                                                      memory_models):
+    """A thousand SSE clients of one job wait at its end: each is released, none times out."""
+    first = await memory_log.publish(job_requested("j1", ("p1",)))
+    second = await memory_log.publish(job_requested("j2", ("p2",)))
+    waiter = ProjectionWaiter(memory_models, timeout=10)
+    waiting = [asyncio.create_task(waiter.wait_for(seq)) for seq in (first, second) * 500]
+    fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
+    async for batch in memory_log.read_batches(subjects.ALL):
+        await fold.apply(batch)
+    assert await asyncio.wait_for(asyncio.gather(*waiting), 20) == [True] * 1000
+    assert waiter._waiting == 0
+
+
 async def test_a_rebuild_while_the_projector_runs_gives_the_same_read_models(running, memory_models):
     gateway = running.client
     template_id = await create_template(gateway, SCENARIO)

@@ -128,7 +128,13 @@ async def prompt_generation_status(
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
     """Server-Sent Events: a job's whole history, then live progress, ending after ``results``."""
-    requested_seq = await _owned_seq(event_log, models, job_id, caller)
+    known = feeds.requested(job_id)
+    if known is not None and isinstance(known.event, JobRequested):  # followed here already: no lookup
+        if not caller.owns(known.event.tenant):
+            raise job_not_found(job_id)
+        requested_seq = known.seq
+    else:
+        requested_seq = await _owned_seq(event_log, models, job_id, caller)
     after = Position.parse(last_event_id_header or last_event_id)
     if after is not None:
         end_seq = await finished_seq(event_log, job_id)
@@ -140,7 +146,6 @@ async def prompt_generation_status(
                           retry_ms=settings.sse_retry_ms, metrics=metrics),
         slot=capacity.sse_streams.take(),
         metrics=metrics,  # the last thing before the response: it gives the slot back
-        ping=settings.sse_ping_seconds,
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
 

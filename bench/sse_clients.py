@@ -1,0 +1,122 @@
+"""Many SSE clients in one process, as light as a client can be: one socket each, raw HTTP/1.1.
+
+    python -m bench.sse_clients --base-url URL --job ID [--job ID ...] --clients-per-job N
+
+Each client reads its stream to the end and only notes when each read arrived; the
+messages are parsed after the stream ends, so that parsing does not slow the reads
+(and with them the latency measured). Prints ``connected <n>`` once every client has
+its response headers, then, when all streams have ended, one JSON object: per job, each
+client's message ids and the arrival time of each message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import resource
+import time
+from urllib.parse import urlsplit
+
+
+def raise_open_files_limit() -> int:
+    """As many open files as the hard limit allows: each client is a socket."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def dechunk(raw: bytes) -> tuple[bytes, list[tuple[int, int]]]:
+    """The body of a chunked HTTP response, and (body offset, raw offset) where each chunk starts."""
+    body, segments, pos = bytearray(), [], 0
+    while True:
+        eol = raw.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        size = int(raw[pos:eol].split(b";")[0] or b"0", 16)
+        if size == 0:
+            break
+        segments.append((len(body), eol + 2))
+        body += raw[eol + 2 : eol + 2 + size]
+        pos = eol + 2 + size + 2
+    return bytes(body), segments
+
+
+def messages(raw: bytes, reads: list[tuple[int, float]]) -> list[tuple[str, float]]:
+    """(id, arrival time) of each SSE message in ``raw`` (the bytes after the headers), given
+    ``reads``: (raw bytes received so far, time) after each read."""
+    body, segments = dechunk(raw)
+    ends = [n for n, _ in reads]
+    out: list[tuple[str, float]] = []
+    start = 0
+    while (end := body.find(b"\n\n", start)) >= 0:
+        block = body[start:end]
+        start = end + 2
+        ident = next((line[3:].strip().decode() for line in block.split(b"\n") if line.startswith(b"id:")), None)
+        if ident is None:
+            continue  # a comment (keep-alive) or the retry field
+        k = bisect.bisect_right(segments, (end + 1, float("inf"))) - 1
+        body_at, raw_at = segments[k]
+        raw_end = raw_at + (end + 1 - body_at)
+        out.append((ident, reads[bisect.bisect_left(ends, raw_end + 1)][1]))
+    return out
+
+
+async def client(host: str, port: int, path: str, connecting: asyncio.Semaphore, connected: asyncio.Event,
+                 counter: list[int], total: int) -> dict:
+    async with connecting:  # a connection storm the gateway's accept backlog can take
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    counter[0] += 1
+    if counter[0] == total:
+        connected.set()
+    raw, reads = bytearray(), []
+    if status == 200:
+        while chunk := await reader.read(65536):
+            raw += chunk
+            reads.append((len(raw), time.time()))
+            if raw.endswith(b"0\r\n\r\n"):  # the last chunk: the server ended the stream
+                break
+    writer.close()
+    return {"status": status, "raw": bytes(raw), "reads": reads}
+
+
+async def run(args: argparse.Namespace) -> dict:
+    url = urlsplit(args.base_url)
+    host, port = url.hostname or "127.0.0.1", url.port or 80
+    total = len(args.job) * args.clients_per_job
+    connected, counter = asyncio.Event(), [0]
+    connecting = asyncio.Semaphore(args.connect_concurrency)
+    tasks = {job_id: [asyncio.create_task(client(host, port, f"/scenario/v2/prompt-generation-status/{job_id}",
+                                                 connecting, connected, counter, total))
+                      for _ in range(args.clients_per_job)] for job_id in args.job}
+    await connected.wait()
+    print(f"connected {total} {time.time()}", flush=True)
+    out: dict = {"jobs": {}, "cpu_seconds": 0.0}
+    for job_id, ts in tasks.items():
+        streams = await asyncio.gather(*ts)
+        out["jobs"][job_id] = [{"status": s["status"], "messages": messages(s["raw"], s["reads"])} for s in streams]
+    out["cpu_seconds"] = time.process_time()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base-url", required=True)
+    parser.add_argument("--job", action="append", required=True)
+    parser.add_argument("--clients-per-job", type=int, default=1)
+    parser.add_argument("--connect-concurrency", type=int, default=200)
+    args = parser.parse_args()
+    raise_open_files_limit()
+    import uvloop
+
+    report = uvloop.run(run(args))
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -23,8 +23,7 @@ from services.runtime.lifecycle import Clock, announce_ready, utc_now
 from services.runtime.metrics import Metrics
 from services.runtime.ops_server import OpsServer
 from services.runtime.settings import Settings
-from services.runtime.tracing import start_tracing
-from services.runtime.wiring import event_log_for, provider_for
+from services.runtime.wiring import event_log_for, provider_for, tracing_for
 
 log = structlog.get_logger()
 
@@ -95,8 +94,7 @@ async def bootstrap(
     metrics: Metrics | None = None,
 ) -> Generator:
     stack = AsyncExitStack()
-    traces = start_tracing("generator")  # off unless the OTEL_* variables say otherwise
-    stack.push_async_callback(asyncio.to_thread, traces.shutdown)  # closed last: flushes every span
+    tracing_for("generator", stack)
     metrics = metrics or Metrics()
     provider = provider_for(settings, stack, provider)
     event_log = await event_log_for(settings, "promptgen-generator", stack, event_log)

@@ -23,8 +23,7 @@ from services.runtime.lifecycle import Clock, announce_ready, cancel_and_wait, u
 from services.runtime.metrics import Metrics
 from services.runtime.ops_server import OpsServer
 from services.runtime.settings import Settings
-from services.runtime.tracing import start_tracing
-from services.runtime.wiring import event_log_for, models_for
+from services.runtime.wiring import event_log_for, models_for, tracing_for
 
 log = structlog.get_logger()
 
@@ -83,8 +82,7 @@ async def bootstrap(
     metrics: Metrics | None = None,
 ) -> ProjectorService:
     stack = AsyncExitStack()
-    traces = start_tracing("projector")  # off unless the OTEL_* variables say otherwise
-    stack.push_async_callback(asyncio.to_thread, traces.shutdown)  # closed last: flushes every span
+    tracing_for("projector", stack)
     metrics = metrics or Metrics()
     models = models_for(settings, stack, models)
     event_log = await event_log_for(settings, "promptgen-projector", stack, event_log)

@@ -7,6 +7,7 @@ Each process's ``bootstrap`` (gateway, generator, projector) calls these with an
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 
 from services.adapters.event_log import EventLog
@@ -15,6 +16,7 @@ from services.adapters.llm.factory import build_provider
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import open_read_models
 from services.runtime.settings import Settings
+from services.runtime.tracing import start_tracing
 
 
 async def event_log_for(settings: Settings, name: str, stack: AsyncExitStack,
@@ -40,3 +42,10 @@ def provider_for(settings: Settings, stack: AsyncExitStack, given: Provider | No
     provider = build_provider(settings)
     stack.push_async_callback(provider.aclose)
     return provider
+
+
+def tracing_for(service: str, stack: AsyncExitStack) -> None:
+    """Tracing for ``service`` (off unless the OTEL_* variables say otherwise), shut down with
+    ``stack``: pushed first, so closed last, it flushes every span the process made."""
+    traces = start_tracing(service)
+    stack.push_async_callback(asyncio.to_thread, traces.shutdown)

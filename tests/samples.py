@@ -54,6 +54,15 @@ def job_requested(job_id: str = "j1", pids: tuple[str, ...] = ("p1", "p2")) -> J
                         deadline=T0 + timedelta(minutes=30), occurred_at=T0)
 
 
+def finished_job(job_id: str, pids: tuple[str, ...] = ("p1", "p2")) -> list:
+    """A job requested now (its deadline half an hour ahead) and every persona of it completed:
+    what a job manager ends as completed."""
+    request = job_requested(job_id, pids).model_copy(update={"deadline": datetime.now(UTC) + timedelta(minutes=30)})
+    return [request] + [PersonaCompleted(
+        job_id=job_id, persona_id=p, persona_name=p, mode="try_mode", generation_mode="try_mode",
+        prompt=f"You are {p}.", prompt_length=11, provider="offline", model="m") for p in pids]
+
+
 def every_event() -> list:
     p = persona()
     return [

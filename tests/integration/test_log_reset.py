@@ -11,17 +11,15 @@ projector applies nothing of the new log, says why (not ready, an error line), a
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from contracts.events import PersonaCompleted
 from services.adapters.event_log import EventLog
 from services.cli.rebuild import run_rebuild
 from services.projector.bootstrap import ProjectorService, bootstrap
 from services.projector.job_manager import JOB_MANAGER
 from services.runtime.lifecycle import cancel_and_wait
-from tests.samples import job_requested
+from tests.samples import finished_job
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(120)
@@ -30,13 +28,8 @@ pytestmark = pytest.mark.timeout(120)
 async def _publish_jobs(event_log: EventLog, *job_ids: str) -> None:
     """Each job requested and every persona completed: the job manager ends it."""
     for job_id in job_ids:
-        request = job_requested(job_id, ("p1", "p2")).model_copy(
-            update={"deadline": datetime.now(UTC) + timedelta(minutes=30)})
-        await event_log.publish(request)
-        for p in ("p1", "p2"):
-            await event_log.publish(PersonaCompleted(
-                job_id=job_id, persona_id=p, persona_name=p, mode="try_mode", generation_mode="try_mode",
-                prompt=f"You are {p}.", prompt_length=11, provider="offline", model="m"))
+        for event in finished_job(job_id):
+            await event_log.publish(event)
 
 
 async def _recreate_stream(event_log: EventLog) -> None:

@@ -7,26 +7,20 @@ replays what it had not stored, and deciding again publishes no second end.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
 
 from contracts import subjects
-from contracts.events import JobFinished, PersonaCompleted
+from contracts.events import JobFinished
 from services.adapters.event_log import EventLog
 from services.adapters.parked import ParkedEvents
 from services.projector.fold import Fold
 from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.runtime.lifecycle import cancel_and_wait
-from tests.samples import job_requested
+from tests.samples import finished_job
 
 
 async def _publish_a_finished_job(event_log: EventLog, job_id: str) -> None:
-    request = job_requested(job_id, ("p1", "p2")).model_copy(
-        update={"deadline": datetime.now(UTC) + timedelta(minutes=30)})
-    await event_log.publish(request)
-    for p in ("p1", "p2"):
-        await event_log.publish(PersonaCompleted(
-            job_id=job_id, persona_id=p, persona_name=p, mode="try_mode", generation_mode="try_mode",
-            prompt=f"You are {p}.", prompt_length=11, provider="offline", model="m"))
+    for event in finished_job(job_id):
+        await event_log.publish(event)
 
 
 def _job_manager(event_log, models) -> JobManager:

@@ -74,7 +74,7 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
 
 @app.command()
 def up(
-    port: int = typer.Option(9000, help="Gateway port (HTTP and SSE)."),
+    port: int = typer.Option(9000, envvar="PROMPTGEN_PORT", help="Gateway port (HTTP and SSE)."),
     data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
     nats_port: int = typer.Option(4222, help="Port of the embedded nats-server (unless NATS_URL is set)."),
     mongo_port: int = typer.Option(27017, help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),

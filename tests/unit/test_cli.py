@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from importlib.metadata import version
 
 from typer.testing import CliRunner
@@ -27,3 +28,16 @@ def test_a_gateway_bound_beyond_loopback_without_its_host_names_does_not_start(m
                                 env={"PROMPTGEN_PROVIDER": "offline"})
     assert result.exit_code == 2
     assert "bound to 10.255.255.1, but PROMPTGEN_ALLOWED_HOSTS is not set" in " ".join(result.output.split())
+
+
+def test_up_takes_the_gateway_port_from_promptgen_port_as_the_gateway_does(tmp_path):
+    # The port is held, so `up` refuses before starting anything, naming the port it was given.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        result = CliRunner().invoke(app, ["up", "--data-dir", str(tmp_path), "--nats-port", str(port)],
+                                    env={"PROMPTGEN_PORT": str(port), "NATS_URL": "nats://127.0.0.1:1",
+                                         "MONGO_URL": "mongodb://127.0.0.1:1"})
+    assert result.exit_code == 2
+    assert f"Port {port} (for the gateway) is already in use" in " ".join(result.output.split())

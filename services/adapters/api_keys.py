@@ -61,7 +61,7 @@ class ApiKeys:
 
     @classmethod
     async def open(cls, event_log: EventLogPort) -> ApiKeys:
-        return cls(await event_log.key_value(BUCKET, history=1, replicas=event_log.settings.stream_replicas))
+        return cls(await event_log.key_value(BUCKET, history=1, replicas=event_log.settings.replicas))
 
     async def create(self, tenant: str, scopes: list[str]) -> tuple[ApiKeyRecord, str]:
         """A new key: its record, and the key itself (shown once, stored nowhere)."""

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from types import MappingProxyType
 
@@ -363,21 +363,24 @@ class EventLog(DerivedReads):
             retention=api.RetentionPolicy.LIMITS,
             max_age=s.stream_max_age_days * 86400,
             duplicate_window=s.duplicate_window_seconds,
-            num_replicas=s.stream_replicas,
+            num_replicas=s.replicas,
             allow_direct=True,
         )
 
     async def ensure_stream(self, config: api.StreamConfig | None = None) -> None:
-        """Create or update the event log's stream (or the one ``config`` describes)."""
+        """Create or update the event log's stream (or the one ``config`` describes). With
+        ``PROMPTGEN_STREAM_REPLICAS`` unset, an existing stream keeps its number of replicas."""
         config = config or self.stream_config()
         async for attempt in self._retrying(30, "ensure_stream"):
             with attempt:
                 try:
-                    await self.js.stream_info(config.name)
+                    info = await self.js.stream_info(config.name)
                 except NotFoundError:
                     await self.js.add_stream(config)
                     log.info("stream_created", stream=config.name)
                 else:
+                    if self.settings.stream_replicas is None:
+                        config = replace(config, num_replicas=info.config.num_replicas)
                     await self.js.update_stream(config)
 
     def _retrying(self, seconds: float, what: str = "request") -> AsyncRetrying:

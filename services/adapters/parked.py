@@ -69,7 +69,7 @@ class ParkedEvents:
             retention=api.RetentionPolicy.LIMITS,
             max_msgs_per_subject=1,  # the newest record of each parked event
             max_age=s.stream_max_age_days * 86400,
-            num_replicas=s.stream_replicas,
+            num_replicas=s.replicas,
         ))
         self._ensured = True
 

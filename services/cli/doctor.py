@@ -65,22 +65,24 @@ async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
 
 
 async def _replicas(js, nc, settings: Settings) -> Finding:
-    wanted = settings.stream_replicas
+    wanted = settings.replicas
     try:
         stream = await js.stream_info(settings.stream)
     except NotFoundError:
         servers = len({u.netloc for u in nc.servers})
         ok = servers >= wanted
         return Finding("replicas", ok, f"stream {settings.stream} not created yet; {servers} server(s) known, "
-                       f"PROMPTGEN_STREAM_REPLICAS={wanted}",
+                       f"PROMPTGEN_STREAM_REPLICAS={settings.stream_replicas or 'unset (1)'}",
                        "" if ok else f"run a NATS cluster of at least {wanted} nodes, "
                                      "or lower PROMPTGEN_STREAM_REPLICAS")
     have = stream.config.num_replicas or 1
+    if settings.stream_replicas is None:  # unset: the stream keeps what it has
+        wanted = have
     cluster = stream.cluster
     peers = 1 + len(cluster.replicas or []) if cluster else 1
     ok = have == wanted and peers >= wanted
     return Finding("replicas", ok, f"stream {settings.stream}: {have} replica(s) configured, {peers} peer(s); "
-                   f"PROMPTGEN_STREAM_REPLICAS={wanted}",
+                   f"PROMPTGEN_STREAM_REPLICAS={settings.stream_replicas or 'unset (the stream keeps its own)'}",
                    "" if ok else "start a service with the intended PROMPTGEN_STREAM_REPLICAS (it updates the stream) "
                                  "on a cluster with that many nodes")
 

@@ -136,7 +136,7 @@ class TenantQuotas:
     @classmethod
     async def open(cls, event_log: EventLogPort, models: ReadModelsPort, settings: Settings,
                    clock: Clock) -> TenantQuotas:
-        kv = await event_log.key_value(BUCKET, history=1, replicas=settings.stream_replicas)
+        kv = await event_log.key_value(BUCKET, history=1, replicas=settings.replicas)
         return cls(kv, models, TenantLimits.from_settings(settings), clock)
 
     async def _within(self, caller: Caller, key: str, change: Callable[[dict], Awaitable[Refusal | None]],

@@ -70,7 +70,7 @@ async def keep_dead_letters(event_log: EventLogPort, consumer: str) -> None:
         storage=api.StorageType.FILE,
         retention=api.RetentionPolicy.WORK_QUEUE,  # an advisory leaves once turned into its event
         max_age=s.stream_max_age_days * 86400,
-        num_replicas=s.stream_replicas,
+        num_replicas=s.replicas,
     )
     await event_log.ensure_stream(config)
 

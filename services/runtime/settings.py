@@ -92,7 +92,16 @@ class Settings(BaseSettings):
     )
     nats_tls_key_file: str | None = Field(None, validation_alias=_env("NATS_TLS_KEY_FILE"))
     stream: str = Field("PROMPTGEN", validation_alias=_env("PROMPTGEN_STREAM"))
-    stream_replicas: int = Field(1, ge=1, le=5, validation_alias=_env("PROMPTGEN_STREAM_REPLICAS"))
+    stream_replicas: int | None = Field(
+        None, ge=1, le=5, validation_alias=_env("PROMPTGEN_STREAM_REPLICAS"),
+        description="Replicas of the streams and buckets. Unset: one when creating them, and an existing "
+                    "stream keeps its own (a process started without it never scales the log down).",
+    )
+
+    @property
+    def replicas(self) -> int:
+        """How many replicas a stream or bucket this process creates gets."""
+        return self.stream_replicas or 1
     stream_max_age_days: float = Field(30, gt=0, validation_alias=_env("PROMPTGEN_EVENT_RETENTION_DAYS"))
     duplicate_window_seconds: float = Field(
         300, ge=120, validation_alias=_env("PROMPTGEN_DUPLICATE_WINDOW_SECONDS")

@@ -72,11 +72,14 @@ async def _to_the_end(client: httpx.AsyncClient, path: str, seen: list[SseMessag
 async def test_a_job_completes_when_the_nats_node_leading_its_stream_is_killed(deployment, scenario_document):
     d, cluster = deployment
     projector, *_, url = d.start_all()
-    # replicas as the services have them: connecting ensures the stream, and would scale it down
+    # replicas as the services have them
     event_log = await EventLog.connect(Settings(nats_url=cluster.url, stream_replicas=3), "crash-cluster")
     try:
         info = await event_log.js.stream_info(event_log.stream)
         assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2
+        # a tool started without PROMPTGEN_STREAM_REPLICAS ensures the stream too, and leaves its replicas
+        await (await EventLog.connect(Settings(nats_url=cluster.url, stream_replicas=None), "crash-tool")).close()
+        assert (await event_log.js.stream_info(event_log.stream)).config.num_replicas == 3
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             template_id = await create_template(client, scenario_document)
             ids = []

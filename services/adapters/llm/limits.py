@@ -148,4 +148,4 @@ async def open_limiter(event_log: EventLogPort, settings: Settings, provider_nam
     if provider_name == "offline":
         return None
     return await SharedLimiter.open(event_log, rpm=settings.llm_rpm, tpm=settings.llm_tpm,
-                                    replicas=settings.stream_replicas)
+                                    replicas=settings.replicas)

@@ -12,9 +12,12 @@ import nats
 from nats.js.errors import NotFoundError
 from pymongo import AsyncMongoClient
 
-from services.adapters.event_log import NatsAccess
+from services.adapters.event_log import LogState, NatsAccess
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.factory import build_provider
+from services.adapters.read_models import ReadModels
+from services.projector.fold import PROJECTOR
+from services.projector.log_reset import FIX, reset_reason
 from services.runtime.redaction import redact
 from services.runtime.settings import Settings
 
@@ -36,12 +39,16 @@ async def _quiet(exc: Exception) -> None:
     """The client would print each failed attempt: the finding says it once."""
 
 
+async def _nats(settings: Settings):
+    return await asyncio.wait_for(nats.connect(
+        servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()], connect_timeout=2,
+        max_reconnect_attempts=0, allow_reconnect=False, error_cb=_quiet,
+        **NatsAccess.from_settings(settings).options()), timeout=5)
+
+
 async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
     try:
-        nc = await asyncio.wait_for(nats.connect(
-            servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()], connect_timeout=2,
-            max_reconnect_attempts=0, allow_reconnect=False, error_cb=_quiet,
-            **NatsAccess.from_settings(settings).options()), timeout=5)
+        nc = await _nats(settings)
     except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, with the fix
         why = "no answer within 5 s" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
         return [Finding("NATS", False, redact(f"{settings.nats_url}: {why}"),
@@ -136,7 +143,35 @@ async def check_disk(settings: Settings, data_dir: Path) -> list[Finding]:
                     "" if ok else "free space, or move the data (promptgen up --data-dir)")]
 
 
-CHECKS: list[Check] = [check_nats, check_mongo, check_llm, check_disk]
+async def check_positions(settings: Settings, data_dir: Path) -> list[Finding]:
+    """Whether the read models' checkpoint and the consumers' positions belong to the log as it
+    is now (:mod:`services.projector.log_reset`). Nothing to say when NATS, MongoDB or the
+    stream is not there: their own checks report it."""
+    try:
+        nc = await _nats(settings)
+    except (Exception, TimeoutError):  # noqa: BLE001 - check_nats reports it
+        return []
+    client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=3000)
+    try:
+        info = await nc.jetstream(timeout=3).stream_info(settings.stream)
+        state = LogState(log_id=f"{settings.stream}@{info.created.isoformat()}" if info.created else None,
+                         first_seq=info.state.first_seq, last_seq=info.state.last_seq)
+        models = ReadModels(client[settings.mongo_db])
+        marks = {PROJECTOR: await models.checkpoint_mark()} | await models.positions()
+    except Exception:  # noqa: BLE001 - no stream yet, or MongoDB away: reported by the other checks
+        return []
+    finally:
+        await client.close()
+        await nc.close()
+    reasons = {name: why for name, mark in marks.items() if (why := reset_reason(mark, state))}
+    if reasons:
+        return [Finding("event log", False, "; ".join(f"{name}: {why}" for name, why in reasons.items()), FIX)]
+    return [Finding("event log", True, f"{state.log_id}, last event {state.last_seq}; read models at "
+                    f"{marks[PROJECTOR].seq}, " + ", ".join(f"{n} at {m.seq}" for n, m in marks.items()
+                                                             if n != PROJECTOR))]
+
+
+CHECKS: list[Check] = [check_nats, check_mongo, check_positions, check_llm, check_disk]
 
 
 async def diagnose(settings: Settings, data_dir: Path) -> list[Finding]:

@@ -34,3 +34,14 @@ async def test_what_is_missing_is_named_with_its_fix(settings, tmp_path, mock_ll
 async def test_a_single_node_cannot_hold_three_replicas(settings, event_log, tmp_path):
     found = _by_check(await diagnose(settings.model_copy(update={"stream_replicas": 3}), tmp_path))
     assert not found["replicas"].ok and "PROMPTGEN_STREAM_REPLICAS" in found["replicas"].fix
+
+
+async def test_read_models_of_another_log_are_named_with_the_rebuild_that_fixes_them(settings, event_log, models,
+                                                                                       tmp_path):
+    state = await event_log.state()
+    found = _by_check(await diagnose(settings, tmp_path))
+    assert found["event log"].ok and state.log_id in found["event log"].detail
+    await models.save_checkpoint(0, "PROMPTGEN@2020-01-01T00:00:00+00:00")  # taken in a stream since recreated
+    found = _by_check(await diagnose(settings, tmp_path))
+    assert not found["event log"].ok and "projector" in found["event log"].detail
+    assert "promptgen rebuild" in found["event log"].fix

@@ -19,6 +19,7 @@ from services.gateway.body_limit import BodySizeLimit
 from services.gateway.bootstrap import bootstrap
 from services.gateway.cross_site import CrossSiteRefusal
 from services.gateway.errors import ApiError, install_error_handlers, responses
+from services.gateway.internal_errors import InternalErrors
 from services.gateway.openapi import install_openapi
 from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
 from services.gateway.security_headers import SecurityHeaders
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(CrossSiteRefusal)
     app.add_middleware(HostAllowList, patterns=host_patterns(settings) or [])  # none: the lifespan refuses to start
+    app.add_middleware(InternalErrors)  # an unhandled exception: a 500 body inside the headers and the log
     app.add_middleware(SecurityHeaders)
     app.add_middleware(AccessLog)  # outermost of ours: it sees every answer, a 413 included
     instrument(app, traces)

@@ -271,3 +271,25 @@ async def test_this_origin_and_clients_without_a_browser_still_work(gateway):
                                                          "Sec-Fetch-Site": "cross-site"})
     assert r.status_code == 200  # reads change nothing (and without CORS the other site cannot read them)
 
+
+
+async def test_an_unhandled_exception_is_a_500_error_body_with_the_headers_and_one_log_line():
+    settings = Settings(provider="offline")
+    app = create_app(settings, event_log=MemoryEventLog(settings), models=memory_read_models(),
+                     provider=ScriptedProvider(), clock=ManualClock())
+
+    @app.get("/scenario/fails")
+    async def fails() -> None:
+        raise RuntimeError("mongodb://user:hunter2@db/ said no")  # what a client must never read
+
+    async with LifespanManager(app) as running:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=running.app),
+                                     base_url="http://localhost") as client:
+            with capture_logs() as logs:
+                r = await client.get("/scenario/fails")
+    assert r.status_code == 500 and r.json()["code"] == "internal_error"
+    assert "hunter2" not in r.text
+    _has_security_headers(r)
+    failures = [e for e in logs if e["event"] == "unhandled_error"]
+    assert len(failures) == 1 and failures[0]["path"] == "/scenario/fails" and failures[0]["exc_info"]
+    assert any(e["event"] == "http_request" and e.get("status") == 500 for e in logs), logs

@@ -31,6 +31,14 @@ def _service(name: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", name]
 
 
+def own_service_name(role: str) -> dict[str, str]:
+    """``OTEL_SERVICE_NAME`` for one child: the name given to ``up``, with the child's role
+    after it (``shop-gateway``), so traces tell the services apart; nothing if none was given
+    (each then names itself ``promptgen-<role>``)."""
+    given = os.environ.get("OTEL_SERVICE_NAME", "").strip()
+    return {"OTEL_SERVICE_NAME": f"{given}-{role}"} if given else {}
+
+
 async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int) -> int:
     """``data_dir``: absolute, and it exists."""
     stop = stop_event()
@@ -58,17 +66,17 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             mongo_url = embedded.mongo_url(mongo_port)
         env.update(NATS_URL=nats_url, MONGO_URL=mongo_url)
         projector = Child("projector", _service("projector"),
-                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env))
+                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env, **own_service_name("projector")))
         await sup.start(projector)
         workers = []
         for i in range(generators):
             # several generators cannot share one port: each takes a free one, announced when ready
             own = {"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1 else {}
             workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
-                                 child_env(drop=GATEWAY_SECRETS, **env, **own)))
+                                 child_env(drop=GATEWAY_SECRETS, **env, **own, **own_service_name("generator"))))
             await sup.start(workers[-1])
         gateway_url = f"http://127.0.0.1:{port}"
-        await sup.start(Child("gateway", _service("gateway"), child_env(**env),
+        await sup.start(Child("gateway", _service("gateway"), child_env(**env, **own_service_name("gateway")),
                               ready_check=http_ready(f"{gateway_url}/healthz")))
         console.print(
             f"\n[bold green]promptgen is up[/bold green]\n"

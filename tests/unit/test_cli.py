@@ -41,3 +41,13 @@ def test_up_takes_the_gateway_port_from_promptgen_port_as_the_gateway_does(tmp_p
                                          "MONGO_URL": "mongodb://127.0.0.1:1"})
     assert result.exit_code == 2
     assert f"Port {port} (for the gateway) is already in use" in " ".join(result.output.split())
+
+
+def test_up_gives_each_child_its_own_service_name_for_traces(monkeypatch):
+    from services.cli.up import own_service_name
+
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "shop")
+    assert [own_service_name(r) for r in ("gateway", "projector")] == [
+        {"OTEL_SERVICE_NAME": "shop-gateway"}, {"OTEL_SERVICE_NAME": "shop-projector"}]
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "")
+    assert own_service_name("gateway") == {}  # each names itself promptgen-<role>

@@ -400,3 +400,26 @@ def test_helm_values_ask_for_three_nats_servers_with_jetstream_on_pvcs_and_a_mon
     mongo = yaml.safe_load((DEPLOY / "kubernetes" / "mongodb-values.yaml").read_text())
     assert mongo["architecture"] == "replicaset" and mongo["replicaCount"] == 3
     assert mongo["persistence"]["enabled"] and mongo["pdb"]["create"]
+
+
+def test_each_kubernetes_pod_mounts_only_the_secret_files_it_reads():
+    """A pod holds a secret's keys only where one of its `*_FILE` variables names the file:
+    the generator, which uses no MongoDB, never holds its URL (and password)."""
+    docs = _manifests()
+    shared = next(d["data"] for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "promptgen")
+    deployments = [d for d in docs if d["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} >= {"promptgen-gateway", "promptgen-generator",
+                                                            "promptgen-projector"}
+    for deployment in deployments:
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        env = shared | {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        mounted_at = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        held = set()
+        for volume in pod["volumes"]:
+            if "secret" in volume:
+                items = volume["secret"].get("items")
+                assert items, f"{deployment['metadata']['name']} mounts every key of {volume['secret']['secretName']}"
+                held |= {f"{mounted_at[volume['name']]}/{item['path']}" for item in items}
+        read = {value for name, value in env.items() if name.endswith("_FILE") and value}
+        assert held == read, deployment["metadata"]["name"]

@@ -40,13 +40,12 @@ def test_an_inline_script_in_the_page_is_refused_and_the_violation_is_seen(brows
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc"])
-def test_the_api_docs_pages_break_no_rule_of_their_policy(browser, live_system, path):
-    """Their inline scripts are allowed by hash. Swagger UI and ReDoc come from their CDN: where the
-    machine reaches it, the page must render too; where it does not, only the policy is checked."""
+def test_the_api_docs_pages_render_and_break_no_rule_of_their_policy(browser, live_system, path):
+    """Their inline scripts are allowed by hash; Swagger UI and ReDoc come from the gateway itself,
+    so the page renders the API's title with no internet."""
     browser.get(live_system.base_url + path)
-    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return document.readyState") == "complete")
-    loaded = browser.execute_script("return typeof SwaggerUIBundle !== 'undefined' || typeof Redoc !== 'undefined'")
-    if loaded:
-        WebDriverWait(browser, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".swagger-ui .info, .api-info"))
+    titled = ".swagger-ui .info, .api-info"
+    WebDriverWait(browser, 30).until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, titled)
+                                                if e.text.startswith("promptgen")])
     assert csp_violations(browser) == []
-    assert _csp_console_lines(browser) == []  # this also drains the console: a CDN out of reach is not our error
+    assert _csp_console_lines(browser) == []

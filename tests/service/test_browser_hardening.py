@@ -104,8 +104,14 @@ async def test_the_api_docs_have_their_own_policy_allowing_exactly_their_inline_
     assert {s for s in policy["script-src"] if s.startswith("'sha256-")} == hashes
     assert "'unsafe-inline'" not in policy["script-src"] and "'unsafe-eval'" not in policy["script-src"]
     assert policy["frame-ancestors"] == ["'none'"] and policy["connect-src"] == ["'self'"]
-    for src in re.findall(rb'<script src="([^"]+)"', r.content):
-        assert any(src.decode().startswith(allowed) for allowed in policy["script-src"] if "://" in allowed)
+    assert not [src for name, values in policy.items() if name != "img-src" for src in values if "://" in src]
+    assert [src for src in policy["img-src"] if "://" in src] == ["https://cdn.redoc.ly"]  # ReDoc's logo
+    for src in re.findall(rb'<(?:script src|link [^>]*href)="([^"]+)"', r.content):
+        assert src.startswith(b"/docs/assets/"), src  # Swagger UI and ReDoc come from this gateway
+        asset = await gateway.get(src.decode())
+        assert asset.status_code == 200 and len(asset.content) > 1000, src
+    _has_security_headers(await gateway.get("/docs/assets/../../etc/passwd"))
+    assert (await gateway.get("/docs/assets/core.py")).status_code == 404  # the package's files: these only
 
 
 # --- the Host allow-list ----------------------------------------------------------------------

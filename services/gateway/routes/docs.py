@@ -1,9 +1,12 @@
 """Documents: the event log's AsyncAPI description, and the API's Swagger UI and ReDoc pages.
 
-The two pages are FastAPI's own, with a Content-Security-Policy of their own: they load
-Swagger UI and ReDoc from their CDN and start them with an inline script, which the web UI's
-policy would stop. Their policy allows those hosts and exactly the inline scripts each page
-holds (by hash, computed from the page as sent), nothing else inline; no other site may frame them.
+The two pages are FastAPI's own, served with Swagger UI's and ReDoc's code from this gateway
+(the files fastapi-offline packages, under ``/docs/assets/``): they work with no internet, and
+their Content-Security-Policy names no other host for code, styles, fonts or connections (ReDoc
+shows its logo from cdn.redoc.ly; without internet the logo is missing, nothing else). They start
+with an inline script, which the web UI's policy would stop: theirs allows exactly the inline
+scripts each page holds (by hash, computed from the page as sent), nothing else inline; no other
+site may frame them.
 """
 
 from __future__ import annotations
@@ -13,18 +16,23 @@ import hashlib
 import re
 from functools import cache
 from importlib.metadata import version
+from importlib.resources import files
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from contracts import asyncapi
+from services.gateway.errors import not_found
 
 router = APIRouter(tags=["operations"])
 
-CDN = "https://cdn.jsdelivr.net"
 _INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
+# Swagger UI's and ReDoc's code, as fastapi-offline packages it: these names and no others.
+_ASSETS = files("fastapi_offline") / "static"
+ASSETS = {name: _ASSETS / name for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js",
+                                            "favicon.png")}
 
 
 @cache
@@ -40,15 +48,15 @@ async def asyncapi_document() -> dict[str, Any]:
 
 
 def docs_policy(page: bytes) -> str:
-    """The policy for a docs page: its CDN, its own inline scripts by hash, this origin's API."""
+    """The policy for a docs page: this origin, and the page's own inline scripts by hash."""
     hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(script).digest()).decode()}'"
                       for script in _INLINE_SCRIPT.findall(page))
     return "; ".join([
         "default-src 'self'",
-        f"script-src 'self' {CDN} {hashes}".rstrip(),
-        f"style-src 'self' {CDN} https://fonts.googleapis.com 'unsafe-inline'",  # both style their elements inline
-        "font-src 'self' https://fonts.gstatic.com",
-        "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly",
+        f"script-src 'self' {hashes}".rstrip(),
+        "style-src 'self' 'unsafe-inline'",  # both style their elements inline
+        "font-src 'self'",
+        "img-src 'self' data: https://cdn.redoc.ly",  # ReDoc's own logo in its footer, its one outside file
         "worker-src 'self' blob:",  # ReDoc searches in a worker
         "connect-src 'self'",  # /openapi.json
         "object-src 'none'",
@@ -67,11 +75,26 @@ def _openapi_url(request: Request) -> str:
     return request.scope.get("root_path", "").rstrip("/") + (request.app.openapi_url or "/openapi.json")
 
 
+def _asset(request: Request, name: str) -> str:
+    return f"{request.scope.get('root_path', '').rstrip('/')}/docs/assets/{name}"
+
+
+@router.get("/docs/assets/{name}", include_in_schema=False)
+async def docs_asset(name: str) -> FileResponse:
+    if name not in ASSETS:
+        raise not_found("docs_asset", name[:64])
+    # named by the installed package's version: a day in a cache is plenty
+    return FileResponse(str(ASSETS[name]), headers={"cache-control": "public, max-age=86400"})
+
+
 @router.get("/docs", include_in_schema=False)
 async def swagger_ui(request: Request) -> HTMLResponse:
     root = request.scope.get("root_path", "").rstrip("/")
     page = get_swagger_ui_html(openapi_url=_openapi_url(request), title=f"{request.app.title} - Swagger UI",
-                               oauth2_redirect_url=f"{root}/docs/oauth2-redirect")
+                               oauth2_redirect_url=f"{root}/docs/oauth2-redirect",
+                               swagger_js_url=_asset(request, "swagger-ui-bundle.js"),
+                               swagger_css_url=_asset(request, "swagger-ui.css"),
+                               swagger_favicon_url=_asset(request, "favicon.png"))
     return _with_policy(page)
 
 
@@ -82,4 +105,6 @@ async def swagger_ui_redirect() -> HTMLResponse:
 
 @router.get("/redoc", include_in_schema=False)
 async def redoc(request: Request) -> HTMLResponse:
-    return _with_policy(get_redoc_html(openapi_url=_openapi_url(request), title=f"{request.app.title} - ReDoc"))
+    return _with_policy(get_redoc_html(openapi_url=_openapi_url(request), title=f"{request.app.title} - ReDoc",
+                                       redoc_js_url=_asset(request, "redoc.standalone.js"),
+                                       redoc_favicon_url=_asset(request, "favicon.png"), with_google_fonts=False))

@@ -27,7 +27,7 @@ DOCUMENT = "# Renewal\nA rep renews a contract.\n\n## Roles\n- Sales rep: the le
 
 # Open to anyone: operations and documentation. Everything else needs a key.
 PUBLIC = {"/healthz", "/livez", "/readyz", "/metrics", "/asyncapi.json", "/docs", "/docs/oauth2-redirect",
-          "/redoc", "/openapi.json", "/"}
+          "/redoc", "/openapi.json", "/", "/docs/assets/{name}"}
 
 # (method, path) -> the scope it needs
 SCOPE = {

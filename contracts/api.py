@@ -273,6 +273,15 @@ class ErrorBody(BaseModel):
     errors: list[FieldError] | None = Field(None, description="Every invalid field (422 only)")
 
 
+class Identity(BaseModel):
+    """Who the API key sent is (``GET /auth/whoami``)."""
+
+    auth: bool = Field(description="Whether this gateway asks for keys; false: every request is the default tenant's")
+    tenant: str
+    key_id: str | None = Field(None, description="The key's id (never the key); null with auth off")
+    scopes: list[str] = Field(description="What the key may do: jobs:read, jobs:write, scenarios:write, admin")
+
+
 # --- operations: parked events ---------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from services.gateway.cross_site import CrossSiteRefusal
 from services.gateway.errors import ApiError, install_error_handlers, responses
 from services.gateway.internal_errors import InternalErrors
 from services.gateway.openapi import install_openapi
-from services.gateway.routes import admin, docs, interactions, jobs, scenario, v1
+from services.gateway.routes import admin, docs, identity, interactions, jobs, scenario, v1
 from services.gateway.security_headers import SecurityHeaders
 from services.runtime.lifecycle import announce_ready
 from services.runtime.metrics import CONTENT_TYPE
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.include_router(v1.router)
     app.include_router(interactions.router)
     app.include_router(admin.router)
+    app.include_router(identity.router)
     app.include_router(docs.router)
 
     @app.get("/livez", tags=["operations"],

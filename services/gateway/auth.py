@@ -65,7 +65,8 @@ class Guard:
     keys: ApiKeys
     tokens: StreamTokens
 
-    async def caller(self, credentials: HTTPAuthorizationCredentials | None, scope: str) -> Caller:
+    async def caller(self, credentials: HTTPAuthorizationCredentials | None, scope: str | None) -> Caller:
+        """The key's holder, if the key is valid and (unless ``scope`` is None) holds ``scope``."""
         if credentials is None:
             if not self.enforced:
                 return OPEN
@@ -73,7 +74,7 @@ class Guard:
         record = await self.keys.verify(credentials.credentials)
         if record is None:
             raise unauthenticated("The API key is unknown or revoked")
-        if scope not in record.scopes:
+        if scope is not None and scope not in record.scopes:
             raise ApiError(403, "missing_scope", f"This API key lacks the scope '{scope}'", field=scope)
         return Caller(tenant=record.tenant, key_id=record.id, scopes=frozenset(record.scopes))
 
@@ -145,6 +146,13 @@ def require(scope: str) -> Any:
 
     authorize.__name__ = f"require_{scope.replace(':', '_')}"
     return Depends(authorize)
+
+
+async def any_key(request: Request,
+                  credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
+    """A dependency: the caller, with any valid key whatever its scopes (401 without one)."""
+    guard: Guard = request.app.state.gateway.guard
+    return await guard.caller(credentials, None)
 
 
 async def stream_reader(

@@ -33,6 +33,7 @@ def _signed_out(driver) -> None:
     _wait(driver).until(EC.visibility_of_element_located((By.ID, "api-key")))
     assert driver.find_element(By.CSS_SELECTOR, "main h1").text == "Sign in"
     assert not driver.find_element(By.ID, "sign-out").is_displayed()
+    assert not driver.find_element(By.ID, "signed-in-as").is_displayed()
     assert driver.execute_script("return sessionStorage.getItem(arguments[0])", KEY_ITEM) is None
 
 
@@ -59,6 +60,7 @@ def test_sign_in_then_the_seed_flow_end_to_end(network_browser, auth_system):
     _signed_out(browser)  # the page asks for a key before anything else
     job_id = _new_job(browser, auth_system.base_url, 3, ["learn_mode", "try_mode", "assess_mode"], key=key)
     assert browser.find_element(By.ID, "sign-out").is_displayed()
+    assert browser.find_element(By.ID, "signed-in-as").text.startswith("web · jobs:read, jobs:write")
 
     # live progress over the job's stream, opened with its stream token
     _wait(browser).until(lambda d: any(e.text.startswith("Generating prompt for ")
@@ -126,6 +128,7 @@ def test_a_wrong_key_is_refused_and_a_key_without_a_scope_says_which(browser, au
 
     _sign_in(browser, auth_system.keys["reader"])  # a real key, with jobs:read only
     _wait(browser).until(EC.element_to_be_clickable((By.ID, "scenario"))).send_keys(DOCUMENT)
+    assert browser.find_element(By.ID, "signed-in-as").text == "web · jobs:read"  # who, and what it may do
     browser.find_element(By.ID, "analyze").click()
     alert = _wait(browser).until(EC.visibility_of_element_located((By.CSS_SELECTOR, "form [role=alert]")))
     assert alert.text == "This API key lacks the scope 'scenarios:write'"  # the 403's detail

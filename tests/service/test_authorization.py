@@ -50,6 +50,9 @@ SCOPE = {
     ("POST", "/admin/parked/reapply"): "admin",
 }
 
+# Any valid key, whatever its scopes
+ANY_KEY = {("GET", "/auth/whoami")}
+
 
 class World:
     """A secured system with tenant ``acme``'s template, personas, finished job and interaction."""
@@ -125,12 +128,13 @@ def _requests(w: World) -> list[tuple[str, str, str, dict[str, Any] | None]]:
         for method in set(route.methods) - {"HEAD", "OPTIONS"}:
             if route.path in PUBLIC:
                 continue
-            assert (method, route.path) in SCOPE, f"{method} {route.path} is neither public nor given a scope here"
+            assert (method, route.path) in SCOPE.keys() | ANY_KEY, \
+                f"{method} {route.path} is neither public nor given a scope here"
             url = route.path.format(**w.ids)
             if route.path == "/scenario/personas":
                 url += f"?template_id={template}"
             out.append((method, route.path, url, bodies.get(route.path) if method == "POST" else None))
-    assert {(m, p) for m, p, _, _ in out} == set(SCOPE)
+    assert {(m, p) for m, p, _, _ in out} == SCOPE.keys() | ANY_KEY
     return out
 
 
@@ -219,3 +223,21 @@ async def test_job_status_gives_a_fresh_stream_token_for_its_job(world: World) -
     assert endpoint.startswith(f"/scenario/v2/prompt-generation-status/{job_id}?token=")
     again = await read_sse(client, endpoint)  # no header: the new token alone
     assert again.status == 200 and again.messages[-1].data["type"] == "results"
+
+
+async def test_whoami_names_the_keys_tenant_and_scopes_for_any_valid_key(world: World) -> None:
+    client = world.system.client
+    assert client is not None
+    reader = await client.get("/auth/whoami", headers={"Authorization": f"Bearer {world.keys['acme_reader']}"})
+    assert reader.status_code == 200, reader.text
+    body = reader.json()
+    assert body["auth"] is True and body["tenant"] == "acme" and body["scopes"] == ["jobs:read"]
+    assert body["key_id"] and body["key_id"] not in world.keys["acme_reader"][:4]  # an id, never the key
+    assert world.keys["acme_reader"] not in reader.text
+    other = await client.get("/auth/whoami", headers={"Authorization": f"Bearer {world.keys['other']}"})
+    assert other.json()["tenant"] == "globex" and other.json()["scopes"] == list(SCOPES)
+
+
+async def test_whoami_with_auth_off_is_the_default_tenant_with_every_scope(gateway) -> None:
+    body = (await gateway.get("/auth/whoami")).json()
+    assert body == {"auth": False, "tenant": "default", "key_id": None, "scopes": list(SCOPES)}

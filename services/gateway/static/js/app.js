@@ -10,6 +10,8 @@ const storedKey = () => { try { return sessionStorage.getItem(KEY); } catch { re
 const client = createClient({ getToken: async () => storedKey(), onUnauthenticated: (err) => askForKey(err) });
 const main = document.getElementById("main");
 const signOutButton = document.getElementById("sign-out");
+const signedInAs = document.getElementById("signed-in-as");
+let identity = null;  // { tenant, scopes } of the key signed in with; null: none (or auth off)
 const MODES = [["learn_mode", "Learn"], ["try_mode", "Try"], ["assess_mode", "Assess"]];
 const PERSONA_TYPES = ["assess_mode_character", "try_mode_character"];
 const EXAMPLE = `# Delivering difficult news
@@ -608,8 +610,17 @@ function askForKey(err) {
   route();
 }
 
+// The tenant and scopes of the key in use, beside "Sign out" (nothing with auth off).
+function showIdentity(who) {
+  identity = who && who.auth ? who : null;
+  signedInAs.hidden = !identity;
+  signedInAs.textContent = identity ? `${identity.tenant} · ${identity.scopes.join(", ")}` : "";
+  signedInAs.title = identity ? `Tenant ${identity.tenant}, key ${identity.key_id}` : "";
+}
+
 function renderSignIn() {
   signOutButton.hidden = true;
+  showIdentity(null);
   const input = h("input", { id: "api-key", type: "password", required: true, autocomplete: "off",
                              spellcheck: "false", "aria-describedby": "api-key-help" });
   const error = h("div", { id: "sign-in-error" }, signInNotice ? errorBox(new Error(signInNotice)) : null);
@@ -619,15 +630,13 @@ function renderSignIn() {
     error.replaceChildren();
     busy(submit, async () => {
       const key = input.value.trim();
+      let who;
       try {
-        await createClient({ apiKey: key }).listJobs(1);
+        who = await createClient({ apiKey: key }).whoami();
       } catch (err) {
-        // 403: a real key without jobs:read; each page says what it lacks when it needs it
-        if (err.status !== 403) {
-          error.replaceChildren(errorBox(err));
-          input.focus();
-          return;
-        }
+        error.replaceChildren(errorBox(err));
+        input.focus();
+        return;
       }
       try {
         sessionStorage.setItem(KEY, key);
@@ -636,8 +645,9 @@ function renderSignIn() {
         return;
       }
       signInNotice = undefined;
+      showIdentity(who);
       route();
-      toast("Signed in");
+      toast(`Signed in to ${who.tenant}`);
     });
   } },
     h("label", { for: "api-key" }, "API key"),
@@ -690,10 +700,11 @@ function route() {
   window.scrollTo(0, 0);
 }
 
-// Whether this gateway wants a key (a 401 shows the sign-in form) before drawing the first page.
+// Whether this gateway wants a key (a 401 shows the sign-in form), and whose the stored one is,
+// before drawing the first page.
 async function start() {
   try {
-    await client.listJobs(1);
+    showIdentity(await client.whoami());
   } catch { /* 401: askForKey has shown the sign-in form; other errors: each page shows its own */ }
   if (signInNotice === undefined) route();
 }

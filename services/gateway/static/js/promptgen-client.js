@@ -164,6 +164,8 @@ export function createClient({ baseUrl = "", apiKey = null, getToken = null, onU
            { template_id: templateId, persona_ids: personaIds, mode_mapping: modeMapping }),
     jobStatus: (jobId) => call("GET", `/scenario/v2/job-status/${id(jobId)}`),
     listJobs: (limit = 20) => call("GET", `/scenario/v2/jobs?limit=${Number(limit)}`),
+    // Who the key is: { auth, tenant, key_id, scopes }; 401 for a key the server refuses.
+    whoami: () => call("GET", "/auth/whoami"),
     // One page of a job's event history, oldest first: { job_id, events, next_after }. Pass
     // next_after as `after` for the next page; it is null when there is no more (yet).
     jobEvents: (jobId, { after = 0, limit = 100 } = {}) =>

@@ -3,7 +3,7 @@
 A key is ``pgk_<id>_<secret>``: the id finds the record without a scan, and only the
 SHA-256 of the whole key is stored. The secret is 256 random bits, so a plain hash is
 enough (a slow password hash protects low-entropy secrets, which these are not). A
-revoked key keeps its record, so ``keys list`` still shows who had access and when.
+revoked or expired key keeps its record, so ``keys list`` still shows who had access and when.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import hmac
 import json
 import re
 import secrets
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from nats.js.errors import KeyNotFoundError, NoKeysError
 from pydantic import BaseModel
@@ -34,10 +34,31 @@ class ApiKeyRecord(BaseModel):
     key_hash: str  # hex SHA-256 of the whole key
     created_at: datetime
     revoked_at: datetime | None = None
+    expires_at: datetime | None = None  # None: until revoked
+
+    def refusal(self, now: datetime) -> str | None:
+        """Why this key no longer works at ``now`` (revoked, expired), or None."""
+        if self.revoked_at is not None:
+            return f"The API key was revoked at {self.revoked_at:%Y-%m-%d %H:%M:%S} UTC"
+        if self.expires_at is not None and now >= self.expires_at:
+            return f"The API key expired at {self.expires_at:%Y-%m-%d %H:%M:%S} UTC"
+        return None
 
     @property
     def active(self) -> bool:
-        return self.revoked_at is None
+        return self.refusal(datetime.now(UTC)) is None
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90d``, ``12h`` or ``30m``; anything else is a ValueError that says what is accepted."""
+    match = _DURATION.match(text)
+    if not match or int(match[1]) == 0:
+        raise ValueError(f"expires in {text!r}: give a positive number of days, hours or minutes (90d, 12h, 30m)")
+    return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
 def parse_scopes(text: str) -> list[str]:
@@ -63,14 +84,17 @@ class ApiKeys:
     async def open(cls, event_log: EventLogPort) -> ApiKeys:
         return cls(await event_log.key_value(BUCKET, history=1, replicas=event_log.settings.replicas))
 
-    async def create(self, tenant: str, scopes: list[str]) -> tuple[ApiKeyRecord, str]:
-        """A new key: its record, and the key itself (shown once, stored nowhere)."""
+    async def create(self, tenant: str, scopes: list[str], *,
+                     expires_in: timedelta | None = None) -> tuple[ApiKeyRecord, str]:
+        """A new key: its record, and the key itself (shown once, stored nowhere); it stops
+        working ``expires_in`` from now, if given."""
         if not TENANT_PATTERN.match(tenant):
             raise ValueError(f"a tenant is 1 to 64 letters, digits, '-' or '_' (got {tenant!r})")
         key_id = secrets.token_hex(8)
         key = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        record = ApiKeyRecord(id=key_id, tenant=tenant, scopes=scopes, key_hash=_digest(key),
-                              created_at=datetime.now(UTC))
+        now = datetime.now(UTC)
+        record = ApiKeyRecord(id=key_id, tenant=tenant, scopes=scopes, key_hash=_digest(key), created_at=now,
+                              expires_at=now + expires_in if expires_in else None)
         await self.kv.create(key_id, record.model_dump_json().encode())
         return record, key
 
@@ -105,8 +129,8 @@ class ApiKeys:
         await self.kv.update(key_id, revoked.model_dump_json().encode(), last=revision)
         return revoked
 
-    async def verify(self, key: str) -> ApiKeyRecord | None:
-        """The active record of a presented key, or None (unknown, malformed or revoked)."""
+    async def find(self, key: str) -> ApiKeyRecord | None:
+        """The record of a presented key, active or not, or None (unknown or malformed)."""
         prefix, _, rest = key.partition("_")
         key_id, _, secret = rest.partition("_")
         if prefix != PREFIX or not _KEY_ID.match(key_id) or not secret:
@@ -114,4 +138,11 @@ class ApiKeys:
         record = await self.get(key_id)
         if record is None or not hmac.compare_digest(record.key_hash, _digest(key)):
             return None
-        return record if record.active else None
+        return record
+
+    async def verify(self, key: str, now: datetime | None = None) -> ApiKeyRecord | None:
+        """The active record of a presented key, or None (unknown, malformed, revoked or expired)."""
+        record = await self.find(key)
+        if record is None or record.refusal(now or datetime.now(UTC)) is not None:
+            return None
+        return record

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime, timedelta
 
 from rich.console import Console
 from rich.table import Table
@@ -20,18 +21,20 @@ async def _with_keys(settings: Settings, event_log: EventLogPort | None):
 
 
 async def create_key(
-    settings: Settings, tenant: str, scopes: list[str], *, event_log: EventLogPort | None = None
+    settings: Settings, tenant: str, scopes: list[str], *, expires_in: timedelta | None = None,
+    event_log: EventLogPort | None = None,
 ) -> int:
     log = await _with_keys(settings, event_log)
     try:
-        record, key = await (await ApiKeys.open(log)).create(tenant, scopes)
+        record, key = await (await ApiKeys.open(log)).create(tenant, scopes, expires_in=expires_in)
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         return 2
     finally:
         if event_log is None:
             await log.close()
-    err.print(f"key {record.id} for tenant {record.tenant}, scopes {', '.join(record.scopes)}. It is shown "
+    until = f", until {record.expires_at:%Y-%m-%d %H:%M:%S} UTC" if record.expires_at else ""
+    err.print(f"key {record.id} for tenant {record.tenant}, scopes {', '.join(record.scopes)}{until}. It is shown "
               "this once; store it now. A gateway running with auth off turns it on at its next start.")
     sys.stdout.write(key + "\n")  # alone on the last line: `KEY=$(promptgen keys create … | tail -1)`
     return 0
@@ -45,13 +48,18 @@ async def list_keys(settings: Settings, *, event_log: EventLogPort | None = None
         if event_log is None:
             await log.close()
     table = Table(title=f"{len(records)} API key(s)")
-    for col in ("id", "tenant", "scopes", "created", "revoked"):
+    table.add_column("id", no_wrap=True)  # copied into `keys revoke`: one piece
+    for col in ("tenant", "scopes", "created", "expires", "revoked"):
         table.add_column(col, overflow="fold")
     for r in records:
-        revoked = r.revoked_at.strftime("%Y-%m-%d %H:%M:%S") if r.revoked_at else ""
-        table.add_row(r.id, r.tenant, ",".join(r.scopes), r.created_at.strftime("%Y-%m-%d %H:%M:%S"), revoked)
+        table.add_row(r.id, r.tenant, ",".join(r.scopes), _when(r.created_at), _when(r.expires_at),
+                      _when(r.revoked_at))
     Console().print(table)
     return 0
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
 
 
 async def revoke_key(settings: Settings, key_id: str, *, event_log: EventLogPort | None = None) -> int:

@@ -288,18 +288,20 @@ def _quiet() -> None:
 def keys_create(
     tenant: str = typer.Option(..., help="The tenant the key acts for (letters, digits, '-', '_')."),
     scopes: str = typer.Option(..., help="Comma-separated: jobs:read, jobs:write, scenarios:write, admin; or 'all'."),
+    expires_in: str = typer.Option(None, help="Stop working after this long: 90d, 12h, 30m (default: until revoked)."),
 ) -> None:
     """A new key, printed once (alone on the last line); only its hash is stored."""
-    from services.adapters.api_keys import parse_scopes
+    from services.adapters.api_keys import parse_duration, parse_scopes
     from services.cli.keys import create_key
 
     try:
         wanted = parse_scopes(scopes)
+        lifetime = parse_duration(expires_in) if expires_in is not None else None
     except ValueError as exc:
         console.print(f"[red]promptgen: {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
     _quiet()
-    raise typer.Exit(asyncio.run(create_key(_settings(), tenant, wanted)))
+    raise typer.Exit(asyncio.run(create_key(_settings(), tenant, wanted, expires_in=lifetime)))
 
 
 @keys_app.command("list")

@@ -21,7 +21,7 @@ from services.adapters.api_keys import SCOPES, ApiKeys
 from services.adapters.ports import EventLogPort
 from services.gateway.errors import ApiError
 from services.gateway.stream_tokens import StreamTokens
-from services.runtime.lifecycle import Clock
+from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.settings import Settings
 
 COSTLY_SCOPES = frozenset({"jobs:write", "scenarios:write"})  # what counts as a request that costs
@@ -64,6 +64,7 @@ class Guard:
     enforced: bool
     keys: ApiKeys
     tokens: StreamTokens
+    clock: Clock = utc_now
 
     async def caller(self, credentials: HTTPAuthorizationCredentials | None, scope: str | None) -> Caller:
         """The key's holder, if the key is valid and (unless ``scope`` is None) holds ``scope``."""
@@ -71,9 +72,11 @@ class Guard:
             if not self.enforced:
                 return OPEN
             raise unauthenticated("No API key: send 'Authorization: Bearer <key>'")
-        record = await self.keys.verify(credentials.credentials)
+        record = await self.keys.find(credentials.credentials)
         if record is None:
             raise unauthenticated("The API key is unknown or revoked")
+        if refusal := record.refusal(self.clock()):  # told only to who holds the key itself
+            raise unauthenticated(refusal)
         if scope is not None and scope not in record.scopes:
             raise ApiError(403, "missing_scope", f"This API key lacks the scope '{scope}'", field=scope)
         return Caller(tenant=record.tenant, key_id=record.id, scopes=frozenset(record.scopes))
@@ -125,7 +128,7 @@ async def open_guard(settings: Settings, event_log: EventLogPort, clock: Clock) 
                     reason="no API keys and bound to loopback: every request is served, as the default tenant")
     else:
         log.info("auth_on", host=settings.host)
-    return Guard(enforced=enforced, keys=keys, tokens=tokens)
+    return Guard(enforced=enforced, keys=keys, tokens=tokens, clock=clock)
 
 
 bearer = HTTPBearer(auto_error=False, description="An API key: `promptgen keys create`")

@@ -56,3 +56,40 @@ async def test_open_only_on_loopback_without_keys(service_settings, memory_log) 
     await (await ApiKeys.open(memory_log)).create("acme", ["admin"])
     with pytest.raises(AuthNotConfigured, match="PROMPTGEN_STREAM_TOKEN_SECRET"):
         await open_guard(service_settings, memory_log, ManualClock())  # keys exist: auth is on, and needs it
+
+
+async def test_a_key_stops_working_when_it_expires_and_says_so(service_settings, memory_log, capsys) -> None:
+    from datetime import UTC, datetime
+
+    from fastapi.security import HTTPAuthorizationCredentials
+    from pydantic import SecretStr
+
+    from services.adapters.api_keys import parse_duration
+    from services.gateway.errors import ApiError
+
+    assert await create_key(service_settings, "acme", ["jobs:read"], expires_in=parse_duration("1h"),
+                            event_log=memory_log) == 0
+    out = capsys.readouterr()
+    key = out.out.strip().splitlines()[-1]
+    assert "until " in out.err
+    clock = ManualClock(datetime.now(UTC))
+    settings = service_settings.model_copy(update={"stream_token_secret": SecretStr("s")})
+    guard = await open_guard(settings, memory_log, clock)
+    bearer = HTTPAuthorizationCredentials(scheme="Bearer", credentials=key)
+    assert (await guard.caller(bearer, "jobs:read")).tenant == "acme"
+    clock.advance(3601)
+    with pytest.raises(ApiError) as refused:
+        await guard.caller(bearer, "jobs:read")
+    assert refused.value.status == 401 and refused.value.body.detail.startswith("The API key expired at ")
+    assert await (await ApiKeys.open(memory_log)).verify(key, clock()) is None
+    assert await list_keys(service_settings, event_log=memory_log) == 0
+    assert "expires" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("text", ["90", "0d", "-1d", "1w", "d", ""])
+def test_a_lifetime_is_days_hours_or_minutes(text) -> None:
+    from services.adapters.api_keys import parse_duration
+
+    with pytest.raises(ValueError, match="90d, 12h, 30m"):
+        parse_duration(text)
+    assert parse_duration("90d").days == 90 and parse_duration("12h").total_seconds() == 43200

@@ -74,3 +74,30 @@ async def revoke_key(settings: Settings, key_id: str, *, event_log: EventLogPort
         return 1
     err.print(f"key {record.id} (tenant {record.tenant}) revoked; every gateway refuses it from the next request")
     return 0
+
+
+async def tenant_limits(settings: Settings, tenant: str, changes: dict[str, int | None], *,
+                        event_log: EventLogPort | None = None) -> int:
+    """Set (or, with no changes, show) a tenant's own limits; prints what the tenant then has."""
+    from services.gateway.quotas import BUCKET, LIMITS, OVERRIDES_SECONDS, TenantLimits, set_tenant_limits
+
+    log = await _with_keys(settings, event_log)
+    try:
+        kv = await log.key_value(BUCKET, history=1, replicas=settings.replicas)
+        own = await set_tenant_limits(kv, tenant, changes)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/red]")
+        return 2
+    finally:
+        if event_log is None:
+            await log.close()
+    defaults = TenantLimits.from_settings(settings)
+    table = Table(title=f"tenant {tenant}: limits at every gateway within {OVERRIDES_SECONDS:g} s")
+    for col in ("limit", "value", "from"):
+        table.add_column(col)
+    for name in LIMITS:
+        value = own.get(name, getattr(defaults, name))
+        table.add_row(name, "no limit" if value == 0 else str(value),
+                      "this tenant" if name in own else "the gateways' settings (as this shell has them)")
+    Console().print(table)
+    return 0

@@ -304,6 +304,26 @@ def keys_create(
     raise typer.Exit(asyncio.run(create_key(_settings(), tenant, wanted, expires_in=lifetime)))
 
 
+@keys_app.command("limits")
+def keys_limits(
+    tenant: str = typer.Argument(..., help="The tenant, as its keys name it."),
+    requests_per_minute: int = typer.Option(None, min=0, help="Writing requests per minute (0: no limit)."),
+    jobs_in_flight: int = typer.Option(None, min=0, help="Jobs running at once (0: no limit)."),
+    personas_per_day: int = typer.Option(None, min=0, help="Personas in the jobs started per UTC day (0: no limit)."),
+    reset: bool = typer.Option(False, "--reset", help="Back to the gateways' settings for every limit."),
+) -> None:
+    """A tenant's own limits, instead of the settings' (PROMPTGEN_TENANT_*): shown, or set."""
+    from services.cli.keys import tenant_limits
+    from services.gateway.quotas import LIMITS
+
+    given = {"requests_per_minute": requests_per_minute, "jobs_in_flight": jobs_in_flight,
+             "personas_per_day": personas_per_day}
+    changes: dict[str, int | None] = {name: None for name in LIMITS} if reset else {}
+    changes |= {name: value for name, value in given.items() if value is not None}
+    _quiet()
+    raise typer.Exit(asyncio.run(tenant_limits(_settings(), tenant, changes)))
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """Every key: id, tenant, scopes, when created and revoked (never the key)."""

@@ -14,6 +14,9 @@ as the LLM's shared limits are), so two gateways racing for the last slot never 
   job manager expires it then), so no message has to come back to free a slot; a job whose
   request could not be published gives its slot and personas back at once.
 
+* ``limits.<tenant>``: the tenant's own limits where they differ from the settings'
+  (``promptgen keys limits TENANT``), read again at most every few seconds.
+
 With auth off (loopback, no keys) there is no tenant to share fairly: nothing is limited.
 A limit of 0 is no limit.
 """
@@ -21,15 +24,17 @@ A limit of 0 is no limit.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 
 import structlog
 
 from contracts.events import JobRequested
-from services.adapters.compare_and_set import change_entry
+from services.adapters.api_keys import TENANT_PATTERN
+from services.adapters.compare_and_set import change_entry, read_entry
 from services.adapters.ports import EventLogPort, KeyValue, ReadModelsPort
 from services.gateway.auth import Caller
 from services.gateway.errors import ApiError
@@ -37,6 +42,8 @@ from services.runtime.lifecycle import Clock
 from services.runtime.settings import Settings
 
 BUCKET = "promptgen_tenant_quotas"
+LIMITS = ("requests_per_minute", "jobs_in_flight", "personas_per_day")
+OVERRIDES_SECONDS = 5.0  # how long a gateway uses a tenant's limits before reading them again
 JOBS_RETRY_AFTER = 5  # seconds: a job in flight may end at any moment, and the read model shows it soon after
 log = structlog.get_logger()
 
@@ -51,6 +58,14 @@ class TenantLimits:
     def from_settings(cls, settings: Settings) -> TenantLimits:
         return cls(settings.tenant_requests_per_minute, settings.tenant_jobs_in_flight,
                    settings.tenant_personas_per_day)
+
+
+def with_overrides(limits: TenantLimits, overrides: dict) -> TenantLimits:
+    """``limits`` with a tenant's own values. Tolerant: an unknown name or a value that is not a
+    count (a newer or broken writer's) is ignored."""
+    valid = {name: value for name, value in overrides.items()
+             if name in LIMITS and type(value) is int and value >= 0}
+    return replace(limits, **valid)
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,23 @@ def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: d
 class TenantQuotas:
     def __init__(self, kv: KeyValue, models: ReadModelsPort, limits: TenantLimits, clock: Clock) -> None:
         self.kv, self.models, self.limits, self.clock = kv, models, limits, clock
+        self._tenant_limits: dict[str, tuple[float, TenantLimits]] = {}  # tenant -> (read again after, limits)
+
+    async def limits_for(self, tenant: str) -> TenantLimits:
+        """The settings' limits with the tenant's own (``limits.<tenant>``), read at most every
+        ``OVERRIDES_SECONDS``: a change reaches every gateway within that."""
+        now = time.monotonic()
+        cached = self._tenant_limits.get(tenant)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            overrides, _ = await read_entry(self.kv, f"limits.{tenant}")
+        except ValueError as exc:  # not JSON: the settings' limits, and say so
+            log.warning("tenant_limits_unreadable", tenant=tenant, error=str(exc)[:200])
+            overrides = {}
+        limits = with_overrides(self.limits, overrides if isinstance(overrides, dict) else {})
+        self._tenant_limits[tenant] = (now + OVERRIDES_SECONDS, limits)
+        return limits
 
     @classmethod
     async def open(cls, event_log: EventLogPort, models: ReadModelsPort, settings: Settings,
@@ -158,12 +190,14 @@ class TenantQuotas:
 
     async def take_request(self, caller: Caller) -> None:
         """Count one writing request of the caller's tenant, or refuse it (429)."""
-        if caller.key_id is None or not self.limits.requests_per_minute:
+        if caller.key_id is None:
+            return
+        per_minute = (await self.limits_for(caller.tenant)).requests_per_minute
+        if not per_minute:
             return
 
         async def take(state: dict) -> Refusal | None:
-            tat, refusal = take_request(state.get("tat", 0.0), self.clock().timestamp(),
-                                        self.limits.requests_per_minute)
+            tat, refusal = take_request(state.get("tat", 0.0), self.clock().timestamp(), per_minute)
             state["tat"] = tat
             return refusal
 
@@ -178,22 +212,23 @@ class TenantQuotas:
     async def job(self, caller: Caller, job: JobRequested) -> AsyncIterator[None]:
         """A slot for ``job`` and its personas while its request is published, or 429. If the
         block fails (nothing was published) the slot and the personas are given back."""
-        if caller.key_id is None or not (self.limits.jobs_in_flight or self.limits.personas_per_day):
+        limits = await self.limits_for(caller.tenant) if caller.key_id is not None else TenantLimits()
+        if not (limits.jobs_in_flight or limits.personas_per_day):
             yield
             return
-        if self.limits.personas_per_day and len(job.personas) > self.limits.personas_per_day:
+        if limits.personas_per_day and len(job.personas) > limits.personas_per_day:
             raise ApiError(422, "personas_per_day_exceeded",
                            f"This job has {len(job.personas)} personas; this tenant may generate prompts for "
-                           f"{self.limits.personas_per_day} per day", field="persona_ids")
+                           f"{limits.personas_per_day} per day", field="persona_ids")
         key = f"jobs.{caller.tenant}"
 
         async def admit(state: dict) -> Refusal | None:
             now = self.clock()
             jobs = TenantJobs.read(state).as_of(now)
-            if self.limits.jobs_in_flight and len(jobs.jobs) >= self.limits.jobs_in_flight:
+            if limits.jobs_in_flight and len(jobs.jobs) >= limits.jobs_in_flight:
                 for ended in await self._ended(list(jobs.jobs)):
                     del jobs.jobs[ended]
-            refusal = admit_job(jobs, job, self.limits, now)
+            refusal = admit_job(jobs, job, limits, now)
             state.clear()
             state.update(asdict(jobs))
             return refusal
@@ -214,3 +249,25 @@ class TenantQuotas:
             state.update(asdict(jobs))
 
         await change_entry(self.kv, key, release)
+
+
+async def set_tenant_limits(kv: KeyValue, tenant: str, changes: dict[str, int | None]) -> dict[str, int]:
+    """Give ``tenant`` its own limits (a value per name in ``LIMITS``; None: back to the settings');
+    returns the tenant's own limits after the change."""
+    if not TENANT_PATTERN.match(tenant):
+        raise ValueError(f"a tenant is 1 to 64 letters, digits, '-' or '_' (got {tenant!r})")
+    unknown = set(changes) - set(LIMITS)
+    if unknown:
+        raise ValueError(f"unknown limits {sorted(unknown)}: choose from {', '.join(LIMITS)}")
+    if any(v is not None and v < 0 for v in changes.values()):
+        raise ValueError("a limit is a count: 0 (no limit) or more")
+
+    async def change(state: dict) -> dict[str, int]:
+        for name, value in changes.items():
+            if value is None:
+                state.pop(name, None)
+            else:
+                state[name] = value
+        return {name: state[name] for name in LIMITS if name in state}
+
+    return await change_entry(kv, f"limits.{tenant}", change)

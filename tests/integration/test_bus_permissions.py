@@ -23,7 +23,10 @@ from pydantic import SecretStr
 from services.adapters.api_keys import ApiKeys
 from services.adapters.event_log import EventLog, NatsAccess, NatsRefused, connect_nats
 from services.adapters.read_models import mongo_client
+from services.cli.keys import tenant_limits
 from services.cli.rebuild import run_rebuild
+from services.gateway.quotas import TenantQuotas
+from services.runtime.lifecycle import utc_now
 from services.runtime.settings import Settings
 from tests.conftest import InProcessSystem
 from tests.flows import create_personas, create_template, cycle_modes, start_job
@@ -126,6 +129,8 @@ async def test_each_service_does_its_work_under_its_own_user(as_user, admin_log,
     # the admin makes the first API key; the gateway then reads the keys' bucket to enforce them
     keys = await ApiKeys.open(admin_log)
     _, key = await keys.create("acme", ["jobs:read", "jobs:write", "scenarios:write", "admin"])
+    # and gives the tenant limits of its own, which the gateway reads
+    assert await tenant_limits(as_user("admin"), "acme", {"jobs_in_flight": 2}, event_log=admin_log) == 0
     system = InProcessSystem(as_user("gateway", stream_token_secret=secret, **llm), per_service={
         "gateway": as_user("gateway", stream_token_secret=secret, **llm),
         "generator": as_user("generator", **llm),
@@ -148,6 +153,8 @@ async def test_each_service_does_its_work_under_its_own_user(as_user, admin_log,
             assert sum(e["type"] == "persona.completed" for e in history.json()["events"]) == 3
             parked = await client.get("/admin/parked")
             assert parked.status_code == 200 and parked.json() == {"parked": []}
+            gateway = system.server.config.app.state.gateway  # type: ignore[union-attr]
+            assert (await gateway.quotas.limits_for("acme")).jobs_in_flight == 2  # read under its user
 
         # the admin asks the running projector to rebuild: progress comes back to the admin's inbox
         assert await run_rebuild(as_user("admin")) == 0
@@ -204,6 +211,10 @@ async def test_each_service_is_refused_outside_its_subjects(as_user, admin_log):
         # API keys are written by the admin alone; the gateway only reads them
         await ApiKeys.open(admin_log)
         await _refused_publish(gateway, admin_log, "$KV.promptgen_api_keys.k1", stream="KV_promptgen_api_keys")
+        # a tenant's own limits too: the gateway counts, it does not raise its own limits
+        await TenantQuotas.open(admin_log, None, as_user("admin"), utc_now)  # type: ignore[arg-type]
+        await _refused_publish(gateway, admin_log, "$KV.promptgen_tenant_quotas.limits.acme",
+                               stream="KV_promptgen_tenant_quotas")
 
         # no other service pulls the generator's work items, nor deletes its consumer
         await admin_log.work_queue("generator-workers", "promptgen.job.*.persona.*.requested",

@@ -208,3 +208,38 @@ async def test_without_a_jobs_limit_the_shared_entry_does_not_grow_with_every_jo
     stored = json.loads((await quotas.kv.get("jobs.acme")).value)
     assert stored["jobs"] == {} and stored["personas"] == 10
     await log.close()
+
+
+async def test_a_tenant_given_its_own_limits_is_held_to_them_and_others_to_the_settings(limited, capsys) -> None:
+    from services.cli.keys import tenant_limits
+
+    system, c = await limited(tenant_requests_per_minute=100, tenant_jobs_in_flight=0)
+    settings = system.settings
+    assert await tenant_limits(settings, "acme", {"requests_per_minute": 2, "jobs_in_flight": 5},
+                               event_log=system.event_log) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("this tenant") == 2 and "the gateways' settings" in shown  # personas_per_day: not given
+    for _ in range(2):
+        assert (await c["acme"].post("/avatar-interactions", json={"mode": "learn_mode"})).status_code == 201
+    r = await c["acme"].post("/avatar-interactions", json={"mode": "learn_mode"})
+    assert await assert_refused(system, r, "requests_per_minute") == 30  # one slot each 60 / 2 s
+    for _ in range(3):  # another tenant has the settings' 100
+        assert (await c["globex"].post("/avatar-interactions", json={"mode": "learn_mode"})).status_code == 201
+
+    # a bad value or name is refused, and what was set stays
+    assert await tenant_limits(settings, "acme", {"jobs_in_flight": -1}, event_log=system.event_log) == 2
+    assert await tenant_limits(settings, "acme", {"per_hour": 1}, event_log=system.event_log) == 2  # type: ignore[dict-item]
+    assert await tenant_limits(settings, "a.b", {}, event_log=system.event_log) == 2
+    capsys.readouterr()
+    assert await tenant_limits(settings, "acme", {"requests_per_minute": None}, event_log=system.event_log) == 0
+    shown = capsys.readouterr().out
+    assert shown.count("this tenant") == 1  # jobs_in_flight only: requests per minute is the settings' again
+
+
+def test_a_tenants_limits_are_read_tolerantly() -> None:
+    from services.gateway.quotas import with_overrides
+
+    base = TenantLimits(120, 10, 10000)
+    assert with_overrides(base, {"jobs_in_flight": 50, "personas_per_day": 0}) == TenantLimits(120, 50, 0)
+    assert with_overrides(base, {"jobs_in_flight": "50", "requests_per_minute": -1, "per_hour": 3,
+                                 "personas_per_day": True}) == base

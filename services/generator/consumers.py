@@ -252,7 +252,10 @@ class WorkerPool:
                 tracing.fail(span, exc)
                 if delivered >= self.settings.max_deliveries:
                     log.error("work_item_exhausted", error=str(exc), deliveries=delivered)
-                    err = LLMError("internal_error", f"generation failed after {delivered} deliveries: {exc}")
+                    # The client reads this: the error's kind only; its text (a URL, a path) stays in the log.
+                    err = LLMError("internal_error", f"generation failed after {delivered} deliveries with an "
+                                                     f"internal error ({type(exc).__name__}); the generator's log "
+                                                     "has it (work_item_exhausted)")
                     with contextlib.suppress(Exception):
                         await self.log.publish(failed(item, err, delivered))
                         self.metrics.persona_finished("failed", err.code)

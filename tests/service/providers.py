@@ -11,8 +11,8 @@ from services.adapters.llm.offline import OfflineProvider
 
 class ScriptedProvider:
     """Writes prompts as the offline provider does, except that it refuses the personas in
-    ``refuse`` (a permanent failure), holds every prompt while :meth:`hold` is in force, and
-    counts the prompts it was asked for."""
+    ``refuse`` (a permanent failure), raises an unexpected error for those in ``crash``, holds
+    every prompt while :meth:`hold` is in force, and counts the prompts it was asked for."""
 
     name = "offline"  # as far as the caps go: nothing to limit
 
@@ -20,6 +20,7 @@ class ScriptedProvider:
         self._offline = OfflineProvider()
         self.model = self._offline.model
         self.refuse: set[str] = set()
+        self.crash: set[str] = set()  # personas whose prompt raises what no provider should (a bug)
         self.prompt_calls = 0
         self._open = asyncio.Event()
         self._open.set()
@@ -43,6 +44,8 @@ class ScriptedProvider:
         await self._open.wait()
         if brief.persona is not None and brief.persona.id in self.refuse:
             raise LLMError("llm_rejected", f"the model refused to write {brief.persona.name}'s prompt")
+        if brief.persona is not None and brief.persona.id in self.crash:
+            raise RuntimeError("connect to mongodb://admin:hunter2@10.0.0.7 failed")
         return await self._offline.write_system_prompt(brief)
 
     async def check(self) -> None:

@@ -69,3 +69,23 @@ async def test_an_item_that_kills_every_worker_becomes_a_visible_failure(
         return await memory_log.last(subjects.job_persona("j2", "p1", "failed"))
     found = (await eventually(failed, timeout=10, what="the persona's failure")).event
     assert found.error_code == "delivery_exhausted" and found.attempts == 2
+
+
+async def test_an_item_that_fails_with_an_internal_error_on_every_delivery_fails_without_its_text(
+    start_system, service_settings, memory_log, provider, clock,
+):
+    service_settings.max_deliveries = 1
+    provider.crash.add("p1")
+    request = job_requested("j3", ("p1",)).model_copy(update={"deadline": clock() + timedelta(minutes=30)})
+    await memory_log.publish(request)
+    with capture_logs() as logs:
+        await start_system()
+
+        async def failed():
+            return await memory_log.last(subjects.job_persona("j3", "p1", "failed"))
+        found = (await eventually(failed, timeout=10, what="the persona's failure")).event
+    assert found.error_code == "internal_error" and found.attempts == 1
+    assert "hunter2" not in found.error and "mongodb://" not in found.error  # the client reads this
+    assert "RuntimeError" in found.error
+    (exhausted,) = [e for e in logs if e["event"] == "work_item_exhausted"]
+    assert "failed" in exhausted["error"]  # the operator's log has what happened

@@ -53,11 +53,17 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([dhm])\s*$")
 _UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 
 
+MAX_LIFETIME = timedelta(days=3650)
+
+
 def parse_duration(text: str) -> timedelta:
-    """``90d``, ``12h`` or ``30m``; anything else is a ValueError that says what is accepted."""
+    """``90d``, ``12h`` or ``30m``, up to ten years; anything else is a ValueError that says what
+    is accepted."""
     match = _DURATION.match(text)
     if not match or int(match[1]) == 0:
         raise ValueError(f"expires in {text!r}: give a positive number of days, hours or minutes (90d, 12h, 30m)")
+    if int(match[1]) > MAX_LIFETIME / timedelta(**{_UNITS[match[2]]: 1}):
+        raise ValueError(f"expires in {text!r}: at most {MAX_LIFETIME.days}d (without it, a key lasts until revoked)")
     return timedelta(**{_UNITS[match[2]]: int(match[1])})
 
 
@@ -118,12 +124,14 @@ class ApiKeys:
         records = [r for r in [await self.get(i) for i in ids] if r is not None]
         return sorted(records, key=lambda r: r.created_at)
 
-    async def any_active(self) -> bool:
-        return any(r.active for r in await self.list())
+    async def any_unrevoked(self) -> bool:
+        """Whether a key exists that was never revoked, expired or not: auth stays on once keys
+        exist, until an operator revokes every one (an expired key does not turn it off)."""
+        return any(r.revoked_at is None for r in await self.list())
 
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
         record, revision = await self._entry(key_id)
-        if record is None or not record.active:
+        if record is None or record.revoked_at is not None:  # an expired key is revoked all the same
             return record
         revoked = record.model_copy(update={"revoked_at": datetime.now(UTC)})
         await self.kv.update(key_id, revoked.model_dump_json().encode(), last=revision)

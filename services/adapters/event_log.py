@@ -439,7 +439,12 @@ class EventLog(DerivedReads):
         return await self.nc.request(subject, data, timeout=timeout)
 
     async def key_value(self, bucket: str, *, history: int = 1, replicas: int = 1):
-        """The key-value bucket ``bucket``, created if missing (nats-py's ``KeyValue``)."""
+        """The key-value bucket ``bucket``, created if missing (nats-py's ``KeyValue``). With
+        ``PROMPTGEN_STREAM_REPLICAS`` unset, an existing bucket keeps its number of replicas
+        (asking for another would be refused as another configuration)."""
+        if self.settings.stream_replicas is None:
+            with contextlib.suppress(NotFoundError):
+                replicas = (await self.js.stream_info(f"KV_{bucket}")).config.num_replicas or replicas
         return await self.js.create_key_value(
             api.KeyValueConfig(bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas)
         )

@@ -166,9 +166,9 @@ async def check_positions(settings: Settings, data_dir: Path) -> list[Finding]:
     reasons = {name: why for name, mark in marks.items() if (why := reset_reason(mark, state))}
     if reasons:
         return [Finding("event log", False, "; ".join(f"{name}: {why}" for name, why in reasons.items()), FIX)]
-    return [Finding("event log", True, f"{state.log_id}, last event {state.last_seq}; read models at "
-                    f"{marks[PROJECTOR].seq}, " + ", ".join(f"{n} at {m.seq}" for n, m in marks.items()
-                                                             if n != PROJECTOR))]
+    at = ", ".join([f"read models at {marks[PROJECTOR].seq}"] +
+                   [f"{n} at {m.seq}" for n, m in marks.items() if n != PROJECTOR])
+    return [Finding("event log", True, f"{state.log_id}, last event {state.last_seq}; {at}")]
 
 
 CHECKS: list[Check] = [check_nats, check_mongo, check_positions, check_llm, check_disk]

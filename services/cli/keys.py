@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
 from rich.table import Table
@@ -47,13 +47,14 @@ async def list_keys(settings: Settings, *, event_log: EventLogPort | None = None
     finally:
         if event_log is None:
             await log.close()
-    table = Table(title=f"{len(records)} API key(s)")
+    table = Table(title=f"{len(records)} API key(s), times in UTC")
     table.add_column("id", no_wrap=True)  # copied into `keys revoke`: one piece
     for col in ("tenant", "scopes", "created", "expires", "revoked"):
         table.add_column(col, overflow="fold")
+    now = datetime.now(UTC)
     for r in records:
-        table.add_row(r.id, r.tenant, ",".join(r.scopes), _when(r.created_at), _when(r.expires_at),
-                      _when(r.revoked_at))
+        expires = _when(r.expires_at) + (" (expired)" if r.expires_at and r.expires_at <= now else "")
+        table.add_row(r.id, r.tenant, ",".join(r.scopes), _when(r.created_at), expires, _when(r.revoked_at))
     Console().print(table)
     return 0
 
@@ -79,12 +80,14 @@ async def revoke_key(settings: Settings, key_id: str, *, event_log: EventLogPort
 async def tenant_limits(settings: Settings, tenant: str, changes: dict[str, int | None], *,
                         event_log: EventLogPort | None = None) -> int:
     """Set (or, with no changes, show) a tenant's own limits; prints what the tenant then has."""
-    from services.gateway.quotas import BUCKET, LIMITS, OVERRIDES_SECONDS, TenantLimits, set_tenant_limits
+    from services.gateway.quotas import BUCKET, LIMITS, OVERRIDES_SECONDS, TenantLimits, set_tenant_limits, tenant_own
 
     log = await _with_keys(settings, event_log)
     try:
         kv = await log.key_value(BUCKET, history=1, replicas=settings.replicas)
-        own = await set_tenant_limits(kv, tenant, changes)
+        own = await set_tenant_limits(kv, tenant, changes) if changes else await tenant_own(kv, tenant)
+        if not any(r.tenant == tenant for r in await (await ApiKeys.open(log)).list()):
+            err.print(f"[yellow]no key of tenant {tenant!r} exists (yet): check its name[/yellow]")
     except ValueError as exc:
         err.print(f"[red]{exc}[/red]")
         return 2

@@ -227,7 +227,8 @@ def doctor(
     data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
 ) -> None:
     """Check what this configuration needs: NATS with JetStream and enough nodes for the stream's
-    replicas, MongoDB, the LLM provider and its key, disk space; each failure with its fix."""
+    replicas, MongoDB, whether the read models belong to the log as it is now, the LLM provider
+    and its key, disk space; each failure with its fix."""
     from rich.table import Table
 
     from services.cli.doctor import diagnose
@@ -326,7 +327,7 @@ def keys_limits(
 
 @keys_app.command("list")
 def keys_list() -> None:
-    """Every key: id, tenant, scopes, when created and revoked (never the key)."""
+    """Every key: id, tenant, scopes, when created, expiring (or expired) and revoked, in UTC (never the key)."""
     from services.cli.keys import list_keys
 
     _quiet()

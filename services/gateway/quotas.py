@@ -108,8 +108,14 @@ class TenantJobs:
 
     @classmethod
     def read(cls, state: dict) -> TenantJobs:
-        """Tolerant: what a newer gateway may have added is ignored."""
-        return cls(jobs=dict(state.get("jobs", {})), day=state.get("day", ""), personas=state.get("personas", 0))
+        """Tolerant: what a newer gateway may have added is ignored, and what is not of its type
+        (a broken writer's) is read as empty, so one bad entry cannot stop a tenant's jobs."""
+        jobs = state.get("jobs")
+        personas, day = state.get("personas"), state.get("day")
+        return cls(jobs={str(j): float(d) for j, d in jobs.items() if type(d) in (int, float)}
+                   if isinstance(jobs, dict) else {},
+                   day=day if isinstance(day, str) else "",
+                   personas=personas if type(personas) is int and personas >= 0 else 0)
 
     def as_of(self, now: datetime) -> TenantJobs:
         """Without the jobs past their deadline, and with a fresh count on a new day."""
@@ -249,6 +255,14 @@ class TenantQuotas:
             state.update(asdict(jobs))
 
         await change_entry(self.kv, key, release)
+
+
+async def tenant_own(kv: KeyValue, tenant: str) -> dict[str, int]:
+    """The limits ``tenant`` has of its own (none: the settings' for all)."""
+    if not TENANT_PATTERN.match(tenant):
+        raise ValueError(f"a tenant is 1 to 64 letters, digits, '-' or '_' (got {tenant!r})")
+    state, _ = await read_entry(kv, f"limits.{tenant}")
+    return {name: value for name, value in state.items() if name in LIMITS} if isinstance(state, dict) else {}
 
 
 async def set_tenant_limits(kv: KeyValue, tenant: str, changes: dict[str, int | None]) -> dict[str, int]:

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from contracts import subjects
 from contracts.events import PersonaProgress
+from services.adapters.api_keys import ApiKeys
 from services.adapters.event_log import EventLog
 from services.cli import embedded
 from services.runtime.settings import Settings
@@ -77,9 +78,16 @@ async def test_a_job_completes_when_the_nats_node_leading_its_stream_is_killed(d
     try:
         info = await event_log.js.stream_info(event_log.stream)
         assert info.config.num_replicas == 3 and len(info.cluster.replicas) == 2
-        # a tool started without PROMPTGEN_STREAM_REPLICAS ensures the stream too, and leaves its replicas
-        await (await EventLog.connect(Settings(nats_url=cluster.url, stream_replicas=None), "crash-tool")).close()
+        # a tool started without PROMPTGEN_STREAM_REPLICAS ensures the stream too, and leaves its
+        # replicas, and the buckets' (the API keys', made at R3 here)
+        await ApiKeys.open(event_log)
+        tool = await EventLog.connect(Settings(nats_url=cluster.url, stream_replicas=None), "crash-tool")
+        try:
+            assert await (await ApiKeys.open(tool)).list() == []
+        finally:
+            await tool.close()
         assert (await event_log.js.stream_info(event_log.stream)).config.num_replicas == 3
+        assert (await event_log.js.stream_info("KV_promptgen_api_keys")).config.num_replicas == 3
         async with httpx.AsyncClient(base_url=url, timeout=60) as client:
             template_id = await create_template(client, scenario_document)
             ids = []

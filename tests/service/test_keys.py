@@ -86,10 +86,26 @@ async def test_a_key_stops_working_when_it_expires_and_says_so(service_settings,
     assert "expires" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("text", ["90", "0d", "-1d", "1w", "d", ""])
-def test_a_lifetime_is_days_hours_or_minutes(text) -> None:
+@pytest.mark.parametrize("text", ["90", "0d", "-1d", "1w", "d", "", "3651d", "99999999999d", "87601h"])
+def test_a_lifetime_is_days_hours_or_minutes_up_to_ten_years(text) -> None:
     from services.adapters.api_keys import parse_duration
 
-    with pytest.raises(ValueError, match="90d, 12h, 30m"):
+    with pytest.raises(ValueError, match=r"90d, 12h, 30m|at most 3650d"):
         parse_duration(text)
     assert parse_duration("90d").days == 90 and parse_duration("12h").total_seconds() == 43200
+
+
+async def test_an_expired_key_is_revoked_for_good_and_keeps_auth_on(service_settings, memory_log, capsys) -> None:
+    """Revoking an expired key is written (a gateway with a slower clock must not take it), and
+    keys that all expired do not turn a loopback gateway open at its next start."""
+    from datetime import timedelta
+
+    keys = await ApiKeys.open(memory_log)
+    record, _ = await keys.create("acme", ["jobs:read"], expires_in=timedelta(minutes=1))
+    expired = record.model_copy(update={"expires_at": record.created_at})  # as if a minute went by
+    revision = (await keys.kv.get(record.id)).revision
+    await keys.kv.update(record.id, expired.model_dump_json().encode(), last=revision)
+    with pytest.raises(AuthNotConfigured, match="PROMPTGEN_STREAM_TOKEN_SECRET"):  # auth on, not open
+        await open_guard(service_settings, memory_log, ManualClock())
+    assert await revoke_key(service_settings, record.id, event_log=memory_log) == 0
+    assert (await keys.get(record.id)).revoked_at is not None

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 import pytest_asyncio
+from nats.js.errors import KeyNotFoundError
 
 from contracts.events import JobRequested
 from services.adapters.api_keys import SCOPES, ApiKeys
@@ -234,6 +235,20 @@ async def test_a_tenant_given_its_own_limits_is_held_to_them_and_others_to_the_s
     assert await tenant_limits(settings, "acme", {"requests_per_minute": None}, event_log=system.event_log) == 0
     shown = capsys.readouterr().out
     assert shown.count("this tenant") == 1  # jobs_in_flight only: requests per minute is the settings' again
+    # showing writes nothing; a tenant no key has is pointed out (a typo)
+    kv = await system.event_log.key_value("promptgen_tenant_quotas")
+    assert await tenant_limits(settings, "acmee", {}, event_log=system.event_log) == 0
+    assert "no key of tenant 'acmee'" in capsys.readouterr().err
+    with pytest.raises(KeyNotFoundError):
+        await kv.get("limits.acmee")
+
+
+def test_a_broken_count_entry_is_read_as_empty_rather_than_stop_the_tenant() -> None:
+    from services.gateway.quotas import TenantJobs
+
+    assert TenantJobs.read({"jobs": ["x"], "day": 3, "personas": "many"}) == TenantJobs()
+    assert TenantJobs.read({"jobs": {"j1": 5.0, "j2": "soon"}, "day": "2025-03-04", "personas": 2}) == \
+        TenantJobs(jobs={"j1": 5.0}, day="2025-03-04", personas=2)
 
 
 def test_a_tenants_limits_are_read_tolerantly() -> None:

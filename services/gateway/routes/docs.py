@@ -83,7 +83,7 @@ def _asset(request: Request, name: str) -> str:
 async def docs_asset(name: str) -> FileResponse:
     if name not in ASSETS:
         raise not_found("docs_asset", name[:64])
-    # named by the installed package's version: a day in a cache is plenty
+    # the same files until fastapi-offline is upgraded: a day in a cache is plenty
     return FileResponse(str(ASSETS[name]), headers={"cache-control": "public, max-age=86400"})
 
 

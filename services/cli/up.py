@@ -39,6 +39,14 @@ def own_service_name(role: str) -> dict[str, str]:
     return {"OTEL_SERVICE_NAME": f"{given}-{role}"} if given else {}
 
 
+def ops_port(variable: str, default: int) -> dict[str, str]:
+    """A service's ``/metrics`` port: as the environment sets it, else its default, else (another
+    deployment on this machine holds it) a free one, announced when the service is ready."""
+    if os.environ.get(variable, "").strip() or not embedded.port_in_use(default):
+        return {}
+    return {variable: "0"}
+
+
 async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int) -> int:
     """``data_dir``: absolute, and it exists."""
     stop = stop_event()
@@ -66,12 +74,14 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             mongo_url = embedded.mongo_url(mongo_port)
         env.update(NATS_URL=nats_url, MONGO_URL=mongo_url)
         projector = Child("projector", _service("projector"),
-                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env, **own_service_name("projector")))
+                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env, **own_service_name("projector"),
+                                    **ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", 9102)))
         await sup.start(projector)
         workers = []
         for i in range(generators):
             # several generators cannot share one port: each takes a free one, announced when ready
-            own = {"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1 else {}
+            own = ({"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1
+                   else ops_port("PROMPTGEN_GENERATOR_HTTP_PORT", 9101))
             workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
                                  child_env(drop=GATEWAY_SECRETS, **env, **own, **own_service_name("generator"))))
             await sup.start(workers[-1])

@@ -51,3 +51,18 @@ def test_up_gives_each_child_its_own_service_name_for_traces(monkeypatch):
         {"OTEL_SERVICE_NAME": "shop-gateway"}, {"OTEL_SERVICE_NAME": "shop-projector"}]
     monkeypatch.setenv("OTEL_SERVICE_NAME", "")
     assert own_service_name("gateway") == {}  # each names itself promptgen-<role>
+
+
+def test_up_moves_a_services_metrics_port_only_when_another_holds_it(monkeypatch):
+    from services.cli.up import ops_port
+
+    monkeypatch.delenv("PROMPTGEN_PROJECTOR_HTTP_PORT", raising=False)
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        assert ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", port) == {"PROMPTGEN_PROJECTOR_HTTP_PORT": "0"}
+        monkeypatch.setenv("PROMPTGEN_PROJECTOR_HTTP_PORT", str(port))  # set on purpose: left to the service
+        assert ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", port) == {}
+    monkeypatch.delenv("PROMPTGEN_PROJECTOR_HTTP_PORT")
+    assert ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", port) == {}  # free again: the default

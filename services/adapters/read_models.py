@@ -84,7 +84,8 @@ def mongo_client(settings: Settings) -> AsyncMongoClient:
 def open_read_models(settings: Settings) -> tuple[ReadModels, Callable[[], Awaitable[None]]]:
     """The read models of ``settings``' database, and how to close their connection."""
     client = mongo_client(settings)
-    return ReadModels(client[settings.mongo_db]), client.close
+    transactions = Transactions(available=False if settings.mongo_transactions == "off" else None)
+    return ReadModels(client[settings.mongo_db], transactions=transactions), client.close
 
 
 def _operations(changes: list[Change]) -> list[UpdateOne | UpdateMany]:

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
         "mongodb://127.0.0.1:27017/?directConnection=true", validation_alias=_env("MONGO_URL")
     )
     mongo_db: str = Field("promptgen", validation_alias=_env("MONGO_DB"))
+    mongo_transactions: Literal["auto", "off"] = Field(
+        "auto", validation_alias=_env("PROMPTGEN_MONGO_TRANSACTIONS"),
+        description="auto: the projector stores each batch of events and its checkpoint in one transaction "
+                    "when the server takes them (a replica set or mongos); off: write by write, the checkpoint last.",
+    )
     # Access to a locked NATS (deploy/nats/): one user per service, TLS with our own CA.
     # The embedded server of `promptgen up` needs none of them (it listens on loopback only).
     nats_user: str | None = Field(None, validation_alias=_env("NATS_USER"))

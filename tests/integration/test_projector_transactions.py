@@ -21,7 +21,7 @@ from contracts import subjects
 from contracts.events import TemplateCreated
 from services.adapters.event_log import EventLog, StoredEvent
 from services.adapters.parked import ParkedEvents
-from services.adapters.read_models import CHECKPOINT_ID, CollectionWrites, ReadModels, Transactions
+from services.adapters.read_models import CHECKPOINT_ID, CollectionWrites, ReadModels, Transactions, open_read_models
 from services.cli import embedded
 from services.projector.fold import Fold
 from services.projector.projections import PERSONAS, READ_MODELS, TEMPLATES
@@ -216,3 +216,17 @@ async def test_a_server_refusing_transactions_is_written_to_write_by_write_from_
     finally:
         await client.close()
 
+
+
+async def test_transactions_turned_off_by_setting_store_the_batch_write_by_write(event_log, settings):
+    models, close = open_read_models(settings.model_copy(update={"mongo_transactions": "off"}))
+    try:
+        batch = await _batch(event_log)
+        fold = _fold(event_log, models)
+        await fold.apply(batch)
+        assert _batches(fold, "transaction") == 0 and _batches(fold, "separately") == 1
+        assert await models.checkpoint() == batch[-1].seq
+        assert len(await models.job_persona_docs("j1")) == 2
+    finally:
+        await models.db.client.drop_database(models.db.name)
+        await close()

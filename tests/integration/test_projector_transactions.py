@@ -11,6 +11,7 @@ from __future__ import annotations
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -80,8 +81,12 @@ async def watched(mongo_server_url) -> AsyncIterator[tuple[ReadModels, Commands]
 
 
 async def _batch(event_log: EventLog) -> list[StoredEvent]:
+    """Every sample event, published; the job's deadline ahead (the sample's is long past, and
+    its documents would be within reach of the server's TTL sweep)."""
+    ahead = datetime.now(UTC) + timedelta(minutes=30)
     for event in every_event():
-        await event_log.publish(event)
+        await event_log.publish(event.model_copy(update={"deadline": ahead}) if event.type == "job.requested"
+                                else event)
     return [stored async for stored in event_log.read(subjects.ALL)]
 
 

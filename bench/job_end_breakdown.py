@@ -10,15 +10,21 @@ Per job, from the log's own timestamps and the watcher's clock (one machine):
 * ``seen_ms``: the end stored -> the watcher got it (what a NATS subscriber sees);
 * ``projected_ms``: the end stored -> the checkpoint read past it (the projector's fold, plus at
   most the watcher's 1 ms; what the gateway's poll waits for before a job's last SSE messages).
+
+``--profile FILE``: py-spy (``pip install py-spy``) records the projector meanwhile, as collapsed
+stacks (one line per stack with its sample count).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import nats
@@ -74,11 +80,17 @@ async def watch(nats_url: str, mongo_url: str, jobs: set[str], started: asyncio.
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profile", help="collapsed py-spy stacks of the projector to this file")
+    args = parser.parse_args()
     llm = MockLLMProcess(latency_ms=1000)
     d = harness.start(env=_llm_env(llm, PROMPTGEN_WORKER_CONCURRENCY="20", PROMPTGEN_LLM_CONCURRENCY="20"))
     admin = llm.base_url.removesuffix("/v1") + "/admin"
     try:
         job_ids = asyncio.run(_post_jobs(d.base_url, 10, 100, admin))
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(d.pids()["projector"]),
+                                "-f", "raw", "-o", args.profile], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL) if args.profile else None
 
         async def run() -> dict[str, dict]:
             started = asyncio.Event()
@@ -89,6 +101,9 @@ def main() -> int:
             return await watcher
 
         found = asyncio.run(run())
+        if spy is not None:
+            spy.send_signal(2)  # py-spy writes its file on SIGINT
+            spy.wait(60)
     finally:
         d.stop()
         llm.stop()

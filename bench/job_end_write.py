@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pymongo import AsyncMongoClient
 
+from bench.measure import cpu_seconds
 from services.adapters.read_models import CollectionWrites, ReadModels, Transactions
 from services.cli import embedded
 from services.projector.projections import JOB_PERSONAS, Change, coalesce, split_creations, writes_for
@@ -65,7 +66,7 @@ def _job(job_id: str, personas: int) -> tuple[list, list]:
     return [request, *done], [end]
 
 
-async def measure(url: str, jobs: int, personas: int) -> dict[str, dict[str, float]]:
+async def measure(url: str, jobs: int, personas: int, server_pid: int) -> dict[str, dict[str, float]]:
     client = AsyncMongoClient(url, tz_aware=True)
     ways = {"transaction": (True, False), "write by write": (False, False),
             "write by write, end rewrites personas": (False, True)}
@@ -75,6 +76,7 @@ async def measure(url: str, jobs: int, personas: int) -> dict[str, dict[str, flo
         models = ReadModels(client[f"bench_{len(out)}"], transactions=Transactions(None if transaction else False))
         await models.ensure_indexes()
         ends, batches = [], []
+        cpu = cpu_seconds(server_pid)
         for j in range(jobs):
             before, end = _job(f"j{j}", personas)
             seq += len(before)
@@ -93,7 +95,8 @@ async def measure(url: str, jobs: int, personas: int) -> dict[str, dict[str, flo
             await _store(models, plan, seq, transaction)
             batches.append(1000 * (time.perf_counter() - t))
         out[name] = {"job_end_ms_median": round(statistics.median(ends), 2), "job_end_ms_max": round(max(ends), 2),
-                     "batch_of_20_completions_ms_median": round(statistics.median(batches), 2)}
+                     "batch_of_20_completions_ms_median": round(statistics.median(batches), 2),
+                     "server_cpu_seconds": round(cpu_seconds(server_pid) - cpu, 2)}
     await client.close()
     return out
 
@@ -111,15 +114,16 @@ def main() -> None:
             from tests.servers import wait_port
 
             wait_port(port, timeout=30, proc=proc)
-            figures = asyncio.run(measure(embedded.mongo_url(port), args.jobs, args.personas))
+            figures = asyncio.run(measure(embedded.mongo_url(port), args.jobs, args.personas, proc.pid))
         finally:
             proc.terminate()
             proc.wait(30)
     print(f"{args.jobs} jobs of {args.personas} personas (median and max ms per write of a job's end; "
-          "median ms per batch of 20 persona completions)")
+          "median ms per batch of 20 persona completions; the server's CPU seconds for all of each way)")
     for name, f in figures.items():
         print(f"{name:40} end {f['job_end_ms_median']:8.2f} (max {f['job_end_ms_max']:8.2f})   "
-              f"20 completions {f['batch_of_20_completions_ms_median']:8.2f}")
+              f"20 completions {f['batch_of_20_completions_ms_median']:8.2f}   "
+              f"server CPU {f['server_cpu_seconds']:6.2f} s")
 
 
 if __name__ == "__main__":

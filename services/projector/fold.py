@@ -1,14 +1,14 @@
 """The fold: the event log into MongoDB, batch by batch, from its stored checkpoint.
 
 The checkpoint (last stream sequence applied) lives in MongoDB beside the read
-models it describes. Where the server takes transactions, a batch's writes and its
-checkpoint are one transaction (one commit; they are seen together); where it does
-not, or a batch replayed after a crash meets its own documents (a duplicate aborts a
-transaction), the writes go one by one and the checkpoint after them: a crash in
-between replays a batch whose writes are idempotent. Writes are retried while MongoDB is away;
-nothing moves the checkpoint past an event whose effect is neither stored nor
-parked (:mod:`services.adapters.parked`: an event that cannot be decoded or stored is set
-aside for an operator, and the fold goes on).
+models it describes. With transactions on (``PROMPTGEN_MONGO_TRANSACTIONS=auto``) and a
+server that takes them, a batch's writes and its checkpoint are one transaction (one
+commit; they are seen together); otherwise, or when a batch replayed after a crash meets
+its own documents (a duplicate aborts a transaction), the writes go one by one and the
+checkpoint after them: a crash in between replays a batch whose writes are idempotent.
+Writes are retried while MongoDB is away; nothing moves the checkpoint past an event
+whose effect is neither stored nor parked (:mod:`services.adapters.parked`: an event that
+cannot be decoded or stored is set aside for an operator, and the fold goes on).
 """
 
 from __future__ import annotations

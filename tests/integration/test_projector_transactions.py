@@ -235,3 +235,16 @@ async def test_transactions_turned_off_by_setting_store_the_batch_write_by_write
     finally:
         await models.db.client.drop_database(models.db.name)
         await close()
+
+
+async def test_transactions_turned_on_by_setting_store_the_batch_in_one(event_log, settings):
+    models, close = open_read_models(settings.model_copy(update={"mongo_transactions": "auto"}))
+    try:
+        batch = await _batch(event_log)
+        fold = _fold(event_log, models)
+        await fold.apply(batch)
+        assert _batches(fold, "transaction") == 1 and _batches(fold, "separately") == 0
+        assert await models.checkpoint() == batch[-1].seq
+    finally:
+        await models.db.client.drop_database(models.db.name)
+        await close()

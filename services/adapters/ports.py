@@ -13,14 +13,14 @@ the protocols below name the part of those shapes that is used.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 from nats.js import api
 
 from contracts.events import Envelope
 from services.adapters.event_log import LogState, StoredEvent
-from services.adapters.read_models import Mark
+from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.projections import Change
 from services.runtime.settings import Settings
 
@@ -181,6 +181,7 @@ class ReadModelsPort(Protocol):
     def collection(self, name: str) -> Collection: ...
     async def apply(self, collection: str, changes: list[Change]) -> None: ...
     async def insert_new(self, collection: str, docs: list[dict[str, Any]]) -> list[Any]: ...
+    async def write_batch(self, writes: Sequence[CollectionWrites], seq: int, log_id: str | None = None) -> bool: ...
     async def job_persona_docs(self, job_id: str) -> list[dict[str, Any]]: ...
     async def checkpoint(self) -> int: ...
     async def checkpoint_mark(self) -> Mark: ...

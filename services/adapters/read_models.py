@@ -5,14 +5,16 @@ Only the projector writes here; the gateway reads.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateMany, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, OperationFailure
 
 from services.projector.projections import (
     INTERACTIONS,
@@ -22,8 +24,10 @@ from services.projector.projections import (
     TEMPLATES,
     Change,
 )
-from services.runtime.failures import TRANSIENT_CODES
+from services.runtime.failures import TRANSIENT_CODES, brief, kind_of
 from services.runtime.settings import Settings
+
+log = structlog.get_logger()
 
 CHECKPOINT_ID = "checkpoint"
 # Positions of consumers other than the fold (the job manager): not a read model, so a
@@ -31,6 +35,24 @@ CHECKPOINT_ID = "checkpoint"
 POSITIONS = "consumer_positions"
 STATE = "projector_state"  # the fold's checkpoint: rebuilt with the read models
 DUPLICATE_KEY = 11000
+ILLEGAL_OPERATION = 20  # a standalone mongod asked for a transaction
+
+
+@dataclass(frozen=True, slots=True)
+class CollectionWrites:
+    """A batch's writes to one collection: new documents (inserted unordered), then updates in order."""
+
+    collection: str
+    docs: list[dict[str, Any]]
+    updates: list[Change]
+
+
+@dataclass(slots=True)
+class Transactions:
+    """Whether the server takes multi-document transactions: None until asked (once), or set
+    (False: write as if it had none)."""
+
+    available: bool | None = None
 
 
 class DocumentsRefused(ValueError):
@@ -62,7 +84,13 @@ def mongo_client(settings: Settings) -> AsyncMongoClient:
 def open_read_models(settings: Settings) -> tuple[ReadModels, Callable[[], Awaitable[None]]]:
     """The read models of ``settings``' database, and how to close their connection."""
     client = mongo_client(settings)
-    return ReadModels(client[settings.mongo_db]), client.close
+    transactions = Transactions(available=False if settings.mongo_transactions == "off" else None)
+    return ReadModels(client[settings.mongo_db], transactions=transactions), client.close
+
+
+def _operations(changes: list[Change]) -> list[UpdateOne | UpdateMany]:
+    return [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
+            for c in changes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +113,7 @@ class ReadModels:
 
     db: AsyncDatabase
     suffix: str = ""
+    transactions: Transactions = field(default_factory=Transactions, compare=False)
 
     def _c(self, name: str) -> AsyncCollection:
         return self.db[f"{name}{self.suffix}"]
@@ -126,9 +155,50 @@ class ReadModels:
         if not isinstance(target, AsyncCollection):  # an in-memory double writes them as they are
             await target.apply_changes(changes)
             return
-        ops = [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
-               for c in changes]
-        await target.bulk_write(ops, ordered=True)
+        await target.bulk_write(_operations(changes), ordered=True)
+
+    async def write_batch(self, writes: Sequence[CollectionWrites], seq: int, log_id: str | None = None) -> bool:
+        """Store a batch's writes and the checkpoint after it in one transaction: one commit, and
+        a reader sees the documents and the checkpoint move together. False, with nothing written,
+        when that cannot be: the server has no transactions (asked once), a document is already
+        there (the batch is replayed after a crash: a duplicate aborts a transaction) or is
+        refused. A transient failure is raised, to be retried like any write."""
+        if not await self._has_transactions():
+            return False
+        try:
+            async with self.db.client.start_session() as session:
+                async with await session.start_transaction():
+                    await self._write_in(session, writes, seq, log_id)
+        except Exception as exc:
+            if kind_of(exc) == "transient":
+                raise
+            if isinstance(exc, OperationFailure) and exc.code == ILLEGAL_OPERATION:
+                self.transactions.available = False
+                log.warning("mongo_transactions_unavailable", error=brief(exc))
+            return False
+        return True
+
+    async def _write_in(self, session: AsyncClientSession, writes: Sequence[CollectionWrites], seq: int,
+                        log_id: str | None) -> None:
+        for w in writes:
+            target = self.collection(w.collection)
+            if w.docs:
+                await target.insert_many(w.docs, ordered=False, session=session)
+            if w.updates:
+                await target.bulk_write(_operations(w.updates), ordered=True, session=session)
+        await self.state.update_one({"_id": CHECKPOINT_ID}, _moved_to(seq, log_id), upsert=True, session=session)
+
+    async def _has_transactions(self) -> bool:
+        """A replica set member or a mongos takes transactions; a standalone mongod (no
+        ``setName`` in its hello) and the in-memory double do not."""
+        if self.transactions.available is None:
+            if not isinstance(self.db, AsyncDatabase):
+                self.transactions.available = False
+            else:
+                hello = await self.db.command("hello")
+                self.transactions.available = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
+                log.info("mongo_transactions", available=self.transactions.available)
+        return self.transactions.available
 
     async def insert_new(self, collection: str, docs: list[dict[str, Any]]) -> list[Any]:
         """Insert ``docs`` in one unordered write; returns the ids of those already there (left

@@ -16,6 +16,8 @@ from services.adapters.ports import ReadModelsPort
 
 log = structlog.get_logger()
 
+POLL_MAX_SECONDS = 0.01  # one checkpoint read per 10 ms at most, and only while a request waits
+
 
 class ProjectionWaiter:
     def __init__(self, models: ReadModelsPort, timeout: float) -> None:
@@ -48,6 +50,8 @@ class ProjectionWaiter:
             self._waiting -= 1
 
     async def _poll(self) -> None:
+        # Backs off from 2 ms to 10 ms while the checkpoint stands still: a job's last SSE messages
+        # wait here for the projector (tens of ms), and the step that overshoots is added to them.
         delay = 0.002
         while self._waiting and self._seen < self._wanted:
             try:
@@ -62,4 +66,4 @@ class ProjectionWaiter:
                 delay = 0.002
                 continue
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.05)
+            delay = min(delay * 2, POLL_MAX_SECONDS)

@@ -1,11 +1,14 @@
 """The fold: the event log into MongoDB, batch by batch, from its stored checkpoint.
 
 The checkpoint (last stream sequence applied) lives in MongoDB beside the read
-models it describes, and is written after them: a crash in between replays a
-batch whose writes are idempotent. Writes are retried while MongoDB is away;
-nothing moves the checkpoint past an event whose effect is neither stored nor
-parked (:mod:`services.adapters.parked`: an event that cannot be decoded or stored is set
-aside for an operator, and the fold goes on).
+models it describes. With transactions on (``PROMPTGEN_MONGO_TRANSACTIONS=auto``) and a
+server that takes them, a batch's writes and its checkpoint are one transaction (one
+commit; they are seen together); otherwise, or when a batch replayed after a crash meets
+its own documents (a duplicate aborts a transaction), the writes go one by one and the
+checkpoint after them: a crash in between replays a batch whose writes are idempotent.
+Writes are retried while MongoDB is away; nothing moves the checkpoint past an event
+whose effect is neither stored nor parked (:mod:`services.adapters.parked`: an event that
+cannot be decoded or stored is set aside for an operator, and the fold goes on).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
-from services.adapters.read_models import Mark, ReadModels
+from services.adapters.read_models import CollectionWrites, Mark, ReadModels
 from services.projector.log_reset import ResetWatch, restart_positions
 from services.projector.projections import coalesce, split_creations, writes_for
 from services.projector.rebuild import SUFFIX, SWITCHING, Progress, rebuild_into, switch_to
@@ -97,16 +100,22 @@ class Fold:
             for collection, op in ops:
                 writes[collection].append(op)
 
+        # Per collection, new documents in one unordered insert, then the updates in order.
+        plan = [CollectionWrites(collection, *split_creations(coalesce(ops))) for collection, ops in writes.items()]
+
         async def write_all() -> None:
-            for collection, ops in writes.items():
-                # New documents in one unordered insert, then the updates in order.
-                docs, updates = split_creations(coalesce(ops))
-                if docs:
-                    await self.models.insert_new(collection, docs)
-                if updates:
-                    await self.models.apply(collection, updates)
-                self.metrics.count_writes(len(docs), updates)
-            await self.models.save_checkpoint(batch[-1].seq, self.log_id)
+            if await self.models.write_batch(plan, batch[-1].seq, self.log_id):
+                self.metrics.projector_batches.labels(written="transaction").inc()
+            else:  # no transactions, or a replayed batch: each write on its own, the checkpoint last
+                for w in plan:
+                    if w.docs:
+                        await self.models.insert_new(w.collection, w.docs)
+                    if w.updates:
+                        await self.models.apply(w.collection, w.updates)
+                await self.models.save_checkpoint(batch[-1].seq, self.log_id)
+                self.metrics.projector_batches.labels(written="separately").inc()
+            for w in plan:
+                self.metrics.count_writes(len(w.docs), w.updates)
 
         try:
             await durably(write_all, what="projection")

@@ -5,7 +5,7 @@ then insert each document once instead of updating it once per event.
 read models that already hold the batches before (a rebuild's bounded memory).
 
 Both understand exactly the operations :mod:`services.projector.projections`
-emits (``$setOnInsert`` upserts, guarded ``$set``, equality / ``$lt`` / ``$in`` /
+emits (``$setOnInsert`` upserts, guarded ``$set``, ``$min``, equality / ``$lt`` / ``$in`` /
 ``$nin`` filters) and refuse anything else, so a new kind of projection cannot
 silently fold differently here than in MongoDB. The rebuild test compares both.
 """
@@ -40,12 +40,13 @@ def _matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
 
 def _update(doc: dict[str, Any], update: dict[str, Any]) -> None:
     for op, fields in update.items():
-        if op != "$set":
+        if op not in ("$set", "$min"):
             raise ValueError(f"memory fold does not support update operator {op} on an existing document")
         for key, value in fields.items():
             if "." in key:
                 raise ValueError(f"memory fold does not support dotted paths ({key})")
-            doc[key] = value
+            if op == "$set" or doc.get(key) is None or value < doc[key]:
+                doc[key] = value
 
 
 class MemoryFold:

@@ -252,16 +252,31 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
 
 
 def retention(event: JobFinished, keep: timedelta) -> list[Write]:
-    """When a finished job's view leaves MongoDB (a TTL index deletes it); its events stay in the log."""
-    expire = {"$set": {"expire_at": event.occurred_at + keep}}
-    return [(JOBS, Change({"_id": event.job_id}, expire)),
-            (JOB_PERSONAS, Change({"job_id": event.job_id}, expire, many=True))]
+    """When a finished job's view leaves MongoDB (a TTL index deletes it): ``keep`` after its end.
+    Its events stay in the log.
+
+    The job's documents were created to leave ``keep`` after its deadline (:func:`writes_for`);
+    the end only brings the job document's time forward (``$min``). So the job's persona
+    documents never leave before the job document that lists them, and a job's end rewrites
+    none of them (a hundred personas were a hundred updates on the way to the job's end)."""
+    return [(JOBS, Change({"_id": event.job_id}, {"$min": {"expire_at": event.occurred_at + keep}}))]
+
+
+def _expiring(write: Write, at: Any) -> Write:
+    collection, change = write
+    if collection not in (JOBS, JOB_PERSONAS) or not is_creation(change):
+        return write
+    return collection, Change(change.filter, {"$setOnInsert": {**change.update["$setOnInsert"], "expire_at": at}},
+                              upsert=True)
 
 
 def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Write]:
-    """Everything one event writes: its projection, and a finished job's retention."""
+    """Everything one event writes: its projection, and a job's retention (set when it is
+    requested, brought forward when it ends)."""
     writes = project(event, seq)
-    if isinstance(event, JobFinished):
+    if isinstance(event, JobRequested):
+        writes = [_expiring(w, event.deadline + job_retention) for w in writes]
+    elif isinstance(event, JobFinished):
         writes = writes + retention(event, job_retention)
     return writes
 

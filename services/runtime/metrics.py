@@ -61,6 +61,9 @@ class Metrics:
         self.projector_writes = Counter(
             "promptgen_projector_writes", "MongoDB writes of the live fold: a document inserted, an upsert, an update "
             "of one document, or of many (a finished job's retention).", ["operation"], registry=r)
+        self.projector_batches = Counter(
+            "promptgen_projector_batches", "Batches of the live fold stored, by how: in one transaction with "
+            "the checkpoint, or write by write with the checkpoint last.", ["written"], registry=r)
         # every consumer
         self.parked_events = Counter(
             "promptgen_parked_events", "Events a consumer could not decode or store, set aside for an operator.",

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
         "mongodb://127.0.0.1:27017/?directConnection=true", validation_alias=_env("MONGO_URL")
     )
     mongo_db: str = Field("promptgen", validation_alias=_env("MONGO_DB"))
+    # Off by default: a projector killed mid-transaction leaves it open on the server until the
+    # server's transaction lifetime (60 s) reaps it, and its successor's writes conflict with it
+    # until then (tests/crash/test_crash_safety.py, test_kill_9_the_projector_and_restart_it).
+    mongo_transactions: Literal["auto", "off"] = Field(
+        "off", validation_alias=_env("PROMPTGEN_MONGO_TRANSACTIONS"),
+        description="auto: the projector stores each batch of events and its checkpoint in one transaction "
+                    "when the server takes them (a replica set or mongos); off: write by write, the checkpoint last.",
+    )
     # Access to a locked NATS (deploy/nats/): one user per service, TLS with our own CA.
     # The embedded server of `promptgen up` needs none of them (it listens on loopback only).
     nats_user: str | None = Field(None, validation_alias=_env("NATS_USER"))

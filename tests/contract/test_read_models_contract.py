@@ -40,7 +40,10 @@ async def replay_one_by_one(models: ReadModels, events: list, first_seq: int = 1
 
 
 async def test_mongodb_and_mongomock_fold_every_sample_event_alike(models, mongomock_models):
-    events = every_event()
+    # The sample job's deadline is long past: its documents would be past their retention, which
+    # mongomock's TTL applies as it reads. A deadline ahead keeps them.
+    ahead = datetime.now(UTC) + timedelta(minutes=30)
+    events = [e.model_copy(update={"deadline": ahead}) if e.type == "job.requested" else e for e in every_event()]
     for target in (models, mongomock_models):
         await target.ensure_indexes()
         await fold(target, events)
@@ -104,9 +107,10 @@ async def test_positions_keep_the_log_they_were_taken_in_and_restart_in_another(
 async def test_the_gateway_queries(any_models):
     await any_models.ensure_indexes()
     jobs = []
+    ahead = datetime.now(UTC)  # deadlines ahead: documents within their retention (mongomock applies the TTL)
     for i, job_id in enumerate(("ja", "jb", "jc")):
         request = job_requested(job_id, ("p1", "p2", "p3")).model_copy(
-            update={"occurred_at": T0 + timedelta(minutes=i), "deadline": T0 + timedelta(minutes=30 + i)})
+            update={"occurred_at": T0 + timedelta(minutes=i), "deadline": ahead + timedelta(minutes=30 + i)})
         jobs.append(request)
     await fold(any_models, jobs)
     by_type = {e.type: e for e in every_event()}
@@ -127,7 +131,7 @@ async def test_the_gateway_queries(any_models):
 
     # one job's personas in job order; personas by ids; overdue jobs by a tz-aware deadline
     assert [p["persona_id"] for p in await any_models.job_persona_docs("jb")] == ["p1", "p2", "p3"]
-    overdue = any_models.jobs.find({"status": "processing", "deadline": {"$lte": T0 + timedelta(minutes=31)}},
+    overdue = any_models.jobs.find({"status": "processing", "deadline": {"$lte": ahead + timedelta(minutes=31)}},
                                    {"_id": 1})
     assert sorted([d["_id"] async for d in overdue]) == ["ja", "jb"]
     assert await any_models.jobs.find_one({"_id": "nope"}) is None

@@ -31,7 +31,9 @@ from tests.service.providers import ScriptedProvider
 from tests.waiting import eventually
 
 DOCUMENT = "# Renewal\nA rep renews a contract.\n\n## Roles\n- Sales rep: the learner\n- Buyer - procurement lead"
-NOON = datetime(2025, 3, 4, 12, 0, tzinfo=UTC)
+# Yesterday's noon: recent enough that a job's documents are within their retention (its deadline
+# and a week), which the in-memory read models' TTL applies as they read.
+NOON = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=1)
 
 Start = Callable[..., Awaitable[tuple[ServerFreeSystem, dict[str, httpx.AsyncClient]]]]
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from services.projector.process_manager import decide_job_end, results_from_job
 from services.projector.projections import project
 from tests.samples import CREATIONS, T0, every_event, job_requested, sample
@@ -187,16 +189,21 @@ def test_creations_nothing_earlier_touches_become_inserts_and_fold_the_same():
     first, second = job_requested("j1", ("p1", "p2")), job_requested("j2", ("p1",))
     finished = sample("job.completed")
     progress = sample("persona.progress").model_copy(update={"job_id": "j1", "persona_id": "p1"})
-    events = [first, progress, finished.model_copy(update={"job_id": "j1"}), second]
-    ops = [op for seq, e in enumerate(events, 1) for c, op in writes_for(e, seq, timedelta(days=1))
-           if c == JOB_PERSONAS]
+    def persona_ops(events, first_seq):
+        return [op for seq, e in enumerate(events, first_seq) for c, op in writes_for(e, seq, timedelta(days=1))
+                if c == JOB_PERSONAS]
+
+    # an update of every persona document of j1 (an update of many: no projection sends one now)
+    many = Change({"job_id": "j1"}, {"$set": {"archived": True}}, many=True)
+    ops = persona_ops([first, progress, finished.model_copy(update={"job_id": "j1"})], 1) + [many] \
+        + persona_ops([second], 4)
     twice = Change({"_id": "j1:p2"}, {"$setOnInsert": {"job_id": "j1", "_seq": 9}}, upsert=True)
     docs, rest = split_creations(coalesce(ops) + [twice])
-    # j1's personas are new; so is j2's, which j1's retention (an update of many) cannot touch
+    # j1's personas are new; so is j2's, which j1's update of many cannot touch
     assert [d["_id"] for d in docs] == ["j1:p1", "j1:p2", "j2:p1"]
     late = Change({"_id": "j1:p3"}, {"$setOnInsert": {"job_id": "j1", "_seq": 10}}, upsert=True)
     docs, rest = split_creations(coalesce(ops) + [twice, late])
-    # a creation stored twice, and one j1's retention would have found, keep their places
+    # a creation stored twice, and one j1's update of many would have found, keep their places
     assert [c.filter.get("_id") for c in rest if c.upsert] == ["j1:p2", "j1:p3"]
     plain, split = MemoryFold(), MemoryFold()
     for op in ops + [twice, late]:
@@ -234,3 +241,25 @@ def test_a_batch_fold_holds_what_it_creates_and_sends_the_rest_in_order():
     # were "new" in MongoDB already, its changes here replay on it alone
     assert [(s, c.filter) for s, c in fold.replay("c", ["new"])] == [
         (3, {"_id": "new"}), (4, {"_id": "new", "_seq": {"$lt": 4}}), (5, {"job_id": "j", "_id": "new"})]
+
+
+@pytest.mark.parametrize("finished_after", [timedelta(minutes=5), timedelta(hours=2)])
+def test_a_jobs_documents_leave_after_its_deadline_and_the_job_no_later_than_its_personas(finished_after):
+    """Created to expire a retention after the deadline; the end brings the job's time forward
+    only (``$min``), and writes none of its persona documents."""
+    from services.projector.memory_fold import MemoryFold
+    from services.projector.projections import JOB_PERSONAS, JOBS, writes_for
+
+    keep = timedelta(days=7)
+    request = job_requested("j1", ("p1", "p2"))
+    end = sample("job.completed").model_copy(update={"job_id": "j1", "occurred_at": T0 + finished_after})
+    assert not [c for c, _ in writes_for(end, 9, keep) if c == JOB_PERSONAS]
+    fold = MemoryFold()
+    for seq, event in ((1, request), (9, end)):
+        for collection, change in writes_for(event, seq, keep):
+            fold.apply(collection, change)
+    personas = fold.collections[JOB_PERSONAS].values()
+    assert {p["expire_at"] for p in personas} == {request.deadline + keep}
+    job_expires = fold.collections[JOBS]["j1"]["expire_at"]
+    assert job_expires == min(end.occurred_at, request.deadline) + keep
+    assert all(job_expires <= p["expire_at"] for p in personas)

@@ -20,7 +20,9 @@ from contracts.events import (
     TemplateCreated,
 )
 
-T0 = datetime(2026, 1, 15, 10, 30, tzinfo=UTC)
+# Now (to the second): a sample job runs until its deadline half an hour ahead, and its views are
+# kept a retention after that, so no TTL sweep of a real MongoDB takes them away mid-test.
+T0 = datetime.now(UTC).replace(microsecond=0)
 
 TEMPLATE = TemplateData(
     title="Renewal negotiation",

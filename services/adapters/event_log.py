@@ -24,7 +24,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -39,6 +39,8 @@ from services.runtime import tracing
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
+STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with another configuration
+
 
 class NoStreamLeader(Exception):
     """A replicated stream without a leader (a NATS node died, the cluster is electing): a
@@ -441,13 +443,18 @@ class EventLog(DerivedReads):
     async def key_value(self, bucket: str, *, history: int = 1, replicas: int = 1):
         """The key-value bucket ``bucket``, created if missing (nats-py's ``KeyValue``). With
         ``PROMPTGEN_STREAM_REPLICAS`` unset, an existing bucket keeps its number of replicas
-        (asking for another would be refused as another configuration)."""
-        if self.settings.stream_replicas is None:
-            with contextlib.suppress(NotFoundError):
-                replicas = (await self.js.stream_info(f"KV_{bucket}")).config.num_replicas or replicas
-        return await self.js.create_key_value(
-            api.KeyValueConfig(bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas)
-        )
+        (asking for another is refused as another configuration: then it is asked for again with
+        the bucket's own)."""
+        def config(replicas: int) -> api.KeyValueConfig:
+            return api.KeyValueConfig(bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas)
+
+        try:
+            return await self.js.create_key_value(config(replicas))
+        except BadRequestError as exc:
+            if self.settings.stream_replicas is not None or exc.err_code != STREAM_NAME_IN_USE:
+                raise
+        existing = (await self.js.stream_info(f"KV_{bucket}")).config.num_replicas or replicas
+        return await self.js.create_key_value(config(existing))
 
     # --- reading ------------------------------------------------------------------------
 

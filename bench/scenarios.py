@@ -324,8 +324,11 @@ def latency_bound(quick: bool) -> dict:
     d = harness.start(env=_llm_env(llm, PROMPTGEN_LLM_CONCURRENCY=str(concurrency),
                                    PROMPTGEN_WORKER_CONCURRENCY=str(concurrency)))
     try:
+        pids = d.pids() | {"test_llm": llm.proc.pid}
+        cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         reports = run_loadgen(d.base_url, jobs=jobs, personas=per_job)
         ours = _wall(reports)
+        cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 2) for name, pid in pids.items()}
         calls = llm.stats()
         phases = _call_phases(reports, calls["started"], latency_ms / 1000, total=jobs * per_job)
         port = free_port()
@@ -353,6 +356,8 @@ def latency_bound(quick: bool) -> dict:
         # wall = first_call_after_post + calls + after_last_call (from the test LLM's call start times)
         "phases_seconds": phases,
         "llm_max_in_flight": calls["max_in_flight"],
+        # from the personas' creation to the last results: the machine's two cores, by process
+        "cpu_seconds_by_process": cpu,
         "inprocess_wall_seconds": round(theirs, 3),
         "speedup_over_inprocess": round(theirs / ours, 2),
         "target": "time/limit <= 1.10 and >= 5x the in-process design",

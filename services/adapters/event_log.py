@@ -405,6 +405,10 @@ class EventLog(DerivedReads):
             size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
             if size > self.nc.max_payload:
                 raise EventTooLarge(event.type, size, self.nc.max_payload)  # type: ignore[attr-defined]
+            try:  # tried once before a retrier is built: building one costs more than the publish
+                return (await self.js.publish(subject, payload, stream=self.stream, headers=headers)).seq
+            except _TRANSIENT + (ConnectionClosedError,) as exc:
+                log.warning("nats_retry", what="publish", error=repr(exc)[:300])
             async for attempt in self._retrying(retry_seconds, "publish"):
                 with attempt:
                     ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)

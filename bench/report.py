@@ -17,7 +17,7 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
         rows.append(("latency-bound",
                      f"{r['wall_seconds']} s for {r['personas']} personas; limit {r['limit_seconds']} s",
                      f"time/limit {r['time_over_limit']}; {r['speedup_over_inprocess']}x the in-process design",
-                     "<= 1.15; >= 5x"))
+                     "<= 1.10; >= 5x"))
     r = results.get("overhead_bound")
     if r and "error" not in r:
         per = r.get("writes_per_persona")

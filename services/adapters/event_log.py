@@ -156,22 +156,30 @@ class _Arrivals:
 
 
 async def pulled(
-    sub, batch: int | Callable[[], Awaitable[int]], stop: asyncio.Event
+    sub, batch: int | Callable[[], Awaitable[int]], stop: asyncio.Event, *, ready: float = 0.01
 ) -> AsyncIterator[list]:
     """Each non-empty fetch from a pull subscription, until ``stop``: up to ``batch``
     messages, or as many as ``await batch()`` says there is room for (it waits for room).
-    A fetch the server cannot answer for now (503 while a leader is elected) is tried again."""
+    A fetch the server cannot answer for now (503 while a leader is elected) is tried again.
+
+    A fetch that waits for messages asks for one: a fetch holds what it has until its batch is
+    full or it expires, and a batch can stay short for the whole expiry (the consumer's
+    ``max_ack_pending`` lets out fewer, or the log is still being written). Once messages
+    come, the next fetches take up to ``batch`` of what is ready within ``ready`` seconds."""
+    waiting = True
     while not stop.is_set():
         size = batch if isinstance(batch, int) else await batch()
         try:
-            msgs = await sub.fetch(batch=size, timeout=1)
+            msgs = await (sub.fetch(batch=1, timeout=1) if waiting else sub.fetch(batch=size, timeout=ready))
         except (NatsTimeout, TimeoutError):
+            waiting = True
             continue
         except _TRANSIENT as exc:  # the consumer has no leader for a moment (a NATS node died): ask again
             log.warning("fetch_retry", error=f"{type(exc).__name__}: {exc}"[:300])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=0.5)
             continue
+        waiting = False
         yield msgs
 
 
@@ -410,6 +418,10 @@ class EventLog(DerivedReads):
             size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
             if size > self.nc.max_payload:
                 raise EventTooLarge(event.type, size, self.nc.max_payload)  # type: ignore[attr-defined]
+            try:  # tried once before a retrier is built: building one costs more than the publish
+                return (await self.js.publish(subject, payload, stream=self.stream, headers=headers)).seq
+            except _TRANSIENT + (ConnectionClosedError,) as exc:
+                log.warning("nats_retry", what="publish", error=repr(exc)[:300])
             async for attempt in self._retrying(retry_seconds, "publish"):
                 with attempt:
                     ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)

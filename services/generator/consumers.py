@@ -207,6 +207,11 @@ class WorkerPool:
         await self.cancellations.start()
         async for msgs in pulled(sub, room, stop):
             for msg in msgs:
+                if len(self.in_flight) >= limit:
+                    # A fetch hands over what arrived for earlier fetches too (nats-py): more than
+                    # there was room for. The item waits for a slot, kept with this worker.
+                    async with still_working(msg, s.ack_wait_seconds):
+                        await room()
                 task = asyncio.create_task(self.handle(msg))
                 self.in_flight.add(task)
                 task.add_done_callback(self.in_flight.discard)

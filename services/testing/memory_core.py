@@ -120,12 +120,14 @@ class CoreRouter:
 
 
 class MemoryKeyValue:
-    """A bucket whose revisions count every write to it, as a KV stream's sequence does."""
+    """A bucket whose revisions count every write to it, as a KV stream's sequence does; each
+    write is also handed to ``on_write(subject, value)``, as NATS publishes it on ``$KV.<bucket>.<key>``."""
 
-    def __init__(self, bucket: str) -> None:
+    def __init__(self, bucket: str, on_write: Callable[[str, bytes], None] | None = None) -> None:
         self.bucket = bucket
         self._entries: dict[str, KeyValue.Entry] = {}
         self._revision = 0
+        self._on_write = on_write
 
     async def get(self, key: str) -> KeyValue.Entry:
         if key not in self._entries:
@@ -136,6 +138,8 @@ class MemoryKeyValue:
         self._revision += 1
         self._entries[key] = KeyValue.Entry(bucket=self.bucket, key=key, value=value, revision=self._revision,
                                             delta=None, created=None, operation=None)
+        if self._on_write is not None:
+            self._on_write(f"$KV.{self.bucket}.{key}", value)
         return self._revision
 
     async def create(self, key: str, value: bytes) -> int:

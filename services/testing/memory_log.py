@@ -204,7 +204,9 @@ class MemoryEventLog(DerivedReads):
     # --- key-value ------------------------------------------------------------------------------
 
     async def key_value(self, bucket: str, *, history: int = 1, replicas: int = 1) -> MemoryKeyValue:
-        return self._buckets.setdefault(bucket, MemoryKeyValue(bucket))
+        if bucket not in self._buckets:
+            self._buckets[bucket] = MemoryKeyValue(bucket, on_write=self._route)
+        return self._buckets[bucket]
 
     async def close(self) -> None:
         await self._core.close()

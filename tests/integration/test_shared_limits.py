@@ -7,7 +7,9 @@ import time
 
 import pytest
 
+from services.adapters.event_log import EventLog
 from services.adapters.llm.limits import SharedLimiter
+from tests.waiting import eventually
 
 NOW = time.time()
 
@@ -48,4 +50,40 @@ async def test_a_retry_after_makes_every_worker_wait(event_log):
     (a, _), (b, _) = await _limiter(event_log, rpm=0, tpm=0), await _limiter(event_log, rpm=0, tpm=0)
     assert await b.acquire(1) == 0
     await a.back_off(3.0)
-    assert await b.acquire(1) == pytest.approx(3.0)
+    assert await a.acquire(1) == pytest.approx(3.0)  # the one that backs off waits from then on
+    # another hears it as NATS publishes the write (in its own process: within a round trip)
+    assert await eventually(lambda: b.acquire(1), what="b hearing the back-off") == pytest.approx(3.0)
+
+
+class CountedReads:
+    """A real bucket whose reads are counted."""
+
+    def __init__(self, kv) -> None:
+        self.kv, self.reads = kv, 0
+
+    async def get(self, key: str):
+        self.reads += 1
+        return await self.kv.get(key)
+
+    def __getattr__(self, name: str):
+        return getattr(self.kv, name)
+
+
+async def test_with_no_rate_caps_a_call_reads_the_bucket_once_then_hears_back_offs(settings):
+    log_a, log_b = await EventLog.connect(settings, "limiter-a"), await EventLog.connect(settings, "limiter-b")
+    try:
+        (a, _), (b, _) = await _limiter(log_a, rpm=0, tpm=0), await _limiter(log_b, rpm=0, tpm=0)
+        b.kv = counted = CountedReads(b.kv)
+        assert [await b.acquire(1) for _ in range(5)] == [0] * 5
+        assert counted.reads == 1
+        await a.back_off(2.0)  # another process's 429
+        assert await eventually(lambda: b.acquire(1), what="b hearing the back-off") == pytest.approx(2.0)
+        assert counted.reads == 1
+        # after a reconnection (its callback, as nats-py runs it) a write may have gone unheard:
+        # the next call reads the bucket again
+        b._reconnected()
+        assert await b.acquire(1) == pytest.approx(2.0)
+        assert counted.reads == 2
+    finally:
+        await log_a.close()
+        await log_b.close()

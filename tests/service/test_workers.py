@@ -3,16 +3,18 @@ ended costs no second LLM call, and an item no worker can finish becomes a failu
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 from structlog.testing import capture_logs
 
 from contracts import subjects
 from contracts.events import PersonaCompleted
-from services.generator.consumers import WORKERS
+from services.generator.consumers import WORKERS, WorkerPool
 from services.generator.dead_letters import keep_dead_letters
 from services.generator.work import fan_out
 from tests.samples import job_requested
+from tests.service.providers import ScriptedProvider
 from tests.waiting import eventually
 
 
@@ -89,3 +91,66 @@ async def test_an_item_that_fails_with_an_internal_error_on_every_delivery_fails
     assert "RuntimeError" in found.error
     (exhausted,) = [e for e in logs if e["event"] == "work_item_exhausted"]
     assert "failed" in exhausted["error"]  # the operator's log has what happened
+
+
+class CountedProvider(ScriptedProvider):
+    """Counts the prompts being written at once, and the most there ever were."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = self.most_writing = 0
+
+    async def write_system_prompt(self, brief):
+        self.writing += 1
+        self.most_writing = max(self.most_writing, self.writing)
+        try:
+            return await super().write_system_prompt(brief)
+        finally:
+            self.writing -= 1
+
+
+class OverDelivering:
+    """A work queue whose fetches hand over more than they asked for, as nats-py's do when
+    messages meant for an earlier fetch, already expired, arrive late."""
+
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    async def fetch(self, batch: int = 1, timeout: float | None = 5) -> list:
+        return await self.queue.fetch(batch + 3, timeout=timeout)
+
+
+async def test_a_worker_never_runs_more_calls_than_its_share_when_a_fetch_brings_more(
+    service_settings, memory_log, clock,
+):
+    service_settings.worker_concurrency = 2
+    request = job_requested("j1", tuple(f"p{i}" for i in range(8)))
+    for item in fan_out(request.model_copy(update={"deadline": clock() + timedelta(minutes=30)})):
+        await memory_log.publish(item)
+    work_queue = memory_log.work_queue
+
+    async def over_delivering(*args, **kwargs):
+        return OverDelivering(await work_queue(*args, **kwargs))
+
+    memory_log.work_queue = over_delivering  # type: ignore[method-assign]
+    provider = CountedProvider()
+    provider.hold()
+    pool = WorkerPool(memory_log, provider, service_settings, clock=clock)
+    stop = asyncio.Event()
+    running = asyncio.create_task(pool.run(stop))
+    await eventually(lambda: _true(provider.writing >= 2), what="two prompts under way")
+    provider.release()
+
+    async def all_completed() -> bool:
+        ends = [await memory_log.last_seq_on(subjects.job_persona("j1", f"p{i}", "completed")) for i in range(8)]
+        return None not in ends
+
+    await eventually(all_completed, what="every persona completed")
+    stop.set()
+    await running
+    assert provider.prompt_calls == 8
+    assert provider.most_writing == 2
+
+
+async def _true(value: bool) -> bool:
+    return value

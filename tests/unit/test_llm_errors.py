@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import traceback
 
+import aiohttp
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -58,6 +59,23 @@ async def test_an_unreachable_server_is_named_by_the_error_class_alone():
         await provider.check()
     assert (failed.value.code, failed.value.message) == ("llm_unavailable", "LLM unreachable (ConnectError)")
     assert "CANARY" not in _everything_said(failed.value)
+    await provider.aclose()
+
+
+@pytest.mark.parametrize("cause,expected", [
+    (aiohttp.ServerDisconnectedError(), ("llm_unavailable", "LLM unreachable (ServerDisconnectedError)")),
+    (aiohttp.SocketTimeoutError(), ("llm_timeout", "LLM timeout: the model did not answer in time")),
+])
+async def test_the_aiohttp_transports_connect_timeout_is_told_apart_from_a_lost_connection(cause, expected):
+    # openai's aiohttp transport raises every aiohttp connection error as a connect timeout
+    # (openai/_vendor/httpx_aiohttp/transport.py); what it wraps says which it was.
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectTimeout("mapped by the transport") from cause
+
+    provider = _provider(fail)
+    with pytest.raises(LLMError) as failed:
+        await provider.check()
+    assert (failed.value.code, failed.value.message) == expected
     await provider.aclose()
 
 

@@ -33,3 +33,40 @@ async def test_a_fetch_refused_during_an_election_is_asked_again():
     assert sub.fetches == 4
     stop.set()
     await batches.aclose()
+
+
+class Consumer:
+    """A pull consumer with ``ready`` messages and room for ``room`` more unacknowledged ones,
+    answering as JetStream does: a fetch for more than it can hand out now holds the ones it
+    has until it expires; one that gets none times out, and meanwhile ``freed`` acks come in."""
+
+    def __init__(self, ready: int, room: int, freed: int) -> None:
+        self.ready, self.room, self.freed = ready, room, freed
+        self.fetches: list[tuple[int, float | None]] = []
+        self.held_until_expiry: list[float | None] = []
+
+    async def fetch(self, batch: int = 1, timeout: float | None = 5) -> list:
+        self.fetches.append((batch, timeout))
+        n = min(batch, self.ready, self.room)
+        if n == 0:
+            self.room += self.freed
+            raise NatsTimeout
+        if n < batch:
+            self.held_until_expiry.append(timeout)
+        self.ready -= n
+        self.room -= n
+        return ["m"] * n
+
+
+async def test_a_fetch_that_waits_for_work_asks_for_one_message_then_takes_what_is_ready():
+    sub = Consumer(ready=10, room=3, freed=8)
+    stop = asyncio.Event()
+    batches = pulled(sub, 8, stop, ready=0.01)
+    sizes = [len(await anext(batches)) for _ in range(4)]
+    stop.set()
+    await batches.aclose()
+    # one at once, then what the room lets out; no room: a timeout, then again one, then the rest
+    assert sizes == [1, 2, 1, 6]
+    assert sub.fetches == [(1, 1), (8, 0.01), (8, 0.01), (1, 1), (8, 0.01)]
+    # a short batch was only ever held for the short expiry, never for a second
+    assert sub.held_until_expiry == [0.01, 0.01]

@@ -7,12 +7,16 @@ gateways), kept in a JetStream key-value bucket.
   in every process waits until then.
 
 Each reservation is a compare-and-set on one key, so two processes never take
-the same slot. (Clocks of the hosts are assumed NTP-synchronised.)
+the same slot. (Clocks of the hosts are assumed NTP-synchronised.) With no rate
+caps a call asks nothing of NATS: each limiter hears every write of the key as
+NATS publishes it, and keeps the latest back-off it heard of.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -53,11 +57,36 @@ class SharedLimiter:
         self.token_interval = 60.0 / tpm if tpm else 0.0
         self.clock = clock
         self.sleep = sleep
+        self.backoff_heard = 0.0  # the latest shared back-off this limiter knows of (it only moves later)
+        self.listening = False  # subscribed to the key's writes
+        self.connection = 0  # counts reconnections: writes may go unheard while one is under way
+        self.current_since: int | None = None  # the connection since which backoff_heard is current
 
     @classmethod
     async def open(cls, event_log: EventLogPort, *, rpm: int, tpm: int, replicas: int = 1) -> SharedLimiter:
         kv = await event_log.key_value(BUCKET, history=1, replicas=replicas)
-        return cls(kv, rpm=rpm, tpm=tpm)
+        limiter = cls(kv, rpm=rpm, tpm=tpm)
+        await limiter.listen(event_log)
+        return limiter
+
+    async def listen(self, event_log: EventLogPort) -> None:
+        """Hear each write of the shared state (NATS publishes a bucket's writes on the key's
+        subject): the back-off is then read from the bucket once, and again after each
+        reconnection, when a write may have gone unheard."""
+
+        async def on_write(msg) -> None:
+            with contextlib.suppress(ValueError, TypeError):  # a deletion or a foreign value: nothing to hear
+                self._heard(LimitState(**json.loads(msg.data)).backoff_until)
+
+        await event_log.subscribe(f"$KV.{BUCKET}.{KEY}", on_write)
+        event_log.on_reconnect(self._reconnected)
+        self.listening = True
+
+    def _heard(self, backoff_until: float) -> None:
+        self.backoff_heard = max(self.backoff_heard, backoff_until)
+
+    def _reconnected(self) -> None:
+        self.connection += 1
 
     async def _load(self) -> tuple[LimitState, int]:
         stored, revision = await read_entry(self.kv, KEY)
@@ -77,9 +106,14 @@ class SharedLimiter:
     async def acquire(self, tokens: int) -> float:
         """Wait for a turn to send a request of about ``tokens`` tokens; returns the wait."""
         if not self.request_interval and not self.token_interval:
-            # No rate caps: only a shared back-off can hold us, and reading it is enough.
-            state, _ = await self._load()
-            wait = state.backoff_until - self.clock()
+            # No rate caps: only a shared back-off can hold us, and the one heard of is current.
+            if not self.listening or self.current_since != self.connection:
+                connection = self.connection
+                state, _ = await self._load()
+                self._heard(state.backoff_until)
+                if self.listening:
+                    self.current_since = connection
+            wait = self.backoff_heard - self.clock()
             if wait > 0:
                 await self.sleep(wait)
             return max(0.0, wait)
@@ -116,9 +150,9 @@ class SharedLimiter:
 
         def push(state: LimitState, now: float) -> float:
             state.backoff_until = max(state.backoff_until, now + seconds)
-            return now
+            return state.backoff_until
 
-        await self._change(push)
+        self._heard(await self._change(push))
         log.warning("llm_backoff_shared", seconds=round(seconds, 3))
 
 

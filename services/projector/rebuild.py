@@ -276,7 +276,7 @@ async def switch_to(source: ReadModelsPort, live: ReadModelsPort, progress: Prog
     then those dropped."""
     names = (*READ_MODELS, STATE)
     await live.ensure_indexes()  # a live collection dropped by hand gets its indexes before its documents
-    sizes = [await source.collection(name).count_documents({}) for name in names]
+    sizes = [await source.collection(name).estimated_document_count() for name in names]  # cheaper than counting
     total, done = 2 * sum(sizes), 0
     await progress(done, total, stage=SWITCHING)
 

@@ -67,6 +67,9 @@ class MemoryCollection:
     async def count_documents(self, filter: dict[str, Any], **kwargs: Any) -> int:
         return self._c.count_documents(filter, **kwargs)
 
+    async def estimated_document_count(self, **kwargs: Any) -> int:
+        return self._c.estimated_document_count(**kwargs)
+
     async def update_one(self, filter: dict[str, Any], update: Any, upsert: bool = False, **kwargs: Any) -> Any:
         return self._c.update_one(filter, update, upsert=upsert, **kwargs)
 

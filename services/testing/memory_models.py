@@ -33,6 +33,9 @@ class MemoryCursor:
         self._docs = self._docs.limit(limit)
         return self
 
+    def hint(self, index: Any) -> MemoryCursor:
+        return self  # which index serves a query changes nothing in memory
+
     def skip(self, skip: int) -> MemoryCursor:
         self._docs = self._docs.skip(skip)
         return self

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pymongo import ASCENDING, AsyncMongoClient, UpdateOne
+from pymongo import ASCENDING, AsyncMongoClient, DeleteOne, ReplaceOne, UpdateOne
 
 from tests.servers import MongoServer
 
@@ -65,6 +65,35 @@ async def measure(url: str, n: int) -> list[tuple[str, float]]:
 
     await timed("guarded $set update, 1,000 per transaction", _chunks(in_transaction, guarded(3)))
     await timed("renameCollection of the indexed collection", indexed.rename("renamed"))
+
+    # What a rebuild's switch could be made of: reading both generations, writing differences,
+    # dropping, renaming over a collection that holds as many documents.
+    async def read_all(collection, **sort) -> None:
+        async for _ in collection.find({}, batch_size=10_000, **sort):
+            pass
+
+    await timed("find all, sorted by _id, no secondary index", read_all(plain, sort=[("_id", ASCENDING)]))
+    await timed("find all, natural order", read_all(plain))
+    renamed = db["renamed"]
+    await timed("find all, sorted by _id, the 3 indexes", read_all(renamed, sort=[("_id", ASCENDING)]))
+    await timed("replace_one (bulk_write, unordered), the 3 indexes", _chunks(
+        lambda d: renamed.bulk_write(d, ordered=False),
+        [ReplaceOne({"_id": f"id{i}"}, {**_doc(i), "status": "completed"}) for i in range(n)]))
+    await timed("delete_one by _id (bulk_write, unordered), the 3 indexes", _chunks(
+        lambda d: renamed.bulk_write(d, ordered=False), [DeleteOne({"_id": f"id{i}"}) for i in range(n)]))
+    await _chunks(lambda d: renamed.insert_many(d, ordered=False), [_doc(i) for i in range(n)])
+    await timed("delete_many({}), the 3 indexes", renamed.delete_many({}))
+    await _chunks(lambda d: renamed.insert_many(d, ordered=False), [_doc(i) for i in range(n)])
+    await timed("drop, the 3 indexes", renamed.drop())
+    await timed("delete_many({}), no secondary index", plain.delete_many({}))
+    await _chunks(lambda d: plain.insert_many(d, ordered=False), [_doc(i) for i in range(n)])
+    await timed("drop, no secondary index", plain.drop())
+    source, target = db["source"], db["target"]
+    for collection in (source, target):
+        for keys in ([("job_id", ASCENDING), ("order", ASCENDING)], [("job_id", ASCENDING), ("status", ASCENDING)]):
+            await collection.create_index(keys)
+        await _chunks(lambda d, c=collection: c.insert_many(d, ordered=False), [_doc(i) for i in range(n)])
+    await timed("renameCollection over a target as large, 2 indexes each", source.rename("target", dropTarget=True))
     await client.drop_database("bench_ops")
     await client.close()
     return out

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, UpdateMany, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, InsertOne, ReplaceOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -217,6 +217,34 @@ class ReadModels:
             if refused:
                 raise DocumentsRefused(refused) from exc
             return present
+
+    async def write_differences(self, collection: str, insert: list[dict[str, Any]], replace: list[dict[str, Any]],
+                                delete: list[Any]) -> None:
+        """Insert the documents ``insert``, replace by ``_id`` those of ``replace`` and delete the
+        ids ``delete``, in one unordered write. An insert that finds its document there (the
+        write retried after it was stored) replaces it."""
+        target = self.collection(collection)
+        if not isinstance(target, AsyncCollection):  # the in-memory double, through its generic methods
+            if insert:
+                await target.insert_many(insert, ordered=False)
+            for doc in replace:
+                await target.replace_one({"_id": doc["_id"]}, doc)
+            if delete:
+                await target.delete_many({"_id": {"$in": delete}})
+            return
+        ops: list[Any] = [InsertOne(d) for d in insert]
+        ops += [ReplaceOne({"_id": d["_id"]}, d) for d in replace] + [DeleteOne({"_id": i}) for i in delete]
+        if not ops:
+            return
+        try:
+            await target.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            errors = (exc.details or {}).get("writeErrors", [])
+            if not errors or (exc.details or {}).get("writeConcernErrors") \
+                    or any(e.get("code") != DUPLICATE_KEY or e["index"] >= len(insert) for e in errors):
+                raise
+            there = [insert[e["index"]] for e in errors]
+            await target.bulk_write([ReplaceOne({"_id": d["_id"]}, d) for d in there], ordered=False)
 
     async def checkpoint(self) -> int:
         return (await self.checkpoint_mark()).seq

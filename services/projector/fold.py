@@ -26,10 +26,10 @@ from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
-from services.adapters.read_models import CollectionWrites, Mark, ReadModels
+from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.log_reset import ResetWatch, restart_positions
 from services.projector.projections import coalesce, split_creations, writes_for
-from services.projector.rebuild import SUFFIX, SWITCHING, Progress, rebuild_into, switch_to
+from services.projector.rebuild import Progress, rebuild_and_switch
 from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
@@ -231,13 +231,8 @@ class Fold:
         """Rebuild every read model from the log and switch to it, pausing the live fold."""
         async with self._lock:
             state = await self.log.state()  # before reading: a log recreated meanwhile is caught later
-            target = ReadModels(self.models.db, suffix=SUFFIX)
-            position = await rebuild_into(self.log, target, progress, job_retention=self.job_retention,
-                                          unusable=self._park_unusable, log_id=state.log_id)
-            # Every event is stored; renaming can still take a while (a server that copies the
-            # collections): the caller's bar says so rather than sit at its end.
-            await progress(position, position, stage=SWITCHING)
-            await switch_to(target, self.models)
+            position = await rebuild_and_switch(self.log, self.models, progress, job_retention=self.job_retention,
+                                                unusable=self._park_unusable, log_id=state.log_id)
             await restart_positions(self.models, state)
             self.position = position
             self._generation += 1

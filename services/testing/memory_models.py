@@ -33,6 +33,9 @@ class MemoryCursor:
         self._docs = self._docs.limit(limit)
         return self
 
+    def hint(self, index: Any) -> MemoryCursor:
+        return self  # which index serves a query changes nothing in memory
+
     def skip(self, skip: int) -> MemoryCursor:
         self._docs = self._docs.skip(skip)
         return self
@@ -66,6 +69,9 @@ class MemoryCollection:
 
     async def count_documents(self, filter: dict[str, Any], **kwargs: Any) -> int:
         return self._c.count_documents(filter, **kwargs)
+
+    async def estimated_document_count(self, **kwargs: Any) -> int:
+        return self._c.estimated_document_count(**kwargs)
 
     async def update_one(self, filter: dict[str, Any], update: Any, upsert: bool = False, **kwargs: Any) -> Any:
         return self._c.update_one(filter, update, upsert=upsert, **kwargs)

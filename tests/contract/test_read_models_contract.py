@@ -148,7 +148,7 @@ async def test_personas_by_ids_and_by_template(any_models):
     assert sorted(by_template) == ["p1", "p2"]
 
 
-async def test_a_rebuild_switches_collections_by_renaming(any_models):
+async def test_a_rebuild_switches_by_merging_into_the_live_collections(any_models):
     rebuilt = ReadModels(any_models.db, suffix="__rebuild")
     await any_models.templates.insert_many([{"_id": "old"}])
     await rebuilt.templates.insert_many([{"_id": "t1", "n": 1}, {"_id": "t2", "n": 2}], ordered=False)

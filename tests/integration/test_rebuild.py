@@ -122,7 +122,12 @@ async def test_rebuild_progress_goes_only_to_the_requests_own_inbox(system, even
     final = await _remote(event_log, progress)
     assert final.get("finished") and "error" not in final, final
     assert seen and seen[0] == (0, before, "writing")
-    assert seen[-1] == (before, before, "switching")  # all stored, then the switch: the bar says so
+    writing = [s for s in seen if s[2] == "writing"]
+    assert writing[-1] == (before, before, "writing")  # all stored, then the switch: the bar says so
+    switching = [s for s in seen if s[2] == "switching"]
+    assert switching and switching == seen[len(writing):]
+    assert switching[-1][0] == switching[-1][1]
+    assert [done for done, _, _ in switching] == sorted(done for done, _, _ in switching)
     assert await event_log.last_seq() == before
 
 
@@ -168,3 +173,103 @@ async def test_a_log_folded_in_many_batches_rebuilds_the_same_read_models(client
         assert await rebuild_into(event_log, target, batch_events=batch_events) == await event_log.last_seq()
         assert await snapshot(target) == live, f"batches of {batch_events} events"
         assert await target.checkpoint() == await models.checkpoint()
+
+
+async def test_the_switch_writes_only_the_differences_and_readers_see_the_rebuilt_documents(
+    client, models, event_log, scenario_document
+):
+    """The live collections keep their names: the switch inserts what they lack, replaces what
+    differs, deletes what the log does not hold, and leaves every other document alone."""
+    from services.projector.projections import JOBS, PERSONAS, TEMPLATES
+    from services.projector.rebuild import merge_into, switch_to
+
+    ids = await _some_history(client, scenario_document)
+    before = await snapshot(models)
+    job_ids = [j["_id"] for j in before["prompt_jobs"]]
+    await models.personas.update_one({"_id": ids[0]}, {"$set": {"system_prompt": "tampered"}})
+    await models.personas.update_one({"_id": ids[1]}, {"$unset": {"tenant": ""}})
+    await models.jobs.delete_one({"_id": job_ids[0]})
+    await models.templates.insert_one({"_id": "not-in-the-log", "template_id": "not-in-the-log"})
+    assert (await client.get(f"/scenario/personas/{ids[0]}")).json()["system_prompt"] == "tampered"
+    assert await models.jobs.find_one({"_id": job_ids[0]}) is None
+
+    rebuilt = ReadModels(models.db, suffix="__merge")
+    await rebuild_into(event_log, rebuilt)
+    steps: list[int] = []
+
+    async def walked(n: int) -> None:
+        steps.append(n)
+
+    assert await merge_into(rebuilt, models, PERSONAS, walked, batch=2) == {"replaced": 2}
+    assert sum(steps) == 5 and max(steps) <= 2  # progress in steps of the batch
+    assert await merge_into(rebuilt, models, JOBS, walked) == {"inserted": 1}
+    assert await merge_into(rebuilt, models, TEMPLATES, walked) == {"deleted": 1}
+    assert await merge_into(rebuilt, models, JOBS, walked) == {}  # nothing left to write
+
+    await switch_to(rebuilt, models)
+    assert await snapshot(models) == before
+    assert await models.checkpoint() == await event_log.last_seq()
+    names = set(await models.db.list_collection_names())
+    assert not {n for n in names if n.endswith("__merge")}, names
+    # Readers find the rebuilt documents under the names they always used.
+    persona = (await client.get(f"/scenario/personas/{ids[0]}")).json()
+    assert persona["system_prompt"] == next(p for p in before["personas_v2"] if p["_id"] == ids[0])["system_prompt"]
+    assert (await client.get(f"/scenario/v2/job-status/{job_ids[0]}")).json()["status"] == "completed"
+    assert (await client.get("/scenario/templates/not-in-the-log")).status_code == 404
+
+
+async def test_the_switch_fills_empty_live_collections_and_empties_those_the_log_does_not_fill(
+    client, models, event_log, scenario_document
+):
+    from services.projector.projections import READ_MODELS
+    from services.projector.rebuild import switch_to
+
+    await _some_history(client, scenario_document)
+    before = await snapshot(models)
+    rebuilt = ReadModels(models.db, suffix="__fill")
+    await rebuild_into(event_log, rebuilt)
+    for name in READ_MODELS:
+        await models.collection(name).drop()
+    await models.db["avatar_interactions__fill"].delete_many({})  # as if the log held no interaction
+    await switch_to(rebuilt, models)
+    assert await snapshot(models) == {**before, "avatar_interactions": []}
+    indexes = [index["name"] async for index in await models.job_personas.list_indexes()]
+    assert len(indexes) > 1  # the live indexes are there again, not only _id's
+
+
+class _FailingLog:
+    """The event log, failing after its first batch: a rebuild that cannot finish."""
+
+    def __init__(self, event_log) -> None:
+        self._log = event_log
+
+    def __getattr__(self, name):
+        return getattr(self._log, name)
+
+    async def read_batches(self, filter_subject, start_seq=1, max_batch=1000):
+        async for batch in self._log.read_batches(filter_subject, start_seq, 1):
+            yield batch
+            raise ConnectionError("the event log went away")
+
+
+async def test_a_failed_rebuild_leaves_the_live_read_models_as_they_were(
+    client, models, event_log, scenario_document
+):
+    import pytest
+
+    from services.projector.rebuild import SUFFIX, rebuild_and_switch
+
+    ids = await _some_history(client, scenario_document)
+    await models.personas.update_one({"_id": ids[0]}, {"$set": {"system_prompt": "live, not rebuilt"}})
+    before = await snapshot(models)
+    checkpoint = await models.checkpoint()
+    with pytest.raises(ConnectionError):
+        await rebuild_and_switch(_FailingLog(event_log), models, batch_events=1)
+    assert await snapshot(models) == before
+    assert await models.checkpoint() == checkpoint
+    names = set(await models.db.list_collection_names())
+    assert not {n for n in names if n.endswith(SUFFIX)}, names  # what it had written is gone
+    # and the same rebuild, able to finish, replaces them
+    assert await rebuild_and_switch(event_log, models) == await event_log.last_seq()
+    persona = await models.personas.find_one({"_id": ids[0]})
+    assert persona["system_prompt"] != "live, not rebuilt"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from rich.console import Console
@@ -16,23 +18,38 @@ from services.runtime.settings import Settings
 err = Console(stderr=True)
 
 
-async def _with_keys(settings: Settings, event_log: EventLogPort | None):
-    return event_log or await EventLog.connect(settings, "promptgen-keys")
+class Refused(Exception):
+    """What the operator asked for cannot be: said in red, exit 2."""
+
+
+@asynccontextmanager
+async def _connected(settings: Settings, event_log: EventLogPort | None) -> AsyncIterator[EventLogPort]:
+    """The event log (``event_log``, or a connection of our own, closed after); a ValueError
+    raised inside (a bad tenant, scope or value) becomes :class:`Refused`."""
+    log = event_log or await EventLog.connect(settings, "promptgen-keys")
+    try:
+        yield log
+    except ValueError as exc:
+        raise Refused(str(exc)) from exc
+    finally:
+        if event_log is None:
+            await log.close()
+
+
+def _refused(exc: Refused) -> int:
+    err.print(f"[red]{exc}[/red]")
+    return 2
 
 
 async def create_key(
     settings: Settings, tenant: str, scopes: list[str], *, expires_in: timedelta | None = None,
     event_log: EventLogPort | None = None,
 ) -> int:
-    log = await _with_keys(settings, event_log)
     try:
-        record, key = await (await ApiKeys.open(log)).create(tenant, scopes, expires_in=expires_in)
-    except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        return 2
-    finally:
-        if event_log is None:
-            await log.close()
+        async with _connected(settings, event_log) as log:
+            record, key = await (await ApiKeys.open(log)).create(tenant, scopes, expires_in=expires_in)
+    except Refused as exc:
+        return _refused(exc)
     until = f", until {record.expires_at:%Y-%m-%d %H:%M:%S} UTC" if record.expires_at else ""
     err.print(f"key {record.id} for tenant {record.tenant}, scopes {', '.join(record.scopes)}{until}. It is shown "
               "this once; store it now. A gateway running with auth off turns it on at its next start.")
@@ -41,12 +58,8 @@ async def create_key(
 
 
 async def list_keys(settings: Settings, *, event_log: EventLogPort | None = None) -> int:
-    log = await _with_keys(settings, event_log)
-    try:
+    async with _connected(settings, event_log) as log:
         records = await (await ApiKeys.open(log)).list()
-    finally:
-        if event_log is None:
-            await log.close()
     table = Table(title=f"{len(records)} API key(s), times in UTC")
     table.add_column("id", no_wrap=True)  # copied into `keys revoke`: one piece
     for col in ("tenant", "scopes", "created", "expires", "revoked"):
@@ -64,12 +77,8 @@ def _when(moment: datetime | None) -> str:
 
 
 async def revoke_key(settings: Settings, key_id: str, *, event_log: EventLogPort | None = None) -> int:
-    log = await _with_keys(settings, event_log)
-    try:
+    async with _connected(settings, event_log) as log:
         record = await (await ApiKeys.open(log)).revoke(key_id)
-    finally:
-        if event_log is None:
-            await log.close()
     if record is None:
         err.print(f"[red]no key {key_id}[/red]")
         return 1
@@ -82,18 +91,14 @@ async def tenant_limits(settings: Settings, tenant: str, changes: dict[str, int 
     """Set (or, with no changes, show) a tenant's own limits; prints what the tenant then has."""
     from services.gateway.quotas import BUCKET, LIMITS, OVERRIDES_SECONDS, TenantLimits, set_tenant_limits, tenant_own
 
-    log = await _with_keys(settings, event_log)
     try:
-        kv = await log.key_value(BUCKET, history=1, replicas=settings.replicas)
-        own = await set_tenant_limits(kv, tenant, changes) if changes else await tenant_own(kv, tenant)
-        if not any(r.tenant == tenant for r in await (await ApiKeys.open(log)).list()):
-            err.print(f"[yellow]no key of tenant {tenant!r} exists (yet): check its name[/yellow]")
-    except ValueError as exc:
-        err.print(f"[red]{exc}[/red]")
-        return 2
-    finally:
-        if event_log is None:
-            await log.close()
+        async with _connected(settings, event_log) as log:
+            kv = await log.key_value(BUCKET, history=1, replicas=settings.replicas)
+            own = await set_tenant_limits(kv, tenant, changes) if changes else await tenant_own(kv, tenant)
+            if not any(r.tenant == tenant for r in await (await ApiKeys.open(log)).list()):
+                err.print(f"[yellow]no key of tenant {tenant!r} exists (yet): check its name[/yellow]")
+    except Refused as exc:
+        return _refused(exc)
     defaults = TenantLimits.from_settings(settings)
     table = Table(title=f"tenant {tenant}: limits at every gateway within {OVERRIDES_SECONDS:g} s")
     for col in ("limit", "value", "from"):

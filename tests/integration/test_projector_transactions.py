@@ -223,28 +223,17 @@ async def test_a_server_refusing_transactions_is_written_to_write_by_write_from_
 
 
 
-async def test_transactions_turned_off_by_setting_store_the_batch_write_by_write(event_log, settings):
-    models, close = open_read_models(settings.model_copy(update={"mongo_transactions": "off"}))
+@pytest.mark.parametrize("setting,written", [("off", "separately"), ("auto", "transaction")])
+async def test_the_setting_decides_whether_a_batch_is_one_transaction(event_log, settings, setting, written):
+    models, close = open_read_models(settings.model_copy(update={"mongo_transactions": setting}))
     try:
         batch = await _batch(event_log)
         fold = _fold(event_log, models)
         await fold.apply(batch)
-        assert _batches(fold, "transaction") == 0 and _batches(fold, "separately") == 1
+        other = {"transaction": "separately", "separately": "transaction"}[written]
+        assert _batches(fold, written) == 1 and _batches(fold, other) == 0
         assert await models.checkpoint() == batch[-1].seq
         assert len(await models.job_persona_docs("j1")) == 2
-    finally:
-        await models.db.client.drop_database(models.db.name)
-        await close()
-
-
-async def test_transactions_turned_on_by_setting_store_the_batch_in_one(event_log, settings):
-    models, close = open_read_models(settings.model_copy(update={"mongo_transactions": "auto"}))
-    try:
-        batch = await _batch(event_log)
-        fold = _fold(event_log, models)
-        await fold.apply(batch)
-        assert _batches(fold, "transaction") == 1 and _batches(fold, "separately") == 0
-        assert await models.checkpoint() == batch[-1].seq
     finally:
         await models.db.client.drop_database(models.db.name)
         await close()

@@ -124,11 +124,6 @@ class ApiKeys:
         records = [r for r in [await self.get(i) for i in ids] if r is not None]
         return sorted(records, key=lambda r: r.created_at)
 
-    async def any_unrevoked(self) -> bool:
-        """Whether a key exists that was never revoked, expired or not: auth stays on once keys
-        exist, until an operator revokes every one (an expired key does not turn it off)."""
-        return any(r.revoked_at is None for r in await self.list())
-
     async def revoke(self, key_id: str) -> ApiKeyRecord | None:
         record, revision = await self._entry(key_id)
         if record is None or record.revoked_at is not None:  # an expired key is revoked all the same

@@ -128,6 +128,12 @@ class LogState:
     first_seq: int
     last_seq: int
 
+    @classmethod
+    def of(cls, info: api.StreamInfo) -> LogState:
+        """The state a stream's info describes."""
+        log_id = f"{info.config.name}@{info.created.isoformat()}" if info.created else None
+        return cls(log_id=log_id, first_seq=info.state.first_seq, last_seq=info.state.last_seq)
+
 
 class FollowStalled(Exception):
     """A live read whose consumer the server lost: resume from your stored position."""
@@ -506,9 +512,7 @@ class EventLog(DerivedReads):
         return info.state.last_seq
 
     async def state(self) -> LogState:
-        info = await self.js.stream_info(self.stream)
-        log_id = f"{self.stream}@{info.created.isoformat()}" if info.created else None
-        return LogState(log_id=log_id, first_seq=info.state.first_seq, last_seq=info.state.last_seq)
+        return LogState.of(await self.js.stream_info(self.stream))
 
     async def _ordered(self, filter_subject: str, start_seq: int, stream: str | None = None):
         """An ordered consumer from ``start_seq`` and the queue its messages arrive in.

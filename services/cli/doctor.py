@@ -153,9 +153,7 @@ async def check_positions(settings: Settings, data_dir: Path) -> list[Finding]:
         return []
     client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=3000)
     try:
-        info = await nc.jetstream(timeout=3).stream_info(settings.stream)
-        state = LogState(log_id=f"{settings.stream}@{info.created.isoformat()}" if info.created else None,
-                         first_seq=info.state.first_seq, last_seq=info.state.last_seq)
+        state = LogState.of(await nc.jetstream(timeout=3).stream_info(settings.stream))
         models = ReadModels(client[settings.mongo_db])
         marks = {PROJECTOR: await models.checkpoint_mark()} | await models.positions()
     except Exception:  # noqa: BLE001 - no stream yet, or MongoDB away: reported by the other checks

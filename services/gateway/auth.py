@@ -110,13 +110,14 @@ async def open_guard(settings: Settings, event_log: EventLogPort, clock: Clock) 
     ``required``. A key created while a gateway runs open takes effect at its next start."""
     keys = await ApiKeys.open(event_log)
     must = auth_must_be_on(settings)
-    has_keys = await keys.any_unrevoked()
+    records = await keys.list()  # read once: whether auth is on, and whether any key still works
+    has_keys = any(r.revoked_at is None for r in records)  # an expired key keeps auth on
     if must and not has_keys:
         why = "PROMPTGEN_AUTH=required" if settings.auth == "required" else f"bound to {settings.host}"
         raise AuthNotConfigured(f"{why}, but there is no active API key: create one with "
                                 "`promptgen keys create --tenant NAME --scopes all`")
     enforced = must or has_keys
-    if has_keys and not any(r.active for r in await keys.list()):
+    if has_keys and not any(r.active for r in records):
         log.warning("no_usable_api_key", reason="every key expired: auth stays on, and every request is refused "
                     "until `promptgen keys create` makes a new one")
     secret = settings.stream_token_secret

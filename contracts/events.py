@@ -33,6 +33,7 @@ from contracts.domain import (
     TemplateData,
     TokenUsage,
 )
+from contracts.limits import READING
 
 
 def now() -> datetime:
@@ -323,7 +324,7 @@ def _upcast(obj: dict[str, Any], type_: str, version: int) -> dict[str, Any]:
 def parse_event(data: bytes | str) -> Event:
     """Decode one stored event, tolerantly (see the module's docstring)."""
     try:
-        event = _adapter.validate_json(data, extra="ignore")
+        event = _adapter.validate_json(data, extra="ignore", context=READING)
     except ValidationError as exc:
         failure: Exception = exc
     else:
@@ -345,7 +346,7 @@ def parse_event(data: bytes | str) -> Event:
     if version == CURRENT_VERSION[type_]:
         raise UndecodableEvent(f"{type_} does not fit its contract: {_brief(failure)}") from None
     try:
-        return _adapter.validate_python(_upcast(obj, type_, version), extra="ignore")
+        return _adapter.validate_python(_upcast(obj, type_, version), extra="ignore", context=READING)
     except ValidationError as exc:
         raise UndecodableEvent(f"{type_} version {version} does not fit its contract: {_brief(exc)}") from None
 

@@ -8,8 +8,10 @@ replays the events and decides again: the end event has one deduplication id per
 job, and a job whose history already holds its end is left alone. Nothing needs
 repairing after a crash.
 
-Cheap test first: it counts the personas that ended per job, and reads a job's
-history only when the job may be over (every persona ended, a cancel, the deadline).
+It keeps each running job's view as it follows (:class:`RunningJobs`), so the end of a
+job it followed is decided the moment the event that ends it is read, with nothing read
+back. A job it meets mid-way (after a restart) is learnt from its history once, and the
+deadline sweep and a reapply decide on the whole history (the follower may be behind).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from functools import partial
 
 import structlog
 
@@ -25,6 +28,7 @@ from contracts import subjects
 from contracts.api import ParkedEvent
 from contracts.domain import TERMINAL_PERSONA_STATUSES
 from contracts.events import (
+    Envelope,
     JobCancelRequested,
     JobFinished,
     JobRequested,
@@ -38,7 +42,7 @@ from services.adapters.read_models import Mark
 from services.projector.log_reset import ResetWatch
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
-from services.projector.projections import JOB_PERSONAS, JOBS, project
+from services.projector.projections import JOB_PERSONAS, JOBS, job_persona_key, project
 from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
@@ -49,60 +53,108 @@ log = structlog.get_logger()
 JOB_MANAGER = "job-manager"
 
 
-class EndedPersonas:
-    """How many personas each running job has and which have ended, kept from the events
-    (sets: replays are harmless). A job first met mid-way (after a restart) is learnt
-    from its history once. Bounded: the least recently touched jobs are forgotten."""
+class JobView:
+    """One job's documents (the job's and its personas'), as the read models will hold them."""
 
-    def __init__(self, event_log: EventLogPort, max_jobs: int = 10_000) -> None:
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.fold = MemoryFold()
+        self.open: set[str] = set()  # its personas not yet ended
+        self.decided = False  # its end is published (the event may not be back yet)
+        self.known_to = 0  # the log's sequence up to which it holds every event of the job
+
+    def apply(self, event: Envelope, seq: int) -> None:
+        self.known_to = max(self.known_to, seq)
+        for collection, change in project(event, seq):
+            if collection in (JOBS, JOB_PERSONAS):
+                self.fold.apply(collection, change)
+        if isinstance(event, JobRequested):
+            for jp in event.personas:
+                self._track(jp.persona.id)
+        elif (persona_id := getattr(event, "persona_id", None)) is not None:
+            self._track(persona_id)
+
+    def _track(self, persona_id: str) -> None:
+        doc = self.fold.collections[JOB_PERSONAS].get(job_persona_key(self.job_id, persona_id))
+        if doc is None or doc["status"] in TERMINAL_PERSONA_STATUSES:
+            self.open.discard(persona_id)
+        else:
+            self.open.add(persona_id)
+
+    @property
+    def size(self) -> int:
+        return len(self.fold.collections[JOB_PERSONAS]) + 1
+
+    def view(self) -> tuple[dict, list[dict]] | None:
+        job = self.fold.collections[JOBS].get(self.job_id)
+        if job is None:
+            return None
+        return job, sorted(self.fold.collections[JOB_PERSONAS].values(), key=lambda p: p["order"])
+
+    @classmethod
+    def of(cls, job_id: str, events: Iterable[StoredEvent]) -> JobView:
+        view = cls(job_id)
+        for stored in events:
+            if stored.event is not None:
+                view.apply(stored.event, stored.seq)
+        return view
+
+
+class RunningJobs:
+    """The view of each running job, folded by the same projections as the read models from the
+    events the job manager follows, so deciding a job's end reads nothing back. A job first met
+    mid-way (after a restart, or once forgotten) is learnt from its history in the log once;
+    folding again an event that history held changes nothing (each change is guarded by its
+    event's sequence). Bounded: past ``max_documents`` documents in all, the least recently
+    touched jobs are forgotten (and learnt again if they come back)."""
+
+    def __init__(self, event_log: EventLogPort, max_documents: int = 200_000) -> None:
         self.log = event_log
-        self.max_jobs = max_jobs
-        self.jobs: OrderedDict[str, tuple[int, set[str]]] = OrderedDict()
+        self.max_documents = max_documents
+        self.jobs: OrderedDict[str, JobView] = OrderedDict()
+        self.documents = 0
 
-    def _keep(self, job_id: str, total: int, ended: set[str]) -> None:
-        self.jobs[job_id] = (total, ended)
+    async def fold(self, stored: StoredEvent) -> JobView | None:
+        """Fold one followed event into its job's view (learning the job first if need be)."""
+        event = stored.event
+        job_id = getattr(event, "job_id", None)
+        if event is None or job_id is None:
+            return None
+        view = self.jobs.get(job_id)
+        if view is None:
+            view = JobView(job_id) if isinstance(event, JobRequested) else await self.learn(job_id)
+            if view is None:
+                return None
+        else:
+            self.forget(job_id)
+        view.apply(event, stored.seq)  # raising: the job is forgotten, and learnt again next time
+        self._keep(job_id, view)
+        return view
+
+    async def learn(self, job_id: str) -> JobView | None:
+        """The job's view folded from its whole history in the log, or None if it holds no request."""
+        log_end = await self.log.last_seq()
+        start = await self.log.last_seq_on(subjects.job(job_id, "requested"))
+        if start is None:
+            return None
+        events = [stored async for batch in self.log.read_batches(subjects.job_history(job_id), start)
+                  for stored in batch]
+        view = JobView.of(job_id, events)
+        view.known_to = max(view.known_to, log_end)
+        return view
+
+    def _keep(self, job_id: str, view: JobView) -> None:
+        self.jobs[job_id] = view
         self.jobs.move_to_end(job_id)
-        while len(self.jobs) > self.max_jobs:
-            self.jobs.popitem(last=False)
-
-    def started(self, event: JobRequested) -> None:
-        self._keep(event.job_id, len(event.personas), self.jobs.get(event.job_id, (0, set()))[1])
-
-    async def ended(self, job_id: str, persona_id: str) -> bool:
-        """Note that ``persona_id`` ended; whether every persona of the job now has."""
-        if job_id not in self.jobs:
-            history = await job_history(self.log, job_id)
-            if history is None:
-                return False
-            job, personas = history
-            self._keep(job_id, job["total_personas"],
-                       {p["persona_id"] for p in personas if p["status"] in TERMINAL_PERSONA_STATUSES})
-        total, ended = self.jobs[job_id]
-        ended.add(persona_id)
-        self.jobs.move_to_end(job_id)
-        return len(ended) >= total
+        self.documents += view.size
+        while self.documents > self.max_documents and len(self.jobs) > 1:
+            _, gone = self.jobs.popitem(last=False)
+            self.documents -= gone.size
 
     def forget(self, job_id: str) -> None:
-        self.jobs.pop(job_id, None)
-
-
-async def job_history(event_log: EventLogPort, job_id: str) -> tuple[dict, list[dict]] | None:
-    """A job's view (the job and its personas, as the read models hold them) folded from its
-    events in the log, or None if the log holds no request for it."""
-    start = await event_log.last_seq_on(subjects.job(job_id, "requested"))
-    if start is None:
-        return None
-    fold = MemoryFold()
-    async for batch in event_log.read_batches(subjects.job_history(job_id), start):
-        for stored in batch:
-            if stored.event is not None:
-                for collection, op in project(stored.event, stored.seq):
-                    fold.apply(collection, op)
-    job = fold.collections[JOBS].get(job_id)
-    if job is None:
-        return None
-    personas = sorted(fold.collections[JOB_PERSONAS].values(), key=lambda p: p["order"])
-    return job, personas
+        view = self.jobs.pop(job_id, None)
+        if view is not None:
+            self.documents -= view.size
 
 
 class JobManager:
@@ -120,8 +172,11 @@ class JobManager:
         self.models = models
         self.parked = parked
         self.clock = clock
-        self.ended = EndedPersonas(event_log)
+        self.running = RunningJobs(event_log)
         self.position = 0
+        # The log's end when following began: up to there the events are replayed (after a restart
+        # the job may have ended later in the log), so they are decided on the job's whole history.
+        self.replaying_to = 0
         self.watch = ResetWatch(JOB_MANAGER)
         self.log_id: str | None = None  # the log its position belongs to (stored with it)
 
@@ -141,6 +196,7 @@ class JobManager:
             await self.watch.pause(stop)
             return
         self.log_id, self.position = state.log_id, mark.seq
+        self.replaying_to = state.last_seq
         log.info("job_manager_following", from_seq=mark.seq + 1, log=self.log_id)
         follower = self.log.follow_batches(subjects.ALL_JOBS, mark.seq + 1)
         try:
@@ -159,41 +215,56 @@ class JobManager:
         over: dict[str, StoredEvent] = {}
         for stored in batch:
             event = stored.event
-            if isinstance(event, JobRequested):
-                self.ended.started(event)
-            elif isinstance(event, PersonaCompleted | PersonaFailed):
-                if await self.ended.ended(event.job_id, event.persona_id):
-                    over[event.job_id] = stored
-            elif isinstance(event, JobCancelRequested):
-                over[event.job_id] = stored  # decided at once, with personas still open
-            elif isinstance(event, JobFinished):
+            if isinstance(event, JobFinished):
                 over.pop(event.job_id, None)
-                self.ended.forget(event.job_id)
-        await self.decide(over, causes=over)
+                self.running.forget(event.job_id)
+                continue
+            try:
+                view = await durably(partial(self.running.fold, stored), what="job view")
+            except Unstorable as exc:  # an event its job's view cannot take: the job waits for a fix
+                await self._park(getattr(event, "job_id", ""), exc.cause)
+                continue
+            if view is None or view.decided:
+                continue
+            if isinstance(event, JobCancelRequested):
+                over[view.job_id] = stored  # decided at once, with personas still open
+            elif isinstance(event, PersonaCompleted | PersonaFailed) and not view.open:
+                over[view.job_id] = stored
+        await self.decide(over, causes=over, live=True)
         await durably(lambda: self.models.save_position(JOB_MANAGER, batch[-1].seq, self.log_id),
                       what="job manager position")
         self.position = batch[-1].seq
 
-    async def decide(self, jobs: Iterable[str], *, strict: bool = False,
+    async def decide(self, jobs: Iterable[str], *, strict: bool = False, live: bool = False,
                      causes: Mapping[str, StoredEvent] | None = None) -> None:
         """Publish the end of each job that has one. A job whose end cannot be decided or
         stored is parked (``strict``: raised) and the others go on. A job's decision is traced
-        as a child of the event in ``causes`` that may have ended it (so is the end it publishes)."""
+        as a child of the event in ``causes`` that may have ended it (so is the end it publishes).
+
+        ``live``: decided on the job's view as of the events followed so far when that view
+        holds the log at least to where the replay ends (the follower's decisions); else on its
+        whole history in the log (a replay, the deadline sweep and a reapply: the log may hold
+        more of the job, its end included, than the view)."""
         now = self.clock()
         for job_id in list(jobs):
             cause = (causes or {}).get(job_id)
             with tracing.consuming("decide job", cause.headers if cause else None, cause.event if cause else None,
                                    **{"promptgen.job_id": job_id}) as span:
                 try:
-                    await self._end_if_over(job_id, now)
+                    await self._end_if_over(job_id, now, live)
                 except Unstorable as exc:
                     tracing.fail(span, exc.cause)
                     if strict:
                         raise exc.cause from None
                     await self._park(job_id, exc.cause)
 
-    async def _end_if_over(self, job_id: str, now: datetime) -> None:
-        history = await durably(lambda: job_history(self.log, job_id), what="job history")
+    async def _end_if_over(self, job_id: str, now: datetime, live: bool) -> None:
+        held = self.running.jobs.get(job_id) if live else None
+        if held is not None and held.known_to >= self.replaying_to:
+            view: JobView | None = held
+        else:
+            view = await durably(lambda: self.running.learn(job_id), what="job history")
+        history = view.view() if view is not None else None
         if history is None:
             return
         try:
@@ -203,9 +274,10 @@ class JobManager:
         if end is None:
             return
         await durably(lambda: self.log.publish(end), what="job end")
+        if (followed := self.running.jobs.get(job_id)) is not None:
+            followed.decided = True
         tracing.note(**{"promptgen.job_status": end.status})
         self.metrics.jobs_finished.labels(status=end.status).inc()
-        self.ended.forget(job_id)
         log.info("job_finished", job_id=job_id, status=end.status,
                  successful=end.results.successful, failed=end.results.failed)
 

@@ -58,12 +58,76 @@ async def test_a_restarted_job_manager_ends_a_job_the_fold_had_already_stored(ev
     assert await models.position(JOB_MANAGER) == await event_log.last_seq()
 
 
+def _counting_publishes(event_log: EventLog) -> list[str]:
+    """The job ends published through ``event_log`` from now on (stored or not)."""
+    published: list[str] = []
+    publish = event_log.publish
+
+    async def counting(event, *args, **kwargs):
+        if isinstance(event, JobFinished):
+            published.append(event.job_id)
+        return await publish(event, *args, **kwargs)
+
+    event_log.publish = counting  # type: ignore[method-assign]
+    return published
+
+
+def _counting_learns(manager: JobManager) -> list[str]:
+    """The jobs whose history ``manager`` reads back from the log from now on."""
+    learnt: list[str] = []
+    learn = manager.running.learn
+
+    async def counting(job_id: str):
+        learnt.append(job_id)
+        return await learn(job_id)
+
+    manager.running.learn = counting  # type: ignore[method-assign]
+    return learnt
+
+
 async def test_deciding_again_after_a_crash_publishes_no_second_end(event_log, models):
     await _publish_a_finished_job(event_log, "j1")
     await _run_until_ended(event_log, _job_manager(event_log, models), "j1")
     await models.db["consumer_positions"].delete_many({})  # it died before storing its position
 
+    published = _counting_publishes(event_log)
     await _run_until_ended(event_log, _job_manager(event_log, models), "j1")
+    assert len(await _ends(event_log, "j1")) == 1
+    # replayed events are decided on the whole history, which holds the end: nothing is published
+    # (so no second end either once the log's deduplication window has passed)
+    assert published == []
+
+
+async def test_a_job_followed_from_its_request_ends_without_reading_its_history(event_log, models):
+    manager = _job_manager(event_log, models)
+    learnt = _counting_learns(manager)
+    task = asyncio.create_task(manager.run(asyncio.Event(), sweep_seconds=60))
+    try:
+        async with asyncio.timeout(20):
+            while manager.log_id is None:  # following, past the (empty) replay
+                await asyncio.sleep(0.01)
+        await _publish_a_finished_job(event_log, "j1")
+        async with asyncio.timeout(20):
+            while not (ends := await _ends(event_log, "j1")):
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.02)
+    finally:
+        await cancel_and_wait(task)
+    assert ends[0].status == "completed" and ends[0].results.successful == 2
+    assert learnt == []
+    assert "j1" not in manager.running.jobs  # forgotten once its end came back
+
+
+async def test_a_job_met_mid_way_is_learnt_from_its_history_once(event_log, models):
+    await _publish_a_finished_job(event_log, "j1")
+    request_seq = (await event_log.last_seq()) - 2  # the request, then its two personas' completions
+    await models.save_position(JOB_MANAGER, request_seq, (await event_log.state()).log_id)
+    manager = _job_manager(event_log, models)
+    learnt = _counting_learns(manager)
+
+    end = await _run_until_ended(event_log, manager, "j1")
+    assert end.status == "completed" and end.results.successful == 2
+    assert learnt.count("j1") == 1  # the followed completions folded again into what it learnt
     assert len(await _ends(event_log, "j1")) == 1
 
 

@@ -1,10 +1,12 @@
-"""Where the MongoDB-wire server's time goes under the overhead-bound load (offline provider):
+"""Where each process's time goes under the overhead-bound load (offline provider):
 
     .venv/bin/pip install py-spy   # a profiler, not a dependency of the project
     python -m bench.profile_mongo [--jobs 20] [--personas 100] > bench/results/profile_overhead_mongodb.txt
+    python -m bench.profile_mongo --processes mongodb,projector,gateway,generator
 
-Starts `promptgen up`, samples the server with py-spy while a load generator runs, and prints
-the share of the server's busy samples (threads waiting for a request left out) per function.
+Starts `promptgen up`, samples each named process (the MongoDB-wire server by default) with
+py-spy while a load generator runs, and prints per process the share of its busy samples
+(threads waiting for a request left out) per function, inclusive.
 """
 
 from __future__ import annotations
@@ -45,26 +47,33 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=20)
     parser.add_argument("--personas", type=int, default=100)
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--processes", default="mongodb",
+                        help="comma-separated: mongodb, projector, gateway, generator")
     args = parser.parse_args()
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    out = Path(tempfile.mkdtemp(prefix="promptgen-profile-")) / "mongodb.txt"
+    folder = Path(tempfile.mkdtemp(prefix="promptgen-profile-"))
+    names = args.processes.split(",")
     d = harness.start()
     try:
-        recorder = subprocess.Popen([spy, "record", "--pid", str(d.pids()["mongodb"]), "-o", str(out), "-f", "raw",
-                                     "-r", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pids = d.pids()
+        recorders = [subprocess.Popen([spy, "record", "--pid", str(pids[name]), "-o", str(folder / f"{name}.txt"),
+                                       "-f", "raw", "-r", "50"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                     for name in names]
         time.sleep(1)
         t = time.perf_counter()
         run_loadgen(d.base_url, jobs=args.jobs, personas=args.personas)
         wall = time.perf_counter() - t
-        recorder.send_signal(2)
-        recorder.wait()
+        for recorder in recorders:
+            recorder.send_signal(2)
+            recorder.wait()
     finally:
         d.stop()
-    busy, shares = busy_shares(out, args.top)
-    print(f"{args.jobs} jobs x {args.personas} personas in {wall:.1f} s; load average {os.getloadavg()[0]:.2f}; "
-          f"{busy} busy samples at 50 Hz")
-    for share, name in shares:
-        print(f"{100 * share:5.1f}%  {name}")
+    print(f"{args.jobs} jobs x {args.personas} personas in {wall:.1f} s; load average {os.getloadavg()[0]:.2f}")
+    for name in names:
+        busy, shares = busy_shares(folder / f"{name}.txt", args.top)
+        print(f"\n{name}: {busy} busy samples at 50 Hz")
+        for share, function in shares:
+            print(f"{100 * share:5.1f}%  {function}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Only the projector writes here; the gateway reads.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -279,7 +280,10 @@ class ReadModels:
         await self.jobs.create_index([("created_at", DESCENDING)])
         await self.jobs.create_index([("status", ASCENDING), ("deadline", ASCENDING)])
         await self.job_personas.create_index([("job_id", ASCENDING), ("order", ASCENDING)])
-        await self.job_personas.create_index([("job_id", ASCENDING), ("status", ASCENDING)])
+        # A job's persona documents are found by job_id (the index above); an index on their status
+        # made each of their updates dearer and served no query. Earlier versions created it.
+        with contextlib.suppress(OperationFailure):
+            await self.job_personas.drop_index("job_id_1_status_1")
         # Finished job views leave after their retention; the event log keeps the history.
         await self.jobs.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
         await self.job_personas.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)

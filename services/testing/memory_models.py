@@ -98,6 +98,9 @@ class MemoryCollection:
     async def create_index(self, keys: Any, **kwargs: Any) -> str:
         return self._c.create_index(keys, **kwargs)
 
+    async def drop_index(self, name: str, **kwargs: Any) -> None:
+        self._c.drop_index(name)
+
     async def list_indexes(self) -> MemoryCursor:
         return MemoryCursor(list(self._c.list_indexes()))
 

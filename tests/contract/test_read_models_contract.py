@@ -170,3 +170,11 @@ async def test_deleting_documents(any_models):
     now = datetime.now(UTC)
     await any_models.state.update_one({"_id": "x"}, {"$max": {"seq": 1}, "$set": {"at": now}}, upsert=True)
     assert (await any_models.state.find_one({"_id": "x"}))["seq"] == 1
+
+
+async def test_ensuring_indexes_drops_the_status_index_earlier_versions_made_and_is_repeatable(any_models):
+    await any_models.job_personas.create_index([("job_id", 1), ("status", 1)])  # as earlier versions did
+    await any_models.ensure_indexes()
+    await any_models.ensure_indexes()  # a restart: nothing left to drop
+    names = {ix["name"] async for ix in await any_models.job_personas.list_indexes()}
+    assert "job_id_1_status_1" not in names and "job_id_1_order_1" in names

@@ -105,6 +105,7 @@ async def test_a_job_followed_from_its_request_ends_without_reading_its_history(
     try:
         async with asyncio.timeout(20):
             while manager.log_id is None:  # following, past the (empty) replay
+                assert not task.done(), task.exception()
                 await asyncio.sleep(0.01)
         await _publish_a_finished_job(event_log, "j1")
         async with asyncio.timeout(20):

@@ -63,6 +63,9 @@ def job_history(job_id: str) -> str:
 
 
 ALL_JOBS = f"{PREFIX}.job.>"
+# Core NATS, never stored: the projector's checkpoint (an ASCII decimal sequence) each time it
+# stores one, so a gateway waiting to read its own writes back wakes then instead of polling.
+PROJECTOR_CHECKPOINT = "promptgen_control.projector.checkpoint"
 JOBS_REQUESTED = f"{PREFIX}.job.*.requested"
 WORK_ITEMS = f"{PREFIX}.job.*.persona.*.requested"
 JOBS_CANCEL_REQUESTED = f"{PREFIX}.job.*.cancel_requested"

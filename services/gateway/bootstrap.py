@@ -71,6 +71,8 @@ async def bootstrap(
     quotas = await TenantQuotas.open(event_log, models, settings, clock)
     parked = ParkedEvents(event_log, metrics)
     await parked.ensure()
+    waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
+    await waiter.listen(event_log)
     feeds = JobFeeds(event_log, ping_seconds=settings.sse_ping_seconds, exiting=server_exiting)
     await feeds.start()
     stack.push_async_callback(feeds.close)
@@ -79,7 +81,7 @@ async def bootstrap(
                     ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models)})
     return Gateway(
         settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
-        waiter=ProjectionWaiter(models, settings.projection_wait_seconds), feeds=feeds, parked=parked,
+        waiter=waiter, feeds=feeds, parked=parked,
         capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
         quotas=quotas, stack=stack,
     )

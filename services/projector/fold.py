@@ -130,7 +130,16 @@ class Fold:
             await durably(lambda: self.models.save_checkpoint(batch[-1].seq, self.log_id), what="checkpoint")
         self.position = batch[-1].seq
         self.applied_at = batch[-1].time
+        await self.announce()
         await self.measure_lag(last_seq)
+
+    async def announce(self) -> None:
+        """Say where the checkpoint is (:data:`contracts.subjects.PROJECTOR_CHECKPOINT`): a gateway
+        waiting for it wakes at once. Best effort: a gateway that hears nothing reads MongoDB."""
+        try:
+            await self.log.send(subjects.PROJECTOR_CHECKPOINT, str(self.position).encode())
+        except Exception as exc:  # noqa: BLE001 - the checkpoint is stored; only the news is lost
+            log.debug("checkpoint_not_announced", seq=self.position, error=str(exc))
 
     async def measure_lag(self, last_seq: int | None = None) -> int:
         """How far behind the head of the log the fold is, in events (also set as gauges, with
@@ -236,6 +245,7 @@ class Fold:
             await restart_positions(self.models, state)
             self.position = position
             self._generation += 1
+        await self.announce()
         self.watch.wake()
         if self.on_rebuilt is not None:
             self.on_rebuilt()

@@ -20,6 +20,7 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from pydantic import SecretStr
 
+from contracts import subjects
 from services.adapters.api_keys import ApiKeys
 from services.adapters.event_log import EventLog, NatsAccess, NatsRefused, connect_nats
 from services.adapters.read_models import mongo_client
@@ -221,6 +222,20 @@ async def test_each_service_is_refused_outside_its_subjects(as_user, admin_log):
                                    max_ack_pending=1, ack_wait=30, max_deliver=1)
         await _refused_request(gateway, "$JS.API.CONSUMER.MSG.NEXT.PROMPTGEN.generator-workers")
         await _refused_request(projector, "$JS.API.CONSUMER.DELETE.PROMPTGEN.generator-workers")
+
+        # the projector announces its checkpoint and a gateway hears it; a gateway cannot fake one
+        heard: list[bytes] = []
+
+        async def hear(msg) -> None:
+            heard.append(msg.data)
+
+        await gateway.nc.subscribe(subjects.PROJECTOR_CHECKPOINT, cb=hear)
+        await gateway.nc.flush()
+        await projector.nc.publish(subjects.PROJECTOR_CHECKPOINT, b"7")
+        await eventually(lambda: _true(heard == [b"7"]), what="the projector's announcement heard by a gateway")
+        await gateway.nc.publish(subjects.PROJECTOR_CHECKPOINT, b"8")
+        await eventually(lambda: _true(gateway.refused(subjects.PROJECTOR_CHECKPOINT)), what="a refused publish")
+        assert heard == [b"7"]
 
         # nobody reads another user's replies, nor deletes the event log
         await generator.nc.subscribe("_INBOX.gateway.>")

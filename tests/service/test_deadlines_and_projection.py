@@ -84,6 +84,67 @@ async def test_every_one_of_many_waiters_is_released_once_the_projector_passes_i
     assert waiter._waiting == 0
 
 
+class _CountingCheckpointReads:
+    """What a waiter reads of the read models (the checkpoint), counted."""
+
+    def __init__(self, models) -> None:
+        self.models = models
+        self.reads: list[int] = []
+
+    async def checkpoint(self) -> int:
+        self.reads.append(await self.models.checkpoint())
+        return self.reads[-1]
+
+
+async def test_a_waiter_that_hears_the_projector_wakes_without_reading_mongodb(memory_log, memory_models):
+    announced: list[tuple[int, int]] = []  # (announced, the checkpoint stored by then)
+
+    async def overhear(msg) -> None:
+        announced.append((int(msg.data), await memory_models.checkpoint()))
+
+    await memory_log.subscribe(subjects.PROJECTOR_CHECKPOINT, overhear)
+    models = _CountingCheckpointReads(memory_models)
+    waiter = ProjectionWaiter(models, timeout=10)
+    await waiter.listen(memory_log)
+    fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
+    first = await memory_log.publish(job_requested("j1", ("p1",)))
+    await fold.apply([s async for s in memory_log.read(subjects.ALL, first)])
+    await eventually(lambda: _true(waiter._hearing()), what="the first announcement heard")
+    second = await memory_log.publish(job_requested("j2", ("p2",)))
+
+    models.reads.clear()
+    waiting = asyncio.create_task(waiter.wait_for(second))
+    await asyncio.sleep(0)  # the poller is waiting for the news
+    await fold.apply([s async for s in memory_log.read(subjects.ALL, second)])
+    assert await asyncio.wait_for(waiting, 10) is True
+    assert models.reads == []
+    assert announced == [(first, first), (second, second)]  # each stored before it was announced
+
+
+async def test_a_lost_or_foreign_announcement_leaves_the_waiter_reading_mongodb(memory_log, memory_models):
+    waiter = ProjectionWaiter(memory_models, timeout=10)
+    await waiter.listen(memory_log)
+    await memory_log.send(subjects.PROJECTOR_CHECKPOINT, b"99999 from someone else")
+    await memory_log.send(subjects.PROJECTOR_CHECKPOINT, b"0")  # heard: reads slow down to a few a second
+    await eventually(lambda: _true(waiter._hearing()), what="the announcement heard")
+    assert waiter._seen == 0  # the foreign one moved nothing
+
+    seq = await memory_log.publish(job_requested("j1", ("p1",)))
+    waiting = asyncio.create_task(waiter.wait_for(seq))
+
+    async def lost(subject: str, data: bytes) -> None:
+        raise ConnectionError("the bus dropped it")
+
+    memory_log.send = lost  # the fold's announcement is lost; the checkpoint is stored all the same
+    fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
+    await fold.apply([s async for s in memory_log.read(subjects.ALL, seq)])
+    assert await asyncio.wait_for(waiting, 10) is True
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
 async def test_a_rebuild_while_the_projector_runs_gives_the_same_read_models(running, memory_models):
     gateway = running.client
     template_id = await create_template(gateway, SCENARIO)

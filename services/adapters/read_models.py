@@ -15,7 +15,7 @@ from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, DeleteOne, InsertOn
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from services.projector.projections import (
     INTERACTIONS,
@@ -31,6 +31,11 @@ from services.runtime.settings import Settings
 log = structlog.get_logger()
 
 CHECKPOINT_ID = "checkpoint"
+# The session the fold's transactions run in, recorded so that the next projector ends a
+# transaction this one leaves open when it is killed (the server would hold it, and with it
+# the checkpoint, for its transaction lifetime: 60 s by default). Not rebuilt with the state.
+SESSIONS = "projector_sessions"
+FOLD_SESSION_ID = "fold"
 # Positions of consumers other than the fold (the job manager): not a read model, so a
 # rebuild keeps them.
 POSITIONS = "consumer_positions"
@@ -51,9 +56,10 @@ class CollectionWrites:
 @dataclass(slots=True)
 class Transactions:
     """Whether the server takes multi-document transactions: None until asked (once), or set
-    (False: write as if it had none)."""
+    (False: write as if it had none); and the one session the fold's transactions run in."""
 
     available: bool | None = None
+    session: AsyncClientSession | None = None
 
 
 class DocumentsRefused(ValueError):
@@ -167,9 +173,9 @@ class ReadModels:
         if not await self._has_transactions():
             return False
         try:
-            async with self.db.client.start_session() as session:
-                async with await session.start_transaction():
-                    await self._write_in(session, writes, seq, log_id)
+            session = await self._session()
+            async with await session.start_transaction():
+                await self._write_in(session, writes, seq, log_id)
         except Exception as exc:
             if kind_of(exc) == "transient":
                 raise
@@ -189,6 +195,25 @@ class ReadModels:
                 await target.bulk_write(_operations(w.updates), ordered=True, session=session)
         await self.state.update_one({"_id": CHECKPOINT_ID}, _moved_to(seq, log_id), upsert=True, session=session)
 
+    async def _session(self) -> AsyncClientSession:
+        if self.transactions.session is None:
+            session = self.db.client.start_session()
+            await self.db[SESSIONS].replace_one({"_id": FOLD_SESSION_ID}, {"lsid": session.session_id}, upsert=True)
+            self.transactions.session = session
+        return self.transactions.session
+
+    async def end_abandoned_transaction(self) -> None:
+        """End the transaction a killed predecessor may have left open, by its recorded session:
+        until the server reaps it, it holds the checkpoint, and every write to it waits."""
+        recorded = await self.db[SESSIONS].find_one({"_id": FOLD_SESSION_ID})
+        if recorded is None or not isinstance(recorded.get("lsid"), dict):
+            return
+        try:
+            await self.db.client.admin.command({"killSessions": [recorded["lsid"]]})
+            log.info("mongo_abandoned_transaction_ended")
+        except PyMongoError as exc:  # not allowed, or gone: the server reaps it in its own time
+            log.warning("mongo_abandoned_transaction_not_ended", error=brief(exc))
+
     async def _has_transactions(self) -> bool:
         """A replica set member or a mongos takes transactions; a standalone mongod (no
         ``setName`` in its hello) and the in-memory double do not."""
@@ -199,6 +224,8 @@ class ReadModels:
                 hello = await self.db.command("hello")
                 self.transactions.available = bool(hello.get("setName")) or hello.get("msg") == "isdbgrid"
                 log.info("mongo_transactions", available=self.transactions.available)
+                if self.transactions.available:
+                    await self.end_abandoned_transaction()
         return self.transactions.available
 
     async def insert_new(self, collection: str, docs: list[dict[str, Any]]) -> list[Any]:

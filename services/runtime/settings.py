@@ -78,11 +78,10 @@ class Settings(BaseSettings):
         "mongodb://127.0.0.1:27017/?directConnection=true", validation_alias=_env("MONGO_URL")
     )
     mongo_db: str = Field("promptgen", validation_alias=_env("MONGO_DB"))
-    # Off by default: a projector killed mid-transaction leaves it open on the server until the
-    # server's transaction lifetime (60 s) reaps it, and its successor's writes conflict with it
-    # until then (tests/crash/test_crash_safety.py, test_kill_9_the_projector_and_restart_it).
+    # A projector killed mid-transaction leaves it open on the server (until its lifetime, 60 s);
+    # the next one ends it by the session it recorded (ReadModels.end_abandoned_transaction).
     mongo_transactions: Literal["auto", "off"] = Field(
-        "off", validation_alias=_env("PROMPTGEN_MONGO_TRANSACTIONS"),
+        "auto", validation_alias=_env("PROMPTGEN_MONGO_TRANSACTIONS"),
         description="auto: the projector stores each batch of events and its checkpoint in one transaction "
                     "when the server takes them (a replica set or mongos); off: write by write, the checkpoint last.",
     )

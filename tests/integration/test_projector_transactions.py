@@ -8,10 +8,13 @@ real MongoDB-wire server; a second one with test commands injects failures.
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,13 +25,22 @@ from contracts import subjects
 from contracts.events import TemplateCreated
 from services.adapters.event_log import EventLog, StoredEvent
 from services.adapters.parked import ParkedEvents
-from services.adapters.read_models import CHECKPOINT_ID, CollectionWrites, ReadModels, Transactions, open_read_models
+from services.adapters.read_models import (
+    CHECKPOINT_ID,
+    SESSIONS,
+    CollectionWrites,
+    ReadModels,
+    Transactions,
+    open_read_models,
+)
 from services.cli import embedded
 from services.projector.fold import Fold
 from services.projector.projections import PERSONAS, READ_MODELS, TEMPLATES
 from services.testing.memory_models import memory_read_models
 from tests.samples import TEMPLATE, every_event
 from tests.servers import stop, wait_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 APP = "promptgen-txn-test"
 
@@ -49,7 +61,9 @@ class Commands(monitoring.CommandListener):
         pass
 
     def writes(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(name, body) for name, body in self.sent if name in ("insert", "update", "commitTransaction")]
+        """The fold's writes (not the record of its session, :data:`SESSIONS`)."""
+        return [(name, body) for name, body in self.sent if name in ("insert", "update", "commitTransaction")
+                and body.get(name) != SESSIONS]
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +203,7 @@ async def test_a_transient_transaction_error_is_retried_in_a_transaction(event_l
     try:
         models = ReadModels(client[f"test_{uuid.uuid4().hex[:12]}"])
         batch = await _batch(event_log)
-        await _fail_next(client, "update", 112, ["TransientTransactionError"])  # a write conflict
+        await _fail_next(client, "insert", 112, ["TransientTransactionError"])  # a write conflict
         fold = _fold(event_log, models)
         await fold.apply(batch)
         assert _batches(fold, "transaction") == 1 and _batches(fold, "separately") == 0
@@ -237,3 +251,50 @@ async def test_the_setting_decides_whether_a_batch_is_one_transaction(event_log,
     finally:
         await models.db.client.drop_database(models.db.name)
         await close()
+
+
+ABANDONING = """
+import asyncio, sys
+from pymongo import AsyncMongoClient
+from services.adapters.read_models import ReadModels, _moved_to, CHECKPOINT_ID
+
+async def main():
+    models = ReadModels(AsyncMongoClient(sys.argv[1], tz_aware=True)[sys.argv[2]])
+    assert await models._has_transactions()
+    session = await models._session()
+    await session.start_transaction()
+    await models.state.update_one({"_id": CHECKPOINT_ID}, _moved_to(1, None), upsert=True, session=session)
+    print("inside", flush=True)
+    await asyncio.sleep(300)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_transaction_a_killed_projector_left_open_is_ended_by_the_next(event_log, mongo_server_url):
+    """SIGKILL mid-transaction: the server keeps the transaction (and its hold on the checkpoint)
+    for its lifetime, 60 s. The next projector ends it by the session its predecessor recorded."""
+    name = f"test_{uuid.uuid4().hex[:12]}"
+    child = subprocess.Popen([sys.executable, "-c", ABANDONING, mongo_server_url, name],  # noqa: ASYNC220
+                             stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(30):
+            while (line := await asyncio.to_thread(child.stdout.readline)) and line.strip() != "inside":
+                pass
+        assert line.strip() == "inside", "the child never opened its transaction"
+    finally:
+        child.kill()
+        child.wait()
+    client = await _client(mongo_server_url)
+    try:
+        models = ReadModels(client[name])
+        batch = await _batch(event_log)
+        fold = _fold(event_log, models)
+        async with asyncio.timeout(20):  # well within the abandoned transaction's lifetime
+            await fold.apply(batch)
+        assert _batches(fold, "transaction") == 1
+        assert await models.checkpoint() == batch[-1].seq
+    finally:
+        await client.drop_database(name)
+        await client.close()

@@ -135,9 +135,9 @@ def test_an_unreadable_nats_ca_is_an_error_that_names_the_variable(tmp_path):
 
 
 def test_mongo_transactions_are_auto_or_off_and_anything_else_is_refused_by_name(monkeypatch):
-    assert Settings().mongo_transactions == "off"
-    monkeypatch.setenv("PROMPTGEN_MONGO_TRANSACTIONS", "auto")
     assert Settings().mongo_transactions == "auto"
+    monkeypatch.setenv("PROMPTGEN_MONGO_TRANSACTIONS", "off")
+    assert Settings().mongo_transactions == "off"
     monkeypatch.setenv("PROMPTGEN_MONGO_TRANSACTIONS", "always")
     with pytest.raises(ValueError, match="PROMPTGEN_MONGO_TRANSACTIONS"):
         Settings()

@@ -83,7 +83,7 @@ def write_report(out: Path) -> str:
     lines = [f"# Benchmark summary{' (quick sizes: not representative)' if quick else ''}", "",
              "| scenario | measured | ratio | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in _rows(results)]
-    machine = next(iter(results.values()), {}).get("machine", {})
+    machine = next((r["machine"] for r in results.values() if "machine" in r), {})
     lines += ["", f"Machine: {machine.get('cpus')} CPUs, {machine.get('memory_gib')} GiB, "
                   f"Python {machine.get('python')}."]
     text = "\n".join(lines) + "\n"

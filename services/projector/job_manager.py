@@ -122,7 +122,9 @@ class RunningJobs:
             return None
         view = self.jobs.get(job_id)
         if view is None:
-            view = JobView(job_id) if isinstance(event, JobRequested) else await self.learn(job_id)
+            # only learning reads the log: retried as any read, without a retrier for every event
+            view = JobView(job_id) if isinstance(event, JobRequested) else \
+                await durably(partial(self.learn, job_id), what="job history")
             if view is None:
                 return None
         else:
@@ -220,9 +222,9 @@ class JobManager:
                 self.running.forget(event.job_id)
                 continue
             try:
-                view = await durably(partial(self.running.fold, stored), what="job view")
-            except Unstorable as exc:  # an event its job's view cannot take: the job waits for a fix
-                await self._park(getattr(event, "job_id", ""), exc.cause)
+                view = await self.running.fold(stored)
+            except Exception as exc:  # noqa: BLE001 - an event its job's view cannot take: the job waits for a fix
+                await self._park(getattr(event, "job_id", ""), exc.cause if isinstance(exc, Unstorable) else exc)
                 continue
             if view is None or view.decided:
                 continue

@@ -210,7 +210,7 @@ class ReadModels:
             return
         try:
             await self.db.client.admin.command({"killSessions": [recorded["lsid"]]})
-            log.info("mongo_abandoned_transaction_ended")
+            log.info("mongo_previous_session_ended")  # with whatever transaction it left open
         except PyMongoError as exc:  # not allowed, or gone: the server reaps it in its own time
             log.warning("mongo_abandoned_transaction_not_ended", error=brief(exc))
 

@@ -207,7 +207,7 @@ class JobFeeds:
     async def watch(
         self, job_id: str, start_seq: int
     ) -> AsyncIterator[list[tuple[StoredEvent, list[dict[str, str]], bytes]]]:
-        """The job's events from its start, then live, until its end or the caller stops
+        """The job's events from its start, then live, up to its end or until the caller stops
         (or one of its events cannot be read, or the server shuts down): each time, everything
         that has arrived since the last (stored event, items, wire bytes); an empty list when
         a keep-alive beat came and nothing else."""
@@ -223,9 +223,13 @@ class JobFeeds:
             while True:
                 end = len(channel.events)
                 if cursor < end:
-                    yield [(channel.events[i], channel.rendered[i], channel.wire[i]) for i in range(cursor, end)]
-                    cursor = end
-                    if isinstance(channel.events[end - 1].event, JobFinished):
+                    # Up to the job's end, and no further: an event stored after it (a call in
+                    # flight when the job was cancelled) must not keep the stream open.
+                    upto = next((i + 1 for i in range(cursor, end) if isinstance(channel.events[i].event, JobFinished)),
+                                end)
+                    yield [(channel.events[i], channel.rendered[i], channel.wire[i]) for i in range(cursor, upto)]
+                    cursor = upto
+                    if isinstance(channel.events[upto - 1].event, JobFinished):
                         return
                 elif beats != channel.beats:
                     yield []

@@ -190,3 +190,16 @@ async def test_a_job_this_gateway_follows_is_still_refused_to_another_tenant(set
                                                                      "status_update", "results"]
     finally:
         await system.close()
+
+
+async def test_an_event_after_a_jobs_end_neither_follows_its_results_nor_holds_its_stream_open(lone_gateway,
+                                                                                             event_log):
+    """A call in flight when its job was cancelled ends after the job: a stream reading that
+    history (a browser reconnecting) still ends with the results, and shows nothing after them."""
+    _, client = lone_gateway
+    await _requested(event_log, "late")
+    await event_log.publish(JobCompleted(job_id="late", status="failed", results=results({"late-p": "failed"})))
+    await event_log.publish(PersonaFailed(job_id="late", persona_id="late-p", persona_name="late-p",
+                                          mode="try_mode", error="LLM timeout", error_code="llm_timeout"))
+    stream = await asyncio.wait_for(read_sse(client, _sse("late")), 30)
+    assert [m.data["type"] for m in stream.messages] == ["status_update", "status_update", "results"]

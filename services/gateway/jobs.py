@@ -52,8 +52,7 @@ async def build_job(
                 field=field,
             )
     template = await load_template(models, req.template_id, caller)
-    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": req.persona_ids}})
-            if caller.owns(d.get("tenant"))}
+    docs = {i: d for i, d in (await models.personas_by_id(req.persona_ids)).items() if caller.owns(d.get("tenant"))}
     missing = [i for i in req.persona_ids if i not in docs]
     if missing:
         raise ApiError(404, "persona_not_found", f"Unknown persona ids: {listed(missing)}",

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING
 
-from services.adapters.read_models import Mark, ReadModels
+from services.adapters.read_models import IDS_PER_QUERY, Mark, ReadModels
 from services.projector.job_manager import JOB_MANAGER
 from services.projector.projections import coalesce, split_creations, writes_for
 from services.projector.rebuild import switch_to
@@ -178,3 +178,26 @@ async def test_ensuring_indexes_drops_the_status_index_earlier_versions_made_and
     await any_models.ensure_indexes()  # a restart: nothing left to drop
     names = {ix["name"] async for ix in await any_models.job_personas.list_indexes()}
     assert "job_id_1_status_1" not in names and "job_id_1_order_1" in names
+
+
+async def test_personas_are_fetched_by_id_in_queries_of_bounded_size(any_models, monkeypatch):
+    # One query naming thousands of ids costs a server that checks each document against the
+    # list quadratic time (SecantusDB); the adapter asks at most IDS_PER_QUERY ids at a time.
+    docs = [{"_id": f"p{i:04d}", "name": f"P{i}", "tenant": None} for i in range(2 * IDS_PER_QUERY + 50)]
+    await any_models.personas.insert_many(docs)
+    sizes: list[int] = []
+    personas = ReadModels.personas
+
+    class Recorded:
+        def __init__(self, collection) -> None:
+            self.collection = collection
+
+        def find(self, query, *args):
+            sizes.append(len(query["_id"]["$in"]))
+            return self.collection.find(query, *args)
+
+    monkeypatch.setattr(ReadModels, "personas", property(lambda self: Recorded(personas.fget(self))))
+    asked = [d["_id"] for d in reversed(docs)] + ["p0001", "unknown"]
+    found = await any_models.personas_by_id(asked, ["name"])
+    assert found == {d["_id"]: {"_id": d["_id"], "name": d["name"]} for d in docs}
+    assert max(sizes) <= IDS_PER_QUERY and sum(sizes) == len(docs) + 1  # each id asked once

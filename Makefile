@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/promptgen up
 
-# Everything: the static checks, then every tier (the server-free one, tests/service, included).
+# Everything: the static checks, then every tier (the server-free one, tests/service, included),
+# in TEST_WORKERS processes (pytest-xdist), one test file per process at a time; then, in one
+# process, the tests marked serial. Most tests wait on servers more than they compute, so more
+# processes than cores pays. `make test TEST_WORKERS=1` runs them one by one.
+TEST_WORKERS ?= 4
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
+	$(BIN)/python -m pytest -m serial
 
 # ruff over the whole tree; mypy strict on the contracts and the pure cores (pyproject.toml).
 lint: install

@@ -37,6 +37,10 @@ from services.runtime.settings import Settings
 from tests.conftest import SCENARIO, InProcessSystem
 from tests.servers import NatsServer
 
+# schemathesis makes one test per operation, all under one node id: pytest-xdist cannot tell
+# them apart and runs one. `make test` runs these in its own process, after the others.
+pytestmark = pytest.mark.serial
+
 T = TypeVar("T")
 
 # Seeded and bounded: the whole module runs in well under two minutes on two cores.

@@ -108,9 +108,9 @@ async def rebuild_into(
     for name in (*READ_MODELS, STATE):
         await discard(target.collection(name))
     # No reader queries rebuilt collections (they are merged into the live ones, which keep their
-    # own indexes): the only secondary index is the one the rebuild's own updates of a job's
-    # persona documents need. Each more would make every insert dearer (bench/results/mongo_ops.txt).
-    await target.job_personas.create_index([("job_id", ASCENDING)])
+    # own indexes), and the rebuild's own updates find their documents by _id (no projection
+    # updates many documents): so no secondary index, each of which would make every insert and
+    # the final drop dearer (bench/results/mongo_ops.txt).
     total = await event_log.last_seq()
     await progress(0, total)
     writer = _BatchWriter(event_log, target, unusable)

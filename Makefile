@@ -19,12 +19,15 @@ run: install
 
 # Everything: the static checks, then every tier (the server-free one, tests/service, included),
 # in TEST_WORKERS processes (pytest-xdist), one test file per process at a time; then, in one
-# process, the tests marked serial. Most tests wait on servers more than they compute, so more
-# processes than cores pays. `make test TEST_WORKERS=1` runs them one by one.
-TEST_WORKERS ?= 4
+# process, the tests marked serial (run whether or not the others passed). Most tests wait on
+# servers more than they compute, so more processes than cores pays. With NATS_URL set the
+# tests share one NATS server, where each test starts from an emptied stream: one process.
+TEST_WORKERS ?= $(if $(NATS_URL),1,4)
 test: install lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial"
-	$(BIN)/python -m pytest -m serial
+	@status=0; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" || status=$$?; \
+	$(BIN)/python -m pytest -m serial || status=$$?; \
+	exit $$status
 
 # ruff over the whole tree; mypy strict on the contracts and the pure cores (pyproject.toml).
 lint: install

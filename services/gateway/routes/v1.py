@@ -59,7 +59,7 @@ async def generate_final_prompts_v1(
             request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id
         )
         await waiter.wait_for(end[0])
-        docs = await models.personas_by_id(body.persona_ids)
+        docs = await models.personas_by_id(body.persona_ids, ["system_prompt"])
     results = end[1].results
     return V1GenerateFinalPromptsResponse(
         job_id=job.job_id,

@@ -108,17 +108,21 @@ class RunningJobs:
     event's sequence). Bounded: past ``max_documents`` documents in all, the least recently
     touched jobs are forgotten (and learnt again if they come back)."""
 
-    def __init__(self, event_log: EventLogPort, max_documents: int = 200_000) -> None:
+    def __init__(self, event_log: EventLogPort, max_documents: int = 200_000, max_ended: int = 100_000) -> None:
         self.log = event_log
         self.max_documents = max_documents
         self.jobs: OrderedDict[str, JobView] = OrderedDict()
         self.documents = 0
+        # Jobs whose end came back: an event of theirs stored after it (a call in flight when the
+        # job was cancelled) has nothing left to decide, and would have the job learnt again.
+        self.max_ended = max_ended
+        self.ended: OrderedDict[str, None] = OrderedDict()
 
     async def fold(self, stored: StoredEvent) -> JobView | None:
         """Fold one followed event into its job's view (learning the job first if need be)."""
         event = stored.event
         job_id = getattr(event, "job_id", None)
-        if event is None or job_id is None:
+        if event is None or job_id is None or job_id in self.ended:
             return None
         view = self.jobs.get(job_id)
         if view is None:
@@ -152,6 +156,14 @@ class RunningJobs:
         while self.documents > self.max_documents and len(self.jobs) > 1:
             _, gone = self.jobs.popitem(last=False)
             self.documents -= gone.size
+
+    def end(self, job_id: str) -> None:
+        """The job's end came back from the log: its view goes, and its later events are ignored."""
+        self.forget(job_id)
+        self.ended[job_id] = None
+        self.ended.move_to_end(job_id)
+        while len(self.ended) > self.max_ended:
+            self.ended.popitem(last=False)
 
     def forget(self, job_id: str) -> None:
         view = self.jobs.pop(job_id, None)
@@ -197,6 +209,8 @@ class JobManager:
         if not self.watch.holds(mark, state):
             await self.watch.pause(stop)
             return
+        if self.log_id is not None and state.log_id != self.log_id:
+            self.running = RunningJobs(self.log)  # what it held described another log
         self.log_id, self.position = state.log_id, mark.seq
         self.replaying_to = state.last_seq
         log.info("job_manager_following", from_seq=mark.seq + 1, log=self.log_id)
@@ -219,7 +233,7 @@ class JobManager:
             event = stored.event
             if isinstance(event, JobFinished):
                 over.pop(event.job_id, None)
-                self.running.forget(event.job_id)
+                self.running.end(event.job_id)
                 continue
             try:
                 view = await self.running.fold(stored)

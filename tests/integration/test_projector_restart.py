@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from contracts import subjects
-from contracts.events import JobFinished
+from contracts.events import JobFinished, PersonaProgress
 from services.adapters.event_log import EventLog
 from services.adapters.parked import ParkedEvents
 from services.projector.fold import Fold
@@ -115,10 +115,18 @@ async def test_a_job_followed_from_its_request_ends_without_reading_its_history(
             while "j1" in manager.running.jobs:  # forgotten once its end comes back (a moment after it is stored)
                 assert not task.done(), task.exception()
                 await asyncio.sleep(0.02)
+            # an event of the job stored after its end (a redelivered item's progress, say)
+            late = await event_log.publish(PersonaProgress(job_id="j1", persona_id="p1", persona_name="p1",
+                                                           mode="try_mode", attempt=2))
+            assert late == await event_log.last_seq()  # stored, not a duplicate
+            while manager.position < late:
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.02)
     finally:
         await cancel_and_wait(task)
     assert ends[0].status == "completed" and ends[0].results.successful == 2
-    assert learnt == []
+    assert learnt == []  # not even for the event after the job's end
+    assert "j1" not in manager.running.jobs and len(await _ends(event_log, "j1")) == 1
 
 
 async def test_a_job_met_mid_way_is_learnt_from_its_history_once(event_log, models):

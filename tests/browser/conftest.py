@@ -126,6 +126,13 @@ class System:
     def script_llm(self, steps: list[dict]) -> None:
         httpx.post(f"{self.llm_admin}/script", json=steps).raise_for_status()
 
+    def one_slow_prompt(self, personas: int, latency_ms: float = 5000) -> None:
+        """The next flow's template, personas and prompts at the usual pace but its last prompt,
+        which takes ``latency_ms``: the job is still running, a persona still being generated,
+        when the others are shown done, however busy the machine (at the usual pace a loaded
+        machine can deliver a persona's start and end in one write, and the page skips a state)."""
+        self.script_llm([{"fault": "ok"}] * (1 + personas) + [{"fault": "ok", "latency_ms": latency_ms}])
+
     def gateway_pid(self) -> int:
         """The gateway process `promptgen up` started (its supervisor restarts it when it dies)."""
         assert self.up is not None

@@ -72,6 +72,7 @@ window.__ready = true;
 def _run_app(browser, system, key: str | None = None) -> str:
     """Mount the app on a page of the gateway's origin, start a job with the hook, follow it to
     its end, then resume it in a second component; returns the job id."""
+    system.one_slow_prompt(3)  # a persona is still being generated while the others are done
     browser.get(system.base_url + "/healthz")  # any page of the gateway's origin, with no script of its own
     browser.execute_script(
         """

@@ -99,6 +99,7 @@ def _exactly_once(lines: list[str], personas: int) -> None:
 
 
 def test_the_whole_flow_with_live_progress(browser, live_system):
+    live_system.one_slow_prompt(3)
     job_id = _new_job(browser, live_system.base_url, 3, ["learn_mode", "try_mode", "assess_mode"], shots=True)
     # live: a persona is seen being generated, with its name, before the job ends
     _wait(browser).until(lambda d: any(e.text.startswith("Generating prompt for ")
@@ -157,9 +158,7 @@ def test_the_whole_flow_with_live_progress(browser, live_system):
 
 
 def test_reload_mid_job_shows_each_persona_exactly_once(browser, live_system):
-    # template, personas, then six prompts: one of them slow, so the job is still running
-    # when the first persona is shown done, however busy the machine
-    live_system.script_llm([{"fault": "ok"}] * 7 + [{"fault": "ok", "latency_ms": 5000}])
+    live_system.one_slow_prompt(6)
     _new_job(browser, live_system.base_url, 6)
     _wait(browser).until(lambda d: "completed" in " ".join(_rows(d).values()))
     assert browser.find_element(By.ID, "job-status").text == "processing"  # still running

@@ -58,6 +58,7 @@ def test_sign_in_then_the_seed_flow_end_to_end(network_browser, auth_system):
     browser, key = network_browser, auth_system.keys["all"]
     browser.get(auth_system.base_url + "/#/jobs")
     _signed_out(browser)  # the page asks for a key before anything else
+    auth_system.one_slow_prompt(3)
     job_id = _new_job(browser, auth_system.base_url, 3, ["learn_mode", "try_mode", "assess_mode"], key=key)
     assert browser.find_element(By.ID, "sign-out").is_displayed()
     assert browser.find_element(By.ID, "signed-in-as").text.startswith("web · jobs:read, jobs:write")
@@ -102,6 +103,7 @@ def test_sign_in_then_the_seed_flow_end_to_end(network_browser, auth_system):
 
 def test_a_reload_mid_job_keeps_the_key_and_resumes_live(network_browser, auth_system):
     browser, key = network_browser, auth_system.keys["all"]
+    auth_system.one_slow_prompt(6)
     job_id = _new_job(browser, auth_system.base_url, 6, key=key)
     _wait(browser).until(lambda d: "completed" in " ".join(_rows(d).values()))
     assert browser.find_element(By.ID, "job-status").text == "processing"

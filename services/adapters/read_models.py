@@ -43,8 +43,9 @@ STATE = "projector_state"  # the fold's checkpoint: rebuilt with the read models
 DUPLICATE_KEY = 11000
 # Ids per query when documents are fetched by a list of ids. A server checks each document it
 # finds against the query's whole list (SecantusDB does so linearly), so one query naming n ids
-# costs in the order of n squared comparisons there: 5,000 personas took 25 s in one query, and
-# take well under a second in queries of this size. On MongoDB it costs a few round trips.
+# costs in the order of n squared comparisons there: a 5,000-persona job's one query was 60% of
+# that server's time in the job (bench/results/issue15-scaling.md). On MongoDB, queries of this
+# size cost a few more round trips.
 IDS_PER_QUERY = 200
 ILLEGAL_OPERATION = 20  # a standalone mongod asked for a transaction
 

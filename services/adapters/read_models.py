@@ -267,18 +267,22 @@ class ReadModels:
                                 delete: list[Any]) -> None:
         """Insert the documents ``insert``, replace by ``_id`` those of ``replace`` and delete the
         ids ``delete``, in one unordered write. An insert that finds its document there (the
-        write retried after it was stored) replaces it."""
+        write retried after it was stored) replaces it; a replacement that finds none inserts it.
+        Raises :class:`DocumentsRefused` naming the documents the server refused, once the rest
+        are stored."""
         target = self.collection(collection)
         if not isinstance(target, AsyncCollection):  # the in-memory double, through its generic methods
             if insert:
                 await target.insert_many(insert, ordered=False)
             for doc in replace:
-                await target.replace_one({"_id": doc["_id"]}, doc)
+                await target.replace_one({"_id": doc["_id"]}, doc, upsert=True)
             if delete:
                 await target.delete_many({"_id": {"$in": delete}})
             return
+        docs = insert + replace
         ops: list[Any] = [InsertOne(d) for d in insert]
-        ops += [ReplaceOne({"_id": d["_id"]}, d) for d in replace] + [DeleteOne({"_id": i}) for i in delete]
+        ops += [ReplaceOne({"_id": d["_id"]}, d, upsert=True) for d in replace]
+        ops += [DeleteOne({"_id": i}) for i in delete]
         if not ops:
             return
         try:
@@ -286,10 +290,17 @@ class ReadModels:
         except BulkWriteError as exc:
             errors = (exc.details or {}).get("writeErrors", [])
             if not errors or (exc.details or {}).get("writeConcernErrors") \
-                    or any(e.get("code") != DUPLICATE_KEY or e["index"] >= len(insert) for e in errors):
-                raise
-            there = [insert[e["index"]] for e in errors]
-            await target.bulk_write([ReplaceOne({"_id": d["_id"]}, d) for d in there], ordered=False)
+                    or any(e.get("code") in TRANSIENT_CODES or e["index"] >= len(docs) for e in errors):
+                raise  # to be retried, or not a document's fault (a delete)
+            there = [insert[e["index"]] for e in errors if e.get("code") == DUPLICATE_KEY and e["index"] < len(insert)]
+            refused = [(docs[e["index"]], e) for e in errors
+                       if not (e.get("code") == DUPLICATE_KEY and e["index"] < len(insert))]
+            try:
+                await self.write_differences(collection, [], there, [])
+            except DocumentsRefused as more:
+                refused += more.refused
+            if refused:
+                raise DocumentsRefused(refused) from exc
 
     async def checkpoint(self) -> int:
         return (await self.checkpoint_mark()).seq

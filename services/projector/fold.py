@@ -29,7 +29,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.log_reset import ResetWatch, restart_positions
 from services.projector.projections import coalesce, split_creations, writes_for
-from services.projector.rebuild import Progress, rebuild_and_switch
+from services.projector.rebuild import Progress, rebuild_into
 from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
 from services.runtime.lifecycle import Clock, keep_going, utc_now
@@ -240,8 +240,8 @@ class Fold:
         """Rebuild every read model from the log and switch to it, pausing the live fold."""
         async with self._lock:
             state = await self.log.state()  # before reading: a log recreated meanwhile is caught later
-            position = await rebuild_and_switch(self.log, self.models, progress, job_retention=self.job_retention,
-                                                unusable=self._park_unusable, log_id=state.log_id)
+            position = await rebuild_into(self.log, self.models, progress, job_retention=self.job_retention,
+                                          unusable=self._park_unusable, log_id=state.log_id)
             await restart_positions(self.models, state)
             self.position = position
             self._generation += 1

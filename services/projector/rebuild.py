@@ -9,7 +9,6 @@ request's reply inbox, one after the other.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import Counter
@@ -24,9 +23,10 @@ from contracts import subjects
 from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import Collection, EventLogPort, ReadModelsPort
-from services.adapters.read_models import STATE, DocumentsRefused, ReadModels
+from services.adapters.read_models import CHECKPOINT_ID, STATE, DocumentsRefused
 from services.projector.memory_fold import BatchFold
-from services.projector.projections import READ_MODELS, Change, coalesce, writes_for
+from services.projector.projections import READ_MODELS, writes_for
+from services.projector.scratch import Scratch
 from services.runtime.failures import Unstorable, durably
 
 log = structlog.get_logger()
@@ -34,8 +34,8 @@ log = structlog.get_logger()
 # Outside the `promptgen.>` stream on purpose: control messages are not events.
 CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
 INBOX_PREFIX = "_INBOX."  # where NATS clients take their reply subjects (nc.new_inbox())
-SUFFIX = "__rebuild"
-MERGE_BATCH = 1000  # documents per write of the switch, as the rebuild's inserts
+SUFFIX = "__rebuild"  # what earlier versions named the collections they rebuilt into
+MERGE_BATCH = 1000  # documents per write of the switch
 
 WRITING, SWITCHING = "writing", "switching"  # a rebuild's stages, as its progress reports name them
 
@@ -95,25 +95,41 @@ async def rebuild_into(
     batch_events: int = 10_000,
     unusable: Unusable = _log_unusable,
     log_id: str | None = None,
+    scratch_dir: str | None = None,
 ) -> int:
-    """Fold the whole log into ``target`` (emptied first); returns the last sequence applied,
-    stored as the checkpoint with ``log_id`` (the log it belongs to).
+    """Make the read models ``target`` equal the whole log folded, their checkpoint (with
+    ``log_id``, the log it belongs to) last; returns the last sequence applied.
 
-    Reading and folding one batch overlaps writing the batch before it (at most two folded
-    batches wait, so memory stays bounded whatever the log's size). Each document a batch
-    creates is inserted once, with every later change of the batch folded in, in one
-    unordered write per collection; changes to documents of earlier batches are sent as they
-    are. Progress counts the events whose effects are stored. A document MongoDB cannot store
-    goes to ``unusable`` as the event that last wrote it, and the rest are stored."""
-    for name in (*READ_MODELS, STATE):
-        await discard(target.collection(name))
-    # No reader queries rebuilt collections (they are merged into the live ones, which keep their
-    # own indexes), and the rebuild's own updates find their documents by _id (no projection
-    # updates many documents): so no secondary index, each of which would make every insert and
-    # the final drop dearer (bench/results/mongo_ops.txt).
+    The log is folded into a :class:`~services.projector.scratch.Scratch` on local disk (in
+    ``scratch_dir``, or the system's temporary directory), then merged into ``target``
+    (:func:`switch_to`); the scratch is deleted whatever happens. A rebuild that fails before
+    the switch leaves ``target`` as it was. Progress reports the events folded (stage
+    ``writing``), then the documents merged (stage ``switching``). A document that cannot be
+    stored goes to ``unusable`` as the event that last wrote it, and the rest are stored."""
+    # Collections an earlier version's rebuild wrote beside the live ones, left by a crash.
+    for name in await target.db.list_collection_names():
+        if name.endswith(SUFFIX):
+            await discard(target.db[name])
+    async with Scratch(scratch_dir) as scratch:
+        position = await fold_into(event_log, scratch, progress, job_retention=job_retention,
+                                   batch_events=batch_events, unusable=unusable, log_id=log_id)
+        await switch_to(scratch, target, progress, unusable=unusable, event_log=event_log)
+    return position
+
+
+async def fold_into(
+    event_log: EventLogPort, scratch: Scratch, progress: Progress = _no_progress, *,
+    job_retention: timedelta = timedelta(days=7), batch_events: int = 10_000, unusable: Unusable = _log_unusable,
+    log_id: str | None = None,
+) -> int:
+    """Fold the whole log into ``scratch``, with the checkpoint after it (of the log ``log_id``);
+    returns the last sequence folded.
+
+    Reading and folding one batch overlaps storing the batch before it (at most two folded
+    batches wait, so memory stays bounded whatever the log's size). Progress counts the events
+    whose effects are stored."""
     total = await event_log.last_seq()
     await progress(0, total)
-    writer = _BatchWriter(event_log, target, unusable)
     queue: asyncio.Queue[Folded | None] = asyncio.Queue(maxsize=2)
 
     async def read_and_fold() -> None:
@@ -128,72 +144,27 @@ async def rebuild_into(
             tasks.create_task(read_and_fold())
             while (folded := await queue.get()) is not None:
                 fold, position = folded
-                await writer.write(fold)
+                for seq, error in await scratch.write(fold):
+                    await _report(event_log, unusable, seq, error)
                 await progress(position, max(total, position))
     except ExceptionGroup as failed:  # the caller hears of the failure itself, not of a task group
         if len(failed.exceptions) == 1:
             raise failed.exceptions[0] from None
         raise
     if position:
-        await target.save_checkpoint(position, log_id)
+        await scratch.put(STATE, [{"_id": CHECKPOINT_ID, "seq": position,
+                                   **({"log_id": log_id} if log_id is not None else {})}])
     return position
 
 
-class _BatchWriter:
-    """Stores one :class:`BatchFold` in fresh read models, collection by collection: the changes
-    to documents of earlier batches first (in log order), then the new documents."""
-
-    def __init__(self, event_log: EventLogPort, target: ReadModelsPort, unusable: Unusable) -> None:
-        self.log = event_log
-        self.target = target
-        self.unusable = unusable
-
-    async def write(self, fold: BatchFold) -> None:
-        for name in set(fold.residual) | set(fold.collections):
-            await self._apply(name, fold.residual.get(name, []))
-            docs = list(fold.collections.get(name, {}).values())
-            present = await self._insert(name, docs) if docs else []
-            # Created twice in the log (a creation stored again): the copy stored takes this
-            # batch's changes of it, the creation among them doing nothing.
-            await self._apply(name, fold.replay(name, present))
-
-    async def _apply(self, name: str, changes: list[tuple[int, Change]]) -> None:
-        if not changes:
-            return
-        try:
-            await durably(lambda: self.target.apply(name, coalesce([c for _, c in changes])), what="rebuild update")
-            return
-        except Unstorable:
-            pass
-        for seq, change in changes:  # one cannot be stored: find which, and store the others
-            try:
-                await durably(lambda change=change: self.target.apply(name, [change]), what="rebuild update")
-            except Unstorable as exc:
-                await self._report(seq, exc.cause)
-
-    async def _insert(self, name: str, docs: list[dict]) -> list:
-        try:
-            return await durably(lambda: self.target.insert_new(name, docs), what="rebuild insert")
-        except Unstorable as exc:
-            if isinstance(exc.cause, DocumentsRefused):
-                for doc, error in exc.cause.refused:
-                    await self._report(doc.get("_seq"), error.get("errmsg", str(error)))
-                return []
-            if len(docs) == 1:
-                await self._report(docs[0].get("_seq"), exc.cause)
-                return []
-        # Refused before it reached the server (a document BSON cannot hold): one by one.
-        present: list = []
-        for doc in docs:
-            present += await self._insert(name, [doc])
-        return present
-
-    async def _report(self, seq: int | None, error: BaseException | str) -> None:
-        stored = await self.log.at(seq) if seq else None
-        if stored is not None:
-            await self.unusable(stored, "unstorable", error)
-        else:
-            log.error("rebuild_document_unstorable", seq=seq, error=str(error))
+async def _report(event_log: EventLogPort | None, unusable: Unusable, seq: int | None,
+                  error: BaseException | str) -> None:
+    """Tell ``unusable`` of the event that last wrote a document that cannot be stored."""
+    stored = await event_log.at(seq) if seq and event_log is not None else None
+    if stored is not None:
+        await unusable(stored, "unstorable", error)
+    else:
+        log.error("rebuild_document_unstorable", seq=seq, error=str(error))
 
 
 async def discard(collection: Collection) -> None:
@@ -212,26 +183,35 @@ def _order(_id: Any) -> tuple[int, Any]:
     raise ValueError(f"a rebuild cannot merge a document whose _id is not a string or a number: {_id!r}")
 
 
-async def _by_id(collection: Collection) -> AsyncIterator[dict[str, Any]]:
-    """Every document of ``collection`` in ``_id`` order, checked to be the order :func:`_order` says."""
+async def _in_order(name: str, docs: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    """``docs``, checked to come in the ``_id`` order :func:`_order` says."""
     last: tuple[int, Any] | None = None
-    # The hint makes SecantusDB walk its _id index instead of sorting every document in Python
-    # (4x faster for 25,000 documents); MongoDB would choose that index anyway.
-    async for doc in collection.find({}).sort("_id", ASCENDING).hint([("_id", ASCENDING)]):
+    async for doc in docs:
         key = _order(doc["_id"])
         if last is not None and key <= last:
-            raise ValueError(f"{collection.name}: _id {doc['_id']!r} out of order; the merge would be wrong")
+            raise ValueError(f"{name}: _id {doc['_id']!r} out of order; the merge would be wrong")
         last = key
         yield doc
 
 
-async def merge_into(source: ReadModelsPort, live: ReadModelsPort, name: str,
-                     walked: Callable[[int], Awaitable[None]], *, batch: int = MERGE_BATCH) -> Counter[str]:
+def _by_id(collection: Collection) -> AsyncIterator[dict[str, Any]]:
+    """Every document of ``collection`` in ``_id`` order."""
+    # The hint makes SecantusDB walk its _id index instead of sorting every document in Python
+    # (4x faster for 25,000 documents); MongoDB would choose that index anyway.
+    return collection.find({}).sort("_id", ASCENDING).hint([("_id", ASCENDING)])
+
+
+async def merge_into(source: Scratch, live: ReadModelsPort, name: str,
+                     walked: Callable[[int], Awaitable[None]], *, batch: int = MERGE_BATCH,
+                     refused: Callable[[int | None, str], Awaitable[None]] | None = None) -> Counter[str]:
     """Make the live collection ``name`` hold exactly the rebuilt one's documents, walking both in
     ``_id`` order and writing only the differences (insert missing, replace changed, delete extra)
     in unordered writes of up to ``batch``. ``walked`` is told of each ``batch`` of rebuilt
-    documents seen. Returns how many documents were inserted, replaced and deleted."""
-    rebuilt, current = _by_id(source.collection(name)), _by_id(live.collection(name))
+    documents seen; ``refused`` of each rebuilt document MongoDB will not store (by the sequence
+    that last wrote it), the others being stored. Returns how many documents were inserted,
+    replaced and deleted."""
+    rebuilt = _in_order(name, source.documents(name))
+    current = _in_order(name, _by_id(live.collection(name)))
     insert: list[dict[str, Any]] = []
     replace: list[dict[str, Any]] = []
     delete: list[Any] = []
@@ -241,8 +221,19 @@ async def merge_into(source: ReadModelsPort, live: ReadModelsPort, name: str,
     async def flush() -> None:
         nonlocal insert, replace, delete, seen
         if insert or replace or delete:
-            await durably(lambda: live.write_differences(name, insert, replace, delete), what="rebuild switch")
-            counts.update(inserted=len(insert), replaced=len(replace), deleted=len(delete))
+            try:
+                await durably(lambda: live.write_differences(name, insert, replace, delete), what="rebuild switch")
+                lost: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            except Unstorable as exc:
+                if not isinstance(exc.cause, DocumentsRefused):
+                    raise
+                lost = exc.cause.refused
+            by_doc = {id(doc): error for doc, error in lost}
+            counts.update(inserted=sum(id(d) not in by_doc for d in insert), deleted=len(delete), refused=len(lost),
+                          replaced=sum(id(d) not in by_doc for d in replace))
+            if refused is not None:
+                for doc, error in lost:
+                    await refused(doc.get("_seq"), error.get("errmsg", str(error)))
         insert, replace, delete = [], [], []
         await walked(seen)
         seen = 0
@@ -265,21 +256,23 @@ async def merge_into(source: ReadModelsPort, live: ReadModelsPort, name: str,
     return +counts  # those not zero
 
 
-async def switch_to(source: ReadModelsPort, live: ReadModelsPort, progress: Progress = _no_progress) -> None:
-    """Make the live read models equal the rebuilt ones, then drop the rebuilt collections.
+async def switch_to(source: Scratch, live: ReadModelsPort, progress: Progress = _no_progress, *,
+                    unusable: Unusable = _log_unusable, event_log: EventLogPort | None = None) -> None:
+    """Make the live read models equal the rebuilt ones.
 
-    The live collections keep their names, so every reader finds them where it always did; a
-    document is replaced whole, so a reader sees either its old or its new version (across
-    documents it may see some of each until the switch ends, as while the live fold writes a
-    batch). Only the differences are written: a rename would move every document on a server
-    that renames by copying (SecantusDB: ``bench/results/mongo_ops.txt``), where reading both
-    generations costs a fraction of writing one. The checkpoint comes last, after the read
-    models it describes. Progress (stage ``switching``) counts the rebuilt documents merged,
-    then those dropped."""
+    The live collections keep their names and indexes, so every reader finds them where it
+    always did; a document is replaced whole, so a reader sees either its old or its new version
+    (across documents it may see some of each until the switch ends, as while the live fold
+    writes a batch). Only the differences are written: a rename would move every document on a
+    server that renames by copying (SecantusDB: ``bench/results/mongo_ops.txt``), where reading
+    the live generation costs a fraction of writing one. The checkpoint comes last, after the
+    read models it describes. Progress (stage ``switching``) counts the rebuilt documents
+    merged; a rebuilt document MongoDB refuses goes to ``unusable`` as the event (of
+    ``event_log``) that last wrote it."""
     names = (*READ_MODELS, STATE)
     await live.ensure_indexes()  # a live collection dropped by hand gets its indexes before its documents
-    sizes = [await source.collection(name).estimated_document_count() for name in names]  # cheaper than counting
-    total, done = 2 * sum(sizes), 0
+    sizes = [await source.count(name) for name in names]
+    total, done = sum(sizes), 0
     await progress(done, total, stage=SWITCHING)
 
     async def walked(n: int) -> None:
@@ -287,33 +280,12 @@ async def switch_to(source: ReadModelsPort, live: ReadModelsPort, progress: Prog
         done += n
         await progress(done, total, stage=SWITCHING)
 
+    async def refused(seq: int | None, error: str) -> None:
+        await _report(event_log, unusable, seq, error)
+
     for name in names:
-        counts = await merge_into(source, live, name, walked)
+        counts = await merge_into(source, live, name, walked, refused=refused)
         log.info("rebuild_switched", collection=name, **counts)
-    for name, size in zip(names, sizes, strict=True):
-        await discard(source.collection(name))
-        await walked(size)
-
-
-async def rebuild_and_switch(
-    event_log: EventLogPort, live: ReadModelsPort, progress: Progress = _no_progress, *,
-    job_retention: timedelta = timedelta(days=7), unusable: Unusable = _log_unusable, log_id: str | None = None,
-    batch_events: int = 10_000,
-) -> int:
-    """Rebuild every read model into fresh collections beside ``live``, then switch ``live`` to
-    them (:func:`switch_to`). A rebuild that fails before the switch leaves the live read models
-    as they were, and its collections are dropped. Returns the last sequence applied."""
-    target = ReadModels(live.db, suffix=SUFFIX)
-    try:
-        position = await rebuild_into(event_log, target, progress, job_retention=job_retention,
-                                      unusable=unusable, log_id=log_id, batch_events=batch_events)
-    except BaseException:
-        with contextlib.suppress(Exception):  # the next rebuild drops them first in any case
-            for name in (*READ_MODELS, STATE):
-                await discard(target.collection(name))
-        raise
-    await switch_to(target, live, progress)
-    return position
 
 
 def _refusal(msg) -> str | None:

@@ -8,10 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 from pymongo import ASCENDING
 
-from services.adapters.read_models import IDS_PER_QUERY, Mark, ReadModels
+from services.adapters.read_models import CHECKPOINT_ID, IDS_PER_QUERY, STATE, Mark, ReadModels
 from services.projector.job_manager import JOB_MANAGER
 from services.projector.projections import coalesce, split_creations, writes_for
 from services.projector.rebuild import switch_to
+from services.projector.scratch import Scratch
 from tests.readmodels import snapshot
 from tests.samples import T0, every_event, job_requested
 
@@ -149,18 +150,35 @@ async def test_personas_by_ids_and_by_template(any_models):
 
 
 async def test_a_rebuild_switches_by_merging_into_the_live_collections(any_models):
-    rebuilt = ReadModels(any_models.db, suffix="__rebuild")
     await any_models.templates.insert_many([{"_id": "old"}])
-    await rebuilt.templates.insert_many([{"_id": "t1", "n": 1}, {"_id": "t2", "n": 2}], ordered=False)
-    await rebuilt.save_checkpoint(42)
     await any_models.jobs.insert_many([{"_id": "stale"}])  # no rebuilt jobs: the live ones go
-    await switch_to(rebuilt, any_models)
-    assert [d["_id"] async for d in any_models.templates.find({}).sort("_id", ASCENDING)] == ["t1", "t2"]
+    async with Scratch() as rebuilt:
+        await rebuilt.put("templates", [{"_id": "t2", "n": 2}, {"_id": "t1", "n": 1}])
+        await rebuilt.put(STATE, [{"_id": CHECKPOINT_ID, "seq": 42}])
+        await switch_to(rebuilt, any_models)
+    assert [d async for d in any_models.templates.find({}).sort("_id", ASCENDING)] == [
+        {"_id": "t1", "n": 1}, {"_id": "t2", "n": 2}]
     assert await any_models.jobs.count_documents({}) == 0
     assert await any_models.checkpoint() == 42
-    assert await any_models.templates.count_documents({"_id": "t1"}, limit=1) == 1
-    names = set(await any_models.db.list_collection_names())
-    assert "templates__rebuild" not in names
+
+
+async def test_writing_differences_stores_what_the_server_takes_and_names_what_it_refuses(models):
+    """An unordered write goes on past a refused document; the caller learns which, to report
+    the event that made it. An insert that finds its document there replaces it."""
+    import pytest
+
+    from services.adapters.read_models import DocumentsRefused
+
+    await models.templates.create_index("name", unique=True)  # a server-side refusal to provoke
+    await models.templates.insert_many([{"_id": "a", "name": "A"}, {"_id": "b", "name": "B"}])
+    with pytest.raises(DocumentsRefused) as refused:
+        await models.write_differences(
+            "templates",
+            insert=[{"_id": "a", "name": "A2"}, {"_id": "c", "name": "B"}, {"_id": "d", "name": "D"}],
+            replace=[{"_id": "b", "name": "A"}, {"_id": "e", "name": "E"}], delete=[])
+    assert {doc["_id"] for doc, _ in refused.value.refused} == {"b", "c"}  # names already taken
+    assert [d async for d in models.templates.find({}).sort("_id", 1)] == [
+        {"_id": "a", "name": "A2"}, {"_id": "b", "name": "B"}, {"_id": "d", "name": "D"}, {"_id": "e", "name": "E"}]
 
 
 async def test_deleting_documents(any_models):

@@ -240,3 +240,34 @@ async def test_replay_and_the_events_endpoint_show_what_they_cannot_read(client,
     assert by_seq[future]["type"] == "persona.rated" and by_seq[future]["status"] == "unknown"
     assert r.json()["events"][-1]["type"] == "job.completed"
     assert await show_job_history(settings, job["job_id"], as_json=True) == 0
+
+
+async def test_a_rebuild_reports_what_it_cannot_store_and_rebuilds_the_rest(
+    client, event_log, models, scenario_document
+):
+    """What the live fold parks as unstorable, a rebuild reports as unstorable too; every other
+    document is rebuilt as the live fold wrote it."""
+    from services.adapters.read_models import ReadModels
+    from services.projector.rebuild import rebuild_into
+    from tests.readmodels import snapshot
+
+    unstorable = {
+        await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}])),
+        await _raw(event_log, subjects.interaction_created("big"), _interaction([0] * 3_500_000)),
+    }
+    await _run_a_job(client, scenario_document)
+    last = await event_log.last_seq()
+    await eventually(lambda: _caught_up(models, last), what="the projector reaching the end of the log")
+    assert set(await _parked(client, "projector")) == unstorable
+
+    reported: dict[int, tuple[str, str]] = {}
+
+    async def unusable(stored, kind: str, error) -> None:
+        reported[stored.seq] = (kind, str(error))
+
+    target = ReadModels(models.db, suffix="__check")
+    assert await rebuild_into(event_log, target, unusable=unusable) == await event_log.last_seq()
+    assert {seq: kind for seq, (kind, _) in reported.items()} == dict.fromkeys(unstorable, "unstorable")
+    assert "larger than" in reported[max(unstorable)][1]
+    assert await snapshot(target) == await snapshot(models)
+    assert len((await snapshot(target))["prompt_jobs"]) == 1

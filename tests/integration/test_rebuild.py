@@ -5,19 +5,21 @@ from __future__ import annotations
 from services.adapters.read_models import ReadModels
 from services.cli.rebuild import run_rebuild
 from services.projector.rebuild import rebuild_into
+from services.projector.scratch import Scratch
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.readmodels import snapshot
 from tests.sse_client import read_sse
 
 
-async def _some_history(client, document):
+async def _some_history(client, document, *, interaction: bool = True):
     template_id = await create_template(client, document)
     personas = await create_personas(client, template_id, 5)
     ids = [p["id"] for p in personas]
     for subset in (ids, ids[:2]):
         job = await start_job(client, template_id, cycle_modes(subset))
         await read_sse(client, job["sse_endpoint"])
-    await client.post("/avatar-interactions", json={"mode": "try_mode", "persona_id": ids[0]})
+    if interaction:
+        await client.post("/avatar-interactions", json={"mode": "try_mode", "persona_id": ids[0]})
     return ids
 
 
@@ -181,7 +183,7 @@ async def test_the_switch_writes_only_the_differences_and_readers_see_the_rebuil
     """The live collections keep their names: the switch inserts what they lack, replaces what
     differs, deletes what the log does not hold, and leaves every other document alone."""
     from services.projector.projections import JOBS, PERSONAS, TEMPLATES
-    from services.projector.rebuild import merge_into, switch_to
+    from services.projector.rebuild import fold_into, merge_into, switch_to
 
     ids = await _some_history(client, scenario_document)
     before = await snapshot(models)
@@ -193,24 +195,22 @@ async def test_the_switch_writes_only_the_differences_and_readers_see_the_rebuil
     assert (await client.get(f"/scenario/personas/{ids[0]}")).json()["system_prompt"] == "tampered"
     assert await models.jobs.find_one({"_id": job_ids[0]}) is None
 
-    rebuilt = ReadModels(models.db, suffix="__merge")
-    await rebuild_into(event_log, rebuilt)
-    steps: list[int] = []
+    async with Scratch() as rebuilt:
+        assert await fold_into(event_log, rebuilt) == await event_log.last_seq()
+        steps: list[int] = []
 
-    async def walked(n: int) -> None:
-        steps.append(n)
+        async def walked(n: int) -> None:
+            steps.append(n)
 
-    assert await merge_into(rebuilt, models, PERSONAS, walked, batch=2) == {"replaced": 2}
-    assert sum(steps) == 5 and max(steps) <= 2  # progress in steps of the batch
-    assert await merge_into(rebuilt, models, JOBS, walked) == {"inserted": 1}
-    assert await merge_into(rebuilt, models, TEMPLATES, walked) == {"deleted": 1}
-    assert await merge_into(rebuilt, models, JOBS, walked) == {}  # nothing left to write
+        assert await merge_into(rebuilt, models, PERSONAS, walked, batch=2) == {"replaced": 2}
+        assert sum(steps) == 5 and max(steps) <= 2  # progress in steps of the batch
+        assert await merge_into(rebuilt, models, JOBS, walked) == {"inserted": 1}
+        assert await merge_into(rebuilt, models, TEMPLATES, walked) == {"deleted": 1}
+        assert await merge_into(rebuilt, models, JOBS, walked) == {}  # nothing left to write
 
-    await switch_to(rebuilt, models)
+        await switch_to(rebuilt, models)
     assert await snapshot(models) == before
     assert await models.checkpoint() == await event_log.last_seq()
-    names = set(await models.db.list_collection_names())
-    assert not {n for n in names if n.endswith("__merge")}, names
     # Readers find the rebuilt documents under the names they always used.
     persona = (await client.get(f"/scenario/personas/{ids[0]}")).json()
     assert persona["system_prompt"] == next(p for p in before["personas_v2"] if p["_id"] == ids[0])["system_prompt"]
@@ -221,18 +221,15 @@ async def test_the_switch_writes_only_the_differences_and_readers_see_the_rebuil
 async def test_the_switch_fills_empty_live_collections_and_empties_those_the_log_does_not_fill(
     client, models, event_log, scenario_document
 ):
-    from services.projector.projections import READ_MODELS
-    from services.projector.rebuild import switch_to
+    from services.projector.projections import INTERACTIONS, READ_MODELS
 
-    await _some_history(client, scenario_document)
+    await _some_history(client, scenario_document, interaction=False)  # the log holds no interaction
     before = await snapshot(models)
-    rebuilt = ReadModels(models.db, suffix="__fill")
-    await rebuild_into(event_log, rebuilt)
     for name in READ_MODELS:
         await models.collection(name).drop()
-    await models.db["avatar_interactions__fill"].delete_many({})  # as if the log held no interaction
-    await switch_to(rebuilt, models)
-    assert await snapshot(models) == {**before, "avatar_interactions": []}
+    await models.collection(INTERACTIONS).insert_one({"_id": "not-in-the-log", "mode": "try_mode"})
+    assert await rebuild_into(event_log, models) == await event_log.last_seq()
+    assert await snapshot(models) == {**before, INTERACTIONS: []}
     indexes = [index["name"] async for index in await models.job_personas.list_indexes()]
     assert len(indexes) > 1  # the live indexes are there again, not only _id's
 
@@ -253,23 +250,28 @@ class _FailingLog:
 
 
 async def test_a_failed_rebuild_leaves_the_live_read_models_as_they_were(
-    client, models, event_log, scenario_document
+    client, models, event_log, scenario_document, tmp_path
 ):
     import pytest
 
-    from services.projector.rebuild import SUFFIX, rebuild_and_switch
+    from services.projector.rebuild import SUFFIX
 
     ids = await _some_history(client, scenario_document)
     await models.personas.update_one({"_id": ids[0]}, {"$set": {"system_prompt": "live, not rebuilt"}})
+    await models.db[f"personas_v2{SUFFIX}"].insert_one({"_id": "left by an earlier version's crashed rebuild"})
     before = await snapshot(models)
     checkpoint = await models.checkpoint()
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
     with pytest.raises(ConnectionError):
-        await rebuild_and_switch(_FailingLog(event_log), models, batch_events=1)
+        await rebuild_into(_FailingLog(event_log), models, batch_events=1, scratch_dir=str(scratch))
     assert await snapshot(models) == before
     assert await models.checkpoint() == checkpoint
-    names = set(await models.db.list_collection_names())
-    assert not {n for n in names if n.endswith(SUFFIX)}, names  # what it had written is gone
+    assert list(scratch.iterdir()) == []  # what it had folded is gone
     # and the same rebuild, able to finish, replaces them
-    assert await rebuild_and_switch(event_log, models) == await event_log.last_seq()
+    assert await rebuild_into(event_log, models, scratch_dir=str(scratch)) == await event_log.last_seq()
     persona = await models.personas.find_one({"_id": ids[0]})
     assert persona["system_prompt"] != "live, not rebuilt"
+    assert list(scratch.iterdir()) == []
+    names = set(await models.db.list_collection_names())
+    assert not {n for n in names if n.endswith(SUFFIX)}, names

@@ -1,0 +1,187 @@
+"""Where a rebuild keeps the read models it folds until it merges them into the live ones: a
+SQLite file of BSON documents in a temporary directory on local disk, deleted at the end.
+
+Kept out of MongoDB on purpose: a rebuild that inserted its documents into collections beside
+the live ones paid for every insert, and again to delete them once merged (on a server that
+deletes row by row, more than the merge itself: ``bench/results/issue15-rebuildsw.md``). Here
+they cost a local write, and a file deletion.
+
+Documents are stored as MongoDB would store them (BSON, so times to the millisecond) and read
+back with the live collections' codec options: a rebuilt document equals its live copy exactly
+when MongoDB would hold the same. SQLite orders their ``_id`` as MongoDB does for the ids read
+models use (numbers before strings, strings by their UTF-8 bytes), so the merge walks both in
+one order. One thread does all SQLite work, so the fold's Python goes on beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import bson
+from bson.codec_options import CodecOptions
+from bson.errors import InvalidDocument
+
+from services.projector.memory_fold import BatchFold, MemoryFold
+
+T = TypeVar("T")
+
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's limit on one document
+IDS_PER_LOOKUP = 500  # under SQLite's smallest limit on a statement's parameters (999)
+READ_CHUNK = 1000  # documents handed from the SQLite thread to the merge at a time
+
+Refusal = tuple[int | None, str]  # a document that cannot be stored: the sequence that last wrote it, and why
+
+
+def _key(_id: Any) -> str | int | float:
+    if isinstance(_id, bool) or not isinstance(_id, str | int | float):
+        raise ValueError(f"a rebuild cannot keep a document whose _id is not a string or a number: {_id!r}")
+    return _id
+
+
+class Scratch:
+    """Read models being rebuilt, by collection name. Use as ``async with Scratch() as s``."""
+
+    def __init__(self, directory: str | Path | None = None,
+                 codec_options: CodecOptions = CodecOptions(tz_aware=True)) -> None:
+        self._parent = directory
+        self.codec_options = codec_options
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="rebuild-scratch")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._db: sqlite3.Connection | None = None
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file, while it exists."""
+        return Path(self._tmp.name) / "read_models.sqlite" if self._tmp else None
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def __aenter__(self) -> Scratch:
+        self._tmp = tempfile.TemporaryDirectory(prefix="promptgen-rebuild-", dir=self._parent)
+        await self._run(self._open)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._run(self._close)
+        self._thread.shutdown(wait=True)
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def _open(self) -> None:
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # A scratch file: a crash loses it whatever SQLite does, so no journal and no fsync.
+        for pragma in ("journal_mode = OFF", "synchronous = OFF", "cache_size = -32768", "temp_store = MEMORY"):
+            self._db.execute(f"PRAGMA {pragma}")
+        # No type on key: strings and numbers keep their own (numbers sort before text).
+        self._db.execute("CREATE TABLE docs (coll TEXT NOT NULL, key NOT NULL, doc BLOB NOT NULL,"
+                         " PRIMARY KEY (coll, key)) WITHOUT ROWID")
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    @property
+    def _sql(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError("the scratch is not open")
+        return self._db
+
+    # -- writing -------------------------------------------------------------------------------
+
+    async def write(self, fold: BatchFold) -> list[Refusal]:
+        """Store one batch of the log, folded on top of the batches stored before it; returns the
+        documents that cannot be stored (the others are)."""
+        return await self._run(self._write, fold)
+
+    async def put(self, collection: str, docs: Iterable[dict[str, Any]]) -> list[Refusal]:
+        """Store ``docs`` as they are (replacing any with their ``_id``)."""
+        return await self._run(self._put, collection, list(docs))
+
+    def _write(self, fold: BatchFold) -> list[Refusal]:
+        refused: list[Refusal] = []
+        self._sql.execute("BEGIN")
+        for name in set(fold.residual) | set(fold.collections):
+            residual = fold.residual.get(name, [])
+            new = fold.collections.get(name, {})
+            if any(change.many for _, change in residual):
+                raise ValueError(f"a rebuild cannot apply an update of many documents ({name})")
+            # Changes to documents of earlier batches first, in log order, then this batch's
+            # documents; one that an earlier batch holds already (a creation stored twice) takes
+            # this batch's changes of it instead, as MongoDB would have.
+            held = MemoryFold()
+            held.collections[name] = self._get(name, {c.filter["_id"] for _, c in residual} | set(new))
+            for seq, change in residual:
+                held.apply(name, change, seq)
+            docs = held.collections[name]
+            for _id, doc in new.items():
+                if _id in docs:
+                    for seq, change in fold.history[name][_id]:
+                        held.apply(name, change, seq)
+                else:
+                    docs[_id] = doc
+            refused += self._store(name, docs.values())
+        self._sql.execute("COMMIT")
+        return refused
+
+    def _put(self, collection: str, docs: list[dict[str, Any]]) -> list[Refusal]:
+        self._sql.execute("BEGIN")
+        refused = self._store(collection, docs)
+        self._sql.execute("COMMIT")
+        return refused
+
+    def _store(self, collection: str, docs: Iterable[dict[str, Any]]) -> list[Refusal]:
+        rows, refused = [], []
+        for doc in docs:
+            try:
+                data = bson.encode(doc, codec_options=self.codec_options)
+            except (InvalidDocument, OverflowError, TypeError, ValueError) as exc:
+                refused.append((doc.get("_seq"), f"not storable as BSON: {exc}"))
+                continue
+            if len(data) > MAX_DOCUMENT_BYTES:
+                refused.append((doc.get("_seq"), f"document of {len(data)} bytes is larger than MongoDB's "
+                                                 f"limit of {MAX_DOCUMENT_BYTES}"))
+                continue
+            rows.append((collection, _key(doc["_id"]), data))
+        self._sql.executemany("INSERT OR REPLACE INTO docs (coll, key, doc) VALUES (?, ?, ?)", rows)
+        return refused
+
+    def _get(self, collection: str, ids: set[Any]) -> dict[Any, dict[str, Any]]:
+        keys, found = [_key(i) for i in ids], {}
+        for i in range(0, len(keys), IDS_PER_LOOKUP):
+            chunk = keys[i:i + IDS_PER_LOOKUP]
+            query = f"SELECT doc FROM docs WHERE coll = ? AND key IN ({','.join('?' * len(chunk))})"
+            for (data,) in self._sql.execute(query, (collection, *chunk)):
+                doc = bson.decode(data, codec_options=self.codec_options)
+                found[doc["_id"]] = doc
+        return found
+
+    # -- reading -------------------------------------------------------------------------------
+
+    async def count(self, collection: str) -> int:
+        return await self._run(lambda: self._sql.execute("SELECT count(*) FROM docs WHERE coll = ?",
+                                                         (collection,)).fetchone()[0])
+
+    async def documents(self, collection: str) -> AsyncIterator[dict[str, Any]]:
+        """Every document of ``collection``, in ``_id`` order."""
+        after: tuple[Any, ...] = ()
+        while True:
+            rows = await self._run(self._page, collection, after)
+            for _, data in rows:
+                yield bson.decode(data, codec_options=self.codec_options)
+            if len(rows) < READ_CHUNK:
+                return
+            after = (rows[-1][0],)
+
+    def _page(self, collection: str, after: tuple[Any, ...]) -> list[tuple[Any, bytes]]:
+        where = "coll = ? AND key > ?" if after else "coll = ?"
+        query = f"SELECT key, doc FROM docs WHERE {where} ORDER BY key LIMIT {READ_CHUNK}"
+        return self._sql.execute(query, (collection, *after)).fetchall()

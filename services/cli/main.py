@@ -200,7 +200,7 @@ def mock_llm(
 
 @app.command()
 def rebuild() -> None:
-    """Rebuild every read model from the event log into fresh collections and switch to them."""
+    """Rebuild every read model from the event log (folded on local disk) and switch to it."""
     from services.cli.rebuild import main
     from services.runtime.logs import configure_logging
 

@@ -1,4 +1,5 @@
-"""Rebuild every read model from the log into fresh collections, then merge them into the live ones.
+"""Rebuild every read model from the log: fold it into a scratch store on local disk, then
+merge that into the live collections.
 
 A running projector does it itself when asked on ``CONTROL_SUBJECT`` (so no two
 writers race); with no projector running, ``promptgen rebuild`` does it alone.

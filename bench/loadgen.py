@@ -80,9 +80,10 @@ async def run(args: argparse.Namespace) -> dict:
             r = await client.post("/scenario/v2/generate-final-prompts",
                                   json={"template_id": template_id, "persona_ids": ids, "mode_mapping": mapping})
             r.raise_for_status()
+            accepted = time.time() - posted
             job = r.json()
             streams = await asyncio.gather(*(watch(client, job["sse_endpoint"]) for _ in range(args.watchers)))
-            return {"job_id": job["job_id"], "posted": posted, "accepted": time.time() - posted,
+            return {"job_id": job["job_id"], "posted": posted, "accepted": accepted,
                     "finished": max(m["messages"][-1][2] for m in streams if m["messages"]), "streams": streams}
 
         jobs = await asyncio.gather(*(one_job(n) for n in range(args.jobs)))

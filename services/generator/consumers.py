@@ -42,9 +42,14 @@ DISPATCHER = "generator-dispatcher"
 WORKERS = "generator-workers"
 
 
-async def _publish_all(event_log: EventLogPort, events: list, chunk: int = 256) -> None:
-    for i in range(0, len(events), chunk):
-        await asyncio.gather(*(event_log.publish(e) for e in events[i : i + chunk]))
+async def _publish_all(event_log: EventLogPort, events: list, first: int = 16, chunk: int = 256) -> None:
+    """Publish ``events`` concurrently, ``chunk`` at a time after a first chunk of ``first``:
+    a chunk reaches the server once all of it is encoded, and the first items of a large
+    job need not wait for hundreds of others before a worker can start on them."""
+    start = 0
+    for size in (first, *([chunk] * -(-max(0, len(events) - first) // chunk))):
+        await asyncio.gather(*(event_log.publish(e) for e in events[start : start + size]))
+        start += size
 
 
 async def set_aside(msg, stored: StoredEvent, consumer: str, parked: ParkedEvents,

@@ -102,3 +102,29 @@ async def test_offline_personas_are_distinct_and_never_the_learner():
     assert {d.role for d in drafts} == {"Patient"}
     assert len({d.name for d in drafts}) > 5
 
+
+
+async def test_a_large_job_publishes_a_small_first_chunk_so_workers_start_early():
+    """Each chunk reaches the server once all of it is encoded: the first is small, so the
+    first work items do not wait behind hundreds of others; every item goes once, in order."""
+    import asyncio
+
+    from services.generator.consumers import dispatch
+
+    class Log:
+        def __init__(self) -> None:
+            self.in_flight, self.chunks, self.published = 0, [], []
+
+        async def publish(self, event) -> None:
+            self.in_flight += 1
+            await asyncio.sleep(0)  # every publish of a chunk starts before any ends
+            if self.in_flight:
+                self.chunks.append(self.in_flight)
+                self.in_flight = 0
+            self.published.append(event.persona_id)
+
+    log = Log()
+    job = job_requested("big", tuple(f"p{i}" for i in range(600)))
+    assert await dispatch(job, log) == 600
+    assert log.chunks == [16, 256, 256, 72]
+    assert log.published == [f"p{i}" for i in range(600)]

@@ -51,6 +51,13 @@ def job_persona(job_id: str, persona_id: str, event: str) -> str:
     return f"{PREFIX}.job.{job_id}.persona.{persona_id}.{event}"
 
 
+def is_work_item(subject: str) -> bool:
+    """Whether ``subject`` is a work item's (``promptgen.job.<job_id>.persona.<persona_id>.requested``)."""
+    parts = subject.split(".")
+    return len(parts) == 6 and parts[0] == PREFIX and parts[1] == "job" and parts[3] == "persona" \
+        and parts[5] == "requested"
+
+
 def job_id_of(subject: str) -> str | None:
     """The job a ``promptgen.job.<job_id>.…`` subject belongs to, or None for another subject."""
     parts = subject.split(".", 3)

@@ -320,7 +320,8 @@ class DerivedReads:
     def read_batches(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[list[StoredEvent]]:
         raise NotImplementedError
 
-    def follow_batches(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[list[StoredEvent]]:
+    def follow_batches(self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,
+                       wanted: Callable[[str], bool] | None = None) -> AsyncIterator[list[StoredEvent]]:
         raise NotImplementedError
 
     async def first_seq_on(self, subjects_: list[str]) -> int | None:
@@ -604,9 +605,12 @@ class EventLog(DerivedReads):
         return [stored_message(msg) for msg in msgs], more
 
     async def follow_batches(
-        self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *, check_after: float = 10.0
+        self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,
+        wanted: Callable[[str], bool] | None = None, check_after: float = 10.0,
     ) -> AsyncIterator[list[StoredEvent]]:
-        """Like :meth:`follow`, grouping whatever has already arrived into batches.
+        """Like :meth:`follow`, grouping whatever has already arrived into batches. With
+        ``wanted``, only the messages whose subject it accepts are decoded and yielded (a
+        batch left empty is not).
 
         An ordered consumer whose server died can stall for good (nats-py does not always
         reset it when heartbeats stop): after ``check_after`` seconds without a message, the
@@ -620,6 +624,10 @@ class EventLog(DerivedReads):
                 except TimeoutError:
                     await self._still_there(sub)
                     continue
+                if wanted is not None:
+                    msgs = [msg for msg in msgs if wanted(msg.subject)]
+                    if not msgs:
+                        continue
                 yield [stored_message(msg) for msg in msgs]
         finally:
             await self._close(sub)

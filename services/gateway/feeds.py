@@ -4,7 +4,9 @@ One ordered JetStream consumer per gateway follows ``promptgen.job.>``; each
 job that has watchers gets a :class:`JobChannel` holding its history (loaded
 once from the log) and every later event, each decoded and rendered once. A
 client is a cursor into that list: a thousand clients of one job cost one
-decode per event, not a thousand.
+decode per event, not a thousand. An event no client here can be shown (of a job
+without watchers on this gateway, or a work item) is passed over by its subject,
+undecoded.
 
 No event is missed: a channel registers for live events *before* it loads the
 job's history, and merges the two by stream sequence.
@@ -138,8 +140,15 @@ class JobFeeds:
                 await asyncio.sleep(1)
             log.warning("job_feed_restarted", position=self._position)
 
+    def _shown(self, subject: str) -> bool:
+        """Whether a live event can reach a client, by its subject alone (so no other is decoded):
+        one of a job with a channel here, and not a work item (no client is shown one). A job's
+        channel made later loads what came before from the log."""
+        return subjects.job_id_of(subject) in self.channels and not subjects.is_work_item(subject)
+
     async def _dispatch(self) -> None:
-        async with aclosing(self.log.follow_batches(subjects.ALL_JOBS, self._position + 1)) as batches:
+        async with aclosing(self.log.follow_batches(subjects.ALL_JOBS, self._position + 1,
+                                                    wanted=self._shown)) as batches:
             async for batch in batches:
                 for stored in batch:
                     try:

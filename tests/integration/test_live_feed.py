@@ -203,3 +203,38 @@ async def test_an_event_after_a_jobs_end_neither_follows_its_results_nor_holds_i
                                           mode="try_mode", error="LLM timeout", error_code="llm_timeout"))
     stream = await asyncio.wait_for(read_sse(client, _sse("late")), 30)
     assert [m.data["type"] for m in stream.messages] == ["status_update", "status_update", "results"]
+
+
+async def test_the_feed_decodes_only_events_a_client_here_can_be_shown(lone_gateway, event_log, settings,
+                                                                        monkeypatch):
+    """Events of jobs nobody follows on this gateway, and work items (never shown), are passed
+    over by subject: a gateway does not decode the whole flow of every job. A watched job's
+    stream is still complete."""
+    from services.adapters import event_log as event_log_module
+    from services.generator.work import fan_out
+
+    system, client = lone_gateway
+    feeds = system.server.config.app.state.gateway.feeds
+    decoded: list[str] = []
+    parse = event_log_module.parse_event
+
+    def counting(data):
+        event = parse(data)
+        decoded.append(event.type)
+        return event
+
+    await _requested(event_log, "watched", "unwatched")
+    opened = asyncio.Event()
+    stream = asyncio.create_task(read_sse(client, _sse("watched"), until=_opened(opened)))
+    await asyncio.wait_for(opened.wait(), 20)
+    monkeypatch.setattr(event_log_module, "parse_event", counting)  # the live feed's decoding from here
+    for job_id in ("watched", "unwatched"):
+        for item in fan_out(job_requested(job_id, (f"{job_id}-p",))):
+            await event_log.publish(item)
+    await _fails(event_log, "unwatched")
+    await _fails(event_log, "watched")
+    watched = await asyncio.wait_for(stream, 30)
+    assert [m.data["type"] for m in watched.messages] == ["status_update", "persona_progress", "status_update",
+                                                          "results"]
+    assert sorted(decoded) == ["job.completed", "persona.failed"], decoded  # the watched job's two, no others
+    assert feeds.alive

@@ -298,3 +298,42 @@ async def test_a_transaction_a_killed_projector_left_open_is_ended_by_the_next(e
     finally:
         await client.drop_database(name)
         await client.close()
+
+
+async def test_in_a_transaction_updates_go_by_id_with_their_conditions_checked_as_the_server_would(watched):
+    """Inside a batch's transaction the conditions of guarded updates are checked on the
+    documents read in it, and the updates go by ``_id`` alone (SecantusDB plans anything else
+    through its planner): the documents end as the server's own conditional updates leave them,
+    a later update seeing what an earlier one set."""
+    from services.projector.projections import JOB_PERSONAS, Change
+
+    models, commands = watched
+    docs = [{"_id": "j:a", "status": "queued", "_seq": 1}, {"_id": "j:b", "status": "completed", "_seq": 1},
+            {"_id": "j:c", "status": "processing", "_seq": 9}, {"_id": "j:d", "status": "queued", "_seq": 1}]
+    opened = ["queued", "processing"]
+
+    def guarded(_id: str, seq: int, **fields) -> Change:
+        return Change({"_id": _id, "_seq": {"$lt": seq}, "status": {"$in": opened}}, {"$set": {**fields, "_seq": seq}})
+
+    changes = [
+        guarded("j:a", 5, status="processing", attempts=1),
+        guarded("j:a", 6, status="completed", prompt_length=3),  # sees the first: still open, older
+        guarded("j:a", 7, status="processing", attempts=2),  # a late progress: the persona is closed
+        guarded("j:b", 5, status="processing"),  # closed before the batch
+        guarded("j:c", 5, status="failed"),  # older than the document
+        guarded("j:missing", 5, status="failed"),  # no such document: nothing happens
+        Change({"_id": "j:d", "status": "queued"}, {"$set": {"status": "cancelled", "_seq": 8}}),  # an equality
+    ]
+    served = ReadModels(models.db, suffix="__by_server")
+    await served.job_personas.insert_many([dict(d) for d in docs])
+    await served.apply(JOB_PERSONAS, changes)  # the guarded updates, as the server applies them
+    await models.job_personas.insert_many([dict(d) for d in docs])
+    commands.sent.clear()
+    assert await models.write_batch([CollectionWrites(JOB_PERSONAS, [], changes)], seq=9) is True
+    by_server = [d async for d in served.job_personas.find({}).sort("_id", 1)]
+    assert [d async for d in models.job_personas.find({}).sort("_id", 1)] == by_server
+    assert next(d for d in by_server if d["_id"] == "j:a")["status"] == "completed"
+    updates = [u for name, body in commands.sent if name == "update" and body["update"] == JOB_PERSONAS
+               for u in body["updates"]]
+    assert updates and all(set(u["q"]) == {"_id"} for u in updates), updates  # found by _id alone
+    assert len(updates) == 2  # j:a (its two changes in one) and j:d: the others change nothing

@@ -41,8 +41,8 @@ async def test_every_command_names_its_key_and_tenant_and_every_surface_shows_th
             "mode_mapping": {personas[0]: "learn_mode", personas[1]: "try_mode"}})
         first = r.json()
         assert (await read_sse(client, first["sse_endpoint"])).status == 200  # to its end
+        provider.hold()  # before the retry starts: it stays running, so it can be cancelled
         retry = (await client.post(f"/scenario/v2/jobs/{first['job_id']}/retry-failed")).json()
-        provider.hold()  # the retry stays running: it can be cancelled
         assert (await client.post(f"/scenario/v2/jobs/{retry['job_id']}/cancel")).status_code == 202
         provider.release()
         r = await client.post("/avatar-interactions", json={"mode": "learn_mode"})

@@ -17,7 +17,6 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
-from services.projector.memory_fold import apply_update, matches
 from services.projector.projections import (
     INTERACTIONS,
     JOB_PERSONAS,
@@ -105,40 +104,6 @@ def open_read_models(settings: Settings) -> tuple[ReadModels, Callable[[], Await
 def _operations(changes: list[Change]) -> list[UpdateOne | UpdateMany]:
     return [UpdateMany(c.filter, c.update) if c.many else UpdateOne(c.filter, c.update, upsert=c.upsert)
             for c in changes]
-
-
-def _guarded(change: Change) -> bool:
-    """An update of one existing document by ``_id`` with conditions beside it, setting fields."""
-    return (not change.many and not change.upsert and set(change.update) == {"$set"} and len(change.filter) > 1
-            and "_id" in change.filter and not isinstance(change.filter["_id"], dict))
-
-
-async def _checked_operations(target: AsyncCollection, changes: list[Change],
-                              session: AsyncClientSession) -> list[UpdateOne | UpdateMany]:
-    """``changes`` as operations that find their documents by ``_id`` alone, the conditions
-    of each checked here against the documents read in ``session`` (a transaction: nobody
-    writes them between the read and the write). Same effect as :func:`_operations`; far less
-    work for a server that plans a filter of ``_id`` alone as a point lookup and anything else
-    through its planner (SecantusDB: ``bench/results/issue15-start.md``). Changes of any other
-    kind (an upsert, an update of many) are sent as they are, all of them."""
-    if not changes or not all(_guarded(c) for c in changes):
-        return _operations(changes)
-    ids = list(dict.fromkeys(c.filter["_id"] for c in changes))
-    conditions = sorted({k for c in changes for k in c.filter if k != "_id"})
-    current: dict[Any, dict[str, Any]] = {}
-    for i in range(0, len(ids), IDS_PER_QUERY):
-        async for doc in target.find({"_id": {"$in": ids[i:i + IDS_PER_QUERY]}}, conditions, session=session):
-            current[doc["_id"]] = doc
-    changed: dict[Any, dict[str, Any]] = {}
-    try:
-        for change in changes:  # in order: a change sees the fields the ones before it set
-            doc = current.get(change.filter["_id"])
-            if doc is not None and matches(doc, change.filter):
-                apply_update(doc, change.update)
-                changed.setdefault(doc["_id"], {}).update(change.update["$set"])
-    except TypeError:  # a field of another type than its condition's (MongoDB: no match): let it decide
-        return _operations(changes)
-    return [UpdateOne({"_id": _id}, {"$set": sets}) for _id, sets in changed.items()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,8 +209,7 @@ class ReadModels:
             if w.docs:
                 await target.insert_many(w.docs, ordered=False, session=session)
             if w.updates:
-                await target.bulk_write(await _checked_operations(target, w.updates, session), ordered=True,
-                                        session=session)
+                await target.bulk_write(_operations(w.updates), ordered=True, session=session)
         await self.state.update_one({"_id": CHECKPOINT_ID}, _moved_to(seq, log_id), upsert=True, session=session)
 
     async def _session(self) -> AsyncClientSession:

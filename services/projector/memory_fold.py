@@ -18,7 +18,7 @@ from typing import Any
 from services.projector.projections import Change, is_creation
 
 
-def matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
+def _matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
     for key, cond in flt.items():
         value = doc.get(key)
         if isinstance(cond, dict):
@@ -38,7 +38,7 @@ def matches(doc: dict[str, Any], flt: dict[str, Any]) -> bool:
     return True
 
 
-def apply_update(doc: dict[str, Any], update: dict[str, Any]) -> None:
+def _update(doc: dict[str, Any], update: dict[str, Any]) -> None:
     for op, fields in update.items():
         if op not in ("$set", "$min"):
             raise ValueError(f"memory fold does not support update operator {op} on an existing document")
@@ -63,7 +63,7 @@ class MemoryFold:
             if set(flt) != {"job_id"}:
                 raise ValueError(f"memory fold supports UpdateMany by job_id only, not {flt}")
             for each in self._by_job[collection].get(flt["job_id"], []):
-                apply_update(each, update)
+                _update(each, update)
             return
         doc = self.collections[collection].get(flt["_id"])
         if doc is None:
@@ -72,8 +72,8 @@ class MemoryFold:
             return
         if set(update) == {"$setOnInsert"}:
             return
-        if matches(doc, flt):
-            apply_update(doc, update)
+        if _matches(doc, flt):
+            _update(doc, update)
 
     def _create(self, collection: str, _id: Any, fields: dict[str, Any]) -> dict[str, Any]:
         created = self.collections[collection][_id] = {"_id": _id, **fields}

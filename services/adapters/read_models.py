@@ -42,11 +42,13 @@ POSITIONS = "consumer_positions"
 STATE = "projector_state"  # the fold's checkpoint: rebuilt with the read models
 DUPLICATE_KEY = 11000
 # Ids per query when documents are fetched by a list of ids. A server checks each document it
-# finds against the query's whole list (SecantusDB does so linearly), so one query naming n ids
-# costs in the order of n squared comparisons there: a 5,000-persona job's one query was 60% of
-# that server's time in the job (bench/results/issue15-scaling.md). On MongoDB, queries of this
+# finds against the query's whole list (SecantusDB does so linearly, in Python), so one query
+# naming n ids costs in the order of n squared comparisons there: a 5,000-persona job's one
+# query was 60% of that server's time in the job (bench/results/issue15-scaling.md). Fetching
+# 5,000 documents took 1.4 to 1.9 s in queries of 200 ids, 0.6 to 0.8 s in queries of 50 or 25,
+# 0.8 to 0.9 s in queries of 10 (bench/results/ids_per_query.txt). On MongoDB, queries of this
 # size cost a few more round trips.
-IDS_PER_QUERY = 200
+IDS_PER_QUERY = 50
 ILLEGAL_OPERATION = 20  # a standalone mongod asked for a transaction
 
 

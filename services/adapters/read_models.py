@@ -161,6 +161,18 @@ class ReadModels:
             found.update({d["_id"]: d async for d in self.personas.find(query, projection)})
         return found
 
+    async def persona_counts(self, job_ids: Sequence[str]) -> dict[tuple[str, str], int]:
+        """How many persona documents each of ``job_ids`` has in each status, by (job, status)
+        (aggregates naming at most :data:`IDS_PER_QUERY` jobs each)."""
+        unique = list(dict.fromkeys(job_ids))
+        counts: dict[tuple[str, str], int] = {}
+        for i in range(0, len(unique), IDS_PER_QUERY):
+            pipeline = [{"$match": {"job_id": {"$in": unique[i:i + IDS_PER_QUERY]}}},
+                        {"$group": {"_id": {"job": "$job_id", "status": "$status"}, "n": {"$sum": 1}}}]
+            async for row in await self.job_personas.aggregate(pipeline):
+                counts[(row["_id"]["job"], row["_id"]["status"])] = row["n"]
+        return counts
+
     async def job_persona_docs(self, job_id: str) -> list[dict[str, Any]]:
         return [d async for d in self.job_personas.find({"job_id": job_id}).sort("order", ASCENDING)]
 

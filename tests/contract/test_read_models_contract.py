@@ -219,3 +219,30 @@ async def test_personas_are_fetched_by_id_in_queries_of_bounded_size(any_models,
     found = await any_models.personas_by_id(asked, ["name"])
     assert found == {d["_id"]: {"_id": d["_id"], "name": d["name"]} for d in docs}
     assert max(sizes) <= IDS_PER_QUERY and sum(sizes) == len(docs) + 1  # each id asked once
+
+
+async def test_persona_counts_are_asked_for_in_aggregates_of_bounded_size(any_models, monkeypatch):
+    # The jobs list counts each listed job's personas by status: as for personas by id, one
+    # aggregate naming every job costs SecantusDB each document times the whole list.
+    job_ids = [f"j{i:03d}" for i in range(IDS_PER_QUERY + 7)]
+    statuses = ("completed", "failed", "completed")
+    await any_models.job_personas.insert_many([
+        {"_id": f"{j}:p{k}", "job_id": j, "status": statuses[(n + k) % 3]}
+        for n, j in enumerate(job_ids) for k in range(3)])
+    sizes: list[int] = []
+    job_personas = ReadModels.job_personas
+
+    class Recorded:
+        def __init__(self, collection) -> None:
+            self.collection = collection
+
+        async def aggregate(self, pipeline):
+            sizes.append(len(pipeline[0]["$match"]["job_id"]["$in"]))
+            return await self.collection.aggregate(pipeline)
+
+    monkeypatch.setattr(ReadModels, "job_personas", property(lambda self: Recorded(job_personas.fget(self))))
+    counts = await any_models.persona_counts([*reversed(job_ids), "j000", "unknown"])
+    assert counts[("j000", "completed")] == 2 and counts[("j000", "failed")] == 1
+    assert sum(counts.values()) == 3 * len(job_ids)
+    assert max(sizes) <= IDS_PER_QUERY and sum(sizes) == len(job_ids) + 1  # each job asked once
+

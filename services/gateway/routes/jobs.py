@@ -179,11 +179,7 @@ async def list_jobs(caller: Reader, models: ModelsDep, limit: int = Query(20, ge
     fields = ["status", "template_id", "template_data.title", "total_personas", "created_at", "finished_at",
               "retry_of"]
     docs = [d async for d in models.jobs.find(caller.only_mine(), fields).sort("created_at", -1).limit(limit)]
-    counts: dict[tuple[str, str], int] = {}
-    pipeline = [{"$match": {"job_id": {"$in": [d["_id"] for d in docs]}}},
-                {"$group": {"_id": {"job": "$job_id", "status": "$status"}, "n": {"$sum": 1}}}]
-    async for row in await models.job_personas.aggregate(pipeline):
-        counts[(row["_id"]["job"], row["_id"]["status"])] = row["n"]
+    counts = await models.persona_counts([d["_id"] for d in docs])
     return JobList(jobs=[
         JobSummary(
             job_id=d["_id"], status=d["status"], template_id=d["template_id"],

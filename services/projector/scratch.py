@@ -65,7 +65,11 @@ class Scratch:
 
     async def __aenter__(self) -> Scratch:
         self._tmp = tempfile.TemporaryDirectory(prefix="promptgen-rebuild-", dir=self._parent)
-        await self._run(self._open)
+        try:
+            await self._run(self._open)
+        except BaseException:
+            await self.__aexit__()
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:

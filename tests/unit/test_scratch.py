@@ -1,0 +1,79 @@
+"""The rebuild's scratch store (a SQLite file on local disk), alone."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from services.projector.memory_fold import BatchFold
+from services.projector.projections import Change
+from services.projector.scratch import MAX_DOCUMENT_BYTES, READ_CHUNK, Scratch
+
+
+async def _all(scratch: Scratch, name: str) -> list[dict]:
+    return [d async for d in scratch.documents(name)]
+
+
+async def test_documents_come_in_mongodbs_id_order_across_pages(tmp_path):
+    """Numbers before strings, strings by code point (UTF-8 bytes), as MongoDB orders them."""
+    ids = ["b", "a", "Z", "é", "ab", "\U0001f600", "a\x7f", 3, 1.5, -2, *(f"k{i:05d}" for i in range(READ_CHUNK + 5))]
+    async with Scratch(tmp_path) as scratch:
+        assert await scratch.put("c", [{"_id": i} for i in ids]) == []
+        got = [d["_id"] for d in await _all(scratch, "c")]
+        assert got == [-2, 1.5, 3, *sorted(i for i in ids if isinstance(i, str))]
+        assert await scratch.count("c") == len(ids) and await scratch.count("other") == 0
+
+
+async def test_documents_come_back_as_mongodb_would_return_them(tmp_path):
+    at = datetime(2026, 11, 27, 1, 2, 3, 456789, tzinfo=UTC)
+    async with Scratch(tmp_path) as scratch:
+        await scratch.put("c", [{"_id": "x", "at": at, "nested": {"$odd": [1, "two"]}}])
+        (doc,) = await _all(scratch, "c")
+    assert doc == {"_id": "x", "at": at.replace(microsecond=456000), "nested": {"$odd": [1, "two"]}}  # BSON: ms
+    assert doc["at"].tzinfo is not None
+
+
+async def test_what_mongodb_cannot_hold_is_refused_by_the_sequence_that_wrote_it(tmp_path):
+    async with Scratch(tmp_path) as scratch:
+        refused = await scratch.put("c", [{"_id": "nul", "a\x00b": 1, "_seq": 7},
+                                          {"_id": "big", "blob": "x" * MAX_DOCUMENT_BYTES, "_seq": 8},
+                                          {"_id": "fine", "_seq": 9}])
+        assert [seq for seq, _ in refused] == [7, 8] and "larger than" in refused[1][1]
+        assert [d["_id"] for d in await _all(scratch, "c")] == ["fine"]
+
+
+async def test_a_batch_takes_changes_to_earlier_batches_documents_and_a_creation_stored_twice(tmp_path):
+    def created(_id: str, seq: int, **fields) -> Change:
+        return Change({"_id": _id}, {"$setOnInsert": {**fields, "_seq": seq}}, upsert=True)
+
+    def newer(_id: str, seq: int, **fields) -> Change:
+        return Change({"_id": _id, "_seq": {"$lt": seq}}, {"$set": {**fields, "_seq": seq}})
+
+    first, second = BatchFold(), BatchFold()
+    first.apply("c", created("a", 1, name="A"), 1)
+    first.apply("c", newer("a", 2, prompt="one"), 2)
+    second.apply("c", newer("a", 3, prompt="two"), 3)  # a document of the batch before
+    second.apply("c", created("a", 4, name="stored again"), 4)  # a creation stored twice: changes nothing
+    second.apply("c", newer("a", 5, prompt="three"), 5)
+    second.apply("c", created("b", 6, name="B"), 6)
+    async with Scratch(tmp_path) as scratch:
+        assert await scratch.write(first) == []
+        assert await scratch.write(second) == []
+        docs = await _all(scratch, "c")
+    assert docs == [{"_id": "a", "name": "A", "prompt": "three", "_seq": 5}, {"_id": "b", "name": "B", "_seq": 6}]
+
+
+async def test_the_file_is_gone_after_use_and_after_a_failed_open(tmp_path, monkeypatch):
+    async with Scratch(tmp_path) as scratch:
+        assert scratch.path is not None and scratch.path.exists()
+    assert list(tmp_path.iterdir()) == []
+
+    def broken(self) -> None:
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(Scratch, "_open", broken)
+    with pytest.raises(OSError):
+        async with Scratch(tmp_path):
+            pass
+    assert list(tmp_path.iterdir()) == []

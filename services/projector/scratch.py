@@ -16,8 +16,10 @@ one order. One thread does all SQLite work, so the fold's Python goes on beside 
 from __future__ import annotations
 
 import asyncio
+import copy
 import sqlite3
 import tempfile
+from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +30,7 @@ from bson.codec_options import CodecOptions
 from bson.errors import InvalidDocument
 
 from services.projector.memory_fold import BatchFold, MemoryFold
+from services.projector.projections import Change
 
 T = TypeVar("T")
 
@@ -73,11 +76,13 @@ class Scratch:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._run(self._close)
-        self._thread.shutdown(wait=True)
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
+        try:
+            await self._run(self._close)
+        finally:
+            self._thread.shutdown(wait=True)
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
 
     def _open(self) -> None:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -120,41 +125,86 @@ class Scratch:
                 raise ValueError(f"a rebuild cannot apply an update of many documents ({name})")
             # Changes to documents of earlier batches first, in log order, then this batch's
             # documents; one that an earlier batch holds already (a creation stored twice) takes
-            # this batch's changes of it instead, as MongoDB would have.
+            # this batch's changes of it instead, as MongoDB would have. A change to a stored
+            # document carries its values as MongoDB stores them (a time without an offset is
+            # UTC, to the millisecond), so that they compare with the document's.
             held = MemoryFold()
             held.collections[name] = self._get(name, {c.filter["_id"] for _, c in residual} | set(new))
+            changes: dict[Any, list[tuple[int, Change]]] = defaultdict(list)
             for seq, change in residual:
+                change = self._as_stored(change)
+                changes[change.filter["_id"]].append((seq, change))
                 held.apply(name, change, seq)
             docs = held.collections[name]
             for _id, doc in new.items():
                 if _id in docs:
                     for seq, change in fold.history[name][_id]:
+                        change = self._as_stored(change)
+                        changes[_id].append((seq, change))
                         held.apply(name, change, seq)
                 else:
                     docs[_id] = doc
-            refused += self._store(name, docs.values())
+                    changes[_id] = fold.history[name][_id]
+            for doc, _ in self._store(name, docs.values()):
+                refused += self._change_by_change(name, doc["_id"], changes[doc["_id"]])
         self._sql.execute("COMMIT")
         return refused
+
+    def _change_by_change(self, name: str, _id: Any, changes: list[tuple[int, Change]]) -> list[Refusal]:
+        """Store the document ``_id`` with each of this batch's ``changes`` that leaves it
+        storable, from its stored version; the others are refused, as MongoDB refuses one
+        update and applies the rest."""
+        redo = MemoryFold()
+        redo.collections[name] = self._get(name, {_id})
+        refused: list[Refusal] = []
+        for seq, change in changes:
+            before = copy.deepcopy(redo.collections[name].get(_id))
+            redo.apply(name, self._as_stored(change), seq)
+            after = redo.collections[name].get(_id)
+            if after is not None and isinstance(why := self._encoded(after), str):
+                refused.append((seq, why))
+                if before is None:
+                    del redo.collections[name][_id]
+                else:
+                    redo.collections[name][_id] = before
+        if (doc := redo.collections[name].get(_id)) is not None:
+            self._store(name, [doc])
+        return refused
+
+    def _as_stored(self, change: Change) -> Change:
+        """``change`` with its values as MongoDB stores them (as they are if BSON cannot hold them)."""
+        try:
+            update = bson.decode(bson.encode(change.update, codec_options=self.codec_options),
+                                 codec_options=self.codec_options)
+        except (InvalidDocument, OverflowError, TypeError, ValueError):
+            return change
+        return Change(change.filter, update, upsert=change.upsert, many=change.many)
+
+    def _encoded(self, doc: dict[str, Any]) -> bytes | str:
+        """``doc`` as BSON, or why MongoDB could not hold it."""
+        try:
+            data = bson.encode(doc, codec_options=self.codec_options)
+        except (InvalidDocument, OverflowError, TypeError, ValueError) as exc:
+            return f"not storable as BSON: {exc}"
+        if len(data) > MAX_DOCUMENT_BYTES:
+            return f"document of {len(data)} bytes is larger than MongoDB's limit of {MAX_DOCUMENT_BYTES}"
+        return data
 
     def _put(self, collection: str, docs: list[dict[str, Any]]) -> list[Refusal]:
         self._sql.execute("BEGIN")
-        refused = self._store(collection, docs)
+        refused = [(doc.get("_seq"), why) for doc, why in self._store(collection, docs)]
         self._sql.execute("COMMIT")
         return refused
 
-    def _store(self, collection: str, docs: Iterable[dict[str, Any]]) -> list[Refusal]:
+    def _store(self, collection: str, docs: Iterable[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+        """Store ``docs``; returns those MongoDB could not hold, with why (not stored)."""
         rows, refused = [], []
         for doc in docs:
-            try:
-                data = bson.encode(doc, codec_options=self.codec_options)
-            except (InvalidDocument, OverflowError, TypeError, ValueError) as exc:
-                refused.append((doc.get("_seq"), f"not storable as BSON: {exc}"))
-                continue
-            if len(data) > MAX_DOCUMENT_BYTES:
-                refused.append((doc.get("_seq"), f"document of {len(data)} bytes is larger than MongoDB's "
-                                                 f"limit of {MAX_DOCUMENT_BYTES}"))
-                continue
-            rows.append((collection, _key(doc["_id"]), data))
+            data = self._encoded(doc)
+            if isinstance(data, str):
+                refused.append((doc, data))
+            else:
+                rows.append((collection, _key(doc["_id"]), data))
         self._sql.executemany("INSERT OR REPLACE INTO docs (coll, key, doc) VALUES (?, ?, ?)", rows)
         return refused
 

@@ -77,3 +77,41 @@ async def test_the_file_is_gone_after_use_and_after_a_failed_open(tmp_path, monk
         async with Scratch(tmp_path):
             pass
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_change_to_a_stored_document_compares_as_mongodb_would_store_it(tmp_path):
+    """A time without an offset is UTC, as MongoDB stores it: a `$min` of one against a stored
+    time with an offset works across batches."""
+    first, second = BatchFold(), BatchFold()
+    first.apply("jobs", Change({"_id": "j"}, {"$setOnInsert": {"expire_at": datetime(2026, 12, 1, tzinfo=UTC),
+                                                               "_seq": 1}}, upsert=True), 1)
+    second.apply("jobs", Change({"_id": "j"}, {"$min": {"expire_at": datetime(2026, 11, 30, 12)}}), 2)  # naive
+    async with Scratch(tmp_path) as scratch:
+        await scratch.write(first)
+        assert await scratch.write(second) == []
+        (doc,) = await _all(scratch, "jobs")
+    assert doc["expire_at"] == datetime(2026, 11, 30, 12, tzinfo=UTC)
+
+
+async def test_one_change_mongodb_cannot_hold_is_refused_and_the_documents_other_changes_kept(tmp_path):
+    """As MongoDB refuses one update and applies the others: the change is named by its own
+    sequence, and the document takes every change before and after it."""
+    def newer(seq: int, **fields) -> Change:
+        return Change({"_id": "j:p", "_seq": {"$lt": seq}}, {"$set": {**fields, "_seq": seq}})
+
+    first, second = BatchFold(), BatchFold()
+    first.apply("job_personas", Change({"_id": "j:p"}, {"$setOnInsert": {"status": "queued", "_seq": 1}},
+                                       upsert=True), 1)
+    second.apply("job_personas", newer(10, status="processing", attempts=1), 10)
+    second.apply("job_personas", newer(11, attempts=2**70), 11)  # more than BSON's 64 bits
+    second.apply("job_personas", newer(12, status="completed"), 12)
+    third = BatchFold()  # and a document created with such a value is not created at all
+    third.apply("job_personas", Change({"_id": "j:q"}, {"$setOnInsert": {"n": 2**70, "_seq": 13}}, upsert=True), 13)
+    third.apply("job_personas", Change({"_id": "j:q", "_seq": {"$lt": 14}}, {"$set": {"status": "completed"}}), 14)
+    async with Scratch(tmp_path) as scratch:
+        await scratch.write(first)
+        refused = await scratch.write(second)
+        assert [seq for seq, _ in refused] == [11] and "BSON" in refused[0][1]
+        assert [seq for seq, _ in await scratch.write(third)] == [13]
+        docs = await _all(scratch, "job_personas")
+    assert docs == [{"_id": "j:p", "status": "completed", "attempts": 1, "_seq": 12}]

@@ -255,6 +255,8 @@ async def test_a_rebuild_reports_what_it_cannot_store_and_rebuilds_the_rest(
         await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}])),
         await _raw(event_log, subjects.interaction_created("big"), _interaction([0] * 3_500_000)),
     }
+    poisoned = await event_log.last_seq()
+    await eventually(lambda: _caught_up(models, poisoned), what="the projector passing the poison")
     await _run_a_job(client, scenario_document)
     last = await event_log.last_seq()
     await eventually(lambda: _caught_up(models, last), what="the projector reaching the end of the log")

@@ -6,7 +6,7 @@ Only the projector writes here; the gateway reads.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,13 @@ DUPLICATE_KEY = 11000
 # size cost a few more round trips.
 IDS_PER_QUERY = 50
 ILLEGAL_OPERATION = 20  # a standalone mongod asked for a transaction
+
+
+def _id_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    """``ids`` without repeats, in lists of at most :data:`IDS_PER_QUERY` (one query each)."""
+    unique = list(dict.fromkeys(ids))
+    for i in range(0, len(unique), IDS_PER_QUERY):
+        yield unique[i:i + IDS_PER_QUERY]
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,20 +161,17 @@ class ReadModels:
                              ) -> dict[str, dict[str, Any]]:
         """The persona documents of ``ids`` that exist, by id (queries of at most
         :data:`IDS_PER_QUERY` ids each)."""
-        unique = list(dict.fromkeys(ids))
         found: dict[str, dict[str, Any]] = {}
-        for i in range(0, len(unique), IDS_PER_QUERY):
-            query = {"_id": {"$in": unique[i:i + IDS_PER_QUERY]}}
-            found.update({d["_id"]: d async for d in self.personas.find(query, projection)})
+        for chunk in _id_chunks(ids):
+            found.update({d["_id"]: d async for d in self.personas.find({"_id": {"$in": chunk}}, projection)})
         return found
 
     async def persona_counts(self, job_ids: Sequence[str]) -> dict[tuple[str, str], int]:
         """How many persona documents each of ``job_ids`` has in each status, by (job, status)
         (aggregates naming at most :data:`IDS_PER_QUERY` jobs each)."""
-        unique = list(dict.fromkeys(job_ids))
         counts: dict[tuple[str, str], int] = {}
-        for i in range(0, len(unique), IDS_PER_QUERY):
-            pipeline = [{"$match": {"job_id": {"$in": unique[i:i + IDS_PER_QUERY]}}},
+        for chunk in _id_chunks(job_ids):
+            pipeline = [{"$match": {"job_id": {"$in": chunk}}},
                         {"$group": {"_id": {"job": "$job_id", "status": "$status"}, "n": {"$sum": 1}}}]
             async for row in await self.job_personas.aggregate(pipeline):
                 counts[(row["_id"]["job"], row["_id"]["status"])] = row["n"]

@@ -46,10 +46,10 @@ async def _publish_all(event_log: EventLogPort, events: list, first: int = 16, c
     """Publish ``events`` concurrently, ``chunk`` at a time after a first chunk of ``first``:
     a chunk reaches the server once all of it is encoded, and the first items of a large
     job need not wait for hundreds of others before a worker can start on them."""
-    start = 0
-    for size in (first, *([chunk] * -(-max(0, len(events) - first) // chunk))):
+    start, size = 0, first
+    while start < len(events):
         await asyncio.gather(*(event_log.publish(e) for e in events[start : start + size]))
-        start += size
+        start, size = start + size, chunk
 
 
 async def set_aside(msg, stored: StoredEvent, consumer: str, parked: ParkedEvents,

@@ -38,7 +38,7 @@ MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's limit on one document
 IDS_PER_LOOKUP = 500  # under SQLite's smallest limit on a statement's parameters (999)
 READ_CHUNK = 1000  # documents handed from the SQLite thread to the merge at a time
 
-Refusal = tuple[int | None, str]  # a document that cannot be stored: the sequence that last wrote it, and why
+Refusal = tuple[int | None, str]  # what could not be stored: the sequence of the change that made it so, and why
 
 
 def _key(_id: Any) -> str | int | float:
@@ -138,13 +138,13 @@ class Scratch:
             docs = held.collections[name]
             for _id, doc in new.items():
                 if _id in docs:
-                    for seq, change in fold.history[name][_id]:
+                    for seq, change in fold.replay(name, [_id]):
                         change = self._as_stored(change)
                         changes[_id].append((seq, change))
                         held.apply(name, change, seq)
                 else:
                     docs[_id] = doc
-                    changes[_id] = fold.history[name][_id]
+                    changes[_id] = fold.replay(name, [_id])
             for doc, _ in self._store(name, docs.values()):
                 refused += self._change_by_change(name, doc["_id"], changes[doc["_id"]])
         self._sql.execute("COMMIT")

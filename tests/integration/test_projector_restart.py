@@ -158,3 +158,32 @@ async def test_a_failure_while_deciding_a_job_does_not_stop_the_job_manager(even
     await _publish_a_finished_job(event_log, "j1")
     end = await _run_until_ended(event_log, manager, "j1")
     assert failures == [["j1"]] and end.results.successful == 2
+
+
+async def test_the_position_is_stored_at_most_once_an_interval_and_when_stopping(event_log, models):
+    """One MongoDB write per batch of job events was a third of the projector's writes: while
+    events come, the position is stored once per ``position_every``, and the last on the way out."""
+    stored: list[int] = []
+
+    class Counting:  # the read models, each stored position noted
+        def __getattr__(self, name):
+            return getattr(models, name)
+
+        async def save_position(self, consumer, seq, log_id=None):
+            stored.append(seq)
+            await models.save_position(consumer, seq, log_id)
+
+    manager = JobManager(event_log, Counting(), parked=ParkedEvents(event_log), position_every=3600)
+    task = asyncio.create_task(manager.run(asyncio.Event(), sweep_seconds=60))
+    try:
+        for job_id in ("j1", "j2", "j3"):  # one batch each: the manager catches up between them
+            await _publish_a_finished_job(event_log, job_id)
+            async with asyncio.timeout(20):
+                while not await _ends(event_log, job_id) or manager.position < await event_log.last_seq():
+                    assert not task.done(), task.exception()
+                    await asyncio.sleep(0.02)
+    finally:
+        assert await cancel_and_wait(task)
+    last = await event_log.last_seq()
+    assert len(stored) == 2 and stored[0] < last  # the first move, then nothing for the interval
+    assert stored[-1] == last == await models.position(JOB_MANAGER)  # the last, stored as it stopped

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -357,7 +358,32 @@ class ReadModels:
         # made each of their updates dearer and served no query. Earlier versions created it.
         with contextlib.suppress(OperationFailure):
             await self.job_personas.drop_index("job_id_1_status_1")
-        # Finished job views leave after their retention; the event log keeps the history.
-        await self.jobs.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
-        await self.job_personas.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+        # Finished job views leave after their retention (the event log keeps the history):
+        # :meth:`drop_expired_jobs` finds them by this index. Not a TTL index: the server would
+        # delete a job's document without its persona documents, which would then need one of
+        # their own, and every index of a job persona document makes each of its updates dearer
+        # (earlier versions had both).
+        await self._plain_index(self.jobs, "expire_at")
+        with contextlib.suppress(OperationFailure):
+            await self.job_personas.drop_index("expire_at_1")
+
+    @staticmethod
+    async def _plain_index(collection: AsyncCollection, field: str) -> None:
+        """An ascending index on ``field`` without expiry (a TTL index of an earlier version goes)."""
+        name = f"{field}_1"
+        existing = {ix["name"]: ix async for ix in await collection.list_indexes()}
+        if name in existing and "expireAfterSeconds" in existing[name]:
+            await collection.drop_index(name)
+        await collection.create_index([(field, ASCENDING)])
+
+    async def drop_expired_jobs(self, now: datetime, limit: int = 100) -> int:
+        """Delete the views of up to ``limit`` jobs whose retention ended (``expire_at`` <= ``now``):
+        each job's persona documents, then the job documents, so none outlives its job's (a
+        sweep that stops half-way leaves the job to the next). How many jobs went."""
+        expired = [d["_id"] async for d in self.jobs.find({"expire_at": {"$lte": now}}, {"_id": 1}).limit(limit)]
+        for job_id in expired:
+            await self.job_personas.delete_many({"job_id": job_id})
+        if expired:
+            await self.jobs.delete_many({"_id": {"$in": expired}, "expire_at": {"$lte": now}})
+        return len(expired)
 

@@ -18,8 +18,9 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.fold import PROJECTOR, Fold
 from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
+from services.projector.retention import drop_expired_views
 from services.runtime.health import Health, mongo_answers, nats_answers
-from services.runtime.lifecycle import Clock, announce_ready, cancel_and_wait, utc_now
+from services.runtime.lifecycle import Clock, announce_ready, cancel_and_wait, keep_going, utc_now
 from services.runtime.metrics import Metrics
 from services.runtime.ops_server import OpsServer
 from services.runtime.settings import Settings
@@ -38,6 +39,7 @@ class ProjectorService:
     job_manager: JobManager
     metrics: Metrics
     health: Health
+    clock: Clock = utc_now
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     ops: OpsServer | None = None
 
@@ -49,6 +51,8 @@ class ProjectorService:
             asyncio.create_task(self.fold.run(stop), name="fold"),
             asyncio.create_task(self.job_manager.run(stop, sweep_seconds=self.settings.expiry_sweep_seconds),
                                 name="job-manager"),
+            asyncio.create_task(keep_going(lambda: drop_expired_views(self.models, stop, clock=self.clock), stop,
+                                           what="retention"), name="retention"),
         ]
         await serve_rebuild_requests(self.event_log, self.fold.rebuild)
         await self.parked.serve(PROJECTOR, self.fold.reapply)
@@ -99,4 +103,4 @@ async def bootstrap(
 
     health = Health(ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models),
                                  "lag": caught_up, "event_log": same_log})
-    return ProjectorService(settings, event_log, models, parked, fold, job_manager, metrics, health, stack)
+    return ProjectorService(settings, event_log, models, parked, fold, job_manager, metrics, health, clock, stack)

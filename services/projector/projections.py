@@ -252,19 +252,18 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
 
 
 def retention(event: JobFinished, keep: timedelta) -> list[Write]:
-    """When a finished job's view leaves MongoDB (a TTL index deletes it): ``keep`` after its end.
-    Its events stay in the log.
+    """When a finished job's view leaves MongoDB: ``keep`` after its end. Its events stay in the log.
 
-    The job's documents were created to leave ``keep`` after its deadline (:func:`writes_for`);
-    the end only brings the job document's time forward (``$min``). So the job's persona
-    documents never leave before the job document that lists them, and a job's end rewrites
-    none of them (a hundred personas were a hundred updates on the way to the job's end)."""
+    The job document was created to leave ``keep`` after its deadline (:func:`writes_for`); the
+    end only brings that time forward (``$min``). Its persona documents carry no time of their
+    own: they leave with their job (:meth:`~services.adapters.read_models.ReadModels.drop_expired_jobs`),
+    so a job's end rewrites none of them."""
     return [(JOBS, Change({"_id": event.job_id}, {"$min": {"expire_at": event.occurred_at + keep}}))]
 
 
 def _expiring(write: Write, at: Any) -> Write:
     collection, change = write
-    if collection not in (JOBS, JOB_PERSONAS) or not is_creation(change):
+    if collection != JOBS or not is_creation(change):
         return write
     return collection, Change(change.filter, {"$setOnInsert": {**change.update["$setOnInsert"], "expire_at": at}},
                               upsert=True)

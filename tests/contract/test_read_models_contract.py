@@ -198,6 +198,35 @@ async def test_ensuring_indexes_drops_the_status_index_earlier_versions_made_and
     assert "job_id_1_status_1" not in names and "job_id_1_order_1" in names
 
 
+async def test_ensuring_indexes_replaces_the_ttl_indexes_earlier_versions_made(any_models):
+    """Retention is the projector's sweep: the job documents' time is a plain index, and the job
+    persona documents (each updated twice per persona) have no index on it at all."""
+    await any_models.jobs.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)  # as earlier versions did
+    await any_models.job_personas.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+    await any_models.ensure_indexes()
+    await any_models.ensure_indexes()  # a restart: nothing left to replace
+    jobs = {ix["name"]: ix async for ix in await any_models.jobs.list_indexes()}
+    assert "expire_at_1" in jobs and "expireAfterSeconds" not in jobs["expire_at_1"]
+    assert not [ix async for ix in await any_models.job_personas.list_indexes() if "expire_at" in ix["key"]]
+
+
+async def test_expired_job_views_are_dropped_with_their_personas_and_no_other(any_models):
+    now = datetime(2026, 11, 27, 12, tzinfo=UTC)
+    for n, expire_at in enumerate([now - timedelta(days=1), now, now + timedelta(seconds=1), None]):
+        job = {"_id": f"j{n}", "status": "completed"} | ({"expire_at": expire_at} if expire_at else {})
+        await any_models.jobs.insert_one(job)
+        await any_models.job_personas.insert_many([{"_id": f"j{n}:p{i}", "job_id": f"j{n}", "order": i}
+                                                   for i in range(3)])
+    await any_models.ensure_indexes()
+
+    assert await any_models.drop_expired_jobs(now, limit=1) == 1  # a round of at most ``limit`` jobs
+    assert await any_models.drop_expired_jobs(now) == 1
+    assert await any_models.drop_expired_jobs(now) == 0
+    assert sorted([d["_id"] async for d in any_models.jobs.find({})]) == ["j2", "j3"]
+    assert sorted({d["job_id"] async for d in any_models.job_personas.find({})}) == ["j2", "j3"]
+    assert await any_models.job_personas.count_documents({}) == 6
+
+
 async def test_personas_are_fetched_by_id_in_queries_of_bounded_size(any_models, monkeypatch):
     # One query naming thousands of ids costs a server that checks each document against the
     # list quadratic time (SecantusDB); the adapter asks at most IDS_PER_QUERY ids at a time.

@@ -55,19 +55,24 @@ async def test_a_job_past_its_deadline_expires_and_sse_clients_see_the_end(setti
         await system.close()
 
 
-async def test_finished_job_views_carry_a_ttl_and_fall_back_to_the_log(client, models, event_log,
-                                                                       scenario_document):
+async def test_finished_job_views_leave_after_their_retention_and_fall_back_to_the_log(
+        client, models, event_log, scenario_document):
     template_id = await create_template(client, scenario_document)
     personas = await create_personas(client, template_id, 2)
     job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+    other = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
     await read_sse(client, job["sse_endpoint"])
+    await read_sse(client, other["sse_endpoint"])
     doc = await models.jobs.find_one({"_id": job["job_id"]})
     assert doc["expire_at"] > doc["finished_at"]
-    indexes = {tuple(ix["key"].items()): ix for ix in (await (await models.jobs.list_indexes()).to_list())}
-    assert indexes[(("expire_at", 1),)]["expireAfterSeconds"] == 0
 
-    # the view left MongoDB (as the TTL index does): the log still answers
-    await models.jobs.delete_one({"_id": job["job_id"]})
+    # the projector's sweep, once the job's retention ended (the other job's had not)
+    await models.jobs.update_one({"_id": job["job_id"]}, {"$set": {"expire_at": doc["finished_at"]}})
+    assert await models.drop_expired_jobs(doc["finished_at"]) == 1
+    assert await models.jobs.find_one({"_id": job["job_id"]}) is None
+    assert await models.job_personas.count_documents({"job_id": job["job_id"]}) == 0
+    assert await models.job_personas.count_documents({"job_id": other["job_id"]}) == 2
+    # the log still answers
     view = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
     assert view["status"] == "completed" and view["completed"] == 2 and view["results"]["successful"] == 2
 

@@ -1,0 +1,37 @@
+"""Finished job views leave MongoDB after their retention; their events stay in the log.
+
+A job document carries when it leaves (``expire_at``: the retention after its deadline, brought
+forward to the retention after its end). Every ``every`` seconds the projector deletes the views
+of the jobs past it, their persona documents first. Deleting twice (two projectors, a sweep
+that stopped half-way) changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+
+from services.adapters.ports import ReadModelsPort
+from services.runtime.lifecycle import Clock, utc_now
+
+log = structlog.get_logger()
+
+RETENTION_SWEEP_SECONDS = 60.0
+JOBS_PER_ROUND = 100
+
+
+async def drop_expired_views(models: ReadModelsPort, stop: asyncio.Event, *, clock: Clock = utc_now,
+                             every: float = RETENTION_SWEEP_SECONDS) -> None:
+    """Until ``stop``: each ``every`` seconds, delete every job view past its retention."""
+    while not stop.is_set():
+        dropped = 0
+        while (n := await models.drop_expired_jobs(clock(), JOBS_PER_ROUND)) > 0:
+            dropped += n
+            if n < JOBS_PER_ROUND or stop.is_set():
+                break
+        if dropped:
+            log.info("job_views_dropped", jobs=dropped)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)

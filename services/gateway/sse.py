@@ -11,6 +11,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from contracts.events import JobFinished
+from services.adapters.event_log import StoredEvent
 from services.gateway.capacity import Slot
 from services.gateway.feeds import JobFeeds
 from services.gateway.sse_messages import Position, encode, unseen
@@ -18,6 +19,7 @@ from services.runtime import tracing
 from services.runtime.metrics import Metrics
 
 PING = b": ping\n\n"  # a comment: keeps proxies from closing an idle stream; EventSource ignores it
+Delivery = tuple[StoredEvent, list[dict[str, str]], bytes]  # an event, its SSE items, their wire bytes
 
 
 def server_exiting() -> bool:
@@ -51,28 +53,36 @@ async def stream_job_events(
             if not batch:  # a keep-alive beat, nothing new
                 yield PING
                 continue
-            chunk: list[bytes] = []
-            sent = 0
-            delivered = []
-            for stored, items, wire in batch:
-                todo = unseen(stored.seq, items, after)
-                if not todo:
-                    continue
-                if isinstance(stored.event, JobFinished) and before_end is not None:
-                    await before_end(stored.seq)
-                chunk.append(wire if len(todo) == len(items) else encode(todo))
-                sent += len(todo)
-                delivered.append(stored)
-            if chunk:
-                spans = tracing.event_spans("sse deliver", delivered, links=[stream_request])
-                try:
-                    yield b"".join(chunk)  # back here once the chunk is written (or the client left)
-                finally:
-                    tracing.end_spans(spans)
-                if metrics is not None:
-                    metrics.sse_messages.inc(sent)
+            for part in _split_at_end(batch):  # what comes before the end does not wait with it
+                chunk: list[bytes] = []
+                sent = 0
+                delivered = []
+                for stored, items, wire in part:
+                    todo = unseen(stored.seq, items, after)
+                    if not todo:
+                        continue
+                    if isinstance(stored.event, JobFinished) and before_end is not None:
+                        await before_end(stored.seq)
+                    chunk.append(wire if len(todo) == len(items) else encode(todo))
+                    sent += len(todo)
+                    delivered.append(stored)
+                if chunk:
+                    spans = tracing.event_spans("sse deliver", delivered, links=[stream_request])
+                    try:
+                        yield b"".join(chunk)  # back here once the chunk is written (or the client left)
+                    finally:
+                        tracing.end_spans(spans)
+                    if metrics is not None:
+                        metrics.sse_messages.inc(sent)
             if batch and isinstance(batch[-1][0].event, JobFinished):
                 return
+
+
+def _split_at_end(batch: list[Delivery]) -> list[list[Delivery]]:
+    """``batch`` in one write, or two when it holds the job's end: the messages before it go out
+    at once, and the end's wait for the projector holds back only the end."""
+    end = next((i for i, (stored, _, _) in enumerate(batch) if isinstance(stored.event, JobFinished)), 0)
+    return [batch[:end], batch[end:]] if end else [batch]
 
 
 class HeldEventStream(StreamingResponse):

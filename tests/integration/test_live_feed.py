@@ -238,3 +238,32 @@ async def test_the_feed_decodes_only_events_a_client_here_can_be_shown(lone_gate
                                                           "results"]
     assert sorted(decoded) == ["job.completed", "persona.failed"], decoded  # the watched job's two, no others
     assert feeds.alive
+
+
+async def test_messages_read_with_a_jobs_end_do_not_wait_for_the_projector_with_it(event_log):
+    """The end's messages wait until the projector has the end (a poll after ``results`` sees the
+    final view); the messages that came in the same read before it go out at once."""
+    from services.gateway.feeds import JobFeeds
+    from services.gateway.sse import stream_job_events
+
+    await _requested(event_log, "j")
+    await _fails(event_log, "j")  # the whole history, end included, is one read
+    feeds = JobFeeds(event_log)
+    await feeds.start()
+    projected, waiting = asyncio.Event(), asyncio.Event()
+
+    async def before_end(seq: int) -> None:
+        waiting.set()
+        await projected.wait()
+
+    try:
+        async with aclosing(stream_job_events(feeds, "j", start_seq=1, after=None, before_end=before_end)) as stream:
+            first = await asyncio.wait_for(anext(stream), 20)
+            assert b'"persona_progress"' in first and b'"results"' not in first
+            end = asyncio.ensure_future(anext(stream))
+            await asyncio.wait_for(waiting.wait(), 20)
+            assert not end.done()  # held for the projector
+            projected.set()
+            assert b'"results"' in await asyncio.wait_for(end, 20)
+    finally:
+        await feeds.close()

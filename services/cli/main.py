@@ -60,11 +60,12 @@ def _settings(*, llm: bool = False, **overrides: object) -> Settings:
 
 
 def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], *, llm: bool) -> None:
-    from services.runtime.lifecycle import stop_event
+    from services.runtime.lifecycle import settle_heap_when_ready, stop_event
     from services.runtime.logs import configure_logging
 
     settings = _settings(llm=llm)
     configure_logging(name, settings.log_level)
+    settle_heap_when_ready()
 
     async def _main() -> None:
         await main(settings, stop_event())
@@ -100,6 +101,7 @@ def gateway(
 
     from services.gateway.allowed_hosts import unconfigured
     from services.gateway.app import create_app
+    from services.runtime.lifecycle import settle_heap_when_ready
     from services.runtime.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -108,6 +110,7 @@ def gateway(
         console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     configure_logging("gateway", settings.log_level)
+    settle_heap_when_ready()
     config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
                             access_log=False, log_level="warning", timeout_graceful_shutdown=5)
     # Several gateways on one port, when one event loop is not enough: each binds with SO_REUSEPORT.

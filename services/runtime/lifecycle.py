@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -57,9 +58,30 @@ async def keep_going(step: Callable[[], Awaitable[None]], stop: asyncio.Event, *
                 await asyncio.wait_for(stop.wait(), timeout=min(5.0, 0.1 * 2**failures))
 
 
+_settle_when_ready = False
+
+
+def settle_heap_when_ready() -> None:
+    """Have :func:`announce_ready` settle the heap (:func:`settle_heap`): set by each service's
+    process entry, not by tests that run services inside their own process."""
+    global _settle_when_ready
+    _settle_when_ready = True
+
+
+def settle_heap() -> None:
+    """Take what start-up built (modules, routes, schemas, clients) out of the cyclic garbage
+    collector's sight (``gc.freeze``). A full collection walked all of it with the event loop
+    stopped: 100 to 165 ms in a gateway with 1,000 SSE streams, each of them waiting."""
+    gc.collect()
+    gc.freeze()
+
+
 def announce_ready(**fields: object) -> None:
     """One JSON line saying the service is ready, whatever the log level: the supervisor
-    of `promptgen up` (and any orchestrator reading logs) waits for this exact event."""
+    of `promptgen up` (and any orchestrator reading logs) waits for this exact event.
+    In a service's own process, start-up is over: its heap is settled first."""
+    if _settle_when_ready:
+        settle_heap()
     logger = structlog.wrap_logger(
         structlog.PrintLogger(sys.stdout),
         wrapper_class=structlog.BoundLogger,  # not the level-filtering one: this line always goes out

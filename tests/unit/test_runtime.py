@@ -21,3 +21,22 @@ async def test_cancel_and_wait_cancels_again_a_task_that_swallowed_the_first_can
     await asyncio.sleep(0)
     assert await cancel_and_wait(task, every=0.05)
     assert swallowed == [True] and task.cancelled()
+
+
+def test_a_service_process_settles_its_heap_when_it_says_it_is_ready(monkeypatch, capsys):
+    """Its process entry asks for it; a test running services in its own process does not."""
+    import gc
+
+    from services.runtime import lifecycle
+
+    before = gc.get_freeze_count()
+    lifecycle.announce_ready(service="in-process")
+    assert gc.get_freeze_count() == before
+    monkeypatch.setattr(lifecycle, "_settle_when_ready", False)  # restored after the test
+    lifecycle.settle_heap_when_ready()
+    try:
+        lifecycle.announce_ready(service="own process")
+        assert gc.get_freeze_count() > before  # start-up's objects are out of the collector's sight
+    finally:
+        gc.unfreeze()
+    assert capsys.readouterr().out.count('"service_ready"') == 2

@@ -39,7 +39,7 @@ from services.adapters.event_log import StoredEvent
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import Mark
-from services.projector.log_reset import ResetWatch
+from services.projector.log_reset import ResetWatch, reset_reason
 from services.projector.memory_fold import MemoryFold
 from services.projector.process_manager import decide_job_end
 from services.projector.projections import JOB_PERSONAS, JOBS, job_persona_key, project
@@ -213,30 +213,36 @@ class JobManager:
             await self._last_position()
 
     async def _keep_position(self) -> None:
-        """Store the position when it moves, at most every ``position_every`` seconds. Not while
-        the follower is paused on a log that changed: a rebuild may start it again at 0."""
+        """Store the position when it moves, at most every ``position_every`` seconds. A store
+        that fails leaves the move noted: the keeper, started again, stores it."""
         while True:
             await self._moved.wait()
-            self._moved.clear()
-            mark = Mark(self.position, self.log_id)
-            if self.watch.reason is None and mark != self._stored:
-                await durably(partial(self.models.save_position, JOB_MANAGER, mark.seq, mark.log_id),
-                              what="job manager position")
-                self._stored = mark
+            await self._store_position()
+            if Mark(self.position, self.log_id) == self._stored or self.watch.reason is not None:
+                self._moved.clear()
             await asyncio.sleep(self.position_every)
+
+    async def _store_position(self, *, retry: bool = True) -> None:
+        """Store the position if it moved and still belongs to the log. Not while the follower
+        is paused on a changed log, nor when the log changed since: a rebuild may have started
+        the position again at 0 in the new log, and an old log's position must not undo that."""
+        mark = Mark(self.position, self.log_id)
+        if self.watch.reason is not None or mark == self._stored:
+            return
+        if reset_reason(mark, await self.log.state()) is not None:
+            return  # the follower finds out and pauses
+        save = partial(self.models.save_position, JOB_MANAGER, mark.seq, mark.log_id)
+        await (durably(save, what="job manager position") if retry else save())
+        self._stored = mark
 
     async def _last_position(self) -> None:
         """On the way out, the position not stored yet, in one attempt (MongoDB may be why it
         stops): without it, a restart replays those events and decides the same again."""
-        mark = Mark(self.position, self.log_id)
-        if self.watch.reason is not None or mark == self._stored:
-            return
         try:
             async with asyncio.timeout(5):
-                await self.models.save_position(JOB_MANAGER, mark.seq, mark.log_id)
-            self._stored = mark
+                await self._store_position(retry=False)
         except Exception as exc:  # noqa: BLE001 - stopping anyway; the events are replayed instead
-            log.warning("job_manager_position_not_stored", position=mark.seq, error=str(exc)[:300])
+            log.warning("job_manager_position_not_stored", position=self.position, error=str(exc)[:300])
 
     async def _follow_once(self, stop: asyncio.Event) -> None:
         """Follow the jobs' events from the stored position, unless it belongs to another log

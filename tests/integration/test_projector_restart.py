@@ -187,3 +187,30 @@ async def test_the_position_is_stored_at_most_once_an_interval_and_when_stopping
     last = await event_log.last_seq()
     assert len(stored) == 2 and stored[0] < last  # the first move, then nothing for the interval
     assert stored[-1] == last == await models.position(JOB_MANAGER)  # the last, stored as it stopped
+
+
+async def test_a_position_whose_store_failed_is_stored_when_the_keeper_starts_again(event_log, models):
+    from pymongo.errors import OperationFailure
+
+    failures: list[int] = []
+
+    class FailingOnce:  # the read models, refusing the first store of the last position
+        def __getattr__(self, name):
+            return getattr(models, name)
+
+        async def save_position(self, consumer, seq, log_id=None):
+            if not failures and seq == await event_log.last_seq() and await _ends(event_log, "j1"):
+                failures.append(seq)
+                raise OperationFailure("refused once", code=2)  # not transient: no retry in place
+            await models.save_position(consumer, seq, log_id)
+
+    manager = JobManager(event_log, FailingOnce(), parked=ParkedEvents(event_log), position_every=0.05)
+    task = asyncio.create_task(manager.run(asyncio.Event(), sweep_seconds=60))
+    try:
+        await _publish_a_finished_job(event_log, "j1")
+        async with asyncio.timeout(20):  # stored while it runs, with nothing more coming
+            while not failures or await models.position(JOB_MANAGER) != await event_log.last_seq():
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.05)
+    finally:
+        assert await cancel_and_wait(task)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -50,6 +50,9 @@ DUPLICATE_KEY = 11000
 # 0.8 to 0.9 s in queries of 10 (bench/results/ids_per_query.txt). On MongoDB, queries of this
 # size cost a few more round trips.
 IDS_PER_QUERY = 50
+# Earlier versions let a job's persona documents outlive its document by up to the job's deadline
+# (30 minutes by default): the first start without their TTL index looks this far ahead for them.
+ORPHAN_HORIZON = timedelta(days=1)
 ILLEGAL_OPERATION = 20  # a standalone mongod asked for a transaction
 
 
@@ -364,8 +367,7 @@ class ReadModels:
         # their own, and every index of a job persona document makes each of its updates dearer
         # (earlier versions had both).
         await self._plain_index(self.jobs, "expire_at")
-        with contextlib.suppress(OperationFailure):
-            await self.job_personas.drop_index("expire_at_1")
+        await self._drop_ttl_of_job_personas()
 
     @staticmethod
     async def _plain_index(collection: AsyncCollection, field: str) -> None:
@@ -373,17 +375,34 @@ class ReadModels:
         name = f"{field}_1"
         existing = {ix["name"]: ix async for ix in await collection.list_indexes()}
         if name in existing and "expireAfterSeconds" in existing[name]:
-            await collection.drop_index(name)
+            with contextlib.suppress(OperationFailure):  # another projector dropped it first
+                await collection.drop_index(name)
         await collection.create_index([(field, ASCENDING)])
+
+    async def _drop_ttl_of_job_personas(self) -> None:
+        """Drop the TTL index earlier versions gave the job persona documents. Under it they left
+        up to a job's deadline after the job's document: those whose job already left go first,
+        or nothing would ever find them (the sweep finds persona documents through their job)."""
+        names = {ix["name"] async for ix in await self.job_personas.list_indexes()}
+        if "expire_at_1" not in names:
+            return
+        soon = datetime.now(UTC) + ORPHAN_HORIZON
+        jobs = {d["job_id"] async for d in self.job_personas.find({"expire_at": {"$lte": soon}}, {"job_id": 1})}
+        present: set[str] = set()
+        for chunk in _id_chunks(sorted(jobs)):
+            present.update([d["_id"] async for d in self.jobs.find({"_id": {"$in": chunk}}, {"_id": 1})])
+        for chunk in _id_chunks(sorted(jobs - present)):
+            await self.job_personas.delete_many({"job_id": {"$in": chunk}})
+        with contextlib.suppress(OperationFailure):  # another projector dropped it first
+            await self.job_personas.drop_index("expire_at_1")
 
     async def drop_expired_jobs(self, now: datetime, limit: int = 100) -> int:
         """Delete the views of up to ``limit`` jobs whose retention ended (``expire_at`` <= ``now``):
-        each job's persona documents, then the job documents, so none outlives its job's (a
-        sweep that stops half-way leaves the job to the next). How many jobs went."""
+        their persona documents, then their job documents, so none outlives its job's (a sweep
+        that stops half-way leaves the jobs to the next). How many jobs went."""
         expired = [d["_id"] async for d in self.jobs.find({"expire_at": {"$lte": now}}, {"_id": 1}).limit(limit)]
-        for job_id in expired:
-            await self.job_personas.delete_many({"job_id": job_id})
         if expired:
+            await self.job_personas.delete_many({"job_id": {"$in": expired}})
             await self.jobs.delete_many({"_id": {"$in": expired}, "expire_at": {"$lte": now}})
         return len(expired)
 

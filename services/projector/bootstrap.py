@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -51,8 +52,7 @@ class ProjectorService:
             asyncio.create_task(self.fold.run(stop), name="fold"),
             asyncio.create_task(self.job_manager.run(stop, sweep_seconds=self.settings.expiry_sweep_seconds),
                                 name="job-manager"),
-            asyncio.create_task(keep_going(lambda: drop_expired_views(self.models, stop, clock=self.clock), stop,
-                                           what="retention"), name="retention"),
+            asyncio.create_task(keep_going(self._retention(stop), stop, what="retention"), name="retention"),
         ]
         await serve_rebuild_requests(self.event_log, self.fold.rebuild)
         await self.parked.serve(PROJECTOR, self.fold.reapply)
@@ -71,6 +71,10 @@ class ProjectorService:
         finally:
             for task in tasks:
                 await cancel_and_wait(task)
+
+    def _retention(self, stop: asyncio.Event) -> Callable[[], Awaitable[None]]:
+        """The retention sweep, each round between the fold's batches and never during a rebuild."""
+        return lambda: drop_expired_views(self.models, stop, exclusive=self.fold.exclusive, clock=self.clock)
 
     async def aclose(self) -> None:
         await self.stack.aclose()

@@ -69,6 +69,11 @@ class Fold:
         self._lock = asyncio.Lock()  # one writer at a time: the live fold or a rebuild
         self._generation = 0  # bumped by a rebuild: the live fold restarts from the new checkpoint
 
+    @property
+    def exclusive(self) -> asyncio.Lock:
+        """Held, no batch is applied and no rebuild runs (the retention sweep holds it)."""
+        return self._lock
+
     async def apply(self, batch: list[StoredEvent], *, last_seq: int | None = None) -> None:
         """Write a batch's effects, then the checkpoint. An event that cannot be decoded or
         stored is parked; the rest of the batch is stored all the same. ``last_seq``: the

@@ -210,6 +210,20 @@ async def test_ensuring_indexes_replaces_the_ttl_indexes_earlier_versions_made(a
     assert not [ix async for ix in await any_models.job_personas.list_indexes() if "expire_at" in ix["key"]]
 
 
+async def test_dropping_the_old_ttl_index_first_drops_persona_documents_whose_job_already_left(any_models):
+    """Under it a job's persona documents outlived its document by up to its deadline: nothing
+    would find those once it is gone (the sweep finds persona documents through their job)."""
+    soon = datetime.now(UTC) + timedelta(minutes=20)
+    await any_models.job_personas.create_index([("expire_at", ASCENDING)], expireAfterSeconds=0)
+    await any_models.jobs.insert_one({"_id": "kept", "expire_at": soon - timedelta(minutes=10)})
+    for job_id in ("kept", "gone"):
+        await any_models.job_personas.insert_many([{"_id": f"{job_id}:p{i}", "job_id": job_id, "order": i,
+                                                    "expire_at": soon} for i in range(2)])
+    await any_models.ensure_indexes()
+    assert sorted([d["_id"] async for d in any_models.job_personas.find({})]) == ["kept:p0", "kept:p1"]
+    assert not [ix async for ix in await any_models.job_personas.list_indexes() if "expire_at" in ix["key"]]
+
+
 async def test_expired_job_views_are_dropped_with_their_personas_and_no_other(any_models):
     now = datetime(2026, 11, 27, 12, tzinfo=UTC)
     for n, expire_at in enumerate([now - timedelta(days=1), now, now + timedelta(seconds=1), None]):

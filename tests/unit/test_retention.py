@@ -51,3 +51,26 @@ class _Counting:
         while sum(self.rounds) < total:
             self.changed.clear()
             await self.changed.wait()
+
+
+async def test_a_round_waits_for_what_holds_the_fold():
+    """A rebuild writes a job's document before its persona documents: a round between the two
+    would leave persona documents without their job. Each round holds the fold's lock."""
+    models = memory_read_models()
+    await models.jobs.insert_one({"_id": "old", "expire_at": NOW - timedelta(days=1)})
+    counting, fold_lock, stop = _Counting(models), asyncio.Lock(), asyncio.Event()
+    await fold_lock.acquire()  # a rebuild merging
+    sweeper = asyncio.create_task(drop_expired_views(counting, stop, exclusive=fold_lock, clock=lambda: NOW,
+                                                     every=3600))
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0)  # the sweep runs as far as it can
+        assert counting.rounds == [] and await models.jobs.count_documents({}) == 1
+        fold_lock.release()
+        async with asyncio.timeout(10):
+            await counting.all_dropped(1)
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await sweeper
+    assert await models.jobs.count_documents({}) == 0

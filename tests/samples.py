@@ -21,7 +21,7 @@ from contracts.events import (
 )
 
 # Now (to the second): a sample job runs until its deadline half an hour ahead, and its views are
-# kept a retention after that, so no TTL sweep of a real MongoDB takes them away mid-test.
+# kept a retention after that, so no retention sweep takes them away mid-test.
 T0 = datetime.now(UTC).replace(microsecond=0)
 
 TEMPLATE = TemplateData(

@@ -41,8 +41,8 @@ async def replay_one_by_one(models: ReadModels, events: list, first_seq: int = 1
 
 
 async def test_mongodb_and_mongomock_fold_every_sample_event_alike(models, mongomock_models):
-    # The sample job's deadline is long past: its documents would be past their retention, which
-    # mongomock's TTL applies as it reads. A deadline ahead keeps them.
+    # The sample job's deadline may be long past: its documents would be past their retention.
+    # A deadline ahead keeps them within it, as a live job's are.
     ahead = datetime.now(UTC) + timedelta(minutes=30)
     events = [e.model_copy(update={"deadline": ahead}) if e.type == "job.requested" else e for e in every_event()]
     for target in (models, mongomock_models):
@@ -108,7 +108,7 @@ async def test_positions_keep_the_log_they_were_taken_in_and_restart_in_another(
 async def test_the_gateway_queries(any_models):
     await any_models.ensure_indexes()
     jobs = []
-    ahead = datetime.now(UTC)  # deadlines ahead: documents within their retention (mongomock applies the TTL)
+    ahead = datetime.now(UTC)  # deadlines ahead: documents within their retention
     for i, job_id in enumerate(("ja", "jb", "jc")):
         request = job_requested(job_id, ("p1", "p2", "p3")).model_copy(
             update={"occurred_at": T0 + timedelta(minutes=i), "deadline": ahead + timedelta(minutes=30 + i)})

@@ -227,8 +227,8 @@ class JobManager:
         is paused on a changed log, nor when the log changed since: a rebuild may have started
         the position again at 0 in the new log, and an old log's position must not undo that."""
         mark = Mark(self.position, self.log_id)
-        if self.watch.reason is not None or mark == self._stored:
-            return
+        if self._stored is None or self.watch.reason is not None or mark == self._stored:
+            return  # not following yet (nothing read), paused, or stored already
         if reset_reason(mark, await self.log.state()) is not None:
             return  # the follower finds out and pauses
         save = partial(self.models.save_position, JOB_MANAGER, mark.seq, mark.log_id)

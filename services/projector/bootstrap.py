@@ -97,7 +97,8 @@ async def bootstrap(
     parked = ParkedEvents(event_log, metrics)
     job_manager = JobManager(event_log, models, parked=parked, clock=clock, metrics=metrics)
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
-                on_reapplied=job_manager.decide, on_rebuilt=job_manager.watch.wake, metrics=metrics, clock=clock)
+                on_reapplied=job_manager.decide, on_rebuilt=job_manager.watch.wake, metrics=metrics, clock=clock,
+                scratch_dir=settings.rebuild_scratch_dir)
 
     async def caught_up() -> bool:  # reads served from a read model this far behind would mislead
         return await fold.measure_lag() <= settings.ready_max_lag_events

@@ -52,8 +52,10 @@ class Fold:
         on_rebuilt: Callable[[], None] | None = None,
         metrics: Metrics | None = None,
         clock: Clock = utc_now,
+        scratch_dir: str | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        self.scratch_dir = scratch_dir  # where a rebuild folds the log (None: the system's temporary directory)
         self.clock = clock
         self.applied_at: datetime | None = None  # when the newest applied event was stored in the log
         self.on_reapplied = on_reapplied  # who decides the jobs a re-applied event touched
@@ -246,7 +248,8 @@ class Fold:
         async with self._lock:
             state = await self.log.state()  # before reading: a log recreated meanwhile is caught later
             position = await rebuild_into(self.log, self.models, progress, job_retention=self.job_retention,
-                                          unusable=self._park_unusable, log_id=state.log_id)
+                                          unusable=self._park_unusable, log_id=state.log_id,
+                                          scratch_dir=self.scratch_dir)
             await restart_positions(self.models, state)
             self.position = position
             self._generation += 1

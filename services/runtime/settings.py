@@ -177,6 +177,11 @@ class Settings(BaseSettings):
     job_deadline_seconds: float = Field(1800, gt=0, validation_alias=_env("PROMPTGEN_JOB_DEADLINE_SECONDS"))
     job_retention_days: float = Field(7, gt=0, validation_alias=_env("PROMPTGEN_JOB_RETENTION_DAYS"))
     expiry_sweep_seconds: float = Field(5, gt=0, validation_alias=_env("PROMPTGEN_EXPIRY_SWEEP_SECONDS"))
+    rebuild_scratch_dir: str | None = Field(
+        None, validation_alias=_env("PROMPTGEN_REBUILD_SCRATCH_DIR"),
+        description="Where a rebuild folds the log before merging it (a file about the size of the read models, "
+                    "deleted when it ends); unset: the system's temporary directory.",
+    )
 
     # Generator and LLM
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))

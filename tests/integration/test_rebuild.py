@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from services.adapters.read_models import ReadModels
 from services.cli.rebuild import run_rebuild
 from services.projector.rebuild import rebuild_into
@@ -275,3 +277,32 @@ async def test_a_failed_rebuild_leaves_the_live_read_models_as_they_were(
     assert list(scratch.iterdir()) == []
     names = set(await models.db.list_collection_names())
     assert not {n for n in names if n.endswith(SUFFIX)}, names
+
+
+async def test_a_rebuild_folds_in_the_configured_scratch_directory(client, models, event_log, settings,
+                                                                     scenario_document, tmp_path, monkeypatch):
+    """``PROMPTGEN_REBUILD_SCRATCH_DIR``: the projector's rebuild folds the log there (a disk with
+    room for a file the size of the read models), and leaves nothing behind."""
+    import tempfile
+
+    from services.projector import scratch as scratch_module
+    from services.projector.bootstrap import bootstrap
+
+    await _some_history(client, scenario_document)
+    made_in: list[str | None] = []
+    temporary_directory = tempfile.TemporaryDirectory
+
+    def noting(*args, **kwargs):
+        made_in.append(kwargs.get("dir"))
+        return temporary_directory(*args, **kwargs)
+
+    monkeypatch.setattr(scratch_module.tempfile, "TemporaryDirectory", noting)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    settings.rebuild_scratch_dir = str(scratch)
+    service = await bootstrap(settings, event_log=event_log, models=models)
+    try:
+        assert await service.fold.rebuild(lambda done, total, **stage: asyncio.sleep(0)) == await event_log.last_seq()
+    finally:
+        await service.aclose()
+    assert made_in == [str(scratch)] and list(scratch.iterdir()) == []

@@ -298,7 +298,13 @@ async def connect_nats(
         raise AssertionError("unreachable")
 
     connecting = asyncio.ensure_future(_connect())
-    await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        # The caller gave up (cancelled, or its own timeout): the attempt must not go on
+        # reconnecting for the rest of the process.
+        connecting.cancel()
+        raise
     if connecting.done():
         return connecting.result()
     connecting.cancel()

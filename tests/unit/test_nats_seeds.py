@@ -25,3 +25,24 @@ async def test_connect_nats_hands_every_seed_to_the_client(monkeypatch, url, ser
     monkeypatch.setattr(bus.nats, "connect", fake_connect)
     assert await bus.connect_nats(url, "test") == "connection"
     assert seen["servers"] == servers
+
+
+async def test_a_caller_that_gives_up_on_connecting_stops_the_attempt(monkeypatch):
+    """A connection attempt whose caller was cancelled (or timed out) must not keep trying for the
+    rest of the process: a server that is gone would be dialled forever."""
+    import asyncio
+
+    started, stopped = asyncio.Event(), asyncio.Event()
+
+    async def never_connects(servers_arg, **options):
+        started.set()
+        try:
+            await asyncio.Event().wait()  # a server that never answers
+        finally:
+            stopped.set()
+
+    monkeypatch.setattr(bus.nats, "connect", never_connects)
+    caller = asyncio.create_task(bus.connect_nats("nats://127.0.0.1:1", "test"))
+    await asyncio.wait_for(started.wait(), 5)
+    caller.cancel()
+    await asyncio.wait_for(stopped.wait(), 5)  # the attempt ended with its caller

@@ -63,6 +63,15 @@ def _id_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
         yield unique[i:i + IDS_PER_QUERY]
 
 
+async def _by_id(collection: AsyncCollection, ids: Sequence[str], projection: Sequence[str] | None = None,
+                 ) -> dict[str, dict[str, Any]]:
+    """The documents of ``collection`` among ``ids`` that exist, by id (queries of :func:`_id_chunks`)."""
+    found: dict[str, dict[str, Any]] = {}
+    for chunk in _id_chunks(ids):
+        found.update({d["_id"]: d async for d in collection.find({"_id": {"$in": chunk}}, projection)})
+    return found
+
+
 @dataclass(frozen=True, slots=True)
 class CollectionWrites:
     """A batch's writes to one collection: new documents (inserted unordered), then updates in order."""
@@ -165,10 +174,7 @@ class ReadModels:
                              ) -> dict[str, dict[str, Any]]:
         """The persona documents of ``ids`` that exist, by id (queries of at most
         :data:`IDS_PER_QUERY` ids each)."""
-        found: dict[str, dict[str, Any]] = {}
-        for chunk in _id_chunks(ids):
-            found.update({d["_id"]: d async for d in self.personas.find({"_id": {"$in": chunk}}, projection)})
-        return found
+        return await _by_id(self.personas, ids, projection)
 
     async def persona_counts(self, job_ids: Sequence[str]) -> dict[tuple[str, str], int]:
         """How many persona documents each of ``job_ids`` has in each status, by (job, status)
@@ -388,9 +394,7 @@ class ReadModels:
             return
         soon = datetime.now(UTC) + ORPHAN_HORIZON
         jobs = {d["job_id"] async for d in self.job_personas.find({"expire_at": {"$lte": soon}}, {"job_id": 1})}
-        present: set[str] = set()
-        for chunk in _id_chunks(sorted(jobs)):
-            present.update([d["_id"] async for d in self.jobs.find({"_id": {"$in": chunk}}, {"_id": 1})])
+        present = set(await _by_id(self.jobs, sorted(jobs), ["_id"]))
         for chunk in _id_chunks(sorted(jobs - present)):
             await self.job_personas.delete_many({"job_id": {"$in": chunk}})
         with contextlib.suppress(OperationFailure):  # another projector dropped it first

@@ -40,6 +40,8 @@ from services.runtime.lifecycle import cancel_and_wait
 
 log = structlog.get_logger()
 
+Delivery = tuple[StoredEvent, list[dict[str, str]], bytes]  # an event, its SSE items, their wire bytes
+
 
 @dataclass
 class JobChannel:
@@ -215,7 +217,7 @@ class JobFeeds:
 
     async def watch(
         self, job_id: str, start_seq: int
-    ) -> AsyncIterator[list[tuple[StoredEvent, list[dict[str, str]], bytes]]]:
+    ) -> AsyncIterator[list[Delivery]]:
         """The job's events from its start, then live, up to its end or until the caller stops
         (or one of its events cannot be read, or the server shuts down): each time, everything
         that has arrived since the last (stored event, items, wire bytes); an empty list when

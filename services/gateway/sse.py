@@ -11,15 +11,13 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from contracts.events import JobFinished
-from services.adapters.event_log import StoredEvent
 from services.gateway.capacity import Slot
-from services.gateway.feeds import JobFeeds
+from services.gateway.feeds import Delivery, JobFeeds
 from services.gateway.sse_messages import Position, encode, unseen
 from services.runtime import tracing
 from services.runtime.metrics import Metrics
 
 PING = b": ping\n\n"  # a comment: keeps proxies from closing an idle stream; EventSource ignores it
-Delivery = tuple[StoredEvent, list[dict[str, str]], bytes]  # an event, its SSE items, their wire bytes
 
 
 def server_exiting() -> bool:

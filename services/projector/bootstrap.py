@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -40,7 +39,6 @@ class ProjectorService:
     job_manager: JobManager
     metrics: Metrics
     health: Health
-    clock: Clock = utc_now
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
     ops: OpsServer | None = None
 
@@ -52,7 +50,8 @@ class ProjectorService:
             asyncio.create_task(self.fold.run(stop), name="fold"),
             asyncio.create_task(self.job_manager.run(stop, sweep_seconds=self.settings.expiry_sweep_seconds),
                                 name="job-manager"),
-            asyncio.create_task(keep_going(self._retention(stop), stop, what="retention"), name="retention"),
+            asyncio.create_task(keep_going(lambda: self._drop_expired_views(stop), stop, what="retention"),
+                                name="retention"),
         ]
         await serve_rebuild_requests(self.event_log, self.fold.rebuild)
         await self.parked.serve(PROJECTOR, self.fold.reapply)
@@ -72,9 +71,9 @@ class ProjectorService:
             for task in tasks:
                 await cancel_and_wait(task)
 
-    def _retention(self, stop: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    async def _drop_expired_views(self, stop: asyncio.Event) -> None:
         """The retention sweep, each round between the fold's batches and never during a rebuild."""
-        return lambda: drop_expired_views(self.models, stop, exclusive=self.fold.exclusive, clock=self.clock)
+        await drop_expired_views(self.models, stop, exclusive=self.fold.exclusive, clock=self.fold.clock)
 
     async def aclose(self) -> None:
         await self.stack.aclose()
@@ -108,4 +107,4 @@ async def bootstrap(
 
     health = Health(ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models),
                                  "lag": caught_up, "event_log": same_log})
-    return ProjectorService(settings, event_log, models, parked, fold, job_manager, metrics, health, clock, stack)
+    return ProjectorService(settings, event_log, models, parked, fold, job_manager, metrics, health, stack)

@@ -33,9 +33,7 @@ async def drop_expired_views(models: ReadModelsPort, stop: asyncio.Event, *,
     of at most :data:`JOBS_PER_ROUND` jobs, each holding ``exclusive`` (the fold's lock)."""
 
     async def one_round() -> int:
-        if exclusive is None:
-            return await models.drop_expired_jobs(clock(), JOBS_PER_ROUND)
-        async with exclusive:
+        async with exclusive or contextlib.nullcontext():
             return await models.drop_expired_jobs(clock(), JOBS_PER_ROUND)
 
     while not stop.is_set():

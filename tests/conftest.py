@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -90,7 +91,11 @@ class InProcessSystem:
         (each service under its own NATS user, say); the others take ``settings``."""
         self.settings = settings
         self.per_service = per_service or {}
-        self.port = free_port()
+        # Bound now and handed to uvicorn: a port only looked up and bound later can be taken
+        # meanwhile (as another connection's own port), and uvicorn's failed bind exits the process.
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.stops: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task] = {}
@@ -117,7 +122,7 @@ class InProcessSystem:
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                 log_config=None, access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
-        self.tasks["gateway"] = asyncio.create_task(self.server.serve())
+        self.tasks["gateway"] = asyncio.create_task(self.server.serve(sockets=[self.socket]))
         while not self.server.started:
             if self.tasks["gateway"].done():
                 self.tasks["gateway"].result()
@@ -131,6 +136,7 @@ class InProcessSystem:
             await self.stop_service(name)
         if "gateway" in self.tasks:
             await asyncio.wait_for(self.tasks.pop("gateway"), 20)
+        self.socket.close()
 
 
 @pytest_asyncio.fixture

@@ -28,13 +28,19 @@ from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 from services.runtime.tracing import use_exporter
 from services.testing.mock_llm import MockLLM, MockLLMConfig
-from tests.servers import NatsServer, mongo_url, stop, wait_port
+from tests.servers import MongoServer, NatsServer, mongo_server, stop, wait_port
 
 
 @pytest.fixture(scope="session")
-def mongo_server_url(tmp_path_factory) -> str:
-    with mongo_url(tmp_path_factory.mktemp("mongo")) as url:
-        yield url
+def session_mongo(tmp_path_factory) -> MongoServer | None:
+    """This worker's MongoDB-wire server for the session (None when MONGO_URL names one)."""
+    with mongo_server(tmp_path_factory.mktemp("mongo")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mongo_server_url(session_mongo) -> str:
+    return session_mongo.url if session_mongo else os.environ["MONGO_URL"]
 
 
 @pytest.fixture
@@ -49,7 +55,9 @@ def nats_server(tmp_path) -> NatsServer | None:
 
 
 @pytest_asyncio.fixture
-async def settings(nats_server, mongo_server_url) -> Settings:
+async def settings(nats_server, session_mongo, mongo_server_url) -> Settings:
+    if session_mongo:  # one that exited says so, instead of every later test failing to connect
+        session_mongo.check()
     s = Settings(
         nats_url=nats_server.url if nats_server else os.environ["NATS_URL"],
         mongo_url=mongo_server_url,

@@ -117,9 +117,11 @@ cluster {{
 
 
 class MongoServer:
-    def __init__(self, storage: str = ":memory:", port: int | None = None) -> None:
+    def __init__(self, storage: str = ":memory:", port: int | None = None, log: Path | None = None) -> None:
+        """``log``: where the server's output goes (discarded without one)."""
         self.port = port or embedded.free_port()
         self.storage = storage
+        self.log = log
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -127,10 +129,20 @@ class MongoServer:
         return embedded.mongo_url(self.port)
 
     def start(self) -> MongoServer:
-        self.proc = subprocess.Popen(embedded.mongo_argv(self.storage, self.port), stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        with open(self.log, "ab") if self.log else open(os.devnull, "wb") as out:
+            self.proc = subprocess.Popen(embedded.mongo_argv(self.storage, self.port), stdout=out,
+                                         stderr=subprocess.STDOUT)
         wait_port(self.port, timeout=30, proc=self.proc)
         return self
+
+    def check(self) -> None:
+        """Raise, with the end of its log, if the server has exited: a test that would fail on
+        refused connections says why instead."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        tail = self.log.read_text(errors="replace")[-4000:] if self.log else "(no log kept)"
+        raise RuntimeError(f"the MongoDB-wire server on port {self.port} exited with "
+                           f"{self.proc.returncode}; its log ends:\n{tail}")
 
     def stop(self) -> None:
         if self.proc:
@@ -138,12 +150,13 @@ class MongoServer:
 
 
 @contextmanager
-def mongo_url(tmp_root: Path) -> Iterator[str]:
+def mongo_server(tmp_root: Path) -> Iterator[MongoServer | None]:
+    """A MongoDB-wire server logging into ``tmp_root``, or None when MONGO_URL names one."""
     if os.environ.get("MONGO_URL"):
-        yield os.environ["MONGO_URL"]
+        yield None
         return
-    server = MongoServer().start()
+    server = MongoServer(log=tmp_root / "mongo.log").start()
     try:
-        yield server.url
+        yield server
     finally:
         server.stop()

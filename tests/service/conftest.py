@@ -21,7 +21,8 @@ from services.runtime.settings import Settings
 from services.testing import ManualClock, MemoryEventLog, memory_read_models
 from tests.service.providers import ScriptedProvider
 
-SERVER_FIXTURES = {"nats_server", "mongo_server_url", "settings", "event_log", "models", "system", "client"}
+SERVER_FIXTURES = {"nats_server", "session_mongo", "mongo_server_url", "settings", "event_log", "models", "system",
+                   "client"}
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -92,6 +92,9 @@ async def _run(nats_url: str, llm_port: int, pids: dict[str, int], jobs: int, pe
         stats = (await client.get(f"http://127.0.0.1:{llm_port}/admin/stats")).json()
     calls = sorted(stats["started"])
     limit = math.ceil(total / CONCURRENCY) * LATENCY_MS / 1000
+    # With the cap held, call k (k >= cap) takes the slot call k - cap freed when it answered:
+    # the gap is what a slot spends between an answer and its next call.
+    gaps = sorted(calls[k] - calls[k - CONCURRENCY] - LATENCY_MS / 1000 for k in range(CONCURRENCY, len(calls)))
     wall = max(completed) - t0
     return {
         "personas": total, "wall_seconds": round(wall, 3), "limit_seconds": limit,
@@ -101,6 +104,8 @@ async def _run(nats_url: str, llm_port: int, pids: dict[str, int], jobs: int, pe
         "last_item_stored": round(max(stored) - t0, 3),
         "first_call": round(calls[0] - t0, 3), "call_64": round(calls[63] - t0, 3),
         "calls_seconds": round(calls[-1] + LATENCY_MS / 1000 - calls[0], 3),
+        "slot_gap_ms": {q: round(1000 * gaps[int(f * (len(gaps) - 1))], 1)
+                        for q, f in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))} if gaps else {},
         "llm_max_in_flight": stats["max_in_flight"], "cpu_seconds_by_process": cpu,
         "load": os.getloadavg(),
     }

@@ -1,7 +1,7 @@
 """An OpenAI-compatible test LLM server whose latency and faults you set.
 
-Real HTTP/1.1 on loopback (parsed by h11), so the official ``openai`` client
-talks to it as to any server, and a fault can be anything a real one does:
+Real HTTP/1.1 on loopback (parsed by h11), so the provider (or any OpenAI
+client) talks to it as to any server, and a fault can be anything a real one does:
 429 with ``retry-after``, 5xx, 401, 400, quota exhaustion, a hang, garbage,
 or a connection dropped without an answer.
 

@@ -1,24 +1,21 @@
-"""The OpenAI provider: the official client against any OpenAI-compatible server.
+"""The OpenAI provider: the chat completions API of any OpenAI-compatible server.
 
-One ``AsyncOpenAI`` per process. The client's own retries are off: failures are
-classified here (:func:`classify`) and retried by the caller with backoff that
-honours the server's retry-after.
-
-Its HTTP transport is aiohttp (the client's ``DefaultAioHttpClient``, which the
-openai library recommends for many concurrent calls): with 64 calls in flight the
-default transport's connection pool cost about a third of the generator's CPU.
+Two requests are all it makes: ``POST /chat/completions`` and ``GET /models`` (the health
+check), over one aiohttp session per process. The ``openai`` client did the same for about 40%
+of the generator's CPU per call (building, sending and parsing through its typed layers;
+``bench.generator_latency`` shows the difference), so the protocol is spoken here.
+No retries here: failures are classified (:func:`classify`) and retried by the caller with
+backoff that honours the server's retry-after.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-import openai
-from openai import AsyncOpenAI, DefaultAioHttpClient
-from openai.types.chat import ChatCompletion
 from pydantic import BaseModel, ValidationError
 
 from contracts.domain import PersonaDraft, TemplateData, TokenUsage
@@ -26,12 +23,31 @@ from services.adapters.llm import messages
 from services.adapters.llm.base import GeneratedText, LLMError, Message, PromptBrief
 from services.runtime.settings import Settings
 
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
 
 class _PersonaList(BaseModel):
     personas: list[PersonaDraft]
 
 
-def _retry_after(headers: Any) -> float | None:
+class HTTPStatusError(Exception):
+    """A non-2xx answer: its status, headers, and the error's code and type as the server
+    named them (``{"error": {"code": ..., "type": ...}}``). Its message is not kept: it can
+    hold the prompt, a key or an internal URL."""
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: Any) -> None:
+        error = body.get("error") if isinstance(body, dict) else None
+        error = error if isinstance(error, dict) else {}
+        self.status = status
+        self.headers = headers
+        self.code = error.get("code")
+        self.type = error.get("type")
+        # Whether the server said "insufficient_quota" anywhere in its error, without keeping it.
+        self.quota = any("insufficient_quota" in str(error.get(k) or "") for k in ("code", "type", "message"))
+        super().__init__(f"HTTP {status}")
+
+
+def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     if headers is None:
         return None
     ms = headers.get("retry-after-ms")
@@ -59,40 +75,26 @@ def _named(value: object) -> str | None:
     return value if isinstance(value, str) and _NAMED.fullmatch(value) else None
 
 
-def _status_summary(exc: openai.APIStatusError) -> str:
+def _status_summary(exc: HTTPStatusError) -> str:
     """``HTTP 429, rate_limit_exceeded``: the status and the error's code or type, in our words."""
     kind = _named(exc.code) or _named(exc.type)
-    return f"HTTP {exc.status_code}" + (f", {kind}" if kind else "")
-
-
-def _lost_connection(exc: BaseException) -> BaseException | None:
-    """The aiohttp error behind ``exc`` when a connection was refused or dropped: the aiohttp
-    transport reports every such error as a connect timeout, but the LLM was unreachable, not slow."""
-    cause = exc
-    while cause.__cause__ is not None:
-        cause = cause.__cause__
-    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
-        return cause
-    return None
+    return f"HTTP {exc.status}" + (f", {kind}" if kind else "")
 
 
 def classify(exc: Exception) -> LLMError:
-    """Map a client exception to a stable error code, whether to retry, and a short summary
+    """Map a failed request to a stable error code, whether to retry, and a short summary
     of our own (never the server's message)."""
     if isinstance(exc, LLMError):
         return exc
-    if isinstance(exc, openai.APITimeoutError) and (lost := _lost_connection(exc)) is not None:
-        return LLMError("llm_unavailable", f"LLM unreachable ({lost.__class__.__name__})", retryable=True)
-    if isinstance(exc, openai.APITimeoutError):
+    if isinstance(exc, TimeoutError):  # aiohttp's timeouts are TimeoutErrors too
         return LLMError("llm_timeout", "LLM timeout: the model did not answer in time", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        cause = exc.__cause__.__class__.__name__ if exc.__cause__ is not None else "no connection"
-        return LLMError("llm_unavailable", f"LLM unreachable ({cause})", retryable=True)
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        after = _retry_after(exc.response.headers if exc.response is not None else None)
+    if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError | OSError):
+        return LLMError("llm_unavailable", f"LLM unreachable ({exc.__class__.__name__})", retryable=True)
+    if isinstance(exc, HTTPStatusError):
+        status = exc.status
+        after = _retry_after(exc.headers)
         summary = _status_summary(exc)
-        if status == 429 and "insufficient_quota" in f"{exc.code} {exc.type} {exc.message}":
+        if status == 429 and exc.quota:
             return LLMError("llm_quota", f"LLM quota exhausted ({summary})")
         if status == 429:
             return LLMError("llm_rate_limited", f"LLM rate limited ({summary})", retryable=True, retry_after=after)
@@ -120,42 +122,51 @@ def _invalid(exc: json.JSONDecodeError | ValidationError) -> str:
 class OpenAIProvider:
     name = "openai"
 
-    def __init__(self, settings: Settings, *, http_client: Any = None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.model = settings.model
         self.temperature = settings.llm_temperature
+        self.base_url = (settings.openai_base_url or DEFAULT_BASE_URL).rstrip("/")
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
-        self.client = AsyncOpenAI(
-            api_key=key,
-            base_url=settings.openai_base_url,
-            timeout=settings.llm_timeout_seconds,
-            max_retries=0,
-            http_client=http_client if http_client is not None else DefaultAioHttpClient(),
-        )
+        self._headers = {"Authorization": f"Bearer {key}"}
+        self._timeout = aiohttp.ClientTimeout(total=settings.llm_timeout_seconds)
+        self._session: aiohttp.ClientSession | None = None
 
-    async def _chat_completion(self, body: dict[str, Any]) -> ChatCompletion:
-        """``POST /chat/completions`` through the client's documented ``post`` for requests of
-        one's own: our messages are already plain JSON, so ``chat.completions.create``'s
-        conversion of every parameter through its typed dictionaries (an eighth of the
-        generator's CPU per call) would change nothing. Errors, timeouts and the parsed
-        ``ChatCompletion`` are the client's, as with ``create``."""
-        return await self.client.post("/chat/completions", body=body, cast_to=ChatCompletion)
+    def _http(self) -> aiohttp.ClientSession:
+        """The process's session, made in the loop that uses it. No pool limit of its own:
+        the callers' concurrency caps bound the connections. Proxy variables are honoured."""
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), headers=self._headers, timeout=self._timeout,
+                trust_env=True, raise_for_status=False)
+        return self._session
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        """The server's JSON answer, or :class:`HTTPStatusError` for any other status than 2xx.
+        A 2xx answer that is not JSON is an ``invalid_output`` failure."""
+        async with self._http().request(method, self.base_url + path, json=body) as response:
+            raw = await response.read()
+            try:
+                answer = json.loads(raw) if raw else None
+            except ValueError:
+                answer = None
+                if response.status < 300:
+                    raise LLMError("invalid_output", "LLM answer is not JSON", retryable=True) from None
+            if response.status >= 300:
+                raise HTTPStatusError(response.status, response.headers, answer)
+            return answer
 
     async def _complete(self, msgs: list[Message], *, json_mode: bool) -> GeneratedText:
         body: dict[str, Any] = {"model": self.model, "messages": msgs, "temperature": self.temperature}
         if json_mode:
             body["response_format"] = {"type": "json_object"}
         try:
-            resp = await self._chat_completion(body)
+            answer = await self._request("POST", "/chat/completions", body)
         except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
             raise classify(exc) from None
-        text = (resp.choices[0].message.content or "").strip() if resp.choices else ""
+        text, model, usage = _read_completion(answer)
         if not text:
             raise LLMError("invalid_output", "LLM answered with empty content", retryable=True)
-        usage = TokenUsage(
-            prompt_tokens=resp.usage.prompt_tokens if resp.usage else 0,
-            completion_tokens=resp.usage.completion_tokens if resp.usage else 0,
-        )
-        return GeneratedText(text=text, model=resp.model or self.model, usage=usage)
+        return GeneratedText(text=text, model=model or self.model, usage=usage)
 
     async def _structured(self, msgs: list[Message], model: type[BaseModel]) -> BaseModel:
         out = await self._complete(msgs, json_mode=True)
@@ -183,9 +194,30 @@ class OpenAIProvider:
     async def check(self) -> None:
         """List the models: a cheap call that proves the server answers and takes the key."""
         try:
-            await self.client.models.list()
+            await self._request("GET", "/models")
         except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
             raise classify(exc) from None
 
     async def aclose(self) -> None:
-        await self.client.close()
+        if self._session is not None:
+            await self._session.close()
+
+
+def _read_completion(answer: Any) -> tuple[str, str | None, TokenUsage]:
+    """The text, model and token usage of a chat completion, read tolerantly: what is missing
+    or of another shape counts as absent (an empty text is the caller's error to raise)."""
+    answer = answer if isinstance(answer, dict) else {}
+    choices = answer.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = first.get("message") if isinstance(first.get("message"), dict) else {}
+    content = message.get("content")
+    text = content.strip() if isinstance(content, str) else ""
+    usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+
+    def count(name: str) -> int:
+        value = usage.get(name)
+        return value if isinstance(value, int) and value >= 0 else 0
+
+    model = answer.get("model")
+    return text, model if isinstance(model, str) and model else None, TokenUsage(
+        prompt_tokens=count("prompt_tokens"), completion_tokens=count("completion_tokens"))

@@ -1,22 +1,25 @@
 """An LLM answer that could not be stored is an ``invalid_output`` failure, never a poison event.
 
 The OpenAI provider validates template analyses and persona drafts with the same models, and
-so the same caps, as the gateway's requests; the LLM is faked at the HTTP layer.
+so the same caps, as the gateway's requests; the LLM is a loopback HTTP server answering as each test says.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
-import httpx
 import pytest
+from aiohttp import web
 from pydantic import SecretStr
 
 from contracts.domain import TemplateData
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.openai_provider import OpenAIProvider
 from services.runtime.settings import Settings
+from tests.llm_server import completion, llm_answering
 
 TEMPLATE = TemplateData(title="Renewal", description="A rep renews a contract.")
 
@@ -26,17 +29,17 @@ def _persona(**changes) -> dict:
             "detail_categories": {"background": "procurement lead"}, "conversation_rules": {}, **changes}
 
 
-def _provider(answer: dict) -> OpenAIProvider:
-    def reply(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, json={
-            "id": "c1", "object": "chat.completion", "created": 0, "model": "m",
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": json.dumps(answer)}}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        })
+@asynccontextmanager
+async def _provider(answer: dict) -> AsyncIterator[OpenAIProvider]:
+    async def reply(request: web.Request) -> web.Response:
+        return web.json_response(completion(json.dumps(answer)))
 
-    settings = Settings(openai_base_url="http://llm.test/v1", openai_api_key=SecretStr("k"), provider="openai")
-    return OpenAIProvider(settings, http_client=httpx.AsyncClient(transport=httpx.MockTransport(reply)))
+    async with llm_answering(reply) as url:
+        provider = OpenAIProvider(Settings(openai_base_url=url, openai_api_key=SecretStr("k"), provider="openai"))
+        try:
+            yield provider
+        finally:
+            await provider.aclose()
 
 
 @pytest.mark.parametrize("persona", [
@@ -47,23 +50,20 @@ def _provider(answer: dict) -> OpenAIProvider:
     _persona(name="x" * 5000),
 ], ids=["nul-key", "dollar-key", "220-deep", "dotted-key", "long-name"])
 async def test_a_persona_draft_that_cannot_be_stored_is_invalid_output(persona):
-    provider = _provider({"personas": [persona]})
-    with pytest.raises(LLMError) as failed:
-        await provider.generate_personas(TEMPLATE, "assess_mode_character", ["p1"])
+    async with _provider({"personas": [persona]}) as provider:
+        with pytest.raises(LLMError) as failed:
+            await provider.generate_personas(TEMPLATE, "assess_mode_character", ["p1"])
     assert failed.value.code == "invalid_output" and not failed.value.retryable
-    await provider.aclose()
 
 
 async def test_a_template_analysis_with_unencodable_text_is_invalid_output():
-    provider = _provider({"title": "Renewal \ud800", "description": "d"})  # json.dumps escapes it
-    with pytest.raises(LLMError) as failed:
-        await provider.analyze_scenario("# Renewal")
+    async with _provider({"title": "Renewal \ud800", "description": "d"}) as provider:  # json.dumps escapes it
+        with pytest.raises(LLMError) as failed:
+            await provider.analyze_scenario("# Renewal")
     assert failed.value.code == "invalid_output"
-    await provider.aclose()
 
 
 async def test_a_storable_answer_passes():
-    provider = _provider({"personas": [_persona()]})
-    [draft] = await provider.generate_personas(TEMPLATE, "assess_mode_character", ["p1"])
+    async with _provider({"personas": [_persona()]}) as provider:
+        [draft] = await provider.generate_personas(TEMPLATE, "assess_mode_character", ["p1"])
     assert draft.detail_categories == {"background": "procurement lead"}
-    await provider.aclose()

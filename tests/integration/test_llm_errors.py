@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from services.adapters.llm.base import LLMError
-from services.adapters.llm.openai_provider import OpenAIProvider
+from services.adapters.llm.openai_provider import OpenAIProvider, proxy_for
 from services.cli.embedded import free_port
 from services.runtime.settings import Settings
 from tests.llm_server import completion, llm_answering
@@ -147,3 +147,35 @@ async def test_an_unusable_answer_is_described_without_quoting_it():
     assert failed.value.message.startswith("LLM answer is not a valid TemplateData: ")
     assert "title (string_type)" in failed.value.message
     assert "CANARY" not in _everything_said(failed.value)
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({}, None),
+    ({"HTTPS_PROXY": "http://proxy.corp:3128"}, "http://proxy.corp:3128"),
+    ({"https_proxy": "http://proxy.corp:3128", "NO_PROXY": "llm.corp"}, None),
+    ({"HTTP_PROXY": "http://proxy.corp:3128"}, None),  # for http:// only
+])
+def test_the_proxy_is_the_one_the_environment_names_for_the_llm(monkeypatch, env, expected):
+    for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY",
+                 "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert proxy_for("https://llm.corp/v1") == expected
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(monkeypatch):
+    seen: list[str] = []
+
+    async def proxy(request: web.Request) -> web.Response:  # a forward proxy answering itself
+        seen.append(str(request.url))
+        return web.json_response({"data": []})
+
+    async with llm_answering(proxy) as proxy_url:
+        monkeypatch.setenv("HTTP_PROXY", proxy_url.removesuffix("/v1"))
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        provider = OpenAIProvider(_settings("http://llm.invalid/v1"))
+        await provider.check()
+        await provider.aclose()
+    assert seen == ["http://llm.invalid/v1/models"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.parse
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,6 +83,15 @@ def _status_summary(exc: HTTPStatusError) -> str:
     return f"HTTP {exc.status}" + (f", {kind}" if kind else "")
 
 
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``, ...),
+    or None when there is none or ``NO_PROXY`` covers its host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 def classify(exc: Exception) -> LLMError:
     """Map a failed request to a stable error code, whether to retry, and a short summary
     of our own (never the server's message)."""
@@ -133,11 +144,13 @@ class OpenAIProvider:
 
     def _http(self) -> aiohttp.ClientSession:
         """The process's session, made in the loop that uses it. No pool limit of its own:
-        the callers' concurrency caps bound the connections. Proxy variables are honoured."""
+        the callers' concurrency caps bound the connections. The proxy variables are read
+        here, once: aiohttp's ``trust_env`` reads them, and ``~/.netrc`` in a thread, for
+        every request."""
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0), headers=self._headers, timeout=self._timeout,
-                trust_env=True, raise_for_status=False)
+                proxy=proxy_for(self.base_url), raise_for_status=False)
         return self._session
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:

@@ -186,6 +186,10 @@ class Settings(BaseSettings):
     # Generator and LLM
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
     openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    openai_organization: str | None = Field(None, validation_alias=_env("OPENAI_ORG_ID"),
+                                            description="sent as the OpenAI-Organization header")
+    openai_project: str | None = Field(None, validation_alias=_env("OPENAI_PROJECT_ID"),
+                                       description="sent as the OpenAI-Project header")
     model: str = Field("gpt-4o-mini", validation_alias=_env("PROMPTGEN_MODEL"))
     llm_timeout_seconds: float = Field(120, gt=0, validation_alias=_env("PROMPTGEN_LLM_TIMEOUT_SECONDS"))
     llm_temperature: float = Field(0.7, ge=0, le=2, validation_alias=_env("PROMPTGEN_LLM_TEMPERATURE"))

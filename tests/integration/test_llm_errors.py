@@ -179,3 +179,115 @@ async def test_requests_go_through_the_proxy_the_environment_names(monkeypatch):
         await provider.check()
         await provider.aclose()
     assert seen == ["http://llm.invalid/v1/models"]
+
+
+@pytest.mark.parametrize("headers,expected", [
+    ({"retry-after": "inf"}, None),
+    ({"retry-after": "nan", "retry-after-ms": "nan"}, None),
+    ({"retry-after": "86400"}, 300.0),  # a day: capped
+    ({"retry-after-ms": "-5"}, 0.0),
+    ({"retry-after-ms": "soon", "retry-after": "2"}, 2.0),
+])
+async def test_a_servers_retry_after_is_followed_only_when_finite_and_up_to_a_cap(headers, expected):
+    async def busy(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"type": "requests"}}, status=429, headers=headers)
+
+    async with _provider(busy) as provider:
+        with pytest.raises(LLMError) as failed:
+            await provider.check()
+    assert (failed.value.code, failed.value.retry_after) == ("llm_rate_limited", expected)
+
+
+async def test_an_error_without_the_error_wrapper_is_read_too():
+    async def quota(request: web.Request) -> web.Response:  # some servers send the fields at the top
+        return web.json_response({"type": "insufficient_quota", "message": "pay up", "code": None}, status=429)
+
+    async with _provider(quota) as provider:
+        with pytest.raises(LLMError) as failed:
+            await provider.check()
+    assert (failed.value.code, failed.value.retryable) == ("llm_quota", False)
+
+
+async def test_a_redirect_is_not_followed():
+    elsewhere: list[str] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        if request.path.startswith("/elsewhere"):
+            elsewhere.append(request.path)
+            return web.json_response(completion("followed"))
+        raise web.HTTPTemporaryRedirect("/elsewhere/chat/completions")
+
+    async with _provider(moved) as provider:
+        with pytest.raises(LLMError) as failed:
+            await provider.analyze_scenario("# Renewal")
+    assert failed.value.code == "llm_rejected" and "HTTP 307" in failed.value.message
+    assert elsewhere == []  # the prompt went nowhere else
+
+
+async def test_an_answer_too_large_is_refused_and_a_deep_one_is_not_json(monkeypatch):
+    from services.adapters.llm import openai_provider
+
+    monkeypatch.setattr(openai_provider, "MAX_ANSWER_BYTES", 1 << 20)
+
+    async def huge(request: web.Request) -> web.Response:
+        return web.json_response(completion("x" * (2 << 20)))
+
+    async with _provider(huge) as provider:
+        with pytest.raises(LLMError) as failed:
+            await provider.analyze_scenario("# Renewal")
+    assert (failed.value.code, failed.value.message) == ("invalid_output", "LLM answer larger than 1 MiB")
+
+    async def deep(request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 100_000 + b"]" * 100_000, status=401, content_type="application/json")
+
+    async with _provider(deep) as provider:
+        with pytest.raises(LLMError) as failed:
+            await provider.check()
+    assert failed.value.code == "llm_auth"  # its status still says what it was
+
+
+async def test_nothing_of_an_answer_is_kept_in_the_errors_context():
+    async def garbage(request: web.Request) -> web.Response:
+        return web.Response(body=f"not json {CANARY}".encode(), content_type="application/json")
+
+    async def invalid(request: web.Request) -> web.Response:
+        return web.json_response(completion('{"title": "' + CANARY + '" '))  # cut short
+
+    for handler in (garbage, invalid):
+        async with _provider(handler) as provider:
+            with pytest.raises(LLMError) as failed:
+                await provider.analyze_scenario("# Renewal")
+        chain, error = [], failed.value
+        while error is not None:
+            chain.append(repr(error) + repr(getattr(error, "__dict__", {})) + repr(getattr(error, "doc", "")))
+            error = error.__cause__ or error.__context__
+        assert "CANARY" not in "".join(chain), chain
+
+
+async def test_an_answers_model_name_and_token_counts_are_believed_only_when_plausible():
+    answer = completion("a prompt")
+    answer["model"] = "x\n" * 100
+    answer["usage"] = {"prompt_tokens": 2**70, "completion_tokens": 12}
+
+    async def odd(request: web.Request) -> web.Response:
+        return web.json_response(answer)
+
+    async with _provider(odd) as provider:
+        text = await provider._complete([{"role": "user", "content": "hi"}], json_mode=False)
+    assert (text.model, text.usage.prompt_tokens, text.usage.completion_tokens) == (provider.model, 0, 12)
+
+
+async def test_org_and_project_are_sent_and_a_closed_provider_opens_nothing():
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append((request.headers.get("OpenAI-Organization"), request.headers.get("OpenAI-Project")))
+        return web.json_response({"data": []})
+
+    async with _provider(answer, openai_organization="org-1", openai_project="proj-1") as provider:
+        await provider.check()
+        await provider.aclose()
+        with pytest.raises(LLMError) as failed:
+            await provider.check()
+    assert seen == [("org-1", "proj-1")]
+    assert (failed.value.code, failed.value.retryable) == ("llm_unavailable", True)

@@ -11,6 +11,7 @@ backoff that honours the server's retry-after.
 from __future__ import annotations
 
 import json
+import math
 import re
 import urllib.parse
 import urllib.request
@@ -26,6 +27,11 @@ from services.adapters.llm.base import GeneratedText, LLMError, Message, PromptB
 from services.runtime.settings import Settings
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+MAX_ANSWER_BYTES = 8 << 20  # a chat completion is kilobytes; more is not read into memory
+MAX_TOKEN_COUNT = 1 << 31  # a token count the server says beyond this is not believed (and not stored)
+# A model name as the server answers it (``gpt-4o-2024-08-06``, ``meta-llama/Llama-3.1-8B``); any
+# other string is not passed on to events and metric labels: the configured model name is.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
 
 
 class _PersonaList(BaseModel):
@@ -38,7 +44,8 @@ class HTTPStatusError(Exception):
     hold the prompt, a key or an internal URL."""
 
     def __init__(self, status: int, headers: Mapping[str, str], body: Any) -> None:
-        error = body.get("error") if isinstance(body, dict) else None
+        # {"error": {...}} as OpenAI sends it, or the same fields at the top (some servers)
+        error = body.get("error", body) if isinstance(body, dict) else None
         error = error if isinstance(error, dict) else {}
         self.status = status
         self.headers = headers
@@ -49,21 +56,21 @@ class HTTPStatusError(Exception):
         super().__init__(f"HTTP {status}")
 
 
+MAX_RETRY_AFTER = 300.0  # seconds: the most of a server's retry-after that is followed
+
+
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """The server's ``retry-after-ms`` or ``retry-after`` in seconds: a finite number, at most
+    :data:`MAX_RETRY_AFTER` (a server cannot stall every worker with ``inf`` or a day)."""
     if headers is None:
         return None
-    ms = headers.get("retry-after-ms")
-    if ms:
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
         try:
-            return float(ms) / 1000
+            value = float(headers.get(name) or "nan") / scale
         except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return float(value)
-        except ValueError:
-            return None
+            continue
+        if math.isfinite(value):
+            return min(max(value, 0.0), MAX_RETRY_AFTER)
     return None
 
 
@@ -84,12 +91,13 @@ def _status_summary(exc: HTTPStatusError) -> str:
 
 
 def proxy_for(url: str) -> str | None:
-    """The proxy the environment names for ``url`` (``HTTPS_PROXY``, ``HTTP_PROXY``, ...),
-    or None when there is none or ``NO_PROXY`` covers its host."""
+    """The proxy the environment names for ``url`` (``HTTPS_PROXY`` or ``HTTP_PROXY`` by its
+    scheme, else ``ALL_PROXY``), or None when there is none or ``NO_PROXY`` covers its host."""
     parts = urllib.parse.urlsplit(url)
     if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
         return None
-    return urllib.request.getproxies().get(parts.scheme)
+    proxies = urllib.request.getproxies()
+    return proxies.get(parts.scheme) or proxies.get("all")
 
 
 def classify(exc: Exception) -> LLMError:
@@ -139,33 +147,43 @@ class OpenAIProvider:
         self.base_url = (settings.openai_base_url or DEFAULT_BASE_URL).rstrip("/")
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
         self._headers = {"Authorization": f"Bearer {key}"}
+        if settings.openai_organization:
+            self._headers["OpenAI-Organization"] = settings.openai_organization
+        if settings.openai_project:
+            self._headers["OpenAI-Project"] = settings.openai_project
         self._timeout = aiohttp.ClientTimeout(total=settings.llm_timeout_seconds)
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _http(self) -> aiohttp.ClientSession:
         """The process's session, made in the loop that uses it. No pool limit of its own:
         the callers' concurrency caps bound the connections. The proxy variables are read
         here, once: aiohttp's ``trust_env`` reads them, and ``~/.netrc`` in a thread, for
         every request."""
-        if self._session is None or self._session.closed:
+        if self._closed:  # a call that outlived the service's drain opens no new session
+            raise LLMError("llm_unavailable", "the LLM provider is shut down", retryable=True)
+        if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0), headers=self._headers, timeout=self._timeout,
                 proxy=proxy_for(self.base_url), raise_for_status=False)
         return self._session
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """The server's JSON answer, or :class:`HTTPStatusError` for any other status than 2xx.
-        A 2xx answer that is not JSON is an ``invalid_output`` failure."""
-        async with self._http().request(method, self.base_url + path, json=body) as response:
-            raw = await response.read()
-            try:
-                answer = json.loads(raw) if raw else None
-            except ValueError:
-                answer = None
-                if response.status < 300:
-                    raise LLMError("invalid_output", "LLM answer is not JSON", retryable=True) from None
+        """The server's JSON answer, or :class:`HTTPStatusError` for any other status than 2xx
+        (redirects are not followed: they would carry the prompt to wherever they point).
+        A 2xx answer that is not JSON, or larger than :data:`MAX_ANSWER_BYTES`, is an
+        ``invalid_output`` failure."""
+        async with self._http().request(method, self.base_url + path, json=body, allow_redirects=False) as response:
+            raw = bytearray()
+            async for chunk in response.content.iter_chunked(1 << 16):
+                raw += chunk
+                if len(raw) > MAX_ANSWER_BYTES:
+                    raise LLMError("invalid_output", f"LLM answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
+            answer, readable = _json(bytes(raw))
             if response.status >= 300:
                 raise HTTPStatusError(response.status, response.headers, answer)
+            if not readable:
+                raise LLMError("invalid_output", "LLM answer is not JSON", retryable=True)
             return answer
 
     async def _complete(self, msgs: list[Message], *, json_mode: bool) -> GeneratedText:
@@ -186,7 +204,10 @@ class OpenAIProvider:
         try:
             return model.model_validate(json.loads(out.text))
         except (json.JSONDecodeError, ValidationError) as exc:
-            raise LLMError("invalid_output", f"LLM answer is not a valid {model.__name__}: {_invalid(exc)}") from None
+            problem = _invalid(exc)
+        # Raised outside the except block: the decoding error (which holds the whole answer)
+        # is then not this error's context either.
+        raise LLMError("invalid_output", f"LLM answer is not a valid {model.__name__}: {problem}")
 
     async def analyze_scenario(self, document: str) -> TemplateData:
         return await self._structured(messages.analyze_scenario_messages(document), TemplateData)  # type: ignore[return-value]
@@ -212,8 +233,19 @@ class OpenAIProvider:
             raise classify(exc) from None
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
+
+
+def _json(raw: bytes) -> tuple[Any, bool]:
+    """``raw`` decoded, and whether it was JSON (an empty body is None, and JSON)."""
+    if not raw:
+        return None, True
+    try:
+        return json.loads(raw), True
+    except (ValueError, RecursionError):  # not JSON, or nested beyond the decoder's depth
+        return None, False
 
 
 def _read_completion(answer: Any) -> tuple[str, str | None, TokenUsage]:
@@ -229,8 +261,8 @@ def _read_completion(answer: Any) -> tuple[str, str | None, TokenUsage]:
 
     def count(name: str) -> int:
         value = usage.get(name)
-        return value if isinstance(value, int) and value >= 0 else 0
+        return value if isinstance(value, int) and 0 <= value <= MAX_TOKEN_COUNT else 0
 
     model = answer.get("model")
-    return text, model if isinstance(model, str) and model else None, TokenUsage(
+    return text, model if isinstance(model, str) and _MODEL_NAME.fullmatch(model) else None, TokenUsage(
         prompt_tokens=count("prompt_tokens"), completion_tokens=count("completion_tokens"))

@@ -251,14 +251,18 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
     return writes
 
 
-def retention(event: JobFinished, keep: timedelta) -> list[Write]:
+def retention(event: JobFinished, keep: timedelta) -> dict[str, Any]:
     """When a finished job's view leaves MongoDB: ``keep`` after its end. Its events stay in the log.
 
     The job document was created to leave ``keep`` after its deadline (:func:`writes_for`); the
-    end only brings that time forward (``$min``). Its persona documents carry no time of their
-    own: they leave with their job (:meth:`~services.adapters.read_models.ReadModels.drop_expired_jobs`),
-    so a job's end rewrites none of them."""
-    return [(JOBS, Change({"_id": event.job_id}, {"$min": {"expire_at": event.occurred_at + keep}}))]
+    end only brings that time forward (``$min``), in the same update as the end's status: one
+    rewrite of the job document (which holds the job's results), not two. Whenever that update
+    finds the job open, the time moves with the status; when it does not, an earlier end
+    already brought it forward (to an earlier time). Its persona documents carry no time of
+    their own: they leave with their job
+    (:meth:`~services.adapters.read_models.ReadModels.drop_expired_jobs`), so a job's end
+    rewrites none of them."""
+    return {"$min": {"expire_at": event.occurred_at + keep}}
 
 
 def _expiring(write: Write, at: Any) -> Write:
@@ -276,7 +280,8 @@ def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Writ
     if isinstance(event, JobRequested):
         writes = [_expiring(w, event.deadline + job_retention) for w in writes]
     elif isinstance(event, JobFinished):
-        writes = writes + retention(event, job_retention)
+        (collection, end), *rest = writes  # the job document's end comes first
+        writes = [(collection, Change(end.filter, {**end.update, **retention(event, job_retention)})), *rest]
     return writes
 
 

@@ -255,6 +255,9 @@ def test_a_job_leaves_a_retention_after_its_deadline_or_its_end_and_its_personas
     request = job_requested("j1", ("p1", "p2"))
     end = sample("job.completed").model_copy(update={"job_id": "j1", "occurred_at": T0 + finished_after})
     assert not [c for c, _ in writes_for(end, 9, keep) if c == JOB_PERSONAS]
+    # one rewrite of the job document, which holds the results: the retention moves with the status
+    [(collection, change)] = writes_for(end, 9, keep)
+    assert collection == JOBS and set(change.update) == {"$set", "$min"}
     fold = MemoryFold()
     for seq, event in ((1, request), (9, end)):
         for collection, change in writes_for(event, seq, keep):

@@ -19,6 +19,7 @@ from services.projector.fold import PROJECTOR, Fold
 from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
 from services.projector.retention import drop_expired_views
+from services.projector.scratch import sweep_abandoned
 from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, announce_ready, cancel_and_wait, keep_going, utc_now
 from services.runtime.metrics import Metrics
@@ -98,6 +99,9 @@ async def bootstrap(
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
                 on_reapplied=job_manager.decide, on_rebuilt=job_manager.watch.wake, metrics=metrics, clock=clock,
                 scratch_dir=settings.rebuild_scratch_dir)
+
+    # What a rebuild killed with an earlier process left on disk (a rebuild in another process goes on).
+    await asyncio.to_thread(sweep_abandoned, settings.rebuild_scratch_dir)
 
     async def caught_up() -> bool:  # reads served from a read model this far behind would mislead
         return await fold.measure_lag() <= settings.ready_max_lag_events

@@ -1,5 +1,7 @@
 """Where a rebuild keeps the read models it folds until it merges them into the live ones: a
 SQLite file of BSON documents in a temporary directory on local disk, deleted at the end.
+A rebuild killed before its end leaves its directory behind: the next rebuild, and a projector
+as it starts, delete those no living rebuild holds (:func:`sweep_abandoned`).
 
 Kept out of MongoDB on purpose: a rebuild that inserted its documents into collections beside
 the live ones paid for every insert, and again to delete them once merged (on a server that
@@ -17,8 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import fcntl
+import os
+import shutil
 import sqlite3
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import bson
+import structlog
 from bson.codec_options import CodecOptions
 from bson.errors import InvalidDocument
 
@@ -33,6 +40,11 @@ from services.projector.memory_fold import BatchFold, MemoryFold
 from services.projector.projections import Change
 
 T = TypeVar("T")
+log = structlog.get_logger()
+
+PREFIX = "promptgen-rebuild-"
+LOCK_FILE = "owner.lock"  # held (flock) by the rebuild whose directory it is, for as long as it runs
+UNLOCKED_GRACE_SECONDS = 3600  # a directory without a lock file is left alone this long (it may be being made)
 
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024  # MongoDB's limit on one document
 IDS_PER_LOOKUP = 500  # under SQLite's smallest limit on a statement's parameters (999)
@@ -47,6 +59,52 @@ def _key(_id: Any) -> str | int | float:
     return _id
 
 
+def _held(lock: Path) -> int | None:
+    """``lock`` opened and locked for this process, or None when another holds it."""
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep_abandoned(directory: str | Path | None = None) -> list[Path]:
+    """Delete the scratch directories in ``directory`` (the system's temporary directory when
+    None) that no running rebuild holds: a rebuild killed before its end (SIGKILL, a crash, a
+    lost machine) leaves one of about the size of the read models. One holds its lock file
+    while it runs (the kernel lets go of it when the process dies); one without a lock file
+    yet is left alone for an hour (it may be being made). Returns what was deleted."""
+    parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+    try:
+        candidates = [p for p in parent.iterdir() if p.name.startswith(PREFIX) and p.is_dir()]
+    except OSError:  # no such directory (yet), or not ours to read: the rebuild says so when it makes its own
+        return []
+    swept: list[Path] = []
+    for path in candidates:
+        try:
+            lock = path / LOCK_FILE
+            if lock.exists():
+                fd = _held(lock)
+                if fd is None:
+                    continue  # a rebuild runs there
+                try:
+                    shutil.rmtree(path)
+                finally:
+                    os.close(fd)
+            elif time.time() - path.stat().st_mtime > UNLOCKED_GRACE_SECONDS:
+                shutil.rmtree(path)
+            else:
+                continue
+        except OSError as exc:  # gone meanwhile, or not ours to delete: the next sweep tries again
+            log.warning("rebuild_scratch_not_swept", path=str(path), error=str(exc))
+            continue
+        log.info("rebuild_scratch_swept", path=str(path))
+        swept.append(path)
+    return swept
+
+
 class Scratch:
     """Read models being rebuilt, by collection name. Use as ``async with Scratch() as s``."""
 
@@ -57,6 +115,7 @@ class Scratch:
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="rebuild-scratch")
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._db: sqlite3.Connection | None = None
+        self._lock: int | None = None  # the lock file's descriptor, held while the scratch exists
 
     @property
     def path(self) -> Path | None:
@@ -67,8 +126,10 @@ class Scratch:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
 
     async def __aenter__(self) -> Scratch:
-        self._tmp = tempfile.TemporaryDirectory(prefix="promptgen-rebuild-", dir=self._parent)
+        await self._run(sweep_abandoned, self._parent)
+        self._tmp = tempfile.TemporaryDirectory(prefix=PREFIX, dir=self._parent)
         try:
+            self._lock = _held(Path(self._tmp.name) / LOCK_FILE)
             await self._run(self._open)
         except BaseException:
             await self.__aexit__()
@@ -83,6 +144,9 @@ class Scratch:
             if self._tmp is not None:
                 self._tmp.cleanup()
                 self._tmp = None
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None
 
     def _open(self) -> None:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

@@ -282,7 +282,8 @@ async def test_a_failed_rebuild_leaves_the_live_read_models_as_they_were(
 async def test_a_rebuild_folds_in_the_configured_scratch_directory(client, models, event_log, settings,
                                                                      scenario_document, tmp_path, monkeypatch):
     """``PROMPTGEN_REBUILD_SCRATCH_DIR``: the projector's rebuild folds the log there (a disk with
-    room for a file the size of the read models), and leaves nothing behind."""
+    room for a file the size of the read models), and leaves nothing behind; what a killed
+    rebuild left there is deleted when the projector starts."""
     import tempfile
 
     from services.projector import scratch as scratch_module
@@ -298,9 +299,13 @@ async def test_a_rebuild_folds_in_the_configured_scratch_directory(client, model
 
     monkeypatch.setattr(scratch_module.tempfile, "TemporaryDirectory", noting)
     scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    abandoned = scratch / "promptgen-rebuild-killed"  # what a rebuild killed with an earlier projector left
+    abandoned.mkdir(parents=True)
+    (abandoned / "owner.lock").touch()
+    (abandoned / "read_models.sqlite").write_bytes(b"x" * 1000)
     settings.rebuild_scratch_dir = str(scratch)
     service = await bootstrap(settings, event_log=event_log, models=models)
+    assert not abandoned.exists()  # swept as the projector starts
     try:
         assert await service.fold.rebuild(lambda done, total, **stage: asyncio.sleep(0)) == await event_log.last_seq()
     finally:

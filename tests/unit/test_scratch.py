@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
 from services.projector.memory_fold import BatchFold
 from services.projector.projections import Change
-from services.projector.scratch import MAX_DOCUMENT_BYTES, READ_CHUNK, Scratch
+from services.projector.scratch import MAX_DOCUMENT_BYTES, READ_CHUNK, UNLOCKED_GRACE_SECONDS, Scratch, sweep_abandoned
 
 
 async def _all(scratch: Scratch, name: str) -> list[dict]:
@@ -115,3 +120,47 @@ async def test_one_change_mongodb_cannot_hold_is_refused_and_the_documents_other
         assert [seq for seq, _ in await scratch.write(third)] == [13]
         docs = await _all(scratch, "job_personas")
     assert docs == [{"_id": "j:p", "status": "completed", "attempts": 1, "_seq": 12}]
+
+
+KILLED_REBUILD = """
+import asyncio, sys, time
+from services.projector.scratch import Scratch
+
+async def main():
+    async with Scratch(sys.argv[1]) as scratch:
+        print(scratch.path, flush=True)
+        time.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_what_a_killed_rebuild_left_goes_with_the_next_one_and_a_running_ones_stays(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", KILLED_REBUILD, str(tmp_path)],  # noqa: ASYNC220
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        left = Path(child.stdout.readline().strip())  # its SQLite file
+        assert left.exists()  # noqa: ASYNC240
+        async with Scratch(tmp_path) as running:
+            assert left.exists()  # noqa: ASYNC240 - its rebuild still runs (holds its lock)
+            child.kill()
+            child.wait()
+            assert sweep_abandoned(tmp_path) == [left.parent]  # killed: nothing holds it now
+            assert running.path.exists() and sweep_abandoned(tmp_path) == []  # a running one is never swept
+    finally:
+        child.kill()
+        child.wait()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_scratch_without_a_lock_is_swept_only_once_it_is_old(tmp_path):
+    young, old = tmp_path / "promptgen-rebuild-young", tmp_path / "promptgen-rebuild-old"
+    other = tmp_path / "not-ours"
+    for path in (young, old, other):
+        path.mkdir()
+    past = time.time() - UNLOCKED_GRACE_SECONDS - 60
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    assert sweep_abandoned(tmp_path) == [old]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-ours", "promptgen-rebuild-young"]
+    assert sweep_abandoned(tmp_path / "missing") == []

@@ -258,7 +258,9 @@ def retention(event: JobFinished, keep: timedelta) -> dict[str, Any]:
     end only brings that time forward (``$min``), in the same update as the end's status: one
     rewrite of the job document (which holds the job's results), not two. Whenever that update
     finds the job open, the time moves with the status; when it does not, an earlier end
-    already brought it forward (to an earlier time). Its persona documents carry no time of
+    already brought it forward (a later duplicate, from a process whose clock is behind, or a
+    parked end re-applied after a later event, leave it there: at most the job's deadline
+    later than that end would have made it). Its persona documents carry no time of
     their own: they leave with their job
     (:meth:`~services.adapters.read_models.ReadModels.drop_expired_jobs`), so a job's end
     rewrites none of them."""
@@ -281,6 +283,7 @@ def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Writ
         writes = [_expiring(w, event.deadline + job_retention) for w in writes]
     elif isinstance(event, JobFinished):
         (collection, end), *rest = writes  # the job document's end comes first
+        assert collection == JOBS, "a job's end writes its job document first"
         writes = [(collection, Change(end.filter, {**end.update, **retention(event, job_retention)})), *rest]
     return writes
 

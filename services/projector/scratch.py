@@ -23,6 +23,7 @@ import fcntl
 import os
 import shutil
 import sqlite3
+import stat
 import tempfile
 import time
 from collections import defaultdict
@@ -59,44 +60,76 @@ def _key(_id: Any) -> str | int | float:
     return _id
 
 
-def _held(lock: Path) -> int | None:
-    """``lock`` opened and locked for this process, or None when another holds it."""
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+def _claim(directory: Path) -> int:
+    """Lock a new scratch directory for this process: the lock file is made and locked under
+    another name, then renamed, so a sweep never finds ``owner.lock`` unlocked while the
+    rebuild lives. Returns the lock's descriptor (closed once the directory is gone)."""
+    making = directory / f".{LOCK_FILE}.new"
+    fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new file: no one else can hold it
+        os.rename(making, directory / LOCK_FILE)
+    except BaseException:
         os.close(fd)
-        return None
+        raise
     return fd
+
+
+def _abandoned_lock(directory: Path) -> int | None:
+    """The directory's lock, locked for this process when no living rebuild holds it (the
+    kernel releases a dead process's), else None. Only a regular file that is still the
+    directory's lock file counts: not a link, a FIFO or a file the rebuild deleted meanwhile."""
+    lock = directory / LOCK_FILE
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:  # none (yet, or any more), or a link: not ours to judge
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if os.fstat(fd).st_ino == os.lstat(lock).st_ino:
+                return fd
+    except OSError:  # held by a running rebuild (BlockingIOError), or gone
+        pass
+    os.close(fd)
+    return None
+
+
+def _ours(path: Path) -> bool:
+    """A real directory (not a link) of this process's user: nothing else is swept."""
+    try:
+        info = path.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
 
 
 def sweep_abandoned(directory: str | Path | None = None) -> list[Path]:
     """Delete the scratch directories in ``directory`` (the system's temporary directory when
     None) that no running rebuild holds: a rebuild killed before its end (SIGKILL, a crash, a
-    lost machine) leaves one of about the size of the read models. One holds its lock file
-    while it runs (the kernel lets go of it when the process dies); one without a lock file
-    yet is left alone for an hour (it may be being made). Returns what was deleted."""
+    lost machine) leaves one of about the size of the read models. A rebuild holds an
+    ``flock`` on its directory's lock file while it runs (the kernel lets go of it when the
+    process dies); a directory without a lock file is left alone for an hour (a rebuild may
+    be making it). Only real directories of this process's user are looked at. Returns what
+    was deleted."""
     parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
     try:
-        candidates = [p for p in parent.iterdir() if p.name.startswith(PREFIX) and p.is_dir()]
+        candidates = [p for p in parent.iterdir() if p.name.startswith(PREFIX) and _ours(p)]
     except OSError:  # no such directory (yet), or not ours to read: the rebuild says so when it makes its own
         return []
     swept: list[Path] = []
     for path in candidates:
         try:
-            lock = path / LOCK_FILE
-            if lock.exists():
-                fd = _held(lock)
-                if fd is None:
-                    continue  # a rebuild runs there
+            fd = _abandoned_lock(path)
+            if fd is not None:
                 try:
                     shutil.rmtree(path)
                 finally:
                     os.close(fd)
-            elif time.time() - path.stat().st_mtime > UNLOCKED_GRACE_SECONDS:
+            elif not (path / LOCK_FILE).exists() and time.time() - path.stat().st_mtime > UNLOCKED_GRACE_SECONDS:
                 shutil.rmtree(path)
             else:
-                continue
+                continue  # a rebuild runs there, or may be starting
         except OSError as exc:  # gone meanwhile, or not ours to delete: the next sweep tries again
             log.warning("rebuild_scratch_not_swept", path=str(path), error=str(exc))
             continue
@@ -129,7 +162,7 @@ class Scratch:
         await self._run(sweep_abandoned, self._parent)
         self._tmp = tempfile.TemporaryDirectory(prefix=PREFIX, dir=self._parent)
         try:
-            self._lock = _held(Path(self._tmp.name) / LOCK_FILE)
+            self._lock = _claim(Path(self._tmp.name))
             await self._run(self._open)
         except BaseException:
             await self.__aexit__()
@@ -141,12 +174,14 @@ class Scratch:
             await self._run(self._close)
         finally:
             self._thread.shutdown(wait=True)
-            if self._tmp is not None:
-                self._tmp.cleanup()
-                self._tmp = None
-            if self._lock is not None:
-                os.close(self._lock)
-                self._lock = None
+            try:
+                if self._tmp is not None:
+                    self._tmp.cleanup()
+                    self._tmp = None
+            finally:  # held until the directory is gone (a sweep then has nothing to find)
+                if self._lock is not None:
+                    os.close(self._lock)
+                    self._lock = None
 
     def _open(self) -> None:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)

@@ -164,3 +164,44 @@ def test_a_scratch_without_a_lock_is_swept_only_once_it_is_old(tmp_path):
     assert sweep_abandoned(tmp_path) == [old]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-ours", "promptgen-rebuild-young"]
     assert sweep_abandoned(tmp_path / "missing") == []
+
+
+def test_a_sweep_touches_no_link_and_no_lock_that_is_not_a_plain_file(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("x")
+    root = tmp_path / "scratch"
+    root.mkdir()
+    (root / "promptgen-rebuild-link").symlink_to(elsewhere)  # a link named like a scratch
+    linked = root / "promptgen-rebuild-linked-lock"  # a scratch whose lock is a link to another file
+    linked.mkdir()
+    (linked / "owner.lock").symlink_to(elsewhere / "keep")
+    fifo = root / "promptgen-rebuild-fifo"  # a lock that is a FIFO: opening it must not hang
+    fifo.mkdir()
+    os.mkfifo(fifo / "owner.lock")
+    assert sweep_abandoned(root) == []
+    assert (elsewhere / "keep").read_text() == "x" and linked.exists() and fifo.exists()
+
+
+def test_a_lock_file_is_never_found_unlocked_while_its_rebuild_lives(tmp_path, monkeypatch):
+    """The rebuild locks its lock file before it has that name: a sweep between the two finds no
+    lock file (and a young directory), never an unlocked one."""
+    from services.projector import scratch as scratch_module
+
+    seen: list[list[Path]] = []
+    rename = os.rename
+
+    def sweeping_between(src, dst):
+        seen.append(sweep_abandoned(tmp_path))  # another process's sweep, just before the rename
+        rename(src, dst)
+
+    monkeypatch.setattr(scratch_module.os, "rename", sweeping_between)
+    directory = tmp_path / "promptgen-rebuild-new"
+    directory.mkdir()
+    fd = scratch_module._claim(directory)
+    try:
+        assert seen == [[]] and (directory / "owner.lock").exists()
+        assert sweep_abandoned(tmp_path) == []  # held
+    finally:
+        os.close(fd)
+    assert sweep_abandoned(tmp_path) == [directory]  # its process let go: abandoned

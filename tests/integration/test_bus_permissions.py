@@ -231,11 +231,16 @@ async def test_each_service_is_refused_outside_its_subjects(as_user, admin_log):
 
         await gateway.nc.subscribe(subjects.PROJECTOR_CHECKPOINT, cb=hear)
         await gateway.nc.flush()
-        await projector.nc.publish(subjects.PROJECTOR_CHECKPOINT, b"7")
-        await eventually(lambda: _true(heard == [b"7"]), what="the projector's announcement heard by a gateway")
+
+        async def announced() -> bool:  # core NATS: at most once (a gateway also polls); said again until heard
+            await projector.nc.publish(subjects.PROJECTOR_CHECKPOINT, b"7")
+            await projector.nc.flush()
+            return bool(heard)
+
+        await eventually(announced, what="the projector's announcement heard by a gateway")
         await gateway.nc.publish(subjects.PROJECTOR_CHECKPOINT, b"8")
         await eventually(lambda: _true(gateway.refused(subjects.PROJECTOR_CHECKPOINT)), what="a refused publish")
-        assert heard == [b"7"]
+        assert set(heard) == {b"7"}
 
         # nobody reads another user's replies, nor deletes the event log
         await generator.nc.subscribe("_INBOX.gateway.>")

@@ -15,6 +15,8 @@ import asyncio
 import json
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import uvicorn
 from fastapi import BackgroundTasks, FastAPI
@@ -29,10 +31,18 @@ from services.runtime.settings import Settings
 
 
 def create_app() -> FastAPI:
-    app = FastAPI()
     settings = Settings(provider="openai")
     provider = OpenAIProvider(settings)
-    db = AsyncMongoClient(settings.mongo_url)["baseline"]
+    mongo = AsyncMongoClient(settings.mongo_url)
+    db = mongo["baseline"]
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await provider.aclose()  # its HTTP session, closed in the loop that made it
+        await mongo.close()
+
+    app = FastAPI(lifespan=lifespan)
     templates: dict[str, object] = {}
     personas: dict[str, Persona] = {}
     queues: dict[str, asyncio.Queue] = {}

@@ -169,31 +169,32 @@ class OpenAIProvider:
         return self._session
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        """The server's JSON answer, or :class:`HTTPStatusError` for any other status than 2xx
-        (redirects are not followed: they would carry the prompt to wherever they point).
-        A 2xx answer that is not JSON, or larger than :data:`MAX_ANSWER_BYTES`, is an
-        ``invalid_output`` failure."""
-        async with self._http().request(method, self.base_url + path, json=body, allow_redirects=False) as response:
-            raw = bytearray()
-            async for chunk in response.content.iter_chunked(1 << 16):
-                raw += chunk
-                if len(raw) > MAX_ANSWER_BYTES:
-                    raise LLMError("invalid_output", f"LLM answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
-            answer, readable = _json(bytes(raw))
-            if response.status >= 300:
-                raise HTTPStatusError(response.status, response.headers, answer)
-            if not readable:
-                raise LLMError("invalid_output", "LLM answer is not JSON", retryable=True)
-            return answer
+        """The server's JSON answer; any failure is raised as the :class:`LLMError` that
+        :func:`classify` makes of it (any status but 2xx included: redirects are not followed,
+        they would carry the prompt to wherever they point). A 2xx answer that is not JSON, or
+        larger than :data:`MAX_ANSWER_BYTES`, is an ``invalid_output`` failure."""
+        try:
+            async with self._http().request(method, self.base_url + path, json=body,
+                                            allow_redirects=False) as response:
+                raw = bytearray()
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    raw += chunk
+                    if len(raw) > MAX_ANSWER_BYTES:
+                        raise LLMError("invalid_output", f"LLM answer larger than {MAX_ANSWER_BYTES >> 20} MiB")
+                answer, readable = _json(bytes(raw))
+                if response.status >= 300:
+                    raise HTTPStatusError(response.status, response.headers, answer)
+                if not readable:
+                    raise LLMError("invalid_output", "LLM answer is not JSON", retryable=True)
+                return answer
+        except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
+            raise classify(exc) from None
 
     async def _complete(self, msgs: list[Message], *, json_mode: bool) -> GeneratedText:
         body: dict[str, Any] = {"model": self.model, "messages": msgs, "temperature": self.temperature}
         if json_mode:
             body["response_format"] = {"type": "json_object"}
-        try:
-            answer = await self._request("POST", "/chat/completions", body)
-        except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
-            raise classify(exc) from None
+        answer = await self._request("POST", "/chat/completions", body)
         text, model, usage = _read_completion(answer)
         if not text:
             raise LLMError("invalid_output", "LLM answered with empty content", retryable=True)
@@ -227,10 +228,7 @@ class OpenAIProvider:
 
     async def check(self) -> None:
         """List the models: a cheap call that proves the server answers and takes the key."""
-        try:
-            await self._request("GET", "/models")
-        except Exception as exc:  # noqa: BLE001 - every failure is classified; not chained: it holds the server's message
-            raise classify(exc) from None
+        await self._request("GET", "/models")
 
     async def aclose(self) -> None:
         self._closed = True

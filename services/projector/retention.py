@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from contextlib import AbstractAsyncContextManager
 
 import structlog
 
@@ -27,7 +26,7 @@ JOBS_PER_ROUND = 20  # the fold waits while a round runs
 
 
 async def drop_expired_views(models: ReadModelsPort, stop: asyncio.Event, *,
-                             exclusive: AbstractAsyncContextManager | None = None, clock: Clock = utc_now,
+                             exclusive: contextlib.AbstractAsyncContextManager | None = None, clock: Clock = utc_now,
                              every: float = RETENTION_SWEEP_SECONDS) -> None:
     """Until ``stop``: each ``every`` seconds, delete every job view past its retention, in rounds
     of at most :data:`JOBS_PER_ROUND` jobs, each holding ``exclusive`` (the fold's lock)."""

@@ -29,6 +29,7 @@ from services.runtime.settings import Settings
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_ANSWER_BYTES = 8 << 20  # a chat completion is kilobytes; more is not read into memory
 MAX_TOKEN_COUNT = 1 << 31  # a token count the server says beyond this is not believed (and not stored)
+MAX_RETRY_AFTER = 300.0  # seconds: the most of a server's retry-after that is followed
 # A model name as the server answers it (``gpt-4o-2024-08-06``, ``meta-llama/Llama-3.1-8B``); any
 # other string is not passed on to events and metric labels: the configured model name is.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}")
@@ -54,9 +55,6 @@ class HTTPStatusError(Exception):
         # Whether the server said "insufficient_quota" anywhere in its error, without keeping it.
         self.quota = any("insufficient_quota" in str(error.get(k) or "") for k in ("code", "type", "message"))
         super().__init__(f"HTTP {status}")
-
-
-MAX_RETRY_AFTER = 300.0  # seconds: the most of a server's retry-after that is followed
 
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:

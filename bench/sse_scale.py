@@ -185,7 +185,7 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
     sse, sse_end, complete, statuses = [], [], 0, {}
     for job_id, history in histories.items():
         expected = _expected_ids(history)
-        end_seq = int(expected[-1])  # the job's end: its messages wait for the projector (read-your-writes)
+        end_seq = int(expected[-1])  # the job's end, reported apart (it once waited for the projector)
         for r in reports:
             for s in r["jobs"][job_id]:
                 statuses[s["status"]] = statuses.get(s["status"], 0) + 1

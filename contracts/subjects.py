@@ -64,6 +64,22 @@ def job_id_of(subject: str) -> str | None:
     return parts[2] if len(parts) > 3 and parts[0] == PREFIX and parts[1] == "job" else None
 
 
+def ended_job(subject: str) -> str | None:
+    """The job whose end ``subject`` is (``promptgen.job.<job_id>.completed``, ``.cancelled`` or
+    ``.expired``), or None."""
+    parts = subject.split(".")
+    return parts[2] if len(parts) == 4 and parts[0] == PREFIX and parts[1] == "job" and parts[3] in JOB_ENDS \
+        else None
+
+
+def prompted_persona(subject: str) -> str | None:
+    """The persona whose prompt ``subject`` brings (``promptgen.job.<job_id>.persona.<persona_id>.completed``),
+    or None."""
+    parts = subject.split(".")
+    return parts[4] if len(parts) == 6 and parts[0] == PREFIX and parts[1] == "job" and parts[3] == "persona" \
+        and parts[5] == "completed" else None
+
+
 def job_history(job_id: str) -> str:
     """Every event of one job, in log order."""
     return f"{PREFIX}.job.{job_id}.>"

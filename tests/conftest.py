@@ -15,6 +15,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from fastapi import FastAPI
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.test.globals_test import reset_trace_globals
 
@@ -108,6 +109,7 @@ class InProcessSystem:
         self.stops: dict[str, asyncio.Event] = {}
         self.tasks: dict[str, asyncio.Task] = {}
         self.server: uvicorn.Server | None = None
+        self.app: FastAPI | None = None
         self.metrics: dict[str, Metrics] = {}  # each service's own registry, as in its own process
 
     def start_service(self, name: str, settings: Settings | None = None) -> None:
@@ -126,7 +128,7 @@ class InProcessSystem:
         if generator:
             self.start_service("generator", self.per_service.get("generator"))
         self.metrics["gateway"] = Metrics()
-        app = create_app(self.per_service.get("gateway", self.settings), metrics=self.metrics["gateway"])
+        app = self.app = create_app(self.per_service.get("gateway", self.settings), metrics=self.metrics["gateway"])
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                 log_config=None, access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)

@@ -327,7 +327,7 @@ class DerivedReads:
         raise NotImplementedError
 
     def follow_batches(self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,
-                       wanted: Callable[[str], bool] | None = None) -> AsyncIterator[list[StoredEvent]]:
+                       wanted: Callable[[str, int], bool] | None = None) -> AsyncIterator[list[StoredEvent]]:
         raise NotImplementedError
 
     async def first_seq_on(self, subjects_: list[str]) -> int | None:
@@ -612,11 +612,11 @@ class EventLog(DerivedReads):
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,
-        wanted: Callable[[str], bool] | None = None, check_after: float = 10.0,
+        wanted: Callable[[str, int], bool] | None = None, check_after: float = 10.0,
     ) -> AsyncIterator[list[StoredEvent]]:
         """Like :meth:`follow`, grouping whatever has already arrived into batches. With
-        ``wanted``, only the messages whose subject it accepts are decoded and yielded (a
-        batch left empty is not).
+        ``wanted``, only the messages it accepts are decoded and yielded (a batch left empty is
+        not): it is asked about every message, in log order, with its subject and stream sequence.
 
         An ordered consumer whose server died can stall for good (nats-py does not always
         reset it when heartbeats stop): after ``check_after`` seconds without a message, the
@@ -631,7 +631,7 @@ class EventLog(DerivedReads):
                     await self._still_there(sub)
                     continue
                 if wanted is not None:
-                    msgs = [msg for msg in msgs if wanted(msg.subject)]
+                    msgs = [msg for msg in msgs if wanted(msg.subject, msg.metadata.sequence.stream)]
                     if not msgs:
                         continue
                 yield [stored_message(msg) for msg in msgs]

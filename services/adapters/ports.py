@@ -98,7 +98,7 @@ class EventLogPort(Protocol):
     def follow(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]: ...
     def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,
-        wanted: Callable[[str], bool] | None = None,
+        wanted: Callable[[str, int], bool] | None = None,
     ) -> AsyncIterator[list[StoredEvent]]: ...
     async def work_queue(
         self, durable: str, filter_subject: str, *, max_ack_pending: int, ack_wait: float, max_deliver: int,

@@ -17,6 +17,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Guard, open_guard
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
+from services.gateway.freshness import ReadFence
 from services.gateway.projection import ProjectionWaiter
 from services.gateway.quotas import TenantQuotas
 from services.gateway.sse import server_exiting
@@ -37,6 +38,7 @@ class Gateway:
     provider: Provider
     limiter: SharedLimiter | None
     waiter: ProjectionWaiter
+    fence: ReadFence
     feeds: JobFeeds
     parked: ParkedEvents
     capacity: Capacities
@@ -73,7 +75,8 @@ async def bootstrap(
     await parked.ensure()
     waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
     await waiter.listen(event_log)
-    feeds = JobFeeds(event_log, ping_seconds=settings.sse_ping_seconds, exiting=server_exiting)
+    fence = ReadFence(event_log, waiter, timeout=settings.projection_wait_seconds)
+    feeds = JobFeeds(event_log, ping_seconds=settings.sse_ping_seconds, exiting=server_exiting, fence=fence)
     await feeds.start()
     stack.push_async_callback(feeds.close)
     # no live SSE stream would move without the feed: take this gateway out of rotation
@@ -81,7 +84,7 @@ async def bootstrap(
                     ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models)})
     return Gateway(
         settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
-        waiter=waiter, feeds=feeds, parked=parked,
+        waiter=waiter, fence=fence, feeds=feeds, parked=parked,
         capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
         quotas=quotas, stack=stack,
     )

@@ -18,6 +18,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller, Guard, require, stream_reader
 from services.gateway.capacity import Capacities
 from services.gateway.feeds import JobFeeds
+from services.gateway.freshness import ReadFence
 from services.gateway.projection import ProjectionWaiter
 from services.gateway.quotas import TenantQuotas
 from services.runtime.lifecycle import Clock
@@ -40,6 +41,7 @@ ModelsDep = Annotated[ReadModelsPort, Depends(_state("models"))]
 ProviderDep = Annotated[Provider, Depends(_state("provider"))]
 FeedsDep = Annotated[JobFeeds, Depends(_state("feeds"))]
 WaiterDep = Annotated[ProjectionWaiter, Depends(_state("waiter"))]
+FenceDep = Annotated[ReadFence, Depends(_state("fence"))]
 LimiterDep = Annotated[SharedLimiter | None, Depends(_state("limiter"))]
 CapacityDep = Annotated[Capacities, Depends(_state("capacity"))]
 ParkedDep = Annotated[ParkedEvents, Depends(_state("parked"))]

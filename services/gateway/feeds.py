@@ -1,6 +1,7 @@
 """Live job feeds shared by every SSE client of a gateway.
 
-One ordered JetStream consumer per gateway follows ``promptgen.job.>``; each
+One ordered JetStream consumer per gateway follows the whole log (``promptgen.>``: the
+read fence, :mod:`.freshness`, is told of every event); each
 job that has watchers gets a :class:`JobChannel` holding its history (loaded
 once from the log) and every later event, each decoded and rendered once. A
 client is a cursor into that list: a thousand clients of one job cost one
@@ -35,6 +36,7 @@ from contracts import subjects
 from contracts.events import JobFinished, JobRequested, UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort
+from services.gateway.freshness import ReadFence
 from services.gateway.sse_messages import encode, render
 from services.runtime.lifecycle import cancel_and_wait
 
@@ -92,9 +94,11 @@ class JobChannel:
 
 class JobFeeds:
     def __init__(self, event_log: EventLogPort, *, ping_seconds: float = 15.0,
-                 exiting: Callable[[], bool] = lambda: False) -> None:
-        """``exiting()``: whether the server is shutting down (then every stream ends)."""
+                 exiting: Callable[[], bool] = lambda: False, fence: ReadFence | None = None) -> None:
+        """``exiting()``: whether the server is shutting down (then every stream ends); ``fence``:
+        told where the feed starts, then of every event of the log, in order."""
         self.log = event_log
+        self.fence = fence
         self.channels: dict[str, JobChannel] = {}
         self.ping_seconds = ping_seconds
         self.exiting = exiting
@@ -110,6 +114,8 @@ class JobFeeds:
         # From the log's end as the gateway starts: the consumer starts at a sequence, so no
         # live event is missed whenever its subscription is made.
         self._position = await self.log.last_seq()
+        if self.fence is not None:
+            self.fence.starts_at(self._position)
         self._task = asyncio.create_task(self._run(), name="job-feeds")
         self._beating = asyncio.create_task(self._beat(), name="job-feeds-keepalive")
 
@@ -142,14 +148,16 @@ class JobFeeds:
                 await asyncio.sleep(1)
             log.warning("job_feed_restarted", position=self._position)
 
-    def _shown(self, subject: str) -> bool:
+    def _shown(self, subject: str, seq: int) -> bool:
         """Whether a live event can reach a client, by its subject alone (so no other is decoded):
         one of a job with a channel here, and not a work item (no client is shown one). A job's
-        channel made later loads what came before from the log."""
+        channel made later loads what came before from the log. Every event is observed."""
+        if self.fence is not None:
+            self.fence.observe(subject, seq)
         return subjects.job_id_of(subject) in self.channels and not subjects.is_work_item(subject)
 
     async def _dispatch(self) -> None:
-        async with aclosing(self.log.follow_batches(subjects.ALL_JOBS, self._position + 1,
+        async with aclosing(self.log.follow_batches(subjects.ALL, self._position + 1,
                                                     wanted=self._shown)) as batches:
             async for batch in batches:
                 for stored in batch:

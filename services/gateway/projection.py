@@ -41,6 +41,16 @@ class ProjectionWaiter:
         self._poller: asyncio.Task | None = None
         self._heard_at: float | None = None  # the event loop's time of the last announcement
 
+    @property
+    def checkpoint(self) -> int:
+        """The newest checkpoint seen (announced, or read while a request waited)."""
+        return self._seen
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for the projector now."""
+        return self._waiting
+
     async def listen(self, event_log: EventLogPort) -> None:
         """Hear the projector's announcements from now on."""
         await event_log.subscribe(subjects.PROJECTOR_CHECKPOINT, self._announced)
@@ -83,8 +93,8 @@ class ProjectionWaiter:
             self._waiting -= 1
 
     async def _poll(self) -> None:
-        # Backs off from 2 ms to 10 ms while the checkpoint stands still: a job's last SSE messages
-        # wait here for the projector (tens of ms), and the step that overshoots is added to them.
+        # Backs off from 2 ms to 10 ms while the checkpoint stands still: a read after a job's end
+        # waits here for the projector (tens of ms), and the step that overshoots is added to it.
         delay = 0.002
         while self._waiting and self._seen < self._wanted:
             if self._hearing():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import aclosing
 
 from sse_starlette.sse import AppStatus
@@ -12,7 +12,7 @@ from starlette.types import Receive, Scope, Send
 
 from contracts.events import JobFinished
 from services.gateway.capacity import Slot
-from services.gateway.feeds import Delivery, JobFeeds
+from services.gateway.feeds import JobFeeds
 from services.gateway.sse_messages import Position, encode, unseen
 from services.runtime import tracing
 from services.runtime.metrics import Metrics
@@ -31,16 +31,15 @@ async def stream_job_events(
     *,
     start_seq: int,
     after: Position | None,
-    before_end: Callable[[int], Awaitable[object]] | None = None,
     retry_ms: int = 0,
     metrics: Metrics | None = None,
 ) -> AsyncIterator[bytes]:
     """A job's SSE messages from its start (or after ``after``), live, ending after its results.
 
-    Whatever is ready is sent in one write. ``before_end(seq)`` runs before the
-    final messages go out: the gateway waits there for the projector, so a poll
-    right after ``results`` sees the final view. ``retry_ms`` (when set) goes first: how
-    soon a browser reconnects, with ``Last-Event-ID``, if the stream drops."""
+    Whatever is ready is sent in one write, the job's end as soon as the log has it: a read
+    right after ``results`` waits for the projector itself (:mod:`.freshness`). ``retry_ms``
+    (when set) goes first: how soon a browser reconnects, with ``Last-Event-ID``, if the
+    stream drops."""
     if retry_ms:
         yield f"retry: {retry_ms}\n\n".encode()
     # Each delivered event is traced in the job's trace (a child of its publish), linked to the
@@ -51,36 +50,26 @@ async def stream_job_events(
             if not batch:  # a keep-alive beat, nothing new
                 yield PING
                 continue
-            for part in _split_at_end(batch):  # what comes before the end does not wait with it
-                chunk: list[bytes] = []
-                sent = 0
-                delivered = []
-                for stored, items, wire in part:
-                    todo = unseen(stored.seq, items, after)
-                    if not todo:
-                        continue
-                    if isinstance(stored.event, JobFinished) and before_end is not None:
-                        await before_end(stored.seq)
-                    chunk.append(wire if len(todo) == len(items) else encode(todo))
-                    sent += len(todo)
-                    delivered.append(stored)
-                if chunk:
-                    spans = tracing.event_spans("sse deliver", delivered, links=[stream_request])
-                    try:
-                        yield b"".join(chunk)  # back here once the chunk is written (or the client left)
-                    finally:
-                        tracing.end_spans(spans)
-                    if metrics is not None:
-                        metrics.sse_messages.inc(sent)
-            if batch and isinstance(batch[-1][0].event, JobFinished):
+            chunk: list[bytes] = []
+            sent = 0
+            delivered = []
+            for stored, items, wire in batch:
+                todo = unseen(stored.seq, items, after)
+                if not todo:
+                    continue
+                chunk.append(wire if len(todo) == len(items) else encode(todo))
+                sent += len(todo)
+                delivered.append(stored)
+            if chunk:
+                spans = tracing.event_spans("sse deliver", delivered, links=[stream_request])
+                try:
+                    yield b"".join(chunk)  # back here once the chunk is written (or the client left)
+                finally:
+                    tracing.end_spans(spans)
+                if metrics is not None:
+                    metrics.sse_messages.inc(sent)
+            if isinstance(batch[-1][0].event, JobFinished):
                 return
-
-
-def _split_at_end(batch: list[Delivery]) -> list[list[Delivery]]:
-    """``batch`` in one write, or two when it holds the job's end: the messages before it go out
-    at once, and the end's wait for the projector holds back only the end."""
-    end = next((i for i, (stored, _, _) in enumerate(batch) if isinstance(stored.event, JobFinished)), 0)
-    return [batch[:end], batch[end:]] if end else [batch]
 
 
 class HeldEventStream(StreamingResponse):

@@ -145,14 +145,14 @@ class MemoryEventLog(DerivedReads):
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,
-        wanted: Callable[[str], bool] | None = None,
+        wanted: Callable[[str, int], bool] | None = None,
     ) -> AsyncIterator[list[StoredEvent]]:
         source = self._streams[self.stream]
         cursor = max(1, start_seq) - 1
         while True:
             if found := source.after(cursor, filter_subject, max_batch):
                 cursor = found[-1].seq
-                if kept := [msg for msg in found if wanted is None or wanted(msg.subject)]:
+                if kept := [msg for msg in found if wanted is None or wanted(msg.subject, msg.seq)]:
                     yield [_event(msg) for msg in kept]
             else:
                 await source.changed.wait(None)

@@ -23,6 +23,7 @@ from tests.crash.harness import Deployment
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.readmodels import snapshot
 from tests.sse_client import SseMessage, read_sse
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -76,7 +77,14 @@ async def _assert_each_persona_completed_once(d: Deployment, job_id: str, ids: l
     assert sum(1 for s in history if s.event.type == "job.completed") == 1
     client = mongo_client(_settings(d))
     try:
-        docs = [doc async for doc in client[d.db].personas_v2.find({"_id": {"$in": ids}})]
+        models = ReadModels(client[d.db])
+        end = max(s.seq for s in history)
+
+        async def projected() -> bool:  # the job's end reaches SSE clients before the projector has it
+            return await models.checkpoint() >= end
+
+        await eventually(projected, timeout=60, what="the projector applying the job's end")
+        docs = [doc async for doc in models.personas.find({"_id": {"$in": ids}})]
     finally:
         await client.close()
     assert len(docs) == PERSONAS and all(doc.get("system_prompt") for doc in docs)

@@ -42,8 +42,12 @@ async def test_manual_flow_generates_and_saves_every_prompt(client, models, scen
     assert results["personas"][ids[1]]["mode"] == "try_mode"
     assert results["personas"][ids[1]]["persona_name"] == personas[1]["name"]
 
-    # Once results are out, the persona documents already hold the prompts.
+    # Once results are out, the personas read hold the prompts (the read waits for the projector
+    # to have what the stream has sent), and so do their documents.
     for pid in ids:
+        view = (await client.get(f"/scenario/personas/{pid}")).json()
+        assert len(view["system_prompt"]) == results["personas"][pid]["prompt_length"]
+        assert view["prompt_mode"] == modes[pid]
         doc = await models.personas.find_one({"_id": pid})
         assert doc["system_prompt"] and len(doc["system_prompt"]) == results["personas"][pid]["prompt_length"]
         assert doc["prompt_mode"] == modes[pid]

@@ -8,7 +8,7 @@ from nats.js.errors import NotFoundError
 from contracts import subjects
 from services.generator.consumers import WORKERS
 from tests.conftest import InProcessSystem
-from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
 from tests.sse_client import read_sse
 from tests.waiting import eventually
 
@@ -61,8 +61,8 @@ async def test_finished_job_views_leave_after_their_retention_and_fall_back_to_t
     personas = await create_personas(client, template_id, 2)
     job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
     other = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
-    await read_sse(client, job["sse_endpoint"])
-    await read_sse(client, other["sse_endpoint"])
+    await follow_to_end(client, job)
+    await follow_to_end(client, other)
     doc = await models.jobs.find_one({"_id": job["job_id"]})
     assert doc["expire_at"] > doc["finished_at"]
 
@@ -81,7 +81,7 @@ async def test_a_job_aged_out_of_the_log_is_404_with_a_message(client, models, e
     template_id = await create_template(client, scenario_document)
     personas = await create_personas(client, template_id, 1)
     job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
-    await read_sse(client, job["sse_endpoint"])
+    await follow_to_end(client, job)
     await models.jobs.delete_one({"_id": job["job_id"]})
     await event_log.js.purge_stream(event_log.stream, subject=subjects.job_history(job["job_id"]))
     for path in (job["sse_endpoint"], f"/scenario/v2/job-status/{job['job_id']}"):

@@ -7,6 +7,8 @@ import asyncio
 from contextlib import aclosing
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from contracts import subjects
 from contracts.events import JobCompleted, PersonaFailed
 from tests.samples import job_requested, results
@@ -240,9 +242,9 @@ async def test_the_feed_decodes_only_events_a_client_here_can_be_shown(lone_gate
     assert feeds.alive
 
 
-async def test_messages_read_with_a_jobs_end_do_not_wait_for_the_projector_with_it(event_log):
-    """The end's messages wait until the projector has the end (a poll after ``results`` sees the
-    final view); the messages that came in the same read before it go out at once."""
+async def test_a_jobs_end_goes_out_with_what_came_before_it_without_a_projector(event_log):
+    """A job's end is sent as soon as the log has it, in the same write as what was read with it:
+    no projector runs here (a read after ``results`` waits for it instead: test_read_fence.py)."""
     from services.gateway.feeds import JobFeeds
     from services.gateway.sse import stream_job_events
 
@@ -250,20 +252,11 @@ async def test_messages_read_with_a_jobs_end_do_not_wait_for_the_projector_with_
     await _fails(event_log, "j")  # the whole history, end included, is one read
     feeds = JobFeeds(event_log)
     await feeds.start()
-    projected, waiting = asyncio.Event(), asyncio.Event()
-
-    async def before_end(seq: int) -> None:
-        waiting.set()
-        await projected.wait()
-
     try:
-        async with aclosing(stream_job_events(feeds, "j", start_seq=1, after=None, before_end=before_end)) as stream:
+        async with aclosing(stream_job_events(feeds, "j", start_seq=1, after=None)) as stream:
             first = await asyncio.wait_for(anext(stream), 20)
-            assert b'"persona_progress"' in first and b'"results"' not in first
-            end = asyncio.ensure_future(anext(stream))
-            await asyncio.wait_for(waiting.wait(), 20)
-            assert not end.done()  # held for the projector
-            projected.set()
-            assert b'"results"' in await asyncio.wait_for(end, 20)
+            assert b'"persona_progress"' in first and b'"results"' in first
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(anext(stream), 20)
     finally:
         await feeds.close()

@@ -15,7 +15,7 @@ import pytest
 from contracts import subjects
 from contracts.events import UPCASTERS, encode_event
 from services.projector import job_manager
-from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
 from tests.samples import persona
 from tests.sse_client import read_sse
 from tests.waiting import eventually
@@ -52,7 +52,7 @@ async def _run_a_job(client, scenario_document: str, count: int = 3) -> dict:
     template_id = await create_template(client, scenario_document)
     personas = await create_personas(client, template_id, count)
     job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
-    stream = await read_sse(client, job["sse_endpoint"])
+    stream = await follow_to_end(client, job)  # the read models hold the whole job from here
     assert stream.messages[-1].data["type"] == "results", stream.messages[-1]
     return stream.messages[-1].data["results"]
 

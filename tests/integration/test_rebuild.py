@@ -8,7 +8,7 @@ from services.adapters.read_models import ReadModels
 from services.cli.rebuild import run_rebuild
 from services.projector.rebuild import rebuild_into
 from services.projector.scratch import Scratch
-from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
 from tests.readmodels import snapshot
 from tests.sse_client import read_sse
 
@@ -19,7 +19,7 @@ async def _some_history(client, document, *, interaction: bool = True):
     ids = [p["id"] for p in personas]
     for subset in (ids, ids[:2]):
         job = await start_job(client, template_id, cycle_modes(subset))
-        await read_sse(client, job["sse_endpoint"])
+        await follow_to_end(client, job)
     if interaction:
         await client.post("/avatar-interactions", json={"mode": "try_mode", "persona_id": ids[0]})
     return ids
@@ -49,7 +49,7 @@ async def test_promptgen_rebuild_switches_the_running_projector_to_rebuilt_colle
     # the live projector carries on from the rebuilt checkpoint
     template_id = before["personas_v2"][0]["template_id"]
     job = await start_job(client, template_id, cycle_modes(ids[:1]))
-    stream = await read_sse(client, job["sse_endpoint"])
+    stream = await follow_to_end(client, job)
     assert stream.messages[-1].data["results"]["successful"] == 1
     assert await models.jobs.count_documents({}) == 3
 

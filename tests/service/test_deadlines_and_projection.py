@@ -10,7 +10,7 @@ from services.adapters.parked import ParkedEvents
 from services.gateway.projection import ProjectionWaiter
 from services.projector.fold import Fold
 from tests.conftest import SCENARIO
-from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
 from tests.readmodels import snapshot
 from tests.samples import job_requested
 from tests.sse_client import read_sse
@@ -150,7 +150,7 @@ async def test_a_rebuild_while_the_projector_runs_gives_the_same_read_models(run
     template_id = await create_template(gateway, SCENARIO)
     personas = await create_personas(gateway, template_id, 3)
     job = await start_job(gateway, template_id, cycle_modes([p["id"] for p in personas]))
-    await read_sse(gateway, job["sse_endpoint"])  # the job ended and its end is projected
+    await follow_to_end(gateway, job)  # the job ended and its end is projected
     before = await snapshot(memory_models)
     fold = running.services["projector"][0].fold
     position = await fold.rebuild(_no_progress)

@@ -10,7 +10,15 @@ from fastapi import APIRouter
 from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
 from services.adapters.ports import ReadModelsPort
-from services.gateway.deps import EventLogDep, InteractionIdPath, ModelsDep, Reader, ScenarioWriter, WaiterDep
+from services.gateway.deps import (
+    EventLogDep,
+    FenceDep,
+    InteractionIdPath,
+    ModelsDep,
+    Reader,
+    ScenarioWriter,
+    WaiterDep,
+)
 from services.gateway.errors import not_found, responses
 from services.gateway.json_body import JSONBodyRoute
 
@@ -49,9 +57,11 @@ async def create_interaction(
 
 @router.get("/{interaction_id}", response_model=AvatarInteractionView, responses=responses(404, 422))
 async def get_interaction(
-    interaction_id: InteractionIdPath, caller: Reader, models: ModelsDep
+    interaction_id: InteractionIdPath, caller: Reader, models: ModelsDep, fence: FenceDep,
 ) -> AvatarInteractionView:
     doc = await models.interactions.find_one({"_id": interaction_id})
     if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("avatar_interaction", interaction_id)
+    if doc.get("persona_id"):
+        await fence.personas([doc["persona_id"]])  # the persona's newest prompt, if the log holds one
     return await _view(doc, models)

@@ -23,6 +23,7 @@ from services.gateway.deps import (
     ClockDep,
     EventLogDep,
     FeedsDep,
+    FenceDep,
     GuardDep,
     JobIdPath,
     JobWriter,
@@ -35,6 +36,7 @@ from services.gateway.deps import (
     WaiterDep,
 )
 from services.gateway.errors import ApiError, job_not_found, responses
+from services.gateway.freshness import ReadFence
 from services.gateway.history import job_history_page
 from services.gateway.jobs import (
     build_job,
@@ -120,7 +122,6 @@ async def prompt_generation_status(
     event_log: EventLogDep,
     models: ModelsDep,
     settings: SettingsDep,
-    waiter: WaiterDep,
     feeds: FeedsDep,
     capacity: CapacityDep,
     metrics: MetricsDep,
@@ -142,7 +143,7 @@ async def prompt_generation_status(
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
     return HeldEventStream(
-        stream_job_events(feeds, job_id, start_seq=requested_seq, after=after, before_end=waiter.wait_for,
+        stream_job_events(feeds, job_id, start_seq=requested_seq, after=after,
                           retry_ms=settings.sse_retry_ms, metrics=metrics),
         slot=capacity.sse_streams.take(),
         metrics=metrics,  # the last thing before the response: it gives the slot back
@@ -152,16 +153,31 @@ async def prompt_generation_status(
 
 @router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422))
 async def job_status(
-    job_id: JobIdPath, caller: Reader, models: ModelsDep, event_log: EventLogDep, guard: GuardDep
+    job_id: JobIdPath, caller: Reader, models: ModelsDep, event_log: EventLogDep, guard: GuardDep, fence: FenceDep,
 ) -> JobView:
     """The polling alternative to SSE. With auth on, ``sse_endpoint`` carries a fresh stream token: a
     page opened on a job it did not start (or whose token expired) follows it with an EventSource."""
-    view = await _job_view(job_id, caller, models, event_log)
+    view = await _job_view(job_id, caller, models, event_log, fence)
     return view.model_copy(update={"sse_endpoint": guard.stream_endpoint(job_id, caller)})
 
 
-async def _job_view(job_id: str, caller: Caller, models: ReadModelsPort, event_log: EventLogPort) -> JobView:
+async def _job_doc(models: ReadModelsPort, job_id: str, fence: ReadFence) -> tuple[dict | None, bool]:
+    """The job's document, and whether it is up to date: a running job's is read again once the
+    projector has the job's end, if the log holds it (a client may have seen that end on its SSE
+    stream). False when that wait timed out."""
     doc = await models.jobs.find_one({"_id": job_id})
+    if doc is None or doc.get("status") != "processing":
+        return doc, True
+    if not await fence.jobs([job_id]):
+        return doc, False
+    return await models.jobs.find_one({"_id": job_id}), True
+
+
+async def _job_view(job_id: str, caller: Caller, models: ReadModelsPort, event_log: EventLogPort,
+                    fence: ReadFence) -> JobView:
+    doc, current = await _job_doc(models, job_id, fence)
+    if not current:
+        doc = None  # the projector has not caught up in time: the log says how the job stands
     if doc is not None:
         if not caller.owns(doc.get("tenant")):
             raise job_not_found(job_id)
@@ -174,11 +190,25 @@ async def _job_view(job_id: str, caller: Caller, models: ReadModelsPort, event_l
 
 
 @router.get("/jobs", response_model=JobList, responses=responses(422))
-async def list_jobs(caller: Reader, models: ModelsDep, limit: int = Query(20, ge=1, le=200)) -> JobList:
+async def list_jobs(caller: Reader, models: ModelsDep, fence: FenceDep,
+                    limit: int = Query(20, ge=1, le=200)) -> JobList:
     """The caller's tenant's recent jobs, newest first."""
     fields = ["status", "template_id", "template_data.title", "total_personas", "created_at", "finished_at",
               "retry_of"]
-    docs = [d async for d in models.jobs.find(caller.only_mine(), fields).sort("created_at", -1).limit(limit)]
+
+    async def page() -> list[dict]:
+        return [d async for d in models.jobs.find(caller.only_mine(), fields).sort("created_at", -1).limit(limit)]
+
+    # A running job may have ended: wait for the projector to have those ends, and read again. A
+    # job the read before did not show yet (its request just applied) is waited for in turn.
+    docs, fenced = await page(), set()
+    for _ in range(3):
+        running = {d["_id"] for d in docs if d["status"] == "processing"} - fenced
+        if not running:
+            break
+        await fence.jobs(running)
+        fenced |= running
+        docs = await page()
     counts = await models.persona_counts([d["_id"] for d in docs])
     return JobList(jobs=[
         JobSummary(
@@ -197,7 +227,7 @@ async def list_jobs(caller: Reader, models: ModelsDep, limit: int = Query(20, ge
              responses=responses(404, 409, 413, 422, 429))
 async def cancel_job(
     job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep,
-    guard: GuardDep,
+    guard: GuardDep, fence: FenceDep,
 ) -> JobView:
     """Stop a running job: no new LLM call starts; unfinished personas end ``cancelled``."""
     await _owned_seq(event_log, models, job_id, caller)
@@ -209,19 +239,23 @@ async def cancel_job(
     cancel = JobCancelRequested(job_id=job_id, correlation_id=job_id, **caller.stamp())
     await waiter.wait_for(await event_log.publish(cancel))
     log.info("job_cancel_requested", job_id=job_id)
-    return await job_status(job_id, caller, models, event_log, guard)
+    return await job_status(job_id, caller, models, event_log, guard, fence)
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
-             response_model_exclude_none=True, responses=responses(404, 409, 413, 422, 429))
+             response_model_exclude_none=True, responses=responses(404, 409, 413, 422, 429, 503))
 async def retry_failed(
     job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, settings: SettingsDep,
-    clock: ClockDep, guard: GuardDep, quotas: QuotasDep,
+    clock: ClockDep, guard: GuardDep, quotas: QuotasDep, fence: FenceDep,
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
-    doc = await models.jobs.find_one({"_id": job_id})
+    doc, current = await _job_doc(models, job_id, fence)
     if doc is None or not caller.owns(doc.get("tenant")):
         raise job_not_found(job_id)
+    if not current:
+        raise ApiError(503, "projection_lagging",
+                       f"Job '{job_id}''s view is behind the event log (its end is not written yet); "
+                       "try again shortly", ids=[job_id], headers={"Retry-After": "1"})
     if doc["status"] == "processing":
         raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
                        ids=[job_id])

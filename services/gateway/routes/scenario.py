@@ -24,6 +24,7 @@ from services.adapters.llm.base import LLMError
 from services.adapters.llm.limits import estimated_tokens, limited
 from services.gateway.deps import (
     EventLogDep,
+    FenceDep,
     LimiterDep,
     ModelsDep,
     PersonaIdPath,
@@ -124,7 +125,8 @@ async def generate_personas(
 
 
 @router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422))
-async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsDep) -> PersonaView:
+async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsDep, fence: FenceDep) -> PersonaView:
+    await fence.personas([persona_id])  # a prompt the log already holds is in what is read next
     doc = await models.personas.find_one({"_id": persona_id})
     if doc is None or not caller.owns(doc.get("tenant")):
         raise not_found("persona", persona_id)
@@ -132,8 +134,16 @@ async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsD
 
 
 @router.get("/personas", response_model=PersonaList, responses=responses(404, 422))
-async def list_personas(models: ModelsDep, template_id: TemplateIdQuery, caller: Reader) -> PersonaList:
+async def list_personas(models: ModelsDep, template_id: TemplateIdQuery, caller: Reader,
+                        fence: FenceDep) -> PersonaList:
     """The template's personas, oldest first."""
     await load_template(models, template_id, caller)
-    cursor = models.personas.find({"template_id": template_id, **caller.only_mine()}).sort("created_at", 1)
-    return PersonaList(personas=[PersonaView.model_validate(d) async for d in cursor])
+
+    async def personas() -> list[dict]:
+        cursor = models.personas.find({"template_id": template_id, **caller.only_mine()}).sort("created_at", 1)
+        return [d async for d in cursor]
+
+    if ids := [d["_id"] for d in await personas()]:
+        await fence.personas(ids)  # then read again: a prompt may have come in between
+    docs = await personas()
+    return PersonaList(personas=[PersonaView.model_validate(d) for d in docs])

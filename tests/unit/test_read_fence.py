@@ -1,0 +1,98 @@
+"""The read fence's bookkeeping (services/gateway/freshness.py), with a stand-in log and projector."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from contracts import subjects
+from services.gateway.freshness import ReadFence
+
+pytestmark = pytest.mark.unit
+
+
+class Log:
+    def __init__(self, last: int) -> None:
+        self.last = last
+
+    async def last_seq(self) -> int:
+        return self.last
+
+
+class Projector:
+    """The waiter's face: a checkpoint, and waits that end when it passes."""
+
+    def __init__(self) -> None:
+        self.checkpoint = 0
+        self.waited_for: list[int] = []
+
+    async def wait_for(self, seq: int) -> bool:
+        self.waited_for.append(seq)
+        return seq <= self.checkpoint
+
+
+def _end(job_id: str) -> str:
+    return subjects.job(job_id, "completed")
+
+
+def _prompt(persona_id: str) -> str:
+    return subjects.job_persona("j", persona_id, "completed")
+
+
+async def test_a_read_waits_for_its_own_events_only():
+    projector = Projector()
+    fence = ReadFence(Log(5), projector, timeout=1)  # type: ignore[arg-type]
+    for seq, subject in enumerate([subjects.job("a", "requested"), _prompt("p"), _end("a"),
+                                   subjects.job_persona("a", "q", "progress"), _end("b")], start=1):
+        fence.observe(subject, seq)
+    assert await fence.personas(["p"]) is False and projector.waited_for == [2]
+    assert await fence.jobs(["a"]) is False and projector.waited_for[-1] == 3
+    assert await fence.jobs(["c"]) is True  # nothing of it in the log: no wait
+    assert await fence.personas(["q"]) is True  # progress is not a prompt
+    projector.checkpoint = 3
+    assert await fence.jobs(["a"]) is True
+    assert await fence.jobs(["b"]) is False and projector.waited_for[-1] == 5
+    projector.checkpoint = 5
+    assert await fence.jobs(["b"]) is True
+    fence.observe(_end("z"), 6)  # the applied ones are forgotten as it goes
+    assert fence.remembered == 1
+
+
+async def test_a_read_first_waits_for_the_feed_to_see_as_far_as_the_log():
+    """An end another gateway process delivered may not have reached this one's feed yet."""
+    projector = Projector()
+    fence = ReadFence(Log(2), projector, timeout=5)  # type: ignore[arg-type]
+    fence.observe(subjects.job("a", "requested"), 1)
+    read = asyncio.ensure_future(fence.jobs(["a"]))
+    done, _ = await asyncio.wait([read], timeout=0.05)
+    assert not done  # the log ends at 2, the feed has seen 1
+    fence.observe(_end("a"), 2)
+    assert await read is False and projector.waited_for == [2]
+
+
+async def test_a_feed_that_does_not_catch_up_in_time_is_reported():
+    fence = ReadFence(Log(9), Projector(), timeout=0.05)  # type: ignore[arg-type]
+    assert await fence.jobs(["a"]) is False
+
+
+async def test_past_its_limit_the_oldest_are_waited_for_together():
+    projector = Projector()
+    fence = ReadFence(Log(3), projector, timeout=1, limit=2)  # type: ignore[arg-type]
+    for seq, job in enumerate("abc", start=1):
+        fence.observe(_end(job), seq)
+    assert fence.remembered == 2
+    await fence.jobs(["unknown"])  # the forgotten end of "a" may be this one's
+    assert projector.waited_for == [1]
+    projector.checkpoint = 1
+    assert await fence.jobs(["unknown"]) is True
+
+
+async def test_what_came_before_the_feed_started_is_waited_for_as_a_whole():
+    projector = Projector()
+    fence = ReadFence(Log(7), projector, timeout=1)  # type: ignore[arg-type]
+    fence.starts_at(7)
+    assert fence.seen == 7
+    assert await fence.personas(["any"]) is False and projector.waited_for == [7]
+    projector.checkpoint = 7
+    assert await fence.personas(["any"]) is True

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -141,3 +142,70 @@ async def raw_stream_read(nats_url: str, stream: str) -> tuple[int, float]:
     await sub.unsubscribe()
     await nc.close()
     return n, elapsed
+
+
+class Checkpoints:
+    """The projector's checkpoint announcements (core NATS), each with the time it was heard, from
+    a thread of its own: when the last prompt of a run was stored in MongoDB, without polling
+    MongoDB beside the run."""
+
+    def __init__(self, nats_url: str) -> None:
+        self.nats_url = nats_url
+        self.heard: list[tuple[float, int]] = []
+        self._changed = threading.Condition()
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._listen()), daemon=True)
+
+    async def _listen(self) -> None:
+        import nats
+
+        from contracts.subjects import PROJECTOR_CHECKPOINT
+
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        nc = await nats.connect(self.nats_url)
+
+        async def on_msg(msg) -> None:
+            with self._changed:
+                self.heard.append((time.time(), int(msg.data)))
+                self._changed.notify_all()
+
+        await nc.subscribe(PROJECTOR_CHECKPOINT, cb=on_msg)
+        await nc.flush()
+        self._ready.set()
+        await self._stop.wait()
+        await nc.close()
+
+    def __enter__(self) -> Checkpoints:
+        self._thread.start()
+        if not self._ready.wait(30):
+            raise RuntimeError("could not subscribe to the projector's checkpoints")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+
+    def reached(self, seq: int, timeout: float = 600) -> float:
+        """When a checkpoint at or past ``seq`` was first heard (waiting for it if need be)."""
+        def first() -> float | None:
+            return next((at for at, checkpoint in self.heard if checkpoint >= seq), None)
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: first() is not None, timeout):
+                raise TimeoutError(f"the projector announced no checkpoint past {seq} in {timeout} s")
+            at = first()
+            assert at is not None
+            return at
+
+
+async def last_seq(nats_url: str, stream: str = "PROMPTGEN") -> int:
+    import nats
+
+    nc = await nats.connect(nats_url)
+    try:
+        return (await nc.jetstream().stream_info(stream)).state.last_seq
+    finally:
+        await nc.close()

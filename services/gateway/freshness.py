@@ -48,6 +48,7 @@ class ReadFence:
         self._order: deque[tuple[int, str]] = deque()  # the same, oldest first, to forget them
         self._floor = 0  # the newest event forgotten while the projector had not passed it
         self._seen = 0  # how far the feed has seen the log
+        self._newest_end = 0  # the newest job end it has seen
         self._moved = asyncio.Event()  # set (and replaced) when it sees further
 
     def starts_at(self, seq: int) -> None:
@@ -67,9 +68,13 @@ class ReadFence:
             self._moved = asyncio.Event()
 
     def observe(self, subject: str, seq: int) -> None:
-        """The feed saw the event at ``seq`` (every event of the log, in order)."""
+        """The feed saw the event at ``seq`` (every event of the log, in order; one seen before,
+        by a feed that restarted from an earlier position, changes nothing)."""
+        if seq <= self._seen:
+            return
         if (job_id := subjects.ended_job(subject)) is not None:
             self._remember(f"job:{job_id}", seq)
+            self._newest_end = seq
         elif (persona_id := subjects.prompted_persona(subject)) is not None:
             self._remember(f"persona:{persona_id}", seq)
         self._advance(seq)
@@ -100,13 +105,18 @@ class ReadFence:
         read of them from here is up to date. False when a wait timed out."""
         return await self._wait([f"job:{j}" for j in job_ids])
 
+    async def every_job(self) -> bool:
+        """Wait until the projector has applied every job end the log holds now (for a list of
+        jobs, some of which it may not show yet)."""
+        return await self._wait([], every_job=True)
+
     async def personas(self, persona_ids: Iterable[str]) -> bool:
         """Wait until the projector has applied every prompt the log holds now of
         ``persona_ids``: a read of them from here is up to date. False when a wait timed out."""
         return await self._wait([f"persona:{p}" for p in persona_ids])
 
-    async def _wait(self, keys: list[str]) -> bool:
-        if not keys:
+    async def _wait(self, keys: list[str], *, every_job: bool = False) -> bool:
+        if not keys and not every_job:
             return True
         try:
             async with asyncio.timeout(self._timeout):
@@ -116,8 +126,8 @@ class ReadFence:
         except TimeoutError:
             log.warning("read_fence_feed_lagging", seen=self._seen)
             return False
-        except NatsError as exc:  # the log cannot say where it ends: what is stored is all there is
+        except NatsError as exc:  # where the log ends is unknown: what the feed has seen is waited for
             log.warning("read_fence_log_unreachable", error=type(exc).__name__)
-            return True
         self._forget_applied()
-        return await self._waiter.wait_for(max(self._floor, *(self._latest.get(k, 0) for k in keys)))
+        newest = self._newest_end if every_job else 0
+        return await self._waiter.wait_for(max(self._floor, newest, *(self._latest.get(k, 0) for k in keys)))

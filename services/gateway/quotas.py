@@ -32,6 +32,7 @@ from datetime import datetime, timedelta
 
 import structlog
 
+from contracts import subjects
 from contracts.events import JobRequested
 from services.adapters.api_keys import TENANT_PATTERN
 from services.adapters.compare_and_set import change_entry, read_entry
@@ -151,8 +152,10 @@ def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: d
 
 
 class TenantQuotas:
-    def __init__(self, kv: KeyValue, models: ReadModelsPort, limits: TenantLimits, clock: Clock) -> None:
+    def __init__(self, kv: KeyValue, models: ReadModelsPort, limits: TenantLimits, clock: Clock,
+                 event_log: EventLogPort | None = None) -> None:
         self.kv, self.models, self.limits, self.clock = kv, models, limits, clock
+        self.event_log = event_log  # where a job's end is before the projector has applied it
         self._tenant_limits: dict[str, tuple[float, TenantLimits]] = {}  # tenant -> (read again after, limits)
 
     async def limits_for(self, tenant: str) -> TenantLimits:
@@ -175,7 +178,7 @@ class TenantQuotas:
     async def open(cls, event_log: EventLogPort, models: ReadModelsPort, settings: Settings,
                    clock: Clock) -> TenantQuotas:
         kv = await event_log.key_value(BUCKET, history=1, replicas=settings.replicas)
-        return cls(kv, models, TenantLimits.from_settings(settings), clock)
+        return cls(kv, models, TenantLimits.from_settings(settings), clock, event_log)
 
     async def _within(self, caller: Caller, key: str, change: Callable[[dict], Awaitable[Refusal | None]],
                       **fields: object) -> None:
@@ -210,9 +213,15 @@ class TenantQuotas:
         await self._within(caller, f"rate.{caller.tenant}", take)
 
     async def _ended(self, job_ids: list[str]) -> set[str]:
-        """The jobs among ``job_ids`` whose view says they ended."""
+        """The jobs among ``job_ids`` that ended: by their view, or else by the log (a client may
+        have seen a job's end, and start the next job, before the projector has applied it)."""
         query = {"_id": {"$in": job_ids}, "status": {"$ne": "processing"}}
-        return {d["_id"] async for d in self.models.jobs.find(query, ["_id"])}
+        ended = {d["_id"] async for d in self.models.jobs.find(query, ["_id"])}
+        if self.event_log is not None:
+            for job_id in set(job_ids) - ended:
+                if await self.event_log.first_seq_on(subjects.job_ends(job_id)) is not None:
+                    ended.add(job_id)
+        return ended
 
     @asynccontextmanager
     async def job(self, caller: Caller, job: JobRequested) -> AsyncIterator[None]:

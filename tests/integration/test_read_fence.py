@@ -154,3 +154,30 @@ async def test_reads_right_after_each_end_find_it(patient_client, scenario_docum
                 assert [j["status"] for j in jobs if j["job_id"] == job["job_id"]] == ["completed"]
 
     await asyncio.gather(*(one_client(n) for n in range(6)))
+
+
+async def test_a_job_that_ended_before_the_projector_had_its_request_is_found(
+        gateway_without_generator, event_log, models):
+    """Its view does not exist yet when the read comes: the read waits for the projector too."""
+    sysm, client = gateway_without_generator
+    for pid in PIDS:
+        await event_log.publish(PersonaCreated(persona=persona(pid, f"Name {pid}")))
+    await eventually(lambda: models.personas.find_one({"_id": PIDS[-1]}), what="the personas")
+    await sysm.stop_service("projector")
+    request, *completions = finished_job("early", PIDS)
+    for event in (request, *completions):
+        await event_log.publish(event)
+    await event_log.publish(JobCompleted(job_id="early", status="completed",
+                                         results=results(dict.fromkeys(PIDS, "completed"))))
+    reads = [asyncio.create_task(client.post("/scenario/v2/jobs/early/retry-failed")),
+             asyncio.create_task(client.get("/scenario/v2/jobs"))]
+    waiter = sysm.app.state.gateway.waiter
+
+    async def all_waiting() -> bool:
+        return waiter.waiting == len(reads)
+
+    await eventually(all_waiting, what="both reads waiting for the projector")
+    sysm.start_service("projector")
+    retry, listed = [await asyncio.wait_for(r, 30) for r in reads]
+    assert retry.status_code == 409 and retry.json()["code"] == "nothing_failed", retry.text  # not 404
+    assert [j["status"] for j in listed.json()["jobs"] if j["job_id"] == "early"] == ["completed"]

@@ -260,3 +260,21 @@ def test_a_tenants_limits_are_read_tolerantly() -> None:
     assert with_overrides(base, {"jobs_in_flight": 50, "personas_per_day": 0}) == TenantLimits(120, 50, 0)
     assert with_overrides(base, {"jobs_in_flight": "50", "requests_per_minute": -1, "per_hour": 3,
                                  "personas_per_day": True}) == base
+
+
+async def test_a_job_ended_in_the_log_frees_its_slot_before_the_projector_has_it(limited) -> None:
+    """A client that saw its job's end (sent before the projector applies it) may start the next
+    job at once."""
+    from contracts.events import JobCancelled
+    from tests.samples import results
+
+    system, c = await limited(generator=False, tenant_jobs_in_flight=1)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 2)]
+    first = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[:1]))
+    job_id = first.json()["job_id"]
+    await system.stop_service("projector")  # with the job manager: the test ends the job itself
+    await system.event_log.publish(JobCancelled(job_id=job_id, results=results({personas[0]: "cancelled"})))
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
+    assert r.status_code == 202, r.text

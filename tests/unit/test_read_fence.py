@@ -96,3 +96,34 @@ async def test_what_came_before_the_feed_started_is_waited_for_as_a_whole():
     assert await fence.personas(["any"]) is False and projector.waited_for == [7]
     projector.checkpoint = 7
     assert await fence.personas(["any"]) is True
+
+
+async def test_a_feed_that_restarts_from_an_earlier_position_changes_nothing():
+    projector = Projector()
+    fence = ReadFence(Log(3), projector, timeout=1)  # type: ignore[arg-type]
+    fence.observe(_prompt("p"), 1)
+    fence.observe(_prompt("p"), 3)  # a retry's prompt
+    fence.observe(_prompt("p"), 1)  # seen again by a restarted feed
+    await fence.personas(["p"])
+    assert projector.waited_for == [3]
+
+
+async def test_with_the_log_unreachable_what_the_feed_saw_is_still_waited_for():
+    from nats.errors import NoServersError
+
+    class Away(Log):
+        async def last_seq(self) -> int:
+            raise NoServersError
+
+    projector = Projector()
+    fence = ReadFence(Away(0), projector, timeout=1)  # type: ignore[arg-type]
+    fence.observe(_end("a"), 4)
+    assert await fence.jobs(["a"]) is False and projector.waited_for == [4]
+
+
+async def test_every_job_waits_for_the_newest_end():
+    projector = Projector()
+    fence = ReadFence(Log(3), projector, timeout=1)  # type: ignore[arg-type]
+    for seq, subject in enumerate([_end("a"), _prompt("p"), _end("b")], start=1):
+        fence.observe(subject, seq)
+    assert await fence.every_job() is False and projector.waited_for == [3]

@@ -166,8 +166,9 @@ async def _job_doc(models: ReadModelsPort, job_id: str, fence: ReadFence) -> tup
     projector has the job's end, if the log holds it (a client may have seen that end on its SSE
     stream). False when that wait timed out."""
     doc = await models.jobs.find_one({"_id": job_id})
-    if doc is None or doc.get("status") != "processing":
+    if doc is not None and doc.get("status") != "processing":
         return doc, True
+    # running, or not applied yet (a job can end before the projector has its request)
     if not await fence.jobs([job_id]):
         return doc, False
     return await models.jobs.find_one({"_id": job_id}), True
@@ -199,16 +200,10 @@ async def list_jobs(caller: Reader, models: ModelsDep, fence: FenceDep,
     async def page() -> list[dict]:
         return [d async for d in models.jobs.find(caller.only_mine(), fields).sort("created_at", -1).limit(limit)]
 
-    # A running job may have ended: wait for the projector to have those ends, and read again. A
-    # job the read before did not show yet (its request just applied) is waited for in turn.
-    docs, fenced = await page(), set()
-    for _ in range(3):
-        running = {d["_id"] for d in docs if d["status"] == "processing"} - fenced
-        if not running:
-            break
-        await fence.jobs(running)
-        fenced |= running
-        docs = await page()
+    # Every job end the log holds now, applied first: a job listed as running may have ended,
+    # and one may have ended before the projector had even its request.
+    await fence.every_job()
+    docs = await page()
     counts = await models.persona_counts([d["_id"] for d in docs])
     return JobList(jobs=[
         JobSummary(
@@ -254,8 +249,8 @@ async def retry_failed(
         raise job_not_found(job_id)
     if not current:
         raise ApiError(503, "projection_lagging",
-                       f"Job '{job_id}''s view is behind the event log (its end is not written yet); "
-                       "try again shortly", ids=[job_id], headers={"Retry-After": "1"})
+                       f"Job '{job_id}''s view is behind the event log (it may have ended); try again shortly",
+                       ids=[job_id], headers={"Retry-After": "1"})
     if doc["status"] == "processing":
         raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
                        ids=[job_id])

@@ -47,7 +47,9 @@ async def test_readiness_follows_mongodb_and_nats(servers):
     stop = asyncio.Event()
     task = asyncio.create_task(projector.run(stop))
     try:
-        await eventually(lambda: asyncio.sleep(0, projector.ops), what="the projector's HTTP port")
+        # its ops server is made, then listens: its port is known once it does
+        await eventually(lambda: asyncio.sleep(0, projector.ops and projector.ops.port),
+                         what="the projector's HTTP port")
         urls = [f"{system.base_url}/readyz", f"http://127.0.0.1:{projector.ops.port}/readyz"]
         await _becomes(urls, True, "ready at start", "mongodb")
 

@@ -8,8 +8,9 @@ it reads that the log held when the read began, and only those:
 * every gateway's feed sees every event of the log (its subject and sequence; most are never
   decoded), and remembers, until the projector's checkpoint passes them, where each job ended
   and where each persona's prompt was last written;
-* a read asks the log where it ends (one request) and waits until its own feed has seen that
-  far: an end that another gateway process delivered is then known here too;
+* a read asks the log where it ends (one request, shared by the reads that come while it is
+  about to be sent) and waits until its own feed has seen that far: an end that another
+  gateway process delivered is then known here too;
 * then it waits for the projector to pass the newest of those events of the jobs or personas
   it reads, if there is one, and reads (again: a read made before the wait may predate an
   end the projector applied during it).
@@ -50,6 +51,8 @@ class ReadFence:
         self._seen = 0  # how far the feed has seen the log
         self._newest_end = 0  # the newest job end it has seen
         self._moved = asyncio.Event()  # set (and replaced) when it sees further
+        self._asking: asyncio.Task[int] | None = None  # where the log ends: the question not yet sent
+        self._sent = True
 
     def starts_at(self, seq: int) -> None:
         """The feed follows the log from after ``seq``. What came before, it never sees one by
@@ -115,12 +118,25 @@ class ReadFence:
         ``persona_ids``: a read of them from here is up to date. False when a wait timed out."""
         return await self._wait([f"persona:{p}" for p in persona_ids])
 
+    def _log_end(self) -> asyncio.Future[int]:
+        """Where the log ends, asked after this call: the reads that come while a question is
+        about to be sent share it (a thousand polls at once ask once); one that comes after it
+        was sent asks again, since an end stored meanwhile may be what it must see."""
+        if self._asking is None or self._sent:
+            self._sent = False
+            self._asking = asyncio.ensure_future(self._ask())
+        return asyncio.shield(self._asking)
+
+    async def _ask(self) -> int:
+        self._sent = True
+        return await self._log.last_seq()
+
     async def _wait(self, keys: list[str], *, every_job: bool = False) -> bool:
         if not keys and not every_job:
             return True
         try:
             async with asyncio.timeout(self._timeout):
-                end = await self._log.last_seq()
+                end = await self._log_end()
                 while self._seen < end:
                     await self._moved.wait()
         except TimeoutError:

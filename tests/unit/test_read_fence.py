@@ -127,3 +127,19 @@ async def test_every_job_waits_for_the_newest_end():
     for seq, subject in enumerate([_end("a"), _prompt("p"), _end("b")], start=1):
         fence.observe(subject, seq)
     assert await fence.every_job() is False and projector.waited_for == [3]
+
+
+async def test_reads_at_once_share_one_question_to_the_log_and_a_later_one_asks_again():
+    class Counting(Log):
+        calls = 0
+
+        async def last_seq(self) -> int:
+            self.calls += 1
+            return self.last
+
+    log_ = Counting(0)
+    fence = ReadFence(log_, Projector(), timeout=1)  # type: ignore[arg-type]
+    assert all(await asyncio.gather(*(fence.jobs([str(i)]) for i in range(100))))
+    assert log_.calls == 1
+    assert await fence.personas(["p"]) is True
+    assert log_.calls == 2  # the first was sent before this read began: it may predate an end

@@ -32,13 +32,13 @@ from datetime import datetime, timedelta
 
 import structlog
 
-from contracts import subjects
 from contracts.events import JobRequested
 from services.adapters.api_keys import TENANT_PATTERN
 from services.adapters.compare_and_set import change_entry, read_entry
 from services.adapters.ports import EventLogPort, KeyValue, ReadModelsPort
 from services.gateway.auth import Caller
 from services.gateway.errors import ApiError
+from services.gateway.jobs import finished_seq
 from services.runtime.lifecycle import Clock
 from services.runtime.settings import Settings
 
@@ -219,7 +219,7 @@ class TenantQuotas:
         ended = {d["_id"] async for d in self.models.jobs.find(query, ["_id"])}
         if self.event_log is not None:
             for job_id in set(job_ids) - ended:
-                if await self.event_log.first_seq_on(subjects.job_ends(job_id)) is not None:
+                if await finished_seq(self.event_log, job_id) is not None:
                     ended.add(job_id)
         return ended
 

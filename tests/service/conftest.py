@@ -76,8 +76,8 @@ class ServerFreeSystem:
         await self.start_service("projector")
         if generator:
             await self.start_service("generator")
-        app = create_app(self.settings, event_log=self.event_log, models=self.models, provider=self.provider,
-                         clock=self.clock)
+        app = self.app = create_app(self.settings, event_log=self.event_log, models=self.models,
+                                    provider=self.provider, clock=self.clock)
         self._lifespan = LifespanManager(app)
         await self._lifespan.__aenter__()
         # a loopback name: one the gateway answers for by default (its Host allow-list)

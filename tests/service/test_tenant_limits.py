@@ -278,3 +278,35 @@ async def test_a_job_ended_in_the_log_frees_its_slot_before_the_projector_has_it
     await system.event_log.publish(JobCancelled(job_id=job_id, results=results({personas[0]: "cancelled"})))
     r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
     assert r.status_code == 202, r.text
+
+
+async def test_another_tenants_persona_or_job_is_404_before_any_wait_for_the_projector(limited, monkeypatch) -> None:
+    """Its pending prompt or end must not make the 404 wait (a timing signal across tenants)."""
+    from contracts.events import PersonaCompleted
+
+    system, c = await limited(generator=False)
+    template_id = await create_template(c["acme"], DOCUMENT)
+    pid = (await create_personas(c["acme"], template_id, 1))[0]["id"]
+    job_id = (await c["acme"].post("/scenario/v2/generate-final-prompts",
+                                   json=job_body(template_id, [pid]))).json()["job_id"]
+
+    async def job_applied():
+        return await system.models.jobs.find_one({"_id": job_id})
+
+    await eventually(job_applied, what="the job's view")
+    await system.stop_service("projector")
+    await system.event_log.publish(PersonaCompleted(
+        job_id=job_id, persona_id=pid, persona_name="p", mode="try_mode", generation_mode="try_mode",
+        prompt="You are p.", prompt_length=10, provider="offline", model="m"))
+    waiter = system.app.state.gateway.waiter
+    waited: list[int] = []
+    wait_for = waiter.wait_for
+
+    async def counted(seq: int) -> bool:
+        waited.append(seq)
+        return await wait_for(seq)
+
+    monkeypatch.setattr(waiter, "wait_for", counted)
+    assert (await c["globex"].get(f"/scenario/personas/{pid}")).status_code == 404
+    assert (await c["globex"].get(f"/scenario/v2/job-status/{job_id}")).status_code == 404
+    assert waited == []

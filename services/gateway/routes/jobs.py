@@ -161,11 +161,14 @@ async def job_status(
     return view.model_copy(update={"sse_endpoint": guard.stream_endpoint(job_id, caller)})
 
 
-async def _job_doc(models: ReadModelsPort, job_id: str, fence: ReadFence) -> tuple[dict | None, bool]:
-    """The job's document, and whether it is up to date: a running job's is read again once the
-    projector has the job's end, if the log holds it (a client may have seen that end on its SSE
-    stream). False when that wait timed out."""
+async def _job_doc(models: ReadModelsPort, job_id: str, caller: Caller,
+                   fence: ReadFence) -> tuple[dict | None, bool]:
+    """The caller's job's document (404 for another tenant's, before any wait), and whether it is
+    up to date: a running job's is read again once the projector has the job's end, if the log
+    holds it (a client may have seen that end on its SSE stream). False when that wait timed out."""
     doc = await models.jobs.find_one({"_id": job_id})
+    if doc is not None and not caller.owns(doc.get("tenant")):
+        raise job_not_found(job_id)
     if doc is not None and doc.get("status") != "processing":
         return doc, True
     # running, or not applied yet (a job can end before the projector has its request)
@@ -176,7 +179,7 @@ async def _job_doc(models: ReadModelsPort, job_id: str, fence: ReadFence) -> tup
 
 async def _job_view(job_id: str, caller: Caller, models: ReadModelsPort, event_log: EventLogPort,
                     fence: ReadFence) -> JobView:
-    doc, current = await _job_doc(models, job_id, fence)
+    doc, current = await _job_doc(models, job_id, caller, fence)
     if not current:
         doc = None  # the projector has not caught up in time: the log says how the job stands
     if doc is not None:
@@ -196,14 +199,10 @@ async def list_jobs(caller: Reader, models: ModelsDep, fence: FenceDep,
     """The caller's tenant's recent jobs, newest first."""
     fields = ["status", "template_id", "template_data.title", "total_personas", "created_at", "finished_at",
               "retry_of"]
-
-    async def page() -> list[dict]:
-        return [d async for d in models.jobs.find(caller.only_mine(), fields).sort("created_at", -1).limit(limit)]
-
     # Every job end the log holds now, applied first: a job listed as running may have ended,
     # and one may have ended before the projector had even its request.
     await fence.every_job()
-    docs = await page()
+    docs = [d async for d in models.jobs.find(caller.only_mine(), fields).sort("created_at", -1).limit(limit)]
     counts = await models.persona_counts([d["_id"] for d in docs])
     return JobList(jobs=[
         JobSummary(
@@ -244,8 +243,8 @@ async def retry_failed(
     clock: ClockDep, guard: GuardDep, quotas: QuotasDep, fence: FenceDep,
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
-    doc, current = await _job_doc(models, job_id, fence)
-    if doc is None or not caller.owns(doc.get("tenant")):
+    doc, current = await _job_doc(models, job_id, caller, fence)
+    if doc is None or not caller.owns(doc.get("tenant")):  # one applied only after the wait
         raise job_not_found(job_id)
     if not current:
         raise ApiError(503, "projection_lagging",

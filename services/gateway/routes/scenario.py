@@ -126,9 +126,12 @@ async def generate_personas(
 
 @router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422))
 async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsDep, fence: FenceDep) -> PersonaView:
+    doc = await models.personas.find_one({"_id": persona_id}, {"tenant": 1})
+    if doc is None or not caller.owns(doc.get("tenant")):  # 404 before any wait
+        raise not_found("persona", persona_id)
     await fence.personas([persona_id])  # a prompt the log already holds is in what is read next
     doc = await models.personas.find_one({"_id": persona_id})
-    if doc is None or not caller.owns(doc.get("tenant")):
+    if doc is None:  # gone in between (a rebuild switching collections)
         raise not_found("persona", persona_id)
     return PersonaView.model_validate(doc)
 
@@ -138,12 +141,8 @@ async def list_personas(models: ModelsDep, template_id: TemplateIdQuery, caller:
                         fence: FenceDep) -> PersonaList:
     """The template's personas, oldest first."""
     await load_template(models, template_id, caller)
-
-    async def personas() -> list[dict]:
-        cursor = models.personas.find({"template_id": template_id, **caller.only_mine()}).sort("created_at", 1)
-        return [d async for d in cursor]
-
-    if ids := [d["_id"] for d in await personas()]:
-        await fence.personas(ids)  # then read again: a prompt may have come in between
-    docs = await personas()
-    return PersonaList(personas=[PersonaView.model_validate(d) for d in docs])
+    mine = {"template_id": template_id, **caller.only_mine()}
+    if ids := [d["_id"] async for d in models.personas.find(mine, ["_id"])]:
+        await fence.personas(ids)  # then read them: a prompt may have come in between
+    cursor = models.personas.find(mine).sort("created_at", 1)
+    return PersonaList(personas=[PersonaView.model_validate(d) async for d in cursor])

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -588,27 +589,52 @@ class EventLog(DerivedReads):
 
     async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
         """At most ``limit`` events matching ``filter_subject`` from ``start_seq``, and whether
-        more follow. A pull consumer is asked for exactly that many, so the rest of a long
-        history is never sent (an ordered push consumer would stream it all our way)."""
-        config = api.ConsumerConfig(
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=max(1, start_seq),
-            ack_policy=api.AckPolicy.NONE,
-            inactive_threshold=10,
-        )
-        sub = await self.js.pull_subscribe(filter_subject, stream=self.stream, config=config)
-        msgs: list = []
-        try:
-            wanted = min(limit, (await sub.consumer_info()).num_pending)
-            while len(msgs) < wanted:
-                try:
-                    msgs += await sub.fetch(batch=wanted - len(msgs), timeout=5)
-                except (TimeoutError, NatsTimeout):
-                    break  # aged out or purged while we read: what we have is the page
-        finally:
-            await self._close(sub)
+        more follow. Nothing past them is sent (:meth:`pull`)."""
+        msgs = [msg async for batch in self.pull(filter_subject, start_seq, limit) for msg in batch]
         more = bool(msgs) and msgs[-1].metadata.num_pending > 0
         return [stored_message(msg) for msg in msgs], more
+
+    async def pull(self, filter_subject: str, start_seq: int, limit: int, *, max_batch: int = 1000,
+                   timeout: float = 30) -> AsyncIterator[list]:
+        """The raw messages of at most ``limit`` events matching ``filter_subject`` from
+        ``start_seq``, in batches of what has arrived, until ``limit`` or the end of the log.
+
+        A pull consumer is asked once for exactly that many, so the rest of a long log is never
+        sent (an ordered push consumer would stream it all our way); they arrive at a callback
+        (a fetch waits for each message in a task of its own, more than reading it costs)."""
+        arrivals = _Arrivals()
+        sub = await self.nc.subscribe(self.nc.new_inbox(), cb=arrivals.put)
+        name = None
+        try:
+            info = await self.js.add_consumer(self.stream, config=api.ConsumerConfig(
+                deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=max(1, start_seq),
+                filter_subject=filter_subject,
+                ack_policy=api.AckPolicy.NONE,
+                inactive_threshold=10,  # the server removes it if we vanish before deleting it
+            ))
+            name = info.name
+            wanted = min(limit, info.num_pending)
+            if wanted <= 0:
+                return
+            # no_wait: what the log holds now, then a status (404) if that is fewer than asked
+            request = json.dumps({"batch": wanted, "no_wait": True}).encode()
+            await self.nc.publish(f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{name}", request,
+                                  reply=sub.subject)
+            while wanted > 0:
+                msgs = await arrivals.take(min(max_batch, wanted), timeout=timeout)
+                events = [msg for msg in msgs if not (msg.headers and "Status" in msg.headers)]
+                if events:
+                    wanted -= len(events)
+                    yield events
+                if len(events) < len(msgs):  # aged out or purged while we read: that is all
+                    return
+        finally:
+            with contextlib.suppress(Exception):
+                if name is not None:
+                    await self.js.delete_consumer(self.stream, name)
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,

@@ -13,9 +13,11 @@ from datetime import timedelta
 
 import structlog
 
+from services.adapters.event_log import EventLog
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.fold import PROJECTOR, Fold
+from services.projector.fold_workers import FoldWorkers
 from services.projector.job_manager import JOB_MANAGER, JobManager
 from services.projector.rebuild import serve_rebuild_requests
 from services.projector.retention import drop_expired_views
@@ -81,6 +83,14 @@ class ProjectorService:
         log.info("service_stopped", position=self.fold.position)
 
 
+def _fold_workers(settings: Settings, event_log: EventLogPort) -> FoldWorkers | None:
+    """The processes a rebuild reads and folds the log in: they connect to the NATS log this
+    projector reads, as it does (a log of another kind is read by the projector alone)."""
+    if settings.rebuild_processes > 1 and isinstance(event_log, EventLog):
+        return FoldWorkers(event_log.settings, settings.rebuild_processes)
+    return None
+
+
 async def bootstrap(
     settings: Settings,
     *,
@@ -98,7 +108,7 @@ async def bootstrap(
     job_manager = JobManager(event_log, models, parked=parked, clock=clock, metrics=metrics)
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
                 on_reapplied=job_manager.decide, on_rebuilt=job_manager.watch.wake, metrics=metrics, clock=clock,
-                scratch_dir=settings.rebuild_scratch_dir)
+                scratch_dir=settings.rebuild_scratch_dir, workers=_fold_workers(settings, event_log))
 
     # What a rebuild killed with an earlier process left on disk (a rebuild in another process goes on).
     await asyncio.to_thread(sweep_abandoned, settings.rebuild_scratch_dir)

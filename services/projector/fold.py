@@ -27,6 +27,7 @@ from services.adapters.event_log import StoredEvent
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import CollectionWrites, Mark
+from services.projector.fold_workers import FoldWorkers
 from services.projector.log_reset import ResetWatch, restart_positions
 from services.projector.projections import coalesce, split_creations, writes_for
 from services.projector.rebuild import Progress, rebuild_into
@@ -53,9 +54,11 @@ class Fold:
         metrics: Metrics | None = None,
         clock: Clock = utc_now,
         scratch_dir: str | None = None,
+        workers: FoldWorkers | None = None,
     ) -> None:
         self.metrics = metrics or Metrics()
         self.scratch_dir = scratch_dir  # where a rebuild folds the log (None: the system's temporary directory)
+        self.workers = workers  # the processes a rebuild reads and folds the log in (None: this one)
         self.clock = clock
         self.applied_at: datetime | None = None  # when the newest applied event was stored in the log
         self.on_reapplied = on_reapplied  # who decides the jobs a re-applied event touched
@@ -249,7 +252,7 @@ class Fold:
             state = await self.log.state()  # before reading: a log recreated meanwhile is caught later
             position = await rebuild_into(self.log, self.models, progress, job_retention=self.job_retention,
                                           unusable=self._park_unusable, log_id=state.log_id,
-                                          scratch_dir=self.scratch_dir)
+                                          scratch_dir=self.scratch_dir, workers=self.workers)
             await restart_positions(self.models, state)
             self.position = position
             self._generation += 1

@@ -12,7 +12,9 @@ silently fold differently here than in MongoDB. The rebuild test compares both.
 
 from __future__ import annotations
 
+import pickle
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 from services.projector.projections import Change, is_creation
@@ -54,7 +56,8 @@ class MemoryFold:
 
     def __init__(self) -> None:
         self.collections: dict[str, dict[Any, dict[str, Any]]] = defaultdict(dict)
-        self._by_job: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
+        # No lambda in it: a rebuild's worker processes hand their folds back pickled.
+        self._by_job: dict[str, dict[str, list[dict[str, Any]]]] = defaultdict(partial(defaultdict, list))
 
     def apply(self, collection: str, change: Change, seq: int = 0) -> None:
         """Apply ``change`` (of the event at ``seq``, which :class:`BatchFold` remembers)."""
@@ -95,8 +98,23 @@ class BatchFold(MemoryFold):
     def __init__(self) -> None:
         super().__init__()
         self.residual: dict[str, list[tuple[int, Change]]] = defaultdict(list)
-        self.history: dict[str, dict[Any, list[tuple[int, Change]]]] = defaultdict(dict)
+        self._history: dict[str, dict[Any, list[tuple[int, Change]]]] = defaultdict(dict)
+        self._pickled_history: bytes | None = None
         self._elsewhere: dict[str, set[Any]] = defaultdict(set)  # ids whose first change was not a creation
+
+    @property
+    def history(self) -> dict[str, dict[Any, list[tuple[int, Change]]]]:
+        if self._pickled_history is not None:
+            self._history, self._pickled_history = pickle.loads(self._pickled_history), None
+        return self._history
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A rebuild's worker process hands its fold back pickled. The history is read only when a
+        # document cannot be stored as folded (rare), and is most of the unpickling's work (an
+        # object per change): it travels as a pickle of its own, unpickled when first read.
+        state = self.__dict__.copy()
+        state["_history"], state["_pickled_history"] = None, pickle.dumps(self.history, pickle.HIGHEST_PROTOCOL)
+        return state
 
     def apply(self, collection: str, change: Change, seq: int = 0) -> None:
         if change.many:

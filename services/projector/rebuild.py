@@ -21,12 +21,12 @@ import structlog
 from pymongo import ASCENDING
 
 from contracts import subjects
-from contracts.events import UnknownEvent
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import Collection, EventLogPort, ReadModelsPort
 from services.adapters.read_models import CHECKPOINT_ID, STATE, DocumentsRefused
+from services.projector.fold_workers import Folded, FoldWorkers, fold_event
 from services.projector.memory_fold import BatchFold
-from services.projector.projections import READ_MODELS, writes_for
+from services.projector.projections import READ_MODELS
 from services.projector.scratch import Scratch
 from services.runtime.failures import Unstorable, durably
 
@@ -58,8 +58,6 @@ async def _log_unusable(stored: StoredEvent, kind: str, error: BaseException | s
     log.error("rebuild_event_unusable", seq=stored.seq, subject=stored.subject, kind=kind, error=str(error))
 
 
-Folded = tuple[BatchFold, int]  # one batch of the log folded, and the last sequence in it
-
 
 async def folded_batches(
     event_log: EventLogPort, *, job_retention: timedelta = timedelta(days=7), unusable: Unusable = _log_unusable,
@@ -71,12 +69,8 @@ async def folded_batches(
     fold, count = BatchFold(), 0
     async for batch in event_log.read_batches(subjects.ALL, 1):
         for stored in batch:
-            if stored.event is None:
-                if not isinstance(stored.error, UnknownEvent):
-                    await unusable(stored, "undecodable", str(stored.error))
-            else:
-                for collection, op in writes_for(stored.event, stored.seq, job_retention):
-                    fold.apply(collection, op, stored.seq)
+            if not fold_event(fold, stored, job_retention):
+                await unusable(stored, "undecodable", str(stored.error))
             count += 1
             if count == batch_events:
                 yield fold, stored.seq
@@ -97,13 +91,16 @@ async def rebuild_into(
     unusable: Unusable = _log_unusable,
     log_id: str | None = None,
     scratch_dir: str | None = None,
+    workers: FoldWorkers | None = None,
 ) -> int:
     """Make the read models ``target`` equal the whole log folded, their checkpoint (with
     ``log_id``, the log it belongs to) last; returns the last sequence applied.
 
     The log is folded into a :class:`~services.projector.scratch.Scratch` on local disk (in
     ``scratch_dir``, or the system's temporary directory), then merged into ``target``
-    (:func:`switch_to`); the scratch is deleted whatever happens. A rebuild that fails before
+    (:func:`switch_to`); the scratch is deleted whatever happens. With ``workers`` (of more than
+    one process), they read and fold the log (:mod:`~services.projector.fold_workers`); without,
+    this process does. A rebuild that fails before
     the switch leaves ``target`` as it was. Progress reports the events folded (stage
     ``writing``), then the documents merged (stage ``switching``). A document that cannot be
     stored goes to ``unusable`` as the event that last wrote it, and the rest are stored."""
@@ -113,7 +110,7 @@ async def rebuild_into(
             await discard(target.db[name])
     async with Scratch(scratch_dir) as scratch:
         position = await fold_into(event_log, scratch, progress, job_retention=job_retention,
-                                   batch_events=batch_events, unusable=unusable, log_id=log_id)
+                                   batch_events=batch_events, unusable=unusable, log_id=log_id, workers=workers)
         await switch_to(scratch, target, progress, unusable=unusable, event_log=event_log)
     return position
 
@@ -121,22 +118,31 @@ async def rebuild_into(
 async def fold_into(
     event_log: EventLogPort, scratch: Scratch, progress: Progress = _no_progress, *,
     job_retention: timedelta = timedelta(days=7), batch_events: int = 10_000, unusable: Unusable = _log_unusable,
-    log_id: str | None = None,
+    log_id: str | None = None, workers: FoldWorkers | None = None,
 ) -> int:
     """Fold the whole log into ``scratch``, with the checkpoint after it (of the log ``log_id``);
     returns the last sequence folded.
 
     Reading and folding one batch overlaps storing the batch before it (at most two folded
     batches wait, so memory stays bounded whatever the log's size). Progress counts the events
-    whose effects are stored."""
-    total = await event_log.last_seq()
+    whose effects are stored. With ``workers`` of more than one process, they read and fold
+    the log as it stands when this begins; this process stores their folds in log order."""
+    state = await event_log.state()
+    total = state.last_seq
     await progress(0, total)
     queue: asyncio.Queue[Folded | None] = asyncio.Queue(maxsize=2)
 
     async def read_and_fold() -> None:
-        async for folded in folded_batches(event_log, job_retention=job_retention, unusable=unusable,
-                                           batch_events=batch_events):
-            await queue.put(folded)
+        if workers is not None and workers.processes > 1:
+            async for fold, last, undecodable in workers.folded_batches(
+                    state.first_seq, total, job_retention=job_retention, batch_events=batch_events):
+                for stored in undecodable:
+                    await unusable(stored, "undecodable", str(stored.error))
+                await queue.put((fold, last))
+        else:
+            async for folded in folded_batches(event_log, job_retention=job_retention, unusable=unusable,
+                                               batch_events=batch_events):
+                await queue.put(folded)
         await queue.put(None)
 
     position = 0

@@ -242,10 +242,11 @@ class Scratch:
                         changes[_id].append((seq, change))
                         held.apply(name, change, seq)
                 else:
-                    docs[_id] = doc
-                    changes[_id] = fold.replay(name, [_id])
+                    docs[_id] = doc  # its changes, in the fold's history, are read only if it is refused
             for doc, _ in self._store(name, docs.values()):
-                refused += self._change_by_change(name, doc["_id"], changes[doc["_id"]])
+                _id = doc["_id"]
+                taken = changes[_id] if _id in changes else fold.replay(name, [_id])
+                refused += self._change_by_change(name, _id, taken)
         self._sql.execute("COMMIT")
         return refused
 

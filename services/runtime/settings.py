@@ -182,6 +182,12 @@ class Settings(BaseSettings):
         description="Where a rebuild folds the log before merging it (a file about the size of the read models, "
                     "deleted when it ends); unset: the system's temporary directory.",
     )
+    rebuild_processes: int = Field(
+        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64,
+        validation_alias=_env("PROMPTGEN_REBUILD_PROCESSES"),
+        description="Worker processes that read and fold the log in a rebuild while the projector stores "
+                    "what they folded; 1: the projector alone. Unset: the machine's cores, up to 4.",
+    )
 
     # Generator and LLM
     openai_api_key: SecretStr | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))

@@ -45,3 +45,12 @@ async def test_reading_a_page_does_not_read_the_rest_of_the_history(event_log):
     assert [stored.event.type for stored in page] == ["job.requested"] + ["persona.progress"] * 9 and more
     # the page, and a few JetStream API answers: not the 291 events after it
     assert event_log.nc.stats["in_msgs"] - received < 30
+
+
+async def test_a_pull_hands_over_exactly_what_it_asked_for_in_batches_then_stops_at_the_end(event_log):
+    seqs = await _job_with_events(event_log, "pulled", 299)
+    batches = [batch async for batch in event_log.pull(subjects.job_history("pulled"), seqs[0], 250, max_batch=100)]
+    assert all(0 < len(batch) <= 100 for batch in batches)
+    assert [msg.metadata.sequence.stream for batch in batches for msg in batch] == seqs[:250]
+    rest = [msg async for batch in event_log.pull(subjects.ALL, seqs[250], 1000) for msg in batch]
+    assert [msg.metadata.sequence.stream for msg in rest] == seqs[250:]  # fewer than asked: the log's end

@@ -311,3 +311,76 @@ async def test_a_rebuild_folds_in_the_configured_scratch_directory(client, model
     finally:
         await service.aclose()
     assert made_in == [str(scratch)] and list(scratch.iterdir()) == []
+
+
+async def test_worker_processes_fold_the_log_as_the_projector_alone_does(
+    client, models, event_log, settings, scenario_document
+):
+    """A rebuild read and folded by worker processes, a range of the log each, stores what the
+    projector alone stores, whatever the ranges' size: with a creation stored twice, an event
+    that does not decode (reported once), one of an unknown type, and events deleted from the
+    log (one range left with none)."""
+    from contracts.events import encode_event
+    from services.projector.fold_workers import FoldWorkers
+    from tests.waiting import eventually
+
+    ids = await _some_history(client, scenario_document)
+    created = (await event_log.last(f"promptgen.persona.{ids[0]}.created")).event
+    await event_log.js.publish(created.subject(), encode_event(created), stream=event_log.stream,
+                               headers={"Nats-Msg-Id": "stored-again"})
+    bad = (await event_log.js.publish("promptgen.persona.x.created", b"{not json", stream=event_log.stream)).seq
+    await event_log.js.publish("promptgen.persona.x.created", b'{"type": "persona.renamed", "version": 1}',
+                               stream=event_log.stream)
+    deleted = [(await event_log.js.publish("promptgen.persona.x.created", b"{}", stream=event_log.stream)).seq
+               for _ in range(7)]
+    for seq in deleted:
+        await event_log.js.delete_msg(event_log.stream, seq)
+    job = await start_job(client, created.persona.template_id, cycle_modes(ids[:2]))  # events after the gap
+    await follow_to_end(client, job)
+    last = await event_log.last_seq()
+
+    async def caught_up() -> bool:
+        return await models.checkpoint() == last
+
+    await eventually(caught_up, what="the projector reaching the end of the log")
+    live = await snapshot(models)
+    alone = ReadModels(models.db, suffix="__alone")
+    assert await rebuild_into(event_log, alone) == last
+    assert await snapshot(alone) == live
+
+    reported: list[tuple[int, str]] = []
+    progress: list[int] = []
+
+    async def unusable(stored, kind: str, error) -> None:
+        reported.append((stored.seq, kind))
+
+    async def stored(done: int, total: int, *, stage: str = "writing") -> None:
+        if stage == "writing":
+            progress.append(done)
+
+    for batch_events in (3, 7, 1000):
+        reported.clear()
+        progress.clear()
+        target = ReadModels(models.db, suffix=f"__workers{batch_events}")
+        position = await rebuild_into(event_log, target, stored, batch_events=batch_events, unusable=unusable,
+                                      workers=FoldWorkers(settings, 2))
+        assert position == last
+        assert await snapshot(target) == live, f"ranges of {batch_events} events"
+        assert await target.checkpoint() == last
+        assert reported == [(bad, "undecodable")]
+        assert progress == sorted(progress) and progress[-1] == last  # in log order, to the end
+
+
+async def test_a_rebuild_whose_worker_processes_cannot_read_the_log_fails_and_changes_nothing(
+    client, models, event_log, settings, scenario_document
+):
+    import pytest
+
+    from services.projector.fold_workers import FoldWorkers, WorkersFailed
+
+    await _some_history(client, scenario_document, interaction=False)
+    before = await snapshot(models)
+    unreachable = settings.model_copy(update={"nats_url": "nats://127.0.0.1:9"})  # the discard port: nobody
+    with pytest.raises(WorkersFailed, match="PROMPTGEN_REBUILD_PROCESSES=1"):
+        await rebuild_into(event_log, models, workers=FoldWorkers(unreachable, 2, connect_timeout=1))
+    assert await snapshot(models) == before

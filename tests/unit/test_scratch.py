@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -18,6 +19,12 @@ from services.projector.scratch import MAX_DOCUMENT_BYTES, READ_CHUNK, UNLOCKED_
 
 async def _all(scratch: Scratch, name: str) -> list[dict]:
     return [d async for d in scratch.documents(name)]
+
+
+# A fold as this process made it, and as a rebuild's worker process hands it over (pickled, its
+# history unpickled only when read).
+HANDED_OVER = pytest.mark.parametrize("handed", [lambda fold: fold, lambda fold: pickle.loads(pickle.dumps(fold))],
+                                      ids=["folded here", "from a worker process"])
 
 
 async def test_documents_come_in_mongodbs_id_order_across_pages(tmp_path):
@@ -48,7 +55,8 @@ async def test_what_mongodb_cannot_hold_is_refused_by_the_sequence_that_wrote_it
         assert [d["_id"] for d in await _all(scratch, "c")] == ["fine"]
 
 
-async def test_a_batch_takes_changes_to_earlier_batches_documents_and_a_creation_stored_twice(tmp_path):
+@HANDED_OVER
+async def test_a_batch_takes_changes_to_earlier_batches_documents_and_a_creation_stored_twice(tmp_path, handed):
     def created(_id: str, seq: int, **fields) -> Change:
         return Change({"_id": _id}, {"$setOnInsert": {**fields, "_seq": seq}}, upsert=True)
 
@@ -63,8 +71,8 @@ async def test_a_batch_takes_changes_to_earlier_batches_documents_and_a_creation
     second.apply("c", newer("a", 5, prompt="three"), 5)
     second.apply("c", created("b", 6, name="B"), 6)
     async with Scratch(tmp_path) as scratch:
-        assert await scratch.write(first) == []
-        assert await scratch.write(second) == []
+        assert await scratch.write(handed(first)) == []
+        assert await scratch.write(handed(second)) == []
         docs = await _all(scratch, "c")
     assert docs == [{"_id": "a", "name": "A", "prompt": "three", "_seq": 5}, {"_id": "b", "name": "B", "_seq": 6}]
 
@@ -98,7 +106,8 @@ async def test_a_change_to_a_stored_document_compares_as_mongodb_would_store_it(
     assert doc["expire_at"] == datetime(2026, 11, 30, 12, tzinfo=UTC)
 
 
-async def test_one_change_mongodb_cannot_hold_is_refused_and_the_documents_other_changes_kept(tmp_path):
+@HANDED_OVER
+async def test_one_change_mongodb_cannot_hold_is_refused_and_the_documents_other_changes_kept(tmp_path, handed):
     """As MongoDB refuses one update and applies the others: the change is named by its own
     sequence, and the document takes every change before and after it."""
     def newer(seq: int, **fields) -> Change:
@@ -114,10 +123,10 @@ async def test_one_change_mongodb_cannot_hold_is_refused_and_the_documents_other
     third.apply("job_personas", Change({"_id": "j:q"}, {"$setOnInsert": {"n": 2**70, "_seq": 13}}, upsert=True), 13)
     third.apply("job_personas", Change({"_id": "j:q", "_seq": {"$lt": 14}}, {"$set": {"status": "completed"}}), 14)
     async with Scratch(tmp_path) as scratch:
-        await scratch.write(first)
-        refused = await scratch.write(second)
+        await scratch.write(handed(first))
+        refused = await scratch.write(handed(second))
         assert [seq for seq, _ in refused] == [11] and "BSON" in refused[0][1]
-        assert [seq for seq, _ in await scratch.write(third)] == [13]
+        assert [seq for seq, _ in await scratch.write(handed(third))] == [13]
         docs = await _all(scratch, "job_personas")
     assert docs == [{"_id": "j:p", "status": "completed", "attempts": 1, "_seq": 12}]
 

@@ -1,0 +1,150 @@
+"""A rebuild's reading and folding of the log, spread over worker processes.
+
+One process reads and folds about 10,000 events a second, most of it in nats-py (some 40 µs a
+message, whichever way it is read) and in decoding each event. Batches of the log fold on their
+own (a :class:`BatchFold` holds what its events did; the scratch applies the folds in log order),
+so each worker process reads one range of sequences (a pull consumer asked for exactly that many
+events), folds it and hands the fold back, while this process stores the ranges before it, in
+log order, as they come. At most ``processes + 1`` ranges are read ahead: memory stays bounded
+whatever the log's size.
+
+The workers live for one rebuild. They are ``spawn``-ed (fresh interpreters: nothing of this
+process's threads, event loop or connections) and each connects to NATS with the projector's
+settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing
+from collections import deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime, timedelta
+
+import structlog
+
+from contracts import subjects
+from contracts.events import UnknownEvent
+from services.adapters.event_log import (
+    EventLog,
+    NatsAccess,
+    StoredEvent,
+    connect_nats,
+    stored_event,
+    stored_message,
+)
+from services.projector.memory_fold import BatchFold
+from services.projector.projections import writes_for
+from services.runtime.settings import Settings
+
+log = structlog.get_logger()
+
+Undecodable = tuple[int, datetime, str, bytes, dict[str, str]]  # what stored_event() takes again
+Folded = tuple[BatchFold, int]  # one batch of the log folded, and the last sequence in it
+
+
+def fold_event(fold: BatchFold, stored: StoredEvent, job_retention: timedelta) -> bool:
+    """Fold ``stored`` into ``fold``; False when it does not decode (one of a type this code
+    does not know is skipped, and True)."""
+    if stored.event is None:
+        return isinstance(stored.error, UnknownEvent)
+    for collection, change in writes_for(stored.event, stored.seq, job_retention):
+        fold.apply(collection, change, stored.seq)
+    return True
+
+
+class WorkersFailed(RuntimeError):
+    """A worker process could not start (NATS unreachable from it) or died (killed, out of memory)."""
+
+
+class FoldWorkers:
+    """``processes`` worker processes that read and fold ranges of the log for one rebuild;
+    each gives up connecting to NATS after ``connect_timeout`` seconds (this process has just
+    reached it)."""
+
+    def __init__(self, settings: Settings, processes: int, *, connect_timeout: float = 10) -> None:
+        if processes < 1:
+            raise ValueError("a rebuild needs at least one process to read the log")
+        self.settings = settings
+        self.processes = processes
+        self.connect_timeout = connect_timeout
+
+    async def folded_batches(self, first: int, last: int, *, job_retention: timedelta, batch_events: int,
+                             ) -> AsyncIterator[tuple[BatchFold, int, list[StoredEvent]]]:
+        """The events ``first`` to ``last`` folded ``batch_events`` sequences at a time, in log
+        order: each fold, the last sequence in it and the events in it that do not decode. A
+        range that holds no event (its events deleted) yields nothing."""
+        loop = asyncio.get_running_loop()
+        starts = iter(range(max(1, first), last + 1, batch_events))
+        pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_start_worker, initargs=(self.settings, self.connect_timeout))
+        ahead: deque[asyncio.Future[tuple[BatchFold, int, list[Undecodable]]]] = deque()
+
+        def read_ahead() -> None:
+            if (start := next(starts, None)) is not None:
+                end = min(start + batch_events - 1, last)
+                ahead.append(loop.run_in_executor(pool, _fold_range, start, end, job_retention))
+
+        log.info("rebuild_fold_workers", processes=self.processes, first=first, last=last)
+        try:
+            for _ in range(self.processes + 1):
+                read_ahead()
+            while ahead:
+                try:
+                    fold, position, undecodable = await ahead.popleft()
+                except BrokenProcessPool as exc:
+                    raise WorkersFailed(
+                        f"a rebuild worker process stopped or could not start ({exc}); its log says why. "
+                        "PROMPTGEN_REBUILD_PROCESSES=1 rebuilds in the projector alone") from None
+                read_ahead()
+                if position:
+                    yield fold, position, [stored_event(*each) for each in undecodable]
+        finally:
+            for waiting in ahead:
+                waiting.cancel()
+            # Without waiting: a worker still reading finishes its range, and its answer is dropped.
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+# -- in a worker process ----------------------------------------------------------------------
+
+_worker: tuple[asyncio.AbstractEventLoop, EventLog] | None = None
+
+
+def _start_worker(settings: Settings, connect_timeout: float) -> None:
+    """Connect this worker to NATS, once for all the ranges it reads."""
+    global _worker
+    from services.runtime.logs import configure_logging
+
+    configure_logging("projector", settings.log_level)
+    loop = asyncio.new_event_loop()
+    connecting = connect_nats(settings.nats_url, "promptgen-rebuild-reader", access=NatsAccess.from_settings(settings),
+                              connect_timeout=connect_timeout)
+    # nats-py itself keeps trying a server that refuses the connection: bounded here
+    nc = loop.run_until_complete(asyncio.wait_for(connecting, connect_timeout))
+    _worker = loop, EventLog(nc, settings)
+
+
+def _fold_range(first: int, last: int, job_retention: timedelta) -> tuple[BatchFold, int, list[Undecodable]]:
+    if _worker is None:
+        raise RuntimeError("the rebuild's worker process did not start")
+    loop, event_log = _worker
+    return loop.run_until_complete(_read_and_fold(event_log, first, last, job_retention))
+
+
+async def _read_and_fold(event_log: EventLog, first: int, last: int,
+                         job_retention: timedelta) -> tuple[BatchFold, int, list[Undecodable]]:
+    fold, position, undecodable = BatchFold(), 0, []
+    async with contextlib.aclosing(event_log.pull(subjects.ALL, first, last - first + 1)) as batches:
+        async for msgs in batches:
+            for msg in msgs:
+                stored = stored_message(msg)
+                if stored.seq > last:  # past a gap in the range: the next range's
+                    return fold, position, undecodable
+                if not fold_event(fold, stored, job_retention):
+                    undecodable.append((stored.seq, stored.time, stored.subject, stored.data, dict(stored.headers)))
+                position = stored.seq
+    return fold, position, undecodable

@@ -150,7 +150,8 @@ def replay_rebuild(quick: bool) -> dict:
         d.stop()
     parts = t_raw + t_insert
     return {
-        "parameters": {"events": n, "jobs": jobs, "personas_per_job": per_job},
+        "parameters": {"events": n, "jobs": jobs, "personas_per_job": per_job,
+                       "rebuild_processes": settings.rebuild_processes},
         "rebuild_seconds": round(t_rebuild, 3),
         "rebuild_events_per_second": round(n / t_rebuild, 1),
         "raw_read_seconds": round(t_raw, 3),

@@ -136,6 +136,25 @@ class LogState:
         return cls(log_id=log_id, first_seq=info.state.first_seq, last_seq=info.state.last_seq)
 
 
+class PullFailed(Exception):
+    """The server answered a pull with a status other than "no more messages"."""
+
+
+_PULL_DONE = {"404", "408"}  # no messages (now), the request expired: what was there has come
+
+
+def pull_ended(msg) -> bool:
+    """Whether ``msg`` is the server's status ending a pull (False: it is an event). A status
+    other than "no more messages" (409: a request over the server's limits, the consumer
+    deleted, a leader change) raises :class:`PullFailed` with the server's words."""
+    status = msg.headers.get("Status") if msg.headers else None
+    if status is None:
+        return False
+    if status in _PULL_DONE:
+        return True
+    raise PullFailed(f"the server refused a read of the log: {status} {msg.headers.get('Description', '')}".strip())
+
+
 class FollowStalled(Exception):
     """A live read whose consumer the server lost: resume from your stored position."""
 
@@ -589,19 +608,30 @@ class EventLog(DerivedReads):
 
     async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
         """At most ``limit`` events matching ``filter_subject`` from ``start_seq``, and whether
-        more follow. Nothing past them is sent (:meth:`pull`)."""
-        msgs = [msg async for batch in self.pull(filter_subject, start_seq, limit) for msg in batch]
+        more follow. Nothing past them is sent (:meth:`pull`); what came within 5 s of the last
+        message is the page (a message lost on the way makes a short page, not a long wait)."""
+        msgs: list = []
+        try:
+            async with contextlib.aclosing(self.pull(filter_subject, start_seq, limit, timeout=5)) as batches:
+                async for batch in batches:
+                    msgs += batch
+        except TimeoutError:
+            log.warning("log_page_short", subject=filter_subject, start_seq=start_seq, got=len(msgs), limit=limit)
         more = bool(msgs) and msgs[-1].metadata.num_pending > 0
         return [stored_message(msg) for msg in msgs], more
 
     async def pull(self, filter_subject: str, start_seq: int, limit: int, *, max_batch: int = 1000,
                    timeout: float = 30) -> AsyncIterator[list]:
         """The raw messages of at most ``limit`` events matching ``filter_subject`` from
-        ``start_seq``, in batches of what has arrived, until ``limit`` or the end of the log.
+        ``start_seq``, in batches of at most ``max_batch``, until ``limit`` or the end of the log.
 
-        A pull consumer is asked once for exactly that many, so the rest of a long log is never
-        sent (an ordered push consumer would stream it all our way); they arrive at a callback
-        (a fetch waits for each message in a task of its own, more than reading it costs)."""
+        A pull consumer is asked for ``max_batch`` at a time, so nothing much past what the
+        caller reads is sent (an ordered push consumer would stream the rest of the log our way);
+        they arrive at a callback (a fetch waits for each message in a task of its own, more than
+        reading it costs). The server's "no more messages" ends the read; any other status (a
+        request the server refuses, the consumer deleted) raises :class:`PullFailed`, and
+        ``timeout`` seconds without a message raise ``TimeoutError``: a read never ends short
+        without saying so."""
         arrivals = _Arrivals()
         sub = await self.nc.subscribe(self.nc.new_inbox(), cb=arrivals.put)
         name = None
@@ -614,21 +644,26 @@ class EventLog(DerivedReads):
                 inactive_threshold=10,  # the server removes it if we vanish before deleting it
             ))
             name = info.name
-            wanted = min(limit, info.num_pending)
-            if wanted <= 0:
-                return
-            # no_wait: what the log holds now, then a status (404) if that is fewer than asked
-            request = json.dumps({"batch": wanted, "no_wait": True}).encode()
-            await self.nc.publish(f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{name}", request,
-                                  reply=sub.subject)
-            while wanted > 0:
-                msgs = await arrivals.take(min(max_batch, wanted), timeout=timeout)
-                events = [msg for msg in msgs if not (msg.headers and "Status" in msg.headers)]
-                if events:
-                    wanted -= len(events)
-                    yield events
-                if len(events) < len(msgs):  # aged out or purged while we read: that is all
-                    return
+            left = min(limit, info.num_pending)
+            next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
+            while left > 0:
+                asked = min(max_batch, left)
+                # no_wait: what the log holds now, then a 404 status if that is fewer than asked
+                await self.nc.publish(next_subject, json.dumps({"batch": asked, "no_wait": True}).encode(),
+                                      reply=sub.subject)
+                while asked > 0:
+                    try:
+                        msgs = await arrivals.take(asked, timeout=timeout)
+                    except TimeoutError:
+                        raise TimeoutError(f"no message from the log for {timeout} s while reading "
+                                           f"{filter_subject} from {start_seq}") from None
+                    events = [msg for msg in msgs if not pull_ended(msg)]
+                    if events:
+                        asked -= len(events)
+                        left -= len(events)
+                        yield events
+                    if len(events) < len(msgs):  # aged out or purged while we read: that is all
+                        return
         finally:
             with contextlib.suppress(Exception):
                 if name is not None:

@@ -36,8 +36,8 @@ async def run_rebuild(settings: Settings) -> int:
                 where = "here (no projector was running)"
     finally:
         await event_log.close()
-    if final.get("error"):
-        console.print(f"[red]rebuild failed:[/red] {final['error']}")
+    if "error" in final or "position" not in final:
+        console.print(f"[red]rebuild failed:[/red] {final.get('error') or 'no reason given'}")
         return 1
     console.print(f"[green]Read models rebuilt {where}[/green] up to event {final['position']}.")
     return 0

@@ -3,10 +3,11 @@
 One process reads and folds about 10,000 events a second, most of it in nats-py (some 40 µs a
 message, whichever way it is read) and in decoding each event. Batches of the log fold on their
 own (a :class:`BatchFold` holds what its events did; the scratch applies the folds in log order),
-so each worker process reads one range of sequences (a pull consumer asked for exactly that many
-events), folds it and hands the fold back, while this process stores the ranges before it, in
-log order, as they come. At most ``processes + 1`` ranges are read ahead: memory stays bounded
-whatever the log's size.
+so each worker process reads one range of sequences (pulled a thousand events at a time, so
+little past the range is sent), folds it and hands the fold back, while this process stores the ranges before it, in
+log order, as they come. At most ``processes + 1`` ranges are read ahead; with those the
+rebuild's queue holds and the one being stored, at most ``processes + 5`` folds are held at
+once: memory stays bounded whatever the log's size.
 
 The workers live for one rebuild. They are ``spawn``-ed (fresh interpreters: nothing of this
 process's threads, event loop or connections) and each connects to NATS with the projector's
@@ -41,6 +42,7 @@ from services.projector.projections import writes_for
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
+_ALONE = "PROMPTGEN_REBUILD_PROCESSES=1 rebuilds in the projector alone"
 
 Undecodable = tuple[int, datetime, str, bytes, dict[str, str]]  # what stored_event() takes again
 Folded = tuple[BatchFold, int]  # one batch of the log folded, and the last sequence in it
@@ -57,20 +59,26 @@ def fold_event(fold: BatchFold, stored: StoredEvent, job_retention: timedelta) -
 
 
 class WorkersFailed(RuntimeError):
-    """A worker process could not start (NATS unreachable from it) or died (killed, out of memory)."""
+    """A worker process could not start (NATS unreachable from it), died (killed, out of
+    memory), could not read or fold its range, or took longer than a range can take."""
+
+
+RANGE_DEADLINE_SECONDS = 300  # one range takes about a second: a worker this late is stuck
 
 
 class FoldWorkers:
     """``processes`` worker processes that read and fold ranges of the log for one rebuild;
     each gives up connecting to NATS after ``connect_timeout`` seconds (this process has just
-    reached it)."""
+    reached it), and a range not folded within ``deadline`` seconds fails the rebuild."""
 
-    def __init__(self, settings: Settings, processes: int, *, connect_timeout: float = 10) -> None:
+    def __init__(self, settings: Settings, processes: int, *, connect_timeout: float = 10,
+                 deadline: float = RANGE_DEADLINE_SECONDS) -> None:
         if processes < 1:
             raise ValueError("a rebuild needs at least one process to read the log")
         self.settings = settings
         self.processes = processes
         self.connect_timeout = connect_timeout
+        self.deadline = deadline
 
     async def folded_batches(self, first: int, last: int, *, job_retention: timedelta, batch_events: int,
                              ) -> AsyncIterator[tuple[BatchFold, int, list[StoredEvent]]]:
@@ -81,31 +89,41 @@ class FoldWorkers:
         starts = iter(range(max(1, first), last + 1, batch_events))
         pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_start_worker, initargs=(self.settings, self.connect_timeout))
-        ahead: deque[asyncio.Future[tuple[BatchFold, int, list[Undecodable]]]] = deque()
+        ahead: deque[tuple[int, int, asyncio.Future[tuple[BatchFold, int, list[Undecodable]]]]] = deque()
 
         def read_ahead() -> None:
             if (start := next(starts, None)) is not None:
                 end = min(start + batch_events - 1, last)
-                ahead.append(loop.run_in_executor(pool, _fold_range, start, end, job_retention))
+                ahead.append((start, end, loop.run_in_executor(pool, _fold_range, start, end, job_retention)))
 
         log.info("rebuild_fold_workers", processes=self.processes, first=first, last=last)
+        finished = False
         try:
             for _ in range(self.processes + 1):
                 read_ahead()
             while ahead:
+                start, end, folding = ahead.popleft()
                 try:
-                    fold, position, undecodable = await ahead.popleft()
+                    fold, position, undecodable = await asyncio.wait_for(folding, self.deadline)
                 except BrokenProcessPool as exc:
-                    raise WorkersFailed(
-                        f"a rebuild worker process stopped or could not start ({exc}); its log says why. "
-                        "PROMPTGEN_REBUILD_PROCESSES=1 rebuilds in the projector alone") from None
+                    raise WorkersFailed(f"a rebuild worker process stopped or could not start ({exc}); its log "
+                                        f"says why. {_ALONE}") from None
+                except TimeoutError:
+                    raise WorkersFailed(f"the range {start} to {end} of the log was not folded within "
+                                        f"{self.deadline:g} s. {_ALONE}") from None
+                except Exception as exc:  # raised in the worker: said with its range
+                    raise WorkersFailed(f"reading or folding the range {start} to {end} of the log failed: "
+                                        f"{type(exc).__name__}: {exc}") from exc
                 read_ahead()
                 if position:
                     yield fold, position, [stored_event(*each) for each in undecodable]
+            finished = True
         finally:
-            for waiting in ahead:
+            for _, _, waiting in ahead:
                 waiting.cancel()
-            # Without waiting: a worker still reading finishes its range, and its answer is dropped.
+            if not finished:  # failed or stopped: what the workers still read is of no use
+                for process in list((getattr(pool, "_processes", None) or {}).values()):
+                    process.terminate()
             pool.shutdown(wait=False, cancel_futures=True)
 
 
@@ -137,14 +155,24 @@ def _fold_range(first: int, last: int, job_retention: timedelta) -> tuple[BatchF
 
 async def _read_and_fold(event_log: EventLog, first: int, last: int,
                          job_retention: timedelta) -> tuple[BatchFold, int, list[Undecodable]]:
+    """Fold the events ``first`` to ``last``. A pull that ends before ``last`` (the server said
+    it had no more) is followed by another from where it ended, until one brings nothing (the
+    log ends there, or the rest of the range was deleted) or an event past the range."""
     fold, position, undecodable = BatchFold(), 0, []
-    async with contextlib.aclosing(event_log.pull(subjects.ALL, first, last - first + 1)) as batches:
-        async for msgs in batches:
-            for msg in msgs:
-                stored = stored_message(msg)
-                if stored.seq > last:  # past a gap in the range: the next range's
-                    return fold, position, undecodable
-                if not fold_event(fold, stored, job_retention):
-                    undecodable.append((stored.seq, stored.time, stored.subject, stored.data, dict(stored.headers)))
-                position = stored.seq
+    start = first
+    while start <= last:
+        folded = False
+        async with contextlib.aclosing(event_log.pull(subjects.ALL, start, last - start + 1)) as batches:
+            async for msgs in batches:
+                for msg in msgs:
+                    stored = stored_message(msg)
+                    if stored.seq > last:  # the rest of the range was deleted: the next range's
+                        return fold, position, undecodable
+                    if not fold_event(fold, stored, job_retention):
+                        undecodable.append((stored.seq, stored.time, stored.subject, stored.data,
+                                            dict(stored.headers)))
+                    position, folded = stored.seq, True
+        if not folded:
+            break
+        start = position + 1
     return fold, position, undecodable

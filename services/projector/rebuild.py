@@ -10,6 +10,7 @@ request's reply inbox, one after the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -134,11 +135,13 @@ async def fold_into(
 
     async def read_and_fold() -> None:
         if workers is not None and workers.processes > 1:
-            async for fold, last, undecodable in workers.folded_batches(
-                    state.first_seq, total, job_retention=job_retention, batch_events=batch_events):
-                for stored in undecodable:
-                    await unusable(stored, "undecodable", str(stored.error))
-                await queue.put((fold, last))
+            folds = workers.folded_batches(state.first_seq, total, job_retention=job_retention,
+                                           batch_events=batch_events)
+            async with contextlib.aclosing(folds):
+                async for fold, last, undecodable in folds:
+                    for stored in undecodable:
+                        await unusable(stored, "undecodable", str(stored.error))
+                    await queue.put((fold, last))
         else:
             async for folded in folded_batches(event_log, job_retention=job_retention, unusable=unusable,
                                                batch_events=batch_events):
@@ -334,8 +337,9 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
             try:
                 position = await rebuild(report)
             except Exception as exc:  # noqa: BLE001 - the caller must hear about it
-                log.error("rebuild_failed", error=str(exc))
-                final = {"finished": True, "error": str(exc)}
+                why = str(exc) or type(exc).__name__  # some say nothing (a bare TimeoutError)
+                log.error("rebuild_failed", error=why)
+                final = {"finished": True, "error": why}
             else:
                 final = {"finished": True, "position": position, "seconds": round(time.monotonic() - started, 3)}
                 log.info("rebuild_finished", **final)

@@ -62,6 +62,13 @@ def _variable_names(field: FieldInfo) -> list[str]:
     return [c for c in choices if isinstance(c, str) and c.isupper()]
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (a CPU set narrows it; a CPU quota does not show here)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 class Settings(BaseSettings):
     # An empty variable is unset (`OPENAI_BASE_URL=` is no base URL), as a compose file's
     # `${VAR:-}` leaves it when the operator sets nothing.
@@ -183,10 +190,11 @@ class Settings(BaseSettings):
                     "deleted when it ends); unset: the system's temporary directory.",
     )
     rebuild_processes: int = Field(
-        default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1, le=64,
+        default_factory=lambda: max(1, min(4, _usable_cores())), ge=1, le=64,
         validation_alias=_env("PROMPTGEN_REBUILD_PROCESSES"),
         description="Worker processes that read and fold the log in a rebuild while the projector stores "
-                    "what they folded; 1: the projector alone. Unset: the machine's cores, up to 4.",
+                    "what they folded; 1: the projector alone. Unset: the cores it may run on, up to 4 (a CPU quota "
+                    "is not seen: set it to the quota).",
     )
 
     # Generator and LLM

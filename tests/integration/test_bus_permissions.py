@@ -150,7 +150,7 @@ async def test_each_service_does_its_work_under_its_own_user(as_user, admin_log,
             status = (await client.get(f"/scenario/v2/job-status/{job['job_id']}")).json()
             assert status["status"] == "completed"  # the projector's fold and job end, under its user
             history = await client.get(f"/scenario/v2/jobs/{job['job_id']}/events", params={"limit": 1000})
-            assert history.status_code == 200, history.text  # a page is a named pull consumer: allowed
+            assert history.status_code == 200, history.text  # a page is an ephemeral pull consumer: allowed
             assert sum(e["type"] == "persona.completed" for e in history.json()["events"]) == 3
             parked = await client.get("/admin/parked")
             assert parked.status_code == 200 and parked.json() == {"parked": []}

@@ -384,3 +384,58 @@ async def test_a_rebuild_whose_worker_processes_cannot_read_the_log_fails_and_ch
     with pytest.raises(WorkersFailed, match="PROMPTGEN_REBUILD_PROCESSES=1"):
         await rebuild_into(event_log, models, workers=FoldWorkers(unreachable, 2, connect_timeout=1))
     assert await snapshot(models) == before
+
+
+async def test_a_rebuild_whose_worker_cannot_read_its_range_fails_naming_it_and_changes_nothing(
+    client, models, event_log, settings, scenario_document
+):
+    """An error inside a worker (here: its log is not there) is raised with the range it was
+    reading."""
+    import pytest
+
+    from services.projector.fold_workers import FoldWorkers, WorkersFailed
+
+    await _some_history(client, scenario_document, interaction=False)
+    before = await snapshot(models)
+    elsewhere = settings.model_copy(update={"stream": "PROMPTGEN_NOT_THERE"})
+    with pytest.raises(WorkersFailed, match=r"the range 1 to \d+ of the log failed: NotFoundError"):
+        await rebuild_into(event_log, models, workers=FoldWorkers(elsewhere, 2))
+    assert await snapshot(models) == before
+
+
+async def test_a_failed_rebuild_is_reported_with_a_reason_even_when_its_error_says_nothing(event_log):
+    from services.cli.rebuild import _remote
+    from services.projector.rebuild import serve_rebuild_requests
+
+    async def silent_failure(progress) -> int:
+        raise TimeoutError()  # str() of it is empty
+
+    await serve_rebuild_requests(event_log, silent_failure)
+
+    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
+        pass
+
+    final = await _remote(event_log, progress)
+    assert final == {"finished": True, "error": "TimeoutError"}
+
+
+async def test_a_range_not_folded_in_time_fails_the_rebuild_and_its_workers_are_stopped(
+    client, models, event_log, settings, scenario_document
+):
+    import multiprocessing
+
+    import pytest
+
+    from services.projector.fold_workers import FoldWorkers, WorkersFailed
+    from tests.waiting import eventually
+
+    await _some_history(client, scenario_document, interaction=False)
+    before = await snapshot(models)
+    with pytest.raises(WorkersFailed, match="not folded within 0.01 s"):  # a worker's start alone takes longer
+        await rebuild_into(event_log, models, workers=FoldWorkers(settings, 2, deadline=0.01))
+    assert await snapshot(models) == before
+
+    async def workers_gone() -> bool:
+        return not [p for p in multiprocessing.active_children() if "SpawnProcess" in p.name]
+
+    await eventually(workers_gone, what="the rebuild's worker processes ending")

@@ -70,3 +70,22 @@ async def test_a_fetch_that_waits_for_work_asks_for_one_message_then_takes_what_
     assert sub.fetches == [(1, 1), (8, 0.01), (8, 0.01), (1, 1), (8, 0.01)]
     # a short batch was only ever held for the short expiry, never for a second
     assert sub.held_until_expiry == [0.01, 0.01]
+
+
+class _Msg:
+    def __init__(self, headers: dict | None) -> None:
+        self.headers = headers
+
+
+def test_a_pull_ends_only_where_the_server_says_it_has_no_more_and_fails_on_any_other_status():
+    import pytest
+
+    from services.adapters.event_log import PullFailed, pull_ended
+
+    assert not pull_ended(_Msg(None)) and not pull_ended(_Msg({"Nats-Msg-Id": "x"}))  # events
+    assert pull_ended(_Msg({"Status": "404", "Description": "No Messages"}))
+    assert pull_ended(_Msg({"Status": "408", "Description": "Request Timeout"}))
+    for status, said in (("409", "Exceeded MaxRequestBatch of 100"), ("409", "Consumer Deleted"),
+                         ("503", "No Responders")):
+        with pytest.raises(PullFailed, match=f"{status} {said}"):
+            pull_ended(_Msg({"Status": status, "Description": said}))

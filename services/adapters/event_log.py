@@ -617,7 +617,9 @@ class EventLog(DerivedReads):
                     msgs += batch
         except TimeoutError:
             log.warning("log_page_short", subject=filter_subject, start_seq=start_seq, got=len(msgs), limit=limit)
-        more = bool(msgs) and msgs[-1].metadata.num_pending > 0
+        # More follow when the page is full and the log held more: not when the events after a
+        # short page were stored while it was read (they are the next poll's, as a memory log says).
+        more = len(msgs) == limit and msgs[-1].metadata.num_pending > 0
         return [stored_message(msg) for msg in msgs], more
 
     async def pull(self, filter_subject: str, start_seq: int, limit: int, *, max_batch: int = 1000,

@@ -54,3 +54,24 @@ async def test_a_pull_hands_over_exactly_what_it_asked_for_in_batches_then_stops
     assert [msg.metadata.sequence.stream for batch in batches for msg in batch] == seqs[:250]
     rest = [msg async for batch in event_log.pull(subjects.ALL, seqs[250], 1000) for msg in batch]
     assert [msg.metadata.sequence.stream for msg in rest] == seqs[250:]  # fewer than asked: the log's end
+
+
+async def test_a_short_page_says_no_more_follow_even_when_events_came_while_it_was_read(event_log):
+    """Events stored after a page's read began are the next read's: a short page does not say
+    more follow (a client that pages until no more follow would stop polling for good)."""
+    seqs = await _job_with_events(event_log, "growing", 2)
+    add_consumer = event_log.js.add_consumer
+
+    async def then_one_more(*args, **kwargs):
+        info = await add_consumer(*args, **kwargs)
+        await event_log.publish(PersonaProgress(job_id="growing", persona_id="a", attempt=3))
+        return info
+
+    event_log.js.add_consumer = then_one_more
+    try:
+        page, more = await event_log.read_page(subjects.job_history("growing"), seqs[0], 10)
+    finally:
+        event_log.js.add_consumer = add_consumer
+    assert [stored.seq for stored in page] == seqs and not more
+    page, more = await event_log.read_page(subjects.job_history("growing"), seqs[-1] + 1, 10)
+    assert [stored.event.attempt for stored in page] == [3] and not more

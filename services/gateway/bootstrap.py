@@ -75,7 +75,7 @@ async def bootstrap(
     await parked.ensure()
     waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
     await waiter.listen(event_log)
-    fence = ReadFence(event_log, waiter, timeout=settings.projection_wait_seconds)
+    fence = ReadFence(event_log, waiter, timeout=settings.projection_wait_seconds, metrics=metrics)
     feeds = JobFeeds(event_log, ping_seconds=settings.sse_ping_seconds, exiting=server_exiting, fence=fence)
     await feeds.start()
     stack.push_async_callback(feeds.close)

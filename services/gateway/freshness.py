@@ -32,6 +32,7 @@ from nats.errors import Error as NatsError
 from contracts import subjects
 from services.adapters.ports import EventLogPort
 from services.gateway.projection import ProjectionWaiter
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -40,7 +41,9 @@ LIMIT = 100_000  # events remembered while the projector lags; past it, the olde
 
 class ReadFence:
     def __init__(self, event_log: EventLogPort, waiter: ProjectionWaiter, *, timeout: float,
-                 limit: int = LIMIT) -> None:
+                 limit: int = LIMIT, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics or Metrics()
+        self._metrics.read_fence_remembered.set_function(lambda: self.remembered)
         self._log = event_log
         self._waiter = waiter
         self._timeout = timeout
@@ -134,6 +137,12 @@ class ReadFence:
     async def _wait(self, keys: list[str], *, every_job: bool = False) -> bool:
         if not keys and not every_job:
             return True
+        with self._metrics.read_fence_wait.time():
+            outcome = await self._fence(keys, every_job=every_job)
+        self._metrics.read_fence_reads.labels(outcome=outcome).inc()
+        return outcome == "fresh"
+
+    async def _fence(self, keys: list[str], *, every_job: bool) -> str:
         try:
             async with asyncio.timeout(self._timeout):
                 end = await self._log_end()
@@ -141,9 +150,11 @@ class ReadFence:
                     await self._moved.wait()
         except TimeoutError:
             log.warning("read_fence_feed_lagging", seen=self._seen)
-            return False
+            return "feed_lagging"
         except NatsError as exc:  # where the log ends is unknown: what the feed has seen is waited for
             log.warning("read_fence_log_unreachable", error=type(exc).__name__)
+            self._metrics.read_fence_log_errors.inc()
         self._forget_applied()
         newest = self._newest_end if every_job else 0
-        return await self._waiter.wait_for(max(self._floor, newest, *(self._latest.get(k, 0) for k in keys)))
+        applied = await self._waiter.wait_for(max(self._floor, newest, *(self._latest.get(k, 0) for k in keys)))
+        return "fresh" if applied else "projection_lagging"

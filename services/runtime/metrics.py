@@ -74,6 +74,20 @@ class Metrics:
         self.sse_messages = Counter(
             "promptgen_sse_messages_sent", "SSE writes sent to clients (a write may carry several messages).",
             registry=r)
+        self.read_fence_reads = Counter(
+            "promptgen_read_fence_reads", "Reads that first waited for the projector to apply what the log held of "
+            "them (read-your-writes), by outcome: fresh; feed_lagging or projection_lagging when this gateway's "
+            "feed or the projector did not get that far within PROMPTGEN_PROJECTION_WAIT_SECONDS (the read "
+            "answers from what is stored).", ["outcome"], registry=r)
+        self.read_fence_log_errors = Counter(
+            "promptgen_read_fence_log_errors", "Fenced reads that could not ask the log where it ends (they waited "
+            "for what the feed had seen).", registry=r)
+        self.read_fence_wait = Histogram(
+            "promptgen_read_fence_wait_seconds", "Time a fenced read waited before reading.", buckets=WAIT_SECONDS,
+            registry=r)
+        self.read_fence_remembered = Gauge(
+            "promptgen_read_fence_remembered", "Job ends and persona prompts this gateway's feed has seen and "
+            "keeps until it finds the projector past them.", registry=r)
         self.http_requests = Counter(
             "promptgen_http_requests", "HTTP requests answered, by method, route template and status.",
             ["method", "route", "status"], registry=r)

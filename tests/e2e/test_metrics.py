@@ -39,6 +39,8 @@ async def test_metrics_follow_a_job(llm_system, mock_llm, scenario_document):
         job = await start_job(client, template_id, {p["id"]: "assess_mode" for p in personas})
         stream = await read_sse(client, job["sse_endpoint"])
         assert stream.messages[-1].data["results"]["failed"] == 1
+        listed = (await client.get("/scenario/v2/jobs")).json()  # waits for the job's end to be applied
+        assert listed["jobs"][0]["status"] == "completed"
         gateway_text = (await client.get("/metrics")).text
 
     generator = llm_system.metrics["generator"].exposition()
@@ -64,6 +66,8 @@ async def test_metrics_follow_a_job(llm_system, mock_llm, scenario_document):
                   route="/scenario/v2/prompt-generation-status/{job_id}", status="200") == 1
     assert sample(gateway_text, "promptgen_sse_messages_sent_total") >= len(stream.messages)
     assert sample(gateway_text, "promptgen_sse_clients") == 0
+    assert sample(gateway_text, "promptgen_read_fence_reads_total", outcome="fresh") >= 1
+    assert sample(gateway_text, "promptgen_read_fence_wait_seconds_count") >= 1
     for text in (gateway_text, generator.decode(), projector.exposition().decode()):
         assert job["job_id"] not in text and personas[0]["id"] not in text  # ids are never labels
 

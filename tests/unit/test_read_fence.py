@@ -143,3 +143,40 @@ async def test_reads_at_once_share_one_question_to_the_log_and_a_later_one_asks_
     assert log_.calls == 1
     assert await fence.personas(["p"]) is True
     assert log_.calls == 2  # the first was sent before this read began: it may predate an end
+
+
+async def test_each_fenced_read_is_counted_by_outcome_with_its_wait_and_what_is_remembered():
+    from nats.errors import NoServersError
+
+    from services.runtime.metrics import Metrics
+
+    metrics = Metrics()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    projector = Projector()
+    fence = ReadFence(Log(3), projector, timeout=0.05, metrics=metrics)  # type: ignore[arg-type]
+    for seq, subject in enumerate([_end("a"), _prompt("p"), _end("b")], start=1):
+        fence.observe(subject, seq)
+    assert sample("promptgen_read_fence_remembered") == 3
+    assert await fence.jobs(["a"]) is False  # the projector is behind
+    projector.checkpoint = 3
+    assert await fence.personas(["p"]) is True
+    assert await fence.jobs(["nothing-of-it"]) is True
+    assert await fence.jobs([]) is True  # nothing to read: not a fenced read
+    assert sample("promptgen_read_fence_remembered") == 0  # found applied, forgotten
+    lagging = ReadFence(Log(9), Projector(), timeout=0.05, metrics=metrics)  # type: ignore[arg-type]
+    assert await lagging.jobs(["a"]) is False  # its feed never sees as far as the log
+
+    class Away(Log):
+        async def last_seq(self) -> int:
+            raise NoServersError
+
+    away = ReadFence(Away(0), Projector(), timeout=0.05, metrics=metrics)  # type: ignore[arg-type]
+    assert await away.jobs(["a"]) is True  # nothing seen of it: fresh, though the log did not answer
+    assert sample("promptgen_read_fence_reads_total", outcome="fresh") == 3
+    assert sample("promptgen_read_fence_reads_total", outcome="projection_lagging") == 1
+    assert sample("promptgen_read_fence_reads_total", outcome="feed_lagging") == 1
+    assert sample("promptgen_read_fence_log_errors_total") == 1
+    assert sample("promptgen_read_fence_wait_seconds_count") == 5

@@ -106,8 +106,8 @@ class FoldWorkers:
                 try:
                     fold, position, undecodable = await asyncio.wait_for(folding, self.deadline)
                 except BrokenProcessPool as exc:
-                    raise WorkersFailed(f"a rebuild worker process stopped or could not start ({exc}); its log "
-                                        f"says why. {_ALONE}") from None
+                    raise WorkersFailed(f"a rebuild worker process stopped or could not start, the range {start} "
+                                        f"to {end} of the log unread ({exc}); its log says why. {_ALONE}") from None
                 except TimeoutError:
                     raise WorkersFailed(f"the range {start} to {end} of the log was not folded within "
                                         f"{self.deadline:g} s. {_ALONE}") from None

@@ -568,10 +568,11 @@ class EventLog(DerivedReads):
                 )
         return sub, arrivals
 
-    async def _close(self, sub, stream: str | None = None) -> None:
-        """Delete the ephemeral consumer now, not after its inactivity timeout, and unsubscribe."""
+    async def _close(self, sub, stream: str | None = None, *, name: str | None = None) -> None:
+        """Delete the ephemeral consumer (``name``, or the one ``sub`` reads) now, not after its
+        inactivity timeout, and unsubscribe."""
         with contextlib.suppress(Exception):
-            name = (await sub.consumer_info()).name
+            name = name or (await sub.consumer_info()).name
             await self.js.delete_consumer(stream or self.stream, name)
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
@@ -667,11 +668,11 @@ class EventLog(DerivedReads):
                     if len(events) < len(msgs):  # aged out or purged while we read: that is all
                         return
         finally:
-            with contextlib.suppress(Exception):
-                if name is not None:
-                    await self.js.delete_consumer(self.stream, name)
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+            if name is not None:
+                await self._close(sub, name=name)
+            else:  # no consumer was made
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,

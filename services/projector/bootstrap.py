@@ -84,9 +84,10 @@ class ProjectorService:
 
 
 def _fold_workers(settings: Settings, event_log: EventLogPort) -> FoldWorkers | None:
-    """The processes a rebuild reads and folds the log in: they connect to the NATS log this
-    projector reads, as it does (a log of another kind is read by the projector alone)."""
-    if settings.rebuild_processes > 1 and isinstance(event_log, EventLog):
+    """The processes a rebuild reads and folds the log in (one: the projector alone, as the
+    rebuild decides): they connect to the NATS log this projector reads, as it does (a log of
+    another kind is read by the projector alone)."""
+    if isinstance(event_log, EventLog):
         return FoldWorkers(event_log.settings, settings.rebuild_processes)
     return None
 

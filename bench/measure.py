@@ -25,6 +25,25 @@ def cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def scheduled_ms(pid: int) -> tuple[float, float]:
+    """(ms on a core, ms waiting for one) of all the process's threads so far
+    (``/proc/PID/task/*/schedstat``): the wait is how long it was ready to run but every
+    core was busy."""
+    ran = waited = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return 0.0, 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                on_cpu, on_queue, _ = f.read().split()
+        except (FileNotFoundError, ValueError):
+            continue
+        ran, waited = ran + int(on_cpu), waited + int(on_queue)
+    return ran / 1e6, waited / 1e6
+
+
 def rss_mib(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:

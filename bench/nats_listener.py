@@ -1,30 +1,98 @@
-"""A plain NATS subscriber on every job event: prints "ready", then on "stop" (stdin)
-a JSON map event_id -> receipt time. The reference for SSE delivery latency."""
+"""A plain NATS subscriber on every job event, the reference for SSE delivery latency.
+
+    python -m bench.nats_listener NATS_URL
+
+Prints "ready" once subscribed, then, on "stop" (stdin), a JSON map: event id -> [the time
+this process read the message, the time the kernel received it]. It speaks the NATS text
+protocol on one socket (as the light SSE clients speak HTTP: :mod:`bench.sse_clients`), so
+that each read carries the kernel's receive time (``SO_TIMESTAMPNS``), as theirs do.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import json
+import socket
 import sys
+import threading
 import time
+from urllib.parse import urlsplit
 
-import nats
+from bench.sse_clients import SO_TIMESTAMPNS, STAMP_SPACE, kernel_time
+
+SUBJECT = "promptgen.job.>"
 
 
-async def main(url: str) -> None:
-    nc = await nats.connect(url)
-    received: dict[str, float] = {}
+class Listener:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.buffer = bytearray()
+        self.received: dict[str, list[float]] = {}
+        self.pongs = 0
 
-    async def on_msg(msg) -> None:
-        received[json.loads(msg.data)["event_id"]] = time.time()
+    @classmethod
+    def connect(cls, url: str) -> Listener:
+        parts = urlsplit(url)
+        return cls(socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 4222)))
 
-    await nc.subscribe("promptgen.job.>", cb=on_msg)
-    await nc.flush()
+    def subscribe(self) -> None:
+        self._read()  # the server's INFO
+        connect = {"verbose": False, "pedantic": False, "headers": True, "lang": "python-raw", "version": "0"}
+        self.sock.sendall(f"CONNECT {json.dumps(connect)}\r\nSUB {SUBJECT} 1\r\nPING\r\n".encode())
+        while not self.pongs:  # the server has the subscription once it answers the PING after it
+            self._read()
+
+    def run(self) -> None:
+        try:
+            while self._read():
+                pass
+        except OSError:
+            pass  # closed on "stop"
+
+    def _read(self) -> bool:
+        data, ancillary, _, _ = self.sock.recvmsg(65536, STAMP_SPACE)
+        now = time.time()
+        if not data:
+            return False
+        self.buffer += data
+        self._parse(now, kernel_time(ancillary) or now)
+        return True
+
+    def _parse(self, read_at: float, arrived_at: float) -> None:
+        """Every whole protocol message in the buffer; a partial one waits for the next read."""
+        while (eol := self.buffer.find(b"\r\n")) >= 0:
+            line = bytes(self.buffer[:eol])
+            verb = line.split(b" ", 1)[0].upper()
+            if verb in (b"MSG", b"HMSG"):
+                total = int(line.rsplit(b" ", 1)[1])  # MSG: the payload; HMSG: headers and payload
+                header_bytes = int(line.split(b" ")[-2]) if verb == b"HMSG" else 0
+                end = eol + 2 + total
+                if len(self.buffer) < end + 2:
+                    return
+                payload = bytes(self.buffer[eol + 2 + header_bytes : end])
+                self.received[json.loads(payload)["event_id"]] = [read_at, arrived_at]
+                del self.buffer[: end + 2]
+                continue
+            del self.buffer[: eol + 2]
+            if verb == b"PING":
+                self.sock.sendall(b"PONG\r\n")
+            elif verb == b"PONG":
+                self.pongs += 1
+            elif verb == b"-ERR":
+                raise RuntimeError(line.decode(errors="replace"))
+
+
+def main(url: str) -> None:
+    listener = Listener.connect(url)
+    listener.subscribe()
+    reader = threading.Thread(target=listener.run, daemon=True)
+    reader.start()
     print("ready", flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
-    await nc.close()
-    print(json.dumps(received), flush=True)
+    sys.stdin.readline()
+    listener.sock.shutdown(socket.SHUT_RDWR)
+    reader.join(10)
+    print(json.dumps(listener.received), flush=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    main(sys.argv[1])

@@ -2,11 +2,13 @@
 
     python -m bench.sse_clients --base-url URL --job ID [--job ID ...] --clients-per-job N
 
-Each client reads its stream to the end and only notes when each read arrived; the
-messages are parsed after the stream ends, so that parsing does not slow the reads
-(and with them the latency measured). Prints ``connected <n>`` once every client has
-its response headers, then, when all streams have ended, one JSON object: per job, each
-client's message ids and the arrival time of each message.
+Each client reads its stream to the end and only notes when each read arrived: when the
+process read it, and when the kernel received it (``SO_TIMESTAMPNS``; a client process
+waiting for a core delays the first, not the second). The messages are parsed after the
+stream ends, so that parsing does not slow the reads (and with them the latency measured).
+Prints ``connected <n>`` once every client has its response headers, then, when all
+streams have ended, one JSON object: per job, each client's message ids and the two times
+of each message.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import bisect
 import gc
 import json
 import resource
+import socket
+import struct
 import time
 from urllib.parse import urlsplit
 
@@ -45,12 +49,12 @@ def dechunk(raw: bytes) -> tuple[bytes, list[tuple[int, int]]]:
     return bytes(body), segments
 
 
-def messages(raw: bytes, reads: list[tuple[int, float]]) -> list[tuple[str, float]]:
-    """(id, arrival time) of each SSE message in ``raw`` (the bytes after the headers), given
-    ``reads``: (raw bytes received so far, time) after each read."""
+def messages(raw: bytes, reads: list[tuple[int, float, float]]) -> list[tuple[str, float, float]]:
+    """(id, read time, kernel receive time) of each SSE message in ``raw`` (the bytes after the
+    headers), given ``reads``: (raw bytes received so far, read time, kernel time) after each read."""
     body, segments = dechunk(raw)
-    ends = [n for n, _ in reads]
-    out: list[tuple[str, float]] = []
+    ends = [n for n, _, _ in reads]
+    out: list[tuple[str, float, float]] = []
     start = 0
     while (end := body.find(b"\n\n", start)) >= 0:
         block = body[start:end]
@@ -61,29 +65,84 @@ def messages(raw: bytes, reads: list[tuple[int, float]]) -> list[tuple[str, floa
         k = bisect.bisect_right(segments, (end + 1, float("inf"))) - 1
         body_at, raw_at = segments[k]
         raw_end = raw_at + (end + 1 - body_at)
-        out.append((ident, reads[bisect.bisect_left(ends, raw_end + 1)][1]))
+        _, at, kernel = reads[bisect.bisect_left(ends, raw_end + 1)]
+        out.append((ident, at, kernel))
     return out
+
+
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: each read says when its bytes reached the socket
+STAMP_SPACE = socket.CMSG_SPACE(16)  # struct timespec
+
+
+def kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
+    """The receive time the kernel gave a read (``SO_TIMESTAMPNS``), if it gave one."""
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            sec, nsec = struct.unpack("qq", data[:16])
+            return sec + nsec / 1e9
+    return None
 
 
 async def client(host: str, port: int, path: str, connecting: asyncio.Semaphore, connected: asyncio.Event,
                  counter: list[int], total: int) -> dict:
-    async with connecting:  # a connection storm the gateway's accept backlog can take
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1])
-    counter[0] += 1
-    if counter[0] == total:
-        connected.set()
+    """One stream, read to its end. Each read is noted with the bytes received so far, the
+    time the process read them and the time the kernel received them: a client process
+    that waits for a core delays the first, not the second."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     raw, reads = bytearray(), []
-    if status == 200:
-        while chunk := await reader.read(65536):
-            raw += chunk
-            reads.append((len(raw), time.time()))
-            if raw.endswith(b"0\r\n\r\n"):  # the last chunk: the server ended the stream
-                break
-    writer.close()
-    return {"status": status, "raw": bytes(raw), "reads": reads}
+    headed, ended = loop.create_future(), loop.create_future()
+
+    def finish(future: asyncio.Future, exc: BaseException | None = None) -> None:
+        if not future.done():
+            future.set_result(None) if exc is None else future.set_exception(exc)
+
+    def readable() -> None:
+        while True:
+            try:
+                data, ancillary, _, _ = sock.recvmsg(65536, STAMP_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                loop.remove_reader(sock)
+                finish(headed, exc)
+                finish(ended, exc)
+                return
+            now = time.time()
+            if data:
+                raw.extend(data)
+                reads.append((len(raw), now, kernel_time(ancillary) or now))
+                if not headed.done() and b"\r\n\r\n" in raw:
+                    finish(headed)
+            if not data or raw.endswith(b"0\r\n\r\n"):  # the peer closed, or the last chunk
+                loop.remove_reader(sock)
+                finish(headed, None if headed.done() else ConnectionError("no response headers"))
+                finish(ended)
+                return
+
+    try:
+        async with connecting:  # a connection storm the gateway's accept backlog can take
+            await loop.sock_connect(sock, (host, port))
+            await loop.sock_sendall(
+                sock, f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+            loop.add_reader(sock, readable)
+            await headed
+        end = raw.find(b"\r\n\r\n")
+        head, body_from = bytes(raw[:end]), end + 4
+        status = int(head.split(b" ", 2)[1])
+        counter[0] += 1
+        if counter[0] == total:
+            connected.set()
+        if status == 200:
+            await ended
+        loop.remove_reader(sock)
+    finally:
+        sock.close()
+    body = bytes(raw[body_from:])
+    return {"status": status, "raw": body,
+            "reads": [(n - body_from, at, kernel) for n, at, kernel in reads if n > body_from]}
 
 
 async def run(args: argparse.Namespace) -> dict:

@@ -21,7 +21,7 @@ import httpx
 
 from bench import harness
 from bench.loadgen import make_personas
-from bench.measure import cpu_seconds, percentile, rss_mib
+from bench.measure import cpu_seconds, percentile, rss_mib, scheduled_ms
 from bench.scenarios import MockLLMProcess, _llm_env
 
 
@@ -149,6 +149,9 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
             assert line and line[0] == "connected", f"a client process ended before connecting: {line}"
         connected_at = time.time()
         rss_connected, cpu_connected = _sum(rss_mib, pids), _sum(cpu_seconds, pids)
+        everyone = {**d.pids(), **{f"gateway{n + 2}": p.pid for n, p in enumerate(extra)},
+                    "nats_listener": nats_sub.pid}
+        scheduled_before = {name: scheduled_ms(pid) for name, pid in everyone.items()}
         per_process = {"clients": [_sockets(pid) - before for pid, before in zip(pids, sockets_before, strict=True)],
                        "rss_mib": [round(rss_mib(pid), 1) for pid in pids]}
         peak, done = {"rss": rss_connected}, threading.Event()
@@ -167,6 +170,11 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
             reports.append(json.loads(out))
         done.set()
         cpu_live = _sum(cpu_seconds, pids) - cpu_connected
+        scheduled_live = {}
+        for name, pid in everyone.items():
+            ran, waited = scheduled_ms(pid)
+            scheduled_live[name] = {"ran_ms": round(ran - scheduled_before[name][0]),
+                                    "waited_ms": round(waited - scheduled_before[name][1])}
         live_seconds = time.time() - connected_at
         load_after = _load()
         received_nats = json.loads(nats_sub.communicate("stop\n", timeout=60)[0])
@@ -183,21 +191,26 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
 
     times = {e["seq"]: datetime.fromisoformat(e["time"]).timestamp() for h in histories.values() for e in h}
     sse, sse_end, complete, statuses = [], [], 0, {}
+    arrived, arrived_end = [], []  # the same, by the kernel's receive time
     for job_id, history in histories.items():
         expected = _expected_ids(history)
         end_seq = int(expected[-1])  # the job's end, reported apart (it once waited for the projector)
         for r in reports:
             for s in r["jobs"][job_id]:
                 statuses[s["status"]] = statuses.get(s["status"], 0) + 1
-                ids = [ident for ident, _ in s["messages"]]
+                ids = [ident for ident, _, _ in s["messages"]]
                 complete += ids == expected  # every message, once, in order
-                for ident, at in s["messages"]:
+                for ident, at, kernel in s["messages"]:
                     seq = int(ident.split("-")[0])
                     if times[seq] > connected_at:
                         (sse_end if seq == end_seq else sse).append(1000 * (at - times[seq]))
-    nats_lat = [1000 * (received_nats[e["event"]["event_id"]] - times[e["seq"]])
-                for h in histories.values() for e in h
-                if e["event"]["event_id"] in received_nats and times[e["seq"]] > connected_at]
+                        (arrived_end if seq == end_seq else arrived).append(1000 * (kernel - times[seq]))
+    nats_lat, nats_arrived = [], []
+    for e in (e for h in histories.values() for e in h):
+        if e["event"]["event_id"] in received_nats and times[e["seq"]] > connected_at:
+            read_at, arrived_at = received_nats[e["event"]["event_id"]]
+            nats_lat.append(1000 * (read_at - times[e["seq"]]))
+            nats_arrived.append(1000 * (arrived_at - times[e["seq"]]))
     return {
         "parameters": {"clients": clients, "jobs": jobs, "personas_per_job": personas,
                        "client_processes": processes, "gateway_processes": gateways},
@@ -213,6 +226,12 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
         "nats_latency_ms": {"p50": percentile(nats_lat, 50), "p99": percentile(nats_lat, 99), "n": len(nats_lat)},
         "p99_gap_ms": round(percentile(sse + sse_end, 99) - percentile(nats_lat, 99), 2),
         "p99_gap_ms_before_the_end": round(percentile(sse, 99) - percentile(nats_lat, 99), 2),
+        # The same, by when the kernel received each message (SO_TIMESTAMPNS): without the time
+        # the client processes, on the same two cores, waited to read it.
+        "arrival_ms": {"sse": {"p50": percentile(arrived + arrived_end, 50),
+                               "p99": percentile(arrived + arrived_end, 99)},
+                       "nats": {"p50": percentile(nats_arrived, 50), "p99": percentile(nats_arrived, 99)}},
+        "arrival_p99_gap_ms": round(percentile(arrived + arrived_end, 99) - percentile(nats_arrived, 99), 2),
         "gateway_rss_mib": {"before_clients": round(rss_before, 1), "all_connected": round(rss_connected, 1),
                             "peak": round(peak["rss"], 1)},
         "gateway_kib_per_client": round(1024 * (rss_connected - rss_before) / clients, 1),
@@ -221,6 +240,9 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
                                 "live_wall_seconds": round(live_seconds, 2)},
         # clients each gateway process held (its sockets, less those it had before) and its RSS
         "per_gateway_process": per_process,
+        # While live, each process's time on a core and time ready to run with both cores busy
+        # (schedstat; the client processes' own CPU time: client_cpu_seconds).
+        "scheduled_while_live": scheduled_live,
         "clients_per_gateway_cpu_core_while_live": round(clients / max(0.01, cpu_live / live_seconds)),
         "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in reports],
         "load_average": {"before": load_before, "after": load_after},

@@ -141,18 +141,27 @@ class PullFailed(Exception):
 
 
 _PULL_DONE = {"404", "408"}  # no messages (now), the request expired: what was there has come
+PULL_END, PULL_FULL, PULL_COMPLETED = "end", "full", "completed"
+# With 409, of a request with max_bytes: its bytes are used up; it brought its whole batch.
+_PULL_409 = {"Message Size Exceeds MaxBytes": PULL_FULL, "Batch Completed": PULL_COMPLETED}
 
 
-def pull_ended(msg) -> bool:
-    """Whether ``msg`` is the server's status ending a pull (False: it is an event). A status
-    other than "no more messages" (409: a request over the server's limits, the consumer
-    deleted, a leader change) raises :class:`PullFailed` with the server's words."""
+def pull_status(msg) -> str | None:
+    """What the server's status ``msg`` says of a pull request: None when it is an event,
+    :data:`PULL_END` (no more messages now, or the request expired: what was there has come),
+    :data:`PULL_FULL` (the request's ``max_bytes`` are used up: ask again),
+    :data:`PULL_COMPLETED` (it brought the whole batch asked for: nothing to do). Any other
+    status (409: a request over the server's limits, the consumer deleted, a leader change)
+    raises :class:`PullFailed` with the server's words."""
     status = msg.headers.get("Status") if msg.headers else None
     if status is None:
-        return False
+        return None
     if status in _PULL_DONE:
-        return True
-    raise PullFailed(f"the server refused a read of the log: {status} {msg.headers.get('Description', '')}".strip())
+        return PULL_END
+    description = msg.headers.get("Description", "")
+    if status == "409" and description in _PULL_409:
+        return _PULL_409[description]
+    raise PullFailed(f"the server refused a read of the log: {status} {description}".strip())
 
 
 class FollowStalled(Exception):
@@ -624,17 +633,20 @@ class EventLog(DerivedReads):
         return [stored_message(msg) for msg in msgs], more
 
     async def pull(self, filter_subject: str, start_seq: int, limit: int, *, max_batch: int = 1000,
-                   timeout: float = 30) -> AsyncIterator[list]:
+                   timeout: float = 30, max_bytes: int | None = None) -> AsyncIterator[list]:
         """The raw messages of at most ``limit`` events matching ``filter_subject`` from
         ``start_seq``, in batches of at most ``max_batch``, until ``limit`` or the end of the log.
 
-        A pull consumer is asked for ``max_batch`` at a time, so nothing much past what the
-        caller reads is sent (an ordered push consumer would stream the rest of the log our way);
-        they arrive at a callback (a fetch waits for each message in a task of its own, more than
+        A pull consumer is asked for ``max_batch`` at a time, and for at most ``max_bytes``
+        (unset: :meth:`pull_max_bytes`), so nothing much past what the caller reads is sent (an
+        ordered push consumer would stream the rest of the log our way), and a batch of large
+        events stays within what a subscription may hold before NATS drops its messages. They
+        arrive at a callback (a fetch waits for each message in a task of its own, more than
         reading it costs). The server's "no more messages" ends the read; any other status (a
         request the server refuses, the consumer deleted) raises :class:`PullFailed`, and
         ``timeout`` seconds without a message raise ``TimeoutError``: a read never ends short
         without saying so."""
+        max_bytes = max_bytes or self.pull_max_bytes()
         arrivals = _Arrivals()
         sub = await self.nc.subscribe(self.nc.new_inbox(), cb=arrivals.put)
         name = None
@@ -649,30 +661,47 @@ class EventLog(DerivedReads):
             name = info.name
             left = min(limit, info.num_pending)
             next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
+            request = {"no_wait": True, "max_bytes": max_bytes}
             while left > 0:
                 asked = min(max_batch, left)
                 # no_wait: what the log holds now, then a 404 status if that is fewer than asked
-                await self.nc.publish(next_subject, json.dumps({"batch": asked, "no_wait": True}).encode(),
+                await self.nc.publish(next_subject, json.dumps({"batch": asked, **request}).encode(),
                                       reply=sub.subject)
-                while asked > 0:
+                got, status = 0, None
+                while asked > got and status is None:
                     try:
-                        msgs = await arrivals.take(asked, timeout=timeout)
+                        msgs = await arrivals.take(asked - got, timeout=timeout)
                     except TimeoutError:
                         raise TimeoutError(f"no message from the log for {timeout} s while reading "
                                            f"{filter_subject} from {start_seq}") from None
-                    events = [msg for msg in msgs if not pull_ended(msg)]
+                    events = []
+                    for msg in msgs:
+                        said = pull_status(msg)
+                        if said is None:
+                            events.append(msg)
+                        elif said != PULL_COMPLETED:  # (which may come after its batch, or with the next)
+                            status = said  # the request's end: nothing of it follows
+                            break
                     if events:
-                        asked -= len(events)
+                        got += len(events)
                         left -= len(events)
                         yield events
-                    if len(events) < len(msgs):  # aged out or purged while we read: that is all
-                        return
+                if status == PULL_END:  # aged out or purged while we read: that is all
+                    return
+                if status == PULL_FULL and not got:  # one event larger than a whole request
+                    raise PullFailed(f"an event of {filter_subject} from {start_seq} is over the {max_bytes} "
+                                     "bytes a read may ask for")
         finally:
             if name is not None:
                 await self._close(sub, name=name)
             else:  # no consumer was made
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    def pull_max_bytes(self) -> int:
+        """The bytes one pull request may bring: 8 MiB, or two of the largest message the
+        server takes, if more (a request that cannot hold the next event brings none)."""
+        return max(8 << 20, 2 * self.nc.max_payload)
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,

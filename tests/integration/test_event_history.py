@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from contracts import subjects
 from contracts.events import PersonaProgress
+from services.adapters.event_log import PullFailed
 from tests.samples import job_requested
 
 
@@ -75,3 +78,19 @@ async def test_a_short_page_says_no_more_follow_even_when_events_came_while_it_w
     assert [stored.seq for stored in page] == seqs and not more
     page, more = await event_log.read_page(subjects.job_history("growing"), seqs[-1] + 1, 10)
     assert [stored.event.attempt for stored in page] == [3] and not more
+
+
+async def test_a_pull_of_large_events_asks_again_whenever_a_request_is_full_of_bytes(event_log):
+    """Each request brings at most ``max_bytes``: a batch of large events cannot outgrow what a
+    subscription may hold (NATS drops the messages of a slow consumer). The read goes on."""
+    large = b"x" * 400_000
+    seqs = [(await event_log.js.publish("promptgen.job.large.blob", large)).seq for _ in range(7)]
+    batches = [batch async for batch in event_log.pull("promptgen.job.large.>", seqs[0], 100,
+                                                        max_bytes=1_000_000)]
+    assert [msg.metadata.sequence.stream for batch in batches for msg in batch] == seqs
+    assert max(len(batch) for batch in batches) <= 2  # two of them fill a request
+    assert event_log.pull_max_bytes() >= 2 * event_log.nc.max_payload
+
+    with pytest.raises(PullFailed, match="over the 100000 bytes"):  # one event larger than a request
+        async for _ in event_log.pull("promptgen.job.large.>", seqs[0], 100, max_bytes=100_000):
+            pass

@@ -80,12 +80,14 @@ class _Msg:
 def test_a_pull_ends_only_where_the_server_says_it_has_no_more_and_fails_on_any_other_status():
     import pytest
 
-    from services.adapters.event_log import PullFailed, pull_ended
+    from services.adapters.event_log import PULL_COMPLETED, PULL_END, PULL_FULL, PullFailed, pull_status
 
-    assert not pull_ended(_Msg(None)) and not pull_ended(_Msg({"Nats-Msg-Id": "x"}))  # events
-    assert pull_ended(_Msg({"Status": "404", "Description": "No Messages"}))
-    assert pull_ended(_Msg({"Status": "408", "Description": "Request Timeout"}))
+    assert pull_status(_Msg(None)) is None and pull_status(_Msg({"Nats-Msg-Id": "x"})) is None  # events
+    assert pull_status(_Msg({"Status": "404", "Description": "No Messages"})) == PULL_END
+    assert pull_status(_Msg({"Status": "408", "Description": "Request Timeout"})) == PULL_END
+    assert pull_status(_Msg({"Status": "409", "Description": "Message Size Exceeds MaxBytes"})) == PULL_FULL
+    assert pull_status(_Msg({"Status": "409", "Description": "Batch Completed"})) == PULL_COMPLETED
     for status, said in (("409", "Exceeded MaxRequestBatch of 100"), ("409", "Consumer Deleted"),
                          ("503", "No Responders")):
         with pytest.raises(PullFailed, match=f"{status} {said}"):
-            pull_ended(_Msg({"Status": status, "Description": said}))
+            pull_status(_Msg({"Status": status, "Description": said}))

@@ -30,6 +30,7 @@ from services.projector.memory_fold import BatchFold
 from services.projector.projections import READ_MODELS
 from services.projector.scratch import Scratch
 from services.runtime.failures import Unstorable, durably
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
 
@@ -310,9 +311,11 @@ def _refusal(msg) -> str | None:
     return None
 
 
-async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Progress], Awaitable[int]]) -> None:
+async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Progress], Awaitable[int]], *,
+                                 metrics: Metrics | None = None) -> None:
     """Answer rebuild requests: accept at once, then report progress and the end to the
-    request's reply inbox."""
+    request's reply inbox (and to ``metrics``: running, progress by stage, outcome, time)."""
+    metrics = metrics or Metrics()
     running = asyncio.Lock()
     tasks: set[asyncio.Task] = set()
 
@@ -330,19 +333,28 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
         await msg.respond(json.dumps({"accepted": True}).encode())
 
         async def report(done: int, total: int, *, stage: str = WRITING) -> None:
+            metrics.rebuild_progress.labels(stage).set(done / total if total else 1.0)
             await event_log.send(reply_to, json.dumps({"done": done, "total": total, "stage": stage}).encode())
 
         async with running:
             started = time.monotonic()
+            metrics.rebuild_running.set(1)
+            for stage in (WRITING, SWITCHING):
+                metrics.rebuild_progress.labels(stage).set(0)
             try:
                 position = await rebuild(report)
             except Exception as exc:  # noqa: BLE001 - the caller must hear about it
                 why = str(exc) or type(exc).__name__  # some say nothing (a bare TimeoutError)
                 log.error("rebuild_failed", error=why)
                 final = {"finished": True, "error": why}
+                metrics.rebuilds.labels("failed").inc()
             else:
                 final = {"finished": True, "position": position, "seconds": round(time.monotonic() - started, 3)}
                 log.info("rebuild_finished", **final)
+                metrics.rebuilds.labels("completed").inc()
+            finally:
+                metrics.rebuild_running.set(0)
+                metrics.rebuild_duration.observe(time.monotonic() - started)
             await event_log.send(reply_to, json.dumps(final).encode())
 
     async def on_message(msg) -> None:

@@ -18,6 +18,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 LLM_SECONDS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 HTTP_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 WAIT_SECONDS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60)
+# A rebuild reads the whole log: seconds for a small one, an hour for a very large one.
+REBUILD_SECONDS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -64,6 +66,19 @@ class Metrics:
         self.projector_batches = Counter(
             "promptgen_projector_batches", "Batches of the live fold stored, by how: in one transaction with "
             "the checkpoint, or write by write with the checkpoint last.", ["written"], registry=r)
+        self.rebuilds = Counter(
+            "promptgen_rebuilds", "Rebuilds of the read models from the log, by outcome: completed (the "
+            "rebuilt documents are live) or failed (the live ones are as they were).", ["outcome"], registry=r)
+        self.rebuild_duration = Histogram(
+            "promptgen_rebuild_duration_seconds", "Time from a rebuild's start to its end, whatever the outcome.",
+            buckets=REBUILD_SECONDS, registry=r)
+        self.rebuild_running = Gauge(
+            "promptgen_rebuild_running", "1 while a rebuild runs on this projector (the live fold waits for it "
+            "to switch), else 0.", registry=r)
+        self.rebuild_progress = Gauge(
+            "promptgen_rebuild_progress_ratio", "The running (or last) rebuild's progress through each stage, "
+            "0 to 1: writing (the log folded and stored), switching (the live collections brought to the "
+            "rebuilt ones).", ["stage"], registry=r)
         # every consumer
         self.parked_events = Counter(
             "promptgen_parked_events", "Events a consumer could not decode or store, set aside for an operator.",

@@ -406,17 +406,56 @@ async def test_a_rebuild_whose_worker_cannot_read_its_range_fails_naming_it_and_
 async def test_a_failed_rebuild_is_reported_with_a_reason_even_when_its_error_says_nothing(event_log):
     from services.cli.rebuild import _remote
     from services.projector.rebuild import serve_rebuild_requests
+    from services.runtime.metrics import Metrics
 
     async def silent_failure(progress) -> int:
+        await progress(3, 4)
         raise TimeoutError()  # str() of it is empty
 
-    await serve_rebuild_requests(event_log, silent_failure)
+    metrics = Metrics()
+    await serve_rebuild_requests(event_log, silent_failure, metrics=metrics)
 
     async def progress(done: int, total: int, *, stage: str = "writing") -> None:
         pass
 
     final = await _remote(event_log, progress)
     assert final == {"finished": True, "error": "TimeoutError"}
+    assert _sample(metrics, "promptgen_rebuilds_total", outcome="failed") == 1
+    assert _sample(metrics, "promptgen_rebuilds_total", outcome="completed") is None
+    assert _sample(metrics, "promptgen_rebuild_running") == 0
+    assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="writing") == 0.75
+    assert _sample(metrics, "promptgen_rebuild_duration_seconds_count") == 1
+
+
+async def test_a_rebuild_shows_in_the_metrics_while_it_runs_and_when_it_ends(event_log):
+    from services.cli.rebuild import _remote
+    from services.projector.rebuild import SWITCHING, serve_rebuild_requests
+    from services.runtime.metrics import Metrics
+
+    metrics = Metrics()
+    seen_running = []
+
+    async def rebuild(progress) -> int:
+        seen_running.append(_sample(metrics, "promptgen_rebuild_running"))
+        await progress(10, 10)
+        await progress(1, 2, stage=SWITCHING)
+        await progress(2, 2, stage=SWITCHING)
+        return 10
+
+    await serve_rebuild_requests(event_log, rebuild, metrics=metrics)
+
+    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
+        pass
+
+    assert (await _remote(event_log, progress))["position"] == 10
+    assert seen_running == [1] and _sample(metrics, "promptgen_rebuild_running") == 0
+    assert _sample(metrics, "promptgen_rebuilds_total", outcome="completed") == 1
+    assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="writing") == 1
+    assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="switching") == 1
+
+
+def _sample(metrics, name: str, **labels) -> float | None:
+    return metrics.registry.get_sample_value(name, labels or None)
 
 
 async def test_a_range_not_folded_in_time_fails_the_rebuild_and_its_workers_are_stopped(

@@ -16,8 +16,9 @@ it reads that the log held when the read began, and only those:
   end the projector applied during it).
 
 A read of anything else, or of a job or persona with nothing new in the last moments, waits
-for nothing but the log's answer. A wait that times out (the projector or the feed is away) is
-logged, and the read answers from what is stored.
+for nothing but the log's answer. Both waits together are bounded by one timeout; a wait that
+times out (the projector or the feed is away) is logged, and the read answers from what is
+stored.
 """
 
 from __future__ import annotations
@@ -143,8 +144,11 @@ class ReadFence:
         return outcome == "fresh"
 
     async def _fence(self, keys: list[str], *, every_job: bool) -> str:
+        """One deadline for the whole read: the projector gets what the feed's wait left of it."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(deadline):
                 end = await self._log_end()
                 while self._seen < end:
                     await self._moved.wait()
@@ -156,5 +160,6 @@ class ReadFence:
             self._metrics.read_fence_log_errors.inc()
         self._forget_applied()
         newest = self._newest_end if every_job else 0
-        applied = await self._waiter.wait_for(max(self._floor, newest, *(self._latest.get(k, 0) for k in keys)))
+        applied = await self._waiter.wait_for(max(self._floor, newest, *(self._latest.get(k, 0) for k in keys)),
+                                              timeout=max(0.0, deadline - loop.time()))
         return "fresh" if applied else "projection_lagging"

@@ -74,7 +74,8 @@ class ProjectionWaiter:
         self._changed = asyncio.Event()
         return True
 
-    async def wait_for(self, seq: int) -> bool:
+    async def wait_for(self, seq: int, *, timeout: float | None = None) -> bool:
+        """Whether the projector passed ``seq`` within ``timeout`` seconds (unset: this waiter's)."""
         if seq <= self._seen:
             return True
         self._wanted = max(self._wanted, seq)
@@ -82,7 +83,7 @@ class ProjectionWaiter:
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 while self._seen < seq:
                     await self._changed.wait()
             return True

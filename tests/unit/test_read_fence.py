@@ -26,9 +26,11 @@ class Projector:
     def __init__(self) -> None:
         self.checkpoint = 0
         self.waited_for: list[int] = []
+        self.given: list[float | None] = []  # the time each wait was given
 
-    async def wait_for(self, seq: int) -> bool:
+    async def wait_for(self, seq: int, *, timeout: float | None = None) -> bool:
         self.waited_for.append(seq)
+        self.given.append(timeout)
         return seq <= self.checkpoint
 
 
@@ -69,6 +71,20 @@ async def test_a_read_first_waits_for_the_feed_to_see_as_far_as_the_log():
     assert not done  # the log ends at 2, the feed has seen 1
     fence.observe(_end("a"), 2)
     assert await read is False and projector.waited_for == [2]
+
+
+async def test_the_projector_is_given_what_the_feeds_wait_left_of_the_reads_timeout():
+    """One bound for a read, not one for each wait: a feed that took most of it leaves the rest."""
+    projector = Projector()
+    fence = ReadFence(Log(2), projector, timeout=5)  # type: ignore[arg-type]
+    fence.observe(subjects.job("a", "requested"), 1)
+    read = asyncio.ensure_future(fence.jobs(["a"]))
+    done, _ = await asyncio.wait([read], timeout=0.2)  # the feed is behind the log for 0.2 s at least
+    assert not done
+    fence.observe(_end("a"), 2)
+    assert await read is False
+    (given,) = projector.given
+    assert given is not None and given <= 4.81
 
 
 async def test_a_feed_that_does_not_catch_up_in_time_is_reported():

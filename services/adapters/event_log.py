@@ -142,6 +142,8 @@ class PullFailed(Exception):
 
 _PULL_DONE = {"404", "408"}  # no messages (now), the request expired: what was there has come
 PULL_END, PULL_FULL, PULL_COMPLETED = "end", "full", "completed"
+PENDING_BYTES = "Nats-Pending-Bytes"  # of a status: what was left of the request's max_bytes
+PULL_QUIET_SECONDS = 1.0  # a pull request silent this long is over
 # With 409, of a request with max_bytes: its bytes are used up; it brought its whole batch.
 _PULL_409 = {"Message Size Exceeds MaxBytes": PULL_FULL, "Batch Completed": PULL_COMPLETED}
 
@@ -633,20 +635,24 @@ class EventLog(DerivedReads):
         return [stored_message(msg) for msg in msgs], more
 
     async def pull(self, filter_subject: str, start_seq: int, limit: int, *, max_batch: int = 1000,
-                   timeout: float = 30, max_bytes: int | None = None) -> AsyncIterator[list]:
+                   timeout: float = 30, max_bytes: int | None = None,
+                   quiet: float = PULL_QUIET_SECONDS) -> AsyncIterator[list]:
         """The raw messages of at most ``limit`` events matching ``filter_subject`` from
         ``start_seq``, in batches of at most ``max_batch``, until ``limit`` or the end of the log.
 
         A pull consumer is asked for ``max_batch`` at a time, and for at most ``max_bytes``
         (unset: :meth:`pull_max_bytes`), so nothing much past what the caller reads is sent (an
-        ordered push consumer would stream the rest of the log our way), and a batch of large
-        events stays within what a subscription may hold before NATS drops its messages. They
-        arrive at a callback (a fetch waits for each message in a task of its own, more than
-        reading it costs). The server's "no more messages" ends the read; any other status (a
-        request the server refuses, the consumer deleted) raises :class:`PullFailed`, and
-        ``timeout`` seconds without a message raise ``TimeoutError``: a read never ends short
+        ordered push consumer would stream the rest of the log our way) and a batch of large
+        events does not fill this process's memory. They arrive at a callback (a fetch waits for
+        each message in a task of its own, more than reading it costs). The server's "no more
+        messages" ends the read; a request whose bytes are used up is asked again (the server
+        says so, except when the last event fills it exactly: a request silent for ``quiet``
+        seconds is taken as over, and asked again, which cannot bring an event twice); any other
+        status (a request the server refuses, the consumer deleted) raises :class:`PullFailed`,
+        and ``timeout`` seconds without a message raise ``TimeoutError``: a read never ends short
         without saying so."""
         max_bytes = max_bytes or self.pull_max_bytes()
+        loop = asyncio.get_running_loop()
         arrivals = _Arrivals()
         sub = await self.nc.subscribe(self.nc.new_inbox(), cb=arrivals.put)
         name = None
@@ -662,35 +668,42 @@ class EventLog(DerivedReads):
             left = min(limit, info.num_pending)
             next_subject = f"{api.DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{self.stream}.{name}"
             request = {"no_wait": True, "max_bytes": max_bytes}
+            last_message, last_seq = loop.time(), start_seq - 1
             while left > 0:
+                # Never more than is left: a request asked again while an earlier one still
+                # delivers brings the events after that one's, and what is past the limit is
+                # never taken. no_wait: what the log holds now, then 404 if that is fewer.
                 asked = min(max_batch, left)
-                # no_wait: what the log holds now, then a 404 status if that is fewer than asked
                 await self.nc.publish(next_subject, json.dumps({"batch": asked, **request}).encode(),
                                       reply=sub.subject)
                 got, status = 0, None
                 while asked > got and status is None:
                     try:
-                        msgs = await arrivals.take(asked - got, timeout=timeout)
+                        msgs = await arrivals.take(asked - got, timeout=min(quiet, timeout))
                     except TimeoutError:
-                        raise TimeoutError(f"no message from the log for {timeout} s while reading "
-                                           f"{filter_subject} from {start_seq}") from None
+                        if loop.time() - last_message >= timeout:
+                            raise TimeoutError(f"no message from the log for {timeout} s while reading "
+                                               f"{filter_subject} from {start_seq}") from None
+                        break  # the request is over without a word: ask again
+                    last_message = loop.time()
                     events = []
                     for msg in msgs:
                         said = pull_status(msg)
                         if said is None:
                             events.append(msg)
+                        elif said == PULL_FULL and int(msg.headers.get(PENDING_BYTES, 0)) >= max_bytes:
+                            raise PullFailed(f"the event of {filter_subject} after sequence {last_seq} is larger "
+                                             f"than the {max_bytes} bytes a read may ask for")
                         elif said != PULL_COMPLETED:  # (which may come after its batch, or with the next)
                             status = said  # the request's end: nothing of it follows
                             break
                     if events:
                         got += len(events)
                         left -= len(events)
+                        last_seq = events[-1].metadata.sequence.stream
                         yield events
                 if status == PULL_END:  # aged out or purged while we read: that is all
                     return
-                if status == PULL_FULL and not got:  # one event larger than a whole request
-                    raise PullFailed(f"an event of {filter_subject} from {start_seq} is over the {max_bytes} "
-                                     "bytes a read may ask for")
         finally:
             if name is not None:
                 await self._close(sub, name=name)

@@ -91,6 +91,40 @@ async def test_a_pull_of_large_events_asks_again_whenever_a_request_is_full_of_b
     assert max(len(batch) for batch in batches) <= 2  # two of them fill a request
     assert event_log.pull_max_bytes() >= 2 * event_log.nc.max_payload
 
-    with pytest.raises(PullFailed, match="over the 100000 bytes"):  # one event larger than a request
+    with pytest.raises(PullFailed, match=rf"after sequence {seqs[0] - 1} is larger than the 100000 bytes"):
         async for _ in event_log.pull("promptgen.job.large.>", seqs[0], 100, max_bytes=100_000):
             pass
+
+
+async def test_a_pull_request_filled_to_its_last_byte_is_asked_again(event_log):
+    """The server ends a request its last event fills exactly without a word: the read asks
+    again after a quiet moment, instead of waiting for its timeout and ending short."""
+    import json
+
+    from nats.js import api
+
+    seqs = [(await event_log.js.publish("promptgen.job.exact.blob", b"y" * 1000)).seq for _ in range(5)]
+    # What the server counts for one event (subject, reply, headers, data): what a request of
+    # one event leaves of its max_bytes says so.
+    info = await event_log.js.add_consumer(event_log.stream, config=api.ConsumerConfig(
+        deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=seqs[0],
+        filter_subject="promptgen.job.exact.>", ack_policy=api.AckPolicy.NONE))
+    inbox = event_log.nc.new_inbox()
+    sub = await event_log.nc.subscribe(inbox)
+    await event_log.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{event_log.stream}.{info.name}",
+                               json.dumps({"batch": 1, "no_wait": True, "max_bytes": 10_000_000}).encode(),
+                               reply=inbox)
+    status = None
+    while status is None:
+        msg = await sub.next_msg(timeout=5)
+        if msg.headers and msg.headers.get("Status"):
+            status = msg
+    await sub.unsubscribe()
+    size = 10_000_000 - int(status.headers["Nats-Pending-Bytes"])
+
+    for max_bytes in (2 * size - 1, 2 * size, 2 * size + 1):  # two events fill a request exactly
+        pulled = [msg.metadata.sequence.stream
+                  async for batch in event_log.pull("promptgen.job.exact.>", seqs[0], 100, max_bytes=max_bytes,
+                                                    timeout=3, quiet=0.2)
+                  for msg in batch]
+        assert pulled == seqs, max_bytes

@@ -152,12 +152,13 @@ class ReadFence:
                 end = await self._log_end()
                 while self._seen < end:
                     await self._moved.wait()
+        except NatsError as exc:  # where the log ends is unknown: what the feed has seen is waited for
+            # (first: nats-py's own timeout is a TimeoutError too, and says nothing of the feed)
+            log.warning("read_fence_log_unreachable", error=type(exc).__name__)
+            self._metrics.read_fence_log_errors.inc()
         except TimeoutError:
             log.warning("read_fence_feed_lagging", seen=self._seen)
             return "feed_lagging"
-        except NatsError as exc:  # where the log ends is unknown: what the feed has seen is waited for
-            log.warning("read_fence_log_unreachable", error=type(exc).__name__)
-            self._metrics.read_fence_log_errors.inc()
         self._forget_applied()
         newest = self._newest_end if every_job else 0
         applied = await self._waiter.wait_for(max(self._floor, newest, *(self._latest.get(k, 0) for k in keys)),

@@ -126,6 +126,7 @@ async def test_a_feed_that_restarts_from_an_earlier_position_changes_nothing():
 
 async def test_with_the_log_unreachable_what_the_feed_saw_is_still_waited_for():
     from nats.errors import NoServersError
+    from nats.errors import TimeoutError as NatsTimeoutError
 
     class Away(Log):
         async def last_seq(self) -> int:
@@ -135,6 +136,14 @@ async def test_with_the_log_unreachable_what_the_feed_saw_is_still_waited_for():
     fence = ReadFence(Away(0), projector, timeout=1)  # type: ignore[arg-type]
     fence.observe(_end("a"), 4)
     assert await fence.jobs(["a"]) is False and projector.waited_for == [4]
+
+    class Slow(Log):  # nats-py's request timeout: a TimeoutError as well as a NATS error
+        async def last_seq(self) -> int:
+            raise NatsTimeoutError
+
+    slow = ReadFence(Slow(0), projector, timeout=1)  # type: ignore[arg-type]
+    slow.observe(_end("b"), 5)
+    assert await slow.jobs(["b"]) is False and projector.waited_for[-1] == 5  # not taken for a lagging feed
 
 
 async def test_every_job_waits_for_the_newest_end():

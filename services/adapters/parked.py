@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 
 import structlog
@@ -48,9 +48,14 @@ class NoConsumerRunning(Exception):
 
 
 class ParkedEvents:
-    def __init__(self, event_log: EventLogPort, metrics: Metrics | None = None) -> None:
+    def __init__(self, event_log: EventLogPort, metrics: Metrics | None = None, *,
+                 consumers: Iterable[str] = ()) -> None:
+        """``consumers``: those of this process that may park, counted from 0 in ``metrics``
+        (a counter that first appears at 1 shows no increase, and an alert on it stays quiet)."""
         self.event_log = event_log
         self.metrics = metrics
+        for consumer in consumers if metrics is not None else ():
+            metrics.parked_events.labels(consumer=consumer)
         self.stream = f"{event_log.stream}_PARKED"
         self._prefix = f"promptgen_parked.{event_log.stream}"
         self._ensured = False

@@ -99,7 +99,7 @@ async def bootstrap(
     provider = provider_for(settings, stack, provider)
     event_log = await event_log_for(settings, "promptgen-generator", stack, event_log)
     limiter = await open_limiter(event_log, settings, provider.name)
-    parked = ParkedEvents(event_log, metrics)
+    parked = ParkedEvents(event_log, metrics, consumers=(DISPATCHER, WORKERS, DEAD_LETTERS))
     await parked.ensure()
     pool = WorkerPool(event_log, provider, settings, limiter, parked, clock=clock, metrics=metrics)
     health = Health(ready_checks={"nats": lambda: nats_answers(event_log)})

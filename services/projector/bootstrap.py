@@ -105,7 +105,7 @@ async def bootstrap(
     metrics = metrics or Metrics()
     models = models_for(settings, stack, models)
     event_log = await event_log_for(settings, "promptgen-projector", stack, event_log)
-    parked = ParkedEvents(event_log, metrics)
+    parked = ParkedEvents(event_log, metrics, consumers=(PROJECTOR, JOB_MANAGER))
     job_manager = JobManager(event_log, models, parked=parked, clock=clock, metrics=metrics)
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,
                 on_reapplied=job_manager.decide, on_rebuilt=job_manager.watch.wake, metrics=metrics, clock=clock,

@@ -343,6 +343,14 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
                 metrics.rebuild_progress.labels(stage).set(0)
             try:
                 position = await rebuild(report)
+            except asyncio.CancelledError:  # the projector is stopping: the caller hears that much
+                log.warning("rebuild_cancelled")
+                metrics.rebuilds.labels("cancelled").inc()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(event_log.send(reply_to, json.dumps(
+                        {"finished": True, "error": "the projector stopped before the rebuild ended: "
+                                                    "ask for it again"}).encode()))
+                raise
             except Exception as exc:  # noqa: BLE001 - the caller must hear about it
                 why = str(exc) or type(exc).__name__  # some say nothing (a bare TimeoutError)
                 log.error("rebuild_failed", error=why)

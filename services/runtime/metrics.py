@@ -68,7 +68,10 @@ class Metrics:
             "the checkpoint, or write by write with the checkpoint last.", ["written"], registry=r)
         self.rebuilds = Counter(
             "promptgen_rebuilds", "Rebuilds of the read models from the log, by outcome: completed (the "
-            "rebuilt documents are live) or failed (the live ones are as they were).", ["outcome"], registry=r)
+            "rebuilt documents are live), failed (the live ones are as they were) or cancelled (the projector "
+            "stopped during it).", ["outcome"], registry=r)
+        for outcome in ("completed", "failed", "cancelled"):  # from 0: a first failure is an increase
+            self.rebuilds.labels(outcome)
         self.rebuild_duration = Histogram(
             "promptgen_rebuild_duration_seconds", "Time from a rebuild's start to its end, whatever the outcome.",
             buckets=REBUILD_SECONDS, registry=r)

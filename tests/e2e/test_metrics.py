@@ -54,6 +54,16 @@ async def test_metrics_follow_a_job(llm_system, mock_llm, scenario_document):
 
     projector = llm_system.metrics["projector"]
     assert sample(projector.exposition(), "promptgen_jobs_finished_total", status="completed") == 1
+    # Nothing parked, and the series there from the start: the first parked event is an increase.
+    from services.generator.consumers import DISPATCHER, WORKERS
+    from services.generator.dead_letters import DEAD_LETTERS
+    from services.projector.fold import PROJECTOR
+    from services.projector.job_manager import JOB_MANAGER
+
+    for consumer in (DISPATCHER, WORKERS, DEAD_LETTERS):
+        assert sample(generator, "promptgen_parked_events_total", consumer=consumer) == 0
+    for consumer in (PROJECTOR, JOB_MANAGER):
+        assert sample(projector.exposition(), "promptgen_parked_events_total", consumer=consumer) == 0
 
     async def caught_up() -> bool:
         return sample(projector.exposition(), "promptgen_projector_lag_events") == 0

@@ -421,7 +421,7 @@ async def test_a_failed_rebuild_is_reported_with_a_reason_even_when_its_error_sa
     final = await _remote(event_log, progress)
     assert final == {"finished": True, "error": "TimeoutError"}
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="failed") == 1
-    assert _sample(metrics, "promptgen_rebuilds_total", outcome="completed") is None
+    assert _sample(metrics, "promptgen_rebuilds_total", outcome="completed") == 0
     assert _sample(metrics, "promptgen_rebuild_running") == 0
     assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="writing") == 0.75
     assert _sample(metrics, "promptgen_rebuild_duration_seconds_count") == 1
@@ -452,6 +452,36 @@ async def test_a_rebuild_shows_in_the_metrics_while_it_runs_and_when_it_ends(eve
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="completed") == 1
     assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="writing") == 1
     assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="switching") == 1
+
+
+async def test_a_rebuild_cut_short_by_the_projector_stopping_is_told_and_counted(event_log):
+    from services.cli.rebuild import _remote
+    from services.projector.rebuild import serve_rebuild_requests
+    from services.runtime.metrics import Metrics
+
+    metrics = Metrics()
+    started = asyncio.Event()
+
+    async def endless(progress) -> int:
+        started.set()
+        await asyncio.Event().wait()
+        return 0
+
+    await serve_rebuild_requests(event_log, endless, metrics=metrics)
+
+    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
+        pass
+
+    asked = asyncio.ensure_future(_remote(event_log, progress))
+    await started.wait()
+    for task in asyncio.all_tasks():  # what the projector's shutdown does to a rebuild under way
+        if task.get_coro().__qualname__.endswith("on_request"):
+            task.cancel()
+    final = await asyncio.wait_for(asked, 10)
+    assert final["finished"] and "stopped before the rebuild ended" in final["error"]
+    assert _sample(metrics, "promptgen_rebuilds_total", outcome="cancelled") == 1
+    assert _sample(metrics, "promptgen_rebuilds_total", outcome="failed") == 0  # there from the start
+    assert _sample(metrics, "promptgen_rebuild_running") == 0
 
 
 def _sample(metrics, name: str, **labels) -> float | None:

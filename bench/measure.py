@@ -44,6 +44,15 @@ def scheduled_ms(pid: int) -> tuple[float, float]:
     return ran / 1e6, waited / 1e6
 
 
+def write_calls(pid: int) -> int:
+    """The write system calls the process made so far (``syscw`` of ``/proc/PID/io``)."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("syscw:"))
+    except (FileNotFoundError, PermissionError, StopIteration):
+        return 0
+
+
 def rss_mib(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/status") as f:

@@ -2,10 +2,12 @@
 
     python -m bench.nats_listener NATS_URL
 
-Prints "ready" once subscribed, then, on "stop" (stdin), a JSON map: event id -> [the time
-this process read the message, the time the kernel received it]. It speaks the NATS text
-protocol on one socket (as the light SSE clients speak HTTP: :mod:`bench.sse_clients`), so
-that each read carries the kernel's receive time (``SO_TIMESTAMPNS``), as theirs do.
+Prints "ready" once subscribed, then, on "stop" (stdin), one JSON object: ``received``, a map
+event id -> [the time this process read the message, the kernel's receive time of the newest
+bytes that read took], and ``unreadable``, the messages it could not take (a payload that is
+not an event, a server error), each counted and passed over. It speaks the NATS text protocol
+on one socket (as the light SSE clients speak HTTP: :mod:`bench.sse_clients`), so that each
+read carries the kernel's receive time (``SO_TIMESTAMPNS``), as theirs do.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Listener:
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.buffer = bytearray()
         self.received: dict[str, list[float]] = {}
+        self.unreadable: list[str] = []
         self.pongs = 0
 
     @classmethod
@@ -40,7 +43,8 @@ class Listener:
         connect = {"verbose": False, "pedantic": False, "headers": True, "lang": "python-raw", "version": "0"}
         self.sock.sendall(f"CONNECT {json.dumps(connect)}\r\nSUB {SUBJECT} 1\r\nPING\r\n".encode())
         while not self.pongs:  # the server has the subscription once it answers the PING after it
-            self._read()
+            if not self._read():
+                raise ConnectionError(f"the server closed the connection: {self.unreadable or 'no reason given'}")
 
     def run(self) -> None:
         try:
@@ -48,6 +52,8 @@ class Listener:
                 pass
         except OSError:
             pass  # closed on "stop"
+        except Exception as exc:  # noqa: BLE001 - a stream it cannot frame: said, and the reads end
+            self.unreadable.append(f"the reads ended: {exc!r}"[:300])
 
     def _read(self) -> bool:
         data, ancillary, _, _ = self.sock.recvmsg(65536, STAMP_SPACE)
@@ -70,16 +76,19 @@ class Listener:
                 if len(self.buffer) < end + 2:
                     return
                 payload = bytes(self.buffer[eol + 2 + header_bytes : end])
-                self.received[json.loads(payload)["event_id"]] = [read_at, arrived_at]
                 del self.buffer[: end + 2]
+                try:
+                    self.received[json.loads(payload)["event_id"]] = [read_at, arrived_at]
+                except (ValueError, KeyError, TypeError) as exc:
+                    self.unreadable.append(f"{line[:200]!r}: {exc!r}"[:300])
                 continue
             del self.buffer[: eol + 2]
             if verb == b"PING":
                 self.sock.sendall(b"PONG\r\n")
             elif verb == b"PONG":
                 self.pongs += 1
-            elif verb == b"-ERR":
-                raise RuntimeError(line.decode(errors="replace"))
+            elif verb == b"-ERR":  # said, and the server may close the connection: the reads end then
+                self.unreadable.append(line.decode(errors="replace")[:300])
 
 
 def main(url: str) -> None:
@@ -91,7 +100,7 @@ def main(url: str) -> None:
     sys.stdin.readline()
     listener.sock.shutdown(socket.SHUT_RDWR)
     reader.join(10)
-    print(json.dumps(listener.received), flush=True)
+    print(json.dumps({"received": listener.received, "unreadable": listener.unreadable}), flush=True)
 
 
 if __name__ == "__main__":

@@ -435,7 +435,8 @@ def sse_fanout(quick: bool) -> dict:
         reports = run_loadgen(d.base_url, jobs=jobs_each, personas=personas, watchers=watchers,
                               processes=processes)
         done.set()
-        received_nats = _json.loads(nats_sub.communicate("stop\n", timeout=60)[0])
+        reference = _json.loads(nats_sub.communicate("stop\n", timeout=60)[0])
+        received_nats = reference["received"]
         times, event_ids = {}, {}
         for r in reports:
             for j in r["jobs"]:
@@ -475,6 +476,7 @@ def sse_fanout(quick: bool) -> dict:
         "clients_complete": complete,
         "sse_latency_ms": {"p50": percentile(sse, 50), "p99": percentile(sse, 99), "n": len(sse)},
         "nats_latency_ms": {"p50": percentile(nats_lat, 50), "p99": percentile(nats_lat, 99), "n": len(nats_lat)},
+        "nats_unreadable": reference["unreadable"],  # messages the reference could not take (none, normally)
         "p99_gap_ms": round(percentile(sse, 99) - percentile(nats_lat, 99), 2),
         "gateway_rss_mib": {"before": round(rss_before, 1), "peak": round(peak["rss"], 1)},
         "gateway_kib_per_client": round(1024 * (peak["rss"] - rss_before) / max(1, clients), 1),

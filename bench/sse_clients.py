@@ -3,8 +3,9 @@
     python -m bench.sse_clients --base-url URL --job ID [--job ID ...] --clients-per-job N
 
 Each client reads its stream to the end and only notes when each read arrived: when the
-process read it, and when the kernel received it (``SO_TIMESTAMPNS``; a client process
-waiting for a core delays the first, not the second). The messages are parsed after the
+process read it, and the kernel's receive time of the newest bytes it took (``SO_TIMESTAMPNS``;
+exact for the newest message of a read, an upper bound for those that came before it in the
+same read; a client process waiting for a core delays the first time, not the second). The messages are parsed after the
 stream ends, so that parsing does not slow the reads (and with them the latency measured).
 Prints ``connected <n>`` once every client has its response headers, then, when all
 streams have ended, one JSON object: per job, each client's message ids and the two times
@@ -86,8 +87,7 @@ def kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float | None:
 async def client(host: str, port: int, path: str, connecting: asyncio.Semaphore, connected: asyncio.Event,
                  counter: list[int], total: int) -> dict:
     """One stream, read to its end. Each read is noted with the bytes received so far, the
-    time the process read them and the time the kernel received them: a client process
-    that waits for a core delays the first, not the second."""
+    time the process read them and the kernel's receive time of the newest of them."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setblocking(False)

@@ -21,7 +21,7 @@ import httpx
 
 from bench import harness
 from bench.loadgen import make_personas
-from bench.measure import cpu_seconds, percentile, rss_mib, scheduled_ms
+from bench.measure import cpu_seconds, percentile, rss_mib, scheduled_ms, write_calls
 from bench.scenarios import MockLLMProcess, _llm_env
 
 
@@ -152,6 +152,7 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
         everyone = {**d.pids(), **{f"gateway{n + 2}": p.pid for n, p in enumerate(extra)},
                     "nats_listener": nats_sub.pid}
         scheduled_before = {name: scheduled_ms(pid) for name, pid in everyone.items()}
+        writes_before = _sum(write_calls, pids)
         per_process = {"clients": [_sockets(pid) - before for pid, before in zip(pids, sockets_before, strict=True)],
                        "rss_mib": [round(rss_mib(pid), 1) for pid in pids]}
         peak, done = {"rss": rss_connected}, threading.Event()
@@ -170,6 +171,7 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
             reports.append(json.loads(out))
         done.set()
         cpu_live = _sum(cpu_seconds, pids) - cpu_connected
+        writes_live = _sum(write_calls, pids) - writes_before
         scheduled_live = {}
         for name, pid in everyone.items():
             ran, waited = scheduled_ms(pid)
@@ -177,7 +179,8 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
                                     "waited_ms": round(waited - scheduled_before[name][1])}
         live_seconds = time.time() - connected_at
         load_after = _load()
-        received_nats = json.loads(nats_sub.communicate("stop\n", timeout=60)[0])
+        reference = json.loads(nats_sub.communicate("stop\n", timeout=60)[0])
+        received_nats = reference["received"]
         histories = {j: _history(d.base_url, j) for j in job_ids}
     finally:
         for p in procs:
@@ -191,7 +194,8 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
 
     times = {e["seq"]: datetime.fromisoformat(e["time"]).timestamp() for h in histories.values() for e in h}
     sse, sse_end, complete, statuses = [], [], 0, {}
-    arrived, arrived_end = [], []  # the same, by the kernel's receive time
+    arrived, arrived_end = [], []  # the same, by the kernel's receive time of the newest bytes read with it
+    read_delay = []  # for each message: its read's time less that kernel time (the client's own delay)
     for job_id, history in histories.items():
         expected = _expected_ids(history)
         end_seq = int(expected[-1])  # the job's end, reported apart (it once waited for the projector)
@@ -205,6 +209,7 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
                     if times[seq] > connected_at:
                         (sse_end if seq == end_seq else sse).append(1000 * (at - times[seq]))
                         (arrived_end if seq == end_seq else arrived).append(1000 * (kernel - times[seq]))
+                        read_delay.append(1000 * (at - kernel))
     nats_lat, nats_arrived = [], []
     for e in (e for h in histories.values() for e in h):
         if e["event"]["event_id"] in received_nats and times[e["seq"]] > connected_at:
@@ -224,14 +229,17 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
         "sse_latency_ms_of_the_end": {"p50": percentile(sse_end, 50), "p99": percentile(sse_end, 99),
                                       "n": len(sse_end)},
         "nats_latency_ms": {"p50": percentile(nats_lat, 50), "p99": percentile(nats_lat, 99), "n": len(nats_lat)},
+        "nats_unreadable": reference["unreadable"],  # messages the reference could not take (none, normally)
         "p99_gap_ms": round(percentile(sse + sse_end, 99) - percentile(nats_lat, 99), 2),
         "p99_gap_ms_before_the_end": round(percentile(sse, 99) - percentile(nats_lat, 99), 2),
-        # The same, by when the kernel received each message (SO_TIMESTAMPNS): without the time
-        # the client processes, on the same two cores, waited to read it.
+        # The same, by the kernel's receive time (SO_TIMESTAMPNS) of the newest bytes of the read
+        # that took each message: without the time the client processes, on the same two cores,
+        # waited to read it (exact for a read's newest message, an upper bound for the others).
         "arrival_ms": {"sse": {"p50": percentile(arrived + arrived_end, 50),
                                "p99": percentile(arrived + arrived_end, 99)},
                        "nats": {"p50": percentile(nats_arrived, 50), "p99": percentile(nats_arrived, 99)}},
         "arrival_p99_gap_ms": round(percentile(arrived + arrived_end, 99) - percentile(nats_arrived, 99), 2),
+        "client_read_delay_ms": {"p50": percentile(read_delay, 50), "p99": percentile(read_delay, 99)},
         "gateway_rss_mib": {"before_clients": round(rss_before, 1), "all_connected": round(rss_connected, 1),
                             "peak": round(peak["rss"], 1)},
         "gateway_kib_per_client": round(1024 * (rss_connected - rss_before) / clients, 1),
@@ -243,6 +251,7 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
         # While live, each process's time on a core and time ready to run with both cores busy
         # (schedstat; the client processes' own CPU time: client_cpu_seconds).
         "scheduled_while_live": scheduled_live,
+        "gateway_write_calls_while_live": writes_live,
         "clients_per_gateway_cpu_core_while_live": round(clients / max(0.01, cpu_live / live_seconds)),
         "client_cpu_seconds": [round(r["cpu_seconds"], 2) for r in reports],
         "load_average": {"before": load_before, "after": load_after},

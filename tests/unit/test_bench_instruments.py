@@ -39,6 +39,7 @@ def test_the_nats_listener_takes_messages_split_across_reads_answers_pings_and_s
     peer.sendall(b"MSG promptgen.job.a.x 1 %d\r\n%s" % (len(first), first[:5]))
     time.sleep(0.05)  # the rest in a later read: the message is noted when it is whole
     peer.sendall(first[5:] + b"\r\nPING\r\n")
+    peer.sendall(b"MSG promptgen.job.a.z 1 3\r\nabc\r\n")  # not an event: counted, passed over
     peer.sendall(b"HMSG promptgen.job.a.y 1 %d %d\r\n%s%s\r\n" % (len(headers), len(headers) + len(second),
                                                                  headers, second))
     answer = b""
@@ -50,6 +51,7 @@ def test_the_nats_listener_takes_messages_split_across_reads_answers_pings_and_s
     server.close()
 
     assert set(listener.received) == {"e1", "e2"}
+    assert len(listener.unreadable) == 1 and "promptgen.job.a.z" in listener.unreadable[0]
     for read_at, arrived_at in listener.received.values():
         assert before <= arrived_at <= read_at <= time.time()
     assert listener.received["e1"][1] >= before + 0.05  # stamped by the read that completed it
@@ -61,3 +63,15 @@ def test_sse_messages_take_the_times_of_the_read_that_completed_them():
     split = raw.index(b"id: 2") + 3  # the second message ends in the second read
     reads = [(split, 10.0, 9.5), (len(raw), 11.0, 10.5)]
     assert messages(raw, reads) == [("1", 10.0, 9.5), ("2", 11.0, 10.5)]
+
+
+def test_the_nats_listener_says_so_when_the_server_closes_before_subscribing():
+    server = socket.create_server(("127.0.0.1", 0))
+    sock = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    peer.sendall(b'INFO {"server_id":"x"}\r\n-ERR \'Authorization Violation\'\r\n')
+    peer.close()
+    with pytest.raises(ConnectionError, match="Authorization Violation"):
+        Listener(sock).subscribe()
+    sock.close()
+    server.close()

@@ -123,15 +123,18 @@ async def client(host: str, port: int, path: str, connecting: asyncio.Semaphore,
                 return
 
     try:
-        async with connecting:  # a connection storm the gateway's accept backlog can take
-            await loop.sock_connect(sock, (host, port))
-            await loop.sock_sendall(
-                sock, f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
-            loop.add_reader(sock, readable)
-            await headed
-        end = raw.find(b"\r\n\r\n")
-        head, body_from = bytes(raw[:end]), end + 4
-        status = int(head.split(b" ", 2)[1])
+        try:
+            async with connecting:  # a connection storm the gateway's accept backlog can take
+                await loop.sock_connect(sock, (host, port))
+                await loop.sock_sendall(
+                    sock, f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
+                loop.add_reader(sock, readable)
+                await headed
+            end = raw.find(b"\r\n\r\n")
+            head, body_from = bytes(raw[:end]), end + 4
+            status = int(head.split(b" ", 2)[1])
+        except (OSError, ValueError, IndexError):  # no stream: status 0 in the report, and the others go on
+            status, body_from = 0, len(raw)
         counter[0] += 1
         if counter[0] == total:
             connected.set()

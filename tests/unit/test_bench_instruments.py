@@ -75,3 +75,16 @@ def test_the_nats_listener_says_so_when_the_server_closes_before_subscribing():
         Listener(sock).subscribe()
     sock.close()
     server.close()
+
+
+async def test_an_sse_client_refused_is_reported_with_status_0_and_the_others_are_not_held_up():
+    import asyncio
+
+    from bench.sse_clients import client
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    server.close()  # nothing listens there now
+    connected, counter = asyncio.Event(), [0]
+    report = await client("127.0.0.1", port, "/x", asyncio.Semaphore(1), connected, counter, 1)
+    assert report["status"] == 0 and report["reads"] == [] and connected.is_set()

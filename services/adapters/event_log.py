@@ -141,6 +141,7 @@ class PullFailed(Exception):
 
 
 _PULL_DONE = {"404", "408"}  # no messages (now), the request expired: what was there has come
+_PULL_PENDING = "Requests Pending"  # with 408: refused, as earlier requests already ask for what is left
 PULL_END, PULL_FULL, PULL_COMPLETED = "end", "full", "completed"
 PENDING_BYTES = "Nats-Pending-Bytes"  # of a status: what was left of the request's max_bytes
 PULL_QUIET_SECONDS = 1.0  # a pull request silent this long is over
@@ -152,15 +153,18 @@ def pull_status(msg) -> str | None:
     """What the server's status ``msg`` says of a pull request: None when it is an event,
     :data:`PULL_END` (no more messages now, or the request expired: what was there has come),
     :data:`PULL_FULL` (the request's ``max_bytes`` are used up: ask again),
-    :data:`PULL_COMPLETED` (it brought the whole batch asked for: nothing to do). Any other
+    :data:`PULL_COMPLETED` (it brought the whole batch asked for, or was refused because earlier
+requests already ask for every event left: nothing to do). Any other
     status (409: a request over the server's limits, the consumer deleted, a leader change)
     raises :class:`PullFailed` with the server's words."""
     status = msg.headers.get("Status") if msg.headers else None
     if status is None:
         return None
+    description = msg.headers.get("Description", "")
+    if status == "408" and description == _PULL_PENDING:
+        return PULL_COMPLETED  # nothing to do: the earlier requests bring those events
     if status in _PULL_DONE:
         return PULL_END
-    description = msg.headers.get("Description", "")
     if status == "409" and description in _PULL_409:
         return _PULL_409[description]
     raise PullFailed(f"the server refused a read of the log: {status} {description}".strip())
@@ -647,7 +651,7 @@ class EventLog(DerivedReads):
         each message in a task of its own, more than reading it costs). The server's "no more
         messages" ends the read; a request whose bytes are used up is asked again (the server
         says so, except when the last event fills it exactly: a request silent for ``quiet``
-        seconds is taken as over, and asked again, which cannot bring an event twice); any other
+        seconds that the server no longer holds is over, and asked again); any other
         status (a request the server refuses, the consumer deleted) raises :class:`PullFailed`,
         and ``timeout`` seconds without a message raise ``TimeoutError``: a read never ends short
         without saying so."""
@@ -670,9 +674,8 @@ class EventLog(DerivedReads):
             request = {"no_wait": True, "max_bytes": max_bytes}
             last_message, last_seq = loop.time(), start_seq - 1
             while left > 0:
-                # Never more than is left: a request asked again while an earlier one still
-                # delivers brings the events after that one's, and what is past the limit is
-                # never taken. no_wait: what the log holds now, then 404 if that is fewer.
+                # One request at a time, never for more than is left. no_wait: what the log
+                # holds now, then 404 if that is fewer.
                 asked = min(max_batch, left)
                 await self.nc.publish(next_subject, json.dumps({"batch": asked, **request}).encode(),
                                       reply=sub.subject)
@@ -684,7 +687,9 @@ class EventLog(DerivedReads):
                         if loop.time() - last_message >= timeout:
                             raise TimeoutError(f"no message from the log for {timeout} s while reading "
                                                f"{filter_subject} from {start_seq}") from None
-                        break  # the request is over without a word: ask again
+                        if (await self.js.consumer_info(self.stream, name)).num_waiting:
+                            continue  # the request still waits on the server (a slow moment): so do we
+                        break  # it is over without a word: ask again
                     last_message = loop.time()
                     events = []
                     for msg in msgs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -128,3 +129,35 @@ async def test_a_pull_request_filled_to_its_last_byte_is_asked_again(event_log):
                                                     timeout=3, quiet=0.2)
                   for msg in batch]
         assert pulled == seqs, max_bytes
+
+
+async def test_a_pull_whose_request_is_slow_to_answer_waits_for_it_and_reads_everything(event_log, nats_server):
+    """A quiet moment while the server still holds the request (a loaded server, a slow link)
+    is not the request's end: asking again then would pile requests up, and the server refuses
+    a no-wait request that asks for more than the earlier ones leave ("408 Requests Pending"),
+    which once ended the read with nothing. Here the server stops for a while at the first request."""
+    import os
+    import signal
+
+    if nats_server is None:
+        pytest.skip("the NATS server is not ours to stop (NATS_URL)")
+    seqs = await _job_with_events(event_log, "slow", 149)
+    publish, stopped = event_log.nc.publish, []
+
+    async def stopping_at_the_first_request(subject, payload=b"", reply="", headers=None):
+        if ".CONSUMER.MSG.NEXT." in subject and not stopped:
+            stopped.append(subject)
+            os.kill(nats_server.proc.pid, signal.SIGSTOP)
+            asyncio.get_running_loop().call_later(0.7, os.kill, nats_server.proc.pid, signal.SIGCONT)
+        return await publish(subject, payload, reply=reply, headers=headers)
+
+    event_log.nc.publish = stopping_at_the_first_request
+    try:
+        pulled = [msg.metadata.sequence.stream
+                  async for batch in event_log.pull(subjects.job_history("slow"), seqs[0], 200, timeout=10,
+                                                    quiet=0.2)  # three quiet moments while it is stopped
+                  for msg in batch]
+    finally:
+        event_log.nc.publish = publish
+        os.kill(nats_server.proc.pid, signal.SIGCONT)
+    assert stopped and pulled == seqs

@@ -87,6 +87,7 @@ def test_a_pull_ends_only_where_the_server_says_it_has_no_more_and_fails_on_any_
     assert pull_status(_Msg({"Status": "408", "Description": "Request Timeout"})) == PULL_END
     assert pull_status(_Msg({"Status": "409", "Description": "Message Size Exceeds MaxBytes"})) == PULL_FULL
     assert pull_status(_Msg({"Status": "409", "Description": "Batch Completed"})) == PULL_COMPLETED
+    assert pull_status(_Msg({"Status": "408", "Description": "Requests Pending"})) == PULL_COMPLETED  # not the end
     for status, said in (("409", "Exceeded MaxRequestBatch of 100"), ("409", "Consumer Deleted"),
                          ("503", "No Responders")):
         with pytest.raises(PullFailed, match=f"{status} {said}"):

@@ -56,7 +56,7 @@ class ProjectorService:
             asyncio.create_task(keep_going(lambda: self._drop_expired_views(stop), stop, what="retention"),
                                 name="retention"),
         ]
-        await serve_rebuild_requests(self.event_log, self.fold.rebuild, metrics=self.metrics)
+        stop_rebuild = await serve_rebuild_requests(self.event_log, self.fold.rebuild, metrics=self.metrics)
         await self.parked.serve(PROJECTOR, self.fold.reapply)
         await self.parked.serve(JOB_MANAGER, self.job_manager.reapply)
         self.health.live_checks["consumers"] = lambda: not any(t.done() for t in tasks)
@@ -71,6 +71,7 @@ class ProjectorService:
                 if task in tasks and task.exception():
                     raise task.exception()
         finally:
+            await stop_rebuild()  # while NATS is connected: `promptgen rebuild` hears that it was stopped
             for task in tasks:
                 await cancel_and_wait(task)
 

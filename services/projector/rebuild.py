@@ -312,9 +312,12 @@ def _refusal(msg) -> str | None:
 
 
 async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Progress], Awaitable[int]], *,
-                                 metrics: Metrics | None = None) -> None:
+                                 metrics: Metrics | None = None) -> Callable[[], Awaitable[None]]:
     """Answer rebuild requests: accept at once, then report progress and the end to the
-    request's reply inbox (and to ``metrics``: running, progress by stage, outcome, time)."""
+    request's reply inbox (and to ``metrics``: running, progress by stage, outcome, time).
+
+    Returns what stops a rebuild under way, telling its caller so: to be awaited while the
+    connection to NATS is still open (the service's shutdown, before it closes it)."""
     metrics = metrics or Metrics()
     running = asyncio.Lock()
     tasks: set[asyncio.Task] = set()
@@ -372,3 +375,10 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
         task.add_done_callback(tasks.discard)
 
     await event_log.subscribe(CONTROL_SUBJECT, on_message)
+
+    async def stop() -> None:
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    return stop

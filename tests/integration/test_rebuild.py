@@ -454,31 +454,44 @@ async def test_a_rebuild_shows_in_the_metrics_while_it_runs_and_when_it_ends(eve
     assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="switching") == 1
 
 
-async def test_a_rebuild_cut_short_by_the_projector_stopping_is_told_and_counted(event_log):
+async def test_a_rebuild_cut_short_by_the_projector_stopping_is_told_and_counted(settings, models, event_log,
+                                                                                   monkeypatch):
+    """The projector's shutdown stops a rebuild under way while it can still say so: the
+    caller hears that it was stopped (and does not wait out its own timeout)."""
     from services.cli.rebuild import _remote
-    from services.projector.rebuild import serve_rebuild_requests
-    from services.runtime.metrics import Metrics
+    from services.projector.fold import Fold
+    from tests.conftest import InProcessSystem
 
-    metrics = Metrics()
     started = asyncio.Event()
 
-    async def endless(progress) -> int:
+    async def endless(self, progress) -> int:
         started.set()
         await asyncio.Event().wait()
         return 0
 
-    await serve_rebuild_requests(event_log, endless, metrics=metrics)
+    monkeypatch.setattr(Fold, "rebuild", endless)
+    system = await InProcessSystem(settings).start(generator=False)
+    try:
+        async def progress(done: int, total: int, *, stage: str = "writing") -> None:
+            pass
 
-    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
-        pass
+        async def ask() -> dict:
+            from nats.errors import NoRespondersError
 
-    asked = asyncio.ensure_future(_remote(event_log, progress))
-    await started.wait()
-    for task in asyncio.all_tasks():  # what the projector's shutdown does to a rebuild under way
-        if task.get_coro().__qualname__.endswith("on_request"):
-            task.cancel()
-    final = await asyncio.wait_for(asked, 10)
+            while True:  # until the projector listens
+                try:
+                    return await _remote(event_log, progress)
+                except NoRespondersError:
+                    await asyncio.sleep(0.05)
+
+        asked = asyncio.ensure_future(ask())
+        await asyncio.wait_for(started.wait(), 10)
+        await system.stop_service("projector")
+        final = await asyncio.wait_for(asked, 10)
+    finally:
+        await system.close()
     assert final["finished"] and "stopped before the rebuild ended" in final["error"]
+    metrics = system.metrics["projector"]
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="cancelled") == 1
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="failed") == 0  # there from the start
     assert _sample(metrics, "promptgen_rebuild_running") == 0

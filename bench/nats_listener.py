@@ -32,6 +32,7 @@ class Listener:
         self.received: dict[str, list[float]] = {}
         self.unreadable: list[str] = []
         self.pongs = 0
+        self.stopping = False
 
     @classmethod
     def connect(cls, url: str) -> Listener:
@@ -50,8 +51,11 @@ class Listener:
         try:
             while self._read():
                 pass
-        except OSError:
-            pass  # closed on "stop"
+            if not self.stopping:
+                self.unreadable.append("the server closed the connection before the run ended")
+        except OSError as exc:
+            if not self.stopping:  # (on "stop" the socket is shut down under the read)
+                self.unreadable.append(f"the reads ended: {exc!r}"[:300])
         except Exception as exc:  # noqa: BLE001 - a stream it cannot frame: said, and the reads end
             self.unreadable.append(f"the reads ended: {exc!r}"[:300])
 
@@ -98,6 +102,7 @@ def main(url: str) -> None:
     reader.start()
     print("ready", flush=True)
     sys.stdin.readline()
+    listener.stopping = True
     listener.sock.shutdown(socket.SHUT_RDWR)
     reader.join(10)
     print(json.dumps({"received": listener.received, "unreadable": listener.unreadable}), flush=True)

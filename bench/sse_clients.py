@@ -71,6 +71,7 @@ def messages(raw: bytes, reads: list[tuple[int, float, float]]) -> list[tuple[st
     return out
 
 
+HEADERS_WITHIN = 60.0  # seconds a connected client waits for its response headers
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: each read says when its bytes reached the socket
 STAMP_SPACE = socket.CMSG_SPACE(16)  # struct timespec
 
@@ -129,11 +130,11 @@ async def client(host: str, port: int, path: str, connecting: asyncio.Semaphore,
                 await loop.sock_sendall(
                     sock, f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n".encode())
                 loop.add_reader(sock, readable)
-                await headed
+                await asyncio.wait_for(headed, HEADERS_WITHIN)
             end = raw.find(b"\r\n\r\n")
             head, body_from = bytes(raw[:end]), end + 4
             status = int(head.split(b" ", 2)[1])
-        except (OSError, ValueError, IndexError):  # no stream: status 0 in the report, and the others go on
+        except (OSError, ValueError, IndexError, TimeoutError):  # no stream: status 0, and the others go on
             status, body_from = 0, len(raw)
         counter[0] += 1
         if counter[0] == total:

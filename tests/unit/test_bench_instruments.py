@@ -45,6 +45,7 @@ def test_the_nats_listener_takes_messages_split_across_reads_answers_pings_and_s
     answer = b""
     while b"PONG\r\n" not in answer:
         answer += peer.recv(4096)
+    listener.stopping = True  # as on "stop": the end of the reads is not a fault
     peer.close()
     reader.join(5)
     sock.close()
@@ -88,3 +89,17 @@ async def test_an_sse_client_refused_is_reported_with_status_0_and_the_others_ar
     connected, counter = asyncio.Event(), [0]
     report = await client("127.0.0.1", port, "/x", asyncio.Semaphore(1), connected, counter, 1)
     assert report["status"] == 0 and report["reads"] == [] and connected.is_set()
+
+
+async def test_an_sse_client_whose_server_never_answers_gives_up_with_status_0(monkeypatch):
+    import asyncio
+
+    from bench import sse_clients
+
+    monkeypatch.setattr(sse_clients, "HEADERS_WITHIN", 0.2)
+    server = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog), never answers
+    connected, counter = asyncio.Event(), [0]
+    report = await sse_clients.client("127.0.0.1", server.getsockname()[1], "/x", asyncio.Semaphore(1),
+                                      connected, counter, 1)
+    server.close()
+    assert report["status"] == 0 and connected.is_set()

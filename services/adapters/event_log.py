@@ -154,9 +154,9 @@ def pull_status(msg) -> str | None:
     :data:`PULL_END` (no more messages now, or the request expired: what was there has come),
     :data:`PULL_FULL` (the request's ``max_bytes`` are used up: ask again),
     :data:`PULL_COMPLETED` (it brought the whole batch asked for, or was refused because earlier
-requests already ask for every event left: nothing to do). Any other
-    status (409: a request over the server's limits, the consumer deleted, a leader change)
-    raises :class:`PullFailed` with the server's words."""
+    requests already ask for every event left: nothing to do). Any other status (409: a request
+    over the server's limits, the consumer deleted, a leader change) raises :class:`PullFailed`
+    with the server's words."""
     status = msg.headers.get("Status") if msg.headers else None
     if status is None:
         return None
@@ -689,6 +689,7 @@ class EventLog(DerivedReads):
                                                f"{filter_subject} from {start_seq}") from None
                         if (await self.js.consumer_info(self.stream, name)).num_waiting:
                             continue  # the request still waits on the server (a slow moment): so do we
+                        log.info("log_pull_asked_again", subject=filter_subject, after_seq=last_seq)
                         break  # it is over without a word: ask again
                     last_message = loop.time()
                     events = []

@@ -415,10 +415,7 @@ async def test_a_failed_rebuild_is_reported_with_a_reason_even_when_its_error_sa
     metrics = Metrics()
     await serve_rebuild_requests(event_log, silent_failure, metrics=metrics)
 
-    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
-        pass
-
-    final = await _remote(event_log, progress)
+    final = await _remote(event_log, _unwatched)
     assert final == {"finished": True, "error": "TimeoutError"}
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="failed") == 1
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="completed") == 0
@@ -444,10 +441,7 @@ async def test_a_rebuild_shows_in_the_metrics_while_it_runs_and_when_it_ends(eve
 
     await serve_rebuild_requests(event_log, rebuild, metrics=metrics)
 
-    async def progress(done: int, total: int, *, stage: str = "writing") -> None:
-        pass
-
-    assert (await _remote(event_log, progress))["position"] == 10
+    assert (await _remote(event_log, _unwatched))["position"] == 10
     assert seen_running == [1] and _sample(metrics, "promptgen_rebuild_running") == 0
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="completed") == 1
     assert _sample(metrics, "promptgen_rebuild_progress_ratio", stage="writing") == 1
@@ -470,31 +464,34 @@ async def test_a_rebuild_cut_short_by_the_projector_stopping_is_told_and_counted
         return 0
 
     monkeypatch.setattr(Fold, "rebuild", endless)
+
+    async def ask() -> dict:
+        from nats.errors import NoRespondersError
+
+        while True:  # until the projector listens
+            try:
+                return await _remote(event_log, _unwatched)
+            except NoRespondersError:
+                await asyncio.sleep(0.05)
+
     system = await InProcessSystem(settings).start(generator=False)
+    asked = asyncio.ensure_future(ask())
     try:
-        async def progress(done: int, total: int, *, stage: str = "writing") -> None:
-            pass
-
-        async def ask() -> dict:
-            from nats.errors import NoRespondersError
-
-            while True:  # until the projector listens
-                try:
-                    return await _remote(event_log, progress)
-                except NoRespondersError:
-                    await asyncio.sleep(0.05)
-
-        asked = asyncio.ensure_future(ask())
         await asyncio.wait_for(started.wait(), 10)
         await system.stop_service("projector")
         final = await asyncio.wait_for(asked, 10)
     finally:
+        asked.cancel()
         await system.close()
     assert final["finished"] and "stopped before the rebuild ended" in final["error"]
     metrics = system.metrics["projector"]
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="cancelled") == 1
     assert _sample(metrics, "promptgen_rebuilds_total", outcome="failed") == 0  # there from the start
     assert _sample(metrics, "promptgen_rebuild_running") == 0
+
+
+async def _unwatched(done: int, total: int, *, stage: str = "writing") -> None:
+    """A rebuild's progress, not shown."""
 
 
 def _sample(metrics, name: str, **labels) -> float | None:

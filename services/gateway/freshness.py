@@ -148,10 +148,11 @@ class ReadFence:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         try:
-            async with asyncio.timeout_at(deadline):
-                end = await self._log_end()
-                while self._seen < end:
-                    await self._moved.wait()
+            if self._timeout > 0:  # 0: nothing is waited for, and what the feed has seen decides
+                async with asyncio.timeout_at(deadline):
+                    end = await self._log_end()
+                    while self._seen < end:
+                        await self._moved.wait()
         except NatsError as exc:  # where the log ends is unknown: what the feed has seen is waited for
             # (first: nats-py's own timeout is a TimeoutError too, and says nothing of the feed)
             log.warning("read_fence_log_unreachable", error=type(exc).__name__)

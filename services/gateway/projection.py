@@ -75,15 +75,19 @@ class ProjectionWaiter:
         return True
 
     async def wait_for(self, seq: int, *, timeout: float | None = None) -> bool:
-        """Whether the projector passed ``seq`` within ``timeout`` seconds (unset: this waiter's)."""
+        """Whether the projector passed ``seq`` within ``timeout`` seconds (unset: this waiter's).
+        A timeout of 0 waits for nothing and logs nothing: read-your-writes is turned off."""
         if seq <= self._seen:
             return True
+        limit = self.timeout if timeout is None else timeout
+        if limit <= 0:
+            return False
         self._wanted = max(self._wanted, seq)
         self._waiting += 1
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll())
         try:
-            async with asyncio.timeout(self.timeout if timeout is None else timeout):
+            async with asyncio.timeout(limit):
                 while self._seen < seq:
                     await self._changed.wait()
             return True

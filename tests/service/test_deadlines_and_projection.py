@@ -70,6 +70,20 @@ async def test_the_projection_waiter_waits_for_the_projector_and_gives_up_withou
     assert await memory_models.jobs.find_one({"_id": "j1"}) is not None
 
 
+async def test_a_waiter_with_no_time_to_wait_answers_at_once_and_logs_nothing(memory_log, memory_models):
+    """PROMPTGEN_PROJECTION_WAIT_SECONDS=0 turns read-your-writes off: a write answers as soon as
+    the log has it, and says nothing of a projector it did not wait for."""
+    from structlog.testing import capture_logs
+
+    seq = await memory_log.publish(job_requested("j1", ("p1",)))
+    models = _CountingCheckpointReads(memory_models)
+    waiter = ProjectionWaiter(models, timeout=0)
+    with capture_logs() as logs:
+        assert await waiter.wait_for(seq) is False
+        assert await ProjectionWaiter(models, timeout=10).wait_for(seq, timeout=0) is False
+    assert logs == [] and models.reads == []  # not even one read of the checkpoint
+
+
 async def test_every_one_of_many_waiters_is_released_once_the_projector_passes_its_event(memory_log,
                                                                                       memory_models):
     """A thousand SSE clients of one job wait at its end: each is released, none times out."""

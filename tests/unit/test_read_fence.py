@@ -205,3 +205,24 @@ async def test_each_fenced_read_is_counted_by_outcome_with_its_wait_and_what_is_
     assert sample("promptgen_read_fence_reads_total", outcome="feed_lagging") == 1
     assert sample("promptgen_read_fence_log_errors_total") == 1
     assert sample("promptgen_read_fence_wait_seconds_count") == 5
+
+
+async def test_with_no_time_to_wait_nothing_is_asked_or_waited_for_and_nothing_warned():
+    """PROMPTGEN_PROJECTION_WAIT_SECONDS=0: read-your-writes is off. What the feed has seen and
+    the projector's checkpoint decide at once, and no read logs a lagging feed."""
+    from structlog.testing import capture_logs
+
+    class Unasked(Log):
+        async def last_seq(self) -> int:
+            raise AssertionError("the log was asked where it ends")
+
+    projector = Projector()
+    fence = ReadFence(Unasked(0), projector, timeout=0)  # type: ignore[arg-type]
+    fence.observe(_end("a"), 1)
+    with capture_logs() as logs:
+        assert await fence.jobs(["a"]) is False  # not applied: the caller answers from the log
+        assert await fence.jobs(["b"]) is True
+        projector.checkpoint = 1
+        assert await fence.jobs(["a"]) is True
+    assert projector.given == [0.0] * 3
+    assert logs == []

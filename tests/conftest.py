@@ -140,13 +140,20 @@ class InProcessSystem:
         return self
 
     async def close(self) -> None:
+        """Stop every part at once; one that does not stop in time does not leave the others
+        running (its error is raised once they are all stopped)."""
         if self.server:
             self.server.should_exit = True
-        for name in [n for n in self.stops if n in self.tasks]:
-            await self.stop_service(name)
+        stopping = [self.stop_service(n) for n in self.stops if n in self.tasks]
         if "gateway" in self.tasks:
-            await asyncio.wait_for(self.tasks.pop("gateway"), 20)
-        self.socket.close()
+            stopping.append(asyncio.wait_for(self.tasks.pop("gateway"), 20))
+        try:
+            outcomes = await asyncio.gather(*stopping, return_exceptions=True)
+        finally:
+            self.socket.close()
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
 
 @pytest_asyncio.fixture

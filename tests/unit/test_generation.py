@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from contracts.domain import TokenUsage
 from services.adapters.llm.base import GeneratedText, LLMError
 from services.adapters.llm.offline import OfflineProvider, analyze_document
@@ -94,6 +96,21 @@ def test_offline_analysis_reads_the_documents_structure():
                          "- Nurse: the learner\n- Patient - anxious\n")
     assert t.title == "Title here" and t.learning_objectives == ["one", "two"]
     assert [(r.name, r.description) for r in t.roles] == [("Nurse", "the learner"), ("Patient", "anxious")]
+
+
+def test_offline_analysis_knows_headings_of_either_form():
+    t = analyze_document("Title\n## Objectives ##\n- one\nRoles :\n- Nurse: the learner\n"
+                         "   Success criteria:\n- calm\n")
+    assert t.learning_objectives == ["one"] and [r.name for r in t.roles] == ["Nurse"]
+    assert t.success_criteria == ["calm"]
+
+
+@pytest.mark.timeout(30)  # the pattern before took minutes on the first, and hours on the others
+@pytest.mark.parametrize("document", ["T\n# a" + " " * 3_000 + "b", "T\n# a" + " " * 199_000 + "b",
+                                      "T\n" + " " * 199_000 + "x", "T\n" + "a:" * 99_000])
+def test_offline_analysis_takes_a_time_in_line_with_the_document(document):
+    """The offline provider runs on the gateway's event loop: a 3 KB document once held it 30 s."""
+    assert analyze_document(document).title == "T"
 
 
 async def test_offline_personas_are_distinct_and_never_the_learner():

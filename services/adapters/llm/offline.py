@@ -7,6 +7,7 @@ and persona. Same inputs, same output: handy for tests, demos and benchmarks.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import random
 import re
@@ -17,7 +18,6 @@ from services.adapters.llm.base import GeneratedText, PromptBrief, approx_tokens
 MODEL = "offline-composer-1"
 
 _BULLET = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s+(.*\S)\s*$")
-_HEADING = re.compile(r"^\s*(?:#{1,6}\s*(.+?)\s*#*\s*$|(.+?):\s*$)")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 _SECTION_KINDS = {
@@ -26,6 +26,18 @@ _SECTION_KINDS = {
     "success": ("success", "criteria", "good conversation", "assessment", "evaluat", "rubric"),
     "context": ("context", "background", "situation", "setting"),
 }
+
+
+def _heading(line: str) -> str | None:
+    """The name a heading line gives (``## Roles ##``, ``Roles:``), or None. String methods, not
+    a regular expression: one that backtracks over a line's blanks took minutes on a few KB."""
+    text = line.strip()
+    if text.startswith("#"):
+        name = text[min(len(text) - len(text.lstrip("#")), 6):].strip().rstrip("#").strip()
+        return name or None
+    if len(text) > 1 and text.endswith(":"):
+        return text[:-1]
+    return None
 
 
 def _sections(document: str) -> tuple[str, dict[str, list[str]], list[str]]:
@@ -41,10 +53,10 @@ def _sections(document: str) -> tuple[str, dict[str, list[str]], list[str]]:
     for ln in lines[lines.index(non_empty[0]) + 1 :] if non_empty else []:
         if not ln.strip():
             continue
-        heading = _HEADING.match(ln)
+        heading = _heading(ln)
         bullet = _BULLET.match(ln)
-        if heading and not bullet:
-            name = (heading.group(1) or heading.group(2) or "").lower()
+        if heading is not None and not bullet:
+            name = heading.lower()
             current = next((k for k, words in _SECTION_KINDS.items() if any(w in name for w in words)), None)
             continue
         text = bullet.group(1) if bullet else ln.strip()
@@ -203,7 +215,8 @@ class OfflineProvider:
     model = MODEL
 
     async def analyze_scenario(self, document: str) -> TemplateData:
-        return analyze_document(document)
+        # A document of up to 200,000 characters: read in a thread, so the loop serves the rest
+        return await asyncio.to_thread(analyze_document, document)
 
     async def generate_personas(
         self, template: TemplateData, persona_type: str, seeds: list[str]

@@ -11,6 +11,8 @@ from services.adapters.event_log import StoredEvent
 from services.adapters.parked import preview
 from services.adapters.ports import EventLogPort
 
+MAX_SEQ = 2**63 - 1  # a page starts after at most this: JetStream's sequences are unsigned 64-bit
+
 _STATUS_OF_TYPE = {
     "job.requested": "processing",
     "persona.prompt_requested": "queued",

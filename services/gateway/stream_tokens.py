@@ -37,7 +37,7 @@ class StreamTokens:
     def verify(self, token: str, job_id: str) -> str | None:
         """The tenant the token was issued to, if it is this job's and still lives; else None."""
         parts = token.split(".")
-        if len(parts) != 3 or not parts[0].isdigit():
+        if len(parts) != 3 or not (parts[0].isascii() and parts[0].isdigit()):  # int() takes "²" too
             return None
         expires, tenant, signature = int(parts[0]), parts[1], parts[2]
         if not hmac.compare_digest(signature, self._sign(job_id, tenant, expires)):

@@ -38,8 +38,11 @@ async def test_pages_follow_one_another_to_the_end(lone_gateway, event_log):
     assert [seq for page in pages for seq in page] == seqs
     default = (await client.get("/scenario/v2/jobs/paged/events")).json()
     assert len(default["events"]) == 25 and default["next_after"] is None  # the default page holds 100
-    for bad in ({"limit": 0}, {"limit": 1001}, {"after": -1}):
-        assert (await client.get("/scenario/v2/jobs/paged/events", params=bad)).status_code == 422
+    for bad in ({"limit": 0}, {"limit": 1001}, {"after": -1}, {"after": 2**64 - 1}, {"after": 10**23}):
+        r = await client.get("/scenario/v2/jobs/paged/events", params=bad)
+        assert r.status_code == 422 and r.json()["field"] == next(iter(bad)), r.text
+    past = await client.get("/scenario/v2/jobs/paged/events", params={"after": 2**63 - 1})
+    assert past.status_code == 200 and past.json()["events"] == []  # the largest a log can hold: nothing after
 
 
 async def test_reading_a_page_does_not_read_the_rest_of_the_history(event_log):

@@ -204,6 +204,10 @@ async def test_the_stream_token_opens_its_job_only_while_it_lives(world: World) 
     assert foreign.status_code == 401 and foreign.json()["code"] == "unauthenticated"
     forged = await client.get(f"{world.sse_endpoint[:-3]}abc")
     assert forged.status_code == 401
+    path = world.sse_endpoint.split("?")[0]
+    for odd in ("²." + token.split(".", 1)[1], "١٢." + token.split(".", 1)[1], "..", ""):  # int() reads "²"
+        refused = await client.get(path, params={"token": odd})
+        assert refused.status_code == 401 and refused.json()["code"] == "unauthenticated", (odd, refused.text)
     # a token opens nothing else
     assert (await client.get(f"/scenario/v2/job-status/{world.ids['job_id']}?token={token}")).status_code == 401
     world.system.clock.advance(61)

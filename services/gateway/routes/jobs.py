@@ -37,7 +37,7 @@ from services.gateway.deps import (
 )
 from services.gateway.errors import ApiError, job_not_found, responses
 from services.gateway.freshness import ReadFence
-from services.gateway.history import job_history_page
+from services.gateway.history import MAX_SEQ, job_history_page
 from services.gateway.jobs import (
     build_job,
     failed_personas,
@@ -269,7 +269,7 @@ async def job_events(
     event_log: EventLogDep,
     models: ModelsDep,
     capacity: CapacityDep,
-    after: int = Query(0, ge=0, description="Events after this stream sequence (a page's `next_after`)"),
+    after: int = Query(0, ge=0, le=MAX_SEQ, description="Events after this stream sequence (a page's `next_after`)"),
     limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
 ) -> JobEventHistory:
     """The job's event history from the log, in order (for audit), a page at a time."""

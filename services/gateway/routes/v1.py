@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request, Response
 
 from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, V1GenerateFinalPromptsResponse, V1PersonaPrompt
-from contracts.events import JobFinished
+from contracts.events import JobFinished, PersonaCompleted
 from services.gateway.deps import (
     CapacityDep,
     ClockDep,
@@ -58,18 +58,25 @@ async def generate_final_prompts_v1(
         end = await _unless_client_leaves(
             request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id
         )
-        await waiter.wait_for(end[0])
-        docs = await models.personas_by_id(body.persona_ids, ["system_prompt"])
-    results = end[1].results
+        seq, finished, prompts = end
+        await waiter.wait_for(seq)  # a read right after this answer finds the prompts stored
+        results = finished.results
+        # This job's prompts are its own events': a persona's document holds the newest prompt
+        # of any job, and another job may have written it meanwhile. The document only for one
+        # whose event this version could not read.
+        unread = [pid for pid, r in results.personas.items() if r.status == "completed" and pid not in prompts]
+        if unread:
+            docs = await models.personas_by_id(unread, ["system_prompt"])
+            prompts.update({pid: doc.get("system_prompt") for pid, doc in docs.items()})
     return V1GenerateFinalPromptsResponse(
         job_id=job.job_id,
-        status=end[1].status,
+        status=finished.status,
         template_id=body.template_id,
         personas={
             pid: V1PersonaPrompt(
                 status=r.status, mode=r.mode, persona_name=r.persona_name, prompt_length=r.prompt_length,
                 error=r.error,
-                system_prompt=docs.get(pid, {}).get("system_prompt") if r.status == "completed" else None,
+                system_prompt=prompts.get(pid) if r.status == "completed" else None,
             )
             for pid, r in results.personas.items()
         },
@@ -102,12 +109,17 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-async def _wait_for_end(event_log, job_id: str, start: int, timeout: float) -> tuple[int, JobFinished]:
-    async def _follow() -> tuple[int, JobFinished]:
+async def _wait_for_end(event_log, job_id: str, start: int,
+                        timeout: float) -> tuple[int, JobFinished, dict[str, str | None]]:
+    """The job's end (its sequence and event), and the prompt each of its personas was given."""
+    async def _follow() -> tuple[int, JobFinished, dict[str, str | None]]:
+        prompts: dict[str, str | None] = {}
         async with aclosing(event_log.follow(subjects.job_history(job_id), start)) as events:
             async for stored in events:
-                if isinstance(stored.event, JobFinished):
-                    return stored.seq, stored.event
+                if isinstance(stored.event, PersonaCompleted):
+                    prompts[stored.event.persona_id] = stored.event.prompt
+                elif isinstance(stored.event, JobFinished):
+                    return stored.seq, stored.event, prompts
         raise AssertionError("the log ended")
 
     try:

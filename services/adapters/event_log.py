@@ -365,11 +365,28 @@ class DerivedReads:
                        wanted: Callable[[str, int], bool] | None = None) -> AsyncIterator[list[StoredEvent]]:
         raise NotImplementedError
 
-    async def first_seq_on(self, subjects_: list[str]) -> int | None:
-        """:meth:`last_seq_on` of the first of ``subjects_`` that holds an event, or None."""
+    async def last(self, subject: str) -> StoredEvent | None:
+        raise NotImplementedError
+
+    async def first_readable_on(self, subjects_: list[str]) -> StoredEvent | None:
+        """The newest event this version can read on the first of ``subjects_`` that holds one,
+        or None. What a buggy producer wrote there in garbage is no event: when the newest
+        cannot be read, the subject is read from its start for one that can."""
         for subject in subjects_:
-            if (seq := await self.last_seq_on(subject)) is not None:
-                return seq
+            newest = await self.last(subject)
+            if newest is None:
+                continue
+            if newest.event is not None:
+                return newest
+            log.warning("event_unreadable_on_subject", subject=subject, seq=newest.seq,
+                        error=str(newest.error)[:200])
+            readable = None
+            async with contextlib.aclosing(self.read(subject)) as events:
+                async for stored in events:
+                    if stored.event is not None:
+                        readable = stored
+            if readable is not None:
+                return readable
         return None
 
     async def read(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[StoredEvent]:

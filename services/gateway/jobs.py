@@ -84,14 +84,14 @@ async def build_job(
 
 
 async def finished_seq(event_log: EventLogPort, job_id: str) -> int | None:
-    """Where the job's end event is in the log (None while it runs), without decoding it."""
-    return await event_log.first_seq_on(subjects.job_ends(job_id))
+    """Where the job's end event is in the log (None while it runs)."""
+    end = await finished_event(event_log, job_id)
+    return end.seq if end is not None else None
 
 
 async def finished_event(event_log: EventLogPort, job_id: str) -> StoredEvent | None:
-    """The job's end event, or None while it runs."""
-    seq = await finished_seq(event_log, job_id)
-    return await event_log.at(seq) if seq is not None else None
+    """The job's end event, or None while it runs: garbage on an end's subject is no end."""
+    return await event_log.first_readable_on(subjects.job_ends(job_id))
 
 
 def job_view(doc: dict[str, Any], persona_docs: list[dict[str, Any]]) -> JobView:

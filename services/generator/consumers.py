@@ -227,7 +227,7 @@ class WorkerPool:
 
     async def _already_ended(self, item: PersonaPromptRequested) -> bool:
         ends = [subjects.job_persona(item.job_id, item.persona_id, end) for end in ("completed", "failed")]
-        return await self.log.first_seq_on(ends) is not None
+        return await self.log.first_readable_on(ends) is not None
 
     async def _cancelled(self, job_id: str) -> bool:
         return await self.cancellations.is_cancelled(job_id)

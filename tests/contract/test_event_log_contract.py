@@ -109,8 +109,8 @@ async def test_last_and_at_find_single_events(any_event_log):
     assert await log.last_seq_on(request_subject) == seqs[0]
     assert await log.last(subjects.job("j1", "completed")) is None
     assert await log.last_seq_on(subjects.job("j1", "completed")) is None
-    assert await log.first_seq_on(subjects.job_ends("j1")) is None
-    assert await log.first_seq_on([subjects.job("j9", "requested"), request_subject]) == seqs[0]
+    assert await log.first_readable_on(subjects.job_ends("j1")) is None
+    assert (await log.first_readable_on([subjects.job("j9", "requested"), request_subject])).seq == seqs[0]
     at = await log.at(seqs[2])
     assert at.seq == seqs[2] and at.event.persona_id == "p2"
     assert await log.at(seqs[-1] + 100) is None

@@ -276,3 +276,29 @@ async def test_a_rebuild_reports_what_it_cannot_store_and_rebuilds_the_rest(
     assert "larger than" in reported[max(unstorable)][1]
     assert await snapshot(target) == await snapshot(models)
     assert len((await snapshot(target))["prompt_jobs"]) == 1
+
+
+async def test_garbage_on_an_end_subject_is_no_end(client, system, event_log, scenario_document):
+    """A buggy producer's bytes on a running job's end subject, and on a persona's: the job is not
+    taken for ended (a stream resumed after them goes on, a cancel is taken) and the persona's
+    work is still done."""
+    await system.stop_service("generator")  # the job stays running while the garbage is written
+    template_id = await create_template(client, scenario_document)
+    persona_ = (await create_personas(client, template_id, 1))[0]
+    job = await start_job(client, template_id, {persona_["id"]: "learn_mode"})
+    job_id = job["job_id"]
+    end = await _raw(event_log, subjects.job(job_id, "completed"), b'{"type": "job.completed", "garbage": true}')
+    terminal = subjects.job_persona(job_id, persona_["id"], "completed")
+    garbage = await _raw(event_log, terminal, b"not json")
+    assert await event_log.first_readable_on([terminal]) is None  # a redelivered item is still worked on
+
+    async with client.stream("GET", job["sse_endpoint"], headers={"Last-Event-ID": str(end)}) as resumed:
+        assert resumed.status_code == 200  # not 204, "nothing left": the job has not ended
+    system.start_service("generator")
+    stream = await follow_to_end(client, job)
+    results = stream.messages[-1].data["results"]
+    assert results["successful"] == 1 and results["personas"][persona_["id"]]["status"] == "completed"
+    await _raw(event_log, terminal, b"\x00")  # garbage after the real one: the real one still counts
+    assert (await event_log.first_readable_on([terminal])).seq > garbage
+    refused = await client.post(f"/scenario/v2/jobs/{job_id}/cancel")
+    assert refused.status_code == 409  # the real end, now in the log, is one

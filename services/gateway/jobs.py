@@ -36,6 +36,15 @@ async def load_template(
     return doc
 
 
+RETRIES = uuid.UUID("5c0e9d6a-3f41-4d7e-9b0a-7f2f3a6c1e55")  # the namespace of retry jobs' ids
+
+
+def retry_job_id(job_id: str) -> str:
+    """The id of the one job that retries ``job_id``'s failed personas: a retry asked twice (a
+    double click, a client's retry after a timeout) names the same job, which the log stores once."""
+    return str(uuid.uuid5(RETRIES, job_id))
+
+
 async def build_job(
     req: GenerateFinalPromptsRequest, *, caller: Caller, models: ReadModelsPort, settings: Settings, clock: Clock,
     retry_of: str | None = None,
@@ -68,7 +77,7 @@ async def build_job(
             f"Personas {listed(foreign)} belong to another template than '{req.template_id}'",
             field="persona_ids", ids=foreign,
         )
-    job_id = str(uuid.uuid4())
+    job_id = retry_job_id(retry_of) if retry_of else str(uuid.uuid4())
     now = clock()
     return JobRequested(
         job_id=job_id,

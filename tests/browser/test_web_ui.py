@@ -207,6 +207,11 @@ def test_a_failed_persona_is_retried_from_the_page(browser, live_system):
     assert browser.find_element(By.ID, "summary").text == "1 of 1 done · 1 successful · 0 failed"
     assert list(_rows(browser)) == [failed_id]  # a new job for exactly the failed persona
     assert f"retry of job {job_id[:8]}" in browser.find_element(By.TAG_NAME, "main").text
+    retried = browser.current_url
+    browser.get(f"{live_system.base_url}/#/jobs/{job_id}")  # retried again from the first job's page
+    _wait(browser).until(lambda d: d.current_url != retried)
+    _wait(browser).until(EC.element_to_be_clickable((By.ID, "retry-failed"))).click()
+    _wait(browser).until(lambda d: d.current_url == retried)  # the same retry, not another
 
 
 def test_a_running_job_is_cancelled_from_the_page(browser, live_system):

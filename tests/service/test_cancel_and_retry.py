@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from contracts import subjects
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, start_job
@@ -66,3 +68,23 @@ async def test_retry_failed_starts_a_job_for_exactly_the_failed_personas(gateway
     assert view["retry_of"] == job["job_id"]
     nothing = await gateway.post(f"/scenario/v2/jobs/{retry['job_id']}/retry-failed")
     assert nothing.status_code == 409 and nothing.json()["code"] == "nothing_failed"
+    twice = await gateway.post(f"/scenario/v2/jobs/{job['job_id']}/retry-failed")  # its retry exists: no other
+    assert twice.status_code == 409 and twice.json()["code"] == "already_retried", twice.text
+    assert twice.json()["ids"] == [retry["job_id"]] and retry["job_id"] in twice.json()["detail"]
+
+
+async def test_a_retry_asked_many_times_at_once_starts_one_job(gateway, provider, memory_log):
+    """A double click, or a client that asks again after a timeout: one job, whatever the answers."""
+    template_id = await create_template(gateway, SCENARIO)
+    ids = [p["id"] for p in await create_personas(gateway, template_id, 2)]
+    provider.refuse = {ids[0]}
+    job = await start_job(gateway, template_id, {ids[0]: "try_mode", ids[1]: "learn_mode"})
+    await read_sse(gateway, job["sse_endpoint"])
+    provider.refuse = set()
+    answers = await asyncio.gather(*(gateway.post(f"/scenario/v2/jobs/{job['job_id']}/retry-failed")
+                                     for _ in range(5)))
+    started = {a.json()["job_id"] for a in answers if a.status_code == 202}
+    refused = {a.json()["ids"][0] for a in answers if a.status_code == 409 and a.json()["code"] == "already_retried"}
+    assert len(started) == 1 and refused <= started, [a.text for a in answers]
+    requests = [s async for s in memory_log.read(subjects.ALL) if s.event.type == "job.requested"]
+    assert [s.event.job_id for s in requests if s.event.retry_of == job["job_id"]] == list(started)

@@ -45,6 +45,8 @@ from services.gateway.jobs import (
     finished_seq,
     job_view,
     job_view_from_log,
+    retry_job_id,
+    sse_endpoint,
 )
 from services.gateway.json_body import JSONBodyRoute
 from services.gateway.quotas import TenantQuotas
@@ -256,6 +258,12 @@ async def retry_failed(
     failed = failed_personas(await models.job_persona_docs(job_id))
     if not failed:
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
+    retry_id = retry_job_id(job_id)
+    if await event_log.last_seq_on(subjects.job(retry_id, "requested")) is not None \
+            or await models.jobs.find_one({"_id": retry_id}, ["_id"]) is not None:
+        raise ApiError(409, "already_retried",
+                       f"Job '{job_id}' was retried as job '{retry_id}': follow it at {sse_endpoint(retry_id)}, "
+                       f"or retry its failed personas", ids=[retry_id])
     body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
                                        mode_mapping=failed)
     event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock, retry_of=job_id)

@@ -407,7 +407,12 @@ async function renderJob(jobId) {
       const next = await client.retryFailed(jobId);
       toast(`Retrying ${plural(next.persona_count, "failed persona")}`);
       location.hash = `#/jobs/${next.job_id}`;
-    } catch (err) { toast(err.message, "error"); }
+    } catch (err) {
+      if (err.code === "already_retried" && err.ids && err.ids.length) {  // a job is retried once: show that one
+        toast("This job was retried already: here is its retry.");
+        location.hash = `#/jobs/${err.ids[0]}`;
+      } else toast(err.message, "error");
+    }
   }) }, "Retry failed");
   const rows = h("ul", { id: "job-personas", class: "rows", "aria-label": "Personas of this job" });
   const resultsBox = h("section", { id: "results", "aria-label": "Results" });

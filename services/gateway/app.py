@@ -75,19 +75,20 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.include_router(identity.router)
     app.include_router(docs.router)
 
+    # HEAD too, for a load balancer's probe: registered after GET, so a 405 names GET as allowed
+    @app.head("/livez", include_in_schema=False)
+    @app.head("/healthz", include_in_schema=False)
     @app.get("/livez", tags=["operations"],
              responses=responses(503, described={503: "This gateway's live job feed is not running"}))
     @app.get("/healthz", tags=["operations"], include_in_schema=False)  # the older name of /livez
-    @app.head("/livez", include_in_schema=False)  # probes that ask with HEAD (a load balancer's)
-    @app.head("/healthz", include_in_schema=False)
     async def livez(request: Request) -> dict[str, str]:
         if not request.app.state.gateway.health.live()[0]:
             raise ApiError(503, "job_feed_down", "This gateway's live job feed is not running")
         return {"status": "ok"}
 
+    @app.head("/readyz", include_in_schema=False)
     @app.get("/readyz", tags=["operations"],
              responses=responses(503, described={503: "NATS, MongoDB or the live job feed is not answering"}))
-    @app.head("/readyz", include_in_schema=False)
     async def readyz(request: Request) -> dict[str, object]:
         ok, checks = await request.app.state.gateway.health.ready()
         if not ok:

@@ -45,12 +45,20 @@ def _json_from_this_origin(scope: dict) -> dict:
 
 
 def refuse_other_bodies(request: Request) -> None:
-    """415 for a state-changing request that says its body is anything but JSON."""
+    """415 for a state-changing request that says its body is anything but JSON, or sends one
+    and says nothing of its type (it would be read as no JSON at all: a 422 for the whole body)."""
+    if request.method not in STATE_CHANGING:
+        return
     declared = request.headers.get("content-type")
-    if request.method in STATE_CHANGING and declared is not None and not is_json(declared):
+    if declared is not None and not is_json(declared):
         raise ApiError(415, "unsupported_media_type",
                        f"The request body must be JSON (Content-Type: application/json), not "
                        f"'{printable(declared, 100)}'", field="Content-Type")
+    if declared is None and (request.headers.get("content-length", "0") != "0"
+                             or "transfer-encoding" in request.headers):
+        raise ApiError(415, "unsupported_media_type",
+                       "The request body must be JSON, and say so: Content-Type: application/json",
+                       field="Content-Type")
 
 
 def parse_json(body: bytes) -> Any:

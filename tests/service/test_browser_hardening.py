@@ -299,3 +299,18 @@ async def test_an_unhandled_exception_is_a_500_error_body_with_the_headers_and_o
     failures = [e for e in logs if e["event"] == "unhandled_error"]
     assert len(failures) == 1 and failures[0]["path"] == "/scenario/fails" and failures[0]["exc_info"]
     assert any(e["event"] == "http_request" and e.get("status") == 500 for e in logs), logs
+
+
+async def test_a_body_without_a_content_type_is_told_to_say_it_is_json(running, gateway, memory_log):
+    """Not a 422 for the whole body: the client learns what to add, and nothing is published."""
+    targets = await _targets(gateway)
+    before = await memory_log.last_seq()
+    for path, body in targets:
+        request = gateway.build_request("POST", path, content=httpx.Request("POST", "/", json=body).content)
+        assert "content-type" not in request.headers
+        r = await gateway.send(request)
+        assert r.status_code == 415, (path, r.text)
+        assert r.json()["field"] == "Content-Type" and "application/json" in r.json()["detail"]
+    assert await memory_log.last_seq() == before
+    cancel = await gateway.post("/scenario/v2/jobs/no-such-job/cancel")  # no body, no type: as before
+    assert cancel.status_code == 404, cancel.text

@@ -82,6 +82,7 @@ class GeneratePersonasResponse(BaseModel):
 
 class PersonaList(BaseModel):
     personas: list[PersonaView]
+    next_after: str | None = None  # more follow: the ``after`` of the next page
 
 
 # --- prompt generation jobs ------------------------------------------------------------------

@@ -8,7 +8,7 @@ import math
 import uuid
 
 import structlog
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 
 from contracts.api import (
     AnalyzeScenarioRequest,
@@ -28,6 +28,7 @@ from services.gateway.deps import (
     LimiterDep,
     ModelsDep,
     PersonaIdPath,
+    PersonaIdQuery,
     ProviderDep,
     Reader,
     ScenarioWriter,
@@ -136,13 +137,30 @@ async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsD
     return PersonaView.model_validate(doc)
 
 
-@router.get("/personas", response_model=PersonaList, responses=responses(404, 422))
-async def list_personas(models: ModelsDep, template_id: TemplateIdQuery, caller: Reader,
-                        fence: FenceDep) -> PersonaList:
-    """The template's personas, oldest first."""
+@router.get("/personas", response_model=PersonaList, response_model_exclude_none=True,
+            responses=responses(404, 422))
+async def list_personas(
+    models: ModelsDep, template_id: TemplateIdQuery, caller: Reader, fence: FenceDep,
+    limit: int = Query(500, ge=1, le=1000, description="At most this many personas"),
+    after: PersonaIdQuery | None = None,
+) -> PersonaList:
+    """The template's personas, oldest first, a page at a time: ``next_after`` (when more follow)
+    goes in ``after`` for the next page."""
     await load_template(models, template_id, caller)
-    mine = {"template_id": template_id, **caller.only_mine()}
-    if ids := [d["_id"] async for d in models.personas.find(mine, ["_id"])]:
+    mine: dict = {"template_id": template_id, **caller.only_mine()}
+    if after is not None:  # after that persona in (created_at, id) order
+        last = await models.personas.find_one({"_id": after, **mine}, ["created_at"])
+        if last is None:
+            raise ApiError(422, "invalid_request", f"Persona '{after}' is not one of this template's",
+                           field="after", ids=[after])
+        mine = {**mine, "$or": [{"created_at": {"$gt": last["created_at"]}},
+                                {"created_at": last["created_at"], "_id": {"$gt": after}}]}
+    page = [d async for d in models.personas.find(mine, ["_id"]).sort([("created_at", 1), ("_id", 1)])
+            .limit(limit + 1)]
+    more = len(page) > limit
+    ids = [d["_id"] for d in page[:limit]]
+    if ids:
         await fence.personas(ids)  # then read them: a prompt may have come in between
-    cursor = models.personas.find(mine).sort("created_at", 1)
-    return PersonaList(personas=[PersonaView.model_validate(d) async for d in cursor])
+    docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": ids}})}
+    return PersonaList(personas=[PersonaView.model_validate(docs[i]) for i in ids if i in docs],
+                       next_after=ids[-1] if more else None)

@@ -157,7 +157,18 @@ export function createClient({ baseUrl = "", apiKey = null, getToken = null, onU
     generatePersonas: (templateId, personaType, count) =>
       call("POST", "/scenario/generate-personas", { template_id: templateId, persona_type: personaType, count }),
     getTemplate: (templateId) => call("GET", `/scenario/templates/${id(templateId)}`),
-    listPersonas: (templateId) => call("GET", `/scenario/personas?template_id=${id(templateId)}`),
+    // Every persona of the template, oldest first, read a page of up to 1,000 at a time.
+    listPersonas: async (templateId) => {
+      const personas = [];
+      let after = null;
+      do {
+        const page = await call("GET", `/scenario/personas?template_id=${id(templateId)}&limit=1000` +
+                                (after ? `&after=${id(after)}` : ""));
+        personas.push(...page.personas);
+        after = page.next_after || null;
+      } while (after);
+      return { personas };
+    },
     getPersona: (personaId) => call("GET", `/scenario/personas/${id(personaId)}`),
     startGeneration: (templateId, personaIds, modeMapping) =>
       call("POST", "/scenario/v2/generate-final-prompts",

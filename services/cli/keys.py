@@ -52,7 +52,8 @@ async def create_key(
         return _refused(exc)
     until = f", until {record.expires_at:%Y-%m-%d %H:%M:%S} UTC" if record.expires_at else ""
     err.print(f"key {record.id} for tenant {record.tenant}, scopes {', '.join(record.scopes)}{until}. It is shown "
-              "this once; store it now. A gateway running with auth off turns it on at its next start.")
+              "this once; store it now. A gateway running with auth off turns it on at its next start, and then"
+              " needs PROMPTGEN_STREAM_TOKEN_SECRET (or _FILE): the same secret on every gateway.")
     sys.stdout.write(key + "\n")  # alone on the last line: `KEY=$(promptgen keys create … | tail -1)`
     return 0
 

@@ -111,11 +111,18 @@ def gateway(
         raise typer.Exit(2)
     configure_logging("gateway", settings.log_level)
     settle_heap_when_ready()
-    config = uvicorn.Config(create_app(settings), host=settings.host, port=settings.port, log_config=None,
+    application = create_app(settings)
+    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_config=None,
                             access_log=False, log_level="warning", timeout_graceful_shutdown=5)
     # Several gateways on one port, when one event loop is not enough: each binds with SO_REUSEPORT.
     sockets = [_reuse_port_socket(settings.host, settings.port)] if settings.reuse_port else None
-    uvicorn.Server(config).run(sockets=sockets)
+    try:
+        uvicorn.Server(config).run(sockets=sockets)
+    except SystemExit:
+        if reason := getattr(application.state, "refused", None):  # found at start, with NATS: auth
+            console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        raise
 
 
 def _reuse_port_socket(host: str, port: int):

@@ -25,6 +25,11 @@ ReadyCheck = Callable[[], Awaitable[bool]]
 READ_CHUNK_BYTES = 64 * 1024
 SHOWN_LINE_BYTES = 16 * 1024  # a longer line is cut for display
 STOP_GRACE_SECONDS = 10.0
+CONFIGURATION_ERROR = 2  # a service's exit code when it refuses its configuration: not restarted
+
+
+class ChildRefused(RuntimeError):
+    """A child exited refusing its configuration while it was being started."""
 
 
 def _die_with_parent() -> None:
@@ -65,6 +70,7 @@ class Child:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     restarts: int = 0
     announced: dict = field(default_factory=dict)  # the fields of its last "service_ready" line
+    refused: bool = False  # it exited refusing its configuration: started again, it would refuse again
 
 
 class LineSplitter:
@@ -109,6 +115,7 @@ class Supervisor:
         self.stopping = False
         self.out = out
         self._watchers: list[asyncio.Task] = []
+        self.refused = asyncio.Event()  # set when a child exits refusing its configuration
 
     def say(self, name: str, line: str) -> None:
         try:
@@ -140,6 +147,12 @@ class Supervisor:
             await self._pump(child, proc)
             code = await proc.wait()
             if self.stopping:
+                return
+            if code == CONFIGURATION_ERROR:
+                self.say(child.name, f"exited with code {code}, refusing its configuration (why: above); "
+                                     "not restarted")
+                child.refused = True
+                self.refused.set()
                 return
             child.restarts += 1
             self.say(child.name, f"exited with code {code}; restarting (restart #{child.restarts})")
@@ -185,6 +198,8 @@ class Supervisor:
         self._watchers.append(asyncio.create_task(self._watch(child)))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            if child.refused:
+                raise ChildRefused(f"{child.name} refused its configuration (its reason is in its output above)")
             if child.ready_check is None:
                 try:
                     await asyncio.wait_for(child.ready.wait(), timeout=0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from services.cli import embedded
-from services.cli.supervisor import Child, Supervisor, child_env, http_ready, server_env, tcp_ready
+from services.cli.supervisor import Child, ChildRefused, Supervisor, child_env, http_ready, server_env, tcp_ready
 from services.runtime.lifecycle import stop_event
 from services.runtime.redaction import redact
 
@@ -98,10 +99,16 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             f"Press Ctrl-C to stop.\n",
             highlight=False,
         )
-        await stop.wait()
+        stopped, refused = asyncio.ensure_future(stop.wait()), asyncio.ensure_future(sup.refused.wait())
+        await asyncio.wait([stopped, refused], return_when=asyncio.FIRST_COMPLETED)
+        for waiting in (stopped, refused):
+            waiting.cancel()
+        if sup.refused.is_set() and not stop.is_set():
+            console.print("[red]promptgen up stopped:[/red] a service refused its configuration (see above)")
+            return 2
         return 0
     except Exception as exc:  # noqa: BLE001 - report, stop what started, exit non-zero
         console.print(f"[red]promptgen up failed:[/red] {redact(str(exc))}")
-        return 1
+        return 2 if isinstance(exc, ChildRefused) else 1
     finally:
         await sup.stop()

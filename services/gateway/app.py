@@ -15,6 +15,7 @@ from fastapi.staticfiles import StaticFiles
 
 from services.gateway.access import AccessLog
 from services.gateway.allowed_hosts import HostAllowList, host_patterns, require_host_patterns
+from services.gateway.auth import AuthNotConfigured
 from services.gateway.body_limit import BodySizeLimit
 from services.gateway.bootstrap import bootstrap
 from services.gateway.cross_site import CrossSiteRefusal
@@ -42,7 +43,11 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         require_host_patterns(settings)  # before anything starts: it may refuse
-        gateway = await bootstrap(settings, **adapters)
+        try:
+            gateway = await bootstrap(settings, **adapters)
+        except AuthNotConfigured as exc:  # `promptgen gateway` exits 2 with it: a restart would only refuse again
+            app.state.refused = str(exc)
+            raise
         app.state.gateway = gateway
         announce_ready(provider=gateway.provider.name, mongo_db=settings.mongo_db, port=settings.port)
         try:

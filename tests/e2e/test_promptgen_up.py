@@ -161,3 +161,20 @@ def test_up_hands_no_secret_to_nats_and_mongodb(tmp_path):
         assert "OPENAI_API_KEY" not in projector and "PROMPTGEN_STREAM_TOKEN_SECRET_FILE" not in projector
     finally:
         up.stop()
+
+
+def test_up_stops_with_the_reason_when_the_gateway_refuses_its_configuration(tmp_path):
+    """Auth required and no key yet: the gateway says why and exits 2, and `up`, instead of
+    restarting it forever, stops everything and exits 2 too."""
+    up = Up(tmp_path / "data")
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", "up", "--port", str(up.port), "--data-dir", str(up.data_dir),
+         "--nats-port", str(up.nats_port), "--mongo-port", str(up.mongo_port)],
+        capture_output=True, text=True, timeout=120, env=up.env | {"PROMPTGEN_AUTH": "required"},
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-3000:]
+    assert "configuration error" in out and "no active API key" in out and "promptgen keys create" in out
+    assert "not restarted" in out and "restarting" not in out and "promptgen is up" not in out
+    left = subprocess.run(["pgrep", "-f", str(up.data_dir)], capture_output=True, text=True).stdout.split()
+    assert not [p for p in map(int, left) if _alive(p)], "processes left behind"

@@ -37,6 +37,8 @@ from tenacity import (
 from contracts import subjects
 from contracts.events import Envelope, Event, EventDecodeError, encode_event, parse_event
 from services.runtime import tracing
+from services.runtime.lifecycle import cancel_and_wait, stop_requested
+from services.runtime.redaction import redact
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
@@ -272,6 +274,11 @@ def _is_permission_error(exc: Exception) -> bool:
     return "permissions violation" in str(exc).lower()
 
 
+class StoppedBeforeConnected(Exception):
+    """The process was told to stop while it waited for NATS to answer at start: it had taken
+    no work, so it simply ends."""
+
+
 class NatsRefused(ConnectionError):
     """The server will not have us (a wrong user or password, a certificate we cannot trust):
     trying again changes nothing, so the process stops with the reason."""
@@ -307,9 +314,10 @@ async def connect_nats(
             if not refused.done():
                 refused.set_result(exc)
             return
-        log.warning("nats_error", error=str(exc))
+        log.warning("nats_error", error=str(exc), servers=shown)
 
     servers = [seed.strip() for seed in url.split(",") if seed.strip()]  # NATS_URL may list several seeds
+    shown = [redact(server) for server in servers]
 
     async def _connect() -> NATS:
         async for attempt in AsyncRetrying(
@@ -332,19 +340,27 @@ async def connect_nats(
                 )
         raise AssertionError("unreachable")
 
+    async def _until_stop_requested() -> None:
+        while not stop_requested():  # noqa: ASYNC110 - uvicorn's exit is a flag, not an event
+            await asyncio.sleep(0.25)
+
     connecting = asyncio.ensure_future(_connect())
+    stopping = asyncio.ensure_future(_until_stop_requested())
     try:
-        await asyncio.wait({connecting, refused}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({connecting, refused, stopping}, return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
         # The caller gave up (cancelled, or its own timeout): the attempt must not go on
         # reconnecting for the rest of the process.
         connecting.cancel()
         raise
+    finally:
+        stopping.cancel()
     if connecting.done():
         return connecting.result()
-    connecting.cancel()
-    with contextlib.suppress(BaseException):
-        await connecting
+    # nats-py can swallow a cancellation (its asyncio.wait_for): cancelled again until it ends
+    await cancel_and_wait(connecting, every=0.25, attempts=40)
+    if stop_requested():  # nats-py waits for a server forever: a stop must not
+        raise StoppedBeforeConnected(f"told to stop while waiting for NATS at {', '.join(shown)}")
     who = f"user {access.user!r}" if access.user else "no user"
     raise NatsRefused(f"NATS refused the connection ({who}): {refused.result()}; check NATS_USER, "
                       "NATS_PASSWORD and NATS_TLS_CA_FILE")

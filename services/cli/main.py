@@ -68,7 +68,14 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
     settle_heap_when_ready()
 
     async def _main() -> None:
-        await main(settings, stop_event())
+        import structlog
+
+        from services.adapters.event_log import StoppedBeforeConnected
+
+        try:
+            await main(settings, stop_event())
+        except StoppedBeforeConnected as exc:
+            structlog.get_logger().info("service_stopped", reason=str(exc))
 
     run_async(_main())
 
@@ -101,7 +108,8 @@ def gateway(
 
     from services.gateway.allowed_hosts import unconfigured
     from services.gateway.app import create_app
-    from services.runtime.lifecycle import settle_heap_when_ready
+    from services.gateway.sse import server_exiting
+    from services.runtime.lifecycle import settle_heap_when_ready, stop_also_when, stop_requested
     from services.runtime.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
@@ -116,12 +124,15 @@ def gateway(
                             access_log=False, log_level="warning", timeout_graceful_shutdown=5)
     # Several gateways on one port, when one event loop is not enough: each binds with SO_REUSEPORT.
     sockets = [_reuse_port_socket(settings.host, settings.port)] if settings.reuse_port else None
+    stop_also_when(server_exiting)  # a wait for NATS at start gives up once uvicorn is told to stop
     try:
         uvicorn.Server(config).run(sockets=sockets)
     except SystemExit:
         if reason := getattr(application.state, "refused", None):  # found at start, with NATS: auth
             console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        if stop_requested():  # told to stop before it could start: nothing failed
+            raise typer.Exit(0) from None
         raise
 
 

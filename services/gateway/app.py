@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from services.adapters.event_log import StoppedBeforeConnected
 from services.gateway.access import AccessLog
 from services.gateway.allowed_hosts import HostAllowList, host_patterns, require_host_patterns
 from services.gateway.auth import AuthNotConfigured
@@ -48,6 +49,10 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
         except AuthNotConfigured as exc:  # `promptgen gateway` exits 2 with it: a restart would only refuse again
             app.state.refused = str(exc)
             raise
+        except StoppedBeforeConnected as exc:  # uvicorn, told to stop already, ends as soon as this returns
+            log.info("service_stopped", reason=str(exc))
+            yield
+            return
         app.state.gateway = gateway
         announce_ready(provider=gateway.provider.name, mongo_db=settings.mongo_db, port=settings.port)
         try:

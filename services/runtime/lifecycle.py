@@ -20,12 +20,27 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_STOP_CHECKS: list[Callable[[], bool]] = []  # each says whether this process was told to stop
+
+
+def stop_requested() -> bool:
+    """Whether this process was told to stop: by a signal its stop event heard, or its server."""
+    return any(check() for check in _STOP_CHECKS)
+
+
+def stop_also_when(check: Callable[[], bool]) -> None:
+    """Count ``check()`` as this process being told to stop (a server that handles the signals)."""
+    if check not in _STOP_CHECKS:
+        _STOP_CHECKS.append(check)
+
+
 def stop_event() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT, so a service can drain and exit cleanly."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    stop_also_when(stop.is_set)  # a wait for NATS at start gives up on it (nothing to drain yet)
     return stop
 
 

@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 run: install
-	$(BIN)/promptgen up
+	$(BIN)/promptgen up $(ARGS)
 
 # Everything: the static checks, then every tier (the server-free one, tests/service, included),
 # in TEST_WORKERS processes (pytest-xdist), one test file per process at a time; then, in one

@@ -294,7 +294,12 @@ async def connect_nats(
     access = access or NatsAccess()
     refused: asyncio.Future = asyncio.get_running_loop().create_future()
 
+    connected: list[NATS] = []  # the client, once it is: its own close is no lost connection
+
     async def _disconnected() -> None:
+        if connected and connected[0].is_closed:
+            log.info("nats_closed")
+            return
         log.warning("nats_disconnected")
 
     async def _reconnected() -> None:
@@ -356,7 +361,8 @@ async def connect_nats(
     finally:
         stopping.cancel()
     if connecting.done():
-        return connecting.result()
+        connected.append(connecting.result())
+        return connected[0]
     # nats-py can swallow a cancellation (its asyncio.wait_for): cancelled again until it ends
     await cancel_and_wait(connecting, every=0.25, attempts=40)
     if stop_requested():  # nats-py waits for a server forever: a stop must not

@@ -91,10 +91,11 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     @app.get("/livez", tags=["operations"],
              responses=responses(503, described={503: "This gateway's live job feed is not running"}))
     @app.get("/healthz", tags=["operations"], include_in_schema=False)  # the older name of /livez
-    async def livez(request: Request) -> dict[str, str]:
-        if not request.app.state.gateway.health.live()[0]:
+    async def livez(request: Request) -> dict[str, object]:
+        alive, checks = request.app.state.gateway.health.live()
+        if not alive:
             raise ApiError(503, "job_feed_down", "This gateway's live job feed is not running")
-        return {"status": "ok"}
+        return {"status": "ok", "checks": checks}
 
     @app.head("/readyz", include_in_schema=False)
     @app.get("/readyz", tags=["operations"],

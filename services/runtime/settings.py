@@ -237,7 +237,13 @@ class Settings(BaseSettings):
     )
 
     # Logging
-    log_level: str = Field("info", validation_alias=_env("PROMPTGEN_LOG_LEVEL"))
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", validation_alias=_env("PROMPTGEN_LOG_LEVEL"))
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _nats_access_is_complete(self) -> Settings:

@@ -116,6 +116,8 @@ _STYLES = {
     "COOPERATIVE": "open and friendly, but has real concerns that must be addressed",
     "DEFENSIVE": "feels criticised easily and pushes back when challenged",
 }
+_ESCALATES_TO = {"PERSUASION": "insistent", "SKEPTIC": "skeptical", "ANXIOUS": "anxious", "ANALYTICAL": "exacting",
+                 "DEMANDING": "demanding", "COOPERATIVE": "guarded", "DEFENSIVE": "defensive"}
 _CONCERNS = ["cost", "time pressure", "risk to their reputation", "lack of information",
              "past bad experiences", "impact on their team", "fairness of the decision"]
 
@@ -147,7 +149,7 @@ def draft_persona(template: TemplateData, persona_type: str, seed: str) -> Perso
             "opening": "Wait for the learner to open the conversation; answer in character.",
             "stay_in_character": True,
             "reveal_information": f"Share details about {concerns[0]} only when asked open questions.",
-            "escalation": f"Become more {archetype.lower()} if your concerns are dismissed.",
+            "escalation": f"Become more {_ESCALATES_TO[archetype]} if your concerns are dismissed.",
             "never": ["mention that you are an AI", "break the scenario", "solve the problem for the learner"],
         },
     )

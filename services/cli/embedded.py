@@ -3,6 +3,7 @@ server, both from PyPI wheels, configured for loopback and durability."""
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import sys
@@ -10,9 +11,31 @@ from pathlib import Path
 
 
 def free_port() -> int:
+    """A loopback port nothing is bound to now, for a server started next. Taken below the
+    kernel's range of ports for outgoing connections where it can be: a port from that range,
+    once the check lets go of it, may be given to any connection the machine opens before the
+    server binds it (seen: a test's nats-server finding its port in use)."""
+    lowest_outgoing = _outgoing_ports()[0]
+    for _ in range(50):
+        port = random.randrange(10_000, lowest_outgoing) if lowest_outgoing > 11_000 else 0
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _outgoing_ports() -> tuple[int, int]:
+    """The kernel's range of local ports for outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:

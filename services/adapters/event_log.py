@@ -35,7 +35,7 @@ from tenacity import (
 )
 
 from contracts import subjects
-from contracts.events import Envelope, Event, EventDecodeError, encode_event, parse_event
+from contracts.events import Envelope, Event, EventDecodeError, UnknownEvent, encode_event, parse_event
 from services.runtime import tracing
 from services.runtime.lifecycle import cancel_and_wait, stop_requested
 from services.runtime.redaction import redact
@@ -294,13 +294,17 @@ async def connect_nats(
     access = access or NatsAccess()
     refused: asyncio.Future = asyncio.get_running_loop().create_future()
 
-    connected: list[NATS] = []  # the client, once it is: its own close is no lost connection
+    closing: list[bool] = []  # set when this process closes the connection itself
 
     async def _disconnected() -> None:
-        if connected and connected[0].is_closed:
-            log.info("nats_closed")
-            return
-        log.warning("nats_disconnected")
+        if closing:
+            log.info("nats_closed")  # our own close, on the way out: no lost connection
+        elif connected and connected[0].is_closed:  # the server ended it for good (a revoked user, too many
+            log.error("nats_connection_closed", error=repr(connected[0].last_error)[:300])  # connections)
+        else:
+            log.warning("nats_disconnected")
+
+    connected: list[NATS] = []
 
     async def _reconnected() -> None:
         log.info("nats_reconnected")
@@ -361,8 +365,16 @@ async def connect_nats(
     finally:
         stopping.cancel()
     if connecting.done():
-        connected.append(connecting.result())
-        return connected[0]
+        nc = connecting.result()
+        close = nc.close
+
+        async def close_on_purpose() -> None:
+            closing.append(True)
+            await close()
+
+        nc.close = close_on_purpose  # type: ignore[method-assign]
+        connected.append(nc)
+        return nc
     # nats-py can swallow a cancellation (its asyncio.wait_for): cancelled again until it ends
     await cancel_and_wait(connecting, every=0.25, attempts=40)
     if stop_requested():  # nats-py waits for a server forever: a stop must not
@@ -398,14 +410,14 @@ class DerivedReads:
             newest = await self.last(subject)
             if newest is None:
                 continue
-            if newest.event is not None:
-                return newest
+            if newest.event is not None or isinstance(newest.error, UnknownEvent):
+                return newest  # a newer version's event is one, if not one this version can show
             log.warning("event_unreadable_on_subject", subject=subject, seq=newest.seq,
                         error=str(newest.error)[:200])
             readable = None
             async with contextlib.aclosing(self.read(subject)) as events:
                 async for stored in events:
-                    if stored.event is not None:
+                    if stored.event is not None or isinstance(stored.error, UnknownEvent):
                         readable = stored
             if readable is not None:
                 return readable

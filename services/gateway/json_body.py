@@ -44,9 +44,10 @@ def _json_from_this_origin(scope: dict) -> dict:
     return {**scope, "headers": rewritten}
 
 
-def refuse_other_bodies(request: Request) -> None:
-    """415 for a state-changing request that says its body is anything but JSON, or sends one
-    and says nothing of its type (it would be read as no JSON at all: a 422 for the whole body)."""
+def refuse_other_bodies(request: Request, *, takes_body: bool = True) -> None:
+    """415 for a state-changing request that says its body is anything but JSON, or, to a route
+    that reads one (``takes_body``), sends one and says nothing of its type (it would be read as
+    no JSON at all: a 422 for the whole body)."""
     if request.method not in STATE_CHANGING:
         return
     declared = request.headers.get("content-type")
@@ -54,8 +55,9 @@ def refuse_other_bodies(request: Request) -> None:
         raise ApiError(415, "unsupported_media_type",
                        f"The request body must be JSON (Content-Type: application/json), not "
                        f"'{printable(declared, 100)}'", field="Content-Type")
-    if declared is None and (request.headers.get("content-length", "0") != "0"
-                             or "transfer-encoding" in request.headers):
+    length = request.headers.get("content-length", "0").strip()
+    sent = (length.isascii() and length.isdigit() and int(length) > 0) or "transfer-encoding" in request.headers
+    if takes_body and declared is None and sent:
         raise ApiError(415, "unsupported_media_type",
                        "The request body must be JSON, and say so: Content-Type: application/json",
                        field="Content-Type")
@@ -91,7 +93,7 @@ class JSONBodyRoute(APIRoute):
 
         async def route(request: Request) -> Response:
             request = JSONBodyRequest(_json_from_this_origin(request.scope), request.receive)
-            refuse_other_bodies(request)
+            refuse_other_bodies(request, takes_body=self.body_field is not None)
             return await handler(request)
 
         return route

@@ -19,11 +19,13 @@ from contracts import subjects
 from contracts.api import ParkedEvent
 from contracts.domain import EXPIRED_PERSONA_ERROR
 from contracts.events import (
+    EventDecodeError,
     JobRequested,
     PersonaProgress,
     PersonaPromptRequested,
     UnknownEvent,
     caused_by,
+    parse_event,
 )
 from services.adapters.event_log import StoredEvent, pulled, stored_message
 from services.adapters.llm.base import LLMError, Provider
@@ -138,6 +140,19 @@ async def _parked_event(event_log: EventLogPort, record: ParkedEvent) -> StoredE
     return stored
 
 
+def _an_event(data: bytes) -> bool:
+    """Whether ``data`` is an event (a newer version's included): garbage on a cancel's subject
+    cancels nothing (the job manager, which decodes it, would never end the job)."""
+    try:
+        parse_event(data)
+    except UnknownEvent:
+        return True
+    except EventDecodeError as exc:
+        log.warning("cancel_unreadable", error=str(exc)[:200])
+        return False
+    return True
+
+
 class Cancellations:
     """Which jobs were cancelled: asked of the log once per job, then kept current by a
     subscription to cancel events (cleared on reconnect, when one may have been missed)."""
@@ -149,7 +164,7 @@ class Cancellations:
 
     async def start(self) -> None:
         async def on_cancel(msg) -> None:
-            if job_id := subjects.job_id_of(msg.subject):
+            if (job_id := subjects.job_id_of(msg.subject)) and _an_event(msg.data):
                 self._remember(job_id, True)
 
         await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
@@ -163,7 +178,7 @@ class Cancellations:
 
     async def is_cancelled(self, job_id: str) -> bool:
         if job_id not in self.known:
-            found = await self.log.last_seq_on(subjects.job(job_id, "cancel_requested")) is not None
+            found = await self.log.first_readable_on([subjects.job(job_id, "cancel_requested")]) is not None
             self._remember(job_id, found)
         return self.known[job_id]
 

@@ -243,7 +243,10 @@ class Settings(BaseSettings):
     @field_validator("log_level", mode="before")
     @classmethod
     def _level_in_any_case(cls, value: object) -> object:
-        return value.strip().lower() if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        level = value.strip().lower()
+        return {"warn": "warning", "fatal": "critical"}.get(level, level)  # logging's own aliases
 
     @model_validator(mode="after")
     def _nats_access_is_complete(self) -> Settings:

@@ -10,14 +10,16 @@ async def test_a_templates_personas_come_a_page_at_a_time_in_creation_order(clie
     for count in (2, 3, 2):  # each call's personas share a creation time: the id breaks the tie
         await create_personas(client, template_id, count)
     whole = (await client.get("/scenario/personas", params={"template_id": template_id})).json()
-    assert len(whole["personas"]) == 7 and "next_after" not in whole
+    assert len(whole["personas"]) == 7 and whole["next_after"] is None
+    single = (await client.get(f"/scenario/personas/{whole['personas'][0]['id']}")).json()
+    assert whole["personas"][0] == single  # the same fields, the prompt's null ones included
     pages, after = [], None
     while True:
         params = {"template_id": template_id, "limit": 3, **({"after": after} if after else {})}
         r = await client.get("/scenario/personas", params=params)
         assert r.status_code == 200, r.text
         pages.append([p["id"] for p in r.json()["personas"]])
-        after = r.json().get("next_after")
+        after = r.json()["next_after"]
         if after is None:
             break
         assert after == pages[-1][-1]

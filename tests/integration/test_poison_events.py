@@ -288,6 +288,7 @@ async def test_garbage_on_an_end_subject_is_no_end(client, system, event_log, sc
     job = await start_job(client, template_id, {persona_["id"]: "learn_mode"})
     job_id = job["job_id"]
     end = await _raw(event_log, subjects.job(job_id, "completed"), b'{"type": "job.completed", "garbage": true}')
+    await _raw(event_log, subjects.job(job_id, "cancel_requested"), b"{")  # no cancel: the work is still done
     terminal = subjects.job_persona(job_id, persona_["id"], "completed")
     garbage = await _raw(event_log, terminal, b"not json")
     assert await event_log.first_readable_on([terminal]) is None  # a redelivered item is still worked on

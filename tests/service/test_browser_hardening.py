@@ -305,12 +305,13 @@ async def test_a_body_without_a_content_type_is_told_to_say_it_is_json(running, 
     """Not a 422 for the whole body: the client learns what to add, and nothing is published."""
     targets = await _targets(gateway)
     before = await memory_log.last_seq()
-    for path, body in targets:
+    for path, body in [(p, b) for p, b in targets if b]:  # the routes that read a body
         request = gateway.build_request("POST", path, content=httpx.Request("POST", "/", json=body).content)
         assert "content-type" not in request.headers
         r = await gateway.send(request)
         assert r.status_code == 415, (path, r.text)
         assert r.json()["field"] == "Content-Type" and "application/json" in r.json()["detail"]
     assert await memory_log.last_seq() == before
-    cancel = await gateway.post("/scenario/v2/jobs/no-such-job/cancel")  # no body, no type: as before
-    assert cancel.status_code == 404, cancel.text
+    for body in (b"", b"{}"):  # a route that reads no body does not ask for its type
+        cancel = await gateway.post("/scenario/v2/jobs/no-such-job/cancel", content=body)
+        assert cancel.status_code == 404, cancel.text

@@ -83,6 +83,8 @@ async def test_a_retry_asked_many_times_at_once_starts_one_job(gateway, provider
     provider.refuse = set()
     answers = await asyncio.gather(*(gateway.post(f"/scenario/v2/jobs/{job['job_id']}/retry-failed")
                                      for _ in range(5)))
+    assert all(a.status_code == 202 or (a.status_code == 409 and a.json()["code"] == "already_retried")
+               for a in answers), [a.text for a in answers]
     started = {a.json()["job_id"] for a in answers if a.status_code == 202}
     refused = {a.json()["ids"][0] for a in answers if a.status_code == 409 and a.json()["code"] == "already_retried"}
     assert len(started) == 1 and refused <= started, [a.text for a in answers]

@@ -8,6 +8,7 @@ roots); the counts are kept in the in-memory key-value bucket, by the same code 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -28,6 +29,7 @@ from tests import samples
 from tests.flows import create_personas, create_template, cycle_modes
 from tests.service.conftest import ServerFreeSystem
 from tests.service.providers import ScriptedProvider
+from tests.sse_client import read_sse
 from tests.waiting import eventually
 
 DOCUMENT = "# Renewal\nA rep renews a contract.\n\n## Roles\n- Sales rep: the learner\n- Buyer - procurement lead"
@@ -310,3 +312,24 @@ async def test_another_tenants_persona_or_job_is_404_before_any_wait_for_the_pro
     assert (await c["globex"].get(f"/scenario/personas/{pid}")).status_code == 404
     assert (await c["globex"].get(f"/scenario/v2/job-status/{job_id}")).status_code == 404
     assert waited == []
+
+
+async def test_a_retry_asked_many_times_at_once_is_counted_once(limited) -> None:
+    """One job is stored for them all (the log's dedup): the personas of one are what is counted."""
+    system, c = await limited(tenant_personas_per_day=10)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 7)]
+    system.provider.refuse = set(personas[:3])
+    job = (await acme.post("/scenario/v2/generate-final-prompts",
+                           json={"template_id": template_id, "persona_ids": personas[:3],
+                                 "mode_mapping": dict.fromkeys(personas[:3], "try_mode")})).json()
+    assert (await acme.get(f"/scenario/v2/job-status/{job['job_id']}")).status_code == 200
+    await read_sse(acme, job["sse_endpoint"])
+    system.provider.refuse = set()
+    answers = await asyncio.gather(*(acme.post(f"/scenario/v2/jobs/{job['job_id']}/retry-failed") for _ in range(5)))
+    assert all(a.status_code == 202 or (a.status_code == 409 and a.json()["code"] == "already_retried")
+               for a in answers), [a.text for a in answers]
+    assert len({a.json()["job_id"] for a in answers if a.status_code == 202}) == 1
+    last = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[3:]))
+    assert last.status_code == 202, last.text  # 3 + 3 + 4 of 10

@@ -18,12 +18,17 @@ from services.adapters import event_log as bus
 async def test_connect_nats_hands_every_seed_to_the_client(monkeypatch, url, servers):
     seen = {}
 
+    class Connection:
+        async def close(self) -> None: ...
+
+    connection = Connection()
+
     async def fake_connect(servers_arg, **options):
         seen["servers"] = servers_arg
-        return "connection"
+        return connection
 
     monkeypatch.setattr(bus.nats, "connect", fake_connect)
-    assert await bus.connect_nats(url, "test") == "connection"
+    assert await bus.connect_nats(url, "test") is connection
     assert seen["servers"] == servers
 
 

@@ -146,6 +146,8 @@ def test_mongo_transactions_are_auto_or_off_and_anything_else_is_refused_by_name
 def test_a_log_level_is_one_logging_knows_in_any_case_and_anything_else_is_refused_by_name(monkeypatch):
     monkeypatch.setenv("PROMPTGEN_LOG_LEVEL", " WARNING ")
     assert Settings().log_level == "warning"
+    monkeypatch.setenv("PROMPTGEN_LOG_LEVEL", "warn")  # logging's alias, taken before
+    assert Settings().log_level == "warning"
     monkeypatch.setenv("PROMPTGEN_LOG_LEVEL", "loud")  # was taken, and logged at info
     with pytest.raises(ValueError, match="PROMPTGEN_LOG_LEVEL"):
         Settings()

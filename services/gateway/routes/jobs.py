@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from fastapi import APIRouter, Header, Query, Response
 from sse_starlette import EventSourceResponse
@@ -89,12 +91,37 @@ async def _owned_seq(event_log, models, job_id: str, caller: Caller) -> int:
     return await _requested_seq(event_log, job_id)
 
 
+class _Retrying:
+    """A job being retried by requests of this process: they take turns."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.requests = 0
+
+
+_retrying: dict[str, _Retrying] = {}
+
+
+class _StoredBefore(Exception):
+    """The job's request was stored already, by a request like this one at the same time."""
+
+
 async def start_job(
-    event: JobRequested, event_log, guard: Guard, quotas: TenantQuotas, caller: Caller
+    event: JobRequested, event_log, guard: Guard, quotas: TenantQuotas, caller: Caller, *,
+    may_repeat: bool = False,
 ) -> GenerateFinalPromptsResponse:
+    """``may_repeat``: the job's id is not new each time (a retry's), so the log may store another
+    request's publish of it instead: that one's quota is then the one that counts."""
     # Durable once published: answer now. A poll before the projector catches up is answered from the log.
-    async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
-        await event_log.publish(event)
+    try:
+        async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
+            seq = await event_log.publish(event)
+            if may_repeat:
+                stored = await event_log.at(seq)
+                if stored is not None and stored.event is not None and stored.event.event_id != event.event_id:
+                    raise _StoredBefore  # gives this request's quota back
+    except _StoredBefore:
+        log.info("job_requested_already", job_id=event.job_id, retry_of=event.retry_of)
     log.info("job_requested", job_id=event.job_id, personas=len(event.personas), retry_of=event.retry_of)
     return GenerateFinalPromptsResponse(
         job_id=event.job_id,
@@ -259,15 +286,26 @@ async def retry_failed(
     if not failed:
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
     retry_id = retry_job_id(job_id)
-    if await event_log.last_seq_on(subjects.job(retry_id, "requested")) is not None \
-            or await models.jobs.find_one({"_id": retry_id}, ["_id"]) is not None:
-        raise ApiError(409, "already_retried",
-                       f"Job '{job_id}' was retried as job '{retry_id}': follow it at {sse_endpoint(retry_id)}, "
-                       f"or retry its failed personas", ids=[retry_id])
-    body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
-                                       mode_mapping=failed)
-    event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock, retry_of=job_id)
-    return await start_job(event, event_log, guard, quotas, caller)
+    # One at a time per job here, so the next sees the first's request (and takes no quota); requests
+    # at once to two gateways are stored once by the log, and the later gives its quota back.
+    held = _retrying.setdefault(job_id, _Retrying())
+    held.requests += 1
+    try:
+        async with held.lock:
+            if await event_log.last_seq_on(subjects.job(retry_id, "requested")) is not None \
+                    or await models.jobs.find_one({"_id": retry_id}, ["_id"]) is not None:
+                raise ApiError(409, "already_retried",
+                               f"Job '{job_id}' was retried as job '{retry_id}': follow it at "
+                               f"{sse_endpoint(retry_id)}, or retry its failed personas", ids=[retry_id])
+            body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
+                                               mode_mapping=failed)
+            event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock,
+                                    retry_of=job_id)
+            return await start_job(event, event_log, guard, quotas, caller, may_repeat=True)
+    finally:
+        held.requests -= 1
+        if held.requests == 0:
+            del _retrying[job_id]
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422, 503))

@@ -137,8 +137,7 @@ async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsD
     return PersonaView.model_validate(doc)
 
 
-@router.get("/personas", response_model=PersonaList, response_model_exclude_none=True,
-            responses=responses(404, 422))
+@router.get("/personas", response_model=PersonaList, responses=responses(404, 422))
 async def list_personas(
     models: ModelsDep, template_id: TemplateIdQuery, caller: Reader, fence: FenceDep,
     limit: int = Query(500, ge=1, le=1000, description="At most this many personas"),

@@ -71,6 +71,7 @@ class Child:
     restarts: int = 0
     announced: dict = field(default_factory=dict)  # the fields of its last "service_ready" line
     refused: bool = False  # it exited refusing its configuration: started again, it would refuse again
+    ours: bool = False  # one of our services, whose exit code 2 is a refusal (a Go server's is a crash)
 
 
 class LineSplitter:
@@ -148,7 +149,7 @@ class Supervisor:
             code = await proc.wait()
             if self.stopping:
                 return
-            if code == CONFIGURATION_ERROR:
+            if child.ours and code == CONFIGURATION_ERROR:
                 self.say(child.name, f"exited with code {code}, refusing its configuration (why: above); "
                                      "not restarted")
                 child.refused = True

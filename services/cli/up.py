@@ -76,7 +76,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         env.update(NATS_URL=nats_url, MONGO_URL=mongo_url)
         projector = Child("projector", _service("projector"),
                           child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env, **own_service_name("projector"),
-                                    **ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", 9102)))
+                                    **ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", 9102)), ours=True)
         await sup.start(projector)
         workers = []
         for i in range(generators):
@@ -84,11 +84,12 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             own = ({"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1
                    else ops_port("PROMPTGEN_GENERATOR_HTTP_PORT", 9101))
             workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
-                                 child_env(drop=GATEWAY_SECRETS, **env, **own, **own_service_name("generator"))))
+                                 child_env(drop=GATEWAY_SECRETS, **env, **own, **own_service_name("generator")),
+                                 ours=True))
             await sup.start(workers[-1])
         gateway_url = f"http://127.0.0.1:{port}"
         await sup.start(Child("gateway", _service("gateway"), child_env(**env, **own_service_name("gateway")),
-                              ready_check=http_ready(f"{gateway_url}/healthz")))
+                              ready_check=http_ready(f"{gateway_url}/healthz"), ours=True))
         console.print(
             f"\n[bold green]promptgen is up[/bold green]\n"
             f"  gateway  {gateway_url}   (web UI at /, API docs at /docs)\n"

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from services.cli.supervisor import Child, LineSplitter, Supervisor, child_env, server_env
+from services.cli.supervisor import Child, ChildRefused, LineSplitter, Supervisor, child_env, server_env
 
 # A 1 MB line, then more than a pipe holds, then readiness, then output until it is stopped.
 NOISY = r"""
@@ -123,3 +123,25 @@ def test_a_service_keeps_our_environment_less_what_it_drops_in_any_case(monkeypa
     env = child_env(drop=["OPENAI_API_KEY"], MONGO_URL="mongodb://127.0.0.1:27017")
     assert "OPENAI_API_KEY" not in env and "openai_api_key" not in env
     assert env["NATS_URL"] == "nats://127.0.0.1:4222" and env["MONGO_URL"] == "mongodb://127.0.0.1:27017"
+
+
+async def test_exit_code_2_is_a_refusal_from_our_services_and_a_crash_from_a_server(tmp_path):
+    """Our services exit 2 on a configuration they refuse: not restarted. A Go server (nats-server)
+    exits 2 when it panics: restarted, as any crash."""
+    terminal = Terminal()
+    sup = Supervisor(out=terminal)
+    ours = Child("gateway", [sys.executable, "-c", "import sys; sys.exit(2)"], child_env(), ours=True)
+    marker = tmp_path / "crashed-once"
+    server = _child("nats", "import os, sys, time\n"
+                            f"p = {str(marker)!r}\n"
+                            "if not os.path.exists(p):\n    open(p, 'w').close(); sys.exit(2)\n"
+                            "print('{\"event\": \"service_ready\"}', flush=True); time.sleep(60)")
+    try:
+        with pytest.raises(ChildRefused, match="gateway refused its configuration"):
+            await sup.start(ours, timeout=30)
+        assert sup.refused.is_set() and ours.restarts == 0
+        await sup.start(server, timeout=30)  # ready once started again
+        assert server.restarts == 1
+    finally:
+        await sup.stop(grace=5)
+    assert any("nats | exited with code 2; restarting" in line for line in terminal.lines), terminal.lines

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator
 
 import structlog
+from nats.errors import Error as NatsError
 
 from contracts import subjects
 from contracts.api import ParkedEvent
@@ -118,9 +119,15 @@ async def run_dispatcher(event_log: EventLogPort, stop: asyncio.Event, parked: P
                         await set_aside(msg, stored, DISPATCHER, parked, exc)
                     else:
                         log.warning("job_dispatch_retry", error=brief(exc))
-                        await msg.nak(delay=2)
+                        with contextlib.suppress(NatsError):  # unsaid, it comes back after the ack wait
+                            await msg.nak(delay=2)
                     continue
-                await msg.ack_sync()
+                try:
+                    await msg.ack_sync()
+                except NatsError as exc:  # a busy server's answer too late: the dispatcher goes on, and the
+                    # request comes back after the ack wait, dispatched again into work items the log dedups
+                    log.warning("job_dispatch_ack_lost", error=brief(exc), personas=count)
+                    continue
                 log.info("job_dispatched", personas=count)
 
 

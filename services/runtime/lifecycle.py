@@ -91,6 +91,11 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def _named_as_ours(_: object, __: str, event: dict) -> dict:
+    event.setdefault("logger", "promptgen")
+    return event
+
+
 def announce_ready(**fields: object) -> None:
     """One JSON line saying the service is ready, whatever the log level: the supervisor
     of `promptgen up` (and any orchestrator reading logs) waits for this exact event.
@@ -103,6 +108,7 @@ def announce_ready(**fields: object) -> None:
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
+            _named_as_ours,  # every line names its logger (README, Logs)
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.JSONRenderer(),
         ],

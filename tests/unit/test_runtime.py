@@ -40,3 +40,14 @@ def test_a_service_process_settles_its_heap_when_it_says_it_is_ready(monkeypatch
     finally:
         gc.unfreeze()
     assert capsys.readouterr().out.count('"service_ready"') == 2
+
+
+def test_the_ready_line_has_every_field_a_log_line_has(capsys):
+    """The supervisor waits for it, and a log pipeline reads it as any other line."""
+    import json
+
+    from services.runtime import lifecycle
+
+    lifecycle.announce_ready(port=9000)
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"event", "level", "logger", "timestamp"} <= line.keys() and line["event"] == "service_ready"

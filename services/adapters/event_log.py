@@ -87,6 +87,11 @@ class StoredEvent:
     data: bytes = b""
     headers: Mapping[str, str] = field(default_factory=lambda: _NO_HEADERS)
 
+    @property
+    def garbage(self) -> bool:
+        """Not an event at all: neither one this version reads nor a newer version's."""
+        return self.event is None and not isinstance(self.error, UnknownEvent)
+
 
 # Not about the event: what a direct get adds (the message's place in the stream), and the
 # publish's preconditions (nats-py sends Nats-Expected-Stream, which the server stores).
@@ -410,14 +415,14 @@ class DerivedReads:
             newest = await self.last(subject)
             if newest is None:
                 continue
-            if newest.event is not None or isinstance(newest.error, UnknownEvent):
+            if not newest.garbage:
                 return newest  # a newer version's event is one, if not one this version can show
             log.warning("event_unreadable_on_subject", subject=subject, seq=newest.seq,
                         error=str(newest.error)[:200])
             readable = None
             async with contextlib.aclosing(self.read(subject)) as events:
                 async for stored in events:
-                    if stored.event is not None or isinstance(stored.error, UnknownEvent):
+                    if not stored.garbage:
                         readable = stored
             if readable is not None:
                 return readable

@@ -22,6 +22,12 @@ class _BodyTooLarge(Exception):
     """Raised to the app from ``receive``: stop reading."""
 
 
+def declared_length(value: str | None) -> int | None:
+    """A Content-Length header's value, if it is one (ASCII digits: int() takes "²" too)."""
+    value = (value or "").strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -31,8 +37,8 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self.max_bytes:
+        declared = declared_length(Headers(scope=scope).get("content-length"))
+        if declared is not None and declared > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
 

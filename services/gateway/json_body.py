@@ -25,6 +25,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from contracts.limits import printable
+from services.gateway.body_limit import declared_length
 from services.gateway.cross_site import STATE_CHANGING
 from services.gateway.errors import ApiError
 
@@ -55,8 +56,7 @@ def refuse_other_bodies(request: Request, *, takes_body: bool = True) -> None:
         raise ApiError(415, "unsupported_media_type",
                        f"The request body must be JSON (Content-Type: application/json), not "
                        f"'{printable(declared, 100)}'", field="Content-Type")
-    length = request.headers.get("content-length", "0").strip()
-    sent = (length.isascii() and length.isdigit() and int(length) > 0) or "transfer-encoding" in request.headers
+    sent = (declared_length(request.headers.get("content-length")) or 0) > 0 or "transfer-encoding" in request.headers
     if takes_body and declared is None and sent:
         raise ApiError(415, "unsupported_media_type",
                        "The request body must be JSON, and say so: Content-Type: application/json",

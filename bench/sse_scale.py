@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -27,6 +28,15 @@ from bench.scenarios import MockLLMProcess, _llm_env
 
 def _sum(measure, pids: list[int]) -> float:
     return sum(measure(pid) for pid in pids)
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of ``pid`` on ``cpus`` (threads started later inherit it)."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:
+            pass
 
 
 def _load() -> dict:
@@ -130,6 +140,12 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
     try:
         extra = _more_gateways(d, gateways - 1)
         pids = [d.pids()["gateway"], *(p.pid for p in extra)]
+        if os.environ.get("BENCH_PIN_GATEWAY"):  # a diagnostic: the gateway on core 0, all else on the others
+            rest = set(range(1, os.cpu_count() or 2))
+            for name, pid in d.pids().items():
+                _pin(pid, {0} if name == "gateway" else rest)
+            for child in (d.up.proc.pid, os.getpid()):
+                _pin(child, rest)
         job_ids = asyncio.run(_post_jobs(d.base_url, jobs, personas, admin))
         nats_sub = subprocess.Popen([sys.executable, "-m", "bench.nats_listener", d.nats_url],
                                     stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True)

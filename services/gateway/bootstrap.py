@@ -10,6 +10,8 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+import structlog
+
 from services.adapters.llm.base import Provider
 from services.adapters.llm.limits import SharedLimiter, open_limiter
 from services.adapters.parked import ParkedEvents
@@ -26,6 +28,8 @@ from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, models_for, provider_for
+
+log = structlog.get_logger()
 
 
 @dataclass
@@ -51,6 +55,7 @@ class Gateway:
 
     async def aclose(self) -> None:
         await self.stack.aclose()
+        log.info("service_stopped")
 
 
 async def bootstrap(

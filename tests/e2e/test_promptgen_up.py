@@ -64,6 +64,8 @@ async def test_up_runs_the_flow_stops_cleanly_and_keeps_data(tmp_path, scenario_
     out = up.stop(signal.SIGINT)
     order = [ln.split("|")[0].strip() for ln in out.splitlines() if ln.rstrip().endswith("| stopping")]
     assert order == ["gateway", "generator", "projector", "mongodb", "nats"]
+    said_stopped = {ln.split("|")[0].strip() for ln in out.splitlines() if '"service_stopped"' in ln}
+    assert said_stopped >= {"gateway", "generator", "projector"}, out[-3000:]
 
     again = Up(tmp_path / "data")
     again.start()

@@ -65,6 +65,9 @@ def _(event: PersonaFailed) -> list[SseMessage]:
     ]
 
 
+END_MESSAGES = 2  # what a job's end is to its clients: status_update, then results
+
+
 @messages_for.register
 def _(event: JobFinished) -> list[SseMessage]:
     return [StatusUpdate(status=event.status, error=event.error), ResultsMessage(results=event.results)]
@@ -77,6 +80,11 @@ class Position:
 
     seq: int
     index: int | None = None
+
+    def has_seen(self, seq: int, count: int) -> bool:
+        """Whether a client here has seen every one of the ``count`` messages of event ``seq``
+        (an id past them, which this gateway never gave, counts as past them too)."""
+        return self.seq > seq or (self.seq == seq and (self.index is None or self.index >= count - 1))
 
     @classmethod
     def parse(cls, value: str | None) -> Position | None:

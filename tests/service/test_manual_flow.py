@@ -75,6 +75,9 @@ async def test_sse_resumes_after_any_message_and_ends_for_good(gateway):
         assert [(m.id, m.data) for m in rest.messages] == [(m.id, m.data) for m in full.messages[cut:]]
     ended = await read_sse(gateway, job["sse_endpoint"], headers={"Last-Event-ID": full.messages[-1].id})
     assert ended.status == 204  # a browser stops reconnecting
+    end_seq = int(full.messages[-1].id)
+    for past in (f"{end_seq}-1", f"{end_seq + 5}", f"{end_seq + 5}-0"):  # ids past the end, never given
+        assert (await read_sse(gateway, job["sse_endpoint"], headers={"Last-Event-ID": past})).status == 204, past
     assert (await gateway.get("/scenario/v2/prompt-generation-status/nope")).status_code == 404
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.adapters.event_log import StoredEvent
-from services.gateway.sse_messages import Position, messages_for, render, unseen
+from services.gateway.sse_messages import END_MESSAGES, Position, messages_for, render, unseen
 from tests.samples import every_event
 
 
@@ -35,6 +35,16 @@ def test_ids_name_exact_positions_and_resume_skips_what_was_seen():
     assert [i["id"] for i in render(stored)] == ["15-0", "15"]
     assert [i["id"] for i in unseen(stored.seq, render(stored), Position.parse("15-0"))] == ["15"]
     assert [i["id"] for i in unseen(stored.seq, render(stored), Position.parse("14"))] == ["15-0", "15"]
+
+
+def test_a_position_has_seen_an_event_when_past_its_last_message():
+    ended = StoredEvent(seq=15, time=datetime.now(UTC), subject="s", event=_by_type()["job.completed"])
+    assert len(render(ended)) == END_MESSAGES
+    for seen in ("15", "15-1", "15-7", "16", "16-0"):  # 15-1 and past: ids no gateway gives, past the end all the same
+        assert Position.parse(seen).has_seen(15, END_MESSAGES), seen
+        assert unseen(15, render(ended), Position.parse(seen)) == [], seen
+    for not_yet in ("15-0", "14", "14-1"):
+        assert not Position.parse(not_yet).has_seen(15, END_MESSAGES), not_yet
 
 
 def test_last_event_id_parsing():

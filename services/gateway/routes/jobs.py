@@ -53,7 +53,7 @@ from services.gateway.jobs import (
 from services.gateway.json_body import JSONBodyRoute
 from services.gateway.quotas import TenantQuotas
 from services.gateway.sse import HeldEventStream, stream_job_events
-from services.gateway.sse_messages import Position
+from services.gateway.sse_messages import END_MESSAGES, Position
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route_class=JSONBodyRoute)
 log = structlog.get_logger()
@@ -168,7 +168,7 @@ async def prompt_generation_status(
     after = Position.parse(last_event_id_header or last_event_id)
     if after is not None:
         end_seq = await finished_seq(event_log, job_id)
-        if end_seq is not None and after.seq >= end_seq and after.index is None:
+        if end_seq is not None and after.has_seen(end_seq, END_MESSAGES):
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
     return HeldEventStream(

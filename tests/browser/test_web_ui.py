@@ -171,12 +171,14 @@ def test_reload_mid_job_shows_each_persona_exactly_once(browser, live_system):
 
 
 def test_a_lost_connection_resumes_where_it_was(browser, live_system):
+    live_system.one_slow_prompt(8)  # still running when the gateway dies, however busy the machine
     _new_job(browser, live_system.base_url, 8)
     browser.execute_script("""
       window.__connection = [];
       const c = document.getElementById('connection');
       new MutationObserver(() => window.__connection.push(c.className)).observe(c, {attributes: true});""")
     _wait(browser).until(lambda d: "completed" in " ".join(_rows(d).values()))
+    assert browser.find_element(By.ID, "job-status").text == "processing"
     os.kill(live_system.gateway_pid(), signal.SIGKILL)  # the connection drops; `up` restarts the gateway
     _wait(browser).until(lambda d: "reconnecting" in d.find_element(By.ID, "connection").get_attribute("class"))
     assert "Connection lost, reconnecting" in browser.find_element(By.ID, "connection").text

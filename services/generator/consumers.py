@@ -162,17 +162,21 @@ def _an_event(data: bytes) -> bool:
 
 class Cancellations:
     """Which jobs were cancelled: asked of the log once per job, then kept current by a
-    subscription to cancel events (cleared on reconnect, when one may have been missed)."""
+    subscription to cancel events (cleared on reconnect, when one may have been missed).
+    A job's LLM calls in flight here (:meth:`calling`) are cancelled with it."""
 
     def __init__(self, event_log: EventLogPort, max_jobs: int = 10_000) -> None:
         self.log = event_log
         self.known: OrderedDict[str, bool] = OrderedDict()
         self.max_jobs = max_jobs
+        self.calls: dict[str, set[asyncio.Task]] = {}
 
     async def start(self) -> None:
         async def on_cancel(msg) -> None:
             if (job_id := subjects.job_id_of(msg.subject)) and _an_event(msg.data):
                 self._remember(job_id, True)
+                for call in self.calls.get(job_id, ()):
+                    call.cancel()
 
         await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
         self.log.on_reconnect(self.known.clear)
@@ -188,6 +192,23 @@ class Cancellations:
             found = await self.log.first_readable_on([subjects.job(job_id, "cancel_requested")]) is not None
             self._remember(job_id, found)
         return self.known[job_id]
+
+    @contextlib.contextmanager
+    def calling(self, job_id: str, call: asyncio.Task):
+        """``call`` (a job's LLM call) is cancelled if the job is, until the block ends."""
+        calls = self.calls.setdefault(job_id, set())
+        calls.add(call)
+        try:
+            yield
+        finally:
+            calls.discard(call)
+            if not calls:
+                del self.calls[job_id]
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class _Detached:
@@ -317,24 +338,35 @@ class WorkerPool:
             PersonaProgress(**caused_by(item), job_id=item.job_id, persona_id=item.persona_id,
                             persona_name=item.persona.name, mode=item.mode, attempt=delivered)
         ))
+        call = asyncio.create_task(generate_persona_prompt(
+            item,
+            provider=self.provider,
+            max_attempts=self.settings.llm_max_attempts,
+            limiter=self.limiter,
+            expected_completion_tokens=self.settings.llm_expected_completion_tokens,
+            metrics=self.metrics,
+        ))
         try:
             # The progress event is stored while the LLM works: it is not on the critical path,
             # and it is always stored before the outcome.
             async with still_working(msg, self.settings.ack_wait_seconds):  # until the outcome is stored
-                outcome, _ = await asyncio.gather(
-                    generate_persona_prompt(
-                        item,
-                        provider=self.provider,
-                        max_attempts=self.settings.llm_max_attempts,
-                        limiter=self.limiter,
-                        expected_completion_tokens=self.settings.llm_expected_completion_tokens,
-                        metrics=self.metrics,
-                    ),
-                    progress,
-                )
+                with self.cancellations.calling(item.job_id, call):
+                    try:
+                        outcome, _ = await asyncio.gather(call, progress)
+                    except asyncio.CancelledError:
+                        if not call.cancelled() or _being_cancelled():
+                            raise  # this worker is stopping: the item comes back
+                if call.cancelled() or await self._cancelled(item.job_id):
+                    # The job ended cancelled while its call was out (the job manager has marked
+                    # the persona cancelled): nothing of the call is stored.
+                    log.info("work_item_dropped_cancelled", answered=not call.cancelled())
+                    self.metrics.persona_finished("cancelled")
+                    await msg.ack()
+                    return
                 await self.log.publish(outcome)
         finally:
             progress.cancel()
+            call.cancel()
         error_code = getattr(outcome, "error_code", None)
         self.metrics.persona_finished("completed" if outcome.type == "persona.completed" else "failed", error_code)
         tracing.note(**{"promptgen.outcome": outcome.type, "promptgen.error_code": error_code})

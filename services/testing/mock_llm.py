@@ -87,6 +87,13 @@ class MockLLM:
         self.config = config
         self.random = random.Random(config.seed)
 
+    def pause(self) -> None:
+        """Hold every answer (calls still arrive and count as in flight) until :meth:`resume`."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        self._open.set()
+
     def add_script(self, steps: list[ScriptStep | dict]) -> None:
         self.script.extend(ScriptStep.model_validate(s) for s in steps)
 
@@ -183,7 +190,7 @@ class MockLLM:
             self.configure(MockLLMConfig.model_validate(json.loads(body)))
             return 200, self.config.model_dump(), {}
         if method == "POST" and path in ("/admin/pause", "/admin/resume"):
-            self._open.clear() if path == "/admin/pause" else self._open.set()
+            self.pause() if path == "/admin/pause" else self.resume()
             return 200, {"paused": not self._open.is_set()}, {}
         if method == "POST" and path == "/admin/reset":
             self.reset()

@@ -12,7 +12,8 @@ from services.adapters.llm.offline import OfflineProvider
 class ScriptedProvider:
     """Writes prompts as the offline provider does, except that it refuses the personas in
     ``refuse`` (a permanent failure), raises an unexpected error for those in ``crash``, holds
-    every prompt while :meth:`hold` is in force, and counts the prompts it was asked for."""
+    every prompt while :meth:`hold` is in force, and counts the prompts it was asked for (and
+those cancelled while held)."""
 
     name = "offline"  # as far as the caps go: nothing to limit
 
@@ -22,6 +23,7 @@ class ScriptedProvider:
         self.refuse: set[str] = set()
         self.crash: set[str] = set()  # personas whose prompt raises what no provider should (a bug)
         self.prompt_calls = 0
+        self.cancelled_calls = 0
         self._open = asyncio.Event()
         self._open.set()
 
@@ -41,7 +43,11 @@ class ScriptedProvider:
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText:
         self.prompt_calls += 1
-        await self._open.wait()
+        try:
+            await self._open.wait()
+        except asyncio.CancelledError:
+            self.cancelled_calls += 1
+            raise
         if brief.persona is not None and brief.persona.id in self.refuse:
             raise LLMError("llm_rejected", f"the model refused to write {brief.persona.name}'s prompt")
         if brief.persona is not None and brief.persona.id in self.crash:

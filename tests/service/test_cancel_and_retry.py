@@ -32,15 +32,19 @@ async def test_a_cancelled_job_ends_cancelled_with_its_unfinished_personas(gatew
     assert view["status"] == "cancelled" and view["cancelled"] == 3
     assert (await gateway.post(f"/scenario/v2/jobs/{job_id}/cancel")).status_code == 409
 
-    # the calls that were in flight finish into a job that already ended: it stays cancelled
+    # the calls that were in flight are cancelled with the job: none of them is stored
+    async def calls_cancelled():
+        return provider.cancelled_calls == 3
+    await eventually(calls_cancelled, timeout=10, what="the three calls in flight cancelled")
     provider.release()
-
-    async def outcomes_stored():
-        return len([s async for s in memory_log.read(f"promptgen.job.{job_id}.persona.*.completed")]) == 3
-    await eventually(outcomes_stored, timeout=10, what="the in-flight prompts stored")
+    later = await start_job(gateway, template_id, {personas[0]["id"]: "learn_mode"})  # the generator goes on
+    assert (await read_sse(gateway, later["sse_endpoint"])).messages[-1].data["results"]["successful"] == 1
+    assert [s async for s in memory_log.read(f"promptgen.job.{job_id}.persona.*.completed")] == []
     assert (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()["status"] == "cancelled"
     ends = [s async for s in memory_log.read(subjects.job_history(job_id)) if s.event.type.startswith("job.")]
     assert [s.event.type for s in ends] == ["job.requested", "job.cancel_requested", "job.cancelled"]
+    for p in personas[1:]:  # the prompts of the cancelled job were never written
+        assert (await gateway.get(f"/scenario/personas/{p['id']}")).json()["system_prompt"] is None
 
 
 async def test_retry_failed_starts_a_job_for_exactly_the_failed_personas(gateway, provider):

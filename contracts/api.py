@@ -10,8 +10,9 @@ from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.config import JsonDict
+from pydantic_core import PydanticCustomError
 
 from contracts.domain import (
     PERSONA_TYPE_MAX_LENGTH,
@@ -33,6 +34,17 @@ from contracts.limits import (
     PatternKeys,
     StoredText,
 )
+
+
+def _a_json_integer(value: Any) -> Any:
+    """What JSON Schema calls an integer (3 and 3.0; not true, not "3"): pydantic's lax mode
+    would read the other two as numbers, and a client's bug as a request."""
+    if isinstance(value, bool | str | bytes):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_a_json_integer)]
 
 
 class Request(BaseModel):
@@ -62,7 +74,7 @@ class GeneratePersonasRequest(Request):
     persona_type: Annotated[
         StoredText, StringConstraints(min_length=1, max_length=PERSONA_TYPE_MAX_LENGTH, pattern=NOT_BLANK)
     ]
-    count: int = Field(ge=1, le=20)
+    count: JsonInt = Field(ge=1, le=20)
 
 
 class PersonaView(Persona):

@@ -68,7 +68,7 @@ async def test_too_many_personas_is_refused(system, client, template_and_persona
     assert r.json()["code"] == "too_many_personas" and "at most 1" in r.json()["detail"]
 
 
-@pytest.mark.parametrize("count", [0, 21, "three"])
+@pytest.mark.parametrize("count", [0, 21, "three", "2", 2.5, True])
 async def test_persona_count_out_of_range(client, template_and_personas, count):
     template_id, _ = template_and_personas
     r = await client.post("/scenario/generate-personas",

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services.adapters.event_log import EventLog
 from services.projector.bootstrap import bootstrap
-from services.projector.rebuild import SWITCHING, WRITING
+from services.projector.rebuild import SILENCE_SECONDS, SWITCHING, WRITING
 from services.runtime.settings import Settings
 
 console = Console(stderr=True)
@@ -59,10 +59,16 @@ async def _remote(event_log: EventLog, progress) -> dict:
         if not answer.get("accepted"):
             return {"error": answer.get("error", "refused")}
         while True:
-            update = json.loads((await sub.next_msg(timeout=600)).data)
+            try:
+                update = json.loads((await sub.next_msg(timeout=SILENCE_SECONDS)).data)
+            except TimeoutError:
+                return {"error": f"the projector has said nothing for {SILENCE_SECONDS:g} s: it stopped during the "
+                                 "rebuild (killed, or its connection to NATS lost). Once it runs again, ask for the "
+                                 "rebuild again"}
             if update.get("finished"):
                 return update
-            await progress(update["done"], update["total"], stage=update.get("stage", WRITING))
+            if "done" in update:  # else the projector's heartbeat
+                await progress(update["done"], update["total"], stage=update.get("stage", WRITING))
     finally:
         await sub.unsubscribe()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -19,6 +18,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 import httpx
+
+from services.runtime.lifecycle import die_with_parent
 
 ReadyCheck = Callable[[], Awaitable[bool]]
 
@@ -32,11 +33,14 @@ class ChildRefused(RuntimeError):
     """A child exited refusing its configuration while it was being started."""
 
 
-def _die_with_parent() -> None:
+def _kill_group(leader: int) -> bool:
+    """SIGKILL what is left of a child's process group once the child itself has exited (a
+    child is its own session's leader); whether anything was."""
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+        os.killpg(leader, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 async def tcp_ready(port: int) -> bool:
@@ -134,7 +138,7 @@ class Supervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
     async def _watch(self, child: Child) -> None:
@@ -145,7 +149,16 @@ class Supervisor:
             if self.stopping:  # restarted just as stop() went by: it has nothing to finish
                 self.say(child.name, "stopping")
                 _signal(proc, signal.SIGKILL)
-            await self._pump(child, proc)
+            pump = asyncio.create_task(self._pump(child, proc))
+            # Until its output closes, or it exits while what it started and left behind (a
+            # rebuild's worker processes, when it was killed) holds its output open: those go
+            # with it, or it would never be restarted (and on Python 3.11 wait() waits for the
+            # output to close too).
+            while not pump.done() and proc.returncode is None:
+                await asyncio.wait([pump], timeout=0.1)
+            if not pump.done() and _kill_group(proc.pid):
+                self.say(child.name, "exited; stopped the processes it had started and left behind")
+            await pump
             code = await proc.wait()
             if self.stopping:
                 return

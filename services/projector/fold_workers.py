@@ -19,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import os
+import signal
 from collections import deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
@@ -39,6 +41,7 @@ from services.adapters.event_log import (
 )
 from services.projector.memory_fold import BatchFold
 from services.projector.projections import writes_for
+from services.runtime.lifecycle import die_with_parent
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
@@ -88,7 +91,8 @@ class FoldWorkers:
         loop = asyncio.get_running_loop()
         starts = iter(range(max(1, first), last + 1, batch_events))
         pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_start_worker, initargs=(self.settings, self.connect_timeout))
+                                   initializer=_start_worker,
+                                   initargs=(self.settings, self.connect_timeout, os.getpid()))
         ahead: deque[tuple[int, int, asyncio.Future[tuple[BatchFold, int, list[Undecodable]]]]] = deque()
 
         def read_ahead() -> None:
@@ -132,10 +136,15 @@ class FoldWorkers:
 _worker: tuple[asyncio.AbstractEventLoop, EventLog] | None = None
 
 
-def _start_worker(settings: Settings, connect_timeout: float) -> None:
-    """Connect this worker to NATS, once for all the ranges it reads."""
+def _start_worker(settings: Settings, connect_timeout: float, parent: int) -> None:
+    """Connect this worker to NATS, once for all the ranges it reads. It dies with the projector
+    (killed, it could not shut its pool down): left behind, it would hold the projector's output."""
     global _worker
     from services.runtime.logs import configure_logging
+
+    die_with_parent(signal.SIGKILL)
+    if os.getppid() != parent:  # the projector died before that took hold
+        os._exit(1)
 
     configure_logging("projector", settings.log_level)
     loop = asyncio.new_event_loop()

@@ -36,6 +36,8 @@ log = structlog.get_logger()
 
 # Outside the `promptgen.>` stream on purpose: control messages are not events.
 CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
+HEARTBEAT_SECONDS = 5.0  # while a rebuild runs, the caller hears at least this often
+SILENCE_SECONDS = 30.0  # a caller that hears nothing this long takes the projector for gone
 INBOX_PREFIX = "_INBOX."  # where NATS clients take their reply subjects (nc.new_inbox())
 SUFFIX = "__rebuild"  # what earlier versions named the collections they rebuilt into
 MERGE_BATCH = 1000  # documents per write of the switch
@@ -339,11 +341,18 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
             metrics.rebuild_progress.labels(stage).set(done / total if total else 1.0)
             await event_log.send(reply_to, json.dumps({"done": done, "total": total, "stage": stage}).encode())
 
+        async def beat() -> None:  # the caller knows the projector is there between reports
+            while True:
+                await asyncio.sleep(HEARTBEAT_SECONDS)
+                with contextlib.suppress(Exception):
+                    await event_log.send(reply_to, json.dumps({"alive": True}).encode())
+
         async with running:
             started = time.monotonic()
             metrics.rebuild_running.set(1)
             for stage in (WRITING, SWITCHING):
                 metrics.rebuild_progress.labels(stage).set(0)
+            beating = asyncio.create_task(beat())
             try:
                 position = await rebuild(report)
             except asyncio.CancelledError:  # the projector is stopping: the caller hears that much
@@ -364,6 +373,7 @@ async def serve_rebuild_requests(event_log: EventLogPort, rebuild: Callable[[Pro
                 log.info("rebuild_finished", **final)
                 metrics.rebuilds.labels("completed").inc()
             finally:
+                beating.cancel()
                 metrics.rebuild_running.set(0)
                 metrics.rebuild_duration.observe(time.monotonic() - started)
             await event_log.send(reply_to, json.dumps(final).encode())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import signal
 import sys
@@ -114,3 +115,12 @@ def announce_ready(**fields: object) -> None:
         ],
     )
     logger.info("service_ready", **fields)
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have this process sent ``sig`` when its parent dies (Linux's PR_SET_PDEATHSIG; elsewhere
+    nothing). Safe between fork and exec."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)
+    except OSError:
+        pass

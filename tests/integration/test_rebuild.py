@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+from services.adapters.event_log import EventLog
 from services.adapters.read_models import ReadModels
 from services.cli.rebuild import run_rebuild
 from services.projector.rebuild import rebuild_into
@@ -518,3 +520,32 @@ async def test_a_range_not_folded_in_time_fails_the_rebuild_and_its_workers_are_
         return not [p for p in multiprocessing.active_children() if "SpawnProcess" in p.name]
 
     await eventually(workers_gone, what="the rebuild's worker processes ending")
+
+
+async def test_a_quiet_rebuild_keeps_its_caller_and_a_vanished_projector_is_reported(event_log, monkeypatch):
+    """Between progress reports the projector beats, so a long quiet stage is waited for; a
+    projector killed mid-rebuild says nothing more, and the caller says so after a silence
+    instead of waiting for ever."""
+    import services.cli.rebuild as cli
+    import services.projector.rebuild as served
+
+    monkeypatch.setattr(served, "HEARTBEAT_SECONDS", 0.1)
+    monkeypatch.setattr(cli, "SILENCE_SECONDS", 1.0)
+
+    dying = await EventLog.connect(event_log.settings, "a-projector-about-to-die")
+    try:
+        async def accept_then_die(msg) -> None:
+            await msg.respond(json.dumps({"accepted": True}).encode())
+
+        await dying.nc.subscribe(served.CONTROL_SUBJECT, cb=accept_then_die)
+        final = await cli._remote(event_log, _unwatched)
+    finally:
+        await dying.close()
+    assert "said nothing for 1 s" in final["error"] and "ask for the rebuild again" in final["error"]
+
+    async def quiet(progress) -> int:
+        await asyncio.sleep(2.5)  # longer than the silence: only the beats say it is there
+        return 7
+
+    await served.serve_rebuild_requests(event_log, quiet)
+    assert (await cli._remote(event_log, _unwatched))["position"] == 7

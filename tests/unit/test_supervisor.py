@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from services.cli.supervisor import Child, ChildRefused, LineSplitter, Supervisor, child_env, server_env
+from tests.waiting import eventually
 
 # A 1 MB line, then more than a pipe holds, then readiness, then output until it is stopped.
 NOISY = r"""
@@ -145,3 +146,53 @@ async def test_exit_code_2_is_a_refusal_from_our_services_and_a_crash_from_a_ser
     finally:
         await sup.stop(grace=5)
     assert any("nats | exited with code 2; restarting" in line for line in terminal.lines), terminal.lines
+
+
+# A service that starts a helper process sharing its output (as a rebuild's worker processes do),
+# then says it is ready; it waits, and the helper outlives it.
+WITH_A_HELPER = r"""
+import json, subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+print(json.dumps({"event": "service_ready"}), flush=True)
+time.sleep(600)
+"""
+
+
+async def test_a_child_killed_with_helpers_still_holding_its_output_is_restarted():
+    terminal = Terminal()
+    sup = Supervisor(out=terminal)
+    child = _child("projector", WITH_A_HELPER)
+    try:
+        await sup.start(child, timeout=30)
+        first = child.proc
+        helper = int((await asyncio.to_thread(_children_of, first.pid))[0])
+        first.kill()
+
+        async def restarted():
+            return child.proc is not first and child.ready.is_set()
+        await eventually(restarted, timeout=30, what="the child restarted and ready")
+
+        async def helper_gone():
+            return not _alive(helper)
+        await eventually(helper_gone, timeout=10, what="the helper it left behind stopped")
+        assert any("projector | exited with code -9; restarting" in line for line in terminal.lines)
+    finally:
+        await sup.stop(grace=5)
+
+
+def _children_of(pid: int) -> list[str]:
+    import time
+    for _ in range(200):
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            if kids := f.read().split():
+                return kids
+        time.sleep(0.05)
+    raise AssertionError("the helper did not start")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

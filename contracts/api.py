@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.config import JsonDict
-from pydantic_core import PydanticCustomError
 
 from contracts.domain import (
     PERSONA_TYPE_MAX_LENGTH,
@@ -40,7 +39,7 @@ def _a_json_integer(value: Any) -> Any:
     """What JSON Schema calls an integer (3 and 3.0; not true, not "3"): pydantic's lax mode
     would read the other two as numbers, and a client's bug as a request."""
     if isinstance(value, bool | str | bytes):
-        raise PydanticCustomError("int_type", "Input should be a valid integer")
+        raise ValueError("Input should be a valid integer")
     return value
 
 

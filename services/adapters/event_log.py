@@ -22,7 +22,7 @@ from types import MappingProxyType
 import nats
 import structlog
 from nats.aio.client import Client as NATS
-from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersError
+from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
@@ -52,6 +52,8 @@ class NoStreamLeader(Exception):
 
 
 _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError, NoStreamLeader)
+# What a request meets while NATS (or the stream's leader) is down or not answering: a 503.
+UNAVAILABLE = (NatsTimeout, NoServersError, ConnectionClosedError, ServiceUnavailableError, NoStreamLeader)
 
 
 class EventTooLarge(ValueError):

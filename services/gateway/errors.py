@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pymongo.errors import ConnectionFailure
 from starlette.exceptions import HTTPException
 
 from contracts.api import ErrorBody, FieldError
 from contracts.limits import NOT_BLANK, NotStorable, printable
 from contracts.subjects import TOKEN_PATTERN
-from services.adapters.event_log import EventTooLarge
+from services.adapters.event_log import UNAVAILABLE, EventTooLarge
+from services.runtime.failures import brief
+
+log = structlog.get_logger()
+UNAVAILABLE_RETRY_SECONDS = 5
 
 ECHO_CHARS = 200  # of a value quoted back in a message
 MESSAGE_CHARS = 500  # of one validation message
@@ -141,12 +147,32 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return JSONResponse(body.model_dump(exclude_none=True), status_code=413)
 
+    @app.exception_handler(ConnectionFailure)
+    async def _read_models_unavailable(request: Request, exc: ConnectionFailure) -> JSONResponse:
+        return unavailable(request, exc, "read_models_unavailable",
+                           "MongoDB (the read models) did not answer; nothing was changed")
+
+    async def _event_log_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return unavailable(request, exc, "event_log_unavailable",
+                           "NATS (the event log) did not answer; nothing was stored")
+
+    for kind in UNAVAILABLE:
+        app.add_exception_handler(kind, _event_log_unavailable)
+
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         """Starlette's and FastAPI's own errors (unknown path, method not allowed, an unreadable body)."""
         code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         body = ErrorBody(detail=str(exc.detail), code=code)
         return JSONResponse(body.model_dump(exclude_none=True), status_code=exc.status_code, headers=exc.headers)
+
+
+def unavailable(request: Request, exc: Exception, code: str, what: str) -> JSONResponse:
+    """A 503 for a dependency that is down or not answering: the client may try again soon."""
+    log.warning("dependency_unavailable", code=code, method=request.method, path=request.url.path, error=brief(exc))
+    body = ErrorBody(detail=f"{what}: try again in {UNAVAILABLE_RETRY_SECONDS} s", code=code)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=503,
+                        headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)})
 
 
 # --- OpenAPI: the error statuses each route can answer ---------------------------------------
@@ -159,7 +185,8 @@ _ERROR_DOCS: dict[int, str] = {
     429: "Past one of the tenant's limits (`field` names it: requests_per_minute, jobs_in_flight, "
          "personas_per_day); nothing was done. Try again after `Retry-After` seconds",
     502: "The language model failed (`code` is the LLM error code)",
-    503: "Not now: try again after `Retry-After` seconds (the LLM is rate limited, or this gateway is busy)",
+    503: "Not now: try again after `Retry-After` seconds (the LLM is rate limited, this gateway is busy, or "
+         "NATS or MongoDB is not answering)",
     504: "The language model, or the job, did not finish in time",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again", "schema": {"type": "integer"}}}

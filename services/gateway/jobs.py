@@ -39,6 +39,22 @@ async def load_template(
 RETRIES = uuid.UUID("5c0e9d6a-3f41-4d7e-9b0a-7f2f3a6c1e55")  # the namespace of retry jobs' ids
 
 
+IDEMPOTENT = uuid.UUID("9a4f2c1e-6b7d-4e58-8c3a-2d1f0e9b7a64")  # the namespace of jobs named by an Idempotency-Key
+
+
+def idempotent_job_id(tenant: str, key: str) -> str:
+    """The id of the one job a tenant's ``Idempotency-Key`` names: the request sent again (a
+    client's retry after a timeout or a 503) names the same job, which the log stores once."""
+    return str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}"))
+
+
+def same_request(stored: JobRequested, event: JobRequested) -> bool:
+    """Whether ``event`` asks for what ``stored`` asked for: the template, personas and modes."""
+    def asked(e: JobRequested) -> tuple:
+        return e.template_id, [(p.persona.id, p.mode) for p in e.personas]
+    return asked(stored) == asked(event)
+
+
 def retry_job_id(job_id: str) -> str:
     """The id of the one job that retries ``job_id``'s failed personas: a retry asked twice (a
     double click, a client's retry after a timeout) names the same job, which the log stores once."""
@@ -47,7 +63,7 @@ def retry_job_id(job_id: str) -> str:
 
 async def build_job(
     req: GenerateFinalPromptsRequest, *, caller: Caller, models: ReadModelsPort, settings: Settings, clock: Clock,
-    retry_of: str | None = None,
+    retry_of: str | None = None, job_id: str | None = None,
 ) -> JobRequested:
     """Validate a request against the read models and turn it into a JobRequested.
 
@@ -77,7 +93,7 @@ async def build_job(
             f"Personas {listed(foreign)} belong to another template than '{req.template_id}'",
             field="persona_ids", ids=foreign,
         )
-    job_id = retry_job_id(retry_of) if retry_of else str(uuid.uuid4())
+    job_id = job_id or (retry_job_id(retry_of) if retry_of else str(uuid.uuid4()))
     now = clock()
     return JobRequested(
         job_id=job_id,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Query, Response
@@ -18,6 +19,7 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
+from services.adapters.event_log import UNAVAILABLE
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller, Guard
 from services.gateway.deps import (
@@ -37,7 +39,7 @@ from services.gateway.deps import (
     StreamReader,
     WaiterDep,
 )
-from services.gateway.errors import ApiError, job_not_found, responses
+from services.gateway.errors import UNAVAILABLE_RETRY_SECONDS, ApiError, job_not_found, responses
 from services.gateway.freshness import ReadFence
 from services.gateway.history import MAX_SEQ, job_history_page
 from services.gateway.jobs import (
@@ -45,15 +47,24 @@ from services.gateway.jobs import (
     failed_personas,
     finished_event,
     finished_seq,
+    idempotent_job_id,
     job_view,
     job_view_from_log,
     retry_job_id,
+    same_request,
     sse_endpoint,
 )
 from services.gateway.json_body import JSONBodyRoute
 from services.gateway.quotas import TenantQuotas
 from services.gateway.sse import HeldEventStream, stream_job_events
 from services.gateway.sse_messages import END_MESSAGES, Position
+from services.runtime.failures import brief
+
+PUBLISH_RETRY_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+    description="Names the job: the same request sent again with it answers with that job, started once",
+)]
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route_class=JSONBodyRoute)
 log = structlog.get_logger()
@@ -115,7 +126,18 @@ async def start_job(
     # Durable once published: answer now. A poll before the projector catches up is answered from the log.
     try:
         async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
-            seq = await event_log.publish(event)
+            try:
+                seq = await event_log.publish(event, retry_seconds=PUBLISH_RETRY_SECONDS)
+            except UNAVAILABLE as exc:
+                # The log may still store it (a publish it has not answered yet), so the job may run.
+                log.warning("job_not_confirmed", job_id=event.job_id, error=brief(exc))
+                raise ApiError(
+                    503, "job_not_confirmed",
+                    f"NATS (the event log) did not confirm job '{event.job_id}' in time: it may still start. "
+                    f"Follow GET /scenario/v2/job-status/{event.job_id} before asking again, or ask again with "
+                    "the same Idempotency-Key header, which names this job and starts no other",
+                    ids=[event.job_id], headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
+                ) from None
             if may_repeat:
                 stored = await event_log.at(seq)
                 if stored is not None and stored.event is not None and stored.event.event_id != event.event_id:
@@ -132,14 +154,32 @@ async def start_job(
 
 
 @router.post("/generate-final-prompts", status_code=202, response_model=GenerateFinalPromptsResponse,
-             response_model_exclude_none=True, responses=responses(404, 413, 422, 429))
+             response_model_exclude_none=True, responses=responses(404, 409, 413, 422, 429, 503))
 async def generate_final_prompts(
     body: GenerateFinalPromptsRequest, caller: JobWriter, models: ModelsDep, event_log: EventLogDep,
     settings: SettingsDep, clock: ClockDep, guard: GuardDep, quotas: QuotasDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> GenerateFinalPromptsResponse:
-    """Start generating the personas' system prompts; returns at once with the job id."""
-    event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock)
-    return await start_job(event, event_log, guard, quotas, caller)
+    """Start generating the personas' system prompts; returns at once with the job id.
+
+    With an ``Idempotency-Key`` the job's id comes from it (and the caller's tenant): the same
+    request sent again answers with that job, started once, whatever happened to the first
+    answer; the key sent with another request is a 409."""
+    job_id = idempotent_job_id(caller.tenant, idempotency_key) if idempotency_key else None
+    event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock, job_id=job_id)
+    if job_id is None:
+        return await start_job(event, event_log, guard, quotas, caller)
+    stored = await event_log.first_readable_on([subjects.job(job_id, "requested")])
+    if stored is None:
+        return await start_job(event, event_log, guard, quotas, caller, may_repeat=True)
+    if not isinstance(stored.event, JobRequested) or not same_request(stored.event, event):
+        raise ApiError(409, "idempotency_key_reused",
+                       f"This Idempotency-Key named job '{job_id}', which asked for other personas or modes: "
+                       "a new request needs a new key", field="Idempotency-Key", ids=[job_id])
+    log.info("job_requested_already", job_id=job_id)
+    return GenerateFinalPromptsResponse(
+        job_id=job_id, sse_endpoint=guard.stream_endpoint(job_id, caller), persona_count=len(stored.event.personas),
+    )
 
 
 @router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,

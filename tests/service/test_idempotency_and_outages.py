@@ -1,0 +1,83 @@
+"""A job named by an Idempotency-Key starts once however often it is asked for, and NATS or
+MongoDB not answering is a 503 the client can act on (a job NATS did not confirm is named)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.errors import TimeoutError as NatsTimeout
+from pymongo.errors import ServerSelectionTimeoutError
+
+from contracts import subjects
+from contracts.events import JobRequested
+from tests.conftest import SCENARIO
+from tests.flows import create_personas, create_template
+
+
+async def _requested(memory_log, job_id: str) -> list:
+    return [s async for s in memory_log.read(subjects.job(job_id, "requested"))]
+
+
+async def test_a_request_sent_again_with_its_idempotency_key_starts_one_job(gateway, memory_log):
+    template_id = await create_template(gateway, SCENARIO)
+    ids = [p["id"] for p in await create_personas(gateway, template_id, 2)]
+    body = {"template_id": template_id, "persona_ids": ids, "mode_mapping": {i: "try_mode" for i in ids}}
+
+    async def post(key: str, json: dict = body):
+        return await gateway.post("/scenario/v2/generate-final-prompts", json=json, headers={"Idempotency-Key": key})
+
+    first = await post("order-17")
+    assert first.status_code == 202, first.text
+    job_id = first.json()["job_id"]
+    again = await asyncio.gather(*(post("order-17") for _ in range(4)))  # a client's retries, some at once
+    assert {r.status_code for r in again} == {202} and {r.json()["job_id"] for r in again} == {job_id}
+    assert all(r.json()["persona_count"] == 2 for r in again)
+    assert len(await _requested(memory_log, job_id)) == 1
+
+    other = await post("order-17", {**body, "mode_mapping": {i: "learn_mode" for i in ids}})
+    assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused", other.text
+    assert other.json()["field"] == "Idempotency-Key" and other.json()["ids"] == [job_id]
+    fresh = await post("order-18")
+    assert fresh.status_code == 202 and fresh.json()["job_id"] != job_id
+    unkeyed = await gateway.post("/scenario/v2/generate-final-prompts", json=body)
+    assert unkeyed.json()["job_id"] not in (job_id, fresh.json()["job_id"])
+    bad = await post("no spaces allowed")
+    assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
+
+
+async def test_a_job_nats_did_not_confirm_is_a_503_naming_it_and_its_key_gets_it_later(gateway, memory_log,
+                                                                                        monkeypatch):
+    template_id = await create_template(gateway, SCENARIO)
+    ids = [p["id"] for p in await create_personas(gateway, template_id, 1)]
+    body = {"template_id": template_id, "persona_ids": ids, "mode_mapping": {ids[0]: "assess_mode"}}
+    publish = memory_log.publish
+
+    async def unconfirmed(event, **kwargs):
+        if isinstance(event, JobRequested):
+            await publish(event, **kwargs)  # stored, but its acknowledgement never comes back
+            raise NatsTimeout
+        return await publish(event, **kwargs)
+
+    monkeypatch.setattr(memory_log, "publish", unconfirmed)
+    headers = {"Idempotency-Key": "k-1"}
+    r = await gateway.post("/scenario/v2/generate-final-prompts", json=body, headers=headers)
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+    job_id = r.json()["ids"][0]
+    assert r.json()["code"] == "job_not_confirmed" and f"job-status/{job_id}" in r.json()["detail"]
+    monkeypatch.setattr(memory_log, "publish", publish)
+
+    again = await gateway.post("/scenario/v2/generate-final-prompts", json=body, headers=headers)
+    assert again.status_code == 202 and again.json()["job_id"] == job_id
+    assert len(await _requested(memory_log, job_id)) == 1
+
+
+async def test_mongodb_not_answering_is_a_503_not_a_500(gateway, memory_models, monkeypatch):
+    template_id = await create_template(gateway, SCENARIO)
+
+    async def down(*args, **kwargs):
+        raise ServerSelectionTimeoutError("127.0.0.1:27017: timed out")
+
+    monkeypatch.setattr(type(memory_models.templates), "find_one", down)  # every collection: MongoDB is down
+    r = await gateway.get(f"/scenario/templates/{template_id}")
+    assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+    assert r.json()["code"] == "read_models_unavailable" and "MongoDB" in r.json()["detail"]

@@ -10,6 +10,7 @@ from contracts import subjects
 from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
 from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage, count_statuses
 from contracts.events import JobFinished, JobRequested
+from contracts.limits import READING
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller
@@ -23,7 +24,7 @@ def sse_endpoint(job_id: str) -> str:
 
 
 def persona_from_doc(doc: dict[str, Any]) -> Persona:
-    return Persona.model_validate({k: doc[k] for k in Persona.model_fields if k in doc})
+    return Persona.model_validate({k: doc[k] for k in Persona.model_fields if k in doc}, context=READING)
 
 
 async def load_template(
@@ -99,7 +100,7 @@ async def build_job(
         job_id=job_id,
         correlation_id=job_id,
         template_id=req.template_id,
-        template_data=TemplateData.model_validate(template["template_data"]),
+        template_data=TemplateData.model_validate(template["template_data"], context=READING),
         personas=[JobPersona(persona=persona_from_doc(docs[i]), mode=req.mode_mapping[i]) for i in req.persona_ids],
         deadline=now + timedelta(seconds=settings.job_deadline_seconds),
         retry_of=retry_of,
@@ -150,7 +151,7 @@ def job_view(doc: dict[str, Any], persona_docs: list[dict[str, Any]]) -> JobView
         actor=doc.get("actor"),
         tenant=doc.get("tenant"),
         sse_endpoint=sse_endpoint(doc["_id"]),
-        results=JobResults.model_validate(doc["results"]) if doc.get("results") else None,
+        results=JobResults.model_validate(doc["results"], context=READING) if doc.get("results") else None,
     )
 
 

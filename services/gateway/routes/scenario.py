@@ -20,6 +20,7 @@ from contracts.api import (
 )
 from contracts.domain import Persona, TemplateData
 from contracts.events import PersonaCreated, TemplateCreated
+from contracts.limits import READING
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.limits import estimated_tokens, limited
 from services.gateway.deps import (
@@ -88,7 +89,9 @@ async def analyze_scenario(
 @router.get("/templates/{template_id}", response_model=TemplateView, responses=responses(404, 422))
 async def get_template(template_id: TemplateIdPath, caller: Reader, models: ModelsDep) -> TemplateView:
     doc = await load_template(models, template_id, caller)
-    return TemplateView(template_id=template_id, template_data=doc["template_data"], created_at=doc.get("created_at"))
+    return TemplateView.model_validate(
+        {"template_id": template_id, "template_data": doc["template_data"], "created_at": doc.get("created_at")},
+        context=READING)
 
 
 @router.post("/generate-personas", status_code=201, response_model=GeneratePersonasResponse,
@@ -105,7 +108,7 @@ async def generate_personas(
 ) -> GeneratePersonasResponse:
     """Invent ``count`` personas for a template. They have no prompt yet."""
     template = await load_template(models, body.template_id, caller)
-    template_data = TemplateData.model_validate(template["template_data"])
+    template_data = TemplateData.model_validate(template["template_data"], context=READING)
     ids = [str(uuid.uuid4()) for _ in range(body.count)]
     tokens = _estimate(template_data.model_dump_json(), settings)
     try:
@@ -134,7 +137,7 @@ async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsD
     doc = await models.personas.find_one({"_id": persona_id})
     if doc is None:  # gone in between (a rebuild switching collections)
         raise not_found("persona", persona_id)
-    return PersonaView.model_validate(doc)
+    return PersonaView.model_validate(doc, context=READING)
 
 
 @router.get("/personas", response_model=PersonaList, responses=responses(404, 422))
@@ -161,5 +164,5 @@ async def list_personas(
     if ids:
         await fence.personas(ids)  # then read them: a prompt may have come in between
     docs = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": ids}})}
-    return PersonaList(personas=[PersonaView.model_validate(docs[i]) for i in ids if i in docs],
+    return PersonaList(personas=[PersonaView.model_validate(docs[i], context=READING) for i in ids if i in docs],
                        next_after=ids[-1] if more else None)

@@ -129,6 +129,9 @@ class ReadFence:
         if self._asking is None or self._sent:
             self._sent = False
             self._asking = asyncio.ensure_future(self._ask())
+            # Every read that shared it may have given up (its deadline): the failure is theirs,
+            # said by them, not asyncio's "exception was never retrieved" when it is collected.
+            self._asking.add_done_callback(lambda asked: asked.cancelled() or asked.exception())
         return asyncio.shield(self._asking)
 
     async def _ask(self) -> int:

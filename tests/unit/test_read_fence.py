@@ -226,3 +226,31 @@ async def test_with_no_time_to_wait_nothing_is_asked_or_waited_for_and_nothing_w
         assert await fence.jobs(["a"]) is True
     assert projector.given == [0.0] * 3
     assert logs == []
+
+
+async def test_a_question_every_reader_gave_up_on_leaves_no_unretrieved_error():
+    """NATS answers where the log ends after the read's deadline, with an error: nobody is
+    waiting for it any more, and asyncio must not report it as never retrieved."""
+    import gc
+
+    class SlowFailingLog:
+        async def last_seq(self) -> int:
+            await asyncio.sleep(0.2)
+            raise TimeoutError("nats: timeout")
+
+    unretrieved: list[dict] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: unretrieved.append(context))
+    try:
+        fence = ReadFence(SlowFailingLog(), Projector(), timeout=0.05)  # type: ignore[arg-type]
+        fence.observe(_prompt("p"), 1)
+        assert await fence.personas(["p"]) is False  # its deadline passed first
+        asking = fence._asking
+        assert asking is not None
+        await asyncio.wait([asking])
+        fence._asking = asking = None
+        gc.collect()
+        await asyncio.sleep(0)
+    finally:
+        loop.set_exception_handler(None)
+    assert unretrieved == []

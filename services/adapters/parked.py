@@ -95,18 +95,29 @@ class ParkedEvents:
             persona_id=getattr(event, "persona_id", None),
             parked_at=datetime.now(UTC),
         )
-        await self._store(record)
-        if self.metrics is not None:
+        # Parked already (a rebuild folds the log again): its record is renewed, and it is not
+        # counted again, so an alert on the count fires once per event.
+        again = await self._parked(consumer, stored.seq)
+        await self._store(record, again=again)
+        if self.metrics is not None and not again:
             self.metrics.parked_events.labels(consumer=consumer).inc()
         return record
 
-    async def _store(self, record: ParkedEvent) -> None:
+    async def _parked(self, consumer: str, seq: int) -> bool:
+        await self.ensure()
+        async for msgs in self.event_log.read_messages(self._subject(consumer, seq), stream=self.stream):
+            if msgs:
+                return True
+        return False
+
+    async def _store(self, record: ParkedEvent, *, again: bool = False) -> None:
         await self.ensure()
         await self.event_log.publish_to(self.stream, self._subject(record.consumer, record.seq),
                                         record.model_dump_json().encode())
-        log.error("event_parked", consumer=record.consumer, seq=record.seq, subject=record.subject,
-                  error_kind=record.error_kind, error=record.error, first_bytes=record.first_bytes[:200],
-                  job_id=record.job_id, persona_id=record.persona_id)
+        (log.warning if again else log.error)(
+            "event_parked_again" if again else "event_parked", consumer=record.consumer, seq=record.seq,
+            subject=record.subject, error_kind=record.error_kind, error=record.error,
+            first_bytes=record.first_bytes[:200], job_id=record.job_id, persona_id=record.persona_id)
 
     async def list(self, consumer: str | None = None) -> list[ParkedEvent]:
         records: list[ParkedEvent] = []

@@ -186,19 +186,26 @@ async def test_reapply_without_a_running_consumer_says_so(client, consumer, syst
 
 
 async def test_a_rebuild_parks_the_poison_and_equals_the_live_projection(client, event_log, models, settings,
-                                                                        scenario_document):
+                                                                        scenario_document, system):
     from services.cli.rebuild import run_rebuild
+    from tests.metrics_text import sample
     from tests.readmodels import snapshot
 
     nul = await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}]))
     junk = await _raw(event_log, subjects.template_created("junk"), b"{not json")
     await _run_a_job(client, scenario_document)
     live = await snapshot(models)
+
+    def parked_count() -> float | None:
+        return sample(system.metrics["projector"].exposition(), "promptgen_parked_events_total", consumer="projector")
+
+    assert parked_count() == 2
     await models.templates.delete_many({})  # damage: the rebuild restores it from the log
     assert await run_rebuild(settings) == 0
     assert await snapshot(models) == live
     parked = await _parked(client, "projector")
     assert set(parked) == {nul, junk}
+    assert parked_count() == 2  # parked again by the rebuild, not counted again: an alert fires once
 
 
 async def test_promptgen_parked_lists_and_reapplies_from_the_command_line(client, event_log, models, settings):

@@ -37,7 +37,15 @@ async def list_parked(settings: Settings, consumer: str | None, *, as_json: bool
     return 0
 
 
+# Every consumer that parks (tests/unit/test_cli_parked.py holds this to the services' own names).
+CONSUMERS = ("projector", "job-manager", "generator-dispatcher", "generator-workers", "generator-dead-letters")
+
+
 async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | None) -> int:
+    if consumer not in CONSUMERS:
+        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(CONSUMERS)} "
+                  "(`promptgen parked list` shows whose events are parked)")
+        return 2
     event_log = await EventLog.connect(settings, "promptgen-parked")
     try:
         result = await request_reapply(event_log, consumer, seqs)

@@ -272,6 +272,12 @@ class WorkerPool:
         ends = [subjects.job_persona(item.job_id, item.persona_id, end) for end in ("completed", "failed")]
         return await self.log.first_readable_on(ends) is not None
 
+    async def _expired(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
+        err = LLMError("expired", EXPIRED_PERSONA_ERROR)
+        await self.log.publish(failed(item, err, delivered))
+        self.metrics.persona_finished("failed", err.code)
+        await msg.ack()
+
     async def _cancelled(self, job_id: str) -> bool:
         return await self.cancellations.is_cancelled(job_id)
 
@@ -329,10 +335,7 @@ class WorkerPool:
             await msg.ack()
             return
         if item.deadline <= self.clock():
-            err = LLMError("expired", EXPIRED_PERSONA_ERROR)
-            await self.log.publish(failed(item, err, delivered))
-            self.metrics.persona_finished("failed", err.code)
-            await msg.ack()
+            await self._expired(msg, item, delivered)
             return
         progress = asyncio.create_task(self.log.publish(
             PersonaProgress(**caused_by(item), job_id=item.job_id, persona_id=item.persona_id,
@@ -350,12 +353,24 @@ class WorkerPool:
             # The progress event is stored while the LLM works: it is not on the critical path,
             # and it is always stored before the outcome.
             async with still_working(msg, self.settings.ack_wait_seconds):  # until the outcome is stored
-                with self.cancellations.calling(item.job_id, call):
-                    try:
-                        outcome, _ = await asyncio.gather(call, progress)
-                    except asyncio.CancelledError:
-                        if not call.cancelled() or _being_cancelled():
-                            raise  # this worker is stopping: the item comes back
+                # The job's deadline ends the call: the job manager ends the job expired then, and
+                # this persona with it (nothing of the call is stored).
+                deadline = asyncio.timeout((item.deadline - self.clock()).total_seconds())
+                try:
+                    async with deadline:
+                        with self.cancellations.calling(item.job_id, call):
+                            try:
+                                outcome, _ = await asyncio.gather(call, progress)
+                            except asyncio.CancelledError:
+                                if not call.cancelled() or _being_cancelled():
+                                    raise  # this worker is stopping (or the deadline came): see below
+                except TimeoutError:
+                    if not deadline.expired():
+                        raise
+                    log.info("work_item_dropped_expired")
+                    self.metrics.persona_finished("expired")
+                    await msg.ack()
+                    return
                 if call.cancelled() or await self._cancelled(item.job_id):
                     # The job ended cancelled while its call was out (the job manager has marked
                     # the persona cancelled): nothing of the call is stored.

@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import BadRequestError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -52,8 +52,10 @@ class NoStreamLeader(Exception):
 
 
 _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError, NoStreamLeader)
-# What a request meets while NATS (or the stream's leader) is down or not answering: a 503.
-UNAVAILABLE = (NatsTimeout, NoServersError, ConnectionClosedError, ServiceUnavailableError, NoStreamLeader)
+# What a request meets while NATS (or the stream's leader, or JetStream itself) is down or not
+# answering: a 503.
+UNAVAILABLE = (NatsTimeout, NoServersError, ConnectionClosedError, ServiceUnavailableError, NoStreamLeader,
+               NoStreamResponseError)
 
 
 class EventTooLarge(ValueError):

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 import structlog
 from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import NotFoundError
 
@@ -45,6 +46,10 @@ def preview(data: bytes) -> str:
 
 class NoConsumerRunning(Exception):
     """No process of that consumer answers: start it, then re-apply."""
+
+
+class ConsumerSlow(Exception):
+    """The consumer took the request but did not answer in time: it may still be re-applying."""
 
 
 class ParkedEvents:
@@ -182,6 +187,9 @@ async def request_reapply(event_log: EventLogPort, consumer: str, seqs: list[int
                                       timeout=timeout)
     except NoRespondersError as exc:
         raise NoConsumerRunning(f"no {consumer} is running to re-apply its parked events") from exc
+    except NatsTimeout as exc:
+        raise ConsumerSlow(f"the {consumer} did not answer within {timeout:g} s; it may still be re-applying "
+                           "(the parked list shows what is left): ask again once it has") from exc
     answer = json.loads(msg.data)
     if "error" in answer:
         raise RuntimeError(answer["error"])

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from services.adapters.event_log import EventLog
-from services.adapters.parked import NoConsumerRunning, ParkedEvents, request_reapply
+from services.adapters.parked import ConsumerSlow, NoConsumerRunning, ParkedEvents, request_reapply
 from services.runtime.settings import Settings
 
 err = Console(stderr=True)
@@ -52,6 +52,9 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
     except NoConsumerRunning as exc:
         service = consumer.split("-")[0]
         err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {service}`), then try again")
+        return 1
+    except ConsumerSlow as exc:
+        err.print(f"[yellow]{exc}[/yellow]")
         return 1
     finally:
         await event_log.close()

@@ -149,12 +149,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ConnectionFailure)
     async def _read_models_unavailable(request: Request, exc: ConnectionFailure) -> JSONResponse:
-        return unavailable(request, exc, "read_models_unavailable",
-                           "MongoDB (the read models) did not answer; nothing was changed")
+        return unavailable(request, exc, "read_models_unavailable", "MongoDB (the read models) did not answer")
 
     async def _event_log_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return unavailable(request, exc, "event_log_unavailable",
-                           "NATS (the event log) did not answer; nothing was stored")
+        return unavailable(request, exc, "event_log_unavailable", "NATS (the event log) did not answer")
 
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _event_log_unavailable)

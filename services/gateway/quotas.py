@@ -131,9 +131,12 @@ def seconds_to_midnight(now: datetime) -> float:
 
 
 def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: datetime) -> Refusal | None:
-    """Whether ``job`` fits (``state`` is as of ``now``, ended jobs already left); if so, counts it."""
+    """Whether ``job`` fits (``state`` is as of ``now``, ended jobs already left); if so, counts it.
+    A job already holding its slot (the same request asked again at once: an Idempotency-Key's,
+    a retry's) keeps it, and its personas are counted again until the later request gives
+    them back."""
     personas = len(job.personas)
-    if limits.jobs_in_flight and len(state.jobs) >= limits.jobs_in_flight:
+    if limits.jobs_in_flight and job.job_id not in state.jobs and len(state.jobs) >= limits.jobs_in_flight:
         return Refusal("jobs_in_flight",
                        f"This tenant has {len(state.jobs)} of {limits.jobs_in_flight} jobs running",
                        JOBS_RETRY_AFTER)
@@ -146,6 +149,11 @@ def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: d
         state.jobs[job.job_id] = job.deadline.timestamp()
     state.personas += personas
     return None
+
+
+class JobStoredBefore(Exception):
+    """The job's request was stored already, by another request for the same job (an
+    Idempotency-Key's or a retry's, at the same time): this one's personas are given back."""
 
 
 # --- the shared state ------------------------------------------------------------------------
@@ -251,14 +259,18 @@ class TenantQuotas:
         await self._within(caller, key, admit, job_id=job.job_id)
         try:
             yield
+        except JobStoredBefore:  # the job runs, on the request stored first: its slot stays
+            await self._give_back(key, job, slot=False)
+            raise
         except BaseException:
             await self._give_back(key, job)
             raise
 
-    async def _give_back(self, key: str, job: JobRequested) -> None:
+    async def _give_back(self, key: str, job: JobRequested, *, slot: bool = True) -> None:
         async def release(state: dict) -> None:
             jobs = TenantJobs.read(state)
-            jobs.jobs.pop(job.job_id, None)
+            if slot:
+                jobs.jobs.pop(job.job_id, None)
             if jobs.day == job.occurred_at.date().isoformat():
                 jobs.personas = max(0, jobs.personas - len(job.personas))
             state.update(asdict(jobs))

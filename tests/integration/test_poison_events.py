@@ -310,3 +310,15 @@ async def test_garbage_on_an_end_subject_is_no_end(client, system, event_log, sc
     assert (await event_log.first_readable_on([terminal])).seq > garbage
     refused = await client.post(f"/scenario/v2/jobs/{job_id}/cancel")
     assert refused.status_code == 409  # the real end, now in the log, is one
+
+
+async def test_a_reapply_the_consumer_does_not_answer_in_time_is_said_so(event_log):
+    """Not "NATS did not answer": the consumer took the request and may still be re-applying."""
+    from services.adapters.parked import CONTROL, ConsumerSlow, request_reapply
+
+    async def busy(msg) -> None:  # takes the request, answers nothing in time
+        pass
+
+    await event_log.subscribe(CONTROL.format(consumer="projector"), busy)
+    with pytest.raises(ConsumerSlow, match="did not answer within 0.3 s; it may still be re-applying"):
+        await request_reapply(event_log, "projector", None, timeout=0.3)

@@ -81,3 +81,32 @@ async def test_mongodb_not_answering_is_a_503_not_a_500(gateway, memory_models, 
     r = await gateway.get(f"/scenario/templates/{template_id}")
     assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
     assert r.json()["code"] == "read_models_unavailable" and "MongoDB" in r.json()["detail"]
+
+
+async def test_a_cancel_stored_before_mongodb_failed_is_answered_from_the_log(running, gateway, memory_log,
+                                                                              memory_models, monkeypatch):
+    """The cancel is in the log: the client is told so (202), not that nothing changed."""
+    from contracts.events import JobCancelRequested
+
+    template_id = await create_template(gateway, SCENARIO)
+    ids = [p["id"] for p in await create_personas(gateway, template_id, 1)]
+    running.provider.hold()
+    job = (await gateway.post("/scenario/v2/generate-final-prompts", json={
+        "template_id": template_id, "persona_ids": ids, "mode_mapping": {ids[0]: "learn_mode"}})).json()
+    publish = memory_log.publish
+
+    async def down(*args, **kwargs):
+        raise ServerSelectionTimeoutError("127.0.0.1:27017: timed out")
+
+    async def then_mongodb_fails(event, **kwargs):
+        seq = await publish(event, **kwargs)
+        if isinstance(event, JobCancelRequested):
+            monkeypatch.setattr(type(memory_models.jobs), "find_one", down)
+            monkeypatch.setattr(type(memory_models.jobs), "find", down)
+        return seq
+
+    monkeypatch.setattr(memory_log, "publish", then_mongodb_fails)
+    r = await gateway.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")
+    assert r.status_code == 202, r.text
+    assert r.json()["job_id"] == job["job_id"]
+    assert [s async for s in memory_log.read(subjects.job(job["job_id"], "cancel_requested"))]

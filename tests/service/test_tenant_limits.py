@@ -333,3 +333,59 @@ async def test_a_retry_asked_many_times_at_once_is_counted_once(limited) -> None
     assert len({a.json()["job_id"] for a in answers if a.status_code == 202}) == 1
     last = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[3:]))
     assert last.status_code == 202, last.text  # 3 + 3 + 4 of 10
+
+
+async def _quota_state(system: ServerFreeSystem, tenant: str) -> dict:
+    kv = await system.event_log.key_value("promptgen_tenant_quotas")
+    return json.loads((await kv.get(f"jobs.{tenant}")).value)
+
+
+async def test_one_job_asked_for_at_once_with_its_idempotency_key_holds_one_slot(limited) -> None:
+    """Requests at once naming one job (an Idempotency-Key's): each answers with the job, it
+    holds one slot and its personas count once, and the slot stays while it runs."""
+    system, c = await limited(generator=False, tenant_jobs_in_flight=2, tenant_personas_per_day=100)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 4)]
+    keyed = [acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[:2]),
+                       headers={"Idempotency-Key": "same"}) for _ in range(4)]
+    answers = await asyncio.gather(*keyed)
+    assert {r.status_code for r in answers} == {202}, [r.text for r in answers]
+    assert len({r.json()["job_id"] for r in answers}) == 1
+    state = await _quota_state(system, "acme")
+    assert len(state["jobs"]) == 1 and state["personas"] == 2
+    second = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[2:3]))
+    assert second.status_code == 202, second.text
+    third = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[3:]))
+    await assert_refused(system, third, "jobs_in_flight")  # two run: the keyed one kept its slot
+
+
+async def test_a_job_nats_did_not_confirm_keeps_its_slot(limited, monkeypatch) -> None:
+    """It may run: it is counted until it ends or its deadline, and the client's resend with the
+    key is that job, counted once."""
+    from nats.errors import TimeoutError as NatsTimeout
+
+    system, c = await limited(generator=False, tenant_jobs_in_flight=1)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 2)]
+    publish = system.event_log.publish
+
+    async def unconfirmed(event, **kwargs):
+        seq = await publish(event, **kwargs)
+        if isinstance(event, JobRequested):
+            raise NatsTimeout  # stored, its acknowledgement lost
+        return seq
+
+    monkeypatch.setattr(system.event_log, "publish", unconfirmed)
+    body, key = job_body(template_id, personas[:1]), {"Idempotency-Key": "k"}
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
+    assert r.status_code == 503 and r.json()["code"] == "job_not_confirmed", r.text
+    monkeypatch.setattr(system.event_log, "publish", publish)
+    again = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
+    assert again.status_code == 202 and again.json()["job_id"] == r.json()["ids"][0]
+    other = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
+    await assert_refused(system, other, "jobs_in_flight")
+    unkeyed = await c["acme2"].post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
+    assert unkeyed.status_code == 429
+    assert "Idempotency-Key" in r.json()["detail"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from contracts.api import ParkedEventList, ReapplyRequest, ReapplyResult
-from services.adapters.parked import NoConsumerRunning, request_reapply
+from services.adapters.parked import ConsumerSlow, NoConsumerRunning, request_reapply
 from services.gateway.auth import require
 from services.gateway.deps import ParkedDep
 from services.gateway.errors import ApiError, responses
@@ -26,7 +26,8 @@ async def list_parked(
 
 
 @router.post("/parked/reapply", response_model=ReapplyResult,
-             responses=responses(413, 422, 503, described={503: "No process of that consumer is running"}))
+             responses=responses(413, 422, 503, 504, described={503: "No process of that consumer is running",
+                                                                 504: "The consumer did not answer in time"}))
 async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResult:
     """Ask the running consumer to apply its parked events again (all, or ``seqs``): those
     that succeed leave the list, those that fail again stay with their new error."""
@@ -35,3 +36,5 @@ async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResu
     except NoConsumerRunning as exc:
         raise ApiError(503, "consumer_not_running", f"{exc}; start it, then try again",
                        field="consumer", headers={"Retry-After": "5"}) from exc
+    except ConsumerSlow as exc:
+        raise ApiError(504, "consumer_slow", str(exc), field="consumer") from exc

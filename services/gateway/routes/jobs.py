@@ -7,6 +7,7 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Header, Query, Response
+from pymongo.errors import ConnectionFailure
 from sse_starlette import EventSourceResponse
 
 from contracts import subjects
@@ -55,7 +56,7 @@ from services.gateway.jobs import (
     sse_endpoint,
 )
 from services.gateway.json_body import JSONBodyRoute
-from services.gateway.quotas import TenantQuotas
+from services.gateway.quotas import JobStoredBefore, TenantQuotas
 from services.gateway.sse import HeldEventStream, stream_job_events
 from services.gateway.sse_messages import END_MESSAGES, Position
 from services.runtime.failures import brief
@@ -113,37 +114,40 @@ class _Retrying:
 _retrying: dict[str, _Retrying] = {}
 
 
-class _StoredBefore(Exception):
-    """The job's request was stored already, by a request like this one at the same time."""
-
-
 async def start_job(
     event: JobRequested, event_log, guard: Guard, quotas: TenantQuotas, caller: Caller, *,
-    may_repeat: bool = False,
+    may_repeat: bool = False, keyed: bool = False,
 ) -> GenerateFinalPromptsResponse:
-    """``may_repeat``: the job's id is not new each time (a retry's), so the log may store another
-    request's publish of it instead: that one's quota is then the one that counts."""
+    """``may_repeat``: the job's id is not new each time (a retry's, an Idempotency-Key's), so the
+    log may store another request's publish of it instead: that one's quota is then the one that
+    counts. ``keyed``: the request named its job with an Idempotency-Key."""
     # Durable once published: answer now. A poll before the projector catches up is answered from the log.
+    unconfirmed: BaseException | None = None
     try:
         async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
             try:
                 seq = await event_log.publish(event, retry_seconds=PUBLISH_RETRY_SECONDS)
             except UNAVAILABLE as exc:
-                # The log may still store it (a publish it has not answered yet), so the job may run.
-                log.warning("job_not_confirmed", job_id=event.job_id, error=brief(exc))
-                raise ApiError(
-                    503, "job_not_confirmed",
-                    f"NATS (the event log) did not confirm job '{event.job_id}' in time: it may still start. "
-                    f"Follow GET /scenario/v2/job-status/{event.job_id} before asking again, or ask again with "
-                    "the same Idempotency-Key header, which names this job and starts no other",
-                    ids=[event.job_id], headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
-                ) from None
-            if may_repeat:
-                stored = await event_log.at(seq)
-                if stored is not None and stored.event is not None and stored.event.event_id != event.event_id:
-                    raise _StoredBefore  # gives this request's quota back
-    except _StoredBefore:
+                # The log may still store it (a publish it has not answered yet), so the job may run:
+                # it keeps its slot (until it ends, or its deadline).
+                unconfirmed = exc
+            else:
+                if may_repeat:
+                    stored = await event_log.at(seq)
+                    if stored is not None and stored.event is not None and stored.event.event_id != event.event_id:
+                        raise JobStoredBefore  # gives this request's personas back
+    except JobStoredBefore:
         log.info("job_requested_already", job_id=event.job_id, retry_of=event.retry_of)
+    if unconfirmed is not None:
+        log.warning("job_not_confirmed", job_id=event.job_id, error=brief(unconfirmed))
+        again = ("or ask again with the same Idempotency-Key header, which names this job and starts no other"
+                 if keyed else "since asking again without an Idempotency-Key header starts another job")
+        raise ApiError(
+            503, "job_not_confirmed",
+            f"NATS (the event log) did not confirm job '{event.job_id}' in time: it may still start. "
+            f"Follow GET /scenario/v2/job-status/{event.job_id} before asking again, {again}",
+            ids=[event.job_id], headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
+        )
     log.info("job_requested", job_id=event.job_id, personas=len(event.personas), retry_of=event.retry_of)
     return GenerateFinalPromptsResponse(
         job_id=event.job_id,
@@ -171,7 +175,7 @@ async def generate_final_prompts(
         return await start_job(event, event_log, guard, quotas, caller)
     stored = await event_log.first_readable_on([subjects.job(job_id, "requested")])
     if stored is None:
-        return await start_job(event, event_log, guard, quotas, caller, may_repeat=True)
+        return await start_job(event, event_log, guard, quotas, caller, may_repeat=True, keyed=True)
     if not isinstance(stored.event, JobRequested) or not same_request(stored.event, event):
         raise ApiError(409, "idempotency_key_reused",
                        f"This Idempotency-Key named job '{job_id}', which asked for other personas or modes: "
@@ -300,9 +304,17 @@ async def cancel_job(
         raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({status}); nothing to cancel",
                        ids=[job_id])
     cancel = JobCancelRequested(job_id=job_id, correlation_id=job_id, **caller.stamp())
-    await waiter.wait_for(await event_log.publish(cancel))
+    seq = await event_log.publish(cancel)
     log.info("job_cancel_requested", job_id=job_id)
-    return await job_status(job_id, caller, models, event_log, guard, fence)
+    try:
+        await waiter.wait_for(seq)
+        return await job_status(job_id, caller, models, event_log, guard, fence)
+    except ConnectionFailure as exc:  # the cancel is stored: it is answered, from the log
+        log.warning("job_view_from_log", job_id=job_id, reason="mongodb_unavailable", error=brief(exc))
+        requested = await _requested(event_log, job_id, caller)
+        finished = await finished_event(event_log, job_id)
+        view = job_view_from_log(requested.event, finished.event if finished and finished.event else None)
+        return view.model_copy(update={"sse_endpoint": guard.stream_endpoint(job_id, caller)})
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,

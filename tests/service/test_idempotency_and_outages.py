@@ -37,6 +37,10 @@ async def test_a_request_sent_again_with_its_idempotency_key_starts_one_job(gate
     other = await post("order-17", {**body, "mode_mapping": {i: "learn_mode" for i in ids}})
     assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused", other.text
     assert other.json()["field"] == "Idempotency-Key" and other.json()["ids"] == [job_id]
+    # two different requests with one key at the same time: one starts, the other is told
+    learn, assess = ({**body, "mode_mapping": {i: m for i in ids}} for m in ("learn_mode", "assess_mode"))
+    raced = await asyncio.gather(post("order-19", learn), post("order-19", assess))
+    assert sorted(r.status_code for r in raced) == [202, 409], [r.text for r in raced]
     fresh = await post("order-18")
     assert fresh.status_code == 202 and fresh.json()["job_id"] != job_id
     unkeyed = await gateway.post("/scenario/v2/generate-final-prompts", json=body)

@@ -114,6 +114,12 @@ class _Retrying:
 _retrying: dict[str, _Retrying] = {}
 
 
+def key_reused(job_id: str) -> ApiError:
+    return ApiError(409, "idempotency_key_reused",
+                    f"This Idempotency-Key named job '{job_id}', which asked for other personas or modes: "
+                    "a new request needs a new key", field="Idempotency-Key", ids=[job_id])
+
+
 async def start_job(
     event: JobRequested, event_log, guard: Guard, quotas: TenantQuotas, caller: Caller, *,
     may_repeat: bool = False, keyed: bool = False,
@@ -123,6 +129,7 @@ async def start_job(
     counts. ``keyed``: the request named its job with an Idempotency-Key."""
     # Durable once published: answer now. A poll before the projector catches up is answered from the log.
     unconfirmed: BaseException | None = None
+    first = None  # the request of this job the log stored, when it is another's
     try:
         async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
             try:
@@ -135,8 +142,11 @@ async def start_job(
                 if may_repeat:
                     stored = await event_log.at(seq)
                     if stored is not None and stored.event is not None and stored.event.event_id != event.event_id:
+                        first = stored.event
                         raise JobStoredBefore  # gives this request's personas back
     except JobStoredBefore:
+        if keyed and (not isinstance(first, JobRequested) or not same_request(first, event)):
+            raise key_reused(event.job_id) from None  # another request with the key, at the same time
         log.info("job_requested_already", job_id=event.job_id, retry_of=event.retry_of)
     if unconfirmed is not None:
         log.warning("job_not_confirmed", job_id=event.job_id, error=brief(unconfirmed))
@@ -177,9 +187,7 @@ async def generate_final_prompts(
     if stored is None:
         return await start_job(event, event_log, guard, quotas, caller, may_repeat=True, keyed=True)
     if not isinstance(stored.event, JobRequested) or not same_request(stored.event, event):
-        raise ApiError(409, "idempotency_key_reused",
-                       f"This Idempotency-Key named job '{job_id}', which asked for other personas or modes: "
-                       "a new request needs a new key", field="Idempotency-Key", ids=[job_id])
+        raise key_reused(job_id)
     log.info("job_requested_already", job_id=job_id)
     return GenerateFinalPromptsResponse(
         job_id=job_id, sse_endpoint=guard.stream_endpoint(job_id, caller), persona_count=len(stored.event.personas),

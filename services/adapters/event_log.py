@@ -55,7 +55,7 @@ _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.T
 # What a request meets while NATS (or the stream's leader, or JetStream itself) is down or not
 # answering: a 503.
 UNAVAILABLE = (NatsTimeout, NoServersError, ConnectionClosedError, ServiceUnavailableError, NoStreamLeader,
-               NoStreamResponseError)
+               NoStreamResponseError, NoRespondersError)
 
 
 class EventTooLarge(ValueError):

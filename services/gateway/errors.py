@@ -157,6 +157,11 @@ def install_error_handlers(app: FastAPI) -> None:
     for kind in UNAVAILABLE:
         app.add_exception_handler(kind, _event_log_unavailable)
 
+    @app.exception_handler(TimeoutError)
+    async def _timed_out(request: Request, exc: TimeoutError) -> JSONResponse:
+        """A wait of ours on NATS or MongoDB that ran out (theirs have types of their own)."""
+        return unavailable(request, exc, "dependency_timeout", "NATS or MongoDB did not answer in time")
+
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         """Starlette's and FastAPI's own errors (unknown path, method not allowed, an unreadable body)."""

@@ -51,8 +51,8 @@ def idempotent_job_id(tenant: str, key: str) -> str:
 
 def same_request(stored: JobRequested, event: JobRequested) -> bool:
     """Whether ``event`` asks for what ``stored`` asked for: the template, personas and modes."""
-    def asked(e: JobRequested) -> tuple:
-        return e.template_id, [(p.persona.id, p.mode) for p in e.personas]
+    def asked(e: JobRequested) -> tuple:  # the personas in any order (duplicates are refused)
+        return e.template_id, sorted((p.persona.id, p.mode) for p in e.personas)
     return asked(stored) == asked(event)
 
 

@@ -132,11 +132,13 @@ def seconds_to_midnight(now: datetime) -> float:
 
 def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: datetime) -> Refusal | None:
     """Whether ``job`` fits (``state`` is as of ``now``, ended jobs already left); if so, counts it.
-    A job already holding its slot (the same request asked again at once: an Idempotency-Key's,
-    a retry's) keeps it, and its personas are counted again until the later request gives
-    them back."""
+    With a limit on jobs in flight, a job is counted once, by its id: asked for again while it
+    holds its slot (an Idempotency-Key's or a retry's request at the same time, or sent again
+    after a 503), it is admitted and nothing more is counted."""
+    if job.job_id in state.jobs:
+        return None
     personas = len(job.personas)
-    if limits.jobs_in_flight and job.job_id not in state.jobs and len(state.jobs) >= limits.jobs_in_flight:
+    if limits.jobs_in_flight and len(state.jobs) >= limits.jobs_in_flight:
         return Refusal("jobs_in_flight",
                        f"This tenant has {len(state.jobs)} of {limits.jobs_in_flight} jobs running",
                        JOBS_RETRY_AFTER)
@@ -146,14 +148,15 @@ def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: d
                        f"This tenant may generate prompts for {limits.personas_per_day} personas per day (UTC); "
                        f"{left} left today, this job has {personas}", seconds_to_midnight(now))
     if limits.jobs_in_flight:  # kept only to be counted: unlimited, the entry would grow with every job
-        state.jobs[job.job_id] = job.deadline.timestamp()
-    state.personas += personas
+        state.jobs[job.job_id] = job.deadline.timestamp()  # (without it, a job asked for twice at once, or
+    state.personas += personas                              # again after a 503, counts its personas twice)
     return None
 
 
 class JobStoredBefore(Exception):
     """The job's request was stored already, by another request for the same job (an
-    Idempotency-Key's or a retry's, at the same time): this one's personas are given back."""
+    Idempotency-Key's or a retry's, at the same time): the job is counted once, whichever
+    request counted it."""
 
 
 # --- the shared state ------------------------------------------------------------------------
@@ -245,9 +248,13 @@ class TenantQuotas:
                            f"{limits.personas_per_day} per day", field="persona_ids")
         key = f"jobs.{caller.tenant}"
 
+        counted = False  # by this request (else by another for the same job, or not at all)
+
         async def admit(state: dict) -> Refusal | None:
+            nonlocal counted
             now = self.clock()
             jobs = TenantJobs.read(state).as_of(now)
+            counted = job.job_id not in jobs.jobs
             if limits.jobs_in_flight and len(jobs.jobs) >= limits.jobs_in_flight:
                 for ended in await self._ended(list(jobs.jobs)):
                     del jobs.jobs[ended]
@@ -259,18 +266,17 @@ class TenantQuotas:
         await self._within(caller, key, admit, job_id=job.job_id)
         try:
             yield
-        except JobStoredBefore:  # the job runs, on the request stored first: its slot stays
-            await self._give_back(key, job, slot=False)
+        except JobStoredBefore:  # the job runs, stored by another request: counted once, as it is
             raise
         except BaseException:
-            await self._give_back(key, job)
+            if counted:  # nothing was stored by this request: what it counted is given back
+                await self._give_back(key, job)
             raise
 
-    async def _give_back(self, key: str, job: JobRequested, *, slot: bool = True) -> None:
+    async def _give_back(self, key: str, job: JobRequested) -> None:
         async def release(state: dict) -> None:
             jobs = TenantJobs.read(state)
-            if slot:
-                jobs.jobs.pop(job.job_id, None)
+            jobs.jobs.pop(job.job_id, None)
             if jobs.day == job.occurred_at.date().isoformat():
                 jobs.personas = max(0, jobs.personas - len(job.personas))
             state.update(asdict(jobs))

@@ -33,6 +33,8 @@ async def test_a_request_sent_again_with_its_idempotency_key_starts_one_job(gate
     assert {r.status_code for r in again} == {202} and {r.json()["job_id"] for r in again} == {job_id}
     assert all(r.json()["persona_count"] == 2 for r in again)
     assert len(await _requested(memory_log, job_id)) == 1
+    reordered = await post("order-17", {**body, "persona_ids": ids[::-1]})  # the same request
+    assert reordered.status_code == 202 and reordered.json()["job_id"] == job_id, reordered.text
 
     other = await post("order-17", {**body, "mode_mapping": {i: "learn_mode" for i in ids}})
     assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused", other.text

@@ -365,27 +365,49 @@ async def test_a_job_nats_did_not_confirm_keeps_its_slot(limited, monkeypatch) -
     key is that job, counted once."""
     from nats.errors import TimeoutError as NatsTimeout
 
+    system, c = await limited(generator=False, tenant_jobs_in_flight=1, tenant_personas_per_day=3)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 3)]
+    publish = system.event_log.publish
+
+    async def unconfirmed(event, **kwargs):
+        if isinstance(event, JobRequested):
+            raise NatsTimeout  # not stored (it might have been: the client cannot tell)
+        return await publish(event, **kwargs)
+
+    monkeypatch.setattr(system.event_log, "publish", unconfirmed)
+    body, key = job_body(template_id, personas[:2]), {"Idempotency-Key": "k"}
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
+    assert r.status_code == 503 and r.json()["code"] == "job_not_confirmed", r.text
+    assert (await _quota_state(system, "acme"))["personas"] == 2  # it may run: counted
+    monkeypatch.setattr(system.event_log, "publish", publish)
+    again = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
+    assert again.status_code == 202, again.text  # not refused for its own personas (2 + 2 > 3)
+    assert again.json()["job_id"] == r.json()["ids"][0]
+    assert (await _quota_state(system, "acme"))["personas"] == 2  # counted once
+    other = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[2:]))
+    await assert_refused(system, other, "jobs_in_flight")
+    assert "Idempotency-Key" in r.json()["detail"]
+
+
+async def test_a_job_stored_whose_request_cannot_be_read_back_stays_counted(limited, monkeypatch) -> None:
+    """The publish succeeded; reading the stored request back (whose it is) failed: it runs, so
+    it is answered 202 and counted, not given back as if nothing were stored."""
+    from nats.errors import TimeoutError as NatsTimeout
+
     system, c = await limited(generator=False, tenant_jobs_in_flight=1)
     acme = c["acme"]
     template_id = await create_template(acme, DOCUMENT)
     personas = [p["id"] for p in await create_personas(acme, template_id, 2)]
-    publish = system.event_log.publish
 
-    async def unconfirmed(event, **kwargs):
-        seq = await publish(event, **kwargs)
-        if isinstance(event, JobRequested):
-            raise NatsTimeout  # stored, its acknowledgement lost
-        return seq
+    async def unreadable(seq):
+        raise NatsTimeout
 
-    monkeypatch.setattr(system.event_log, "publish", unconfirmed)
-    body, key = job_body(template_id, personas[:1]), {"Idempotency-Key": "k"}
-    r = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
-    assert r.status_code == 503 and r.json()["code"] == "job_not_confirmed", r.text
-    monkeypatch.setattr(system.event_log, "publish", publish)
-    again = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
-    assert again.status_code == 202 and again.json()["job_id"] == r.json()["ids"][0]
+    monkeypatch.setattr(system.event_log, "at", unreadable)
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[:1]),
+                        headers={"Idempotency-Key": "k2"})
+    assert r.status_code == 202, r.text
+    monkeypatch.undo()
     other = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
     await assert_refused(system, other, "jobs_in_flight")
-    unkeyed = await c["acme2"].post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
-    assert unkeyed.status_code == 429
-    assert "Idempotency-Key" in r.json()["detail"]

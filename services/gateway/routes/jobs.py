@@ -61,7 +61,7 @@ from services.gateway.sse import HeldEventStream, stream_job_events
 from services.gateway.sse_messages import END_MESSAGES, Position
 from services.runtime.failures import brief
 
-PUBLISH_RETRY_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
+PUBLISH_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
     description="Names the job: the same request sent again with it answers with that job, started once",
@@ -133,17 +133,22 @@ async def start_job(
     try:
         async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
             try:
-                seq = await event_log.publish(event, retry_seconds=PUBLISH_RETRY_SECONDS)
-            except UNAVAILABLE as exc:
+                async with asyncio.timeout(PUBLISH_SECONDS):  # the retries' last attempt included
+                    seq = await event_log.publish(event, retry_seconds=PUBLISH_SECONDS)
+            except (*UNAVAILABLE, TimeoutError) as exc:
                 # The log may still store it (a publish it has not answered yet), so the job may run:
-                # it keeps its slot (until it ends, or its deadline).
+                # it stays counted (until it ends, or its deadline).
                 unconfirmed = exc
             else:
                 if may_repeat:
-                    stored = await event_log.at(seq)
+                    try:
+                        stored = await event_log.at(seq)
+                    except (*UNAVAILABLE, TimeoutError) as exc:  # stored, and counted: whose, unknown
+                        log.warning("job_request_unread", job_id=event.job_id, seq=seq, error=brief(exc))
+                        stored = None
                     if stored is not None and stored.event is not None and stored.event.event_id != event.event_id:
                         first = stored.event
-                        raise JobStoredBefore  # gives this request's personas back
+                        raise JobStoredBefore
     except JobStoredBefore:
         if keyed and (not isinstance(first, JobRequested) or not same_request(first, event)):
             raise key_reused(event.job_id) from None  # another request with the key, at the same time

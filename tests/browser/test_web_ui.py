@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from collections import Counter
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -51,7 +52,7 @@ def _sign_in(driver, key: str) -> None:
 
 
 def _new_job(driver, base_url: str, personas: int, modes: list[str] | None = None, shots: bool = False,
-             key: str | None = None) -> str:
+             key: str | None = None, before_start: Callable[[], None] | None = None) -> str:
     """(Sign in with ``key``,) scenario -> template -> personas -> modes -> "Create Avatar Interactions";
     returns the job id."""
     driver.get(base_url + "/")
@@ -75,6 +76,8 @@ def _new_job(driver, base_url: str, personas: int, modes: list[str] | None = Non
     if shots:
         driver.execute_script("document.getElementById('persona-step').scrollIntoView()")
         screenshot(driver, "1-template-and-personas")
+    if before_start is not None:
+        before_start()
     driver.find_element(By.ID, "start").click()
     _wait(driver).until(EC.url_contains("#/jobs/"))
     _wait(driver).until(EC.presence_of_element_located((By.ID, "job-status")))
@@ -297,3 +300,37 @@ def test_a_long_history_is_shown_a_page_at_a_time(browser, live_system):
     types = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "#timeline tbody td:nth-child(3)")]
     assert types[0] == "job.requested" and types[-1] == "job.completed"
     assert f"{total} events shown" in browser.find_element(By.ID, "timeline").text
+
+
+# Before any script of the page: its first start of a job reaches the server, and the answer is
+# lost on the way back (as on a dropped connection), once sessionStorage says so.
+_LOSE_ONE_ANSWER = """
+const realFetch = window.fetch.bind(window);
+window.fetch = async (url, options) => {
+  const response = await realFetch(url, options);
+  if (String(url).endsWith("/scenario/v2/generate-final-prompts") && sessionStorage.getItem("lose-answer")) {
+    sessionStorage.removeItem("lose-answer");
+    sessionStorage.setItem("lost-answer", await response.text());
+    throw new TypeError("Failed to fetch");
+  }
+  return response;
+};
+"""
+
+
+def test_starting_again_after_a_lost_answer_opens_the_job_it_started(browser, live_system):
+    """The page names the job it asks for (an Idempotency-Key per selection): clicking again after
+    the answer was lost is the same job, not a second round of LLM calls."""
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _LOSE_ONE_ANSWER})
+    clicks: list[str] = []
+
+    def lose_the_first_answer() -> None:
+        browser.execute_script("sessionStorage.setItem('lose-answer', '1')")
+        browser.find_element(By.ID, "start").click()
+        alert = _wait(browser).until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#persona-step [role=alert]")))
+        assert "cannot be reached" in alert.text
+        clicks.append(browser.execute_script("return JSON.parse(sessionStorage.getItem('lost-answer')).job_id"))
+
+    job_id = _new_job(browser, live_system.base_url, 2, before_start=lose_the_first_answer)  # clicks again
+    assert clicks == [job_id]
+    _status(browser, "completed")

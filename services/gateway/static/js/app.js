@@ -107,6 +107,8 @@ function templateCard(template, headingId = "tpl-title") {
 const DRAFT = "promptgen.draft";
 const draft = Object.assign({ document: "", template: null, personas: [], modes: {} }, load(DRAFT));
 const saveDraft = () => save(DRAFT, draft);
+const newKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+                                (b) => b.toString(16).padStart(2, "0")).join("");
 
 function personaCard(p, onMode) {
   const select = h("select", { id: `mode-${p.id}`, "data-persona": p.id, onchange: (e) => onMode(p.id, e.target.value) },
@@ -194,7 +196,12 @@ function renderNew() {
         try {
           const ids = draft.personas.map((p) => p.id);
           const modes = Object.fromEntries(ids.map((id) => [id, draft.modes[id] || "assess_mode"]));
-          const job = await client.startGeneration(draft.template.template_id, ids, modes);
+          // One key per selection until it starts: asked again after a lost answer, it is the same job.
+          const asked = JSON.stringify([draft.template.template_id, ids, modes]);
+          if (draft.start?.asked !== asked) { draft.start = { asked, key: newKey() }; saveDraft(); }
+          const job = await client.startGeneration(draft.template.template_id, ids, modes,
+                                                   { idempotencyKey: draft.start.key });
+          delete draft.start; saveDraft();
           location.hash = `#/jobs/${job.job_id}`;
         } catch (err) { startError.replaceChildren(errorBox(err)); }
       }) }, "Create Avatar Interactions");

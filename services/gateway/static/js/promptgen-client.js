@@ -115,8 +115,8 @@ export function createClient({ baseUrl = "", apiKey = null, getToken = null, onU
     }
   }
 
-  async function call(method, path, body) {
-    const headers = { accept: "application/json" };
+  async function call(method, path, body, extraHeaders = {}) {
+    const headers = { accept: "application/json", ...extraHeaders };
     if (body !== undefined) headers["content-type"] = "application/json";
     const token = await bearer();
     if (token) headers.authorization = `Bearer ${token}`;
@@ -170,9 +170,11 @@ export function createClient({ baseUrl = "", apiKey = null, getToken = null, onU
       return { personas };
     },
     getPersona: (personaId) => call("GET", `/scenario/personas/${id(personaId)}`),
-    startGeneration: (templateId, personaIds, modeMapping) =>
+    // idempotencyKey: names the job, so the same call made again (its answer was lost) is that job.
+    startGeneration: (templateId, personaIds, modeMapping, { idempotencyKey } = {}) =>
       call("POST", "/scenario/v2/generate-final-prompts",
-           { template_id: templateId, persona_ids: personaIds, mode_mapping: modeMapping }),
+           { template_id: templateId, persona_ids: personaIds, mode_mapping: modeMapping },
+           idempotencyKey ? { "idempotency-key": idempotencyKey } : {}),
     jobStatus: (jobId) => call("GET", `/scenario/v2/job-status/${id(jobId)}`),
     listJobs: (limit = 20) => call("GET", `/scenario/v2/jobs?limit=${Number(limit)}`),
     // Who the key is: { auth, tenant, key_id, scopes }; 401 for a key the server refuses.

@@ -37,13 +37,19 @@ async def list_parked(settings: Settings, consumer: str | None, *, as_json: bool
     return 0
 
 
-# Every consumer that parks (tests/unit/test_cli_parked.py holds this to the services' own names).
-CONSUMERS = ("projector", "job-manager", "generator-dispatcher", "generator-workers", "generator-dead-letters")
+def consumers() -> tuple[str, ...]:
+    """Every consumer that parks, by the services' own names."""
+    from services.generator.consumers import DISPATCHER, WORKERS
+    from services.generator.dead_letters import DEAD_LETTERS
+    from services.projector.fold import PROJECTOR
+    from services.projector.job_manager import JOB_MANAGER
+
+    return PROJECTOR, JOB_MANAGER, DISPATCHER, WORKERS, DEAD_LETTERS
 
 
 async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | None) -> int:
-    if consumer not in CONSUMERS:
-        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(CONSUMERS)} "
+    if consumer not in (known := consumers()):
+        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(known)} "
                   "(`promptgen parked list` shows whose events are parked)")
         return 2
     event_log = await EventLog.connect(settings, "promptgen-parked")

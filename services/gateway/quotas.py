@@ -147,9 +147,11 @@ def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: d
         return Refusal("personas_per_day",
                        f"This tenant may generate prompts for {limits.personas_per_day} personas per day (UTC); "
                        f"{left} left today, this job has {personas}", seconds_to_midnight(now))
-    if limits.jobs_in_flight:  # kept only to be counted: unlimited, the entry would grow with every job
-        state.jobs[job.job_id] = job.deadline.timestamp()  # (without it, a job asked for twice at once, or
-    state.personas += personas                              # again after a 503, counts its personas twice)
+    # Kept only to be counted: unlimited, the entry would grow with every job (and then a job asked
+    # for twice at once, or again after a 503, counts its personas twice).
+    if limits.jobs_in_flight:
+        state.jobs[job.job_id] = job.deadline.timestamp()
+    state.personas += personas
     return None
 
 

@@ -274,6 +274,11 @@ async def _job_view(job_id: str, caller: Caller, models: ReadModelsPort, event_l
         personas = await models.job_persona_docs(job_id)
         if len(personas) == doc["total_personas"]:  # else the projector is mid-write: ask the log
             return job_view(doc, personas)
+    return await _job_view_from_log(job_id, caller, event_log)
+
+
+async def _job_view_from_log(job_id: str, caller: Caller, event_log: EventLogPort) -> JobView:
+    """The caller's job as its events say (404 for none, or another tenant's)."""
     requested = await _requested(event_log, job_id, caller)
     finished = await finished_event(event_log, job_id)
     return job_view_from_log(requested.event, finished.event if finished and finished.event else None)
@@ -324,9 +329,7 @@ async def cancel_job(
         return await job_status(job_id, caller, models, event_log, guard, fence)
     except ConnectionFailure as exc:  # the cancel is stored: it is answered, from the log
         log.warning("job_view_from_log", job_id=job_id, reason="mongodb_unavailable", error=brief(exc))
-        requested = await _requested(event_log, job_id, caller)
-        finished = await finished_event(event_log, job_id)
-        view = job_view_from_log(requested.event, finished.event if finished and finished.event else None)
+        view = await _job_view_from_log(job_id, caller, event_log)
         return view.model_copy(update={"sse_endpoint": guard.stream_endpoint(job_id, caller)})
 
 

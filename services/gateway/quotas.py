@@ -256,10 +256,10 @@ class TenantQuotas:
             nonlocal counted
             now = self.clock()
             jobs = TenantJobs.read(state).as_of(now)
-            counted = job.job_id not in jobs.jobs
             if limits.jobs_in_flight and len(jobs.jobs) >= limits.jobs_in_flight:
                 for ended in await self._ended(list(jobs.jobs)):
                     del jobs.jobs[ended]
+            counted = job.job_id not in jobs.jobs  # what admit_job counts, if it admits
             refusal = admit_job(jobs, job, limits, now)
             state.clear()
             state.update(asdict(jobs))

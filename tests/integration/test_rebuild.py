@@ -538,6 +538,7 @@ async def test_a_quiet_rebuild_keeps_its_caller_and_a_vanished_projector_is_repo
             await msg.respond(json.dumps({"accepted": True}).encode())
 
         await dying.nc.subscribe(served.CONTROL_SUBJECT, cb=accept_then_die)
+        await dying.nc.flush()  # the server has the subscription before another connection asks
         final = await cli._remote(event_log, _unwatched)
     finally:
         await dying.close()

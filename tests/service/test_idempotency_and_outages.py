@@ -101,14 +101,17 @@ async def test_a_cancel_stored_before_mongodb_failed_is_answered_from_the_log(ru
         "template_id": template_id, "persona_ids": ids, "mode_mapping": {ids[0]: "learn_mode"}})).json()
     publish = memory_log.publish
 
-    async def down(*args, **kwargs):
+    def unreachable(*args, **kwargs):
         raise ServerSelectionTimeoutError("127.0.0.1:27017: timed out")
+
+    async def down(*args, **kwargs):
+        unreachable()
 
     async def then_mongodb_fails(event, **kwargs):
         seq = await publish(event, **kwargs)
         if isinstance(event, JobCancelRequested):
             monkeypatch.setattr(type(memory_models.jobs), "find_one", down)
-            monkeypatch.setattr(type(memory_models.jobs), "find", down)
+            monkeypatch.setattr(type(memory_models.jobs), "find", unreachable)  # find returns a cursor at once
         return seq
 
     monkeypatch.setattr(memory_log, "publish", then_mongodb_fails)

@@ -22,3 +22,15 @@ async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 20, 
             raise AssertionError(f"{what} did not happen within {timeout:.0f} s (last: {value!r})")
         await asyncio.sleep(delay)
         delay = min(delay * 2, 0.2)
+
+
+async def sent(nc) -> None:
+    """Return once the server has read everything ``nc`` was asked to send so far.
+
+    nats-py (2.16) writes a flush's PING straight to the socket, ahead of commands still
+    queued for its flusher task: one ``flush()`` can return before a ``subscribe()`` made
+    just before it reached the server, and another connection's publish then finds nobody.
+    While the first round trip is awaited the flusher writes the queue, so the second PING
+    follows it."""
+    await nc.flush()
+    await nc.flush()

@@ -13,6 +13,7 @@ from services.projector.scratch import Scratch
 from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
 from tests.readmodels import snapshot
 from tests.sse_client import read_sse
+from tests.waiting import sent
 
 
 async def _some_history(client, document, *, interaction: bool = True):
@@ -538,7 +539,7 @@ async def test_a_quiet_rebuild_keeps_its_caller_and_a_vanished_projector_is_repo
             await msg.respond(json.dumps({"accepted": True}).encode())
 
         await dying.nc.subscribe(served.CONTROL_SUBJECT, cb=accept_then_die)
-        await dying.nc.flush()  # the server has the subscription before another connection asks
+        await sent(dying.nc)  # the server has the subscription before another connection asks
         final = await cli._remote(event_log, _unwatched)
     finally:
         await dying.close()

@@ -130,6 +130,13 @@ async def test_a_read_of_the_log_waits_while_its_stream_has_no_leader(tmp_path):
     try:
         seqs = [await event_log.publish(PersonaProgress(job_id="jl", persona_id=f"p{i}", attempt=1))
                 for i in range(3)]
+
+        async def replicated() -> bool:  # a replica behind at the loss may lead later, before it applied all
+            cluster_info = (await event_log.js.stream_info(event_log.stream)).cluster
+            followers = (cluster_info.replicas or []) if cluster_info else []
+            return len(followers) == 2 and all(f.current and not f.lag for f in followers)
+
+        await eventually(replicated, what="both followers holding the three events")
         for node in cluster.names[1:]:  # two of three gone: no quorum, no leader
             cluster.kill(node)
         with capture_logs() as logs:

@@ -123,3 +123,8 @@ class JobResults(Frozen):
     failed: int
     cancelled: int = 0
     usage: TokenUsage = Field(default_factory=TokenUsage)
+
+    def cut_short(self) -> dict[str, PersonaResult]:
+        """The personas a cancellation or an expiry ended: their outcome is stated here only
+        (no event of their own said it; one the generator refused after the deadline did)."""
+        return {pid: r for pid, r in self.personas.items() if r.status == "cancelled" or r.error_code == "expired"}

@@ -65,12 +65,16 @@ def _(event: PersonaFailed) -> list[SseMessage]:
     ]
 
 
-END_MESSAGES = 2  # what a job's end is to its clients: status_update, then results
-
-
 @messages_for.register
 def _(event: JobFinished) -> list[SseMessage]:
-    return [StatusUpdate(status=event.status, error=event.error), ResultsMessage(results=event.results)]
+    """A job's end: the last ``persona_progress`` of each persona it cut short (a client that
+    follows only those sees every persona end), then ``status_update``, then ``results``."""
+    ends: list[SseMessage] = [
+        PersonaProgressMessage(persona_id=pid, status=r.status, persona_name=r.persona_name, mode=r.mode,
+                               error=r.error, error_code=r.error_code)
+        for pid, r in event.results.cut_short().items()
+    ]
+    return [*ends, StatusUpdate(status=event.status, error=event.error), ResultsMessage(results=event.results)]
 
 
 @dataclass(frozen=True)

@@ -237,9 +237,7 @@ def project_job_finished(event: JobFinished, seq: int) -> list[Write]:
         )
     ]
     # Personas a cancellation or expiry cut short take their final state from the results.
-    cut_short = {pid: r for pid, r in event.results.personas.items()
-                 if r.status == "cancelled" or r.error_code == "expired"}
-    for pid, r in cut_short.items():
+    for pid, r in event.results.cut_short().items():
         writes.append((
             JOB_PERSONAS,
             Change(

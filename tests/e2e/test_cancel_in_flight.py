@@ -78,6 +78,9 @@ async def test_a_deadline_passing_ends_the_calls_in_flight_and_stores_none_of_th
         assert stream.messages[-2].data["status"] == "expired"
         results = stream.messages[-1].data["results"]
         assert {p["error_code"] for p in results["personas"].values()} == {"expired"}
+        last = {m.data["persona_id"]: (m.data["status"], m.data.get("error_code"))  # the specification's hook
+                for m in stream.messages if m.data["type"] == "persona_progress"}
+        assert last == {p["id"]: ("failed", "expired") for p in personas}
 
         mock_llm.resume()  # the ended calls answer now, into connections the generator has closed
         later = await start_job(client, template_id, {personas[0]["id"]: "learn_mode"})

@@ -28,6 +28,11 @@ async def test_a_cancelled_job_ends_cancelled_with_its_unfinished_personas(gatew
     assert stream.messages[-2].data == {"type": "status_update", "status": "cancelled"}
     results = stream.messages[-1].data["results"]
     assert results["cancelled"] == 3 and results["successful"] == 0
+    progress: dict[str, str] = {}  # what the specification's hook keeps: persona_progress only
+    for message in stream.messages:
+        if message.data["type"] == "persona_progress":
+            progress[message.data["persona_id"]] = message.data["status"]
+    assert progress == {p["id"]: "cancelled" for p in personas}
     view = (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()
     assert view["status"] == "cancelled" and view["cancelled"] == 3
     assert (await gateway.post(f"/scenario/v2/jobs/{job_id}/cancel")).status_code == 409

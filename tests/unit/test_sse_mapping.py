@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from services.adapters.event_log import StoredEvent
-from services.gateway.sse_messages import END_MESSAGES, Position, messages_for, render, unseen
+from services.gateway.sse_messages import Position, messages_for, render, unseen
 from tests.samples import every_event
 
 
@@ -39,12 +39,31 @@ def test_ids_name_exact_positions_and_resume_skips_what_was_seen():
 
 def test_a_position_has_seen_an_event_when_past_its_last_message():
     ended = StoredEvent(seq=15, time=datetime.now(UTC), subject="s", event=_by_type()["job.completed"])
-    assert len(render(ended)) == END_MESSAGES
+    count = len(render(ended))
     for seen in ("15", "15-1", "15-7", "16", "16-0"):  # 15-1 and past: ids no gateway gives, past the end all the same
-        assert Position.parse(seen).has_seen(15, END_MESSAGES), seen
+        assert Position.parse(seen).has_seen(15, count), seen
         assert unseen(15, render(ended), Position.parse(seen)) == [], seen
     for not_yet in ("15-0", "14", "14-1"):
-        assert not Position.parse(not_yet).has_seen(15, END_MESSAGES), not_yet
+        assert not Position.parse(not_yet).has_seen(15, count), not_yet
+
+
+def test_an_end_that_cut_personas_short_says_how_each_ended_first():
+    """A client that follows only ``persona_progress`` (the specification's hook) sees every
+    persona end: those a cancel or the deadline stopped get theirs with the job's end."""
+    cancelled = messages_for(_by_type()["job.cancelled"])
+    assert [m.type for m in cancelled] == ["persona_progress", "status_update", "results"]
+    assert (cancelled[0].persona_id, cancelled[0].status) == ("p2", "cancelled")
+    assert cancelled[0].persona_name == cancelled[2].results.personas["p2"].persona_name
+    expired = _by_type()["job.expired"].model_copy(deep=True)
+    expired.results.personas["p2"] = expired.results.personas["p2"].model_copy(
+        update={"error": "the job passed its deadline before this persona was generated", "error_code": "expired"})
+    ended = messages_for(expired)
+    assert [(m.type, getattr(m, "status", None)) for m in ended] == [
+        ("persona_progress", "failed"), ("status_update", "expired"), ("results", None)]
+    assert ended[0].error_code == "expired"
+    stored = StoredEvent(seq=9, time=datetime.now(UTC), subject="s", event=_by_type()["job.cancelled"])
+    assert [i["id"] for i in render(stored)] == ["9-0", "9-1", "9"]
+    assert not Position.parse("9-1").has_seen(9, len(render(stored)))  # the results are still to come
 
 
 def test_last_event_id_parsing():

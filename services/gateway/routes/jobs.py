@@ -47,7 +47,6 @@ from services.gateway.jobs import (
     build_job,
     failed_personas,
     finished_event,
-    finished_seq,
     idempotent_job_id,
     job_view,
     job_view_from_log,
@@ -58,7 +57,7 @@ from services.gateway.jobs import (
 from services.gateway.json_body import JSONBodyRoute
 from services.gateway.quotas import JobStoredBefore, TenantQuotas
 from services.gateway.sse import HeldEventStream, stream_job_events
-from services.gateway.sse_messages import END_MESSAGES, Position
+from services.gateway.sse_messages import Position, messages_for
 from services.runtime.failures import brief
 
 PUBLISH_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
@@ -224,8 +223,8 @@ async def prompt_generation_status(
         requested_seq = await _owned_seq(event_log, models, job_id, caller)
     after = Position.parse(last_event_id_header or last_event_id)
     if after is not None:
-        end_seq = await finished_seq(event_log, job_id)
-        if end_seq is not None and after.has_seen(end_seq, END_MESSAGES):
+        end = await finished_event(event_log, job_id)
+        if end is not None and after.has_seen(end.seq, len(messages_for(end.event))):
             # Nothing left to send: 204 tells a browser's EventSource to stop reconnecting.
             return Response(status_code=204)
     return HeldEventStream(

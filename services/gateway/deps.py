@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Header, Path, Query, Request
 
 from contracts.subjects import TOKEN_PATTERN
 from services.adapters.llm.base import Provider
@@ -69,3 +69,9 @@ JobIdPath = Annotated[str, _id(Path, "job")]
 InteractionIdPath = Annotated[str, _id(Path, "avatar interaction")]
 TemplateIdQuery = Annotated[str, _id(Query, "template")]
 PersonaIdQuery = Annotated[str, _id(Query, "persona")]
+
+
+def idempotency_key(names: str) -> Any:
+    """The ``Idempotency-Key`` header: what it ``names`` (its description in the API document)."""
+    return Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+                  description=names)

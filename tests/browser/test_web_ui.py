@@ -52,7 +52,8 @@ def _sign_in(driver, key: str) -> None:
 
 
 def _new_job(driver, base_url: str, personas: int, modes: list[str] | None = None, shots: bool = False,
-             key: str | None = None, before_start: Callable[[], None] | None = None) -> str:
+             key: str | None = None, before_start: Callable[[], None] | None = None,
+             before_generate: Callable[[], None] | None = None) -> str:
     """(Sign in with ``key``,) scenario -> template -> personas -> modes -> "Create Avatar Interactions";
     returns the job id."""
     driver.get(base_url + "/")
@@ -67,6 +68,8 @@ def _new_job(driver, base_url: str, personas: int, modes: list[str] | None = Non
     count = driver.find_element(By.ID, "persona-count")
     count.clear()
     count.send_keys(str(personas))
+    if before_generate is not None:
+        before_generate()
     driver.find_element(By.ID, "generate-personas").click()
     cards = _wait(driver).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#personas > li") or None)
     assert len(cards) == personas
@@ -302,13 +305,14 @@ def test_a_long_history_is_shown_a_page_at_a_time(browser, live_system):
     assert f"{total} events shown" in browser.find_element(By.ID, "timeline").text
 
 
-# Before any script of the page: its first start of a job reaches the server, and the answer is
-# lost on the way back (as on a dropped connection), once sessionStorage says so.
+# Before any script of the page: the next request to the path sessionStorage names reaches the
+# server, and its answer is lost on the way back (as on a dropped connection).
 _LOSE_ONE_ANSWER = """
 const realFetch = window.fetch.bind(window);
 window.fetch = async (url, options) => {
   const response = await realFetch(url, options);
-  if (String(url).endsWith("/scenario/v2/generate-final-prompts") && sessionStorage.getItem("lose-answer")) {
+  const lose = sessionStorage.getItem("lose-answer");
+  if (lose && String(url).endsWith(lose)) {
     sessionStorage.removeItem("lose-answer");
     sessionStorage.setItem("lost-answer", await response.text());
     throw new TypeError("Failed to fetch");
@@ -318,19 +322,27 @@ window.fetch = async (url, options) => {
 """
 
 
-def test_starting_again_after_a_lost_answer_opens_the_job_it_started(browser, live_system):
-    """The page names the job it asks for (an Idempotency-Key per selection): clicking again after
-    the answer was lost is the same job, not a second round of LLM calls."""
+def test_asking_again_after_a_lost_answer_gives_what_the_first_ask_made(browser, live_system):
+    """The page names the personas and the job it asks for (an Idempotency-Key per request):
+    clicking again after the answer was lost gives the same personas and the same job, not a
+    second round of LLM calls."""
     browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": _LOSE_ONE_ANSWER})
-    clicks: list[str] = []
+    lost: list = []
 
-    def lose_the_first_answer() -> None:
-        browser.execute_script("sessionStorage.setItem('lose-answer', '1')")
-        browser.find_element(By.ID, "start").click()
-        alert = _wait(browser).until(EC.visibility_of_element_located((By.CSS_SELECTOR, "#persona-step [role=alert]")))
-        assert "cannot be reached" in alert.text
-        clicks.append(browser.execute_script("return JSON.parse(sessionStorage.getItem('lost-answer')).job_id"))
+    def lose_the_answer(path: str, button: str) -> Callable[[], None]:
+        def click() -> None:
+            browser.execute_script("sessionStorage.setItem('lose-answer', arguments[0])", path)
+            browser.find_element(By.ID, button).click()
+            alert = _wait(browser).until(
+                EC.visibility_of_element_located((By.CSS_SELECTOR, "#persona-step [role=alert]")))
+            assert "cannot be reached" in alert.text
+            lost.append(browser.execute_script("return JSON.parse(sessionStorage.getItem('lost-answer'))"))
+        return click
 
-    job_id = _new_job(browser, live_system.base_url, 2, before_start=lose_the_first_answer)  # clicks again
-    assert clicks == [job_id]
+    job_id = _new_job(browser, live_system.base_url, 2,  # each button clicked again after its lost answer
+                      before_generate=lose_the_answer("/scenario/generate-personas", "generate-personas"),
+                      before_start=lose_the_answer("/scenario/v2/generate-final-prompts", "start"))
+    made, started = lost
+    assert started["job_id"] == job_id
+    assert set(_rows(browser)) == {p["id"] for p in made["personas"]}
     _status(browser, "completed")

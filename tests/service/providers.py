@@ -24,6 +24,7 @@ those cancelled while held)."""
         self.crash: set[str] = set()  # personas whose prompt raises what no provider should (a bug)
         self.prompt_calls = 0
         self.cancelled_calls = 0
+        self.personas_asked: list[list[str]] = []  # the ids of each generate_personas call
         self._open = asyncio.Event()
         self._open.set()
 
@@ -39,6 +40,7 @@ those cancelled while held)."""
     async def generate_personas(
         self, template: TemplateData, persona_type: str, seeds: list[str]
     ) -> list[PersonaDraft]:
+        self.personas_asked.append(list(seeds))
         return await self._offline.generate_personas(template, persona_type, seeds)
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText:

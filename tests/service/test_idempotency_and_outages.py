@@ -9,7 +9,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from pymongo.errors import ServerSelectionTimeoutError
 
 from contracts import subjects
-from contracts.events import JobRequested
+from contracts.events import JobRequested, PersonaCreated
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template
 
@@ -75,6 +75,60 @@ async def test_a_job_nats_did_not_confirm_is_a_503_naming_it_and_its_key_gets_it
     again = await gateway.post("/scenario/v2/generate-final-prompts", json=body, headers=headers)
     assert again.status_code == 202 and again.json()["job_id"] == job_id
     assert len(await _requested(memory_log, job_id)) == 1
+
+
+async def test_personas_asked_for_again_with_their_idempotency_key_are_made_once(gateway, provider, memory_log,
+                                                                                monkeypatch):
+    template_id = await create_template(gateway, SCENARIO)
+    body = {"template_id": template_id, "persona_type": "assess_mode_character", "count": 3}
+
+    async def post(key: str, **change):
+        return await gateway.post("/scenario/generate-personas", json={**body, **change},
+                                  headers={"Idempotency-Key": key})
+
+    async def template_personas() -> list[str]:
+        r = await gateway.get("/scenario/personas", params={"template_id": template_id})
+        return [p["id"] for p in r.json()["personas"]]
+
+    publish = memory_log.publish
+    published: list[str] = []
+
+    async def stalls_after_one(event, **kwargs):  # NATS stores one persona, then stops answering
+        if isinstance(event, PersonaCreated):
+            if published:
+                raise NatsTimeout
+            published.append(event.persona.id)
+        return await publish(event, **kwargs)
+
+    monkeypatch.setattr(memory_log, "publish", stalls_after_one)
+    cut = await post("cast-1")
+    assert cut.status_code == 503 and cut.json()["code"] == "event_log_unavailable", cut.text
+    monkeypatch.setattr(memory_log, "publish", publish)
+    assert await template_personas() == published  # one of the three is stored
+
+    again = await post("cast-1")
+    assert again.status_code == 201, again.text
+    made = again.json()["personas"]
+    assert len(made) == 3 and published[0] in [p["id"] for p in made]
+    assert provider.personas_asked[-1] == [p["id"] for p in made if p["id"] != published[0]]  # only those missing
+    asked = len(provider.personas_asked)
+    retries = await asyncio.gather(*(post("cast-1") for _ in range(3)))  # the answer lost, some at once
+    assert all(r.status_code == 201 and r.json()["personas"] == made for r in retries), [r.text for r in retries]
+    assert len(provider.personas_asked) == asked  # nothing more was generated
+    assert sorted(await template_personas()) == sorted(p["id"] for p in made)
+
+    for change in ({"persona_type": "try_mode_character"}, {"count": 2}):
+        other = await post("cast-1", **change)
+        assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused", other.text
+        assert other.json()["field"] == "Idempotency-Key"
+    more = await post("cast-1", count=4)  # a larger count makes the one more
+    assert more.status_code == 201 and more.json()["personas"][:3] == made, more.text
+    assert len(await template_personas()) == 4
+    fresh = await post("cast-2")
+    assert fresh.status_code == 201 and not {p["id"] for p in fresh.json()["personas"]} & {p["id"] for p in made}
+    assert len(await template_personas()) == 7
+    bad = await post("no spaces")
+    assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
 
 
 async def test_mongodb_not_answering_is_a_503_not_a_500(gateway, memory_models, monkeypatch):

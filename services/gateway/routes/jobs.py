@@ -39,6 +39,7 @@ from services.gateway.deps import (
     SettingsDep,
     StreamReader,
     WaiterDep,
+    idempotency_key,
 )
 from services.gateway.errors import UNAVAILABLE_RETRY_SECONDS, ApiError, job_not_found, responses
 from services.gateway.freshness import ReadFence
@@ -61,10 +62,8 @@ from services.gateway.sse_messages import Position, messages_for
 from services.runtime.failures import brief
 
 PUBLISH_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
-    description="Names the job: the same request sent again with it answers with that job, started once",
-)]
+IdempotencyKey = Annotated[str | None, idempotency_key(
+    "Names the job: the same request sent again with it answers with that job, started once")]
 
 router = APIRouter(prefix="/scenario/v2", tags=["prompt generation (v2)"], route_class=JSONBodyRoute)
 log = structlog.get_logger()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Query
@@ -37,9 +38,10 @@ from services.gateway.deps import (
     TemplateIdPath,
     TemplateIdQuery,
     WaiterDep,
+    idempotency_key,
 )
 from services.gateway.errors import ApiError, not_found, responses
-from services.gateway.jobs import load_template
+from services.gateway.jobs import IDEMPOTENT, load_template
 from services.gateway.json_body import JSONBodyRoute
 from services.runtime.settings import Settings
 
@@ -95,7 +97,7 @@ async def get_template(template_id: TemplateIdPath, caller: Reader, models: Mode
 
 
 @router.post("/generate-personas", status_code=201, response_model=GeneratePersonasResponse,
-             responses=responses(404, 413, 422, 429, 502, 503, 504))
+             responses=responses(404, 409, 413, 422, 429, 502, 503, 504))
 async def generate_personas(
     body: GeneratePersonasRequest,
     caller: ScenarioWriter,
@@ -105,27 +107,73 @@ async def generate_personas(
     waiter: WaiterDep,
     limiter: LimiterDep,
     settings: SettingsDep,
+    key: Annotated[str | None, idempotency_key(
+        "Names the personas: the same request sent again with it answers with them, made once")] = None,
 ) -> GeneratePersonasResponse:
-    """Invent ``count`` personas for a template. They have no prompt yet."""
+    """Invent ``count`` personas for a template. They have no prompt yet.
+
+    With an ``Idempotency-Key`` the personas' ids come from it (and the caller's tenant): the same
+    request sent again answers with the personas it made, and makes only those not stored yet
+    (an answer lost, or a 503 after some were stored); the key sent with another template, type
+    or a smaller count is a 409 (with a larger one, the personas past the first count are made)."""
     template = await load_template(models, body.template_id, caller)
     template_data = TemplateData.model_validate(template["template_data"], context=READING)
-    ids = [str(uuid.uuid4()) for _ in range(body.count)]
-    tokens = _estimate(template_data.model_dump_json(), settings)
-    try:
-        drafts = await limited(
-            limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, ids))
-    except LLMError as exc:
-        raise _llm_failure(exc) from exc
-    personas = [
-        Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)
-        for pid, d in zip(ids, drafts, strict=True)
-    ]
-    seqs = await asyncio.gather(*(event_log.publish(PersonaCreated(persona=p, **caller.stamp())) for p in personas))
-    await waiter.wait_for(max(seqs))
-    log.info("personas_created", template_id=body.template_id, count=len(personas))
-    return GeneratePersonasResponse(
-        template_id=body.template_id, personas=[PersonaView(**p.model_dump()) for p in personas]
-    )
+    if key is None:
+        ids = [str(uuid.uuid4()) for _ in range(body.count)]
+        missing = ids
+    else:
+        ids = keyed_persona_ids(caller.tenant, key, body.count + 1)  # one more: was a larger count asked?
+        stored = await _keyed_personas(models, ids, body)
+        if ids.pop() in stored:
+            raise personas_key_reused()
+        missing = [pid for pid in ids if pid not in stored]
+    personas: list[Persona] = []
+    if missing:
+        tokens = _estimate(template_data.model_dump_json(), settings)
+        try:
+            drafts = await limited(
+                limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, missing))
+        except LLMError as exc:
+            raise _llm_failure(exc) from exc
+        personas = [
+            Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)
+            for pid, d in zip(missing, drafts, strict=True)
+        ]
+        seqs = await asyncio.gather(*(event_log.publish(PersonaCreated(persona=p, **caller.stamp()))
+                                      for p in personas))
+        await waiter.wait_for(max(seqs))
+    log.info("personas_created", template_id=body.template_id, count=len(personas), asked=len(ids))
+    if key is None:
+        return GeneratePersonasResponse(
+            template_id=body.template_id, personas=[PersonaView(**p.model_dump()) for p in personas])
+    # What is stored is the answer (a request with the key at the same time may have stored its
+    # own); what this one made, where the projector has not stored it yet.
+    stored = await _keyed_personas(models, ids, body)
+    made = {p.id: PersonaView(**p.model_dump()) for p in personas}
+    return GeneratePersonasResponse(template_id=body.template_id, personas=[
+        PersonaView.model_validate(stored[pid], context=READING) if pid in stored else made[pid] for pid in ids])
+
+
+def keyed_persona_ids(tenant: str, key: str, count: int) -> list[str]:
+    """The ids of the personas a tenant's ``Idempotency-Key`` names, in order."""
+    return [str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}\npersona {i}")) for i in range(count)]
+
+
+async def _keyed_personas(models, ids: list[str], body: GeneratePersonasRequest) -> dict[str, dict]:
+    """The stored personas among ``ids``; a 409 if one was made for another template or type. One
+    stored but not projected yet is made again: its creation is the same fact (the log keeps the
+    first of a persona's creations, the read model too), and the answer is read once it is applied."""
+    stored = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": ids}})}
+    if any((d.get("template_id"), d.get("persona_type")) != (body.template_id, body.persona_type)
+           for d in stored.values()):
+        raise personas_key_reused()
+    return stored
+
+
+def personas_key_reused() -> ApiError:
+    return ApiError(409, "idempotency_key_reused",
+                    "This Idempotency-Key named personas asked for with another template, persona type or count: "
+                    "a new request needs a new key", field="Idempotency-Key")
 
 
 @router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422))

@@ -216,12 +216,20 @@ function renderNew() {
         personaError.replaceChildren();
         busy(generate, async () => {
           try {
-            const made = await client.generatePersonas(draft.template.template_id, type.value.trim(), Number(count.value));
-            for (const p of made.personas) draft.modes[p.id] = "assess_mode";
-            draft.personas = draft.personas.concat(made.personas);
+            // One key per request until it is answered: asked again after a lost answer or a 503,
+            // it gives the same personas, made once.
+            const asked = JSON.stringify([draft.template.template_id, type.value.trim(), Number(count.value)]);
+            if (draft.generate?.asked !== asked) { draft.generate = { asked, key: newKey() }; saveDraft(); }
+            const made = await client.generatePersonas(draft.template.template_id, type.value.trim(),
+                                                       Number(count.value), { idempotencyKey: draft.generate.key });
+            delete draft.generate;
+            const known = new Set(draft.personas.map((p) => p.id));
+            const added = made.personas.filter((p) => !known.has(p.id));
+            for (const p of added) draft.modes[p.id] = "assess_mode";
+            draft.personas = draft.personas.concat(added);
             saveDraft();
             renderPersonaStep();
-            toast(`${plural(made.personas.length, "persona")} added`);
+            toast(`${plural(added.length, "persona")} added`);
           } catch (err) { personaError.replaceChildren(errorBox(err)); }
         });
       } },

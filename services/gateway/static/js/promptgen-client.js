@@ -154,8 +154,11 @@ export function createClient({ baseUrl = "", apiKey = null, getToken = null, onU
   const client = {
     analyzeScenario: (scenarioDocument) =>
       call("POST", "/scenario/analyze-scenario-enhanced", { scenario_document: scenarioDocument }),
-    generatePersonas: (templateId, personaType, count) =>
-      call("POST", "/scenario/generate-personas", { template_id: templateId, persona_type: personaType, count }),
+    // idempotencyKey: names the personas, so the same call made again (its answer was lost, or a
+    // 503 came after some were stored) answers with them and makes only those missing.
+    generatePersonas: (templateId, personaType, count, { idempotencyKey } = {}) =>
+      call("POST", "/scenario/generate-personas", { template_id: templateId, persona_type: personaType, count },
+           idempotencyKey ? { "idempotency-key": idempotencyKey } : {}),
     getTemplate: (templateId) => call("GET", `/scenario/templates/${id(templateId)}`),
     // Every persona of the template, oldest first, read a page of up to 1,000 at a time.
     listPersonas: async (templateId) => {

@@ -24,8 +24,11 @@ async def test_a_job_past_its_deadline_expires_and_sse_clients_see_the_end(setti
             personas = await create_personas(client, template_id, 2)
             job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
             stream = await read_sse(client, job["sse_endpoint"])
-            assert [m.data["type"] for m in stream.messages] == ["status_update", "status_update", "results"]
-            assert stream.messages[1].data["status"] == "expired"
+            assert [m.data["type"] for m in stream.messages] == [
+                "status_update", "persona_progress", "persona_progress", "status_update", "results"]
+            assert {(m.data["persona_id"], m.data["status"]) for m in stream.messages[1:3]} == {
+                (p["id"], "failed") for p in personas}
+            assert stream.messages[3].data["status"] == "expired"
             results = stream.messages[-1].data["results"]
             assert results["failed"] == 2 and results["successful"] == 0
             assert {p["error_code"] for p in results["personas"].values()} == {"expired"}

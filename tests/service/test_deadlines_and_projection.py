@@ -34,8 +34,11 @@ async def test_a_job_past_its_deadline_expires_and_late_work_changes_nothing(sta
 
     clock.advance(service_settings.job_deadline_seconds + 1)
     stream = await read_sse(gateway, job["sse_endpoint"])
-    assert [m.data["type"] for m in stream.messages] == ["status_update", "status_update", "results"]
-    assert stream.messages[1].data["status"] == "expired"
+    assert [m.data["type"] for m in stream.messages] == [
+        "status_update", "persona_progress", "persona_progress", "status_update", "results"]
+    assert {(m.data["persona_id"], m.data["status"], m.data["error_code"]) for m in stream.messages[1:3]} == {
+        (p["id"], "failed", "expired") for p in personas}  # the persona states a client following them ends on
+    assert stream.messages[3].data["status"] == "expired"
     results = stream.messages[-1].data["results"]
     assert results["failed"] == 2 and {p["error_code"] for p in results["personas"].values()} == {"expired"}
 

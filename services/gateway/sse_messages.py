@@ -1,8 +1,9 @@
 """What each event becomes on a Server-Sent Events stream: pure functions, no I/O.
 
-Message ids are stream sequences. An event that becomes two messages (a job's
-end: ``status_update`` then ``results``) gives the first the id ``<seq>-0`` and
-the last ``<seq>``, so ``Last-Event-ID`` always names an exact position.
+Message ids are stream sequences. An event that becomes several messages (a job's
+end: ``status_update`` then ``results``, after a cancel's or an expiry's last
+``persona_progress`` messages) gives each but the last the id ``<seq>-<n>`` (from 0)
+and the last ``<seq>``, so ``Last-Event-ID`` always names an exact position.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from functools import singledispatch
 
 from contracts.events import (
     Envelope,
+    JobCompleted,
     JobFinished,
     JobRequested,
     PersonaCompleted,
@@ -67,9 +69,11 @@ def _(event: PersonaFailed) -> list[SseMessage]:
 
 @messages_for.register
 def _(event: JobFinished) -> list[SseMessage]:
-    """A job's end: the last ``persona_progress`` of each persona it cut short (a client that
-    follows only those sees every persona end), then ``status_update``, then ``results``."""
-    ends: list[SseMessage] = [
+    """A job's end: ``status_update``, then ``results``; a cancel's or an expiry's first the last
+    ``persona_progress`` of each persona it cut short (a client that follows only those sees every
+    persona end; one the generator refused after the deadline already had its own, the same). A
+    job that completed ended after every persona's own end: nothing to add."""
+    ends: list[SseMessage] = [] if isinstance(event, JobCompleted) else [
         PersonaProgressMessage(persona_id=pid, status=r.status, persona_name=r.persona_name, mode=r.mode,
                                error=r.error, error_code=r.error_code)
         for pid, r in event.results.cut_short().items()

@@ -99,3 +99,29 @@ async def test_a_retry_asked_many_times_at_once_starts_one_job(gateway, provider
     assert len(started) == 1 and refused <= started, [a.text for a in answers]
     requests = [s async for s in memory_log.read(subjects.ALL) if s.event.type == "job.requested"]
     assert [s.event.job_id for s in requests if s.event.retry_of == job["job_id"]] == list(started)
+
+
+async def test_a_cancelled_job_resumes_after_any_message_of_its_end_and_ends_for_good(gateway, provider):
+    """Its end is several messages (each cut-short persona's, the status, the results): resumed
+    after any of them, the stream sends exactly the rest; after the last, a 204."""
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 3)
+    provider.hold()
+    job = await start_job(gateway, template_id, {p["id"]: "try_mode" for p in personas})
+
+    async def all_in_flight():
+        return provider.prompt_calls == 3
+    await eventually(all_in_flight, timeout=10, what="three LLM calls in flight")
+    assert (await gateway.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")).status_code == 202
+    full = await read_sse(gateway, job["sse_endpoint"])
+    ids = [m.id for m in full.messages]
+    end = ids[-1]
+    assert ids[-5:] == [f"{end}-0", f"{end}-1", f"{end}-2", f"{end}-3", end]
+    for i, seen in enumerate(ids):
+        rest = await read_sse(gateway, job["sse_endpoint"], headers={"Last-Event-ID": seen})
+        if seen == end:
+            assert rest.status == 204
+        else:
+            assert rest.status == 200 and [m.id for m in rest.messages] == ids[i + 1:], seen
+            assert [m.data for m in rest.messages] == [m.data for m in full.messages[i + 1:]]
+    provider.release()

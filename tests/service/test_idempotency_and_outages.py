@@ -12,6 +12,7 @@ from contracts import subjects
 from contracts.events import JobRequested, PersonaCreated
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template
+from tests.waiting import eventually
 
 
 async def _requested(memory_log, job_id: str) -> list:
@@ -129,6 +130,52 @@ async def test_personas_asked_for_again_with_their_idempotency_key_are_made_once
     assert len(await template_personas()) == 7
     bad = await post("no spaces")
     assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
+
+
+async def test_keyed_personas_are_answered_from_the_log_while_the_read_model_lags(running, gateway, provider):
+    template_id = await create_template(gateway, SCENARIO)
+    real = provider.generate_personas
+    calls: list[int] = []
+
+    async def each_answer_new(template, persona_type, seeds):  # as an LLM: another answer every call
+        calls.append(1)
+        return [d.model_copy(update={"name": f"{d.name} #{len(calls)}"})
+                for d in await real(template, persona_type, seeds)]
+
+    provider.generate_personas = each_answer_new
+    body = {"template_id": template_id, "persona_type": "assess_mode_character", "count": 2}
+    headers = {"Idempotency-Key": "lagging"}
+    await running.stop_service("projector")  # the read model knows none of them
+    first = await gateway.post("/scenario/generate-personas", json=body, headers=headers)
+    again = await gateway.post("/scenario/generate-personas", json=body, headers=headers)
+    await running.start_service("projector")
+    assert first.status_code == again.status_code == 201, again.text
+    assert again.json() == first.json() and len(calls) == 1  # what the log holds, made once
+
+    async def listed():
+        r = await gateway.get("/scenario/personas", params={"template_id": template_id})
+        return [p["name"] for p in r.json()["personas"]] or None
+    assert sorted(await eventually(listed, what="the personas projected")) == sorted(
+        p["name"] for p in first.json()["personas"])
+
+
+async def test_requests_with_one_key_at_once_make_the_personas_once(gateway, provider):
+    template_id = await create_template(gateway, SCENARIO)
+
+    async def post(key: str, persona_type: str):
+        return await gateway.post("/scenario/generate-personas", headers={"Idempotency-Key": key},
+                                  json={"template_id": template_id, "persona_type": persona_type, "count": 3})
+
+    same = await asyncio.gather(*(post("together", "assess_mode_character") for _ in range(3)))
+    assert {r.status_code for r in same} == {201} and len({r.text for r in same}) == 1
+    assert len(provider.personas_asked) == 1
+    a, b = await asyncio.gather(post("apart", "type_a"), post("apart", "type_b"))  # one wins, as a whole
+    assert sorted([a.status_code, b.status_code]) == [201, 409], [a.text, b.text]
+    won = a if a.status_code == 201 else b
+    r = await gateway.get("/scenario/personas", params={"template_id": template_id})
+    types = [p["persona_type"] for p in r.json()["personas"]]
+    assert sorted(types) == sorted(["assess_mode_character"] * 3 + [won.json()["personas"][0]["persona_type"]] * 3)
+    assert (await post("apart", won.json()["personas"][0]["persona_type"])).json() == won.json()
 
 
 async def test_mongodb_not_answering_is_a_503_not_a_500(gateway, memory_models, monkeypatch):

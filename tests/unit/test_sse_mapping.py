@@ -61,6 +61,9 @@ def test_an_end_that_cut_personas_short_says_how_each_ended_first():
     assert [(m.type, getattr(m, "status", None)) for m in ended] == [
         ("persona_progress", "failed"), ("status_update", "expired"), ("results", None)]
     assert ended[0].error_code == "expired"
+    completed = _by_type()["job.completed"].model_copy(deep=True)  # every persona had its own end before
+    completed.results.personas["p2"] = expired.results.personas["p2"]
+    assert [m.type for m in messages_for(completed)] == ["status_update", "results"]
     stored = StoredEvent(seq=9, time=datetime.now(UTC), subject="s", event=_by_type()["job.cancelled"])
     assert [i["id"] for i in render(stored)] == ["9-0", "9-1", "9"]
     assert not Position.parse("9-1").has_seen(9, len(render(stored)))  # the results are still to come

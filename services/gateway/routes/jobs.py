@@ -59,6 +59,7 @@ from services.gateway.json_body import JSONBodyRoute
 from services.gateway.quotas import JobStoredBefore, TenantQuotas
 from services.gateway.sse import HeldEventStream, stream_job_events
 from services.gateway.sse_messages import Position, messages_for
+from services.gateway.turns import Turns
 from services.runtime.failures import brief
 
 PUBLISH_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
@@ -101,15 +102,7 @@ async def _owned_seq(event_log, models, job_id: str, caller: Caller) -> int:
     return await _requested_seq(event_log, job_id)
 
 
-class _Retrying:
-    """A job being retried by requests of this process: they take turns."""
-
-    def __init__(self) -> None:
-        self.lock = asyncio.Lock()
-        self.requests = 0
-
-
-_retrying: dict[str, _Retrying] = {}
+_retrying = Turns()  # a job being retried by requests of this process: they take turns
 
 
 def key_reused(job_id: str) -> ApiError:
@@ -354,24 +347,17 @@ async def retry_failed(
     retry_id = retry_job_id(job_id)
     # One at a time per job here, so the next sees the first's request (and takes no quota); requests
     # at once to two gateways are stored once by the log, and the later gives its quota back.
-    held = _retrying.setdefault(job_id, _Retrying())
-    held.requests += 1
-    try:
-        async with held.lock:
-            if await event_log.last_seq_on(subjects.job(retry_id, "requested")) is not None \
-                    or await models.jobs.find_one({"_id": retry_id}, ["_id"]) is not None:
-                raise ApiError(409, "already_retried",
-                               f"Job '{job_id}' was retried as job '{retry_id}': follow it at "
-                               f"{sse_endpoint(retry_id)}, or retry its failed personas", ids=[retry_id])
-            body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
-                                               mode_mapping=failed)
-            event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock,
-                                    retry_of=job_id)
-            return await start_job(event, event_log, guard, quotas, caller, may_repeat=True)
-    finally:
-        held.requests -= 1
-        if held.requests == 0:
-            del _retrying[job_id]
+    async with _retrying.of(job_id):
+        if await event_log.last_seq_on(subjects.job(retry_id, "requested")) is not None \
+                or await models.jobs.find_one({"_id": retry_id}, ["_id"]) is not None:
+            raise ApiError(409, "already_retried",
+                           f"Job '{job_id}' was retried as job '{retry_id}': follow it at "
+                           f"{sse_endpoint(retry_id)}, or retry its failed personas", ids=[retry_id])
+        body = GenerateFinalPromptsRequest(template_id=doc["template_id"], persona_ids=list(failed),
+                                           mode_mapping=failed)
+        event = await build_job(body, caller=caller, models=models, settings=settings, clock=clock,
+                                retry_of=job_id)
+        return await start_job(event, event_log, guard, quotas, caller, may_repeat=True)
 
 
 @router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422, 503))

@@ -11,6 +11,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Query
 
+from contracts import subjects
 from contracts.api import (
     AnalyzeScenarioRequest,
     GeneratePersonasRequest,
@@ -43,6 +44,7 @@ from services.gateway.deps import (
 from services.gateway.errors import ApiError, not_found, responses
 from services.gateway.jobs import IDEMPOTENT, load_template
 from services.gateway.json_body import JSONBodyRoute
+from services.gateway.turns import Turns
 from services.runtime.settings import Settings
 
 router = APIRouter(prefix="/scenario", tags=["templates and personas"], route_class=JSONBodyRoute)
@@ -113,45 +115,55 @@ async def generate_personas(
     """Invent ``count`` personas for a template. They have no prompt yet.
 
     With an ``Idempotency-Key`` the personas' ids come from it (and the caller's tenant): the same
-    request sent again answers with the personas it made, and makes only those not stored yet
-    (an answer lost, or a 503 after some were stored); the key sent with another template, type
-    or a smaller count is a 409 (with a larger one, the personas past the first count are made)."""
+    request sent again answers with the personas the log holds under them, and makes only those
+    it does not (an answer lost, or a 503 after some were stored); the key sent with another
+    template or persona type is a 409, and so is a smaller count once the personas past it are
+    stored (with a larger one, the personas past the first count are made)."""
     template = await load_template(models, body.template_id, caller)
     template_data = TemplateData.model_validate(template["template_data"], context=READING)
-    if key is None:
-        ids = [str(uuid.uuid4()) for _ in range(body.count)]
-        missing = ids
-    else:
-        ids = keyed_persona_ids(caller.tenant, key, body.count + 1)  # one more: was a larger count asked?
-        stored = await _keyed_personas(models, ids, body)
-        if ids.pop() in stored:
-            raise personas_key_reused()
-        missing = [pid for pid in ids if pid not in stored]
-    personas: list[Persona] = []
-    if missing:
+
+    async def make(ids: list[str]) -> list[Persona]:
         tokens = _estimate(template_data.model_dump_json(), settings)
         try:
             drafts = await limited(
-                limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, missing))
+                limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, ids))
         except LLMError as exc:
             raise _llm_failure(exc) from exc
-        personas = [
-            Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)
-            for pid, d in zip(missing, drafts, strict=True)
-        ]
-        seqs = await asyncio.gather(*(event_log.publish(PersonaCreated(persona=p, **caller.stamp()))
-                                      for p in personas))
-        await waiter.wait_for(max(seqs))
-    log.info("personas_created", template_id=body.template_id, count=len(personas), asked=len(ids))
+        return [Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)
+                for pid, d in zip(ids, drafts, strict=True)]
+
+    async def publish(personas: list[Persona]) -> list[int]:
+        return list(await asyncio.gather(
+            *(event_log.publish(PersonaCreated(persona=p, **caller.stamp())) for p in personas)))
+
     if key is None:
+        personas = await make([str(uuid.uuid4()) for _ in range(body.count)])
+        await waiter.wait_for(max(await publish(personas)))
+        log.info("personas_created", template_id=body.template_id, count=len(personas))
         return GeneratePersonasResponse(
             template_id=body.template_id, personas=[PersonaView(**p.model_dump()) for p in personas])
-    # What is stored is the answer (a request with the key at the same time may have stored its
-    # own); what this one made, where the projector has not stored it yet.
-    stored = await _keyed_personas(models, ids, body)
-    made = {p.id: PersonaView(**p.model_dump()) for p in personas}
-    return GeneratePersonasResponse(template_id=body.template_id, personas=[
-        PersonaView.model_validate(stored[pid], context=READING) if pid in stored else made[pid] for pid in ids])
+
+    ids = keyed_persona_ids(caller.tenant, key, body.count + 1)  # one more: was a larger count asked?
+    async with _keyed.of(ids[0]):  # requests here with the key take turns: the next finds what the first stored
+        stored = await _stored_personas(event_log, ids, body)
+        if ids.pop() in stored:
+            raise personas_key_reused()
+        missing = [pid for pid in ids if pid not in stored]
+        if missing:
+            made = await make(missing)
+            # The first alone, then the rest: of two requests with the key at once on two gateways,
+            # the one whose first persona the log kept stores the rest; the other stores nothing more.
+            seqs = await publish(made[:1])
+            await _stored_personas(event_log, missing[:1], body)
+            seqs += await publish(made[1:])
+            await waiter.wait_for(max(seqs))  # a read of them from here finds them
+            stored |= await _stored_personas(event_log, missing, body)  # another request's, where the log kept it
+    log.info("personas_created", template_id=body.template_id, count=len(missing), asked=len(ids))
+    return GeneratePersonasResponse(
+        template_id=body.template_id, personas=[PersonaView(**stored[pid].model_dump()) for pid in ids])
+
+
+_keyed = Turns()  # personas named by one Idempotency-Key, asked for by requests of this process
 
 
 def keyed_persona_ids(tenant: str, key: str, count: int) -> list[str]:
@@ -159,13 +171,13 @@ def keyed_persona_ids(tenant: str, key: str, count: int) -> list[str]:
     return [str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}\npersona {i}")) for i in range(count)]
 
 
-async def _keyed_personas(models, ids: list[str], body: GeneratePersonasRequest) -> dict[str, dict]:
-    """The stored personas among ``ids``; a 409 if one was made for another template or type. One
-    stored but not projected yet is made again: its creation is the same fact (the log keeps the
-    first of a persona's creations, the read model too), and the answer is read once it is applied."""
-    stored = {d["_id"]: d async for d in models.personas.find({"_id": {"$in": ids}})}
-    if any((d.get("template_id"), d.get("persona_type")) != (body.template_id, body.persona_type)
-           for d in stored.values()):
+async def _stored_personas(event_log, ids: list[str], body: GeneratePersonasRequest) -> dict[str, Persona]:
+    """The personas among ``ids`` the log holds (the log, not the read model, which may lag); a
+    409 if one was made for another template or persona type."""
+    found = await asyncio.gather(*(event_log.first_readable_on([subjects.persona_created(pid)]) for pid in ids))
+    stored = {pid: s.event.persona for pid, s in zip(ids, found, strict=True)
+              if s is not None and isinstance(s.event, PersonaCreated)}
+    if any((p.template_id, p.persona_type) != (body.template_id, body.persona_type) for p in stored.values()):
         raise personas_key_reused()
     return stored
 

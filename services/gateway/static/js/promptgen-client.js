@@ -53,8 +53,8 @@ export function applyMessage(state, message, eventId = null) {
     };
   } else if (message.type === "results") {
     next.results = message.results;
-    // The final word on every persona, including those cancelled before they started
-    // (they get no persona_progress message of their own).
+    // The final word on every persona (those a cancel or the deadline cut short also had a
+    // last persona_progress just before).
     next.progress = { ...state.progress };
     for (const [pid, r] of Object.entries(message.results.personas || {})) {
       const before = next.progress[pid] || {};

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import timedelta
 from typing import Any
@@ -11,10 +12,10 @@ from contracts.api import GenerateFinalPromptsRequest, JobPersonaView, JobView
 from contracts.domain import JobPersona, JobResults, Persona, TemplateData, TokenUsage, count_statuses
 from contracts.events import JobFinished, JobRequested
 from contracts.limits import READING
-from services.adapters.event_log import StoredEvent
+from services.adapters.event_log import UNAVAILABLE, StoredEvent
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller
-from services.gateway.errors import ApiError, listed, not_found
+from services.gateway.errors import UNAVAILABLE_RETRY_SECONDS, ApiError, listed, not_found
 from services.runtime.lifecycle import Clock
 from services.runtime.settings import Settings
 
@@ -38,6 +39,32 @@ async def load_template(
 
 
 RETRIES = uuid.UUID("5c0e9d6a-3f41-4d7e-9b0a-7f2f3a6c1e55")  # the namespace of retry jobs' ids
+
+
+PUBLISH_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
+
+
+async def publish_request(event_log: EventLogPort, event: JobRequested) -> int:
+    """Store a job's request; its sequence. NATS not confirming it within :data:`PUBLISH_SECONDS`
+    (the retries' last attempt included) raises what it raised, or ``TimeoutError``: the log may
+    still store it, so the job may run (:func:`job_not_confirmed`)."""
+    async with asyncio.timeout(PUBLISH_SECONDS):
+        return await event_log.publish(event, retry_seconds=PUBLISH_SECONDS)
+
+
+NOT_CONFIRMED = (*UNAVAILABLE, TimeoutError)  # what :func:`publish_request` raises when it cannot say
+
+
+def job_not_confirmed(job_id: str, *, keyed: bool = False) -> ApiError:
+    """The 503 of a job whose request NATS did not confirm: it names the job, which may still start."""
+    again = ("or ask again with the same Idempotency-Key header, which names this job and starts no other"
+             if keyed else "since asking again without an Idempotency-Key header starts another job")
+    return ApiError(
+        503, "job_not_confirmed",
+        f"NATS (the event log) did not confirm job '{job_id}' in time: it may still start. "
+        f"Follow GET /scenario/v2/job-status/{job_id} before asking again, {again}",
+        ids=[job_id], headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
+    )
 
 
 IDEMPOTENT = uuid.UUID("9a4f2c1e-6b7d-4e58-8c3a-2d1f0e9b7a64")  # the namespace of jobs named by an Idempotency-Key

@@ -132,6 +132,33 @@ async def test_jobs_in_flight_hold_the_next_job_until_one_ends(limited) -> None:
     await eventually(admitted, what="a job admitted after the running one was cancelled")
 
 
+async def test_a_v1_job_nats_did_not_confirm_is_a_503_naming_it_and_keeps_its_slot(limited, monkeypatch) -> None:
+    """It may run (NATS stored it, its answer lost): counted until it ends, as a V2 job is."""
+    from nats.errors import TimeoutError as NatsTimeout
+
+    system, c = await limited(generator=False, tenant_jobs_in_flight=1)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 2)]
+    publish = system.event_log.publish
+
+    async def unconfirmed(event, **kwargs):
+        seq = await publish(event, **kwargs)
+        if isinstance(event, JobRequested):
+            raise NatsTimeout  # stored, but its acknowledgement never comes back
+        return seq
+
+    monkeypatch.setattr(system.event_log, "publish", unconfirmed)
+    r = await acme.post("/scenario/generate-final-prompts", json=job_body(template_id, personas[:1]))
+    assert r.status_code == 503 and r.json()["code"] == "job_not_confirmed", r.text
+    job_id = r.json()["ids"][0]
+    assert f"job-status/{job_id}" in r.json()["detail"] and r.headers["retry-after"] == "5"
+    monkeypatch.setattr(system.event_log, "publish", publish)
+    assert (await acme.get(f"/scenario/v2/job-status/{job_id}")).json()["status"] == "processing"
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))
+    await assert_refused(system, r, "jobs_in_flight")  # the job that runs holds its slot
+
+
 async def test_a_job_past_its_deadline_frees_its_slot(limited) -> None:
     system, c = await limited(generator=False, tenant_jobs_in_flight=1, job_deadline_seconds=60)
     acme = c["acme"]

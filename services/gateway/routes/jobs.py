@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 import structlog
@@ -41,16 +40,19 @@ from services.gateway.deps import (
     WaiterDep,
     idempotency_key,
 )
-from services.gateway.errors import UNAVAILABLE_RETRY_SECONDS, ApiError, job_not_found, responses
+from services.gateway.errors import ApiError, job_not_found, responses
 from services.gateway.freshness import ReadFence
 from services.gateway.history import MAX_SEQ, job_history_page
 from services.gateway.jobs import (
+    NOT_CONFIRMED,
     build_job,
     failed_personas,
     finished_event,
     idempotent_job_id,
+    job_not_confirmed,
     job_view,
     job_view_from_log,
+    publish_request,
     retry_job_id,
     same_request,
     sse_endpoint,
@@ -62,7 +64,6 @@ from services.gateway.sse_messages import Position, messages_for
 from services.gateway.turns import Turns
 from services.runtime.failures import brief
 
-PUBLISH_SECONDS = 15  # a job's request not stored by then is answered 503, not kept waiting
 IdempotencyKey = Annotated[str | None, idempotency_key(
     "Names the job: the same request sent again with it answers with that job, started once")]
 
@@ -124,9 +125,8 @@ async def start_job(
     try:
         async with quotas.job(caller, event):  # 429 past the tenant's jobs in flight or personas per day
             try:
-                async with asyncio.timeout(PUBLISH_SECONDS):  # the retries' last attempt included
-                    seq = await event_log.publish(event, retry_seconds=PUBLISH_SECONDS)
-            except (*UNAVAILABLE, TimeoutError) as exc:
+                seq = await publish_request(event_log, event)
+            except NOT_CONFIRMED as exc:
                 # The log may still store it (a publish it has not answered yet), so the job may run:
                 # it stays counted (until it ends, or its deadline).
                 unconfirmed = exc
@@ -146,14 +146,7 @@ async def start_job(
         log.info("job_requested_already", job_id=event.job_id, retry_of=event.retry_of)
     if unconfirmed is not None:
         log.warning("job_not_confirmed", job_id=event.job_id, error=brief(unconfirmed))
-        again = ("or ask again with the same Idempotency-Key header, which names this job and starts no other"
-                 if keyed else "since asking again without an Idempotency-Key header starts another job")
-        raise ApiError(
-            503, "job_not_confirmed",
-            f"NATS (the event log) did not confirm job '{event.job_id}' in time: it may still start. "
-            f"Follow GET /scenario/v2/job-status/{event.job_id} before asking again, {again}",
-            ids=[event.job_id], headers={"Retry-After": str(UNAVAILABLE_RETRY_SECONDS)},
-        )
+        raise job_not_confirmed(event.job_id, keyed=keyed)
     log.info("job_requested", job_id=event.job_id, personas=len(event.personas), retry_of=event.retry_of)
     return GenerateFinalPromptsResponse(
         job_id=event.job_id,

@@ -24,8 +24,9 @@ from services.gateway.deps import (
     WaiterDep,
 )
 from services.gateway.errors import ApiError, responses
-from services.gateway.jobs import build_job, sse_endpoint
+from services.gateway.jobs import NOT_CONFIRMED, build_job, job_not_confirmed, publish_request, sse_endpoint
 from services.gateway.json_body import JSONBodyRoute
+from services.runtime.failures import brief
 from services.runtime.lifecycle import cancel_and_wait
 
 router = APIRouter(prefix="/scenario", tags=["deprecated"], route_class=JSONBodyRoute)
@@ -53,8 +54,14 @@ async def generate_final_prompts_v1(
     response.headers["Link"] = '</scenario/v2/generate-final-prompts>; rel="successor-version"'
     async with capacity.v1_waits.hold():  # before anything is published: a busy answer starts no job
         job = await build_job(body, caller=caller, models=models, settings=settings, clock=clock)
+        start = None
         async with quotas.job(caller, job):  # 429 past the tenant's jobs in flight or personas per day
-            start = await event_log.publish(job)
+            try:
+                start = await publish_request(event_log, job)
+            except NOT_CONFIRMED as exc:  # it may still run: it stays counted, and the answer names it
+                log.warning("job_not_confirmed", job_id=job.job_id, error=brief(exc))
+        if start is None:
+            raise job_not_confirmed(job.job_id)
         end = await _unless_client_leaves(
             request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
@@ -45,7 +46,8 @@ def test_the_api_docs_pages_render_and_break_no_rule_of_their_policy(browser, li
     so the page renders the API's title with no internet."""
     browser.get(live_system.base_url + path)
     titled = ".swagger-ui .info, .api-info"
-    WebDriverWait(browser, 30).until(lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, titled)
-                                                if e.text.startswith("promptgen")])
+    # the page renders in steps: an element found may be replaced before its text is read
+    WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: [e for e in d.find_elements(By.CSS_SELECTOR, titled) if e.text.startswith("promptgen")])
     assert csp_violations(browser) == []
     assert _csp_console_lines(browser) == []

@@ -74,9 +74,9 @@ def _sse_messages(doc: dict[str, Any]) -> None:
         "properties": {
             "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": content_schema,
                      "description": "One JSON object, a `status_update`, `persona_progress` or `results` message"},
-            "id": {"type": "string", "description": "The JetStream sequence of the event behind the message "
-                   "(`<seq>-0` for the `status_update` just before `results`): send it back as `Last-Event-ID` "
-                   "(or `?last_event_id=`) to resume after it"},
+            "id": {"type": "string", "description": "The JetStream sequence of the event behind the message; "
+                   "an event that is several messages (a job's end) numbers all but its last `<seq>-0`, "
+                   "`<seq>-1`, ...: send it back as `Last-Event-ID` (or `?last_event_id=`) to resume after it"},
             "event": {"const": "message", "description": "Never sent: messages are unnamed, so a browser's "
                       "`onmessage` receives them all"},
             "retry": {"type": "integer", "minimum": 0, "description": "Sent once, first, on its own"},

@@ -82,6 +82,7 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
 
 @app.command()
 def up(
+    ctx: typer.Context,
     port: int = typer.Option(9000, envvar="PROMPTGEN_PORT", help="Gateway port (HTTP and SSE)."),
     data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
     nats_port: int = typer.Option(4222, help="Port of the embedded nats-server (unless NATS_URL is set)."),
@@ -90,6 +91,15 @@ def up(
 ) -> None:
     """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
     from services.cli.up import run_up
+    from services.runtime.settings import from_file
+
+    source = ctx.get_parameter_source("port")
+    if source is None or source.name == "DEFAULT":  # neither --port nor PROMPTGEN_PORT
+        try:
+            port = int(from_file("PROMPTGEN_PORT") or port)  # the variable's _FILE form, as the gateway reads it
+        except ValueError as exc:
+            console.print(f"[red]PROMPTGEN_PORT_FILE: {exc}[/red]")
+            raise typer.Exit(2) from None
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from services.cli import embedded
 from services.cli.supervisor import Child, ChildRefused, Supervisor, child_env, http_ready, server_env, tcp_ready
 from services.runtime.lifecycle import stop_event
 from services.runtime.redaction import redact
+from services.runtime.settings import variable
 
 console = Console()
 
@@ -20,6 +21,8 @@ console = Console()
 # stream tokens. (NATS and MongoDB get none of ours: ``server_env``.)
 LLM_SECRETS = ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE")
 GATEWAY_SECRETS = ("PROMPTGEN_STREAM_TOKEN_SECRET", "PROMPTGEN_STREAM_TOKEN_SECRET_FILE")
+# Read here, in their _FILE form too, and given to the services as plain values.
+RESOLVED = ("NATS_URL_FILE", "MONGO_URL_FILE", "PROMPTGEN_PORT_FILE")
 
 
 def _ops_urls(children: list[Child]) -> str:
@@ -53,8 +56,11 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
     stop = stop_event()
     sup = Supervisor()
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}
-    nats_url = os.environ.get("NATS_URL")
-    mongo_url = os.environ.get("MONGO_URL")
+    try:
+        nats_url, mongo_url = variable("NATS_URL"), variable("MONGO_URL")  # or their _FILE forms
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
     try:
         for needed, p, what in ((not nats_url, nats_port, "NATS"), (not mongo_url, mongo_port, "MongoDB"),
                                 (True, port, "the gateway")):
@@ -75,8 +81,9 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             mongo_url = embedded.mongo_url(mongo_port)
         env.update(NATS_URL=nats_url, MONGO_URL=mongo_url)
         projector = Child("projector", _service("projector"),
-                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env, **own_service_name("projector"),
-                                    **ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", 9102)), ours=True)
+                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS + RESOLVED, **env,
+                                    **own_service_name("projector"), **ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", 9102)),
+                          ours=True)
         await sup.start(projector)
         workers = []
         for i in range(generators):
@@ -84,11 +91,13 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             own = ({"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1
                    else ops_port("PROMPTGEN_GENERATOR_HTTP_PORT", 9101))
             workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
-                                 child_env(drop=GATEWAY_SECRETS, **env, **own, **own_service_name("generator")),
+                                 child_env(drop=GATEWAY_SECRETS + RESOLVED, **env, **own,
+                                           **own_service_name("generator")),
                                  ours=True))
             await sup.start(workers[-1])
         gateway_url = f"http://127.0.0.1:{port}"
-        await sup.start(Child("gateway", _service("gateway"), child_env(**env, **own_service_name("gateway")),
+        await sup.start(Child("gateway", _service("gateway"),
+                              child_env(drop=RESOLVED, **env, **own_service_name("gateway")),
                               ready_check=http_ready(f"{gateway_url}/healthz"), ours=True))
         console.print(
             f"\n[bold green]promptgen is up[/bold green]\n"

@@ -62,7 +62,7 @@ class Metrics:
             "0 when caught up.", registry=r)
         self.projector_writes = Counter(
             "promptgen_projector_writes", "MongoDB writes of the live fold: a document inserted, an upsert, an update "
-            "of one document, or of many (a finished job's retention).", ["operation"], registry=r)
+            "of one document, or of many (which no projection makes now).", ["operation"], registry=r)
         self.projector_batches = Counter(
             "promptgen_projector_batches", "Batches of the live fold stored, by how: in one transaction with "
             "the checkpoint, or write by write with the checkpoint last.", ["written"], registry=r)
@@ -90,7 +90,7 @@ class Metrics:
         self.sse_clients = Gauge(
             "promptgen_sse_clients", "SSE streams open on this gateway.", registry=r)
         self.sse_messages = Counter(
-            "promptgen_sse_messages_sent", "SSE writes sent to clients (a write may carry several messages).",
+            "promptgen_sse_messages_sent", "SSE messages sent to clients (one write may carry several).",
             registry=r)
         self.read_fence_reads = Counter(
             "promptgen_read_fence_reads", "Reads that first waited for the projector to apply what the log held of "

@@ -35,16 +35,8 @@ class FileVariables(PydanticBaseSettingsSource):
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         for name in _variable_names(field):
-            path = os.environ.get(f"{name}_FILE")
-            if not path:
-                continue
-            if os.environ.get(name):
-                raise ValueError(f"both {name} and {name}_FILE are set: set one")
-            try:
-                value = Path(path).read_text().strip()
-            except OSError as exc:
-                raise ValueError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from exc
-            return (value or None), field_name, False
+            if os.environ.get(f"{name}_FILE"):
+                return from_file(name), field_name, False
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
@@ -54,6 +46,26 @@ class FileVariables(PydanticBaseSettingsSource):
             if value is not None:
                 values[key] = value
         return values
+
+
+def from_file(name: str) -> str | None:
+    """The value ``<name>_FILE`` gives (None: unset, or an empty file); a ``ValueError`` naming
+    the variable if ``name`` is set too, or the file cannot be read."""
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return None
+    if os.environ.get(name):
+        raise ValueError(f"both {name} and {name}_FILE are set: set one")
+    try:
+        value = Path(path).read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{name}_FILE={path} cannot be read: {exc.strerror}") from exc
+    return value or None
+
+
+def variable(name: str) -> str | None:
+    """A setting's variable as the services read it: ``name``, or the file ``<name>_FILE`` names."""
+    return os.environ.get(name, "").strip() or from_file(name)
 
 
 def _variable_names(field: FieldInfo) -> list[str]:

@@ -44,10 +44,12 @@ class UpProcess:
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def start(self, timeout: float = 90) -> str:
-        """Start and wait until it says it is up and the gateway answers; returns its output."""
+    def start(self, timeout: float = 90, *, port_option: bool = True) -> str:
+        """Start and wait until it says it is up and the gateway answers; returns its output.
+        ``port_option`` False: no ``--port`` (the environment names the gateway's port)."""
         self.proc = subprocess.Popen(
-            [*self.launcher, "up", "--port", str(self.port), "--data-dir", str(self.data_dir / "data"),
+            [*self.launcher, "up", *(["--port", str(self.port)] if port_option else []),
+             "--data-dir", str(self.data_dir / "data"),
              "--nats-port", str(self.nats_port), "--mongo-port", str(self.mongo_port),
              "--generators", str(self.generators)],
             stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, env=self.env,

@@ -165,6 +165,24 @@ def test_up_hands_no_secret_to_nats_and_mongodb(tmp_path):
         up.stop()
 
 
+def test_up_reads_nats_mongodb_and_its_port_from_their_file_variables(tmp_path, settings):
+    """As the services do (a container secret): ``NATS_URL_FILE`` and ``MONGO_URL_FILE`` name the
+    servers to use, so `up` starts neither, and ``PROMPTGEN_PORT_FILE`` the gateway's port."""
+    up = Up(tmp_path / "data", env={"PROMPTGEN_PROVIDER": "offline"})
+    for name, value in (("NATS_URL", settings.nats_url), ("MONGO_URL", settings.mongo_url),
+                        ("PROMPTGEN_PORT", str(up.port))):
+        (tmp_path / name).write_text(value + "\n")
+        up.env[f"{name}_FILE"] = str(tmp_path / name)
+    up.env.pop("PROMPTGEN_PORT", None)
+    banner = up.start(port_option=False)
+    try:
+        assert settings.nats_url in banner and up.base_url in banner
+        assert set(up.pids()) == {"gateway", "generator", "projector"}  # no NATS or MongoDB of its own
+        assert httpx.get(f"{up.base_url}/readyz", timeout=10).status_code == 200
+    finally:
+        up.stop()
+
+
 def test_up_stops_with_the_reason_when_the_gateway_refuses_its_configuration(tmp_path):
     """Auth required and no key yet: the gateway says why and exits 2, and `up`, instead of
     restarting it forever, stops everything and exits 2 too."""

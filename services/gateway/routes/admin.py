@@ -15,7 +15,7 @@ router = APIRouter(prefix="/admin", tags=["operations"], route_class=JSONBodyRou
                    dependencies=[require("admin")])
 
 
-@router.get("/parked", response_model=ParkedEventList, responses=responses(422))
+@router.get("/parked", response_model=ParkedEventList, responses=responses(422, 503))
 async def list_parked(
     parked: ParkedDep,
     consumer: str | None = Query(None, pattern=r"^[a-z][a-z-]*$", max_length=64,

@@ -40,7 +40,7 @@ async def _view(doc: dict[str, Any], models: ReadModelsPort) -> AvatarInteractio
 
 
 @router.post("", status_code=201, response_model=AvatarInteractionView,
-             responses=responses(404, 413, 422, 429))
+             responses=responses(404, 413, 422, 429, 503))
 async def create_interaction(
     body: AvatarInteractionCreate, caller: ScenarioWriter, models: ModelsDep, event_log: EventLogDep,
     waiter: WaiterDep,
@@ -55,7 +55,7 @@ async def create_interaction(
     return await _view(doc, models)
 
 
-@router.get("/{interaction_id}", response_model=AvatarInteractionView, responses=responses(404, 422))
+@router.get("/{interaction_id}", response_model=AvatarInteractionView, responses=responses(404, 422, 503))
 async def get_interaction(
     interaction_id: InteractionIdPath, caller: Reader, models: ModelsDep, fence: FenceDep,
 ) -> AvatarInteractionView:

@@ -221,7 +221,7 @@ async def prompt_generation_status(
     )
 
 
-@router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422))
+@router.get("/job-status/{job_id}", response_model=JobView, responses=responses(404, 422, 503))
 async def job_status(
     job_id: JobIdPath, caller: Reader, models: ModelsDep, event_log: EventLogDep, guard: GuardDep, fence: FenceDep,
 ) -> JobView:
@@ -268,7 +268,7 @@ async def _job_view_from_log(job_id: str, caller: Caller, event_log: EventLogPor
     return job_view_from_log(requested.event, finished.event if finished and finished.event else None)
 
 
-@router.get("/jobs", response_model=JobList, responses=responses(422))
+@router.get("/jobs", response_model=JobList, responses=responses(422, 503))
 async def list_jobs(caller: Reader, models: ModelsDep, fence: FenceDep,
                     limit: int = Query(20, ge=1, le=200)) -> JobList:
     """The caller's tenant's recent jobs, newest first."""
@@ -293,7 +293,7 @@ async def list_jobs(caller: Reader, models: ModelsDep, fence: FenceDep,
 
 
 @router.post("/jobs/{job_id}/cancel", status_code=202, response_model=JobView,
-             responses=responses(404, 409, 413, 422, 429))
+             responses=responses(404, 409, 413, 422, 429, 503))
 async def cancel_job(
     job_id: JobIdPath, caller: JobWriter, models: ModelsDep, event_log: EventLogDep, waiter: WaiterDep,
     guard: GuardDep, fence: FenceDep,

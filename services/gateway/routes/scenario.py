@@ -90,7 +90,7 @@ async def analyze_scenario(
     return TemplateView(template_id=event.template_id, template_data=template_data, created_at=event.occurred_at)
 
 
-@router.get("/templates/{template_id}", response_model=TemplateView, responses=responses(404, 422))
+@router.get("/templates/{template_id}", response_model=TemplateView, responses=responses(404, 422, 503))
 async def get_template(template_id: TemplateIdPath, caller: Reader, models: ModelsDep) -> TemplateView:
     doc = await load_template(models, template_id, caller)
     return TemplateView.model_validate(
@@ -188,7 +188,7 @@ def personas_key_reused() -> ApiError:
                     "a new request needs a new key", field="Idempotency-Key")
 
 
-@router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422))
+@router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422, 503))
 async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsDep, fence: FenceDep) -> PersonaView:
     doc = await models.personas.find_one({"_id": persona_id}, {"tenant": 1})
     if doc is None or not caller.owns(doc.get("tenant")):  # 404 before any wait
@@ -200,7 +200,7 @@ async def get_persona(persona_id: PersonaIdPath, caller: Reader, models: ModelsD
     return PersonaView.model_validate(doc, context=READING)
 
 
-@router.get("/personas", response_model=PersonaList, responses=responses(404, 422))
+@router.get("/personas", response_model=PersonaList, responses=responses(404, 422, 503))
 async def list_personas(
     models: ModelsDep, template_id: TemplateIdQuery, caller: Reader, fence: FenceDep,
     limit: int = Query(500, ge=1, le=1000, description="At most this many personas"),

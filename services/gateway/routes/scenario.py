@@ -157,7 +157,9 @@ async def generate_personas(
             await _stored_personas(event_log, missing[:1], body)
             seqs += await publish(made[1:])
             await waiter.wait_for(max(seqs))  # a read of them from here finds them
-            stored |= await _stored_personas(event_log, missing, body)  # another request's, where the log kept it
+            # Another request's, where the log kept it; ours where a replica answering the read has
+            # not got it yet (a direct get may be served by any replica of the stream).
+            stored = {p.id: p for p in made} | stored | await _stored_personas(event_log, missing, body)
     log.info("personas_created", template_id=body.template_id, count=len(missing), asked=len(ids))
     return GeneratePersonasResponse(
         template_id=body.template_id, personas=[PersonaView(**stored[pid].model_dump()) for pid in ids])

@@ -68,12 +68,15 @@ class TemplateView(BaseModel):
     created_at: datetime | None = None
 
 
+PERSONAS_PER_REQUEST = 20  # at most, in one generate-personas request
+
+
 class GeneratePersonasRequest(Request):
     template_id: Id
     persona_type: Annotated[
         StoredText, StringConstraints(min_length=1, max_length=PERSONA_TYPE_MAX_LENGTH, pattern=NOT_BLANK)
     ]
-    count: JsonInt = Field(ge=1, le=20)
+    count: JsonInt = Field(ge=1, le=PERSONAS_PER_REQUEST)
 
 
 class PersonaView(Persona):

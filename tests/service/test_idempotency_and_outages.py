@@ -118,16 +118,14 @@ async def test_personas_asked_for_again_with_their_idempotency_key_are_made_once
     assert len(provider.personas_asked) == asked  # nothing more was generated
     assert sorted(await template_personas()) == sorted(p["id"] for p in made)
 
-    for change in ({"persona_type": "try_mode_character"}, {"count": 2}):
+    for change in ({"persona_type": "try_mode_character"}, {"count": 2}, {"count": 4}):
         other = await post("cast-1", **change)
         assert other.status_code == 409 and other.json()["code"] == "idempotency_key_reused", other.text
         assert other.json()["field"] == "Idempotency-Key"
-    more = await post("cast-1", count=4)  # a larger count makes the one more
-    assert more.status_code == 201 and more.json()["personas"][:3] == made, more.text
-    assert len(await template_personas()) == 4
+    assert len(await template_personas()) == 3 and len(provider.personas_asked) == asked
     fresh = await post("cast-2")
     assert fresh.status_code == 201 and not {p["id"] for p in fresh.json()["personas"]} & {p["id"] for p in made}
-    assert len(await template_personas()) == 7
+    assert len(await template_personas()) == 6
     bad = await post("no spaces")
     assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
 
@@ -157,6 +155,29 @@ async def test_keyed_personas_are_answered_from_the_log_while_the_read_model_lag
         return [p["name"] for p in r.json()["personas"]] or None
     assert sorted(await eventually(listed, what="the personas projected")) == sorted(
         p["name"] for p in first.json()["personas"])
+
+
+async def test_a_key_cut_short_by_a_503_is_still_refused_for_another_count(gateway, memory_log, monkeypatch):
+    template_id = await create_template(gateway, SCENARIO)
+    publish = memory_log.publish
+    published: list[str] = []
+
+    async def stalls_after_one(event, **kwargs):  # the first persona stored, then NATS stops answering
+        if isinstance(event, PersonaCreated):
+            if published:
+                raise NatsTimeout
+            published.append(event.persona.id)
+        return await publish(event, **kwargs)
+
+    monkeypatch.setattr(memory_log, "publish", stalls_after_one)
+    body = {"template_id": template_id, "persona_type": "assess_mode_character", "count": 3}
+    headers = {"Idempotency-Key": "cut"}
+    assert (await gateway.post("/scenario/generate-personas", json=body, headers=headers)).status_code == 503
+    monkeypatch.setattr(memory_log, "publish", publish)
+    smaller = await gateway.post("/scenario/generate-personas", json={**body, "count": 1}, headers=headers)
+    assert smaller.status_code == 409 and smaller.json()["code"] == "idempotency_key_reused", smaller.text
+    again = await gateway.post("/scenario/generate-personas", json=body, headers=headers)
+    assert again.status_code == 201 and len(again.json()["personas"]) == 3, again.text
 
 
 async def test_requests_with_one_key_at_once_make_the_personas_once(gateway, provider):

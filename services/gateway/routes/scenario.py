@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query
 
 from contracts import subjects
 from contracts.api import (
+    PERSONAS_PER_REQUEST,
     AnalyzeScenarioRequest,
     GeneratePersonasRequest,
     GeneratePersonasResponse,
@@ -117,8 +118,7 @@ async def generate_personas(
     With an ``Idempotency-Key`` the personas' ids come from it (and the caller's tenant): the same
     request sent again answers with the personas the log holds under them, and makes only those
     it does not (an answer lost, or a 503 after some were stored); the key sent with another
-    template or persona type is a 409, and so is a smaller count once the personas past it are
-    stored (with a larger one, the personas past the first count are made)."""
+    template, persona type or count is a 409."""
     template = await load_template(models, body.template_id, caller)
     template_data = TemplateData.model_validate(template["template_data"], context=READING)
 
@@ -143,10 +143,14 @@ async def generate_personas(
         return GeneratePersonasResponse(
             template_id=body.template_id, personas=[PersonaView(**p.model_dump()) for p in personas])
 
-    ids = keyed_persona_ids(caller.tenant, key, body.count + 1)  # one more: was a larger count asked?
-    async with _keyed.of(ids[0]):  # requests here with the key take turns: the next finds what the first stored
-        stored = await _stored_personas(event_log, ids, body)
-        if ids.pop() in stored:
+    ids = keyed_persona_ids(caller.tenant, key, body.count)
+    # The first persona of each other count the key could have asked for: one stored, it did.
+    others = [keyed_persona_ids(caller.tenant, key, n)[0] for n in range(1, PERSONAS_PER_REQUEST + 1)
+              if n != body.count]
+    # Requests here with the key take turns: the next finds what the first stored.
+    async with _keyed.of(caller.tenant + "\n" + key):
+        stored = await _stored_personas(event_log, ids + others, body)
+        if set(others) & set(stored):
             raise personas_key_reused()
         missing = [pid for pid in ids if pid not in stored]
         if missing:
@@ -169,8 +173,9 @@ _keyed = Turns()  # personas named by one Idempotency-Key, asked for by requests
 
 
 def keyed_persona_ids(tenant: str, key: str, count: int) -> list[str]:
-    """The ids of the personas a tenant's ``Idempotency-Key`` names, in order."""
-    return [str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}\npersona {i}")) for i in range(count)]
+    """The ids of the ``count`` personas a tenant's ``Idempotency-Key`` names, in order (another
+    count names others)."""
+    return [str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}\n{count} personas\n{i}")) for i in range(count)]
 
 
 async def _stored_personas(event_log, ids: list[str], body: GeneratePersonasRequest) -> dict[str, Persona]:

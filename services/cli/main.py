@@ -94,11 +94,11 @@ def up(
     from services.runtime.settings import from_file
 
     source = ctx.get_parameter_source("port")
-    if source is None or source.name == "DEFAULT":  # neither --port nor PROMPTGEN_PORT
+    if source is None or source.name != "COMMANDLINE":  # --port wins; else the variable, or its _FILE form
         try:
-            port = int(from_file("PROMPTGEN_PORT") or port)  # the variable's _FILE form, as the gateway reads it
+            port = int(from_file("PROMPTGEN_PORT") or port)  # both set: refused, as the gateway refuses it
         except ValueError as exc:
-            console.print(f"[red]PROMPTGEN_PORT_FILE: {exc}[/red]")
+            console.print(f"[red]PROMPTGEN_PORT: {exc}[/red]")
             raise typer.Exit(2) from None
 
     data_dir = data_dir.resolve()

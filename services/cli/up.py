@@ -21,8 +21,10 @@ console = Console()
 # stream tokens. (NATS and MongoDB get none of ours: ``server_env``.)
 LLM_SECRETS = ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE")
 GATEWAY_SECRETS = ("PROMPTGEN_STREAM_TOKEN_SECRET", "PROMPTGEN_STREAM_TOKEN_SECRET_FILE")
-# Read here, in their _FILE form too, and given to the services as plain values.
-RESOLVED = ("NATS_URL_FILE", "MONGO_URL_FILE", "PROMPTGEN_PORT_FILE")
+# The gateway's port is read here (--port, PROMPTGEN_PORT or its file) and given as PROMPTGEN_PORT. NATS_URL
+# and MONGO_URL are set for the services only when `up` starts those servers; else the services read what
+# the user set, a _FILE form included (a URL with a password stays out of their environment).
+RESOLVED = ("PROMPTGEN_PORT_FILE",)
 
 
 def _ops_urls(children: list[Child]) -> str:
@@ -73,13 +75,12 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             await sup.start(Child("nats", embedded.nats_argv(conf), server_env(),
                                   ready_check=lambda: tcp_ready(nats_port),
                                   hide=lambda line: "[INF]" in line))  # its banner; warnings still show
-            nats_url = embedded.nats_url(nats_port)
+            nats_url = env["NATS_URL"] = embedded.nats_url(nats_port)
         if not mongo_url:
             (data_dir / "mongo").mkdir(exist_ok=True)
             await sup.start(Child("mongodb", embedded.mongo_argv(str(data_dir / "mongo"), mongo_port),
                                   server_env(), ready_check=lambda: tcp_ready(mongo_port)))
-            mongo_url = embedded.mongo_url(mongo_port)
-        env.update(NATS_URL=nats_url, MONGO_URL=mongo_url)
+            mongo_url = env["MONGO_URL"] = embedded.mongo_url(mongo_port)
         projector = Child("projector", _service("projector"),
                           child_env(drop=LLM_SECRETS + GATEWAY_SECRETS + RESOLVED, **env,
                                     **own_service_name("projector"), **ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", 9102)),

@@ -64,8 +64,9 @@ def from_file(name: str) -> str | None:
 
 
 def variable(name: str) -> str | None:
-    """A setting's variable as the services read it: ``name``, or the file ``<name>_FILE`` names."""
-    return os.environ.get(name, "").strip() or from_file(name)
+    """A setting's variable as the services read it: ``name``, or the file ``<name>_FILE`` names
+    (a ``ValueError`` when both are set)."""
+    return from_file(name) or os.environ.get(name, "").strip() or None
 
 
 def _variable_names(field: FieldInfo) -> list[str]:

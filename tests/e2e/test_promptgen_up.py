@@ -177,10 +177,18 @@ def test_up_reads_nats_mongodb_and_its_port_from_their_file_variables(tmp_path, 
     banner = up.start(port_option=False)
     try:
         assert settings.nats_url in banner and up.base_url in banner
-        assert set(up.pids()) == {"gateway", "generator", "projector"}  # no NATS or MongoDB of its own
+        pids = up.pids()
+        assert set(pids) == {"gateway", "generator", "projector"}  # no NATS or MongoDB of its own
         assert httpx.get(f"{up.base_url}/readyz", timeout=10).status_code == 200
+        for service in pids.values():  # each reads the files itself: the URLs stay out of its environment
+            env = _environ(service)
+            assert "NATS_URL" not in env and "MONGO_URL" not in env
+            assert env["MONGO_URL_FILE"] == up.env["MONGO_URL_FILE"]
     finally:
         up.stop()
+    both = subprocess.run([sys.executable, "-m", "services.cli", "up", "--data-dir", str(up.data_dir)],
+                          capture_output=True, text=True, timeout=60, env=up.env | {"MONGO_URL": settings.mongo_url})
+    assert both.returncode == 2 and "both MONGO_URL and MONGO_URL_FILE are set" in both.stdout + both.stderr
 
 
 def test_up_stops_with_the_reason_when_the_gateway_refuses_its_configuration(tmp_path):

@@ -55,10 +55,14 @@ async def publish_request(event_log: EventLogPort, event: JobRequested) -> int:
 NOT_CONFIRMED = (*UNAVAILABLE, TimeoutError)  # what :func:`publish_request` raises when it cannot say
 
 
-def job_not_confirmed(job_id: str, *, keyed: bool = False) -> ApiError:
+def job_not_confirmed(job_id: str, *, keyed: bool = False, v1: bool = False) -> ApiError:
     """The 503 of a job whose request NATS did not confirm: it names the job, which may still start."""
-    again = ("or ask again with the same Idempotency-Key header, which names this job and starts no other"
-             if keyed else "since asking again without an Idempotency-Key header starts another job")
+    if v1:
+        again = "since asking again starts another job (the V2 route takes an Idempotency-Key that names its job)"
+    elif keyed:
+        again = "or ask again with the same Idempotency-Key header, which names this job and starts no other"
+    else:
+        again = "since asking again without an Idempotency-Key header starts another job"
     return ApiError(
         503, "job_not_confirmed",
         f"NATS (the event log) did not confirm job '{job_id}' in time: it may still start. "

@@ -180,6 +180,35 @@ async def test_a_key_cut_short_by_a_503_is_still_refused_for_another_count(gatew
     assert again.status_code == 201 and len(again.json()["personas"]) == 3, again.text
 
 
+async def test_a_request_whose_first_persona_another_stored_first_stores_nothing_more(gateway, memory_log,
+                                                                                      monkeypatch):
+    """As with the same request at once on another gateway: the log keeps the other's first
+    persona, so this one stores none of the rest (they would mix two generations) and says to
+    ask again, which answers with what the log holds."""
+    template_id = await create_template(gateway, SCENARIO)
+    publish = memory_log.publish
+    rivals: list[str] = []
+
+    async def another_gateway_first(event, **kwargs):
+        if isinstance(event, PersonaCreated) and not rivals:
+            rival = event.persona.model_copy(update={"name": "Rival Name"})
+            rivals.append(rival.id)
+            await publish(event.model_copy(update={"persona": rival}), **kwargs)
+        return await publish(event, **kwargs)  # stored once: the log keeps the rival's
+
+    monkeypatch.setattr(memory_log, "publish", another_gateway_first)
+    body = {"template_id": template_id, "persona_type": "assess_mode_character", "count": 3}
+    headers = {"Idempotency-Key": "raced"}
+    lost = await gateway.post("/scenario/generate-personas", json=body, headers=headers)
+    assert lost.status_code == 409 and lost.json()["code"] == "idempotency_key_in_use", lost.text
+    assert lost.headers["retry-after"] == "1"
+    created = [s async for s in memory_log.read("promptgen.persona.*.created")]
+    assert [s.event.persona.name for s in created] == ["Rival Name"]  # nothing of this request's stored
+    again = await gateway.post("/scenario/generate-personas", json=body, headers=headers)
+    assert again.status_code == 201, again.text
+    assert [p["name"] for p in again.json()["personas"]][0] == "Rival Name" and len(again.json()["personas"]) == 3
+
+
 async def test_requests_with_one_key_at_once_make_the_personas_once(gateway, provider):
     template_id = await create_template(gateway, SCENARIO)
 

@@ -153,6 +153,7 @@ async def test_a_v1_job_nats_did_not_confirm_is_a_503_naming_it_and_keeps_its_sl
     assert r.status_code == 503 and r.json()["code"] == "job_not_confirmed", r.text
     job_id = r.json()["ids"][0]
     assert f"job-status/{job_id}" in r.json()["detail"] and r.headers["retry-after"] == "5"
+    assert "Idempotency-Key header, which names" not in r.json()["detail"]  # V1 takes none
     monkeypatch.setattr(system.event_log, "publish", publish)
     assert (await acme.get(f"/scenario/v2/job-status/{job_id}")).json()["status"] == "processing"
     r = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[1:]))

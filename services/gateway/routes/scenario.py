@@ -24,6 +24,7 @@ from contracts.api import (
 from contracts.domain import Persona, TemplateData
 from contracts.events import PersonaCreated, TemplateCreated
 from contracts.limits import READING
+from services.adapters.event_log import StoredEvent
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.limits import estimated_tokens, limited
 from services.gateway.deps import (
@@ -149,24 +150,32 @@ async def generate_personas(
               if n != body.count]
     # Requests here with the key take turns: the next finds what the first stored.
     async with _keyed.of(caller.tenant + "\n" + key):
-        stored = await _stored_personas(event_log, ids + others, body)
-        if set(others) & set(stored):
+        found = await _stored_personas(event_log, ids + others, body)
+        if set(others) & set(found):
             raise personas_key_reused()
-        missing = [pid for pid in ids if pid not in stored]
+        missing = [pid for pid in ids if pid not in found]
+        made: list[Persona] = []
         if missing:
             made = await make(missing)
-            # The first alone, then the rest: of two requests with the key at once on two gateways,
-            # the one whose first persona the log kept stores the rest; the other stores nothing more.
+            # The first alone, then the rest, once the log says this request is the one making them:
+            # of requests with the key at once on two gateways, the first whose first persona the
+            # log stored goes on, and the others store nothing more.
             seqs = await publish(made[:1])
-            await _stored_personas(event_log, missing[:1], body)
+            now = await _stored_personas(event_log, missing[:1] + others, body)
+            first = now.get(missing[0])
+            if first is not None and first.event.persona != made[0]:
+                raise personas_key_in_use()
+            if any(stored.seq < seqs[0] for pid, stored in now.items() if pid in others):
+                raise personas_key_reused()
             seqs += await publish(made[1:])
             await waiter.wait_for(max(seqs))  # a read of them from here finds them
-            # Another request's, where the log kept it; ours where a replica answering the read has
-            # not got it yet (a direct get may be served by any replica of the stream).
-            stored = {p.id: p for p in made} | stored | await _stored_personas(event_log, missing, body)
+            found |= await _stored_personas(event_log, missing, body)
+    # What the log holds; this request's own where a replica answering the read has not got it
+    # yet (a direct get may be served by any replica of the stream).
+    personas = {p.id: p for p in made} | {pid: stored.event.persona for pid, stored in found.items()}
     log.info("personas_created", template_id=body.template_id, count=len(missing), asked=len(ids))
     return GeneratePersonasResponse(
-        template_id=body.template_id, personas=[PersonaView(**stored[pid].model_dump()) for pid in ids])
+        template_id=body.template_id, personas=[PersonaView(**personas[pid].model_dump()) for pid in ids])
 
 
 _keyed = Turns()  # personas named by one Idempotency-Key, asked for by requests of this process
@@ -178,13 +187,14 @@ def keyed_persona_ids(tenant: str, key: str, count: int) -> list[str]:
     return [str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}\n{count} personas\n{i}")) for i in range(count)]
 
 
-async def _stored_personas(event_log, ids: list[str], body: GeneratePersonasRequest) -> dict[str, Persona]:
-    """The personas among ``ids`` the log holds (the log, not the read model, which may lag); a
-    409 if one was made for another template or persona type."""
+async def _stored_personas(event_log, ids: list[str], body: GeneratePersonasRequest) -> dict[str, StoredEvent]:
+    """The creations of the personas among ``ids`` the log holds (the log, not the read model,
+    which may lag); a 409 if one was made for another template or persona type."""
     found = await asyncio.gather(*(event_log.first_readable_on([subjects.persona_created(pid)]) for pid in ids))
-    stored = {pid: s.event.persona for pid, s in zip(ids, found, strict=True)
+    stored = {pid: s for pid, s in zip(ids, found, strict=True)
               if s is not None and isinstance(s.event, PersonaCreated)}
-    if any((p.template_id, p.persona_type) != (body.template_id, body.persona_type) for p in stored.values()):
+    if any((s.event.persona.template_id, s.event.persona.persona_type) != (body.template_id, body.persona_type)
+           for s in stored.values()):
         raise personas_key_reused()
     return stored
 
@@ -193,6 +203,12 @@ def personas_key_reused() -> ApiError:
     return ApiError(409, "idempotency_key_reused",
                     "This Idempotency-Key named personas asked for with another template, persona type or count: "
                     "a new request needs a new key", field="Idempotency-Key")
+
+
+def personas_key_in_use() -> ApiError:
+    return ApiError(409, "idempotency_key_in_use",
+                    "Another request with this Idempotency-Key is making these personas now: ask again in a moment",
+                    field="Idempotency-Key", headers={"Retry-After": "1"})
 
 
 @router.get("/personas/{persona_id}", response_model=PersonaView, responses=responses(404, 422, 503))

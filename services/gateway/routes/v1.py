@@ -61,7 +61,7 @@ async def generate_final_prompts_v1(
             except NOT_CONFIRMED as exc:  # it may still run: it stays counted, and the answer names it
                 log.warning("job_not_confirmed", job_id=job.job_id, error=brief(exc))
         if start is None:
-            raise job_not_confirmed(job.job_id)
+            raise job_not_confirmed(job.job_id, v1=True)
         end = await _unless_client_leaves(
             request, _wait_for_end(event_log, job.job_id, start, settings.v1_timeout_seconds), job.job_id
         )

@@ -78,6 +78,22 @@ async def test_a_job_nats_did_not_confirm_is_a_503_naming_it_and_its_key_gets_it
     assert len(await _requested(memory_log, job_id)) == 1
 
 
+def _stall_after_one_persona(memory_log, monkeypatch) -> list[str]:
+    """NATS stores one persona, then stops answering (until ``monkeypatch.undo()``); the ids stored."""
+    publish = memory_log.publish
+    published: list[str] = []
+
+    async def stalls_after_one(event, **kwargs):
+        if isinstance(event, PersonaCreated):
+            if published:
+                raise NatsTimeout
+            published.append(event.persona.id)
+        return await publish(event, **kwargs)
+
+    monkeypatch.setattr(memory_log, "publish", stalls_after_one)
+    return published
+
+
 async def test_personas_asked_for_again_with_their_idempotency_key_are_made_once(gateway, provider, memory_log,
                                                                                 monkeypatch):
     template_id = await create_template(gateway, SCENARIO)
@@ -91,20 +107,10 @@ async def test_personas_asked_for_again_with_their_idempotency_key_are_made_once
         r = await gateway.get("/scenario/personas", params={"template_id": template_id})
         return [p["id"] for p in r.json()["personas"]]
 
-    publish = memory_log.publish
-    published: list[str] = []
-
-    async def stalls_after_one(event, **kwargs):  # NATS stores one persona, then stops answering
-        if isinstance(event, PersonaCreated):
-            if published:
-                raise NatsTimeout
-            published.append(event.persona.id)
-        return await publish(event, **kwargs)
-
-    monkeypatch.setattr(memory_log, "publish", stalls_after_one)
+    published = _stall_after_one_persona(memory_log, monkeypatch)
     cut = await post("cast-1")
     assert cut.status_code == 503 and cut.json()["code"] == "event_log_unavailable", cut.text
-    monkeypatch.setattr(memory_log, "publish", publish)
+    monkeypatch.undo()
     assert await template_personas() == published  # one of the three is stored
 
     again = await post("cast-1")
@@ -159,21 +165,11 @@ async def test_keyed_personas_are_answered_from_the_log_while_the_read_model_lag
 
 async def test_a_key_cut_short_by_a_503_is_still_refused_for_another_count(gateway, memory_log, monkeypatch):
     template_id = await create_template(gateway, SCENARIO)
-    publish = memory_log.publish
-    published: list[str] = []
-
-    async def stalls_after_one(event, **kwargs):  # the first persona stored, then NATS stops answering
-        if isinstance(event, PersonaCreated):
-            if published:
-                raise NatsTimeout
-            published.append(event.persona.id)
-        return await publish(event, **kwargs)
-
-    monkeypatch.setattr(memory_log, "publish", stalls_after_one)
+    _stall_after_one_persona(memory_log, monkeypatch)
     body = {"template_id": template_id, "persona_type": "assess_mode_character", "count": 3}
     headers = {"Idempotency-Key": "cut"}
     assert (await gateway.post("/scenario/generate-personas", json=body, headers=headers)).status_code == 503
-    monkeypatch.setattr(memory_log, "publish", publish)
+    monkeypatch.undo()
     smaller = await gateway.post("/scenario/generate-personas", json={**body, "count": 1}, headers=headers)
     assert smaller.status_code == 409 and smaller.json()["code"] == "idempotency_key_reused", smaller.text
     again = await gateway.post("/scenario/generate-personas", json=body, headers=headers)

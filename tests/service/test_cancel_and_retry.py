@@ -11,16 +11,23 @@ from tests.sse_client import read_sse
 from tests.waiting import eventually
 
 
-async def test_a_cancelled_job_ends_cancelled_with_its_unfinished_personas(gateway, provider, memory_log):
+async def _three_in_flight(gateway, provider) -> tuple[str, list[dict], dict]:
+    """A job of three personas whose LLM calls are all in flight, none answering: its template,
+    personas and start answer."""
     template_id = await create_template(gateway, SCENARIO)
     personas = await create_personas(gateway, template_id, 3)
-    provider.hold()  # every LLM call is in flight, none answers
+    provider.hold()
     job = await start_job(gateway, template_id, {p["id"]: "try_mode" for p in personas})
-    job_id = job["job_id"]
 
     async def all_in_flight():
         return provider.prompt_calls == 3
     await eventually(all_in_flight, timeout=10, what="three LLM calls in flight")
+    return template_id, personas, job
+
+
+async def test_a_cancelled_job_ends_cancelled_with_its_unfinished_personas(gateway, provider, memory_log):
+    template_id, personas, job = await _three_in_flight(gateway, provider)
+    job_id = job["job_id"]
 
     r = await gateway.post(f"/scenario/v2/jobs/{job_id}/cancel")
     assert r.status_code == 202, r.text
@@ -104,14 +111,7 @@ async def test_a_retry_asked_many_times_at_once_starts_one_job(gateway, provider
 async def test_a_cancelled_job_resumes_after_any_message_of_its_end_and_ends_for_good(gateway, provider):
     """Its end is several messages (each cut-short persona's, the status, the results): resumed
     after any of them, the stream sends exactly the rest; after the last, a 204."""
-    template_id = await create_template(gateway, SCENARIO)
-    personas = await create_personas(gateway, template_id, 3)
-    provider.hold()
-    job = await start_job(gateway, template_id, {p["id"]: "try_mode" for p in personas})
-
-    async def all_in_flight():
-        return provider.prompt_calls == 3
-    await eventually(all_in_flight, timeout=10, what="three LLM calls in flight")
+    _, _, job = await _three_in_flight(gateway, provider)
     assert (await gateway.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")).status_code == 202
     full = await read_sse(gateway, job["sse_endpoint"])
     ids = [m.id for m in full.messages]

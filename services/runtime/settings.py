@@ -64,9 +64,10 @@ def from_file(name: str) -> str | None:
 
 
 def variable(name: str) -> str | None:
-    """A setting's variable as the services read it: ``name``, or the file ``<name>_FILE`` names
-    (a ``ValueError`` when both are set)."""
-    return from_file(name) or os.environ.get(name, "").strip() or None
+    """A setting's variable as the services read it: ``name`` (or its lower-case spelling), or
+    the file ``<name>_FILE`` names (a ``ValueError`` when both are set)."""
+    plain = os.environ.get(name, "").strip() or os.environ.get(name.lower(), "").strip()
+    return from_file(name) or plain or None
 
 
 def _variable_names(field: FieldInfo) -> list[str]:

@@ -9,10 +9,10 @@ import sys
 import pytest
 
 from services.adapters.llm.factory import LLMConfigError, build_provider, check_llm_config
-from services.runtime.settings import Settings
+from services.runtime.settings import Settings, variable
 
 _LLM_VARIABLES = ("OPENAI_API_KEY", "OPENAI_API_KEY_FILE", "OPENAI_BASE_URL", "OPENAI_BASE_URL_FILE",
-                  "PROMPTGEN_PROVIDER", "PROMPTGEN_MODEL", "MONGO_URL", "MONGO_URL_FILE")
+                  "PROMPTGEN_PROVIDER", "PROMPTGEN_MODEL", "MONGO_URL", "MONGO_URL_FILE", "mongo_url")
 
 
 @pytest.fixture(autouse=True)
@@ -44,6 +44,20 @@ def test_any_setting_can_come_from_a_file(monkeypatch, tmp_path):
     (tmp_path / "mongo").write_text("mongodb://user:secret@db-1,db-2/?replicaSet=rs0\n")
     monkeypatch.setenv("MONGO_URL_FILE", str(tmp_path / "mongo"))
     assert Settings().mongo_url == "mongodb://user:secret@db-1,db-2/?replicaSet=rs0"
+
+
+def test_promptgen_up_reads_a_variable_as_the_services_do(monkeypatch, tmp_path):
+    """`up` decides whether to start its own MongoDB from what its services will read."""
+    assert variable("MONGO_URL") is None
+    monkeypatch.setenv("mongo_url", "mongodb://db-lower")  # a spelling the services accept
+    assert variable("MONGO_URL") == Settings().mongo_url == "mongodb://db-lower"
+    monkeypatch.delenv("mongo_url")
+    (tmp_path / "mongo").write_text("mongodb://db-file\n")
+    monkeypatch.setenv("MONGO_URL_FILE", str(tmp_path / "mongo"))
+    assert variable("MONGO_URL") == Settings().mongo_url == "mongodb://db-file"
+    monkeypatch.setenv("MONGO_URL", "mongodb://db-plain")
+    with pytest.raises(ValueError, match="both MONGO_URL and MONGO_URL_FILE are set"):
+        variable("MONGO_URL")
 
 
 def test_an_empty_file_is_unset(monkeypatch, tmp_path):

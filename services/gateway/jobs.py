@@ -52,7 +52,8 @@ async def publish_request(event_log: EventLogPort, event: JobRequested) -> int:
         return await event_log.publish(event, retry_seconds=PUBLISH_SECONDS)
 
 
-NOT_CONFIRMED = (*UNAVAILABLE, TimeoutError)  # what :func:`publish_request` raises when it cannot say
+# What :func:`publish_request` (or a read of the log) raises when NATS does not answer in time.
+NOT_CONFIRMED = (*UNAVAILABLE, TimeoutError)
 
 
 def job_not_confirmed(job_id: str, *, keyed: bool = False, v1: bool = False) -> ApiError:

@@ -19,7 +19,6 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
-from services.adapters.event_log import UNAVAILABLE
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller, Guard
 from services.gateway.deps import (
@@ -134,7 +133,7 @@ async def start_job(
                 if may_repeat:
                     try:
                         stored = await event_log.at(seq)
-                    except (*UNAVAILABLE, TimeoutError) as exc:  # stored, and counted: whose, unknown
+                    except NOT_CONFIRMED as exc:  # stored, and counted: whose, unknown
                         log.warning("job_request_unread", job_id=event.job_id, seq=seq, error=brief(exc))
                         stored = None
                     if stored is not None and stored.event is not None and stored.event.event_id != event.event_id:

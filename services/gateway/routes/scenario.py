@@ -146,7 +146,7 @@ async def generate_personas(
 
     ids = keyed_persona_ids(caller.tenant, key, body.count)
     # The first persona of each other count the key could have asked for: one stored, it did.
-    others = [keyed_persona_ids(caller.tenant, key, n)[0] for n in range(1, PERSONAS_PER_REQUEST + 1)
+    others = [keyed_persona_id(caller.tenant, key, n, 0) for n in range(1, PERSONAS_PER_REQUEST + 1)
               if n != body.count]
     # Requests here with the key take turns: the next finds what the first stored.
     async with _keyed.of(caller.tenant + "\n" + key):
@@ -181,10 +181,15 @@ async def generate_personas(
 _keyed = Turns()  # personas named by one Idempotency-Key, asked for by requests of this process
 
 
-def keyed_persona_ids(tenant: str, key: str, count: int) -> list[str]:
-    """The ids of the ``count`` personas a tenant's ``Idempotency-Key`` names, in order (another
+def keyed_persona_id(tenant: str, key: str, count: int, i: int) -> str:
+    """The id of persona ``i`` of the ``count`` a tenant's ``Idempotency-Key`` names (another
     count names others)."""
-    return [str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}\n{count} personas\n{i}")) for i in range(count)]
+    return str(uuid.uuid5(IDEMPOTENT, f"{tenant}\n{key}\n{count} personas\n{i}"))
+
+
+def keyed_persona_ids(tenant: str, key: str, count: int) -> list[str]:
+    """The ids of the ``count`` personas a tenant's ``Idempotency-Key`` names, in order."""
+    return [keyed_persona_id(tenant, key, count, i) for i in range(count)]
 
 
 async def _stored_personas(event_log, ids: list[str], body: GeneratePersonasRequest) -> dict[str, StoredEvent]:

@@ -82,24 +82,20 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
 
 @app.command()
 def up(
-    ctx: typer.Context,
-    port: int = typer.Option(9000, envvar="PROMPTGEN_PORT", help="Gateway port (HTTP and SSE)."),
+    port: int = typer.Option(None, help="Gateway port, HTTP and SSE (default PROMPTGEN_PORT or 9000)."),
     data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
     nats_port: int = typer.Option(4222, help="Port of the embedded nats-server (unless NATS_URL is set)."),
     mongo_port: int = typer.Option(27017, help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),
     generators: int = typer.Option(1, min=1, help="How many generator processes to run."),
 ) -> None:
     """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
-    from services.cli.up import run_up
-    from services.runtime.settings import from_file
+    from services.cli.up import gateway_port, run_up
 
-    source = ctx.get_parameter_source("port")
-    if source is None or source.name != "COMMANDLINE":  # --port wins; else the variable, or its _FILE form
-        try:
-            port = int(from_file("PROMPTGEN_PORT") or port)  # both set: refused, as the gateway refuses it
-        except ValueError as exc:
-            console.print(f"[red]PROMPTGEN_PORT: {exc}[/red]")
-            raise typer.Exit(2) from None
+    try:
+        port = gateway_port(port)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from None
 
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,21 @@ GATEWAY_SECRETS = ("PROMPTGEN_STREAM_TOKEN_SECRET", "PROMPTGEN_STREAM_TOKEN_SECR
 # The gateway's port is read here (--port, PROMPTGEN_PORT or its file) and given as PROMPTGEN_PORT. NATS_URL
 # and MONGO_URL are set for the services only when `up` starts those servers; else the services read what
 # the user set, a _FILE form included (a URL with a password stays out of their environment).
-RESOLVED = ("PROMPTGEN_PORT_FILE",)
+RESOLVED = ("PROMPTGEN_PORT_FILE", "promptgen_port")
+DEFAULT_PORT = 9000
+
+
+def gateway_port(given: int | None) -> int:
+    """The gateway's port: ``--port``, else ``PROMPTGEN_PORT`` as the gateway reads it (either
+    spelling, or its ``_FILE`` form; both set: a ``ValueError``), else 9000."""
+    if given is not None:
+        return given
+    value = variable("PROMPTGEN_PORT")
+    if value is None:
+        return DEFAULT_PORT
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise ValueError(f"PROMPTGEN_PORT is {value!r}: a port is a number from 1 to 65535")
+    return int(value)
 
 
 def _ops_urls(children: list[Child]) -> str:

@@ -50,11 +50,11 @@ class FileVariables(PydanticBaseSettingsSource):
 
 def from_file(name: str) -> str | None:
     """The value ``<name>_FILE`` gives (None: unset, or an empty file); a ``ValueError`` naming
-    the variable if ``name`` is set too, or the file cannot be read."""
+    the variable if ``name`` (in either spelling) is set too, or the file cannot be read."""
     path = os.environ.get(f"{name}_FILE")
     if not path:
         return None
-    if os.environ.get(name):
+    if os.environ.get(name) or os.environ.get(name.lower()):
         raise ValueError(f"both {name} and {name}_FILE are set: set one")
     try:
         value = Path(path).read_text().strip()

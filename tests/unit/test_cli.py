@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from importlib.metadata import version
 
+import pytest
 import shellingham
 from typer.testing import CliRunner
 
@@ -46,6 +47,26 @@ def test_up_takes_the_gateway_port_from_promptgen_port_as_the_gateway_does(tmp_p
                                          "MONGO_URL": "mongodb://127.0.0.1:1"})
     assert result.exit_code == 2
     assert f"Port {port} (for the gateway) is already in use" in " ".join(result.output.split())
+
+
+def test_up_reads_the_gateway_port_in_every_form_the_gateway_reads(monkeypatch, tmp_path):
+    from services.cli.up import gateway_port
+
+    for name in ("PROMPTGEN_PORT", "promptgen_port", "PROMPTGEN_PORT_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    assert gateway_port(None) == 9000
+    monkeypatch.setenv("promptgen_port", "9123")  # a spelling the gateway accepts
+    assert gateway_port(None) == 9123
+    assert gateway_port(9200) == 9200  # --port wins
+    (tmp_path / "port").write_text("9124\n")
+    monkeypatch.setenv("PROMPTGEN_PORT_FILE", str(tmp_path / "port"))
+    with pytest.raises(ValueError, match="both PROMPTGEN_PORT and PROMPTGEN_PORT_FILE are set"):
+        gateway_port(None)
+    monkeypatch.delenv("promptgen_port")
+    assert gateway_port(None) == 9124
+    (tmp_path / "port").write_text("http\n")
+    with pytest.raises(ValueError, match="PROMPTGEN_PORT is 'http': a port is a number from 1 to 65535"):
+        gateway_port(None)
 
 
 def test_up_gives_each_child_its_own_service_name_for_traces(monkeypatch):

@@ -58,6 +58,12 @@ def test_promptgen_up_reads_a_variable_as_the_services_do(monkeypatch, tmp_path)
     monkeypatch.setenv("MONGO_URL", "mongodb://db-plain")
     with pytest.raises(ValueError, match="both MONGO_URL and MONGO_URL_FILE are set"):
         variable("MONGO_URL")
+    monkeypatch.delenv("MONGO_URL")
+    monkeypatch.setenv("mongo_url", "mongodb://db-lower")  # the other spelling and the file: refused too
+    with pytest.raises(ValueError, match="both MONGO_URL and MONGO_URL_FILE are set"):
+        variable("MONGO_URL")
+    with pytest.raises(ValueError, match="both MONGO_URL and MONGO_URL_FILE are set"):
+        Settings()
 
 
 def test_an_empty_file_is_unset(monkeypatch, tmp_path):

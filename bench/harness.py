@@ -46,8 +46,9 @@ class Deployment:
         return self.up.pids()
 
 
-def start(*, generators: int = 1, env: dict[str, str] | None = None, timeout: float = 90) -> Deployment:
-    up = UpProcess(Path(tempfile.mkdtemp(prefix="promptgen-bench-")), generators=generators,
+def start(*, generators: int = 1, gateways: int = 1, env: dict[str, str] | None = None,
+          timeout: float = 90) -> Deployment:
+    up = UpProcess(Path(tempfile.mkdtemp(prefix="promptgen-bench-")), generators=generators, gateways=gateways,
                    env={"PROMPTGEN_LOG_LEVEL": "warning", **(env or {})})
     up.start(timeout)
     return Deployment(up, up.env)

@@ -32,6 +32,7 @@ def _rows(results: dict[str, dict]) -> list[tuple[str, str, str, str]]:
                      f"p99 {r['sse_latency_ms']['p99']:.1f} ms vs NATS {r['nats_latency_ms']['p99']:.1f} ms; "
                      f"{r['gateway_kib_per_client']:.0f} KiB/client", "p99 within 50 ms"))
     for name, label in (("sse_fanout_light_clients", "SSE fan-out, light clients"),
+                        ("sse_fanout_light_clients_two_gateways", "SSE fan-out, light clients, 2 gateways on one port"),
                         ("sse_many_clients", "SSE, many clients"),
                         ("sse_many_clients_two_gateways", "SSE, many clients, 2 gateways on one port")):
         r = results.get(name)

@@ -22,6 +22,7 @@ SCENARIOS = {
     "sse_fanout": scenarios.sse_fanout,
     "sse_many_clients": sse_scale.sse_many_clients,
     "sse_fanout_light_clients": sse_scale.sse_fanout_light_clients,
+    "sse_fanout_light_clients_two_gateways": sse_scale.sse_fanout_light_clients_two_gateways,
     "sse_many_clients_two_gateways": sse_scale.sse_many_clients_two_gateways,
     "replay_rebuild": scenarios.replay_rebuild,
     "scaling": scenarios.scaling,

@@ -103,6 +103,12 @@ def sse_fanout_light_clients(quick: bool) -> dict:
     return _clients_on_one_gateway(*((2, 3, 10, 1) if quick else (10, 20, 100, 2)), quick=quick)
 
 
+def sse_fanout_light_clients_two_gateways(quick: bool) -> dict:
+    """The same 1,000 light clients on two gateway processes sharing the port: each wave's
+    writes split between two event loops."""
+    return _clients_on_one_gateway(*((2, 3, 10, 1) if quick else (10, 20, 100, 2)), quick=quick, gateways=2)
+
+
 def _sockets(pid: int) -> int:
     import os
 
@@ -112,34 +118,17 @@ def _sockets(pid: int) -> int:
         return 0
 
 
-def _more_gateways(d: harness.Deployment, count: int) -> list[subprocess.Popen]:
-    """``count`` more `promptgen gateway` processes on the deployment's port (all bind with SO_REUSEPORT)."""
-    env = {**d.env, "NATS_URL": d.nats_url, "MONGO_URL": d.mongo_url, "PROMPTGEN_PORT": str(d.up.port)}
-    procs = [subprocess.Popen([sys.executable, "-m", "services.cli", "gateway"], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(count)]
-    for p in procs:
-        assert p.stdout is not None
-        for line in p.stdout:
-            if "service_ready" in line:
-                break
-        else:
-            raise RuntimeError("an extra gateway ended before it was ready")
-    return procs
-
-
 def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: int, *, quick: bool,
                             gateways: int = 1) -> dict:
     clients = jobs * per_job
     llm = MockLLMProcess(latency_ms=100 if quick else 1000)
-    d = harness.start(env=_llm_env(llm, PROMPTGEN_WORKER_CONCURRENCY="20", PROMPTGEN_LLM_CONCURRENCY="20",
-                                   PROMPTGEN_MAX_SSE_STREAMS=str(clients + 100),
-                                   **({"PROMPTGEN_REUSE_PORT": "1"} if gateways > 1 else {})))
+    d = harness.start(gateways=gateways,  # several: `promptgen up --gateways`, on one port (SO_REUSEPORT)
+                      env=_llm_env(llm, PROMPTGEN_WORKER_CONCURRENCY="20", PROMPTGEN_LLM_CONCURRENCY="20",
+                                   PROMPTGEN_MAX_SSE_STREAMS=str(clients + 100)))
     admin = llm.base_url.removesuffix("/v1") + "/admin"
     procs: list[subprocess.Popen] = []
-    extra: list[subprocess.Popen] = []
     try:
-        extra = _more_gateways(d, gateways - 1)
-        pids = [d.pids()["gateway"], *(p.pid for p in extra)]
+        pids = [pid for name, pid in d.pids().items() if name.startswith("gateway")]
         if os.environ.get("BENCH_PIN_GATEWAY"):  # a diagnostic: the gateway on core 0, all else on the others
             rest = set(range(1, os.cpu_count() or 2))
             for name, pid in d.pids().items():
@@ -165,8 +154,7 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
             assert line and line[0] == "connected", f"a client process ended before connecting: {line}"
         connected_at = time.time()
         rss_connected, cpu_connected = _sum(rss_mib, pids), _sum(cpu_seconds, pids)
-        everyone = {**d.pids(), **{f"gateway{n + 2}": p.pid for n, p in enumerate(extra)},
-                    "nats_listener": nats_sub.pid}
+        everyone = {**d.pids(), "nats_listener": nats_sub.pid}
         scheduled_before = {name: scheduled_ms(pid) for name, pid in everyone.items()}
         writes_before = _sum(write_calls, pids)
         per_process = {"clients": [_sockets(pid) - before for pid, before in zip(pids, sockets_before, strict=True)],
@@ -202,9 +190,6 @@ def _clients_on_one_gateway(jobs: int, personas: int, per_job: int, processes: i
         for p in procs:
             if p.poll() is None:
                 p.kill()
-        for p in extra:
-            p.terminate()
-            p.wait(30)
         d.stop()
         llm.stop()
 

@@ -87,6 +87,8 @@ def up(
     nats_port: int = typer.Option(4222, help="Port of the embedded nats-server (unless NATS_URL is set)."),
     mongo_port: int = typer.Option(27017, help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),
     generators: int = typer.Option(1, min=1, help="How many generator processes to run."),
+    gateways: int = typer.Option(1, min=1, help="How many gateway processes share the gateway port (SO_REUSEPORT; "
+                                                "for many SSE clients, up to one per core)."),
 ) -> None:
     """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
     from services.cli.up import gateway_port, run_up
@@ -100,7 +102,7 @@ def up(
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     code = asyncio.run(run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
-                              generators=generators))
+                              generators=generators, gateways=gateways))
     raise typer.Exit(code)
 
 

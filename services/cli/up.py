@@ -10,7 +10,16 @@ from pathlib import Path
 from rich.console import Console
 
 from services.cli import embedded
-from services.cli.supervisor import Child, ChildRefused, Supervisor, child_env, http_ready, server_env, tcp_ready
+from services.cli.supervisor import (
+    Child,
+    ChildRefused,
+    ReadyCheck,
+    Supervisor,
+    child_env,
+    http_ready,
+    server_env,
+    tcp_ready,
+)
 from services.runtime.lifecycle import stop_event
 from services.runtime.redaction import redact
 from services.runtime.settings import variable
@@ -47,6 +56,13 @@ def _ops_urls(children: list[Child]) -> str:
     return ", ".join(f"{c.name} http://{host}:{c.announced.get('http_port')}/metrics" for c in children)
 
 
+def _said_ready_and(child: Child, check: ReadyCheck) -> ReadyCheck:
+    """Ready once ``child`` said so (its ``service_ready`` line, read) and ``check`` passes."""
+    async def ready() -> bool:
+        return bool(child.announced) and await check()
+    return ready
+
+
 def _service(name: str) -> list[str]:
     return [sys.executable, "-m", "services.cli", name]
 
@@ -67,7 +83,8 @@ def ops_port(variable: str, default: int) -> dict[str, str]:
     return {variable: "0"}
 
 
-async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int) -> int:
+async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
+                 gateways: int = 1) -> int:
     """``data_dir``: absolute, and it exists."""
     stop = stop_event()
     sup = Supervisor()
@@ -111,15 +128,27 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
                                  ours=True))
             await sup.start(workers[-1])
         gateway_url = f"http://127.0.0.1:{port}"
-        await sup.start(Child("gateway", _service("gateway"),
-                              child_env(drop=RESOLVED, **env, **own_service_name("gateway")),
-                              ready_check=http_ready(f"{gateway_url}/healthz"), ours=True))
+        # Several share the port (SO_REUSEPORT, each its own live feed); each then has a free port of
+        # its own for /metrics and the probes, since a scrape of the shared one reaches any of them.
+        shared = {"PROMPTGEN_REUSE_PORT": "1", "PROMPTGEN_GATEWAY_HTTP_PORT": "0"} if gateways > 1 else {}
+        fronts = []
+        for i in range(gateways):
+            front = Child(f"gateway{i + 1 if gateways > 1 else ''}", _service("gateway"),
+                          child_env(drop=RESOLVED, **env, **shared, **own_service_name("gateway")), ours=True)
+            # The first, alone on the port, answers there; the others join a port that answers and
+            # say they are ready (and where their own port is) as they start to serve.
+            if i == 0:
+                front.ready_check = _said_ready_and(front, http_ready(f"{gateway_url}/healthz"))
+            fronts.append(front)
+            await sup.start(front)
+        metrics = (f"{gateway_url}/metrics" if gateways == 1 else
+                   f"{_ops_urls(fronts)} (a scrape of {gateway_url}/metrics reaches any one of them)")
         console.print(
             f"\n[bold green]promptgen is up[/bold green]\n"
             f"  gateway  {gateway_url}   (web UI at /, API docs at /docs)\n"
             f"  NATS     {redact(nats_url)}\n"
             f"  MongoDB  {redact(mongo_url)}\n"
-            f"  metrics  {gateway_url}/metrics, {_ops_urls([projector, *workers])}\n"
+            f"  metrics  {metrics}, {_ops_urls([projector, *workers])}\n"
             f"  data     {data_dir}\n"
             f"Press Ctrl-C to stop.\n",
             highlight=False,

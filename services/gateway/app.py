@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
             yield
             return
         app.state.gateway = gateway
-        announce_ready(provider=gateway.provider.name, mongo_db=settings.mongo_db, port=settings.port)
+        announce_ready(provider=gateway.provider.name, mongo_db=settings.mongo_db, port=settings.port,
+                       **({"http_port": gateway.ops_port} if gateway.ops_port is not None else {}))
         try:
             yield
         finally:

@@ -26,6 +26,7 @@ from services.gateway.sse import server_exiting
 from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.metrics import Metrics
+from services.runtime.ops_server import OpsServer
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, models_for, provider_for
 
@@ -52,6 +53,7 @@ class Gateway:
     guard: Guard
     quotas: TenantQuotas
     stack: AsyncExitStack = field(default_factory=AsyncExitStack)
+    ops_port: int | None = None  # this process's own /metrics, /livez, /readyz port, when it has one
 
     async def aclose(self) -> None:
         await self.stack.aclose()
@@ -87,9 +89,14 @@ async def bootstrap(
     # no live SSE stream would move without the feed: take this gateway out of rotation
     health = Health(live_checks={"job_feed": lambda: feeds.alive},
                     ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models)})
+    ops_port = None
+    if settings.gateway_http_port is not None:  # gateways sharing a port: each is scraped on its own
+        ops = OpsServer(metrics, health)
+        ops_port = await ops.start(settings.http_host, settings.gateway_http_port)
+        stack.push_async_callback(ops.close)
     return Gateway(
         settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
         waiter=waiter, fence=fence, feeds=feeds, parked=parked,
         capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
-        quotas=quotas, stack=stack,
+        quotas=quotas, stack=stack, ops_port=ops_port,
     )

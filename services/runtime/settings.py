@@ -245,6 +245,11 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HTTP_HOST"))
     generator_http_port: int = Field(9101, ge=0, validation_alias=_env("PROMPTGEN_GENERATOR_HTTP_PORT"))
     projector_http_port: int = Field(9102, ge=0, validation_alias=_env("PROMPTGEN_PROJECTOR_HTTP_PORT"))
+    gateway_http_port: int | None = Field(
+        None, ge=0, validation_alias=_env("PROMPTGEN_GATEWAY_HTTP_PORT"),
+        description="A port of the gateway process's own for /metrics, /livez and /readyz (they are on its "
+                    "main port too): with several gateways on one port, each is scraped and probed there.",
+    )
     ready_max_lag_events: int = Field(
         10_000, ge=1, validation_alias=_env("PROMPTGEN_READY_MAX_LAG_EVENTS"),
         description="A projector further behind the log than this is not ready (its reads would be stale).",

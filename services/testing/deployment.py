@@ -23,13 +23,14 @@ class UpProcess:
         data_dir: Path,
         *,
         generators: int = 1,
+        gateways: int = 1,
         env: dict[str, str] | None = None,
         launcher: tuple[str, ...] = (sys.executable, "-m", "services.cli"),
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port, self.nats_port, self.mongo_port = free_port(), free_port(), free_port()
-        self.generators = generators
+        self.generators, self.gateways = generators, gateways
         # Its own NATS and MongoDB, whatever the caller's environment points at, and free ports for
         # the services' metrics and health (another deployment may hold the defaults).
         self.env = {k: v for k, v in os.environ.items() if k not in ("NATS_URL", "MONGO_URL")} | {
@@ -51,7 +52,7 @@ class UpProcess:
             [*self.launcher, "up", *(["--port", str(self.port)] if port_option else []),
              "--data-dir", str(self.data_dir / "data"),
              "--nats-port", str(self.nats_port), "--mongo-port", str(self.mongo_port),
-             "--generators", str(self.generators)],
+             "--generators", str(self.generators), "--gateways", str(self.gateways)],
             stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, env=self.env,
         )
         deadline = time.monotonic() + timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,35 @@ async def test_up_runs_the_flow_stops_cleanly_and_keeps_data(tmp_path, scenario_
             assert types[0] == "job.requested" and types[-1] == "job.completed"
     finally:
         again.stop()
+
+
+async def test_up_runs_several_gateways_on_one_port_each_scraped_on_its_own(tmp_path, scenario_document):
+    up = Up(tmp_path / "data", gateways=2)
+    banner = " ".join(up.start().split())
+    own = [int(p) for p in re.findall(r"gateway\d http://127\.0\.0\.1:(\d+)/metrics", banner)]
+    assert len(set(own)) == 2 and up.port not in own, banner[-2000:]
+    assert sorted(n for n in up.pids() if n.startswith("gateway")) == ["gateway", "gateway2"]
+    for _ in range(40):  # each a new connection, which the kernel gives to either gateway
+        async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as fresh:
+            assert (await fresh.get("/scenario/templates/0")).status_code == 404
+    answered = []
+    async with httpx.AsyncClient(timeout=30) as client:
+        for port in own:
+            assert (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
+            text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+            answered.append(sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                                if line.startswith("promptgen_http_requests_total{")
+                                and 'route="/scenario/templates/{template_id}"' in line))
+    assert sum(answered) == 40 and all(answered), answered  # both served, each counted apart
+    async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as client:  # a job through the shared port
+        template_id = await create_template(client, scenario_document)
+        personas = await create_personas(client, template_id, 2)
+        job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+        stream = await read_sse(client, job["sse_endpoint"])
+        assert stream.messages[-1].data["results"]["successful"] == 2
+    out = up.stop(signal.SIGINT)
+    assert {"gateway1", "gateway2"} <= {ln.split("|")[0].strip() for ln in out.splitlines()
+                                        if ln.rstrip().endswith("| stopping")}
 
 
 # `promptgen up` whose generator first prints a 1 MB line (as a service logging a huge

@@ -22,7 +22,7 @@ from opentelemetry.test.globals_test import reset_trace_globals
 from services.adapters.event_log import EventLog
 from services.adapters.read_models import ReadModels, mongo_client
 from services.cli.embedded import free_port
-from services.gateway.app import create_app
+from services.gateway.app import GatewayServer, create_app
 from services.generator.main import run_generator
 from services.projector.main import run_projector
 from services.runtime.metrics import Metrics
@@ -131,7 +131,7 @@ class InProcessSystem:
         app = self.app = create_app(self.per_service.get("gateway", self.settings), metrics=self.metrics["gateway"])
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
                                 log_config=None, access_log=False, lifespan="on")
-        self.server = uvicorn.Server(config)
+        self.server = GatewayServer(config)  # as `promptgen gateway` serves it
         self.tasks["gateway"] = asyncio.create_task(self.server.serve(sockets=[self.socket]))
         while not self.server.started:
             if self.tasks["gateway"].done():

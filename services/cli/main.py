@@ -82,13 +82,13 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
 
 @app.command()
 def up(
-    port: int = typer.Option(None, help="Gateway port, HTTP and SSE (default PROMPTGEN_PORT or 9000)."),
+    port: int = typer.Option(None, min=1, max=65535, help="Gateway port (default PROMPTGEN_PORT or 9000)."),
     data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
     nats_port: int = typer.Option(4222, help="Port of the embedded nats-server (unless NATS_URL is set)."),
     mongo_port: int = typer.Option(27017, help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),
     generators: int = typer.Option(1, min=1, help="How many generator processes to run."),
-    gateways: int = typer.Option(1, min=1, help="How many gateway processes share the gateway port (SO_REUSEPORT; "
-                                                "for many SSE clients, up to one per core)."),
+    gateways: int = typer.Option(1, min=1, help="How many gateway processes share the gateway port (SO_REUSEPORT, "
+                                                "Linux; for many SSE clients, up to one per core)."),
 ) -> None:
     """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
     from services.cli.up import gateway_port, run_up
@@ -109,13 +109,13 @@ def up(
 @app.command()
 def gateway(
     host: str = typer.Option(None, help="Bind address (default PROMPTGEN_HOST or 127.0.0.1)."),
-    port: int = typer.Option(None, help="Port (default PROMPTGEN_PORT or 9000)."),
+    port: int = typer.Option(None, min=1, max=65535, help="Port (default PROMPTGEN_PORT or 9000)."),
 ) -> None:
     """Run the gateway alone (HTTP API and SSE)."""
     import uvicorn
 
     from services.gateway.allowed_hosts import unconfigured
-    from services.gateway.app import create_app
+    from services.gateway.app import GatewayServer, create_app
     from services.gateway.sse import server_exiting
     from services.runtime.lifecycle import settle_heap_when_ready, stop_also_when, stop_requested
     from services.runtime.logs import configure_logging
@@ -134,7 +134,7 @@ def gateway(
     sockets = [_reuse_port_socket(settings.host, settings.port)] if settings.reuse_port else None
     stop_also_when(server_exiting)  # a wait for NATS at start gives up once uvicorn is told to stop
     try:
-        uvicorn.Server(config).run(sockets=sockets)
+        GatewayServer(config).run(sockets=sockets)
     except SystemExit:
         if reason := getattr(application.state, "refused", None):  # found at start, with NATS: auth
             console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)

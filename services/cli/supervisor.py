@@ -267,8 +267,11 @@ def _signal(proc: asyncio.subprocess.Process, sig: int) -> None:
 
 
 def child_env(*, drop: Iterable[str] = (), **overrides: str) -> dict[str, str]:
-    """A service's environment: ours, less the variables in ``drop`` (secrets it has no use for)."""
+    """A service's environment: ours, less the variables in ``drop`` (secrets it has no use for),
+    with ``overrides`` in place of each variable they name, in any spelling or ``_FILE`` form (a
+    setting given two ways is refused)."""
     dropped = {name.upper() for name in drop}  # settings read variables whatever their case
+    dropped |= {name.upper() + suffix for name in overrides for suffix in ("", "_FILE")}
     env = {name: value for name, value in os.environ.items() if name.upper() not in dropped}
     env.update(overrides)
     env.setdefault("PYTHONUNBUFFERED", "1")

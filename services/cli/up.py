@@ -33,7 +33,6 @@ GATEWAY_SECRETS = ("PROMPTGEN_STREAM_TOKEN_SECRET", "PROMPTGEN_STREAM_TOKEN_SECR
 # The gateway's port is read here (--port, PROMPTGEN_PORT or its file) and given as PROMPTGEN_PORT. NATS_URL
 # and MONGO_URL are set for the services only when `up` starts those servers; else the services read what
 # the user set, a _FILE form included (a URL with a password stays out of their environment).
-RESOLVED = ("PROMPTGEN_PORT_FILE", "promptgen_port")
 DEFAULT_PORT = 9000
 
 
@@ -45,14 +44,14 @@ def gateway_port(given: int | None) -> int:
     value = variable("PROMPTGEN_PORT")
     if value is None:
         return DEFAULT_PORT
-    if not value.isdigit() or not 0 < int(value) < 65536:
+    if not (value.isascii() and value.isdigit()) or not 0 < int(value) < 65536:
         raise ValueError(f"PROMPTGEN_PORT is {value!r}: a port is a number from 1 to 65535")
     return int(value)
 
 
 def _ops_urls(children: list[Child]) -> str:
     """Where each worker process serves /metrics (and /livez, /readyz), as it announced."""
-    host = os.environ.get("PROMPTGEN_HTTP_HOST") or "127.0.0.1"
+    host = variable("PROMPTGEN_HTTP_HOST") or "127.0.0.1"
     return ", ".join(f"{c.name} http://{host}:{c.announced.get('http_port')}/metrics" for c in children)
 
 
@@ -75,17 +74,20 @@ def own_service_name(role: str) -> dict[str, str]:
     return {"OTEL_SERVICE_NAME": f"{given}-{role}"} if given else {}
 
 
-def ops_port(variable: str, default: int) -> dict[str, str]:
+def ops_port(name: str, default: int) -> dict[str, str]:
     """A service's ``/metrics`` port: as the environment sets it, else its default, else (another
     deployment on this machine holds it) a free one, announced when the service is ready."""
-    if os.environ.get(variable, "").strip() or not embedded.port_in_use(default):
+    if variable(name) or not embedded.port_in_use(default):
         return {}
-    return {variable: "0"}
+    return {name: "0"}
 
 
 async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
                  gateways: int = 1) -> int:
     """``data_dir``: absolute, and it exists."""
+    if gateways > 1 and sys.platform != "linux":  # elsewhere SO_REUSEPORT does not spread connections
+        console.print("[red]--gateways above 1 needs Linux[/red]: run one gateway, or several behind a load balancer")
+        return 2
     stop = stop_event()
     sup = Supervisor()
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}
@@ -113,7 +115,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
                                   server_env(), ready_check=lambda: tcp_ready(mongo_port)))
             mongo_url = env["MONGO_URL"] = embedded.mongo_url(mongo_port)
         projector = Child("projector", _service("projector"),
-                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS + RESOLVED, **env,
+                          child_env(drop=LLM_SECRETS + GATEWAY_SECRETS, **env,
                                     **own_service_name("projector"), **ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", 9102)),
                           ours=True)
         await sup.start(projector)
@@ -123,7 +125,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             own = ({"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1
                    else ops_port("PROMPTGEN_GENERATOR_HTTP_PORT", 9101))
             workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
-                                 child_env(drop=GATEWAY_SECRETS + RESOLVED, **env, **own,
+                                 child_env(drop=GATEWAY_SECRETS, **env, **own,
                                            **own_service_name("generator")),
                                  ours=True))
             await sup.start(workers[-1])
@@ -134,15 +136,18 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         fronts = []
         for i in range(gateways):
             front = Child(f"gateway{i + 1 if gateways > 1 else ''}", _service("gateway"),
-                          child_env(drop=RESOLVED, **env, **shared, **own_service_name("gateway")), ours=True)
+                          child_env(**env, **shared, **own_service_name("gateway")), ours=True)
             # The first, alone on the port, answers there; the others join a port that answers and
             # say they are ready (and where their own port is) as they start to serve.
             if i == 0:
                 front.ready_check = _said_ready_and(front, http_ready(f"{gateway_url}/healthz"))
             fronts.append(front)
             await sup.start(front)
-        metrics = (f"{gateway_url}/metrics" if gateways == 1 else
-                   f"{_ops_urls(fronts)} (a scrape of {gateway_url}/metrics reaches any one of them)")
+        metrics = f"{gateway_url}/metrics"
+        if gateways > 1:
+            metrics = f"{_ops_urls(fronts)} (a scrape of {metrics} reaches any one of them)"
+        elif fronts[0].announced.get("http_port"):  # its own port too, as the user set it
+            metrics += f", {_ops_urls(fronts)}"
         console.print(
             f"\n[bold green]promptgen is up[/bold green]\n"
             f"  gateway  {gateway_url}   (web UI at /, API docs at /docs)\n"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import structlog
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -34,6 +36,18 @@ log = structlog.get_logger()
 STATIC = Path(__file__).parent / "static"
 
 
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server, saying the gateway is ready (its ``service_ready`` line) once it listens,
+    not when its lifespan has connected everything, which comes first: a gateway joining others
+    on a shared port (``PROMPTGEN_REUSE_PORT``) takes connections only from then."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets=sockets)
+        state = getattr(self.config.app, "state", None)
+        if self.started and not self.should_exit and state is not None and hasattr(state, "ready"):
+            announce_ready(**state.ready)
+
+
 def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     """The gateway application; ``adapters`` (``event_log``, ``models``, ``provider``,
     ``clock``) replace the ones :func:`~services.gateway.bootstrap.bootstrap` would build."""
@@ -54,8 +68,9 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
             yield
             return
         app.state.gateway = gateway
-        announce_ready(provider=gateway.provider.name, mongo_db=settings.mongo_db, port=settings.port,
-                       **({"http_port": gateway.ops_port} if gateway.ops_port is not None else {}))
+        # said by GatewayServer once it listens
+        app.state.ready = {"provider": gateway.provider.name, "mongo_db": settings.mongo_db, "port": settings.port,
+                           **({"http_port": gateway.ops_port} if gateway.ops_port is not None else {})}
         try:
             yield
         finally:

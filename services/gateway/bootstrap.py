@@ -26,7 +26,7 @@ from services.gateway.sse import server_exiting
 from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, utc_now
 from services.runtime.metrics import Metrics
-from services.runtime.ops_server import OpsServer
+from services.runtime.ops_server import open_ops
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, models_for, provider_for
 
@@ -60,6 +60,11 @@ class Gateway:
         log.info("service_stopped")
 
 
+async def serving() -> bool:
+    """Not shutting down: a gateway told to stop is out of rotation while it finishes its streams."""
+    return not server_exiting()
+
+
 async def bootstrap(
     settings: Settings,
     *,
@@ -70,33 +75,36 @@ async def bootstrap(
     metrics: Metrics | None = None,
 ) -> Gateway:
     stack = AsyncExitStack()
-    metrics = metrics or Metrics()
-    models = models_for(settings, stack, models)
-    event_log = await event_log_for(settings, "promptgen-gateway", stack, event_log)
-    provider = provider_for(settings, stack, provider)
-    # template analysis and persona generation take their turns from the same LLM caps
-    limiter = await open_limiter(event_log, settings, provider.name)
-    guard = await open_guard(settings, event_log, clock)  # before anything starts: it may refuse
-    quotas = await TenantQuotas.open(event_log, models, settings, clock)
-    parked = ParkedEvents(event_log, metrics)
-    await parked.ensure()
-    waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
-    await waiter.listen(event_log)
-    fence = ReadFence(event_log, waiter, timeout=settings.projection_wait_seconds, metrics=metrics)
-    feeds = JobFeeds(event_log, ping_seconds=settings.sse_ping_seconds, exiting=server_exiting, fence=fence)
-    await feeds.start()
-    stack.push_async_callback(feeds.close)
-    # no live SSE stream would move without the feed: take this gateway out of rotation
-    health = Health(live_checks={"job_feed": lambda: feeds.alive},
-                    ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models)})
-    ops_port = None
-    if settings.gateway_http_port is not None:  # gateways sharing a port: each is scraped on its own
-        ops = OpsServer(metrics, health)
-        ops_port = await ops.start(settings.http_host, settings.gateway_http_port)
-        stack.push_async_callback(ops.close)
-    return Gateway(
-        settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
-        waiter=waiter, fence=fence, feeds=feeds, parked=parked,
-        capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
-        quotas=quotas, stack=stack, ops_port=ops_port,
-    )
+    try:
+        metrics = metrics or Metrics()
+        models = models_for(settings, stack, models)
+        event_log = await event_log_for(settings, "promptgen-gateway", stack, event_log)
+        provider = provider_for(settings, stack, provider)
+        # template analysis and persona generation take their turns from the same LLM caps
+        limiter = await open_limiter(event_log, settings, provider.name)
+        guard = await open_guard(settings, event_log, clock)  # before anything starts: it may refuse
+        quotas = await TenantQuotas.open(event_log, models, settings, clock)
+        parked = ParkedEvents(event_log, metrics)
+        await parked.ensure()
+        waiter = ProjectionWaiter(models, settings.projection_wait_seconds)
+        await waiter.listen(event_log)
+        fence = ReadFence(event_log, waiter, timeout=settings.projection_wait_seconds, metrics=metrics)
+        feeds = JobFeeds(event_log, ping_seconds=settings.sse_ping_seconds, exiting=server_exiting, fence=fence)
+        await feeds.start()
+        stack.push_async_callback(feeds.close)
+        # no live SSE stream would move without the feed: take this gateway out of rotation
+        health = Health(live_checks={"job_feed": lambda: feeds.alive},
+                        ready_checks={"nats": lambda: nats_answers(event_log), "mongodb": lambda: mongo_answers(models),
+                                      "serving": serving})
+        ops_port = None
+        if settings.gateway_http_port is not None:  # gateways sharing a port: each is scraped on its own
+            ops_port = (await open_ops(stack, metrics, health, settings.http_host, settings.gateway_http_port)).port
+        return Gateway(
+            settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
+            waiter=waiter, fence=fence, feeds=feeds, parked=parked,
+            capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
+            quotas=quotas, stack=stack, ops_port=ops_port,
+        )
+    except BaseException:  # what it opened is closed again: a test's process, or a retry, goes on
+        await stack.aclose()
+        raise

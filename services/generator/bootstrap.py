@@ -21,7 +21,7 @@ from services.generator.dead_letters import DEAD_LETTERS, keep_dead_letters, rea
 from services.runtime.health import Health, nats_answers
 from services.runtime.lifecycle import Clock, announce_ready, utc_now
 from services.runtime.metrics import Metrics
-from services.runtime.ops_server import OpsServer
+from services.runtime.ops_server import OpsServer, open_ops
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, provider_for, tracing_for
 
@@ -54,11 +54,10 @@ class Generator:
         ]
         # alive while every consumer loop runs; a dead one ends run() below anyway
         self.health.live_checks["consumers"] = lambda: not any(t.done() for t in tasks)
-        self.ops = OpsServer(self.metrics, self.health)
-        http_port = await self.ops.start(settings.http_host, settings.generator_http_port)
-        self.stack.push_async_callback(self.ops.close)
+        self.ops = await open_ops(self.stack, self.metrics, self.health, settings.http_host,
+                                  settings.generator_http_port)
         announce_ready(
-            http_port=http_port,
+            http_port=self.ops.port,
             provider=self.provider.name,
             model=self.provider.model,
             concurrency=settings.worker_concurrency,

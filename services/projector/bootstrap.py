@@ -25,7 +25,7 @@ from services.projector.scratch import sweep_abandoned
 from services.runtime.health import Health, mongo_answers, nats_answers
 from services.runtime.lifecycle import Clock, announce_ready, cancel_and_wait, keep_going, utc_now
 from services.runtime.metrics import Metrics
-from services.runtime.ops_server import OpsServer
+from services.runtime.ops_server import OpsServer, open_ops
 from services.runtime.settings import Settings
 from services.runtime.wiring import event_log_for, models_for, tracing_for
 
@@ -60,10 +60,9 @@ class ProjectorService:
         await self.parked.serve(PROJECTOR, self.fold.reapply)
         await self.parked.serve(JOB_MANAGER, self.job_manager.reapply)
         self.health.live_checks["consumers"] = lambda: not any(t.done() for t in tasks)
-        self.ops = OpsServer(self.metrics, self.health, before_scrape=self.fold.measure_lag)
-        http_port = await self.ops.start(self.settings.http_host, self.settings.projector_http_port)
-        self.stack.push_async_callback(self.ops.close)
-        announce_ready(checkpoint=await self.models.checkpoint(), http_port=http_port)
+        self.ops = await open_ops(self.stack, self.metrics, self.health, self.settings.http_host,
+                                  self.settings.projector_http_port, before_scrape=self.fold.measure_lag)
+        announce_ready(checkpoint=await self.models.checkpoint(), http_port=self.ops.port)
         try:
             done, _ = await asyncio.wait([*tasks, asyncio.create_task(stop.wait())],
                                          return_when=asyncio.FIRST_COMPLETED)

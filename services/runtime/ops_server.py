@@ -1,5 +1,6 @@
-"""The small HTTP port of a worker process (generator, projector): `/metrics`, `/livez`,
-`/readyz` and `/healthz` (liveness), for Prometheus and an orchestrator's probes.
+"""The small HTTP port of a worker process (generator, projector; a gateway sharing its port with
+others has one too): `/metrics`, `/livez`, `/readyz` and `/healthz` (liveness), for Prometheus
+and an orchestrator's probes.
 
 A plain ``asyncio`` server rather than a second uvicorn: uvicorn's server takes over the
 process's signal handlers, and these four GETs need no framework.
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import structlog
 
@@ -74,3 +76,12 @@ class OpsServer:
             pass  # a probe that hung up or sent garbage gets nothing
         finally:
             writer.close()
+
+
+async def open_ops(stack: AsyncExitStack, metrics: Metrics, health: Health, host: str, port: int, *,
+                   before_scrape: Callable[[], Awaitable[object]] | None = None) -> OpsServer:
+    """An :class:`OpsServer` listening on ``host:port`` (0: a free one, its ``port``), closed with ``stack``."""
+    ops = OpsServer(metrics, health, before_scrape=before_scrape)
+    await ops.start(host, port)
+    stack.push_async_callback(ops.close)
+    return ops

@@ -137,7 +137,7 @@ class Settings(BaseSettings):
 
     # Gateway
     host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HOST"))
-    port: int = Field(9000, validation_alias=_env("PROMPTGEN_PORT"))
+    port: int = Field(9000, ge=1, le=65535, validation_alias=_env("PROMPTGEN_PORT"))
     reuse_port: bool = Field(
         False, validation_alias=_env("PROMPTGEN_REUSE_PORT"),
         description="Bind with SO_REUSEPORT: several gateway processes on one port (each its own feed), "
@@ -243,10 +243,10 @@ class Settings(BaseSettings):
 
     # Operations: the HTTP port of each worker process (/metrics, /livez, /readyz); 0: a free port
     http_host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HTTP_HOST"))
-    generator_http_port: int = Field(9101, ge=0, validation_alias=_env("PROMPTGEN_GENERATOR_HTTP_PORT"))
-    projector_http_port: int = Field(9102, ge=0, validation_alias=_env("PROMPTGEN_PROJECTOR_HTTP_PORT"))
+    generator_http_port: int = Field(9101, ge=0, le=65535, validation_alias=_env("PROMPTGEN_GENERATOR_HTTP_PORT"))
+    projector_http_port: int = Field(9102, ge=0, le=65535, validation_alias=_env("PROMPTGEN_PROJECTOR_HTTP_PORT"))
     gateway_http_port: int | None = Field(
-        None, ge=0, validation_alias=_env("PROMPTGEN_GATEWAY_HTTP_PORT"),
+        None, ge=0, le=65535, validation_alias=_env("PROMPTGEN_GATEWAY_HTTP_PORT"),
         description="A port of the gateway process's own for /metrics, /livez and /readyz (they are on its "
                     "main port too): with several gateways on one port, each is scraped and probed there.",
     )

@@ -74,3 +74,42 @@ async def test_readiness_follows_mongodb_and_nats(servers):
         await asyncio.wait_for(task, 20)
         await projector.aclose()
         await system.close()
+
+
+async def test_a_gateway_says_it_is_ready_once_it_listens_and_is_out_of_rotation_once_told_to_stop(
+        settings, models, monkeypatch):
+    """Gateways sharing a port: one that says it is ready takes connections from then (not from
+    when its lifespan has connected everything, which comes first), and one told to stop answers
+    `/readyz` with 503 on the port of its own while it finishes its streams."""
+    import socket
+
+    import uvicorn
+    from sse_starlette.sse import AppStatus
+
+    import services.gateway.app as gateway_app
+
+    listening = []
+    monkeypatch.setattr(gateway_app, "announce_ready", lambda **fields: listening.append(
+        (sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), fields)))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = gateway_app.create_app(settings.model_copy(update={"gateway_http_port": 0}))
+    server = gateway_app.GatewayServer(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        await eventually(lambda: asyncio.sleep(0, listening), what="the gateway's service_ready line")
+        [(accepting, fields)] = listening
+        assert accepting == 1, "said ready before it listened"
+        own = f"http://127.0.0.1:{fields['http_port']}/readyz"
+        async with httpx.AsyncClient(timeout=10) as client:
+            assert (await client.get(own)).json()["checks"]["serving"] is True
+            AppStatus.should_exit = True  # as uvicorn's signal handler sets it
+            try:
+                answer = await client.get(own)
+                assert answer.status_code == 503 and answer.json()["checks"]["serving"] is False
+            finally:
+                AppStatus.should_exit = False
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 20)
+        sock.close()

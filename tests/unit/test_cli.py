@@ -69,6 +69,17 @@ def test_up_reads_the_gateway_port_in_every_form_the_gateway_reads(monkeypatch, 
         gateway_port(None)
 
 
+def test_a_variable_up_sets_for_a_child_replaces_its_every_spelling_and_file_form(monkeypatch):
+    from services.cli.supervisor import child_env
+
+    monkeypatch.setenv("PROMPTGEN_GATEWAY_HTTP_PORT_FILE", "/run/secrets/port")  # with it, the child would refuse
+    monkeypatch.setenv("promptgen_gateway_http_port", "9300")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    env = child_env(drop=("OPENAI_API_KEY",), PROMPTGEN_GATEWAY_HTTP_PORT="0")
+    assert env["PROMPTGEN_GATEWAY_HTTP_PORT"] == "0"
+    assert not {"PROMPTGEN_GATEWAY_HTTP_PORT_FILE", "promptgen_gateway_http_port", "OPENAI_API_KEY"} & env.keys()
+
+
 def test_up_gives_each_child_its_own_service_name_for_traces(monkeypatch):
     from services.cli.up import own_service_name
 

@@ -109,7 +109,7 @@ def up(
 @app.command()
 def gateway(
     host: str = typer.Option(None, help="Bind address (default PROMPTGEN_HOST or 127.0.0.1)."),
-    port: int = typer.Option(None, min=1, max=65535, help="Port (default PROMPTGEN_PORT or 9000)."),
+    port: int = typer.Option(None, min=0, max=65535, help="Port (default PROMPTGEN_PORT or 9000; 0: a free one)."),
 ) -> None:
     """Run the gateway alone (HTTP API and SSE)."""
     import uvicorn

@@ -45,7 +45,8 @@ class GatewayServer(uvicorn.Server):
         await super().startup(sockets=sockets)
         state = getattr(self.config.app, "state", None)
         if self.started and not self.should_exit and state is not None and hasattr(state, "ready"):
-            announce_ready(**state.ready)
+            listening = [sock.getsockname()[1] for server in self.servers for sock in server.sockets]
+            announce_ready(**{**state.ready, "port": listening[0] if listening else state.ready["port"]})
 
 
 def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:

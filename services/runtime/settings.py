@@ -137,7 +137,7 @@ class Settings(BaseSettings):
 
     # Gateway
     host: str = Field("127.0.0.1", validation_alias=_env("PROMPTGEN_HOST"))
-    port: int = Field(9000, ge=1, le=65535, validation_alias=_env("PROMPTGEN_PORT"))
+    port: int = Field(9000, ge=0, le=65535, validation_alias=_env("PROMPTGEN_PORT"))  # 0: a free one
     reuse_port: bool = Field(
         False, validation_alias=_env("PROMPTGEN_REUSE_PORT"),
         description="Bind with SO_REUSEPORT: several gateway processes on one port (each its own feed), "

@@ -100,6 +100,7 @@ async def test_a_gateway_says_it_is_ready_once_it_listens_and_is_out_of_rotation
         await eventually(lambda: asyncio.sleep(0, listening), what="the gateway's service_ready line")
         [(accepting, fields)] = listening
         assert accepting == 1, "said ready before it listened"
+        assert fields["port"] == sock.getsockname()[1]  # the port it listens on, not the one it was told
         own = f"http://127.0.0.1:{fields['http_port']}/readyz"
         async with httpx.AsyncClient(timeout=10) as client:
             assert (await client.get(own)).json()["checks"]["serving"] is True

@@ -35,6 +35,7 @@ class FileVariables(PydanticBaseSettingsSource):
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         for name in _variable_names(field):
+            plain(name)  # both spellings, at odds: refused here, before pydantic picks one
             if os.environ.get(f"{name}_FILE"):
                 return from_file(name), field_name, False
         return None, field_name, False
@@ -63,11 +64,20 @@ def from_file(name: str) -> str | None:
     return value or None
 
 
+def plain(name: str) -> str | None:
+    """``name``'s value, or its lower-case spelling's (a ``ValueError`` when both are set, to
+    different values: which one a process used would depend on the order of its environment)."""
+    upper, lower = os.environ.get(name, "").strip(), os.environ.get(name.lower(), "").strip()
+    if upper and lower and upper != lower:
+        raise ValueError(f"both {name} and {name.lower()} are set, to different values: set one")
+    return upper or lower or None
+
+
 def variable(name: str) -> str | None:
     """A setting's variable as the services read it: ``name`` (or its lower-case spelling), or
     the file ``<name>_FILE`` names (a ``ValueError`` when both are set)."""
-    plain = os.environ.get(name, "").strip() or os.environ.get(name.lower(), "").strip()
-    return from_file(name) or plain or None
+    given = plain(name)
+    return from_file(name) or given
 
 
 def _variable_names(field: FieldInfo) -> list[str]:

@@ -66,6 +66,17 @@ def test_promptgen_up_reads_a_variable_as_the_services_do(monkeypatch, tmp_path)
         Settings()
 
 
+def test_a_setting_in_both_spellings_at_odds_is_refused(monkeypatch):
+    monkeypatch.setenv("MONGO_URL", "mongodb://db-upper")
+    monkeypatch.setenv("mongo_url", "mongodb://db-lower")  # which one wins would depend on the environment's order
+    with pytest.raises(ValueError, match="both MONGO_URL and mongo_url are set, to different values"):
+        Settings()
+    with pytest.raises(ValueError, match="both MONGO_URL and mongo_url are set, to different values"):
+        variable("MONGO_URL")
+    monkeypatch.setenv("mongo_url", "mongodb://db-upper")  # the same value twice is one setting
+    assert variable("MONGO_URL") == Settings().mongo_url == "mongodb://db-upper"
+
+
 def test_an_empty_file_is_unset(monkeypatch, tmp_path):
     (tmp_path / "key").write_text("\n")
     monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "key"))

@@ -50,21 +50,32 @@ def _alive(pid: int) -> bool:
         return False
 
 
+async def _a_job_to_its_end(base_url: str, scenario_document: str, count: int) -> tuple[dict, list[dict]]:
+    """A job of ``count`` new personas through the gateway at ``base_url``, followed over SSE to
+    its end, every prompt made: the job and its personas."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
+        template_id = await create_template(client, scenario_document)
+        personas = await create_personas(client, template_id, count)
+        job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
+        stream = await read_sse(client, job["sse_endpoint"])
+        assert stream.messages[-1].data["results"]["successful"] == count
+    return job, personas
+
+
+def _stopping(out: str) -> list[str]:
+    """The children `up` said it was stopping, in that order."""
+    return [ln.split("|")[0].strip() for ln in out.splitlines() if ln.rstrip().endswith("| stopping")]
+
+
 async def test_up_runs_the_flow_stops_cleanly_and_keeps_data(tmp_path, scenario_document):
     up = Up(tmp_path / "data")
     banner = up.start()
     assert up.base_url in banner and f"nats://127.0.0.1:{up.nats_port}" in banner
     assert f"mongodb://127.0.0.1:{up.mongo_port}" in banner
     assert len(up.children()) >= 5  # nats, mongodb, projector, generator, gateway
-    async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as client:
-        template_id = await create_template(client, scenario_document)
-        personas = await create_personas(client, template_id, 4)
-        job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
-        stream = await read_sse(client, job["sse_endpoint"])
-        assert stream.messages[-1].data["results"]["successful"] == 4
+    job, personas = await _a_job_to_its_end(up.base_url, scenario_document, 4)
     out = up.stop(signal.SIGINT)
-    order = [ln.split("|")[0].strip() for ln in out.splitlines() if ln.rstrip().endswith("| stopping")]
-    assert order == ["gateway", "generator", "projector", "mongodb", "nats"]
+    assert _stopping(out) == ["gateway", "generator", "projector", "mongodb", "nats"]
     said_stopped = {ln.split("|")[0].strip() for ln in out.splitlines() if '"service_stopped"' in ln}
     assert said_stopped >= {"gateway", "generator", "projector"}, out[-3000:]
 
@@ -107,15 +118,8 @@ async def test_up_runs_several_gateways_on_one_port_each_scraped_on_its_own(tmp_
                                 if line.startswith("promptgen_http_requests_total{")
                                 and 'route="/scenario/templates/{template_id}"' in line))
     assert sum(answered) == 40 and all(answered), answered  # both served, each counted apart
-    async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as client:  # a job through the shared port
-        template_id = await create_template(client, scenario_document)
-        personas = await create_personas(client, template_id, 2)
-        job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
-        stream = await read_sse(client, job["sse_endpoint"])
-        assert stream.messages[-1].data["results"]["successful"] == 2
-    out = up.stop(signal.SIGINT)
-    assert {"gateway1", "gateway2"} <= {ln.split("|")[0].strip() for ln in out.splitlines()
-                                        if ln.rstrip().endswith("| stopping")}
+    await _a_job_to_its_end(up.base_url, scenario_document, 2)  # through the shared port
+    assert {"gateway1", "gateway2"} <= set(_stopping(up.stop(signal.SIGINT)))
 
 
 # `promptgen up` whose generator first prints a 1 MB line (as a service logging a huge
@@ -139,12 +143,7 @@ async def test_up_survives_a_child_printing_a_huge_line_and_stops_everything(tmp
     up = Up(tmp_path / "data", launcher=(sys.executable, "-c", _UP_WITH_A_NOISY_GENERATOR))
     banner = up.start()  # the generator's readiness comes after its 1 MB line
     assert f"… [{(1 << 20) - 16 * 1024} more bytes cut]" in banner
-    async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as client:
-        template_id = await create_template(client, scenario_document)
-        personas = await create_personas(client, template_id, 2)
-        job = await start_job(client, template_id, cycle_modes([p["id"] for p in personas]))
-        stream = await read_sse(client, job["sse_endpoint"])
-        assert stream.messages[-1].data["results"]["successful"] == 2
+    await _a_job_to_its_end(up.base_url, scenario_document, 2)
     up.stop(signal.SIGINT)  # exit code 0 and no process left behind
 
 

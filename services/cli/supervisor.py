@@ -198,9 +198,13 @@ class Supervisor:
     def _show(self, child: Child, line: str) -> None:
         try:
             if '"service_ready"' in line:
+                before = child.announced.get("http_port")
                 with contextlib.suppress(ValueError):
                     child.announced = json.loads(line)
                 child.ready.set()
+                now = child.announced.get("http_port")
+                if before is not None and now != before:  # restarted on a free port: the banner's is gone
+                    self.say(child.name, f"now serves /metrics, /livez and /readyz on port {now} (not {before})")
             if not child.hide(line):
                 self.say(child.name, line)
         except Exception as exc:  # noqa: BLE001 - one line must not stop the draining

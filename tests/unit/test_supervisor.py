@@ -180,6 +180,33 @@ async def test_a_child_killed_with_helpers_still_holding_its_output_is_restarted
         await sup.stop(grace=5)
 
 
+# Ready on a port of its own, a new one each start (as a service given port 0), then it dies once.
+NEW_PORT_EACH_START = r"""
+import json, os, sys, time
+print(json.dumps({"event": "service_ready", "http_port": os.getpid()}), flush=True)
+time.sleep(0.2 if not os.path.exists(sys.argv[1]) else 600)
+open(sys.argv[1], "w").close()
+"""
+
+
+async def test_a_child_restarted_on_another_ops_port_says_where_it_is_now(tmp_path):
+    terminal = Terminal()
+    sup = Supervisor(out=terminal)
+    child = Child("gateway2", [sys.executable, "-c", NEW_PORT_EACH_START, str(tmp_path / "died")], child_env())
+    try:
+        await sup.start(child, timeout=30)
+        first = child.announced["http_port"]
+
+        async def moved():
+            return child.announced.get("http_port") != first
+        await eventually(moved, timeout=30, what="the child restarted on another port")
+        now = child.announced["http_port"]
+        assert any(f"gateway2 | now serves /metrics, /livez and /readyz on port {now} (not {first})" in line
+                   for line in terminal.lines), terminal.lines[-10:]
+    finally:
+        await sup.stop(grace=5)
+
+
 def _children_of(pid: int) -> list[str]:
     import time
     for _ in range(200):

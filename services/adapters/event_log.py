@@ -293,13 +293,26 @@ class NatsRefused(ConnectionError):
     trying again changes nothing, so the process stops with the reason."""
 
 
+class NatsUnreachable(ConnectionError):
+    """No NATS server answered within the time a command-line tool waits (a service waits on)."""
+
+
+class NoEventLog(LookupError):
+    """NATS answers, but has no stream of the event log: another NATS than the deployment's, or
+    another stream name."""
+
+
+TOOL_WAIT_SECONDS = 10.0  # how long a command-line tool waits for NATS before it says so
+
+
 async def connect_nats(
     url: str, name: str, *, access: NatsAccess | None = None, connect_timeout: float = 30.0,
-    on_reconnect: list | None = None,
+    on_reconnect: list | None = None, give_up_after: float | None = None,
 ) -> NATS:
     """Connect, retrying until ``connect_timeout``; once up, reconnect forever. A refusal
     before the first connection (authorization, TLS verification) raises :class:`NatsRefused`
-    at once."""
+    at once. With ``give_up_after`` (a tool, which answers a person), no server answering by
+    then raises :class:`NatsUnreachable`; without it, a service waits until it is told to stop."""
     access = access or NatsAccess()
     refused: asyncio.Future = asyncio.get_running_loop().create_future()
 
@@ -365,7 +378,8 @@ async def connect_nats(
     connecting = asyncio.ensure_future(_connect())
     stopping = asyncio.ensure_future(_until_stop_requested())
     try:
-        await asyncio.wait({connecting, refused, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({connecting, refused, stopping}, timeout=give_up_after,
+                           return_when=asyncio.FIRST_COMPLETED)
     except BaseException:
         # The caller gave up (cancelled, or its own timeout): the attempt must not go on
         # reconnecting for the rest of the process.
@@ -388,6 +402,9 @@ async def connect_nats(
     await cancel_and_wait(connecting, every=0.25, attempts=40)
     if stop_requested():  # nats-py waits for a server forever: a stop must not
         raise StoppedBeforeConnected(f"told to stop while waiting for NATS at {', '.join(shown)}")
+    if not refused.done():  # nobody answered in time (give_up_after)
+        raise NatsUnreachable(f"NATS did not answer at {', '.join(shown)} within {give_up_after:g} s: "
+                              "set NATS_URL (or NATS_URL_FILE) to the deployment's NATS")
     who = f"user {access.user!r}" if access.user else "no user"
     raise NatsRefused(f"NATS refused the connection ({who}): {refused.result()}; check NATS_USER, "
                       "NATS_PASSWORD and NATS_TLS_CA_FILE")
@@ -462,6 +479,27 @@ class EventLog(DerivedReads):
                                 on_reconnect=callbacks)
         log_ = cls(nc, settings, callbacks)
         await log_.ensure_stream()
+        return log_
+
+    @classmethod
+    async def for_tool(cls, settings: Settings, name: str, *, needs_stream: bool = True) -> EventLog:
+        """The event log as a command-line tool opens it: NATS given up on after
+        :data:`TOOL_WAIT_SECONDS` (:class:`NatsUnreachable`), and its stream looked up, never
+        created or changed (:class:`NoEventLog` when missing; ``needs_stream`` False: not looked
+        up), since a tool run with other settings than the deployment's must not change the
+        log's retention or duplicate window, nor make a log on another NATS."""
+        nc = await connect_nats(settings.nats_url, name, access=NatsAccess.from_settings(settings),
+                                give_up_after=TOOL_WAIT_SECONDS)
+        log_ = cls(nc, settings, [])
+        if needs_stream:
+            try:
+                async for attempt in log_._retrying(TOOL_WAIT_SECONDS, "stream_info"):
+                    with attempt:
+                        await log_.js.stream_info(log_.stream)
+            except NotFoundError:
+                await log_.close()
+                raise NoEventLog(f"NATS at {redact(settings.nats_url)} has no stream {log_.stream}: is NATS_URL "
+                                 "the deployment's NATS, and PROMPTGEN_STREAM (if set there) the same?") from None
         return log_
 
     def on_reconnect(self, callback) -> None:

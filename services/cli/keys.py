@@ -26,7 +26,7 @@ class Refused(Exception):
 async def _connected(settings: Settings, event_log: EventLogPort | None) -> AsyncIterator[EventLogPort]:
     """The event log (``event_log``, or a connection of our own, closed after); a ValueError
     raised inside (a bad tenant, scope or value) becomes :class:`Refused`."""
-    log = event_log or await EventLog.connect(settings, "promptgen-keys")
+    log = event_log or await EventLog.for_tool(settings, "promptgen-keys", needs_stream=False)
     try:
         yield log
     except ValueError as exc:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -39,6 +40,18 @@ def run_async(coro) -> object:
     except ImportError:
         return asyncio.run(coro)
     return uvloop.run(coro)
+
+
+def run_tool(coro: Coroutine[Any, Any, int]) -> int:
+    """A tool's run (replay, rebuild, parked, keys), its exit code; NATS not answering, refusing
+    us, or without the event log: the reason on one line, exit 1 (no traceback)."""
+    from services.adapters.event_log import NatsRefused, NatsUnreachable, NoEventLog
+
+    try:
+        return asyncio.run(coro)
+    except (NatsUnreachable, NatsRefused, NoEventLog) as exc:
+        Console(stderr=True).print(f"[red]promptgen:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 1
 
 
 def _settings(*, llm: bool = False, **overrides: object) -> Settings:
@@ -199,7 +212,7 @@ def replay(
     from services.runtime.logs import configure_logging
 
     configure_logging("replay", "warning", stream=sys.stderr)  # stdout is the history itself
-    code = asyncio.run(show_job_history(Settings(), job_id, as_json=as_json))
+    code = run_tool(show_job_history(Settings(), job_id, as_json=as_json))
     raise typer.Exit(code)
 
 
@@ -230,11 +243,11 @@ def mock_llm(
 @app.command()
 def rebuild() -> None:
     """Rebuild every read model from the event log (folded on local disk) and switch to it."""
-    from services.cli.rebuild import main
+    from services.cli.rebuild import run_rebuild
     from services.runtime.logs import configure_logging
 
     configure_logging("rebuild", "warning", stream=sys.stderr)
-    raise typer.Exit(main(Settings()))
+    raise typer.Exit(run_tool(run_rebuild(Settings())))
 
 
 @app.command()
@@ -286,7 +299,7 @@ def parked_list(
     from services.runtime.logs import configure_logging
 
     configure_logging("parked", "warning", stream=sys.stderr)
-    raise typer.Exit(asyncio.run(list_parked(Settings(), consumer, as_json=as_json)))
+    raise typer.Exit(run_tool(list_parked(Settings(), consumer, as_json=as_json)))
 
 
 @parked_app.command("reapply")
@@ -300,7 +313,7 @@ def parked_reapply(
     from services.runtime.logs import configure_logging
 
     configure_logging("parked", "warning", stream=sys.stderr)
-    raise typer.Exit(asyncio.run(reapply_parked(Settings(), consumer, seqs or None)))
+    raise typer.Exit(run_tool(reapply_parked(Settings(), consumer, seqs or None)))
 
 
 keys_app = typer.Typer(no_args_is_help=True,
@@ -331,7 +344,7 @@ def keys_create(
         console.print(f"[red]promptgen: {exc}[/red]", highlight=False)
         raise typer.Exit(2) from None
     _quiet()
-    raise typer.Exit(asyncio.run(create_key(_settings(), tenant, wanted, expires_in=lifetime)))
+    raise typer.Exit(run_tool(create_key(_settings(), tenant, wanted, expires_in=lifetime)))
 
 
 @keys_app.command("limits")
@@ -351,7 +364,7 @@ def keys_limits(
     changes: dict[str, int | None] = {name: None for name in LIMITS} if reset else {}
     changes |= {name: value for name, value in given.items() if value is not None}
     _quiet()
-    raise typer.Exit(asyncio.run(tenant_limits(_settings(), tenant, changes)))
+    raise typer.Exit(run_tool(tenant_limits(_settings(), tenant, changes)))
 
 
 @keys_app.command("list")
@@ -360,7 +373,7 @@ def keys_list() -> None:
     from services.cli.keys import list_keys
 
     _quiet()
-    raise typer.Exit(asyncio.run(list_keys(_settings())))
+    raise typer.Exit(run_tool(list_keys(_settings())))
 
 
 @keys_app.command("revoke")
@@ -369,4 +382,4 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key's id, as `keys l
     from services.cli.keys import revoke_key
 
     _quiet()
-    raise typer.Exit(asyncio.run(revoke_key(_settings(), key_id)))
+    raise typer.Exit(run_tool(revoke_key(_settings(), key_id)))

@@ -15,7 +15,7 @@ err = Console(stderr=True)
 
 
 async def list_parked(settings: Settings, consumer: str | None, *, as_json: bool) -> int:
-    event_log = await EventLog.connect(settings, "promptgen-parked")
+    event_log = await EventLog.for_tool(settings, "promptgen-parked")
     try:
         records = await ParkedEvents(event_log).list(consumer)
     finally:
@@ -52,7 +52,7 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
         err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(known)} "
                   "(`promptgen parked list` shows whose events are parked)")
         return 2
-    event_log = await EventLog.connect(settings, "promptgen-parked")
+    event_log = await EventLog.for_tool(settings, "promptgen-parked")
     try:
         result = await request_reapply(event_log, consumer, seqs)
     except NoConsumerRunning as exc:

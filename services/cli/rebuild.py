@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 from nats.errors import NoRespondersError
@@ -18,7 +17,7 @@ console = Console(stderr=True)
 
 
 async def run_rebuild(settings: Settings) -> int:
-    event_log = await EventLog.connect(settings, "promptgen-rebuild")
+    event_log = await EventLog.for_tool(settings, "promptgen-rebuild")
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as bar:
@@ -80,6 +79,3 @@ async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
     finally:
         await service.aclose()
 
-
-def main(settings: Settings) -> int:
-    return asyncio.run(run_rebuild(settings))

@@ -27,7 +27,7 @@ async def show_job_history(
     if not subjects.is_valid_token(job_id):
         Console(stderr=True).print(f"[red]'{job_id}' is not a valid job id[/red]")
         return 2
-    log = event_log or await EventLog.connect(settings, "promptgen-replay")
+    log = event_log or await EventLog.for_tool(settings, "promptgen-replay")
     try:
         records = await job_history(log, job_id)
     finally:

@@ -1,0 +1,69 @@
+"""The command-line tools (replay, rebuild, parked, keys) open the event log without changing it:
+an operator's shell lacks the deployment's variables, and a tool must not shorten the log's
+retention with its own default, make a log on another NATS, or wait for NATS forever."""
+
+from __future__ import annotations
+
+import pytest
+from nats.js.errors import NotFoundError
+
+from services.adapters import event_log as event_log_module
+from services.adapters.event_log import EventLog, NatsUnreachable, NoEventLog
+from services.cli.embedded import free_port
+from services.cli.main import run_tool
+from services.cli.replay import show_job_history
+from services.runtime.settings import Settings
+from tests.samples import job_requested
+from tests.servers import NatsServer
+
+
+@pytest.fixture
+def nats(tmp_path):
+    server = NatsServer(tmp_path / "nats").start()  # its own: the test makes and looks for streams
+    yield server
+    server.stop()
+
+
+async def test_replay_reads_the_log_and_leaves_its_retention_as_the_deployment_set_it(nats):
+    deployment = Settings(nats_url=nats.url, provider="offline", stream_max_age_days=365,
+                          duplicate_window_seconds=600)
+    log = await EventLog.connect(deployment, "deployment")  # the services make the stream
+    try:
+        await log.publish(job_requested("j-kept"))
+        shell = Settings(nats_url=nats.url, provider="offline", stream_max_age_days=1)  # not the deployment's
+        assert await show_job_history(shell, "j-kept", as_json=True) == 0
+        config = (await log.js.stream_info(log.stream)).config
+        assert (config.max_age, config.duplicate_window) == (365 * 86400, 600)
+    finally:
+        await log.close()
+
+
+async def test_a_tool_pointed_at_another_nats_makes_no_log_there(nats):
+    elsewhere = Settings(nats_url=nats.url, provider="offline")  # a NATS where no service ever ran
+    with pytest.raises(NoEventLog, match=f"NATS at {nats.url} has no stream PROMPTGEN"):
+        await EventLog.for_tool(elsewhere, "replay")
+    look = await EventLog.for_tool(elsewhere, "keys", needs_stream=False)  # keys needs none
+    try:
+        with pytest.raises(NotFoundError):
+            await look.js.stream_info("PROMPTGEN")
+    finally:
+        await look.close()
+
+
+def test_the_command_says_why_in_one_line_and_exits_1(nats, capsys, monkeypatch):
+    elsewhere = Settings(nats_url=nats.url, provider="offline")
+    assert run_tool(show_job_history(elsewhere, "j1", as_json=False)) == 1
+    assert "has no stream PROMPTGEN: is NATS_URL the deployment's NATS" in " ".join(capsys.readouterr().err.split())
+    monkeypatch.setattr(event_log_module, "TOOL_WAIT_SECONDS", 1.0)
+    nobody = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", provider="offline")
+    assert run_tool(show_job_history(nobody, "j1", as_json=False)) == 1  # not waiting forever
+    err = " ".join(capsys.readouterr().err.split())
+    assert "NATS did not answer at nats://127.0.0.1:" in err and "within 1 s: set NATS_URL" in err
+    assert "Traceback" not in err
+
+
+async def test_a_tool_gives_up_on_a_nats_that_does_not_answer(monkeypatch):
+    monkeypatch.setattr(event_log_module, "TOOL_WAIT_SECONDS", 1.0)
+    nobody = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", provider="offline")
+    with pytest.raises(NatsUnreachable, match="within 1 s: set NATS_URL"):
+        await EventLog.for_tool(nobody, "replay")

@@ -29,6 +29,10 @@ STOP_GRACE_SECONDS = 10.0
 CONFIGURATION_ERROR = 2  # a service's exit code when it refuses its configuration: not restarted
 
 
+class StartStopped(Exception):
+    """Told to stop (Ctrl-C) while a child was starting: what started is stopped, nothing failed."""
+
+
 class ChildRefused(RuntimeError):
     """A child exited refusing its configuration while it was being started."""
 
@@ -115,9 +119,10 @@ class LineSplitter:
 
 
 class Supervisor:
-    def __init__(self, out=sys.stdout) -> None:
+    def __init__(self, out=sys.stdout, *, told_to_stop: asyncio.Event | None = None) -> None:
         self.children: list[Child] = []
         self.stopping = False
+        self.told_to_stop = told_to_stop or asyncio.Event()  # set (Ctrl-C): a start waits no more
         self.out = out
         self._watchers: list[asyncio.Task] = []
         self.refused = asyncio.Event()  # set when a child exits refusing its configuration
@@ -218,6 +223,8 @@ class Supervisor:
         while time.monotonic() < deadline:
             if child.refused:
                 raise ChildRefused(f"{child.name} refused its configuration (its reason is in its output above)")
+            if self.told_to_stop.is_set():
+                raise StartStopped(f"told to stop while {child.name} was starting")
             if child.ready_check is None:
                 try:
                     await asyncio.wait_for(child.ready.wait(), timeout=0.2)

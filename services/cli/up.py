@@ -14,6 +14,7 @@ from services.cli.supervisor import (
     Child,
     ChildRefused,
     ReadyCheck,
+    StartStopped,
     Supervisor,
     child_env,
     http_ready,
@@ -24,7 +25,7 @@ from services.runtime.lifecycle import stop_event
 from services.runtime.redaction import redact
 from services.runtime.settings import variable
 
-console = Console()
+console = Console(soft_wrap=True)  # a line is not cut at 80 columns when the output is a file or a pipe
 
 # Secrets a service has no use for: the projector never calls the LLM, and only the gateway signs
 # stream tokens. (NATS and MongoDB get none of ours: ``server_env``.)
@@ -89,7 +90,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         console.print("[red]--gateways above 1 needs Linux[/red]: run one gateway, or several behind a load balancer")
         return 2
     stop = stop_event()
-    sup = Supervisor()
+    sup = Supervisor(told_to_stop=stop)
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}
     try:
         nats_url, mongo_url = variable("NATS_URL"), variable("MONGO_URL")  # or their _FILE forms
@@ -165,6 +166,9 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         if sup.refused.is_set() and not stop.is_set():
             console.print("[red]promptgen up stopped:[/red] a service refused its configuration (see above)")
             return 2
+        return 0
+    except StartStopped as exc:
+        console.print(f"promptgen up stopped: {exc}")
         return 0
     except Exception as exc:  # noqa: BLE001 - report, stop what started, exit non-zero
         console.print(f"[red]promptgen up failed:[/red] {redact(str(exc))}")

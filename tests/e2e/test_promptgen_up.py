@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 
+from services.cli.embedded import free_port
 from services.testing.deployment import UpProcess
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
@@ -145,6 +146,31 @@ async def test_up_survives_a_child_printing_a_huge_line_and_stops_everything(tmp
     assert f"… [{(1 << 20) - 16 * 1024} more bytes cut]" in banner
     await _a_job_to_its_end(up.base_url, scenario_document, 2)
     up.stop(signal.SIGINT)  # exit code 0 and no process left behind
+
+
+def test_ctrl_c_while_a_service_is_starting_stops_it_all_at_once(tmp_path):
+    up = Up(tmp_path / "data")
+    nobody = f"nats://127.0.0.1:{free_port()}"  # the projector waits for it, and never becomes ready
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "services.cli", "up", "--port", str(up.port), "--data-dir", str(up.data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**up.env, "NATS_URL": nobody, "MONGO_URL": "mongodb://127.0.0.1:1/?directConnection=true"})
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:  # until the projector says what it waits for
+        lines.append(line)
+        if "projector |" in line and "nats_error" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=20)  # not the 60 s a start may take
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("Ctrl-C did not stop `up` while a service was starting") from None
+    out = "".join(lines) + out
+    assert proc.returncode == 0, out[-2000:]
+    assert "promptgen up stopped: told to stop while projector was starting" in out, out[-2000:]
+    assert "projector | stopping" in out
 
 
 def test_up_refuses_a_busy_port_with_a_clear_message(tmp_path):

@@ -51,7 +51,7 @@ def main() -> None:
     parser.add_argument("--documents", type=int, default=5000)
     parser.add_argument("--sizes", default="200,50,25,10")
     args = parser.parse_args()
-    d = harness.start(env={"PROMPTGEN_LLM_PROVIDER": "offline"})
+    d = harness.start(env={"PROMPTGEN_PROVIDER": "offline"})
     try:
         asyncio.run(measure(d.mongo_url, args.documents, [int(s) for s in args.sizes.split(",")]))
     finally:

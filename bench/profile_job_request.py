@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=30)
     parser.add_argument("--top", type=int, default=60)
     args = parser.parse_args()
-    d = harness.start(env={"PROMPTGEN_LLM_PROVIDER": "offline"})
+    d = harness.start(env={"PROMPTGEN_PROVIDER": "offline"})
     raw = d.data_dir / "gateway.raw"
     try:
         template_id, ids = asyncio.run(_personas(d.base_url, args.personas))

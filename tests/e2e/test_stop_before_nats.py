@@ -19,7 +19,7 @@ from services.cli.embedded import free_port
 def test_a_service_waiting_for_nats_stops_when_told(command):
     nats_port = free_port()  # nothing listens there
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{nats_port}", "MONGO_URL": "mongodb://127.0.0.1:1",
-           "PROMPTGEN_LLM_PROVIDER": "offline", "PROMPTGEN_PROJECTOR_HTTP_PORT": "0",
+           "PROMPTGEN_PROVIDER": "offline", "PROMPTGEN_PROJECTOR_HTTP_PORT": "0",
            "PROMPTGEN_GENERATOR_HTTP_PORT": "0"}
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", *command], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

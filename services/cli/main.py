@@ -72,12 +72,25 @@ def _settings(*, llm: bool = False, **overrides: object) -> Settings:
     return settings
 
 
+def _warn_of_unknown_settings() -> None:
+    """A ``PROMPTGEN_*`` variable no setting reads, in the service's log (its logging set up):
+    a misspelling would otherwise be ignored in silence. A warning, not a refusal: a newer
+    version's setting may be in a shared environment."""
+    import structlog
+
+    from services.runtime.settings import unknown_variables
+
+    for name, close in unknown_variables():
+        structlog.get_logger().warning("unknown_setting", variable=name, did_you_mean=close)
+
+
 def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[None]], *, llm: bool) -> None:
     from services.runtime.lifecycle import settle_heap_when_ready, stop_event
     from services.runtime.logs import configure_logging
 
     settings = _settings(llm=llm)
     configure_logging(name, settings.log_level)
+    _warn_of_unknown_settings()
     settle_heap_when_ready()
 
     async def _main() -> None:
@@ -139,6 +152,7 @@ def gateway(
         console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     configure_logging("gateway", settings.log_level)
+    _warn_of_unknown_settings()
     settle_heap_when_ready()
     application = create_app(settings)
     config = uvicorn.Config(application, host=settings.host, port=settings.port, log_config=None,

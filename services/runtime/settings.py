@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -84,6 +86,27 @@ def _variable_names(field: FieldInfo) -> list[str]:
     alias = field.validation_alias
     choices = alias.choices if isinstance(alias, AliasChoices) else []
     return [c for c in choices if isinstance(c, str) and c.isupper()]
+
+
+# PROMPTGEN_* names that no service setting is, read by deploy/compose.yaml itself (an operator's shell
+# may well hold them): not misspellings.
+COMPOSE_VARIABLES = frozenset({"PROMPTGEN_IMAGE", "PROMPTGEN_SECRETS", "PROMPTGEN_OPENAI_KEY_FILE"})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[str, str | None]]:
+    """The ``PROMPTGEN_*`` variables (in any case) that no setting reads, each with the setting's
+    name closest to it, if one is close: a misspelled variable is otherwise ignored in silence."""
+    known = {name for field in Settings.model_fields.values() for name in _variable_names(field)}
+    known |= {f"{name}_FILE" for name in known} | COMPOSE_VARIABLES
+    # compared without the prefix most share, which would make any two names alike
+    by_stem = {name.removeprefix("PROMPTGEN_"): name for name in known - COMPOSE_VARIABLES}
+    found = []
+    for name in sorted(os.environ if environ is None else environ):
+        upper = name.upper()
+        if upper.startswith("PROMPTGEN_") and upper not in known:
+            close = difflib.get_close_matches(upper.removeprefix("PROMPTGEN_"), by_stem, n=1)
+            found.append((name, by_stem[close[0]] if close else None))
+    return found
 
 
 def _usable_cores() -> int:

@@ -20,7 +20,7 @@ def test_a_service_waiting_for_nats_stops_when_told(command):
     nats_port = free_port()  # nothing listens there
     env = {**os.environ, "NATS_URL": f"nats://127.0.0.1:{nats_port}", "MONGO_URL": "mongodb://127.0.0.1:1",
            "PROMPTGEN_PROVIDER": "offline", "PROMPTGEN_PROJECTOR_HTTP_PORT": "0",
-           "PROMPTGEN_GENERATOR_HTTP_PORT": "0"}
+           "PROMPTGEN_GENERATOR_HTTP_PORT": "0", "PROMPTGEN_LLM_PROVIDER": "offline"}  # no such setting
     proc = subprocess.Popen([sys.executable, "-m", "services.cli", *command], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.stdout is not None
@@ -33,6 +33,8 @@ def test_a_service_waiting_for_nats_stops_when_told(command):
         if '"nats_error"' in line:
             assert json.loads(line)["servers"] == [f"nats://127.0.0.1:{nats_port}"]
             break
+    unknown = [json.loads(ln) for ln in lines if '"unknown_setting"' in ln]  # said, not ignored in silence
+    assert ("PROMPTGEN_LLM_PROVIDER", "PROMPTGEN_PROVIDER") in [(u["variable"], u["did_you_mean"]) for u in unknown]
     proc.send_signal(signal.SIGTERM)
     try:
         out, _ = proc.communicate(timeout=10)

@@ -77,6 +77,18 @@ def test_a_setting_in_both_spellings_at_odds_is_refused(monkeypatch):
     assert variable("MONGO_URL") == Settings().mongo_url == "mongodb://db-upper"
 
 
+def test_a_misspelled_variable_is_named_with_the_setting_it_is_closest_to():
+    from services.runtime.settings import unknown_variables
+
+    environ = {"PROMPTGEN_LLM_PROVIDER": "offline", "promptgen_max_sse_stream": "10", "PROMPTGEN_PORT": "9000",
+               "PROMPTGEN_OPENAI_API_KEY_FILE": "/x", "PROMPTGEN_STREAM_TOKEN_SECRET_FILE": "/run/secrets/s",
+               "PROMPTGEN_IMAGE": "promptgen:1", "PROMPTGEN_ZZZ": "1", "OTHER": "1"}
+    assert unknown_variables(environ) == [("PROMPTGEN_LLM_PROVIDER", "PROMPTGEN_PROVIDER"),
+                                          ("PROMPTGEN_OPENAI_API_KEY_FILE", "OPENAI_API_KEY_FILE"),
+                                          ("PROMPTGEN_ZZZ", None),
+                                          ("promptgen_max_sse_stream", "PROMPTGEN_MAX_SSE_STREAMS")]
+
+
 def test_an_empty_file_is_unset(monkeypatch, tmp_path):
     (tmp_path / "key").write_text("\n")
     monkeypatch.setenv("OPENAI_API_KEY_FILE", str(tmp_path / "key"))

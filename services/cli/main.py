@@ -114,7 +114,7 @@ def up(
     mongo_port: int = typer.Option(27017, help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),
     generators: int = typer.Option(1, min=1, help="How many generator processes to run."),
     gateways: int = typer.Option(1, min=1, help="How many gateway processes share the gateway port (SO_REUSEPORT, "
-                                                "Linux; for many SSE clients, up to one per core)."),
+                                                "Linux; for many SSE clients, one per core; at most two per core)."),
 ) -> None:
     """Start everything on this machine: NATS, MongoDB, projector, generator(s), gateway."""
     from services.cli.up import gateway_port, run_up

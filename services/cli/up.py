@@ -37,6 +37,12 @@ GATEWAY_SECRETS = ("PROMPTGEN_STREAM_TOKEN_SECRET", "PROMPTGEN_STREAM_TOKEN_SECR
 DEFAULT_PORT = 9000
 
 
+def max_gateways() -> int:
+    """How many gateway processes ``up`` starts at most: each serves its clients on one core, so
+    beyond two per core a typo (``--gateways 100``) would only cost memory, about 100 MB each."""
+    return 2 * (os.cpu_count() or 1)
+
+
 def gateway_port(given: int | None) -> int:
     """The gateway's port: ``--port``, else ``PROMPTGEN_PORT`` as the gateway reads it (either
     spelling, or its ``_FILE`` form; both set: a ``ValueError``), else 9000."""
@@ -88,6 +94,10 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
     """``data_dir``: absolute, and it exists."""
     if gateways > 1 and sys.platform != "linux":  # elsewhere SO_REUSEPORT does not spread connections
         console.print("[red]--gateways above 1 needs Linux[/red]: run one gateway, or several behind a load balancer")
+        return 2
+    if gateways > (most := max_gateways()):
+        console.print(f"[red]--gateways {gateways} is more than this machine can use[/red]: at most {most}, "
+                      f"two per core ({os.cpu_count() or 1} here); a gateway more only shares a core")
         return 2
     stop = stop_event()
     sup = Supervisor(told_to_stop=stop)

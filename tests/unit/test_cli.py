@@ -36,6 +36,13 @@ def test_a_gateway_bound_beyond_loopback_without_its_host_names_does_not_start(m
     assert "bound to 10.255.255.1, but PROMPTGEN_ALLOWED_HOSTS is not set" in " ".join(result.output.split())
 
 
+def test_a_gateway_given_its_own_port_twice_refuses_instead_of_failing_to_bind_again_and_again():
+    result = CliRunner().invoke(app, ["gateway", "--port", "59998"],
+                                env={"PROMPTGEN_PROVIDER": "offline", "PROMPTGEN_GATEWAY_HTTP_PORT": "59998"})
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert "PROMPTGEN_GATEWAY_HTTP_PORT is 59998, the gateway's own port" in " ".join(result.output.split())
+
+
 def test_up_takes_the_gateway_port_from_promptgen_port_as_the_gateway_does(tmp_path):
     # The port is held, so `up` refuses before starting anything, naming the port it was given.
     with socket.socket() as held:
@@ -103,3 +110,15 @@ def test_up_moves_a_services_metrics_port_only_when_another_holds_it(monkeypatch
         assert ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", port) == {}
     monkeypatch.delenv("PROMPTGEN_PROJECTOR_HTTP_PORT")
     assert ops_port("PROMPTGEN_PROJECTOR_HTTP_PORT", port) == {}  # free again: the default
+
+
+def test_up_refuses_more_gateways_than_the_machine_can_use_before_starting_anything(monkeypatch, tmp_path):
+    from services.cli.up import max_gateways
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert max_gateways() == 4
+    result = CliRunner().invoke(app, ["up", "--data-dir", str(tmp_path), "--gateways", "100"],
+                                env={"NATS_URL": "nats://127.0.0.1:1", "MONGO_URL": "mongodb://127.0.0.1:1"})
+    assert result.exit_code == 2
+    assert "--gateways 100 is more than this machine can use: at most 4, two per core (2 here)" in \
+        " ".join(result.output.split())

@@ -46,6 +46,9 @@ BUCKET = "promptgen_tenant_quotas"
 LIMITS = ("requests_per_minute", "jobs_in_flight", "personas_per_day")
 OVERRIDES_SECONDS = 5.0  # how long a gateway uses a tenant's limits before reading them again
 JOBS_RETRY_AFTER = 5  # seconds: a job in flight may end at any moment, and the read model shows it soon after
+# Without a limit on jobs in flight, how many of a tenant's latest jobs are kept, each until its
+# deadline, only so that one asked for again is counted once: the shared entry stays small.
+RECENT_JOBS = 64
 log = structlog.get_logger()
 
 
@@ -132,9 +135,10 @@ def seconds_to_midnight(now: datetime) -> float:
 
 def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: datetime) -> Refusal | None:
     """Whether ``job`` fits (``state`` is as of ``now``, ended jobs already left); if so, counts it.
-    With a limit on jobs in flight, a job is counted once, by its id: asked for again while it
-    holds its slot (an Idempotency-Key's or a retry's request at the same time, or sent again
-    after a 503), it is admitted and nothing more is counted."""
+    A job is counted once, by its id: asked for again while it holds its slot (an Idempotency-Key's
+    or a retry's request at the same time, or sent again after a 503), it is admitted and nothing
+    more is counted. Without a limit on jobs in flight, only the ``RECENT_JOBS`` latest are kept
+    for that."""
     if job.job_id in state.jobs:
         return None
     personas = len(job.personas)
@@ -147,10 +151,10 @@ def admit_job(state: TenantJobs, job: JobRequested, limits: TenantLimits, now: d
         return Refusal("personas_per_day",
                        f"This tenant may generate prompts for {limits.personas_per_day} personas per day (UTC); "
                        f"{left} left today, this job has {personas}", seconds_to_midnight(now))
-    # Kept only to be counted: unlimited, the entry would grow with every job (and then a job asked
-    # for twice at once, or again after a 503, counts its personas twice).
-    if limits.jobs_in_flight:
-        state.jobs[job.job_id] = job.deadline.timestamp()
+    state.jobs[job.job_id] = job.deadline.timestamp()
+    if not limits.jobs_in_flight:  # kept only to be counted once: not one entry for every job
+        for earlier in list(state.jobs)[:-RECENT_JOBS]:
+            del state.jobs[earlier]
     state.personas += personas
     return None
 

@@ -22,7 +22,7 @@ from contracts.events import JobRequested
 from services.adapters.api_keys import SCOPES, ApiKeys
 from services.gateway.auth import Caller
 from services.gateway.errors import ApiError
-from services.gateway.quotas import TenantLimits, TenantQuotas
+from services.gateway.quotas import RECENT_JOBS, TenantLimits, TenantQuotas
 from services.runtime.settings import Settings
 from services.testing import ManualClock, MemoryEventLog, memory_read_models
 from tests import samples
@@ -230,16 +230,21 @@ async def test_a_job_that_was_not_published_gives_its_slot_and_personas_back() -
     await log.close()
 
 
-async def test_without_a_jobs_limit_the_shared_entry_does_not_grow_with_every_job() -> None:
+async def test_without_a_jobs_limit_the_shared_entry_keeps_only_the_latest_jobs() -> None:
+    """Each job's id is kept until its deadline (so one asked for again counts once), but only the
+    latest ``RECENT_JOBS``: the entry does not grow with every job."""
     models, log = memory_read_models(), MemoryEventLog(Settings())
     quotas = await TenantQuotas.open(log, models, Settings(), ManualClock(NOON))
-    quotas.limits = TenantLimits(jobs_in_flight=0, personas_per_day=100)
+    quotas.limits = TenantLimits(jobs_in_flight=0, personas_per_day=1000)
     caller = Caller(tenant="acme", key_id="k1", scopes=frozenset(SCOPES))
-    for i in range(5):
-        async with quotas.job(caller, samples.job_requested(f"j{i}").model_copy(update={"occurred_at": NOON})):
+    for i in range(RECENT_JOBS + 6):
+        job = samples.job_requested(f"j{i}").model_copy(update={"occurred_at": NOON,
+                                                               "deadline": NOON + timedelta(hours=1)})
+        async with quotas.job(caller, job):
             pass
     stored = json.loads((await quotas.kv.get("jobs.acme")).value)
-    assert stored["jobs"] == {} and stored["personas"] == 10
+    assert list(stored["jobs"]) == [f"j{i}" for i in range(6, RECENT_JOBS + 6)]
+    assert stored["personas"] == 2 * (RECENT_JOBS + 6)
     await log.close()
 
 
@@ -417,6 +422,36 @@ async def test_a_job_nats_did_not_confirm_keeps_its_slot(limited, monkeypatch) -
     other = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[2:]))
     await assert_refused(system, other, "jobs_in_flight")
     assert "Idempotency-Key" in r.json()["detail"]
+
+
+@pytest.mark.parametrize("jobs_in_flight", [0, 5])
+async def test_a_job_sent_again_after_it_was_not_confirmed_counts_its_personas_once(limited, monkeypatch,
+                                                                                     jobs_in_flight) -> None:
+    """With a limit on personas per day, with or without one on jobs in flight: the resend with
+    the key is the same job, and the day's count has its personas once."""
+    from nats.errors import TimeoutError as NatsTimeout
+
+    system, c = await limited(generator=False, tenant_jobs_in_flight=jobs_in_flight, tenant_personas_per_day=3)
+    acme = c["acme"]
+    template_id = await create_template(acme, DOCUMENT)
+    personas = [p["id"] for p in await create_personas(acme, template_id, 3)]
+    publish = system.event_log.publish
+
+    async def unconfirmed(event, **kwargs):
+        if isinstance(event, JobRequested):
+            raise NatsTimeout
+        return await publish(event, **kwargs)
+
+    monkeypatch.setattr(system.event_log, "publish", unconfirmed)
+    body, key = job_body(template_id, personas[:2]), {"Idempotency-Key": "k"}
+    r = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
+    assert r.status_code == 503 and r.json()["code"] == "job_not_confirmed", r.text
+    monkeypatch.setattr(system.event_log, "publish", publish)
+    again = await acme.post("/scenario/v2/generate-final-prompts", json=body, headers=key)
+    assert again.status_code == 202, again.text  # not refused for its own personas (2 + 2 > 3)
+    assert (await _quota_state(system, "acme"))["personas"] == 2
+    third = await acme.post("/scenario/v2/generate-final-prompts", json=job_body(template_id, personas[2:]))
+    assert third.status_code == 202, third.text  # 2 + 1 of 3
 
 
 async def test_a_job_stored_whose_request_cannot_be_read_back_stays_counted(limited, monkeypatch) -> None:

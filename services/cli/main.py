@@ -142,13 +142,14 @@ def gateway(
 
     from services.gateway.allowed_hosts import unconfigured
     from services.gateway.app import GatewayServer, create_app
+    from services.gateway.bootstrap import ports_at_odds
     from services.gateway.sse import server_exiting
     from services.runtime.lifecycle import settle_heap_when_ready, stop_also_when, stop_requested
     from services.runtime.logs import configure_logging
 
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = _settings(llm=True, **overrides)
-    if reason := unconfigured(settings):  # the app refuses too; here, before anything starts, plainly
+    if reason := unconfigured(settings) or ports_at_odds(settings):  # before anything starts, plainly
         console.print(f"[red]promptgen: configuration error:[/red] {reason}", highlight=False, soft_wrap=True)
         raise typer.Exit(2)
     configure_logging("gateway", settings.log_level)

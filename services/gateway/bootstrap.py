@@ -33,6 +33,15 @@ from services.runtime.wiring import event_log_for, models_for, provider_for
 log = structlog.get_logger()
 
 
+def ports_at_odds(settings: Settings) -> str | None:
+    """Why the gateway cannot serve on the ports it is given, if it cannot: its own port for
+    ``/metrics`` and the probes is its main port (the second server would never bind)."""
+    if settings.gateway_http_port and settings.gateway_http_port == settings.port:
+        return (f"PROMPTGEN_GATEWAY_HTTP_PORT is {settings.port}, the gateway's own port (PROMPTGEN_PORT): give it "
+                "another, or leave it unset (/metrics, /livez and /readyz are on the gateway's port too)")
+    return None
+
+
 @dataclass
 class Gateway:
     """Everything the routes use."""

@@ -311,15 +311,6 @@ class Settings(BaseSettings):
                              "and its key")
         return self
 
-    @model_validator(mode="after")
-    def _gateway_ports_differ(self) -> Settings:
-        # The same port twice in one process: its second server could never bind.
-        if self.gateway_http_port and self.gateway_http_port == self.port:
-            raise ValueError(f"PROMPTGEN_GATEWAY_HTTP_PORT is {self.port}, the gateway's own port (PROMPTGEN_PORT): "
-                             "give it another, or leave it unset (/metrics, /livez and /readyz are on the "
-                             "gateway's port too)")
-        return self
-
     @field_validator("allowed_hosts")
     @classmethod
     def _host_patterns(cls, value: str | None) -> str | None:

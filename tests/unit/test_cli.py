@@ -37,10 +37,17 @@ def test_a_gateway_bound_beyond_loopback_without_its_host_names_does_not_start(m
 
 
 def test_a_gateway_given_its_own_port_twice_refuses_instead_of_failing_to_bind_again_and_again():
+    from services.gateway.bootstrap import ports_at_odds
+    from services.runtime.settings import Settings
+
+    assert ports_at_odds(Settings(port=0, gateway_http_port=0)) is None  # each a free port of its own
+    assert ports_at_odds(Settings(port=9000, gateway_http_port=9001)) is None
     result = CliRunner().invoke(app, ["gateway", "--port", "59998"],
                                 env={"PROMPTGEN_PROVIDER": "offline", "PROMPTGEN_GATEWAY_HTTP_PORT": "59998"})
     assert result.exit_code == 2, (result.output, result.exception)
     assert "PROMPTGEN_GATEWAY_HTTP_PORT is 59998, the gateway's own port" in " ".join(result.output.split())
+    # the other services do not use these ports, and start
+    assert Settings(port=59998, gateway_http_port=59998).gateway_http_port == 59998
 
 
 def test_up_takes_the_gateway_port_from_promptgen_port_as_the_gateway_does(tmp_path):

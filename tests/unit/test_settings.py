@@ -109,13 +109,6 @@ def test_a_value_and_a_file_for_the_same_setting_are_refused(monkeypatch, tmp_pa
         Settings()
 
 
-def test_the_gateways_own_ops_port_cannot_be_its_main_port():
-    with pytest.raises(ValueError, match="PROMPTGEN_GATEWAY_HTTP_PORT is 9000, the gateway's own port"):
-        Settings(port=9000, gateway_http_port=9000)
-    assert Settings(port=0, gateway_http_port=0).gateway_http_port == 0  # each a free port of its own
-    assert Settings(port=9000, gateway_http_port=9001).gateway_http_port == 9001
-
-
 def test_openai_without_a_key_is_refused_with_the_reason():
     settings = Settings(provider="openai")
     with pytest.raises(LLMConfigError, match="no API key: set OPENAI_API_KEY, or OPENAI_API_KEY_FILE"):

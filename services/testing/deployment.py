@@ -88,17 +88,20 @@ class UpProcess:
         return found
 
     def pids(self) -> dict[str, int]:
-        """name -> pid of each child: gateway, generator[2..], projector, nats, mongodb."""
+        """name -> pid of each child: gateway, generator, projector, nats, mongodb; several of a
+        kind are numbered from 1 by pid (gateway1, gateway2), as ``up`` names them."""
         named: dict[str, int] = {}
+        services: dict[str, list[int]] = {}
         for pid, args in sorted(self.children().items()):
             for name in ("gateway", "generator", "projector"):
                 if f"services.cli {name}" in args:
-                    key = name if name not in named else f"{name}{sum(k.startswith(name) for k in named) + 1}"
-                    named[key] = pid
+                    services.setdefault(name, []).append(pid)
             if "nats-server" in args:
                 named["nats"] = pid
             if "secantusd" in args:
                 named["mongodb"] = pid
+        for name, pids in services.items():
+            named |= {f"{name}{i + 1 if len(pids) > 1 else ''}": pid for i, pid in enumerate(pids)}
         return named
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> str:

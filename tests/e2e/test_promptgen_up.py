@@ -106,7 +106,7 @@ async def test_up_runs_several_gateways_on_one_port_each_scraped_on_its_own(tmp_
     banner = " ".join(up.start().split())
     own = [int(p) for p in re.findall(r"gateway\d http://127\.0\.0\.1:(\d+)/metrics", banner)]
     assert len(set(own)) == 2 and up.port not in own, banner[-2000:]
-    assert sorted(n for n in up.pids() if n.startswith("gateway")) == ["gateway", "gateway2"]
+    assert sorted(n for n in up.pids() if n.startswith("gateway")) == ["gateway1", "gateway2"]
     for _ in range(40):  # each a new connection, which the kernel gives to either gateway
         async with httpx.AsyncClient(base_url=up.base_url, timeout=30) as fresh:
             assert (await fresh.get("/scenario/templates/0")).status_code == 404

@@ -253,7 +253,8 @@ class AvatarInteractionCreate(Request):
 
     @model_validator(mode="after")
     def _prompt_source(self) -> AvatarInteractionCreate:
-        if self.mode != "learn_mode" and self.persona_id is None and self.system_prompt is None:
+        # an empty or blank prompt is no prompt (the interaction would be stored with none)
+        if self.mode != "learn_mode" and self.persona_id is None and not (self.system_prompt or "").strip():
             raise ValueError(f"{self.mode} needs a persona_id (or an explicit system_prompt)")
         return self
 

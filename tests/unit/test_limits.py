@@ -88,3 +88,10 @@ def test_the_json_schema_states_the_caps_the_validator_applies():
     assert set(schema["$defs"]["FreeFormScalar"]["type"]) == {"null", "boolean", "number", "string"}
     mapping = GenerateFinalPromptsRequest.model_json_schema()["properties"]["mode_mapping"]
     assert mapping["propertyNames"]["pattern"] == TOKEN_PATTERN and "patternProperties" not in mapping
+
+
+@pytest.mark.parametrize("prompt", ["", "  \n"])
+def test_an_interaction_outside_learn_mode_with_a_blank_prompt_and_no_persona_is_refused(prompt):
+    with pytest.raises(ValueError, match="try_mode needs a persona_id"):
+        AvatarInteractionCreate(mode="try_mode", system_prompt=prompt)
+    assert AvatarInteractionCreate(mode="try_mode", persona_id="p1", system_prompt="").persona_id == "p1"

@@ -23,7 +23,7 @@ from services.cli.supervisor import (
 )
 from services.runtime.lifecycle import stop_event
 from services.runtime.redaction import redact
-from services.runtime.settings import variable
+from services.runtime.settings import usable_cores, variable
 
 console = Console(soft_wrap=True)  # a line is not cut at 80 columns when the output is a file or a pipe
 
@@ -40,7 +40,7 @@ DEFAULT_PORT = 9000
 def max_gateways() -> int:
     """How many gateway processes ``up`` starts at most: each serves its clients on one core, so
     beyond two per core a typo (``--gateways 100``) would only cost memory, about 100 MB each."""
-    return 2 * (os.cpu_count() or 1)
+    return 2 * usable_cores()
 
 
 def gateway_port(given: int | None) -> int:
@@ -97,7 +97,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         return 2
     if gateways > (most := max_gateways()):
         console.print(f"[red]--gateways {gateways} is more than this machine can use[/red]: at most {most}, "
-                      f"two per core ({os.cpu_count() or 1} here); a gateway more only shares a core")
+                      f"two per core ({most // 2} here); a gateway more only shares a core")
         return 2
     stop = stop_event()
     sup = Supervisor(told_to_stop=stop)

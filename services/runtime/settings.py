@@ -109,7 +109,7 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[tuple[st
     return found
 
 
-def _usable_cores() -> int:
+def usable_cores() -> int:
     """The cores this process may run on (a CPU set narrows it; a CPU quota does not show here)."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
@@ -237,7 +237,7 @@ class Settings(BaseSettings):
                     "deleted when it ends); unset: the system's temporary directory.",
     )
     rebuild_processes: int = Field(
-        default_factory=lambda: max(1, min(4, _usable_cores())), ge=1, le=64,
+        default_factory=lambda: max(1, min(4, usable_cores())), ge=1, le=64,
         validation_alias=_env("PROMPTGEN_REBUILD_PROCESSES"),
         description="Worker processes that read and fold the log in a rebuild while the projector stores "
                     "what they folded; 1: the projector alone. Unset: the cores it may run on, up to 4 (a CPU quota "

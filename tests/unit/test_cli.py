@@ -122,7 +122,7 @@ def test_up_moves_a_services_metrics_port_only_when_another_holds_it(monkeypatch
 def test_up_refuses_more_gateways_than_the_machine_can_use_before_starting_anything(monkeypatch, tmp_path):
     from services.cli.up import max_gateways
 
-    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr("services.cli.up.usable_cores", lambda: 2)
     assert max_gateways() == 4
     result = CliRunner().invoke(app, ["up", "--data-dir", str(tmp_path), "--gateways", "100"],
                                 env={"NATS_URL": "nats://127.0.0.1:1", "MONGO_URL": "mongodb://127.0.0.1:1"})

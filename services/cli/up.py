@@ -37,6 +37,12 @@ GATEWAY_SECRETS = ("PROMPTGEN_STREAM_TOKEN_SECRET", "PROMPTGEN_STREAM_TOKEN_SECR
 DEFAULT_PORT = 9000
 
 
+def numbered(name: str, index: int, count: int) -> str:
+    """The name of the ``index``-th (from 0) of ``count`` children of a kind: ``gateway`` alone,
+    ``gateway1``, ``gateway2`` when there are several."""
+    return f"{name}{index + 1}" if count > 1 else name
+
+
 def max_gateways() -> int:
     """How many gateway processes ``up`` starts at most: each serves its clients on one core, so
     beyond two per core a typo (``--gateways 100``) would only cost memory, about 100 MB each."""
@@ -135,7 +141,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             # several generators cannot share one port: each takes a free one, announced when ready
             own = ({"PROMPTGEN_GENERATOR_HTTP_PORT": "0"} if generators > 1
                    else ops_port("PROMPTGEN_GENERATOR_HTTP_PORT", 9101))
-            workers.append(Child(f"generator{i + 1 if generators > 1 else ''}", _service("generator"),
+            workers.append(Child(numbered("generator", i, generators), _service("generator"),
                                  child_env(drop=GATEWAY_SECRETS, **env, **own,
                                            **own_service_name("generator")),
                                  ours=True))
@@ -146,7 +152,7 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         shared = {"PROMPTGEN_REUSE_PORT": "1", "PROMPTGEN_GATEWAY_HTTP_PORT": "0"} if gateways > 1 else {}
         fronts = []
         for i in range(gateways):
-            front = Child(f"gateway{i + 1 if gateways > 1 else ''}", _service("gateway"),
+            front = Child(numbered("gateway", i, gateways), _service("gateway"),
                           child_env(**env, **shared, **own_service_name("gateway")), ours=True)
             # The first, alone on the port, answers there; the others join a port that answers and
             # say they are ready (and where their own port is) as they start to serve.

@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from services.cli.embedded import free_port, mongo_url, nats_url
+from services.cli.up import numbered
 
 READY_LINE = "Press Ctrl-C to stop"
 
@@ -101,7 +102,7 @@ class UpProcess:
             if "secantusd" in args:
                 named["mongodb"] = pid
         for name, pids in services.items():
-            named |= {f"{name}{i + 1 if len(pids) > 1 else ''}": pid for i, pid in enumerate(pids)}
+            named |= {numbered(name, i, len(pids)): pid for i, pid in enumerate(pids)}
         return named
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> str:

@@ -234,11 +234,16 @@ class JobEventHistory(BaseModel):
 # --- avatar interactions -----------------------------------------------------------------------
 
 
+# A system_prompt of these characters alone is none: ASCII whitespace, the same in Python and in a
+# JSON Schema pattern (whose \s is not Python's).
+BLANK = " \t\n\r\f\v"
+NOT_BLANK_PATTERN = r"[^ \t\n\r\f\v]"  # somewhere a character not in BLANK
 # What _prompt_source checks, said in JSON Schema.
 _PROMPT_SOURCE_SCHEMA: JsonDict = {"anyOf": [
     {"properties": {"mode": {"const": "learn_mode"}}},
     {"properties": {"persona_id": {"type": "string"}}, "required": ["persona_id"]},
-    {"properties": {"system_prompt": {"type": "string"}}, "required": ["system_prompt"]},
+    {"properties": {"system_prompt": {"type": "string", "pattern": NOT_BLANK_PATTERN}},
+     "required": ["system_prompt"]},
 ]}
 
 
@@ -254,7 +259,7 @@ class AvatarInteractionCreate(Request):
     @model_validator(mode="after")
     def _prompt_source(self) -> AvatarInteractionCreate:
         # an empty or blank prompt is no prompt (the interaction would be stored with none)
-        if self.mode != "learn_mode" and self.persona_id is None and not (self.system_prompt or "").strip():
+        if self.mode != "learn_mode" and self.persona_id is None and not (self.system_prompt or "").strip(BLANK):
             raise ValueError(f"{self.mode} needs a persona_id (or an explicit system_prompt)")
         return self
 

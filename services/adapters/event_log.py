@@ -29,6 +29,7 @@ from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    retry_if_exception,
     retry_if_exception_type,
     stop_after_delay,
     wait_exponential_jitter,
@@ -43,6 +44,9 @@ from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with another configuration
+# JetStream: "no suitable peers for placement": too few servers to hold the replicas now (one is
+# offline, or a cluster just started has not heard from all of them yet).
+NO_PEERS_FOR_PLACEMENT = 10005
 
 
 class NoStreamLeader(Exception):
@@ -233,6 +237,12 @@ async def pulled(
             continue
         waiting = False
         yield msgs
+
+
+def _no_peers_yet(exc: BaseException) -> bool:
+    """A stream or bucket NATS cannot place for want of servers: asked again, as a server may
+    be back (or the cluster formed) a moment later."""
+    return isinstance(exc, BadRequestError) and exc.err_code == NO_PEERS_FOR_PLACEMENT
 
 
 @dataclass(frozen=True, slots=True)
@@ -547,7 +557,7 @@ class EventLog(DerivedReads):
         return AsyncRetrying(
             stop=stop_after_delay(seconds),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
-            retry=retry_if_exception_type(_TRANSIENT + (ConnectionClosedError,)),
+            retry=retry_if_exception_type(_TRANSIENT + (ConnectionClosedError,)) | retry_if_exception(_no_peers_yet),
             before_sleep=retrying,
             reraise=True,
         )
@@ -606,13 +616,16 @@ class EventLog(DerivedReads):
         def config(replicas: int) -> api.KeyValueConfig:
             return api.KeyValueConfig(bucket=bucket, history=history, storage=api.StorageType.FILE, replicas=replicas)
 
-        try:
-            return await self.js.create_key_value(config(replicas))
-        except BadRequestError as exc:
-            if self.settings.stream_replicas is not None or exc.err_code != STREAM_NAME_IN_USE:
-                raise
-        existing = (await self.js.stream_info(f"KV_{bucket}")).config.num_replicas or replicas
-        return await self.js.create_key_value(config(existing))
+        async for attempt in self._retrying(30, "key_value"):
+            with attempt:
+                try:
+                    return await self.js.create_key_value(config(replicas))
+                except BadRequestError as exc:
+                    if self.settings.stream_replicas is not None or exc.err_code != STREAM_NAME_IN_USE:
+                        raise
+                existing = (await self.js.stream_info(f"KV_{bucket}")).config.num_replicas or replicas
+                return await self.js.create_key_value(config(existing))
+        raise AssertionError("unreachable")
 
     # --- reading ------------------------------------------------------------------------
 

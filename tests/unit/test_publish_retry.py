@@ -1,5 +1,5 @@
-"""A publish the server does not answer in time is sent again (same Nats-Msg-Id, so stored once),
-whether it fails on its first try or on a later one."""
+"""NATS requests met by a passing condition are asked again: a publish the server does not answer
+in time (same Nats-Msg-Id, so stored once), a stream or bucket it cannot place yet."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import BadRequestError, NotFoundError
 
 from services.adapters.event_log import EventLog
 from services.runtime.settings import Settings
@@ -27,7 +28,7 @@ class SlowToAnswer:
         return SimpleNamespace(seq=41 + len(self.sent))
 
 
-def _log(js: SlowToAnswer) -> EventLog:
+def _log(js: SlowToAnswer | NoPeersAtFirst) -> EventLog:
     nc = SimpleNamespace(jetstream=lambda timeout: js, max_payload=1 << 20)
     return EventLog(nc, Settings())  # type: ignore[arg-type]
 
@@ -38,3 +39,39 @@ async def test_a_publish_that_times_out_is_sent_again_with_the_same_msg_id(failu
     event = sample("persona.completed")
     assert await _log(js).publish(event) == 41 + failures + 1
     assert js.sent == [(event.subject(), event.dedup_id())] * (failures + 1)
+
+
+class NoPeersAtFirst:
+    """A JetStream context of a cluster that cannot place a stream or bucket for its first
+    ``refusals`` tries (a server offline, or not yet heard from just after the cluster started)."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.tries = 0
+
+    def _place(self) -> None:
+        self.tries += 1
+        if self.tries <= self.refusals:
+            raise BadRequestError(code=400, err_code=10005, description="no suitable peers for placement, peer offline")
+
+    async def stream_info(self, name: str):
+        raise NotFoundError(code=404, err_code=10059, description="stream not found")
+
+    async def add_stream(self, config) -> None:
+        self._place()
+
+    async def create_key_value(self, config) -> str:
+        self._place()
+        return config.bucket
+
+
+async def test_a_stream_nats_has_no_peers_for_yet_is_asked_for_again():
+    js = NoPeersAtFirst(2)
+    await _log(js).ensure_stream()
+    assert js.tries == 3
+
+
+async def test_a_bucket_nats_has_no_peers_for_yet_is_asked_for_again():
+    js = NoPeersAtFirst(2)
+    assert await _log(js).key_value("promptgen_api_keys") == "promptgen_api_keys"
+    assert js.tries == 3

@@ -47,6 +47,7 @@ STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with anoth
 # JetStream: "no suitable peers for placement": too few servers to hold the replicas now (one is
 # offline, or a cluster just started has not heard from all of them yet).
 NO_PEERS_FOR_PLACEMENT = 10005
+WRONG_LAST_SEQUENCE = 10071  # JetStream: a publish's expected last sequence (on a subject) is not the stream's
 
 
 class NoStreamLeader(Exception):
@@ -60,6 +61,15 @@ _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.T
 # answering: a 503.
 UNAVAILABLE = (NatsTimeout, NoServersError, ConnectionClosedError, ServiceUnavailableError, NoStreamLeader,
                NoStreamResponseError, NoRespondersError)
+
+
+class Precluded(Exception):
+    """An event not stored because the log already holds one on the subject it was published
+    unless: the log decides, as it stores it, so nothing can slip in between a check and the write."""
+
+    def __init__(self, event_type: str, subject: str) -> None:
+        super().__init__(f"a {event_type} event is not stored: the log holds an event on {subject}")
+        self.subject = subject
 
 
 class EventTooLarge(ValueError):
@@ -564,24 +574,39 @@ class EventLog(DerivedReads):
 
     # --- writing ------------------------------------------------------------------------
 
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60) -> int:
-        """Store ``event``; returns its stream sequence (the original's, if a duplicate)."""
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None) -> int:
+        """Store ``event``; returns its stream sequence (the original's, if a duplicate).
+        ``unless``: a subject; with an event on it stored first, ``event`` is not stored and
+        :class:`Precluded` is raised. The server checks as it stores, before it looks for a
+        duplicate: nothing slips in between."""
         payload = encode_event(event)
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
-            # The server counts headers in the limit ("NATS/1.0\r\n", "key: value\r\n" each, "\r\n"),
-            # and closes a connection that sends more.
-            size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
-            if size > self.nc.max_payload:
-                raise EventTooLarge(event.type, size, self.nc.max_payload)  # type: ignore[attr-defined]
-            try:  # tried once before a retrier is built: building one costs more than the publish
-                return (await self.js.publish(subject, payload, stream=self.stream, headers=headers)).seq
-            except _TRANSIENT + (ConnectionClosedError,) as exc:
-                log.warning("nats_retry", what="publish", error=repr(exc)[:300])
-            async for attempt in self._retrying(retry_seconds, "publish"):
-                with attempt:
-                    ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)
-                    return ack.seq
+            if unless is not None:
+                headers = {**headers, "Nats-Expected-Last-Subject-Sequence": "0",
+                           "Nats-Expected-Last-Subject-Sequence-Subject": unless}
+            try:
+                return await self._publish(subject, payload, headers, event.type, retry_seconds)
+            except BadRequestError as exc:
+                if unless is not None and exc.err_code == WRONG_LAST_SEQUENCE:
+                    raise Precluded(event.type, unless) from None
+                raise
+
+    async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], event_type: str,
+                       retry_seconds: float) -> int:
+        # The server counts headers in the limit ("NATS/1.0\r\n", "key: value\r\n" each, "\r\n"),
+        # and closes a connection that sends more.
+        size = len(payload) + 12 + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        if size > self.nc.max_payload:
+            raise EventTooLarge(event_type, size, self.nc.max_payload)
+        try:  # tried once before a retrier is built: building one costs more than the publish
+            return (await self.js.publish(subject, payload, stream=self.stream, headers=headers)).seq
+        except _TRANSIENT + (ConnectionClosedError,) as exc:
+            log.warning("nats_retry", what="publish", error=repr(exc)[:300])
+        async for attempt in self._retrying(retry_seconds, "publish"):
+            with attempt:
+                ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)
+                return ack.seq
         raise AssertionError("unreachable")
 
     # --- beside the events: side streams, core messages, key-value ---------------------

@@ -39,6 +39,9 @@ async def _quiet(exc: Exception) -> None:
     """The client would print each failed attempt: the finding says it once."""
 
 
+MIN_NATS_VERSION = (2, 11)
+
+
 async def _nats(settings: Settings):
     return await asyncio.wait_for(nats.connect(
         servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()], connect_timeout=2,
@@ -58,6 +61,12 @@ async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
         # host:port only: a URL's user and password stay out of the report
         where = nc.connected_url.netloc.rpartition("@")[2] if nc.connected_url else redact(settings.nats_url)
         findings = [Finding("NATS", True, where + (f" as {settings.nats_user}" if settings.nats_user else ""))]
+        version = nc.connected_server_version
+        if (version.major, version.minor) < MIN_NATS_VERSION:
+            findings.append(Finding(
+                "NATS version", False, f"{version} (promptgen needs {'.'.join(map(str, MIN_NATS_VERSION))} or later)",
+                "upgrade nats-server: a persona's outcome is stored only while its job's cancel is not, a "
+                "condition (Nats-Expected-Last-Subject-Sequence-Subject) older servers do not check"))
         js = nc.jetstream(timeout=3)
         try:
             info = await js.account_info()

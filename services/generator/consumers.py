@@ -32,7 +32,7 @@ from services.adapters.event_log import StoredEvent, pulled, stored_message
 from services.adapters.llm.base import LLMError, Provider
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
-from services.generator.work import failed, fan_out, generate_persona_prompt
+from services.generator.work import failed, fan_out, generate_persona_prompt, store_outcome
 from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
 from services.runtime.lifecycle import Clock, utc_now
@@ -273,10 +273,15 @@ class WorkerPool:
         return await self.log.first_readable_on(ends) is not None
 
     async def _expired(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
-        err = LLMError("expired", EXPIRED_PERSONA_ERROR)
-        await self.log.publish(failed(item, err, delivered))
-        self.metrics.persona_finished("failed", err.code)
+        await self._fail(item, LLMError("expired", EXPIRED_PERSONA_ERROR), delivered)
         await msg.ack()
+
+    async def _fail(self, item: PersonaPromptRequested, err: LLMError, delivered: int) -> None:
+        """Store the persona's failure, unless its job's cancel is stored first, and count it."""
+        if await store_outcome(self.log, failed(item, err, delivered)):
+            self.metrics.persona_finished("failed", err.code)
+        else:
+            self.metrics.persona_finished("cancelled")
 
     async def _cancelled(self, job_id: str) -> bool:
         return await self.cancellations.is_cancelled(job_id)
@@ -316,8 +321,7 @@ class WorkerPool:
                                                      f"internal error ({type(exc).__name__}); the generator's log "
                                                      "has it (work_item_exhausted)")
                     with contextlib.suppress(Exception):
-                        await self.log.publish(failed(item, err, delivered))
-                        self.metrics.persona_finished("failed", err.code)
+                        await self._fail(item, err, delivered)
                         await msg.ack()
                     return
                 log.warning("work_item_retry", error=str(exc), deliveries=delivered)
@@ -371,14 +375,14 @@ class WorkerPool:
                     self.metrics.persona_finished("expired")
                     await msg.ack()
                     return
-                if call.cancelled() or await self._cancelled(item.job_id):
+                if (call.cancelled() or await self._cancelled(item.job_id)
+                        or not await store_outcome(self.log, outcome)):
                     # The job ended cancelled while its call was out (the job manager has marked
                     # the persona cancelled): nothing of the call is stored.
                     log.info("work_item_dropped_cancelled", answered=not call.cancelled())
                     self.metrics.persona_finished("cancelled")
                     await msg.ack()
                     return
-                await self.log.publish(outcome)
         finally:
             progress.cancel()
             call.cancel()

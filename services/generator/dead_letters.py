@@ -22,7 +22,7 @@ from services.adapters.event_log import StoredEvent, pulled
 from services.adapters.llm.base import LLMError
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
-from services.generator.work import failed
+from services.generator.work import failed, store_outcome
 from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
 from services.runtime.metrics import Metrics
@@ -52,7 +52,8 @@ async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveri
                    f"no worker could finish this persona after {deliveries} deliveries (workers crashed or hung)")
     # In the work item's trace: the failure shows where the job's generation ended.
     with tracing.consuming("dead-letter persona", stored.headers, item, **{"promptgen.seq": stream_seq}):
-        await event_log.publish(failed(item, err, deliveries))
+        if not await store_outcome(event_log, failed(item, err, deliveries)):
+            return False  # its job was cancelled: the job manager counted the persona cancelled
     if metrics is not None:
         metrics.dead_letters.inc()
         metrics.persona_finished("failed", err.code)

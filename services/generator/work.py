@@ -6,10 +6,11 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from contracts import subjects
 from contracts.domain import generation_mode
 from contracts.events import (
     JobRequested,
@@ -18,11 +19,15 @@ from contracts.events import (
     PersonaPromptRequested,
     caused_by,
 )
+from services.adapters.event_log import Precluded
 from services.adapters.llm.base import LLMError, Provider
 from services.adapters.llm.limits import estimated_tokens
 from services.generator.prompt_generators import generate_for_mode
 from services.runtime import tracing
 from services.runtime.metrics import Metrics
+
+if TYPE_CHECKING:
+    from services.adapters.ports import EventLogPort
 
 log = structlog.get_logger()
 
@@ -62,6 +67,18 @@ def failed(item: PersonaPromptRequested, error: LLMError, attempts: int) -> Pers
         error_code=error.code,
         attempts=attempts,
     )
+
+
+async def store_outcome(event_log: EventLogPort, outcome: PersonaCompleted | PersonaFailed) -> bool:
+    """Store a persona's outcome unless its job's cancel is stored first; whether it was. The
+    log decides as it stores the outcome, so none follows a cancel there: the job manager, which
+    ends the job at its cancel, has already counted each persona (an unfinished one cancelled)."""
+    try:
+        await event_log.publish(outcome, unless=subjects.job(outcome.job_id, "cancel_requested"))
+    except Precluded:
+        log.info("outcome_dropped_cancelled", outcome=outcome.type)
+        return False
+    return True
 
 
 class Limiter(Protocol):

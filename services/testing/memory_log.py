@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.adapters.event_log import DerivedReads, LogState, StoredEvent, stored_event
+from services.adapters.event_log import DerivedReads, LogState, Precluded, StoredEvent, stored_event
 from services.runtime import tracing
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
@@ -85,11 +85,21 @@ class MemoryEventLog(DerivedReads):
 
     # --- the events -----------------------------------------------------------------------
 
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60) -> int:
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None) -> int:
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
             await asyncio.sleep(0)  # a publish is a round trip: others run meanwhile
+            if unless is not None and self._streams[self.stream].last_on(unless) is not None:
+                raise Precluded(event.type, unless)  # checked before duplicates, as on NATS
             return self._store(self.stream, subject, encode_event(event), headers)
+
+    async def publish_unannounced(self, event: Envelope) -> int:
+        """Store ``event`` without delivering it to core subscribers yet: the moment on NATS
+        between an event being stored and its notice reaching a subscriber."""
+        subject = event.subject()
+        with tracing.publishing(event, subject) as headers:
+            seq, _ = self._streams[self.stream].store(subject, encode_event(event), headers)
+            return seq
 
     async def last(self, subject: str) -> StoredEvent | None:
         msg = self._streams[self.stream].last_on(subject)

@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from contracts import subjects
 from contracts.events import JobCancelRequested, TemplateCreated
-from services.adapters.event_log import stored_message
+from services.adapters.event_log import Precluded, stored_message
 from services.generator.dead_letters import advisory_subject, dead_letter_stream, keep_dead_letters
 from services.generator.work import fan_out
 from services.testing import MemoryEventLog
@@ -99,6 +99,22 @@ async def test_a_repeated_msg_id_is_stored_once(any_event_log):
     again = await log.publish(event.model_copy())  # same dedup id: a retried publish
     assert again == first and await log.last_seq() == first
     assert [s.seq async for s in log.read(subjects.ALL)] == [first]
+
+
+async def test_a_publish_unless_a_subject_holds_an_event_is_refused_once_it_does(any_event_log):
+    """How a persona's outcome is kept from following its job's cancel: the log checks as it
+    stores, before it looks for a duplicate (so a retried publish is refused too)."""
+    log = any_event_log
+    cancel = subjects.job("j1", "cancel_requested")
+    first = await log.publish(template("t1"), unless=cancel)
+    assert (await log.at(first)).event.template_id == "t1"
+    await log.publish(JobCancelRequested(job_id="j1"))
+    for event in (template("t2"), template("t1")):  # a new event, and the first one again
+        with pytest.raises(Precluded):
+            await log.publish(event, unless=cancel)
+    assert await log.publish(template("t3"), unless=subjects.job("j2", "cancel_requested")) > first
+    assert [s.event.template_id async for s in log.read(subjects.ALL) if s.event.type == "template.created"] \
+        == ["t1", "t3"]
 
 
 async def test_last_and_at_find_single_events(any_event_log):

@@ -45,3 +45,19 @@ async def test_read_models_of_another_log_are_named_with_the_rebuild_that_fixes_
     found = _by_check(await diagnose(settings, tmp_path))
     assert not found["event log"].ok and "projector" in found["event log"].detail
     assert "promptgen rebuild" in found["event log"].fix
+
+
+async def test_a_nats_server_older_than_2_11_is_named_with_its_upgrade(settings, event_log, tmp_path, monkeypatch):
+    import services.cli.doctor as doctor
+
+    connect = doctor._nats
+
+    async def older(s):
+        nc = await connect(s)
+        nc._current_server.server_version = "2.10.22"  # what an older server says it is
+        return nc
+
+    monkeypatch.setattr(doctor, "_nats", older)
+    found = _by_check(await diagnose(settings, tmp_path))
+    assert not found["NATS version"].ok and "2.10.22" in found["NATS version"].detail
+    assert "2.11" in found["NATS version"].detail and "upgrade nats-server" in found["NATS version"].fix

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from contracts import subjects
+from contracts.events import JobCancelRequested
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, start_job
 from tests.sse_client import read_sse
@@ -125,3 +126,28 @@ async def test_a_cancelled_job_resumes_after_any_message_of_its_end_and_ends_for
             assert rest.status == 200 and [m.id for m in rest.messages] == ids[i + 1:], seen
             assert [m.data for m in rest.messages] == [m.data for m in full.messages[i + 1:]]
     provider.release()
+
+
+async def test_an_answer_in_hand_when_the_cancel_is_stored_is_not_stored_after_it(gateway, provider, memory_log):
+    """The race of a cancel with answers: the cancel is stored while the generator holds its
+    answers and has not heard of it yet (its notice on the way). The log refuses the outcomes,
+    so none follows the cancel: the job's results, its view, its stream and its personas agree
+    that each persona was cancelled, and no prompt is written."""
+    _, personas, job = await _three_in_flight(gateway, provider)
+    job_id = job["job_id"]
+    await memory_log.publish_unannounced(JobCancelRequested(job_id=job_id, correlation_id=job_id))
+    provider.release()  # the three answers come back; the generator still takes the job for running
+
+    stream = await read_sse(gateway, job["sse_endpoint"])
+    results = stream.messages[-1].data["results"]
+    assert (results["cancelled"], results["successful"]) == (3, 0), results
+    finals = [(m.data["persona_id"], m.data["status"]) for m in stream.messages
+              if m.data["type"] == "persona_progress" and m.data["status"] != "processing"]
+    assert sorted(finals) == sorted((p["id"], "cancelled") for p in personas), "one final status each"
+    view = (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()
+    assert (view["status"], view["cancelled"], view["completed"]) == ("cancelled", 3, 0), view
+    outcomes = [s.event.type async for s in memory_log.read(subjects.job_history(job_id))
+                if s.event.type in ("persona.completed", "persona.failed")]
+    assert outcomes == []
+    for p in personas:
+        assert (await gateway.get(f"/scenario/personas/{p['id']}")).json()["system_prompt"] is None

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -323,6 +324,31 @@ class NoEventLog(LookupError):
 
 
 TOOL_WAIT_SECONDS = 10.0  # how long a command-line tool waits for NATS before it says so
+NATS_ERROR_EVERY_SECONDS = 30.0  # while NATS stays unreachable, one nats_error line this often
+
+
+class _Sparse:
+    """One log line for a run of failures rather than one per attempt (nats-py tries again
+    every 250 ms): the first at once, then at most one each ``seconds``, counting those it
+    left out. :meth:`reset` once the failures end."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.quiet_until = 0.0
+        self.left_out = 0
+
+    def due(self) -> dict[str, int] | None:
+        """The fields of the line to log now (``repeated``: those left out), or None for none."""
+        now = time.monotonic()
+        if now < self.quiet_until:
+            self.left_out += 1
+            return None
+        fields = {"repeated": self.left_out} if self.left_out else {}
+        self.quiet_until, self.left_out = now + self.seconds, 0
+        return fields
+
+    def reset(self) -> None:
+        self.quiet_until, self.left_out = 0.0, 0
 
 
 async def connect_nats(
@@ -348,7 +374,10 @@ async def connect_nats(
 
     connected: list[NATS] = []
 
+    errors = _Sparse(NATS_ERROR_EVERY_SECONDS)
+
     async def _reconnected() -> None:
+        errors.reset()
         log.info("nats_reconnected")
         for callback in on_reconnect or []:
             callback()
@@ -365,7 +394,10 @@ async def connect_nats(
             if not refused.done():
                 refused.set_result(exc)
             return
-        log.warning("nats_error", error=str(exc), servers=shown)
+        if give_up_after is not None and not connected:
+            return  # a tool still connecting: if none answers in time, it says so in one line
+        if (fields := errors.due()) is not None:
+            log.warning("nats_error", error=str(exc), servers=shown, **fields)
 
     servers = [seed.strip() for seed in url.split(",") if seed.strip()]  # NATS_URL may list several seeds
     shown = [redact(server) for server in servers]
@@ -417,6 +449,7 @@ async def connect_nats(
 
         nc.close = close_on_purpose  # type: ignore[method-assign]
         connected.append(nc)
+        errors.reset()
         return nc
     # nats-py can swallow a cancellation (its asyncio.wait_for): cancelled again until it ends
     await cancel_and_wait(connecting, every=0.25, attempts=40)

@@ -4,8 +4,11 @@ retention with its own default, make a log on another NATS, or wait for NATS for
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from nats.js.errors import NotFoundError
+from structlog.testing import capture_logs
 
 from services.adapters import event_log as event_log_module
 from services.adapters.event_log import EventLog, NatsUnreachable, NoEventLog
@@ -62,8 +65,20 @@ def test_the_command_says_why_in_one_line_and_exits_1(nats, capsys, monkeypatch)
     assert "Traceback" not in err
 
 
-async def test_a_tool_gives_up_on_a_nats_that_does_not_answer(monkeypatch):
+async def test_a_tool_gives_up_on_a_nats_that_does_not_answer_saying_nothing_before(monkeypatch):
+    """Its one line says it all: not one more per attempt (nats-py tries every 250 ms)."""
     monkeypatch.setattr(event_log_module, "TOOL_WAIT_SECONDS", 1.0)
     nobody = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", provider="offline")
-    with pytest.raises(NatsUnreachable, match="within 1 s: set NATS_URL"):
+    with capture_logs() as logs, pytest.raises(NatsUnreachable, match="within 1 s: set NATS_URL"):
         await EventLog.for_tool(nobody, "replay")
+    assert [entry for entry in logs if entry["log_level"] in ("warning", "error")] == []
+
+
+async def test_a_service_waiting_for_nats_says_so_once_in_a_while_not_at_every_attempt():
+    nobody = f"nats://127.0.0.1:{free_port()}"
+    with capture_logs() as logs:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(2):  # about eight attempts
+                await event_log_module.connect_nats(nobody, "projector")
+    said = [entry for entry in logs if entry["event"] == "nats_error"]
+    assert len(said) == 1 and said[0]["servers"] == [nobody], said

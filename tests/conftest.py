@@ -31,6 +31,8 @@ from services.runtime.tracing import use_exporter
 from services.testing.mock_llm import MockLLM, MockLLMConfig
 from tests.servers import MongoServer, NatsServer, mongo_server, stop, wait_port
 
+pytest_plugins = ["tests.timeouts"]  # a test past its timeout says where it hung, on stderr
+
 
 @pytest.fixture(scope="session")
 def session_mongo(tmp_path_factory) -> MongoServer | None:

@@ -1,10 +1,15 @@
-"""The suite's own timeout ends a hung asynchronous test, with its stacks, instead of hanging."""
+"""The suite's own timeout ends a hung asynchronous test and says where it hung, on stderr,
+whether the test runs in pytest's own process or in a pytest-xdist worker (whose stdout is
+/dev/null)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -17,19 +22,21 @@ async def test_hangs_while_another_task_computes():
             time.sleep(0.01)  # the timeout's moment most likely lands inside this task's step
             await asyncio.sleep(0)
 
-    task = asyncio.create_task(compute())
+    task = asyncio.create_task(compute(), name="computing")
     await asyncio.Event().wait()
 '''
 
 
-def test_a_hung_async_test_is_ended_with_its_stacks(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["one process", "xdist worker"])
+def test_a_hung_async_test_is_ended_saying_where_it_hung(tmp_path, workers):
     (tmp_path / "test_hanging.py").write_text(HANGING)
-    # The project's pytest settings (its timeout method among them), a 2 s timeout for this run.
+    # The project's pytest settings (its timeout method among them) and its timeout plugin, a 2 s timeout.
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-c", str(ROOT / "pyproject.toml"), "--rootdir", str(tmp_path),
-         "-p", "no:cacheprovider", "-p", "no:xdist", "--timeout", "2", str(tmp_path / "test_hanging.py")],
-        cwd=tmp_path, capture_output=True, text=True, timeout=30,
+         "-p", "no:cacheprovider", "-p", "tests.timeouts", *workers, "--timeout", "2",
+         str(tmp_path / "test_hanging.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert run.returncode != 0
-    assert "Timeout" in run.stdout + run.stderr
-    assert "in compute" in run.stdout + run.stderr, "the stacks name where it hung"
+    assert "test_hangs_while_another_task_computes ran past its timeout of 2 s" in run.stderr, run.stderr[-3000:]
+    assert "--- task computing" in run.stderr and "in compute" in run.stderr, "the tasks' stacks"

@@ -49,6 +49,7 @@ STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with anoth
 # offline, or a cluster just started has not heard from all of them yet).
 NO_PEERS_FOR_PLACEMENT = 10005
 WRONG_LAST_SEQUENCE = 10071  # JetStream: a publish's expected last sequence (on a subject) is not the stream's
+UNLESS_TRIES = 5  # a publish unless a subject holds an event, asked again past garbage there
 
 
 class NoStreamLeader(Exception):
@@ -468,6 +469,14 @@ class DerivedReads:
     """What every event log derives from its primitives (``last_seq_on``, ``read_batches``,
     ``follow_batches``): written once for the JetStream adapter and its in-memory double."""
 
+    async def after_refusal(self, event_type: str, unless: str) -> int:
+        """A publish unless ``unless`` holds an event was refused: :class:`Precluded` if an event
+        is there; if only garbage is, the sequence of its newest message, to publish again
+        unless a message follows that one."""
+        if await self.first_readable_on([unless]) is not None:
+            raise Precluded(event_type, unless)
+        return await self.last_seq_on(unless) or 0
+
     async def last_seq_on(self, subject: str) -> int | None:
         raise NotImplementedError
 
@@ -611,19 +620,24 @@ class EventLog(DerivedReads):
         """Store ``event``; returns its stream sequence (the original's, if a duplicate).
         ``unless``: a subject; with an event on it stored first, ``event`` is not stored and
         :class:`Precluded` is raised. The server checks as it stores, before it looks for a
-        duplicate: nothing slips in between."""
+        duplicate: nothing slips in between. What a buggy producer wrote there in garbage is no
+        event (:meth:`after_refusal`)."""
         payload = encode_event(event)
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
-            if unless is not None:
-                headers = {**headers, "Nats-Expected-Last-Subject-Sequence": "0",
-                           "Nats-Expected-Last-Subject-Sequence-Subject": unless}
-            try:
+            if unless is None:
                 return await self._publish(subject, payload, headers, event.type, retry_seconds)
-            except BadRequestError as exc:
-                if unless is not None and exc.err_code == WRONG_LAST_SEQUENCE:
-                    raise Precluded(event.type, unless) from None
-                raise
+            newest = 0  # the newest message on ``unless``: none yet
+            for _ in range(UNLESS_TRIES):
+                condition = {"Nats-Expected-Last-Subject-Sequence": str(newest),
+                             "Nats-Expected-Last-Subject-Sequence-Subject": unless}
+                try:
+                    return await self._publish(subject, payload, headers | condition, event.type, retry_seconds)
+                except BadRequestError as exc:
+                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                newest = await self.after_refusal(event.type, unless)
+            raise Precluded(event.type, unless)  # garbage written there faster than we publish: refused
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], event_type: str,
                        retry_seconds: float) -> int:

@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.adapters.event_log import DerivedReads, LogState, Precluded, StoredEvent, stored_event
+from services.adapters.event_log import UNLESS_TRIES, DerivedReads, LogState, Precluded, StoredEvent, stored_event
 from services.runtime import tracing
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
@@ -89,9 +89,14 @@ class MemoryEventLog(DerivedReads):
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
             await asyncio.sleep(0)  # a publish is a round trip: others run meanwhile
-            if unless is not None and self._streams[self.stream].last_on(unless) is not None:
-                raise Precluded(event.type, unless)  # checked before duplicates, as on NATS
-            return self._store(self.stream, subject, encode_event(event), headers)
+            newest = 0
+            for _ in range(UNLESS_TRIES if unless is not None else 1):
+                # checked as it is stored, before duplicates, as on NATS
+                there = self._streams[self.stream].last_on(unless) if unless is not None else None
+                if (there.seq if there is not None else 0) == newest:
+                    return self._store(self.stream, subject, encode_event(event), headers)
+                newest = await self.after_refusal(event.type, unless)
+            raise Precluded(event.type, unless or "")
 
     async def publish_unannounced(self, event: Envelope) -> int:
         """Store ``event`` without delivering it to core subscribers yet: the moment on NATS

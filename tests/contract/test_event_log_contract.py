@@ -117,6 +117,20 @@ async def test_a_publish_unless_a_subject_holds_an_event_is_refused_once_it_does
         == ["t1", "t3"]
 
 
+async def test_garbage_on_the_subject_a_publish_is_unless_does_not_preclude_it(any_event_log):
+    """A buggy producer's bytes there are no event; an event there, before or after them, is."""
+    log = any_event_log
+    cancel = subjects.job("j1", "cancel_requested")
+    await log.publish_to(log.stream, cancel, b"{")
+    await log.publish_to(log.stream, cancel, b"not json either")
+    stored = await log.publish(template("t1"), unless=cancel)
+    assert (await log.at(stored)).event.template_id == "t1"
+    await log.publish(JobCancelRequested(job_id="j1"))
+    await log.publish_to(log.stream, cancel, b"\x00")  # garbage after the event: the event still counts
+    with pytest.raises(Precluded):
+        await log.publish(template("t2"), unless=cancel)
+
+
 async def test_last_and_at_find_single_events(any_event_log):
     log = any_event_log
     seqs = await publish_job(log, "j1", ("p1", "p2"))

@@ -1,10 +1,17 @@
-"""A test past its timeout: where it hung, on stderr, then its process ends (pytest-timeout's
-thread method, which reports on stdout: an xdist worker's stdout is /dev/null, so a hung test
-in ``make test`` was reported as a crashed worker and nothing more).
+"""A backstop for pytest-timeout: a test its timeout did not end is ended with its process,
+saying where it hung, on stderr.
 
-The report names the test and gives the stacks of every thread and of every asyncio task
-not done: an asynchronous test that hangs shows its event loop waiting in ``select``, and
-the tasks show what each awaits."""
+pytest-timeout's signal method raises in whatever runs when SIGALRM lands. In an asyncio
+callback, or in a task other than the test's, that exception is swallowed or set on that task;
+the test goes on hanging, and the one-shot alarm never fires again (nor does it cover a
+teardown that hangs after it fired). The thread method ends the process at the timeout, but
+reports on stdout (/dev/null in an xdist worker), and a crashed worker can leave pytest-xdist's
+loadfile scheduling waiting for ever (pytest-dev/pytest-xdist#1378): so the signal method stays,
+and this backstop ends the process ``timeout_backstop`` seconds later.
+
+The report names the test and gives the stacks of every thread and of every asyncio task not
+done: an asynchronous test that hangs shows its event loop waiting in ``select``, and the
+tasks show what each awaits."""
 
 from __future__ import annotations
 
@@ -18,9 +25,10 @@ import traceback
 import pytest
 
 
-def _report(item: pytest.Item, timeout: float) -> str:
+def _report(item: pytest.Item, timeout: float, after: float) -> str:
     lines = [f"\n{'+' * 30} Timeout {'+' * 30}",
-             f"{item.nodeid} ran past its timeout of {timeout:g} s; its process ends here."]
+             f"{item.nodeid} ran {after:g} s, past its timeout of {timeout:g} s, which did not end it: "
+             "its process ends here."]
     names = {thread.ident: thread.name for thread in threading.enumerate()}
     for ident, frame in sys._current_frames().items():
         if ident != threading.get_ident():
@@ -38,33 +46,44 @@ def _report(item: pytest.Item, timeout: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+BACKSTOP_SECONDS = 60.0  # after a test's timeout: the time its timeout has to end it gracefully
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addini("timeout_backstop", "seconds after a test's timeout at which its process ends, saying "
+                  f"where it hung (default {BACKSTOP_SECONDS:g})", default=str(BACKSTOP_SECONDS))
+
+
 @pytest.hookimpl(tryfirst=True)
-def pytest_timeout_set_timer(item: pytest.Item, settings) -> bool | None:
-    if settings.method != "thread":
-        return None  # pytest-timeout's own
+def pytest_timeout_set_timer(item: pytest.Item, settings) -> None:
+    """Arm the backstop beside pytest-timeout's own timer (None: pytest-timeout's runs too)."""
+    after = settings.timeout + float(item.config.getini("timeout_backstop"))
 
     def expire() -> None:
         try:
             capture = item.config.pluginmanager.getplugin("capturemanager")
             if capture is not None:
                 capture.suspend_global_capture(item)  # stderr is the terminal's (or CI's) again
-            report = _report(item, settings.timeout)
+            report = _report(item, settings.timeout, after)
         except Exception as exc:  # noqa: BLE001
-            report = f"\n{item.nodeid} ran past its timeout of {settings.timeout:g} s ({exc!r})\n"
+            report = f"\n{item.nodeid} ran {after:g} s, past its timeout of {settings.timeout:g} s ({exc!r})\n"
+        try:
+            os.write(2, report.encode(errors="replace"))
         finally:
-            try:
-                os.write(2, report.encode(errors="replace"))
-            finally:
-                os._exit(1)
+            os._exit(1)
 
-    timer = threading.Timer(settings.timeout, expire)
-    timer.name = f"timeout {item.nodeid}"
+    timer = threading.Timer(after, expire)
+    timer.name = f"timeout backstop {item.nodeid}"
     timer.daemon = True
+    item.stash[_BACKSTOP] = timer
+    timer.start()
 
-    def cancel() -> None:
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
+    if (timer := item.stash.get(_BACKSTOP, None)) is not None:
         timer.cancel()
         timer.join()
 
-    item.cancel_timeout = cancel  # type: ignore[attr-defined]  # what pytest-timeout's cancel hook calls
-    timer.start()
-    return True
+
+_BACKSTOP = pytest.StashKey[threading.Timer]()

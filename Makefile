@@ -22,10 +22,12 @@ run: install
 # process, the tests marked serial (run whether or not the others passed). Most tests wait on
 # servers more than they compute, so more processes than cores pays. With NATS_URL set the
 # tests share one NATS server, where each test starts from an emptied stream: one process.
+# A test process that dies (tests/timeouts.py ends one whose test hung) ends the run, with the
+# rest of its tests: replacing it can leave pytest-xdist's loadfile scheduling waiting for ever.
 TEST_WORKERS ?= $(if $(NATS_URL),1,4)
 test: install lint
 	@status=0; \
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not serial" || status=$$?; \
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --max-worker-restart 0 -m "not serial" || status=$$?; \
 	$(BIN)/python -m pytest -m serial || status=$$?; \
 	exit $$status
 

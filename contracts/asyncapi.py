@@ -128,6 +128,18 @@ def document(version: str) -> dict[str, Any]:
                 "description": "Optional: the W3C Trace Context's vendor state, sent with `traceparent` "
                                "when there is any.",
             },
+            "Nats-Expected-Last-Subject-Sequence": {
+                "type": "string",
+                "description": "On `persona.completed` and `persona.failed`: the condition JetStream checked "
+                               "as it stored the event, with the header below (no event on the job's "
+                               "`cancel_requested` subject past this sequence). Nothing for a consumer to do: "
+                               "no persona outcome follows its job's cancel in the log.",
+            },
+            "Nats-Expected-Last-Subject-Sequence-Subject": {
+                "type": "string",
+                "description": "On `persona.completed` and `persona.failed`: the subject the condition above "
+                               "is on, `promptgen.job.{job_id}.cancel_requested`.",
+            },
         },
         "required": ["Nats-Msg-Id"],
     }

@@ -94,7 +94,9 @@ class MemoryEventLog(DerivedReads):
                 # checked as it is stored, before duplicates, as on NATS
                 there = self._streams[self.stream].last_on(unless) if unless is not None else None
                 if (there.seq if there is not None else 0) == newest:
-                    return self._store(self.stream, subject, encode_event(event), headers)
+                    condition = {} if unless is None else {"Nats-Expected-Last-Subject-Sequence": str(newest),
+                                                           "Nats-Expected-Last-Subject-Sequence-Subject": unless}
+                    return self._store(self.stream, subject, encode_event(event), headers | condition)
                 newest = await self.after_refusal(event.type, unless)
             raise Precluded(event.type, unless or "")
 

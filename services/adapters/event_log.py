@@ -469,6 +469,12 @@ class DerivedReads:
     """What every event log derives from its primitives (``last_seq_on``, ``read_batches``,
     ``follow_batches``): written once for the JetStream adapter and its in-memory double."""
 
+    async def stored_before(self, subject: str, msg_id: str) -> int | None:
+        """The sequence of the event on ``subject`` stored with ``msg_id``, if it is the newest
+        there: a publish refused on its condition may be the retry of one whose ack was lost."""
+        newest = await self.last(subject)
+        return newest.seq if newest is not None and newest.headers.get("Nats-Msg-Id") == msg_id else None
+
     async def after_refusal(self, event_type: str, unless: str) -> int:
         """A publish unless ``unless`` holds an event was refused: :class:`Precluded` if an event
         is there; if only garbage is, the sequence of its newest message, to publish again
@@ -620,8 +626,9 @@ class EventLog(DerivedReads):
         """Store ``event``; returns its stream sequence (the original's, if a duplicate).
         ``unless``: a subject; with an event on it stored first, ``event`` is not stored and
         :class:`Precluded` is raised. The server checks as it stores, before it looks for a
-        duplicate: nothing slips in between. What a buggy producer wrote there in garbage is no
-        event (:meth:`after_refusal`)."""
+        duplicate: nothing slips in between (a retry of ``event`` stored before, its ack lost, is
+        answered with its sequence). What a buggy producer wrote there in garbage is no event
+        (:meth:`after_refusal`)."""
         payload = encode_event(event)
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
@@ -636,6 +643,8 @@ class EventLog(DerivedReads):
                 except BadRequestError as exc:
                     if exc.err_code != WRONG_LAST_SEQUENCE:
                         raise
+                if (seq := await self.stored_before(subject, headers["Nats-Msg-Id"])) is not None:
+                    return seq  # stored before the condition failed, its ack lost: as a duplicate is
                 newest = await self.after_refusal(event.type, unless)
             raise Precluded(event.type, unless)  # garbage written there faster than we publish: refused
 

@@ -97,6 +97,8 @@ class MemoryEventLog(DerivedReads):
                     condition = {} if unless is None else {"Nats-Expected-Last-Subject-Sequence": str(newest),
                                                            "Nats-Expected-Last-Subject-Sequence-Subject": unless}
                     return self._store(self.stream, subject, encode_event(event), headers | condition)
+                if (seq := await self.stored_before(subject, headers["Nats-Msg-Id"])) is not None:
+                    return seq
                 newest = await self.after_refusal(event.type, unless)
             raise Precluded(event.type, unless or "")
 

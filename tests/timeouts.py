@@ -54,7 +54,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   f"where it hung (default {BACKSTOP_SECONDS:g})", default=str(BACKSTOP_SECONDS))
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)  # optional: pytest -p no:timeout still runs
 def pytest_timeout_set_timer(item: pytest.Item, settings) -> None:
     """Arm the backstop beside pytest-timeout's own timer (None: pytest-timeout's runs too)."""
     after = settings.timeout + float(item.config.getini("timeout_backstop"))
@@ -63,7 +63,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings) -> None:
         try:
             capture = item.config.pluginmanager.getplugin("capturemanager")
             if capture is not None:
-                capture.suspend_global_capture(item)  # stderr is the terminal's (or CI's) again
+                capture.suspend_global_capture()  # stderr is the terminal's (or CI's) again
             report = _report(item, settings.timeout, after)
         except Exception as exc:  # noqa: BLE001
             report = f"\n{item.nodeid} ran {after:g} s, past its timeout of {settings.timeout:g} s ({exc!r})\n"
@@ -79,7 +79,7 @@ def pytest_timeout_set_timer(item: pytest.Item, settings) -> None:
     timer.start()
 
 
-@pytest.hookimpl(tryfirst=True)
+@pytest.hookimpl(tryfirst=True, optionalhook=True)
 def pytest_timeout_cancel_timer(item: pytest.Item) -> None:
     if (timer := item.stash.get(_BACKSTOP, None)) is not None:
         timer.cancel()

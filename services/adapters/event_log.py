@@ -324,6 +324,7 @@ class NoEventLog(LookupError):
     another stream name."""
 
 
+MIN_NATS_VERSION = (2, 11)  # Nats-Expected-Last-Subject-Sequence-Subject (the outcome's condition)
 TOOL_WAIT_SECONDS = 10.0  # how long a command-line tool waits for NATS before it says so
 NATS_ERROR_EVERY_SECONDS = 30.0  # while NATS stays unreachable, one nats_error line this often
 
@@ -374,6 +375,7 @@ async def connect_nats(
             log.warning("nats_disconnected")
 
     connected: list[NATS] = []
+    last_error: list[Exception] = []
 
     errors = _Sparse(NATS_ERROR_EVERY_SECONDS)
 
@@ -396,7 +398,8 @@ async def connect_nats(
                 refused.set_result(exc)
             return
         if give_up_after is not None and not connected:
-            return  # a tool still connecting: if none answers in time, it says so in one line
+            last_error[:] = [exc]  # a tool still connecting: if none answers in time, its one line says why
+            return
         if (fields := errors.due()) is not None:
             log.warning("nats_error", error=str(exc), servers=shown, **fields)
 
@@ -451,13 +454,19 @@ async def connect_nats(
         nc.close = close_on_purpose  # type: ignore[method-assign]
         connected.append(nc)
         errors.reset()
+        version = nc.connected_server_version
+        if (version.major, version.minor) < MIN_NATS_VERSION:
+            log.error("nats_server_too_old", version=str(version), needs=".".join(map(str, MIN_NATS_VERSION)),
+                      why="a persona's outcome is stored only while its job's cancel is not, a condition "
+                          "older servers do not check")
         return nc
     # nats-py can swallow a cancellation (its asyncio.wait_for): cancelled again until it ends
     await cancel_and_wait(connecting, every=0.25, attempts=40)
     if stop_requested():  # nats-py waits for a server forever: a stop must not
         raise StoppedBeforeConnected(f"told to stop while waiting for NATS at {', '.join(shown)}")
     if not refused.done():  # nobody answered in time (give_up_after)
-        raise NatsUnreachable(f"NATS did not answer at {', '.join(shown)} within {give_up_after:g} s: "
+        why = f" (last: {last_error[0]})" if last_error else ""
+        raise NatsUnreachable(f"NATS did not answer at {', '.join(shown)} within {give_up_after:g} s{why}: "
                               "set NATS_URL (or NATS_URL_FILE) to the deployment's NATS")
     who = f"user {access.user!r}" if access.user else "no user"
     raise NatsRefused(f"NATS refused the connection ({who}): {refused.result()}; check NATS_USER, "
@@ -472,18 +481,18 @@ class DerivedReads:
     async def stored_before(self, subject: str, msg_id: str) -> int | None:
         """The sequence of the event on ``subject`` stored with ``msg_id``, if it is the newest
         there: a publish refused on its condition may be the retry of one whose ack was lost."""
-        newest = await self.last(subject)
+        newest = await self.last(subject, leader=True)
         return newest.seq if newest is not None and newest.headers.get("Nats-Msg-Id") == msg_id else None
 
     async def after_refusal(self, event_type: str, unless: str) -> int:
         """A publish unless ``unless`` holds an event was refused: :class:`Precluded` if an event
         is there; if only garbage is, the sequence of its newest message, to publish again
         unless a message follows that one."""
-        if await self.first_readable_on([unless]) is not None:
+        if await self.first_readable_on([unless], leader=True) is not None:
             raise Precluded(event_type, unless)
-        return await self.last_seq_on(unless) or 0
+        return await self.last_seq_on(unless, leader=True) or 0
 
-    async def last_seq_on(self, subject: str) -> int | None:
+    async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
         raise NotImplementedError
 
     def read_batches(self, filter_subject: str, start_seq: int = 1) -> AsyncIterator[list[StoredEvent]]:
@@ -493,15 +502,15 @@ class DerivedReads:
                        wanted: Callable[[str, int], bool] | None = None) -> AsyncIterator[list[StoredEvent]]:
         raise NotImplementedError
 
-    async def last(self, subject: str) -> StoredEvent | None:
+    async def last(self, subject: str, *, leader: bool = False) -> StoredEvent | None:
         raise NotImplementedError
 
-    async def first_readable_on(self, subjects_: list[str]) -> StoredEvent | None:
+    async def first_readable_on(self, subjects_: list[str], *, leader: bool = False) -> StoredEvent | None:
         """The newest event this version can read on the first of ``subjects_`` that holds one,
         or None. What a buggy producer wrote there in garbage is no event: when the newest
         cannot be read, the subject is read from its start for one that can."""
         for subject in subjects_:
-            newest = await self.last(subject)
+            newest = await self.last(subject, leader=leader)
             if newest is None:
                 continue
             if not newest.garbage:
@@ -710,17 +719,19 @@ class EventLog(DerivedReads):
 
     # --- reading ------------------------------------------------------------------------
 
-    async def _last_raw(self, subject: str):
+    async def _last_raw(self, subject: str, leader: bool = False):
+        """``leader``: asked of the stream's leader, not any replica (one may lag behind it)."""
         try:
             async for attempt in self._retrying(30, "last_message"):
                 with attempt:
-                    return await self.js.get_last_msg(self.stream, subject, direct=True)
+                    return await self.js.get_last_msg(self.stream, subject, direct=not leader)
         except NotFoundError:
             return None
 
-    async def last(self, subject: str) -> StoredEvent | None:
-        """The newest event on ``subject`` (no wildcards), or None."""
-        raw = await self._last_raw(subject)
+    async def last(self, subject: str, *, leader: bool = False) -> StoredEvent | None:
+        """The newest event on ``subject`` (no wildcards), or None; ``leader``: as the stream's
+        leader has it (a replica answers a plain read, and may lag behind)."""
+        raw = await self._last_raw(subject, leader)
         if raw is None:
             return None
         return stored_event(raw.seq, raw.time, raw.subject, raw.data, raw.headers)
@@ -735,10 +746,10 @@ class EventLog(DerivedReads):
             return None
         return stored_event(raw.seq, raw.time, raw.subject, raw.data, raw.headers)
 
-    async def last_seq_on(self, subject: str) -> int | None:
+    async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
         """The sequence of the newest event on ``subject`` (no wildcards), without decoding
         it (a job's request or end can be large); None if there is none."""
-        raw = await self._last_raw(subject)
+        raw = await self._last_raw(subject, leader)
         return raw.seq if raw is not None else None
 
     async def last_seq(self) -> int:

@@ -12,7 +12,7 @@ import nats
 from nats.js.errors import NotFoundError
 from pymongo import AsyncMongoClient
 
-from services.adapters.event_log import LogState, NatsAccess
+from services.adapters.event_log import MIN_NATS_VERSION, LogState, NatsAccess
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.factory import build_provider
 from services.adapters.read_models import ReadModels
@@ -37,9 +37,6 @@ Check = Callable[[Settings, Path], Awaitable[list[Finding]]]
 
 async def _quiet(exc: Exception) -> None:
     """The client would print each failed attempt: the finding says it once."""
-
-
-MIN_NATS_VERSION = (2, 11)
 
 
 async def _nats(settings: Settings):

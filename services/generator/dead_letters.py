@@ -53,6 +53,8 @@ async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveri
     # In the work item's trace: the failure shows where the job's generation ended.
     with tracing.consuming("dead-letter persona", stored.headers, item, **{"promptgen.seq": stream_seq}):
         if not await store_outcome(event_log, failed(item, err, deliveries)):
+            if metrics is not None:
+                metrics.persona_finished("cancelled")
             return False  # its job was cancelled: the job manager counted the persona cancelled
     if metrics is not None:
         metrics.dead_letters.inc()

@@ -76,6 +76,11 @@ async def store_outcome(event_log: EventLogPort, outcome: PersonaCompleted | Per
     try:
         await event_log.publish(outcome, unless=subjects.job(outcome.job_id, "cancel_requested"))
     except Precluded:
+        # A persona's two ends share one Nats-Msg-Id: one stored before the cancel (this item's
+        # earlier delivery's) makes this one its duplicate, stored, not cancelled.
+        ends = [subjects.job_persona(outcome.job_id, outcome.persona_id, end) for end in ("completed", "failed")]
+        if await event_log.first_readable_on(ends, leader=True) is not None:
+            return True
         log.info("outcome_dropped_cancelled", outcome=outcome.type)
         return False
     return True

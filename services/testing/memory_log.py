@@ -110,7 +110,7 @@ class MemoryEventLog(DerivedReads):
             seq, _ = self._streams[self.stream].store(subject, encode_event(event), headers)
             return seq
 
-    async def last(self, subject: str) -> StoredEvent | None:
+    async def last(self, subject: str, *, leader: bool = False) -> StoredEvent | None:
         msg = self._streams[self.stream].last_on(subject)
         return _event(msg) if msg is not None else None
 
@@ -118,7 +118,7 @@ class MemoryEventLog(DerivedReads):
         msg = self._streams[self.stream].get(seq)
         return _event(msg) if msg is not None else None
 
-    async def last_seq_on(self, subject: str) -> int | None:
+    async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
         msg = self._streams[self.stream].last_on(subject)
         return msg.seq if msg is not None else None
 

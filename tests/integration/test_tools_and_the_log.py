@@ -61,7 +61,7 @@ def test_the_command_says_why_in_one_line_and_exits_1(nats, capsys, monkeypatch)
     nobody = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", provider="offline")
     assert run_tool(show_job_history(nobody, "j1", as_json=False)) == 1  # not waiting forever
     err = " ".join(capsys.readouterr().err.split())
-    assert "NATS did not answer at nats://127.0.0.1:" in err and "within 1 s: set NATS_URL" in err
+    assert "NATS did not answer at nats://127.0.0.1:" in err and "within 1 s (last: " in err and "set NATS_URL" in err
     assert "Traceback" not in err
 
 
@@ -69,9 +69,18 @@ async def test_a_tool_gives_up_on_a_nats_that_does_not_answer_saying_nothing_bef
     """Its one line says it all: not one more per attempt (nats-py tries every 250 ms)."""
     monkeypatch.setattr(event_log_module, "TOOL_WAIT_SECONDS", 1.0)
     nobody = Settings(nats_url=f"nats://127.0.0.1:{free_port()}", provider="offline")
-    with capture_logs() as logs, pytest.raises(NatsUnreachable, match="within 1 s: set NATS_URL"):
-        await EventLog.for_tool(nobody, "replay")
+    with capture_logs() as logs, pytest.raises(NatsUnreachable, match=r"within 1 s \(last: .*Connect call failed"):
+        await EventLog.for_tool(nobody, "replay")  # the last error is in the line: why it did not answer
     assert [entry for entry in logs if entry["log_level"] in ("warning", "error")] == []
+
+
+async def test_a_nats_server_too_old_for_the_outcomes_condition_is_logged_at_error(nats, monkeypatch):
+    monkeypatch.setattr(event_log_module, "MIN_NATS_VERSION", (99, 0))  # this server, taken for too old
+    with capture_logs() as logs:
+        nc = await event_log_module.connect_nats(nats.url, "generator")
+    await nc.close()
+    said = [entry for entry in logs if entry["event"] == "nats_server_too_old"]
+    assert len(said) == 1 and said[0]["log_level"] == "error" and said[0]["needs"] == "99.0", said
 
 
 async def test_a_service_waiting_for_nats_says_so_once_in_a_while_not_at_every_attempt():

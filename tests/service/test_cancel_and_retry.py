@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 from contracts import subjects
-from contracts.events import JobCancelRequested
+from contracts.events import JobCancelRequested, PersonaFailed
+from services.generator.work import store_outcome
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, start_job
+from tests.samples import sample
 from tests.sse_client import read_sse
 from tests.waiting import eventually
 
@@ -151,3 +153,18 @@ async def test_an_answer_in_hand_when_the_cancel_is_stored_is_not_stored_after_i
     assert outcomes == []
     for p in personas:
         assert (await gateway.get(f"/scenario/personas/{p['id']}")).json()["system_prompt"] is None
+
+
+async def test_a_persona_ended_before_the_cancel_is_not_counted_cancelled_by_its_other_end(memory_log):
+    """A persona's two ends share one Nats-Msg-Id: a failure published (a dead letter, say) after
+    its completion and its job's cancel is the completion's duplicate, stored, not cancelled."""
+    completed = sample("persona.completed")
+    await memory_log.publish(completed)
+    await memory_log.publish(JobCancelRequested(job_id=completed.job_id))
+    late = PersonaFailed(job_id=completed.job_id, persona_id=completed.persona_id, persona_name="Dr. Smith",
+                         mode="try_mode", error="no worker could finish", error_code="delivery_exhausted",
+                         attempts=5)
+    assert await store_outcome(memory_log, late) is True
+    other = late.model_copy(update={"persona_id": "p9"})  # a persona that had not ended: cancelled
+    assert await store_outcome(memory_log, other) is False
+    assert [s.event.type async for s in memory_log.read(subjects.ALL)] == ["persona.completed", "job.cancel_requested"]

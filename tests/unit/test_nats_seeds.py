@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from nats.aio.client import ServerVersion
 
 from services.adapters import event_log as bus
 
@@ -19,6 +20,8 @@ async def test_connect_nats_hands_every_seed_to_the_client(monkeypatch, url, ser
     seen = {}
 
     class Connection:
+        connected_server_version = ServerVersion("2.15.1")
+
         async def close(self) -> None: ...
 
     connection = Connection()

@@ -21,16 +21,19 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import SecretStr
 
 from contracts import subjects
+from contracts.events import JobCancelRequested
 from services.adapters.api_keys import ApiKeys
 from services.adapters.event_log import EventLog, NatsAccess, NatsRefused, connect_nats
 from services.adapters.read_models import mongo_client
 from services.cli.keys import tenant_limits
 from services.cli.rebuild import run_rebuild
 from services.gateway.quotas import TenantQuotas
+from services.generator.work import store_outcome
 from services.runtime.lifecycle import utc_now
 from services.runtime.settings import Settings
 from tests.conftest import InProcessSystem
 from tests.flows import create_personas, create_template, cycle_modes, start_job
+from tests.samples import sample
 from tests.servers import NatsServer
 from tests.sse_client import read_sse
 from tests.waiting import eventually
@@ -256,3 +259,18 @@ async def test_a_wrong_password_is_refused_and_not_repeated(as_user, secrets_dir
         await connect_nats(settings.nats_url, "test", access=NatsAccess.from_settings(settings))
     assert "authorization violation" in str(refused.value).lower() and "'gateway'" in str(refused.value)
     assert "pwrong-secret-value" not in str(refused.value)
+
+
+async def test_the_generator_may_look_at_what_refused_its_outcome(as_user, admin_log):
+    """An outcome refused for its job's cancel: the generator asks the stream's leader what is
+    there (a replica may lag), under its own user."""
+    gateway = await EventLog.connect(as_user("gateway"), "test-gateway")  # the one that stores cancels
+    generator = await EventLog.connect(as_user("generator"), "test-generator")
+    try:
+        completed = sample("persona.completed").model_copy(update={"job_id": uuid.uuid4().hex})
+        await gateway.publish(JobCancelRequested(job_id=completed.job_id))
+        assert await store_outcome(generator, completed) is False
+        assert await generator.last(subjects.job(completed.job_id, "cancel_requested"), leader=True) is not None
+    finally:
+        await generator.close()
+        await gateway.close()

@@ -49,6 +49,10 @@ STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with anoth
 # offline, or a cluster just started has not heard from all of them yet).
 NO_PEERS_FOR_PLACEMENT = 10005
 WRONG_LAST_SEQUENCE = 10071  # JetStream: a publish's expected last sequence (on a subject) is not the stream's
+# A publish's condition, checked by JetStream as it stores it: the newest message on the subject
+# (this publish's own, or the one the second header names) has that sequence (0: there is none).
+EXPECTED_LAST_SUBJECT_SEQUENCE = "Nats-Expected-Last-Subject-Sequence"
+EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 UNLESS_TRIES = 5  # a publish unless a subject holds an event, asked again past garbage there
 
 
@@ -478,19 +482,30 @@ class DerivedReads:
     """What every event log derives from its primitives (``last_seq_on``, ``read_batches``,
     ``follow_batches``): written once for the JetStream adapter and its in-memory double."""
 
-    async def stored_before(self, subject: str, msg_id: str) -> int | None:
-        """The sequence of the event on ``subject`` stored with ``msg_id``, if it is the newest
-        there: a publish refused on its condition may be the retry of one whose ack was lost."""
-        newest = await self.last(subject, leader=True)
-        return newest.seq if newest is not None and newest.headers.get("Nats-Msg-Id") == msg_id else None
-
-    async def after_refusal(self, event_type: str, unless: str) -> int:
-        """A publish unless ``unless`` holds an event was refused: :class:`Precluded` if an event
-        is there; if only garbage is, the sequence of its newest message, to publish again
-        unless a message follows that one."""
-        if await self.first_readable_on([unless], leader=True) is not None:
-            raise Precluded(event_type, unless)
-        return await self.last_seq_on(unless, leader=True) or 0
+    async def _publish_unless(self, event: Envelope, headers: dict[str, str], unless: str,
+                              store: Callable[[dict[str, str]], Awaitable[int]]) -> int:
+        """``event`` stored by ``store`` (the adapter's publish, given its headers) unless an event
+        is on ``unless``: its sequence, or :class:`Precluded`. The server checks as it stores,
+        before it looks for a duplicate, so nothing slips in between. Refused, it looks: the
+        retry of ``event`` stored before, its ack lost, gets that sequence; garbage a buggy
+        producer wrote on ``unless`` is no event, and the publish is asked again unless a message
+        follows the garbage."""
+        newest = 0  # the newest message on ``unless``: none yet
+        for _ in range(UNLESS_TRIES):
+            try:
+                return await store(headers | {EXPECTED_LAST_SUBJECT_SEQUENCE: str(newest),
+                                              EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: unless})
+            except BadRequestError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+            # asked of the stream's leader, which refused: a replica may lag behind it
+            mine = await self.last(event.subject(), leader=True)
+            if mine is not None and mine.headers.get("Nats-Msg-Id") == headers["Nats-Msg-Id"]:
+                return mine.seq
+            if await self.first_readable_on([unless], leader=True) is not None:
+                raise Precluded(event.type, unless)
+            newest = await self.last_seq_on(unless, leader=True) or 0
+        raise Precluded(event.type, unless)  # garbage written there faster than we publish: refused
 
     async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
         raise NotImplementedError
@@ -634,28 +649,14 @@ class EventLog(DerivedReads):
     async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None) -> int:
         """Store ``event``; returns its stream sequence (the original's, if a duplicate).
         ``unless``: a subject; with an event on it stored first, ``event`` is not stored and
-        :class:`Precluded` is raised. The server checks as it stores, before it looks for a
-        duplicate: nothing slips in between (a retry of ``event`` stored before, its ack lost, is
-        answered with its sequence). What a buggy producer wrote there in garbage is no event
-        (:meth:`after_refusal`)."""
+        :class:`Precluded` is raised (:meth:`_publish_unless`)."""
         payload = encode_event(event)
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
             if unless is None:
                 return await self._publish(subject, payload, headers, event.type, retry_seconds)
-            newest = 0  # the newest message on ``unless``: none yet
-            for _ in range(UNLESS_TRIES):
-                condition = {"Nats-Expected-Last-Subject-Sequence": str(newest),
-                             "Nats-Expected-Last-Subject-Sequence-Subject": unless}
-                try:
-                    return await self._publish(subject, payload, headers | condition, event.type, retry_seconds)
-                except BadRequestError as exc:
-                    if exc.err_code != WRONG_LAST_SEQUENCE:
-                        raise
-                if (seq := await self.stored_before(subject, headers["Nats-Msg-Id"])) is not None:
-                    return seq  # stored before the condition failed, its ack lost: as a duplicate is
-                newest = await self.after_refusal(event.type, unless)
-            raise Precluded(event.type, unless)  # garbage written there faster than we publish: refused
+            return await self._publish_unless(
+                event, headers, unless, lambda sent: self._publish(subject, payload, sent, event.type, retry_seconds))
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], event_type: str,
                        retry_seconds: float) -> int:

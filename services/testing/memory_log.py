@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.adapters.event_log import UNLESS_TRIES, DerivedReads, LogState, Precluded, StoredEvent, stored_event
+from services.adapters.event_log import DerivedReads, LogState, StoredEvent, stored_event
 from services.runtime import tracing
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
@@ -89,18 +89,14 @@ class MemoryEventLog(DerivedReads):
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
             await asyncio.sleep(0)  # a publish is a round trip: others run meanwhile
-            newest = 0
-            for _ in range(UNLESS_TRIES if unless is not None else 1):
-                # checked as it is stored, before duplicates, as on NATS
-                there = self._streams[self.stream].last_on(unless) if unless is not None else None
-                if (there.seq if there is not None else 0) == newest:
-                    condition = {} if unless is None else {"Nats-Expected-Last-Subject-Sequence": str(newest),
-                                                           "Nats-Expected-Last-Subject-Sequence-Subject": unless}
-                    return self._store(self.stream, subject, encode_event(event), headers | condition)
-                if (seq := await self.stored_before(subject, headers["Nats-Msg-Id"])) is not None:
-                    return seq
-                newest = await self.after_refusal(event.type, unless)
-            raise Precluded(event.type, unless or "")
+            data = encode_event(event)
+            if unless is None:
+                return self._store(self.stream, subject, data, headers)
+
+            async def store(sent: dict[str, str]) -> int:
+                return self._store(self.stream, subject, data, sent)  # the stream checks the condition
+
+            return await self._publish_unless(event, headers, unless, store)
 
     async def publish_unannounced(self, event: Envelope) -> int:
         """Store ``event`` without delivering it to core subscribers yet: the moment on NATS

@@ -16,6 +16,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from nats.js import api
+from nats.js.errors import BadRequestError
+
+from services.adapters.event_log import (
+    EXPECTED_LAST_SUBJECT_SEQUENCE,
+    EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT,
+    WRONG_LAST_SEQUENCE,
+)
 
 DEFAULT_DUPLICATE_WINDOW = 120.0  # seconds: the server's default
 _incarnations = itertools.count(1)  # two streams made within one clock tick are still told apart
@@ -106,6 +113,11 @@ class MemoryStream:
         """Store a message; returns its sequence and whether it was a duplicate (then the
         original's sequence, and nothing stored)."""
         headers = dict(headers or {})
+        if (expected := headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE)) is not None:  # checked first, as on NATS
+            newest = self.last_on(headers.get(EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT, subject))
+            if (newest.seq if newest is not None else 0) != int(expected):
+                raise BadRequestError(code=400, err_code=WRONG_LAST_SEQUENCE,
+                                      description=f"wrong last sequence: {newest.seq if newest else 0}")
         msg_id = headers.get("Nats-Msg-Id")
         now = time.monotonic()
         if msg_id:

@@ -329,6 +329,17 @@ class NoEventLog(LookupError):
 
 
 MIN_NATS_VERSION = (2, 11)  # Nats-Expected-Last-Subject-Sequence-Subject (the outcome's condition)
+WHY_MIN_NATS_VERSION = ("a persona's outcome is stored only while its job's cancel is not, a condition "
+                        "(Nats-Expected-Last-Subject-Sequence-Subject) older servers do not check")
+
+
+def version_short_of(nc: NATS) -> tuple[str, str] | None:
+    """The version of the server ``nc`` is connected to and the one promptgen needs, when that
+    server is older; None when it will do."""
+    version = nc.connected_server_version
+    if (version.major, version.minor) >= MIN_NATS_VERSION:
+        return None
+    return str(version), ".".join(map(str, MIN_NATS_VERSION))
 TOOL_WAIT_SECONDS = 10.0  # how long a command-line tool waits for NATS before it says so
 NATS_ERROR_EVERY_SECONDS = 30.0  # while NATS stays unreachable, one nats_error line this often
 
@@ -458,11 +469,8 @@ async def connect_nats(
         nc.close = close_on_purpose  # type: ignore[method-assign]
         connected.append(nc)
         errors.reset()
-        version = nc.connected_server_version
-        if (version.major, version.minor) < MIN_NATS_VERSION:
-            log.error("nats_server_too_old", version=str(version), needs=".".join(map(str, MIN_NATS_VERSION)),
-                      why="a persona's outcome is stored only while its job's cancel is not, a condition "
-                          "older servers do not check")
+        if (short := version_short_of(nc)) is not None:
+            log.error("nats_server_too_old", version=short[0], needs=short[1], why=WHY_MIN_NATS_VERSION)
         return nc
     # nats-py can swallow a cancellation (its asyncio.wait_for): cancelled again until it ends
     await cancel_and_wait(connecting, every=0.25, attempts=40)

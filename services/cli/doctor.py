@@ -12,7 +12,7 @@ import nats
 from nats.js.errors import NotFoundError
 from pymongo import AsyncMongoClient
 
-from services.adapters.event_log import MIN_NATS_VERSION, LogState, NatsAccess
+from services.adapters.event_log import WHY_MIN_NATS_VERSION, LogState, NatsAccess, version_short_of
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.factory import build_provider
 from services.adapters.read_models import ReadModels
@@ -58,12 +58,10 @@ async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
         # host:port only: a URL's user and password stay out of the report
         where = nc.connected_url.netloc.rpartition("@")[2] if nc.connected_url else redact(settings.nats_url)
         findings = [Finding("NATS", True, where + (f" as {settings.nats_user}" if settings.nats_user else ""))]
-        version = nc.connected_server_version
-        if (version.major, version.minor) < MIN_NATS_VERSION:
-            findings.append(Finding(
-                "NATS version", False, f"{version} (promptgen needs {'.'.join(map(str, MIN_NATS_VERSION))} or later)",
-                "upgrade nats-server: a persona's outcome is stored only while its job's cancel is not, a "
-                "condition (Nats-Expected-Last-Subject-Sequence-Subject) older servers do not check"))
+        if (short := version_short_of(nc)) is not None:
+            version, needs = short
+            findings.append(Finding("NATS version", False, f"{version} (promptgen needs {needs} or later)",
+                                    f"upgrade nats-server: {WHY_MIN_NATS_VERSION}"))
         js = nc.jetstream(timeout=3)
         try:
             info = await js.account_info()

@@ -32,7 +32,7 @@ from services.adapters.event_log import StoredEvent, pulled, stored_message
 from services.adapters.llm.base import LLMError, Provider
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
-from services.generator.work import failed, fan_out, generate_persona_prompt, store_outcome
+from services.generator.work import failed, fan_out, generate_persona_prompt, persona_ended, store_outcome
 from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
 from services.runtime.lifecycle import Clock, utc_now
@@ -268,10 +268,6 @@ class WorkerPool:
         if self.in_flight:
             await asyncio.wait(self.in_flight, timeout=timeout)
 
-    async def _already_ended(self, item: PersonaPromptRequested) -> bool:
-        ends = [subjects.job_persona(item.job_id, item.persona_id, end) for end in ("completed", "failed")]
-        return await self.log.first_readable_on(ends) is not None
-
     async def _expired(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
         await self._fail(item, LLMError("expired", EXPIRED_PERSONA_ERROR), delivered)
         await msg.ack()
@@ -330,7 +326,7 @@ class WorkerPool:
 
     async def _handle(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
         # Only a redelivery can find its persona already ended (a worker died after publishing).
-        if delivered > 1 and await self._already_ended(item):
+        if delivered > 1 and await persona_ended(self.log, item.job_id, item.persona_id):
             log.info("work_item_already_done", deliveries=delivered)
             await msg.ack()
             return

@@ -69,6 +69,12 @@ def failed(item: PersonaPromptRequested, error: LLMError, attempts: int) -> Pers
     )
 
 
+async def persona_ended(event_log: EventLogPort, job_id: str, persona_id: str, *, leader: bool = False) -> bool:
+    """Whether the log holds the persona's outcome (``PersonaCompleted`` or ``PersonaFailed``)."""
+    ends = [subjects.job_persona(job_id, persona_id, end) for end in ("completed", "failed")]
+    return await event_log.first_readable_on(ends, leader=leader) is not None
+
+
 async def store_outcome(event_log: EventLogPort, outcome: PersonaCompleted | PersonaFailed) -> bool:
     """Store a persona's outcome unless its job's cancel is stored first; whether it was. The
     log decides as it stores the outcome, so none follows a cancel there: the job manager, which
@@ -78,8 +84,7 @@ async def store_outcome(event_log: EventLogPort, outcome: PersonaCompleted | Per
     except Precluded:
         # A persona's two ends share one Nats-Msg-Id: one stored before the cancel (this item's
         # earlier delivery's) makes this one its duplicate, stored, not cancelled.
-        ends = [subjects.job_persona(outcome.job_id, outcome.persona_id, end) for end in ("completed", "failed")]
-        if await event_log.first_readable_on(ends, leader=True) is not None:
+        if await persona_ended(event_log, outcome.job_id, outcome.persona_id, leader=True):
             return True
         log.info("outcome_dropped_cancelled", outcome=outcome.type)
         return False

@@ -10,7 +10,15 @@ from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic.config import JsonDict
 
 from contracts.domain import (
@@ -253,15 +261,21 @@ class AvatarInteractionCreate(Request):
     mode: Mode
     avatars: FreeFormList = Field(default_factory=list)
     languages: FreeFormList = Field(default_factory=list)
-    persona_id: Id | None = None
+    # before persona_id, whose check reads it (a field's validator sees the fields above it)
     system_prompt: Annotated[StoredText, Field(max_length=MAX_SYSTEM_PROMPT_LENGTH)] | None = None
+    persona_id: Annotated[Id | None, Field(validate_default=True)] = None
 
-    @model_validator(mode="after")
-    def _prompt_source(self) -> AvatarInteractionCreate:
-        # an empty or blank prompt is no prompt (the interaction would be stored with none)
-        if self.mode != "learn_mode" and self.persona_id is None and not (self.system_prompt or "").strip(BLANK):
-            raise ValueError(f"{self.mode} needs a persona_id (or an explicit system_prompt)")
-        return self
+    @field_validator("persona_id")
+    @classmethod
+    def _prompt_source(cls, persona_id: str | None, info: ValidationInfo) -> str | None:
+        # The error names persona_id, what the client can add. An empty or blank prompt is no
+        # prompt (the interaction would be stored with none). An invalid mode or prompt is its
+        # own error, and this check is left out.
+        if persona_id is None and "mode" in info.data and "system_prompt" in info.data:
+            mode, prompt = info.data["mode"], info.data["system_prompt"]
+            if mode != "learn_mode" and not (prompt or "").strip(BLANK):
+                raise ValueError(f"{mode} needs a persona_id (or an explicit system_prompt)")
+        return persona_id
 
 
 class AvatarInteractionView(BaseModel):

@@ -11,13 +11,14 @@ and this backstop ends the process ``timeout_backstop`` seconds later.
 
 The report names the test and gives the stacks of every thread and of every asyncio task not
 done: an asynchronous test that hangs shows its event loop waiting in ``select``, and the
-tasks show what each awaits."""
+tasks show what each awaits. The processes the test started are killed with it."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -46,6 +47,36 @@ def _report(item: pytest.Item, timeout: float, after: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, by the parent ids in ``/proc`` (none where there is no ``/proc``)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    # after the command's closing parenthesis: state, then the parent's id
+                    parent = int(stat.read().rpartition(b")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile, or unreadable
+            children.setdefault(parent, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_descendants() -> None:
+    """The servers and services the test started (NATS, MongoDB, promptgen processes) end with its
+    process: left running, they would hold their ports, memory and disk until CI's own end."""
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
 BACKSTOP_SECONDS = 60.0  # after a test's timeout: the time its timeout has to end it gracefully
 
 
@@ -70,7 +101,10 @@ def pytest_timeout_set_timer(item: pytest.Item, settings) -> None:
         try:
             os.write(2, report.encode(errors="replace"))
         finally:
-            os._exit(1)
+            try:
+                _kill_descendants()
+            finally:
+                os._exit(1)
 
     timer = threading.Timer(after, expire)
     timer.name = f"timeout backstop {item.nodeid}"

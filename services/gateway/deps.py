@@ -17,6 +17,7 @@ from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller, Guard, require, stream_reader
 from services.gateway.capacity import Capacities
+from services.gateway.errors import ApiError
 from services.gateway.feeds import JobFeeds
 from services.gateway.freshness import ReadFence
 from services.gateway.projection import ProjectionWaiter
@@ -71,7 +72,24 @@ TemplateIdQuery = Annotated[str, _id(Query, "template")]
 PersonaIdQuery = Annotated[str, _id(Query, "persona")]
 
 
+IDEMPOTENCY_KEY = "Idempotency-Key"
+
+
 def idempotency_key(names: str) -> Any:
-    """The ``Idempotency-Key`` header: what it ``names`` (its description in the API document)."""
-    return Header(alias="Idempotency-Key", min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
-                  description=names)
+    """The ``Idempotency-Key`` header, if sent: what it ``names`` (its description in the API
+    document). Sent twice it is a 422: two keys may name two jobs, and which one counts would be
+    a guess."""
+    header = Header(None, alias=IDEMPOTENCY_KEY, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:-]+$",
+                    description=names)
+
+    # the header as a default, not in Annotated: this module's annotations are strings, which
+    # FastAPI resolves in its globals, where ``header`` is not
+    async def once(request: Request, key: str | None = header) -> str | None:
+        sent = len(request.headers.getlist(IDEMPOTENCY_KEY))
+        if sent > 1:
+            raise ApiError(422, "invalid_request",
+                           f"Invalid '{IDEMPOTENCY_KEY}': send the header once (this request sent it {sent} times)",
+                           field=IDEMPOTENCY_KEY)
+        return key
+
+    return Depends(once)

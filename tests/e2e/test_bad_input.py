@@ -95,7 +95,11 @@ async def test_interaction_with_unknown_persona_or_without_prompt_source(client)
     r = await client.post("/avatar-interactions", json={"mode": "try_mode", "persona_id": "ghost"})
     assert r.status_code == 404 and r.json()["field"] == "persona_id"
     r = await client.post("/avatar-interactions", json={"mode": "assess_mode"})
-    assert r.status_code == 422 and "persona_id" in r.json()["detail"]
+    assert r.status_code == 422 and r.json()["field"] == "persona_id" and "persona_id" in r.json()["detail"], r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["persona_id"]
+    # a prompt that is itself invalid is that field's error alone, not a missing persona_id too
+    r = await client.post("/avatar-interactions", json={"mode": "assess_mode", "system_prompt": 7})
+    assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["system_prompt"], r.text
 
 
 async def test_extra_mode_mapping_entries_are_allowed_for_retries(client, template_and_personas):

@@ -50,6 +50,12 @@ async def test_a_request_sent_again_with_its_idempotency_key_starts_one_job(gate
     assert unkeyed.json()["job_id"] not in (job_id, fresh.json()["job_id"])
     bad = await post("no spaces allowed")
     assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
+    # two keys may name two jobs: which one counts is not guessed
+    twice = await gateway.post("/scenario/v2/generate-final-prompts", json=body,
+                               headers=[("Idempotency-Key", "order-17"), ("Idempotency-Key", "order-20")])
+    assert twice.status_code == 422 and twice.json()["field"] == "Idempotency-Key", twice.text
+    assert "once" in twice.json()["detail"]
+    assert len(await _requested(memory_log, job_id)) == 1
 
 
 async def test_a_job_nats_did_not_confirm_is_a_503_naming_it_and_its_key_gets_it_later(gateway, memory_log,
@@ -134,6 +140,10 @@ async def test_personas_asked_for_again_with_their_idempotency_key_are_made_once
     assert len(await template_personas()) == 6
     bad = await post("no spaces")
     assert bad.status_code == 422 and bad.json()["field"] == "Idempotency-Key", bad.text
+    twice = await gateway.post("/scenario/generate-personas", json=body,
+                               headers=[("Idempotency-Key", "cast-1"), ("Idempotency-Key", "cast-3")])
+    assert twice.status_code == 422 and twice.json()["field"] == "Idempotency-Key", twice.text
+    assert len(await template_personas()) == 6 and len(provider.personas_asked) == asked + 1
 
 
 async def test_keyed_personas_are_answered_from_the_log_while_the_read_model_lags(running, gateway, provider):

@@ -160,7 +160,7 @@ async def start_job(
 async def generate_final_prompts(
     body: GenerateFinalPromptsRequest, caller: JobWriter, models: ModelsDep, event_log: EventLogDep,
     settings: SettingsDep, clock: ClockDep, guard: GuardDep, quotas: QuotasDep,
-    idempotency_key: IdempotencyKey = None,
+    idempotency_key: IdempotencyKey,
 ) -> GenerateFinalPromptsResponse:
     """Start generating the personas' system prompts; returns at once with the job id.
 

@@ -112,7 +112,7 @@ async def generate_personas(
     limiter: LimiterDep,
     settings: SettingsDep,
     key: Annotated[str | None, idempotency_key(
-        "Names the personas: the same request sent again with it answers with them, made once")] = None,
+        "Names the personas: the same request sent again with it answers with them, made once")],
 ) -> GeneratePersonasResponse:
     """Invent ``count`` personas for a template. They have no prompt yet.
 

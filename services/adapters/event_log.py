@@ -78,6 +78,17 @@ class Precluded(Exception):
         self.subject = subject
 
 
+class Contended(Exception):
+    """An event not stored because the subject it was published unless kept changing under it,
+    with no event there: what a buggy producer writing garbage faster than the publish was asked
+    again does. Nothing precludes it: asked again later, it may be stored."""
+
+    def __init__(self, event_type: str, subject: str, tries: int) -> None:
+        super().__init__(f"a {event_type} event is not stored yet: {subject} changed under each of its "
+                         f"{tries} tries, with no event there")
+        self.subject = subject
+
+
 class EventTooLarge(ValueError):
     """An event bigger than the NATS server takes in one message (its ``max_payload``): it
     can never be stored, and sending it anyway would cost the connection."""
@@ -497,7 +508,8 @@ class DerivedReads:
         before it looks for a duplicate, so nothing slips in between. Refused, it looks: the
         retry of ``event`` stored before, its ack lost, gets that sequence; garbage a buggy
         producer wrote on ``unless`` is no event, and the publish is asked again unless a message
-        follows the garbage."""
+        follows the garbage; after ``UNLESS_TRIES`` refusals, :class:`Contended` (a caller's
+        retry later may store it)."""
         newest = 0  # the newest message on ``unless``: none yet
         for _ in range(UNLESS_TRIES):
             try:
@@ -513,7 +525,7 @@ class DerivedReads:
             if await self.first_readable_on([unless], leader=True) is not None:
                 raise Precluded(event.type, unless)
             newest = await self.last_seq_on(unless, leader=True) or 0
-        raise Precluded(event.type, unless)  # garbage written there faster than we publish: refused
+        raise Contended(event.type, unless, UNLESS_TRIES)  # garbage written there faster than we publish
 
     async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
         raise NotImplementedError

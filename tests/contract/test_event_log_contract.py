@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from contracts import subjects
 from contracts.events import JobCancelRequested, TemplateCreated
-from services.adapters.event_log import Precluded, stored_message
+from services.adapters.event_log import Contended, Precluded, stored_message
 from services.generator.dead_letters import advisory_subject, dead_letter_stream, keep_dead_letters
 from services.generator.work import fan_out
 from services.testing import MemoryEventLog
@@ -129,6 +129,28 @@ async def test_garbage_on_the_subject_a_publish_is_unless_does_not_preclude_it(a
     await log.publish_to(log.stream, cancel, b"\x00")  # garbage after the event: the event still counts
     with pytest.raises(Precluded):
         await log.publish(template("t2"), unless=cancel)
+
+
+async def test_garbage_written_faster_than_a_publish_unless_is_asked_again_delays_it(any_event_log,
+                                                                                   monkeypatch):
+    """A buggy producer flooding the subject with garbage cannot make the event precluded (the
+    caller would drop it as if its job were cancelled): it is not stored yet, and is later."""
+    log = any_event_log
+    cancel = subjects.job("j1", "cancel_requested")
+    newest = log.last_seq_on
+
+    async def flooded(subject: str, **kwargs) -> int | None:
+        seen = await newest(subject, **kwargs)
+        await log.publish_to(log.stream, cancel, b"{")  # more garbage before the publish is asked again
+        return seen
+
+    await log.publish_to(log.stream, cancel, b"{")
+    monkeypatch.setattr(log, "last_seq_on", flooded)
+    with pytest.raises(Contended):
+        await log.publish(template("t1"), unless=cancel)
+    monkeypatch.undo()  # the flood stops
+    stored = await log.publish(template("t1"), unless=cancel)
+    assert (await log.at(stored)).event.template_id == "t1"
 
 
 async def test_last_and_at_find_single_events(any_event_log):

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from contracts import subjects
 from contracts.events import JobCancelRequested, PersonaFailed
+from services.adapters.event_log import Contended
 from services.generator.work import store_outcome
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, start_job
@@ -168,3 +171,26 @@ async def test_a_persona_ended_before_the_cancel_is_not_counted_cancelled_by_its
     other = late.model_copy(update={"persona_id": "p9"})  # a persona that had not ended: cancelled
     assert await store_outcome(memory_log, other) is False
     assert [s.event.type async for s in memory_log.read(subjects.ALL)] == ["persona.completed", "job.cancel_requested"]
+
+
+async def test_an_outcome_kept_out_by_garbage_flooding_its_cancel_subject_is_not_counted_cancelled(memory_log,
+                                                                                                  monkeypatch):
+    """Garbage written on the job's cancel subject faster than the outcome is asked again is no
+    cancel: the outcome is not dropped as cancelled but not stored yet (its work item is
+    delivered again), and stored once the flood stops."""
+    completed = sample("persona.completed")
+    cancel = subjects.job(completed.job_id, "cancel_requested")
+    newest = memory_log.last_seq_on
+
+    async def flooded(subject: str, **kwargs) -> int | None:
+        seen = await newest(subject, **kwargs)
+        await memory_log.publish_to(memory_log.stream, cancel, b"{")
+        return seen
+
+    await memory_log.publish_to(memory_log.stream, cancel, b"{")
+    monkeypatch.setattr(memory_log, "last_seq_on", flooded)
+    with pytest.raises(Contended):
+        await store_outcome(memory_log, completed)
+    monkeypatch.undo()
+    assert await store_outcome(memory_log, completed) is True
+    assert (await memory_log.first_readable_on([completed.subject()])).event == completed

@@ -375,8 +375,12 @@ class _Sparse:
         self.quiet_until, self.left_out = now + self.seconds, 0
         return fields
 
-    def reset(self) -> None:
+    def reset(self) -> dict[str, int]:
+        """The failures are over: the next is logged at once. The fields for the line that says
+        so (``repeated``: failures left out since the last line logged)."""
+        fields = {"repeated": self.left_out} if self.left_out else {}
         self.quiet_until, self.left_out = 0.0, 0
+        return fields
 
 
 async def connect_nats(
@@ -406,8 +410,7 @@ async def connect_nats(
     errors = _Sparse(NATS_ERROR_EVERY_SECONDS)
 
     async def _reconnected() -> None:
-        errors.reset()
-        log.info("nats_reconnected")
+        log.info("nats_reconnected", **errors.reset())  # with the errors the last nats_error left out
         for callback in on_reconnect or []:
             callback()
 

@@ -18,6 +18,7 @@ from services.cli.replay import show_job_history
 from services.runtime.settings import Settings
 from tests.samples import job_requested
 from tests.servers import NatsServer
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -91,3 +92,36 @@ async def test_a_service_waiting_for_nats_says_so_once_in_a_while_not_at_every_a
                 await event_log_module.connect_nats(nobody, "projector")
     said = [entry for entry in logs if entry["event"] == "nats_error"]
     assert len(said) == 1 and said[0]["servers"] == [nobody], said
+
+
+async def test_reconnected_says_how_many_errors_the_last_nats_error_left_out(nats, monkeypatch):
+    """An outage logs its first error, then at most one every 30 s: the line that says NATS is
+    back counts those left out, so an operator can tell a blip from minutes of failures."""
+    attempts = []
+    due = event_log_module._Sparse.due
+
+    def counted(self):
+        attempts.append(1)
+        return due(self)
+
+    monkeypatch.setattr(event_log_module._Sparse, "due", counted)
+    with capture_logs() as logs:
+        nc = await event_log_module.connect_nats(nats.url, "projector")
+        try:
+            nats.stop()
+            await eventually(lambda: _at_least(attempts, 3), what="three failed reconnects")
+            nats.start()
+            back = await eventually(lambda: _said(logs, "nats_reconnected"), what="the reconnect")
+        finally:
+            await nc.close()
+    errors = [entry for entry in logs if entry["event"] == "nats_error"]
+    assert len(errors) == 1, errors
+    assert back[0]["repeated"] == len(attempts) - 1 >= 2, back
+
+
+async def _at_least(items: list, n: int) -> bool:
+    return len(items) >= n
+
+
+async def _said(logs: list[dict], event: str) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == event]

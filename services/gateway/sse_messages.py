@@ -8,6 +8,7 @@ and the last ``<seq>``, so ``Last-Event-ID`` always names an exact position.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import singledispatch
 
@@ -81,6 +82,9 @@ def _(event: JobFinished) -> list[SseMessage]:
     return [*ends, StatusUpdate(status=event.status, error=event.error), ResultsMessage(results=event.results)]
 
 
+_MESSAGE_ID = re.compile(r"([0-9]+)(?:-([0-9]+))?")  # an SSE message id: <seq> or <seq>-<index>
+
+
 @dataclass(frozen=True)
 class Position:
     """A place in a job's message stream: after message ``index`` of event ``seq``
@@ -96,12 +100,14 @@ class Position:
 
     @classmethod
     def parse(cls, value: str | None) -> Position | None:
-        if not value:
+        """An id this gateway sent (``<seq>`` or ``<seq>-<index>``, ASCII digits), or None: what
+        ``int()`` alone would also take ("+15", "1_5", "15--1", other scripts' digits) is no id."""
+        matched = _MESSAGE_ID.fullmatch(value.strip()) if value else None
+        if matched is None:
             return None
-        head, _, tail = value.strip().partition("-")
         try:
-            return cls(int(head), int(tail) if tail else None)
-        except ValueError:
+            return cls(int(matched[1]), int(matched[2]) if matched[2] is not None else None)
+        except ValueError:  # past the digits Python converts (4,300)
             return None
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 
-from tests.conftest import InProcessSystem
-from tests.flows import create_personas, create_template
+from tests.conftest import SCENARIO, InProcessSystem
+from tests.flows import create_personas, create_template, start_job
+from tests.metrics_text import sample
+from tests.waiting import eventually
 
 
 @pytest.fixture
@@ -227,3 +231,38 @@ async def test_a_malformed_id_is_422_naming_it_wherever_it_is(client):
     assert r.status_code == 422 and r.json()["field"] == "template_id"
     r = await client.post("/avatar-interactions", json={"mode": "try_mode", "persona_id": "p.1"})
     assert r.status_code == 422 and r.json()["field"] == "persona_id"
+
+
+
+async def test_an_sse_stream_whose_request_body_is_over_the_limit_ends_and_gives_its_slot_back(settings, models):
+    """A GET with a chunked body past the limit: the body is refused, so the stream cannot learn
+    from it that the client left. It ends at once, and gives its slot and its place in the gauge
+    back (it held them until its job ended)."""
+    settings.max_body_bytes = 64 * 1024
+    system = await InProcessSystem(settings).start(generator=False)  # the job stays running
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+            template_id = await create_template(client, SCENARIO)
+            persona = (await create_personas(client, template_id, 1))[0]
+            job = await start_job(client, template_id, {persona["id"]: "learn_mode"})
+
+            async def streams() -> float:
+                return sample((await client.get("/metrics")).text, "promptgen_sse_clients")
+
+            reader, writer = await asyncio.open_connection("127.0.0.1", system.port)
+            writer.write(f"GET {job['sse_endpoint']} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                         "Transfer-Encoding: chunked\r\n\r\n".encode())
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            assert await streams() == 1
+            chunk = b"x" * 4096
+            for _ in range(20):  # 80 KiB: past the 64 KiB limit
+                writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            await writer.drain()
+            await eventually(lambda: _is(streams, 0), what="the stream ended and counted out", timeout=10)
+            writer.close()
+    finally:
+        await system.close()
+
+
+async def _is(value: Callable[[], Awaitable[float]], expected: float) -> bool:
+    return await value() == expected

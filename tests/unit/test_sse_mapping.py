@@ -73,3 +73,7 @@ def test_last_event_id_parsing():
     assert Position.parse("12") == Position(12, None)
     assert Position.parse("12-0") == Position(12, 0)
     assert Position.parse("") is None and Position.parse("garbage") is None and Position.parse(None) is None
+    # what int() would take too is no id this gateway sent: read from the start, not as a position
+    for loose in ("+15", "1_5", "15--1", "15-+1", "-1", "\u0661\u0665", "\uff11\uff15", "15-", "15-0-1", "9" * 5000):
+        assert Position.parse(loose) is None, loose
+    assert Position.parse(" 15-1 ") == Position(15, 1)  # surrounding blanks are no part of it

@@ -23,6 +23,7 @@ from services.adapters.event_log import EventLog
 from services.adapters.read_models import ReadModels, mongo_client
 from services.cli.embedded import free_port
 from services.gateway.app import GatewayServer, create_app
+from services.gateway.http_head import server_config
 from services.generator.main import run_generator
 from services.projector.main import run_projector
 from services.runtime.metrics import Metrics
@@ -131,8 +132,9 @@ class InProcessSystem:
             self.start_service("generator", self.per_service.get("generator"))
         self.metrics["gateway"] = Metrics()
         app = self.app = create_app(self.per_service.get("gateway", self.settings), metrics=self.metrics["gateway"])
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port,
-                                log_config=None, access_log=False, lifespan="on")
+        settings = self.per_service.get("gateway", self.settings)
+        config = server_config(app, max_head_bytes=settings.max_header_bytes, host="127.0.0.1", port=self.port,
+                               log_config=None, access_log=False, lifespan="on")
         self.server = GatewayServer(config)  # as `promptgen gateway` serves it
         self.tasks["gateway"] = asyncio.create_task(self.server.serve(sockets=[self.socket]))
         while not self.server.started:

@@ -138,11 +138,10 @@ def gateway(
     port: int = typer.Option(None, min=0, max=65535, help="Port (default PROMPTGEN_PORT or 9000; 0: a free one)."),
 ) -> None:
     """Run the gateway alone (HTTP API and SSE)."""
-    import uvicorn
-
     from services.gateway.allowed_hosts import unconfigured
     from services.gateway.app import GatewayServer, create_app
     from services.gateway.bootstrap import ports_at_odds
+    from services.gateway.http_head import server_config
     from services.gateway.sse import server_exiting
     from services.runtime.lifecycle import settle_heap_when_ready, stop_also_when, stop_requested
     from services.runtime.logs import configure_logging
@@ -156,8 +155,9 @@ def gateway(
     _warn_of_unknown_settings()
     settle_heap_when_ready()
     application = create_app(settings)
-    config = uvicorn.Config(application, host=settings.host, port=settings.port, log_config=None,
-                            access_log=False, log_level="warning", timeout_graceful_shutdown=5)
+    config = server_config(application, max_head_bytes=settings.max_header_bytes, host=settings.host,
+                           port=settings.port, log_config=None, access_log=False, log_level="warning",
+                           timeout_graceful_shutdown=5)
     # Several gateways on one port, when one event loop is not enough: each binds with SO_REUSEPORT.
     sockets = [_reuse_port_socket(settings.host, settings.port)] if settings.reuse_port else None
     stop_also_when(server_exiting)  # a wait for NATS at start gives up once uvicorn is told to stop

@@ -183,6 +183,11 @@ class Settings(BaseSettings):
         # client's JSON encoder escapes every character as \uXXXX.
         description="A request body over this many bytes is refused (413) before it is read.",
     )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=1024, validation_alias=_env("PROMPTGEN_MAX_HEADER_BYTES"),
+        description="A request whose line and headers are over this many bytes is refused (431) and its "
+                    "connection closed.",
+    )
     sse_ping_seconds: float = Field(15, gt=0, validation_alias=_env("PROMPTGEN_SSE_PING_SECONDS"))
     sse_retry_ms: int = Field(
         1000, ge=0, validation_alias=_env("PROMPTGEN_SSE_RETRY_MS"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import re
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -266,3 +267,49 @@ async def test_an_sse_stream_whose_request_body_is_over_the_limit_ends_and_gives
 
 async def _is(value: Callable[[], Awaitable[float]], expected: float) -> bool:
     return await value() == expected
+
+
+async def _raw_exchange(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a new connection; everything the server answers until it closes it
+    (or for 5 s)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = b""
+        async with asyncio.timeout(5):
+            while chunk := await reader.read(65536):
+                answer += chunk
+        return answer
+    except (TimeoutError, ConnectionResetError):
+        return answer
+    finally:
+        writer.close()
+
+
+async def test_a_request_head_over_the_limit_is_431_and_the_connection_closed(system):
+    """Headers of any size were read into memory: one header of 100 MB was answered 200."""
+    limit = system.settings.max_header_bytes
+    one_huge = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * (2 * limit)  # never ends
+    many = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"".join(
+        b"X-Pad-%d: %s\r\n" % (i, b"b" * 1000) for i in range(limit // 1000 + 10)) + b"\r\n"
+    for request in (one_huge, many):
+        answer = await _raw_exchange(system.port, request)
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 431 "), answer[:300]
+        assert json.loads(body) == {"detail": f"The request's line and headers are larger than this server accepts "
+                                              f"({limit} bytes)", "code": "headers_too_large", "field": "headers"}
+
+
+async def test_heads_under_the_limit_pass_with_bodies_of_any_allowed_size_on_one_connection(system):
+    """The bound is on each request's head: not on a head and its body read together, nor on a
+    connection's requests together."""
+    limit = system.settings.max_header_bytes
+    pad = b"X-Pad: " + b"c" * (limit * 2 // 3) + b"\r\n"  # two of them are past the limit
+    body = json.dumps({"mode": "learn_mode", "avatars": ["a" * 10_000] * 25, "languages": ["l" * 10_000] * 25}).encode()
+    request = (b"POST /avatar-interactions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+               b"content-length: %d\r\n%s\r\n%s" % (len(body), pad, body))
+    last = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n" + pad + b"\r\n"
+    answer = await _raw_exchange(system.port, request + last)  # one write: the head, its body, the next head
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"201", b"200"], answer[:1500]

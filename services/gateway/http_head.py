@@ -1,0 +1,102 @@
+"""A bound on a request's head (its request line and headers), as the body has one
+(:mod:`.body_limit`).
+
+uvicorn's httptools protocol, which the gateway runs on, takes a head of any size: headers of
+100 MB were read into memory and answered. Here the bytes of a head are counted as they come;
+one past ``max_head_bytes`` before the head ends is answered ``431`` and the connection closed,
+so at most the limit plus one read of the socket is ever held for it. Behind a proxy that
+bounds headers itself (HAProxy, nginx) this bound is never reached."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from contracts.api import ErrorBody
+
+log = structlog.get_logger()
+
+
+class BoundedHead(HttpToolsProtocol):
+    """uvicorn's httptools protocol, refusing a request whose head is over ``max_head_bytes``:
+    counted as the parser reads it (a head read whole in one piece, with many headers), and as
+    bytes arrive while it is unfinished (a head that never ends, which the parser holds)."""
+
+    max_head_bytes = 64 * 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._in_head = True  # reading a request's line and headers (the next one's, between requests)
+        self._received = 0  # bytes received while in the head
+        self._parsed = 0  # the head's bytes as the parser gave them
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # the connection is closing: the rest is dropped
+        if self._in_head:
+            self._received += len(data)
+        super().data_received(data)
+        # Checked once the bytes are parsed: a read holding the end of a head and a body is no
+        # head over the limit.
+        if self._in_head and self._received > self.max_head_bytes and not self._refused:
+            self._refuse()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._parsed = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._parsed += len(url)
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._parsed += len(name) + len(value) + 4  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        if self._parsed > self.max_head_bytes:
+            self._refuse()  # before the app sees the request
+            return
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            return
+        super().on_message_complete()
+        self._in_head, self._received = True, 0
+
+    def _refuse(self) -> None:
+        self._refused = True
+        log.warning("http_head_too_large", client=f"{self.client[0]}:{self.client[1]}" if self.client else None,
+                    limit=self.max_head_bytes)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # The answer to the request before is still going out: no other may cut into it.
+            self.transport.close()
+            return
+        body = json.dumps(ErrorBody(
+            detail=f"The request's line and headers are larger than this server accepts "
+                   f"({self.max_head_bytes} bytes)",
+            code="headers_too_large", field="headers",
+        ).model_dump(exclude_none=True)).encode()
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                             b"content-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        self.transport.close()
+
+
+def server_config(app: Any, *, max_head_bytes: int, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the gateway: ``options`` as :class:`uvicorn.Config` takes
+    them, on the httptools protocol with the head bounded."""
+    protocol = type("BoundedHead", (BoundedHead,), {"max_head_bytes": max_head_bytes})
+    return uvicorn.Config(app, http=protocol, **options)

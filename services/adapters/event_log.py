@@ -478,7 +478,13 @@ async def connect_nats(
 
         async def close_on_purpose() -> None:
             closing.append(True)
-            await close()
+            try:
+                await close()
+            except (OSError, RuntimeError) as exc:
+                # NATS lost: nats-py writes what it still holds to the dead connection as it
+                # closes, and fails (ConnectionResetError; uvloop: RuntimeError, "the handler is
+                # closed"). Nothing of it could be delivered; the process goes on stopping.
+                log.info("nats_closed", unsent=True, error=repr(exc)[:200])
 
         nc.close = close_on_purpose  # type: ignore[method-assign]
         connected.append(nc)

@@ -125,3 +125,22 @@ async def _at_least(items: list, n: int) -> bool:
 
 async def _said(logs: list[dict], event: str) -> list[dict]:
     return [entry for entry in logs if entry["event"] == event]
+
+
+async def test_a_connection_closed_while_nats_is_lost_closes_without_an_error(nats):
+    """A service told to stop while NATS is down: what nats-py still holds cannot be written,
+    which is said in one line, not raised (a service printed a 200-line traceback as it stopped)."""
+    nc = await event_log_module.connect_nats(nats.url, "generator")
+    nats.stop()
+    await eventually(lambda: _true(nc.is_reconnecting), what="the connection lost")
+    for _ in range(3):
+        await nc.publish("promptgen.held", b"held while NATS is away")
+    with capture_logs() as logs:
+        await nc.close()
+    assert nc.is_closed
+    said = [entry for entry in logs if entry["event"] == "nats_closed"]
+    assert len(said) == 1 and said[0].get("unsent") is True, logs
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sys
 from pathlib import Path
+from typing import IO
 
 from rich.console import Console
 
@@ -95,6 +97,35 @@ def ops_port(name: str, default: int) -> dict[str, str]:
     return {name: "0"}
 
 
+LOCK_FILE = "promptgen-up.lock"
+
+
+class DataDirInUse(Exception):
+    pass
+
+
+def hold_data_dir(data_dir: Path) -> IO[str]:
+    """The data directory, held by this ``up`` alone for as long as the file returned is open (an
+    advisory lock, which the system releases with the process however it ends). A second ``up``
+    on it would start a NATS server on the first one's JetStream store, and rewrite the NATS
+    configuration the first one restarts its server from."""
+    held = (data_dir / LOCK_FILE).open("a+")
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        held.seek(0)
+        holder = held.read().strip()
+        held.close()
+        raise DataDirInUse(f"The data directory {data_dir} is in use by another promptgen up"
+                           f"{f' (process {holder})' if holder.isdigit() else ''}: stop it, or choose "
+                           "another directory with --data-dir") from None
+    held.seek(0)
+    held.truncate()
+    held.write(str(os.getpid()))
+    held.flush()
+    return held
+
+
 async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
                  gateways: int = 1) -> int:
     """``data_dir``: absolute, and it exists."""
@@ -105,6 +136,20 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         console.print(f"[red]--gateways {gateways} is more than this machine can use[/red]: at most {most}, "
                       f"two per core ({most // 2} here); a gateway more only shares a core")
         return 2
+    try:
+        held = hold_data_dir(data_dir)
+    except DataDirInUse as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    try:
+        return await _run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
+                             generators=generators, gateways=gateways)
+    finally:
+        held.close()  # the lock goes with it
+
+
+async def _run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
+                  gateways: int) -> int:
     stop = stop_event()
     sup = Supervisor(told_to_stop=stop)
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from services.cli.embedded import free_port
+from services.cli.up import LOCK_FILE, hold_data_dir
 from services.testing.deployment import UpProcess
 from tests.flows import create_personas, create_template, cycle_modes, start_job
 from tests.sse_client import read_sse
@@ -187,6 +188,27 @@ def test_up_refuses_a_busy_port_with_a_clear_message(tmp_path):
         )
     assert proc.returncode == 2
     assert f"Port {up.port}" in proc.stdout and "already in use" in proc.stdout
+
+
+def test_up_refuses_a_data_directory_another_up_holds(tmp_path):
+    """A second `up` on the same data directory, on other ports, would start a NATS server on the
+    first one's JetStream store and rewrite the NATS configuration the first one restarts its
+    server from: it is refused, naming the holder, and writes nothing there."""
+    up = Up(tmp_path / "data")
+    held = hold_data_dir(up.data_dir)  # what the first `up` holds while it runs
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "services.cli", "up", "--port", str(up.port), "--data-dir", str(up.data_dir),
+             "--nats-port", str(up.nats_port), "--mongo-port", str(up.mongo_port)],
+            capture_output=True, text=True, timeout=60, env=up.env,
+        )
+    finally:
+        held.close()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    said = " ".join(proc.stdout.split())
+    assert f"The data directory {up.data_dir} is in use by another promptgen up (process {os.getpid()})" in said
+    assert sorted(p.name for p in up.data_dir.iterdir()) == [LOCK_FILE]
+    hold_data_dir(up.data_dir).close()  # free again once its holder ends
 
 
 def _environ(pid: int) -> dict[str, str]:

@@ -262,6 +262,11 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(64, ge=1, validation_alias=_env("PROMPTGEN_LLM_CONCURRENCY"))
     llm_rpm: int = Field(0, ge=0, validation_alias=_env("PROMPTGEN_LLM_RPM"), description="0: no cap")
     llm_tpm: int = Field(0, ge=0, validation_alias=_env("PROMPTGEN_LLM_TPM"), description="0: no cap")
+    llm_max_wait_seconds: float = Field(
+        20, ge=0, validation_alias=_env("PROMPTGEN_LLM_MAX_WAIT_SECONDS"),
+        description="The longest a gateway request waits for its turn under the shared LLM rate limits; a turn "
+                    "further off is a 503 with Retry-After, reserving nothing (the generator's work waits its turn).",
+    )
     llm_expected_completion_tokens: int = Field(
         1000, ge=1, validation_alias=_env("PROMPTGEN_LLM_EXPECTED_COMPLETION_TOKENS")
     )

@@ -231,3 +231,36 @@ async def _whole_stream(event_log, stream: str) -> str:
     raw = [(await event_log.js.get_msg(stream, seq)).data or b""
            for seq in range(info.state.first_seq, info.state.last_seq + 1)]
     return b"\n".join(raw).decode(errors="replace")
+
+
+async def test_a_request_whose_llm_turn_is_further_off_than_allowed_is_503_at_once(settings, models, mock_llm,
+                                                                                 scenario_document):
+    """Under a token cap, one large request reserves the budget for many seconds: a request
+    after it that would wait past PROMPTGEN_LLM_MAX_WAIT_SECONDS is told when to come back,
+    reserving nothing (it waited its turn, however far off: one client could hold every other
+    tenant's calls, and the generator's, for as long as it liked)."""
+    settings.provider = "openai"
+    settings.openai_base_url = mock_llm.base_url
+    settings.openai_api_key = SecretStr("test-key")
+    settings.llm_tpm = 60_000  # 1,000 tokens a second
+    settings.llm_max_wait_seconds = 5
+    system = await InProcessSystem(settings).start()
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=60) as client:
+            big = (scenario_document + "\n") * (100_000 // len(scenario_document))  # about 25,000 tokens
+            first = await client.post("/scenario/analyze-scenario-enhanced", json={"scenario_document": big})
+            assert first.status_code == 201, first.text
+            asked = mock_llm.requests
+            started = time.monotonic()
+            refused = await client.post("/scenario/analyze-scenario-enhanced",
+                                        json={"scenario_document": scenario_document})
+            assert time.monotonic() - started < 5  # not the 20 s or more its turn is away
+            assert refused.status_code == 503 and refused.json()["code"] == "llm_rate_limited", refused.text
+            assert 15 <= int(refused.headers["retry-after"]) <= 30, refused.headers
+            assert mock_llm.requests == asked  # the LLM was not asked
+            # nothing was reserved by the refusal: the turn it named is no further off
+            again = await client.post("/scenario/analyze-scenario-enhanced",
+                                      json={"scenario_document": scenario_document})
+            assert abs(int(again.headers["retry-after"]) - int(refused.headers["retry-after"])) <= 1, again.headers
+    finally:
+        await system.close()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from services.adapters.event_log import EventLog
-from services.adapters.llm.limits import SharedLimiter
+from services.adapters.llm.limits import NoTurnSoon, SharedLimiter
 from tests.waiting import eventually
 
 NOW = time.time()
@@ -87,3 +87,19 @@ async def test_with_no_rate_caps_a_call_reads_the_bucket_once_then_hears_back_of
     finally:
         await log_a.close()
         await log_b.close()
+
+
+async def test_a_turn_further_off_than_the_caller_allows_is_refused_and_reserves_nothing(event_log):
+    limiter, waits = await _limiter(event_log, rpm=0, tpm=60_000)  # 1000 tokens per second
+    assert await limiter.acquire(50_000) == 0  # 50 s of the budget
+    with pytest.raises(NoTurnSoon) as refused:
+        await limiter.acquire(1000, max_wait=20)
+    assert refused.value.retry_after == pytest.approx(50.0) and refused.value.code == "llm_rate_limited"
+    assert waits == []  # refused at once, not after a wait
+    assert await limiter.acquire(1000, max_wait=60) == pytest.approx(50.0)  # the refusal took no turn
+    # with no caps, a back-off the LLM asked for counts the same
+    free, _ = await _limiter(event_log, rpm=0, tpm=0)
+    await free.back_off(30.0)
+    with pytest.raises(NoTurnSoon):
+        await free.acquire(1, max_wait=5)
+    assert await free.acquire(1) == pytest.approx(30.0)  # a caller without a bound waits its turn

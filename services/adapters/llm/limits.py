@@ -35,6 +35,15 @@ BUCKET = "promptgen_llm_limits"
 KEY = "state"
 
 
+class NoTurnSoon(LLMError):
+    """The shared caps (or a back-off the LLM asked for) give no turn within the wait a caller
+    allows: nothing was reserved. ``retry_after``: when the turn would have been."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__("llm_rate_limited", f"the shared LLM rate limits (PROMPTGEN_LLM_RPM, PROMPTGEN_LLM_TPM) "
+                         f"or its back-off give no turn for {wait:.0f} s", retryable=True, retry_after=wait)
+
+
 @dataclass
 class LimitState:
     request_tat: float = 0.0  # when the next request may start
@@ -103,8 +112,10 @@ class SharedLimiter:
 
         return await change_entry(self.kv, KEY, apply)
 
-    async def acquire(self, tokens: int) -> float:
-        """Wait for a turn to send a request of about ``tokens`` tokens; returns the wait."""
+    async def acquire(self, tokens: int, *, max_wait: float | None = None) -> float:
+        """Wait for a turn to send a request of about ``tokens`` tokens; returns the wait. With
+        ``max_wait``, a turn further off than that is not taken: :class:`NoTurnSoon` says when
+        to ask again (a caller who answers a person; otherwise every wait is taken, however long)."""
         if not self.request_interval and not self.token_interval:
             # No rate caps: only a shared back-off can hold us, and the one heard of is current.
             if not self.listening or self.current_since != self.connection:
@@ -114,6 +125,8 @@ class SharedLimiter:
                 if self.listening:
                     self.current_since = connection
             wait = self.backoff_heard - self.clock()
+            if max_wait is not None and wait > max_wait:
+                raise NoTurnSoon(wait)
             if wait > 0:
                 await self.sleep(wait)
             return max(0.0, wait)
@@ -122,14 +135,20 @@ class SharedLimiter:
             start = max(now, state.backoff_until)
             if self.request_interval:
                 start = max(start, state.request_tat)
-                state.request_tat = start + self.request_interval
             if self.token_interval:
                 start = max(start, state.token_tat)
+            if max_wait is not None and start - now > max_wait:
+                return start  # not taken: nothing reserved
+            if self.request_interval:
+                state.request_tat = start + self.request_interval
+            if self.token_interval:
                 state.token_tat = start + tokens * self.token_interval
             return start
 
         start = await self._change(reserve)
         wait = start - self.clock()
+        if max_wait is not None and wait > max_wait:
+            raise NoTurnSoon(wait)
         if wait > 0:
             await self.sleep(wait)
         return max(0.0, wait)
@@ -164,11 +183,13 @@ def estimated_tokens(prompt_chars: int, expected_completion: int) -> int:
     return approx_tokens(prompt_chars) + expected_completion
 
 
-async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[T]]) -> T:
-    """One LLM call within the shared caps: it waits for its turn, and a 429 with a
+async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[T]], *,
+                  max_wait: float | None = None) -> T:
+    """One LLM call within the shared caps: it waits for its turn (or, a turn further off than
+    ``max_wait``, raises :class:`NoTurnSoon`, which holds nobody else back), and a 429 with a
     retry-after holds every caller in every process until then."""
     if limiter is not None:
-        await limiter.acquire(tokens)
+        await limiter.acquire(tokens, max_wait=max_wait)
     try:
         return await call()
     except LLMError as exc:

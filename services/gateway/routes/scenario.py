@@ -80,7 +80,8 @@ async def analyze_scenario(
     """Turn a scenario document into a structured template."""
     tokens = _estimate(body.scenario_document, settings)
     try:
-        template_data = await limited(limiter, tokens, lambda: provider.analyze_scenario(body.scenario_document))
+        template_data = await limited(limiter, tokens, lambda: provider.analyze_scenario(body.scenario_document),
+                                      max_wait=settings.llm_max_wait_seconds)
     except LLMError as exc:
         raise _llm_failure(exc) from exc
     event = TemplateCreated(
@@ -127,7 +128,8 @@ async def generate_personas(
         tokens = _estimate(template_data.model_dump_json(), settings)
         try:
             drafts = await limited(
-                limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, ids))
+                limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, ids),
+                max_wait=settings.llm_max_wait_seconds)
         except LLMError as exc:
             raise _llm_failure(exc) from exc
         return [Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)

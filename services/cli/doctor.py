@@ -15,7 +15,7 @@ from pymongo import AsyncMongoClient
 from services.adapters.event_log import WHY_MIN_NATS_VERSION, LogState, NatsAccess, version_short_of
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.factory import build_provider
-from services.adapters.read_models import ReadModels
+from services.adapters.read_models import STATE, ReadModels
 from services.projector.fold import PROJECTOR
 from services.projector.log_reset import FIX, reset_reason
 from services.runtime.redaction import redact
@@ -103,6 +103,7 @@ async def check_mongo(settings: Settings, data_dir: Path) -> list[Finding]:
     try:
         info = await client.server_info()
         hello = await client.admin.command("hello")
+        await client[settings.mongo_db][STATE].find_one({}, {"_id": 1})  # a server can answer, yet not read
     except Exception as exc:  # noqa: BLE001 - reported, with the fix
         why = redact(str(exc).split(" (configured")[0][:200])
         return [Finding("MongoDB", False, f"{exc.__class__.__name__}: {why}",
@@ -135,15 +136,22 @@ async def check_llm(settings: Settings, data_dir: Path) -> list[Finding]:
         await provider.aclose()
 
 
-def _free_bytes(data_dir: Path) -> tuple[Path, int]:
-    where = data_dir if data_dir.exists() else Path.cwd()
-    return where, shutil.disk_usage(where).free
+def _free_bytes(data_dir: Path) -> tuple[str, int]:
+    """The free space where the data directory is, or would be (at its nearest existing parent),
+    and where that is."""
+    where = data_dir.resolve()
+    if where.exists():
+        return str(where), shutil.disk_usage(where).free
+    parent = where.parent
+    while not parent.exists():
+        parent = parent.parent
+    return f"{parent} ({where} does not exist: `promptgen up` makes it)", shutil.disk_usage(parent).free
 
 
 async def check_disk(settings: Settings, data_dir: Path) -> list[Finding]:
     where, free = _free_bytes(data_dir)
     ok = free >= MIN_FREE_BYTES
-    return [Finding("disk", ok, f"{free / (1 << 30):.1f} GiB free at {where.resolve()}",
+    return [Finding("disk", ok, f"{free / (1 << 30):.1f} GiB free at {where}",
                     "" if ok else "free space, or move the data (promptgen up --data-dir)")]
 
 

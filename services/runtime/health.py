@@ -13,6 +13,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.adapters.read_models import STATE
+
 # A probe answers in well under a kubelet's default one-second timeout... or says no.
 CHECK_TIMEOUT = 0.8
 
@@ -31,10 +33,13 @@ async def nats_answers(event_log: Any) -> bool:
 
 
 async def mongo_answers(models: Any) -> bool:
+    """MongoDB answers a ping and a read: a server whose storage failed can still answer the
+    ping (SecantusDB did, its data directory removed, while every query failed)."""
     command = getattr(models.db, "command", None)
     if command is None:  # the in-memory read models
         return True
     await command("ping")
+    await models.db[STATE].find_one({}, {"_id": 1})
     return True
 
 

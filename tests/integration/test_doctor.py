@@ -18,6 +18,15 @@ async def test_a_working_embedded_setup_is_all_ok(settings, event_log, tmp_path)
     assert all(f.ok for f in found.values()), found
 
 
+async def test_the_disk_of_a_data_directory_not_made_yet_is_measured_where_it_would_be(settings, event_log,
+                                                                                        tmp_path):
+    """Not the current directory's: an operator reads which file system, and that it is missing."""
+    missing = tmp_path / "gone" / "data"
+    found = _by_check(await diagnose(settings, missing))
+    assert found["disk"].ok and found["disk"].detail.endswith(
+        f"GiB free at {tmp_path} ({missing} does not exist: `promptgen up` makes it)"), found["disk"]
+
+
 async def test_what_is_missing_is_named_with_its_fix(settings, tmp_path, mock_llm):
     broken = settings.model_copy(update={
         "nats_url": "nats://127.0.0.1:1", "mongo_url": "mongodb://127.0.0.1:2/?directConnection=true",

@@ -353,3 +353,4 @@ class ReapplyResult(BaseModel):
     consumer: str
     reapplied: list[int]
     still_parked: list[ParkedEvent]
+    not_parked: list[int] = Field(default_factory=list, description="Sequences asked for that were not parked")

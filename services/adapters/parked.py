@@ -163,9 +163,11 @@ class ParkedEvents:
     async def reapply(self, consumer: str, reapply: Reapply, seqs: set[int] | None) -> ReapplyResult:
         done: list[int] = []
         still: list[ParkedEvent] = []
+        found: set[int] = set()
         for record in await self.list(consumer):
             if seqs is not None and record.seq not in seqs:
                 continue
+            found.add(record.seq)
             try:
                 await reapply(record)
             except Exception as exc:  # noqa: BLE001 - still parked, with the new error
@@ -176,7 +178,8 @@ class ParkedEvents:
                 await self.remove(consumer, record.seq)
                 log.info("event_reapplied", consumer=consumer, seq=record.seq, subject=record.subject)
                 done.append(record.seq)
-        return ReapplyResult(consumer=consumer, reapplied=done, still_parked=still)
+        return ReapplyResult(consumer=consumer, reapplied=done, still_parked=still,
+                             not_parked=sorted(seqs - found) if seqs is not None else [])
 
 
 async def request_reapply(event_log: EventLogPort, consumer: str, seqs: list[int] | None,

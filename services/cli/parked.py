@@ -67,4 +67,7 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
     err.print(f"[green]re-applied {len(result.reapplied)}[/green] {result.reapplied or ''}")
     for r in result.still_parked:
         err.print(f"[red]still parked[/red] {r.consumer} {r.seq} {r.subject}: {r.error}")
-    return 0 if not result.still_parked else 1
+    if result.not_parked:
+        err.print(f"[yellow]not parked[/yellow] by {consumer}: {result.not_parked} "
+                  "(`promptgen parked list` shows what is)")
+    return 0 if not result.still_parked and not result.not_parked else 1

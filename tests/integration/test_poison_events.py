@@ -228,6 +228,9 @@ async def test_promptgen_parked_lists_and_reapplies_from_the_command_line(client
     assert code == 0 and json.loads(line)["seq"] == junk and json.loads(line)["consumer"] == "projector"
     code, _, err = await promptgen("parked", "reapply", "projector", str(junk))
     assert code == 1 and "still parked" in err and str(junk) in err  # no fix deployed: it stays
+    # a sequence that is not parked is said to be, not counted as "re-applied 0" and exit 0
+    code, _, err = await promptgen("parked", "reapply", "projector", str(junk + 1000))
+    assert code == 1 and "not parked" in " ".join(err.split()) and str(junk + 1000) in err, err
 
 
 async def test_replay_and_the_events_endpoint_show_what_they_cannot_read(client, system, event_log, settings,

@@ -28,7 +28,19 @@ from contracts.events import PersonaCompleted, UndecodableEvent, UnknownEvent, p
 
 
 async def follow(nats_url: str, stream: str, from_seq: int, job: str) -> None:
-    nc = await nats.connect(nats_url.split(","), name="prompt-printer")
+    connected = False
+
+    async def said(exc: Exception) -> None:  # one line each, once connected (before: the exit says it)
+        if connected:
+            print(f"nats: {exc!r}", file=sys.stderr, flush=True)
+
+    try:
+        nc = await nats.connect(nats_url.split(","), name="prompt-printer", error_cb=said,
+                                connect_timeout=2, max_reconnect_attempts=2)
+    except (OSError, nats.errors.Error) as exc:
+        sys.exit(f"cannot reach NATS at {nats_url}: {exc or type(exc).__name__} (set --nats-url or NATS_URL)")
+    connected = True
+    nc.options["max_reconnect_attempts"] = -1  # connected: through any outage, for as long as it runs
     js = nc.jetstream()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

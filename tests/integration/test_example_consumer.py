@@ -102,6 +102,16 @@ async def test_it_refuses_a_sequence_before_the_first(settings):
         assert "--from-seq" in (await consumer.proc.stderr.read()).decode()
 
 
+async def test_it_says_in_one_line_that_nats_cannot_be_reached(settings):
+    from services.cli.embedded import free_port
+
+    nowhere = settings.model_copy(update={"nats_url": f"nats://127.0.0.1:{free_port()}"})
+    async with Consumer(nowhere) as consumer:
+        assert await asyncio.wait_for(consumer.proc.wait(), 30) == 1
+        said = (await consumer.proc.stderr.read()).decode().strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"cannot reach NATS at {nowhere.nats_url}"), said
+
+
 def test_the_readme_quotes_the_example_as_it_is():
     readme = (repo_root() / "README.md").read_text()
     section = readme.split("### Following the event log from another service\n", 1)[1]

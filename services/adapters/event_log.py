@@ -62,7 +62,10 @@ class NoStreamLeader(Exception):
     a read from it would end early."""
 
 
-_TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError, NoStreamLeader)
+# NoStreamResponseError: no server answered a publish for the stream's subjects, as while a
+# stream just made on a cluster (or one electing a leader) has none.
+_TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError, NoStreamLeader,
+              NoStreamResponseError)
 # What a request meets while NATS (or the stream's leader, or JetStream itself) is down or not
 # answering: a 503.
 UNAVAILABLE = (NatsTimeout, NoServersError, ConnectionClosedError, ServiceUnavailableError, NoStreamLeader,

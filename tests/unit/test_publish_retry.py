@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import BadRequestError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
 from services.adapters.event_log import EventLog
 from services.runtime.settings import Settings
@@ -15,16 +15,17 @@ from tests.samples import sample
 
 
 class SlowToAnswer:
-    """A JetStream context whose first ``failures`` publishes time out."""
+    """A JetStream context whose first ``failures`` publishes fail with ``error``."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: type[Exception] = NatsTimeout) -> None:
         self.failures = failures
+        self.error = error
         self.sent: list[tuple[str, str]] = []
 
     async def publish(self, subject: str, payload: bytes, *, stream: str, headers: dict) -> SimpleNamespace:
         self.sent.append((subject, headers["Nats-Msg-Id"]))
         if len(self.sent) <= self.failures:
-            raise NatsTimeout
+            raise self.error
         return SimpleNamespace(seq=41 + len(self.sent))
 
 
@@ -39,6 +40,15 @@ async def test_a_publish_that_times_out_is_sent_again_with_the_same_msg_id(failu
     event = sample("persona.completed")
     assert await _log(js).publish(event) == 41 + failures + 1
     assert js.sent == [(event.subject(), event.dedup_id())] * (failures + 1)
+
+
+async def test_a_publish_while_the_stream_has_no_leader_yet_is_sent_again():
+    """A stream just made on a cluster, or electing a leader: nobody answers its subjects for a
+    moment (nats-py: NoStreamResponseError). The publish failed at once."""
+    js = SlowToAnswer(2, NoStreamResponseError)
+    event = sample("persona.progress")
+    assert await _log(js).publish(event) == 41 + 3
+    assert js.sent == [(event.subject(), event.dedup_id())] * 3
 
 
 class NoPeersAtFirst:

@@ -1,5 +1,5 @@
 """A bound on a request's head (its request line and headers), as the body has one
-(:mod:`.body_limit`).
+(:mod:`.body_limit`), and its header values without the whitespace around them.
 
 uvicorn's httptools protocol, which the gateway runs on, takes a head of any size: headers of
 100 MB were read into memory and answered. Here the bytes of a head are counted as they come;
@@ -56,7 +56,10 @@ class BoundedHead(HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._parsed += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
+        # Whitespace around a field's value is no part of it (RFC 9110, 5.5), and httptools keeps
+        # what trails: "Host: 127.0.0.1 " was refused by the host allow-list, an Idempotency-Key
+        # with a space after it by its pattern.
+        super().on_header(name, value.strip(b" \t"))
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -313,3 +313,32 @@ async def test_heads_under_the_limit_pass_with_bodies_of_any_allowed_size_on_one
     answer = await _raw_exchange(system.port, request + last)  # one write: the head, its body, the next head
     statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
     assert statuses == [b"201", b"200"], answer[:1500]
+
+
+async def test_whitespace_around_a_header_value_is_no_part_of_it(system):
+    """RFC 9110: optional whitespace around a field value. httptools kept what trails, so a
+    Host of "127.0.0.1 " was refused by the allow-list (and an Idempotency-Key by its pattern)."""
+    answer = await _raw_exchange(system.port, b"GET /scenario/v2/jobs HTTP/1.1\r\nHost: 127.0.0.1 \t \r\n"
+                                              b"Connection: close\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+    # and an Idempotency-Key with spaces after it names the job the bare key does
+    template_id = await _post_json(system.port, "/scenario/analyze-scenario-enhanced",
+                                   {"scenario_document": "# A scenario\nA customer calls."}, "template_id")
+    persona_id = (await _post_json(system.port, "/scenario/generate-personas",
+                                   {"template_id": template_id, "persona_type": "t", "count": 1}, "personas"))[0]["id"]
+    job = {"template_id": template_id, "persona_ids": [persona_id], "mode_mapping": {persona_id: "learn_mode"}}
+    bare = await _post_json(system.port, "/scenario/v2/generate-final-prompts", job, "job_id", key=b"k-1")
+    spaced = await _post_json(system.port, "/scenario/v2/generate-final-prompts", job, "job_id", key=b"k-1  ")
+    assert spaced == bare
+
+
+async def _post_json(port: int, path: str, body: dict, field: str, *, key: bytes | None = None):
+    payload = json.dumps(body).encode()
+    head = (b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"Connection: close\r\n" % (path.encode(), len(payload)))
+    if key is not None:
+        head += b"Idempotency-Key: " + key + b"\r\n"
+    answer = await _raw_exchange(port, head + b"\r\n" + payload)
+    status, _, rest = answer.partition(b"\r\n\r\n")
+    assert status.split(b" ")[1] in (b"201", b"202"), answer[:600]
+    return json.loads(rest)[field]

@@ -46,16 +46,28 @@ class BoundedHead(HttpToolsProtocol):
         if self._in_head and self._received > self.max_head_bytes and not self._refused:
             self._refuse()
 
+    # Once refused, the parser still reads what came with the refused head: a request pipelined
+    # after it is not begun, so no app sees it.
+
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
         self._parsed = 0
 
     def on_url(self, url: bytes) -> None:
+        if self._refused:
+            return
         self._parsed += len(url)
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._refused:
+            return
         self._parsed += len(name) + len(value) + 4  # ": " and CRLF
+        if self._parsed > self.max_head_bytes and self.cycle is not None and self.cycle.scope is self.scope:
+            self._refuse()  # a chunked body's trailers, past the bound: the request has begun
+            return
         # Whitespace around a field's value is no part of it (RFC 9110, 5.5), and httptools keeps
         # what trails: "Host: 127.0.0.1 " was refused by the host allow-list, an Idempotency-Key
         # with a space after it by its pattern.
@@ -63,12 +75,20 @@ class BoundedHead(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head = False
+        if self._refused:
+            return
         if self._parsed > self.max_head_bytes:
             self._refuse()  # before the app sees the request
             return
         super().on_headers_complete()
 
+    def on_chunk_header(self) -> None:
+        # The bytes after a chunk's size line are counted as a head's until its data comes: after
+        # the last chunk (size 0) come trailers, header lines the parser holds as they arrive.
+        self._in_head, self._received = True, 0
+
     def on_body(self, body: bytes) -> None:
+        self._in_head = False
         if not self._refused:
             super().on_body(body)
 

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from tests.conftest import SCENARIO, InProcessSystem
 from tests.flows import create_personas, create_template, start_job
@@ -342,3 +343,45 @@ async def _post_json(port: int, path: str, body: dict, field: str, *, key: bytes
     status, _, rest = answer.partition(b"\r\n\r\n")
     assert status.split(b" ")[1] in (b"201", b"202"), answer[:600]
     return json.loads(rest)[field]
+
+
+async def test_nothing_read_with_a_refused_head_reaches_the_app(settings, models, event_log):
+    """A request pipelined after a head over the bound, in the same read, is not begun: the client
+    was told the connection closes, and would send it again. (A bound of 2 KiB: the head and the
+    request after it arrive in one read.)"""
+    settings.max_header_bytes = 2048
+    system = await InProcessSystem(settings).start()
+    try:
+        before = await event_log.last_seq()
+        body = json.dumps({"mode": "learn_mode", "avatars": ["pipelined"]}).encode()
+        refused = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 3000 + b"\r\n\r\n"
+        after = (b"POST /avatar-interactions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        with capture_logs() as logs:
+            answer = await _raw_exchange(system.port, refused + after)
+            # a request begun is a task of the server's from the read that began it: let any end first
+            assert system.server is not None
+            await asyncio.gather(*system.server.server_state.tasks, return_exceptions=True)
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"431"], answer[:300]
+        assert [e for e in logs if e["event"] == "http_request"] == []  # the app saw no request
+        assert await event_log.last_seq() == before
+    finally:
+        await system.close()
+
+
+async def test_a_chunked_bodys_trailers_are_bounded_as_a_head_is(system, event_log):
+    """Header lines after a chunked body's last chunk: neither head nor body, they were held
+    whatever their size (200 MB answered 200)."""
+    before = await event_log.last_seq()
+    body = json.dumps({"mode": "learn_mode"}).encode()
+    request = (b"POST /avatar-interactions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+               b"Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\nX-Trailer: " % (len(body), body)
+               + b"t" * (2 * system.settings.max_header_bytes) + b"\r\nConnection: close\r\n\r\n")
+    answer = await _raw_exchange(system.port, request)
+    assert not re.findall(rb"HTTP/1\.1 2\d\d ", answer), answer[:300]  # closed before the request completes
+    assert await event_log.last_seq() == before
+    # a trailer of a sensible size is no trouble
+    small = (b"POST /avatar-interactions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+             b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n%x\r\n%s\r\n0\r\nX-Trailer: ok\r\n\r\n"
+             % (len(body), body))
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", await _raw_exchange(system.port, small)) == [b"201"]

@@ -92,8 +92,11 @@ async def test_with_no_rate_caps_a_call_reads_the_bucket_once_then_hears_back_of
 async def test_a_turn_further_off_than_the_caller_allows_is_refused_and_reserves_nothing(event_log):
     limiter, waits = await _limiter(event_log, rpm=0, tpm=60_000)  # 1000 tokens per second
     assert await limiter.acquire(50_000) == 0  # 50 s of the budget
+    revision = (await limiter.kv.get("state")).revision
     with pytest.raises(NoTurnSoon) as refused:
         await limiter.acquire(1000, max_wait=20)
+    # not even the same state written again: a flood of refusals must not make the others' turns contend
+    assert (await limiter.kv.get("state")).revision == revision
     assert refused.value.retry_after == pytest.approx(50.0) and refused.value.code == "llm_rate_limited"
     assert waits == []  # refused at once, not after a wait
     assert await limiter.acquire(1000, max_wait=60) == pytest.approx(50.0)  # the refusal took no turn

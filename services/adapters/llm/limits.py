@@ -138,17 +138,15 @@ class SharedLimiter:
             if self.token_interval:
                 start = max(start, state.token_tat)
             if max_wait is not None and start - now > max_wait:
-                return start  # not taken: nothing reserved
+                raise NoTurnSoon(start - now)  # a change that raises writes nothing: nothing reserved
             if self.request_interval:
                 state.request_tat = start + self.request_interval
             if self.token_interval:
                 state.token_tat = start + tokens * self.token_interval
             return start
 
-        start = await self._change(reserve)
+        start = await self._change(reserve)  # taken: waited for however long the write itself took
         wait = start - self.clock()
-        if max_wait is not None and wait > max_wait:
-            raise NoTurnSoon(wait)
         if wait > 0:
             await self.sleep(wait)
         return max(0.0, wait)

@@ -63,13 +63,22 @@ class NoStreamLeader(Exception):
 
 
 # NoStreamResponseError: no server answered a publish for the stream's subjects, as while a
-# stream just made on a cluster (or one electing a leader) has none.
+# stream just made on a cluster (or one electing a leader) has none; asked again for
+# NO_STREAM_RESPONSE_SECONDS only, since a stream deleted, or no JetStream, looks the same.
 _TRANSIENT = (NatsTimeout, NoRespondersError, ServiceUnavailableError, asyncio.TimeoutError, NoStreamLeader,
               NoStreamResponseError)
+NO_STREAM_RESPONSE_SECONDS = 10.0
+
+
+class StreamSilent(Exception):
+    """No server answered for the log's stream, asked again for a while: it is gone, or JetStream is."""
+
+    def __init__(self, stream: str, seconds: float) -> None:
+        super().__init__(f"no server answered for the stream {stream} within {seconds:g} s")
 # What a request meets while NATS (or the stream's leader, or JetStream itself) is down or not
 # answering: a 503.
 UNAVAILABLE = (NatsTimeout, NoServersError, ConnectionClosedError, ServiceUnavailableError, NoStreamLeader,
-               NoStreamResponseError, NoRespondersError)
+               NoStreamResponseError, NoRespondersError, StreamSilent)
 
 
 class Precluded(Exception):
@@ -701,9 +710,15 @@ class EventLog(DerivedReads):
             return (await self.js.publish(subject, payload, stream=self.stream, headers=headers)).seq
         except _TRANSIENT + (ConnectionClosedError,) as exc:
             log.warning("nats_retry", what="publish", error=repr(exc)[:300])
+        started = time.monotonic()
         async for attempt in self._retrying(retry_seconds, "publish"):
             with attempt:
-                ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)
+                try:
+                    ack = await self.js.publish(subject, payload, stream=self.stream, headers=headers)
+                except NoStreamResponseError as exc:
+                    if time.monotonic() - started > NO_STREAM_RESPONSE_SECONDS:
+                        raise StreamSilent(self.stream, NO_STREAM_RESPONSE_SECONDS) from exc
+                    raise
                 return ack.seq
         raise AssertionError("unreachable")
 

@@ -3,13 +3,15 @@ in time (same Nats-Msg-Id, so stored once), a stream or bucket it cannot place y
 
 from __future__ import annotations
 
+import time
 from types import SimpleNamespace
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
 
-from services.adapters.event_log import EventLog
+from services.adapters import event_log as event_log_module
+from services.adapters.event_log import EventLog, StreamSilent
 from services.runtime.settings import Settings
 from tests.samples import sample
 
@@ -49,6 +51,17 @@ async def test_a_publish_while_the_stream_has_no_leader_yet_is_sent_again():
     event = sample("persona.progress")
     assert await _log(js).publish(event) == 41 + 3
     assert js.sent == [(event.subject(), event.dedup_id())] * 3
+
+
+async def test_a_stream_that_stays_silent_is_given_up_on_long_before_the_publish_retry_ends(monkeypatch):
+    """A stream deleted, or no JetStream, looks like one without a leader: asked again for a
+    short while only, then StreamSilent (a 503 at the gateway), not the publish's 60 s."""
+    monkeypatch.setattr(event_log_module, "NO_STREAM_RESPONSE_SECONDS", 0.2)
+    js = SlowToAnswer(10_000, NoStreamResponseError)
+    started = time.monotonic()
+    with pytest.raises(StreamSilent):
+        await _log(js).publish(sample("persona.progress"))
+    assert time.monotonic() - started < 5 and len(js.sent) >= 2
 
 
 class NoPeersAtFirst:

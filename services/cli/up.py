@@ -109,16 +109,23 @@ def hold_data_dir(data_dir: Path) -> IO[str]:
     advisory lock, which the system releases with the process however it ends). A second ``up``
     on it would start a NATS server on the first one's JetStream store, and rewrite the NATS
     configuration the first one restarts its server from."""
-    held = (data_dir / LOCK_FILE).open("a+")
+    try:
+        held = (data_dir / LOCK_FILE).open("a+")
+    except OSError as exc:
+        raise DataDirInUse(f"The data directory {data_dir} cannot be used: {exc.strerror or exc}") from None
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held: EWOULDBLOCK
         held.seek(0)
         holder = held.read().strip()
         held.close()
         raise DataDirInUse(f"The data directory {data_dir} is in use by another promptgen up"
                            f"{f' (process {holder})' if holder.isdigit() else ''}: stop it, or choose "
                            "another directory with --data-dir") from None
+    except OSError as exc:  # no locks there (a network file system without them, say)
+        held.close()
+        raise DataDirInUse(f"The data directory {data_dir} cannot be locked ({exc.strerror or exc}): "
+                           "choose a directory on a local disk with --data-dir") from None
     held.seek(0)
     held.truncate()
     held.write(str(os.getpid()))

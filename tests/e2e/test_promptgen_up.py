@@ -283,3 +283,22 @@ def test_up_stops_with_the_reason_when_the_gateway_refuses_its_configuration(tmp
     assert "not restarted" in out and "restarting" not in out and "promptgen is up" not in out
     left = subprocess.run(["pgrep", "-f", str(up.data_dir)], capture_output=True, text=True).stdout.split()
     assert not [p for p in map(int, left) if _alive(p)], "processes left behind"
+
+
+def test_a_data_directory_that_cannot_be_locked_is_said_so_not_taken_for_in_use(tmp_path, monkeypatch):
+    """Only a lock held elsewhere means another `up`: a file system without locks says what it is."""
+    import errno
+    import fcntl
+
+    from services.cli import up as up_module
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    import pytest
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(up_module.DataDirInUse) as refused:
+        up_module.hold_data_dir(tmp_path)
+    assert str(refused.value) == (f"The data directory {tmp_path} cannot be locked (No locks available): "
+                                  "choose a directory on a local disk with --data-dir")

@@ -383,15 +383,20 @@ class _Sparse:
         if now < self.quiet_until:
             self.left_out += 1
             return None
-        fields = {"repeated": self.left_out} if self.left_out else {}
-        self.quiet_until, self.left_out = now + self.seconds, 0
+        fields = self._repeated()
+        self.quiet_until = now + self.seconds
         return fields
 
     def reset(self) -> dict[str, int]:
         """The failures are over: the next is logged at once. The fields for the line that says
         so (``repeated``: failures left out since the last line logged)."""
+        self.quiet_until = 0.0
+        return self._repeated()
+
+    def _repeated(self) -> dict[str, int]:
+        """``repeated``: the failures left out since the last line, counted afresh from here."""
         fields = {"repeated": self.left_out} if self.left_out else {}
-        self.quiet_until, self.left_out = 0.0, 0
+        self.left_out = 0
         return fields
 
 

@@ -9,7 +9,6 @@ bounds headers itself (HAProxy, nginx) this bound is never reached."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import structlog
@@ -107,11 +106,11 @@ class BoundedHead(HttpToolsProtocol):
             # The answer to the request before is still going out: no other may cut into it.
             self.transport.close()
             return
-        body = json.dumps(ErrorBody(
+        body = ErrorBody(
             detail=f"The request's line and headers are larger than this server accepts "
                    f"({self.max_head_bytes} bytes)",
             code="headers_too_large", field="headers",
-        ).model_dump(exclude_none=True)).encode()
+        ).model_dump_json(exclude_none=True).encode()
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                              b"content-type: application/json\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))

@@ -111,7 +111,8 @@ async def bootstrap(
         return Gateway(
             settings=settings, event_log=event_log, models=models, provider=provider, limiter=limiter,
             waiter=waiter, fence=fence, feeds=feeds, parked=parked,
-            capacity=Capacities.from_settings(settings), clock=clock, metrics=metrics, health=health, guard=guard,
+            capacity=Capacities.from_settings(settings, tenants=guard.enforced), clock=clock, metrics=metrics,
+            health=health, guard=guard,
             quotas=quotas, stack=stack, ops_port=ops_port,
         )
     except BaseException:  # what it opened is closed again: a test's process, or a retry, goes on

@@ -186,7 +186,8 @@ _ERROR_DOCS: dict[int, str] = {
     413: "The request body, or the event it would make, is larger than the server takes",
     422: "The request is invalid; `field` names where, `errors` lists the invalid fields (at most 20)",
     429: "Past one of the tenant's limits (`field` names it: requests_per_minute, jobs_in_flight, "
-         "personas_per_day); nothing was done. Try again after `Retry-After` seconds",
+         "personas_per_day, or gateway_share: its share of what this gateway holds open); nothing was done. "
+         "Try again after `Retry-After` seconds",
     502: "The language model failed (`code` is the LLM error code)",
     503: "Not now: try again after `Retry-After` seconds (the LLM is rate limited, this gateway is busy, or "
          "NATS or MongoDB is not answering)",

@@ -201,6 +201,11 @@ class Settings(BaseSettings):
     max_sse_streams: int = Field(10_000, ge=1, validation_alias=_env("PROMPTGEN_MAX_SSE_STREAMS"))
     max_v1_waits: int = Field(100, ge=1, validation_alias=_env("PROMPTGEN_MAX_V1_WAITS"))
     max_history_reads: int = Field(32, ge=1, validation_alias=_env("PROMPTGEN_MAX_HISTORY_READS"))
+    tenant_gateway_share: float = Field(
+        0.25, gt=0, le=1, validation_alias=_env("PROMPTGEN_TENANT_GATEWAY_SHARE"),
+        description="With auth on, the part of each of those three caps one tenant may hold at a gateway "
+                    "(at least one); past it, 429 gateway_share_exceeded. 1: no bound per tenant.",
+    )
 
     # Browsers (README, Security)
     allowed_hosts: str | None = Field(

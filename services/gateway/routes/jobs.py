@@ -184,7 +184,7 @@ async def generate_final_prompts(
 
 @router.get("/prompt-generation-status/{job_id}", response_class=EventSourceResponse,
             responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "job already ended"},
-                       **responses(404, 422, 503)})
+                       **responses(404, 422, 429, 503)})
 async def prompt_generation_status(
     job_id: JobIdPath,
     caller: StreamReader,
@@ -214,7 +214,7 @@ async def prompt_generation_status(
     return HeldEventStream(
         stream_job_events(feeds, job_id, start_seq=requested_seq, after=after,
                           retry_ms=settings.sse_retry_ms, metrics=metrics),
-        slot=capacity.sse_streams.take(),
+        slot=capacity.sse_streams.take(caller.tenant),
         metrics=metrics,  # the last thing before the response: it gives the slot back
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
     )
@@ -352,7 +352,7 @@ async def retry_failed(
         return await start_job(event, event_log, guard, quotas, caller, may_repeat=True)
 
 
-@router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422, 503))
+@router.get("/jobs/{job_id}/events", response_model=JobEventHistory, responses=responses(404, 422, 429, 503))
 async def job_events(
     job_id: JobIdPath,
     caller: Reader,
@@ -363,7 +363,7 @@ async def job_events(
     limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
 ) -> JobEventHistory:
     """The job's event history from the log, in order (for audit), a page at a time."""
-    async with capacity.history_reads.hold():
+    async with capacity.history_reads.hold(caller.tenant):
         start = max(await _owned_seq(event_log, models, job_id, caller), after + 1)
         events, next_after = await job_history_page(event_log, job_id, start, limit)
     return JobEventHistory(job_id=job_id, events=events, next_after=next_after)

@@ -52,7 +52,7 @@ async def generate_final_prompts_v1(
     """Deprecated: waits for every prompt. Use ``/scenario/v2/generate-final-prompts``."""
     response.headers["Deprecation"] = "true"
     response.headers["Link"] = '</scenario/v2/generate-final-prompts>; rel="successor-version"'
-    async with capacity.v1_waits.hold():  # before anything is published: a busy answer starts no job
+    async with capacity.v1_waits.hold(caller.tenant):  # before anything is published: a busy answer starts no job
         job = await build_job(body, caller=caller, models=models, settings=settings, clock=clock)
         start = None
         async with quotas.job(caller, job):  # 429 past the tenant's jobs in flight or personas per day

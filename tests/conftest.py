@@ -119,7 +119,7 @@ class InProcessSystem:
         runner = {"projector": run_projector, "generator": run_generator}[name.rstrip("0123456789")]
         stop = asyncio.Event()
         self.stops[name] = stop
-        self.metrics[name] = Metrics()
+        self.metrics[name] = Metrics(service=name.rstrip("0123456789"))  # type: ignore[arg-type]
         self.tasks[name] = asyncio.create_task(runner(settings or self.settings, stop, metrics=self.metrics[name]))
 
     async def stop_service(self, name: str) -> None:
@@ -130,7 +130,7 @@ class InProcessSystem:
         self.start_service("projector", self.per_service.get("projector"))
         if generator:
             self.start_service("generator", self.per_service.get("generator"))
-        self.metrics["gateway"] = Metrics()
+        self.metrics["gateway"] = Metrics(service="gateway")
         app = self.app = create_app(self.per_service.get("gateway", self.settings), metrics=self.metrics["gateway"])
         settings = self.per_service.get("gateway", self.settings)
         config = server_config(app, max_head_bytes=settings.max_header_bytes, host="127.0.0.1", port=self.port,

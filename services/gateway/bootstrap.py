@@ -85,7 +85,7 @@ async def bootstrap(
 ) -> Gateway:
     stack = AsyncExitStack()
     try:
-        metrics = metrics or Metrics()
+        metrics = metrics or Metrics(service="gateway")
         models = models_for(settings, stack, models)
         event_log = await event_log_for(settings, "promptgen-gateway", stack, event_log)
         provider = provider_for(settings, stack, provider)

@@ -94,7 +94,7 @@ async def bootstrap(
 ) -> Generator:
     stack = AsyncExitStack()
     tracing_for("generator", stack)
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(service="generator")
     provider = provider_for(settings, stack, provider)
     event_log = await event_log_for(settings, "promptgen-generator", stack, event_log)
     limiter = await open_limiter(event_log, settings, provider.name)

@@ -102,7 +102,7 @@ async def bootstrap(
 ) -> ProjectorService:
     stack = AsyncExitStack()
     tracing_for("projector", stack)
-    metrics = metrics or Metrics()
+    metrics = metrics or Metrics(service="projector")
     models = models_for(settings, stack, models)
     event_log = await event_log_for(settings, "promptgen-projector", stack, event_log)
     parked = ParkedEvents(event_log, metrics, consumers=(PROJECTOR, JOB_MANAGER))

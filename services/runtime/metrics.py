@@ -10,6 +10,7 @@ persona id (one series per job would grow without end).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -24,16 +25,31 @@ REBUILD_SECONDS = (1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+# The series each service exposes, by group: a process serves only its own on /metrics (a
+# gateway exporting the projector's lag as 0 would mislead a dashboard that does not use max()).
+SERVICE_GROUPS: dict[str, frozenset[str]] = {
+    "gateway": frozenset({"gateway", "llm"}),  # template analysis and persona drafts call the LLM
+    "generator": frozenset({"generator", "llm", "consumer"}),
+    "projector": frozenset({"projector", "consumer"}),
+}
+Service = Literal["gateway", "generator", "projector"]
+
+
 @dataclass
 class Metrics:
+    """``service``: expose only that service's series (the others are still counted, nowhere
+    shown); None, every series (a test running several services in one process)."""
+
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+    service: Service | None = None
 
     def __post_init__(self) -> None:
-        r = self.registry
-        # generator
-        self.personas_finished = Counter(
-            "promptgen_personas_finished", "Personas that reached an outcome, by outcome and error code "
-            "(error_code is empty for a completed persona).", ["outcome", "error_code"], registry=r)
+        groups = SERVICE_GROUPS[self.service] if self.service is not None else None
+
+        def exposed(group: str) -> CollectorRegistry | None:
+            return self.registry if groups is None or group in groups else None
+
+        r = exposed("llm")
         self.llm_call_duration = Histogram(
             "promptgen_llm_call_duration_seconds", "One LLM call, by model and outcome (ok or error).",
             ["model", "outcome"], buckets=LLM_SECONDS, registry=r)
@@ -46,13 +62,17 @@ class Metrics:
         self.rate_limit_wait = Histogram(
             "promptgen_llm_rate_limit_wait_seconds", "Time a call waited for its turn under the shared LLM limits.",
             buckets=WAIT_SECONDS, registry=r)
+        r = exposed("generator")
+        self.personas_finished = Counter(
+            "promptgen_personas_finished", "Personas that reached an outcome, by outcome and error code "
+            "(error_code is empty for a completed persona).", ["outcome", "error_code"], registry=r)
         self.work_items_redelivered = Counter(
             "promptgen_work_items_redelivered", "Work items delivered again (a worker failed, crashed or hung).",
             registry=r)
         self.dead_letters = Counter(
             "promptgen_dead_letters", "Work items that ran out of deliveries and became a failed persona.",
             registry=r)
-        # projector
+        r = exposed("projector")
         self.jobs_finished = Counter(
             "promptgen_jobs_finished", "Jobs ended by the job manager, by final status.", ["status"], registry=r)
         self.projector_lag_events = Gauge(
@@ -82,11 +102,11 @@ class Metrics:
             "promptgen_rebuild_progress_ratio", "The running (or last) rebuild's progress through each stage, "
             "0 to 1: writing (the log folded and stored), switching (the live collections brought to the "
             "rebuilt ones).", ["stage"], registry=r)
-        # every consumer
+        r = exposed("consumer")  # every service that consumes events and may park one
         self.parked_events = Counter(
             "promptgen_parked_events", "Events a consumer could not decode or store, set aside for an operator.",
             ["consumer"], registry=r)
-        # gateway
+        r = exposed("gateway")
         self.sse_clients = Gauge(
             "promptgen_sse_clients", "SSE streams open on this gateway.", registry=r)
         self.sse_messages = Counter(

@@ -76,10 +76,18 @@ async def test_metrics_follow_a_job(llm_system, mock_llm, scenario_document):
                   route="/scenario/v2/prompt-generation-status/{job_id}", status="200") == 1
     assert sample(gateway_text, "promptgen_sse_messages_sent_total") >= len(stream.messages)
     assert sample(gateway_text, "promptgen_sse_clients") == 0
+    # the gateway's own LLM calls (the template's analysis, the personas' drafts) and their tokens
+    assert sample(gateway_text, "promptgen_llm_call_duration_seconds_count", outcome="ok") == 2
+    assert sample(gateway_text, "promptgen_llm_tokens_total", direction="prompt") > 0
     assert sample(gateway_text, "promptgen_read_fence_reads_total", outcome="fresh") >= 1
     assert sample(gateway_text, "promptgen_read_fence_wait_seconds_count") >= 1
     for text in (gateway_text, generator.decode(), projector.exposition().decode()):
         assert job["job_id"] not in text and personas[0]["id"] not in text  # ids are never labels
+    # each process serves its own series only: no projector lag of 0 from a gateway, say
+    assert sample(gateway_text, "promptgen_projector_lag_events") is None and "promptgen_parked" not in gateway_text
+    assert "promptgen_http_requests" not in generator.decode() and "promptgen_jobs_finished" not in generator.decode()
+    assert "promptgen_llm_" not in projector.exposition().decode()
+    assert "promptgen_sse_clients" not in projector.exposition().decode()
 
 
 async def test_the_generator_and_the_projector_serve_metrics_and_health_on_their_own_ports(settings, models):

@@ -128,7 +128,7 @@ async def test_a_request_says_the_model_the_messages_and_the_key():
         return web.json_response(completion('{"title": "Renewal", "description": "A rep renews."}'))
 
     async with _provider(answer) as provider:
-        template = await provider.analyze_scenario("# Renewal")
+        template = (await provider.analyze_scenario("# Renewal")).value
     assert template.title == "Renewal"
     [(path, auth, body)] = seen
     assert (path, auth) == ("/v1/chat/completions", "Bearer k")

@@ -65,5 +65,5 @@ async def test_a_template_analysis_with_unencodable_text_is_invalid_output():
 
 async def test_a_storable_answer_passes():
     async with _provider({"personas": [_persona()]}) as provider:
-        [draft] = await provider.generate_personas(TEMPLATE, "assess_mode_character", ["p1"])
+        [draft] = (await provider.generate_personas(TEMPLATE, "assess_mode_character", ["p1"])).value
     assert draft.detail_categories == {"background": "procurement lead"}

@@ -7,8 +7,12 @@ import time
 
 import pytest
 
+from contracts.domain import TokenUsage
 from services.adapters.event_log import EventLog
-from services.adapters.llm.limits import NoTurnSoon, SharedLimiter
+from services.adapters.llm.base import Answer, LLMError
+from services.adapters.llm.limits import NoTurnSoon, SharedLimiter, limited
+from services.runtime.metrics import Metrics
+from tests.metrics_text import sample
 from tests.waiting import eventually
 
 NOW = time.time()
@@ -106,3 +110,29 @@ async def test_a_turn_further_off_than_the_caller_allows_is_refused_and_reserves
     with pytest.raises(NoTurnSoon):
         await free.acquire(1, max_wait=5)
     assert await free.acquire(1) == pytest.approx(30.0)  # a caller without a bound waits its turn
+
+
+async def test_a_gateway_call_gives_back_what_it_reserved_beyond_its_answer_and_is_counted(event_log):
+    """``limited`` (the gateway's template and persona calls): the tokens it reserved are corrected
+    to the answer's, so a large guess holds the budget only as long as the call took, and the
+    call is in the LLM series as a generator's is."""
+    limiter, _ = await _limiter(event_log, rpm=0, tpm=60_000)  # 1000 tokens per second
+    metrics = Metrics(service="gateway")
+
+    async def answered() -> Answer[str]:
+        return Answer("template", "gpt-test-2", TokenUsage(prompt_tokens=600, completion_tokens=400))
+
+    assert (await limited(limiter, 5000, answered, metrics=metrics, model="gpt-test")).value == "template"
+    assert await limiter.acquire(10) == pytest.approx(1.0)  # 1,000 tokens taken, not the 5,000 guessed
+
+    async def refused() -> Answer[str]:
+        raise LLMError("llm_auth", "no")
+
+    with pytest.raises(LLMError):
+        await limited(limiter, 10, refused, metrics=metrics, model="gpt-test")
+    text = metrics.exposition()
+    assert sample(text, "promptgen_llm_call_duration_seconds_count", model="gpt-test", outcome="ok") == 1
+    assert sample(text, "promptgen_llm_call_duration_seconds_count", model="gpt-test", outcome="error") == 1
+    assert sample(text, "promptgen_llm_tokens_total", model="gpt-test-2", direction="prompt") == 600
+    assert sample(text, "promptgen_llm_tokens_total", model="gpt-test-2", direction="completion") == 400
+    assert sample(text, "promptgen_llm_rate_limit_wait_seconds_count") == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from contracts.domain import PersonaDraft, TemplateData
-from services.adapters.llm.base import GeneratedText, LLMError, PromptBrief
+from services.adapters.llm.base import Answer, GeneratedText, LLMError, PromptBrief
 from services.adapters.llm.offline import OfflineProvider
 
 
@@ -34,12 +34,12 @@ those cancelled while held)."""
     def release(self) -> None:
         self._open.set()
 
-    async def analyze_scenario(self, document: str) -> TemplateData:
+    async def analyze_scenario(self, document: str) -> Answer[TemplateData]:
         return await self._offline.analyze_scenario(document)
 
     async def generate_personas(
         self, template: TemplateData, persona_type: str, seeds: list[str]
-    ) -> list[PersonaDraft]:
+    ) -> Answer[list[PersonaDraft]]:
         self.personas_asked.append(list(seeds))
         return await self._offline.generate_personas(template, persona_type, seeds)
 

@@ -4,6 +4,7 @@ MongoDB not answering is a 503 the client can act on (a job NATS did not confirm
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from nats.errors import TimeoutError as NatsTimeout
 from pymongo.errors import ServerSelectionTimeoutError
@@ -153,8 +154,9 @@ async def test_keyed_personas_are_answered_from_the_log_while_the_read_model_lag
 
     async def each_answer_new(template, persona_type, seeds):  # as an LLM: another answer every call
         calls.append(1)
-        return [d.model_copy(update={"name": f"{d.name} #{len(calls)}"})
-                for d in await real(template, persona_type, seeds)]
+        answer = await real(template, persona_type, seeds)
+        return replace(answer, value=[d.model_copy(update={"name": f"{d.name} #{len(calls)}"})
+                                      for d in answer.value])
 
     provider.generate_personas = each_answer_new
     body = {"template_id": template_id, "persona_type": "assess_mode_character", "count": 2}

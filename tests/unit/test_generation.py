@@ -115,7 +115,7 @@ def test_offline_analysis_takes_a_time_in_line_with_the_document(document):
 
 async def test_offline_personas_are_distinct_and_never_the_learner():
     t = analyze_document("# X\n\n## Roles\n- Nurse: the learner\n- Patient - anxious\n")
-    drafts = await OfflineProvider().generate_personas(t, "assess", [f"seed{i}" for i in range(10)])
+    drafts = (await OfflineProvider().generate_personas(t, "assess", [f"seed{i}" for i in range(10)])).value
     assert {d.role for d in drafts} == {"Patient"}
     assert len({d.name for d in drafts}) > 5
 

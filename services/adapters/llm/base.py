@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 from contracts.domain import Mode, Persona, PersonaDraft, TemplateData, TokenUsage
 
@@ -34,6 +34,19 @@ class GeneratedText:
     usage: TokenUsage = field(default_factory=TokenUsage)
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Answer(Generic[T]):
+    """A structured answer, with the model that gave it and the tokens it took (for the
+    metrics and the shared token budget)."""
+
+    value: T
+    model: str
+    usage: TokenUsage = field(default_factory=TokenUsage)
+
+
 class LLMError(Exception):
     """A classified failure: a stable ``code`` and whether trying again can help."""
 
@@ -51,11 +64,11 @@ class Provider(Protocol):
     name: str
     model: str
 
-    async def analyze_scenario(self, document: str) -> TemplateData: ...
+    async def analyze_scenario(self, document: str) -> Answer[TemplateData]: ...
 
     async def generate_personas(
         self, template: TemplateData, persona_type: str, seeds: list[str]
-    ) -> list[PersonaDraft]: ...
+    ) -> Answer[list[PersonaDraft]]: ...
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText: ...
 

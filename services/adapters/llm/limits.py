@@ -25,8 +25,9 @@ from typing import TypeVar
 import structlog
 
 from services.adapters.compare_and_set import change_entry, read_entry
-from services.adapters.llm.base import LLMError, approx_tokens
+from services.adapters.llm.base import Answer, LLMError, approx_tokens
 from services.adapters.ports import EventLogPort
+from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 
 log = structlog.get_logger()
@@ -181,19 +182,29 @@ def estimated_tokens(prompt_chars: int, expected_completion: int) -> int:
     return approx_tokens(prompt_chars) + expected_completion
 
 
-async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[T]], *,
-                  max_wait: float | None = None) -> T:
+async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[Answer[T]]], *,
+                  metrics: Metrics, model: str, max_wait: float | None = None) -> Answer[T]:
     """One LLM call within the shared caps: it waits for its turn (or, a turn further off than
-    ``max_wait``, raises :class:`NoTurnSoon`, which holds nobody else back), and a 429 with a
-    retry-after holds every caller in every process until then."""
+    ``max_wait``, raises :class:`NoTurnSoon`, which holds nobody else back), a 429 with a
+    retry-after holds every caller in every process until then, and the ``tokens`` it reserved
+    are corrected to what the answer took. Counted in ``metrics`` as the generator's calls are
+    (``model``: the one asked for, which labels a failed call)."""
     if limiter is not None:
-        await limiter.acquire(tokens, max_wait=max_wait)
+        metrics.rate_limit_wait.observe(await limiter.acquire(tokens, max_wait=max_wait))
+    started = time.perf_counter()
     try:
-        return await call()
+        answer = await call()
     except LLMError as exc:
+        metrics.llm_call_duration.labels(model=model, outcome="error").observe(time.perf_counter() - started)
         if exc.retry_after and limiter is not None:
             await limiter.back_off(exc.retry_after)
         raise
+    metrics.llm_call_duration.labels(model=model, outcome="ok").observe(time.perf_counter() - started)
+    metrics.llm_tokens.labels(model=answer.model, direction="prompt").inc(answer.usage.prompt_tokens)
+    metrics.llm_tokens.labels(model=answer.model, direction="completion").inc(answer.usage.completion_tokens)
+    if limiter is not None:
+        await limiter.settle(tokens, answer.usage.prompt_tokens + answer.usage.completion_tokens)
+    return answer
 
 
 async def open_limiter(event_log: EventLogPort, settings: Settings, provider_name: str) -> SharedLimiter | None:

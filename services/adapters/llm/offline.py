@@ -13,7 +13,7 @@ import random
 import re
 
 from contracts.domain import PersonaDraft, Role, TemplateData, TokenUsage
-from services.adapters.llm.base import GeneratedText, PromptBrief, approx_tokens
+from services.adapters.llm.base import Answer, GeneratedText, PromptBrief, approx_tokens
 
 MODEL = "offline-composer-1"
 
@@ -212,27 +212,31 @@ def _flat(value: object) -> str:
     return str(value)
 
 
+def _usage(prompt_chars: int, answer_chars: int) -> TokenUsage:
+    """What a model would have counted for such a call, about."""
+    return TokenUsage(prompt_tokens=approx_tokens(prompt_chars), completion_tokens=approx_tokens(answer_chars))
+
+
 class OfflineProvider:
     name = "offline"
     model = MODEL
 
-    async def analyze_scenario(self, document: str) -> TemplateData:
+    async def analyze_scenario(self, document: str) -> Answer[TemplateData]:
         # A document of up to 200,000 characters: read in a thread, so the loop serves the rest
-        return await asyncio.to_thread(analyze_document, document)
+        template = await asyncio.to_thread(analyze_document, document)
+        return Answer(template, MODEL, _usage(len(document), len(template.model_dump_json())))
 
     async def generate_personas(
         self, template: TemplateData, persona_type: str, seeds: list[str]
-    ) -> list[PersonaDraft]:
-        return [draft_persona(template, persona_type, seed) for seed in seeds]
+    ) -> Answer[list[PersonaDraft]]:
+        drafts = [draft_persona(template, persona_type, seed) for seed in seeds]
+        return Answer(drafts, MODEL, _usage(len(template.model_dump_json()),
+                                            sum(len(d.model_dump_json()) for d in drafts)))
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText:
         text = compose_system_prompt(brief)
         prompt_chars = sum(len(m["content"]) for m in brief.messages)
-        return GeneratedText(
-            text=text,
-            model=MODEL,
-            usage=TokenUsage(prompt_tokens=approx_tokens(prompt_chars), completion_tokens=approx_tokens(len(text))),
-        )
+        return GeneratedText(text=text, model=MODEL, usage=_usage(prompt_chars, len(text)))
 
     async def check(self) -> None:
         return None

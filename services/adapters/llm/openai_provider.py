@@ -23,7 +23,7 @@ from pydantic import BaseModel, ValidationError
 
 from contracts.domain import PersonaDraft, TemplateData, TokenUsage
 from services.adapters.llm import messages
-from services.adapters.llm.base import GeneratedText, LLMError, Message, PromptBrief
+from services.adapters.llm.base import Answer, GeneratedText, LLMError, Message, PromptBrief
 from services.runtime.settings import Settings
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -198,28 +198,28 @@ class OpenAIProvider:
             raise LLMError("invalid_output", "LLM answered with empty content", retryable=True)
         return GeneratedText(text=text, model=model or self.model, usage=usage)
 
-    async def _structured(self, msgs: list[Message], model: type[BaseModel]) -> BaseModel:
+    async def _structured(self, msgs: list[Message], model: type[BaseModel]) -> Answer[Any]:
         out = await self._complete(msgs, json_mode=True)
         try:
-            return model.model_validate(json.loads(out.text))
+            return Answer(model.model_validate(json.loads(out.text)), out.model, out.usage)
         except (json.JSONDecodeError, ValidationError) as exc:
             problem = _invalid(exc)
         # Raised outside the except block: the decoding error (which holds the whole answer)
         # is then not this error's context either.
         raise LLMError("invalid_output", f"LLM answer is not a valid {model.__name__}: {problem}")
 
-    async def analyze_scenario(self, document: str) -> TemplateData:
-        return await self._structured(messages.analyze_scenario_messages(document), TemplateData)  # type: ignore[return-value]
+    async def analyze_scenario(self, document: str) -> Answer[TemplateData]:
+        return await self._structured(messages.analyze_scenario_messages(document), TemplateData)
 
     async def generate_personas(
         self, template: TemplateData, persona_type: str, seeds: list[str]
-    ) -> list[PersonaDraft]:
+    ) -> Answer[list[PersonaDraft]]:
         msgs = messages.generate_personas_messages(template, persona_type, len(seeds))
-        result = await self._structured(msgs, _PersonaList)
-        drafts = result.personas  # type: ignore[attr-defined]
+        answer = await self._structured(msgs, _PersonaList)
+        drafts = answer.value.personas
         if len(drafts) < len(seeds):
             raise LLMError("invalid_output", f"LLM returned {len(drafts)} personas, {len(seeds)} asked")
-        return drafts[: len(seeds)]
+        return Answer(drafts[: len(seeds)], answer.model, answer.usage)
 
     async def write_system_prompt(self, brief: PromptBrief) -> GeneratedText:
         return await self._complete(brief.messages, json_mode=False)

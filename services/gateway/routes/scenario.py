@@ -31,6 +31,7 @@ from services.gateway.deps import (
     EventLogDep,
     FenceDep,
     LimiterDep,
+    MetricsDep,
     ModelsDep,
     PersonaIdPath,
     PersonaIdQuery,
@@ -76,12 +77,14 @@ async def analyze_scenario(
     waiter: WaiterDep,
     limiter: LimiterDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> TemplateView:
     """Turn a scenario document into a structured template."""
     tokens = _estimate(body.scenario_document, settings)
     try:
-        template_data = await limited(limiter, tokens, lambda: provider.analyze_scenario(body.scenario_document),
-                                      max_wait=settings.llm_max_wait_seconds)
+        template_data = (await limited(limiter, tokens, lambda: provider.analyze_scenario(body.scenario_document),
+                                       metrics=metrics, model=provider.model,
+                                       max_wait=settings.llm_max_wait_seconds)).value
     except LLMError as exc:
         raise _llm_failure(exc) from exc
     event = TemplateCreated(
@@ -112,6 +115,7 @@ async def generate_personas(
     waiter: WaiterDep,
     limiter: LimiterDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     key: Annotated[str | None, idempotency_key(
         "Names the personas: the same request sent again with it answers with them, made once")],
 ) -> GeneratePersonasResponse:
@@ -127,9 +131,9 @@ async def generate_personas(
     async def make(ids: list[str]) -> list[Persona]:
         tokens = _estimate(template_data.model_dump_json(), settings)
         try:
-            drafts = await limited(
+            drafts = (await limited(
                 limiter, tokens, lambda: provider.generate_personas(template_data, body.persona_type, ids),
-                max_wait=settings.llm_max_wait_seconds)
+                metrics=metrics, model=provider.model, max_wait=settings.llm_max_wait_seconds)).value
         except LLMError as exc:
             raise _llm_failure(exc) from exc
         return [Persona(**d.model_dump(), id=pid, template_id=body.template_id, persona_type=body.persona_type)

@@ -119,8 +119,11 @@ class LineSplitter:
 
 
 class Supervisor:
-    def __init__(self, out=sys.stdout, *, told_to_stop: asyncio.Event | None = None) -> None:
+    def __init__(self, out=sys.stdout, *, told_to_stop: asyncio.Event | None = None,
+                 keep_fds: tuple[int, ...] = ()) -> None:
+        """``keep_fds``: descriptors every child inherits (a lock held until the last one ends)."""
         self.children: list[Child] = []
+        self.keep_fds = keep_fds
         self.stopping = False
         self.told_to_stop = told_to_stop or asyncio.Event()  # set (Ctrl-C): a start waits no more
         self.out = out
@@ -144,6 +147,7 @@ class Supervisor:
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=die_with_parent,
+            pass_fds=self.keep_fds,
         )
 
     async def _watch(self, child: Child) -> None:

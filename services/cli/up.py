@@ -105,10 +105,11 @@ class DataDirInUse(Exception):
 
 
 def hold_data_dir(data_dir: Path) -> IO[str]:
-    """The data directory, held by this ``up`` alone for as long as the file returned is open (an
-    advisory lock, which the system releases with the process however it ends). A second ``up``
-    on it would start a NATS server on the first one's JetStream store, and rewrite the NATS
-    configuration the first one restarts its server from."""
+    """The data directory, held by this ``up`` alone for as long as the file returned is open,
+    here or in a process that inherited it (an advisory lock, which the system releases with the
+    last of them however they end: ``up`` hands it to the servers it starts, so it is held until
+    they have stopped too). A second ``up`` on it would start a NATS server on the first one's
+    JetStream store, and rewrite the NATS configuration the first one restarts its server from."""
     try:
         held = (data_dir / LOCK_FILE).open("a+")
     except OSError as exc:
@@ -119,6 +120,10 @@ def hold_data_dir(data_dir: Path) -> IO[str]:
         held.seek(0)
         holder = held.read().strip()
         held.close()
+        if holder.isdigit() and not _alive(int(holder)):
+            raise DataDirInUse(f"The data directory {data_dir} is in use by the servers that a promptgen up "
+                               f"(process {holder}, which has ended) started: they are stopping; try again in "
+                               "a few seconds") from None
         raise DataDirInUse(f"The data directory {data_dir} is in use by another promptgen up"
                            f"{f' (process {holder})' if holder.isdigit() else ''}: stop it, or choose "
                            "another directory with --data-dir") from None
@@ -131,6 +136,16 @@ def hold_data_dir(data_dir: Path) -> IO[str]:
     held.write(str(os.getpid()))
     held.flush()
     return held
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # someone else's: alive
+        return True
+    return True
 
 
 async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
@@ -150,15 +165,15 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
         return 2
     try:
         return await _run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
-                             generators=generators, gateways=gateways)
+                             generators=generators, gateways=gateways, lock=held.fileno())
     finally:
         held.close()  # the lock goes with it
 
 
 async def _run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
-                  gateways: int) -> int:
+                  gateways: int, lock: int) -> int:
     stop = stop_event()
-    sup = Supervisor(told_to_stop=stop)
+    sup = Supervisor(told_to_stop=stop, keep_fds=(lock,))  # the data directory stays held while any runs
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}
     try:
         nats_url, mongo_url = variable("NATS_URL"), variable("MONGO_URL")  # or their _FILE forms

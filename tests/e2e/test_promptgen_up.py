@@ -238,6 +238,10 @@ def test_up_hands_no_secret_to_nats_and_mongodb(tmp_path):
         assert generator["OPENAI_API_KEY"] == secrets["OPENAI_API_KEY"]
         assert "PROMPTGEN_STREAM_TOKEN_SECRET_FILE" not in generator
         assert "OPENAI_API_KEY" not in projector and "PROMPTGEN_STREAM_TOKEN_SECRET_FILE" not in projector
+        # and each holds the data directory's lock: killed at once, `up` leaves it held until they end
+        for name, pid in pids.items():
+            held = [Path(os.readlink(fd)) for fd in Path(f"/proc/{pid}/fd").iterdir()]
+            assert [p for p in held if p.name == LOCK_FILE and up.data_dir in p.parents], name
     finally:
         up.stop()
 

@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from services.cli.supervisor import Child, ChildRefused, LineSplitter, Supervisor, child_env, server_env
+from services.cli.up import DataDirInUse, hold_data_dir
 from tests.waiting import eventually
 
 # A 1 MB line, then more than a pipe holds, then readiness, then output until it is stopped.
@@ -223,3 +224,25 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+async def test_the_data_directory_stays_held_until_the_last_child_has_ended(tmp_path):
+    """`up` killed at once leaves its servers stopping for a moment on the same store: the lock it
+    hands them keeps a second `up` off the directory until the last of them has ended."""
+    held = hold_data_dir(tmp_path)
+    sup = Supervisor(Terminal(), keep_fds=(held.fileno(),))
+    await sup.start(_child("server", QUIET))
+    try:
+        gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+        await gone.wait()
+        held.seek(0)
+        held.truncate()
+        held.write(str(gone.pid))  # as if the `up` that wrote its pid there were gone
+        held.flush()
+        held.close()
+        with pytest.raises(DataDirInUse) as refused:
+            hold_data_dir(tmp_path)
+        assert f"(process {gone.pid}, which has ended)" in str(refused.value)
+    finally:
+        await sup.stop()
+    hold_data_dir(tmp_path).close()  # free once its last holder ended

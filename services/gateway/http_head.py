@@ -33,6 +33,7 @@ class BoundedHead(HttpToolsProtocol):
         self._received = 0  # bytes received while in the head
         self._parsed = 0  # the head's bytes as the parser gave them
         self._refused = False
+        self._owed = False  # a 431 to write once the answers to the requests before it are out
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -65,7 +66,7 @@ class BoundedHead(HttpToolsProtocol):
             return
         self._parsed += len(name) + len(value) + 4  # ": " and CRLF
         if self._parsed > self.max_head_bytes and self.cycle is not None and self.cycle.scope is self.scope:
-            self._refuse()  # a chunked body's trailers, past the bound: the request has begun
+            self._refuse(mid_request=True)  # a chunked body's trailers, past the bound: the request has begun
             return
         # Whitespace around a field's value is no part of it (RFC 9110, 5.5), and httptools keeps
         # what trails: "Host: 127.0.0.1 " was refused by the host allow-list, an Idempotency-Key
@@ -97,14 +98,31 @@ class BoundedHead(HttpToolsProtocol):
         super().on_message_complete()
         self._in_head, self._received = True, 0
 
-    def _refuse(self) -> None:
+    def on_response_complete(self) -> None:
+        if self._owed and not self.pipeline:  # the last answer before the refused head is out
+            self.server_state.total_requests += 1
+            self._answer_431()
+            return
+        super().on_response_complete()
+
+    def _refuse(self, *, mid_request: bool = False) -> None:
+        """``mid_request``: the head refused belongs to a request whose body came (its trailers)."""
         self._refused = True
         log.warning("http_head_too_large", client=f"{self.client[0]}:{self.client[1]}" if self.client else None,
                     limit=self.max_head_bytes)
-        cycle = self.cycle
-        if cycle is not None and not cycle.response_complete:
-            # The answer to the request before is still going out: no other may cut into it.
+        if mid_request:  # its app may be reading the body: it gets no more, and no answer goes out
             self.transport.close()
+            return
+        cycle = self.cycle
+        if (cycle is not None and not cycle.response_complete) or self.pipeline:
+            # The answers to the requests before it are still going out: the 431 follows them.
+            self._owed = True
+            return
+        self._answer_431()
+
+    def _answer_431(self) -> None:
+        self._owed = False
+        if self.transport.is_closing():
             return
         body = ErrorBody(
             detail=f"The request's line and headers are larger than this server accepts "

@@ -369,6 +369,25 @@ async def test_nothing_read_with_a_refused_head_reaches_the_app(settings, models
         await system.close()
 
 
+async def test_a_refused_head_is_answered_after_the_requests_before_it(settings, models, event_log):
+    """Pipelined requests, then a head over the bound, in one read: each request before it gets its
+    answer, then the 431 (the connection was closed at once, and their answers were lost)."""
+    settings.max_header_bytes = 2048
+    system = await InProcessSystem(settings).start()
+    try:
+        before = await event_log.last_seq()
+        body = json.dumps({"mode": "learn_mode", "avatars": ["before the refused head"]}).encode()
+        first = (b"POST /avatar-interactions HTTP/1.1\r\nHost: 127.0.0.1\r\ncontent-type: application/json\r\n"
+                 b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        second = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        refused = b"GET /livez HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 3000 + b"\r\n\r\n"
+        answer = await _raw_exchange(system.port, first + second + refused)
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", answer) == [b"201", b"200", b"431"], answer[:600]
+        assert await event_log.last_seq() == before + 1  # the first request's interaction, stored once
+    finally:
+        await system.close()
+
+
 async def test_a_chunked_bodys_trailers_are_bounded_as_a_head_is(system, event_log):
     """Header lines after a chunked body's last chunk: neither head nor body, they were held
     whatever their size (200 MB answered 200)."""

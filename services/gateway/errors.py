@@ -13,14 +13,14 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pymongo.errors import ConnectionFailure
+from pymongo.errors import ConnectionFailure, PyMongoError
 from starlette.exceptions import HTTPException
 
 from contracts.api import ErrorBody, FieldError
 from contracts.limits import NOT_BLANK, NotStorable, printable
 from contracts.subjects import TOKEN_PATTERN
 from services.adapters.event_log import UNAVAILABLE, EventTooLarge
-from services.runtime.failures import brief
+from services.runtime.failures import brief, kind_of
 
 log = structlog.get_logger()
 UNAVAILABLE_RETRY_SECONDS = 5
@@ -150,6 +150,14 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ConnectionFailure)
     async def _read_models_unavailable(request: Request, exc: ConnectionFailure) -> JSONResponse:
         return unavailable(request, exc, "read_models_unavailable", "MongoDB (the read models) did not answer")
+
+    @app.exception_handler(PyMongoError)
+    async def _read_models_not_now(request: Request, exc: PyMongoError) -> JSONResponse:
+        """A failure MongoDB says is for now (a primary stepping down, a time limit, an
+        interrupted operation: DESIGN.md §7's transient) is a 503; any other is ours, a 500."""
+        if kind_of(exc) != "transient":
+            raise exc
+        return unavailable(request, exc, "read_models_unavailable", "MongoDB (the read models) could not answer now")
 
     async def _event_log_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return unavailable(request, exc, "event_log_unavailable", "NATS (the event log) did not answer")

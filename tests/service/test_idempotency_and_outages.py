@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+import pytest
 from nats.errors import TimeoutError as NatsTimeout
-from pymongo.errors import ServerSelectionTimeoutError
+from pymongo.errors import OperationFailure, ServerSelectionTimeoutError
 
 from contracts import subjects
 from contracts.events import JobRequested, PersonaCreated
@@ -246,6 +247,25 @@ async def test_mongodb_not_answering_is_a_503_not_a_500(gateway, memory_models, 
     r = await gateway.get(f"/scenario/templates/{template_id}")
     assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
     assert r.json()["code"] == "read_models_unavailable" and "MongoDB" in r.json()["detail"]
+
+
+@pytest.mark.parametrize(("code", "status"), [(189, 503), (50, 503), (11600, 503), (2, 500), (1, 500)],
+                         ids=["primary-stepped-down", "time-limit", "interrupted-at-shutdown", "bad-value", "internal"])
+async def test_a_mongodb_failure_for_now_is_a_503_and_any_other_a_500(gateway, memory_models, monkeypatch, code,
+                                                                      status):
+    """A replica set's election (a primary stepping down) answered 500, as a bug of ours would."""
+    template_id = await create_template(gateway, SCENARIO)
+
+    async def failing(*args, **kwargs):
+        raise OperationFailure(f"failed with {code}", code=code)
+
+    monkeypatch.setattr(type(memory_models.templates), "find_one", failing)
+    r = await gateway.get(f"/scenario/templates/{template_id}")
+    assert r.status_code == status, r.text
+    if status == 503:
+        assert r.headers["retry-after"] == "5" and r.json()["code"] == "read_models_unavailable", r.text
+    else:
+        assert r.json()["code"] == "internal_error", r.text
 
 
 async def test_a_cancel_stored_before_mongodb_failed_is_answered_from_the_log(running, gateway, memory_log,

@@ -138,21 +138,48 @@ async def open_guard(settings: Settings, event_log: EventLogPort, clock: Clock) 
 bearer = HTTPBearer(auto_error=False, description="An API key: `promptgen keys create`")
 
 
+ADMITTED = "promptgen.caller"  # the request scope's key for a caller admitted before its body was read
+
+
+async def admit(request: Request, credentials: HTTPAuthorizationCredentials | None, scope: str) -> Caller:
+    """The caller, holding ``scope`` (401 without a valid key, 403 without the scope). A writing
+    scope's request also counts against its tenant's requests per minute (429 past it)."""
+    gateway = request.app.state.gateway
+    caller: Caller = await gateway.guard.caller(credentials, scope)
+    if scope in COSTLY_SCOPES:
+        await gateway.quotas.take_request(caller)
+    return caller
+
+
+async def admit_first(request: Request, scope: str) -> None:
+    """:func:`admit` before the request's body is read (FastAPI reads and validates a body before
+    any dependency runs): a request without the key or the scope costs no parsing of what it
+    sent, and a tenant's malformed bodies count against its requests per minute as any other."""
+    request.scope[ADMITTED] = await admit(request, await bearer(request), scope)
+
+
 def require(scope: str) -> Any:
-    """A dependency: the caller, holding ``scope`` (401 without a valid key, 403 without the scope).
-    A writing scope's request also counts against its tenant's requests per minute (429 past it)."""
+    """A dependency: the caller, holding ``scope`` (see :func:`admit`): the one admitted before the
+    body was read, on the routes that do so (``services.gateway.json_body``)."""
     assert scope in SCOPES, scope
 
     async def authorize(request: Request,
                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
-        gateway = request.app.state.gateway
-        caller: Caller = await gateway.guard.caller(credentials, scope)
-        if scope in COSTLY_SCOPES:
-            await gateway.quotas.take_request(caller)
-        return caller
+        admitted = request.scope.get(ADMITTED)
+        return admitted if admitted is not None else await admit(request, credentials, scope)
 
     authorize.__name__ = f"require_{scope.replace(':', '_')}"
+    authorize.scope = scope  # type: ignore[attr-defined]  # found by the route, to admit first
     return Depends(authorize)
+
+
+def required_scope(dependant: Any) -> str | None:
+    """The scope a route's dependencies :func:`require`, if any (FastAPI's ``Dependant`` tree)."""
+    for sub in dependant.dependencies:
+        found = getattr(sub.call, "scope", None) or required_scope(sub)
+        if found:
+            return found
+    return None
 
 
 async def any_key(request: Request,

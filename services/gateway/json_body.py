@@ -25,6 +25,7 @@ from fastapi import Request, Response
 from fastapi.routing import APIRoute
 
 from contracts.limits import printable
+from services.gateway.auth import admit_first, required_scope
 from services.gateway.body_limit import declared_length
 from services.gateway.cross_site import STATE_CHANGING
 from services.gateway.errors import ApiError
@@ -63,13 +64,24 @@ def refuse_other_bodies(request: Request, *, takes_body: bool = True) -> None:
                        field="Content-Type")
 
 
+def _each_key_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """An object whose keys are all different: of ``{"mode": "x", "mode": "y"}`` a proxy or a
+    firewall may read the first and we the last, so neither is taken."""
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
+        raise json.JSONDecodeError(f"the key '{printable(twice, 100)}' is given twice", "", 0)
+    return obj
+
+
 def parse_json(body: bytes) -> Any:
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError(f"not UTF-8 ({exc.reason} at byte {exc.start})", "", exc.start) from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_each_key_once)
     except json.JSONDecodeError:
         raise
     except RecursionError:
@@ -86,13 +98,17 @@ class JSONBodyRequest(Request):
 
 
 class JSONBodyRoute(APIRoute):
-    """A route whose request parses its body with :func:`parse_json`."""
+    """A route whose request parses its body with :func:`parse_json`, once its caller is admitted
+    (the key, its scope, the tenant's requests per minute: :func:`.auth.admit_first`)."""
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
         handler = super().get_route_handler()
+        scope = required_scope(self.dependant)
 
         async def route(request: Request) -> Response:
             request = JSONBodyRequest(_json_from_this_origin(request.scope), request.receive)
+            if scope is not None:
+                await admit_first(request, scope)
             refuse_other_bodies(request, takes_body=self.body_field is not None)
             return await handler(request)
 

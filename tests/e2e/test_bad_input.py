@@ -66,6 +66,18 @@ async def test_malformed_json_is_422_naming_the_body(client):
     assert r.json()["field"] == "body" and "not valid JSON" in r.json()["detail"]
 
 
+async def test_a_key_given_twice_in_an_object_is_422_naming_it(client, event_log):
+    """Of ``{"mode": "bogus", "mode": "learn_mode"}`` the last was taken (201), while a proxy or a
+    firewall in front may judge the first: neither is, at any depth."""
+    before = await event_log.last_seq()
+    for body, key in ((b'{"mode": "bogus", "mode": "learn_mode", "avatars": ["a"]}', "mode"),
+                      (b'{"mode": "learn_mode", "custom_fields": {"a": 1, "a": 2}}', "a")):
+        r = await client.post("/avatar-interactions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and r.json()["field"] == "body", r.text
+        assert f"the key '{key}' is given twice" in r.json()["detail"]
+    assert await event_log.last_seq() == before
+
+
 async def test_too_many_personas_is_refused(system, client, template_and_personas):
     template_id, ids = template_and_personas
     system.settings.max_personas_per_job = 1

@@ -172,6 +172,20 @@ async def test_a_key_without_the_scope_is_403_naming_it(world: World) -> None:
     assert r.json()["field"] == "jobs:write"
 
 
+async def test_a_body_is_read_only_for_a_caller_who_may_send_it(world: World) -> None:
+    """The key and its scope are checked before the body is read: a body that is no JSON at all
+    gets 401 or 403, not the 422 that would say its parser ran (a large one, on the loop every
+    tenant shares, costs tens of milliseconds)."""
+    client = world.system.client
+    assert client is not None
+    posts = [(path, url) for method, path, url, _ in _requests(world) if method == "POST"]
+    for headers, status in (({}, 401), ({"Authorization": f"Bearer {world.keys['acme_reader']}"}, 403)):
+        for path, url in posts:
+            r = await client.post(url, content=b"{" * 100_000, headers={"content-type": "application/json",
+                                                                        **headers})
+            assert r.status_code == status, (path, r.status_code, r.text)
+
+
 async def test_another_tenants_ids_are_404_and_its_lists_are_its_own(world: World) -> None:
     other = {"Authorization": f"Bearer {world.keys['other']}"}
     naming_acme = {path: 404 for (_, path) in SCOPE if "{" in path or path in (

@@ -106,6 +106,20 @@ async def test_requests_per_minute_refuse_the_next_writing_request_until_a_slot_
     assert (await acme.post("/avatar-interactions", json={"mode": "learn_mode"})).status_code == 201
 
 
+async def test_a_writing_request_counts_whatever_its_body(limited) -> None:
+    """Bodies that are no JSON, or not a valid request, count as any writing request: a tenant
+    cannot have the gateway parse them without end."""
+    system, c = await limited(tenant_requests_per_minute=3)
+    acme = c["acme"]
+    for body in (b"{", b'{"scenario_document": 7}', b"[]"):
+        r = await acme.post("/scenario/analyze-scenario-enhanced", content=body,
+                            headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+    r = await acme.post("/scenario/analyze-scenario-enhanced", content=b"{",
+                        headers={"content-type": "application/json"})
+    await assert_refused(system, r, "requests_per_minute")
+
+
 async def test_jobs_in_flight_hold_the_next_job_until_one_ends(limited) -> None:
     system, c = await limited(generator=False, tenant_jobs_in_flight=1)  # no generator: a job stays running
     acme = c["acme"]

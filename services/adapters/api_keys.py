@@ -23,6 +23,9 @@ from services.adapters.ports import EventLogPort, KeyValue
 BUCKET = "promptgen_api_keys"
 PREFIX = "pgk"
 SCOPES = ("jobs:read", "jobs:write", "scenarios:write", "admin")
+# What a tenant's own work needs. ``admin`` is not: it reaches every tenant's parked events and
+# re-applies them, so ``all`` leaves it out, and a key gets it only by naming it.
+TENANT_SCOPES = ("jobs:read", "jobs:write", "scenarios:write")
 TENANT_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # safe in a stream token and a log line
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
 
@@ -68,13 +71,15 @@ def parse_duration(text: str) -> timedelta:
 
 
 def parse_scopes(text: str) -> list[str]:
-    """``jobs:read,jobs:write`` or ``all``; an unknown scope is a ValueError naming it."""
+    """``jobs:read,jobs:write``; ``all`` (every scope of a tenant's work, not ``admin``), or
+    ``all,admin``; an unknown scope is a ValueError naming it."""
     asked = [s.strip() for s in text.split(",") if s.strip()]
-    if asked == ["all"]:
-        return list(SCOPES)
+    if "all" in asked:
+        asked = [s for s in asked if s != "all"] + list(TENANT_SCOPES)
     unknown = [s for s in asked if s not in SCOPES]
     if unknown or not asked:
-        raise ValueError(f"unknown scopes {unknown or asked}: choose from {', '.join(SCOPES)} or 'all'")
+        raise ValueError(f"unknown scopes {unknown or asked}: choose from {', '.join(SCOPES)}, or 'all' "
+                         f"({', '.join(TENANT_SCOPES)}; 'all,admin' adds admin)")
     return [s for s in SCOPES if s in asked]
 
 

@@ -345,7 +345,9 @@ def _quiet() -> None:
 @keys_app.command("create")
 def keys_create(
     tenant: str = typer.Option(..., help="The tenant the key acts for (letters, digits, '-', '_')."),
-    scopes: str = typer.Option(..., help="Comma-separated: jobs:read, jobs:write, scenarios:write, admin; or 'all'."),
+    scopes: str = typer.Option(..., help="Comma-separated: jobs:read, jobs:write, scenarios:write, admin (every "
+                               "tenant's parked events: an operator's); 'all' is the first three, 'all,admin' "
+                               "every one."),
     expires_in: str = typer.Option(None, help="Stop working after this long: 90d, 12h, 30m (default: until revoked)."),
 ) -> None:
     """A new key, printed once (alone on the last line); only its hash is stored."""

@@ -115,7 +115,7 @@ async def open_guard(settings: Settings, event_log: EventLogPort, clock: Clock) 
     if must and not has_keys:
         why = "PROMPTGEN_AUTH=required" if settings.auth == "required" else f"bound to {settings.host}"
         raise AuthNotConfigured(f"{why}, but there is no active API key: create one with "
-                                "`promptgen keys create --tenant NAME --scopes all`")
+                                "`promptgen keys create --tenant NAME --scopes all,admin`")
     enforced = must or has_keys
     if has_keys and not any(r.active for r in records):
         log.warning("no_usable_api_key", reason="every key expired: auth stays on, and every request is refused "

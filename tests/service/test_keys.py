@@ -37,7 +37,10 @@ async def test_list_and_revoke(service_settings, memory_log, capsys) -> None:
 
 
 def test_scopes_are_checked() -> None:
-    assert parse_scopes("all") == ["jobs:read", "jobs:write", "scenarios:write", "admin"]
+    # admin reaches every tenant's parked events: a tenant's "all" does not give it
+    assert parse_scopes("all") == ["jobs:read", "jobs:write", "scenarios:write"]
+    assert parse_scopes("admin, all") == parse_scopes("all,admin") == ["jobs:read", "jobs:write", "scenarios:write",
+                                                                       "admin"]
     with pytest.raises(ValueError, match="jobs:rread"):
         parse_scopes("jobs:rread")
 

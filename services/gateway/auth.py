@@ -84,7 +84,9 @@ class Guard:
     def stream_endpoint(self, job_id: str, caller: Caller) -> str:
         """Where a browser follows the job: with auth on, a token for this job alone in the query."""
         path = f"/scenario/v2/prompt-generation-status/{job_id}"
-        return f"{path}?token={self.tokens.issue(job_id, caller.tenant)}" if self.enforced else path
+        if not self.enforced or caller.key_id is None:  # auth off: no token is handed out
+            return path
+        return f"{path}?token={self.tokens.issue(job_id, caller.tenant, caller.key_id)}"
 
 
 def unauthenticated(detail: str) -> ApiError:
@@ -199,7 +201,14 @@ async def stream_reader(
     if token is None or credentials is not None or not guard.enforced:
         return await guard.caller(credentials, "jobs:read")
     # the route declares job_id (and its pattern); a dependency that did too would declare it again
-    tenant = guard.tokens.verify(token, request.path_params["job_id"])
-    if tenant is None:
+    verified = guard.tokens.verify(token, request.path_params["job_id"])
+    if verified is None:
         raise unauthenticated("The stream token is expired, or is not this job's")
-    return Caller(tenant=tenant, key_id=None, scopes=frozenset({"jobs:read"}))
+    tenant, key_id = verified
+    if key_id is not None:  # the key it was issued to must still work: a revoked key's tokens stop with it
+        record = await guard.keys.get(key_id)
+        if record is None or record.tenant != tenant:
+            raise unauthenticated("The stream token's API key is unknown")
+        if refusal := record.refusal(guard.clock()):
+            raise unauthenticated(f"The stream token's key no longer works: {refusal}")
+    return Caller(tenant=tenant, key_id=key_id, scopes=frozenset({"jobs:read"}))

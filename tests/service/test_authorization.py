@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest_asyncio
 from starlette.routing import Mount
 
@@ -227,6 +228,33 @@ async def test_the_stream_token_opens_its_job_only_while_it_lives(world: World) 
     world.system.clock.advance(61)
     assert (await client.get(world.sse_endpoint)).status_code == 401
     assert await world.system.event_log.last_seq() == before
+
+
+async def test_a_revoked_keys_stream_tokens_stop_with_it(world: World) -> None:
+    """A token names the key it was issued to, which must still work: revoking a key took its
+    tokens along only when they expired (an hour)."""
+    client, log = world.system.client, world.system.event_log
+    assert client is not None
+    store = await ApiKeys.open(log)
+    record, key = await store.create("acme", ["jobs:write"])  # a key that only starts jobs follows them
+    async with httpx.AsyncClient(transport=client._transport, base_url=client.base_url,
+                                 headers={"Authorization": f"Bearer {key}"}) as writer:
+        job = await start_job(writer, world.ids["template_id"], {world.ids["persona_id"]: "learn_mode"})
+    endpoint = job["sse_endpoint"]
+    assert f".{record.id}." in endpoint
+    assert (await read_sse(client, endpoint)).status == 200
+    # another key's id in its place breaks the signature
+    other = (await store.create("acme", ["jobs:read"]))[0]
+    assert (await client.get(endpoint.replace(f".{record.id}.", f".{other.id}."))).status_code == 401
+    await store.revoke(record.id)
+    refused = await client.get(endpoint)
+    assert refused.status_code == 401 and "revoked" in refused.json()["detail"], refused.text
+    # a token of the format before (no key id) is taken until it expires
+    tokens = world.system.app.state.gateway.guard.tokens
+    expires = int(world.system.clock().timestamp()) + 60
+    before = f"{expires}.acme.{tokens._sign(job['job_id'], 'acme', expires, None)}"
+    path = endpoint.split("?")[0]
+    assert (await read_sse(client, f"{path}?token={before}")).status == 200
 
 
 async def test_job_status_gives_a_fresh_stream_token_for_its_job(world: World) -> None:

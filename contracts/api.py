@@ -40,6 +40,7 @@ from contracts.limits import (
     Id,
     PatternKeys,
     StoredText,
+    is_blank,
 )
 
 
@@ -242,15 +243,11 @@ class JobEventHistory(BaseModel):
 # --- avatar interactions -----------------------------------------------------------------------
 
 
-# A system_prompt of these characters alone is none: ASCII whitespace, the same in Python and in a
-# JSON Schema pattern (whose \s is not Python's).
-BLANK = " \t\n\r\f\v"
-NOT_BLANK_PATTERN = r"[^ \t\n\r\f\v]"  # somewhere a character not in BLANK
-# What _prompt_source checks, said in JSON Schema.
+# What _prompt_source checks, said in JSON Schema: a system_prompt with nothing that shows is none.
 _PROMPT_SOURCE_SCHEMA: JsonDict = {"anyOf": [
     {"properties": {"mode": {"const": "learn_mode"}}},
     {"properties": {"persona_id": {"type": "string"}}, "required": ["persona_id"]},
-    {"properties": {"system_prompt": {"type": "string", "pattern": NOT_BLANK_PATTERN}},
+    {"properties": {"system_prompt": {"type": "string", "pattern": NOT_BLANK}},
      "required": ["system_prompt"]},
 ]}
 
@@ -273,7 +270,7 @@ class AvatarInteractionCreate(Request):
         # own error, and this check is left out.
         if persona_id is None and "mode" in info.data and "system_prompt" in info.data:
             mode, prompt = info.data["mode"], info.data["system_prompt"]
-            if mode != "learn_mode" and not (prompt or "").strip(BLANK):
+            if mode != "learn_mode" and is_blank(prompt):
                 raise ValueError(f"{mode} needs a persona_id (or an explicit system_prompt)")
         return persona_id
 

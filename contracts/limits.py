@@ -15,6 +15,7 @@ which JSON Schema cannot express (it is in the description).
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Union
 
 from pydantic import (
@@ -65,7 +66,19 @@ def _encodable(value: str) -> str:
 StoredText = Annotated[str, AfterValidator(_encodable)]
 """A string that can be encoded as UTF-8 (JSON's ``"\\ud800"`` decodes to one that cannot)."""
 
-NOT_BLANK = r"\S"  # JSON Schema patterns search: some character that is not whitespace
+# Some character that shows: not whitespace, a control character or an invisible format character
+# (a zero-width space, a byte order mark, a soft hyphen, a direction mark). Written out, not as
+# \s, whose set differs between Python, JSON Schema's ECMAScript and pydantic's Rust patterns.
+NOT_BLANK = (r"[^\x00-\x20\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
+             r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0]")
+
+
+_SHOWS = re.compile(NOT_BLANK)
+
+
+def is_blank(text: str | None) -> bool:
+    """Whether ``text`` has nothing that shows (see :data:`NOT_BLANK`)."""
+    return text is None or _SHOWS.search(text) is None
 
 Id = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN), Field(description=ID_DESCRIPTION)]
 

@@ -95,7 +95,7 @@ def _where(error: dict[str, Any]) -> str:
 
 # Pydantic's message for a pattern says the pattern; for ours, say what it means.
 _PATTERN_MEANS = {
-    NOT_BLANK: "must contain something other than whitespace",
+    NOT_BLANK: "must contain something that shows, not only whitespace or invisible characters",
     TOKEN_PATTERN: "must be an id: 1 to 128 letters, digits, '-' or '_'",
 }
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 
 import bson
 import pytest
 from pydantic import ValidationError
 
 from contracts import limits
-from contracts.api import AnalyzeScenarioRequest, AvatarInteractionCreate, GenerateFinalPromptsRequest
+from contracts.api import (
+    AnalyzeScenarioRequest,
+    AvatarInteractionCreate,
+    GenerateFinalPromptsRequest,
+    GeneratePersonasRequest,
+)
 from contracts.domain import PersonaDraft
 from contracts.limits import NotStorable, check_free_form
 from contracts.subjects import TOKEN_PATTERN
@@ -90,8 +96,22 @@ def test_the_json_schema_states_the_caps_the_validator_applies():
     assert mapping["propertyNames"]["pattern"] == TOKEN_PATTERN and "patternProperties" not in mapping
 
 
-@pytest.mark.parametrize("prompt", ["", "  \n"])
+@pytest.mark.parametrize("prompt", ["", "  \n", "\u00a0\u2003", "\u200b", "\ufeff\u2060\u00ad", "\x00\x85"])
 def test_an_interaction_outside_learn_mode_with_a_blank_prompt_and_no_persona_is_refused(prompt):
+    """A prompt of spaces, or of characters that do not show (no-break and em spaces, a zero-width
+    space, a byte order mark, a soft hyphen, controls), is none."""
     with pytest.raises(ValueError, match="try_mode needs a persona_id"):
         AvatarInteractionCreate(mode="try_mode", system_prompt=prompt)
     assert AvatarInteractionCreate(mode="try_mode", persona_id="p1", system_prompt="").persona_id == "p1"
+
+
+@pytest.mark.parametrize("text", ["\u00a0\u2003", "\u200b", "\ufeff\u2060", "\u3000\x00"])
+def test_what_shows_nothing_is_blank_to_python_the_request_models_and_their_json_schema(text):
+    """One definition for Python and pydantic's Rust patterns (and the ECMAScript of the OpenAPI
+    document's system_prompt): a scenario document or persona type that shows nothing is refused."""
+    assert limits.is_blank(text) and not limits.is_blank(text + "a")
+    assert re.search(limits.NOT_BLANK, text) is None and AvatarInteractionCreate.model_json_schema()["anyOf"][2][
+        "properties"]["system_prompt"]["pattern"] == limits.NOT_BLANK
+    for model, field in ((AnalyzeScenarioRequest, "scenario_document"), (GeneratePersonasRequest, "persona_type")):
+        with pytest.raises(ValueError, match=field):
+            model.model_validate({"scenario_document": text, "template_id": "t", "persona_type": text, "count": 1})

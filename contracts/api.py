@@ -32,6 +32,7 @@ from contracts.domain import (
     TokenUsage,
 )
 from contracts.limits import (
+    ENCODABLE,
     MAX_SAFE_NUMBER,
     MAX_SCENARIO_DOCUMENT_LENGTH,
     MAX_SYSTEM_PROMPT_LENGTH,
@@ -39,7 +40,6 @@ from contracts.limits import (
     FreeFormList,
     Id,
     PatternKeys,
-    StoredText,
     is_blank,
 )
 
@@ -67,7 +67,7 @@ class Request(BaseModel):
 
 class AnalyzeScenarioRequest(Request):
     scenario_document: Annotated[
-        StoredText, StringConstraints(min_length=1, max_length=MAX_SCENARIO_DOCUMENT_LENGTH, pattern=NOT_BLANK)
+        str, StringConstraints(min_length=1, max_length=MAX_SCENARIO_DOCUMENT_LENGTH, pattern=NOT_BLANK), ENCODABLE
     ]
 
 
@@ -83,7 +83,7 @@ PERSONAS_PER_REQUEST = 20  # at most, in one generate-personas request
 class GeneratePersonasRequest(Request):
     template_id: Id
     persona_type: Annotated[
-        StoredText, StringConstraints(min_length=1, max_length=PERSONA_TYPE_MAX_LENGTH, pattern=NOT_BLANK)
+        str, StringConstraints(min_length=1, max_length=PERSONA_TYPE_MAX_LENGTH, pattern=NOT_BLANK), ENCODABLE
     ]
     count: JsonInt = Field(ge=1, le=PERSONAS_PER_REQUEST)
 
@@ -259,7 +259,7 @@ class AvatarInteractionCreate(Request):
     avatars: FreeFormList = Field(default_factory=list)
     languages: FreeFormList = Field(default_factory=list)
     # before persona_id, whose check reads it (a field's validator sees the fields above it)
-    system_prompt: Annotated[StoredText, Field(max_length=MAX_SYSTEM_PROMPT_LENGTH)] | None = None
+    system_prompt: Annotated[str, StringConstraints(max_length=MAX_SYSTEM_PROMPT_LENGTH), ENCODABLE] | None = None
     persona_id: Annotated[Id | None, Field(validate_default=True)] = None
 
     @field_validator("persona_id")

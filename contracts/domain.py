@@ -6,9 +6,9 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from contracts.limits import FreeFormObject, Id, StoredText
+from contracts.limits import ENCODABLE, FreeFormObject, Id, StoredText
 
 Mode = Literal["learn_mode", "try_mode", "assess_mode"]
 
@@ -58,7 +58,7 @@ class TemplateData(Frozen):
     success_criteria: list[StoredText] = Field(default_factory=list)
 
 
-PersonaText = Annotated[StoredText, Field(max_length=1000)]
+PersonaText = Annotated[str, StringConstraints(max_length=1000), ENCODABLE]
 
 
 class PersonaDraft(Frozen):
@@ -80,7 +80,7 @@ PERSONA_TYPE_MAX_LENGTH = 100
 class Persona(PersonaDraft):
     id: Id
     template_id: Id
-    persona_type: Annotated[StoredText, Field(max_length=PERSONA_TYPE_MAX_LENGTH)]
+    persona_type: Annotated[str, StringConstraints(max_length=PERSONA_TYPE_MAX_LENGTH), ENCODABLE]
 
 
 class TokenUsage(Frozen):

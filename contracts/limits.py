@@ -19,7 +19,7 @@ import re
 from typing import Annotated, Any, Union
 
 from pydantic import (
-    AfterValidator,
+    BeforeValidator,
     Field,
     GetJsonSchemaHandler,
     PlainValidator,
@@ -55,16 +55,23 @@ ID_DESCRIPTION = "An id: 1 to 128 letters, digits, '-' or '_' (ids become parts 
 # --- plain text and ids -------------------------------------------------------------------------
 
 
-def _encodable(value: str) -> str:
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"text must be valid Unicode: a lone surrogate at position {exc.start}") from None
+def _encodable(value: Any) -> Any:
+    if isinstance(value, str):  # anything else is the string type's to refuse
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"text must be valid Unicode: a lone surrogate at position {exc.start}") from None
     return value
 
 
-StoredText = Annotated[str, AfterValidator(_encodable)]
-"""A string that can be encoded as UTF-8 (JSON's ``"\\ud800"`` decodes to one that cannot)."""
+# Before the string's own checks: a pattern cannot even be searched in a lone surrogate.
+ENCODABLE = BeforeValidator(_encodable)
+StoredText = Annotated[str, ENCODABLE]
+"""A string that can be encoded as UTF-8 (JSON's ``"\\ud800"`` decodes to one that cannot). With
+constraints, write them on the string ahead of the check, ``Annotated[str, StringConstraints(…),
+ENCODABLE]``: placed after it (``Annotated[StoredText, …]``), pydantic checks them on the check's
+result as on any value ("at most 1000 items after validation") and leaves them out of the JSON
+Schema. (``ENCODABLE`` runs before them either way.)"""
 
 # Some character that shows: not whitespace, a control character or an invisible format character
 # (a zero-width space, a byte order mark, a soft hyphen, a direction mark). Written out, not as

@@ -115,3 +115,14 @@ def test_what_shows_nothing_is_blank_to_python_the_request_models_and_their_json
     for model, field in ((AnalyzeScenarioRequest, "scenario_document"), (GeneratePersonasRequest, "persona_type")):
         with pytest.raises(ValueError, match=field):
             model.model_validate({"scenario_document": text, "template_id": "t", "persona_type": text, "count": 1})
+
+
+def test_text_limits_are_the_strings_own_said_in_characters_and_in_the_json_schema():
+    """Written after the encodability check, they were checked on its result as on any value ("at
+    most 200000 items after validation") and missing from the OpenAPI document."""
+    document = AnalyzeScenarioRequest.model_json_schema()["properties"]["scenario_document"]
+    assert document["pattern"] == limits.NOT_BLANK and document["maxLength"] == limits.MAX_SCENARIO_DOCUMENT_LENGTH
+    with pytest.raises(ValueError, match=f"at most {limits.MAX_SYSTEM_PROMPT_LENGTH} characters"):
+        AvatarInteractionCreate(mode="learn_mode", system_prompt="x" * (limits.MAX_SYSTEM_PROMPT_LENGTH + 1))
+    with pytest.raises(ValueError, match="lone surrogate at position 2"):  # checked before the pattern
+        AnalyzeScenarioRequest(scenario_document="ab\ud800")

@@ -227,7 +227,7 @@ def replay(
     from services.runtime.logs import configure_logging
 
     configure_logging("replay", "warning", stream=sys.stderr)  # stdout is the history itself
-    code = run_tool(show_job_history(Settings(), job_id, as_json=as_json))
+    code = run_tool(show_job_history(_settings(), job_id, as_json=as_json))
     raise typer.Exit(code)
 
 
@@ -262,7 +262,7 @@ def rebuild() -> None:
     from services.runtime.logs import configure_logging
 
     configure_logging("rebuild", "warning", stream=sys.stderr)
-    raise typer.Exit(run_tool(run_rebuild(Settings())))
+    raise typer.Exit(run_tool(run_rebuild(_settings())))
 
 
 @app.command()
@@ -290,7 +290,7 @@ def doctor(
 
     from services.cli.doctor import diagnose
 
-    findings = asyncio.run(diagnose(Settings(), data_dir))
+    findings = asyncio.run(diagnose(_settings(), data_dir))
     table = Table(title="promptgen doctor")
     for column in ("check", "", "detail", "fix"):
         table.add_column(column, overflow="fold")
@@ -314,7 +314,7 @@ def parked_list(
     from services.runtime.logs import configure_logging
 
     configure_logging("parked", "warning", stream=sys.stderr)
-    raise typer.Exit(run_tool(list_parked(Settings(), consumer, as_json=as_json)))
+    raise typer.Exit(run_tool(list_parked(_settings(), consumer, as_json=as_json)))
 
 
 @parked_app.command("reapply")
@@ -328,7 +328,7 @@ def parked_reapply(
     from services.runtime.logs import configure_logging
 
     configure_logging("parked", "warning", stream=sys.stderr)
-    raise typer.Exit(run_tool(reapply_parked(Settings(), consumer, seqs or None)))
+    raise typer.Exit(run_tool(reapply_parked(_settings(), consumer, seqs or None)))
 
 
 keys_app = typer.Typer(no_args_is_help=True,

@@ -129,3 +129,12 @@ def test_up_refuses_more_gateways_than_the_machine_can_use_before_starting_anyth
     assert result.exit_code == 2
     assert "--gateways 100 is more than this machine can use: at most 4, two per core (2 here)" in \
         " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("command", [["doctor"], ["replay", "j-1"], ["rebuild"], ["parked", "list"],
+                                     ["parked", "reapply", "projector"]])
+def test_every_operator_tool_says_a_configuration_error_in_one_line(command):
+    """They built their settings themselves, so a bad variable was a 43-line traceback."""
+    result = CliRunner().invoke(app, command, env={"NATS_USER": "alone"})  # a user without a password
+    assert result.exit_code == 2, (result.output, result.exception)
+    assert result.output.startswith("promptgen: configuration error:") and "Traceback" not in result.output

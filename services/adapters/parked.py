@@ -44,6 +44,14 @@ def preview(data: bytes) -> str:
     return head + (f"… ({len(data)} bytes)" if len(data) > PREVIEW_BYTES else "")
 
 
+# Every consumer that parks, and the service that runs it (their names are the services' own:
+# tests/unit/test_cli_parked.py holds them to those).
+PARKING_CONSUMERS = {
+    "projector": "projector", "job-manager": "projector", "generator-dispatcher": "generator",
+    "generator-workers": "generator", "generator-dead-letters": "generator",
+}
+
+
 class NoConsumerRunning(Exception):
     """No process of that consumer answers: start it, then re-apply."""
 

@@ -8,7 +8,13 @@ from rich.console import Console
 from rich.table import Table
 
 from services.adapters.event_log import EventLog
-from services.adapters.parked import ConsumerSlow, NoConsumerRunning, ParkedEvents, request_reapply
+from services.adapters.parked import (
+    PARKING_CONSUMERS,
+    ConsumerSlow,
+    NoConsumerRunning,
+    ParkedEvents,
+    request_reapply,
+)
 from services.runtime.settings import Settings
 
 err = Console(stderr=True)
@@ -37,27 +43,17 @@ async def list_parked(settings: Settings, consumer: str | None, *, as_json: bool
     return 0
 
 
-def consumers() -> tuple[str, ...]:
-    """Every consumer that parks, by the services' own names."""
-    from services.generator.consumers import DISPATCHER, WORKERS
-    from services.generator.dead_letters import DEAD_LETTERS
-    from services.projector.fold import PROJECTOR
-    from services.projector.job_manager import JOB_MANAGER
-
-    return PROJECTOR, JOB_MANAGER, DISPATCHER, WORKERS, DEAD_LETTERS
-
-
 async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | None) -> int:
-    if consumer not in (known := consumers()):
-        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(known)} "
+    if consumer not in PARKING_CONSUMERS:
+        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(PARKING_CONSUMERS)} "
                   "(`promptgen parked list` shows whose events are parked)")
         return 2
     event_log = await EventLog.for_tool(settings, "promptgen-parked")
     try:
         result = await request_reapply(event_log, consumer, seqs)
     except NoConsumerRunning as exc:
-        service = consumer.split("-")[0]
-        err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {service}`), then try again")
+        err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {PARKING_CONSUMERS[consumer]}`), "
+                  "then try again")
         return 1
     except ConsumerSlow as exc:
         err.print(f"[yellow]{exc}[/yellow]")

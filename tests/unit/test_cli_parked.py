@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from services.cli.parked import consumers, reapply_parked
+from services.adapters.parked import PARKING_CONSUMERS
+from services.cli.parked import reapply_parked
+from services.generator.consumers import DISPATCHER, WORKERS
+from services.generator.dead_letters import DEAD_LETTERS
+from services.projector.fold import PROJECTOR
+from services.projector.job_manager import JOB_MANAGER
 from services.runtime.settings import Settings
 
 
@@ -14,4 +19,9 @@ def test_an_unknown_consumer_is_refused_with_the_names_before_anything_connects(
     said = capsys.readouterr().err
     assert "projecter" in said
     assert all(name in said for name in ("projector", "job-manager", "generator-workers"))
-    assert len(consumers()) == 5
+
+
+
+def test_the_consumers_that_park_are_named_as_their_services_name_them_with_the_service_that_runs_each():
+    assert PARKING_CONSUMERS == {PROJECTOR: "projector", JOB_MANAGER: "projector", DISPATCHER: "generator",
+                                 WORKERS: "generator", DEAD_LETTERS: "generator"}

@@ -165,10 +165,13 @@ async def check_positions(settings: Settings, data_dir: Path) -> list[Finding]:
         return []
     client: AsyncMongoClient = AsyncMongoClient(settings.mongo_url, serverSelectionTimeoutMS=3000)
     try:
-        state = LogState.of(await nc.jetstream(timeout=3).stream_info(settings.stream))
         models = ReadModels(client[settings.mongo_db])
         marks = {PROJECTOR: await models.checkpoint_mark()} | await models.positions()
-    except Exception:  # noqa: BLE001 - no stream yet, or MongoDB away: reported by the other checks
+        try:
+            state = LogState.of(await nc.jetstream(timeout=3).stream_info(settings.stream))
+        except NotFoundError:
+            return _no_stream(settings, marks[PROJECTOR].seq)
+    except Exception:  # noqa: BLE001 - NATS or MongoDB away: reported by the other checks
         return []
     finally:
         await client.close()
@@ -179,6 +182,18 @@ async def check_positions(settings: Settings, data_dir: Path) -> list[Finding]:
     at = ", ".join([f"read models at {marks[PROJECTOR].seq}"] +
                    [f"{n} at {m.seq}" for n, m in marks.items() if n != PROJECTOR])
     return [Finding("event log", True, f"{state.log_id}, last event {state.last_seq}; {at}")]
+
+
+def _no_stream(settings: Settings, folded: int) -> list[Finding]:
+    """No stream of the log's name: a deployment that has not started yet, or, with read models
+    that folded a log, the wrong NATS or stream name (the services would start a new, empty log)."""
+    if folded == 0:
+        return [Finding("event log", True, f"stream {settings.stream} not created yet: the first service "
+                                           "to start makes it")]
+    return [Finding("event log", False, f"NATS has no stream {settings.stream}, but the read models hold a "
+                                        f"log's first {folded} events",
+                    "point NATS_URL at the deployment's NATS and PROMPTGEN_STREAM at its stream; started "
+                    "like this, the services would begin a new, empty log")]
 
 
 CHECKS: list[Check] = [check_nats, check_mongo, check_positions, check_llm, check_disk]

@@ -56,6 +56,18 @@ async def test_read_models_of_another_log_are_named_with_the_rebuild_that_fixes_
     assert "promptgen rebuild" in found["event log"].fix
 
 
+async def test_read_models_of_a_log_whose_stream_is_not_there_are_a_failure(settings, event_log, models, tmp_path):
+    """A stream name or NATS that is not the deployment's: doctor said all was well, and the
+    services would have started a new, empty log."""
+    elsewhere = settings.model_copy(update={"stream": "NOPE"})
+    found = _by_check(await diagnose(elsewhere, tmp_path))
+    assert found["event log"].ok and "not created yet" in found["event log"].detail  # a fresh deployment
+    await models.save_checkpoint(7, (await event_log.state()).log_id)
+    found = _by_check(await diagnose(elsewhere, tmp_path))
+    assert not found["event log"].ok and "no stream NOPE" in found["event log"].detail
+    assert "PROMPTGEN_STREAM" in found["event log"].fix
+
+
 async def test_a_nats_server_older_than_2_11_is_named_with_its_upgrade(settings, event_log, tmp_path, monkeypatch):
     import services.cli.doctor as doctor
 

@@ -110,8 +110,10 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
 def up(
     port: int = typer.Option(None, min=1, max=65535, help="Gateway port (default PROMPTGEN_PORT or 9000)."),
     data_dir: Path = typer.Option(Path(".promptgen"), help="Where the embedded NATS and MongoDB keep data."),
-    nats_port: int = typer.Option(4222, help="Port of the embedded nats-server (unless NATS_URL is set)."),
-    mongo_port: int = typer.Option(27017, help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),
+    nats_port: int = typer.Option(4222, min=1, max=65535,
+                                  help="Port of the embedded nats-server (unless NATS_URL is set)."),
+    mongo_port: int = typer.Option(27017, min=1, max=65535,
+                                   help="Port of the embedded MongoDB-wire server (unless MONGO_URL is set)."),
     generators: int = typer.Option(1, min=1, help="How many generator processes to run."),
     gateways: int = typer.Option(1, min=1, help="How many gateway processes share the gateway port (SO_REUSEPORT, "
                                                 "Linux; for many SSE clients, one per core; at most two per core)."),

@@ -187,6 +187,10 @@ async def _run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int,
                 console.print(f"[red]Port {p} (for {what}) is already in use.[/red] Choose another with the "
                               f"options of `promptgen up --help`, or stop what uses it.")
                 return 2
+        for given, what, option in ((nats_url, "NATS_URL", "--nats-port"), (mongo_url, "MONGO_URL", "--mongo-port")):
+            if given:  # said, or a wrong variable left in the shell is a wait on a server that never comes
+                console.print(f"{what} is set: using {redact(given)}, starting none here ({option} is not used)",
+                              highlight=False, soft_wrap=True)
         if not nats_url:
             conf = embedded.nats_config(data_dir / "nats", nats_port)
             await sup.start(Child("nats", embedded.nats_argv(conf), server_env(),

@@ -258,6 +258,9 @@ def test_up_reads_nats_mongodb_and_its_port_from_their_file_variables(tmp_path, 
     banner = up.start(port_option=False)
     try:
         assert settings.nats_url in banner and up.base_url in banner
+        said = " ".join(banner.split())
+        assert f"NATS_URL is set: using {settings.nats_url}, starting none here (--nats-port is not used)" in said
+        assert "MONGO_URL is set: using" in said
         pids = up.pids()
         assert set(pids) == {"gateway", "generator", "projector"}  # no NATS or MongoDB of its own
         assert httpx.get(f"{up.base_url}/readyz", timeout=10).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
@@ -156,6 +157,7 @@ def gateway(
     configure_logging("gateway", settings.log_level)
     _warn_of_unknown_settings()
     settle_heap_when_ready()
+    logging.getLogger("uvicorn.error").addFilter(_RefusalSaidOnce())
     application = create_app(settings)
     config = server_config(application, max_head_bytes=settings.max_header_bytes, host=settings.host,
                            port=settings.port, log_config=None, access_log=False, log_level="warning",
@@ -172,6 +174,14 @@ def gateway(
         if stop_requested():  # told to stop before it could start: nothing failed
             raise typer.Exit(0) from None
         raise
+
+
+class _RefusalSaidOnce(logging.Filter):
+    """uvicorn logs a lifespan's failure at start as its whole traceback; a refusal of the
+    configuration found there (auth without a key) is said once, in one line, as the exit's reason."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "AuthNotConfigured" not in record.getMessage()
 
 
 def _reuse_port_socket(host: str, port: int):

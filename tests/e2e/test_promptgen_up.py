@@ -288,6 +288,7 @@ def test_up_stops_with_the_reason_when_the_gateway_refuses_its_configuration(tmp
     assert proc.returncode == 2, out[-3000:]
     assert "configuration error" in out and "no active API key" in out and "promptgen keys create" in out
     assert "not restarted" in out and "restarting" not in out and "promptgen is up" not in out
+    assert "Traceback" not in out  # the reason once, in one line: not uvicorn's trace of it first
     left = subprocess.run(["pgrep", "-f", str(up.data_dir)], capture_output=True, text=True).stdout.split()
     assert not [p for p in map(int, left) if _alive(p)], "processes left behind"
 

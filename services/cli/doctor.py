@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +48,32 @@ async def _nats(settings: Settings):
         **NatsAccess.from_settings(settings).options()), timeout=5)
 
 
+async def _refused(nats_url: str) -> str | None:
+    """Why no server of ``nats_url`` takes a connection at all (refused, no such host), if none
+    does: nats-py, told not to reconnect, still tries until its timeout, which says less."""
+    reasons = []
+    for server in (u.strip() for u in nats_url.split(",") if u.strip()):
+        url = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 4222), 2)
+        except (OSError, TimeoutError, ValueError) as exc:
+            errno = getattr(exc, "errno", None)
+            reasons.append(f"{url.hostname}:{url.port or 4222}: " + (os.strerror(errno) if errno else "no answer"))
+            continue
+        writer.close()
+        return None
+    return "; ".join(reasons) or None
+
+
 async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
     try:
+        if refused := await _refused(settings.nats_url):
+            raise ConnectionRefusedError(refused)
         nc = await _nats(settings)
     except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, with the fix
-        why = "no answer within 5 s" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
+        why = ("no answer within 5 s" if isinstance(exc, TimeoutError)
+               else f"cannot connect: {exc}" if isinstance(exc, ConnectionRefusedError)
+               else f"{exc.__class__.__name__}: {exc}")
         return [Finding("NATS", False, redact(f"{settings.nats_url}: {why}"),
                         "start NATS (`promptgen up` starts one) or set NATS_URL to a reachable server; "
                         "a locked server needs NATS_USER, NATS_PASSWORD and NATS_TLS_CA_FILE")]

@@ -36,6 +36,7 @@ async def test_what_is_missing_is_named_with_its_fix(settings, tmp_path, mock_ll
     mock_llm.configure(MockLLMConfig(auth_fail=True))
     found = _by_check(await diagnose(broken, tmp_path))
     assert not found["NATS"].ok and "NATS_URL" in found["NATS"].fix
+    assert "127.0.0.1:1: Connection refused" in found["NATS"].detail  # not "no answer within 5 s"
     assert not found["MongoDB"].ok and "MONGO_URL" in found["MongoDB"].fix
     assert not found["LLM"].ok and "llm_auth" in found["LLM"].detail and "OPENAI_API_KEY" in found["LLM"].fix
 

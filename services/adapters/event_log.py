@@ -13,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import ssl
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -349,6 +351,24 @@ class NatsUnreachable(ConnectionError):
 class NoEventLog(LookupError):
     """NATS answers, but has no stream of the event log: another NATS than the deployment's, or
     another stream name."""
+
+
+async def nats_refused(nats_url: str) -> str | None:
+    """Why no server of ``nats_url`` takes a connection at all (refused, no such host), if none
+    does: asked once a connection failed, whose error (a time-out: nats-py, told not to
+    reconnect, still tries until then) says less."""
+    reasons = []
+    for server in (u.strip() for u in nats_url.split(",") if u.strip()):
+        url = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 4222), 2)
+        except (OSError, TimeoutError, ValueError) as exc:
+            errno = getattr(exc, "errno", None)
+            reasons.append(f"{url.hostname}:{url.port or 4222}: " + (os.strerror(errno) if errno else "no answer"))
+            continue
+        writer.close()
+        return None
+    return "; ".join(reasons) or None
 
 
 MIN_NATS_VERSION = (2, 11)  # Nats-Expected-Last-Subject-Sequence-Subject (the outcome's condition)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +12,13 @@ import nats
 from nats.js.errors import NotFoundError
 from pymongo import AsyncMongoClient
 
-from services.adapters.event_log import WHY_MIN_NATS_VERSION, LogState, NatsAccess, version_short_of
+from services.adapters.event_log import (
+    WHY_MIN_NATS_VERSION,
+    LogState,
+    NatsAccess,
+    nats_refused,
+    version_short_of,
+)
 from services.adapters.llm.base import LLMError
 from services.adapters.llm.factory import build_provider
 from services.adapters.read_models import STATE, ReadModels
@@ -48,32 +52,14 @@ async def _nats(settings: Settings):
         **NatsAccess.from_settings(settings).options()), timeout=5)
 
 
-async def _refused(nats_url: str) -> str | None:
-    """Why no server of ``nats_url`` takes a connection at all (refused, no such host), if none
-    does: nats-py, told not to reconnect, still tries until its timeout, which says less."""
-    reasons = []
-    for server in (u.strip() for u in nats_url.split(",") if u.strip()):
-        url = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 4222), 2)
-        except (OSError, TimeoutError, ValueError) as exc:
-            errno = getattr(exc, "errno", None)
-            reasons.append(f"{url.hostname}:{url.port or 4222}: " + (os.strerror(errno) if errno else "no answer"))
-            continue
-        writer.close()
-        return None
-    return "; ".join(reasons) or None
-
-
 async def check_nats(settings: Settings, data_dir: Path) -> list[Finding]:
     try:
-        if refused := await _refused(settings.nats_url):
-            raise ConnectionRefusedError(refused)
         nc = await _nats(settings)
     except (Exception, TimeoutError) as exc:  # noqa: BLE001 - reported, with the fix
-        why = ("no answer within 5 s" if isinstance(exc, TimeoutError)
-               else f"cannot connect: {exc}" if isinstance(exc, ConnectionRefusedError)
-               else f"{exc.__class__.__name__}: {exc}")
+        if refused := await nats_refused(settings.nats_url):  # said so, not as a time-out
+            why = f"cannot connect: {refused}"
+        else:
+            why = "no answer within 5 s" if isinstance(exc, TimeoutError) else f"{exc.__class__.__name__}: {exc}"
         return [Finding("NATS", False, redact(f"{settings.nats_url}: {why}"),
                         "start NATS (`promptgen up` starts one) or set NATS_URL to a reachable server; "
                         "a locked server needs NATS_USER, NATS_PASSWORD and NATS_TLS_CA_FILE")]

@@ -14,7 +14,7 @@ import asyncio
 
 from pymongo import AsyncMongoClient
 
-from services.adapters.event_log import NatsAccess, connect_nats
+from services.adapters.event_log import NatsAccess, connect_nats, nats_refused
 from services.runtime.redaction import redact
 from services.runtime.settings import Settings
 
@@ -27,8 +27,9 @@ async def _nats_problem(settings: Settings, timeout: float) -> str | None:
     try:
         nc = await asyncio.wait_for(connect_nats(settings.nats_url, "promptgen-probe", connect_timeout=timeout,
                                                  access=NatsAccess.from_settings(settings)), timeout)
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer
-        return f"NATS unreachable at {redact(settings.nats_url)}: {_reason(exc)}"
+    except Exception as exc:  # noqa: BLE001 - any failure is the answer; a refusal said as one
+        why = await nats_refused(settings.nats_url) or _reason(exc)
+        return f"NATS unreachable at {redact(settings.nats_url)}: {why}"
     try:
         await nc.jetstream(timeout=timeout).account_info()
     except Exception as exc:  # noqa: BLE001

@@ -187,7 +187,10 @@ class MockLLM:
             self.add_script(json.loads(body))
             return 200, {"queued": len(self.script)}, {}
         if method == "POST" and path == "/admin/config":
-            self.configure(MockLLMConfig.model_validate(json.loads(body)))
+            changes = json.loads(body)  # what it names changes; the rest stays as it was (given at start)
+            if not isinstance(changes, dict):
+                raise ValueError("POST /admin/config takes an object of the settings to change")
+            self.configure(MockLLMConfig.model_validate({**self.config.model_dump(), **changes}))
             return 200, self.config.model_dump(), {}
         if method == "POST" and path in ("/admin/pause", "/admin/resume"):
             self.pause() if path == "/admin/pause" else self.resume()

@@ -28,3 +28,16 @@ async def test_a_paused_llm_answers_once_resumed(mock_llm):
         answers = await asyncio.wait_for(asyncio.gather(*calls), 30)
     assert [a.status_code for a in answers] == [200, 200, 200]
     assert all(a.json()["choices"][0]["message"]["content"] for a in answers)
+
+
+async def test_new_rates_change_only_what_they_name(mock_llm):
+    """`POST /admin/config {"error_rate": 0}` put every other setting back to its default (the
+    latency given at start included)."""
+    from services.testing.mock_llm import MockLLMConfig
+
+    mock_llm.configure(MockLLMConfig(latency_ms=250, error_rate=0.5))
+    admin = mock_llm.base_url.removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=30) as client:
+        answer = (await client.post(f"{admin}/admin/config", json={"error_rate": 0})).json()
+    assert (answer["latency_ms"], answer["error_rate"]) == (250, 0)
+    mock_llm.configure(MockLLMConfig())

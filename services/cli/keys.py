@@ -79,10 +79,16 @@ def _when(moment: datetime | None) -> str:
 
 async def revoke_key(settings: Settings, key_id: str, *, event_log: EventLogPort | None = None) -> int:
     async with _connected(settings, event_log) as log:
-        record = await (await ApiKeys.open(log)).revoke(key_id)
+        keys = await ApiKeys.open(log)
+        before = await keys.get(key_id)
+        record = await keys.revoke(key_id)
     if record is None:
         err.print(f"[red]no key {key_id}[/red]")
         return 1
+    if before is not None and before.revoked_at is not None:
+        err.print(f"key {record.id} (tenant {record.tenant}) was revoked already, at "
+                  f"{before.revoked_at:%Y-%m-%d %H:%M:%S} UTC")
+        return 0
     err.print(f"key {record.id} (tenant {record.tenant}) revoked; every gateway refuses it from the next request")
     return 0
 

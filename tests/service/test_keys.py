@@ -33,6 +33,9 @@ async def test_list_and_revoke(service_settings, memory_log, capsys) -> None:
     assert record.id in listed and key not in listed
     assert await revoke_key(service_settings, record.id, event_log=memory_log) == 0
     assert await keys.verify(key) is None and (await keys.list())[0].revoked_at is not None
+    capsys.readouterr()
+    assert await revoke_key(service_settings, record.id, event_log=memory_log) == 0
+    assert "was revoked already, at" in " ".join(capsys.readouterr().err.split())
     assert await revoke_key(service_settings, "0000000000000000", event_log=memory_log) == 1
 
 

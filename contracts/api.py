@@ -37,6 +37,7 @@ from contracts.limits import (
     MAX_SCENARIO_DOCUMENT_LENGTH,
     MAX_SYSTEM_PROMPT_LENGTH,
     NOT_BLANK,
+    SHOWS,
     FreeFormList,
     Id,
     PatternKeys,
@@ -67,7 +68,8 @@ class Request(BaseModel):
 
 class AnalyzeScenarioRequest(Request):
     scenario_document: Annotated[
-        str, StringConstraints(min_length=1, max_length=MAX_SCENARIO_DOCUMENT_LENGTH, pattern=NOT_BLANK), ENCODABLE
+        str, StringConstraints(min_length=1, max_length=MAX_SCENARIO_DOCUMENT_LENGTH, pattern=NOT_BLANK), ENCODABLE,
+        SHOWS,
     ]
 
 
@@ -83,7 +85,7 @@ PERSONAS_PER_REQUEST = 20  # at most, in one generate-personas request
 class GeneratePersonasRequest(Request):
     template_id: Id
     persona_type: Annotated[
-        str, StringConstraints(min_length=1, max_length=PERSONA_TYPE_MAX_LENGTH, pattern=NOT_BLANK), ENCODABLE
+        str, StringConstraints(min_length=1, max_length=PERSONA_TYPE_MAX_LENGTH, pattern=NOT_BLANK), ENCODABLE, SHOWS
     ]
     count: JsonInt = Field(ge=1, le=PERSONAS_PER_REQUEST)
 

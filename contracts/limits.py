@@ -19,6 +19,7 @@ import re
 from typing import Annotated, Any, Union
 
 from pydantic import (
+    AfterValidator,
     BeforeValidator,
     Field,
     GetJsonSchemaHandler,
@@ -74,18 +75,33 @@ result as on any value ("at most 1000 items after validation") and leaves them o
 Schema. (``ENCODABLE`` runs before them either way.)"""
 
 # Some character that shows: not whitespace, a control character or an invisible format character
-# (a zero-width space, a byte order mark, a soft hyphen, a direction mark). Written out, not as
-# \s, whose set differs between Python, JSON Schema's ECMAScript and pydantic's Rust patterns.
-NOT_BLANK = (r"[^\x00-\x20\x7f-\xa0\xad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
-             r"\u2000-\u200f\u2028-\u202f\u205f-\u206f\u3000\u3164\ufe00-\ufe0f\ufeff\uffa0]")
-
-
+# (a zero-width space, a byte order mark, a soft hyphen, a direction mark, a blank braille cell).
+# Written out, not as \s, whose set differs between Python, JSON Schema's ECMAScript and pydantic's
+# Rust patterns; within the first 65,536 code points, which all three write alike.
+NOT_BLANK = (r"[^\x00-\x20\x7f-\xa0\xad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f"
+             r"\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f\u205f-\u206f\u2800\u3000"
+             r"\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb]")
+# Beyond them, what shows nothing as well: format characters, and the tags and variation selectors
+# (U+E0000 to U+E0FFF), which a model reads though no screen shows them. Checked by is_blank, on
+# the server (the JSON Schema's pattern cannot name them in every dialect).
+_UNSEEN_BEYOND = re.compile("[\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+                            "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]")
+BLANK_MEANS = "must contain something that shows, not only whitespace or invisible characters"
 _SHOWS = re.compile(NOT_BLANK)
 
 
 def is_blank(text: str | None) -> bool:
     """Whether ``text`` has nothing that shows (see :data:`NOT_BLANK`)."""
-    return text is None or _SHOWS.search(text) is None
+    return text is None or _SHOWS.search(_UNSEEN_BEYOND.sub("", text)) is None
+
+
+def _shows(value: str) -> str:
+    if is_blank(value):
+        raise ValueError(BLANK_MEANS)
+    return value
+
+
+SHOWS = AfterValidator(_shows)  # with the pattern NOT_BLANK: what it cannot say beyond U+FFFF
 
 Id = Annotated[str, StringConstraints(pattern=TOKEN_PATTERN), Field(description=ID_DESCRIPTION)]
 

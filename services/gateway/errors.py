@@ -17,7 +17,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from starlette.exceptions import HTTPException
 
 from contracts.api import ErrorBody, FieldError
-from contracts.limits import NOT_BLANK, NotStorable, printable
+from contracts.limits import BLANK_MEANS, NOT_BLANK, NotStorable, printable
 from contracts.subjects import TOKEN_PATTERN
 from services.adapters.event_log import UNAVAILABLE, EventTooLarge
 from services.runtime.failures import brief, kind_of
@@ -95,7 +95,7 @@ def _where(error: dict[str, Any]) -> str:
 
 # Pydantic's message for a pattern says the pattern; for ours, say what it means.
 _PATTERN_MEANS = {
-    NOT_BLANK: "must contain something that shows, not only whitespace or invisible characters",
+    NOT_BLANK: BLANK_MEANS,
     TOKEN_PATTERN: "must be an id: 1 to 128 letters, digits, '-' or '_'",
 }
 

@@ -157,7 +157,7 @@ async def admit_first(request: Request, scope: str) -> None:
     """:func:`admit` before the request's body is read (FastAPI reads and validates a body before
     any dependency runs): a request without the key or the scope costs no parsing of what it
     sent, and a tenant's malformed bodies count against its requests per minute as any other."""
-    request.scope[ADMITTED] = await admit(request, await bearer(request), scope)
+    request.scope[ADMITTED] = (scope, await admit(request, await bearer(request), scope))
 
 
 def require(scope: str) -> Any:
@@ -168,7 +168,9 @@ def require(scope: str) -> Any:
     async def authorize(request: Request,
                         credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> Caller:
         admitted = request.scope.get(ADMITTED)
-        return admitted if admitted is not None else await admit(request, credentials, scope)
+        if admitted is not None and admitted[0] == scope:  # admitted for this scope, before the body
+            return admitted[1]
+        return await admit(request, credentials, scope)
 
     authorize.__name__ = f"require_{scope.replace(':', '_')}"
     authorize.scope = scope  # type: ignore[attr-defined]  # found by the route, to admit first

@@ -155,8 +155,9 @@ async def generate_persona_prompt(
         metrics.llm_call_duration.labels(model=provider.model, outcome="ok").observe(time.perf_counter() - started)
         metrics.llm_tokens.labels(model=out.model, direction="prompt").inc(out.usage.prompt_tokens)
         metrics.llm_tokens.labels(model=out.model, direction="completion").inc(out.usage.completion_tokens)
-        if limiter is not None:
-            await limiter.settle(estimate, out.usage.prompt_tokens + out.usage.completion_tokens)
+        used = out.usage.prompt_tokens + out.usage.completion_tokens
+        if limiter is not None and used:  # a server that reports no usage keeps the estimate, not nothing
+            await limiter.settle(estimate, used)
         return PersonaCompleted(
             **caused_by(item),
             job_id=item.job_id,

@@ -56,13 +56,13 @@ class Metrics:
         self.llm_tokens = Counter(
             "promptgen_llm_tokens", "Tokens the LLM reported, by model and direction (prompt: in, completion: out).",
             ["model", "direction"], registry=r)
-        self.llm_retries = Counter(
-            "promptgen_llm_retries", "LLM calls tried again after a transient failure, by error code.",
-            ["error_code"], registry=r)
         self.rate_limit_wait = Histogram(
             "promptgen_llm_rate_limit_wait_seconds", "Time a call waited for its turn under the shared LLM limits.",
             buckets=WAIT_SECONDS, registry=r)
         r = exposed("generator")
+        self.llm_retries = Counter(  # the gateway's calls are not tried again: its client does
+            "promptgen_llm_retries", "LLM calls tried again after a transient failure, by error code.",
+            ["error_code"], registry=r)
         self.personas_finished = Counter(
             "promptgen_personas_finished", "Personas that reached an outcome, by outcome and error code "
             "(error_code is empty for a completed persona).", ["outcome", "error_code"], registry=r)

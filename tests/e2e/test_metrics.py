@@ -79,6 +79,7 @@ async def test_metrics_follow_a_job(llm_system, mock_llm, scenario_document):
     # the gateway's own LLM calls (the template's analysis, the personas' drafts) and their tokens
     assert sample(gateway_text, "promptgen_llm_call_duration_seconds_count", outcome="ok") == 2
     assert sample(gateway_text, "promptgen_llm_tokens_total", direction="prompt") > 0
+    assert "promptgen_llm_retries" not in gateway_text  # its calls are not tried again: the client does
     assert sample(gateway_text, "promptgen_read_fence_reads_total", outcome="fresh") >= 1
     assert sample(gateway_text, "promptgen_read_fence_wait_seconds_count") >= 1
     for text in (gateway_text, generator.decode(), projector.exposition().decode()):

@@ -136,3 +136,10 @@ async def test_a_gateway_call_gives_back_what_it_reserved_beyond_its_answer_and_
     assert sample(text, "promptgen_llm_tokens_total", model="gpt-test-2", direction="prompt") == 600
     assert sample(text, "promptgen_llm_tokens_total", model="gpt-test-2", direction="completion") == 400
     assert sample(text, "promptgen_llm_rate_limit_wait_seconds_count") == 2
+
+    async def no_usage() -> Answer[str]:  # a server that does not say what it used
+        return Answer("template", "gpt-test", TokenUsage())
+
+    start = await limiter.acquire(3000)  # 3 s of the budget, given back only with a real usage
+    await limited(limiter, 2000, no_usage, metrics=metrics, model="gpt-test")  # reserves 2 s more, keeps them
+    assert await limiter.acquire(10) == pytest.approx(start + 3.0 + 2.0)

@@ -202,8 +202,9 @@ async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[],
     metrics.llm_call_duration.labels(model=model, outcome="ok").observe(time.perf_counter() - started)
     metrics.llm_tokens.labels(model=answer.model, direction="prompt").inc(answer.usage.prompt_tokens)
     metrics.llm_tokens.labels(model=answer.model, direction="completion").inc(answer.usage.completion_tokens)
-    if limiter is not None:
-        await limiter.settle(tokens, answer.usage.prompt_tokens + answer.usage.completion_tokens)
+    used = answer.usage.prompt_tokens + answer.usage.completion_tokens
+    if limiter is not None and used:  # a server that reports no usage keeps the estimate, not nothing
+        await limiter.settle(tokens, used)
     return answer
 
 

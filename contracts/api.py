@@ -342,8 +342,13 @@ class ParkedEventList(BaseModel):
     parked: list[ParkedEvent]
 
 
+# The consumers that park events (services.adapters.parked.PARKING_CONSUMERS, with their services)
+ParkingConsumer = Literal["projector", "job-manager", "generator-dispatcher", "generator-workers",
+                          "generator-dead-letters"]
+
+
 class ReapplyRequest(Request):
-    consumer: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z-]*$")
+    consumer: ParkingConsumer
     seqs: list[Annotated[int, Field(ge=1, le=MAX_SAFE_NUMBER)]] | None = Field(  # stream sequences
         None, max_length=10_000, description="None: every event this consumer parked")
 

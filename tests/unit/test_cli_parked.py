@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from typing import get_args
 
+from contracts.api import ParkingConsumer
 from services.adapters.parked import PARKING_CONSUMERS
 from services.cli.parked import reapply_parked
 from services.generator.consumers import DISPATCHER, WORKERS
@@ -25,3 +27,4 @@ def test_an_unknown_consumer_is_refused_with_the_names_before_anything_connects(
 def test_the_consumers_that_park_are_named_as_their_services_name_them_with_the_service_that_runs_each():
     assert PARKING_CONSUMERS == {PROJECTOR: "projector", JOB_MANAGER: "projector", DISPATCHER: "generator",
                                  WORKERS: "generator", DEAD_LETTERS: "generator"}
+    assert get_args(ParkingConsumer) == tuple(PARKING_CONSUMERS)  # what POST /admin/parked/reapply takes

@@ -238,8 +238,9 @@ def replay(
     from services.cli.replay import show_job_history
     from services.runtime.logs import configure_logging
 
+    settings = _settings()  # a configuration error said before any logging is set up
     configure_logging("replay", "warning", stream=sys.stderr)  # stdout is the history itself
-    code = run_tool(show_job_history(_settings(), job_id, as_json=as_json))
+    code = run_tool(show_job_history(settings, job_id, as_json=as_json))
     raise typer.Exit(code)
 
 
@@ -273,8 +274,9 @@ def rebuild() -> None:
     from services.cli.rebuild import run_rebuild
     from services.runtime.logs import configure_logging
 
+    settings = _settings()
     configure_logging("rebuild", "warning", stream=sys.stderr)
-    raise typer.Exit(run_tool(run_rebuild(_settings())))
+    raise typer.Exit(run_tool(run_rebuild(settings)))
 
 
 @app.command()
@@ -325,8 +327,9 @@ def parked_list(
     from services.cli.parked import list_parked
     from services.runtime.logs import configure_logging
 
+    settings = _settings()
     configure_logging("parked", "warning", stream=sys.stderr)
-    raise typer.Exit(run_tool(list_parked(_settings(), consumer, as_json=as_json)))
+    raise typer.Exit(run_tool(list_parked(settings, consumer, as_json=as_json)))
 
 
 @parked_app.command("reapply")
@@ -339,8 +342,9 @@ def parked_reapply(
     from services.cli.parked import reapply_parked
     from services.runtime.logs import configure_logging
 
+    settings = _settings()
     configure_logging("parked", "warning", stream=sys.stderr)
-    raise typer.Exit(run_tool(reapply_parked(_settings(), consumer, seqs or None)))
+    raise typer.Exit(run_tool(reapply_parked(settings, consumer, seqs or None)))
 
 
 keys_app = typer.Typer(no_args_is_help=True,

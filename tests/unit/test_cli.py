@@ -135,6 +135,11 @@ def test_up_refuses_more_gateways_than_the_machine_can_use_before_starting_anyth
                                      ["parked", "reapply", "projector"]])
 def test_every_operator_tool_says_a_configuration_error_in_one_line(command):
     """They built their settings themselves, so a bad variable was a 43-line traceback."""
+    import structlog
+
+    before = structlog.get_config()
     result = CliRunner().invoke(app, command, env={"NATS_USER": "alone"})  # a user without a password
     assert result.exit_code == 2, (result.output, result.exception)
     assert result.output.startswith("promptgen: configuration error:") and "Traceback" not in result.output
+    # said before any logging is set up (to the runner's stream, closed after it: later tests' logs)
+    assert structlog.get_config() == before

@@ -353,12 +353,17 @@ class NoEventLog(LookupError):
     another stream name."""
 
 
+def nats_seeds(url: str) -> list[str]:
+    """The servers ``NATS_URL`` names: it may list several seeds, separated by commas."""
+    return [seed.strip() for seed in url.split(",") if seed.strip()]
+
+
 async def nats_refused(nats_url: str) -> str | None:
     """Why no server of ``nats_url`` takes a connection at all (refused, no such host), if none
     does: asked once a connection failed, whose error (a time-out: nats-py, told not to
     reconnect, still tries until then) says less."""
     reasons = []
-    for server in (u.strip() for u in nats_url.split(",") if u.strip()):
+    for server in nats_seeds(nats_url):
         url = urllib.parse.urlsplit(server if "://" in server else f"nats://{server}")
         try:
             _, writer = await asyncio.wait_for(asyncio.open_connection(url.hostname, url.port or 4222), 2)
@@ -469,7 +474,7 @@ async def connect_nats(
         if (fields := errors.due()) is not None:
             log.warning("nats_error", error=str(exc), servers=shown, **fields)
 
-    servers = [seed.strip() for seed in url.split(",") if seed.strip()]  # NATS_URL may list several seeds
+    servers = nats_seeds(url)
     shown = [redact(server) for server in servers]
 
     async def _connect() -> NATS:

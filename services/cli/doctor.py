@@ -17,6 +17,7 @@ from services.adapters.event_log import (
     LogState,
     NatsAccess,
     nats_refused,
+    nats_seeds,
     version_short_of,
 )
 from services.adapters.llm.base import LLMError
@@ -47,7 +48,7 @@ async def _quiet(exc: Exception) -> None:
 
 async def _nats(settings: Settings):
     return await asyncio.wait_for(nats.connect(
-        servers=[u.strip() for u in settings.nats_url.split(",") if u.strip()], connect_timeout=2,
+        servers=nats_seeds(settings.nats_url), connect_timeout=2,
         max_reconnect_attempts=0, allow_reconnect=False, error_cb=_quiet,
         **NatsAccess.from_settings(settings).options()), timeout=5)
 

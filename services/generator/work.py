@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,8 +19,8 @@ from contracts.events import (
     caused_by,
 )
 from services.adapters.event_log import Precluded
-from services.adapters.llm.base import LLMError, Provider
-from services.adapters.llm.limits import estimated_tokens
+from services.adapters.llm.base import GeneratedText, LLMError, Provider
+from services.adapters.llm.limits import Limiter, estimated_tokens, limited
 from services.generator.prompt_generators import generate_for_mode
 from services.runtime import tracing
 from services.runtime.metrics import Metrics
@@ -91,12 +90,6 @@ async def store_outcome(event_log: EventLogPort, outcome: PersonaCompleted | Per
     return True
 
 
-class Limiter(Protocol):
-    async def acquire(self, tokens: int) -> float: ...
-    async def settle(self, estimated: int, actual: int) -> None: ...
-    async def back_off(self, seconds: float) -> None: ...
-
-
 def estimate_tokens(item: PersonaPromptRequested, expected_completion: int) -> int:
     """The template and the persona, plus the instructions around them (about 1,200 characters)."""
     chars = len(item.template_data.model_dump_json()) + len(item.persona.model_dump_json()) + 1200
@@ -120,44 +113,36 @@ async def generate_persona_prompt(
     estimate = estimate_tokens(item, expected_completion_tokens)
     metrics = metrics or Metrics()  # counted nowhere when no one reads them
     for attempt in range(1, max_attempts + 1):
-        if limiter is not None:
-            metrics.rate_limit_wait.observe(await limiter.acquire(estimate))
-        started = time.perf_counter()
-        try:
+
+        async def call(attempt: int = attempt) -> GeneratedText:
             # One span per call: which model, how it ended, the tokens; never the prompt's text.
             with tracing.span("llm call", kind=tracing.SpanKind.CLIENT, **{
                 "gen_ai.system": provider.name, "gen_ai.request.model": provider.model,
                 "promptgen.job_id": item.job_id, "promptgen.persona_id": item.persona_id,
                 "promptgen.mode": item.mode, "promptgen.attempt": attempt,
-            }) as call:
+            }) as span:
                 try:
                     out = await generate_for_mode(provider, item.template_data, item.persona, item.mode)
                 except LLMError as exc:
-                    call.set_attributes({"promptgen.outcome": "error", "error.type": exc.code})
+                    span.set_attributes({"promptgen.outcome": "error", "error.type": exc.code})
                     raise
-                if call.is_recording():
-                    call.set_attributes({"promptgen.outcome": "ok", "gen_ai.response.model": out.model,
+                if span.is_recording():
+                    span.set_attributes({"promptgen.outcome": "ok", "gen_ai.response.model": out.model,
                                          "gen_ai.usage.input_tokens": out.usage.prompt_tokens,
                                          "gen_ai.usage.output_tokens": out.usage.completion_tokens})
+                return out
+
+        try:  # within the shared caps, counted, its tokens settled, a retry-after shared
+            out = await limited(limiter, estimate, call, metrics=metrics, model=provider.model)
         except LLMError as exc:
-            metrics.llm_call_duration.labels(model=provider.model, outcome="error").observe(
-                time.perf_counter() - started)
             last = exc
             log.warning("llm_call_failed", error_code=exc.code, error=exc.message, attempt=attempt,
                         retryable=exc.retryable)
             if not exc.retryable or attempt == max_attempts:
                 return failed(item, exc, attempt)
             metrics.llm_retries.labels(error_code=exc.code).inc()
-            if exc.retry_after and limiter is not None:
-                await limiter.back_off(exc.retry_after)
             await sleep(max(exc.retry_after or 0.0, backoff(attempt)))
             continue
-        metrics.llm_call_duration.labels(model=provider.model, outcome="ok").observe(time.perf_counter() - started)
-        metrics.llm_tokens.labels(model=out.model, direction="prompt").inc(out.usage.prompt_tokens)
-        metrics.llm_tokens.labels(model=out.model, direction="completion").inc(out.usage.completion_tokens)
-        used = out.usage.prompt_tokens + out.usage.completion_tokens
-        if limiter is not None and used:  # a server that reports no usage keeps the estimate, not nothing
-            await limiter.settle(estimate, used)
         return PersonaCompleted(
             **caused_by(item),
             job_id=item.job_id,

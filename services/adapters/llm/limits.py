@@ -20,12 +20,13 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
+from contracts.domain import TokenUsage
 from services.adapters.compare_and_set import change_entry, read_entry
-from services.adapters.llm.base import Answer, LLMError, approx_tokens
+from services.adapters.llm.base import LLMError, approx_tokens
 from services.adapters.ports import EventLogPort
 from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
@@ -174,7 +175,24 @@ class SharedLimiter:
         log.warning("llm_backoff_shared", seconds=round(seconds, 3))
 
 
-T = TypeVar("T")
+class Limiter(Protocol):
+    """What an LLM call needs of the shared caps (:class:`SharedLimiter`)."""
+
+    async def acquire(self, tokens: int, *, max_wait: float | None = None) -> float: ...
+    async def settle(self, estimated: int, actual: int) -> None: ...
+    async def back_off(self, seconds: float) -> None: ...
+
+
+class Costed(Protocol):
+    """An LLM call's answer: who gave it and what it took (``Answer``, ``GeneratedText``)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def usage(self) -> TokenUsage: ...
+
+
+C = TypeVar("C", bound=Costed)
 
 
 def estimated_tokens(prompt_chars: int, expected_completion: int) -> int:
@@ -182,13 +200,14 @@ def estimated_tokens(prompt_chars: int, expected_completion: int) -> int:
     return approx_tokens(prompt_chars) + expected_completion
 
 
-async def limited(limiter: SharedLimiter | None, tokens: int, call: Callable[[], Awaitable[Answer[T]]], *,
-                  metrics: Metrics, model: str, max_wait: float | None = None) -> Answer[T]:
+async def limited(limiter: Limiter | None, tokens: int, call: Callable[[], Awaitable[C]], *,
+                  metrics: Metrics, model: str, max_wait: float | None = None) -> C:
     """One LLM call within the shared caps: it waits for its turn (or, a turn further off than
     ``max_wait``, raises :class:`NoTurnSoon`, which holds nobody else back), a 429 with a
     retry-after holds every caller in every process until then, and the ``tokens`` it reserved
-    are corrected to what the answer took. Counted in ``metrics`` as the generator's calls are
-    (``model``: the one asked for, which labels a failed call)."""
+    are corrected to what the answer took (kept when it reports none). Counted in ``metrics``
+    (``model``: the one asked for, which labels a failed call). The gateway's calls, and each
+    attempt of the generator's."""
     if limiter is not None:
         metrics.rate_limit_wait.observe(await limiter.acquire(tokens, max_wait=max_wait))
     started = time.perf_counter()

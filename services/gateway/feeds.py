@@ -9,6 +9,11 @@ decode per event, not a thousand. An event no client here can be shown (of a job
 without watchers on this gateway, or a work item) is passed over by its subject,
 undecoded.
 
+A client that has caught up with its job is written to by the feed itself (a :class:`Tap`):
+each batch of the log is written to all such clients of a job in one pass, the bytes framed
+once, instead of waking a task per client to do it. A client that falls behind (its connection's
+buffer full) goes back to its own task, which waits for it, and is tapped again once caught up.
+
 No event is missed: a channel registers for live events *before* it loads the
 job's history, and merges the two by stream sequence.
 
@@ -26,9 +31,10 @@ is logged and started again from where it was.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -43,6 +49,29 @@ from services.runtime.lifecycle import cancel_and_wait
 log = structlog.get_logger()
 
 Delivery = tuple[StoredEvent, list[dict[str, str]], bytes]  # an event, its SSE items, their wire bytes
+
+
+class Tap(Protocol):
+    """A client's stream as its job's feed writes to it directly, once it has caught up."""
+
+    def takes_all_after(self, seq: int) -> bool:
+        """Whether every message of every event after ``seq`` is for this client (none seen before)."""
+
+    def writable(self) -> bool:
+        """Whether a write would go out now (the client is there and not behind)."""
+
+    def send(self, body: bytes, events: Sequence[StoredEvent], messages: int) -> bool:
+        """Writes ``body`` (the wire bytes of ``events``, ``messages`` SSE messages), if it can go out now."""
+
+    def ping(self) -> None:
+        """A keep-alive comment, if it can go out now."""
+
+
+@dataclass(eq=False)
+class _Tapped:
+    tap: Tap
+    cursor: int  # the events written to it so far
+    back: asyncio.Future[None]  # done when its own task takes over again
 
 
 @dataclass
@@ -60,6 +89,7 @@ class JobChannel:
     watchers: int = 0
     beats: int = 0  # keep-alive beats so far: a watcher woken by one with nothing new sends a comment
     broken: bool = False  # one of the job's live events could not be decoded: its streams end
+    tapped: dict[_Tapped, None] = field(default_factory=dict)  # caught-up clients the feed writes to (in order)
 
     @property
     def last_seq(self) -> int:
@@ -71,21 +101,76 @@ class JobChannel:
         self.rendered.append(items)
         self.wire.append(encode(items))
 
-    async def add(self, stored: StoredEvent) -> None:
+    async def add(self, stored: StoredEvent) -> bool:
+        """Whether it is new here: then :meth:`flush` writes it to the tapped clients."""
         if not self.loaded:
             self.early.append(stored)
-            return
+            return False
         if stored.seq > self.last_seq:
             self.append(stored)
             self._wake()
+            return True
+        return False
 
     async def break_off(self) -> None:
         self.broken = True
         self._wake()
+        self._hand_back(list(self.tapped))
 
     def beat(self) -> None:
         self.beats += 1
         self._wake()
+        for tapped in self.tapped:
+            try:
+                tapped.tap.ping()
+            except Exception:  # a ping is not owed: the next one, or the next write, finds out
+                log.exception("sse_ping_failed", job_id=self.job_id)
+
+    def flush(self) -> None:
+        """Writes the events that came since the last flush to every tapped client, up to the
+        job's end and no further; the bytes of a range are joined once for all of them. A
+        client that cannot take them now, and every client once the end is written, goes back
+        to its own task."""
+        end = len(self.events)
+        # cursor -> (upto, the events, their bytes, their messages)
+        ranges: dict[int, tuple[int, list[StoredEvent], bytes, int]] = {}
+        back = []
+        for tapped in self.tapped:
+            cursor = tapped.cursor
+            if cursor >= end:
+                continue
+            if cursor not in ranges:
+                upto = next((i + 1 for i in range(cursor, end) if isinstance(self.events[i].event, JobFinished)), end)
+                ranges[cursor] = (upto, self.events[cursor:upto], b"".join(self.wire[cursor:upto]),
+                                  sum(len(items) for items in self.rendered[cursor:upto]))
+            upto, events, body, messages = ranges[cursor]
+            try:
+                sent = tapped.tap.send(body, events, messages)
+            except Exception:  # its own task writes it, and says what fails
+                log.exception("sse_direct_write_failed", job_id=self.job_id)
+                sent = False
+            if sent:
+                tapped.cursor = upto
+            if not sent or isinstance(self.events[upto - 1].event, JobFinished):
+                back.append(tapped)
+        self._hand_back(back)
+
+    async def tap(self, tap: Tap, cursor: int) -> int:
+        """Writes to ``tap`` from ``cursor`` on, in :meth:`flush`, until it goes back to its
+        task: the events written to it by then."""
+        tapped = _Tapped(tap, cursor, asyncio.get_running_loop().create_future())
+        self.tapped[tapped] = None
+        try:
+            await tapped.back
+        finally:
+            self.tapped.pop(tapped, None)
+        return tapped.cursor
+
+    def _hand_back(self, back: list[_Tapped]) -> None:
+        for tapped in back:
+            self.tapped.pop(tapped, None)
+            if not tapped.back.done():
+                tapped.back.set_result(None)
 
     def _wake(self) -> None:
         self.changed.set()  # every watcher waiting on it is runnable on the loop's next turn
@@ -160,34 +245,40 @@ class JobFeeds:
         async with aclosing(self.log.follow_batches(subjects.ALL, self._position + 1,
                                                     wanted=self._shown)) as batches:
             async for batch in batches:
+                grown: dict[str, JobChannel] = {}
                 for stored in batch:
                     try:
-                        await self._deliver(stored)
+                        channel = await self._deliver(stored)
+                        if channel is not None:
+                            grown[channel.job_id] = channel
                     except Exception:
                         log.exception("job_feed_message_failed", subject=stored.subject, seq=stored.seq)
                     self._position = max(self._position, stored.seq)
+                for channel in grown.values():  # the batch at once: one write per tapped client
+                    channel.flush()
 
-    async def _deliver(self, stored: StoredEvent) -> None:
+    async def _deliver(self, stored: StoredEvent) -> JobChannel | None:
+        """The job's channel, when the event is new to it."""
         job_id = subjects.job_id_of(stored.subject)
         channel = self.channels.get(job_id) if job_id else None
         if channel is None:
-            return
+            return None
         if stored.event is None and isinstance(stored.error, UnknownEvent):
             # A newer producer's event: nothing this version can show, and nothing missing.
             log.warning("job_feed_event_unknown", job_id=job_id, subject=stored.subject, seq=stored.seq,
                         error=str(stored.error))
-            return
+            return None
         error: Exception | None = stored.error
         if error is None:
             try:
-                await channel.add(stored)
-                return
+                return channel if await channel.add(stored) else None
             except Exception as exc:  # noqa: BLE001 - not rendered: its watchers would miss it
                 error = exc
         # Its watchers stop here, and a reconnect reads the job from the log again.
         log.error("job_feed_event_unreadable", job_id=job_id, subject=stored.subject, seq=stored.seq,
                   error=str(error)[:500])
         await self._end_streams(channel)
+        return None
 
     async def _end_streams(self, channel: JobChannel) -> None:
         if self.channels.get(channel.job_id) is channel:
@@ -224,12 +315,15 @@ class JobFeeds:
         return first if isinstance(first.event, JobRequested) else None
 
     async def watch(
-        self, job_id: str, start_seq: int
+        self, job_id: str, start_seq: int, *, tap: Tap | None = None
     ) -> AsyncIterator[list[Delivery]]:
         """The job's events from its start, then live, up to its end or until the caller stops
         (or one of its events cannot be read, or the server shuts down): each time, everything
         that has arrived since the last (stored event, items, wire bytes); an empty list when
-        a keep-alive beat came and nothing else."""
+        a keep-alive beat came and nothing else.
+
+        With a ``tap``, whenever the caller has caught up (and takes every message from there
+        on), the feed writes the events to it itself; what it could not write comes here."""
         channel = self.channels.get(job_id)
         if channel is None:
             channel = self.channels[job_id] = JobChannel(job_id)
@@ -256,6 +350,12 @@ class JobFeeds:
                 if channel.broken:
                     return
                 if cursor == len(channel.events) and beats == channel.beats and not channel.broken:
+                    if tap is not None and tap.takes_all_after(channel.last_seq) and tap.writable():
+                        cursor = await channel.tap(tap, cursor)
+                        beats = channel.beats  # its beats were pinged
+                        if cursor and isinstance(channel.events[cursor - 1].event, JobFinished):
+                            return
+                        continue
                     await channel.changed.wait()
         finally:
             channel.watchers -= 1

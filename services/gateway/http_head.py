@@ -5,19 +5,60 @@ uvicorn's httptools protocol, which the gateway runs on, takes a head of any siz
 100 MB were read into memory and answered. Here the bytes of a head are counted as they come;
 one past ``max_head_bytes`` before the head ends is answered ``431`` and the connection closed,
 so at most the limit plus one read of the socket is ever held for it. Behind a proxy that
-bounds headers itself (HAProxy, nginx) this bound is never reached."""
+bounds headers itself (HAProxy, nginx) this bound is never reached.
+
+The same protocol gives each request a :class:`DirectBody` (an ASGI extension): how the live
+feed writes a caught-up SSE stream's messages to its connection itself."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from contracts.api import ErrorBody
 
 log = structlog.get_logger()
+
+
+DIRECT_BODY = "promptgen.direct_body"  # the ASGI extension (``scope["extensions"]``) holding a DirectBody
+
+
+class DirectBody:
+    """Writes a streamed response's body to its connection at once, past the ASGI ``send``
+    chain: for an SSE stream's messages written by its job's feed itself, a thousand clients
+    in one pass of the event loop instead of a thousand tasks each woken to ``send``.
+
+    Only while a write could go out now (:meth:`write` says whether it did): the response's
+    head is out, its body is chunked and not ended, the client is there and not behind (the
+    connection's buffer is under its high-water mark). Otherwise the caller writes through
+    ``send``, which waits for the client."""
+
+    __slots__ = ("_cycle",)
+
+    def __init__(self, cycle: RequestResponseCycle) -> None:
+        self._cycle = cycle
+
+    def writable(self) -> bool:
+        cycle = self._cycle
+        return (cycle.response_started and cycle.chunked_encoding is True and not cycle.response_complete
+                and not cycle.disconnected and not cycle.flow.write_paused and not cycle.transport.is_closing())
+
+    def write(self, body: bytes) -> bool:
+        """Writes ``body`` as one chunk of the response, if it can go out now."""
+        if not body or not self.writable():
+            return False
+        self._cycle.transport.write(b"%x\r\n%b\r\n" % (len(body), body))
+        return True
+
+
+def direct_body(scope: Mapping[str, Any]) -> DirectBody | None:
+    """The request's :class:`DirectBody`, when its server gives one (uvicorn with :class:`BoundedHead`)."""
+    writer = scope.get("extensions", {}).get(DIRECT_BODY)
+    return writer if isinstance(writer, DirectBody) else None
 
 
 class BoundedHead(HttpToolsProtocol):
@@ -81,6 +122,9 @@ class BoundedHead(HttpToolsProtocol):
             self._refuse()  # before the app sees the request
             return
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:  # this request's (not an upgrade's)
+            self.scope.setdefault("extensions", {})[DIRECT_BODY] = DirectBody(cycle)
 
     def on_chunk_header(self) -> None:
         # The bytes after a chunk's size line are counted as a head's until its data comes: after

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 
+from opentelemetry.trace import Span
 from sse_starlette.sse import AppStatus
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from contracts.events import JobFinished
+from services.adapters.event_log import StoredEvent
 from services.gateway.capacity import Slot
 from services.gateway.feeds import JobFeeds
+from services.gateway.http_head import DirectBody
 from services.gateway.sse_messages import Position, encode, unseen
 from services.runtime import tracing
 from services.runtime.metrics import Metrics
@@ -25,6 +28,38 @@ def server_exiting() -> bool:
     return AppStatus.should_exit
 
 
+class StreamTap:
+    """A stream as its job's feed writes to it once it has caught up (:class:`.feeds.Tap`):
+    straight to the connection (:class:`.http_head.DirectBody`), counted and traced as the
+    stream's own writes are."""
+
+    __slots__ = ("_body", "_after", "_metrics", "_request")
+
+    def __init__(self, body: DirectBody, *, after: Position | None, metrics: Metrics | None,
+                 request: Span) -> None:
+        self._body = body
+        self._after = after
+        self._metrics = metrics
+        self._request = request
+
+    def takes_all_after(self, seq: int) -> bool:
+        return self._after is None or self._after.seq <= seq
+
+    def writable(self) -> bool:
+        return self._body.writable()
+
+    def send(self, body: bytes, events: Sequence[StoredEvent], messages: int) -> bool:
+        if not self._body.write(body):
+            return False
+        if self._metrics is not None:
+            self._metrics.sse_messages.inc(messages)
+        tracing.end_spans(tracing.event_spans("sse deliver", events, links=[self._request]))
+        return True
+
+    def ping(self) -> None:
+        self._body.write(PING)
+
+
 async def stream_job_events(
     feeds: JobFeeds,
     job_id: str,
@@ -33,19 +68,22 @@ async def stream_job_events(
     after: Position | None,
     retry_ms: int = 0,
     metrics: Metrics | None = None,
+    direct: DirectBody | None = None,
 ) -> AsyncIterator[bytes]:
     """A job's SSE messages from its start (or after ``after``), live, ending after its results.
 
     Whatever is ready is sent in one write, the job's end as soon as the log has it: a read
     right after ``results`` waits for the projector itself (:mod:`.freshness`). ``retry_ms``
     (when set) goes first: how soon a browser reconnects, with ``Last-Event-ID``, if the
-    stream drops."""
+    stream drops. With ``direct`` (the server's writer of this response's body), the feed
+    writes the live messages itself whenever the client has caught up."""
     if retry_ms:
         yield f"retry: {retry_ms}\n\n".encode()
     # Each delivered event is traced in the job's trace (a child of its publish), linked to the
     # request that holds this stream, which is in the client's trace, not the job's.
     stream_request = tracing.current_span()
-    async with aclosing(feeds.watch(job_id, start_seq)) as batches:
+    tap = StreamTap(direct, after=after, metrics=metrics, request=stream_request) if direct is not None else None
+    async with aclosing(feeds.watch(job_id, start_seq, tap=tap)) as batches:
         async for batch in batches:
             if not batch:  # a keep-alive beat, nothing new
                 yield PING

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pymongo.errors import ConnectionFailure
 from sse_starlette import EventSourceResponse
 
@@ -42,6 +42,7 @@ from services.gateway.deps import (
 from services.gateway.errors import ApiError, job_not_found, responses
 from services.gateway.freshness import ReadFence
 from services.gateway.history import MAX_SEQ, job_history_page
+from services.gateway.http_head import direct_body
 from services.gateway.jobs import (
     NOT_CONFIRMED,
     build_job,
@@ -194,6 +195,7 @@ async def prompt_generation_status(
     feeds: FeedsDep,
     capacity: CapacityDep,
     metrics: MetricsDep,
+    request: Request,
     last_event_id: str | None = Query(None, description="Resume after this message id"),
     last_event_id_header: str | None = Header(None, alias="Last-Event-ID"),
 ):
@@ -213,7 +215,7 @@ async def prompt_generation_status(
             return Response(status_code=204)
     return HeldEventStream(
         stream_job_events(feeds, job_id, start_seq=requested_seq, after=after,
-                          retry_ms=settings.sse_retry_ms, metrics=metrics),
+                          retry_ms=settings.sse_retry_ms, metrics=metrics, direct=direct_body(request.scope)),
         slot=capacity.sse_streams.take(caller.tenant),
         metrics=metrics,  # the last thing before the response: it gives the slot back
         headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},

@@ -115,7 +115,7 @@ class JobChannel:
     async def break_off(self) -> None:
         self.broken = True
         self._wake()
-        self._hand_back(list(self.tapped))
+        self.untap()
 
     def beat(self) -> None:
         self.beats += 1
@@ -165,6 +165,10 @@ class JobChannel:
         finally:
             self.tapped.pop(tapped, None)
         return tapped.cursor
+
+    def untap(self) -> None:
+        """Every tapped client back to its own task."""
+        self._hand_back(list(self.tapped))
 
     def _hand_back(self, back: list[_Tapped]) -> None:
         for tapped in back:
@@ -255,7 +259,11 @@ class JobFeeds:
                         log.exception("job_feed_message_failed", subject=stored.subject, seq=stored.seq)
                     self._position = max(self._position, stored.seq)
                 for channel in grown.values():  # the batch at once: one write per tapped client
-                    channel.flush()
+                    try:
+                        channel.flush()
+                    except Exception:  # its clients' own tasks write what came, and wait for them
+                        log.exception("job_feed_flush_failed", job_id=channel.job_id)
+                        channel.untap()
 
     async def _deliver(self, stored: StoredEvent) -> JobChannel | None:
         """The job's channel, when the event is new to it."""

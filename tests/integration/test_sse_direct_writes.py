@@ -201,3 +201,35 @@ async def test_a_client_that_stops_reading_goes_back_to_its_task_and_the_gateway
     assert seqs == sorted(seqs) and len(set(ids)) == len(ids)
     assert bytes(received).count(b'"type":"persona_progress"') == personas
     assert bytes(received).count(b'"type":"results"') == 1
+
+
+async def test_a_flush_that_fails_gives_its_clients_back_to_their_tasks(event_log):
+    """A bug in writing a batch to the tapped clients loses them nothing: their own tasks get
+    what came, and the feed goes on."""
+    from structlog.testing import capture_logs
+
+    from services.gateway.feeds import JobFeeds
+
+    await _requested(event_log, "j", personas=2)
+    feeds = JobFeeds(event_log)
+    await feeds.start()
+    tap = _Tap()
+    try:
+        async with aclosing(feeds.watch("j", 1, tap=tap)) as watcher:
+            await asyncio.wait_for(anext(watcher), 20)  # the history, from its task
+            from_task = asyncio.create_task(anext(watcher))
+            channel = feeds.channels["j"]
+            await eventually(_async(lambda: len(channel.tapped) == 1), what="the watcher tapped")
+
+            def fails() -> None:
+                raise RuntimeError("a bug")
+
+            channel.flush = fails  # type: ignore[method-assign]
+            with capture_logs() as logs:
+                await event_log.publish(_failed("j", 0))
+                batch = await asyncio.wait_for(from_task, 20)
+            assert [stored.event.type for stored, _, _ in batch] == ["persona.failed"]
+            assert not tap.bodies and feeds.alive
+            assert any(e["event"] == "job_feed_flush_failed" for e in logs)
+    finally:
+        await feeds.close()

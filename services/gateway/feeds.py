@@ -67,6 +67,17 @@ class Tap(Protocol):
         """A keep-alive comment, if it can go out now."""
 
 
+PIECE_BYTES = 64 * 1024  # the most the feed writes to a client at once (one event may be more)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    upto: int  # the events before this index are written with it
+    events: list[StoredEvent]
+    body: bytes
+    messages: int
+
+
 @dataclass(eq=False)
 class _Tapped:
     tap: Tap
@@ -128,32 +139,46 @@ class JobChannel:
 
     def flush(self) -> None:
         """Writes the events that came since the last flush to every tapped client, up to the
-        job's end and no further; the bytes of a range are joined once for all of them. A
-        client that cannot take them now, and every client once the end is written, goes back
-        to its own task."""
+        job's end and no further, in pieces of at most :data:`PIECE_BYTES` (one event at least)
+        joined once for all of them, each while the client's connection takes it. A client that
+        cannot take them all now, and every client once the end is written, goes back to its
+        own task: a client that stops reading is held at most one piece past its buffer."""
         end = len(self.events)
-        # cursor -> (upto, the events, their bytes, their messages)
-        ranges: dict[int, tuple[int, list[StoredEvent], bytes, int]] = {}
+        pieces_from: dict[int, list[_Piece]] = {}  # by cursor: the same pieces for every client there
         back = []
         for tapped in self.tapped:
             cursor = tapped.cursor
             if cursor >= end:
                 continue
-            if cursor not in ranges:
-                upto = next((i + 1 for i in range(cursor, end) if isinstance(self.events[i].event, JobFinished)), end)
-                ranges[cursor] = (upto, self.events[cursor:upto], b"".join(self.wire[cursor:upto]),
-                                  sum(len(items) for items in self.rendered[cursor:upto]))
-            upto, events, body, messages = ranges[cursor]
-            try:
-                sent = tapped.tap.send(body, events, messages)
-            except Exception:  # its own task writes it, and says what fails
-                log.exception("sse_direct_write_failed", job_id=self.job_id)
-                sent = False
-            if sent:
-                tapped.cursor = upto
-            if not sent or isinstance(self.events[upto - 1].event, JobFinished):
+            pieces = pieces_from.get(cursor)
+            if pieces is None:
+                pieces = pieces_from[cursor] = self._pieces(cursor, end)
+            for piece in pieces:
+                try:
+                    sent = tapped.tap.send(piece.body, piece.events, piece.messages)
+                except Exception:  # its own task writes it, and says what fails
+                    log.exception("sse_direct_write_failed", job_id=self.job_id)
+                    sent = False
+                if not sent:
+                    break
+                tapped.cursor = piece.upto
+            if tapped.cursor < pieces[-1].upto or isinstance(self.events[tapped.cursor - 1].event, JobFinished):
                 back.append(tapped)
         self._hand_back(back)
+
+    def _pieces(self, cursor: int, end: int) -> list[_Piece]:
+        pieces: list[_Piece] = []
+        start, size = cursor, 0
+        for i in range(cursor, end):
+            size += len(self.wire[i])
+            finished = isinstance(self.events[i].event, JobFinished)
+            if size >= PIECE_BYTES or finished or i == end - 1:
+                pieces.append(_Piece(i + 1, self.events[start:i + 1], b"".join(self.wire[start:i + 1]),
+                                     sum(len(items) for items in self.rendered[start:i + 1])))
+                start, size = i + 1, 0
+            if finished:  # nothing after a job's end goes to its streams
+                break
+        return pieces
 
     async def tap(self, tap: Tap, cursor: int) -> int:
         """Writes to ``tap`` from ``cursor`` on, in :meth:`flush`, until it goes back to its

@@ -35,7 +35,8 @@ class DirectBody:
     Only while a write could go out now (:meth:`write` says whether it did): the response's
     head is out, its body is chunked and not ended, the client is there and not behind (the
     connection's buffer is under its high-water mark). Otherwise the caller writes through
-    ``send``, which waits for the client."""
+    ``send``, which waits for the client. The bytes pass no middleware: a middleware that
+    changes a streamed body (compression) would need the stream to go through ``send``."""
 
     __slots__ = ("_cycle",)
 

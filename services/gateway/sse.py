@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 
+import structlog
 from opentelemetry.trace import Span
 from sse_starlette.sse import AppStatus
 from starlette.responses import StreamingResponse
@@ -14,11 +15,13 @@ from starlette.types import Receive, Scope, Send
 from contracts.events import JobFinished
 from services.adapters.event_log import StoredEvent
 from services.gateway.capacity import Slot
-from services.gateway.feeds import JobFeeds
+from services.gateway.feeds import PIECE_BYTES, JobFeeds
 from services.gateway.http_head import DirectBody
 from services.gateway.sse_messages import Position, encode, unseen
 from services.runtime import tracing
 from services.runtime.metrics import Metrics
+
+log = structlog.get_logger()
 
 PING = b": ping\n\n"  # a comment: keeps proxies from closing an idle stream; EventSource ignores it
 
@@ -51,9 +54,12 @@ class StreamTap:
     def send(self, body: bytes, events: Sequence[StoredEvent], messages: int) -> bool:
         if not self._body.write(body):
             return False
-        if self._metrics is not None:
-            self._metrics.sse_messages.inc(messages)
-        tracing.end_spans(tracing.event_spans("sse deliver", events, links=[self._request]))
+        try:  # written: whatever fails now must not have it written again
+            if self._metrics is not None:
+                self._metrics.sse_messages.inc(messages)
+            tracing.end_spans(tracing.event_spans("sse deliver", events, links=[self._request]))
+        except Exception:
+            log.exception("sse_delivery_not_recorded")
         return True
 
     def ping(self) -> None:
@@ -88,24 +94,27 @@ async def stream_job_events(
             if not batch:  # a keep-alive beat, nothing new
                 yield PING
                 continue
+            # Written in pieces of at most PIECE_BYTES (one event at least): each waits until the
+            # client has taken what came before, so a slow client is held one piece at a time.
             chunk: list[bytes] = []
-            sent = 0
+            size = sent = 0
             delivered = []
-            for stored, items, wire in batch:
+            for n, (stored, items, wire) in enumerate(batch, 1):
                 todo = unseen(stored.seq, items, after)
-                if not todo:
-                    continue
-                chunk.append(wire if len(todo) == len(items) else encode(todo))
-                sent += len(todo)
-                delivered.append(stored)
-            if chunk:
-                spans = tracing.event_spans("sse deliver", delivered, links=[stream_request])
-                try:
-                    yield b"".join(chunk)  # back here once the chunk is written (or the client left)
-                finally:
-                    tracing.end_spans(spans)
-                if metrics is not None:
-                    metrics.sse_messages.inc(sent)
+                if todo:
+                    chunk.append(wire if len(todo) == len(items) else encode(todo))
+                    size += len(chunk[-1])
+                    sent += len(todo)
+                    delivered.append(stored)
+                if chunk and (size >= PIECE_BYTES or n == len(batch)):
+                    spans = tracing.event_spans("sse deliver", delivered, links=[stream_request])
+                    try:
+                        yield b"".join(chunk)  # back here once it is written (or the client left)
+                    finally:
+                        tracing.end_spans(spans)
+                    if metrics is not None:
+                        metrics.sse_messages.inc(sent)
+                    chunk, size, sent, delivered = [], 0, 0, []
             if isinstance(batch[-1][0].event, JobFinished):
                 return
 

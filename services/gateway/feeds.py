@@ -10,7 +10,7 @@ without watchers on this gateway, or a work item) is passed over by its subject,
 undecoded.
 
 A client that has caught up with its job is written to by the feed itself (a :class:`Tap`):
-each batch of the log is written to all such clients of a job in one pass, the bytes framed
+each batch of the log is written to all such clients of a job in one pass, the bytes joined
 once, instead of waking a task per client to do it. A client that falls behind (its connection's
 buffer full) goes back to its own task, which waits for it, and is tapped again once caught up.
 
@@ -162,23 +162,30 @@ class JobChannel:
                 if not sent:
                     break
                 tapped.cursor = piece.upto
-            if tapped.cursor < pieces[-1].upto or isinstance(self.events[tapped.cursor - 1].event, JobFinished):
+            if tapped.cursor < pieces[-1].upto or self.ended_before(tapped.cursor):
                 back.append(tapped)
         self._hand_back(back)
 
     def _pieces(self, cursor: int, end: int) -> list[_Piece]:
         pieces: list[_Piece] = []
-        start, size = cursor, 0
-        for i in range(cursor, end):
+        start, size, upto = cursor, 0, self.through_end(cursor, end)
+        for i in range(cursor, upto):
             size += len(self.wire[i])
-            finished = isinstance(self.events[i].event, JobFinished)
-            if size >= PIECE_BYTES or finished or i == end - 1:
+            if size >= PIECE_BYTES or i == upto - 1:
                 pieces.append(_Piece(i + 1, self.events[start:i + 1], b"".join(self.wire[start:i + 1]),
                                      sum(len(items) for items in self.rendered[start:i + 1])))
                 start, size = i + 1, 0
-            if finished:  # nothing after a job's end goes to its streams
-                break
         return pieces
+
+    def through_end(self, cursor: int, end: int) -> int:
+        """Where a stream at ``cursor`` stops in the events before ``end``: after the job's end,
+        if it is among them, and no further (an event stored after it, a call in flight when the
+        job was cancelled, must not keep the stream open)."""
+        return next((i + 1 for i in range(cursor, end) if isinstance(self.events[i].event, JobFinished)), end)
+
+    def ended_before(self, cursor: int) -> bool:
+        """Whether the event just before ``cursor`` is the job's end: a stream there is done."""
+        return cursor > 0 and isinstance(self.events[cursor - 1].event, JobFinished)
 
     async def tap(self, tap: Tap, cursor: int) -> int:
         """Writes to ``tap`` from ``cursor`` on, in :meth:`flush`, until it goes back to its
@@ -369,13 +376,10 @@ class JobFeeds:
             while True:
                 end = len(channel.events)
                 if cursor < end:
-                    # Up to the job's end, and no further: an event stored after it (a call in
-                    # flight when the job was cancelled) must not keep the stream open.
-                    upto = next((i + 1 for i in range(cursor, end) if isinstance(channel.events[i].event, JobFinished)),
-                                end)
+                    upto = channel.through_end(cursor, end)
                     yield [(channel.events[i], channel.rendered[i], channel.wire[i]) for i in range(cursor, upto)]
                     cursor = upto
-                    if isinstance(channel.events[upto - 1].event, JobFinished):
+                    if channel.ended_before(cursor):
                         return
                 elif beats != channel.beats:
                     yield []
@@ -386,7 +390,7 @@ class JobFeeds:
                     if tap is not None and tap.takes_all_after(channel.last_seq) and tap.writable():
                         cursor = await channel.tap(tap, cursor)
                         beats = channel.beats  # its beats were pinged
-                        if cursor and isinstance(channel.events[cursor - 1].event, JobFinished):
+                        if channel.ended_before(cursor):
                             return
                         continue
                     await channel.changed.wait()

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Sequence
-from contextlib import aclosing
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from contracts.events import JobCompleted, PersonaFailed
 from services.adapters.event_log import StoredEvent
+from services.gateway.feeds import JobChannel, JobFeeds
 from tests.samples import job_requested, results
 from tests.sse_client import read_sse
 from tests.waiting import eventually
@@ -101,49 +103,66 @@ class _Tap:
         self.pings += 1
 
 
-async def test_a_client_the_feed_cannot_write_to_now_gets_the_rest_from_its_task_and_is_tapped_again(event_log):
-    from services.gateway.feeds import JobFeeds
+@dataclass
+class _Watching:
+    feeds: JobFeeds
+    channel: JobChannel
+    tap: _Tap
+    watcher: AsyncIterator
+    history: list  # the first batch, from the watcher's own task
+    from_task: asyncio.Task  # its next batch from its task, once the feed gives it back
 
-    await _requested(event_log, "j", personas=3)
+
+@asynccontextmanager
+async def _tapped_watcher(event_log, job_id: str, personas: int) -> AsyncIterator[_Watching]:
+    """A feed of its own, and a watcher of a job of ``personas`` with a :class:`_Tap`, past the
+    job's history and tapped."""
+    await _requested(event_log, job_id, personas=personas)
     feeds = JobFeeds(event_log)
     await feeds.start()
     tap = _Tap()
     try:
-        async with aclosing(feeds.watch("j", 1, tap=tap)) as watcher:
+        async with aclosing(feeds.watch(job_id, 1, tap=tap)) as watcher:
             history = await asyncio.wait_for(anext(watcher), 20)  # from its task: not caught up yet
-            assert [stored.event.type for stored, _, _ in history] == ["job.requested"]
             from_task = asyncio.create_task(anext(watcher))
-            channel = feeds.channels["j"]
+            channel = feeds.channels[job_id]
             await eventually(_async(lambda: len(channel.tapped) == 1), what="the watcher tapped")
-
-            await event_log.publish(_failed("j", 0))
-            await eventually(_async(lambda: len(tap.bodies) == 1), what="the feed's write")
-            assert b'"persona_progress"' in tap.bodies[0] and not from_task.done()
-
-            tap.full = True  # the client's buffer is full: the next event comes from its task
-            await event_log.publish(_failed("j", 1))
-            batch = await asyncio.wait_for(from_task, 20)
-            assert [stored.event.type for stored, _, _ in batch] == ["persona.failed"]
-            assert len(tap.bodies) == 1 and not channel.tapped
-
-            tap.full = False  # caught up again: tapped again, and the end is written by the feed
-            ended = asyncio.create_task(anext(watcher))
-            await eventually(_async(lambda: len(channel.tapped) == 1), what="the watcher tapped again")
-            channel.beat()
-            assert tap.pings == 1
-            await event_log.publish(_failed("j", 2))
-            await event_log.publish(_end("j", 3))
-            await eventually(_async(lambda: b'"type":"results"' in b"".join(tap.bodies)), what="the end written")
-            try:
-                await asyncio.wait_for(ended, 20)
-                raise AssertionError("the watcher yielded after its job's end was written")
-            except StopAsyncIteration:
-                pass
-        written = b"".join(tap.bodies)
-        assert written.count(b'"type":"persona_progress"') == 2 and written.count(b'"type":"results"') == 1
-        assert written.rindex(b'"type":"persona_progress"') < written.index(b'"type":"results"')
+            yield _Watching(feeds, channel, tap, watcher, history, from_task)
     finally:
         await feeds.close()
+
+
+async def test_a_client_the_feed_cannot_write_to_now_gets_the_rest_from_its_task_and_is_tapped_again(event_log):
+    async with _tapped_watcher(event_log, "j", personas=3) as w:
+        tap, channel = w.tap, w.channel
+        assert [stored.event.type for stored, _, _ in w.history] == ["job.requested"]
+
+        await event_log.publish(_failed("j", 0))
+        await eventually(_async(lambda: len(tap.bodies) == 1), what="the feed's write")
+        assert b'"persona_progress"' in tap.bodies[0] and not w.from_task.done()
+
+        tap.full = True  # the client's buffer is full: the next event comes from its task
+        await event_log.publish(_failed("j", 1))
+        batch = await asyncio.wait_for(w.from_task, 20)
+        assert [stored.event.type for stored, _, _ in batch] == ["persona.failed"]
+        assert len(tap.bodies) == 1 and not channel.tapped
+
+        tap.full = False  # caught up again: tapped again, and the end is written by the feed
+        ended = asyncio.create_task(anext(w.watcher))
+        await eventually(_async(lambda: len(channel.tapped) == 1), what="the watcher tapped again")
+        channel.beat()
+        assert tap.pings == 1
+        await event_log.publish(_failed("j", 2))
+        await event_log.publish(_end("j", 3))
+        await eventually(_async(lambda: b'"type":"results"' in b"".join(tap.bodies)), what="the end written")
+        try:
+            await asyncio.wait_for(ended, 20)
+            raise AssertionError("the watcher yielded after its job's end was written")
+        except StopAsyncIteration:
+            pass
+    written = b"".join(tap.bodies)
+    assert written.count(b'"type":"persona_progress"') == 2 and written.count(b'"type":"results"') == 1
+    assert written.rindex(b'"type":"persona_progress"') < written.index(b'"type":"results"')
 
 
 def _async(check):
@@ -208,28 +227,15 @@ async def test_a_flush_that_fails_gives_its_clients_back_to_their_tasks(event_lo
     what came, and the feed goes on."""
     from structlog.testing import capture_logs
 
-    from services.gateway.feeds import JobFeeds
+    async with _tapped_watcher(event_log, "j", personas=2) as w:
 
-    await _requested(event_log, "j", personas=2)
-    feeds = JobFeeds(event_log)
-    await feeds.start()
-    tap = _Tap()
-    try:
-        async with aclosing(feeds.watch("j", 1, tap=tap)) as watcher:
-            await asyncio.wait_for(anext(watcher), 20)  # the history, from its task
-            from_task = asyncio.create_task(anext(watcher))
-            channel = feeds.channels["j"]
-            await eventually(_async(lambda: len(channel.tapped) == 1), what="the watcher tapped")
+        def fails() -> None:
+            raise RuntimeError("a bug")
 
-            def fails() -> None:
-                raise RuntimeError("a bug")
-
-            channel.flush = fails  # type: ignore[method-assign]
-            with capture_logs() as logs:
-                await event_log.publish(_failed("j", 0))
-                batch = await asyncio.wait_for(from_task, 20)
-            assert [stored.event.type for stored, _, _ in batch] == ["persona.failed"]
-            assert not tap.bodies and feeds.alive
-            assert any(e["event"] == "job_feed_flush_failed" for e in logs)
-    finally:
-        await feeds.close()
+        w.channel.flush = fails  # type: ignore[method-assign]
+        with capture_logs() as logs:
+            await event_log.publish(_failed("j", 0))
+            batch = await asyncio.wait_for(w.from_task, 20)
+        assert [stored.event.type for stored, _, _ in batch] == ["persona.failed"]
+        assert not w.tap.bodies and w.feeds.alive
+        assert any(e["event"] == "job_feed_flush_failed" for e in logs)

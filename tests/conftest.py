@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -98,11 +99,14 @@ async def models(settings) -> AsyncIterator[ReadModels]:
 class InProcessSystem:
     """Gateway (real HTTP on loopback), projector and generator as tasks of the test's loop."""
 
-    def __init__(self, settings: Settings, per_service: dict[str, Settings] | None = None) -> None:
+    def __init__(self, settings: Settings, per_service: dict[str, Settings] | None = None,
+                 server_options: dict[str, Any] | None = None) -> None:
         """``per_service``: settings of their own for some of "gateway", "projector", "generator"
-        (each service under its own NATS user, say); the others take ``settings``."""
+        (each service under its own NATS user, say); the others take ``settings``.
+        ``server_options``: more of uvicorn's for the gateway (``timeout_keep_alive``, say)."""
         self.settings = settings
         self.per_service = per_service or {}
+        self.server_options = server_options or {}
         # Bound now and handed to uvicorn: a port only looked up and bound later can be taken
         # meanwhile (as another connection's own port), and uvicorn's failed bind exits the process.
         self.socket = socket.socket()
@@ -133,8 +137,8 @@ class InProcessSystem:
         self.metrics["gateway"] = Metrics(service="gateway")
         app = self.app = create_app(self.per_service.get("gateway", self.settings), metrics=self.metrics["gateway"])
         settings = self.per_service.get("gateway", self.settings)
-        config = server_config(app, max_head_bytes=settings.max_header_bytes, host="127.0.0.1", port=self.port,
-                               log_config=None, access_log=False, lifespan="on")
+        config = server_config(app, settings, host="127.0.0.1", port=self.port,
+                               log_config=None, access_log=False, lifespan="on", **self.server_options)
         self.server = GatewayServer(config)  # as `promptgen gateway` serves it
         self.tasks["gateway"] = asyncio.create_task(self.server.serve(sockets=[self.socket]))
         while not self.server.started:

@@ -159,7 +159,7 @@ def gateway(
     settle_heap_when_ready()
     logging.getLogger("uvicorn.error").addFilter(_RefusalSaidOnce())
     application = create_app(settings)
-    config = server_config(application, max_head_bytes=settings.max_header_bytes, host=settings.host,
+    config = server_config(application, settings, host=settings.host,
                            port=settings.port, log_config=None, access_log=False, log_level="warning",
                            timeout_graceful_shutdown=5)
     # Several gateways on one port, when one event loop is not enough: each binds with SO_REUSEPORT.

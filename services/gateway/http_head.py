@@ -12,7 +12,8 @@ feed writes a caught-up SSE stream's messages to its connection itself."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
@@ -20,6 +21,8 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from contracts.api import ErrorBody
+from services.gateway.security_headers import EVERY_RESPONSE
+from services.runtime.settings import Settings
 
 log = structlog.get_logger()
 
@@ -63,19 +66,56 @@ def direct_body(scope: Mapping[str, Any]) -> DirectBody | None:
 
 
 class BoundedHead(HttpToolsProtocol):
-    """uvicorn's httptools protocol, refusing a request whose head is over ``max_head_bytes``:
-    counted as the parser reads it (a head read whole in one piece, with many headers), and as
-    bytes arrive while it is unfinished (a head that never ends, which the parser holds)."""
+    """uvicorn's httptools protocol, bounding what one connection holds, in bytes and in time:
+
+    * a request whose head is over ``max_head_bytes`` is refused (431): counted as the parser
+      reads it (a head read whole in one piece, with many headers), and as bytes arrive while
+      it is unfinished (a head that never ends, which the parser holds);
+    * a head not whole ``head_timeout`` seconds after its first byte is refused (408);
+    * a body not whole ``body_timeout`` seconds after the app began on its request: 408 if the
+      app has not answered yet, and the connection closed either way;
+    * a connection with no request under way and no answer going out is closed after uvicorn's
+      keep-alive timeout: uvicorn's own timer starts only after a first answer, and any byte
+      stops it, so a connection that sent nothing, or a byte now and then, was held for good.
+
+    Each answer of its own (431, 408, and the 400 for what is not HTTP) is the gateway's JSON
+    error body with the headers of every answer (:data:`EVERY_RESPONSE`), and closes the
+    connection. At most one of the three timers runs at a time (:attr:`_timer`)."""
 
     max_head_bytes = 64 * 1024
+    head_timeout = 10.0
+    body_timeout = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._in_head = True  # reading a request's line and headers (the next one's, between requests)
+        self._in_message = False  # a request begun and not yet whole
         self._received = 0  # bytes received while in the head
         self._parsed = 0  # the head's bytes as the parser gave them
         self._refused = False
-        self._owed = False  # a 431 to write once the answers to the requests before it are out
+        self._owed: bytes | None = None  # an answer to write once the answers to the requests before it are out
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _arm(self, seconds: float, fire: Callable[[], None]) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, fire)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _answering(self) -> bool:
+        """An answer is under way or waiting to be (pipelined)."""
+        return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm(self.timeout_keep_alive, self._idle_too_long)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -86,7 +126,7 @@ class BoundedHead(HttpToolsProtocol):
         # Checked once the bytes are parsed: a read holding the end of a head and a body is no
         # head over the limit.
         if self._in_head and self._received > self.max_head_bytes and not self._refused:
-            self._refuse()
+            self._refuse_head_too_large()
 
     # Once refused, the parser still reads what came with the refused head: a request pipelined
     # after it is not begun, so no app sees it.
@@ -96,6 +136,8 @@ class BoundedHead(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._parsed = 0
+        self._in_message = True
+        self._arm(self.head_timeout, self._head_too_slow)
 
     def on_url(self, url: bytes) -> None:
         if self._refused:
@@ -108,7 +150,8 @@ class BoundedHead(HttpToolsProtocol):
             return
         self._parsed += len(name) + len(value) + 4  # ": " and CRLF
         if self._parsed > self.max_head_bytes and self.cycle is not None and self.cycle.scope is self.scope:
-            self._refuse(mid_request=True)  # a chunked body's trailers, past the bound: the request has begun
+            # a chunked body's trailers, past the bound: the request has begun
+            self._refuse_head_too_large(mid_request=True)
             return
         # Whitespace around a field's value is no part of it (RFC 9110, 5.5), and httptools keeps
         # what trails: "Host: 127.0.0.1 " was refused by the host allow-list, an Idempotency-Key
@@ -119,13 +162,19 @@ class BoundedHead(HttpToolsProtocol):
         self._in_head = False
         if self._refused:
             return
+        self._disarm()
         if self._parsed > self.max_head_bytes:
-            self._refuse()  # before the app sees the request
+            self._refuse_head_too_large()  # before the app sees the request
             return
         super().on_headers_complete()
         cycle = self.cycle
         if cycle is not None and cycle.scope is self.scope:  # this request's (not an upgrade's)
             self.scope.setdefault("extensions", {})[DIRECT_BODY] = DirectBody(cycle)
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        super()._start_asgi_task(cycle, app)
+        if cycle.more_body and self._in_message:  # its body still to come: from now on, it is awaited
+            self._arm(self.body_timeout, self._body_too_slow)
 
     def on_chunk_header(self) -> None:
         # The bytes after a chunk's size line are counted as a head's until its data comes: after
@@ -142,46 +191,106 @@ class BoundedHead(HttpToolsProtocol):
             return
         super().on_message_complete()
         self._in_head, self._received = True, 0
+        self._in_message = False
+        self._disarm()
+        if not self._answering():  # answered before its body was whole: nothing holds it now
+            self._arm(self.timeout_keep_alive, self._idle_too_long)
 
     def on_response_complete(self) -> None:
-        if self._owed and not self.pipeline:  # the last answer before the refused head is out
+        if self._owed is not None and not self.pipeline:  # the last answer before the refused head is out
             self.server_state.total_requests += 1
-            self._answer_431()
+            self._answer_owed()
             return
         super().on_response_complete()
+        if not self._in_message and not self._answering() and not self.transport.is_closing():
+            self._arm(self.timeout_keep_alive, self._idle_too_long)
 
-    def _refuse(self, *, mid_request: bool = False) -> None:
-        """``mid_request``: the head refused belongs to a request whose body came (its trailers)."""
+    def send_400_response(self, msg: str) -> None:
+        """What the parser cannot read as HTTP/1.1: the JSON error every other refusal is."""
+        self._disarm()
         self._refused = True
-        log.warning("http_head_too_large", client=f"{self.client[0]}:{self.client[1]}" if self.client else None,
-                    limit=self.max_head_bytes)
-        if mid_request:  # its app may be reading the body: it gets no more, and no answer goes out
-            self.transport.close()
-            return
-        cycle = self.cycle
-        if (cycle is not None and not cycle.response_complete) or self.pipeline:
-            # The answers to the requests before it are still going out: the 431 follows them.
-            self._owed = True
-            return
-        self._answer_431()
+        self._write_and_close(_answer(400, "Bad Request", "malformed_request",
+                                      f"The request is not valid HTTP/1.1 ({msg.rstrip('.')})", None))
 
-    def _answer_431(self) -> None:
-        self._owed = False
-        if self.transport.is_closing():
-            return
-        body = ErrorBody(
-            detail=f"The request's line and headers are larger than this server accepts "
-                   f"({self.max_head_bytes} bytes)",
-            code="headers_too_large", field="headers",
-        ).model_dump_json(exclude_none=True).encode()
-        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-                             b"content-type: application/json\r\n"
-                             b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+    def _idle_too_long(self) -> None:
+        self._timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def _head_too_slow(self) -> None:
+        self._timer = None
+        self._log("http_request_too_slow", part="headers", limit_seconds=self.head_timeout)
+        self._refuse(_answer(408, "Request Timeout", "request_timeout",
+                             f"The request's line and headers did not all come within {self.head_timeout:g} s",
+                             "headers"))
+
+    def _body_too_slow(self) -> None:
+        """The app began on the request and may be reading its body: it reads no more (it is told
+        the client left), and its own answer, if it has not begun one, is dropped for the 408."""
+        self._timer = None
+        self._log("http_request_too_slow", part="body", limit_seconds=self.body_timeout)
+        self._refused = True
+        cycle = self.cycle
+        answer = _answer(408, "Request Timeout", "request_timeout",
+                         f"The request's body did not all come within {self.body_timeout:g} s", "body")
+        if cycle is not None and not cycle.response_started and not self.transport.is_closing():
+            self.transport.write(answer)
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.message_event.set()
         self.transport.close()
 
+    def _log(self, event: str, **fields: Any) -> None:
+        log.warning(event, client=f"{self.client[0]}:{self.client[1]}" if self.client else None, **fields)
 
-def server_config(app: Any, *, max_head_bytes: int, **options: Any) -> uvicorn.Config:
+    def _refuse_head_too_large(self, *, mid_request: bool = False) -> None:
+        """``mid_request``: the head refused belongs to a request whose body came (its trailers)."""
+        self._log("http_head_too_large", limit=self.max_head_bytes)
+        if mid_request:  # its app may be reading the body: it gets no more, and no answer goes out
+            self._refused = True
+            self._disarm()
+            self.transport.close()
+            return
+        self._refuse(_answer(431, "Request Header Fields Too Large", "headers_too_large",
+                             f"The request's line and headers are larger than this server accepts "
+                             f"({self.max_head_bytes} bytes)", "headers"))
+
+    def _refuse(self, answer: bytes) -> None:
+        """Refuse the request whose head is being read with ``answer``, after the answers to the
+        requests before it (or at once), and close the connection."""
+        self._refused = True
+        self._disarm()
+        if self._answering():
+            # The answers to the requests before it are still going out: this one follows them.
+            self._owed = answer
+            return
+        self._write_and_close(answer)
+
+    def _answer_owed(self) -> None:
+        answer, self._owed = self._owed, None
+        if answer is not None:
+            self._write_and_close(answer)
+
+    def _write_and_close(self, answer: bytes) -> None:
+        if not self.transport.is_closing():
+            self.transport.write(answer)
+            self.transport.close()
+
+
+def _answer(status: int, reason: str, code: str, detail: str, field: str | None) -> bytes:
+    """A whole HTTP/1.1 answer with the gateway's JSON error body, closing the connection."""
+    body = ErrorBody(detail=detail, code=code, field=field).model_dump_json(exclude_none=True).encode()
+    headers = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in EVERY_RESPONSE.items())
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
+            % (status, reason.encode(), len(body), headers, body))
+
+
+def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for the gateway: ``options`` as :class:`uvicorn.Config` takes
-    them, on the httptools protocol with the head bounded."""
-    protocol = type("BoundedHead", (BoundedHead,), {"max_head_bytes": max_head_bytes})
+    them, on the httptools protocol with a request's head and body bounded as ``settings`` say."""
+    protocol = type("BoundedHead", (BoundedHead,), {
+        "max_head_bytes": settings.max_header_bytes,
+        "head_timeout": settings.request_head_timeout_seconds,
+        "body_timeout": settings.request_body_timeout_seconds,
+    })
     return uvicorn.Config(app, http=protocol, **options)

@@ -188,6 +188,17 @@ class Settings(BaseSettings):
         description="A request whose line and headers are over this many bytes is refused (431) and its "
                     "connection closed.",
     )
+    request_head_timeout_seconds: float = Field(
+        10, gt=0, validation_alias=_env("PROMPTGEN_REQUEST_HEAD_TIMEOUT_SECONDS"),
+        description="A request's line and headers must have come this long after its first byte; past it, "
+                    "408 and the connection closed. A connection that sends no request is closed after "
+                    "5 s, as between requests.",
+    )
+    request_body_timeout_seconds: float = Field(
+        60, gt=0, validation_alias=_env("PROMPTGEN_REQUEST_BODY_TIMEOUT_SECONDS"),
+        description="A request's body must have come whole this long after the gateway began on it; past "
+                    "it, 408 and the connection closed.",
+    )
     sse_ping_seconds: float = Field(15, gt=0, validation_alias=_env("PROMPTGEN_SSE_PING_SECONDS"))
     sse_retry_ms: int = Field(
         1000, ge=0, validation_alias=_env("PROMPTGEN_SSE_RETRY_MS"),

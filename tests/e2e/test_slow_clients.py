@@ -1,0 +1,175 @@
+"""A connection is held only while its client keeps to time: a request's head must come whole
+within its bound of its first byte, its body within its bound of the gateway beginning on it,
+and a connection with no request under way is closed as between requests. uvicorn bounds none
+of these before a first answer: a head that never ended, a body that never came and a
+connection that sent nothing were each held as long as the client liked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+import httpx
+import pytest
+from structlog.testing import capture_logs
+
+from tests.conftest import SCENARIO, InProcessSystem
+from tests.flows import create_personas, create_template, start_job
+
+HOST = b"Host: 127.0.0.1\r\n"
+
+
+async def _exchange(port: int, *pieces: bytes, gap: float = 0.0, wait: float = 10.0) -> tuple[bytes, bool]:
+    """Send ``pieces`` on a new connection, ``gap`` seconds apart; everything the server answers,
+    and whether it closed the connection within ``wait`` seconds of the last piece."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    answer = bytearray()
+
+    async def read_all() -> bool:
+        """Read as it comes (a reset, from a write after the server closed, loses what is unread)."""
+        try:
+            while chunk := await reader.read(65536):
+                answer.extend(chunk)
+        except ConnectionError:
+            pass
+        return True
+
+    reading = asyncio.create_task(read_all())
+    try:
+        try:
+            for i, piece in enumerate(pieces):
+                if i and gap:
+                    await asyncio.sleep(gap)  # a client that is slow on purpose
+                writer.write(piece)
+                await writer.drain()
+        except ConnectionError:
+            pass  # closed on it
+        try:
+            closed = await asyncio.wait_for(asyncio.shield(reading), wait)
+        except TimeoutError:
+            closed = False
+        return bytes(answer), closed
+    finally:
+        reading.cancel()
+        writer.close()
+
+
+def _statuses(answer: bytes) -> list[bytes]:
+    return re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+
+
+def _error(answer: bytes) -> tuple[dict[str, str], dict]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")[1:]
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return headers, json.loads(body)
+
+
+@pytest.fixture
+async def strict_door(settings, models):
+    """The whole system with short bounds on time: half a second for a head, and for a body,
+    and between requests."""
+    settings.request_head_timeout_seconds = 0.5
+    settings.request_body_timeout_seconds = 0.5
+    system = await InProcessSystem(settings, server_options={"timeout_keep_alive": 0.5}).start()
+    yield system
+    await system.close()
+
+
+async def test_a_head_that_does_not_come_whole_in_time_is_408_and_the_connection_closed(strict_door):
+    answer, closed = await _exchange(strict_door.port, b"GET /scenario/v2/jobs HTTP/1.1\r\n" + HOST + b"X-A: ")
+    assert closed and _statuses(answer) == [b"408"], answer[:400]
+    headers, body = _error(answer)
+    assert body == {"detail": "The request's line and headers did not all come within 0.5 s",
+                    "code": "request_timeout", "field": "headers"}
+    assert headers["content-type"] == "application/json" and headers["x-content-type-options"] == "nosniff"
+    assert headers["connection"] == "close"
+
+
+async def test_a_head_that_comes_slowly_but_in_time_is_served(strict_door):
+    pieces = (b"GET /livez HTTP/1.1\r\n", HOST, b"Connection: close\r\n", b"\r\n")
+    answer, closed = await _exchange(strict_door.port, *pieces, gap=0.1)
+    assert closed and _statuses(answer) == [b"200"], answer[:400]
+
+
+async def test_a_body_that_does_not_come_whole_in_time_is_408_and_reaches_nothing(strict_door, event_log):
+    before = await event_log.last_seq()
+    head = (b"POST /avatar-interactions HTTP/1.1\r\n" + HOST
+            + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")
+    with capture_logs() as logs:
+        answer, closed = await _exchange(strict_door.port, head + b'{"mode"')
+        assert strict_door.server is not None  # the request's task ends once it is told the client left
+        await asyncio.gather(*strict_door.server.server_state.tasks, return_exceptions=True)
+    assert closed and _statuses(answer) == [b"408"], answer[:400]
+    assert _error(answer)[1] == {"detail": "The request's body did not all come within 0.5 s",
+                                 "code": "request_timeout", "field": "body"}
+    assert await event_log.last_seq() == before  # nothing was published for it
+    slow = [e for e in logs if e["event"] == "http_request_too_slow"]
+    assert [(e["part"], e["limit_seconds"]) for e in slow] == [("body", 0.5)]
+    assert not [e for e in logs if e.get("log_level") == "error"], logs
+
+
+async def test_a_body_that_comes_slowly_but_in_time_is_served(strict_door):
+    body = json.dumps({"mode": "learn_mode", "avatars": ["slow"]}).encode()
+    head = (b"POST /avatar-interactions HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
+    answer, closed = await _exchange(strict_door.port, head, body[:10], body[10:20], body[20:], gap=0.1)
+    assert closed and _statuses(answer) == [b"201"], answer[:400]
+
+
+async def test_a_body_left_unfinished_after_its_answer_does_not_hold_the_connection(strict_door):
+    """The app answers a request it reads no body of; the client then sends the body a byte at a
+    time (each byte stopped uvicorn's keep-alive timer): the connection is closed once the body's
+    time is up."""
+    head = b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: 1000\r\n\r\n"
+    answer, closed = await _exchange(strict_door.port, head, *[b"x"] * 5, gap=0.2, wait=5)
+    assert _statuses(answer) == [b"200"], answer[:400]  # answered before its time was up: no 408 after it
+    assert closed
+
+
+async def test_a_connection_that_sends_nothing_is_closed_as_between_requests(strict_door):
+    answer, closed = await _exchange(strict_door.port, wait=5)
+    assert closed and answer == b""
+
+
+async def test_answers_that_outlast_the_bounds_keep_their_connection(settings, models):
+    """An SSE stream runs far past every bound: no timer runs while an answer goes out."""
+    settings.request_head_timeout_seconds = 0.3
+    settings.request_body_timeout_seconds = 0.3
+    system = await InProcessSystem(settings, server_options={"timeout_keep_alive": 0.3}).start(generator=False)
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+            template_id = await create_template(client, SCENARIO)
+            ids = await create_personas(client, template_id, 1)
+            job = await start_job(client, template_id, {ids[0]["id"]: "learn_mode"})  # no generator: it runs on
+            request = (b"GET /scenario/v2/prompt-generation-status/%s HTTP/1.1\r\n%s\r\n"
+                       % (job["job_id"].encode(), HOST))
+            reader, writer = await asyncio.open_connection("127.0.0.1", system.port)
+            try:
+                writer.write(request)
+                received = b""
+                async with asyncio.timeout(10):
+                    while b'"status":"processing"' not in received:
+                        received += await reader.read(65536)
+                # three times the bounds: the stream stays open
+                with pytest.raises(TimeoutError):
+                    async with asyncio.timeout(1):
+                        while chunk := await reader.read(65536):
+                            received += chunk
+                assert not reader.at_eof(), received
+                assert _statuses(received) == [b"200"]
+            finally:
+                writer.close()
+    finally:
+        await system.close()
+
+
+async def test_what_is_not_http_is_a_json_400(system):
+    for request in (b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: abc\r\n\r\n",
+                    b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: 1\r\nContent-Length: 2\r\n\r\n"):
+        answer, closed = await _exchange(system.port, request)
+        assert closed and _statuses(answer) == [b"400"], answer[:400]
+        headers, body = _error(answer)
+        assert body["code"] == "malformed_request" and body["detail"].startswith("The request is not valid HTTP/1.1")
+        assert headers["x-content-type-options"] == "nosniff"

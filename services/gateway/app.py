@@ -11,7 +11,7 @@ from typing import Any
 
 import structlog
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -22,6 +22,7 @@ from services.gateway.auth import AuthNotConfigured
 from services.gateway.body_limit import BodySizeLimit
 from services.gateway.bootstrap import bootstrap
 from services.gateway.cross_site import CrossSiteRefusal
+from services.gateway.deps import one_value_per_query_parameter
 from services.gateway.errors import ApiError, install_error_handlers, responses
 from services.gateway.internal_errors import InternalErrors
 from services.gateway.openapi import install_openapi
@@ -84,6 +85,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
         description="System prompts for avatar conversations, generated asynchronously with live progress.",
         lifespan=lifespan,
         docs_url=None, redoc_url=None,  # routes.docs serves them, with their own Content-Security-Policy
+        dependencies=[Depends(one_value_per_query_parameter)],
     )
     install_error_handlers(app)
     # innermost first: each refusal (413, 403, 400) carries the security headers and is logged

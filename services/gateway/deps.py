@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Path, Query, Request
+from fastapi.routing import APIRoute
 
 from contracts.subjects import TOKEN_PATTERN
 from services.adapters.llm.base import Provider
@@ -93,3 +94,33 @@ def idempotency_key(names: str) -> Any:
         return key
 
     return Depends(once)
+
+
+async def one_value_per_query_parameter(request: Request) -> None:
+    """A query parameter the route reads, given twice, is a 422 naming it: read as the last one,
+    as FastAPI does, a proxy or cache in front that reads the first would see another request (as
+    with a JSON key given twice, or a repeated ``Idempotency-Key``). Others are ignored, as any
+    parameter a route does not read is."""
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or not request.url.query:
+        return
+    read = _query_names(route)
+    seen: set[str] = set()
+    for name, _ in request.query_params.multi_items():
+        if name in read and name in seen:
+            raise ApiError(422, "invalid_request", f"The query parameter '{name}' is given more than once",
+                           field=name)
+        seen.add(name)
+
+
+def _query_names(route: APIRoute) -> frozenset[str]:
+    """The query parameters ``route`` reads (its dependencies' too), worked out once per route."""
+    names = getattr(route, "_query_names", None)
+    if names is None:
+        names, todo = frozenset[str](), [route.dependant]
+        while todo:  # the route's own and its dependencies'
+            dependant = todo.pop()
+            names |= {param.alias for param in dependant.query_params}
+            todo += dependant.dependencies
+        route._query_names = names  # type: ignore[attr-defined]  # a route is not hashable: kept on it
+    return names

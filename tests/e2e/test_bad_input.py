@@ -416,3 +416,30 @@ async def test_a_chunked_bodys_trailers_are_bounded_as_a_head_is(system, event_l
              b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n%x\r\n%s\r\n0\r\nX-Trailer: ok\r\n\r\n"
              % (len(body), body))
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", await _raw_exchange(system.port, small)) == [b"201"]
+
+
+async def test_a_query_parameter_given_twice_is_422_naming_it(client):
+    """Read as the last one (FastAPI's way), a proxy in front reading the first would see another
+    request: a persona list of another template, a stream resumed elsewhere."""
+    template_id = await create_template(client, SCENARIO)
+    for path, field in [(f"/scenario/personas?template_id={template_id}&template_id=other", "template_id"),
+                        ("/scenario/v2/jobs?limit=5&limit=6", "limit"),
+                        ("/scenario/v2/prompt-generation-status/j1?last_event_id=8&last_event_id=5",
+                         "last_event_id")]:
+        r = await client.get(path)
+        assert r.status_code == 422, (path, r.text)
+        assert r.json() == {"detail": f"The query parameter '{field}' is given more than once",
+                            "code": "invalid_request", "field": field}
+    # one a route does not read is ignored, as any other it does not read; the page takes any
+    assert (await client.get("/scenario/v2/jobs?x=1&x=2")).status_code == 200
+    assert (await client.get(f"/scenario/personas?template_id={template_id}&x=1&x=2")).status_code == 200
+    page = await client.get("/?job=a&job=b")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+
+
+async def test_the_parked_events_api_names_an_unknown_consumer_or_a_sequence_that_is_no_integer(client):
+    r = await client.get("/admin/parked", params={"consumer": "nope"})  # was 200 with an empty list
+    assert r.status_code == 422 and r.json()["field"] == "consumer", r.text
+    assert (await client.get("/admin/parked", params={"consumer": "projector"})).json() == {"parked": []}
+    r = await client.post("/admin/parked/reapply", json={"consumer": "projector", "seqs": [True]})  # was read as 1
+    assert r.status_code == 422 and r.json()["field"] == "seqs.0", r.text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from contracts.api import ParkedEventList, ReapplyRequest, ReapplyResult
+from contracts.api import ParkedEventList, ParkingConsumer, ReapplyRequest, ReapplyResult
 from services.adapters.parked import ConsumerSlow, NoConsumerRunning, request_reapply
 from services.gateway.auth import require
 from services.gateway.deps import ParkedDep
@@ -18,8 +18,7 @@ router = APIRouter(prefix="/admin", tags=["operations"], route_class=JSONBodyRou
 @router.get("/parked", response_model=ParkedEventList, responses=responses(422, 503))
 async def list_parked(
     parked: ParkedDep,
-    consumer: str | None = Query(None, pattern=r"^[a-z][a-z-]*$", max_length=64,
-                                 description="Only this consumer's (projector, job-manager, generator-workers, …)"),
+    consumer: ParkingConsumer | None = Query(None, description="Only this consumer's"),
 ) -> ParkedEventList:
     """Every event a consumer could not decode or store, oldest first per consumer."""
     return ParkedEventList(parked=await parked.list(consumer))

@@ -13,6 +13,8 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.gateway.http_head import ANSWERED
+
 log = structlog.get_logger("promptgen.access")
 
 UNMATCHED = "<unmatched>"
@@ -47,6 +49,8 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_status)
         finally:
+            # a 408 the server sent for a body that did not come in time, the app's answer dropped
+            status = scope.get("extensions", {}).get(ANSWERED, status)
             self._record(scope, status, time.perf_counter() - started)
 
     @staticmethod

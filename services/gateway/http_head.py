@@ -28,6 +28,7 @@ log = structlog.get_logger()
 
 
 DIRECT_BODY = "promptgen.direct_body"  # the ASGI extension (``scope["extensions"]``) holding a DirectBody
+ANSWERED = "promptgen.answered"  # the status the server answered with itself, the app's answer dropped
 
 
 class DirectBody:
@@ -71,20 +72,26 @@ class BoundedHead(HttpToolsProtocol):
     * a request whose head is over ``max_head_bytes`` is refused (431): counted as the parser
       reads it (a head read whole in one piece, with many headers), and as bytes arrive while
       it is unfinished (a head that never ends, which the parser holds);
-    * a head not whole ``head_timeout`` seconds after its first byte is refused (408);
+    * a head not whole ``head_timeout`` seconds after its first byte is refused (408), counted
+      again from when the answers before it are out (uvicorn reads no more of a connection
+      while requests wait their turn on it);
     * a body not whole ``body_timeout`` seconds after the app began on its request: 408 if the
       app has not answered yet, and the connection closed either way;
     * a connection with no request under way and no answer going out is closed after uvicorn's
       keep-alive timeout: uvicorn's own timer starts only after a first answer, and any byte
-      stops it, so a connection that sent nothing, or a byte now and then, was held for good.
+      stops it, so a connection that sent nothing, or a byte now and then, was held for good;
+    * a client that takes nothing of what is sent to it for ``stall_timeout`` seconds while the
+      connection's buffer is full is let go (the connection aborted, its buffer dropped).
 
     Each answer of its own (431, 408, and the 400 for what is not HTTP) is the gateway's JSON
-    error body with the headers of every answer (:data:`EVERY_RESPONSE`), and closes the
-    connection. At most one of the three timers runs at a time (:attr:`_timer`)."""
+    error body with the headers of every answer (:data:`EVERY_RESPONSE`), follows the answers to
+    the requests before it, and closes the connection. At most one of the idle, head and body
+    timers runs at a time (:attr:`_timer`); the stall timer runs beside them."""
 
     max_head_bytes = 64 * 1024
     head_timeout = 10.0
     body_timeout = 60.0
+    stall_timeout = 60.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -95,15 +102,20 @@ class BoundedHead(HttpToolsProtocol):
         self._refused = False
         self._owed: bytes | None = None  # an answer to write once the answers to the requests before it are out
         self._timer: asyncio.TimerHandle | None = None
+        self._for_head = False  # the timer is the head's
+        self._stall: asyncio.TimerHandle | None = None
+        self._unsent = 0  # the connection's buffer when the stall timer was armed
 
     def _arm(self, seconds: float, fire: Callable[[], None]) -> None:
         self._disarm()
         self._timer = self.loop.call_later(seconds, fire)
+        self._for_head = fire == self._head_too_slow
 
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._for_head = False
 
     def _answering(self) -> bool:
         """An answer is under way or waiting to be (pipelined)."""
@@ -115,7 +127,39 @@ class BoundedHead(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stall is None:
+            self._unsent = self.transport.get_write_buffer_size()
+            self._stall = self.loop.call_later(self.stall_timeout, self._stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._stall is not None:
+            self._stall.cancel()
+            self._stall = None
+
+    def _stalled(self) -> None:
+        """Fired ``stall_timeout`` after the buffer went over its high-water mark, or after the
+        last check that found it smaller: a client still taking its bytes has longer."""
+        unsent = self.transport.get_write_buffer_size()
+        if unsent < self._unsent:
+            self._unsent = unsent
+            self._stall = self.loop.call_later(self.stall_timeout, self._stalled)
+            return
+        self._stall = None
+        self._log("http_client_stalled", unsent_bytes=unsent, limit_seconds=self.stall_timeout)
+        self._disarm()
+        self._refused = True
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # its app stops waiting to send
+            self.cycle.message_event.set()
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
@@ -202,15 +246,18 @@ class BoundedHead(HttpToolsProtocol):
             self._answer_owed()
             return
         super().on_response_complete()
-        if not self._in_message and not self._answering() and not self.transport.is_closing():
+        if self.transport.is_closing() or self._answering():
+            return
+        if self._for_head:  # a head read only now that the answers before it are out: its time starts again
+            self._arm(self.head_timeout, self._head_too_slow)
+        elif not self._in_message:
             self._arm(self.timeout_keep_alive, self._idle_too_long)
 
     def send_400_response(self, msg: str) -> None:
-        """What the parser cannot read as HTTP/1.1: the JSON error every other refusal is."""
-        self._disarm()
-        self._refused = True
-        self._write_and_close(_answer(400, "Bad Request", "malformed_request",
-                                      f"The request is not valid HTTP/1.1 ({msg.rstrip('.')})", None))
+        """What the parser cannot read as HTTP/1.1: the JSON error every other refusal is, after
+        the answers to the requests before it."""
+        self._refuse(_answer(400, "Bad Request", "malformed_request",
+                             f"The request is not valid HTTP/1.1 ({msg.rstrip('.')})", None))
 
     def _idle_too_long(self) -> None:
         self._timer = None
@@ -219,6 +266,9 @@ class BoundedHead(HttpToolsProtocol):
 
     def _head_too_slow(self) -> None:
         self._timer = None
+        if self._answering():  # not the client's doing: its head waits for the answers before it
+            self._arm(self.head_timeout, self._head_too_slow)
+            return
         self._log("http_request_too_slow", part="headers", limit_seconds=self.head_timeout)
         self._refuse(_answer(408, "Request Timeout", "request_timeout",
                              f"The request's line and headers did not all come within {self.head_timeout:g} s",
@@ -235,6 +285,7 @@ class BoundedHead(HttpToolsProtocol):
                          f"The request's body did not all come within {self.body_timeout:g} s", "body")
         if cycle is not None and not cycle.response_started and not self.transport.is_closing():
             self.transport.write(answer)
+            cycle.scope.setdefault("extensions", {})[ANSWERED] = 408  # for the access log: not the app's answer
         if cycle is not None:
             cycle.disconnected = True
             cycle.message_event.set()
@@ -292,5 +343,6 @@ def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Confi
         "max_head_bytes": settings.max_header_bytes,
         "head_timeout": settings.request_head_timeout_seconds,
         "body_timeout": settings.request_body_timeout_seconds,
+        "stall_timeout": settings.client_stall_timeout_seconds,
     })
     return uvicorn.Config(app, http=protocol, **options)

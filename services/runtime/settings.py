@@ -199,6 +199,11 @@ class Settings(BaseSettings):
         description="A request's body must have come whole this long after the gateway began on it; past "
                     "it, 408 and the connection closed.",
     )
+    client_stall_timeout_seconds: float = Field(
+        60, gt=0, validation_alias=_env("PROMPTGEN_CLIENT_STALL_TIMEOUT_SECONDS"),
+        description="A client that takes nothing of what the gateway sends it for this long, its connection's "
+                    "buffer full, is disconnected (an SSE stream too).",
+    )
     sse_ping_seconds: float = Field(15, gt=0, validation_alias=_env("PROMPTGEN_SSE_PING_SECONDS"))
     sse_retry_ms: int = Field(
         1000, ge=0, validation_alias=_env("PROMPTGEN_SSE_RETRY_MS"),

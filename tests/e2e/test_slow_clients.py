@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 
 import httpx
 import pytest
@@ -16,6 +17,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import SCENARIO, InProcessSystem
 from tests.flows import create_personas, create_template, start_job
+from tests.waiting import eventually
 
 HOST = b"Host: 127.0.0.1\r\n"
 
@@ -107,6 +109,8 @@ async def test_a_body_that_does_not_come_whole_in_time_is_408_and_reaches_nothin
     assert await event_log.last_seq() == before  # nothing was published for it
     slow = [e for e in logs if e["event"] == "http_request_too_slow"]
     assert [(e["part"], e["limit_seconds"]) for e in slow] == [("body", 0.5)]
+    # the access log and the metrics have the answer the client got, not the app's that was dropped
+    assert [e["status"] for e in logs if e["event"] == "http_request"] == [408]
     assert not [e for e in logs if e.get("log_level") == "error"], logs
 
 
@@ -173,3 +177,77 @@ async def test_what_is_not_http_is_a_json_400(system):
         headers, body = _error(answer)
         assert body["code"] == "malformed_request" and body["detail"].startswith("The request is not valid HTTP/1.1")
         assert headers["x-content-type-options"] == "nosniff"
+
+
+async def test_what_is_not_http_is_answered_after_the_requests_before_it(system):
+    answer, closed = await _exchange(system.port, b"GET /livez HTTP/1.1\r\n" + HOST + b"\r\n"
+                                     b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: x\r\n\r\n")
+    assert closed and _statuses(answer) == [b"200", b"400"], answer[:600]
+
+
+async def test_a_head_waiting_behind_a_long_answer_has_its_time_once_that_answer_is_out(settings, models):
+    """Requests pipelined behind an SSE stream: uvicorn reads no more of the connection while
+    they wait, so the head it has not read whole is not the client's delay."""
+    settings.request_head_timeout_seconds = 0.3
+    system = await InProcessSystem(settings).start(generator=False)
+    try:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
+            template_id = await create_template(client, SCENARIO)
+            ids = await create_personas(client, template_id, 1)
+            job = await start_job(client, template_id, {ids[0]["id"]: "learn_mode"})  # no generator: it runs on
+            stream = b"GET /scenario/v2/prompt-generation-status/%s HTTP/1.1\r\n%s\r\n" % (job["job_id"].encode(), HOST)
+            waiting = b"GET /livez HTTP/1.1\r\n" + HOST + b"\r\n"
+            reader, writer = await asyncio.open_connection("127.0.0.1", system.port)
+            try:
+                writer.write(stream + waiting + b"GET /livez HTTP/1.1\r\nHo")
+                received = b""
+                async with asyncio.timeout(10):
+                    while b'"status":"processing"' not in received:
+                        received += await reader.read(65536)
+                with pytest.raises(TimeoutError):  # far past the head's bound: nothing refused
+                    async with asyncio.timeout(1):
+                        while chunk := await reader.read(65536):
+                            received += chunk
+                assert b"408" not in received and not reader.at_eof()
+                writer.write(b"st: 127.0.0.1\r\nConnection: close\r\n\r\n")
+                r = await client.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")
+                assert r.status_code == 202, r.text
+                async with asyncio.timeout(10):
+                    while chunk := await reader.read(65536):
+                        received += chunk
+                assert _statuses(received) == [b"200", b"200", b"200"], received[-600:]
+            finally:
+                writer.close()
+    finally:
+        await system.close()
+
+
+async def test_a_client_that_takes_nothing_it_is_sent_is_let_go(settings, models):
+    """Answers pipelined to a client that reads none of them fill the connection's buffer; once
+    nothing more has gone out for the stall bound, the connection is aborted and its buffer dropped."""
+    settings.client_stall_timeout_seconds = 0.5
+    system = await InProcessSystem(settings).start(generator=False)
+    try:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        with capture_logs() as logs:
+            await loop.sock_connect(sock, ("127.0.0.1", system.port))
+            await loop.sock_sendall(sock, (b"GET /openapi.json HTTP/1.1\r\n" + HOST + b"\r\n") * 60)
+
+            async def let_go() -> bool:
+                return any(e["event"] == "http_client_stalled" for e in logs)
+            await eventually(let_go, timeout=20, what="the stalled client let go")
+        received = bytearray()
+        try:  # what the kernel held for it still comes, then the end: the rest was dropped
+            async with asyncio.timeout(20):
+                while chunk := await loop.sock_recv(sock, 65536):
+                    received.extend(chunk)
+        except ConnectionResetError:
+            pass
+        finally:
+            sock.close()
+        assert 0 < len(_statuses(bytes(received))) < 60
+    finally:
+        await system.close()

@@ -349,7 +349,7 @@ ParkingConsumer = Literal["projector", "job-manager", "generator-dispatcher", "g
 
 class ReapplyRequest(Request):
     consumer: ParkingConsumer
-    seqs: list[Annotated[JsonInt, Field(ge=1, le=MAX_SAFE_NUMBER)]] | None = Field(  # stream sequences
+    seqs: list[Annotated[int, Field(ge=1, le=MAX_SAFE_NUMBER)]] | None = Field(  # stream sequences
         None, max_length=10_000, description="None: every event this consumer parked")
 
 

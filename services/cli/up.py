@@ -97,6 +97,13 @@ def ops_port(name: str, default: int) -> dict[str, str]:
     return {name: "0"}
 
 
+def set_port(name: str) -> int | None:
+    """The port the environment sets in ``name``, if it is one (0 and what is no number: none;
+    the service's settings refuse what is no number, naming it)."""
+    value = (variable(name) or "").strip()
+    return int(value) if value.isascii() and value.isdigit() and 0 < int(value) < 65536 else None
+
+
 LOCK_FILE = "promptgen-up.lock"
 
 
@@ -186,6 +193,14 @@ async def _run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int,
             if needed and embedded.port_in_use(p):
                 console.print(f"[red]Port {p} (for {what}) is already in use.[/red] Choose another with the "
                               f"options of `promptgen up --help`, or stop what uses it.")
+                return 2
+        for name, what in (("PROMPTGEN_PROJECTOR_HTTP_PORT", "the projector's metrics and health"),
+                           *([("PROMPTGEN_GENERATOR_HTTP_PORT", "the generator's metrics and health")]
+                             if generators == 1 else [])):  # several generators take free ports
+            given = set_port(name)
+            if given and embedded.port_in_use(given):  # its service would fail to bind, again at each restart
+                console.print(f"[red]Port {given} (for {what}, {name}) is already in use.[/red] Set another, "
+                              f"or 0 for a free one, or unset it.", highlight=False)
                 return 2
         for given, what, option in ((nats_url, "NATS_URL", "--nats-port"), (mongo_url, "MONGO_URL", "--mongo-port")):
             if given:  # said, or a wrong variable left in the shell is a wait on a server that never comes

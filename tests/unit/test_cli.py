@@ -63,6 +63,25 @@ def test_up_takes_the_gateway_port_from_promptgen_port_as_the_gateway_does(tmp_p
     assert f"Port {port} (for the gateway) is already in use" in " ".join(result.output.split())
 
 
+def test_up_refuses_a_metrics_port_set_for_a_service_that_is_taken(tmp_path):
+    """The projector's port held by another deployment: its process failed to bind at each of
+    `up`'s restarts, eight in 30 s, and the other services never started."""
+    with socket.socket() as held, socket.socket() as free:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        free.bind(("127.0.0.1", 0))
+        port, gateway = held.getsockname()[1], free.getsockname()[1]
+        free.close()
+        for name, what in (("PROMPTGEN_PROJECTOR_HTTP_PORT", "the projector's"),
+                           ("PROMPTGEN_GENERATOR_HTTP_PORT", "the generator's")):
+            result = CliRunner().invoke(app, ["up", "--data-dir", str(tmp_path / name), "--port", str(gateway)],
+                                        env={name: str(port), "NATS_URL": "nats://127.0.0.1:1",
+                                             "MONGO_URL": "mongodb://127.0.0.1:1"})
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2, said
+            assert f"Port {port} (for {what} metrics and health, {name}) is already in use" in said
+
+
 def test_up_reads_the_gateway_port_in_every_form_the_gateway_reads(monkeypatch, tmp_path):
     from services.cli.up import gateway_port
 

@@ -89,9 +89,19 @@ async def test_a_head_that_does_not_come_whole_in_time_is_408_and_the_connection
     assert headers["connection"] == "close"
 
 
-async def test_a_head_that_comes_slowly_but_in_time_is_served(strict_door):
+@pytest.fixture
+async def roomy_door(settings, models):
+    """Bounds of 5 s: far more than the slow clients below take, however loaded the machine."""
+    settings.request_head_timeout_seconds = 5
+    settings.request_body_timeout_seconds = 5
+    system = await InProcessSystem(settings, server_options={"timeout_keep_alive": 5}).start()
+    yield system
+    await system.close()
+
+
+async def test_a_head_that_comes_slowly_but_in_time_is_served(roomy_door):
     pieces = (b"GET /livez HTTP/1.1\r\n", HOST, b"Connection: close\r\n", b"\r\n")
-    answer, closed = await _exchange(strict_door.port, *pieces, gap=0.1)
+    answer, closed = await _exchange(roomy_door.port, *pieces, gap=0.1)
     assert closed and _statuses(answer) == [b"200"], answer[:400]
 
 
@@ -114,20 +124,25 @@ async def test_a_body_that_does_not_come_whole_in_time_is_408_and_reaches_nothin
     assert not [e for e in logs if e.get("log_level") == "error"], logs
 
 
-async def test_a_body_that_comes_slowly_but_in_time_is_served(strict_door):
+async def test_a_body_that_comes_slowly_but_in_time_is_served(roomy_door):
     body = json.dumps({"mode": "learn_mode", "avatars": ["slow"]}).encode()
     head = (b"POST /avatar-interactions HTTP/1.1\r\n" + HOST + b"Content-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body))
-    answer, closed = await _exchange(strict_door.port, head, body[:10], body[10:20], body[20:], gap=0.1)
+    answer, closed = await _exchange(roomy_door.port, head, body[:10], body[10:20], body[20:], gap=0.1)
     assert closed and _statuses(answer) == [b"201"], answer[:400]
 
 
-async def test_a_body_left_unfinished_after_its_answer_does_not_hold_the_connection(strict_door):
+async def test_a_body_left_unfinished_after_its_answer_does_not_hold_the_connection(settings, models):
     """The app answers a request it reads no body of; the client then sends the body a byte at a
     time (each byte stopped uvicorn's keep-alive timer): the connection is closed once the body's
     time is up."""
-    head = b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: 1000\r\n\r\n"
-    answer, closed = await _exchange(strict_door.port, head, *[b"x"] * 5, gap=0.2, wait=5)
+    settings.request_body_timeout_seconds = 2  # time enough to answer /livez on a loaded machine
+    system = await InProcessSystem(settings, server_options={"timeout_keep_alive": 0.5}).start()
+    try:
+        head = b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: 1000\r\n\r\n"
+        answer, closed = await _exchange(system.port, head, *[b"x"] * 10, gap=0.3, wait=10)
+    finally:
+        await system.close()
     assert _statuses(answer) == [b"200"], answer[:400]  # answered before its time was up: no 408 after it
     assert closed
 

@@ -157,8 +157,7 @@ class BoundedHead(HttpToolsProtocol):
         self._disarm()
         self._refused = True
         if self.cycle is not None and not self.cycle.response_complete:
-            self.cycle.disconnected = True  # its app stops waiting to send
-            self.cycle.message_event.set()
+            _let_app_go(self.cycle)
         self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -287,8 +286,7 @@ class BoundedHead(HttpToolsProtocol):
             self.transport.write(answer)
             cycle.scope.setdefault("extensions", {})[ANSWERED] = 408  # for the access log: not the app's answer
         if cycle is not None:
-            cycle.disconnected = True
-            cycle.message_event.set()
+            _let_app_go(cycle)
         self.transport.close()
 
     def _log(self, event: str, **fields: Any) -> None:
@@ -326,6 +324,13 @@ class BoundedHead(HttpToolsProtocol):
         if not self.transport.is_closing():
             self.transport.write(answer)
             self.transport.close()
+
+
+def _let_app_go(cycle: RequestResponseCycle) -> None:
+    """Tell the request's app its client left, before the connection is gone: its reads get
+    ``http.disconnect`` and its sends are dropped."""
+    cycle.disconnected = True
+    cycle.message_event.set()
 
 
 def _answer(status: int, reason: str, code: str, detail: str, field: str | None) -> bytes:

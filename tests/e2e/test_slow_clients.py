@@ -68,13 +68,16 @@ def _error(answer: bytes) -> tuple[dict[str, str], dict]:
     return headers, json.loads(body)
 
 
+async def _door(settings, seconds: float) -> InProcessSystem:
+    """The whole system with ``seconds`` for a head, for a body, and between requests."""
+    settings.request_head_timeout_seconds = settings.request_body_timeout_seconds = seconds
+    return await InProcessSystem(settings, server_options={"timeout_keep_alive": seconds}).start()
+
+
 @pytest.fixture
 async def strict_door(settings, models):
-    """The whole system with short bounds on time: half a second for a head, and for a body,
-    and between requests."""
-    settings.request_head_timeout_seconds = 0.5
-    settings.request_body_timeout_seconds = 0.5
-    system = await InProcessSystem(settings, server_options={"timeout_keep_alive": 0.5}).start()
+    """Half a second for each: the clients that miss it are refused soon."""
+    system = await _door(settings, 0.5)
     yield system
     await system.close()
 
@@ -91,10 +94,8 @@ async def test_a_head_that_does_not_come_whole_in_time_is_408_and_the_connection
 
 @pytest.fixture
 async def roomy_door(settings, models):
-    """Bounds of 5 s: far more than the slow clients below take, however loaded the machine."""
-    settings.request_head_timeout_seconds = 5
-    settings.request_body_timeout_seconds = 5
-    system = await InProcessSystem(settings, server_options={"timeout_keep_alive": 5}).start()
+    """5 s for each: far more than the slow clients below take, however loaded the machine."""
+    system = await _door(settings, 5)
     yield system
     await system.close()
 

@@ -89,6 +89,9 @@ ALL_JOBS = f"{PREFIX}.job.>"
 # Core NATS, never stored: the projector's checkpoint (an ASCII decimal sequence) each time it
 # stores one, so a gateway waiting to read its own writes back wakes then instead of polling.
 PROJECTOR_CHECKPOINT = "promptgen_control.projector.checkpoint"
+# Core NATS: a running projector answers here who it is (host, pid, since), and a projector
+# starting asks first, so that a second one refuses to run beside it (one writer of MongoDB).
+PROJECTOR_PRESENCE = "promptgen_control.projector.presence"
 JOBS_REQUESTED = f"{PREFIX}.job.*.requested"
 WORK_ITEMS = f"{PREFIX}.job.*.persona.*.requested"
 JOBS_CANCEL_REQUESTED = f"{PREFIX}.job.*.cancel_requested"

@@ -94,17 +94,23 @@ def _run_service(name: str, main: Callable[[Settings, asyncio.Event], Awaitable[
     _warn_of_unknown_settings()
     settle_heap_when_ready()
 
-    async def _main() -> None:
+    async def _main() -> int:
         import structlog
 
         from services.adapters.event_log import StoppedBeforeConnected
+        from services.runtime.lifecycle import ServiceRefused
 
         try:
             await main(settings, stop_event())
         except StoppedBeforeConnected as exc:
             structlog.get_logger().info("service_stopped", reason=str(exc))
+        except ServiceRefused as exc:
+            structlog.get_logger().error("service_refused", reason=str(exc))
+            return 2
+        return 0
 
-    run_async(_main())
+    if code := run_async(_main()):
+        raise typer.Exit(code)
 
 
 @app.command()

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from services.adapters.event_log import EventLog
 from services.projector.bootstrap import bootstrap
+from services.projector.presence import AnotherProjector, Identity, claim
 from services.projector.rebuild import SILENCE_SECONDS, SWITCHING, WRITING
 from services.runtime.settings import Settings
 
@@ -73,9 +74,14 @@ async def _remote(event_log: EventLog, progress) -> dict:
 
 
 async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
+    try:  # a projector starting meanwhile refuses to write beside us, naming us
+        stop_answering = await claim(event_log, Identity(role="rebuild"))
+    except AnotherProjector as exc:  # one started since we asked
+        return {"error": str(exc)}
     service = await bootstrap(settings, event_log=event_log)
     try:
         return {"position": await service.fold.rebuild(progress)}
     finally:
         await service.aclose()
+        await stop_answering()
 

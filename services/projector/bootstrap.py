@@ -19,6 +19,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.projector.fold import PROJECTOR, Fold
 from services.projector.fold_workers import FoldWorkers
 from services.projector.job_manager import JOB_MANAGER, JobManager
+from services.projector.presence import claim
 from services.projector.rebuild import serve_rebuild_requests
 from services.projector.retention import drop_expired_views
 from services.projector.scratch import sweep_abandoned
@@ -46,7 +47,10 @@ class ProjectorService:
     ops: OpsServer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fold the log, decide jobs, answer rebuild and re-apply requests, until ``stop``."""
+        """Fold the log, decide jobs, answer rebuild and re-apply requests, until ``stop``.
+        Raises :class:`~services.projector.presence.AnotherProjector`, having written nothing, if
+        a projector runs already."""
+        self.stack.push_async_callback(await claim(self.event_log))
         await self.models.ensure_indexes()
         await self.parked.ensure()
         tasks = [

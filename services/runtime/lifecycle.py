@@ -16,6 +16,11 @@ import structlog
 Clock = Callable[[], datetime]
 
 
+class ServiceRefused(Exception):
+    """A service that must not run as things stand (a projector runs already): said once, and
+    the process exits 2, which its supervisor takes as a refusal and does not restart."""
+
+
 def utc_now() -> datetime:
     """The production clock (services take a :data:`Clock`, so tests can hold time still)."""
     return datetime.now(UTC)

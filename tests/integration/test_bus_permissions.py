@@ -7,6 +7,8 @@ certificates and passwords made by deploy/make-secrets.sh, as compose uses them.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +31,8 @@ from services.cli.keys import tenant_limits
 from services.cli.rebuild import run_rebuild
 from services.gateway.quotas import TenantQuotas
 from services.generator.work import store_outcome
+from services.projector.bootstrap import bootstrap as projector_bootstrap
+from services.projector.presence import AnotherProjector, Identity, claim
 from services.runtime.lifecycle import utc_now
 from services.runtime.settings import Settings
 from tests.conftest import InProcessSystem
@@ -162,6 +166,13 @@ async def test_each_service_does_its_work_under_its_own_user(as_user, admin_log,
 
         # the admin asks the running projector to rebuild: progress comes back to the admin's inbox
         assert await run_rebuild(as_user("admin")) == 0
+        # a second projector, under the projector's user, asks who runs, hears it, and refuses
+        second = await projector_bootstrap(as_user("projector"))
+        try:
+            with pytest.raises(AnotherProjector):
+                await asyncio.wait_for(second.run(asyncio.Event()), 20)
+        finally:
+            await second.aclose()
     finally:
         await system.close()
         client_ = mongo_client(system.settings)
@@ -194,6 +205,17 @@ async def test_each_service_is_refused_outside_its_subjects(as_user, admin_log):
         # what each may do goes through: the refusals below are about the subject, not the connection
         assert (await gateway.nc.jetstream().publish("promptgen.job.j1.requested", b"{}")).seq == 1
         assert (await generator.nc.jetstream().publish("promptgen.job.j1.persona.p1.completed", b"{}")).seq == 2
+
+        # `promptgen rebuild` writing alone (the admin) says who it is to a projector starting;
+        # a gateway or a generator neither asks nor is told
+        stop_answering = await claim(admin_log, Identity(role="rebuild"))
+        try:
+            answer = await projector.nc.request(subjects.PROJECTOR_PRESENCE, b"", timeout=5)
+            assert json.loads(answer.data)["role"] == "rebuild"
+        finally:
+            await stop_answering()
+        await _refused_request(gateway, subjects.PROJECTOR_PRESENCE)
+        await _refused_request(generator, subjects.PROJECTOR_PRESENCE)
 
         # a gateway cannot say a persona is done, nor end a job
         await _refused_publish(gateway, admin_log, "promptgen.job.j1.persona.p1.completed")

@@ -56,7 +56,8 @@ def not_found(what: str, ident: str, *, field: str | None = None) -> ApiError:
 def job_not_found(job_id: str) -> ApiError:
     """The one 404 for a job: it may have existed and aged out of the log."""
     return ApiError(404, "job_not_found",
-                    f"Job '{job_id}' was not found: it never existed, or its events aged out of the log",
+                    f"Job '{job_id}' was not found: it never existed, belongs to another tenant (what was made "
+                    "while auth was off belongs to 'default'), or its events aged out of the log",
                     ids=[job_id])
 
 

@@ -196,6 +196,10 @@ async def test_another_tenants_ids_are_404_and_its_lists_are_its_own(world: Worl
     client = world.system.client
     assert client is not None
     assert (await client.get("/scenario/v2/jobs", headers=other)).json()["jobs"] == []
+    # the 404 says a job may be another tenant's: what was made with auth off is 'default''s
+    hidden = await client.get(f"/scenario/v2/job-status/{world.ids['job_id']}", headers=other)
+    assert hidden.status_code == 404 and "belongs to another tenant" in hidden.json()["detail"]
+    assert "'default'" in hidden.json()["detail"]
     mine = (await client.get("/scenario/v2/jobs", headers={"Authorization": f"Bearer {world.keys['acme']}"})).json()
     assert [j["job_id"] for j in mine["jobs"]] == [world.ids["job_id"]]
 

@@ -9,11 +9,13 @@ matched is ``<unmatched>`` (still one series).
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.http_head import ANSWERED
+from services.runtime.metrics import Metrics
 
 log = structlog.get_logger("promptgen.access")
 
@@ -55,11 +57,20 @@ class AccessLog:
 
     @staticmethod
     def _record(scope: Scope, status: int, seconds: float) -> None:
-        route, method = route_template(scope), scope["method"]
         gateway = getattr(scope["app"].state, "gateway", None) if "app" in scope else None
-        if gateway is not None:
-            gateway.metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
-            gateway.metrics.http_duration.labels(method=method, route=route).observe(seconds)
-        client = scope.get("client")
-        log.info("http_request", method=method, route=route, path=scope.get("path"), status=status,
-                 duration_ms=round(seconds * 1000, 1), client=f"{client[0]}:{client[1]}" if client else None)
+        record_answer(gateway.metrics if gateway is not None else None, method=scope["method"],
+                      route=route_template(scope), path=scope.get("path"), status=status, seconds=seconds,
+                      client=scope.get("client"))
+
+
+def record_answer(metrics: Metrics | None, *, method: str, route: str, path: str | None, status: int,
+                  seconds: float | None, client: Any, **fields: Any) -> None:
+    """One answer in the HTTP series and the access log: the app's, or one the server gave
+    itself to a request whose head it refused (``route`` ``<unread>``, no duration)."""
+    if metrics is not None:
+        metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
+        if seconds is not None:
+            metrics.http_duration.labels(method=method, route=route).observe(seconds)
+    log.info("http_request", method=method, route=route, path=path, status=status,
+             duration_ms=round(seconds * 1000, 1) if seconds is not None else None,
+             client=f"{client[0]}:{client[1]}" if client else None, **fields)

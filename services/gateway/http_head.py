@@ -29,6 +29,7 @@ log = structlog.get_logger()
 
 DIRECT_BODY = "promptgen.direct_body"  # the ASGI extension (``scope["extensions"]``) holding a DirectBody
 ANSWERED = "promptgen.answered"  # the status the server answered with itself, the app's answer dropped
+UNREAD = "<unread>"  # the route (and method) of a request refused before its head was read whole
 
 
 class DirectBody:
@@ -92,6 +93,8 @@ class BoundedHead(HttpToolsProtocol):
     head_timeout = 10.0
     body_timeout = 60.0
     stall_timeout = 60.0
+    # Told of each refusal of its own (method, status, code, client): the access log and metrics.
+    record_refusal: Callable[[str, int, str, Any], None] | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -255,8 +258,8 @@ class BoundedHead(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         """What the parser cannot read as HTTP/1.1: the JSON error every other refusal is, after
         the answers to the requests before it."""
-        self._refuse(_answer(400, "Bad Request", "malformed_request",
-                             f"The request is not valid HTTP/1.1 ({msg.rstrip('.')})", None))
+        self._refuse(400, "Bad Request", "malformed_request", f"The request is not valid HTTP/1.1 ({msg.rstrip('.')})",
+                     None)
 
     def _idle_too_long(self) -> None:
         self._timer = None
@@ -269,9 +272,8 @@ class BoundedHead(HttpToolsProtocol):
             self._arm(self.head_timeout, self._head_too_slow)
             return
         self._log("http_request_too_slow", part="headers", limit_seconds=self.head_timeout)
-        self._refuse(_answer(408, "Request Timeout", "request_timeout",
-                             f"The request's line and headers did not all come within {self.head_timeout:g} s",
-                             "headers"))
+        self._refuse(408, "Request Timeout", "request_timeout",
+                     f"The request's line and headers did not all come within {self.head_timeout:g} s", "headers")
 
     def _body_too_slow(self) -> None:
         """The app began on the request and may be reading its body: it reads no more (it is told
@@ -280,8 +282,8 @@ class BoundedHead(HttpToolsProtocol):
         self._log("http_request_too_slow", part="body", limit_seconds=self.body_timeout)
         self._refused = True
         cycle = self.cycle
-        answer = _answer(408, "Request Timeout", "request_timeout",
-                         f"The request's body did not all come within {self.body_timeout:g} s", "body")
+        answer = self._answer(408, "Request Timeout", "request_timeout",
+                              f"The request's body did not all come within {self.body_timeout:g} s", "body")
         if cycle is not None and not cycle.response_started and not self.transport.is_closing():
             self.transport.write(answer)
             cycle.scope.setdefault("extensions", {})[ANSWERED] = 408  # for the access log: not the app's answer
@@ -300,20 +302,42 @@ class BoundedHead(HttpToolsProtocol):
             self._disarm()
             self.transport.close()
             return
-        self._refuse(_answer(431, "Request Header Fields Too Large", "headers_too_large",
-                             f"The request's line and headers are larger than this server accepts "
-                             f"({self.max_head_bytes} bytes)", "headers"))
+        self._refuse(431, "Request Header Fields Too Large", "headers_too_large",
+                     f"The request's line and headers are larger than this server accepts ({self.max_head_bytes} "
+                     "bytes)", "headers")
 
-    def _refuse(self, answer: bytes) -> None:
-        """Refuse the request whose head is being read with ``answer``, after the answers to the
-        requests before it (or at once), and close the connection."""
+    def _refuse(self, status: int, reason: str, code: str, detail: str, field: str | None) -> None:
+        """Refuse the request whose head is being read, after the answers to the requests before
+        it (or at once), and close the connection. Recorded as the app's answers are (the access
+        log and the HTTP series, under the route ``<unread>``)."""
         self._refused = True
         self._disarm()
+        if self.record_refusal is not None:
+            self.record_refusal(self._method(), status, code, self.client)
+        answer = self._answer(status, reason, code, detail, field)
         if self._answering():
             # The answers to the requests before it are still going out: this one follows them.
             self._owed = answer
             return
         self._write_and_close(answer)
+
+    def _method(self) -> str:
+        """The refused request's method, as far as the parser read it."""
+        try:
+            return self.parser.get_method().decode("ascii", "replace") or UNREAD
+        except Exception:  # noqa: BLE001 - none read yet, or not one the parser knows
+            return UNREAD
+
+    def _answer(self, status: int, reason: str, code: str, detail: str, field: str | None) -> bytes:
+        """A whole HTTP/1.1 answer with the gateway's JSON error body and the headers of every
+        answer (uvicorn's ``date`` and ``server``, then :data:`EVERY_RESPONSE`), closing the connection."""
+        body = ErrorBody(detail=detail, code=code, field=field).model_dump_json(exclude_none=True).encode()
+        headers = [*self.server_state.default_headers,
+                   *((name.encode(), value.encode()) for name, value in EVERY_RESPONSE.items()),
+                   (b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                   (b"connection", b"close")]
+        head = b"".join(b"%s: %s\r\n" % (name, value) for name, value in headers)
+        return b"HTTP/1.1 %d %s\r\n%s\r\n%s" % (status, reason.encode(), head, body)
 
     def _answer_owed(self) -> None:
         answer, self._owed = self._owed, None
@@ -333,18 +357,18 @@ def _let_app_go(cycle: RequestResponseCycle) -> None:
     cycle.message_event.set()
 
 
-def _answer(status: int, reason: str, code: str, detail: str, field: str | None) -> bytes:
-    """A whole HTTP/1.1 answer with the gateway's JSON error body, closing the connection."""
-    body = ErrorBody(detail=detail, code=code, field=field).model_dump_json(exclude_none=True).encode()
-    headers = b"".join(b"%s: %s\r\n" % (name.encode(), value.encode()) for name, value in EVERY_RESPONSE.items())
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
-            % (status, reason.encode(), len(body), headers, body))
-
-
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for the gateway: ``options`` as :class:`uvicorn.Config` takes
     them, on the httptools protocol with a request's head and body bounded as ``settings`` say."""
+    from services.gateway.access import record_answer  # it reads this module's names: imported once both are
+
+    def record_refusal(method: str, status: int, code: str, client: Any) -> None:
+        gateway = getattr(getattr(app, "state", None), "gateway", None)  # none before the app has started
+        record_answer(gateway.metrics if gateway is not None else None, method=method, route=UNREAD, path=None,
+                      status=status, seconds=None, client=client, code=code)
+
     protocol = type("BoundedHead", (BoundedHead,), {
+        "record_refusal": staticmethod(record_refusal),
         "max_head_bytes": settings.max_header_bytes,
         "head_timeout": settings.request_head_timeout_seconds,
         "body_timeout": settings.request_body_timeout_seconds,

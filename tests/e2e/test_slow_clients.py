@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 
 from tests.conftest import SCENARIO, InProcessSystem
 from tests.flows import create_personas, create_template, start_job
+from tests.metrics_text import sample
 from tests.waiting import eventually
 
 HOST = b"Host: 127.0.0.1\r\n"
@@ -267,3 +268,30 @@ async def test_a_client_that_takes_nothing_it_is_sent_is_let_go(settings, models
         assert 0 < len(_statuses(bytes(received))) < 60
     finally:
         await system.close()
+
+
+async def test_the_gateways_own_refusals_are_in_the_access_log_and_the_metrics(strict_door):
+    """The 408 for a head, the 400 for what is not HTTP and the 431 for a head too large were only
+    warnings: no access log line, no count in the HTTP series, and no Date header."""
+    limit = strict_door.settings.max_header_bytes
+    refused = [(b"POST /avatar-interactions HTTP/1.1\r\n" + HOST + b"X-A: ", "POST", 408, "request_timeout"),
+               (b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: abc\r\n\r\n", "GET", 400, "malformed_request"),
+               (b"GET /livez HTTP/1.1\r\n" + HOST + b"X-Pad: " + b"a" * (2 * limit), "GET", 431, "headers_too_large")]
+    async with httpx.AsyncClient(base_url=strict_door.base_url) as client:
+        def counted(method: str, status: int) -> float:
+            return sample(text, "promptgen_http_requests_total", method=method, route="<unread>",
+                          status=str(status)) or 0
+
+        text = (await client.get("/metrics")).text
+        before = {(method, status): counted(method, status) for _, method, status, _ in refused}
+        with capture_logs() as logs:
+            for request, _, status, code in refused:
+                answer, closed = await _exchange(strict_door.port, request)
+                assert closed and _statuses(answer) == [str(status).encode()], answer[:300]
+                headers, body = _error(answer)
+                assert body["code"] == code and "date" in headers and headers["x-content-type-options"] == "nosniff"
+        text = (await client.get("/metrics")).text
+    assert {(method, status): counted(method, status) - before[(method, status)]
+            for _, method, status, _ in refused} == {(method, status): 1 for _, method, status, _ in refused}
+    lines = [(e["method"], e["route"], e["status"], e["code"]) for e in logs if e["event"] == "http_request"]
+    assert lines == [(method, "<unread>", status, code) for _, method, status, code in refused]

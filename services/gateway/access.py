@@ -14,12 +14,15 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.gateway.http_head import ANSWERED
 from services.runtime.metrics import Metrics
 
 log = structlog.get_logger("promptgen.access")
 
 UNMATCHED = "<unmatched>"
+UNREAD = "<unread>"  # the route (and method) of a request the server refused before its head was read whole
+# Set by the server's protocol (services.gateway.http_head) in a request's scope extensions: the
+# status it answered with itself (a body that did not come in time), the app's answer dropped.
+ANSWERED = "promptgen.answered"
 
 
 def route_template(scope: Scope) -> str:

@@ -21,6 +21,7 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from contracts.api import ErrorBody
+from services.gateway.access import ANSWERED, UNREAD, record_answer
 from services.gateway.security_headers import EVERY_RESPONSE
 from services.runtime.settings import Settings
 
@@ -28,8 +29,6 @@ log = structlog.get_logger()
 
 
 DIRECT_BODY = "promptgen.direct_body"  # the ASGI extension (``scope["extensions"]``) holding a DirectBody
-ANSWERED = "promptgen.answered"  # the status the server answered with itself, the app's answer dropped
-UNREAD = "<unread>"  # the route (and method) of a request refused before its head was read whole
 
 
 class DirectBody:
@@ -360,8 +359,6 @@ def _let_app_go(cycle: RequestResponseCycle) -> None:
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for the gateway: ``options`` as :class:`uvicorn.Config` takes
     them, on the httptools protocol with a request's head and body bounded as ``settings`` say."""
-    from services.gateway.access import record_answer  # it reads this module's names: imported once both are
-
     def record_refusal(method: str, status: int, code: str, client: Any) -> None:
         gateway = getattr(getattr(app, "state", None), "gateway", None)  # none before the app has started
         record_answer(gateway.metrics if gateway is not None else None, method=method, route=UNREAD, path=None,

@@ -636,12 +636,15 @@ class EventLog(DerivedReads):
         self.stream = settings.stream
 
     @classmethod
-    async def connect(cls, settings: Settings, name: str) -> EventLog:
+    async def connect(cls, settings: Settings, name: str, *, ensure_stream: bool = True) -> EventLog:
+        """``ensure_stream`` False: the stream is neither made nor updated (the caller calls
+        :meth:`ensure_stream` when it may)."""
         callbacks: list = []
         nc = await connect_nats(settings.nats_url, name, access=NatsAccess.from_settings(settings),
                                 on_reconnect=callbacks)
         log_ = cls(nc, settings, callbacks)
-        await log_.ensure_stream()
+        if ensure_stream:
+            await log_.ensure_stream()
         return log_
 
     @classmethod

@@ -74,14 +74,16 @@ async def _remote(event_log: EventLog, progress) -> dict:
 
 
 async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
-    try:  # a projector starting meanwhile refuses to write beside us, naming us
+    try:  # a projector starting meanwhile waits for us
         stop_answering = await claim(event_log, Identity(role="rebuild"))
-    except AnotherProjector as exc:  # one started since we asked
+    except AnotherProjector as exc:  # one started since we asked, or another rebuild runs alone
         return {"error": str(exc)}
-    service = await bootstrap(settings, event_log=event_log)
     try:
-        return {"position": await service.fold.rebuild(progress)}
+        service = await bootstrap(settings, event_log=event_log, presence=False)
+        try:
+            return {"position": await service.fold.rebuild(progress)}
+        finally:
+            await service.aclose()
     finally:
-        await service.aclose()
         await stop_answering()
 

@@ -107,6 +107,7 @@ class BoundedHead(HttpToolsProtocol):
         self._for_head = False  # the timer is the head's
         self._stall: asyncio.TimerHandle | None = None
         self._unsent = 0  # the connection's buffer when the stall timer was armed
+        self._method_read: str | None = None  # the method of the request whose head is being read, once read
 
     def _arm(self, seconds: float, fire: Callable[[], None]) -> None:
         self._disarm()
@@ -181,6 +182,7 @@ class BoundedHead(HttpToolsProtocol):
             return
         super().on_message_begin()
         self._parsed = 0
+        self._method_read = None
         self._in_message = True
         self._arm(self.head_timeout, self._head_too_slow)
 
@@ -188,6 +190,8 @@ class BoundedHead(HttpToolsProtocol):
         if self._refused:
             return
         self._parsed += len(url)
+        if self._method_read is None:  # the parser has it once the URL begins (before, it says DELETE)
+            self._method_read = self.parser.get_method().decode("ascii", "replace")
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -256,9 +260,17 @@ class BoundedHead(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """What the parser cannot read as HTTP/1.1: the JSON error every other refusal is, after
-        the answers to the requests before it."""
-        self._refuse(400, "Bad Request", "malformed_request", f"The request is not valid HTTP/1.1 ({msg.rstrip('.')})",
-                     None)
+        the answers to the requests before it. In a body (a chunk's size that is no number), its
+        request's app is let go as for a body past its time: it waited for the rest for good."""
+        detail = f"The request is not valid HTTP/1.1 ({msg.rstrip('.')})"
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope and self._in_message:  # its head was read
+            if any(queued is cycle for queued, _ in self.pipeline):  # waiting behind earlier answers: not begun
+                self.pipeline = type(self.pipeline)(entry for entry in self.pipeline if entry[0] is not cycle)
+            else:
+                self._refuse_begun(400, "Bad Request", "malformed_request", detail, "body")
+                return
+        self._refuse(400, "Bad Request", "malformed_request", detail, None)
 
     def _idle_too_long(self) -> None:
         self._timer = None
@@ -275,17 +287,21 @@ class BoundedHead(HttpToolsProtocol):
                      f"The request's line and headers did not all come within {self.head_timeout:g} s", "headers")
 
     def _body_too_slow(self) -> None:
-        """The app began on the request and may be reading its body: it reads no more (it is told
-        the client left), and its own answer, if it has not begun one, is dropped for the 408."""
         self._timer = None
         self._log("http_request_too_slow", part="body", limit_seconds=self.body_timeout)
+        self._refuse_begun(408, "Request Timeout", "request_timeout",
+                           f"The request's body did not all come within {self.body_timeout:g} s", "body")
+
+    def _refuse_begun(self, status: int, reason: str, code: str, detail: str, field: str | None) -> None:
+        """Refuse a request whose app began on it and may be reading its body: it reads no more (it
+        is told the client left), its own answer, if it has not begun one, is dropped for this one
+        (which the access log records as the request's), and the connection is closed."""
         self._refused = True
+        self._disarm()
         cycle = self.cycle
-        answer = self._answer(408, "Request Timeout", "request_timeout",
-                              f"The request's body did not all come within {self.body_timeout:g} s", "body")
         if cycle is not None and not cycle.response_started and not self.transport.is_closing():
-            self.transport.write(answer)
-            cycle.scope.setdefault("extensions", {})[ANSWERED] = 408  # for the access log: not the app's answer
+            self.transport.write(self._answer(status, reason, code, detail, field))
+            cycle.scope.setdefault("extensions", {})[ANSWERED] = status  # for the access log: not the app's answer
         if cycle is not None:
             _let_app_go(cycle)
         self.transport.close()
@@ -321,11 +337,8 @@ class BoundedHead(HttpToolsProtocol):
         self._write_and_close(answer)
 
     def _method(self) -> str:
-        """The refused request's method, as far as the parser read it."""
-        try:
-            return self.parser.get_method().decode("ascii", "replace") or UNREAD
-        except Exception:  # noqa: BLE001 - none read yet, or not one the parser knows
-            return UNREAD
+        """The refused request's method, if the parser read it."""
+        return self._method_read or UNREAD
 
     def _answer(self, status: int, reason: str, code: str, detail: str, field: str | None) -> bytes:
         """A whole HTTP/1.1 answer with the gateway's JSON error body and the headers of every

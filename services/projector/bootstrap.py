@@ -47,10 +47,7 @@ class ProjectorService:
     ops: OpsServer | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Fold the log, decide jobs, answer rebuild and re-apply requests, until ``stop``.
-        Raises :class:`~services.projector.presence.AnotherProjector`, having written nothing, if
-        a projector runs already."""
-        self.stack.push_async_callback(await claim(self.event_log))
+        """Fold the log, decide jobs, answer rebuild and re-apply requests, until ``stop``."""
         await self.models.ensure_indexes()
         await self.parked.ensure()
         tasks = [
@@ -103,12 +100,24 @@ async def bootstrap(
     models: ReadModelsPort | None = None,
     clock: Clock = utc_now,
     metrics: Metrics | None = None,
+    presence: bool = True,
 ) -> ProjectorService:
+    """Raises :class:`~services.projector.presence.AnotherProjector` if a projector runs on the
+    same NATS already (``presence``: whether to ask, and to answer from now on; `promptgen
+    rebuild` writing alone has answered itself), before anything is written, the stream's
+    settings included."""
     stack = AsyncExitStack()
     tracing_for("projector", stack)
     metrics = metrics or Metrics(service="projector")
     models = models_for(settings, stack, models)
-    event_log = await event_log_for(settings, "promptgen-projector", stack, event_log)
+    event_log = await event_log_for(settings, "promptgen-projector", stack, event_log, ensure_stream=False)
+    try:
+        if presence:
+            stack.push_async_callback(await claim(event_log))
+        await event_log.ensure_stream()
+    except BaseException:
+        await stack.aclose()
+        raise
     parked = ParkedEvents(event_log, metrics, consumers=(PROJECTOR, JOB_MANAGER))
     job_manager = JobManager(event_log, models, parked=parked, clock=clock, metrics=metrics)
     fold = Fold(event_log, models, job_retention=timedelta(days=settings.job_retention_days), parked=parked,

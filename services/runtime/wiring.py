@@ -20,10 +20,11 @@ from services.runtime.tracing import start_tracing
 
 
 async def event_log_for(settings: Settings, name: str, stack: AsyncExitStack,
-                        given: EventLogPort | None = None) -> EventLogPort:
+                        given: EventLogPort | None = None, *, ensure_stream: bool = True) -> EventLogPort:
+    """``ensure_stream`` False: the stream is neither made nor updated here (the caller does it)."""
     if given is not None:
         return given
-    event_log = await EventLog.connect(settings, name)
+    event_log = await EventLog.connect(settings, name, ensure_stream=ensure_stream)
     stack.push_async_callback(event_log.close)
     return event_log
 

@@ -276,7 +276,8 @@ async def test_the_gateways_own_refusals_are_in_the_access_log_and_the_metrics(s
     limit = strict_door.settings.max_header_bytes
     refused = [(b"POST /avatar-interactions HTTP/1.1\r\n" + HOST + b"X-A: ", "POST", 408, "request_timeout"),
                (b"GET /livez HTTP/1.1\r\n" + HOST + b"Content-Length: abc\r\n\r\n", "GET", 400, "malformed_request"),
-               (b"GET /livez HTTP/1.1\r\n" + HOST + b"X-Pad: " + b"a" * (2 * limit), "GET", 431, "headers_too_large")]
+               (b"GET /livez HTTP/1.1\r\n" + HOST + b"X-Pad: " + b"a" * (2 * limit), "GET", 431, "headers_too_large"),
+               (b"GE", "<unread>", 408, "request_timeout")]  # no method read: not llhttp's DELETE
     async with httpx.AsyncClient(base_url=strict_door.base_url) as client:
         def counted(method: str, status: int) -> float:
             return sample(text, "promptgen_http_requests_total", method=method, route="<unread>",
@@ -295,3 +296,19 @@ async def test_the_gateways_own_refusals_are_in_the_access_log_and_the_metrics(s
             for _, method, status, _ in refused} == {(method, status): 1 for _, method, status, _ in refused}
     lines = [(e["method"], e["route"], e["status"], e["code"]) for e in logs if e["event"] == "http_request"]
     assert lines == [(method, "<unread>", status, code) for _, method, status, code in refused]
+
+
+async def test_a_body_that_is_not_http_is_a_400_and_lets_its_request_go(strict_door, event_log):
+    """A chunk size that is no number: the app, already reading the body, waited for the rest for
+    good, and the connection with it (the body's timer had been stopped), answering nothing."""
+    before = await event_log.last_seq()
+    head = (b"POST /avatar-interactions HTTP/1.1\r\n" + HOST
+            + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with capture_logs() as logs:
+        answer, closed = await _exchange(strict_door.port, head + b"5\r\n{\"mod\r\n", b"ZZ\r\n", gap=0.1, wait=5)
+        assert strict_door.server is not None
+        await asyncio.gather(*strict_door.server.server_state.tasks, return_exceptions=True)
+    assert closed and _statuses(answer) == [b"400"], answer[:400]
+    assert _error(answer)[1]["code"] == "malformed_request" and _error(answer)[1]["field"] == "body"
+    assert await event_log.last_seq() == before
+    assert [(e["route"], e["status"]) for e in logs if e["event"] == "http_request"] == [("/avatar-interactions", 400)]

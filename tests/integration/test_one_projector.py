@@ -12,6 +12,7 @@ import sys
 
 import pytest
 from nats.errors import NoRespondersError
+from structlog.testing import capture_logs
 
 from contracts import subjects
 from services.cli.embedded import free_port
@@ -48,12 +49,12 @@ async def test_a_second_projector_on_the_same_nats_refuses_to_start_and_the_firs
         me = await _answering(event_log)
         assert me["pid"] == os.getpid() and me["host"] == socket.gethostname()
 
-        second = await bootstrap(settings)
-        try:
-            with pytest.raises(AnotherProjector) as refused:
-                await asyncio.wait_for(second.run(asyncio.Event()), 20)
-        finally:
-            await second.aclose()
+        # another retention than the running deployment's: refused before it changes the stream
+        retention = (await event_log.js.stream_info(settings.stream)).config.max_age
+        other = settings.model_copy(update={"stream_max_age_days": settings.stream_max_age_days / 2})
+        with pytest.raises(AnotherProjector) as refused:
+            await asyncio.wait_for(bootstrap(other), 30)
+        assert (await event_log.js.stream_info(settings.stream)).config.max_age == retention
         said = str(refused.value)
         assert f"pid {os.getpid()}" in said and f"host {socket.gethostname()}" in said and me["since"] in said
 
@@ -130,7 +131,8 @@ async def test_promptgen_up_beside_a_running_projector_exits_2_naming_it(setting
 
 async def test_promptgen_rebuild_alone_and_a_projector_keep_out_of_each_others_way(settings, event_log, models):
     """With no projector to ask, `promptgen rebuild` writes the read models itself: not while a
-    projector runs (one that started since the rebuild asked), and no projector starts meanwhile."""
+    projector runs (one that started since the rebuild asked), and a projector starting meanwhile
+    waits for it."""
     from services.cli.rebuild import run_rebuild
     from services.projector.presence import Identity, claim
 
@@ -142,15 +144,21 @@ async def test_promptgen_rebuild_alone_and_a_projector_keep_out_of_each_others_w
     finally:
         await stop_answering()
 
-    # a rebuild alone under way: a projector starting refuses, naming it
+    # a rebuild alone under way: a projector starting waits for it (under `promptgen up`, an exit
+    # 2 would have stopped everything), and starts once it has finished
     stop_answering = await claim(event_log, Identity(role="rebuild"))
+    with capture_logs() as logs:
+        starting = asyncio.create_task(bootstrap(settings))
+        await eventually(lambda: asyncio.sleep(0, any(e["event"] == "projector_waiting_for_rebuild" for e in logs)),
+                         what="the projector waiting for the rebuild")
+    assert not starting.done() and await models.db.list_collection_names() == []
+    await stop_answering()
+    service = await asyncio.wait_for(starting, 30)
+    await service.aclose()
+    assert await run_rebuild(settings) == 0  # and alone, once nobody else writes
+    # two rebuilds alone: the second one says the first is under way
+    stop_answering = await claim(event_log, Identity(role="rebuild", host="elsewhere"))
     try:
-        service = await bootstrap(settings)
-        try:
-            with pytest.raises(AnotherProjector, match="`promptgen rebuild` is rebuilding the read models"):
-                await asyncio.wait_for(service.run(asyncio.Event()), 20)
-        finally:
-            await service.aclose()
+        assert await run_rebuild(settings) == 1
     finally:
         await stop_answering()
-    assert await run_rebuild(settings) == 0  # and alone, once nobody else writes

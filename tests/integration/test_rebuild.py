@@ -307,7 +307,8 @@ async def test_a_rebuild_folds_in_the_configured_scratch_directory(client, model
     (abandoned / "owner.lock").touch()
     (abandoned / "read_models.sqlite").write_bytes(b"x" * 1000)
     settings.rebuild_scratch_dir = str(scratch)
-    service = await bootstrap(settings, event_log=event_log, models=models)
+    # beside the running projector, as `promptgen rebuild` alone builds one (not asking who runs)
+    service = await bootstrap(settings, event_log=event_log, models=models, presence=False)
     assert not abandoned.exists()  # swept as the projector starts
     try:
         assert await service.fold.rebuild(lambda done, total, **stage: asyncio.sleep(0)) == await event_log.last_seq()

@@ -768,8 +768,15 @@ class EventLog(DerivedReads):
 
     async def subscribe(self, subject: str, cb, *, queue: str | None = None):
         """A core subscription: nothing stored or replayed, only what is published from now on
-        (events stored in the log are published too). One member of a ``queue`` group gets each."""
-        return await self.nc.subscribe(subject, queue=queue or "", cb=cb)
+        (events stored in the log are published too). One member of a ``queue`` group gets each.
+        "From now on" at the server: it has the subscription when this returns (a request another
+        connection sends next finds it), unless NATS is away, when it gets it on the reconnection."""
+        subscription = await self.nc.subscribe(subject, queue=queue or "", cb=cb)
+        try:
+            await self.nc.flush(timeout=5)
+        except (NatsTimeout, TimeoutError, ConnectionClosedError, nats.errors.Error) as exc:
+            log.debug("subscription_not_confirmed", subject=subject, error=f"{type(exc).__name__}: {exc}"[:200])
+        return subscription
 
     async def send(self, subject: str, data: bytes) -> None:
         """A core publish (a reply, a progress report): stored only if a stream captures it."""

@@ -166,21 +166,30 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
                       f"two per core ({most // 2} here); a gateway more only shares a core")
         return 2
     try:
-        held = hold_data_dir(data_dir)
-    except DataDirInUse as exc:
+        external = bool(variable("NATS_URL") and variable("MONGO_URL"))
+    except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
+    held = None
+    if not external:  # only the embedded servers keep their data there
+        try:
+            held = hold_data_dir(data_dir)
+        except DataDirInUse as exc:
+            console.print(f"[red]{exc}[/red]")
+            return 2
     try:
         return await _run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
-                             generators=generators, gateways=gateways, lock=held.fileno())
+                             generators=generators, gateways=gateways, lock=held.fileno() if held else None)
     finally:
-        held.close()  # the lock goes with it
+        if held is not None:
+            held.close()  # the lock goes with it
 
 
 async def _run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
-                  gateways: int, lock: int) -> int:
+                  gateways: int, lock: int | None) -> int:
     stop = stop_event()
-    sup = Supervisor(told_to_stop=stop, keep_fds=(lock,))  # the data directory stays held while any runs
+    # the data directory stays held while any runs (None: no embedded server, nothing kept there)
+    sup = Supervisor(told_to_stop=stop, keep_fds=(lock,) if lock is not None else ())
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}
     try:
         nats_url, mongo_url = variable("NATS_URL"), variable("MONGO_URL")  # or their _FILE forms
@@ -257,7 +266,7 @@ async def _run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int,
             f"  NATS     {redact(nats_url)}\n"
             f"  MongoDB  {redact(mongo_url)}\n"
             f"  metrics  {metrics}, {_ops_urls([projector, *workers])}\n"
-            f"  data     {data_dir}\n"
+            f"  data     {data_dir if lock is not None else 'none here (NATS and MongoDB are elsewhere)'}\n"
             f"Press Ctrl-C to stop.\n",
             highlight=False,
         )

@@ -162,3 +162,27 @@ def test_every_operator_tool_says_a_configuration_error_in_one_line(command):
     assert result.output.startswith("promptgen: configuration error:") and "Traceback" not in result.output
     # said before any logging is set up (to the runner's stream, closed after it: later tests' logs)
     assert structlog.get_config() == before
+
+
+def test_up_with_nats_and_mongodb_elsewhere_does_not_hold_the_data_directory(tmp_path):
+    """Nothing is kept there then: a second `up` against another deployment, from the same
+    directory, was refused for the first one's lock."""
+    from services.cli.up import hold_data_dir
+
+    held = hold_data_dir(tmp_path)  # another `up` on it
+    try:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            elsewhere = {"NATS_URL": "nats://127.0.0.1:1", "MONGO_URL": "mongodb://127.0.0.1:1"}
+            result = CliRunner().invoke(app, ["up", "--data-dir", str(tmp_path), "--port", str(port)], env=elsewhere)
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2 and f"Port {port} (for the gateway) is already in use" in said, said
+            # with an embedded server to start, the directory is still its own
+            result = CliRunner().invoke(app, ["up", "--data-dir", str(tmp_path), "--port", str(port)],
+                                        env={"NATS_URL": "nats://127.0.0.1:1", "MONGO_URL": ""})
+            said = " ".join(result.output.split())
+            assert result.exit_code == 2 and "is in use by another promptgen up" in said, said
+    finally:
+        held.close()

@@ -166,12 +166,12 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
                       f"two per core ({most // 2} here); a gateway more only shares a core")
         return 2
     try:
-        external = bool(variable("NATS_URL") and variable("MONGO_URL"))
+        nats_url, mongo_url = variable("NATS_URL"), variable("MONGO_URL")  # or their _FILE forms
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
     held = None
-    if not external:  # only the embedded servers keep their data there
+    if not (nats_url and mongo_url):  # only the embedded servers keep their data there
         try:
             held = hold_data_dir(data_dir)
         except DataDirInUse as exc:
@@ -179,23 +179,20 @@ async def run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, 
             return 2
     try:
         return await _run_up(port=port, data_dir=data_dir, nats_port=nats_port, mongo_port=mongo_port,
-                             generators=generators, gateways=gateways, lock=held.fileno() if held else None)
+                             generators=generators, gateways=gateways, lock=held.fileno() if held else None,
+                             nats_url=nats_url, mongo_url=mongo_url)
     finally:
         if held is not None:
             held.close()  # the lock goes with it
 
 
 async def _run_up(*, port: int, data_dir: Path, nats_port: int, mongo_port: int, generators: int,
-                  gateways: int, lock: int | None) -> int:
+                  gateways: int, lock: int | None, nats_url: str | None, mongo_url: str | None) -> int:
+    """``nats_url``, ``mongo_url``: the servers given (None: started here)."""
     stop = stop_event()
     # the data directory stays held while any runs (None: no embedded server, nothing kept there)
     sup = Supervisor(told_to_stop=stop, keep_fds=(lock,) if lock is not None else ())
     env: dict[str, str] = {"PROMPTGEN_PORT": str(port)}
-    try:
-        nats_url, mongo_url = variable("NATS_URL"), variable("MONGO_URL")  # or their _FILE forms
-    except ValueError as exc:
-        console.print(f"[red]{exc}[/red]")
-        return 2
     try:
         for needed, p, what in ((not nats_url, nats_port, "NATS"), (not mongo_url, mongo_port, "MongoDB"),
                                 (True, port, "the gateway")):

@@ -60,16 +60,17 @@ class AccessLog:
 
     @staticmethod
     def _record(scope: Scope, status: int, seconds: float) -> None:
-        gateway = getattr(scope["app"].state, "gateway", None) if "app" in scope else None
-        record_answer(gateway.metrics if gateway is not None else None, method=scope["method"],
-                      route=route_template(scope), path=scope.get("path"), status=status, seconds=seconds,
-                      client=scope.get("client"))
+        record_answer(scope.get("app"), method=scope["method"], route=route_template(scope), path=scope.get("path"),
+                      status=status, seconds=seconds, client=scope.get("client"))
 
 
-def record_answer(metrics: Metrics | None, *, method: str, route: str, path: str | None, status: int,
-                  seconds: float | None, client: Any, **fields: Any) -> None:
-    """One answer in the HTTP series and the access log: the app's, or one the server gave
-    itself to a request whose head it refused (``route`` ``<unread>``, no duration)."""
+def record_answer(app: Any, *, method: str, route: str, path: str | None, status: int, seconds: float | None,
+                  client: Any, **fields: Any) -> None:
+    """One answer in the HTTP series of ``app``'s gateway (none before it has started) and the
+    access log: the app's, or one the server gave itself to a request whose head it refused
+    (``route`` ``<unread>``, no duration)."""
+    gateway = getattr(getattr(app, "state", None), "gateway", None)
+    metrics: Metrics | None = gateway.metrics if gateway is not None else None
     if metrics is not None:
         metrics.http_requests.labels(method=method, route=route, status=str(status)).inc()
         if seconds is not None:

@@ -373,9 +373,8 @@ def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Confi
     """uvicorn's configuration for the gateway: ``options`` as :class:`uvicorn.Config` takes
     them, on the httptools protocol with a request's head and body bounded as ``settings`` say."""
     def record_refusal(method: str, status: int, code: str, client: Any) -> None:
-        gateway = getattr(getattr(app, "state", None), "gateway", None)  # none before the app has started
-        record_answer(gateway.metrics if gateway is not None else None, method=method, route=UNREAD, path=None,
-                      status=status, seconds=None, client=client, code=code)
+        record_answer(app, method=method, route=UNREAD, path=None, status=status, seconds=None, client=client,
+                      code=code)
 
     protocol = type("BoundedHead", (BoundedHead,), {
         "record_refusal": staticmethod(record_refusal),

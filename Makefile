@@ -21,7 +21,8 @@ run: install
 # in TEST_WORKERS processes (pytest-xdist), one test file per process at a time; then, in one
 # process, the tests marked serial (run whether or not the others passed). Most tests wait on
 # servers more than they compute, so more processes than cores pays. With NATS_URL set the
-# tests share one NATS server, where each test starts from an emptied stream: one process.
+# tests share one NATS server, where each test starts from an emptied stream: one process (and
+# only with TESTS_ERASE_NATS=1 as well: tests/conftest.py refuses to empty a deployment's log).
 # A test process that dies (tests/timeouts.py ends one whose test hung) ends the run, with the
 # rest of its tests: replacing it can leave pytest-xdist's loadfile scheduling waiting for ever.
 TEST_WORKERS ?= $(if $(NATS_URL),1,4)

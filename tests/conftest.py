@@ -28,12 +28,28 @@ from services.gateway.http_head import server_config
 from services.generator.main import run_generator
 from services.projector.main import run_projector
 from services.runtime.metrics import Metrics
+from services.runtime.redaction import redact
 from services.runtime.settings import Settings
 from services.runtime.tracing import use_exporter
 from services.testing.mock_llm import MockLLM, MockLLMConfig
 from tests.servers import MongoServer, NatsServer, mongo_server, stop, wait_port
 
 pytest_plugins = ["tests.timeouts"]  # a test past its timeout says where it hung, on stderr
+
+# Given NATS_URL, each test empties the event log's stream there: said in so many words, or not done.
+ERASE_NATS = "TESTS_ERASE_NATS"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A shell set up for the tools (``NATS_URL`` of a running deployment) must not have its event
+    log deleted by ``make test``: with ``NATS_URL`` set, the tests run only if told the server is
+    theirs to empty."""
+    url = os.environ.get("NATS_URL")
+    if url and os.environ.get(ERASE_NATS) != "1":
+        raise pytest.UsageError(
+            f"NATS_URL is set ({redact(url)}): the tests would delete the stream {Settings().stream} there before "
+            f"each test, with every event in it. To run them against that server, as a throwaway one, set "
+            f"{ERASE_NATS}=1 as well; to let them start servers of their own, unset NATS_URL (and MONGO_URL).")
 
 
 @pytest.fixture(scope="session")

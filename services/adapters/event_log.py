@@ -40,6 +40,7 @@ from tenacity import (
 
 from contracts import subjects
 from contracts.events import Envelope, Event, EventDecodeError, UnknownEvent, encode_event, parse_event
+from contracts.limits import printable
 from services.runtime import tracing
 from services.runtime.lifecycle import cancel_and_wait, stop_requested
 from services.runtime.redaction import redact
@@ -156,12 +157,23 @@ def published_headers(headers: Mapping[str, str] | None) -> Mapping[str, str]:
                              if k not in _SERVER_HEADERS and not k.startswith("Nats-Expected-")})
 
 
+def on_its_subject(subject: str, data: bytes) -> Event:
+    """The event ``data`` holds, if ``subject`` is its own. An event on another subject (a job's
+    request on another job's subject) would be read by some consumers for the job its subject
+    names and by others for the one it names itself: it is read by none."""
+    event = parse_event(data)
+    if (own := event.subject()) != subject:
+        raise EventDecodeError(f"a {event.type} event published on {printable(subject, 200)}, not on its own "
+                               f"subject {own}")
+    return event
+
+
 def stored_event(seq: int, time: datetime | None, subject: str, data: bytes,
                  headers: Mapping[str, str] | None = None) -> StoredEvent:
     time = time or datetime.now(UTC)
     kept = published_headers(headers)
     try:
-        return StoredEvent(seq=seq, time=time, subject=subject, event=parse_event(data), headers=kept)
+        return StoredEvent(seq=seq, time=time, subject=subject, event=on_its_subject(subject, data), headers=kept)
     except EventDecodeError as exc:
         return StoredEvent(seq=seq, time=time, subject=subject, event=None, error=exc, data=bytes(data),
                            headers=kept)

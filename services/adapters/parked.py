@@ -137,7 +137,12 @@ class ParkedEvents:
         try:
             batches = self.event_log.read_messages(f"{self._prefix}.{consumer or '*'}.*", stream=self.stream)
             async for msgs in batches:
-                records += [ParkedEvent.model_validate_json(m.data) for m in msgs]
+                for m in msgs:
+                    try:
+                        records.append(ParkedEvent.model_validate_json(m.data))
+                    except ValueError as exc:  # another version's record, or a stray publish: the rest still shows
+                        log.warning("parked_record_unreadable", subject=m.subject, error=brief(exc),
+                                    first_bytes=preview(m.data)[:200])
         except NotFoundError:  # nothing was ever parked
             return []
         return sorted(records, key=lambda r: (r.consumer, r.seq))

@@ -22,7 +22,7 @@ from services.adapters.event_log import StoredEvent, pulled
 from services.adapters.llm.base import LLMError
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
-from services.generator.work import failed, store_outcome
+from services.generator.work import failed, persona_ended, store_outcome
 from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
 from services.runtime.metrics import Metrics
@@ -44,10 +44,20 @@ async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveri
                               metrics: Metrics | None = None) -> bool:
     stored = await event_log.at(stream_seq)
     if stored is None:
-        return False  # aged out of the log
+        log.warning("dead_letter_item_gone", stream_seq=stream_seq, deliveries=deliveries,
+                    reason="the work item is no longer in the log (aged out or deleted): no persona to fail")
+        return False
     item = stored.event
     if not isinstance(item, PersonaPromptRequested):
-        return False  # undecodable: the worker that met it parked it
+        log.warning("dead_letter_not_a_work_item", stream_seq=stream_seq, subject=stored.subject,
+                    reason="undecodable: the worker that met it parked it (GET /admin/parked)")
+        return False
+    if await persona_ended(event_log, item.job_id, item.persona_id, leader=True):
+        # A worker stored the outcome, then died before its ack; the advisory waited longer than
+        # the log's duplicate window (no generator ran meanwhile): the persona is not lost.
+        log.info("dead_letter_persona_ended", job_id=item.job_id, persona_id=item.persona_id,
+                 deliveries=deliveries, stream_seq=stream_seq)
+        return False
     err = LLMError("delivery_exhausted",
                    f"no worker could finish this persona after {deliveries} deliveries (workers crashed or hung)")
     # In the work item's trace: the failure shows where the job's generation ended.

@@ -6,14 +6,16 @@ import asyncio
 import contextlib
 
 from nats.errors import TimeoutError as NatsTimeout
+from structlog.testing import capture_logs
 
 from contracts import subjects
+from contracts.events import encode_event
 from services.adapters.event_log import EventLog
 from services.adapters.parked import ParkedEvents
 from services.generator.consumers import WORKERS
 from services.generator.dead_letters import dead_letter_stream, keep_dead_letters, run_dead_letters
 from services.generator.work import fan_out
-from tests.samples import job_requested
+from tests.samples import job_requested, sample
 from tests.waiting import eventually
 
 
@@ -73,3 +75,28 @@ async def test_an_advisory_emitted_while_no_generator_runs_waits_for_the_next(ev
         stop.set()
         await watcher
     assert failed.error_code == "delivery_exhausted"
+
+
+async def test_an_advisory_for_a_persona_that_ended_fails_nothing(event_log):
+    """A worker stored the persona's outcome and died before its ack; the advisory waited past the
+    log's duplicate window (no generator ran), so the dedup id no longer drops a second end: the
+    persona is not failed after its prompt was stored."""
+    await keep_dead_letters(event_log, WORKERS)
+    assert await _exhaust_deliveries(event_log, "jdone", until_failed=False) == 2
+    done = sample("persona.completed").model_copy(update={"job_id": "jdone", "persona_id": "p1"})
+    # without its Nats-Msg-Id: as if stored longer ago than the duplicate window
+    await event_log.js.publish(done.subject(), encode_event(done), stream=event_log.stream)
+
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, ParkedEvents(event_log)))
+    try:
+        with capture_logs() as logs:
+            async def advisories_left() -> bool:
+                return not (await event_log.js.stream_info(dead_letter_stream(event_log))).state.messages
+
+            await eventually(advisories_left, timeout=10, what="the advisory handled")
+    finally:
+        stop.set()
+        await watcher
+    assert await event_log.last(subjects.job_persona("jdone", "p1", "failed")) is None
+    assert [line["persona_id"] for line in logs if line["event"] == "dead_letter_persona_ended"] == ["p1"]

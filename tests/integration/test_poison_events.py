@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
+from structlog.testing import capture_logs
 
 from contracts import subjects
 from contracts.events import UPCASTERS, encode_event
+from services.adapters.event_log import StoredEvent
+from services.adapters.parked import ParkedEvents
 from services.projector import job_manager
 from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
-from tests.samples import persona
+from tests.samples import job_requested, persona, sample
 from tests.sse_client import read_sse
 from tests.waiting import eventually
 
@@ -26,8 +30,8 @@ async def _raw(event_log, subject: str, data: bytes) -> int:
     return ack.seq
 
 
-def _interaction(avatars: list) -> bytes:
-    return json.dumps({"type": "interaction.created", "interaction_id": str(uuid.uuid4()),
+def _interaction(avatars: list, interaction_id: str) -> bytes:
+    return json.dumps({"type": "interaction.created", "interaction_id": interaction_id,
                        "mode": "learn_mode", "avatars": avatars}, separators=(",", ":")).encode()
 
 
@@ -60,10 +64,10 @@ async def _run_a_job(client, scenario_document: str, count: int = 3) -> dict:
 async def test_the_projector_parks_what_it_cannot_read_or_store_and_goes_on(
     client, event_log, models, scenario_document
 ):
-    big = await _raw(event_log, subjects.interaction_created("big"), _interaction([0] * 3_500_000))
+    big = await _raw(event_log, subjects.interaction_created("big"), _interaction([0] * 3_500_000, "big"))
     poison = {
-        await _raw(event_log, subjects.interaction_created("deep"), _interaction([_deep(220)])): "undecodable",
-        await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}])): "unstorable",
+        await _raw(event_log, subjects.interaction_created("deep"), _interaction([_deep(220)], "deep")): "undecodable",
+        await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}], "nul")): "unstorable",
         big: "unstorable",
         await _raw(event_log, subjects.template_created("junk"), b"\xff\xfe not an event"): "undecodable",
     }
@@ -191,7 +195,7 @@ async def test_a_rebuild_parks_the_poison_and_equals_the_live_projection(client,
     from tests.metrics_text import sample
     from tests.readmodels import snapshot
 
-    nul = await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}]))
+    nul = await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}], "nul"))
     junk = await _raw(event_log, subjects.template_created("junk"), b"{not json")
     await _run_a_job(client, scenario_document)
     live = await snapshot(models)
@@ -265,8 +269,8 @@ async def test_a_rebuild_reports_what_it_cannot_store_and_rebuilds_the_rest(
     from tests.readmodels import snapshot
 
     unstorable = {
-        await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}])),
-        await _raw(event_log, subjects.interaction_created("big"), _interaction([0] * 3_500_000)),
+        await _raw(event_log, subjects.interaction_created("nul"), _interaction([{"a\x00b": 1}], "nul")),
+        await _raw(event_log, subjects.interaction_created("big"), _interaction([0] * 3_500_000, "big")),
     }
     poisoned = await event_log.last_seq()
     await eventually(lambda: _caught_up(models, poisoned), what="the projector passing the poison")
@@ -325,3 +329,44 @@ async def test_a_reapply_the_consumer_does_not_answer_in_time_is_said_so(event_l
     await event_log.subscribe(CONTROL.format(consumer="projector"), busy)
     with pytest.raises(ConsumerSlow, match="did not answer within 0.3 s; it may still be re-applying"):
         await request_reapply(event_log, "projector", None, timeout=0.3)
+
+
+async def test_an_event_on_another_events_subject_is_read_by_no_consumer(client, event_log, models, settings):
+    """A well-formed job request for job B published on job A's subject: the projector would have
+    made job B while the job manager, which learns a job from its subjects, found no request for
+    it (B running for ever); a persona's outcome on another persona's subject would have written
+    a prompt where no work was asked. Each is parked as what it is, and nothing is made of it."""
+    forged_job = str(uuid.uuid4())
+    request = job_requested(forged_job).model_copy(update={"deadline": datetime.now(UTC) + timedelta(minutes=30)})
+    victim = str(uuid.uuid4())
+    misplaced = await _raw(event_log, subjects.job(victim, "requested"), encode_event(request))
+    outcome = sample("persona.completed").model_copy(update={"job_id": forged_job, "persona_id": "p-victim"})
+    moved = await _raw(event_log, subjects.job_persona(forged_job, "p-elsewhere", "completed"), encode_event(outcome))
+
+    async def parked_by_all():
+        found = {c: await _parked(client, c) for c in ("projector", "generator-dispatcher")}
+        return found if misplaced in found["generator-dispatcher"] and moved in found["projector"] else None
+
+    found = await eventually(parked_by_all, what="the misplaced events parked")
+    assert misplaced in found["projector"]
+    said = found["projector"][misplaced]
+    assert said["error_kind"] == "undecodable" and f"published on {subjects.job(victim, 'requested')}" in said["error"]
+    assert f"not on its own subject {subjects.job(forged_job, 'requested')}" in said["error"]
+    assert (await client.get(f"/scenario/v2/job-status/{forged_job}")).status_code == 404
+    unreadable = await client.get(f"/scenario/v2/job-status/{victim}")  # as for any garbage on its subject
+    assert unreadable.status_code == 500 and unreadable.json()["code"] == "event_unreadable", unreadable.text
+    assert await models.personas.find_one({"_id": "p-victim"}) is None
+
+
+async def test_a_parked_record_that_does_not_read_hides_no_other(event_log):
+    """A record of the parked stream this version cannot read (a stray publish, another version's)
+    is passed over with a warning: the operator still sees, and can re-apply, every other one."""
+    parked = ParkedEvents(event_log)
+    poison = StoredEvent(seq=5, time=datetime.now(UTC), subject=subjects.persona_created("x"), event=None,
+                         data=b"{not json")
+    await parked.park("projector", poison, "undecodable", "not JSON")
+    await event_log.publish_to(parked.stream, parked._subject("projector", 6), b"not a parked record")
+    with capture_logs() as logs:
+        assert [(r.consumer, r.seq) for r in await parked.list()] == [("projector", 5)]
+        assert [(r.consumer, r.seq) for r in await parked.list("projector")] == [("projector", 5)]
+    assert [line["event"] for line in logs if line["log_level"] == "warning"] == ["parked_record_unreadable"] * 2

@@ -93,6 +93,24 @@ class Precluded(Exception):
         self.subject = subject
 
 
+@dataclass(frozen=True, slots=True)
+class Unchanged:
+    """A publish's condition: the newest message on ``subjects`` (a filter: wildcards allowed) is
+    the one at ``seq``, which the publisher decided on (0: none)."""
+
+    subjects: str
+    seq: int
+
+
+class Moved(Exception):
+    """An event not stored because a message on its condition's subjects (:class:`Unchanged`)
+    came after the one its publisher decided on: decide again on what is there now."""
+
+    def __init__(self, event_type: str, condition: Unchanged) -> None:
+        super().__init__(f"a {event_type} event is not stored: {condition.subjects} moved past {condition.seq}")
+        self.condition = condition
+
+
 class Contended(Exception):
     """An event not stored because the subject it was published unless kept changing under it,
     with no event there: what a buggy producer writing garbage faster than the publish was asked
@@ -590,6 +608,22 @@ class DerivedReads:
             newest = await self.last_seq_on(unless, leader=True) or 0
         raise Contended(event.type, unless, UNLESS_TRIES)  # garbage written there faster than we publish
 
+    async def _publish_unchanged(self, event: Envelope, headers: dict[str, str], condition: Unchanged,
+                                 store: Callable[[dict[str, str]], Awaitable[int]]) -> int:
+        """``event`` stored by ``store`` if nothing came on ``condition.subjects`` after
+        ``condition.seq`` (the server checks as it stores), else :class:`Moved`. Refused, it
+        looks: the retry of ``event`` stored before, its ack lost, gets that sequence."""
+        try:
+            return await store(headers | {EXPECTED_LAST_SUBJECT_SEQUENCE: str(condition.seq),
+                                          EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: condition.subjects})
+        except BadRequestError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+        mine = await self.last(event.subject(), leader=True)
+        if mine is not None and mine.headers.get("Nats-Msg-Id") == headers["Nats-Msg-Id"]:
+            return mine.seq
+        raise Moved(event.type, condition)
+
     async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
         raise NotImplementedError
 
@@ -732,17 +766,24 @@ class EventLog(DerivedReads):
 
     # --- writing ------------------------------------------------------------------------
 
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None) -> int:
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None,
+                      unchanged: Unchanged | None = None) -> int:
         """Store ``event``; returns its stream sequence (the original's, if a duplicate).
         ``unless``: a subject; with an event on it stored first, ``event`` is not stored and
-        :class:`Precluded` is raised (:meth:`_publish_unless`)."""
+        :class:`Precluded` is raised (:meth:`_publish_unless`). ``unchanged``: stored only if
+        nothing came on its subjects after its sequence, else :class:`Moved`."""
         payload = encode_event(event)
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
+
+            def store(sent: dict[str, str]) -> Awaitable[int]:
+                return self._publish(subject, payload, sent, event.type, retry_seconds)
+
+            if unchanged is not None:
+                return await self._publish_unchanged(event, headers, unchanged, store)
             if unless is None:
-                return await self._publish(subject, payload, headers, event.type, retry_seconds)
-            return await self._publish_unless(
-                event, headers, unless, lambda sent: self._publish(subject, payload, sent, event.type, retry_seconds))
+                return await store(headers)
+            return await self._publish_unless(event, headers, unless, store)
 
     async def _publish(self, subject: str, payload: bytes, headers: dict[str, str], event_type: str,
                        retry_seconds: float) -> int:

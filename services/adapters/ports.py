@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from nats.js import api
 
 from contracts.events import Envelope
-from services.adapters.event_log import LogState, StoredEvent
+from services.adapters.event_log import LogState, StoredEvent, Unchanged
 from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.projections import Change
 from services.runtime.settings import Settings
@@ -83,7 +83,8 @@ class EventLogPort(Protocol):
     settings: Settings
 
     # the events
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None) -> int: ...
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None,
+                      unchanged: Unchanged | None = None) -> int: ...
     async def last(self, subject: str, *, leader: bool = False) -> StoredEvent | None: ...
     async def at(self, seq: int) -> StoredEvent | None: ...
     async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None: ...

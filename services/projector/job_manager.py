@@ -35,7 +35,7 @@ from contracts.events import (
     PersonaCompleted,
     PersonaFailed,
 )
-from services.adapters.event_log import StoredEvent
+from services.adapters.event_log import Moved, StoredEvent, Unchanged
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import Mark
@@ -55,6 +55,7 @@ JOB_MANAGER = "job-manager"
 # beside the fold's: one per batch of job events was a third of the projector's writes. A
 # restart replays what came after the stored position, deciding again (idempotently).
 POSITION_EVERY_SECONDS = 1.0
+END_TRIES = 5  # decisions of one job's end in a row that its newer events may overtake
 
 
 class JobView:
@@ -66,9 +67,11 @@ class JobView:
         self.open: set[str] = set()  # its personas not yet ended
         self.decided = False  # its end is published (the event may not be back yet)
         self.known_to = 0  # the log's sequence up to which it holds every event of the job
+        self.newest = 0  # the newest message of the job's it was made of, readable or not
 
     def apply(self, event: Envelope, seq: int) -> None:
         self.known_to = max(self.known_to, seq)
+        self.newest = max(self.newest, seq)
         for collection, change in project(event, seq):
             if collection in (JOBS, JOB_PERSONAS):
                 self.fold.apply(collection, change)
@@ -99,6 +102,7 @@ class JobView:
     def of(cls, job_id: str, events: Iterable[StoredEvent]) -> JobView:
         view = cls(job_id)
         for stored in events:
+            view.newest = max(view.newest, stored.seq)
             if stored.event is not None:
                 view.apply(stored.event, stored.seq)
         return view
@@ -319,27 +323,46 @@ class JobManager:
                     await self._park(job_id, exc.cause)
 
     async def _end_if_over(self, job_id: str, now: datetime, live: bool) -> None:
-        held = self.running.jobs.get(job_id) if live else None
-        if held is not None and held.known_to >= self.replaying_to:
-            view: JobView | None = held
+        """Publish the job's end if it is over, on condition that nothing of the job came after
+        the history it was decided on (an outcome stored while an expiry was decided would
+        otherwise be counted failed in the job's results): if something did, decide again."""
+        for _ in range(END_TRIES):
+            held = self.running.jobs.get(job_id) if live else None
+            if held is not None and held.known_to >= self.replaying_to:
+                view: JobView | None = held
+            else:
+                view = await durably(lambda: self.running.learn(job_id), what="job history")
+            history = view.view() if view is not None else None
+            if view is None or history is None:
+                return
+            try:
+                end = decide_job_end(*history, now)
+            except Exception as exc:
+                raise Unstorable(exc) from exc
+            if end is None:
+                return
+            if await durably(partial(self._publish_end, end, Unchanged(subjects.job_history(job_id), view.newest)),
+                             what="job end"):
+                break
+            live = False  # the log holds more of the job than the view: its whole history, again
         else:
-            view = await durably(lambda: self.running.learn(job_id), what="job history")
-        history = view.view() if view is not None else None
-        if history is None:
-            return
-        try:
-            end = decide_job_end(*history, now)
-        except Exception as exc:
-            raise Unstorable(exc) from exc
-        if end is None:
-            return
-        await durably(lambda: self.log.publish(end), what="job end")
+            raise Unstorable(RuntimeError(f"the job's events kept coming while its end was decided, {END_TRIES} "
+                                          "times: decided again by the next sweep or reapply"))
         if (followed := self.running.jobs.get(job_id)) is not None:
             followed.decided = True
         tracing.note(**{"promptgen.job_status": end.status})
         self.metrics.jobs_finished.labels(status=end.status).inc()
         log.info("job_finished", job_id=job_id, status=end.status,
                  successful=end.results.successful, failed=end.results.failed)
+
+    async def _publish_end(self, end: JobFinished, condition: Unchanged) -> bool:
+        """Whether ``end`` is stored (False: the job moved past ``condition``)."""
+        try:
+            await self.log.publish(end, unchanged=condition)
+        except Moved as moved:
+            log.info("job_end_decided_again", job_id=end.job_id, reason=str(moved))
+            return False
+        return True
 
     async def _park(self, job_id: str, error: BaseException) -> None:
         request = await self.log.last(subjects.job(job_id, "requested"))

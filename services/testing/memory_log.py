@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.adapters.event_log import DerivedReads, LogState, StoredEvent, stored_event
+from services.adapters.event_log import DerivedReads, LogState, StoredEvent, Unchanged, stored_event
 from services.runtime import tracing
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
@@ -85,17 +85,20 @@ class MemoryEventLog(DerivedReads):
 
     # --- the events -----------------------------------------------------------------------
 
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None) -> int:
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None,
+                      unchanged: Unchanged | None = None) -> int:
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:
             await asyncio.sleep(0)  # a publish is a round trip: others run meanwhile
             data = encode_event(event)
-            if unless is None:
-                return self._store(self.stream, subject, data, headers)
 
             async def store(sent: dict[str, str]) -> int:
-                return self._store(self.stream, subject, data, sent)  # the stream checks the condition
+                return self._store(self.stream, subject, data, sent)  # the stream checks a condition
 
+            if unchanged is not None:
+                return await self._publish_unchanged(event, headers, unchanged, store)
+            if unless is None:
+                return await store(headers)
             return await self._publish_unless(event, headers, unless, store)
 
     async def publish_unannounced(self, event: Envelope) -> int:

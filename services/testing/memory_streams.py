@@ -144,6 +144,11 @@ class MemoryStream:
         return self._messages[seq - 1] if 1 <= seq <= len(self._messages) else None
 
     def last_on(self, subject: str) -> StoredMessage | None:
+        """The newest message on ``subject``, a filter that may hold wildcards."""
+        if "*" in subject.split(".") or subject.endswith(">"):
+            newest = max((seqs[-1] for on, seqs in self._by_subject.items() if seqs and subject_matches(subject, on)),
+                         default=None)
+            return self.get(newest) if newest is not None else None
         seqs = self._by_subject.get(subject)
         return self.get(seqs[-1]) if seqs else None
 

@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from contracts import subjects
 from contracts.events import JobCancelRequested, TemplateCreated
-from services.adapters.event_log import Contended, Precluded, stored_message
+from services.adapters.event_log import Contended, Moved, Precluded, Unchanged, stored_message
 from services.generator.dead_letters import advisory_subject, dead_letter_stream, keep_dead_letters
 from services.generator.work import fan_out
 from services.testing import MemoryEventLog
@@ -115,6 +115,23 @@ async def test_a_publish_unless_a_subject_holds_an_event_is_refused_once_it_does
     assert await log.publish(template("t3"), unless=subjects.job("j2", "cancel_requested")) > first
     assert [s.event.template_id async for s in log.read(subjects.ALL) if s.event.type == "template.created"] \
         == ["t1", "t3"]
+
+
+async def test_a_publish_on_condition_that_a_filter_is_unchanged_is_refused_once_it_moved(any_event_log):
+    """How a job's end is kept from overtaking what it was decided on: stored only while the newest
+    message under the job's subjects (a wildcard filter) is the one named; the same end published
+    again (its first ack lost) gets its sequence."""
+    log = any_event_log
+    [request, item] = await publish_job(log, "j1")
+    history = subjects.job_history("j1")
+    with pytest.raises(Moved):  # decided on the request alone: the work item came after it
+        await log.publish(JobCancelRequested(job_id="j1"), unchanged=Unchanged(history, request))
+    cancel = JobCancelRequested(job_id="j1")
+    stored = await log.publish(cancel, unchanged=Unchanged(history, item))
+    assert (await log.at(stored)).event.type == "job.cancel_requested"
+    assert await log.publish(cancel, unchanged=Unchanged(history, item)) == stored
+    await log.publish(template("t1"))  # another subject: no change to the job's
+    assert await log.publish(JobCancelRequested(job_id="j2"), unchanged=Unchanged(subjects.job_history("j2"), 0)) > 0
 
 
 async def test_garbage_on_the_subject_a_publish_is_unless_does_not_preclude_it(any_event_log):

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 from nats.js.errors import NotFoundError
 
 from contracts import subjects
+from services.adapters.parked import ParkedEvents
 from services.generator.consumers import WORKERS
+from services.projector.job_manager import JobManager
 from tests.conftest import InProcessSystem
 from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
+from tests.samples import T0, job_requested, sample
 from tests.sse_client import read_sse
 from tests.waiting import eventually
 
@@ -90,3 +95,29 @@ async def test_a_job_aged_out_of_the_log_is_404_with_a_message(client, models, e
     for path in (job["sse_endpoint"], f"/scenario/v2/job-status/{job['job_id']}"):
         r = await client.get(path)
         assert r.status_code == 404 and "aged out" in r.json()["detail"]
+
+
+async def test_an_outcome_stored_while_an_expiry_is_decided_is_counted_in_it(event_log, models):
+    """The deadline sweep reads a job's history, decides it expired, and publishes that; a persona's
+    outcome stored in between was counted failed in the job's results while its prompt was saved,
+    and SSE clients heard it completed, then failed. The end is stored only if nothing of the job
+    came after what it was decided on: decided again, the outcome counts."""
+    job_id = "jrace"
+    await event_log.publish(job_requested(job_id, ("p1", "p2")))
+    manager = JobManager(event_log, models, parked=ParkedEvents(event_log), clock=lambda: T0 + timedelta(days=1))
+    learn, learnt = manager.running.learn, []
+
+    async def an_outcome_arrives_meanwhile(job: str):
+        view = await learn(job)
+        if not learnt:  # the first decision's history is read: p1's outcome comes just after
+            done = sample("persona.completed").model_copy(update={"job_id": job_id, "persona_id": "p1"})
+            await event_log.publish(done)
+        learnt.append(view)
+        return view
+
+    manager.running.learn = an_outcome_arrives_meanwhile
+    await manager.decide([job_id])
+    assert len(learnt) == 2  # decided twice: the first end was refused
+    end = (await event_log.last(subjects.job(job_id, "expired"))).event
+    assert {p: r.status for p, r in end.results.personas.items()} == {"p1": "completed", "p2": "failed"}
+    assert end.results.successful == 1

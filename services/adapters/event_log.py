@@ -593,16 +593,8 @@ class DerivedReads:
         retry later may store it)."""
         newest = 0  # the newest message on ``unless``: none yet
         for _ in range(UNLESS_TRIES):
-            try:
-                return await store(headers | {EXPECTED_LAST_SUBJECT_SEQUENCE: str(newest),
-                                              EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: unless})
-            except BadRequestError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
-            # asked of the stream's leader, which refused: a replica may lag behind it
-            mine = await self.last(event.subject(), leader=True)
-            if mine is not None and mine.headers.get("Nats-Msg-Id") == headers["Nats-Msg-Id"]:
-                return mine.seq
+            if (seq := await self._store_while(event, headers, Unchanged(unless, newest), store)) is not None:
+                return seq
             if await self.first_readable_on([unless], leader=True) is not None:
                 raise Precluded(event.type, unless)
             newest = await self.last_seq_on(unless, leader=True) or 0
@@ -611,18 +603,27 @@ class DerivedReads:
     async def _publish_unchanged(self, event: Envelope, headers: dict[str, str], condition: Unchanged,
                                  store: Callable[[dict[str, str]], Awaitable[int]]) -> int:
         """``event`` stored by ``store`` if nothing came on ``condition.subjects`` after
-        ``condition.seq`` (the server checks as it stores), else :class:`Moved`. Refused, it
-        looks: the retry of ``event`` stored before, its ack lost, gets that sequence."""
+        ``condition.seq``, else :class:`Moved`."""
+        if (seq := await self._store_while(event, headers, condition, store)) is None:
+            raise Moved(event.type, condition)
+        return seq
+
+    async def _store_while(self, event: Envelope, headers: dict[str, str], condition: Unchanged,
+                           store: Callable[[dict[str, str]], Awaitable[int]]) -> int | None:
+        """``event`` stored by ``store`` while the newest message on ``condition.subjects`` is at
+        ``condition.seq`` (the server checks as it stores): its sequence, or that of its own
+        earlier publish (a retry whose ack was lost); None if refused for another message."""
         try:
             return await store(headers | {EXPECTED_LAST_SUBJECT_SEQUENCE: str(condition.seq),
                                           EXPECTED_LAST_SUBJECT_SEQUENCE_SUBJECT: condition.subjects})
         except BadRequestError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
+        # asked of the stream's leader, which refused: a replica may lag behind it
         mine = await self.last(event.subject(), leader=True)
         if mine is not None and mine.headers.get("Nats-Msg-Id") == headers["Nats-Msg-Id"]:
             return mine.seq
-        raise Moved(event.type, condition)
+        return None
 
     async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
         raise NotImplementedError

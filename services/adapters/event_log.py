@@ -406,8 +406,9 @@ async def nats_refused(nats_url: str) -> str | None:
     return "; ".join(reasons) or None
 
 
-MIN_NATS_VERSION = (2, 11)  # Nats-Expected-Last-Subject-Sequence-Subject (the outcome's condition)
-WHY_MIN_NATS_VERSION = ("a persona's outcome is stored only while its job's cancel is not, a condition "
+MIN_NATS_VERSION = (2, 11)  # Nats-Expected-Last-Subject-Sequence-Subject (the outcome's and the end's conditions)
+WHY_MIN_NATS_VERSION = ("a persona's outcome is stored only while its job's cancel is not, and a job's end only "
+                        "while nothing of the job came after what it was decided on: conditions "
                         "(Nats-Expected-Last-Subject-Sequence-Subject) older servers do not check")
 
 

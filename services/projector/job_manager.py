@@ -332,8 +332,7 @@ class JobManager:
                 view: JobView | None = held
             else:
                 view = await durably(lambda: self.running.learn(job_id), what="job history")
-            history = view.view() if view is not None else None
-            if view is None or history is None:
+            if view is None or (history := view.view()) is None:
                 return
             try:
                 end = decide_job_end(*history, now)

@@ -94,6 +94,23 @@ class Precluded(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class Unless:
+    """A publish's condition: not stored once the log holds an event on one of ``precluding``.
+    The server checks ``watch``, a filter that covers them (wildcards allowed), against
+    ``after``, the newest message on it the publisher knows of (0: none); a message there
+    that precludes nothing (garbage, another event of ``watch``'s) is stepped over."""
+
+    watch: str
+    precluding: tuple[str, ...]
+    after: int = 0
+
+    @classmethod
+    def on(cls, subject: str) -> Unless:
+        """Not stored once an event is on ``subject``."""
+        return cls(subject, (subject,))
+
+
+@dataclass(frozen=True, slots=True)
 class Unchanged:
     """A publish's condition: the newest message on ``subjects`` (a filter: wildcards allowed) is
     the one at ``seq``, which the publisher decided on (0: none)."""
@@ -407,8 +424,8 @@ async def nats_refused(nats_url: str) -> str | None:
 
 
 MIN_NATS_VERSION = (2, 11)  # Nats-Expected-Last-Subject-Sequence-Subject (the outcome's and the end's conditions)
-WHY_MIN_NATS_VERSION = ("a persona's outcome is stored only while its job's cancel is not, and a job's end only "
-                        "while nothing of the job came after what it was decided on: conditions "
+WHY_MIN_NATS_VERSION = ("a persona's outcome is stored only while its job's cancel and end are not, and a job's "
+                        "end only while nothing of the job came after what it was decided on: conditions "
                         "(Nats-Expected-Last-Subject-Sequence-Subject) older servers do not check")
 
 
@@ -583,23 +600,23 @@ class DerivedReads:
     """What every event log derives from its primitives (``last_seq_on``, ``read_batches``,
     ``follow_batches``): written once for the JetStream adapter and its in-memory double."""
 
-    async def _publish_unless(self, event: Envelope, headers: dict[str, str], unless: str,
+    async def _publish_unless(self, event: Envelope, headers: dict[str, str], unless: Unless,
                               store: Callable[[dict[str, str]], Awaitable[int]]) -> int:
         """``event`` stored by ``store`` (the adapter's publish, given its headers) unless an event
-        is on ``unless``: its sequence, or :class:`Precluded`. The server checks as it stores,
-        before it looks for a duplicate, so nothing slips in between. Refused, it looks: the
-        retry of ``event`` stored before, its ack lost, gets that sequence; garbage a buggy
-        producer wrote on ``unless`` is no event, and the publish is asked again unless a message
-        follows the garbage; after ``UNLESS_TRIES`` refusals, :class:`Contended` (a caller's
-        retry later may store it)."""
-        newest = 0  # the newest message on ``unless``: none yet
+        is on one of ``unless.precluding``: its sequence, or :class:`Precluded`. The server checks
+        as it stores, before it looks for a duplicate, so nothing slips in between. Refused, it
+        looks: the retry of ``event`` stored before, its ack lost, gets that sequence; a message
+        on ``unless.watch`` that precludes nothing (a buggy producer's garbage) is stepped over,
+        and the publish asked again unless a message follows it; after ``UNLESS_TRIES``
+        refusals, :class:`Contended` (a caller's retry later may store it)."""
+        newest = unless.after  # the newest message on what the server checks, as far as we know
         for _ in range(UNLESS_TRIES):
-            if (seq := await self._store_while(event, headers, Unchanged(unless, newest), store)) is not None:
+            if (seq := await self._store_while(event, headers, Unchanged(unless.watch, newest), store)) is not None:
                 return seq
-            if await self.first_readable_on([unless], leader=True) is not None:
-                raise Precluded(event.type, unless)
-            newest = await self.last_seq_on(unless, leader=True) or 0
-        raise Contended(event.type, unless, UNLESS_TRIES)  # garbage written there faster than we publish
+            if (found := await self.first_readable_on(list(unless.precluding), leader=True)) is not None:
+                raise Precluded(event.type, found.subject)
+            newest = await self.last_seq_on(unless.watch, leader=True) or 0
+        raise Contended(event.type, unless.watch, UNLESS_TRIES)  # garbage written there faster than we publish
 
     async def _publish_unchanged(self, event: Envelope, headers: dict[str, str], condition: Unchanged,
                                  store: Callable[[dict[str, str]], Awaitable[int]]) -> int:
@@ -768,10 +785,10 @@ class EventLog(DerivedReads):
 
     # --- writing ------------------------------------------------------------------------
 
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None,
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: Unless | None = None,
                       unchanged: Unchanged | None = None) -> int:
         """Store ``event``; returns its stream sequence (the original's, if a duplicate).
-        ``unless``: a subject; with an event on it stored first, ``event`` is not stored and
+        ``unless``: with an event on one of its subjects stored first, ``event`` is not stored and
         :class:`Precluded` is raised (:meth:`_publish_unless`). ``unchanged``: stored only if
         nothing came on its subjects after its sequence, else :class:`Moved`."""
         payload = encode_event(event)
@@ -890,8 +907,8 @@ class EventLog(DerivedReads):
         return stored_event(raw.seq, raw.time, raw.subject, raw.data, raw.headers)
 
     async def last_seq_on(self, subject: str, *, leader: bool = False) -> int | None:
-        """The sequence of the newest event on ``subject`` (no wildcards), without decoding
-        it (a job's request or end can be large); None if there is none."""
+        """The sequence of the newest message on ``subject`` (a filter: wildcards allowed), without
+        decoding it (a job's request or end can be large); None if there is none."""
         raw = await self._last_raw(subject, leader)
         return raw.seq if raw is not None else None
 

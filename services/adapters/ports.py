@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from nats.js import api
 
 from contracts.events import Envelope
-from services.adapters.event_log import LogState, StoredEvent, Unchanged
+from services.adapters.event_log import LogState, StoredEvent, Unchanged, Unless
 from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.projections import Change
 from services.runtime.settings import Settings
@@ -83,7 +83,7 @@ class EventLogPort(Protocol):
     settings: Settings
 
     # the events
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None,
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: Unless | None = None,
                       unchanged: Unchanged | None = None) -> int: ...
     async def last(self, subject: str, *, leader: bool = False) -> StoredEvent | None: ...
     async def at(self, seq: int) -> StoredEvent | None: ...

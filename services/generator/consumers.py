@@ -22,6 +22,8 @@ from contracts.domain import EXPIRED_PERSONA_ERROR
 from contracts.events import (
     EventDecodeError,
     JobRequested,
+    PersonaCompleted,
+    PersonaFailed,
     PersonaProgress,
     PersonaPromptRequested,
     UnknownEvent,
@@ -32,7 +34,15 @@ from services.adapters.event_log import StoredEvent, pulled, stored_message
 from services.adapters.llm.base import LLMError, Provider
 from services.adapters.parked import ParkedEvents
 from services.adapters.ports import EventLogPort
-from services.generator.work import failed, fan_out, generate_persona_prompt, persona_ended, store_outcome
+from services.generator.work import (
+    Stored,
+    failed,
+    fan_out,
+    generate_persona_prompt,
+    persona_ended,
+    request_seq,
+    store_outcome,
+)
 from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
 from services.runtime.lifecycle import Clock, utc_now
@@ -234,6 +244,7 @@ class WorkerPool:
         self.settings = settings
         self.limiter = limiter
         self.cancellations = Cancellations(event_log)
+        self.requests: OrderedDict[str, int] = OrderedDict()  # where each job's request is in the log
         self.in_flight: set[asyncio.Task] = set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -273,11 +284,21 @@ class WorkerPool:
         await msg.ack()
 
     async def _fail(self, item: PersonaPromptRequested, err: LLMError, delivered: int) -> None:
-        """Store the persona's failure, unless its job's cancel is stored first, and count it."""
-        if await store_outcome(self.log, failed(item, err, delivered)):
+        """Store the persona's failure, unless its job's cancel or end is stored first, and count it."""
+        if (stored := await self._store(failed(item, err, delivered))) == "stored":
             self.metrics.persona_finished("failed", err.code)
         else:
-            self.metrics.persona_finished("cancelled")
+            self.metrics.persona_finished(stored)
+
+    async def _store(self, outcome: PersonaCompleted | PersonaFailed) -> Stored:
+        """:func:`store_outcome`, with where the job's request is remembered per job."""
+        request = self.requests.pop(outcome.job_id, None)
+        if request is None:
+            request = await request_seq(self.log, outcome.job_id)
+        self.requests[outcome.job_id] = request
+        while len(self.requests) > self.cancellations.max_jobs:
+            self.requests.popitem(last=False)
+        return await store_outcome(self.log, outcome, request)
 
     async def _cancelled(self, job_id: str) -> bool:
         return await self.cancellations.is_cancelled(job_id)
@@ -371,12 +392,14 @@ class WorkerPool:
                     self.metrics.persona_finished("expired")
                     await msg.ack()
                     return
-                if (call.cancelled() or await self._cancelled(item.job_id)
-                        or not await store_outcome(self.log, outcome)):
-                    # The job ended cancelled while its call was out (the job manager has marked
-                    # the persona cancelled): nothing of the call is stored.
-                    log.info("work_item_dropped_cancelled", answered=not call.cancelled())
-                    self.metrics.persona_finished("cancelled")
+                dropped = "cancelled" if call.cancelled() or await self._cancelled(item.job_id) else None
+                if dropped is None and (stored := await self._store(outcome)) != "stored":
+                    dropped = stored
+                if dropped is not None:
+                    # The job ended cancelled or expired while its call was out (the job manager
+                    # has counted the persona so): nothing of the call is stored.
+                    log.info("work_item_dropped", because=dropped, answered=not call.cancelled())
+                    self.metrics.persona_finished(dropped)
                     await msg.ack()
                     return
         finally:

@@ -62,10 +62,10 @@ async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveri
                    f"no worker could finish this persona after {deliveries} deliveries (workers crashed or hung)")
     # In the work item's trace: the failure shows where the job's generation ended.
     with tracing.consuming("dead-letter persona", stored.headers, item, **{"promptgen.seq": stream_seq}):
-        if not await store_outcome(event_log, failed(item, err, deliveries)):
+        if (stored := await store_outcome(event_log, failed(item, err, deliveries))) != "stored":
             if metrics is not None:
-                metrics.persona_finished("cancelled")
-            return False  # its job was cancelled: the job manager counted the persona cancelled
+                metrics.persona_finished(stored)
+            return False  # its job was cancelled or expired: the job manager counted the persona so
     if metrics is not None:
         metrics.dead_letters.inc()
         metrics.persona_finished("failed", err.code)

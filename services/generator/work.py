@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import structlog
 
@@ -18,7 +18,7 @@ from contracts.events import (
     PersonaPromptRequested,
     caused_by,
 )
-from services.adapters.event_log import Precluded
+from services.adapters.event_log import Precluded, Unless
 from services.adapters.llm.base import GeneratedText, LLMError, Provider
 from services.adapters.llm.limits import Limiter, estimated_tokens, limited
 from services.generator.prompt_generators import generate_for_mode
@@ -74,20 +74,42 @@ async def persona_ended(event_log: EventLogPort, job_id: str, persona_id: str, *
     return await event_log.first_readable_on(ends, leader=leader) is not None
 
 
-async def store_outcome(event_log: EventLogPort, outcome: PersonaCompleted | PersonaFailed) -> bool:
-    """Store a persona's outcome unless its job's cancel is stored first; whether it was. The
-    log decides as it stores the outcome, so none follows a cancel there: the job manager, which
-    ends the job at its cancel, has already counted each persona (an unfinished one cancelled)."""
+def while_running(job_id: str, request: int) -> Unless:
+    """Nothing at the job's own level (``promptgen.job.<id>.*``) after its request, at ``request``:
+    no cancel asked, no end."""
+    return Unless(subjects.job(job_id, "*"), (subjects.job(job_id, "cancel_requested"), *subjects.job_ends(job_id)),
+                  after=request)
+
+
+async def request_seq(event_log: EventLogPort, job_id: str) -> int:
+    """Where the job's request is in the log (0 if it no longer is: an outcome's first store is
+    then refused, and looks)."""
+    return await event_log.last_seq_on(subjects.job(job_id, "requested")) or 0
+
+
+Stored = Literal["stored", "cancelled", "expired"]
+
+
+async def store_outcome(event_log: EventLogPort, outcome: PersonaCompleted | PersonaFailed,
+                        request: int | None = None) -> Stored:
+    """Store a persona's outcome unless its job's cancel or end is stored first: ``stored``, or
+    why not (``cancelled``, ``expired``). The log decides as it stores the outcome, so none
+    follows a cancel or an expiry there: the job manager, which ends the job at either, has
+    already counted each persona (an unfinished one cancelled, or failed as expired).
+    ``request``: the sequence of the job's request, if known (else looked up)."""
+    if request is None:
+        request = await request_seq(event_log, outcome.job_id)
     try:
-        await event_log.publish(outcome, unless=subjects.job(outcome.job_id, "cancel_requested"))
-    except Precluded:
+        await event_log.publish(outcome, unless=while_running(outcome.job_id, request))
+    except Precluded as exc:
         # A persona's two ends share one Nats-Msg-Id: one stored before the cancel (this item's
         # earlier delivery's) makes this one its duplicate, stored, not cancelled.
         if await persona_ended(event_log, outcome.job_id, outcome.persona_id, leader=True):
-            return True
-        log.info("outcome_dropped_cancelled", outcome=outcome.type)
-        return False
-    return True
+            return "stored"
+        why: Stored = "expired" if exc.subject == subjects.job(outcome.job_id, "expired") else "cancelled"
+        log.info("outcome_dropped", outcome=outcome.type, because=why)
+        return why
+    return "stored"
 
 
 def estimate_tokens(item: PersonaPromptRequested, expected_completion: int) -> int:

@@ -19,7 +19,7 @@ from nats.js.errors import NotFoundError
 
 from contracts import subjects
 from contracts.events import Envelope, encode_event
-from services.adapters.event_log import DerivedReads, LogState, StoredEvent, Unchanged, stored_event
+from services.adapters.event_log import DerivedReads, LogState, StoredEvent, Unchanged, Unless, stored_event
 from services.runtime import tracing
 from services.runtime.settings import Settings
 from services.testing.memory_consumers import DurableConsumer, PullSubscription, StreamMessage, metadata
@@ -85,7 +85,7 @@ class MemoryEventLog(DerivedReads):
 
     # --- the events -----------------------------------------------------------------------
 
-    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: str | None = None,
+    async def publish(self, event: Envelope, *, retry_seconds: float = 60, unless: Unless | None = None,
                       unchanged: Unchanged | None = None) -> int:
         subject = event.subject()
         with tracing.publishing(event, subject) as headers:

@@ -16,7 +16,7 @@ from opentelemetry import trace
 
 from contracts import subjects
 from contracts.events import JobCancelRequested, TemplateCreated
-from services.adapters.event_log import Contended, Moved, Precluded, Unchanged, stored_message
+from services.adapters.event_log import Contended, Moved, Precluded, Unchanged, Unless, stored_message
 from services.generator.dead_letters import advisory_subject, dead_letter_stream, keep_dead_letters
 from services.generator.work import fan_out
 from services.testing import MemoryEventLog
@@ -106,13 +106,13 @@ async def test_a_publish_unless_a_subject_holds_an_event_is_refused_once_it_does
     stores. The same event published again (a retry whose first ack was lost) gets its sequence."""
     log = any_event_log
     cancel = subjects.job("j1", "cancel_requested")
-    first = await log.publish(template("t1"), unless=cancel)
+    first = await log.publish(template("t1"), unless=Unless.on(cancel))
     assert (await log.at(first)).event.template_id == "t1"
     await log.publish(JobCancelRequested(job_id="j1"))
     with pytest.raises(Precluded):
-        await log.publish(template("t2"), unless=cancel)
-    assert await log.publish(template("t1"), unless=cancel) == first  # stored before the cancel
-    assert await log.publish(template("t3"), unless=subjects.job("j2", "cancel_requested")) > first
+        await log.publish(template("t2"), unless=Unless.on(cancel))
+    assert await log.publish(template("t1"), unless=Unless.on(cancel)) == first  # stored before the cancel
+    assert await log.publish(template("t3"), unless=Unless.on(subjects.job("j2", "cancel_requested"))) > first
     assert [s.event.template_id async for s in log.read(subjects.ALL) if s.event.type == "template.created"] \
         == ["t1", "t3"]
 
@@ -140,12 +140,12 @@ async def test_garbage_on_the_subject_a_publish_is_unless_does_not_preclude_it(a
     cancel = subjects.job("j1", "cancel_requested")
     await log.publish_to(log.stream, cancel, b"{")
     await log.publish_to(log.stream, cancel, b"not json either")
-    stored = await log.publish(template("t1"), unless=cancel)
+    stored = await log.publish(template("t1"), unless=Unless.on(cancel))
     assert (await log.at(stored)).event.template_id == "t1"
     await log.publish(JobCancelRequested(job_id="j1"))
     await log.publish_to(log.stream, cancel, b"\x00")  # garbage after the event: the event still counts
     with pytest.raises(Precluded):
-        await log.publish(template("t2"), unless=cancel)
+        await log.publish(template("t2"), unless=Unless.on(cancel))
 
 
 async def test_garbage_written_faster_than_a_publish_unless_is_asked_again_delays_it(any_event_log,
@@ -164,9 +164,9 @@ async def test_garbage_written_faster_than_a_publish_unless_is_asked_again_delay
     await log.publish_to(log.stream, cancel, b"{")
     monkeypatch.setattr(log, "last_seq_on", flooded)
     with pytest.raises(Contended):
-        await log.publish(template("t1"), unless=cancel)
+        await log.publish(template("t1"), unless=Unless.on(cancel))
     monkeypatch.undo()  # the flood stops
-    stored = await log.publish(template("t1"), unless=cancel)
+    stored = await log.publish(template("t1"), unless=Unless.on(cancel))
     assert (await log.at(stored)).event.template_id == "t1"
 
 

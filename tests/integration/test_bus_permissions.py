@@ -296,7 +296,7 @@ async def test_the_generator_may_look_at_what_refused_its_outcome(as_user, admin
     try:
         completed = sample("persona.completed").model_copy(update={"job_id": uuid.uuid4().hex})
         await gateway.publish(JobCancelRequested(job_id=completed.job_id))
-        assert await store_outcome(generator, completed) is False
+        assert await store_outcome(generator, completed) == "cancelled"
         assert await generator.last(subjects.job(completed.job_id, "cancel_requested"), leader=True) is not None
     finally:
         await generator.close()

@@ -6,10 +6,12 @@ from datetime import timedelta
 
 import httpx
 from nats.js.errors import NotFoundError
+from structlog.testing import capture_logs
 
 from contracts import subjects
 from services.adapters.parked import ParkedEvents
 from services.generator.consumers import WORKERS
+from services.generator.work import store_outcome
 from services.projector.job_manager import JobManager
 from tests.conftest import InProcessSystem
 from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
@@ -121,3 +123,25 @@ async def test_an_outcome_stored_while_an_expiry_is_decided_is_counted_in_it(eve
     end = (await event_log.last(subjects.job(job_id, "expired"))).event
     assert {p: r.status for p, r in end.results.personas.items()} == {"p1": "completed", "p2": "failed"}
     assert end.results.successful == 1
+
+
+async def test_an_outcome_after_its_jobs_expiry_is_not_stored(event_log, models):
+    """A call that answered just before the deadline stores its outcome after the deadline sweep's
+    JobExpired: the job counted the persona failed as expired, so its prompt is not stored either
+    (as after a cancel). Another job's outcome, and one stored before the end, are."""
+    request = await event_log.publish(job_requested("jlate", ("p1", "p2")))
+    manager = JobManager(event_log, models, parked=ParkedEvents(event_log), clock=lambda: T0 + timedelta(days=1))
+    early = sample("persona.completed").model_copy(update={"job_id": "jlate", "persona_id": "p1"})
+    assert await store_outcome(event_log, early, request) == "stored"
+    await manager.decide(["jlate"])
+    expired = (await event_log.last(subjects.job("jlate", "expired"))).event
+    assert expired.results.personas["p2"].error_code == "expired"
+
+    late = early.model_copy(update={"persona_id": "p2", "prompt": "LATE"})
+    with capture_logs() as logs:
+        assert await store_outcome(event_log, late, request) == "expired"
+        assert await store_outcome(event_log, late) == "expired"  # its request looked up
+    assert await event_log.last(late.subject()) is None
+    assert [line["because"] for line in logs if line["event"] == "outcome_dropped"] == ["expired"] * 2
+    other = await event_log.publish(job_requested("jother", ("p2",)))
+    assert await store_outcome(event_log, late.model_copy(update={"job_id": "jother"}), other) == "stored"

@@ -167,9 +167,9 @@ async def test_a_persona_ended_before_the_cancel_is_not_counted_cancelled_by_its
     late = PersonaFailed(job_id=completed.job_id, persona_id=completed.persona_id, persona_name="Dr. Smith",
                          mode="try_mode", error="no worker could finish", error_code="delivery_exhausted",
                          attempts=5)
-    assert await store_outcome(memory_log, late) is True
+    assert await store_outcome(memory_log, late) == "stored"
     other = late.model_copy(update={"persona_id": "p9"})  # a persona that had not ended: cancelled
-    assert await store_outcome(memory_log, other) is False
+    assert await store_outcome(memory_log, other) == "cancelled"
     assert [s.event.type async for s in memory_log.read(subjects.ALL)] == ["persona.completed", "job.cancel_requested"]
 
 
@@ -192,5 +192,5 @@ async def test_an_outcome_kept_out_by_garbage_flooding_its_cancel_subject_is_not
     with pytest.raises(Contended):
         await store_outcome(memory_log, completed)
     monkeypatch.undo()
-    assert await store_outcome(memory_log, completed) is True
+    assert await store_outcome(memory_log, completed) == "stored"
     assert (await memory_log.first_readable_on([completed.subject()])).event == completed

@@ -104,11 +104,6 @@ class Unless:
     precluding: tuple[str, ...]
     after: int = 0
 
-    @classmethod
-    def on(cls, subject: str) -> Unless:
-        """Not stored once an event is on ``subject``."""
-        return cls(subject, (subject,))
-
 
 @dataclass(frozen=True, slots=True)
 class Unchanged:

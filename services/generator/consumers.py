@@ -1,6 +1,6 @@
 """The generator's two JetStream consumers.
 
-* dispatcher: ``JobRequested`` -> one work item per persona, then ack.
+* dispatcher: ``JobRequested`` -> one work item per persona (those the job lacks), then ack.
 * workers: a durable pull consumer shared by every generator replica; each item
   is acked only after its outcome event is stored. A redelivered item whose
   persona already ended is acked without a second LLM call.
@@ -79,9 +79,28 @@ async def set_aside(msg, stored: StoredEvent, consumer: str, parked: ParkedEvent
     await msg.term()
 
 
-async def dispatch(event: JobRequested, event_log: EventLogPort) -> int:
-    """Fan a job out into its work items (idempotent: each has a deterministic id)."""
+async def dispatch(event: JobRequested, event_log: EventLogPort, at: int = 1) -> int:
+    """Fan a job out into the work items it does not have yet; how many were published.
+
+    Each item has a deterministic id, so the log drops a second copy within its duplicate
+    window. Past it (a request delivered again after a long outage, or applied again from the
+    parked records) a second copy would be a second LLM call and a second outcome that
+    overwrites the persona's prompt: so an ended job gets none, and a job dispatched before
+    only the items it lacks (what a dispatcher that died in the middle left out). ``at``: where
+    the request is in the log (its items follow it)."""
+    job_id = event.job_id
     items = fan_out(event)
+    if await event_log.first_readable_on(subjects.job_ends(job_id)) is not None:
+        log.info("job_dispatch_skipped", reason="job ended", personas=len(items))
+        return 0
+    if await event_log.last_seq_on(subjects.job_persona(job_id, "*", "requested")) is not None:
+        present = set()
+        async with contextlib.aclosing(event_log.read(subjects.job_persona(job_id, "*", "requested"), at)) as found:
+            async for stored in found:
+                if isinstance(stored.event, PersonaPromptRequested):
+                    present.add(stored.event.persona_id)
+        items = [item for item in items if item.persona_id not in present]
+        log.info("job_dispatched_before", present=len(present), missing=len(items))
     await _publish_all(event_log, items)
     return len(items)
 
@@ -122,7 +141,7 @@ async def run_dispatcher(event_log: EventLogPort, stop: asyncio.Event, parked: P
                                       **{"promptgen.seq": stored.seq}) as span:
                 try:
                     async with still_working(msg, ack_wait):  # a job of many personas takes a while
-                        count = await dispatch(stored.event, event_log)
+                        count = await dispatch(stored.event, event_log, stored.seq)
                 except Exception as exc:  # noqa: BLE001 - one job must not stop the dispatcher
                     tracing.fail(span, exc)
                     if kind_of(exc) == "permanent":
@@ -145,7 +164,7 @@ async def reapply_dispatch(event_log: EventLogPort, record: ParkedEvent) -> None
     stored = await _parked_event(event_log, record)
     if not isinstance(stored.event, JobRequested):
         raise ValueError(f"event {record.seq} is not a job request")
-    await dispatch(stored.event, event_log)
+    await dispatch(stored.event, event_log, stored.seq)
 
 
 async def _parked_event(event_log: EventLogPort, record: ParkedEvent) -> StoredEvent:

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 
 from contracts import subjects
 from services.adapters.parked import ParkedEvents
-from services.generator.consumers import WORKERS
+from services.generator.consumers import DISPATCHER
 from services.generator.work import store_outcome
 from services.projector.job_manager import JobManager
 from tests.conftest import InProcessSystem
@@ -43,17 +43,18 @@ async def test_a_job_past_its_deadline_expires_and_sse_clients_see_the_end(setti
             assert view["status"] == "expired" and view["failed"] == 2
             assert all(p["error_code"] == "expired" for p in view["personas"].values())
 
-            # a generator that arrives late changes nothing: the work is past its deadline
+            # a generator that arrives late changes nothing: the job has ended, so it has no work
             system.start_service("generator")
 
-            async def work_taken() -> bool:
+            async def request_taken() -> bool:
                 try:
-                    info = await event_log.js.consumer_info(event_log.stream, WORKERS)
+                    info = await event_log.js.consumer_info(event_log.stream, DISPATCHER)
                 except NotFoundError:  # the generator has not bound its consumer yet
                     return False
                 return info.num_pending == 0 and info.num_ack_pending == 0 and info.delivered.stream_seq > 0
 
-            await eventually(work_taken, what="the late generator taking both work items")
+            await eventually(request_taken, what="the late generator taking the job's request")
+            assert [s async for s in event_log.read(subjects.job_persona(job["job_id"], "*", "requested"))] == []
             events = (await client.get(f"/scenario/v2/jobs/{job['job_id']}/events")).json()["events"]
             types = [e["type"] for e in events]
             assert "persona.completed" not in types and types.count("job.expired") == 1

@@ -8,6 +8,7 @@ import asyncio
 from contracts import subjects
 from services.adapters.parked import ParkedEvents
 from services.gateway.projection import ProjectionWaiter
+from services.generator.work import fan_out
 from services.projector.fold import Fold
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
@@ -28,6 +29,9 @@ async def test_a_job_past_its_deadline_expires_and_late_work_changes_nothing(sta
     async def projected():
         return await system.models.jobs.find_one({"_id": job_id})
     await eventually(projected, what="the job's view in the read models")
+    request = (await system.event_log.last(subjects.job(job_id, "requested"))).event
+    for item in fan_out(request):  # dispatched by a generator whose workers all went away
+        await system.event_log.publish(item)
     job_manager = system.services["projector"][0].job_manager
     await job_manager.expire_overdue()  # a sweep before the deadline finds nothing to end
     assert (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()["status"] == "processing"
@@ -43,6 +47,7 @@ async def test_a_job_past_its_deadline_expires_and_late_work_changes_nothing(sta
     assert results["failed"] == 2 and {p["error_code"] for p in results["personas"].values()} == {"expired"}
 
     await system.start_service("generator")  # a generator that comes late finds the work past its deadline
+    # (and the job ended: its dispatcher adds no work items to those two)
     metrics = system.services["generator"][0].metrics
 
     async def items_dropped():
@@ -50,6 +55,7 @@ async def test_a_job_past_its_deadline_expires_and_late_work_changes_nothing(sta
             "promptgen_personas_finished_total", {"outcome": "expired", "error_code": ""}) == 2
     await eventually(items_dropped, what="the late work items dropped as expired")
     assert system.provider.prompt_calls == 0
+    assert len([s async for s in system.event_log.read(subjects.job_persona(job_id, "*", "requested"))]) == 2
     # nothing of a persona follows its job's end in the log (its outcome would be stored after it)
     assert [s async for s in system.event_log.read(f"promptgen.job.{job_id}.persona.*.failed")] == []
     view = (await gateway.get(f"/scenario/v2/job-status/{job_id}")).json()

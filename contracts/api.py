@@ -358,3 +358,16 @@ class ReapplyResult(BaseModel):
     reapplied: list[int]
     still_parked: list[ParkedEvent]
     not_parked: list[int] = Field(default_factory=list, description="Sequences asked for that were not parked")
+
+
+class DiscardRequest(Request):
+    consumer: ParkingConsumer
+    seqs: list[Annotated[int, Field(ge=1, le=MAX_SAFE_NUMBER)]] = Field(  # stream sequences, named one by one
+        ..., min_length=1, max_length=10_000, description="The parked events to drop from the list")
+    reason: str | None = Field(None, max_length=500, description="Why, for the log line that records it")
+
+
+class DiscardResult(BaseModel):
+    consumer: str
+    discarded: list[int] = Field(description="Records removed (the events themselves stay in the log)")
+    not_parked: list[int] = Field(default_factory=list, description="Sequences asked for that were not parked")

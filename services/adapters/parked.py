@@ -7,7 +7,9 @@ and the consumer moves on. Nothing is dropped: the event itself stays in the log
 
 Once a fix is deployed, ``promptgen parked reapply`` (or ``POST /admin/parked/reapply``)
 asks the running consumer to apply each parked event again; one that succeeds leaves
-the parked stream, one that fails again stays with its new error. One record per
+the parked stream, one that fails again stays with its new error. One that never will
+(a test message, a job long given up) is dropped from the list with ``promptgen parked
+discard`` (or ``POST /admin/parked/discard``), logged as it goes. One record per
 (consumer, event): parking the same event twice keeps the newest record.
 """
 
@@ -24,7 +26,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
 from nats.js.errors import NotFoundError
 
-from contracts.api import ParkedEvent, ReapplyResult
+from contracts.api import DiscardResult, ParkedEvent, ReapplyResult
 from services.adapters.event_log import StoredEvent
 from services.adapters.ports import EventLogPort
 from services.runtime.failures import brief
@@ -149,6 +151,24 @@ class ParkedEvents:
 
     async def remove(self, consumer: str, seq: int) -> None:
         await self.event_log.purge(self.stream, self._subject(consumer, seq))
+
+    async def discard(self, consumer: str, seqs: Iterable[int], reason: str | None = None, *,
+                      by: str | None = None) -> DiscardResult:
+        """Drop the records of ``seqs`` that ``consumer`` parked, for events that will never be
+        applied (the event itself stays in the log). Each one is logged at warning with what it
+        was, why and by whom (``by``: the key's id), so the list forgets it but the log does
+        not. Needs no consumer running."""
+        wanted = set(seqs)
+        discarded: list[int] = []
+        for record in await self.list(consumer):
+            if record.seq not in wanted:
+                continue
+            await self.remove(consumer, record.seq)
+            log.warning("parked_discarded", consumer=consumer, seq=record.seq, subject=record.subject,
+                        error_kind=record.error_kind, error=record.error, job_id=record.job_id,
+                        persona_id=record.persona_id, reason=reason, by=by)
+            discarded.append(record.seq)
+        return DiscardResult(consumer=consumer, discarded=discarded, not_parked=sorted(wanted - set(discarded)))
 
     async def serve(self, consumer: str, reapply: Reapply) -> None:
         """Answer re-apply requests for ``consumer`` (one replica answers each request)."""

@@ -353,6 +353,22 @@ def parked_reapply(
     raise typer.Exit(run_tool(reapply_parked(settings, consumer, seqs or None)))
 
 
+@parked_app.command("discard")
+def parked_discard(
+    consumer: str = typer.Argument(..., help="Whose parked events: projector, job-manager, generator-dispatcher, "
+                                             "generator-workers or generator-dead-letters."),
+    seqs: list[int] = typer.Argument(..., help="Their sequences (each one named: there is no 'all')."),
+    reason: str = typer.Option(None, help="Why, for the log line that records each one."),
+) -> None:
+    """Drop parked events that will never be applied from the list (the events stay in the log)."""
+    from services.cli.parked import discard_parked
+    from services.runtime.logs import configure_logging
+
+    settings = _settings()
+    configure_logging("parked", "warning", stream=sys.stderr)
+    raise typer.Exit(run_tool(discard_parked(settings, consumer, seqs, reason)))
+
+
 keys_app = typer.Typer(no_args_is_help=True,
                        help="API keys: who may call the gateway, for which tenant, with which scopes.")
 app.add_typer(keys_app, name="keys")

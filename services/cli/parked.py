@@ -1,4 +1,5 @@
-"""`promptgen parked list|reapply`: the events consumers set aside, and applying them again."""
+"""`promptgen parked list|reapply|discard`: the events consumers set aside, applying them again,
+and dropping those that never will be."""
 
 from __future__ import annotations
 
@@ -67,3 +68,22 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
         err.print(f"[yellow]not parked[/yellow] by {consumer}: {result.not_parked} "
                   "(`promptgen parked list` shows what is)")
     return 0 if not result.still_parked and not result.not_parked else 1
+
+
+async def discard_parked(settings: Settings, consumer: str, seqs: list[int], reason: str | None) -> int:
+    if consumer not in PARKING_CONSUMERS:
+        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(PARKING_CONSUMERS)} "
+                  "(`promptgen parked list` shows whose events are parked)")
+        return 2
+    event_log = await EventLog.for_tool(settings, "promptgen-parked")
+    try:
+        result = await ParkedEvents(event_log).discard(consumer, seqs, reason, by="promptgen parked discard")
+    finally:
+        await event_log.close()
+    err.print(f"[green]discarded {len(result.discarded)}[/green] {result.discarded or ''} "
+              "(the events stay in the log)")
+    if result.not_parked:
+        err.print(f"[yellow]not parked[/yellow] by {consumer}: {result.not_parked} "
+                  "(`promptgen parked list` shows what is)")
+        return 1
+    return 0

@@ -128,6 +128,27 @@ async def test_a_parked_event_is_applied_again_once_a_fix_is_deployed(client, ev
     assert await _parked(client) == {}
 
 
+async def test_a_parked_event_that_will_never_apply_is_discarded_by_name_and_stays_in_the_log(
+        client, event_log, models):
+    kept, dropped = [await _raw(event_log, subjects.persona_created(f"p-junk-{n}"), b"not json") for n in (1, 2)]
+    await eventually(lambda: _caught_up(models, dropped), what="the projector passing the junk")
+    assert set(await _parked(client, "projector")) == {kept, dropped}
+
+    r = await client.post("/admin/parked/discard", json={"consumer": "projector", "seqs": []})
+    assert r.status_code == 422 and "seqs" in r.text  # no "all" by omission
+    with capture_logs() as logs:
+        r = await client.post("/admin/parked/discard",
+                              json={"consumer": "projector", "seqs": [dropped, 10**9], "reason": "test junk"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"consumer": "projector", "discarded": [dropped], "not_parked": [10**9]}
+    assert set(await _parked(client, "projector")) == {kept}
+    (line,) = [e for e in logs if e["event"] == "parked_discarded"]
+    assert (line["seq"], line["reason"]) == (dropped, "test junk")
+    assert line["subject"] == subjects.persona_created("p-junk-2")
+    stored = await event_log.at(dropped)
+    assert stored is not None and stored.data == b"not json"  # the list forgets it; the log does not
+
+
 async def test_a_job_decision_that_fails_is_parked_and_other_jobs_still_end(
     client, event_log, monkeypatch, scenario_document
 ):
@@ -370,3 +391,15 @@ async def test_a_parked_record_that_does_not_read_hides_no_other(event_log):
         assert [(r.consumer, r.seq) for r in await parked.list()] == [("projector", 5)]
         assert [(r.consumer, r.seq) for r in await parked.list("projector")] == [("projector", 5)]
     assert [line["event"] for line in logs if line["log_level"] == "warning"] == ["parked_record_unreadable"] * 2
+
+
+async def test_promptgen_parked_discard_drops_the_record_and_names_what_was_not_parked(settings, event_log, capsys):
+    from services.cli.parked import discard_parked
+
+    parked = ParkedEvents(event_log)
+    seq = await _raw(event_log, subjects.persona_created("p-junk"), b"junk")
+    await parked.park("projector", await event_log.at(seq), "undecodable", "not JSON")
+    assert await discard_parked(settings, "projector", [seq, seq + 1000], "junk") == 1  # one was not parked
+    said = capsys.readouterr().err
+    assert "discarded 1" in said and f"not parked by projector: [{seq + 1000}]" in said
+    assert await parked.list("projector") == []

@@ -49,6 +49,7 @@ SCOPE = {
     ("GET", "/avatar-interactions/{interaction_id}"): "jobs:read",
     ("GET", "/admin/parked"): "admin",
     ("POST", "/admin/parked/reapply"): "admin",
+    ("POST", "/admin/parked/discard"): "admin",
 }
 
 # Any valid key, whatever its scopes
@@ -123,6 +124,7 @@ def _requests(w: World) -> list[tuple[str, str, str, dict[str, Any] | None]]:
         "/scenario/generate-final-prompts": job_body,
         "/avatar-interactions": {"mode": "try_mode", "avatars": [], "languages": [], "persona_id": persona},
         "/admin/parked/reapply": {"consumer": "projector"},
+        "/admin/parked/discard": {"consumer": "projector", "seqs": [1]},
     }
     out = []
     for route in _every_route(app.routes):

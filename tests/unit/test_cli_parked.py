@@ -1,4 +1,4 @@
-"""`promptgen parked reapply` names the consumers that park when given one that does not exist."""
+"""`promptgen parked reapply` and `discard` name the consumers that park when given one that does not exist."""
 
 from __future__ import annotations
 
@@ -28,3 +28,11 @@ def test_the_consumers_that_park_are_named_as_their_services_name_them_with_the_
     assert PARKING_CONSUMERS == {PROJECTOR: "projector", JOB_MANAGER: "projector", DISPATCHER: "generator",
                                  WORKERS: "generator", DEAD_LETTERS: "generator"}
     assert get_args(ParkingConsumer) == tuple(PARKING_CONSUMERS)  # what POST /admin/parked/reapply takes
+
+
+def test_discarding_for_an_unknown_consumer_is_refused_before_anything_connects(capsys):
+    from services.cli.parked import discard_parked
+
+    settings = Settings(nats_url="nats://127.0.0.1:1")
+    assert asyncio.run(discard_parked(settings, "projecter", [1], None)) == 2
+    assert "generator-dead-letters" in capsys.readouterr().err

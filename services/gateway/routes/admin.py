@@ -1,12 +1,20 @@
-"""Operations: the events consumers parked, and re-applying them once a fix is deployed."""
+"""Operations: the events consumers parked, re-applying them once a fix is deployed, and
+discarding those that never will be."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Query
 
-from contracts.api import ParkedEventList, ParkingConsumer, ReapplyRequest, ReapplyResult
+from contracts.api import (
+    DiscardRequest,
+    DiscardResult,
+    ParkedEventList,
+    ParkingConsumer,
+    ReapplyRequest,
+    ReapplyResult,
+)
 from services.adapters.parked import ConsumerSlow, NoConsumerRunning, request_reapply
-from services.gateway.auth import require
+from services.gateway.auth import Caller, require
 from services.gateway.deps import ParkedDep
 from services.gateway.errors import ApiError, responses
 from services.gateway.json_body import JSONBodyRoute
@@ -37,3 +45,10 @@ async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResu
                        field="consumer", headers={"Retry-After": "5"}) from exc
     except ConsumerSlow as exc:
         raise ApiError(504, "consumer_slow", str(exc), field="consumer") from exc
+
+
+@router.post("/parked/discard", response_model=DiscardResult, responses=responses(413, 422, 503))
+async def discard_parked(body: DiscardRequest, parked: ParkedDep, caller: Caller = require("admin")) -> DiscardResult:
+    """Drop these parked events from the list, for good: for those no fix will make applicable.
+    The events stay in the log, and each record dropped is logged (``parked_discarded``)."""
+    return await parked.discard(body.consumer, body.seqs, body.reason, by=caller.key_id)

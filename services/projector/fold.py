@@ -14,6 +14,7 @@ cannot be decoded or stored is set aside for an operator, and the fold goes on).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -182,36 +183,74 @@ class Fold:
 
         Later events may have found nothing to update because this one was missing (a
         persona completed before its creation was stored), so the log is folded again from
-        the parked event up to the current position: every write is idempotent, and those
-        already applied change nothing."""
+        the parked event up to where the fold was when asked: every write is idempotent, and
+        those already applied change nothing. It goes a batch at a time, in bulk, each batch
+        under the fold's lock: the live fold goes on between them (each update is guarded by
+        its event's sequence, so which of the two writes a document first does not matter),
+        and a rebuild meanwhile, which folds the whole log, ends it."""
         jobs: set[str] = set()
         found = False
-        async with self._lock:
-            end = self.position
-            async for batch in self.log.read_batches(subjects.ALL, record.seq):
-                for stored in batch:
-                    if stored.seq > end:
-                        break
-                    if stored.seq == record.seq:
+        end, generation = self.position, self._generation
+        async with contextlib.aclosing(self.log.read_batches(subjects.ALL, record.seq)) as batches:
+            async for batch in batches:
+                batch = [stored for stored in batch if stored.seq <= end]
+                if not batch:
+                    break
+                async with self._lock:
+                    if generation != self._generation:
+                        break  # a rebuild folded everything, this event included
+                    if batch[0].seq == record.seq:
                         found = True
-                        if stored.event is None:
-                            raise stored.error or ValueError("undecodable")
-                    if stored.event is None:
-                        continue
-                    try:
-                        await durably(lambda stored=stored: self._write(stored), what="re-applied projection")
-                    except Unstorable as exc:
-                        if stored.seq == record.seq:
-                            raise exc.cause from None
-                        log.warning("reapply_skipped_event", seq=stored.seq, error=str(exc))
-                    if job_id := getattr(stored.event, "job_id", None):
-                        jobs.add(job_id)
-                if batch and batch[-1].seq >= end:
+                        if batch[0].event is None:
+                            raise batch[0].error or ValueError("undecodable")
+                    elif not found:
+                        break  # the event is no longer in the log
+                    await self._write_again(batch, record.seq)
+                jobs.update(job_id for stored in batch if (job_id := getattr(stored.event, "job_id", None)))
+                if batch[-1].seq >= end:
                     break
         if not found:
             raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
         if self.on_reapplied is not None:
             await self.on_reapplied(jobs)
+
+    async def _write_again(self, batch: list[StoredEvent], parked_seq: int) -> None:
+        """A batch's writes again, in bulk (no checkpoint: it is past them). The parked event
+        failing again raises; any other event that fails is passed by (it has its own record)."""
+        writes = defaultdict(list)
+        readable: list[StoredEvent] = []
+        for stored in batch:
+            if stored.event is None:
+                continue
+            try:
+                ops = writes_for(stored.event, stored.seq, self.job_retention)
+            except Exception as exc:
+                if stored.seq == parked_seq:
+                    raise
+                log.warning("reapply_skipped_event", seq=stored.seq, error=str(exc))
+                continue
+            readable.append(stored)
+            for collection, op in ops:
+                writes[collection].append(op)
+        plan = [CollectionWrites(collection, *split_creations(coalesce(ops))) for collection, ops in writes.items()]
+
+        async def write_all() -> None:
+            for w in plan:
+                if w.docs:
+                    await self.models.insert_new(w.collection, w.docs)
+                if w.updates:
+                    await self.models.apply(w.collection, w.updates)
+
+        try:
+            await durably(write_all, what="re-applied projection")
+        except Unstorable:  # one of them cannot be stored: each on its own, to find it
+            for stored in readable:
+                try:
+                    await durably(lambda stored=stored: self._write(stored), what="re-applied projection")
+                except Unstorable as exc:
+                    if stored.seq == parked_seq:
+                        raise exc.cause from None
+                    log.warning("reapply_skipped_event", seq=stored.seq, error=str(exc))
 
     async def run(self, stop: asyncio.Event) -> None:
         await keep_going(lambda: self._follow_once(stop), stop, what="fold")

@@ -5,7 +5,8 @@ else the parser raises (bytes that are not UTF-8, nesting deeper than Python
 recurses, an integer of more than 4,300 digits) becomes a bare 400. Here each is
 a ``JSONDecodeError`` with its reason, so the client gets our 422 like for any
 other malformed JSON. And the body is decoded as UTF-8 only (RFC 8259), never
-guessed as UTF-16 or UTF-32 as ``json.loads`` on bytes would.
+guessed as UTF-16 or UTF-32 as ``json.loads`` on bytes would; a body that says it is in
+another charset is refused with 415, naming it.
 
 A request that would change something and declares a body of another type (a form's
 ``application/x-www-form-urlencoded``, ``multipart/form-data`` or ``text/plain``, which a
@@ -36,6 +37,18 @@ def is_json(content_type: str) -> bool:
     return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
 
 
+UTF8_COMPATIBLE = ("utf-8", "utf8", "us-ascii", "ascii")  # ASCII is UTF-8 too
+
+
+def _charset(content_type: str) -> str | None:
+    """The ``charset`` a Content-Type names (lower case, unquoted), or None."""
+    for param in content_type.split(";")[1:]:
+        name, _, value = param.partition("=")
+        if name.strip().lower() == "charset":
+            return value.strip().strip('"').lower()
+    return None
+
+
 def _json_from_this_origin(scope: dict) -> dict:
     """``scope`` with a same-origin ``text/plain`` body declared as JSON (see the module's docstring)."""
     headers = dict(scope["headers"])
@@ -57,6 +70,10 @@ def refuse_other_bodies(request: Request, *, takes_body: bool = True) -> None:
         raise ApiError(415, "unsupported_media_type",
                        f"The request body must be JSON (Content-Type: application/json), not "
                        f"'{printable(declared, 100)}'", field="Content-Type")
+    if declared is not None and (charset := _charset(declared)) not in (None, *UTF8_COMPATIBLE):
+        raise ApiError(415, "unsupported_media_type",
+                       f"The request body must be UTF-8 JSON (RFC 8259); charset '{printable(charset, 40)}' "
+                       "is not read: send it as UTF-8", field="Content-Type")
     sent = (declared_length(request.headers.get("content-length")) or 0) > 0 or "transfer-encoding" in request.headers
     if takes_body and declared is None and sent:
         raise ApiError(415, "unsupported_media_type",

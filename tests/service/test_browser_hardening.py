@@ -315,3 +315,18 @@ async def test_a_body_without_a_content_type_is_told_to_say_it_is_json(running, 
     for body in (b"", b"{}"):  # a route that reads no body does not ask for its type
         cancel = await gateway.post("/scenario/v2/jobs/no-such-job/cancel", content=body)
         assert cancel.status_code == 404, cancel.text
+
+
+async def test_a_body_in_another_charset_is_refused_naming_it_and_ascii_is_utf8(gateway, memory_log):
+    """JSON is UTF-8 (RFC 8259): a body that says it is UTF-16 is not read as UTF-8 and called
+    broken, nor guessed; the client hears which charset to use."""
+    before = await memory_log.last_seq()
+    text = '{"scenario_document": "' + DOCUMENT.replace("\n", "\\n") + '"}'
+    r = await gateway.post("/scenario/analyze-scenario-enhanced", content=text.encode("utf-16"),
+                           headers={"Content-Type": 'application/json; charset="UTF-16"'})
+    assert r.status_code == 415 and r.json()["field"] == "Content-Type", r.text
+    assert "'utf-16'" in r.json()["detail"] and "UTF-8" in r.json()["detail"]
+    assert await memory_log.last_seq() == before
+    r = await gateway.post("/scenario/analyze-scenario-enhanced", content=text.encode("ascii"),
+                           headers={"Content-Type": "application/json;charset=US-ASCII"})
+    assert r.status_code == 201, r.text

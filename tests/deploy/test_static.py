@@ -423,3 +423,84 @@ def test_each_kubernetes_pod_mounts_only_the_secret_files_it_reads():
                 held |= {f"{mounted_at[volume['name']]}/{item['path']}" for item in items}
         read = {value for name, value in env.items() if name.endswith("_FILE") and value}
         assert held == read, deployment["metadata"]["name"]
+
+
+# The keys the Bitnami MongoDB chart reads from its `auth.existingSecret` (its README), and those
+# of a `kubectl create secret tls`.
+BITNAMI_MONGODB_SECRET_KEYS = {"mongodb-root-password", "mongodb-replica-set-key", "mongodb-passwords"}
+TLS_SECRET_KEYS = {"tls.crt", "tls.key"}
+
+
+def _kubernetes_steps() -> str:
+    """The README's "On Kubernetes" commands, their line continuations joined."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### On Kubernetes", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    return block.replace("\\\n", " ")
+
+
+def _created_by_the_steps() -> dict[tuple[str, str], set[str]]:
+    """(kind, name) -> the keys each `kubectl create secret|configmap` of the steps makes."""
+    made: dict[tuple[str, str], set[str]] = {}
+    for line in _kubernetes_steps().splitlines():
+        words = line.split("#", 1)[0].split()
+        if words[:2] != ["kubectl", "create"]:
+            continue
+        if words[2] == "secret":
+            kind, name, flags = "secret", words[4], words[5:]
+            keys = set(TLS_SECRET_KEYS) if words[3] == "tls" else set()
+        else:
+            kind, name, flags = "configmap", words[3], words[4:]
+            keys = set()
+        for flag in flags:
+            if flag.startswith(("--from-file=", "--from-literal=")):
+                value = flag.split("=", 1)[1]
+                keys.add(value.split("=", 1)[0] if "=" in value else Path(value).name)
+        made[(kind, name)] = keys
+    return made
+
+
+def _references(node, found: set[tuple[str, str, str | None]]) -> None:
+    """Every Secret and ConfigMap a manifest or Helm values file names: (kind, name, key or None)."""
+    if isinstance(node, dict):
+        if "secretName" in node:
+            keys = [i["key"] for i in node.get("items", [])] or ([node["key"]] if "key" in node else [None])
+            found.update(("secret", node["secretName"], k) for k in keys)
+        if "secretKeyRef" in node:
+            found.add(("secret", node["secretKeyRef"]["name"], node["secretKeyRef"]["key"]))
+        for ref in ("configMap", "configMapRef"):
+            if isinstance(node.get(ref), dict) and "name" in node[ref]:
+                found.add(("configmap", node[ref]["name"], None))
+        for value in node.values():
+            _references(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            _references(value, found)
+
+
+def test_the_readme_kubernetes_steps_make_every_secret_and_configmap_the_deployment_reads():
+    made = _created_by_the_steps()
+    found: set[tuple[str, str, str | None]] = set()
+    manifests = _manifests()
+    _references(manifests, found)
+    defined = {("configmap", d["metadata"]["name"]) for d in manifests if d["kind"] == "ConfigMap"}
+    _references(yaml.safe_load((DEPLOY / "kubernetes" / "nats-values.yaml").read_text()), found)
+    mongo = yaml.safe_load((DEPLOY / "kubernetes" / "mongodb-values.yaml").read_text())
+    found.update(("secret", mongo["auth"]["existingSecret"], key) for key in BITNAMI_MONGODB_SECRET_KEYS)
+    missing = sorted(f"{kind} {name}" + (f" key {key}" if key else "") for kind, name, key in found
+                     if (kind, name) not in defined
+                     and not ((kind, name) in made and (key is None or key in made[(kind, name)])))
+    assert not missing, f"the README's Kubernetes steps do not make: {missing}"
+
+
+def test_the_readme_kubernetes_steps_use_only_files_make_secrets_writes():
+    steps = _kubernetes_steps()
+    script = (DEPLOY / "make-secrets.sh").read_text()
+    used = set(re.findall(r"\./secrets-k8s/([\w.-]+)", steps))
+    assert used and "sh deploy/make-secrets.sh ./secrets-k8s" in steps
+    users = re.search(r'for user in ([\w ]+); do secret "nats_\$\{user\}_password"', script)
+    assert users, "make-secrets.sh makes the NATS passwords in a loop over its users"
+    written = {f"nats_{user}_password" for user in users[1].split()}
+    unwritten = sorted(name for name in used
+                       if name not in written and not re.search(rf"\b{re.escape(name)}\b", script))
+    assert not unwritten, f"make-secrets.sh writes no {unwritten}"

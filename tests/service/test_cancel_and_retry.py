@@ -114,6 +114,30 @@ async def test_a_retry_asked_many_times_at_once_starts_one_job(gateway, provider
     assert [s.event.job_id for s in requests if s.event.retry_of == job["job_id"]] == list(started)
 
 
+async def test_a_cancel_that_crosses_the_jobs_end_is_a_409_and_stores_nothing(gateway, memory_log, monkeypatch):
+    """The gateway looks for the job's end, and the end is stored before the cancel is: the log,
+    which checks as it stores the cancel, refuses it, and the client hears the job had ended
+    (not a 202 for a job that then says it completed)."""
+    from services.gateway.routes import jobs as job_routes
+
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 1)
+    job = await start_job(gateway, template_id, {personas[0]["id"]: "try_mode"})
+    await read_sse(gateway, job["sse_endpoint"])  # the job has ended, completed
+    looked = job_routes.finished_event
+    seen: list[str] = []
+
+    async def just_before_the_end(event_log, job_id):  # the first look comes before the end is stored
+        seen.append(job_id)
+        return None if len(seen) == 1 else await looked(event_log, job_id)
+
+    monkeypatch.setattr(job_routes, "finished_event", just_before_the_end)
+    r = await gateway.post(f"/scenario/v2/jobs/{job['job_id']}/cancel")
+    assert r.status_code == 409 and r.json()["code"] == "job_finished", r.text
+    assert "(completed)" in r.json()["detail"]
+    assert [s async for s in memory_log.read(subjects.job(job["job_id"], "cancel_requested"))] == []
+
+
 async def test_a_cancelled_job_resumes_after_any_message_of_its_end_and_ends_for_good(gateway, provider):
     """Its end is several messages (each cut-short persona's, the status, the results): resumed
     after any of them, the stream sends exactly the rest; after the last, a 204."""

@@ -19,6 +19,7 @@ from contracts.api import (
     JobView,
 )
 from contracts.events import JobCancelRequested, JobRequested
+from services.adapters.event_log import Contended, Precluded, Unless
 from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.gateway.auth import Caller, Guard
 from services.gateway.deps import (
@@ -300,14 +301,18 @@ async def cancel_job(
     guard: GuardDep, fence: FenceDep,
 ) -> JobView:
     """Stop a running job: no new LLM call starts; unfinished personas end ``cancelled``."""
-    await _owned_seq(event_log, models, job_id, caller)
-    end = await finished_event(event_log, job_id)
-    if end is not None:
-        status = getattr(end.event, "status", "ended")
-        raise ApiError(409, "job_finished", f"Job '{job_id}' already ended ({status}); nothing to cancel",
-                       ids=[job_id])
+    requested = await _owned_seq(event_log, models, job_id, caller)
+    if (end := await finished_event(event_log, job_id)) is not None:
+        raise _already_ended(job_id, end)
     cancel = JobCancelRequested(job_id=job_id, correlation_id=job_id, **caller.stamp())
-    seq = await event_log.publish(cancel)
+    try:  # stored only while the job has not ended: one ending meanwhile is a 409 too, not a 202
+        seq = await event_log.publish(cancel, unless=Unless(subjects.job(job_id, "*"), tuple(subjects.job_ends(job_id)),
+                                                            after=requested))
+    except Precluded:
+        raise _already_ended(job_id, await finished_event(event_log, job_id)) from None
+    except Contended as exc:  # garbage written on the job's subjects faster than we publish
+        raise ApiError(503, "log_contended", f"The cancel could not be stored yet ({exc}); try again",
+                       ids=[job_id], headers={"Retry-After": "1"}) from exc
     log.info("job_cancel_requested", job_id=job_id)
     try:
         await waiter.wait_for(seq)
@@ -316,6 +321,11 @@ async def cancel_job(
         log.warning("job_view_from_log", job_id=job_id, reason="mongodb_unavailable", error=brief(exc))
         view = await _job_view_from_log(job_id, caller, event_log)
         return view.model_copy(update={"sse_endpoint": guard.stream_endpoint(job_id, caller)})
+
+
+def _already_ended(job_id: str, end) -> ApiError:
+    status = getattr(getattr(end, "event", None), "status", "ended")
+    return ApiError(409, "job_finished", f"Job '{job_id}' already ended ({status}); nothing to cancel", ids=[job_id])
 
 
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,

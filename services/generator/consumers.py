@@ -2,8 +2,8 @@
 
 * dispatcher: ``JobRequested`` -> one work item per persona (those the job lacks), then ack.
 * workers: a durable pull consumer shared by every generator replica; each item
-  is acked only after its outcome event is stored. A redelivered item whose
-  persona already ended is acked without a second LLM call.
+  is acked only after its outcome event is stored. A redelivered item (or one applied
+  again from the parked records) whose persona already ended costs no second LLM call.
 """
 
 from __future__ import annotations
@@ -329,7 +329,7 @@ class WorkerPool:
         with structlog.contextvars.bound_contextvars(job_id=stored.event.job_id, persona_id=stored.event.persona_id), \
                 tracing.consuming("generate persona", stored.headers, stored.event,
                                   **{"promptgen.seq": stored.seq, "promptgen.reapplied": True}):
-            await self._handle(_Detached(), stored.event, 1)
+            await self._handle(_Detached(), stored.event, 1, again=True)
 
     async def handle(self, msg) -> None:
         stored = stored_message(msg)
@@ -364,9 +364,10 @@ class WorkerPool:
                 with contextlib.suppress(Exception):
                     await msg.nak(delay=min(30, 2**delivered))
 
-    async def _handle(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
-        # Only a redelivery can find its persona already ended (a worker died after publishing).
-        if delivered > 1 and await persona_ended(self.log, item.job_id, item.persona_id):
+    async def _handle(self, msg, item: PersonaPromptRequested, delivered: int, *, again: bool = False) -> None:
+        # Only a redelivery, or an item applied again by hand (``again``), can find its persona
+        # already ended (a worker died after publishing; the job went on without the parked item).
+        if (delivered > 1 or again) and await persona_ended(self.log, item.job_id, item.persona_id):
             log.info("work_item_already_done", deliveries=delivered)
             await msg.ack()
             return

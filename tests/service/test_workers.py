@@ -154,3 +154,26 @@ async def test_a_worker_never_runs_more_calls_than_its_share_when_a_fetch_brings
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_a_parked_item_applied_again_after_its_persona_ended_costs_no_call(
+    service_settings, memory_log, provider, clock,
+):
+    """A work item parked, then applied again once its persona had an outcome some other way
+    (the job went on): no second LLM call, and no second outcome over the prompt."""
+    from contracts.api import ParkedEvent
+
+    request = job_requested("j1", ("p1",)).model_copy(update={"deadline": clock() + timedelta(minutes=30)})
+    await memory_log.publish(request)
+    seq = await memory_log.publish(fan_out(request)[0])
+    await memory_log.publish(PersonaCompleted(
+        job_id="j1", persona_id="p1", persona_name="Name p1", mode="try_mode", generation_mode="assess_mode",
+        prompt="You are p1.", prompt_length=11, provider="offline", model="m"))
+    record = ParkedEvent(consumer=WORKERS, stream=memory_log.stream, seq=seq, subject=subjects.job_persona(
+        "j1", "p1", "requested"), error_kind="unstorable", error="e", first_bytes="", parked_at=clock())
+    pool = WorkerPool(memory_log, provider, service_settings, clock=clock)
+    with capture_logs() as logs:
+        await pool.reapply(record)
+    assert provider.prompt_calls == 0
+    assert [e["event"] for e in logs if e["event"].startswith("work_item")] == ["work_item_already_done"]
+    assert len([s async for s in memory_log.read(subjects.job_persona("j1", "p1", "completed"))]) == 1

@@ -183,22 +183,20 @@ class Fold:
 
         Later events may have found nothing to update because this one was missing (a
         persona completed before its creation was stored), so the log is folded again from
-        the parked event up to where the fold was when asked: every write is idempotent, and
-        those already applied change nothing. It goes a batch at a time, in bulk, each batch
-        under the fold's lock: the live fold goes on between them (each update is guarded by
-        its event's sequence, so which of the two writes a document first does not matter),
-        and a rebuild meanwhile, which folds the whole log, ends it."""
+        the parked event up to where the fold is: every write is idempotent, and those
+        already applied change nothing. A batch at a time, in bulk, under the fold's lock
+        throughout: a live event applied in between would win over an older one re-applied
+        after it (each update is guarded by its event's sequence as a whole), and the read
+        models would no longer be what one fold of the log makes."""
         jobs: set[str] = set()
         found = False
-        end, generation = self.position, self._generation
-        async with contextlib.aclosing(self.log.read_batches(subjects.ALL, record.seq)) as batches:
-            async for batch in batches:
-                batch = [stored for stored in batch if stored.seq <= end]
-                if not batch:
-                    break
-                async with self._lock:
-                    if generation != self._generation:
-                        break  # a rebuild folded everything, this event included
+        async with self._lock:
+            end = self.position
+            async with contextlib.aclosing(self.log.read_batches(subjects.ALL, record.seq)) as batches:
+                async for batch in batches:
+                    batch = [stored for stored in batch if stored.seq <= end]
+                    if not batch:
+                        break
                     if batch[0].seq == record.seq:
                         found = True
                         if batch[0].event is None:
@@ -206,9 +204,9 @@ class Fold:
                     elif not found:
                         break  # the event is no longer in the log
                     await self._write_again(batch, record.seq)
-                jobs.update(job_id for stored in batch if (job_id := getattr(stored.event, "job_id", None)))
-                if batch[-1].seq >= end:
-                    break
+                    jobs.update(job_id for stored in batch if (job_id := getattr(stored.event, "job_id", None)))
+                    if batch[-1].seq >= end:
+                        break
         if not found:
             raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
         if self.on_reapplied is not None:

@@ -1,5 +1,5 @@
-"""Re-applying a parked event folds the log again from it, a batch at a time: the live fold
-goes on in between, and the read models end as one fold of the fixed log would make them."""
+"""Re-applying a parked event folds the log again from it, and the read models end as one fold
+of the fixed log makes them, even with live events arriving while it runs."""
 
 from __future__ import annotations
 
@@ -7,84 +7,89 @@ import asyncio
 import json
 from contextlib import aclosing
 
-from contracts import subjects
-from contracts.events import UPCASTERS, PersonaCreated, encode_event
+from contracts.events import UPCASTERS, JobCancelled, JobCancelRequested, PersonaCreated, encode_event
 from services.adapters.parked import ParkedEvents
 from services.projector.fold import PROJECTOR, Fold
-from tests.samples import persona
-from tests.samples import sample as sample_event
+from services.testing import memory_read_models
+from tests.readmodels import snapshot
+from tests.samples import job_requested, persona, results
 from tests.waiting import eventually
-
-
-def _rename_full_name(obj: dict) -> dict:
-    p = dict(obj["persona"])
-    p["name"] = p.pop("full_name")
-    return {**obj, "persona": p}
-
-
-async def test_the_live_fold_goes_on_while_an_old_parked_event_is_applied_again(memory_log, memory_models,
-                                                                                monkeypatch):
-    # Version 0 of persona.created called the name "full_name": parked until an upcaster comes.
-    old = json.loads(encode_event(PersonaCreated(persona=persona("p-old"))))
-    old["version"] = 0
-    old["persona"]["full_name"] = old["persona"].pop("name")
-    parked_seq = await memory_log.publish_to(memory_log.stream, subjects.persona_created("p-old"),
-                                             json.dumps(old).encode())
-    for n in range(1200):  # the log since: more than one batch to fold again
-        await memory_log.publish(PersonaCreated(persona=persona(f"p{n}")))
-    await memory_log.publish(sample_event("persona.completed").model_copy(update={"persona_id": "p-old"}))
-    fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
-    stop = asyncio.Event()
-    live = asyncio.create_task(fold.run(stop))
-    reapplying: asyncio.Task | None = None
-    gate = asyncio.Event()
-    try:
-        end = await memory_log.last_seq()
-        await eventually(lambda: _at(memory_models, end), what="the live fold reaching the end")
-        (record,) = await fold.parked.list(PROJECTOR)
-        assert record.seq == parked_seq and await memory_models.personas.find_one({"_id": "p-old"}) is None
-
-        # The re-apply reads the log in batches; it is held after its first one.
-        first_done = asyncio.Event()
-        read_batches = memory_log.read_batches
-
-        async def held(filter_subject: str, start_seq: int = 1, max_batch: int = 1000):
-            async with aclosing(read_batches(filter_subject, start_seq, max_batch=500)) as batches:
-                async for n, batch in _numbered(batches):
-                    if n == 1:
-                        first_done.set()
-                        await gate.wait()
-                    yield batch
-
-        monkeypatch.setattr(memory_log, "read_batches", held)
-        monkeypatch.setitem(UPCASTERS, ("persona.created", 0), _rename_full_name)
-        reapplying = asyncio.create_task(fold.reapply(record))
-        await asyncio.wait_for(first_done.wait(), 10)
-        # Meanwhile a new persona: the live fold stores it while the re-apply is under way.
-        await memory_log.publish(PersonaCreated(persona=persona("p-new")))
-        await eventually(lambda: memory_models.personas.find_one({"_id": "p-new"}), timeout=5,
-                         what="the live fold storing a new event during a re-apply")
-        assert not reapplying.done()
-        gate.set()
-        await asyncio.wait_for(reapplying, 10)
-        doc = await memory_models.personas.find_one({"_id": "p-old"})
-        assert doc is not None and doc["name"] == "Dr. Smith"
-        assert doc["system_prompt"]  # the completion after it, which had found nothing, now applied
-    finally:
-        gate.set()
-        stop.set()
-        if reapplying is not None:
-            await asyncio.wait([reapplying], timeout=10)
-        live.cancel()  # it waits for the next event
-        await asyncio.wait([live], timeout=10)
 
 
 async def _at(models, seq: int) -> bool:
     return await models.checkpoint() >= seq
 
 
-async def _numbered(batches):
-    n = 0
-    async for batch in batches:
-        yield n, batch
-        n += 1
+async def test_a_reapply_with_live_events_meanwhile_ends_as_one_fold_of_the_log(memory_log, memory_models,
+                                                                                 monkeypatch):
+    # A job request of a version this code has no upcaster for yet: parked, so its job's
+    # documents are missing when the cancel after it is folded.
+    old = json.loads(encode_event(job_requested("j-old", ("p1", "p2"))))
+    old["version"] = 0
+    parked_seq = await memory_log.publish_to(memory_log.stream, "promptgen.job.j-old.requested",
+                                             json.dumps(old).encode())
+    for n in range(600):  # the log since: the cancel comes in the re-apply's second batch
+        await memory_log.publish(PersonaCreated(persona=persona(f"p{n}")))
+    await memory_log.publish(JobCancelRequested(job_id="j-old", correlation_id="j-old"))
+    fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
+    stop = asyncio.Event()
+    live = asyncio.create_task(fold.run(stop))
+    gate, first_read, live_has_it = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    reapplying: asyncio.Task | None = None
+    try:
+        end = await memory_log.last_seq()
+        await eventually(lambda: _at(memory_models, end), what="the live fold reaching the end")
+        (record,) = await fold.parked.list(PROJECTOR)
+        assert record.seq == parked_seq
+
+        # The re-apply is held after its first batch; the live fold's reads are watched.
+        read_batches, follow_batches = memory_log.read_batches, memory_log.follow_batches
+
+        async def held(filter_subject: str, start_seq: int = 1, max_batch: int = 1000):
+            async with aclosing(read_batches(filter_subject, start_seq, max_batch=500)) as batches:
+                first = True
+                async for batch in batches:
+                    if not first:
+                        first_read.set()
+                        await gate.wait()
+                    first = False
+                    yield batch
+
+        async def watched(*args, **kwargs):
+            async with aclosing(follow_batches(*args, **kwargs)) as batches:
+                async for batch in batches:
+                    if batch[-1].seq > end:
+                        live_has_it.set()
+                    yield batch
+
+        monkeypatch.setattr(memory_log, "read_batches", held)
+        monkeypatch.setattr(memory_log, "follow_batches", watched)
+        live.cancel()  # the live fold again, reading through the watch
+        await asyncio.wait([live])
+        live = asyncio.create_task(fold.run(stop))
+        monkeypatch.setitem(UPCASTERS, ("job.requested", 0), lambda obj: obj)  # the fix
+        reapplying = asyncio.create_task(fold.reapply(record))
+        await asyncio.wait_for(first_read.wait(), 10)
+        # While the re-apply runs, the job's end comes, and the live fold reads it.
+        ended = await memory_log.publish(JobCancelled(job_id="j-old", results=results({"p1": "cancelled",
+                                                                                        "p2": "cancelled"})))
+        await asyncio.wait_for(live_has_it.wait(), 10)
+        gate.set()
+        await asyncio.wait_for(reapplying, 10)
+        await eventually(lambda: _at(memory_models, ended), what="the live fold storing the job's end")
+    finally:
+        gate.set()
+        stop.set()
+        if reapplying is not None:
+            await asyncio.wait([reapplying], timeout=10)
+        live.cancel()
+        await asyncio.wait([live], timeout=10)
+
+    once = memory_read_models()  # one fold of the whole log, as it reads now
+    clean = Fold(memory_log, once, parked=ParkedEvents(memory_log))
+    async with aclosing(read_batches(">", 1)) as batches:
+        async for batch in batches:
+            await clean.apply(batch)
+    job = await memory_models.jobs.find_one({"_id": "j-old"})
+    assert job is not None and job.get("cancel_requested_at") is not None and job["status"] == "cancelled"
+    assert await snapshot(memory_models) == await snapshot(once)

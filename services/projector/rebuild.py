@@ -129,11 +129,15 @@ async def fold_into(
 
     Reading and folding one batch overlaps storing the batch before it (at most two folded
     batches wait, so memory stays bounded whatever the log's size). Progress counts the events
-    whose effects are stored. With ``workers`` of more than one process, they read and fold
-    the log as it stands when this begins; this process stores their folds in log order."""
+    whose effects are stored, from the log's first. With ``workers`` of more than one process,
+    they read and fold the log as it stands when this begins; this process stores their folds
+    in log order."""
     state = await event_log.state()
     total = state.last_seq
-    await progress(0, total)
+    # The bar counts the events of the log as it stands, from its first: a log whose oldest events
+    # aged out (max_age) starts at 0, not at where its first sequence is.
+    before = max(0, state.first_seq - 1)
+    await progress(0, max(0, total - before))
     queue: asyncio.Queue[Folded | None] = asyncio.Queue(maxsize=2)
 
     async def read_and_fold() -> None:
@@ -159,7 +163,7 @@ async def fold_into(
                 fold, position = folded
                 for seq, error in await scratch.write(fold):
                     await _report(event_log, unusable, seq, error)
-                await progress(position, max(total, position))
+                await progress(position - before, max(total, position) - before)
     except ExceptionGroup as failed:  # the caller hears of the failure itself, not of a task group
         if len(failed.exceptions) == 1:
             raise failed.exceptions[0] from None

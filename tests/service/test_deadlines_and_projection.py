@@ -10,6 +10,7 @@ from services.adapters.parked import ParkedEvents
 from services.gateway.projection import ProjectionWaiter
 from services.generator.work import fan_out
 from services.projector.fold import Fold
+from services.testing import memory_read_models
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
 from tests.readmodels import snapshot
@@ -192,3 +193,24 @@ async def test_a_rebuild_while_the_projector_runs_gives_the_same_read_models(run
 
 async def _no_progress(done: int, total: int, *, stage: str = "writing") -> None:
     return None
+
+
+async def test_a_rebuilds_bar_counts_the_logs_events_from_its_first_not_from_sequence_one(memory_log):
+    """A log whose oldest events aged out: the bar starts at 0 of the events there are."""
+    from services.projector.rebuild import WRITING, rebuild_into
+
+    for n in range(4):
+        await memory_log.publish(job_requested(f"old{n}", ("p1",)))
+    for n in range(6):
+        await memory_log.publish(job_requested(f"new{n}", ("p1",)))
+    for n in range(4):  # gone from the log (its max_age)
+        await memory_log.purge(memory_log.stream, subjects.job(f"old{n}", "requested"))
+    assert (await memory_log.state()).first_seq == 5
+    reports: list[tuple[int, int]] = []
+
+    async def bar(done: int, total: int, *, stage: str = WRITING) -> None:
+        if stage == WRITING:
+            reports.append((done, total))
+
+    assert await rebuild_into(memory_log, memory_read_models(), bar) == 10
+    assert reports[0] == (0, 6) and reports[-1] == (6, 6)

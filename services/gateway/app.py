@@ -24,6 +24,7 @@ from services.gateway.bootstrap import bootstrap
 from services.gateway.cross_site import CrossSiteRefusal
 from services.gateway.deps import one_value_per_query_parameter
 from services.gateway.errors import ApiError, install_error_handlers, responses
+from services.gateway.head import HeadAsGet
 from services.gateway.internal_errors import InternalErrors
 from services.gateway.openapi import install_openapi
 from services.gateway.routes import admin, docs, identity, interactions, jobs, scenario, v1
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.add_middleware(HostAllowList, patterns=host_patterns(settings) or [])  # none: the lifespan refuses to start
     app.add_middleware(InternalErrors)  # an unhandled exception: a 500 body inside the headers and the log
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(HeadAsGet)  # HEAD on every GET route but a stream's (a probe, `curl -I`)
     app.add_middleware(AccessLog)  # outermost of ours: it sees every answer, a 413 included
     instrument(app, traces)
     app.include_router(scenario.router)
@@ -104,9 +106,6 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
     app.include_router(identity.router)
     app.include_router(docs.router)
 
-    # HEAD too, for a load balancer's probe: registered after GET, so a 405 names GET as allowed
-    @app.head("/livez", include_in_schema=False)
-    @app.head("/healthz", include_in_schema=False)
     @app.get("/livez", tags=["operations"],
              responses=responses(503, described={503: "This gateway's live job feed is not running"}))
     @app.get("/healthz", tags=["operations"], include_in_schema=False)  # the older name of /livez
@@ -116,7 +115,6 @@ def create_app(settings: Settings | None = None, **adapters: Any) -> FastAPI:
             raise ApiError(503, "job_feed_down", "This gateway's live job feed is not running")
         return {"status": "ok", "checks": checks}
 
-    @app.head("/readyz", include_in_schema=False)
     @app.get("/readyz", tags=["operations"],
              responses=responses(503, described={503: "NATS, MongoDB or the live job feed is not answering"}))
     async def readyz(request: Request) -> dict[str, object]:

@@ -30,7 +30,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.fold_workers import FoldWorkers
 from services.projector.log_reset import ResetWatch, restart_positions
-from services.projector.projections import coalesce, split_creations, writes_for
+from services.projector.projections import coalesce, is_creation, split_creations, writes_for
 from services.projector.rebuild import Progress, rebuild_into
 from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
@@ -40,6 +40,10 @@ from services.runtime.metrics import Metrics
 log = structlog.get_logger()
 
 PROJECTOR = "projector"
+
+
+class Superseded(Exception):
+    """A parked event's update that later events have moved past: only a rebuild applies it."""
 
 
 class Fold:
@@ -187,7 +191,9 @@ class Fold:
         already applied change nothing. A batch at a time, in bulk, under the fold's lock
         throughout: a live event applied in between would win over an older one re-applied
         after it (each update is guarded by its event's sequence as a whole), and the read
-        models would no longer be what one fold of the log makes."""
+        models would no longer be what one fold of the log makes. For the same reason a
+        parked update of a document a later event has changed since cannot be re-applied
+        (:class:`Superseded`, and the record stays): a rebuild puts it in its place."""
         jobs: set[str] = set()
         found = False
         async with self._lock:
@@ -201,6 +207,7 @@ class Fold:
                         found = True
                         if batch[0].event is None:
                             raise batch[0].error or ValueError("undecodable")
+                        await self._not_superseded(batch[0])
                     elif not found:
                         break  # the event is no longer in the log
                     await self._write_again(batch, record.seq)
@@ -211,6 +218,24 @@ class Fold:
             raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
         if self.on_reapplied is not None:
             await self.on_reapplied(jobs)
+
+    async def _not_superseded(self, parked: StoredEvent) -> None:
+        """Raises :class:`Superseded` if a document the parked event updates was changed by a
+        later event since: its update, guarded by its sequence, would be passed over there, and
+        the re-apply would say it was applied when it was not."""
+        assert parked.event is not None
+        later = []
+        for collection, change in writes_for(parked.event, parked.seq, self.job_retention):
+            _id = change.filter.get("_id")
+            if is_creation(change) or change.many or not isinstance(_id, str):
+                continue
+            doc = await self.models.collection(collection).find_one({"_id": _id}, {"_seq": 1})
+            if doc is not None and doc.get("_seq", 0) > parked.seq:
+                later.append(f"{collection} {_id} (changed at {doc['_seq']})")
+        if later:
+            raise Superseded(f"later events changed what event {parked.seq} updates: {', '.join(later)}; a re-apply "
+                             "cannot put its change under theirs: `promptgen rebuild` folds the whole log, this event "
+                             "in its place (then `promptgen parked discard` its record)")
 
     async def _write_again(self, batch: list[StoredEvent], parked_seq: int) -> None:
         """A batch's writes again, in bulk (no checkpoint: it is past them). The parked event

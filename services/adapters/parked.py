@@ -58,6 +58,10 @@ class NoConsumerRunning(Exception):
     """No process of that consumer answers: start it, then re-apply."""
 
 
+class ReapplyRunning(Exception):
+    """The consumer is re-applying already (an earlier request, perhaps one that timed out)."""
+
+
 class ConsumerSlow(Exception):
     """The consumer took the request but did not answer in time: it may still be re-applying."""
 
@@ -173,15 +177,23 @@ class ParkedEvents:
     async def serve(self, consumer: str, reapply: Reapply) -> None:
         """Answer re-apply requests for ``consumer`` (one replica answers each request)."""
 
+        running = asyncio.Lock()  # one re-apply at a time here: asked again after a timeout, none queues behind
+
         async def on_request(msg) -> None:
-            try:
-                request = json.loads(msg.data or b"{}")
-                seqs = set(request["seqs"]) if request.get("seqs") else None
-                result = await self.reapply(consumer, reapply, seqs)
-                answer = result.model_dump_json().encode()
-            except Exception as exc:  # noqa: BLE001 - the caller hears why
-                log.error("reapply_failed", consumer=consumer, error=brief(exc))
-                answer = json.dumps({"error": brief(exc)}).encode()
+            if running.locked():
+                await msg.respond(json.dumps({"running": True, "error": (
+                    f"a re-apply of the {consumer}'s parked events is already running; `promptgen parked list` "
+                    "shows what is left: ask again once it has finished")}).encode())
+                return
+            async with running:
+                try:
+                    request = json.loads(msg.data or b"{}")
+                    seqs = set(request["seqs"]) if request.get("seqs") else None
+                    result = await self.reapply(consumer, reapply, seqs)
+                    answer = result.model_dump_json().encode()
+                except Exception as exc:  # noqa: BLE001 - the caller hears why
+                    log.error("reapply_failed", consumer=consumer, error=brief(exc))
+                    answer = json.dumps({"error": brief(exc)}).encode()
             await msg.respond(answer)
 
         tasks: set[asyncio.Task] = set()
@@ -227,6 +239,8 @@ async def request_reapply(event_log: EventLogPort, consumer: str, seqs: list[int
         raise ConsumerSlow(f"the {consumer} did not answer within {timeout:g} s; it may still be re-applying "
                            "(the parked list shows what is left): ask again once it has") from exc
     answer = json.loads(msg.data)
+    if answer.get("running"):
+        raise ReapplyRunning(answer["error"])
     if "error" in answer:
         raise RuntimeError(answer["error"])
     return ReapplyResult.model_validate(answer)

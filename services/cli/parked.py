@@ -14,6 +14,7 @@ from services.adapters.parked import (
     ConsumerSlow,
     NoConsumerRunning,
     ParkedEvents,
+    ReapplyRunning,
     request_reapply,
 )
 from services.runtime.settings import Settings
@@ -56,7 +57,7 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
         err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {PARKING_CONSUMERS[consumer]}`), "
                   "then try again")
         return 1
-    except ConsumerSlow as exc:
+    except (ConsumerSlow, ReapplyRunning) as exc:
         err.print(f"[yellow]{exc}[/yellow]")
         return 1
     finally:

@@ -403,3 +403,29 @@ async def test_promptgen_parked_discard_drops_the_record_and_names_what_was_not_
     said = capsys.readouterr().err
     assert "discarded 1" in said and f"not parked by projector: [{seq + 1000}]" in said
     assert await parked.list("projector") == []
+
+
+async def test_a_reapply_asked_again_while_one_runs_is_told_so_not_queued(event_log):
+    """After a 504 the caller is told to ask again: a second full re-apply must not queue up
+    behind the first (for the projector, each one holds the live fold)."""
+    import asyncio
+
+    from services.adapters.parked import ReapplyRunning, request_reapply
+
+    parked = ParkedEvents(event_log)
+    seq = await _raw(event_log, subjects.persona_created("p-slow"), b"junk")
+    await parked.park("projector", await event_log.at(seq), "undecodable", "not JSON")
+    going, release, calls = asyncio.Event(), asyncio.Event(), []
+
+    async def slow(record) -> None:
+        calls.append(record.seq)
+        going.set()
+        await release.wait()
+
+    await parked.serve("projector", slow)
+    first = asyncio.create_task(request_reapply(event_log, "projector", None, timeout=30))
+    await asyncio.wait_for(going.wait(), 10)
+    with pytest.raises(ReapplyRunning, match="already running"):
+        await request_reapply(event_log, "projector", None, timeout=10)
+    release.set()
+    assert (await first).reapplied == [seq] and calls == [seq]

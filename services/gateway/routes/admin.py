@@ -13,7 +13,7 @@ from contracts.api import (
     ReapplyRequest,
     ReapplyResult,
 )
-from services.adapters.parked import ConsumerSlow, NoConsumerRunning, request_reapply
+from services.adapters.parked import ConsumerSlow, NoConsumerRunning, ReapplyRunning, request_reapply
 from services.gateway.auth import Caller, require
 from services.gateway.deps import ParkedDep
 from services.gateway.errors import ApiError, responses
@@ -33,8 +33,10 @@ async def list_parked(
 
 
 @router.post("/parked/reapply", response_model=ReapplyResult,
-             responses=responses(413, 422, 503, 504, described={503: "No process of that consumer is running",
-                                                                 504: "The consumer did not answer in time"}))
+             responses=responses(409, 413, 422, 503, 504, described={
+                 409: "The consumer is re-applying already (reapply_running)",
+                 503: "No process of that consumer is running",
+                 504: "The consumer did not answer in time"}))
 async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResult:
     """Ask the running consumer to apply its parked events again (all, or ``seqs``): those
     that succeed leave the list, those that fail again stay with their new error."""
@@ -45,6 +47,8 @@ async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResu
                        field="consumer", headers={"Retry-After": "5"}) from exc
     except ConsumerSlow as exc:
         raise ApiError(504, "consumer_slow", str(exc), field="consumer") from exc
+    except ReapplyRunning as exc:
+        raise ApiError(409, "reapply_running", str(exc), field="consumer", headers={"Retry-After": "5"}) from exc
 
 
 @router.post("/parked/discard", response_model=DiscardResult, responses=responses(413, 422, 503))

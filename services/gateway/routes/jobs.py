@@ -310,9 +310,10 @@ async def cancel_job(
                                                             after=requested))
     except Precluded:
         raise _already_ended(job_id, await finished_event(event_log, job_id)) from None
-    except Contended as exc:  # garbage written on the job's subjects faster than we publish
-        raise ApiError(503, "log_contended", f"The cancel could not be stored yet ({exc}); try again",
-                       ids=[job_id], headers={"Retry-After": "1"}) from exc
+    except Contended as exc:  # the job's subjects changed under each try (cancels at once, or garbage there)
+        raise ApiError(503, "log_contended", f"Job '{job_id}''s log changed under each try to store the cancel "
+                       "(other requests at the same moment); try again", ids=[job_id],
+                       headers={"Retry-After": "1"}) from exc
     log.info("job_cancel_requested", job_id=job_id)
     try:
         await waiter.wait_for(seq)

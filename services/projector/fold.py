@@ -30,7 +30,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.fold_workers import FoldWorkers
 from services.projector.log_reset import ResetWatch, restart_positions
-from services.projector.projections import coalesce, is_creation, split_creations, writes_for
+from services.projector.projections import coalesce, is_creation, split_creations, writers_of, writes_for
 from services.projector.rebuild import Progress, rebuild_into
 from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
@@ -40,6 +40,7 @@ from services.runtime.metrics import Metrics
 log = structlog.get_logger()
 
 PROJECTOR = "projector"
+REAPPLY_BATCH = 500  # events written again together by a re-apply
 
 
 class Superseded(Exception):
@@ -186,38 +187,38 @@ class Fold:
         """Apply a parked event again (a fix was deployed), raising if it still fails.
 
         Later events may have found nothing to update because this one was missing (a
-        persona completed before its creation was stored), so the log is folded again from
-        the parked event up to where the fold is: every write is idempotent, and those
-        already applied change nothing. A batch at a time, in bulk, under the fold's lock
-        throughout: a live event applied in between would win over an older one re-applied
-        after it (each update is guarded by its event's sequence as a whole), and the read
-        models would no longer be what one fold of the log makes. For the same reason a
-        parked update of a document a later event has changed since cannot be re-applied
-        (:class:`Superseded`, and the record stays): a rebuild puts it in its place."""
-        jobs: set[str] = set()
-        found = False
+        persona completed before its creation was stored), so the events that write what it
+        wrote (:func:`~services.projector.projections.writers_of`: for a job, the job's own
+        events; for a persona, its prompts) are folded again after it, up to where the fold
+        is: every write is idempotent, and those already applied change nothing. In bulk,
+        under the fold's lock throughout: a live event applied in between would win over an
+        older one re-applied after it (each update is guarded by its event's sequence as a
+        whole), and the read models would no longer be what one fold of the log makes. For
+        the same reason a parked update of a document a later event has changed since cannot
+        be re-applied (:class:`Superseded`, and the record stays): a rebuild puts it in its place."""
         async with self._lock:
             end = self.position
-            async with contextlib.aclosing(self.log.read_batches(subjects.ALL, record.seq)) as batches:
-                async for batch in batches:
-                    batch = [stored for stored in batch if stored.seq <= end]
-                    if not batch:
-                        break
-                    if batch[0].seq == record.seq:
-                        found = True
-                        if batch[0].event is None:
-                            raise batch[0].error or ValueError("undecodable")
-                        await self._not_superseded(batch[0])
-                    elif not found:
-                        break  # the event is no longer in the log
-                    await self._write_again(batch, record.seq)
-                    jobs.update(job_id for stored in batch if (job_id := getattr(stored.event, "job_id", None)))
-                    if batch[-1].seq >= end:
-                        break
-        if not found:
-            raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
+            parked = await self.log.at(record.seq) if record.seq <= end else None
+            if parked is None:
+                raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
+            if parked.event is None:
+                raise parked.error or ValueError("undecodable")
+            await self._not_superseded(parked)
+            writers = sorted({subject for collection, change in writes_for(parked.event, parked.seq, self.job_retention)
+                              for subject in writers_of(collection, change.filter["_id"])})
+            again = {parked.seq: parked}
+            for subject in writers:
+                async with contextlib.aclosing(self.log.read(subject, parked.seq + 1)) as events:
+                    async for stored in events:
+                        if stored.seq > end:
+                            break
+                        again[stored.seq] = stored
+            ordered = [again[seq] for seq in sorted(again)]
+            for start in range(0, len(ordered), REAPPLY_BATCH):
+                await self._write_again(ordered[start:start + REAPPLY_BATCH], record.seq)
+        log.info("reapply_refolded", seq=record.seq, events=len(ordered), subjects=writers)
         if self.on_reapplied is not None:
-            await self.on_reapplied(jobs)
+            await self.on_reapplied({job_id for stored in ordered if (job_id := getattr(stored.event, "job_id", None))})
 
     async def _not_superseded(self, parked: StoredEvent) -> None:
         """Raises :class:`Superseded` if a document the parked event updates was changed by a

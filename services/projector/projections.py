@@ -13,6 +13,7 @@ from datetime import timedelta
 from functools import singledispatch
 from typing import Any
 
+from contracts import subjects
 from contracts.domain import TERMINAL_PERSONA_STATUSES
 from contracts.events import (
     AvatarInteractionCreated,
@@ -284,6 +285,23 @@ def writes_for(event: Envelope, seq: int, job_retention: timedelta) -> list[Writ
         assert collection == JOBS, "a job's end writes its job document first"
         writes = [(collection, Change(end.filter, {**end.update, **retention(event, job_retention)})), *rest]
     return writes
+
+
+def writers_of(collection: str, _id: str) -> list[str]:
+    """The subjects (NATS filters) of every event whose projection can write the document
+    ``_id`` of ``collection``: what re-applying a parked event that wrote it folds again
+    (tests/unit/test_projections.py holds every projection to it)."""
+    if collection == TEMPLATES:
+        return [subjects.template_created(_id)]
+    if collection == INTERACTIONS:
+        return [subjects.interaction_created(_id)]
+    if collection == PERSONAS:  # created, then given each prompt a job writes for it
+        return [subjects.persona_created(_id), subjects.job_persona("*", _id, "completed")]
+    if collection == JOBS:
+        return [subjects.job_history(_id)]
+    if collection == JOB_PERSONAS:
+        return [subjects.job_history(_id.split(":", 1)[0])]
+    raise ValueError(f"no read model is called {collection!r}")
 
 
 def is_creation(change: Change) -> bool:

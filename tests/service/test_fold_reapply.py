@@ -7,6 +7,8 @@ import asyncio
 import json
 from contextlib import aclosing
 
+from structlog.testing import capture_logs
+
 from contracts.events import UPCASTERS, JobCancelled, JobCancelRequested, PersonaCreated, encode_event
 from services.adapters.parked import ParkedEvents
 from services.projector.fold import PROJECTOR, Fold
@@ -28,7 +30,7 @@ async def test_a_reapply_with_live_events_meanwhile_ends_as_one_fold_of_the_log(
     old["version"] = 0
     parked_seq = await memory_log.publish_to(memory_log.stream, "promptgen.job.j-old.requested",
                                              json.dumps(old).encode())
-    for n in range(600):  # the log since: the cancel comes in the re-apply's second batch
+    for n in range(600):  # the log since, which a re-apply of the job's request need not fold again
         await memory_log.publish(PersonaCreated(persona=persona(f"p{n}")))
     await memory_log.publish(JobCancelRequested(job_id="j-old", correlation_id="j-old"))
     fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
@@ -42,18 +44,16 @@ async def test_a_reapply_with_live_events_meanwhile_ends_as_one_fold_of_the_log(
         (record,) = await fold.parked.list(PROJECTOR)
         assert record.seq == parked_seq
 
-        # The re-apply is held after its first batch; the live fold's reads are watched.
-        read_batches, follow_batches = memory_log.read_batches, memory_log.follow_batches
+        # The re-apply is held once it has begun reading what it folds again; the live fold's
+        # reads are watched.
+        read, follow_batches = memory_log.read, memory_log.follow_batches
 
-        async def held(filter_subject: str, start_seq: int = 1, max_batch: int = 1000):
-            async with aclosing(read_batches(filter_subject, start_seq, max_batch=500)) as batches:
-                first = True
-                async for batch in batches:
-                    if not first:
-                        first_read.set()
-                        await gate.wait()
-                    first = False
-                    yield batch
+        async def held(filter_subject: str, start_seq: int = 1):
+            first_read.set()
+            await gate.wait()
+            async with aclosing(read(filter_subject, start_seq)) as events:
+                async for stored in events:
+                    yield stored
 
         async def watched(*args, **kwargs):
             async with aclosing(follow_batches(*args, **kwargs)) as batches:
@@ -62,20 +62,25 @@ async def test_a_reapply_with_live_events_meanwhile_ends_as_one_fold_of_the_log(
                         live_has_it.set()
                     yield batch
 
-        monkeypatch.setattr(memory_log, "read_batches", held)
+        monkeypatch.setattr(memory_log, "read", held)
         monkeypatch.setattr(memory_log, "follow_batches", watched)
         live.cancel()  # the live fold again, reading through the watch
         await asyncio.wait([live])
         live = asyncio.create_task(fold.run(stop))
         monkeypatch.setitem(UPCASTERS, ("job.requested", 0), lambda obj: obj)  # the fix
-        reapplying = asyncio.create_task(fold.reapply(record))
-        await asyncio.wait_for(first_read.wait(), 10)
-        # While the re-apply runs, the job's end comes, and the live fold reads it.
-        ended = await memory_log.publish(JobCancelled(job_id="j-old", results=results({"p1": "cancelled",
-                                                                                        "p2": "cancelled"})))
-        await asyncio.wait_for(live_has_it.wait(), 10)
-        gate.set()
-        await asyncio.wait_for(reapplying, 10)
+        with capture_logs() as logs:
+            reapplying = asyncio.create_task(fold.reapply(record))
+            await asyncio.wait_for(first_read.wait(), 10)
+            # While the re-apply runs, the job's end comes, and the live fold reads it.
+            ended = await memory_log.publish(JobCancelled(job_id="j-old", results=results({"p1": "cancelled",
+                                                                                            "p2": "cancelled"})))
+            await asyncio.wait_for(live_has_it.wait(), 10)
+            gate.set()
+            await asyncio.wait_for(reapplying, 10)
+        # Only the job's own events up to where the fold was are folded again (its request and
+        # cancel), not the 600 others after it, nor the end the live fold writes.
+        (refolded,) = [e for e in logs if e["event"] == "reapply_refolded"]
+        assert refolded["events"] == 2 and refolded["subjects"] == ["promptgen.job.j-old.>"]
         await eventually(lambda: _at(memory_models, ended), what="the live fold storing the job's end")
     finally:
         gate.set()
@@ -87,7 +92,7 @@ async def test_a_reapply_with_live_events_meanwhile_ends_as_one_fold_of_the_log(
 
     once = memory_read_models()  # one fold of the whole log, as it reads now
     clean = Fold(memory_log, once, parked=ParkedEvents(memory_log))
-    async with aclosing(read_batches(">", 1)) as batches:
+    async with aclosing(memory_log.read_batches(">", 1)) as batches:
         async for batch in batches:
             await clean.apply(batch)
     job = await memory_models.jobs.find_one({"_id": "j-old"})

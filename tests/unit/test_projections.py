@@ -265,3 +265,17 @@ def test_a_job_leaves_a_retention_after_its_deadline_or_its_end_and_its_personas
     personas = fold.collections[JOB_PERSONAS].values()
     assert len(personas) == 2 and not [p for p in personas if "expire_at" in p]
     assert fold.collections[JOBS]["j1"]["expire_at"] == min(end.occurred_at, request.deadline) + keep
+
+
+def test_every_write_is_by_a_subject_its_documents_writers_name():
+    """A re-apply folds again only the events :func:`writers_of` names for the documents the
+    parked event wrote: a projection writing a document from any other subject would be missed."""
+    from services.projector.projections import writers_of, writes_for
+    from services.testing.memory_streams import subject_matches
+
+    for event in every_event():
+        for collection, change in writes_for(event, 42, timedelta(days=7)):
+            _id = change.filter.get("_id")
+            assert isinstance(_id, str) and not change.many, (event.type, collection)
+            writers = writers_of(collection, _id)
+            assert any(subject_matches(f, event.subject()) for f in writers), (event.type, collection)

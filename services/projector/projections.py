@@ -347,7 +347,9 @@ def coalesce(changes: list[Change]) -> list[Change]:
     (same conditions) become one update guarded by the last one's ``_seq``.
 
     Sound because events apply in log order and a batch holds every event after the
-    checkpoint. A document older than the first update takes them all, as it would one by
+    checkpoint (a re-apply's batch: every event that writes the documents it re-applies for,
+    and others already applied, whose merged updates find their documents as the last of
+    them left them or newer). A document older than the first update takes them all, as it would one by
     one; one that a crashed predecessor had already brought part-way (its ``_seq`` between
     the first and the last) takes them all again, and the updates it had seen rewrite the
     values it already holds; one at the last ``_seq`` or newer is left alone. An update

@@ -15,6 +15,7 @@ from services.projector.fold import PROJECTOR, Fold
 from services.testing import memory_read_models
 from tests.readmodels import snapshot
 from tests.samples import job_requested, persona, results
+from tests.samples import sample as sample_event
 from tests.waiting import eventually
 
 
@@ -127,3 +128,32 @@ async def test_a_parked_update_whose_document_later_events_changed_is_refused_an
 
     await fold.rebuild(no_bar)
     assert (await memory_models.jobs.find_one({"_id": "j2"})).get("cancel_requested_at") is not None
+
+
+async def test_a_reapplied_persona_creation_takes_the_prompts_stored_for_it_since(memory_log, memory_models,
+                                                                               monkeypatch):
+    """The persona's writers are found by a wildcard over every job: its prompt, stored while
+    its creation was parked, reaches it."""
+    old = json.loads(encode_event(PersonaCreated(persona=persona("p-old"))))
+    old["version"] = 0
+    parked_seq = await memory_log.publish_to(memory_log.stream, "promptgen.persona.p-old.created",
+                                             json.dumps(old).encode())
+    await memory_log.publish(job_requested("j3", ("p-old",)))
+    await memory_log.publish(PersonaCreated(persona=persona("p-other")))
+    await memory_log.publish(sample_event("persona.completed").model_copy(
+        update={"job_id": "j3", "persona_id": "p-old", "prompt": "You are the old one."}))
+    fold = Fold(memory_log, memory_models, parked=ParkedEvents(memory_log))
+    async with aclosing(memory_log.read_batches(">", 1)) as batches:
+        async for batch in batches:
+            await fold.apply(batch)
+    (record,) = await fold.parked.list(PROJECTOR)
+    assert record.seq == parked_seq and await memory_models.personas.find_one({"_id": "p-old"}) is None
+
+    monkeypatch.setitem(UPCASTERS, ("persona.created", 0), lambda obj: obj)
+    with capture_logs() as logs:
+        await fold.reapply(record)
+    doc = await memory_models.personas.find_one({"_id": "p-old"})
+    assert doc is not None and doc["system_prompt"] == "You are the old one."
+    (refolded,) = [e for e in logs if e["event"] == "reapply_refolded"]
+    assert refolded["events"] == 2  # the creation and the prompt: not the job's request, not the other persona
+    assert "promptgen.job.*.persona.p-old.completed" in refolded["subjects"]

@@ -891,12 +891,13 @@ class EventLog(DerivedReads):
             return None
         return stored_event(raw.seq, raw.time, raw.subject, raw.data, raw.headers)
 
-    async def at(self, seq: int) -> StoredEvent | None:
-        """The event stored at ``seq``, or None (deleted, aged out, never written)."""
+    async def at(self, seq: int, *, leader: bool = False) -> StoredEvent | None:
+        """The event stored at ``seq``, or None (deleted, aged out, never written); ``leader``:
+        as the stream's leader has it (a replica answers a plain read, and may lag behind)."""
         try:
             async for attempt in self._retrying(30, "message_at"):
                 with attempt:
-                    raw = await self.js.get_msg(self.stream, seq=seq, direct=True)
+                    raw = await self.js.get_msg(self.stream, seq=seq, direct=not leader)
         except NotFoundError:
             return None
         return stored_event(raw.seq, raw.time, raw.subject, raw.data, raw.headers)

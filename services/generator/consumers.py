@@ -168,7 +168,7 @@ async def reapply_dispatch(event_log: EventLogPort, record: ParkedEvent) -> None
 
 
 async def _parked_event(event_log: EventLogPort, record: ParkedEvent) -> StoredEvent:
-    stored = await event_log.at(record.seq)
+    stored = await event_log.at(record.seq, leader=True)  # a lagging replica would say it is gone
     if stored is None:
         raise LookupError(f"event {record.seq} is no longer in the log")
     if stored.event is None:

@@ -42,7 +42,7 @@ def dead_letter_stream(event_log: EventLogPort) -> str:
 
 async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveries: int,
                               metrics: Metrics | None = None) -> bool:
-    stored = await event_log.at(stream_seq)
+    stored = await event_log.at(stream_seq, leader=True)  # a lagging replica would say it is gone
     if stored is None:
         log.warning("dead_letter_item_gone", stream_seq=stream_seq, deliveries=deliveries,
                     reason="the work item is no longer in the log (aged out or deleted): no persona to fail")

@@ -198,7 +198,7 @@ class Fold:
         be re-applied (:class:`Superseded`, and the record stays): a rebuild puts it in its place."""
         async with self._lock:
             end = self.position
-            parked = await self.log.at(record.seq) if record.seq <= end else None
+            parked = await self.log.at(record.seq, leader=True) if record.seq <= end else None
             if parked is None:
                 raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
             if parked.event is None:

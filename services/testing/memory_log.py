@@ -113,7 +113,7 @@ class MemoryEventLog(DerivedReads):
         msg = self._streams[self.stream].last_on(subject)
         return _event(msg) if msg is not None else None
 
-    async def at(self, seq: int) -> StoredEvent | None:
+    async def at(self, seq: int, *, leader: bool = False) -> StoredEvent | None:
         msg = self._streams[self.stream].get(seq)
         return _event(msg) if msg is not None else None
 

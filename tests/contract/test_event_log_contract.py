@@ -113,6 +113,7 @@ async def test_a_publish_unless_a_subject_holds_an_event_is_refused_once_it_does
     cancel = subjects.job("j1", "cancel_requested")
     first = await log.publish(template("t1"), unless=on(cancel))
     assert (await log.at(first)).event.template_id == "t1"
+    assert (await log.at(first, leader=True)).event.template_id == "t1"  # as the stream's leader has it
     await log.publish(JobCancelRequested(job_id="j1"))
     with pytest.raises(Precluded):
         await log.publish(template("t2"), unless=on(cancel))

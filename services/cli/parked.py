@@ -3,6 +3,8 @@ and dropping those that never will be."""
 
 from __future__ import annotations
 
+import getpass
+import socket
 import sys
 
 from rich.console import Console
@@ -78,7 +80,8 @@ async def discard_parked(settings: Settings, consumer: str, seqs: list[int], rea
         return 2
     event_log = await EventLog.for_tool(settings, "promptgen-parked")
     try:
-        result = await ParkedEvents(event_log).discard(consumer, seqs, reason, by="promptgen parked discard")
+        who = f"promptgen parked discard, {getpass.getuser()}@{socket.gethostname()}"  # the CLI has no key
+        result = await ParkedEvents(event_log).discard(consumer, seqs, reason, by=who)
     finally:
         await event_log.close()
     err.print(f"[green]discarded {len(result.discarded)}[/green] {result.discarded or ''} "

@@ -399,8 +399,11 @@ async def test_promptgen_parked_discard_drops_the_record_and_names_what_was_not_
     parked = ParkedEvents(event_log)
     seq = await _raw(event_log, subjects.persona_created("p-junk"), b"junk")
     await parked.park("projector", await event_log.at(seq), "undecodable", "not JSON")
-    assert await discard_parked(settings, "projector", [seq, seq + 1000], "junk") == 1  # one was not parked
+    with capture_logs() as logs:
+        assert await discard_parked(settings, "projector", [seq, seq + 1000], "junk") == 1  # one was not parked
     said = capsys.readouterr().err
+    (line,) = [e for e in logs if e["event"] == "parked_discarded"]
+    assert line["by"].startswith("promptgen parked discard, ") and "@" in line["by"]  # who, on which host
     assert "discarded 1" in said and f"not parked by projector: [{seq + 1000}]" in said
     assert await parked.list("projector") == []
 

@@ -47,10 +47,17 @@ async def list_parked(settings: Settings, consumer: str | None, *, as_json: bool
     return 0
 
 
+def _unknown(consumer: str) -> bool:
+    """Whether no consumer that parks is called ``consumer`` (said, with their names)."""
+    if consumer in PARKING_CONSUMERS:
+        return False
+    err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(PARKING_CONSUMERS)} "
+              "(`promptgen parked list` shows whose events are parked)")
+    return True
+
+
 async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | None) -> int:
-    if consumer not in PARKING_CONSUMERS:
-        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(PARKING_CONSUMERS)} "
-                  "(`promptgen parked list` shows whose events are parked)")
+    if _unknown(consumer):
         return 2
     event_log = await EventLog.for_tool(settings, "promptgen-parked")
     try:
@@ -74,9 +81,7 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
 
 
 async def discard_parked(settings: Settings, consumer: str, seqs: list[int], reason: str | None) -> int:
-    if consumer not in PARKING_CONSUMERS:
-        err.print(f"[red]No consumer is called {consumer!r}[/red]: it is one of {', '.join(PARKING_CONSUMERS)} "
-                  "(`promptgen parked list` shows whose events are parked)")
+    if _unknown(consumer):
         return 2
     event_log = await EventLog.for_tool(settings, "promptgen-parked")
     try:

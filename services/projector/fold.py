@@ -123,11 +123,7 @@ class Fold:
             if await self.models.write_batch(plan, batch[-1].seq, self.log_id):
                 self.metrics.projector_batches.labels(written="transaction").inc()
             else:  # no transactions, or a replayed batch: each write on its own, the checkpoint last
-                for w in plan:
-                    if w.docs:
-                        await self.models.insert_new(w.collection, w.docs)
-                    if w.updates:
-                        await self.models.apply(w.collection, w.updates)
+                await self._write_plan(plan)
                 await self.models.save_checkpoint(batch[-1].seq, self.log_id)
                 self.metrics.projector_batches.labels(written="separately").inc()
             for w in plan:
@@ -167,6 +163,14 @@ class Fold:
         age = (self.clock() - self.applied_at).total_seconds() if behind and self.applied_at else 0.0
         self.metrics.projector_lag_seconds.set(max(0.0, age))
         return behind
+
+    async def _write_plan(self, plan: list[CollectionWrites]) -> None:
+        """Per collection, its new documents in one unordered insert, then its updates in order."""
+        for w in plan:
+            if w.docs:
+                await self.models.insert_new(w.collection, w.docs)
+            if w.updates:
+                await self.models.apply(w.collection, w.updates)
 
     async def _write(self, stored: StoredEvent) -> None:
         for collection, change in writes_for(stored.event, stored.seq, self.job_retention):
@@ -257,16 +261,8 @@ class Fold:
             for collection, op in ops:
                 writes[collection].append(op)
         plan = [CollectionWrites(collection, *split_creations(coalesce(ops))) for collection, ops in writes.items()]
-
-        async def write_all() -> None:
-            for w in plan:
-                if w.docs:
-                    await self.models.insert_new(w.collection, w.docs)
-                if w.updates:
-                    await self.models.apply(w.collection, w.updates)
-
         try:
-            await durably(write_all, what="re-applied projection")
+            await durably(lambda: self._write_plan(plan), what="re-applied projection")
         except Unstorable:  # one of them cannot be stored: each on its own, to find it
             for stored in readable:
                 try:

@@ -34,4 +34,9 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b"", "more_body": False}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, head_only)
+        inner = {**scope, "method": "GET"}
+        try:
+            await self.app(inner, receive, head_only)
+        finally:
+            if "route" in inner:  # what the router matched, for the access line and its series
+                scope["route"] = inner["route"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from structlog.testing import capture_logs
+
 from tests.conftest import SCENARIO
 from tests.flows import create_personas, create_template, start_job
 
@@ -16,6 +18,10 @@ async def test_head_answers_as_get_without_the_body_and_the_stream_stays_get_onl
         assert (head.status_code, head.content) == (got.status_code, b""), path
         assert head.headers["content-type"] == got.headers["content-type"], path
         assert head.headers["x-content-type-options"] == "nosniff"
+    with capture_logs() as logs:
+        await gateway.head("/scenario/v2/jobs")
+    (line,) = [e for e in logs if e["event"] == "http_request"]
+    assert (line["method"], line["route"], line["status"]) == ("HEAD", "/scenario/v2/jobs", 200)  # its own series
     missing = await gateway.head("/scenario/personas/no-such-persona")
     assert (missing.status_code, missing.content) == (404, b"")
     stream = await gateway.head(job["sse_endpoint"])

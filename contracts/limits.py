@@ -15,7 +15,9 @@ which JSON Schema cannot express (it is in the description).
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Iterable
 from typing import Annotated, Any, Union
 
 from pydantic import (
@@ -118,11 +120,23 @@ class NotStorable(ValueError):
 
 
 def _refuse(where: list[str | int], problem: str) -> NotStorable:
-    return NotStorable(problem, _path(where))
+    return NotStorable(problem, field_path(where, 40))
 
 
-def _path(where: list[str | int]) -> str:
-    return ".".join(printable(str(part), 40) for part in where)
+def field_path(parts: Iterable[str | int], limit: int) -> str:
+    """A place in a request as a client reads it, each part cut at ``limit``: ``avatars.0.name``;
+    a key that holds a dot, a bracket or a quote, or is empty, in brackets as a JSON string
+    (``mode_mapping["a.b"]``), so that no two places read alike."""
+    out = ""
+    for part in parts:
+        text = printable(str(part), limit)
+        if part == "[key]":  # pydantic's mark of a dict's key (not its value) being the problem
+            out += part
+        elif isinstance(part, str) and (not part or any(c in part for c in '.[]"')):
+            out += f"[{json.dumps(text, ensure_ascii=False)}]"
+        else:
+            out += f".{text}" if out else text
+    return out
 
 
 def printable(text: str, limit: int) -> str:

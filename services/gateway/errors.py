@@ -17,7 +17,7 @@ from pymongo.errors import ConnectionFailure, PyMongoError
 from starlette.exceptions import HTTPException
 
 from contracts.api import ErrorBody, FieldError
-from contracts.limits import BLANK_MEANS, NOT_BLANK, NotStorable, printable
+from contracts.limits import BLANK_MEANS, NOT_BLANK, NotStorable, field_path, printable
 from contracts.subjects import TOKEN_PATTERN
 from services.adapters.event_log import UNAVAILABLE, EventTooLarge
 from services.runtime.failures import brief, kind_of
@@ -80,10 +80,10 @@ def _field(loc: tuple, extra: str | None = None) -> str:
     """A field as the client names it: ``count``, ``job_id``, ``avatars.0.name`` (no "body", "path"...)."""
     if loc and loc[0] in ("body", "path", "query", "header", "cookie"):
         loc = loc[1:]
-    parts = [printable(str(p), FIELD_PART_CHARS) for p in loc]
+    path = field_path(loc, FIELD_PART_CHARS)
     if extra:
-        parts.append(extra)
-    return ".".join(parts) or "body"
+        path = f"{path}.{extra}" if path and not extra.startswith("[") else f"{path}{extra}"
+    return path or "body"
 
 
 def _where(error: dict[str, Any]) -> str:

@@ -142,8 +142,8 @@ async def test_free_form_values_mongodb_cannot_store_are_refused_naming_the_plac
         ({"avatars": _nested(220)}, "avatars.0.0.0.0.0.0", "nested deeper than 6 levels"),
         ({"avatars": [{"a\u0000b": 1}]}, "avatars.0.a\\x00b", "NUL"),
         ({"avatars": [{"$set": {"x": 1}}]}, "avatars.0.$set", "'$'"),
-        ({"languages": [{"en": {"a.b": 1}}]}, "languages.0.en.a.b", "'.'"),
-        ({"avatars": [{"": 1}]}, "avatars.0.", "empty"),
+        ({"languages": [{"en": {"a.b": 1}}]}, 'languages.0.en["a.b"]', "'.'"),  # the key, not a path
+        ({"avatars": [{"": 1}]}, 'avatars.0[""]', "empty"),
         ({"avatars": [{"k" * 129: 1}]}, "avatars.0.kkk", "at most 128 characters"),
         ({"avatars": [2**64]}, "avatars.0", "numbers must be between"),
         ({"avatars": list(range(1001))}, "avatars", "at most 1000 items"),
@@ -245,6 +245,9 @@ async def test_a_malformed_id_is_422_naming_it_wherever_it_is(client):
     assert r.status_code == 422 and r.json()["field"] == "template_id"
     r = await client.post("/avatar-interactions", json={"mode": "try_mode", "persona_id": "p.1"})
     assert r.status_code == 422 and r.json()["field"] == "persona_id"
+    r = await client.post("/scenario/v2/generate-final-prompts",  # a key with a dot reads as one key
+                          json={"template_id": "t1", "persona_ids": ["p1"], "mode_mapping": {"p.1": "try_mode"}})
+    assert r.status_code == 422 and r.json()["field"] == 'mode_mapping["p.1"][key]', r.text
 
 
 

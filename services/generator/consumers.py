@@ -88,14 +88,14 @@ async def dispatch(event: JobRequested, event_log: EventLogPort, at: int = 1) ->
     overwrites the persona's prompt: so an ended job gets none, and a job dispatched before
     only the items it lacks (what a dispatcher that died in the middle left out). ``at``: where
     the request is in the log (its items follow it)."""
-    job_id = event.job_id
     items = fan_out(event)
-    if await event_log.first_readable_on(subjects.job_ends(job_id)) is not None:
+    if await event_log.first_readable_on(subjects.job_ends(event.job_id)) is not None:
         log.info("job_dispatch_skipped", reason="job ended", personas=len(items))
         return 0
-    if await event_log.last_seq_on(subjects.job_persona(job_id, "*", "requested")) is not None:
+    its_items = subjects.job_persona(event.job_id, "*", "requested")
+    if await event_log.last_seq_on(its_items) is not None:
         present = set()
-        async with contextlib.aclosing(event_log.read(subjects.job_persona(job_id, "*", "requested"), at)) as found:
+        async with contextlib.aclosing(event_log.read(its_items, at)) as found:
             async for stored in found:
                 if isinstance(stored.event, PersonaPromptRequested):
                     present.add(stored.event.persona_id)

@@ -30,7 +30,7 @@ from services.adapters.ports import EventLogPort, ReadModelsPort
 from services.adapters.read_models import CollectionWrites, Mark
 from services.projector.fold_workers import FoldWorkers
 from services.projector.log_reset import ResetWatch, restart_positions
-from services.projector.projections import coalesce, is_creation, split_creations, writers_of, writes_for
+from services.projector.projections import Write, coalesce, is_creation, split_creations, writers_of, writes_for
 from services.projector.rebuild import Progress, rebuild_into
 from services.runtime import tracing
 from services.runtime.failures import Unstorable, durably
@@ -207,8 +207,9 @@ class Fold:
                 raise LookupError(f"event {record.seq} is no longer in the log (or is past the projector's position)")
             if parked.event is None:
                 raise parked.error or ValueError("undecodable")
-            await self._not_superseded(parked)
-            writers = sorted({subject for collection, change in writes_for(parked.event, parked.seq, self.job_retention)
+            writes = writes_for(parked.event, parked.seq, self.job_retention)
+            await self._not_superseded(parked.seq, writes)
+            writers = sorted({subject for collection, change in writes
                               for subject in writers_of(collection, change.filter["_id"])})
             again = {parked.seq: parked}
             for subject in writers:
@@ -224,21 +225,21 @@ class Fold:
         if self.on_reapplied is not None:
             await self.on_reapplied({job_id for stored in ordered if (job_id := getattr(stored.event, "job_id", None))})
 
-    async def _not_superseded(self, parked: StoredEvent) -> None:
-        """Raises :class:`Superseded` if a document the parked event updates was changed by a
-        later event since: its update, guarded by its sequence, would be passed over there, and
-        the re-apply would say it was applied when it was not."""
-        assert parked.event is not None
+    async def _not_superseded(self, parked_seq: int, writes: list[Write]) -> None:
+        """Raises :class:`Superseded` if a document the parked event (at ``parked_seq``, writing
+        ``writes``) updates was changed by a later event since: its update, guarded by its
+        sequence, would be passed over there, and the re-apply would say it was applied when it
+        was not."""
         later = []
-        for collection, change in writes_for(parked.event, parked.seq, self.job_retention):
+        for collection, change in writes:
             _id = change.filter.get("_id")
             if is_creation(change) or change.many or not isinstance(_id, str):
                 continue
             doc = await self.models.collection(collection).find_one({"_id": _id}, {"_seq": 1})
-            if doc is not None and doc.get("_seq", 0) > parked.seq:
+            if doc is not None and doc.get("_seq", 0) > parked_seq:
                 later.append(f"{collection} {_id} (changed at {doc['_seq']})")
         if later:
-            raise Superseded(f"later events changed what event {parked.seq} updates: {', '.join(later)}; a re-apply "
+            raise Superseded(f"later events changed what event {parked_seq} updates: {', '.join(later)}; a re-apply "
                              "cannot put its change under theirs: `promptgen rebuild` folds the whole log, this event "
                              "in its place (then `promptgen parked discard` its record)")
 

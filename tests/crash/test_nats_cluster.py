@@ -32,8 +32,17 @@ KILL_AFTER_COMPLETED = 10
 
 
 @pytest.fixture
-def deployment(tmp_path, slow_llm_url):
-    cluster = NatsCluster(tmp_path / "nats").start()
+def cluster(tmp_path):
+    """Three nodes, stopped however the test ends (a failure before its own cleanup included)."""
+    nodes = NatsCluster(tmp_path / "nats").start()
+    try:
+        yield nodes
+    finally:
+        nodes.stop()
+
+
+@pytest.fixture
+def deployment(tmp_path, slow_llm_url, cluster):
     d = Deployment(tmp_path, nats=cluster, OPENAI_BASE_URL=slow_llm_url, OPENAI_API_KEY="test-key",
                    PROMPTGEN_STREAM_REPLICAS="3", PROMPTGEN_WORKER_CONCURRENCY="5", PROMPTGEN_LLM_MAX_ATTEMPTS="6")
     yield d, cluster
@@ -118,12 +127,11 @@ async def test_a_job_completes_when_the_nats_node_leading_its_stream_is_killed(d
     assert not [line for line in projector.lines() if '"event_log_reset"' in line]
 
 
-async def test_a_read_of_the_log_waits_while_its_stream_has_no_leader(tmp_path):
+async def test_a_read_of_the_log_waits_while_its_stream_has_no_leader(cluster):
     """What a gateway does when an SSE client comes back while the cluster elects a leader:
     it reads the job's history, and the consumer it asks for cannot be made until the stream
     has a leader. The read waits for one (saying so in the log) and then reads every event,
     instead of ending the client's stream with an error."""
-    cluster = NatsCluster(tmp_path / "nats").start()
     n1 = cluster.names[0]
     event_log = await EventLog.connect(Settings(nats_url=embedded.nats_url(cluster.ports[n1]), stream_replicas=3),
                                        "crash-no-leader")
@@ -149,7 +157,6 @@ async def test_a_read_of_the_log_waits_while_its_stream_has_no_leader(tmp_path):
         assert [s.seq for s in history] == seqs
     finally:
         await event_log.close()
-        cluster.stop()
 
 
 async def _read_all(event_log: EventLog, subject: str) -> list:

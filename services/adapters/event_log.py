@@ -28,7 +28,7 @@ from nats.aio.client import Client as NATS
 from nats.errors import AuthorizationError, ConnectionClosedError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import api
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServerError, ServiceUnavailableError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -51,6 +51,9 @@ STREAM_NAME_IN_USE = 10058  # JetStream: a stream of that name exists with anoth
 # JetStream: "no suitable peers for placement": too few servers to hold the replicas now (one is
 # offline, or a cluster just started has not heard from all of them yet).
 NO_PEERS_FOR_PLACEMENT = 10005
+# JetStream: "error creating store for stream": met once re-creating a stream just deleted (its
+# store not gone yet); asked again like a cluster still forming, and raised after the same while.
+STORE_NOT_CREATED = 10049
 WRONG_LAST_SEQUENCE = 10071  # JetStream: a publish's expected last sequence (on a subject) is not the stream's
 # A publish's condition, checked by JetStream as it stores it: the newest message on the subject
 # (this publish's own, or the one the second header names) has that sequence (0: there is none).
@@ -322,10 +325,11 @@ async def pulled(
         yield msgs
 
 
-def _no_peers_yet(exc: BaseException) -> bool:
-    """A stream or bucket NATS cannot place for want of servers: asked again, as a server may
-    be back (or the cluster formed) a moment later."""
-    return isinstance(exc, BadRequestError) and exc.err_code == NO_PEERS_FOR_PLACEMENT
+def _not_placed_yet(exc: BaseException) -> bool:
+    """A stream or bucket NATS cannot place for want of servers, or whose store it could not make
+    yet: asked again, as a server may be back (the cluster formed, the old store gone) a moment later."""
+    return ((isinstance(exc, BadRequestError) and exc.err_code == NO_PEERS_FOR_PLACEMENT)
+            or (isinstance(exc, ServerError) and exc.err_code == STORE_NOT_CREATED))
 
 
 @dataclass(frozen=True, slots=True)
@@ -773,7 +777,7 @@ class EventLog(DerivedReads):
         return AsyncRetrying(
             stop=stop_after_delay(seconds),
             wait=wait_exponential_jitter(multiplier=0.05, max=2.0, jitter=0.1),
-            retry=retry_if_exception_type(_TRANSIENT + (ConnectionClosedError,)) | retry_if_exception(_no_peers_yet),
+            retry=retry_if_exception_type(_TRANSIENT + (ConnectionClosedError,)) | retry_if_exception(_not_placed_yet),
             before_sleep=retrying,
             reraise=True,
         )

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError
+from nats.js.errors import BadRequestError, NoStreamResponseError, NotFoundError, ServerError
 
 from services.adapters import event_log as event_log_module
 from services.adapters.event_log import EventLog, StreamSilent
@@ -66,16 +66,19 @@ async def test_a_stream_that_stays_silent_is_given_up_on_long_before_the_publish
 
 class NoPeersAtFirst:
     """A JetStream context of a cluster that cannot place a stream or bucket for its first
-    ``refusals`` tries (a server offline, or not yet heard from just after the cluster started)."""
+    ``refusals`` tries (a server offline, or not yet heard from just after the cluster started;
+    ``refusal``: or another refusal of the kind)."""
 
-    def __init__(self, refusals: int) -> None:
+    def __init__(self, refusals: int, refusal: Exception | None = None) -> None:
         self.refusals = refusals
+        self.refusal = refusal or BadRequestError(code=400, err_code=10005,
+                                                  description="no suitable peers for placement, peer offline")
         self.tries = 0
 
     def _place(self) -> None:
         self.tries += 1
         if self.tries <= self.refusals:
-            raise BadRequestError(code=400, err_code=10005, description="no suitable peers for placement, peer offline")
+            raise self.refusal
 
     async def stream_info(self, name: str):
         raise NotFoundError(code=404, err_code=10059, description="stream not found")
@@ -97,4 +100,11 @@ async def test_a_stream_nats_has_no_peers_for_yet_is_asked_for_again():
 async def test_a_bucket_nats_has_no_peers_for_yet_is_asked_for_again():
     js = NoPeersAtFirst(2)
     assert await _log(js).key_value("promptgen_api_keys") == "promptgen_api_keys"
+    assert js.tries == 3
+
+
+async def test_a_stream_whose_store_nats_could_not_make_yet_is_asked_for_again():
+    """Met re-creating a stream just deleted: the old store not gone yet."""
+    js = NoPeersAtFirst(2, ServerError(code=500, err_code=10049, description="error creating store for stream"))
+    await _log(js).ensure_stream()
     assert js.tries == 3

@@ -46,6 +46,7 @@ class StreamTokens:
             return None
         expires, tenant, signature = int(parts[0]), parts[1], parts[-1]
         key_id = parts[2] if len(parts) == 4 else None
-        if not hmac.compare_digest(signature, self._sign(job_id, tenant, expires, key_id)):
+        # as bytes: a str that is not ASCII (a client's) cannot be compared as one
+        if not hmac.compare_digest(signature.encode(), self._sign(job_id, tenant, expires, key_id).encode()):
             return None
         return (tenant, key_id) if self._clock().timestamp() < expires else None

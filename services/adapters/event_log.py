@@ -985,20 +985,31 @@ class EventLog(DerivedReads):
         finally:
             await self._close(sub, stream)
 
-    async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+    async def read_page(self, filter_subject: str, start_seq: int, limit: int,
+                        max_bytes: int | None = None) -> tuple[list[StoredEvent], bool]:
         """At most ``limit`` events matching ``filter_subject`` from ``start_seq``, and whether
         more follow. Nothing past them is sent (:meth:`pull`); what came within 5 s of the last
-        message is the page (a message lost on the way makes a short page, not a long wait)."""
+        message is the page (a message lost on the way makes a short page, not a long wait).
+        ``max_bytes``: the page ends with the event that reaches this many bytes of payload
+        (one event at least), and more follow if the log holds more."""
         msgs: list = []
+        size, full = 0, False
         try:
             async with contextlib.aclosing(self.pull(filter_subject, start_seq, limit, timeout=5)) as batches:
                 async for batch in batches:
-                    msgs += batch
+                    for msg in batch:
+                        msgs.append(msg)
+                        size += len(msg.data)
+                        if len(msgs) == limit or (max_bytes is not None and size >= max_bytes):
+                            full = True
+                            break
+                    if full:
+                        break
         except TimeoutError:
             log.warning("log_page_short", subject=filter_subject, start_seq=start_seq, got=len(msgs), limit=limit)
         # More follow when the page is full and the log held more: not when the events after a
         # short page were stored while it was read (they are the next poll's, as a memory log says).
-        more = len(msgs) == limit and msgs[-1].metadata.num_pending > 0
+        more = full and msgs[-1].metadata.num_pending > 0
         return [stored_message(msg) for msg in msgs], more
 
     async def pull(self, filter_subject: str, start_seq: int, limit: int, *, max_batch: int = 1000,

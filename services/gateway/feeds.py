@@ -106,19 +106,25 @@ class JobChannel:
     def last_seq(self) -> int:
         return self.events[-1].seq if self.events else 0
 
-    def append(self, stored: StoredEvent) -> None:
-        items = render(stored)  # rendered and encoded once, for every watcher
+    def append(self, stored: StoredEvent) -> bool:
+        """Kept, rendered and encoded once for every watcher, if a client sees it. An event no
+        client sees (a work item, a cancel request) is not kept: each work item holds its job's
+        whole template, and a job's channel lives as long as anyone watches it."""
+        items = render(stored)
+        if not items:
+            return False
         self.events.append(stored)
         self.rendered.append(items)
         self.wire.append(encode(items))
+        return True
 
     async def add(self, stored: StoredEvent) -> bool:
         """Whether it is new here: then :meth:`flush` writes it to the tapped clients."""
         if not self.loaded:
-            self.early.append(stored)
+            if render(stored):
+                self.early.append(stored)
             return False
-        if stored.seq > self.last_seq:
-            self.append(stored)
+        if stored.seq > self.last_seq and self.append(stored):
             self._wake()
             return True
         return False

@@ -12,6 +12,9 @@ from services.adapters.parked import preview
 from services.adapters.ports import EventLogPort
 
 MAX_SEQ = 2**63 - 1  # a page starts after at most this: JetStream's sequences are unsigned 64-bit
+# A page ends with the event that reaches this many bytes of stored events: each work item holds
+# its job's whole template, and 1,000 of them would be as many copies in one response.
+PAGE_BYTES = 4 << 20
 
 _STATUS_OF_TYPE = {
     "job.requested": "processing",
@@ -54,7 +57,7 @@ async def job_history(event_log: EventLogPort, job_id: str, start_seq: int = 1) 
 async def job_history_page(
     event_log: EventLogPort, job_id: str, start_seq: int, limit: int
 ) -> tuple[list[JobEventRecord], int | None]:
-    """Up to ``limit`` records from ``start_seq``, and the sequence to read the next page
-    after (None when there is no more)."""
-    page, more = await event_log.read_page(subjects.job_history(job_id), start_seq, limit)
+    """Up to ``limit`` records from ``start_seq`` (fewer once they hold :data:`PAGE_BYTES`), and
+    the sequence to read the next page after (None when there is no more)."""
+    page, more = await event_log.read_page(subjects.job_history(job_id), start_seq, limit, max_bytes=PAGE_BYTES)
     return [record(stored) for stored in page], page[-1].seq if more else None

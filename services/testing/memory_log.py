@@ -154,12 +154,18 @@ class MemoryEventLog(DerivedReads):
             cursor = found[-1].seq
             yield batch
 
-    async def read_page(self, filter_subject: str, start_seq: int, limit: int) -> tuple[list[StoredEvent], bool]:
+    async def read_page(self, filter_subject: str, start_seq: int, limit: int,
+                        max_bytes: int | None = None) -> tuple[list[StoredEvent], bool]:
         await asyncio.sleep(0)
         source = self._streams[self.stream]
         found = source.after(max(1, start_seq) - 1, filter_subject, limit + 1)
-        page = found[:limit]
-        return [_event(msg) for msg in page], bool(page) and len(found) > limit
+        page, size = [], 0
+        for msg in found[:limit]:
+            page.append(msg)
+            size += len(msg.data)
+            if max_bytes is not None and size >= max_bytes:
+                break
+        return [_event(msg) for msg in page], len(found) > len(page)
 
     async def follow_batches(
         self, filter_subject: str, start_seq: int = 1, max_batch: int = 500, *,

@@ -15,7 +15,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from opentelemetry import trace
 
 from contracts import subjects
-from contracts.events import JobCancelRequested, TemplateCreated
+from contracts.events import JobCancelRequested, TemplateCreated, encode_event
 from services.adapters.event_log import Contended, Moved, Precluded, Unchanged, Unless, stored_message
 from services.generator.dead_letters import advisory_subject, dead_letter_stream, keep_dead_letters
 from services.generator.work import fan_out
@@ -212,6 +212,18 @@ async def test_a_page_holds_at_most_its_limit_and_says_whether_more_follow(any_e
     assert [s.seq for s in page] == seqs[3:] and not more
     assert await log.read_page(subjects.job_history("j1"), seqs[-1] + 1, 3) == ([], False)
     assert await log.read_page(subjects.job_history("j9"), 1, 3) == ([], False)
+
+
+async def test_a_page_of_at_most_some_bytes_ends_with_the_event_that_reaches_them(any_event_log):
+    log = any_event_log
+    seqs = await publish_job(log, "j1", ("p1", "p2", "p3", "p4"))
+    sizes = [len(encode_event(s.event)) for s in (await log.read_page(subjects.job_history("j1"), seqs[0], 10))[0]]
+    page, more = await log.read_page(subjects.job_history("j1"), seqs[0], 10, max_bytes=sizes[0] + sizes[1])
+    assert [s.seq for s in page] == seqs[:2] and more
+    page, more = await log.read_page(subjects.job_history("j1"), seqs[0], 10, max_bytes=1)
+    assert [s.seq for s in page] == seqs[:1] and more  # one event at least
+    page, more = await log.read_page(subjects.job_history("j1"), seqs[-1], 10, max_bytes=1)
+    assert [s.seq for s in page] == seqs[-1:] and not more
 
 
 async def test_follow_delivers_the_history_then_later_events(any_event_log):

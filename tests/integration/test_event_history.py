@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from contracts import subjects
-from contracts.events import PersonaProgress
+from contracts.events import PersonaProgress, encode_event
 from services.adapters.event_log import PullFailed
 from tests.samples import job_requested
 
@@ -43,6 +43,26 @@ async def test_pages_follow_one_another_to_the_end(lone_gateway, event_log):
         assert r.status_code == 422 and r.json()["field"] == next(iter(bad)), r.text
     past = await client.get("/scenario/v2/jobs/paged/events", params={"after": 2**63 - 1})
     assert past.status_code == 200 and past.json()["events"] == []  # the largest a log can hold: nothing after
+
+
+async def test_a_page_ends_once_its_events_hold_the_page_bytes(lone_gateway, event_log, monkeypatch):
+    """Each work item holds its job's whole template: a page of 1,000 of them would hold as many
+    copies. The page ends with the event that reaches its bytes, and says where to go on."""
+    from services.gateway import history
+
+    _, client = lone_gateway
+    seqs = await _job_with_events(event_log, "heavy", 9)
+    page, _ = await event_log.read_page(subjects.job_history("heavy"), 1, 10)
+    sizes = [len(encode_event(stored.event)) for stored in page]  # as the log holds them
+    progress = sizes[1]
+    assert set(sizes[1:]) == {progress} and sizes[0] >= 3 * progress  # the request, then nine alike
+    monkeypatch.setattr(history, "PAGE_BYTES", 3 * progress)
+    pages, after = [], 0
+    while after is not None:
+        body = (await client.get("/scenario/v2/jobs/heavy/events", params={"after": after, "limit": 1000})).json()
+        pages.append([e["seq"] for e in body["events"]])
+        after = body["next_after"]
+    assert [len(p) for p in pages] == [1, 3, 3, 3] and [seq for page in pages for seq in page] == seqs
 
 
 async def test_reading_a_page_does_not_read_the_rest_of_the_history(event_log):

@@ -260,3 +260,27 @@ async def test_a_jobs_end_goes_out_with_what_came_before_it_without_a_projector(
                 await asyncio.wait_for(anext(stream), 20)
     finally:
         await feeds.close()
+
+
+async def test_a_watched_jobs_channel_keeps_no_event_a_client_is_not_shown(lone_gateway, event_log):
+    """Each work item holds its job's whole template: a job's channel, which lives as long as
+    anyone watches the job, keeps what its clients are shown and no work item or cancel."""
+    from contracts.events import JobCancelRequested
+    from services.generator.work import fan_out
+
+    system, client = lone_gateway
+    feeds = system.server.config.app.state.gateway.feeds
+    await _requested(event_log, "big")
+    for item in fan_out(job_requested("big", ("big-p",))):  # in the history its first watcher reads
+        await event_log.publish(item)
+    opened = asyncio.Event()
+    stream = asyncio.create_task(read_sse(client, _sse("big"), until=_opened(opened)))
+    await asyncio.wait_for(opened.wait(), 20)
+    channel = feeds.channels["big"]
+    await event_log.publish(JobCancelRequested(job_id="big"))  # live, and shown to nobody
+    await _fails(event_log, "big")
+    watched = await asyncio.wait_for(stream, 30)
+    assert [m.data["type"] for m in watched.messages] == ["status_update", "persona_progress", "status_update",
+                                                          "results"]
+    kept = [stored.event.type for stored in channel.events]
+    assert kept == ["job.requested", "persona.failed", "job.completed"], kept

@@ -373,7 +373,8 @@ async def job_events(
     models: ModelsDep,
     capacity: CapacityDep,
     after: int = Query(0, ge=0, le=MAX_SEQ, description="Events after this stream sequence (a page's `next_after`)"),
-    limit: int = Query(100, ge=1, le=1000, description="At most this many events"),
+    limit: int = Query(100, ge=1, le=1000, description="At most this many events (fewer once they hold 4 MiB: "
+                                                        "follow `next_after`)"),
 ) -> JobEventHistory:
     """The job's event history from the log, in order (for audit), a page at a time."""
     async with capacity.history_reads.hold(caller.tenant):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import urllib.parse
 from contextlib import asynccontextmanager
 from importlib.metadata import version
 from pathlib import Path
@@ -155,4 +156,23 @@ def instrument(app: FastAPI, traces: Tracing) -> None:
     from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
     FastAPIInstrumentor.instrument_app(app, tracer_provider=traces.provider, excluded_urls=UNTRACED_PATHS,
-                                       exclude_spans=["receive", "send"])
+                                       exclude_spans=["receive", "send"], server_request_hook=_without_stream_token)
+
+
+_URL_ATTRIBUTES = ("http.url", "url.full", "http.target")
+
+
+def _without_stream_token(span, scope: dict) -> None:
+    """A job stream's ``token`` is a credential: its value leaves the span's URL attributes
+    (OpenTelemetry redacts a fixed list of query parameters, and not this one)."""
+    query = scope.get("query_string") or b""
+    if b"token" not in query or span is None or not span.is_recording():
+        return
+    pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    kept = urllib.parse.urlencode([(k, "REDACTED" if k == "token" else v) for k, v in pairs])
+    attributes = getattr(span, "attributes", None) or {}  # the SDK's span shows what it holds
+    for key in _URL_ATTRIBUTES:
+        if key in attributes:
+            span.set_attribute(key, f"{str(attributes[key]).split('?', 1)[0]}?{kept}")
+    if "url.query" in attributes:
+        span.set_attribute("url.query", kept)

@@ -101,3 +101,18 @@ async def test_one_trace_spans_gateway_generator_and_projector_for_one_job(trace
     streams = {s.context.span_id for s in spans.get_finished_spans() if s.name == STREAM}
     for delivery in (s for s in found if s.name.startswith("sse deliver")):
         assert {link.context.span_id for link in delivery.links} & streams
+
+
+async def test_a_stream_token_never_goes_into_a_span(traced, spans):
+    """The token in a stream's URL opens the job's stream until it expires: whoever reads the
+    traces must not find it there."""
+    async with httpx.AsyncClient(base_url=traced.base_url, timeout=30) as client:
+        await client.get("/scenario/v2/prompt-generation-status/no-such-job",
+                         params={"token": "1.acme.k1.s3cr3t-signature", "seen": "yes"})
+
+    async def recorded():
+        return [s for s in spans.get_finished_spans() if s.name == STREAM]
+
+    (span,) = await eventually(recorded, what="the request's span")
+    shown = " ".join(str(v) for v in span.attributes.values())
+    assert "s3cr3t-signature" not in shown and "token=REDACTED" in shown and "seen=yes" in shown, shown

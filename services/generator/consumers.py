@@ -189,26 +189,52 @@ def _an_event(data: bytes) -> bool:
     return True
 
 
+# After a cancel is heard, how long its job's cancel may take to be readable in the log (the
+# stream stores it as subscribers hear it): looked for at these moments, then taken as refused.
+CONFIRM_AFTER = (0.0, 0.05, 0.2, 0.5, 1.0, 2.0)
+
+
 class Cancellations:
     """Which jobs were cancelled: asked of the log once per job, then kept current by a
     subscription to cancel events (cleared on reconnect, when one may have been missed).
-    A job's LLM calls in flight here (:meth:`calling`) are cancelled with it."""
+    A job's LLM calls in flight here (:meth:`calling`) are cancelled with it.
+
+    What the subscription hears is a publish, not a stored cancel: the stream refuses a cancel
+    that comes after its job's end (or while it has no leader), and subscribers hear it all the
+    same. A cancel heard counts once the log holds it (:data:`CONFIRM_AFTER`)."""
 
     def __init__(self, event_log: EventLogPort, max_jobs: int = 10_000) -> None:
         self.log = event_log
         self.known: OrderedDict[str, bool] = OrderedDict()
         self.max_jobs = max_jobs
         self.calls: dict[str, set[asyncio.Task]] = {}
+        self.confirming: dict[str, asyncio.Task] = {}
 
     async def start(self) -> None:
         async def on_cancel(msg) -> None:
-            if (job_id := subjects.job_id_of(msg.subject)) and _an_event(msg.data):
-                self._remember(job_id, True)
-                for call in self.calls.get(job_id, ()):
-                    call.cancel()
+            job_id = subjects.job_id_of(msg.subject)
+            if job_id and not self.known.get(job_id) and job_id not in self.confirming and _an_event(msg.data):
+                task = self.confirming[job_id] = asyncio.create_task(self._confirm(job_id))
+                task.add_done_callback(lambda _: self.confirming.pop(job_id, None))
 
         await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
         self.log.on_reconnect(self.known.clear)
+
+    async def _confirm(self, job_id: str) -> None:
+        subject = subjects.job(job_id, "cancel_requested")
+        try:
+            for wait in CONFIRM_AFTER:
+                await asyncio.sleep(wait)
+                if await self.log.first_readable_on([subject], leader=True) is not None:
+                    self._remember(job_id, True)
+                    for call in self.calls.get(job_id, ()):
+                        call.cancel()
+                    return
+        except Exception as exc:  # noqa: BLE001 - the next item of the job asks the log itself
+            log.warning("cancel_not_confirmed", job_id=job_id, error=f"{type(exc).__name__}: {exc}"[:300])
+            self.known.pop(job_id, None)
+            return
+        log.info("cancel_heard_not_stored", job_id=job_id)
 
     def _remember(self, job_id: str, cancelled: bool) -> None:
         self.known[job_id] = cancelled or self.known.get(job_id, False)

@@ -1,0 +1,36 @@
+"""A cancel the generator hears on NATS counts only once the log holds it: the stream refuses a
+cancel that comes after its job's end (or while it has no leader), and subscribers hear every
+publish all the same. A refused cancel must not drop a job's work."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from nats.js.errors import BadRequestError
+
+from contracts.events import JobCancelRequested, encode_event
+from services.generator.consumers import Cancellations
+from tests.waiting import eventually
+
+
+async def test_a_cancel_the_stream_refused_cancels_nothing_and_a_stored_one_does(event_log):
+    cancellations = Cancellations(event_log)
+    await cancellations.start()
+    refused, stored = JobCancelRequested(job_id="refused"), JobCancelRequested(job_id="stored")
+    in_flight = {job: asyncio.create_task(asyncio.sleep(3600)) for job in ("refused", "stored")}
+    try:
+        with cancellations.calling("refused", in_flight["refused"]), \
+                cancellations.calling("stored", in_flight["stored"]):
+            with pytest.raises(BadRequestError):  # as a cancel that crosses its job's end is refused
+                await event_log.js.publish(refused.subject(), encode_event(refused), stream=event_log.stream,
+                                           headers={"Nats-Expected-Last-Subject-Sequence": "999999"})
+            await event_log.publish(stored)  # heard after the refused one
+            await eventually(lambda: asyncio.sleep(0, in_flight["stored"].cancelled()),
+                             what="the stored cancel cancelling its job's call")
+            assert not in_flight["refused"].done() and not cancellations.known.get("refused")
+            assert cancellations.known["stored"] is True
+        assert await cancellations.is_cancelled("refused") is False
+    finally:
+        for task in in_flight.values():
+            task.cancel()

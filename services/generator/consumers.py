@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator
+from datetime import datetime
 
 import structlog
 from nats.errors import Error as NatsError
@@ -345,6 +346,19 @@ class WorkerPool:
             self.requests.popitem(last=False)
         return await store_outcome(self.log, outcome, request)
 
+    async def _ended_meanwhile(self, item: PersonaPromptRequested, taken: datetime) -> bool:
+        """Whether another delivery of the item stored the persona's outcome while this one's call
+        was out, long enough ago that the log would not take this outcome for its duplicate.
+
+        A persona's outcomes share one ``Nats-Msg-Id``: one stored within the log's duplicate
+        window of another is taken for it. Another delivery can only have stored its outcome after
+        this one took the item, so while less than half the window has passed since (the other
+        half left for the store), the log still knows that outcome's id; after it, the log is
+        asked first (a call that long is rare: retries, a slow model)."""
+        if (self.clock() - taken).total_seconds() < self.settings.duplicate_window_seconds / 2:
+            return False
+        return await persona_ended(self.log, item.job_id, item.persona_id, leader=True)
+
     async def _cancelled(self, job_id: str) -> bool:
         return await self.cancellations.is_cancelled(job_id)
 
@@ -397,6 +411,7 @@ class WorkerPool:
             log.info("work_item_already_done", deliveries=delivered)
             await msg.ack()
             return
+        taken = self.clock()
         if await self._cancelled(item.job_id):
             log.info("work_item_skipped_cancelled")
             await msg.ack()
@@ -439,6 +454,10 @@ class WorkerPool:
                     await msg.ack()
                     return
                 dropped = "cancelled" if call.cancelled() or await self._cancelled(item.job_id) else None
+                if dropped is None and await self._ended_meanwhile(item, taken):
+                    log.info("work_item_already_done", deliveries=delivered, answered=True)
+                    await msg.ack()
+                    return
                 if dropped is None and (stored := await self._store(outcome)) != "stored":
                     dropped = stored
                 if dropped is not None:

@@ -5,7 +5,9 @@ starts nats-server or MongoDB (a test that asks for a fixture that would is refu
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -18,7 +20,7 @@ from services.gateway.app import create_app
 from services.generator.bootstrap import bootstrap as generator_bootstrap
 from services.projector.bootstrap import bootstrap as projector_bootstrap
 from services.runtime.settings import Settings
-from services.testing import ManualClock, MemoryEventLog, memory_read_models
+from services.testing import ManualClock, MemoryEventLog, memory_read_models, memory_streams
 from tests.service.providers import ScriptedProvider
 
 SERVER_FIXTURES = {"nats_server", "session_mongo", "mongo_server_url", "settings", "event_log", "models", "system",
@@ -44,6 +46,18 @@ async def memory_log(service_settings) -> AsyncIterator[MemoryEventLog]:
     log = MemoryEventLog(service_settings)
     yield log
     await log.close()
+
+
+@pytest.fixture
+def past_the_duplicate_window(monkeypatch, memory_log) -> Callable[[], None]:
+    """Called, the log's clock reads later than its duplicate window from then on: a second copy
+    of an event is no longer dropped as a duplicate."""
+    def move() -> None:
+        ahead = memory_log.settings.duplicate_window_seconds + 1
+        # the log's own clock only: the event loop's (time.monotonic) must go on
+        monkeypatch.setattr(memory_streams, "time", SimpleNamespace(monotonic=lambda: time.monotonic() + ahead))
+
+    return move
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ and a job dispatched again gets only the work it lacks."""
 from __future__ import annotations
 
 import asyncio
-import time
 
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -13,7 +12,6 @@ from contracts.events import JobCancelled
 from services.adapters.parked import ParkedEvents
 from services.generator.consumers import dispatch, run_dispatcher
 from services.generator.work import fan_out
-from services.testing import memory_streams
 from services.testing.memory_consumers import StreamMessage
 from tests.samples import job_requested, results
 from tests.waiting import eventually
@@ -56,30 +54,24 @@ async def _work_items(memory_log) -> list[tuple[str, str]]:
     return [(s.event.job_id, s.event.persona_id) async for s in memory_log.read(subjects.WORK_ITEMS)]
 
 
-def _past_the_duplicate_window(monkeypatch, memory_log) -> None:
-    """From now on the log's clock reads later than its duplicate window: a second copy of a
-    work item is no longer dropped as a duplicate."""
-    later = time.monotonic() + memory_log.settings.duplicate_window_seconds + 1
-    monkeypatch.setattr(memory_streams.time, "monotonic", lambda: later)
-
-
-async def test_a_job_dispatched_again_past_the_duplicate_window_gets_no_second_work_items(memory_log, monkeypatch):
+async def test_a_job_dispatched_again_past_the_duplicate_window_gets_no_second_work_items(memory_log,
+                                                                                         past_the_duplicate_window):
     """A request delivered again after a long outage (or applied again from the parked records):
     its personas were generated or are under way; a second item each would mean a second LLM
     call and a second outcome over the prompt."""
     request = job_requested("again", ("p1", "p2"))
     seq = await memory_log.publish(request)
     assert await dispatch(request, memory_log, seq) == 2
-    _past_the_duplicate_window(monkeypatch, memory_log)
+    past_the_duplicate_window()
     assert await dispatch(request, memory_log, seq) == 0
     assert await _work_items(memory_log) == [("again", "p1"), ("again", "p2")]
 
 
-async def test_a_job_dispatched_in_part_gets_only_the_items_it_lacks(memory_log, monkeypatch):
+async def test_a_job_dispatched_in_part_gets_only_the_items_it_lacks(memory_log, past_the_duplicate_window):
     request = job_requested("part", ("p1", "p2", "p3"))
     seq = await memory_log.publish(request)
     await memory_log.publish(fan_out(request)[1])  # a dispatcher died after one of the three
-    _past_the_duplicate_window(monkeypatch, memory_log)
+    past_the_duplicate_window()
     assert await dispatch(request, memory_log, seq) == 2
     assert sorted(await _work_items(memory_log)) == [("part", "p1"), ("part", "p2"), ("part", "p3")]
 

@@ -177,3 +177,35 @@ async def test_a_parked_item_applied_again_after_its_persona_ended_costs_no_call
     assert provider.prompt_calls == 0
     assert [e["event"] for e in logs if e["event"].startswith("work_item")] == ["work_item_already_done"]
     assert len([s async for s in memory_log.read(subjects.job_persona("j1", "p1", "completed"))]) == 1
+
+
+async def test_a_call_outlasting_half_the_duplicate_window_looks_for_another_deliverys_outcome_first(
+    service_settings, memory_log, provider, clock, past_the_duplicate_window,
+):
+    """Its heartbeats lost for an ack wait, an item went to another worker, which stored the
+    persona's outcome; this call, still out, answers longer after that than the log's duplicate
+    window, so its outcome would not be taken for a duplicate: a second prompt over the persona.
+    It looks first, and stores nothing."""
+    request = job_requested("j1", ("p1",)).model_copy(update={"deadline": clock() + timedelta(hours=2)})
+    await memory_log.publish(request)
+    await memory_log.publish(fan_out(request)[0])
+    provider.hold()
+    pool = WorkerPool(memory_log, provider, service_settings, clock=clock)
+    stop = asyncio.Event()
+    running = asyncio.create_task(pool.run(stop))
+    try:
+        await eventually(lambda: _true(provider.prompt_calls == 1), what="the call out")
+        await memory_log.publish(PersonaCompleted(
+            job_id="j1", persona_id="p1", persona_name="Name p1", mode="try_mode", generation_mode="assess_mode",
+            prompt="Another delivery's.", prompt_length=19, provider="offline", model="m"))
+        clock.advance(service_settings.duplicate_window_seconds)
+        past_the_duplicate_window()
+        with capture_logs() as logs:
+            provider.release()
+            await eventually(lambda: _true(any(e["event"] == "work_item_already_done" for e in logs)),
+                             what="the answer dropped")
+    finally:
+        stop.set()
+        await running
+    prompts = [s.event.prompt async for s in memory_log.read(subjects.job_persona("j1", "p1", "completed"))]
+    assert prompts == ["Another delivery's."]

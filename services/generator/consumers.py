@@ -66,13 +66,27 @@ async def _publish_all(event_log: EventLogPort, events: list, first: int = 16, c
         start, size = start + size, chunk
 
 
+# A newer version's event on a work queue is offered again, for a process of that version (a
+# rolling deployment runs both), this many deliveries in all, this long apart; then parked.
+NEWER_DELIVERIES = 5
+NEWER_RETRY_SECONDS = 5.0
+
+
 async def set_aside(msg, stored: StoredEvent, consumer: str, parked: ParkedEvents,
-                    error: BaseException | None = None) -> None:
-    """Take a message this consumer cannot use out of its queue: one of an unknown type is
-    skipped (a newer producer's), anything else is parked for an operator."""
+                    error: BaseException | None = None, *, deliveries: int = NEWER_DELIVERIES) -> None:
+    """Take a message this consumer cannot use out of its queue, parked for an operator. One of
+    a type or version this code does not know (a newer producer's) is work for a newer process:
+    given back for one to take, until its ``deliveries``-th delivery here; then parked, to be
+    applied again once every generator runs that version (dropped, the work would be lost)."""
     if error is None and isinstance(stored.error, UnknownEvent):
-        log.warning("event_skipped", consumer=consumer, seq=stored.seq, subject=stored.subject,
-                    reason=str(stored.error))
+        delivered = msg.metadata.num_delivered
+        if delivered < deliveries:
+            log.warning("event_left_for_newer", consumer=consumer, seq=stored.seq, subject=stored.subject,
+                        deliveries=delivered, reason=str(stored.error))
+            await msg.nak(delay=NEWER_RETRY_SECONDS)
+            return
+        await parked.park(consumer, stored, "undecodable", f"{stored.error}: a newer version's; apply it again "
+                                                           "once every generator runs that version")
     elif error is None:
         await parked.park(consumer, stored, "undecodable", str(stored.error))
     else:
@@ -376,7 +390,8 @@ class WorkerPool:
         item = stored.event
         if not isinstance(item, PersonaPromptRequested):
             with contextlib.suppress(Exception):  # parking failed: the item comes back later
-                await set_aside(msg, stored, WORKERS, self.parked)
+                await set_aside(msg, stored, WORKERS, self.parked,
+                                deliveries=min(NEWER_DELIVERIES, self.settings.max_deliveries))
             return
         delivered = msg.metadata.num_delivered
         if delivered > 1:

@@ -184,22 +184,33 @@ async def test_a_job_decision_that_fails_is_parked_and_other_jobs_still_end(
     assert stream.messages[-1].data["type"] == "results"
 
 
-async def test_the_generator_parks_work_it_cannot_read_and_keeps_working(client, event_log, scenario_document):
+async def test_the_generator_parks_work_it_cannot_read_and_keeps_working(client, event_log, scenario_document,
+                                                                         monkeypatch):
+    """Garbage is parked at once; work of a newer version is given back for a newer generator
+    to take, a few times, then parked too (terminated, it would be lost for good)."""
+    from services.generator import consumers
+
+    monkeypatch.setattr(consumers, "NEWER_RETRY_SECONDS", 0.05)
     job_id = str(uuid.uuid4())
     bad_request = await _raw(event_log, subjects.job(job_id, "requested"), b'{"type": "job.requested"}')
     bad_item = await _raw(event_log, subjects.job_persona(job_id, "p1", "requested"), b"[1, 2, 3]")
-    await _raw(event_log, subjects.job_persona(job_id, "p2", "requested"),
-               json.dumps({"type": "persona.prompt_requested", "version": 9}).encode())
+    newer = await _raw(event_log, subjects.job_persona(job_id, "p2", "requested"),
+                       json.dumps({"type": "persona.prompt_requested", "version": 9}).encode())
 
-    results = await _run_a_job(client, scenario_document)
-    assert results["successful"] == 3
+    with capture_logs() as logs:
+        results = await _run_a_job(client, scenario_document)
+        assert results["successful"] == 3
 
-    async def both_parked():
-        dispatcher, workers = await _parked(client, "generator-dispatcher"), await _parked(client, "generator-workers")
-        return (dispatcher, workers) if bad_request in dispatcher and bad_item in workers else None
+        async def all_parked():
+            dispatcher = await _parked(client, "generator-dispatcher")
+            workers = await _parked(client, "generator-workers")
+            return (dispatcher, workers) if bad_request in dispatcher and {bad_item, newer} <= set(workers) else None
 
-    dispatcher, workers = await eventually(both_parked, what="the generator parking the bad messages")
-    assert set(dispatcher) == {bad_request} and set(workers) == {bad_item}  # the unknown type is skipped
+        dispatcher, workers = await eventually(all_parked, what="the generator parking the bad messages")
+    assert set(dispatcher) == {bad_request} and set(workers) == {bad_item, newer}
+    assert "a newer version's" in workers[newer]["error"]
+    offered = [e["deliveries"] for e in logs if e["event"] == "event_left_for_newer" and e["seq"] == newer]
+    assert offered == list(range(1, len(offered) + 1)) and len(offered) >= 1
 
 
 @pytest.mark.parametrize("consumer", ["generator-workers"])

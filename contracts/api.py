@@ -350,7 +350,8 @@ ParkingConsumer = Literal["projector", "job-manager", "generator-dispatcher", "g
 class ReapplyRequest(Request):
     consumer: ParkingConsumer
     seqs: list[Annotated[int, Field(ge=1, le=MAX_SAFE_NUMBER)]] | None = Field(  # stream sequences
-        None, max_length=10_000, description="None: every event this consumer parked")
+        None, min_length=1, max_length=10_000,
+        description="Left out (or null): every event this consumer parked; else at least one")
 
 
 class ReapplyResult(BaseModel):

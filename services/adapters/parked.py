@@ -66,6 +66,10 @@ class ConsumerSlow(Exception):
     """The consumer took the request but did not answer in time: it may still be re-applying."""
 
 
+class ReapplyFailed(Exception):
+    """The consumer took the request and failed before it had an answer (its database away)."""
+
+
 class ParkedEvents:
     def __init__(self, event_log: EventLogPort, metrics: Metrics | None = None, *,
                  consumers: Iterable[str] = ()) -> None:
@@ -242,5 +246,5 @@ async def request_reapply(event_log: EventLogPort, consumer: str, seqs: list[int
     if answer.get("running"):
         raise ReapplyRunning(answer["error"])
     if "error" in answer:
-        raise RuntimeError(answer["error"])
+        raise ReapplyFailed(f"the {consumer} could not re-apply: {answer['error']}")
     return ReapplyResult.model_validate(answer)

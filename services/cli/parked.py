@@ -16,6 +16,7 @@ from services.adapters.parked import (
     ConsumerSlow,
     NoConsumerRunning,
     ParkedEvents,
+    ReapplyFailed,
     ReapplyRunning,
     request_reapply,
 )
@@ -66,7 +67,7 @@ async def reapply_parked(settings: Settings, consumer: str, seqs: list[int] | No
         err.print(f"[red]{exc}[/red]: start it (`promptgen up`, or `promptgen {PARKING_CONSUMERS[consumer]}`), "
                   "then try again")
         return 1
-    except (ConsumerSlow, ReapplyRunning) as exc:
+    except (ConsumerSlow, ReapplyFailed, ReapplyRunning) as exc:
         err.print(f"[yellow]{exc}[/yellow]")
         return 1
     finally:

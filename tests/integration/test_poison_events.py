@@ -443,3 +443,23 @@ async def test_a_reapply_asked_again_while_one_runs_is_told_so_not_queued(event_
         await request_reapply(event_log, "projector", None, timeout=10)
     release.set()
     assert (await first).reapplied == [seq] and calls == [seq]
+
+
+async def test_a_reapply_asks_for_some_events_or_all_and_a_consumer_that_fails_is_a_502(client, system, event_log):
+    """An empty list is not "all": a client that sends the events it selected, with none
+    selected, must not re-apply every parked event. A consumer that fails before it has an
+    answer (its database away) is a 502 naming it, not a 500."""
+    from services.adapters.parked import CONTROL
+
+    r = await client.post("/admin/parked/reapply", json={"consumer": "projector", "seqs": []})
+    assert r.status_code == 422 and r.json()["field"] == "seqs", r.text
+
+    await system.stop_service("generator")
+
+    async def failing(msg) -> None:  # a workers' process whose parked list cannot be read
+        await msg.respond(json.dumps({"error": "ServerSelectionTimeoutError: no MongoDB"}).encode())
+
+    await event_log.subscribe(CONTROL.format(consumer="generator-workers"), failing, queue="reapply")
+    r = await client.post("/admin/parked/reapply", json={"consumer": "generator-workers"})
+    assert r.status_code == 502 and r.json()["code"] == "reapply_failed", r.text
+    assert "no MongoDB" in r.json()["detail"] and r.json()["field"] == "consumer"

@@ -13,7 +13,13 @@ from contracts.api import (
     ReapplyRequest,
     ReapplyResult,
 )
-from services.adapters.parked import ConsumerSlow, NoConsumerRunning, ReapplyRunning, request_reapply
+from services.adapters.parked import (
+    ConsumerSlow,
+    NoConsumerRunning,
+    ReapplyFailed,
+    ReapplyRunning,
+    request_reapply,
+)
 from services.gateway.auth import Caller, require
 from services.gateway.deps import ParkedDep
 from services.gateway.errors import ApiError, responses
@@ -33,8 +39,9 @@ async def list_parked(
 
 
 @router.post("/parked/reapply", response_model=ReapplyResult,
-             responses=responses(409, 413, 422, 503, 504, described={
+             responses=responses(409, 413, 422, 502, 503, 504, described={
                  409: "The consumer is re-applying already (reapply_running)",
+                 502: "The consumer failed before it had an answer (reapply_failed): its log says why",
                  503: "No process of that consumer is running",
                  504: "The consumer did not answer in time"}))
 async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResult:
@@ -49,6 +56,9 @@ async def reapply_parked(body: ReapplyRequest, parked: ParkedDep) -> ReapplyResu
         raise ApiError(504, "consumer_slow", str(exc), field="consumer") from exc
     except ReapplyRunning as exc:
         raise ApiError(409, "reapply_running", str(exc), field="consumer", headers={"Retry-After": "5"}) from exc
+    except ReapplyFailed as exc:
+        raise ApiError(502, "reapply_failed", f"{exc}; the parked list shows what is left: ask again once it "
+                                              "is fixed", field="consumer") from exc
 
 
 @router.post("/parked/discard", response_model=DiscardResult, responses=responses(413, 422, 503))

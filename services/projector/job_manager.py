@@ -58,6 +58,11 @@ POSITION_EVERY_SECONDS = 1.0
 END_TRIES = 5  # decisions of one job's end in a row that its newer events may overtake
 
 
+class EndContended(Exception):
+    """The job's events kept coming while its end was decided (a cancel while its work items are
+    still being dispatched): decided again at the next sweep, not parked."""
+
+
 class JobView:
     """One job's documents (the job's and its personas'), as the read models will hold them."""
 
@@ -205,6 +210,7 @@ class JobManager:
         self.position_every = position_every
         self._stored: Mark | None = None  # the position as last stored (or read at the start)
         self._moved = asyncio.Event()  # the position moved since it was last stored
+        self.undecided: set[str] = set()  # jobs whose end its newer events kept overtaking: the next sweep's
 
     async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
         sweeper = asyncio.create_task(keep_going(lambda: self._sweep(stop, sweep_seconds), stop, what="expiry"))
@@ -316,6 +322,11 @@ class JobManager:
                                    **{"promptgen.job_id": job_id}) as span:
                 try:
                     await self._end_if_over(job_id, now, live)
+                except EndContended as exc:
+                    if strict:
+                        raise
+                    self.undecided.add(job_id)
+                    log.info("job_end_deferred", job_id=job_id, reason=str(exc))
                 except Unstorable as exc:
                     tracing.fail(span, exc.cause)
                     if strict:
@@ -345,8 +356,7 @@ class JobManager:
                 break
             live = False  # the log holds more of the job than the view: its whole history, again
         else:
-            raise Unstorable(RuntimeError(f"the job's events kept coming while its end was decided, {END_TRIES} "
-                                          "times: decided again by the next sweep or reapply"))
+            raise EndContended(f"the job's events kept coming while its end was decided, {END_TRIES} times")
         if (followed := self.running.jobs.get(job_id)) is not None:
             followed.decided = True
         tracing.note(**{"promptgen.job_status": end.status})
@@ -389,6 +399,9 @@ class JobManager:
     async def _sweep(self, stop: asyncio.Event, every: float) -> None:
         while not stop.is_set():
             if self.watch.reason is None:  # the read models may describe another log until a rebuild
+                if self.undecided:  # on their whole history: contended again, they stay for the next
+                    jobs, self.undecided = self.undecided, set()
+                    await self.decide(jobs)
                 await self.expire_overdue()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=every)

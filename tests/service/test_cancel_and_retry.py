@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -218,3 +219,45 @@ async def test_an_outcome_kept_out_by_garbage_flooding_its_cancel_subject_is_not
     monkeypatch.undo()
     assert await store_outcome(memory_log, completed) == "stored"
     assert (await memory_log.first_readable_on([completed.subject()])).event == completed
+
+
+async def test_a_cancel_whose_job_keeps_moving_is_decided_again_by_the_sweep_not_parked(
+    memory_log, memory_models, clock, monkeypatch,
+):
+    """A cancel while the job's work items are still being dispatched: each decision of its end
+    is overtaken by the job's next event. After a few in a row the job is left for the next
+    sweep, which decides it on its whole history (before, it was parked, and the job ran on
+    until its deadline)."""
+    from datetime import timedelta
+
+    from structlog.testing import capture_logs
+
+    from services.adapters.parked import ParkedEvents
+    from services.projector.job_manager import END_TRIES, JOB_MANAGER, JobManager
+    from tests.samples import job_requested
+
+    await memory_log.publish(job_requested("j1", ("p1", "p2")).model_copy(
+        update={"deadline": clock() + timedelta(hours=1)}))
+    parked = ParkedEvents(memory_log)
+    manager = JobManager(memory_log, memory_models, parked=parked, clock=clock)
+    publish_end, overtaken = manager._publish_end, []
+
+    async def overtaken_at_first(end, condition) -> bool:
+        if len(overtaken) < END_TRIES:  # as if another work item of the job came each time
+            overtaken.append(end)
+            return False
+        return await publish_end(end, condition)
+
+    monkeypatch.setattr(manager, "_publish_end", overtaken_at_first)
+    running = asyncio.create_task(manager.run(asyncio.Event(), sweep_seconds=0.05))
+    try:
+        with capture_logs() as logs:
+            await memory_log.publish(JobCancelRequested(job_id="j1"))
+            end = await eventually(lambda: memory_log.last(subjects.job("j1", "cancelled")), what="the job's end")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert len(overtaken) == END_TRIES and [e for e in logs if e["event"] == "job_end_deferred"]
+    assert end.event.results.cancelled == 2
+    assert await parked.list(JOB_MANAGER) == [] and manager.undecided == set()

@@ -79,7 +79,8 @@ async def _local(settings: Settings, event_log: EventLog, progress) -> dict:
     except AnotherProjector as exc:  # one started since we asked, or another rebuild runs alone
         return {"error": str(exc)}
     try:
-        service = await bootstrap(settings, event_log=event_log, presence=False)
+        # the stream as the deployment set it: this shell's retention may not be the deployment's
+        service = await bootstrap(settings, event_log=event_log, presence=False, ensure_stream=False)
         try:
             return {"position": await service.fold.rebuild(progress)}
         finally:

@@ -101,11 +101,13 @@ async def bootstrap(
     clock: Clock = utc_now,
     metrics: Metrics | None = None,
     presence: bool = True,
+    ensure_stream: bool = True,
 ) -> ProjectorService:
     """Raises :class:`~services.projector.presence.AnotherProjector` if a projector runs on the
     same NATS already (``presence``: whether to ask, and to answer from now on; `promptgen
     rebuild` writing alone has answered itself), before anything is written, the stream's
-    settings included."""
+    settings included (``ensure_stream``: made or set as this process's settings say; not by a
+    tool, whose shell may lack the deployment's retention)."""
     stack = AsyncExitStack()
     tracing_for("projector", stack)
     metrics = metrics or Metrics(service="projector")
@@ -114,7 +116,8 @@ async def bootstrap(
     try:
         if presence:
             stack.push_async_callback(await claim(event_log))
-        await event_log.ensure_stream()
+        if ensure_stream:
+            await event_log.ensure_stream()
     except BaseException:
         await stack.aclose()
         raise

@@ -162,3 +162,15 @@ async def test_promptgen_rebuild_alone_and_a_projector_keep_out_of_each_others_w
         assert await run_rebuild(settings) == 1
     finally:
         await stop_answering()
+
+
+async def test_promptgen_rebuild_alone_leaves_the_logs_retention_as_the_deployment_set_it(settings, event_log, models):
+    """An operator's shell may lack the deployment's PROMPTGEN_EVENT_RETENTION_DAYS: a rebuild
+    writing alone must not set the stream to the shell's (NATS would delete the older events)."""
+    from services.cli.rebuild import run_rebuild
+
+    before = (await event_log.js.stream_info(event_log.stream)).config
+    shell = settings.model_copy(update={"stream_max_age_days": 1, "duplicate_window_seconds": 7})
+    assert await run_rebuild(shell) == 0
+    after = (await event_log.js.stream_info(event_log.stream)).config
+    assert (after.max_age, after.duplicate_window) == (before.max_age, before.duplicate_window) != (86400, 7)

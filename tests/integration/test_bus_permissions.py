@@ -28,6 +28,7 @@ from contracts import subjects
 from contracts.events import JobCancelRequested
 from services.adapters.api_keys import ApiKeys
 from services.adapters.event_log import EventLog, NatsAccess, NatsRefused, connect_nats
+from services.adapters.parked import ParkedEvents
 from services.adapters.read_models import mongo_client
 from services.cli.keys import tenant_limits
 from services.cli.rebuild import run_rebuild
@@ -163,6 +164,21 @@ async def test_each_service_does_its_work_under_its_own_user(as_user, admin_log,
             assert sum(e["type"] == "persona.completed" for e in history.json()["events"]) == 3
             parked = await client.get("/admin/parked")
             assert parked.status_code == 200 and parked.json() == {"parked": []}
+            # garbage under the gateway's own subjects: the projector parks it, an admin key drops
+            # the record through the gateway (a purge of the parked stream, under its user)
+            gateway_log = await EventLog.connect(as_user("gateway"), "test-gateway")
+            try:
+                junk = (await gateway_log.js.publish("promptgen.template.junk.created", b"{not json")).seq
+            finally:
+                await gateway_log.close()
+
+            async def junk_parked() -> bool:
+                return [r["seq"] for r in (await client.get("/admin/parked")).json()["parked"]] == [junk]
+
+            await eventually(junk_parked, what="the projector parking the garbage")
+            dropped = await client.post("/admin/parked/discard", json={"consumer": "projector", "seqs": [junk]})
+            assert dropped.status_code == 200 and dropped.json()["discarded"] == [junk], dropped.text
+            assert (await client.get("/admin/parked")).json() == {"parked": []}
             gateway = system.server.config.app.state.gateway  # type: ignore[union-attr]
             assert (await gateway.quotas.limits_for("acme")).jobs_in_flight == 2  # read under its user
 
@@ -171,6 +187,10 @@ async def test_each_service_does_its_work_under_its_own_user(as_user, admin_log,
         # a second projector, under the projector's user, asks who runs, hears it, and refuses
         with pytest.raises(AnotherProjector):
             await asyncio.wait_for(projector_bootstrap(as_user("projector")), 30)
+        # with no projector running, the admin's rebuild writes alone, and sets the garbage aside again
+        await system.stop_service("projector")
+        assert await run_rebuild(as_user("admin")) == 0
+        assert [r.seq for r in await ParkedEvents(admin_log).list("projector")] == [junk]
     finally:
         await system.close()
         client_ = mongo_client(system.settings)

@@ -41,7 +41,11 @@ def dead_letter_stream(event_log: EventLogPort) -> str:
 
 
 async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveries: int,
-                              metrics: Metrics | None = None) -> bool:
+                              metrics: Metrics | None = None, *, parked: ParkedEvents | None = None,
+                              consumer: str | None = None) -> bool:
+    """Fail the persona of the work item at ``stream_seq`` that ran out of deliveries. One that is
+    no work item reached its last delivery because the worker that met it could not park it: it
+    is parked here for ``consumer`` (with ``parked``), so that it shows."""
     stored = await event_log.at(stream_seq, leader=True)  # a lagging replica would say it is gone
     if stored is None:
         log.warning("dead_letter_item_gone", stream_seq=stream_seq, deliveries=deliveries,
@@ -50,7 +54,9 @@ async def publish_dead_letter(event_log: EventLogPort, stream_seq: int, deliveri
     item = stored.event
     if not isinstance(item, PersonaPromptRequested):
         log.warning("dead_letter_not_a_work_item", stream_seq=stream_seq, subject=stored.subject,
-                    reason="undecodable: the worker that met it parked it (GET /admin/parked)")
+                    reason="undecodable: its worker could not park it; parked here (GET /admin/parked)")
+        if parked is not None and consumer is not None:
+            await parked.park(consumer, stored, "undecodable", str(stored.error or "not a work item"))
         return False
     if await persona_ended(event_log, item.job_id, item.persona_id, leader=True):
         # A worker stored the outcome, then died before its ack; the advisory waited longer than
@@ -88,9 +94,11 @@ async def keep_dead_letters(event_log: EventLogPort, consumer: str) -> None:
     await event_log.ensure_stream(config)
 
 
-async def handle_advisory(event_log: EventLogPort, data: bytes, metrics: Metrics | None = None) -> None:
+async def handle_advisory(event_log: EventLogPort, data: bytes, metrics: Metrics | None = None, *,
+                          parked: ParkedEvents | None = None, consumer: str | None = None) -> None:
     advisory = json.loads(data)
-    await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)), metrics)
+    await publish_dead_letter(event_log, int(advisory["stream_seq"]), int(advisory.get("deliveries", 0)), metrics,
+                              parked=parked, consumer=consumer)
 
 
 async def run_dead_letters(event_log: EventLogPort, consumer: str, stop: asyncio.Event, parked: ParkedEvents,
@@ -103,7 +111,7 @@ async def run_dead_letters(event_log: EventLogPort, consumer: str, stop: asyncio
     async for msgs in pulled(sub, 16, stop):
         for msg in msgs:
             try:
-                await handle_advisory(event_log, msg.data, metrics)
+                await handle_advisory(event_log, msg.data, metrics, parked=parked, consumer=consumer)
             except Exception as exc:  # noqa: BLE001 - kept in the stream and tried again, or parked
                 if kind_of(exc) == "permanent":
                     stored = StoredEvent(seq=msg.metadata.sequence.stream, time=msg.metadata.timestamp,

@@ -100,3 +100,27 @@ async def test_an_advisory_for_a_persona_that_ended_fails_nothing(event_log):
         await watcher
     assert await event_log.last(subjects.job_persona("jdone", "p1", "failed")) is None
     assert [line["persona_id"] for line in logs if line["event"] == "dead_letter_persona_ended"] == ["p1"]
+
+
+async def test_an_item_its_workers_could_not_park_is_parked_when_its_deliveries_run_out(event_log):
+    """A worker parks what it cannot read; when that fails each time (the parked stream away),
+    the item runs out of deliveries instead: the dead letters park it, so that it shows."""
+    await keep_dead_letters(event_log, WORKERS)
+    seq = (await event_log.js.publish(subjects.job_persona("jjunk", "p1", "requested"), b"[1, 2, 3]",
+                                      stream=event_log.stream)).seq
+    sub = await event_log.work_queue(WORKERS, subjects.WORK_ITEMS, max_ack_pending=4, ack_wait=0.5,
+                                     max_deliver=2)
+    parked = ParkedEvents(event_log)
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(run_dead_letters(event_log, WORKERS, stop, parked))
+    try:
+        async def parked_by_the_dead_letters():
+            with contextlib.suppress(NatsTimeout, TimeoutError):
+                await sub.fetch(1, timeout=0.5)  # taken and never acked, as by a worker whose park fails
+            return [r for r in await parked.list(WORKERS) if r.seq == seq]
+
+        (record,) = await eventually(parked_by_the_dead_letters, timeout=20, what="the garbage parked")
+    finally:
+        stop.set()
+        await watcher
+    assert record.error_kind == "undecodable" and record.subject == subjects.job_persona("jjunk", "p1", "requested")

@@ -698,6 +698,7 @@ class EventLog(DerivedReads):
         self.js = nc.jetstream(timeout=10)
         self.settings = settings
         self.stream = settings.stream
+        self.changes_streams = True  # a service's log; a tool's changes none (:meth:`ensure_stream`)
 
     @classmethod
     async def connect(cls, settings: Settings, name: str, *, ensure_stream: bool = True) -> EventLog:
@@ -721,6 +722,7 @@ class EventLog(DerivedReads):
         nc = await connect_nats(settings.nats_url, name, access=NatsAccess.from_settings(settings),
                                 give_up_after=TOOL_WAIT_SECONDS)
         log_ = cls(nc, settings, [])
+        log_.changes_streams = False
         if needs_stream:
             try:
                 async for attempt in log_._retrying(TOOL_WAIT_SECONDS, "stream_info"):
@@ -755,7 +757,9 @@ class EventLog(DerivedReads):
 
     async def ensure_stream(self, config: api.StreamConfig | None = None) -> None:
         """Create or update the event log's stream (or the one ``config`` describes). With
-        ``PROMPTGEN_STREAM_REPLICAS`` unset, an existing stream keeps its number of replicas."""
+        ``PROMPTGEN_STREAM_REPLICAS`` unset, an existing stream keeps its number of replicas.
+        A tool's log (:meth:`for_tool`) creates a missing side stream and changes no stream: its
+        shell's retention need not be the deployment's."""
         config = config or self.stream_config()
         async for attempt in self._retrying(30, "ensure_stream"):
             with attempt:
@@ -765,6 +769,8 @@ class EventLog(DerivedReads):
                     await self.js.add_stream(config)
                     log.info("stream_created", stream=config.name)
                 else:
+                    if not self.changes_streams:
+                        return
                     if self.settings.stream_replicas is None:
                         config = replace(config, num_replicas=info.config.num_replicas)
                     await self.js.update_stream(config)

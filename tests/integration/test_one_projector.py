@@ -169,8 +169,17 @@ async def test_promptgen_rebuild_alone_leaves_the_logs_retention_as_the_deployme
     writing alone must not set the stream to the shell's (NATS would delete the older events)."""
     from services.cli.rebuild import run_rebuild
 
+    from services.adapters.parked import ParkedEvents
+
+    # an event the fold cannot read: the rebuild parks it, in the parked stream, which exists
+    await event_log.js.publish("promptgen.template.junk.created", b"{not json", stream=event_log.stream)
+    parked = ParkedEvents(event_log)
+    await parked.ensure()
     before = (await event_log.js.stream_info(event_log.stream)).config
+    kept = (await event_log.js.stream_info(parked.stream)).config.max_age
     shell = settings.model_copy(update={"stream_max_age_days": 1, "duplicate_window_seconds": 7})
     assert await run_rebuild(shell) == 0
     after = (await event_log.js.stream_info(event_log.stream)).config
     assert (after.max_age, after.duplicate_window) == (before.max_age, before.duplicate_window) != (86400, 7)
+    assert [r.subject for r in await parked.list()] == ["promptgen.template.junk.created"]
+    assert (await event_log.js.stream_info(parked.stream)).config.max_age == kept != 86400

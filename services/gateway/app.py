@@ -166,9 +166,11 @@ def _without_stream_token(span, scope: dict) -> None:
     """A job stream's ``token`` is a credential: its value leaves the span's URL attributes
     (OpenTelemetry redacts a fixed list of query parameters, and not this one)."""
     query = scope.get("query_string") or b""
-    if b"token" not in query or span is None or not span.is_recording():
+    if not query or span is None or not span.is_recording():
         return
     pairs = urllib.parse.parse_qsl(query.decode("latin-1"), keep_blank_values=True)
+    if not any(k == "token" for k, _ in pairs):  # as the route reads it: "%74oken" is a token too
+        return
     kept = urllib.parse.urlencode([(k, "REDACTED" if k == "token" else v) for k, v in pairs])
     attributes = getattr(span, "attributes", None) or {}  # the SDK's span shows what it holds
     for key in _URL_ATTRIBUTES:

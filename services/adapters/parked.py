@@ -192,7 +192,8 @@ class ParkedEvents:
             async with running:
                 try:
                     request = json.loads(msg.data or b"{}")
-                    seqs = set(request["seqs"]) if request.get("seqs") else None
+                    # left out or null: all; a list, even empty, names which (the API refuses [])
+                    seqs = set(request["seqs"]) if request.get("seqs") is not None else None
                     result = await self.reapply(consumer, reapply, seqs)
                     answer = result.model_dump_json().encode()
                 except Exception as exc:  # noqa: BLE001 - the caller hears why

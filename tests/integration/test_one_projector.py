@@ -167,9 +167,8 @@ async def test_promptgen_rebuild_alone_and_a_projector_keep_out_of_each_others_w
 async def test_promptgen_rebuild_alone_leaves_the_logs_retention_as_the_deployment_set_it(settings, event_log, models):
     """An operator's shell may lack the deployment's PROMPTGEN_EVENT_RETENTION_DAYS: a rebuild
     writing alone must not set the stream to the shell's (NATS would delete the older events)."""
-    from services.cli.rebuild import run_rebuild
-
     from services.adapters.parked import ParkedEvents
+    from services.cli.rebuild import run_rebuild
 
     # an event the fold cannot read: the rebuild parks it, in the parked stream, which exists
     await event_log.js.publish("promptgen.template.junk.created", b"{not json", stream=event_log.stream)

@@ -46,7 +46,7 @@ from services.generator.work import (
 )
 from services.runtime import tracing
 from services.runtime.failures import brief, kind_of
-from services.runtime.lifecycle import Clock, utc_now
+from services.runtime.lifecycle import Clock, cancel_and_wait, utc_now
 from services.runtime.metrics import Metrics
 from services.runtime.settings import Settings
 
@@ -224,13 +224,18 @@ class Cancellations:
         self.max_jobs = max_jobs
         self.calls: dict[str, set[asyncio.Task]] = {}
         self.confirming: dict[str, asyncio.Task] = {}
+        self.heard_again: set[str] = set()  # jobs whose cancel was heard again while being looked for
 
     async def start(self) -> None:
         async def on_cancel(msg) -> None:
             job_id = subjects.job_id_of(msg.subject)
-            if job_id and not self.known.get(job_id) and job_id not in self.confirming and _an_event(msg.data):
-                task = self.confirming[job_id] = asyncio.create_task(self._confirm(job_id))
-                task.add_done_callback(lambda _: self.confirming.pop(job_id, None))
+            if not job_id or self.known.get(job_id) or not _an_event(msg.data):
+                return
+            if job_id in self.confirming:
+                self.heard_again.add(job_id)  # a retry of a refused publish may be the one stored
+                return
+            task = self.confirming[job_id] = asyncio.create_task(self._confirm(job_id))
+            task.add_done_callback(lambda _: self.confirming.pop(job_id, None))
 
         await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
         self.log.on_reconnect(self.known.clear)
@@ -238,18 +243,27 @@ class Cancellations:
     async def _confirm(self, job_id: str) -> None:
         subject = subjects.job(job_id, "cancel_requested")
         try:
-            for wait in CONFIRM_AFTER:
-                await asyncio.sleep(wait)
-                if await self.log.first_readable_on([subject], leader=True) is not None:
-                    self._remember(job_id, True)
-                    for call in self.calls.get(job_id, ()):
-                        call.cancel()
-                    return
+            while True:
+                self.heard_again.discard(job_id)
+                for wait in CONFIRM_AFTER:
+                    await asyncio.sleep(wait)
+                    if await self.log.first_readable_on([subject], leader=True) is not None:
+                        self._remember(job_id, True)
+                        for call in self.calls.get(job_id, ()):
+                            call.cancel()
+                        return
+                if job_id not in self.heard_again:
+                    break
         except Exception as exc:  # noqa: BLE001 - the next item of the job asks the log itself
             log.warning("cancel_not_confirmed", job_id=job_id, error=f"{type(exc).__name__}: {exc}"[:300])
-            self.known.pop(job_id, None)
-            return
-        log.info("cancel_heard_not_stored", job_id=job_id)
+        else:
+            log.info("cancel_heard_not_stored", job_id=job_id)
+        self.known.pop(job_id, None)  # the job's next item asks the log, which may hold it by then
+
+    async def close(self) -> None:
+        """Stop looking for the cancels heard (the process is stopping)."""
+        for task in list(self.confirming.values()):
+            await cancel_and_wait(task)
 
     def _remember(self, job_id: str, cancelled: bool) -> None:
         self.known[job_id] = cancelled or self.known.get(job_id, False)
@@ -324,16 +338,19 @@ class WorkerPool:
             return limit - len(self.in_flight)
 
         await self.cancellations.start()
-        async for msgs in pulled(sub, room, stop):
-            for msg in msgs:
-                if len(self.in_flight) >= limit:
-                    # A fetch hands over what arrived for earlier fetches too (nats-py): more than
-                    # there was room for. The item waits for a slot, kept with this worker.
-                    async with still_working(msg, s.ack_wait_seconds):
-                        await room()
-                task = asyncio.create_task(self.handle(msg))
-                self.in_flight.add(task)
-                task.add_done_callback(self.in_flight.discard)
+        try:
+            async for msgs in pulled(sub, room, stop):
+                for msg in msgs:
+                    if len(self.in_flight) >= limit:
+                        # A fetch hands over what arrived for earlier fetches too (nats-py): more than
+                        # there was room for. The item waits for a slot, kept with this worker.
+                        async with still_working(msg, s.ack_wait_seconds):
+                            await room()
+                    task = asyncio.create_task(self.handle(msg))
+                    self.in_flight.add(task)
+                    task.add_done_callback(self.in_flight.discard)
+        finally:
+            await self.cancellations.close()
 
     async def drain(self, timeout: float) -> None:
         if self.in_flight:
@@ -390,8 +407,9 @@ class WorkerPool:
         item = stored.event
         if not isinstance(item, PersonaPromptRequested):
             with contextlib.suppress(Exception):  # parking failed: the item comes back later
+                # a newer generator that takes it late keeps two deliveries of its own at least
                 await set_aside(msg, stored, WORKERS, self.parked,
-                                deliveries=min(NEWER_DELIVERIES, self.settings.max_deliveries))
+                                deliveries=min(NEWER_DELIVERIES, max(1, self.settings.max_deliveries - 2)))
             return
         delivered = msg.metadata.num_delivered
         if delivered > 1:
@@ -407,6 +425,11 @@ class WorkerPool:
                 tracing.fail(span, exc)
                 if delivered >= self.settings.max_deliveries:
                     log.error("work_item_exhausted", error=str(exc), deliveries=delivered)
+                    with contextlib.suppress(Exception):  # another delivery's outcome, stored long ago
+                        if await persona_ended(self.log, item.job_id, item.persona_id, leader=True):
+                            log.info("work_item_already_done", deliveries=delivered)
+                            await msg.ack()
+                            return
                     # The client reads this: the error's kind only; its text (a URL, a path) stays in the log.
                     err = LLMError("internal_error", f"generation failed after {delivered} deliveries with an "
                                                      f"internal error ({type(exc).__name__}); the generator's log "

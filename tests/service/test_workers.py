@@ -209,3 +209,30 @@ async def test_a_call_outlasting_half_the_duplicate_window_looks_for_another_del
         await running
     prompts = [s.event.prompt async for s in memory_log.read(subjects.job_persona("j1", "p1", "completed"))]
     assert prompts == ["Another delivery's."]
+
+
+async def test_an_item_that_fails_its_last_delivery_after_its_persona_ended_stores_no_failure(
+    service_settings, memory_log, provider, clock, past_the_duplicate_window,
+):
+    """Its last delivery meets an internal error, while another delivery stored the persona's
+    outcome longer ago than the duplicate window: the failure would be a second end."""
+    service_settings.max_deliveries = 1
+    request = job_requested("j1", ("p1",)).model_copy(update={"deadline": clock() + timedelta(hours=2)})
+    await memory_log.publish(request)
+    await memory_log.publish(PersonaCompleted(
+        job_id="j1", persona_id="p1", persona_name="Name p1", mode="try_mode", generation_mode="assess_mode",
+        prompt="Another delivery's.", prompt_length=19, provider="offline", model="m"))
+    past_the_duplicate_window()
+    await memory_log.publish(fan_out(request)[0])
+    provider.crash.add("p1")
+    pool = WorkerPool(memory_log, provider, service_settings, clock=clock)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        running = asyncio.create_task(pool.run(stop))
+        try:
+            await eventually(lambda: _true(any(e["event"] == "work_item_already_done" for e in logs)),
+                             what="the last delivery finding the persona ended")
+        finally:
+            stop.set()
+            await running
+    assert await memory_log.last(subjects.job_persona("j1", "p1", "failed")) is None

@@ -387,21 +387,34 @@ class JobManager:
         await self.decide([record.job_id], strict=True)
 
     async def expire_overdue(self) -> None:
-        """Decide every job the read models show running past its deadline."""
+        """Decide every job the read models show running past its deadline, or running with a
+        cancel asked: the live decision of a cancel overtaken by the job's own events (its work
+        items still being dispatched) is left to the sweep, and the read models keep it across a
+        restart, as the job manager's memory does not."""
         now = self.clock()
 
         async def overdue() -> list[str]:
-            cursor = self.models.jobs.find({"status": "processing", "deadline": {"$lte": now}}, {"_id": 1})
+            cursor = self.models.jobs.find({"status": "processing", "$or": [
+                {"deadline": {"$lte": now}}, {"cancel_requested_at": {"$exists": True}}]}, {"_id": 1})
             return [doc["_id"] async for doc in cursor]
 
         await self.decide(await durably(overdue, what="overdue jobs"))
 
+    async def _decide_undecided(self) -> None:
+        """The jobs whose end their events kept overtaking, on their whole history (contended
+        again, one is left for the next sweep); one that raises is kept, with those after it."""
+        for job_id in list(self.undecided):
+            self.undecided.discard(job_id)
+            try:
+                await self.decide([job_id])
+            except BaseException:
+                self.undecided.add(job_id)
+                raise
+
     async def _sweep(self, stop: asyncio.Event, every: float) -> None:
         while not stop.is_set():
             if self.watch.reason is None:  # the read models may describe another log until a rebuild
-                if self.undecided:  # on their whole history: contended again, they stay for the next
-                    jobs, self.undecided = self.undecided, set()
-                    await self.decide(jobs)
+                await self._decide_undecided()
                 await self.expire_overdue()
             try:
                 await asyncio.wait_for(stop.wait(), timeout=every)

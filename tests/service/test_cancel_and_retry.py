@@ -261,3 +261,33 @@ async def test_a_cancel_whose_job_keeps_moving_is_decided_again_by_the_sweep_not
     assert len(overtaken) == END_TRIES and [e for e in logs if e["event"] == "job_end_deferred"]
     assert end.event.results.cancelled == 2
     assert await parked.list(JOB_MANAGER) == [] and manager.undecided == set()
+
+
+async def test_a_cancelled_job_the_job_manager_did_not_end_before_a_restart_is_ended_by_the_sweep(
+    memory_log, memory_models, clock,
+):
+    """A cancel's end, left for the sweep while the job's events kept overtaking it, was only in
+    the job manager's memory: after a restart the replay starts past the cancel. The sweep finds
+    the job in the read models, running with a cancel asked, and ends it."""
+    from datetime import timedelta
+
+    from services.adapters.parked import ParkedEvents
+    from services.projector.job_manager import JOB_MANAGER, JobManager
+    from tests.samples import job_requested
+
+    request = job_requested("j1", ("p1", "p2")).model_copy(update={"deadline": clock() + timedelta(hours=1)})
+    await memory_log.publish(request)
+    await memory_log.publish(JobCancelRequested(job_id="j1"))
+    await memory_models.jobs.insert_one({"_id": "j1", "status": "processing", "deadline": request.deadline,
+                                         "cancel_requested_at": clock()})  # as the fold wrote it
+    state = await memory_log.state()
+    await memory_models.save_position(JOB_MANAGER, state.last_seq, state.log_id)  # stored past the cancel
+    manager = JobManager(memory_log, memory_models, parked=ParkedEvents(memory_log), clock=clock)
+    running = asyncio.create_task(manager.run(asyncio.Event(), sweep_seconds=0.05))
+    try:
+        end = await eventually(lambda: memory_log.last(subjects.job("j1", "cancelled")), what="the job's end")
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert end.event.results.cancelled == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from contextlib import aclosing
 from datetime import datetime
 from functools import partial
 
@@ -103,14 +104,11 @@ class JobView:
             return None
         return job, sorted(self.fold.collections[JOB_PERSONAS].values(), key=lambda p: p["order"])
 
-    @classmethod
-    def of(cls, job_id: str, events: Iterable[StoredEvent]) -> JobView:
-        view = cls(job_id)
-        for stored in events:
-            view.newest = max(view.newest, stored.seq)
-            if stored.event is not None:
-                view.apply(stored.event, stored.seq)
-        return view
+    def take(self, stored: StoredEvent) -> None:
+        """A stored event of the job, readable or not."""
+        self.newest = max(self.newest, stored.seq)
+        if stored.event is not None:
+            self.apply(stored.event, stored.seq)
 
 
 class RunningJobs:
@@ -156,9 +154,12 @@ class RunningJobs:
         start = await self.log.last_seq_on(subjects.job(job_id, "requested"))
         if start is None:
             return None
-        events = [stored async for batch in self.log.read_batches(subjects.job_history(job_id), start)
-                  for stored in batch]
-        view = JobView.of(job_id, events)
+        # folded a batch at a time: the history holds every work item, each with the job's template
+        view = JobView(job_id)
+        async with aclosing(self.log.read_batches(subjects.job_history(job_id), start)) as batches:
+            async for batch in batches:
+                for stored in batch:
+                    view.take(stored)
         view.known_to = max(view.known_to, log_end)
         return view
 

@@ -272,6 +272,10 @@ def test_the_load_balancer_is_set_up_for_sse():
         assert needed in cfg, needed
     directives = [line.split("#")[0].strip() for line in cfg.splitlines()]
     assert not any(d.startswith(("compression", "option http-buffer-request")) for d in directives)
+    # a job stream's query holds its token: the access log shows the path, never the URI
+    (log_format,) = [d for d in directives if d.startswith("log-format")]
+    assert "%HP" in log_format and not re.search(r"%(\{[^}]*\})?(r(?![a-z])|HU|HQ)", log_format), log_format
+    assert "option httplog" not in directives
 
 
 MONITORING = {"prometheus", "grafana", "exporter-nats-1", "exporter-nats-2", "exporter-nats-3"}

@@ -225,17 +225,17 @@ class Cancellations:
         self.calls: dict[str, set[asyncio.Task]] = {}
         self.confirming: dict[str, asyncio.Task] = {}
         self.heard_again: set[str] = set()  # jobs whose cancel was heard again while being looked for
+        self.closed = False
 
     async def start(self) -> None:
         async def on_cancel(msg) -> None:
             job_id = subjects.job_id_of(msg.subject)
-            if not job_id or self.known.get(job_id) or not _an_event(msg.data):
+            if self.closed or not job_id or self.known.get(job_id) or not _an_event(msg.data):
                 return
             if job_id in self.confirming:
                 self.heard_again.add(job_id)  # a retry of a refused publish may be the one stored
                 return
-            task = self.confirming[job_id] = asyncio.create_task(self._confirm(job_id))
-            task.add_done_callback(lambda _: self.confirming.pop(job_id, None))
+            self.confirming[job_id] = asyncio.create_task(self._confirm(job_id))
 
         await self.log.subscribe(subjects.JOBS_CANCEL_REQUESTED, on_cancel)
         self.log.on_reconnect(self.known.clear)
@@ -258,10 +258,17 @@ class Cancellations:
             log.warning("cancel_not_confirmed", job_id=job_id, error=f"{type(exc).__name__}: {exc}"[:300])
         else:
             log.info("cancel_heard_not_stored", job_id=job_id)
+        finally:
+            # here, not in a done callback a loop turn later: a cancel heard in between would find
+            # this one still looking, and be noted for a look that never comes
+            if self.confirming.get(job_id) is asyncio.current_task():
+                del self.confirming[job_id]
+            self.heard_again.discard(job_id)
         self.known.pop(job_id, None)  # the job's next item asks the log, which may hold it by then
 
     async def close(self) -> None:
-        """Stop looking for the cancels heard (the process is stopping)."""
+        """Stop looking for the cancels heard, and for any heard from now on (the process is stopping)."""
+        self.closed = True
         for task in list(self.confirming.values()):
             await cancel_and_wait(task)
 
@@ -425,11 +432,14 @@ class WorkerPool:
                 tracing.fail(span, exc)
                 if delivered >= self.settings.max_deliveries:
                     log.error("work_item_exhausted", error=str(exc), deliveries=delivered)
+                    ended = False
                     with contextlib.suppress(Exception):  # another delivery's outcome, stored long ago
-                        if await persona_ended(self.log, item.job_id, item.persona_id, leader=True):
-                            log.info("work_item_already_done", deliveries=delivered)
+                        ended = await persona_ended(self.log, item.job_id, item.persona_id, leader=True)
+                    if ended:
+                        log.info("work_item_already_done", deliveries=delivered)
+                        with contextlib.suppress(Exception):
                             await msg.ack()
-                            return
+                        return
                     # The client reads this: the error's kind only; its text (a URL, a path) stays in the log.
                     err = LLMError("internal_error", f"generation failed after {delivered} deliveries with an "
                                                      f"internal error ({type(exc).__name__}); the generator's log "

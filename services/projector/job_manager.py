@@ -57,6 +57,7 @@ JOB_MANAGER = "job-manager"
 # restart replays what came after the stored position, deciding again (idempotently).
 POSITION_EVERY_SECONDS = 1.0
 END_TRIES = 5  # decisions of one job's end in a row that its newer events may overtake
+LEARN_BATCH = 32  # a job's history is decoded this many events at a time (each work item holds the template)
 
 
 class EndContended(Exception):
@@ -156,7 +157,8 @@ class RunningJobs:
             return None
         # folded a batch at a time: the history holds every work item, each with the job's template
         view = JobView(job_id)
-        async with aclosing(self.log.read_batches(subjects.job_history(job_id), start)) as batches:
+        async with aclosing(self.log.read_batches(subjects.job_history(job_id), start,
+                                                  max_batch=LEARN_BATCH)) as batches:
             async for batch in batches:
                 for stored in batch:
                     view.take(stored)
@@ -212,6 +214,7 @@ class JobManager:
         self._stored: Mark | None = None  # the position as last stored (or read at the start)
         self._moved = asyncio.Event()  # the position moved since it was last stored
         self.undecided: set[str] = set()  # jobs whose end its newer events kept overtaking: the next sweep's
+        self._deciding: dict[str, asyncio.Lock] = {}  # a lock per job being decided
 
     async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
         sweeper = asyncio.create_task(keep_going(lambda: self._sweep(stop, sweep_seconds), stop, what="expiry"))
@@ -334,7 +337,24 @@ class JobManager:
                         raise exc.cause from None
                     await self._park(job_id, exc.cause)
 
+    def settled(self, job_id: str) -> bool:
+        """Whether the job's end is known here: published by this job manager, or come back."""
+        view = self.running.jobs.get(job_id)
+        return job_id in self.running.ended or (view is not None and view.decided)
+
     async def _end_if_over(self, job_id: str, now: datetime, live: bool) -> None:
+        """One decision of a job at a time (the follower and the sweep both decide), none once
+        its end is known here."""
+        lock = self._deciding.setdefault(job_id, asyncio.Lock())
+        try:
+            async with lock:
+                if not self.settled(job_id):
+                    await self._decide_end(job_id, now, live)
+        finally:
+            if not lock.locked() and self._deciding.get(job_id) is lock:
+                del self._deciding[job_id]
+
+    async def _decide_end(self, job_id: str, now: datetime, live: bool) -> None:
         """Publish the job's end if it is over, on condition that nothing of the job came after
         the history it was decided on (an outcome stored while an expiry was decided would
         otherwise be counted failed in the job's results): if something did, decide again."""
@@ -387,7 +407,7 @@ class JobManager:
             raise LookupError("the parked decision names no job")
         await self.decide([record.job_id], strict=True)
 
-    async def expire_overdue(self) -> None:
+    async def expire_overdue(self, skip: Iterable[str] = ()) -> None:
         """Decide every job the read models show running past its deadline, or running with a
         cancel asked: the live decision of a cancel overtaken by the job's own events (its work
         items still being dispatched) is left to the sweep, and the read models keep it across a
@@ -399,24 +419,28 @@ class JobManager:
                 {"deadline": {"$lte": now}}, {"cancel_requested_at": {"$exists": True}}]}, {"_id": 1})
             return [doc["_id"] async for doc in cursor]
 
-        await self.decide(await durably(overdue, what="overdue jobs"))
+        skipped = set(skip)  # decided in this sweep already, or whose end is known here
+        jobs = await durably(overdue, what="overdue jobs")
+        await self.decide([j for j in jobs if j not in skipped and not self.settled(j)])
 
-    async def _decide_undecided(self) -> None:
+    async def _decide_undecided(self) -> set[str]:
         """The jobs whose end their events kept overtaking, on their whole history (contended
-        again, one is left for the next sweep); one that raises is kept, with those after it."""
-        for job_id in list(self.undecided):
+        again, one is left for the next sweep); one that raises is kept, with those after it.
+        Returns those decided."""
+        jobs = list(self.undecided)
+        for job_id in jobs:
             self.undecided.discard(job_id)
             try:
                 await self.decide([job_id])
             except BaseException:
                 self.undecided.add(job_id)
                 raise
+        return set(jobs)
 
     async def _sweep(self, stop: asyncio.Event, every: float) -> None:
         while not stop.is_set():
             if self.watch.reason is None:  # the read models may describe another log until a rebuild
-                await self._decide_undecided()
-                await self.expire_overdue()
+                await self.expire_overdue(skip=await self._decide_undecided())
             try:
                 await asyncio.wait_for(stop.wait(), timeout=every)
             except TimeoutError:

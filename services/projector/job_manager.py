@@ -60,6 +60,14 @@ END_TRIES = 5  # decisions of one job's end in a row that its newer events may o
 LEARN_BATCH = 32  # a job's history is decoded this many events at a time (each work item holds the template)
 
 
+class _Deciding:
+    """The lock of one job's decisions, and how many decisions hold it or wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class EndContended(Exception):
     """The job's events kept coming while its end was decided (a cancel while its work items are
     still being dispatched): decided again at the next sweep, not parked."""
@@ -214,7 +222,7 @@ class JobManager:
         self._stored: Mark | None = None  # the position as last stored (or read at the start)
         self._moved = asyncio.Event()  # the position moved since it was last stored
         self.undecided: set[str] = set()  # jobs whose end its newer events kept overtaking: the next sweep's
-        self._deciding: dict[str, asyncio.Lock] = {}  # a lock per job being decided
+        self._deciding: dict[str, _Deciding] = {}  # a lock per job being decided
 
     async def run(self, stop: asyncio.Event, *, sweep_seconds: float = 5.0) -> None:
         sweeper = asyncio.create_task(keep_going(lambda: self._sweep(stop, sweep_seconds), stop, what="expiry"))
@@ -345,13 +353,19 @@ class JobManager:
     async def _end_if_over(self, job_id: str, now: datetime, live: bool) -> None:
         """One decision of a job at a time (the follower and the sweep both decide), none once
         its end is known here."""
-        lock = self._deciding.setdefault(job_id, asyncio.Lock())
+        # The entry goes with its last user: a released lock whose waiter has not yet woken
+        # reads unlocked, and a new lock beside it would let two decisions run.
+        entry = self._deciding.get(job_id)
+        if entry is None:
+            entry = self._deciding[job_id] = _Deciding()
+        entry.users += 1
         try:
-            async with lock:
+            async with entry.lock:
                 if not self.settled(job_id):
                     await self._decide_end(job_id, now, live)
         finally:
-            if not lock.locked() and self._deciding.get(job_id) is lock:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._deciding[job_id]
 
     async def _decide_end(self, job_id: str, now: datetime, live: bool) -> None:

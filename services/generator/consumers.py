@@ -139,6 +139,15 @@ async def still_working(msg, ack_wait: float) -> AsyncIterator[None]:
         task.cancel()
 
 
+async def acknowledged(msg) -> None:
+    """Acknowledge a work item whose handling is over. A lost ack only means a redelivery, which
+    finds the item's end (or its job's) and skips: it must not send the item down the failure path."""
+    try:
+        await msg.ack()
+    except Exception as exc:  # noqa: BLE001 - the connection is away: the item comes back
+        log.warning("work_item_ack_lost", error=brief(exc))
+
+
 async def run_dispatcher(event_log: EventLogPort, stop: asyncio.Event, parked: ParkedEvents) -> None:
     ack_wait = event_log.settings.ack_wait_seconds
     sub = await event_log.work_queue(
@@ -365,7 +374,7 @@ class WorkerPool:
 
     async def _expired(self, msg, item: PersonaPromptRequested, delivered: int) -> None:
         await self._fail(item, LLMError("expired", EXPIRED_PERSONA_ERROR), delivered)
-        await msg.ack()
+        await acknowledged(msg)
 
     async def _fail(self, item: PersonaPromptRequested, err: LLMError, delivered: int) -> None:
         """Store the persona's failure, unless its job's cancel or end is stored first, and count it."""
@@ -457,12 +466,12 @@ class WorkerPool:
         # already ended (a worker died after publishing; the job went on without the parked item).
         if (delivered > 1 or again) and await persona_ended(self.log, item.job_id, item.persona_id):
             log.info("work_item_already_done", deliveries=delivered)
-            await msg.ack()
+            await acknowledged(msg)
             return
         taken = self.clock()
         if await self._cancelled(item.job_id):
             log.info("work_item_skipped_cancelled")
-            await msg.ack()
+            await acknowledged(msg)
             return
         if item.deadline <= self.clock():
             await self._expired(msg, item, delivered)
@@ -499,12 +508,12 @@ class WorkerPool:
                         raise
                     log.info("work_item_dropped_expired")
                     self.metrics.persona_finished("expired")
-                    await msg.ack()
+                    await acknowledged(msg)
                     return
                 dropped = "cancelled" if call.cancelled() or await self._cancelled(item.job_id) else None
                 if dropped is None and await self._ended_meanwhile(item, taken):
                     log.info("work_item_already_done", deliveries=delivered, answered=True)
-                    await msg.ack()
+                    await acknowledged(msg)
                     return
                 if dropped is None and (stored := await self._store(outcome)) != "stored":
                     dropped = stored
@@ -513,7 +522,7 @@ class WorkerPool:
                     # has counted the persona so): nothing of the call is stored.
                     log.info("work_item_dropped", because=dropped, answered=not call.cancelled())
                     self.metrics.persona_finished(dropped)
-                    await msg.ack()
+                    await acknowledged(msg)
                     return
         finally:
             progress.cancel()
@@ -522,6 +531,6 @@ class WorkerPool:
         self.metrics.persona_finished("completed" if outcome.type == "persona.completed" else "failed", error_code)
         tracing.note(**{"promptgen.outcome": outcome.type, "promptgen.error_code": error_code})
         # The outcome is durable: a lost ack only means a redelivery, which finds it and skips.
-        await msg.ack()
+        await acknowledged(msg)
         log.info("persona_generated" if outcome.type == "persona.completed" else "persona_failed",
                  outcome=outcome.type, error_code=error_code)

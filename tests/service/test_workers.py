@@ -236,3 +236,55 @@ async def test_an_item_that_fails_its_last_delivery_after_its_persona_ended_stor
             stop.set()
             await running
     assert await memory_log.last(subjects.job_persona("j1", "p1", "failed")) is None
+
+
+class AckLost:
+    """A work item whose acknowledgement fails (the connection is away)."""
+
+    def __init__(self, msg) -> None:
+        self._msg = msg
+
+    def __getattr__(self, name):
+        return getattr(self._msg, name)
+
+    async def ack(self) -> None:
+        raise ConnectionResetError("the connection to NATS is away")
+
+
+class AcksLost:
+    def __init__(self, queue) -> None:
+        self.queue = queue
+
+    async def fetch(self, batch: int = 1, timeout: float | None = 5) -> list:
+        return [AckLost(msg) for msg in await self.queue.fetch(batch, timeout=timeout)]
+
+
+async def test_a_lost_ack_at_the_last_delivery_does_not_fail_a_persona_dropped_at_its_deadline(
+    service_settings, memory_log, provider, clock,
+):
+    """The job's deadline ends the call, which is dropped (the job manager fails the persona as
+    expired). The ack that follows is lost: the item comes back, or its delivery runs out; it
+    must not go down the failure path and store an internal error for the persona."""
+    service_settings.max_deliveries = 1
+    request = job_requested("j1", ("p1",)).model_copy(update={"deadline": clock() + timedelta(seconds=0.2)})
+    await memory_log.publish(request)
+    await memory_log.publish(fan_out(request)[0])
+    work_queue = memory_log.work_queue
+
+    async def acks_lost(*args, **kwargs):
+        return AcksLost(await work_queue(*args, **kwargs))
+
+    memory_log.work_queue = acks_lost  # type: ignore[method-assign]
+    provider.hold()
+    pool = WorkerPool(memory_log, provider, service_settings, clock=clock)
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        running = asyncio.create_task(pool.run(stop))
+        try:
+            await eventually(lambda: _true(any(e["event"] == "work_item_ack_lost" for e in logs)),
+                             what="the dropped item's ack lost")
+        finally:
+            stop.set()
+            await running
+    assert "work_item_dropped_expired" in [e["event"] for e in logs]
+    assert await memory_log.last(subjects.job_persona("j1", "p1", "failed")) is None

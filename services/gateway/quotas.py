@@ -23,6 +23,7 @@ A limit of 0 is no limit.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -273,6 +274,11 @@ class TenantQuotas:
         try:
             yield
         except JobStoredBefore:  # the job runs, stored by another request: counted once, as it is
+            raise
+        except asyncio.CancelledError:
+            # Cut off (a shutdown, a client gone) perhaps while the log was storing the request:
+            # the job may run, so it stays counted (until its end, or its deadline), as when NATS
+            # does not confirm it.
             raise
         except BaseException:
             if counted:  # nothing was stored by this request: what it counted is given back

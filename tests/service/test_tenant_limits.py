@@ -244,6 +244,24 @@ async def test_a_job_that_was_not_published_gives_its_slot_and_personas_back() -
     await log.close()
 
 
+async def test_a_job_request_cut_off_while_published_stays_counted() -> None:
+    """A shutdown (or a client gone) cancels the request while the log may be storing its job:
+    the job may run, so its slot and personas stay counted, as when NATS does not confirm it."""
+    models, log = memory_read_models(), MemoryEventLog(Settings())
+    quotas = await TenantQuotas.open(log, models, Settings(), ManualClock(NOON))
+    quotas.limits = TenantLimits(jobs_in_flight=1, personas_per_day=10)
+    caller = Caller(tenant="acme", key_id="k1", scopes=frozenset(SCOPES))
+    job = samples.job_requested("j1").model_copy(update={"occurred_at": NOON, "deadline": NOON + timedelta(hours=1)})
+    with pytest.raises(asyncio.CancelledError):
+        async with quotas.job(caller, job):
+            raise asyncio.CancelledError  # as uvicorn cancels a request at its shutdown
+    with pytest.raises(ApiError) as refused:
+        async with quotas.job(caller, job.model_copy(update={"job_id": "j2"})):
+            pass
+    assert refused.value.status == 429 and refused.value.body.field == "jobs_in_flight"
+    await log.close()
+
+
 async def test_without_a_jobs_limit_the_shared_entry_keeps_only_the_latest_jobs() -> None:
     """Each job's id is kept until its deadline (so one asked for again counts once), but only the
     latest ``RECENT_JOBS``: the entry does not grow with every job."""

@@ -95,6 +95,11 @@ async def test_avatar_interaction_and_the_deprecated_v1_endpoint(gateway):
     got = (await gateway.get(f"/avatar-interactions/{r.json()['id']}")).json()
     prompt = (await gateway.get(f"/scenario/personas/{personas[1]['id']}")).json()["system_prompt"]
     assert got["effective_system_prompt"] == prompt and got["prompt_source"] == "persona"
+    # a prompt of nothing that shows is none (learn mode takes one, or none)
+    r = await gateway.post("/avatar-interactions", json={"mode": "learn_mode", "avatars": ["a1"], "languages": ["en"],
+                                                         "system_prompt": "\u200b "})
+    assert r.status_code == 201 and r.json()["prompt_source"] == "none", r.text
+    assert r.json()["effective_system_prompt"] is None
 
 
 async def test_parked_events_admin_reaches_the_running_consumers(gateway):

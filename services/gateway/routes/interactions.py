@@ -9,6 +9,7 @@ from fastapi import APIRouter
 
 from contracts.api import AvatarInteractionCreate, AvatarInteractionView
 from contracts.events import AvatarInteractionCreated
+from contracts.limits import is_blank
 from services.adapters.ports import ReadModelsPort
 from services.gateway.deps import (
     EventLogDep,
@@ -27,10 +28,11 @@ router = APIRouter(prefix="/avatar-interactions", tags=["avatar interactions"], 
 
 async def _view(doc: dict[str, Any], models: ReadModelsPort) -> AvatarInteractionView:
     """The interaction with its effective prompt: the linked persona's, read now."""
-    effective, source = doc.get("system_prompt"), "interaction" if doc.get("system_prompt") else "none"
+    own = doc.get("system_prompt")
+    effective, source = (None, "none") if is_blank(own) else (own, "interaction")  # nothing that shows is none
     if doc.get("persona_id"):
         persona = await models.personas.find_one({"_id": doc["persona_id"]}, {"system_prompt": 1})
-        if persona and persona.get("system_prompt"):
+        if persona and not is_blank(persona.get("system_prompt")):
             effective, source = persona["system_prompt"], "persona"
     return AvatarInteractionView(
         **{k: doc.get(k) for k in ("id", "mode", "avatars", "languages", "persona_id", "system_prompt", "created_at")},

@@ -291,3 +291,21 @@ async def test_a_cancelled_job_the_job_manager_did_not_end_before_a_restart_is_e
         with contextlib.suppress(asyncio.CancelledError):
             await running
     assert end.event.results.cancelled == 2
+
+
+async def test_a_job_just_started_is_running_to_retry_failed_before_the_projector_has_it(running, gateway, provider):
+    """Its request is in the log, not yet in the read models: retry-failed says the job runs
+    (409), not that it never existed (404)."""
+    template_id = await create_template(gateway, SCENARIO)
+    personas = await create_personas(gateway, template_id, 2)
+    provider.hold()
+    await running.stop_service("projector")
+    try:
+        job = await start_job(gateway, template_id, {p["id"]: "try_mode" for p in personas})
+        r = await gateway.post(f"/scenario/v2/jobs/{job['job_id']}/retry-failed")
+        assert r.status_code == 409 and r.json()["code"] == "job_running", r.text
+        unknown = await gateway.post("/scenario/v2/jobs/no-such-job/retry-failed")
+        assert unknown.status_code == 404 and unknown.json()["code"] == "job_not_found"
+    finally:
+        await running.start_service("projector")
+        provider.release()

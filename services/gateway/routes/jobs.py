@@ -337,9 +337,18 @@ async def retry_failed(
 ) -> GenerateFinalPromptsResponse:
     """A new job for exactly the personas that failed, with their modes."""
     doc, current = await _job_doc(models, job_id, caller, fence)
-    if doc is None or not caller.owns(doc.get("tenant")):  # one applied only after the wait
+    if doc is not None and not caller.owns(doc.get("tenant")):  # one applied only after the wait
         raise job_not_found(job_id)
-    if not current:
+    if doc is None:  # not applied yet (a job just started), or aged out of the read models: the log says
+        await _requested(event_log, job_id, caller)  # 404 if it never was (or is another tenant's)
+        if await event_log.first_readable_on(subjects.job_ends(job_id)) is None:
+            raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
+                           ids=[job_id])
+        if current:  # the projector has the job's end, and no view of it: the view aged out
+            raise ApiError(404, "job_view_expired",
+                           f"Job '{job_id}' ended longer ago than the views are kept: its personas can no longer "
+                           f"be retried from it (its events: GET /scenario/v2/jobs/{job_id}/events)", ids=[job_id])
+    if doc is None or not current:
         raise ApiError(503, "projection_lagging",
                        f"Job '{job_id}''s view is behind the event log (it may have ended); try again shortly",
                        ids=[job_id], headers={"Retry-After": "1"})

@@ -47,18 +47,25 @@ from services.runtime.settings import Settings
 log = structlog.get_logger()
 _ALONE = "PROMPTGEN_REBUILD_PROCESSES=1 rebuilds in the projector alone"
 
-Undecodable = tuple[int, datetime, str, bytes, dict[str, str]]  # what stored_event() takes again
+# An event a rebuild cannot use: what stored_event() takes again, then its kind and why
+Undecodable = tuple[int, datetime, str, bytes, dict[str, str], str, str]
 Folded = tuple[BatchFold, int]  # one batch of the log folded, and the last sequence in it
 
 
-def fold_event(fold: BatchFold, stored: StoredEvent, job_retention: timedelta) -> bool:
-    """Fold ``stored`` into ``fold``; False when it does not decode (one of a type this code
-    does not know is skipped, and True)."""
+def fold_event(fold: BatchFold, stored: StoredEvent, job_retention: timedelta) -> tuple[str, str] | None:
+    """Fold ``stored`` into ``fold``; or why it cannot be used, as (kind, error), for the rebuild
+    to report and park as the live fold does: one that does not decode ("undecodable"; one of a
+    type this code does not know is skipped), one whose writes cannot be made ("unstorable": a
+    date past the calendar's end, a time without its zone). One event never fails a rebuild."""
     if stored.event is None:
-        return isinstance(stored.error, UnknownEvent)
-    for collection, change in writes_for(stored.event, stored.seq, job_retention):
-        fold.apply(collection, change, stored.seq)
-    return True
+        return None if isinstance(stored.error, UnknownEvent) else ("undecodable", str(stored.error))
+    try:
+        writes = writes_for(stored.event, stored.seq, job_retention)
+        for collection, change in writes:
+            fold.apply(collection, change, stored.seq)
+    except Exception as exc:  # noqa: BLE001 - reported with the event; the rest is rebuilt
+        return "unstorable", f"{type(exc).__name__}: {exc}"
+    return None
 
 
 class WorkersFailed(RuntimeError):
@@ -120,7 +127,7 @@ class FoldWorkers:
                                         f"{type(exc).__name__}: {exc}") from exc
                 read_ahead()
                 if position:
-                    yield fold, position, [stored_event(*each) for each in undecodable]
+                    yield fold, position, [(stored_event(*each[:5]), *each[5:]) for each in undecodable]
             finished = True
         finally:
             for _, _, waiting in ahead:
@@ -177,9 +184,9 @@ async def _read_and_fold(event_log: EventLog, first: int, last: int,
                     stored = stored_message(msg)
                     if stored.seq > last:  # the rest of the range was deleted: the next range's
                         return fold, position, undecodable
-                    if not fold_event(fold, stored, job_retention):
+                    if (unused := fold_event(fold, stored, job_retention)) is not None:
                         undecodable.append((stored.seq, stored.time, stored.subject, stored.data,
-                                            dict(stored.headers)))
+                                            dict(stored.headers), *unused))
                     position, folded = stored.seq, True
         if not folded:
             break

@@ -68,13 +68,13 @@ async def folded_batches(
     batch_events: int = 10_000,
 ) -> AsyncIterator[Folded]:
     """The whole log read and folded in batches of about ``batch_events`` events, each on top of
-    the batches before it. An event that does not decode goes to ``unusable`` (one of an
-    unknown type is skipped)."""
+    the batches before it. An event that does not decode, or whose writes cannot be made, goes
+    to ``unusable`` (one of an unknown type is skipped)."""
     fold, count = BatchFold(), 0
     async for batch in event_log.read_batches(subjects.ALL, 1):
         for stored in batch:
-            if not fold_event(fold, stored, job_retention):
-                await unusable(stored, "undecodable", str(stored.error))
+            if (unused := fold_event(fold, stored, job_retention)) is not None:
+                await unusable(stored, *unused)
             count += 1
             if count == batch_events:
                 yield fold, stored.seq
@@ -146,8 +146,8 @@ async def fold_into(
                                            batch_events=batch_events)
             async with contextlib.aclosing(folds):
                 async for fold, last, undecodable in folds:
-                    for stored in undecodable:
-                        await unusable(stored, "undecodable", str(stored.error))
+                    for stored, kind, error in undecodable:
+                        await unusable(stored, kind, error)
                     await queue.put((fold, last))
         else:
             async for folded in folded_batches(event_log, job_retention=job_retention, unusable=unusable,

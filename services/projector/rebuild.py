@@ -14,7 +14,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -27,12 +27,15 @@ from services.adapters.ports import Collection, EventLogPort, ReadModelsPort
 from services.adapters.read_models import CHECKPOINT_ID, STATE, DocumentsRefused
 from services.projector.fold_workers import Folded, FoldWorkers, fold_event
 from services.projector.memory_fold import BatchFold
-from services.projector.projections import READ_MODELS
+from services.projector.projections import INTERACTIONS, PERSONAS, READ_MODELS, TEMPLATES
 from services.projector.scratch import Scratch
 from services.runtime.failures import Unstorable, durably
 from services.runtime.metrics import Metrics
 
 log = structlog.get_logger()
+
+# What outlives the events that made it: kept by a rebuild of a log whose oldest events aged out.
+OUTLIVE_THE_LOG = (TEMPLATES, PERSONAS, INTERACTIONS)
 
 # Outside the `promptgen.>` stream on purpose: control messages are not events.
 CONTROL_SUBJECT = "promptgen_control.projector.rebuild"
@@ -112,10 +115,15 @@ async def rebuild_into(
     for name in await target.db.list_collection_names():
         if name.endswith(SUFFIX):
             await discard(target.db[name])
+    # A log whose oldest events aged out (max_age) cannot make again the documents they created:
+    # templates, personas and interactions live longer than the log, so those the rebuild lacks
+    # are kept, not deleted (a job's views leave long before their events).
+    aged = (await event_log.state()).first_seq > 1
     async with Scratch(scratch_dir) as scratch:
         position = await fold_into(event_log, scratch, progress, job_retention=job_retention,
                                    batch_events=batch_events, unusable=unusable, log_id=log_id, workers=workers)
-        await switch_to(scratch, target, progress, unusable=unusable, event_log=event_log)
+        await switch_to(scratch, target, progress, unusable=unusable, event_log=event_log,
+                        keep=OUTLIVE_THE_LOG if aged else ())
     return position
 
 
@@ -220,13 +228,14 @@ def _by_id(collection: Collection) -> AsyncIterator[dict[str, Any]]:
 
 async def merge_into(source: Scratch, live: ReadModelsPort, name: str,
                      walked: Callable[[int], Awaitable[None]], *, batch: int = MERGE_BATCH,
-                     refused: Callable[[int | None, str], Awaitable[None]] | None = None) -> Counter[str]:
+                     refused: Callable[[int | None, str], Awaitable[None]] | None = None,
+                     keep: bool = False) -> Counter[str]:
     """Make the live collection ``name`` hold exactly the rebuilt one's documents, walking both in
-    ``_id`` order and writing only the differences (insert missing, replace changed, delete extra)
-    in unordered writes of up to ``batch``. ``walked`` is told of each ``batch`` of rebuilt
-    documents seen; ``refused`` of each rebuilt document MongoDB will not store (by the sequence
-    that last wrote it), the others being stored. Returns how many documents were inserted,
-    replaced and deleted."""
+    ``_id`` order and writing only the differences (insert missing, replace changed, delete extra;
+    ``keep``: extra documents are kept) in unordered writes of up to ``batch``. ``walked`` is told
+    of each ``batch`` of rebuilt documents seen; ``refused`` of each rebuilt document MongoDB will
+    not store (by the sequence that last wrote it), the others being stored. Returns how many
+    documents were inserted, replaced and deleted."""
     rebuilt = _in_order(name, source.documents(name))
     current = _in_order(name, _by_id(live.collection(name)))
     insert: list[dict[str, Any]] = []
@@ -261,7 +270,8 @@ async def merge_into(source: Scratch, live: ReadModelsPort, name: str,
             insert.append(new)
             new, seen = await anext(rebuilt, None), seen + 1
         elif new is None or _order(old["_id"]) < _order(new["_id"]):
-            delete.append(old["_id"])
+            if not keep:
+                delete.append(old["_id"])
             old = await anext(current, None)
         else:
             if new != old:
@@ -274,7 +284,8 @@ async def merge_into(source: Scratch, live: ReadModelsPort, name: str,
 
 
 async def switch_to(source: Scratch, live: ReadModelsPort, progress: Progress = _no_progress, *,
-                    unusable: Unusable = _log_unusable, event_log: EventLogPort | None = None) -> None:
+                    unusable: Unusable = _log_unusable, event_log: EventLogPort | None = None,
+                    keep: Iterable[str] = ()) -> None:
     """Make the live read models equal the rebuilt ones.
 
     The live collections keep their names and indexes, so every reader finds them where it
@@ -285,8 +296,9 @@ async def switch_to(source: Scratch, live: ReadModelsPort, progress: Progress = 
     the live generation costs a fraction of writing one. The checkpoint comes last, after the
     read models it describes. Progress (stage ``switching``) counts the rebuilt documents
     merged; a rebuilt document MongoDB refuses goes to ``unusable`` as the event (of
-    ``event_log``) that last wrote it."""
-    names = (*READ_MODELS, STATE)
+    ``event_log``) that last wrote it. A live document of a collection in ``keep`` that the
+    rebuild did not make stays."""
+    names, kept = (*READ_MODELS, STATE), set(keep)
     await live.ensure_indexes()  # a live collection dropped by hand gets its indexes before its documents
     sizes = [await source.count(name) for name in names]
     total, done = sum(sizes), 0
@@ -301,7 +313,7 @@ async def switch_to(source: Scratch, live: ReadModelsPort, progress: Progress = 
         await _report(event_log, unusable, seq, error)
 
     for name in names:
-        counts = await merge_into(source, live, name, walked, refused=refused)
+        counts = await merge_into(source, live, name, walked, refused=refused, keep=name in kept)
         log.info("rebuild_switched", collection=name, **counts)
 
 

@@ -552,3 +552,29 @@ async def test_a_quiet_rebuild_keeps_its_caller_and_a_vanished_projector_is_repo
 
     await served.serve_rebuild_requests(event_log, quiet)
     assert (await cli._remote(event_log, _unwatched))["position"] == 7
+
+
+async def test_a_rebuild_of_a_log_whose_oldest_events_aged_out_keeps_what_only_they_made(
+    client, models, event_log, scenario_document
+):
+    """Templates, personas and interactions outlive the log (30 days by default): a rebuild of a
+    log whose oldest events aged out cannot make them again, and deleted them."""
+    from contextlib import suppress
+
+    from nats.js.errors import NotFoundError
+
+    from contracts import subjects
+
+    template_id = await create_template(client, scenario_document)
+    await create_personas(client, template_id, 2)
+    target = ReadModels(models.db, suffix="__aged")
+    assert await rebuild_into(event_log, target) == await event_log.last_seq()  # the whole log, then
+    whole = await snapshot(target)
+    created = await event_log.last_seq_on(subjects.template_created(template_id))
+    for seq in range(1, created + 1):  # the log's oldest events age out, the template's creation with them
+        with suppress(NotFoundError):
+            await event_log.js.delete_msg(event_log.stream, seq)
+    assert (await event_log.state()).first_seq > created
+    await rebuild_into(event_log, target)
+    assert await target.templates.find_one({"_id": template_id}) is not None
+    assert await snapshot(target) == whole

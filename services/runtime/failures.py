@@ -37,8 +37,12 @@ Kind = Literal["transient", "permanent", "unknown"]
 T = TypeVar("T")
 
 # Server error codes that say "not now" rather than "never": interrupted, stepping down,
-# not primary, exceeded a time limit, write conflict, lock timeout.
-TRANSIENT_CODES = frozenset({6, 7, 24, 46, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435, 13436})
+# not primary, exceeded a time limit, write conflict, lock timeout; and the server's state rather
+# than the write's: unauthorized and authentication failed (a user being made again, credentials
+# rotated), out of disk space. Waited out, not parked: a parked write's effect would be missing
+# while the checkpoint moved past it.
+TRANSIENT_CODES = frozenset({6, 7, 13, 18, 24, 46, 50, 89, 91, 112, 189, 262, 9001, 10107, 11600, 11602, 13435,
+                             13436, 14031})
 # Codes a write gets for its content: bad value, failed to parse, type mismatch, overflow,
 # $-prefixed or dotted or empty field names, document too large, too deep.
 PERMANENT_CODES = frozenset({2, 9, 14, 15, 17, 22, 52, 55, 56, 57, 10334, 15956, 16755, 17280, 17419, 17420})

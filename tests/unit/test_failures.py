@@ -32,6 +32,11 @@ def _bulk(*codes: int) -> BulkWriteError:
     (NatsTimeout(), "transient"),
     (OSError("connection refused"), "transient"),
     (OperationFailure("interrupted", code=11600), "transient"),
+    # the server's state, not the write's: waited out, never parked with the checkpoint moving on
+    (OperationFailure("not authorized on promptgen to execute command", code=13), "transient"),
+    (OperationFailure("Authentication failed.", code=18), "transient"),
+    (_bulk(13), "transient"),
+    (OperationFailure("out of disk space", code=14031), "transient"),
     (_bulk(189), "transient"),
     (InvalidDocument("key contains NUL"), "permanent"),
     (DocumentTooLarge("17 MB"), "permanent"),

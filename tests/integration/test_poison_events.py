@@ -22,7 +22,7 @@ from services.projector import job_manager
 from tests.flows import create_personas, create_template, cycle_modes, follow_to_end, start_job
 from tests.samples import job_requested, persona, sample
 from tests.sse_client import read_sse
-from tests.waiting import eventually
+from tests.waiting import eventually, sent
 
 
 async def _raw(event_log, subject: str, data: bytes) -> int:
@@ -460,6 +460,7 @@ async def test_a_reapply_asks_for_some_events_or_all_and_a_consumer_that_fails_i
         await msg.respond(json.dumps({"error": "ServerSelectionTimeoutError: no MongoDB"}).encode())
 
     await event_log.subscribe(CONTROL.format(consumer="generator-workers"), failing, queue="reapply")
+    await sent(event_log.nc)  # the server has the subscription before the gateway asks
     r = await client.post("/admin/parked/reapply", json={"consumer": "generator-workers"})
     assert r.status_code == 502 and r.json()["code"] == "reapply_failed", r.text
     assert "no MongoDB" in r.json()["detail"] and r.json()["field"] == "consumer"

@@ -156,6 +156,19 @@ async def _true(value: bool) -> bool:
     return value
 
 
+async def _run_until_logged(pool: WorkerPool, event: str, *, what: str) -> list[dict]:
+    """Run ``pool`` until it logs ``event``, then stop it; every line it logged."""
+    stop = asyncio.Event()
+    with capture_logs() as logs:
+        running = asyncio.create_task(pool.run(stop))
+        try:
+            await eventually(lambda: _true(any(e["event"] == event for e in logs)), what=what)
+        finally:
+            stop.set()
+            await running
+    return logs
+
+
 async def test_a_parked_item_applied_again_after_its_persona_ended_costs_no_call(
     service_settings, memory_log, provider, clock,
 ):
@@ -226,15 +239,7 @@ async def test_an_item_that_fails_its_last_delivery_after_its_persona_ended_stor
     await memory_log.publish(fan_out(request)[0])
     provider.crash.add("p1")
     pool = WorkerPool(memory_log, provider, service_settings, clock=clock)
-    stop = asyncio.Event()
-    with capture_logs() as logs:
-        running = asyncio.create_task(pool.run(stop))
-        try:
-            await eventually(lambda: _true(any(e["event"] == "work_item_already_done" for e in logs)),
-                             what="the last delivery finding the persona ended")
-        finally:
-            stop.set()
-            await running
+    await _run_until_logged(pool, "work_item_already_done", what="the last delivery finding the persona ended")
     assert await memory_log.last(subjects.job_persona("j1", "p1", "failed")) is None
 
 
@@ -277,14 +282,6 @@ async def test_a_lost_ack_at_the_last_delivery_does_not_fail_a_persona_dropped_a
     memory_log.work_queue = acks_lost  # type: ignore[method-assign]
     provider.hold()
     pool = WorkerPool(memory_log, provider, service_settings, clock=clock)
-    stop = asyncio.Event()
-    with capture_logs() as logs:
-        running = asyncio.create_task(pool.run(stop))
-        try:
-            await eventually(lambda: _true(any(e["event"] == "work_item_ack_lost" for e in logs)),
-                             what="the dropped item's ack lost")
-        finally:
-            stop.set()
-            await running
+    logs = await _run_until_logged(pool, "work_item_ack_lost", what="the dropped item's ack lost")
     assert "work_item_dropped_expired" in [e["event"] for e in logs]
     assert await memory_log.last(subjects.job_persona("j1", "p1", "failed")) is None

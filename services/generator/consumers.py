@@ -423,7 +423,7 @@ class WorkerPool:
         item = stored.event
         if not isinstance(item, PersonaPromptRequested):
             with contextlib.suppress(Exception):  # parking failed: the item comes back later
-                # a newer generator that takes it late keeps two deliveries of its own at least
+                # parked two deliveries before the last: a newer generator that takes it late keeps three tries
                 await set_aside(msg, stored, WORKERS, self.parked,
                                 deliveries=min(NEWER_DELIVERIES, max(1, self.settings.max_deliveries - 2)))
             return
@@ -446,8 +446,7 @@ class WorkerPool:
                         ended = await persona_ended(self.log, item.job_id, item.persona_id, leader=True)
                     if ended:
                         log.info("work_item_already_done", deliveries=delivered)
-                        with contextlib.suppress(Exception):
-                            await msg.ack()
+                        await acknowledged(msg)
                         return
                     # The client reads this: the error's kind only; its text (a URL, a path) stays in the log.
                     err = LLMError("internal_error", f"generation failed after {delivered} deliveries with an "

@@ -329,6 +329,10 @@ def _already_ended(job_id: str, end) -> ApiError:
     return ApiError(409, "job_finished", f"Job '{job_id}' already ended ({status}); nothing to cancel", ids=[job_id])
 
 
+def _still_running(job_id: str) -> ApiError:
+    return ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended", ids=[job_id])
+
+
 @router.post("/jobs/{job_id}/retry-failed", status_code=202, response_model=GenerateFinalPromptsResponse,
              response_model_exclude_none=True, responses=responses(404, 409, 413, 422, 429, 503))
 async def retry_failed(
@@ -342,8 +346,7 @@ async def retry_failed(
     if doc is None:  # not applied yet (a job just started), or aged out of the read models: the log says
         await _requested(event_log, job_id, caller)  # 404 if it never was (or is another tenant's)
         if await event_log.first_readable_on(subjects.job_ends(job_id)) is None:
-            raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
-                           ids=[job_id])
+            raise _still_running(job_id)
         if current:  # the projector has the job's end, and no view of it: the view aged out
             raise ApiError(404, "job_view_expired",
                            f"Job '{job_id}' ended longer ago than the views are kept: its personas can no longer "
@@ -353,8 +356,7 @@ async def retry_failed(
                        f"Job '{job_id}''s view is behind the event log (it may have ended); try again shortly",
                        ids=[job_id], headers={"Retry-After": "1"})
     if doc["status"] == "processing":
-        raise ApiError(409, "job_running", f"Job '{job_id}' is still running; retry once it has ended",
-                       ids=[job_id])
+        raise _still_running(job_id)
     failed = failed_personas(await models.job_persona_docs(job_id))
     if not failed:
         raise ApiError(409, "nothing_failed", f"Job '{job_id}' has no failed personas to retry", ids=[job_id])
